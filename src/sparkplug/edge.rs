@@ -1,0 +1,1497 @@
+//! `EdgeSession`: the Sparkplug B edge node as a pure state machine.
+//!
+//! Inputs are method calls (connected, message received, samples, device up or
+//! down, tick with `now`); outputs are [`EdgeAction`]s for the I/O loop. The
+//! session reads no clock and opens no socket.
+//!
+//! Invariants (each a test below, most citing a tck-id):
+//! - bdSeq starts at 0 (or the persisted next value), is the same in the Will
+//!   and the NBIRTH that follows it, survives restarts through
+//!   [`EdgeAction::PersistBdSeq`], increments once per CONNECT actually sent
+//!   (not per failed attempt), wraps 255→0, and a rebirth keeps it.
+//! - `seq` is 0 in NBIRTH and +1 mod 256 across NBIRTH, DBIRTH, NDATA, DDATA
+//!   and DDEATH of one session; NDEATH has none.
+//! - No DATA is published before the births of the session, while a rebirth is
+//!   pending, or while the configured Primary Host is not known online. Such
+//!   samples leave as [`EdgeAction::StoreHistorical`]: nothing is dropped.
+//! - With a Primary Host configured, nothing is born until its STATE says online
+//!   with a timestamp ≥ the newest seen; an offline STATE older than that is ignored.
+//! - Aliases are unique across the node and all its devices; births carry name,
+//!   alias and datatype; DATA carries the alias alone and no datatype.
+
+use std::collections::HashMap;
+
+use thiserror::Error;
+
+use super::codec::{CodecError, DatatypeSource, Datatypes, Metric, Payload, Value};
+use super::datatype::DataType;
+use super::state::HostState;
+use super::topic::{validate_id, MessageType, Topic, TopicError};
+use super::{Publish, QoS, BDSEQ, NEXT_SERVER, REBIRTH};
+
+/// Why the session refused an input.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum EdgeError {
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error("encoding failed: {0}")]
+    Codec(#[from] CodecError),
+    #[error("at least one MQTT server must be configured")]
+    NoServers,
+    #[error("device '{0}' is declared twice")]
+    DuplicateDevice(String),
+    #[error("metric '{metric}' is declared twice on {scope}")]
+    DuplicateMetric { scope: String, metric: String },
+    #[error("a metric on {scope} has no name")]
+    UnnamedMetric { scope: String },
+    #[error("metric name '{metric}' on {scope} is reserved by Sparkplug")]
+    ReservedMetric { scope: String, metric: String },
+    #[error("metric '{metric}' on {scope} has no datatype")]
+    UntypedMetric { scope: String, metric: String },
+    #[error("unknown device '{0}'")]
+    UnknownDevice(String),
+    #[error("metric '{metric}' was not declared in the birth of {scope}")]
+    UnknownMetric { scope: String, metric: String },
+    #[error("metric '{metric}' on {scope} is {declared}, but the sample is {got}")]
+    TypeMismatch { scope: String, metric: String, declared: DataType, got: DataType },
+    #[error("device '{0}' is offline: bring it online before sending its samples")]
+    DeviceOffline(String),
+    #[error("not publishing DATA now (not born, rebirth pending, or Primary Host offline)")]
+    NotPublishing,
+}
+
+/// What the I/O loop must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EdgeAction {
+    /// Set the MQTT Will for the next CONNECT (NDEATH with the current bdSeq).
+    SetWill(Publish),
+    /// Open a connection to `servers[server]` with a clean session.
+    Connect { server: usize },
+    /// Persist this as the bdSeq to use after a restart.
+    PersistBdSeq(u8),
+    /// Subscribe to these topics at QoS 1.
+    Subscribe(Vec<String>),
+    Publish(Publish),
+    /// Send DISCONNECT and close the connection.
+    Disconnect,
+    /// These samples could not be published now: keep them and replay them later.
+    StoreHistorical { device: Option<String>, metrics: Vec<Metric> },
+    /// A write request (NCMD/DCMD other than node control) for the command guard.
+    Command { device: Option<String>, metrics: Vec<Metric> },
+    /// An incoming message or replayed sample that could not be used, and why.
+    Rejected { topic: String, reason: String },
+}
+
+/// Static configuration of one edge node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeConfig {
+    pub group_id: String,
+    pub node_id: String,
+    /// Wait for this host's STATE before birth, walk servers when it is offline.
+    pub primary_host_id: Option<String>,
+    /// How many MQTT servers the I/O loop can connect to (walked in order).
+    pub server_count: usize,
+    /// Rebirth requests closer than this to the last birth are coalesced into
+    /// one rebirth at `last birth + debounce`.
+    pub rebirth_debounce_ms: u64,
+    /// Send aliases in DATA instead of names.
+    pub aliases: bool,
+}
+
+/// A device and the metrics it will ever report (current value or null).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceDef {
+    pub name: String,
+    pub metrics: Vec<Metric>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Offline,
+    Connecting,
+    AwaitingHost,
+    Born,
+}
+
+/// The metrics of the node or of one device.
+#[derive(Debug, Clone)]
+struct Scope {
+    label: String,
+    device: Option<String>,
+    metrics: Vec<Metric>,
+    by_name: HashMap<String, usize>,
+    by_alias: HashMap<u64, usize>,
+    /// The device is reachable (always true for the node scope).
+    online: bool,
+    /// Its birth was published in the current session.
+    born: bool,
+}
+
+impl Scope {
+    fn new(device: Option<String>, metrics: Vec<Metric>, next_alias: &mut u64) -> Result<Scope, EdgeError> {
+        let label = match &device {
+            Some(d) => format!("device '{d}'"),
+            None => "the edge node".to_string(),
+        };
+        let mut scope = Scope {
+            label,
+            online: device.is_none(),
+            device,
+            metrics: Vec::with_capacity(metrics.len()),
+            by_name: HashMap::new(),
+            by_alias: HashMap::new(),
+            born: false,
+        };
+        for mut m in metrics {
+            let name = m.name.clone().ok_or_else(|| EdgeError::UnnamedMetric { scope: scope.label.clone() })?;
+            if scope.device.is_none() && [BDSEQ, REBIRTH, NEXT_SERVER].contains(&name.as_str()) {
+                return Err(EdgeError::ReservedMetric { scope: scope.label.clone(), metric: name });
+            }
+            if m.datatype == DataType::Unknown {
+                return Err(EdgeError::UntypedMetric { scope: scope.label.clone(), metric: name });
+            }
+            if scope.by_name.contains_key(&name) {
+                return Err(EdgeError::DuplicateMetric { scope: scope.label.clone(), metric: name });
+            }
+            // [tck-id-payloads-alias-uniqueness]: one counter across the node and all devices.
+            m.alias = Some(*next_alias);
+            scope.by_alias.insert(*next_alias, scope.metrics.len());
+            *next_alias += 1;
+            m.is_historical = false;
+            scope.by_name.insert(name, scope.metrics.len());
+            scope.metrics.push(m);
+        }
+        Ok(scope)
+    }
+
+    fn index_of(&self, m: &Metric) -> Option<usize> {
+        match (&m.name, m.alias) {
+            (Some(n), _) => self.by_name.get(n).copied(),
+            (None, Some(a)) => self.by_alias.get(&a).copied(),
+            (None, None) => None,
+        }
+    }
+}
+
+impl DatatypeSource for Scope {
+    fn datatype_of(&self, name: Option<&str>, alias: Option<u64>) -> Option<DataType> {
+        if self.device.is_none() && matches!(name, Some(REBIRTH) | Some(NEXT_SERVER)) {
+            return Some(DataType::Boolean);
+        }
+        let i = match (name, alias) {
+            (Some(n), _) => self.by_name.get(n)?,
+            (None, Some(a)) => self.by_alias.get(&a)?,
+            (None, None) => return None,
+        };
+        Some(self.metrics[*i].datatype)
+    }
+}
+
+/// The edge node session. See the module docs for its invariants.
+#[derive(Debug, Clone)]
+pub struct EdgeSession {
+    cfg: EdgeConfig,
+    phase: Phase,
+    bdseq: u8,
+    connect_sent: bool,
+    server: usize,
+    next_seq: u8,
+    node: Scope,
+    devices: Vec<Scope>,
+    device_index: HashMap<String, usize>,
+    /// Newest timestamp of an online STATE from the Primary Host.
+    host_online_ts: Option<u64>,
+    host_online: bool,
+    last_birth_at: Option<u64>,
+    pending_rebirth_at: Option<u64>,
+}
+
+impl EdgeSession {
+    /// A session for `cfg` with the node's own metrics and its devices.
+    /// `stored_bdseq` is the last value seen in [`EdgeAction::PersistBdSeq`].
+    pub fn new(
+        cfg: EdgeConfig,
+        node_metrics: Vec<Metric>,
+        devices: Vec<DeviceDef>,
+        stored_bdseq: Option<u8>,
+    ) -> Result<EdgeSession, EdgeError> {
+        validate_id("group id", &cfg.group_id)?;
+        validate_id("edge node id", &cfg.node_id)?;
+        if let Some(h) = &cfg.primary_host_id {
+            validate_id("host id", h)?;
+        }
+        if cfg.server_count == 0 {
+            return Err(EdgeError::NoServers);
+        }
+        let mut next_alias = 1;
+        let node = Scope::new(None, node_metrics, &mut next_alias)?;
+        let mut scopes = Vec::with_capacity(devices.len());
+        let mut device_index = HashMap::new();
+        for d in devices {
+            // [tck-id-topic-structure-namespace-valid-device-id]
+            validate_id("device id", &d.name)?;
+            // [tck-id-topic-structure-namespace-unique-device-id]
+            if device_index.insert(d.name.clone(), scopes.len()).is_some() {
+                return Err(EdgeError::DuplicateDevice(d.name));
+            }
+            scopes.push(Scope::new(Some(d.name), d.metrics, &mut next_alias)?);
+        }
+        Ok(EdgeSession {
+            cfg,
+            phase: Phase::Offline,
+            // [tck-id-topics-nbirth-bdseq-increment]: starts at zero.
+            bdseq: stored_bdseq.unwrap_or(0),
+            connect_sent: false,
+            server: 0,
+            next_seq: 0,
+            node,
+            devices: scopes,
+            device_index,
+            host_online_ts: None,
+            host_online: false,
+            last_birth_at: None,
+            pending_rebirth_at: None,
+        })
+    }
+
+    /// The bdSeq of the current (or next) MQTT session.
+    pub fn bdseq(&self) -> u8 {
+        self.bdseq
+    }
+
+    /// The seq the next sequenced message will carry.
+    pub fn next_seq(&self) -> u8 {
+        self.next_seq
+    }
+
+    /// Index of the server the session is (or will be) connected to.
+    pub fn server(&self) -> usize {
+        self.server
+    }
+
+    /// NBIRTH was published in the current MQTT session.
+    pub fn is_born(&self) -> bool {
+        self.phase == Phase::Born
+    }
+
+    /// DATA for the node would be published now rather than stored.
+    pub fn is_publishing(&self) -> bool {
+        self.phase == Phase::Born && self.pending_rebirth_at.is_none()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EdgeConfig {
+        &self.cfg
+    }
+
+    fn topic(&self, kind: MessageType, device: Option<&str>) -> String {
+        let group = &self.cfg.group_id;
+        let node = &self.cfg.node_id;
+        // IDs were validated in `new`, so the plain format is the topic.
+        match device {
+            Some(d) => format!("spBv1.0/{group}/{}/{node}/{d}", kind.as_str()),
+            None => format!("spBv1.0/{group}/{}/{node}", kind.as_str()),
+        }
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        // [tck-id-payloads-sequence-num-incrementing]: +1, wrapping 255 → 0.
+        let s = self.next_seq;
+        self.next_seq = s.wrapping_add(1);
+        s.into()
+    }
+
+    /// The NDEATH payload: the bdSeq metric only, no seq
+    /// ([tck-id-topics-ndeath-payload], [tck-id-topics-ndeath-seq]).
+    fn ndeath(&self, now: u64) -> Publish {
+        let payload = Payload {
+            timestamp: Some(now),
+            metrics: vec![Metric::new(BDSEQ, Value::Int64(self.bdseq.into()), now)],
+            ..Payload::default()
+        };
+        Publish {
+            topic: self.topic(MessageType::NDeath, None),
+            payload: encode_known_good(&payload, Datatypes::Include),
+            // [tck-id-payloads-ndeath-will-message-qos] [tck-id-payloads-ndeath-will-message-retain]
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        }
+    }
+
+    /// Prepares the next CONNECT: the Will and the server to dial.
+    /// [tck-id-payloads-ndeath-will-message]
+    pub fn begin_connect(&mut self, now: u64) -> Vec<EdgeAction> {
+        if self.connect_sent {
+            // [tck-id-topics-nbirth-bdseq-increment] [tck-id-payloads-nbirth-bdseq-inc]
+            self.bdseq = self.bdseq.wrapping_add(1);
+            self.connect_sent = false;
+        }
+        self.phase = Phase::Connecting;
+        vec![EdgeAction::SetWill(self.ndeath(now)), EdgeAction::Connect { server: self.server }]
+    }
+
+    /// The CONNECT carrying the current Will left for the broker. From now on
+    /// the next connection uses a new bdSeq; persist it so a restart does too.
+    pub fn connect_sent(&mut self) -> Vec<EdgeAction> {
+        if self.connect_sent {
+            return Vec::new();
+        }
+        self.connect_sent = true;
+        vec![EdgeAction::PersistBdSeq(self.bdseq.wrapping_add(1))]
+    }
+
+    /// The connection attempt failed before a session was established: walk
+    /// to the next server. bdSeq moves only if the CONNECT had been sent.
+    pub fn connect_failed(&mut self) {
+        self.phase = Phase::Offline;
+        self.walk();
+    }
+
+    fn walk(&mut self) {
+        self.server = (self.server + 1) % self.cfg.server_count;
+    }
+
+    /// CONNACK accepted: subscribe, then be born (or wait for the Primary Host).
+    /// [tck-id-message-flow-edge-node-birth-publish-connect]
+    pub fn connected(&mut self, now: u64) -> Vec<EdgeAction> {
+        let mut out = self.connect_sent();
+        // [tck-id-edge-subscribe-ncmd] [tck-id-edge-subscribe-dcmd]: before NBIRTH.
+        let group = &self.cfg.group_id;
+        let node = &self.cfg.node_id;
+        let mut topics = vec![format!("spBv1.0/{group}/NCMD/{node}"), format!("spBv1.0/{group}/DCMD/{node}/+")];
+        if let Some(host) = &self.cfg.primary_host_id {
+            topics.push(format!("spBv1.0/STATE/{host}"));
+        }
+        out.push(EdgeAction::Subscribe(topics));
+        self.host_online = false;
+        if self.cfg.primary_host_id.is_some() {
+            // [tck-id-message-flow-edge-node-birth-publish-subscribe]
+            // [tck-id-operational-behavior-edge-node-birth-sequence-wait]
+            self.phase = Phase::AwaitingHost;
+        } else {
+            out.extend(self.births(now));
+        }
+        out
+    }
+
+    /// The connection dropped (the broker publishes our Will). Walk to the next server.
+    pub fn connection_lost(&mut self) {
+        self.phase = Phase::Offline;
+        self.pending_rebirth_at = None;
+        for d in &mut self.devices {
+            d.born = false;
+        }
+        self.walk();
+    }
+
+    /// Deliberate shutdown: NDEATH, then DISCONNECT.
+    /// [tck-id-operational-behavior-edge-node-intentional-disconnect-ndeath]
+    /// [tck-id-operational-behavior-edge-node-intentional-disconnect-packet]
+    pub fn shutdown(&mut self, now: u64) -> Vec<EdgeAction> {
+        let out = match self.phase {
+            Phase::AwaitingHost | Phase::Born => {
+                vec![EdgeAction::Publish(self.ndeath(now)), EdgeAction::Disconnect]
+            }
+            Phase::Connecting => vec![EdgeAction::Disconnect],
+            Phase::Offline => Vec::new(),
+        };
+        self.phase = Phase::Offline;
+        self.pending_rebirth_at = None;
+        for d in &mut self.devices {
+            d.born = false;
+        }
+        out
+    }
+
+    fn birth_metric(m: &Metric, now: u64) -> Metric {
+        let mut b = m.clone();
+        // [tck-id-payloads-name-birth-data-requirement]: a timestamp on every metric.
+        b.timestamp = Some(m.timestamp.unwrap_or(now));
+        b.is_historical = false;
+        b
+    }
+
+    /// NBIRTH then a DBIRTH for every reachable device.
+    fn births(&mut self, now: u64) -> Vec<EdgeAction> {
+        // [tck-id-topics-nbirth-seq-num] [tck-id-payloads-sequence-num-zero-nbirth]
+        self.next_seq = 0;
+        let seq = self.take_seq();
+        let mut metrics = Vec::with_capacity(self.node.metrics.len() + 3);
+        // [tck-id-topics-nbirth-bdseq-included] [tck-id-topics-nbirth-bdseq-matching]
+        metrics.push(Metric::new(BDSEQ, Value::Int64(self.bdseq.into()), now));
+        // [tck-id-topics-nbirth-rebirth-metric] [tck-id-operational-behavior-data-commands-rebirth-datatype]
+        // [tck-id-operational-behavior-data-commands-rebirth-value]
+        metrics.push(Metric::new(REBIRTH, Value::Boolean(false), now));
+        metrics.push(Metric::new(NEXT_SERVER, Value::Boolean(false), now));
+        // [tck-id-topics-nbirth-metric-reqs] [tck-id-operational-behavior-data-publish-nbirth-values]
+        metrics.extend(self.node.metrics.iter().map(|m| Self::birth_metric(m, now)));
+        let nbirth = Payload { timestamp: Some(now), metrics, seq: Some(seq), ..Payload::default() };
+        let mut out = vec![EdgeAction::Publish(Publish {
+            topic: self.topic(MessageType::NBirth, None),
+            // [tck-id-payloads-metric-datatype-req]
+            payload: encode_known_good(&nbirth, Datatypes::Include),
+            // [tck-id-topics-nbirth-mqtt]
+            qos: QoS::AtMostOnce,
+            retain: false,
+        })];
+        // [tck-id-payloads-dbirth-order]: all DBIRTHs right after NBIRTH, before any DATA.
+        for i in 0..self.devices.len() {
+            self.devices[i].born = false;
+            if self.devices[i].online {
+                out.push(self.dbirth(i, now));
+            }
+        }
+        self.phase = Phase::Born;
+        self.last_birth_at = Some(now);
+        self.pending_rebirth_at = None;
+        out
+    }
+
+    fn dbirth(&mut self, i: usize, now: u64) -> EdgeAction {
+        // [tck-id-topics-dbirth-seq] [tck-id-payloads-dbirth-seq-inc]
+        let seq = self.take_seq();
+        let d = &mut self.devices[i];
+        d.born = true;
+        let payload = Payload {
+            timestamp: Some(now),
+            // [tck-id-topics-dbirth-metrics] [tck-id-operational-behavior-data-publish-dbirth-values]
+            metrics: d.metrics.iter().map(|m| Self::birth_metric(m, now)).collect(),
+            seq: Some(seq),
+            ..Payload::default()
+        };
+        let device = d.device.clone();
+        EdgeAction::Publish(Publish {
+            topic: self.topic(MessageType::DBirth, device.as_deref()),
+            payload: encode_known_good(&payload, Datatypes::Include),
+            // [tck-id-topics-dbirth-mqtt]
+            qos: QoS::AtMostOnce,
+            retain: false,
+        })
+    }
+
+    fn scope_index(&self, device: Option<&str>) -> Result<Option<usize>, EdgeError> {
+        match device {
+            None => Ok(None),
+            Some(d) => self
+                .device_index
+                .get(d)
+                .copied()
+                .map(Some)
+                .ok_or_else(|| EdgeError::UnknownDevice(d.to_string())),
+        }
+    }
+
+    fn scope(&self, i: Option<usize>) -> &Scope {
+        match i {
+            None => &self.node,
+            Some(i) => &self.devices[i],
+        }
+    }
+
+    fn scope_mut(&mut self, i: Option<usize>) -> &mut Scope {
+        match i {
+            None => &mut self.node,
+            Some(i) => &mut self.devices[i],
+        }
+    }
+
+    fn scope_publishing(&self, i: Option<usize>) -> bool {
+        self.is_publishing() && (self.cfg.primary_host_id.is_none() || self.host_online) && self.scope(i).born_or_node()
+    }
+
+    /// Builds a DATA payload for `metrics` (named, declared in `scope`).
+    fn data(&mut self, i: Option<usize>, metrics: Vec<Metric>, now: u64, historical: bool) -> EdgeAction {
+        let aliases = self.cfg.aliases;
+        let scope = self.scope(i);
+        let out_metrics = metrics
+            .into_iter()
+            .map(|mut m| {
+                let idx = scope.index_of(&m).expect("callers only pass declared metrics");
+                let def = &scope.metrics[idx];
+                if aliases {
+                    // [tck-id-payloads-alias-data-cmd-requirement]: alias only, no name.
+                    m.alias = def.alias;
+                    m.name = None;
+                } else {
+                    // [tck-id-payloads-name-requirement]
+                    m.alias = None;
+                    m.name = def.name.clone();
+                }
+                m.is_historical = historical;
+                m.timestamp = Some(m.timestamp.unwrap_or(now));
+                m
+            })
+            .collect();
+        let device = scope.device.clone();
+        let seq = self.take_seq();
+        let payload = Payload { timestamp: Some(now), metrics: out_metrics, seq: Some(seq), ..Payload::default() };
+        let kind = if device.is_some() { MessageType::DData } else { MessageType::NData };
+        EdgeAction::Publish(Publish {
+            topic: self.topic(kind, device.as_deref()),
+            // [tck-id-payloads-metric-datatype-not-req]
+            payload: encode_known_good(&payload, Datatypes::Omit),
+            // [tck-id-topics-ndata-mqtt] [tck-id-topics-ddata-mqtt]
+            qos: QoS::AtMostOnce,
+            retain: false,
+        })
+    }
+
+    /// Checks samples against the birth declarations and returns them with
+    /// names filled in, in chronological order.
+    fn checked(&self, i: Option<usize>, samples: Vec<Metric>) -> Result<Vec<(usize, Metric)>, EdgeError> {
+        let scope = self.scope(i);
+        let mut out = Vec::with_capacity(samples.len());
+        for mut m in samples {
+            let Some(idx) = scope.index_of(&m) else {
+                return Err(EdgeError::UnknownMetric {
+                    scope: scope.label.clone(),
+                    metric: m.name.clone().unwrap_or_else(|| format!("alias {:?}", m.alias)),
+                });
+            };
+            let def = &scope.metrics[idx];
+            let got = m.value.as_ref().map_or(m.datatype, Value::datatype);
+            if got != def.datatype && !(m.value.is_none() && got == DataType::Unknown) {
+                return Err(EdgeError::TypeMismatch {
+                    scope: scope.label.clone(),
+                    metric: def.name.clone().unwrap_or_default(),
+                    declared: def.datatype,
+                    got,
+                });
+            }
+            m.datatype = def.datatype;
+            m.name = def.name.clone();
+            out.push((idx, m));
+        }
+        // [tck-id-operational-behavior-data-publish-nbirth-order]
+        // [tck-id-operational-behavior-data-publish-dbirth-order]: chronological order.
+        out.sort_by_key(|(_, m)| m.timestamp.unwrap_or(0));
+        Ok(out)
+    }
+
+    /// New samples from the node (`device = None`) or a device. Changed values
+    /// are published as DATA, or handed back for storage when not publishing.
+    /// Samples equal to the current value and quality are not resent
+    /// ([tck-id-operational-behavior-data-publish-nbirth-change],
+    /// [tck-id-operational-behavior-data-publish-dbirth-change]).
+    pub fn update(&mut self, now: u64, device: Option<&str>, samples: Vec<Metric>) -> Result<Vec<EdgeAction>, EdgeError> {
+        let i = self.scope_index(device)?;
+        if let Some(d) = i {
+            if !self.devices[d].online {
+                return Err(EdgeError::DeviceOffline(device.unwrap_or_default().to_string()));
+            }
+        }
+        let checked = self.checked(i, samples)?;
+        let scope = self.scope_mut(i);
+        let mut changed = Vec::with_capacity(checked.len());
+        for (idx, m) in checked {
+            let cur = &mut scope.metrics[idx];
+            if cur.value == m.value && cur.quality() == m.quality() {
+                continue;
+            }
+            cur.value = m.value.clone();
+            cur.timestamp = m.timestamp;
+            cur.properties = m.properties.clone();
+            changed.push(m);
+        }
+        if changed.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.scope_publishing(i) {
+            // [tck-id-topics-ndata-payload] [tck-id-topics-ddata-payload]
+            Ok(vec![self.data(i, changed, now, false)])
+        } else {
+            Ok(vec![EdgeAction::StoreHistorical { device: device.map(str::to_string), metrics: changed }])
+        }
+    }
+
+    /// Publishes stored samples as historical DATA, with the aliases of the
+    /// current births. Samples for metrics no longer declared come back as
+    /// [`EdgeAction::Rejected`]; `Err(NotPublishing)` means keep them stored.
+    pub fn replay(&mut self, now: u64, device: Option<&str>, samples: Vec<Metric>) -> Result<Vec<EdgeAction>, EdgeError> {
+        let i = self.scope_index(device)?;
+        if !self.scope_publishing(i) {
+            return Err(EdgeError::NotPublishing);
+        }
+        let scope = self.scope(i);
+        let mut out = Vec::new();
+        let mut ok = Vec::with_capacity(samples.len());
+        for m in samples {
+            match scope.index_of(&m) {
+                Some(idx) if m.value.as_ref().is_none_or(|v| v.datatype() == scope.metrics[idx].datatype) => ok.push(m),
+                _ => out.push(EdgeAction::Rejected {
+                    topic: self.topic(if device.is_some() { MessageType::DData } else { MessageType::NData }, device),
+                    reason: format!(
+                        "stored sample for '{}' no longer matches the birth of {}",
+                        m.name.as_deref().unwrap_or("?"),
+                        scope.label
+                    ),
+                }),
+            }
+        }
+        if !ok.is_empty() {
+            // Store-and-forward: [tck-id-operational-behavior-data-publish-nbirth-order]
+            // applies to is_historical=false only, so stored order is kept.
+            out.insert(0, self.data(i, ok, now, true));
+        }
+        Ok(out)
+    }
+
+    /// A device became reachable: DBIRTH if the node is born.
+    pub fn device_online(&mut self, now: u64, device: &str) -> Result<Vec<EdgeAction>, EdgeError> {
+        let i = self.scope_index(Some(device))?.expect("a device name gives a device index");
+        if self.devices[i].online && self.devices[i].born {
+            return Ok(Vec::new());
+        }
+        self.devices[i].online = true;
+        if self.is_publishing() && (self.cfg.primary_host_id.is_none() || self.host_online) {
+            return Ok(vec![self.dbirth(i, now)]);
+        }
+        Ok(Vec::new())
+    }
+
+    /// A device became unreachable: DDEATH if it was born in this session.
+    /// [tck-id-operational-behavior-device-ddeath]
+    pub fn device_offline(&mut self, now: u64, device: &str) -> Result<Vec<EdgeAction>, EdgeError> {
+        let i = self.scope_index(Some(device))?.expect("a device name gives a device index");
+        let was_born = self.devices[i].born;
+        self.devices[i].online = false;
+        self.devices[i].born = false;
+        if !(was_born && self.phase == Phase::Born) {
+            return Ok(Vec::new());
+        }
+        // [tck-id-topics-ddeath-seq-num] [tck-id-payloads-ddeath-seq-inc]
+        let seq = self.take_seq();
+        let payload = Payload { timestamp: Some(now), seq: Some(seq), ..Payload::default() };
+        Ok(vec![EdgeAction::Publish(Publish {
+            topic: self.topic(MessageType::DDeath, Some(device)),
+            payload: encode_known_good(&payload, Datatypes::Include),
+            // [tck-id-topics-ddeath-mqtt]
+            qos: QoS::AtMostOnce,
+            retain: false,
+        })])
+    }
+
+    /// Time passes: fires a debounced rebirth whose time has come.
+    pub fn tick(&mut self, now: u64) -> Vec<EdgeAction> {
+        match self.pending_rebirth_at {
+            Some(at) if now >= at && self.phase == Phase::Born => self.births(now),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A message arrived on a subscribed topic.
+    pub fn handle_message(&mut self, now: u64, topic: &str, payload: &[u8]) -> Vec<EdgeAction> {
+        let rejected = |reason: String| vec![EdgeAction::Rejected { topic: topic.to_string(), reason }];
+        let parsed = match Topic::parse(topic) {
+            Ok(t) => t,
+            Err(e) => return rejected(e.to_string()),
+        };
+        match parsed {
+            Topic::State { host_id } if Some(&host_id) == self.cfg.primary_host_id.as_ref() => match HostState::parse(payload) {
+                Ok(s) => self.host_state(now, s),
+                Err(e) => rejected(e.to_string()),
+            },
+            Topic::State { .. } => Vec::new(),
+            Topic::Edge { group, kind, node, device } => {
+                if group != self.cfg.group_id || node != self.cfg.node_id {
+                    return Vec::new();
+                }
+                match kind {
+                    MessageType::NCmd => self.ncmd(now, topic, payload),
+                    MessageType::DCmd => self.dcmd(topic, device.as_deref().unwrap_or_default(), payload),
+                    _ => Vec::new(),
+                }
+            }
+        }
+    }
+
+    fn host_state(&mut self, now: u64, s: HostState) -> Vec<EdgeAction> {
+        let newest = self.host_online_ts.unwrap_or(0);
+        if s.online {
+            if self.host_online_ts.is_some() && s.timestamp < newest {
+                return Vec::new(); // An older online than one already seen: stale.
+            }
+            self.host_online_ts = Some(s.timestamp);
+            self.host_online = true;
+            if self.phase == Phase::AwaitingHost {
+                return self.births(now);
+            }
+            return Vec::new();
+        }
+        // Offline: ignore one older than the newest online seen.
+        if self.host_online_ts.is_some() && s.timestamp < newest {
+            return Vec::new();
+        }
+        self.host_online = false;
+        match self.phase {
+            // [tck-id-operational-behavior-primary-application-state-with-multiple-servers-walk]
+            Phase::Born => self.leave_server(now),
+            // Just connected and the retained STATE says offline: walk if there
+            // is another server; with one server, stay connected and store
+            // (ARCHITECTURE.md decision 4) until the host comes back.
+            Phase::AwaitingHost if self.cfg.server_count > 1 => self.leave_server(now),
+            _ => Vec::new(),
+        }
+    }
+
+    fn leave_server(&mut self, now: u64) -> Vec<EdgeAction> {
+        let out = self.shutdown(now);
+        self.walk();
+        out
+    }
+
+    fn ncmd(&mut self, now: u64, topic: &str, payload: &[u8]) -> Vec<EdgeAction> {
+        let decoded = match Payload::decode_with(payload, &self.node) {
+            Ok(p) => p,
+            Err(e) => return vec![EdgeAction::Rejected { topic: topic.to_string(), reason: e.to_string() }],
+        };
+        let mut writes = Vec::new();
+        let mut rebirth = false;
+        let mut next_server = false;
+        for mut m in decoded.metrics {
+            match (m.name.as_deref(), &m.value) {
+                // [tck-id-operational-behavior-data-commands-ncmd-rebirth-name]
+                // [tck-id-operational-behavior-data-commands-ncmd-rebirth-value]
+                (Some(REBIRTH), Some(Value::Boolean(true))) => rebirth = true,
+                (Some(NEXT_SERVER), Some(Value::Boolean(true))) => next_server = true,
+                (Some(REBIRTH), _) | (Some(NEXT_SERVER), _) => {}
+                _ => {
+                    if let Some(idx) = self.node.index_of(&m) {
+                        m.name = self.node.metrics[idx].name.clone();
+                    }
+                    writes.push(m);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if !writes.is_empty() {
+            out.push(EdgeAction::Command { device: None, metrics: writes });
+        }
+        if next_server {
+            out.extend(self.leave_server(now));
+        } else if rebirth {
+            out.extend(self.rebirth_requested(now));
+        }
+        out
+    }
+
+    fn dcmd(&mut self, topic: &str, device: &str, payload: &[u8]) -> Vec<EdgeAction> {
+        let rejected = |reason: String| vec![EdgeAction::Rejected { topic: topic.to_string(), reason }];
+        let Some(&i) = self.device_index.get(device) else {
+            return rejected(format!("DCMD for unknown device '{device}'"));
+        };
+        match Payload::decode_with(payload, &self.devices[i]) {
+            Ok(p) => {
+                let scope = &self.devices[i];
+                let metrics = p
+                    .metrics
+                    .into_iter()
+                    .map(|mut m| {
+                        if let Some(idx) = scope.index_of(&m) {
+                            m.name = scope.metrics[idx].name.clone();
+                        }
+                        m
+                    })
+                    .collect();
+                vec![EdgeAction::Command { device: Some(device.to_string()), metrics }]
+            }
+            Err(e) => rejected(e.to_string()),
+        }
+    }
+
+    /// [tck-id-operational-behavior-data-commands-rebirth-action-1]: DATA stops
+    /// at once (samples are stored while a debounced rebirth is pending);
+    /// [tck-id-operational-behavior-data-commands-rebirth-action-2]: full birth
+    /// sequence; [tck-id-operational-behavior-data-commands-rebirth-action-3]: same bdSeq.
+    fn rebirth_requested(&mut self, now: u64) -> Vec<EdgeAction> {
+        if self.phase != Phase::Born {
+            return Vec::new(); // Births follow the connection anyway.
+        }
+        match self.last_birth_at {
+            Some(t) if now < t.saturating_add(self.cfg.rebirth_debounce_ms) => {
+                self.pending_rebirth_at = Some(t.saturating_add(self.cfg.rebirth_debounce_ms));
+                Vec::new()
+            }
+            _ => self.births(now),
+        }
+    }
+}
+
+impl Scope {
+    fn born_or_node(&self) -> bool {
+        self.device.is_none() || self.born
+    }
+}
+
+/// Encodes a payload the session built itself from checked declarations.
+fn encode_known_good(p: &Payload, datatypes: Datatypes) -> Vec<u8> {
+    p.encode_with(datatypes)
+        .expect("session payloads are built from declarations checked in EdgeSession::new")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sparkplug::codec::SelfDescribing;
+    use proptest::prelude::*;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn cfg() -> EdgeConfig {
+        EdgeConfig {
+            group_id: "Plant1".into(),
+            node_id: "gw1".into(),
+            primary_host_id: None,
+            server_count: 1,
+            rebirth_debounce_ms: 5_000,
+            aliases: true,
+        }
+    }
+
+    fn session_with(cfg: EdgeConfig, stored: Option<u8>) -> EdgeSession {
+        EdgeSession::new(
+            cfg,
+            vec![Metric::new("Uptime", Value::UInt64(0), T0)],
+            vec![
+                DeviceDef {
+                    name: "press".into(),
+                    metrics: vec![
+                        Metric::new("Temp", Value::Float(20.0), T0),
+                        Metric::null("Mode", DataType::String, T0),
+                    ],
+                },
+                DeviceDef { name: "oven".into(), metrics: vec![Metric::new("On", Value::Boolean(false), T0)] },
+            ],
+            stored,
+        )
+        .expect("valid session")
+    }
+
+    fn session() -> EdgeSession {
+        session_with(cfg(), None)
+    }
+
+    fn publishes(actions: &[EdgeAction]) -> Vec<&Publish> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                EdgeAction::Publish(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn will(actions: &[EdgeAction]) -> Publish {
+        actions
+            .iter()
+            .find_map(|a| match a {
+                EdgeAction::SetWill(p) => Some(p.clone()),
+                _ => None,
+            })
+            .expect("a Will")
+    }
+
+    fn decode(p: &Publish) -> Payload {
+        Payload::decode(&p.payload).expect("own birth payloads decode")
+    }
+
+    fn bdseq_of(p: &Payload) -> i64 {
+        match p.metrics.iter().find(|m| m.name.as_deref() == Some(BDSEQ)).and_then(|m| m.value.clone()) {
+            Some(Value::Int64(v)) => v,
+            other => panic!("bdSeq metric missing or not Int64: {other:?}"),
+        }
+    }
+
+    /// Connects, brings both devices online and returns everything published.
+    fn born(s: &mut EdgeSession) -> Vec<EdgeAction> {
+        s.device_online(T0, "press").expect("known");
+        s.device_online(T0, "oven").expect("known");
+        let mut out = s.begin_connect(T0);
+        out.extend(s.connected(T0));
+        out
+    }
+
+    fn cmd(metrics: Vec<Metric>) -> Vec<u8> {
+        Payload { timestamp: Some(T0), metrics, ..Payload::default() }.encode().expect("encodes")
+    }
+
+    fn rebirth_cmd() -> Vec<u8> {
+        cmd(vec![Metric::new(REBIRTH, Value::Boolean(true), T0)])
+    }
+
+    fn state(online: bool, ts: u64) -> Vec<u8> {
+        HostState { online, timestamp: ts }.to_json()
+    }
+
+    // [tck-id-payloads-ndeath-will-message] [tck-id-payloads-ndeath-will-message-qos]
+    // [tck-id-payloads-ndeath-will-message-retain] [tck-id-topics-ndeath-topic]
+    #[test]
+    fn will_is_ndeath_at_qos1_not_retained_with_bdseq_only() {
+        let mut s = session();
+        let w = will(&s.begin_connect(T0));
+        assert_eq!(w.topic, "spBv1.0/Plant1/NDEATH/gw1");
+        assert_eq!((w.qos, w.retain), (QoS::AtLeastOnce, false));
+        let p = decode(&w);
+        // [tck-id-topics-ndeath-payload] [tck-id-topics-ndeath-seq] [tck-id-payloads-ndeath-seq]
+        assert_eq!(p.seq, None);
+        assert_eq!(p.metrics.len(), 1);
+        assert_eq!(p.metrics[0].datatype, DataType::Int64);
+        assert_eq!(bdseq_of(&p), 0);
+    }
+
+    // [tck-id-topics-nbirth-bdseq-matching] [tck-id-payloads-ndeath-bdseq] [tck-id-payloads-nbirth-bdseq]
+    #[test]
+    fn nbirth_bdseq_matches_the_will_of_its_connect() {
+        let mut s = session_with(cfg(), Some(41));
+        let out = born(&mut s);
+        let w = decode(&will(&out));
+        let nbirth = decode(publishes(&out)[0]);
+        assert_eq!(bdseq_of(&w), 41);
+        assert_eq!(bdseq_of(&nbirth), 41);
+    }
+
+    // [tck-id-topics-nbirth-bdseq-increment] [tck-id-payloads-nbirth-bdseq-inc]
+    #[test]
+    fn nbirth_after_reconnect_increments_bdseq_and_wraps_at_255() {
+        let mut s = session_with(cfg(), Some(254));
+        born(&mut s);
+        assert_eq!(s.bdseq(), 254);
+        s.connection_lost();
+        born(&mut s);
+        assert_eq!(s.bdseq(), 255);
+        s.connection_lost();
+        let out = born(&mut s);
+        assert_eq!(bdseq_of(&decode(publishes(&out)[0])), 0);
+    }
+
+    #[test]
+    fn failed_attempts_before_connect_is_sent_do_not_move_bdseq() {
+        let mut s = session();
+        s.begin_connect(T0);
+        s.connect_failed();
+        s.begin_connect(T0);
+        s.connect_failed();
+        let out = s.begin_connect(T0);
+        assert_eq!(bdseq_of(&decode(&will(&out))), 0);
+        // Once the CONNECT went out, the next attempt uses a new bdSeq.
+        s.connect_sent();
+        s.connect_failed();
+        assert_eq!(bdseq_of(&decode(&will(&s.begin_connect(T0)))), 1);
+    }
+
+    #[test]
+    fn connect_sent_persists_the_next_bdseq_so_a_restart_increments_it() {
+        let mut s = session_with(cfg(), Some(7));
+        s.begin_connect(T0);
+        let persisted = s.connected(T0).iter().find_map(|a| match a {
+            EdgeAction::PersistBdSeq(b) => Some(*b),
+            _ => None,
+        });
+        assert_eq!(persisted, Some(8));
+        let mut restarted = session_with(cfg(), persisted);
+        assert_eq!(bdseq_of(&decode(&will(&restarted.begin_connect(T0)))), 8);
+    }
+
+    // [tck-id-edge-subscribe-ncmd] [tck-id-edge-subscribe-dcmd] [tck-id-message-flow-edge-node-birth-publish-connect]
+    #[test]
+    fn subscribes_to_ncmd_and_dcmd_before_nbirth() {
+        let mut s = session();
+        s.begin_connect(T0);
+        let out = s.connected(T0);
+        let sub = out.iter().position(|a| matches!(a, EdgeAction::Subscribe(_))).expect("subscribes");
+        let birth = out.iter().position(|a| matches!(a, EdgeAction::Publish(_))).expect("births");
+        assert!(sub < birth);
+        match &out[sub] {
+            EdgeAction::Subscribe(t) => {
+                assert_eq!(t, &vec!["spBv1.0/Plant1/NCMD/gw1".to_string(), "spBv1.0/Plant1/DCMD/gw1/+".to_string()])
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    // [tck-id-topics-nbirth-mqtt] [tck-id-payloads-nbirth-qos] [tck-id-payloads-nbirth-retain]
+    // [tck-id-topics-nbirth-seq-num] [tck-id-payloads-nbirth-seq] [tck-id-payloads-sequence-num-zero-nbirth]
+    // [tck-id-topics-nbirth-timestamp] [tck-id-payloads-nbirth-timestamp]
+    #[test]
+    fn nbirth_is_qos0_not_retained_seq0_with_timestamp() {
+        let mut s = session();
+        let out = born(&mut s);
+        let nb = publishes(&out)[0];
+        assert_eq!(nb.topic, "spBv1.0/Plant1/NBIRTH/gw1");
+        assert_eq!((nb.qos, nb.retain), (QoS::AtMostOnce, false));
+        let p = decode(nb);
+        assert_eq!(p.seq, Some(0));
+        assert_eq!(p.timestamp, Some(T0));
+    }
+
+    // [tck-id-topics-nbirth-rebirth-metric] [tck-id-payloads-nbirth-rebirth-req]
+    // [tck-id-operational-behavior-data-commands-rebirth-name] [tck-id-operational-behavior-data-commands-rebirth-datatype]
+    // [tck-id-operational-behavior-data-commands-rebirth-value]
+    #[test]
+    fn nbirth_declares_node_control_rebirth_boolean_false() {
+        let mut s = session();
+        let p = decode(publishes(&born(&mut s))[0]);
+        let r = p.metrics.iter().find(|m| m.name.as_deref() == Some(REBIRTH)).expect("rebirth metric");
+        assert_eq!((r.datatype, &r.value), (DataType::Boolean, &Some(Value::Boolean(false))));
+    }
+
+    // [tck-id-topics-nbirth-metrics] [tck-id-topics-nbirth-metric-reqs] [tck-id-payloads-alias-birth-requirement]
+    // [tck-id-payloads-metric-datatype-req] [tck-id-payloads-name-birth-data-requirement]
+    // [tck-id-operational-behavior-data-publish-nbirth] [tck-id-operational-behavior-data-publish-nbirth-values]
+    #[test]
+    fn nbirth_metrics_have_name_alias_datatype_timestamp_and_current_value() {
+        let mut s = session();
+        born(&mut s);
+        s.update(T0 + 5, None, vec![Metric::new("Uptime", Value::UInt64(99), T0 + 5)]).expect("declared");
+        let out = s.handle_message(T0 + 10_000, "spBv1.0/Plant1/NCMD/gw1", &rebirth_cmd());
+        let p = decode(publishes(&out)[0]);
+        let up = p.metrics.iter().find(|m| m.name.as_deref() == Some("Uptime")).expect("Uptime in NBIRTH");
+        assert_eq!(up.alias, Some(1));
+        assert_eq!(up.datatype, DataType::UInt64);
+        assert_eq!(up.value, Some(Value::UInt64(99)));
+        assert_eq!(up.timestamp, Some(T0 + 5));
+        assert!(p.metrics.iter().all(|m| m.timestamp.is_some() && m.name.is_some()));
+    }
+
+    // [tck-id-payloads-dbirth-order] [tck-id-topics-dbirth-topic] [tck-id-topics-dbirth-seq] [tck-id-payloads-dbirth-seq]
+    // [tck-id-payloads-dbirth-seq-inc] [tck-id-topics-dbirth-mqtt] [tck-id-payloads-dbirth-qos] [tck-id-payloads-dbirth-retain]
+    // [tck-id-topics-dbirth-timestamp] [tck-id-payloads-dbirth-timestamp] [tck-id-principles-birth-certificates-order]
+    #[test]
+    fn dbirths_follow_nbirth_in_order_with_increasing_seq() {
+        let mut s = session();
+        let out = born(&mut s);
+        let p = publishes(&out);
+        let topics: Vec<&str> = p.iter().map(|p| p.topic.as_str()).collect();
+        assert_eq!(
+            topics,
+            ["spBv1.0/Plant1/NBIRTH/gw1", "spBv1.0/Plant1/DBIRTH/gw1/press", "spBv1.0/Plant1/DBIRTH/gw1/oven"]
+        );
+        for (i, pb) in p.iter().enumerate() {
+            let d = decode(pb);
+            assert_eq!(d.seq, Some(i as u64));
+            assert_eq!(d.timestamp, Some(T0));
+            assert_eq!((pb.qos, pb.retain), (QoS::AtMostOnce, false));
+        }
+    }
+
+    // [tck-id-topics-dbirth-metrics] [tck-id-operational-behavior-data-publish-dbirth-values]
+    #[test]
+    fn dbirth_carries_null_metrics_explicitly() {
+        let mut s = session();
+        let p = decode(publishes(&born(&mut s))[1]);
+        let mode = p.metrics.iter().find(|m| m.name.as_deref() == Some("Mode")).expect("Mode");
+        assert_eq!((mode.datatype, &mode.value), (DataType::String, &None));
+        assert_eq!(mode.alias, Some(3));
+    }
+
+    // [tck-id-payloads-alias-uniqueness]
+    #[test]
+    fn aliases_are_unique_across_node_and_devices() {
+        let mut s = session();
+        let out = born(&mut s);
+        let mut aliases: Vec<u64> = publishes(&out)
+            .iter()
+            .flat_map(|p| decode(p).metrics)
+            .filter_map(|m| m.alias)
+            .collect();
+        let n = aliases.len();
+        aliases.sort_unstable();
+        aliases.dedup();
+        assert_eq!((n, aliases), (4, vec![1, 2, 3, 4]));
+    }
+
+    // [tck-id-payloads-alias-data-cmd-requirement] [tck-id-payloads-metric-datatype-not-req] [tck-id-topics-ddata-mqtt]
+    // [tck-id-topics-ddata-seq-num] [tck-id-payloads-ddata-seq] [tck-id-payloads-ddata-seq-inc] [tck-id-topics-ddata-timestamp]
+    // [tck-id-payloads-ddata-timestamp] [tck-id-payloads-ddata-qos] [tck-id-payloads-ddata-retain]
+    #[test]
+    fn ddata_carries_alias_only_no_datatype_and_the_next_seq() {
+        let mut s = session();
+        born(&mut s);
+        let out = s.update(T0 + 1, Some("press"), vec![Metric::new("Temp", Value::Float(21.5), T0 + 1)]).expect("ok");
+        let p = publishes(&out)[0];
+        assert_eq!(p.topic, "spBv1.0/Plant1/DDATA/gw1/press");
+        assert_eq!((p.qos, p.retain), (QoS::AtMostOnce, false));
+        let raw = <crate::sparkplug::pb::Payload as prost::Message>::decode(p.payload.as_slice()).expect("protobuf");
+        assert_eq!(raw.seq, Some(3));
+        assert_eq!(raw.timestamp, Some(T0 + 1));
+        assert_eq!(raw.metrics[0].name, None);
+        assert_eq!(raw.metrics[0].alias, Some(2));
+        assert_eq!(raw.metrics[0].datatype, None);
+        assert_eq!(raw.metrics[0].timestamp, Some(T0 + 1));
+    }
+
+    // [tck-id-topics-ndata-topic] [tck-id-topics-ndata-mqtt] [tck-id-topics-ndata-seq-num] [tck-id-topics-ndata-timestamp]
+    // [tck-id-payloads-ndata-seq] [tck-id-payloads-ndata-seq-inc] [tck-id-payloads-ndata-qos] [tck-id-payloads-ndata-retain]
+    // [tck-id-payloads-ndata-timestamp] [tck-id-payloads-name-requirement]
+    #[test]
+    fn ndata_without_aliases_carries_names() {
+        let mut s = session_with(EdgeConfig { aliases: false, ..cfg() }, None);
+        born(&mut s);
+        let out = s.update(T0 + 1, None, vec![Metric::new("Uptime", Value::UInt64(1), T0 + 1)]).expect("ok");
+        let p = publishes(&out)[0];
+        assert_eq!(p.topic, "spBv1.0/Plant1/NDATA/gw1");
+        assert_eq!((p.qos, p.retain), (QoS::AtMostOnce, false));
+        let d = Payload::decode_with(&p.payload, &s.node).expect("decodes");
+        assert_eq!((d.seq, d.timestamp), (Some(3), Some(T0 + 1)));
+        assert_eq!(d.metrics[0].name.as_deref(), Some("Uptime"));
+        assert_eq!(d.metrics[0].alias, None);
+    }
+
+    // [tck-id-operational-behavior-data-publish-nbirth-change] [tck-id-operational-behavior-data-publish-dbirth-change]
+    #[test]
+    fn unchanged_values_are_not_resent() {
+        let mut s = session();
+        born(&mut s);
+        let same = s.update(T0 + 1, Some("press"), vec![Metric::new("Temp", Value::Float(20.0), T0 + 1)]).expect("ok");
+        assert!(same.is_empty());
+    }
+
+    // [tck-id-operational-behavior-data-publish-dbirth-order] [tck-id-operational-behavior-data-publish-nbirth-order]
+    #[test]
+    fn metrics_in_data_are_in_chronological_order() {
+        let mut s = session();
+        born(&mut s);
+        let out = s
+            .update(
+                T0 + 9,
+                Some("press"),
+                vec![Metric::new("Temp", Value::Float(30.0), T0 + 9), Metric::new("Mode", Value::String("run".into()), T0 + 2)],
+            )
+            .expect("ok");
+        let d = Payload::decode_with(&publishes(&out)[0].payload, &s.devices[0]).expect("decodes");
+        let ts: Vec<_> = d.metrics.iter().map(|m| m.timestamp).collect();
+        assert_eq!(ts, vec![Some(T0 + 2), Some(T0 + 9)]);
+    }
+
+    #[test]
+    fn undeclared_or_mistyped_samples_are_refused_with_the_metric_named() {
+        let mut s = session();
+        born(&mut s);
+        let e = s.update(T0, Some("press"), vec![Metric::new("Nope", Value::Float(1.0), T0)]).expect_err("unknown");
+        assert_eq!(e.to_string(), "metric 'Nope' was not declared in the birth of device 'press'");
+        let e = s.update(T0, Some("press"), vec![Metric::new("Temp", Value::Int32(1), T0)]).expect_err("type");
+        assert_eq!(e.to_string(), "metric 'Temp' on device 'press' is Float, but the sample is Int32");
+        assert!(matches!(s.update(T0, Some("x"), vec![]), Err(EdgeError::UnknownDevice(_))));
+    }
+
+    #[test]
+    fn samples_before_birth_are_stored_not_published() {
+        let mut s = session();
+        s.device_online(T0, "press").expect("known");
+        let out = s.update(T0, Some("press"), vec![Metric::new("Temp", Value::Float(5.0), T0)]).expect("ok");
+        assert!(matches!(&out[..], [EdgeAction::StoreHistorical { device: Some(d), metrics }] if d == "press" && metrics.len() == 1));
+    }
+
+    // Store-and-forward replay: [tck-id-payloads-ddata-order]
+    #[test]
+    fn replay_after_birth_is_historical_with_current_aliases_and_original_timestamps() {
+        let mut s = session();
+        s.device_online(T0, "press").expect("known");
+        let stored = match &s.update(T0 - 60_000, Some("press"), vec![Metric::new("Temp", Value::Float(5.0), T0 - 60_000)]).expect("ok")[..] {
+            [EdgeAction::StoreHistorical { metrics, .. }] => metrics.clone(),
+            other => panic!("expected storage, got {other:?}"),
+        };
+        assert_eq!(s.replay(T0, Some("press"), stored.clone()), Err(EdgeError::NotPublishing));
+        born(&mut s);
+        let out = s.replay(T0 + 1, Some("press"), stored).expect("born");
+        let d = Payload::decode_with(&publishes(&out)[0].payload, &s.devices[0]).expect("decodes");
+        assert!(d.metrics[0].is_historical);
+        assert_eq!(d.metrics[0].timestamp, Some(T0 - 60_000));
+        assert_eq!(d.metrics[0].alias, Some(2));
+    }
+
+    #[test]
+    fn replay_of_a_metric_no_longer_declared_is_rejected_not_published() {
+        let mut s = session();
+        born(&mut s);
+        let out = s.replay(T0, None, vec![Metric::new("Gone", Value::Int32(1), T0)]).expect("born");
+        assert!(matches!(&out[..], [EdgeAction::Rejected { .. }]));
+    }
+
+    // [tck-id-operational-behavior-device-ddeath] [tck-id-topics-ddeath-topic] [tck-id-topics-ddeath-mqtt]
+    // [tck-id-topics-ddeath-seq-num] [tck-id-payloads-ddeath-seq] [tck-id-payloads-ddeath-seq-inc] [tck-id-payloads-ddeath-timestamp]
+    #[test]
+    fn lost_device_gets_ddeath_with_seq_and_dbirth_when_back() {
+        let mut s = session();
+        born(&mut s);
+        let out = s.device_offline(T0 + 1, "press").expect("known");
+        let p = publishes(&out)[0];
+        assert_eq!(p.topic, "spBv1.0/Plant1/DDEATH/gw1/press");
+        assert_eq!((p.qos, p.retain), (QoS::AtMostOnce, false));
+        let d = decode(p);
+        assert_eq!((d.seq, d.timestamp), (Some(3), Some(T0 + 1)));
+        assert!(matches!(s.update(T0, Some("press"), vec![]), Err(EdgeError::DeviceOffline(_))));
+        let back = s.device_online(T0 + 2, "press").expect("known");
+        let p = publishes(&back)[0];
+        assert_eq!(p.topic, "spBv1.0/Plant1/DBIRTH/gw1/press");
+        assert_eq!(decode(p).seq, Some(4));
+    }
+
+    // [tck-id-operational-behavior-data-commands-rebirth-action-1] [tck-id-operational-behavior-data-commands-rebirth-action-2]
+    // [tck-id-operational-behavior-data-commands-rebirth-action-3] [tck-id-operational-behavior-data-commands-ncmd-rebirth-verb]
+    #[test]
+    fn ncmd_rebirth_gives_a_new_nbirth_with_the_same_bdseq_and_seq_zero() {
+        let mut s = session_with(cfg(), Some(3));
+        born(&mut s);
+        s.update(T0 + 1, None, vec![Metric::new("Uptime", Value::UInt64(5), T0 + 1)]).expect("ok");
+        let out = s.handle_message(T0 + 60_000, "spBv1.0/Plant1/NCMD/gw1", &rebirth_cmd());
+        let p = publishes(&out);
+        assert_eq!(p.len(), 3, "NBIRTH and both DBIRTHs");
+        let nb = decode(p[0]);
+        assert_eq!((nb.seq, bdseq_of(&nb)), (Some(0), 3));
+        assert_eq!(decode(p[2]).seq, Some(2));
+    }
+
+    #[test]
+    fn rebirth_by_alias_free_name_also_works_when_aliases_are_used() {
+        // Hosts send the rebirth metric by name: it has no alias in our NBIRTH.
+        let mut s = session();
+        born(&mut s);
+        let out = s.handle_message(T0 + 60_000, "spBv1.0/Plant1/NCMD/gw1", &rebirth_cmd());
+        assert_eq!(publishes(&out)[0].topic, "spBv1.0/Plant1/NBIRTH/gw1");
+    }
+
+    #[test]
+    fn repeated_rebirth_requests_are_coalesced_and_data_is_stored_meanwhile() {
+        let mut s = session();
+        born(&mut s);
+        assert!(s.handle_message(T0 + 1_000, "spBv1.0/Plant1/NCMD/gw1", &rebirth_cmd()).is_empty());
+        assert!(s.handle_message(T0 + 2_000, "spBv1.0/Plant1/NCMD/gw1", &rebirth_cmd()).is_empty());
+        let held = s.update(T0 + 2_500, None, vec![Metric::new("Uptime", Value::UInt64(7), T0 + 2_500)]).expect("ok");
+        assert!(matches!(&held[..], [EdgeAction::StoreHistorical { .. }]), "no DATA while a rebirth is pending");
+        assert!(s.tick(T0 + 4_999).is_empty());
+        let out = s.tick(T0 + 5_000);
+        assert_eq!(publishes(&out).len(), 3, "exactly one birth sequence");
+        assert!(s.tick(T0 + 6_000).is_empty());
+    }
+
+    // [tck-id-operational-behavior-data-commands-ncmd-verb] [tck-id-operational-behavior-data-commands-dcmd-verb]
+    // [tck-id-operational-behavior-data-commands-dcmd-metric-name]
+    #[test]
+    fn ncmd_and_dcmd_writes_reach_the_command_guard_with_names_resolved() {
+        let mut s = session();
+        born(&mut s);
+        let mut m = Metric::new("Temp", Value::Float(50.0), T0);
+        m.name = None;
+        m.alias = Some(2);
+        let out = s.handle_message(T0, "spBv1.0/Plant1/DCMD/gw1/press", &Payload { metrics: vec![m], ..Payload::default() }.encode_with(Datatypes::Omit).expect("encodes"));
+        match &out[..] {
+            [EdgeAction::Command { device: Some(d), metrics }] => {
+                assert_eq!(d, "press");
+                assert_eq!(metrics[0].name.as_deref(), Some("Temp"));
+                assert_eq!(metrics[0].value, Some(Value::Float(50.0)));
+            }
+            other => panic!("expected a command, got {other:?}"),
+        }
+        let out = s.handle_message(T0, "spBv1.0/Plant1/NCMD/gw1", &cmd(vec![Metric::new("Uptime", Value::UInt64(0), T0)]));
+        assert!(matches!(&out[..], [EdgeAction::Command { device: None, .. }]));
+    }
+
+    #[test]
+    fn undecodable_command_is_rejected_with_the_reason() {
+        let mut s = session();
+        born(&mut s);
+        let out = s.handle_message(T0, "spBv1.0/Plant1/NCMD/gw1", b"\xff\xff");
+        assert!(matches!(&out[..], [EdgeAction::Rejected { reason, .. }] if reason.starts_with("not a Sparkplug B payload")));
+        let out = s.handle_message(T0, "spBv1.0/Plant1/DCMD/gw1/ghost", &rebirth_cmd());
+        assert!(matches!(&out[..], [EdgeAction::Rejected { reason, .. }] if reason.contains("ghost")));
+    }
+
+    fn primary() -> EdgeConfig {
+        EdgeConfig { primary_host_id: Some("scada".into()), server_count: 2, ..cfg() }
+    }
+
+    // [tck-id-message-flow-edge-node-birth-publish-subscribe] [tck-id-operational-behavior-edge-node-birth-sequence-wait]
+    #[test]
+    fn with_a_primary_host_nothing_is_born_until_its_state_is_online() {
+        let mut s = session_with(primary(), None);
+        s.begin_connect(T0);
+        let out = s.connected(T0);
+        assert!(publishes(&out).is_empty());
+        assert!(matches!(&out[1], EdgeAction::Subscribe(t) if t.contains(&"spBv1.0/STATE/scada".to_string())));
+        let held = s.update(T0, None, vec![Metric::new("Uptime", Value::UInt64(1), T0)]).expect("ok");
+        assert!(matches!(&held[..], [EdgeAction::StoreHistorical { .. }]));
+        let out = s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0 - 5));
+        assert_eq!(publishes(&out)[0].topic, "spBv1.0/Plant1/NBIRTH/gw1");
+    }
+
+    // [tck-id-operational-behavior-primary-application-state-with-multiple-servers-walk]
+    // [tck-id-operational-behavior-primary-application-state-with-multiple-servers-single-server]
+    #[test]
+    fn offline_state_publishes_ndeath_disconnects_and_walks_to_the_next_server() {
+        let mut s = session_with(primary(), None);
+        s.begin_connect(T0);
+        s.connected(T0);
+        s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0));
+        let out = s.handle_message(T0 + 1, "spBv1.0/STATE/scada", &state(false, T0 + 1));
+        assert_eq!(publishes(&out)[0].topic, "spBv1.0/Plant1/NDEATH/gw1");
+        assert_eq!(out.last(), Some(&EdgeAction::Disconnect));
+        assert!(!s.is_born());
+        assert!(matches!(s.begin_connect(T0 + 2)[1], EdgeAction::Connect { server: 1 }));
+    }
+
+    #[test]
+    fn offline_state_older_than_the_last_online_is_ignored() {
+        let mut s = session_with(primary(), None);
+        s.begin_connect(T0);
+        s.connected(T0);
+        s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0 + 100));
+        assert!(s.handle_message(T0, "spBv1.0/STATE/scada", &state(false, T0 + 99)).is_empty());
+        assert!(s.is_born());
+        // An online STATE older than the newest seen does not count either.
+        let mut s = session_with(primary(), None);
+        s.begin_connect(T0);
+        s.connected(T0);
+        s.handle_message(T0, "spBv1.0/STATE/scada", &state(false, T0 + 50));
+        s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0 + 100));
+        s.connection_lost();
+        s.begin_connect(T0);
+        s.connected(T0);
+        assert!(publishes(&s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0 + 99))).is_empty());
+    }
+
+    #[test]
+    fn single_server_with_retained_offline_state_stays_connected_and_stores() {
+        let mut s = session_with(EdgeConfig { server_count: 1, ..primary() }, None);
+        s.begin_connect(T0);
+        s.connected(T0);
+        assert!(s.handle_message(T0, "spBv1.0/STATE/scada", &state(false, T0)).is_empty());
+        let out = s.update(T0, None, vec![Metric::new("Uptime", Value::UInt64(3), T0)]).expect("ok");
+        assert!(matches!(&out[..], [EdgeAction::StoreHistorical { .. }]));
+        let born = s.handle_message(T0 + 1, "spBv1.0/STATE/scada", &state(true, T0 + 1));
+        assert_eq!(publishes(&born)[0].topic, "spBv1.0/Plant1/NBIRTH/gw1");
+    }
+
+    #[test]
+    fn next_server_command_walks() {
+        let mut s = session_with(EdgeConfig { server_count: 3, ..cfg() }, None);
+        born(&mut s);
+        let out = s.handle_message(T0, "spBv1.0/Plant1/NCMD/gw1", &cmd(vec![Metric::new(NEXT_SERVER, Value::Boolean(true), T0)]));
+        assert_eq!(out.last(), Some(&EdgeAction::Disconnect));
+        assert_eq!(s.server(), 1);
+    }
+
+    // [tck-id-operational-behavior-edge-node-intentional-disconnect-ndeath]
+    // [tck-id-operational-behavior-edge-node-intentional-disconnect-packet] [tck-id-payloads-ndeath-will-message-publisher]
+    #[test]
+    fn shutdown_publishes_ndeath_with_current_bdseq_then_disconnects() {
+        let mut s = session_with(cfg(), Some(9));
+        born(&mut s);
+        let out = s.shutdown(T0 + 5);
+        assert_eq!(out.len(), 2);
+        let nd = decode(publishes(&out)[0]);
+        assert_eq!((bdseq_of(&nd), nd.seq), (9, None));
+        assert_eq!(out[1], EdgeAction::Disconnect);
+    }
+
+    #[test]
+    fn invalid_configuration_is_refused_with_a_reason() {
+        let bad = EdgeSession::new(EdgeConfig { group_id: "a/b".into(), ..cfg() }, vec![], vec![], None);
+        assert_eq!(bad.expect_err("slash").to_string(), "group id 'a/b' is invalid: it contains '/', the topic separator");
+        let dup = EdgeSession::new(
+            cfg(),
+            vec![],
+            vec![DeviceDef { name: "d".into(), metrics: vec![] }, DeviceDef { name: "d".into(), metrics: vec![] }],
+            None,
+        );
+        assert!(matches!(dup, Err(EdgeError::DuplicateDevice(_))));
+        let reserved = EdgeSession::new(cfg(), vec![Metric::new(BDSEQ, Value::Int64(0), 0)], vec![], None);
+        assert!(matches!(reserved, Err(EdgeError::ReservedMetric { .. })));
+        assert!(matches!(EdgeSession::new(EdgeConfig { server_count: 0, ..cfg() }, vec![], vec![], None), Err(EdgeError::NoServers)));
+    }
+
+    // ---- property test: seq contiguity and bdSeq/Will agreement under any input sequence ----
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Connect,
+        ConnectFail,
+        Lose,
+        Update(u64),
+        DeviceUp(bool),
+        DeviceDown(bool),
+        Rebirth,
+        Tick(u64),
+        State(bool, u64),
+        Shutdown,
+        Replay,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            Just(Op::Connect),
+            Just(Op::ConnectFail),
+            Just(Op::Lose),
+            (0u64..50).prop_map(Op::Update),
+            any::<bool>().prop_map(Op::DeviceUp),
+            any::<bool>().prop_map(Op::DeviceDown),
+            Just(Op::Rebirth),
+            (0u64..10_000).prop_map(Op::Tick),
+            (any::<bool>(), 0u64..1_000).prop_map(|(o, t)| Op::State(o, t)),
+            Just(Op::Shutdown),
+            Just(Op::Replay),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn seq_stays_contiguous_and_nbirth_bdseq_equals_the_will(
+            ops in prop::collection::vec(op(), 1..150),
+            primary_host in any::<bool>(),
+        ) {
+            let mut c = cfg();
+            if primary_host {
+                c.primary_host_id = Some("scada".into());
+                c.server_count = 2;
+            }
+            let mut s = session_with(c, None);
+            let mut now = T0;
+            let mut will_bdseq: Option<i64> = None;
+            let mut last_seq: Option<u64> = None;
+            for op in ops {
+                now += 100;
+                let actions = match op {
+                    Op::Connect => {
+                        let mut a = s.begin_connect(now);
+                        a.extend(s.connected(now));
+                        a
+                    }
+                    Op::ConnectFail => { s.begin_connect(now); s.connect_failed(); vec![] }
+                    Op::Lose => { s.connection_lost(); vec![] }
+                    Op::Update(v) => s.update(now, None, vec![Metric::new("Uptime", Value::UInt64(v), now)]).expect("declared"),
+                    Op::DeviceUp(p) => s.device_online(now, if p { "press" } else { "oven" }).expect("known"),
+                    Op::DeviceDown(p) => s.device_offline(now, if p { "press" } else { "oven" }).expect("known"),
+                    Op::Rebirth => s.handle_message(now, "spBv1.0/Plant1/NCMD/gw1", &rebirth_cmd()),
+                    Op::Tick(d) => { now += d; s.tick(now) }
+                    Op::State(o, t) => s.handle_message(now, "spBv1.0/STATE/scada", &state(o, T0 + t)),
+                    Op::Shutdown => s.shutdown(now),
+                    Op::Replay => s.replay(now, None, vec![Metric::new("Uptime", Value::UInt64(1), now)]).unwrap_or_default(),
+                };
+                for a in &actions {
+                    match a {
+                        EdgeAction::SetWill(w) => { will_bdseq = Some(bdseq_of(&decode(w))); last_seq = None; }
+                        EdgeAction::Publish(p) if p.topic.contains("/NDEATH/") => {
+                            prop_assert_eq!(Payload::decode(&p.payload).expect("decodes").seq, None);
+                        }
+                        EdgeAction::Publish(p) => {
+                            // DATA omits datatypes; the raw protobuf has the seq.
+                            let raw = <crate::sparkplug::pb::Payload as prost::Message>::decode(p.payload.as_slice())
+                                .expect("own payloads decode");
+                            let seq = raw.seq.expect("every message but NDEATH has a seq");
+                            if p.topic.contains("/NBIRTH/") {
+                                prop_assert_eq!(seq, 0);
+                                let d = Payload::decode_with(&p.payload, &SelfDescribing).expect("births are self-describing");
+                                prop_assert_eq!(Some(bdseq_of(&d)), will_bdseq);
+                            } else {
+                                prop_assert_eq!(Some(seq), last_seq.map(|l| (l + 1) % 256), "topic {}", p.topic);
+                            }
+                            last_seq = Some(seq);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
