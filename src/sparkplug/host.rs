@@ -1,1 +1,954 @@
-//! placeholder
+//! `HostSession`: a Sparkplug B host application (Primary Host) as a pure
+//! state machine.
+//!
+//! Inputs are connection events, received messages and ticks with `now`;
+//! outputs are [`HostEvent`]s: MQTT actions for the I/O loop (STATE births
+//! and deaths, rebirth requests) and decoded facts for the sinks (births,
+//! data with names and datatypes resolved, deaths with the metrics that went
+//! STALE, quarantined payloads).
+//!
+//! Invariants (each a test below):
+//! - The STATE Will and the STATE birth of one connection carry the same
+//!   timestamp; subscriptions go out before the birth.
+//! - Per node: an NDEATH counts only if its bdSeq matches the current NBIRTH.
+//! - Sequenced messages (DBIRTH, DDEATH, NDATA, DDATA) are processed in seq
+//!   order. A gap holds later messages for the reorder timeout; if the gap is
+//!   filled in time nothing else happens, otherwise exactly one rebirth is
+//!   requested and the held messages are processed in order. Nothing received
+//!   is dropped: what cannot be interpreted becomes [`HostEvent::Quarantine`].
+//! - Rebirth requests per node are at least `rebirth_min_interval_ms` apart.
+
+use std::collections::HashMap;
+
+use prost::Message;
+use thiserror::Error;
+
+use super::codec::{DatatypeSource, Datatypes, Metric, Payload, Value};
+use super::datatype::DataType;
+use super::pb;
+use super::state::HostState;
+use super::topic::{validate_id, MessageType, Topic, TopicError, NAMESPACE};
+use super::{Publish, QoS, BDSEQ, REBIRTH};
+
+/// Why a host-side request was refused.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error("edge node {group}/{node} is not online")]
+    NodeOffline { group: String, node: String },
+    #[error("device '{device}' of {group}/{node} is not online")]
+    DeviceOffline { group: String, node: String, device: String },
+    #[error("metric '{metric}' was not declared in the birth of {scope}")]
+    UnknownMetric { scope: String, metric: String },
+    #[error("metric '{metric}' of {scope} is {declared}; a {got} value cannot be written to it")]
+    TypeMismatch { scope: String, metric: String, declared: DataType, got: DataType },
+    #[error("encoding failed: {0}")]
+    Codec(#[from] super::codec::CodecError),
+}
+
+/// Host application settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostConfig {
+    pub host_id: String,
+    /// Topic filters to subscribe to, e.g. `spBv1.0/#` or `spBv1.0/Plant1/#`.
+    pub subscriptions: Vec<String>,
+    /// How long a seq gap may stay open before a rebirth is requested
+    /// ([tck-id-operational-behavior-host-reordering-param]).
+    pub reorder_timeout_ms: u64,
+    /// Minimum time between two rebirth requests to the same node.
+    pub rebirth_min_interval_ms: u64,
+}
+
+/// Why a node's metrics went STALE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeathCause {
+    /// An NDEATH whose bdSeq matched the current NBIRTH.
+    NDeath { bdseq: u64 },
+    /// This host lost its own connection to the broker.
+    HostDisconnected,
+}
+
+/// What the host session wants done or reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostEvent {
+    Subscribe(Vec<String>),
+    Publish(Publish),
+    Disconnect,
+    NodeBirth { group: String, node: String, bdseq: u64, timestamp: Option<u64>, metrics: Vec<Metric> },
+    DeviceBirth { group: String, node: String, device: String, timestamp: Option<u64>, metrics: Vec<Metric> },
+    /// NDATA/DDATA with every metric's name and datatype filled in from the births.
+    Data { group: String, node: String, device: Option<String>, seq: u8, timestamp: Option<u64>, metrics: Vec<Metric> },
+    /// The node and all its devices are offline; `stale` lists (device, metric) now STALE as of `at`.
+    NodeDeath { group: String, node: String, cause: DeathCause, at: u64, stale: Vec<(Option<String>, String)> },
+    /// A device is offline; its metrics are STALE as of `at` (the DDEATH timestamp).
+    DeviceDeath { group: String, node: String, device: String, at: u64, stale: Vec<String> },
+    /// An NDEATH whose bdSeq does not match the current birth (late Will of an older session).
+    DeathIgnored { group: String, node: String, bdseq: Option<u64> },
+    /// A message that arrived with an unexpected seq.
+    SequenceError { group: String, node: String, expected: u8, got: u8 },
+    /// A rebirth request was published to this node.
+    RebirthRequested { group: String, node: String, reason: String },
+    /// A payload that could not be interpreted: kept with the reason, never dropped.
+    Quarantine { topic: String, payload: Vec<u8>, reason: String },
+}
+
+#[derive(Debug, Clone, Default)]
+struct ScopeMap {
+    label: String,
+    by_alias: HashMap<u64, (String, DataType)>,
+    by_name: HashMap<String, DataType>,
+    online: bool,
+}
+
+impl ScopeMap {
+    fn from_birth(label: String, metrics: &[Metric]) -> ScopeMap {
+        let mut s = ScopeMap { label, online: true, ..ScopeMap::default() };
+        for m in metrics {
+            if let Some(name) = &m.name {
+                s.by_name.insert(name.clone(), m.datatype);
+                if let Some(a) = m.alias {
+                    s.by_alias.insert(a, (name.clone(), m.datatype));
+                }
+            }
+        }
+        s
+    }
+
+    fn names(&self) -> impl Iterator<Item = &String> {
+        self.by_name.keys()
+    }
+}
+
+impl DatatypeSource for ScopeMap {
+    fn datatype_of(&self, name: Option<&str>, alias: Option<u64>) -> Option<DataType> {
+        match (name, alias) {
+            (Some(n), _) => self.by_name.get(n).copied(),
+            (None, Some(a)) => self.by_alias.get(&a).map(|(_, d)| *d),
+            (None, None) => None,
+        }
+    }
+}
+
+/// A sequenced message waiting for the gap before it to fill.
+#[derive(Debug, Clone)]
+struct Held {
+    seq: u8,
+    kind: MessageType,
+    device: Option<String>,
+    topic: String,
+    payload: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct NodeState {
+    online: bool,
+    bdseq: Option<u64>,
+    expected_seq: u8,
+    metrics: ScopeMap,
+    devices: HashMap<String, ScopeMap>,
+    held: Vec<Held>,
+    reorder_deadline: Option<u64>,
+    last_rebirth_request: Option<u64>,
+}
+
+/// The host application session. See the module docs for its invariants.
+#[derive(Debug, Clone)]
+pub struct HostSession {
+    cfg: HostConfig,
+    state_topic: String,
+    will_ts: u64,
+    connected: bool,
+    nodes: HashMap<(String, String), NodeState>,
+}
+
+/// Reads the bdSeq metric; Int64 per the spec, UInt64 from Tahu JS, any integer accepted.
+fn bdseq_in(p: &Payload) -> Option<u64> {
+    p.metrics.iter().find(|m| m.name.as_deref() == Some(BDSEQ)).and_then(|m| match m.value {
+        Some(Value::Int64(v)) => u64::try_from(v).ok(),
+        Some(Value::UInt64(v)) => Some(v),
+        Some(Value::Int32(v)) => u64::try_from(v).ok(),
+        Some(Value::UInt32(v)) => Some(v.into()),
+        _ => None,
+    })
+}
+
+impl HostSession {
+    /// A session for `cfg`.
+    pub fn new(cfg: HostConfig) -> Result<HostSession, HostError> {
+        // [tck-id-operational-behavior-host-application-host-id]
+        validate_id("host id", &cfg.host_id)?;
+        let state_topic = Topic::state(&cfg.host_id)?.to_string();
+        Ok(HostSession { cfg, state_topic, will_ts: 0, connected: false, nodes: HashMap::new() })
+    }
+
+    /// The STATE topic of this host.
+    pub fn state_topic(&self) -> &str {
+        &self.state_topic
+    }
+
+    /// Online edge nodes.
+    pub fn online_nodes(&self) -> usize {
+        self.nodes.values().filter(|n| n.online).count()
+    }
+
+    fn state(&self, online: bool, ts: u64) -> Publish {
+        Publish {
+            topic: self.state_topic.clone(),
+            payload: HostState { online, timestamp: ts }.to_json(),
+            // [tck-id-host-topic-phid-birth-qos] [tck-id-host-topic-phid-birth-retain]
+            // [tck-id-host-topic-phid-death-qos] [tck-id-host-topic-phid-death-retain]
+            qos: QoS::AtLeastOnce,
+            retain: true,
+        }
+    }
+
+    /// The Will for the next CONNECT: STATE offline stamped `now`.
+    /// [tck-id-host-topic-phid-death-required] [tck-id-host-topic-phid-death-topic]
+    /// [tck-id-host-topic-phid-death-payload-timestamp-connect]
+    pub fn begin_connect(&mut self, now: u64) -> Publish {
+        self.will_ts = now;
+        self.state(false, now)
+    }
+
+    /// CONNACK accepted: subscribe, then publish STATE online with the Will's timestamp.
+    /// [tck-id-host-topic-phid-birth-sub-required] [tck-id-host-topic-phid-birth-required]
+    /// [tck-id-host-topic-phid-birth-message] [tck-id-message-flow-phid-sparkplug-subscription]
+    pub fn connected(&mut self) -> Vec<HostEvent> {
+        self.connected = true;
+        let mut subs = self.cfg.subscriptions.clone();
+        subs.push(self.state_topic.clone());
+        // [tck-id-host-topic-phid-birth-payload-timestamp]
+        vec![HostEvent::Subscribe(subs), HostEvent::Publish(self.state(true, self.will_ts))]
+    }
+
+    /// This host lost its broker connection: every online node's metrics go STALE.
+    pub fn connection_lost(&mut self, now: u64) -> Vec<HostEvent> {
+        self.connected = false;
+        let mut out = Vec::new();
+        let mut keys: Vec<_> = self.nodes.iter().filter(|(_, n)| n.online).map(|(k, _)| k.clone()).collect();
+        keys.sort();
+        for (group, node) in keys {
+            out.push(self.kill_node(&group, &node, DeathCause::HostDisconnected, now));
+        }
+        out
+    }
+
+    /// Deliberate disconnect: STATE offline stamped `now`, then DISCONNECT.
+    /// [tck-id-host-topic-phid-death-payload-timestamp-disconnect-clean]
+    /// [tck-id-operational-behavior-host-application-disconnect-intentional]
+    pub fn shutdown(&mut self, now: u64) -> Vec<HostEvent> {
+        self.connected = false;
+        vec![HostEvent::Publish(self.state(false, now)), HostEvent::Disconnect]
+    }
+
+    fn kill_node(&mut self, group: &str, node: &str, cause: DeathCause, at: u64) -> HostEvent {
+        let n = self.nodes.entry((group.to_string(), node.to_string())).or_default();
+        n.online = false;
+        n.held.clear();
+        n.reorder_deadline = None;
+        let mut stale: Vec<(Option<String>, String)> = n.metrics.names().map(|m| (None, m.clone())).collect();
+        for (d, scope) in &mut n.devices {
+            scope.online = false;
+            stale.extend(scope.names().map(|m| (Some(d.clone()), m.clone())));
+        }
+        stale.sort();
+        HostEvent::NodeDeath { group: group.to_string(), node: node.to_string(), cause, at, stale }
+    }
+
+    /// Publishes an NCMD `Node Control/Rebirth = true` unless one went out to
+    /// this node less than `rebirth_min_interval_ms` ago.
+    pub fn request_rebirth(&mut self, now: u64, group: &str, node: &str, reason: &str) -> Vec<HostEvent> {
+        let min = self.cfg.rebirth_min_interval_ms;
+        let n = self.nodes.entry((group.to_string(), node.to_string())).or_default();
+        if let Some(last) = n.last_rebirth_request {
+            if now < last.saturating_add(min) {
+                return Vec::new();
+            }
+        }
+        n.last_rebirth_request = Some(now);
+        // [tck-id-operational-behavior-data-commands-ncmd-rebirth-verb]
+        // [tck-id-operational-behavior-data-commands-ncmd-rebirth-name]
+        // [tck-id-operational-behavior-data-commands-ncmd-rebirth-value]
+        // [tck-id-topics-ncmd-timestamp] [tck-id-payloads-ncmd-timestamp] [tck-id-payloads-ncmd-seq]
+        let payload = Payload {
+            timestamp: Some(now),
+            metrics: vec![Metric::new(REBIRTH, Value::Boolean(true), now)],
+            ..Payload::default()
+        };
+        let topic = format!("{NAMESPACE}/{group}/NCMD/{node}");
+        vec![
+            HostEvent::Publish(Publish {
+                topic,
+                // The rebirth metric has no alias; its datatype goes along so that
+                // edges which cannot look it up (no birth on their side) decode it.
+                payload: payload.encode_with(Datatypes::Include).expect("a boolean metric always encodes"),
+                // [tck-id-topics-ncmd-mqtt] [tck-id-payloads-ncmd-qos] [tck-id-payloads-ncmd-retain]
+                qos: QoS::AtMostOnce,
+                retain: false,
+            }),
+            HostEvent::RebirthRequested { group: group.to_string(), node: node.to_string(), reason: reason.to_string() },
+        ]
+    }
+
+    /// Builds an NCMD (`device = None`) or DCMD writing `writes` (name, value).
+    /// Names must be in the birth and values of the declared datatype
+    /// ([tck-id-operational-behavior-data-commands-ncmd-metric-name],
+    /// [tck-id-operational-behavior-data-commands-ncmd-metric-value],
+    /// [tck-id-operational-behavior-data-commands-dcmd-metric-value]).
+    pub fn command(
+        &self,
+        now: u64,
+        group: &str,
+        node: &str,
+        device: Option<&str>,
+        writes: Vec<(String, Value)>,
+    ) -> Result<Publish, HostError> {
+        let offline = || HostError::NodeOffline { group: group.to_string(), node: node.to_string() };
+        let n = self.nodes.get(&(group.to_string(), node.to_string())).filter(|n| n.online).ok_or_else(offline)?;
+        let scope = match device {
+            None => &n.metrics,
+            Some(d) => n.devices.get(d).filter(|s| s.online).ok_or_else(|| HostError::DeviceOffline {
+                group: group.to_string(),
+                node: node.to_string(),
+                device: d.to_string(),
+            })?,
+        };
+        let mut metrics = Vec::with_capacity(writes.len());
+        for (name, value) in writes {
+            let declared = *scope
+                .by_name
+                .get(&name)
+                .ok_or_else(|| HostError::UnknownMetric { scope: scope.label.clone(), metric: name.clone() })?;
+            if declared != value.datatype() {
+                return Err(HostError::TypeMismatch { scope: scope.label.clone(), metric: name, declared, got: value.datatype() });
+            }
+            let alias = scope.by_alias.iter().find(|(_, (n, _))| *n == name).map(|(a, _)| *a);
+            let mut m = Metric::new(name, value, now);
+            // [tck-id-payloads-alias-data-cmd-requirement]: alias alone when the birth gave one.
+            // [tck-id-payloads-name-cmd-requirement]: a timestamp MAY be included.
+            if alias.is_some() {
+                m.name = None;
+                m.alias = alias;
+            }
+            metrics.push(m);
+        }
+        let topic = match device {
+            None => Topic::node(group, MessageType::NCmd, node)?,
+            Some(d) => Topic::device(group, MessageType::DCmd, node, d)?,
+        };
+        // [tck-id-topics-ncmd-payload] [tck-id-topics-dcmd-payload] [tck-id-topics-dcmd-timestamp] [tck-id-payloads-dcmd-seq]
+        let payload = Payload { timestamp: Some(now), metrics, ..Payload::default() };
+        Ok(Publish {
+            topic: topic.to_string(),
+            payload: payload.encode_with(Datatypes::Omit)?,
+            // [tck-id-topics-dcmd-mqtt] [tck-id-payloads-dcmd-qos] [tck-id-payloads-dcmd-retain]
+            qos: QoS::AtMostOnce,
+            retain: false,
+        })
+    }
+
+    /// Handles one received message.
+    pub fn handle_message(&mut self, now: u64, topic: &str, payload: &[u8]) -> Vec<HostEvent> {
+        let parsed = match Topic::parse(topic) {
+            Ok(t) => t,
+            Err(e) => return vec![quarantine(topic, payload, e.to_string())],
+        };
+        match parsed {
+            Topic::State { host_id } => {
+                if host_id != self.cfg.host_id || !self.connected {
+                    return Vec::new();
+                }
+                match HostState::parse(payload) {
+                    // Someone (or a stale retained message) says we are offline: correct it.
+                    Ok(s) if !s.online => vec![HostEvent::Publish(self.state(true, self.will_ts))],
+                    Ok(_) => Vec::new(),
+                    Err(e) => vec![quarantine(topic, payload, e.to_string())],
+                }
+            }
+            Topic::Edge { group, kind, node, device } => match kind {
+                MessageType::NBirth => self.nbirth(now, &group, &node, topic, payload),
+                MessageType::NDeath => self.ndeath(now, &group, &node, topic, payload),
+                MessageType::NCmd | MessageType::DCmd => Vec::new(),
+                MessageType::DBirth | MessageType::DDeath | MessageType::NData | MessageType::DData => {
+                    self.sequenced(now, &group, &node, kind, device, topic, payload)
+                }
+            },
+        }
+    }
+
+    fn rejected(&mut self, now: u64, group: &str, node: &str, topic: &str, payload: &[u8], reason: String) -> Vec<HostEvent> {
+        let mut out = vec![quarantine(topic, payload, reason.clone())];
+        out.extend(self.request_rebirth(now, group, node, &reason));
+        out
+    }
+
+    fn nbirth(&mut self, now: u64, group: &str, node: &str, topic: &str, payload: &[u8]) -> Vec<HostEvent> {
+        let p = match Payload::decode(payload) {
+            Ok(p) => p,
+            Err(e) => return self.rejected(now, group, node, topic, payload, e.to_string()),
+        };
+        // [tck-id-payloads-nbirth-seq]
+        if p.seq != Some(0) {
+            return self.rejected(now, group, node, topic, payload, format!("NBIRTH seq is {:?}, must be 0", p.seq));
+        }
+        // [tck-id-payloads-nbirth-bdseq]
+        let Some(bdseq) = bdseq_in(&p) else {
+            return self.rejected(now, group, node, topic, payload, "NBIRTH has no integer bdSeq metric".to_string());
+        };
+        let n = self.nodes.entry((group.to_string(), node.to_string())).or_default();
+        n.online = true;
+        n.bdseq = Some(bdseq);
+        n.expected_seq = 1;
+        n.held.clear();
+        n.reorder_deadline = None;
+        n.metrics = ScopeMap::from_birth(format!("edge node {group}/{node}"), &p.metrics);
+        // Devices stay known (for STALE bookkeeping) but offline until their DBIRTH.
+        for d in n.devices.values_mut() {
+            d.online = false;
+        }
+        vec![HostEvent::NodeBirth {
+            group: group.to_string(),
+            node: node.to_string(),
+            bdseq,
+            timestamp: p.timestamp,
+            metrics: p.metrics,
+        }]
+    }
+
+    fn ndeath(&mut self, now: u64, group: &str, node: &str, topic: &str, payload: &[u8]) -> Vec<HostEvent> {
+        let p = match Payload::decode(payload) {
+            Ok(p) => p,
+            Err(e) => return vec![quarantine(topic, payload, e.to_string())],
+        };
+        let bdseq = bdseq_in(&p);
+        let current = self.nodes.get(&(group.to_string(), node.to_string())).filter(|n| n.online).and_then(|n| n.bdseq);
+        match (bdseq, current) {
+            (Some(b), Some(c)) if b == c => vec![self.kill_node(group, node, DeathCause::NDeath { bdseq: b }, now)],
+            _ => vec![HostEvent::DeathIgnored { group: group.to_string(), node: node.to_string(), bdseq }],
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sequenced(
+        &mut self,
+        now: u64,
+        group: &str,
+        node: &str,
+        kind: MessageType,
+        device: Option<String>,
+        topic: &str,
+        payload: &[u8],
+    ) -> Vec<HostEvent> {
+        let online = self.nodes.get(&(group.to_string(), node.to_string())).is_some_and(|n| n.online);
+        if !online {
+            let reason = format!("{kind} before NBIRTH of {group}/{node}");
+            return self.rejected(now, group, node, topic, payload, reason);
+        }
+        // The seq decides the order, and later births change the alias maps,
+        // so only the protobuf envelope is read before the message's turn.
+        let seq = match pb::Payload::decode(payload) {
+            Ok(raw) => raw.seq,
+            Err(e) => return self.rejected(now, group, node, topic, payload, format!("not a Sparkplug B payload: {e}")),
+        };
+        // [tck-id-payloads-sequence-num-always-included]
+        let Some(seq) = seq.and_then(|s| u8::try_from(s).ok()) else {
+            return self.rejected(now, group, node, topic, payload, format!("{kind} has no seq in 0..=255"));
+        };
+        let held = Held { seq, kind, device, topic: topic.to_string(), payload: payload.to_vec() };
+        let timeout = self.cfg.reorder_timeout_ms;
+        let n = self.nodes.get_mut(&(group.to_string(), node.to_string())).expect("checked online above");
+        let ahead = seq.wrapping_sub(n.expected_seq);
+        if ahead == 0 {
+            n.expected_seq = seq.wrapping_add(1);
+            let mut out = self.process(now, group, node, held);
+            out.extend(self.drain_in_order(now, group, node));
+            return out;
+        }
+        if ahead < 128 {
+            // [tck-id-operational-behavior-host-reordering-start]
+            n.held.push(held);
+            if n.reorder_deadline.is_none() {
+                n.reorder_deadline = Some(now.saturating_add(timeout));
+            }
+            if timeout == 0 {
+                return self.expire(now, group, node);
+            }
+            return Vec::new();
+        }
+        // Behind the expected seq: a duplicate or very late message. Report it
+        // and still use it; duplicates are harmless downstream.
+        let mut out = vec![HostEvent::SequenceError { group: group.to_string(), node: node.to_string(), expected: n.expected_seq, got: seq }];
+        out.extend(self.process(now, group, node, held));
+        out
+    }
+
+    /// Processes held messages that have become next in line.
+    /// [tck-id-operational-behavior-host-reordering-success]
+    fn drain_in_order(&mut self, now: u64, group: &str, node: &str) -> Vec<HostEvent> {
+        let mut out = Vec::new();
+        loop {
+            let Some(n) = self.nodes.get_mut(&(group.to_string(), node.to_string())) else { break };
+            let Some(pos) = n.held.iter().position(|h| h.seq == n.expected_seq) else {
+                if n.held.is_empty() {
+                    n.reorder_deadline = None;
+                }
+                break;
+            };
+            let h = n.held.remove(pos);
+            n.expected_seq = h.seq.wrapping_add(1);
+            out.extend(self.process(now, group, node, h));
+        }
+        out
+    }
+
+    /// The reorder timeout passed with the gap still open: request a rebirth
+    /// and process what was held, in seq order.
+    /// [tck-id-operational-behavior-host-reordering-rebirth]
+    fn expire(&mut self, now: u64, group: &str, node: &str) -> Vec<HostEvent> {
+        let Some(n) = self.nodes.get_mut(&(group.to_string(), node.to_string())) else { return Vec::new() };
+        let expected = n.expected_seq;
+        let mut held = std::mem::take(&mut n.held);
+        n.reorder_deadline = None;
+        held.sort_by_key(|h| h.seq.wrapping_sub(expected));
+        let mut out = Vec::new();
+        if let Some(first) = held.first() {
+            out.push(HostEvent::SequenceError { group: group.to_string(), node: node.to_string(), expected, got: first.seq });
+            if let Some(last) = held.last() {
+                n.expected_seq = last.seq.wrapping_add(1);
+            }
+        }
+        out.extend(self.request_rebirth(now, group, node, &format!("seq {expected} missing after the reorder timeout")));
+        for h in held {
+            out.extend(self.process(now, group, node, h));
+        }
+        out.extend(self.drain_in_order(now, group, node));
+        out
+    }
+
+    /// Time passes: expire reorder windows whose deadline has come.
+    pub fn tick(&mut self, now: u64) -> Vec<HostEvent> {
+        let mut due: Vec<(String, String)> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.reorder_deadline.is_some_and(|d| now >= d))
+            .map(|(k, _)| k.clone())
+            .collect();
+        due.sort();
+        let mut out = Vec::new();
+        for (g, n) in due {
+            out.extend(self.expire(now, &g, &n));
+        }
+        out
+    }
+
+    fn process(&mut self, now: u64, group: &str, node: &str, h: Held) -> Vec<HostEvent> {
+        let key = (group.to_string(), node.to_string());
+        let device = h.device.clone().unwrap_or_default();
+        match h.kind {
+            MessageType::DBirth => {
+                let p = match Payload::decode(&h.payload) {
+                    Ok(p) => p,
+                    Err(e) => return self.rejected(now, group, node, &h.topic, &h.payload, e.to_string()),
+                };
+                let label = format!("device '{device}' of {group}/{node}");
+                let n = self.nodes.get_mut(&key).expect("sequenced messages belong to known nodes");
+                n.devices.insert(device.clone(), ScopeMap::from_birth(label, &p.metrics));
+                vec![HostEvent::DeviceBirth {
+                    group: group.to_string(),
+                    node: node.to_string(),
+                    device,
+                    timestamp: p.timestamp,
+                    metrics: p.metrics,
+                }]
+            }
+            MessageType::DDeath => {
+                let ts = pb::Payload::decode(h.payload.as_slice()).ok().and_then(|p| p.timestamp).unwrap_or(now);
+                let n = self.nodes.get_mut(&key).expect("sequenced messages belong to known nodes");
+                let stale = match n.devices.get_mut(&device) {
+                    Some(d) => {
+                        d.online = false;
+                        let mut names: Vec<String> = d.names().cloned().collect();
+                        names.sort();
+                        names
+                    }
+                    None => Vec::new(),
+                };
+                vec![HostEvent::DeviceDeath { group: group.to_string(), node: node.to_string(), device, at: ts, stale }]
+            }
+            MessageType::NData | MessageType::DData => {
+                let n = self.nodes.get(&key).expect("sequenced messages belong to known nodes");
+                let scope = match &h.device {
+                    None => &n.metrics,
+                    Some(d) => match n.devices.get(d).filter(|s| s.online) {
+                        Some(s) => s,
+                        None => {
+                            let reason = format!("DDATA for device '{d}' before its DBIRTH");
+                            return self.rejected(now, group, node, &h.topic, &h.payload, reason);
+                        }
+                    },
+                };
+                let mut p = match Payload::decode_with(&h.payload, scope) {
+                    Ok(p) => p,
+                    Err(e) => return self.rejected(now, group, node, &h.topic, &h.payload, e.to_string()),
+                };
+                for m in &mut p.metrics {
+                    if m.name.is_none() {
+                        m.name = m.alias.and_then(|a| scope.by_alias.get(&a)).map(|(name, _)| name.clone());
+                    }
+                }
+                if let Some(m) = p.metrics.iter().find(|m| m.name.as_ref().is_none_or(|n| !scope.by_name.contains_key(n))) {
+                    let reason = format!(
+                        "metric {} was not declared in the birth of {}",
+                        m.name.clone().unwrap_or_else(|| format!("alias {:?}", m.alias)),
+                        scope.label
+                    );
+                    return self.rejected(now, group, node, &h.topic, &h.payload, reason);
+                }
+                vec![HostEvent::Data {
+                    group: group.to_string(),
+                    node: node.to_string(),
+                    device: h.device,
+                    seq: h.seq,
+                    timestamp: p.timestamp,
+                    metrics: p.metrics,
+                }]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn quarantine(topic: &str, payload: &[u8], reason: String) -> HostEvent {
+    HostEvent::Quarantine { topic: topic.to_string(), payload: payload.to_vec(), reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sparkplug::edge::{DeviceDef, EdgeAction, EdgeConfig, EdgeSession};
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn host() -> HostSession {
+        let mut h = HostSession::new(HostConfig {
+            host_id: "scada".into(),
+            subscriptions: vec!["spBv1.0/#".into()],
+            reorder_timeout_ms: 2_000,
+            rebirth_min_interval_ms: 10_000,
+        })
+        .expect("valid");
+        h.begin_connect(T0);
+        h.connected();
+        h
+    }
+
+    /// A real edge session produces the traffic the host sees.
+    fn edge() -> EdgeSession {
+        EdgeSession::new(
+            EdgeConfig {
+                group_id: "G".into(),
+                node_id: "N".into(),
+                primary_host_id: None,
+                server_count: 1,
+                rebirth_debounce_ms: 0,
+                aliases: true,
+            },
+            vec![Metric::new("Load", Value::Double(0.5), T0)],
+            vec![DeviceDef { name: "D".into(), metrics: vec![Metric::new("Temp", Value::Float(1.0), T0)] }],
+            Some(5),
+        )
+        .expect("valid")
+    }
+
+    fn published(actions: Vec<EdgeAction>) -> Vec<Publish> {
+        actions
+            .into_iter()
+            .filter_map(|a| match a {
+                EdgeAction::Publish(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn born_edge() -> (EdgeSession, Vec<Publish>) {
+        let mut e = edge();
+        e.device_online(T0, "D").expect("known");
+        e.begin_connect(T0);
+        let births = published(e.connected(T0));
+        (e, births)
+    }
+
+    fn feed(h: &mut HostSession, now: u64, msgs: &[Publish]) -> Vec<HostEvent> {
+        msgs.iter().flat_map(|p| h.handle_message(now, &p.topic, &p.payload)).collect()
+    }
+
+    fn temp(e: &mut EdgeSession, v: f32, t: u64) -> Publish {
+        published(e.update(t, Some("D"), vec![Metric::new("Temp", Value::Float(v), t)]).expect("ok")).remove(0)
+    }
+
+    fn rebirths(events: &[HostEvent]) -> usize {
+        events.iter().filter(|e| matches!(e, HostEvent::RebirthRequested { .. })).count()
+    }
+
+    // [tck-id-host-topic-phid-death-required] [tck-id-host-topic-phid-death-qos] [tck-id-host-topic-phid-death-retain]
+    // [tck-id-host-topic-phid-death-payload] [tck-id-host-topic-phid-death-payload-timestamp-connect]
+    // [tck-id-operational-behavior-host-application-connect-will] [tck-id-operational-behavior-host-application-connect-will-qos]
+    // [tck-id-operational-behavior-host-application-connect-will-retained]
+    #[test]
+    fn will_is_retained_qos1_offline_state_stamped_at_connect() {
+        let mut h = HostSession::new(HostConfig {
+            host_id: "scada".into(),
+            subscriptions: vec!["spBv1.0/#".into()],
+            reorder_timeout_ms: 0,
+            rebirth_min_interval_ms: 0,
+        })
+        .expect("valid");
+        let w = h.begin_connect(T0);
+        assert_eq!(w.topic, "spBv1.0/STATE/scada");
+        assert_eq!((w.qos, w.retain), (QoS::AtLeastOnce, true));
+        assert_eq!(HostState::parse(&w.payload), Ok(HostState { online: false, timestamp: T0 }));
+    }
+
+    // [tck-id-host-topic-phid-birth-sub-required] [tck-id-host-topic-phid-birth-required] [tck-id-host-topic-phid-birth-topic]
+    // [tck-id-host-topic-phid-birth-payload-timestamp] [tck-id-host-topic-phid-birth-qos] [tck-id-host-topic-phid-birth-retain]
+    // [tck-id-message-flow-phid-sparkplug-subscription] [tck-id-operational-behavior-host-application-connect-birth]
+    #[test]
+    fn subscribes_first_then_publishes_online_state_with_the_wills_timestamp() {
+        let mut h = HostSession::new(HostConfig {
+            host_id: "scada".into(),
+            subscriptions: vec!["spBv1.0/#".into()],
+            reorder_timeout_ms: 0,
+            rebirth_min_interval_ms: 0,
+        })
+        .expect("valid");
+        h.begin_connect(T0);
+        let out = h.connected();
+        assert_eq!(out[0], HostEvent::Subscribe(vec!["spBv1.0/#".into(), "spBv1.0/STATE/scada".into()]));
+        match &out[1] {
+            HostEvent::Publish(p) => {
+                assert_eq!(p.topic, "spBv1.0/STATE/scada");
+                assert_eq!((p.qos, p.retain), (QoS::AtLeastOnce, true));
+                assert_eq!(HostState::parse(&p.payload), Ok(HostState { online: true, timestamp: T0 }));
+            }
+            other => panic!("expected the STATE birth, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn own_offline_state_is_answered_with_online() {
+        let mut h = host();
+        let out = h.handle_message(T0 + 1, "spBv1.0/STATE/scada", &HostState { online: false, timestamp: T0 + 1 }.to_json());
+        assert!(matches!(&out[..], [HostEvent::Publish(p)] if HostState::parse(&p.payload).map(|s| s.online) == Ok(true)));
+    }
+
+    // [tck-id-operational-behavior-host-application-termination] [tck-id-host-topic-phid-death-payload-timestamp-disconnect-clean]
+    #[test]
+    fn shutdown_publishes_offline_state_then_disconnects() {
+        let mut h = host();
+        let out = h.shutdown(T0 + 9);
+        assert!(matches!(&out[0], HostEvent::Publish(p) if HostState::parse(&p.payload) == Ok(HostState { online: false, timestamp: T0 + 9 }) && p.retain));
+        assert_eq!(out[1], HostEvent::Disconnect);
+    }
+
+    #[test]
+    fn births_from_a_real_edge_session_build_the_alias_maps_and_data_resolves_names() {
+        let mut h = host();
+        let (mut e, births) = born_edge();
+        let ev = feed(&mut h, T0, &births);
+        assert!(matches!(&ev[0], HostEvent::NodeBirth { bdseq: 5, .. }));
+        assert!(matches!(&ev[1], HostEvent::DeviceBirth { device, .. } if device == "D"));
+        let ev = feed(&mut h, T0 + 1, &[temp(&mut e, 3.5, T0 + 1)]);
+        match &ev[..] {
+            [HostEvent::Data { device: Some(d), seq: 2, metrics, .. }] => {
+                assert_eq!(d, "D");
+                assert_eq!(metrics[0].name.as_deref(), Some("Temp"));
+                assert_eq!(metrics[0].datatype, DataType::Float);
+                assert_eq!(metrics[0].value, Some(Value::Float(3.5)));
+            }
+            other => panic!("expected data, got {other:?}"),
+        }
+    }
+
+    // NDEATH must match the bdSeq of the current NBIRTH.
+    #[test]
+    fn ndeath_marks_node_stale_only_with_matching_bdseq() {
+        let mut h = host();
+        let (mut e, births) = born_edge();
+        feed(&mut h, T0, &births);
+        // A late Will from an older session (bdSeq 4) is ignored.
+        let mut old = edge();
+        let old_will = match old.begin_connect(T0).remove(0) {
+            EdgeAction::SetWill(w) => w,
+            other => panic!("expected a will, got {other:?}"),
+        };
+        let mut stale_old = EdgeSession::new(old.config().clone(), vec![], vec![], Some(4)).expect("valid");
+        let stale_will = match stale_old.begin_connect(T0).remove(0) {
+            EdgeAction::SetWill(w) => w,
+            other => panic!("expected a will, got {other:?}"),
+        };
+        let ev = feed(&mut h, T0 + 1, &[stale_will]);
+        assert!(matches!(&ev[..], [HostEvent::DeathIgnored { bdseq: Some(4), .. }]));
+        assert_eq!(h.online_nodes(), 1);
+        // The matching one (bdSeq 5) kills the node and all its metrics go STALE.
+        let _ = &mut e;
+        let ev = feed(&mut h, T0 + 2, &[old_will]);
+        match &ev[..] {
+            [HostEvent::NodeDeath { cause: DeathCause::NDeath { bdseq: 5 }, at, stale, .. }] => {
+                assert_eq!(*at, T0 + 2);
+                assert_eq!(stale, &vec![(None, "Load".to_string()), (None, "Node Control/Next Server".to_string()), (None, "Node Control/Rebirth".to_string()), (None, "bdSeq".to_string()), (Some("D".to_string()), "Temp".to_string())]);
+            }
+            other => panic!("expected node death, got {other:?}"),
+        }
+        assert_eq!(h.online_nodes(), 0);
+    }
+
+    #[test]
+    fn ddeath_marks_the_devices_metrics_stale_at_the_message_timestamp() {
+        let mut h = host();
+        let (mut e, births) = born_edge();
+        feed(&mut h, T0, &births);
+        let dd = published(e.device_offline(T0 + 7, "D").expect("known"));
+        let ev = feed(&mut h, T0 + 50, &dd);
+        assert!(matches!(&ev[..], [HostEvent::DeviceDeath { device, at, stale, .. }] if device == "D" && *at == T0 + 7 && stale == &vec!["Temp".to_string()]));
+    }
+
+    // [tck-id-operational-behavior-host-reordering-start] [tck-id-operational-behavior-host-reordering-success]
+    #[test]
+    fn out_of_order_messages_within_the_timeout_are_reordered_without_a_rebirth() {
+        let mut h = host();
+        let (mut e, births) = born_edge();
+        feed(&mut h, T0, &births);
+        let a = temp(&mut e, 2.0, T0 + 1);
+        let b = temp(&mut e, 3.0, T0 + 2);
+        assert!(feed(&mut h, T0 + 3, &[b]).is_empty(), "seq 3 waits for seq 2");
+        let ev = feed(&mut h, T0 + 4, &[a]);
+        let seqs: Vec<u8> = ev.iter().filter_map(|e| match e { HostEvent::Data { seq, .. } => Some(*seq), _ => None }).collect();
+        assert_eq!(seqs, vec![2, 3]);
+        assert_eq!(rebirths(&ev), 0);
+        assert!(h.tick(T0 + 10_000).is_empty());
+    }
+
+    // [tck-id-operational-behavior-host-reordering-rebirth] [tck-id-operational-behavior-host-reordering-param]
+    #[test]
+    fn seq_gap_triggers_exactly_one_rebirth_after_the_reorder_timeout() {
+        let mut h = host();
+        let (mut e, births) = born_edge();
+        feed(&mut h, T0, &births);
+        let _lost = temp(&mut e, 2.0, T0 + 1);
+        let later = [temp(&mut e, 3.0, T0 + 2), temp(&mut e, 4.0, T0 + 3)];
+        assert!(feed(&mut h, T0 + 100, &later).is_empty());
+        assert!(h.tick(T0 + 2_099).is_empty());
+        let ev = h.tick(T0 + 2_100);
+        assert_eq!(rebirths(&ev), 1);
+        let ncmd = ev.iter().find_map(|e| match e { HostEvent::Publish(p) => Some(p.clone()), _ => None }).expect("NCMD");
+        assert_eq!(ncmd.topic, "spBv1.0/G/NCMD/N");
+        assert_eq!((ncmd.qos, ncmd.retain), (QoS::AtMostOnce, false));
+        let p = Payload::decode(&ncmd.payload).expect("decodes");
+        assert_eq!((p.seq, &p.metrics[0].name, &p.metrics[0].value), (None, &Some(REBIRTH.to_string()), &Some(Value::Boolean(true))));
+        // The held messages are still delivered, in order; nothing is lost.
+        let seqs: Vec<u8> = ev.iter().filter_map(|e| match e { HostEvent::Data { seq, .. } => Some(*seq), _ => None }).collect();
+        assert_eq!(seqs, vec![3, 4]);
+        assert!(h.tick(T0 + 60_000).is_empty(), "exactly one");
+        // The edge answers with a birth sequence that the host accepts.
+        let rebirth = published(e.handle_message(T0 + 3_000, &ncmd.topic, &ncmd.payload));
+        let ev = feed(&mut h, T0 + 3_000, &rebirth);
+        assert!(matches!(&ev[0], HostEvent::NodeBirth { .. }));
+    }
+
+    // DATA before BIRTH, unknown alias, undecodable payload: quarantine + rate-limited rebirth.
+    #[test]
+    fn data_before_birth_is_quarantined_and_a_rebirth_requested_once_per_interval() {
+        let mut h = host();
+        let (mut e, _births) = born_edge();
+        let d1 = temp(&mut e, 2.0, T0 + 1);
+        let d2 = temp(&mut e, 3.0, T0 + 2);
+        let ev = feed(&mut h, T0, &[d1, d2.clone()]);
+        assert_eq!(ev.iter().filter(|e| matches!(e, HostEvent::Quarantine { .. })).count(), 2);
+        assert_eq!(rebirths(&ev), 1, "rate limited");
+        assert_eq!(rebirths(&feed(&mut h, T0 + 10_000, &[d2])), 1, "allowed again after the interval");
+    }
+
+    #[test]
+    fn garbage_on_a_sparkplug_topic_is_quarantined_with_the_reason() {
+        let mut h = host();
+        let (_e, births) = born_edge();
+        feed(&mut h, T0, &births);
+        let ev = h.handle_message(T0, "spBv1.0/G/NDATA/N", b"\xff\xfe garbage");
+        match &ev[0] {
+            HostEvent::Quarantine { reason, payload, .. } => {
+                assert!(reason.starts_with("not a Sparkplug B payload"), "{reason}");
+                assert_eq!(payload, b"\xff\xfe garbage");
+            }
+            other => panic!("expected quarantine, got {other:?}"),
+        }
+        assert_eq!(rebirths(&ev), 1);
+        let ev = h.handle_message(T0, "spBv1.0/G/NFOO/N", b"");
+        assert!(matches!(&ev[..], [HostEvent::Quarantine { .. }]));
+    }
+
+    #[test]
+    fn unknown_alias_is_quarantined_with_a_rebirth_request() {
+        let mut h = host();
+        let (_e, births) = born_edge();
+        feed(&mut h, T0, &births);
+        let mut m = Metric::new("x", Value::Float(1.0), T0);
+        m.name = None;
+        m.alias = Some(99);
+        let bad = Payload { timestamp: Some(T0), metrics: vec![m], seq: Some(2), ..Payload::default() };
+        let ev = h.handle_message(T0, "spBv1.0/G/DDATA/N/D", &bad.encode_with(Datatypes::Omit).expect("encodes"));
+        assert!(matches!(&ev[0], HostEvent::Quarantine { reason, .. } if reason.contains("alias 99")));
+        assert_eq!(rebirths(&ev), 1);
+    }
+
+    #[test]
+    fn nbirth_with_nonzero_seq_or_no_bdseq_is_quarantined() {
+        let mut h = host();
+        let p = Payload { timestamp: Some(T0), seq: Some(0), ..Payload::default() };
+        let ev = h.handle_message(T0, "spBv1.0/G/NBIRTH/N", &p.encode().expect("encodes"));
+        assert!(matches!(&ev[0], HostEvent::Quarantine { reason, .. } if reason.contains("bdSeq")));
+    }
+
+    #[test]
+    fn tahu_js_uint64_bdseq_is_accepted() {
+        let mut h = host();
+        let p = Payload {
+            timestamp: Some(T0),
+            seq: Some(0),
+            metrics: vec![Metric::new(BDSEQ, Value::UInt64(3), T0)],
+            ..Payload::default()
+        };
+        let ev = h.handle_message(T0, "spBv1.0/G/NBIRTH/N", &p.encode().expect("encodes"));
+        assert!(matches!(&ev[0], HostEvent::NodeBirth { bdseq: 3, .. }));
+    }
+
+    #[test]
+    fn losing_the_broker_marks_every_online_node_stale() {
+        let mut h = host();
+        let (_e, births) = born_edge();
+        feed(&mut h, T0, &births);
+        let ev = h.connection_lost(T0 + 5);
+        assert!(matches!(&ev[..], [HostEvent::NodeDeath { cause: DeathCause::HostDisconnected, at, .. }] if *at == T0 + 5));
+    }
+
+    // [tck-id-operational-behavior-data-commands-dcmd-metric-value] [tck-id-operational-behavior-data-commands-ncmd-metric-name]
+    // [tck-id-topics-dcmd-topic] [tck-id-topics-dcmd-mqtt] [tck-id-payloads-dcmd-timestamp] [tck-id-payloads-dcmd-seq]
+    #[test]
+    fn commands_use_the_birth_alias_and_refuse_wrong_types_and_names() {
+        let mut h = host();
+        let (mut e, births) = born_edge();
+        feed(&mut h, T0, &births);
+        let p = h.command(T0, "G", "N", Some("D"), vec![("Temp".into(), Value::Float(9.0))]).expect("valid");
+        assert_eq!(p.topic, "spBv1.0/G/DCMD/N/D");
+        assert_eq!((p.qos, p.retain), (QoS::AtMostOnce, false));
+        let raw = pb::Payload::decode(p.payload.as_slice()).expect("protobuf");
+        assert_eq!((raw.seq, raw.timestamp, raw.metrics[0].name.clone(), raw.metrics[0].alias), (None, Some(T0), None, Some(2)));
+        // The real edge session understands it.
+        let got = e.handle_message(T0, &p.topic, &p.payload);
+        assert!(matches!(&got[..], [EdgeAction::Command { metrics, .. }] if metrics[0].value == Some(Value::Float(9.0))));
+        let err = h.command(T0, "G", "N", Some("D"), vec![("Temp".into(), Value::Boolean(true))]).expect_err("type");
+        assert_eq!(err.to_string(), "metric 'Temp' of device 'D' of G/N is Float; a Boolean value cannot be written to it");
+        assert!(matches!(h.command(T0, "G", "N", None, vec![("Nope".into(), Value::Int32(1))]), Err(HostError::UnknownMetric { .. })));
+        assert!(matches!(h.command(T0, "G", "X", None, vec![]), Err(HostError::NodeOffline { .. })));
+    }
+}
