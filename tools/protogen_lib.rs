@@ -15,5 +15,7 @@ pub fn generate(root: &Path) -> Result<String, Box<dyn std::error::Error>> {
     prost_build::Config::new()
         .out_dir(out.path())
         .compile_fds(fds)?;
-    Ok(std::fs::read_to_string(out.path().join("org.eclipse.tahu.protobuf.rs"))?)
+    Ok(std::fs::read_to_string(
+        out.path().join("org.eclipse.tahu.protobuf.rs"),
+    )?)
 }

@@ -470,7 +470,11 @@ fn packed<T: Copy, const N: usize>(items: &[T], to_le: impl Fn(T) -> [u8; N]) ->
     out
 }
 
-fn unpacked<T, const N: usize>(bytes: &[u8], dt: DataType, from_le: impl Fn([u8; N]) -> T) -> Result<Vec<T>> {
+fn unpacked<T, const N: usize>(
+    bytes: &[u8],
+    dt: DataType,
+    from_le: impl Fn([u8; N]) -> T,
+) -> Result<Vec<T>> {
     if bytes.len() % N != 0 {
         return Err(CodecError::field(format!(
             "{dt} needs a multiple of {N} bytes, got {}",
@@ -514,7 +518,9 @@ fn unpack_bools(bytes: &[u8]) -> Result<Vec<bool>> {
             bits.len()
         )));
     }
-    Ok((0..count).map(|i| bits[i / 8] & (0x80 >> (i % 8)) != 0).collect())
+    Ok((0..count)
+        .map(|i| bits[i / 8] & (0x80 >> (i % 8)) != 0)
+        .collect())
 }
 
 /// StringArray: each string followed by a NUL.
@@ -576,7 +582,10 @@ fn to_slot(value: &Value) -> Result<Slot> {
         Value::DoubleArray(v) => Slot::Bytes(packed(v, f64::to_le_bytes)),
         Value::BooleanArray(v) => Slot::Bytes(pack_bools(v)),
         Value::StringArray(v) => Slot::Bytes(pack_strings(v)?),
-        Value::DataSet(_) | Value::Template(_) | Value::PropertySet(_) | Value::PropertySetList(_) => {
+        Value::DataSet(_)
+        | Value::Template(_)
+        | Value::PropertySet(_)
+        | Value::PropertySetList(_) => {
             return Err(CodecError::field(format!(
                 "{} cannot travel in a scalar field here",
                 value.datatype()
@@ -588,7 +597,11 @@ fn to_slot(value: &Value) -> Result<Slot> {
 /// Reads an integer slot as a signed value of `bits` width: accepts the
 /// truncated form and the sign-extended 32/64-bit form.
 fn signed(slot_value: u64, slot_bits: u32, bits: u32, dt: DataType) -> Result<i64> {
-    let width_mask = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+    let width_mask = if bits == 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    };
     if slot_value <= width_mask {
         // Truncated two's complement: sign-extend from `bits`.
         let shift = 64 - bits;
@@ -596,20 +609,28 @@ fn signed(slot_value: u64, slot_bits: u32, bits: u32, dt: DataType) -> Result<i6
     }
     // Sign-extended to the slot's width: the high bits must all be ones and
     // the value's own sign bit set.
-    let slot_mask = if slot_bits == 64 { u64::MAX } else { (1u64 << slot_bits) - 1 };
+    let slot_mask = if slot_bits == 64 {
+        u64::MAX
+    } else {
+        (1u64 << slot_bits) - 1
+    };
     let min_negative = slot_mask & !(width_mask >> 1);
     if slot_value >= min_negative && slot_value <= slot_mask {
         let shift = 64 - slot_bits;
         return Ok(((slot_value << shift) as i64) >> shift);
     }
-    Err(CodecError::field(format!("{slot_value} is out of range for {dt}")))
+    Err(CodecError::field(format!(
+        "{slot_value} is out of range for {dt}"
+    )))
 }
 
 fn unsigned(slot_value: u64, max: u64, dt: DataType) -> Result<u64> {
     if slot_value <= max {
         Ok(slot_value)
     } else {
-        Err(CodecError::field(format!("{slot_value} is out of range for {dt}")))
+        Err(CodecError::field(format!(
+            "{slot_value} is out of range for {dt}"
+        )))
     }
 }
 
@@ -645,7 +666,11 @@ fn from_slot(dt: DataType, slot: Slot) -> Result<Value> {
                 _ => Value::Int64(signed(v, slot_bits, 64, dt)?),
             }
         }
-        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 | DataType::DateTime => {
+        DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64
+        | DataType::DateTime => {
             let (v, _) = int(&slot).ok_or_else(|| mismatch(&slot))?;
             match dt {
                 DataType::UInt8 => Value::UInt8(unsigned(v, u8::MAX.into(), dt)? as u8),
@@ -678,16 +703,28 @@ fn from_slot(dt: DataType, slot: Slot) -> Result<Value> {
         DataType::Bytes => Value::Bytes(bytes(slot)?),
         DataType::File => Value::File(bytes(slot)?),
         DataType::UInt8Array => Value::UInt8Array(bytes(slot)?),
-        DataType::Int8Array => Value::Int8Array(bytes(slot)?.into_iter().map(|b| b as i8).collect()),
+        DataType::Int8Array => {
+            Value::Int8Array(bytes(slot)?.into_iter().map(|b| b as i8).collect())
+        }
         DataType::Int16Array => Value::Int16Array(unpacked(&bytes(slot)?, dt, i16::from_le_bytes)?),
         DataType::Int32Array => Value::Int32Array(unpacked(&bytes(slot)?, dt, i32::from_le_bytes)?),
         DataType::Int64Array => Value::Int64Array(unpacked(&bytes(slot)?, dt, i64::from_le_bytes)?),
-        DataType::UInt16Array => Value::UInt16Array(unpacked(&bytes(slot)?, dt, u16::from_le_bytes)?),
-        DataType::UInt32Array => Value::UInt32Array(unpacked(&bytes(slot)?, dt, u32::from_le_bytes)?),
-        DataType::UInt64Array => Value::UInt64Array(unpacked(&bytes(slot)?, dt, u64::from_le_bytes)?),
-        DataType::DateTimeArray => Value::DateTimeArray(unpacked(&bytes(slot)?, dt, u64::from_le_bytes)?),
+        DataType::UInt16Array => {
+            Value::UInt16Array(unpacked(&bytes(slot)?, dt, u16::from_le_bytes)?)
+        }
+        DataType::UInt32Array => {
+            Value::UInt32Array(unpacked(&bytes(slot)?, dt, u32::from_le_bytes)?)
+        }
+        DataType::UInt64Array => {
+            Value::UInt64Array(unpacked(&bytes(slot)?, dt, u64::from_le_bytes)?)
+        }
+        DataType::DateTimeArray => {
+            Value::DateTimeArray(unpacked(&bytes(slot)?, dt, u64::from_le_bytes)?)
+        }
         DataType::FloatArray => Value::FloatArray(unpacked(&bytes(slot)?, dt, f32::from_le_bytes)?),
-        DataType::DoubleArray => Value::DoubleArray(unpacked(&bytes(slot)?, dt, f64::from_le_bytes)?),
+        DataType::DoubleArray => {
+            Value::DoubleArray(unpacked(&bytes(slot)?, dt, f64::from_le_bytes)?)
+        }
         DataType::BooleanArray => Value::BooleanArray(unpack_bools(&bytes(slot)?)?),
         DataType::StringArray => Value::StringArray(unpack_strings(&bytes(slot)?)?),
         DataType::Unknown
@@ -700,7 +737,8 @@ fn from_slot(dt: DataType, slot: Slot) -> Result<Value> {
 
 fn datatype_of_code(code: u32) -> Result<DataType> {
     // [tck-id-payloads-metric-datatype-value]
-    DataType::from_code(code).ok_or_else(|| CodecError::field(format!("unknown datatype code {code}")))
+    DataType::from_code(code)
+        .ok_or_else(|| CodecError::field(format!("unknown datatype code {code}")))
 }
 
 fn check_agrees(declared: DataType, value: &Option<Value>) -> Result<()> {
@@ -719,13 +757,20 @@ fn check_agrees(declared: DataType, value: &Option<Value>) -> Result<()> {
 fn metric_to_pb(m: &Metric, datatypes: Datatypes) -> Result<pbp::Metric> {
     use pbp::metric::Value as V;
     if !m.datatype.is_metric_type() && m.value.is_some() {
-        return Err(CodecError::field(format!("{} is not a metric datatype", m.datatype)));
+        return Err(CodecError::field(format!(
+            "{} is not a metric datatype",
+            m.datatype
+        )));
     }
     check_agrees(m.datatype, &m.value)?;
     let value = match &m.value {
         None => None,
-        Some(Value::DataSet(ds)) => Some(V::DatasetValue(dataset_to_pb(ds).map_err(|e| e.within("dataset_value"))?)),
-        Some(Value::Template(t)) => Some(V::TemplateValue(template_to_pb(t).map_err(|e| e.within("template_value"))?)),
+        Some(Value::DataSet(ds)) => Some(V::DatasetValue(
+            dataset_to_pb(ds).map_err(|e| e.within("dataset_value"))?,
+        )),
+        Some(Value::Template(t)) => Some(V::TemplateValue(
+            template_to_pb(t).map_err(|e| e.within("template_value"))?,
+        )),
         Some(v) => Some(match to_slot(v)? {
             Slot::Int(x) => V::IntValue(x),
             Slot::Long(x) => V::LongValue(x),
@@ -766,8 +811,12 @@ fn metric_from_pb(raw: pbp::Metric, known: &dyn DatatypeSource) -> Result<Metric
             None if raw.value.is_none() => DataType::Unknown,
             None => {
                 return Err(CodecError::field(match (&raw.name, raw.alias) {
-                    (Some(n), _) => format!("no datatype, and metric '{n}' was not declared in a birth"),
-                    (None, Some(a)) => format!("no datatype, and alias {a} was not declared in a birth"),
+                    (Some(n), _) => {
+                        format!("no datatype, and metric '{n}' was not declared in a birth")
+                    }
+                    (None, Some(a)) => {
+                        format!("no datatype, and alias {a} was not declared in a birth")
+                    }
                     (None, None) => "no datatype, no name and no alias".to_string(),
                 })
                 .within("datatype"))
@@ -775,7 +824,9 @@ fn metric_from_pb(raw: pbp::Metric, known: &dyn DatatypeSource) -> Result<Metric
         },
     };
     if !datatype.is_metric_type() && datatype != DataType::Unknown {
-        return Err(CodecError::field(format!("{datatype} is not a metric datatype")).within("datatype"));
+        return Err(
+            CodecError::field(format!("{datatype} is not a metric datatype")).within("datatype"),
+        );
     }
     let value = if raw.is_null == Some(true) {
         None
@@ -784,18 +835,28 @@ fn metric_from_pb(raw: pbp::Metric, known: &dyn DatatypeSource) -> Result<Metric
             None => None,
             Some(V::DatasetValue(ds)) => {
                 if datatype != DataType::DataSet {
-                    return Err(CodecError::field(format!("datatype {datatype} cannot be carried in dataset_value")));
+                    return Err(CodecError::field(format!(
+                        "datatype {datatype} cannot be carried in dataset_value"
+                    )));
                 }
-                Some(Value::DataSet(dataset_from_pb(ds).map_err(|e| e.within("dataset_value"))?))
+                Some(Value::DataSet(
+                    dataset_from_pb(ds).map_err(|e| e.within("dataset_value"))?,
+                ))
             }
             Some(V::TemplateValue(t)) => {
                 if datatype != DataType::Template {
-                    return Err(CodecError::field(format!("datatype {datatype} cannot be carried in template_value")));
+                    return Err(CodecError::field(format!(
+                        "datatype {datatype} cannot be carried in template_value"
+                    )));
                 }
-                Some(Value::Template(template_from_pb(t, known).map_err(|e| e.within("template_value"))?))
+                Some(Value::Template(
+                    template_from_pb(t, known).map_err(|e| e.within("template_value"))?,
+                ))
             }
             Some(V::ExtensionValue(_)) => {
-                return Err(CodecError::field("extension_value is not supported").within("extension_value"))
+                return Err(
+                    CodecError::field("extension_value is not supported").within("extension_value")
+                )
             }
             Some(other) => {
                 let slot = match other {
@@ -847,7 +908,10 @@ fn propertyset_to_pb(set: &PropertySet) -> Result<pbp::PropertySet> {
 fn propertyvalue_to_pb(pv: &PropertyValue) -> Result<pbp::PropertyValue> {
     use pbp::property_value::Value as V;
     if !pv.datatype.is_property_type() {
-        return Err(CodecError::field(format!("{} is not a property datatype", pv.datatype)));
+        return Err(CodecError::field(format!(
+            "{} is not a property datatype",
+            pv.datatype
+        )));
     }
     check_agrees(pv.datatype, &pv.value)?;
     let value = match &pv.value {
@@ -857,7 +921,9 @@ fn propertyvalue_to_pb(pv: &PropertyValue) -> Result<pbp::PropertyValue> {
             propertyset: list
                 .iter()
                 .enumerate()
-                .map(|(i, s)| propertyset_to_pb(s).map_err(|e| e.within(format!("propertyset[{i}]"))))
+                .map(|(i, s)| {
+                    propertyset_to_pb(s).map_err(|e| e.within(format!("propertyset[{i}]")))
+                })
                 .collect::<Result<_>>()?,
         })),
         Some(v) => Some(match to_slot(v)? {
@@ -891,7 +957,12 @@ fn propertyset_from_pb(raw: pbp::PropertySet) -> Result<PropertySet> {
         .into_iter()
         .zip(raw.values)
         .enumerate()
-        .map(|(i, (k, v))| Ok((k, propertyvalue_from_pb(v).map_err(|e| e.within(format!("values[{i}]")))?)))
+        .map(|(i, (k, v))| {
+            Ok((
+                k,
+                propertyvalue_from_pb(v).map_err(|e| e.within(format!("values[{i}]")))?,
+            ))
+        })
         .collect::<Result<_>>()?;
     Ok(PropertySet { entries })
 }
@@ -899,11 +970,15 @@ fn propertyset_from_pb(raw: pbp::PropertySet) -> Result<PropertySet> {
 fn propertyvalue_from_pb(raw: pbp::PropertyValue) -> Result<PropertyValue> {
     use pbp::property_value::Value as V;
     // [tck-id-payloads-metric-propertyvalue-type-req]
-    let code = raw.r#type.ok_or_else(|| CodecError::field("type is missing").within("type"))?;
+    let code = raw
+        .r#type
+        .ok_or_else(|| CodecError::field("type is missing").within("type"))?;
     let datatype = datatype_of_code(code).map_err(|e| e.within("type"))?;
     // [tck-id-payloads-metric-propertyvalue-type-value]
     if !datatype.is_property_type() {
-        return Err(CodecError::field(format!("{datatype} is not a property datatype")).within("type"));
+        return Err(
+            CodecError::field(format!("{datatype} is not a property datatype")).within("type"),
+        );
     }
     let value = if raw.is_null == Some(true) {
         None
@@ -911,22 +986,32 @@ fn propertyvalue_from_pb(raw: pbp::PropertyValue) -> Result<PropertyValue> {
         match raw.value {
             None => None,
             Some(V::PropertysetValue(s)) if datatype == DataType::PropertySet => {
-                Some(Value::PropertySet(propertyset_from_pb(s).map_err(|e| e.within("propertyset_value"))?))
+                Some(Value::PropertySet(
+                    propertyset_from_pb(s).map_err(|e| e.within("propertyset_value"))?,
+                ))
             }
-            Some(V::PropertysetsValue(list)) if datatype == DataType::PropertySetList => Some(Value::PropertySetList(
-                list.propertyset
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, s)| {
-                        propertyset_from_pb(s).map_err(|e| e.within(format!("propertysets_value.propertyset[{i}]")))
-                    })
-                    .collect::<Result<_>>()?,
-            )),
+            Some(V::PropertysetsValue(list)) if datatype == DataType::PropertySetList => {
+                Some(Value::PropertySetList(
+                    list.propertyset
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, s)| {
+                            propertyset_from_pb(s).map_err(|e| {
+                                e.within(format!("propertysets_value.propertyset[{i}]"))
+                            })
+                        })
+                        .collect::<Result<_>>()?,
+                ))
+            }
             Some(V::PropertysetValue(_)) | Some(V::PropertysetsValue(_)) => {
-                return Err(CodecError::field(format!("datatype {datatype} cannot be carried in a property set field")))
+                return Err(CodecError::field(format!(
+                    "datatype {datatype} cannot be carried in a property set field"
+                )))
             }
             Some(V::ExtensionValue(_)) => {
-                return Err(CodecError::field("extension_value is not supported").within("extension_value"))
+                return Err(
+                    CodecError::field("extension_value is not supported").within("extension_value")
+                )
             }
             Some(other) => {
                 let slot = match other {
@@ -963,7 +1048,8 @@ fn dataset_to_pb(ds: &DataSet) -> Result<pbp::DataSet> {
     }
     for (i, t) in ds.types.iter().enumerate() {
         if !t.is_basic() {
-            return Err(CodecError::field(format!("{t} is not a basic datatype")).within(format!("types[{i}]")));
+            return Err(CodecError::field(format!("{t} is not a basic datatype"))
+                .within(format!("types[{i}]")));
         }
     }
     let rows = ds
@@ -984,7 +1070,8 @@ fn dataset_to_pb(ds: &DataSet) -> Result<pbp::DataSet> {
                 .zip(&ds.types)
                 .enumerate()
                 .map(|(c, (cell, &t))| {
-                    check_agrees(t, cell).map_err(|e| e.within(format!("rows[{r}].elements[{c}]")))?;
+                    check_agrees(t, cell)
+                        .map_err(|e| e.within(format!("rows[{r}].elements[{c}]")))?;
                     let value = match cell {
                         None => None,
                         Some(v) => Some(match to_slot(v)? {
@@ -994,7 +1081,9 @@ fn dataset_to_pb(ds: &DataSet) -> Result<pbp::DataSet> {
                             Slot::Double(x) => V::DoubleValue(x),
                             Slot::Bool(x) => V::BooleanValue(x),
                             Slot::Str(x) => V::StringValue(x),
-                            Slot::Bytes(_) => unreachable!("basic datatypes are never byte-carried"),
+                            Slot::Bytes(_) => {
+                                unreachable!("basic datatypes are never byte-carried")
+                            }
                         }),
                     };
                     Ok(pbp::data_set::DataSetValue { value })
@@ -1038,7 +1127,8 @@ fn dataset_from_pb(raw: pbp::DataSet) -> Result<DataSet> {
             let t = datatype_of_code(code).map_err(|e| e.within(format!("types[{i}]")))?;
             // [tck-id-payloads-dataset-types-value]
             if !t.is_basic() {
-                return Err(CodecError::field(format!("{t} is not a basic datatype")).within(format!("types[{i}]")));
+                return Err(CodecError::field(format!("{t} is not a basic datatype"))
+                    .within(format!("types[{i}]")));
             }
             Ok(t)
         })
@@ -1096,15 +1186,25 @@ fn template_to_pb(t: &Template) -> Result<pbp::Template> {
     use pbp::template::parameter::Value as V;
     // [tck-id-payloads-template-definition-ref] [tck-id-payloads-template-instance-ref]
     match (t.is_definition, &t.template_ref) {
-        (true, Some(_)) => return Err(CodecError::field("a template definition must not have a template_ref")),
-        (false, None) => return Err(CodecError::field("a template instance must name its definition in template_ref")),
+        (true, Some(_)) => {
+            return Err(CodecError::field(
+                "a template definition must not have a template_ref",
+            ))
+        }
+        (false, None) => {
+            return Err(CodecError::field(
+                "a template instance must name its definition in template_ref",
+            ))
+        }
         _ => {}
     }
     let metrics = t
         .metrics
         .iter()
         .enumerate()
-        .map(|(i, m)| metric_to_pb(m, Datatypes::Include).map_err(|e| e.within(format!("metrics[{i}]"))))
+        .map(|(i, m)| {
+            metric_to_pb(m, Datatypes::Include).map_err(|e| e.within(format!("metrics[{i}]")))
+        })
         .collect::<Result<_>>()?;
     let parameters = t
         .parameters
@@ -1113,7 +1213,10 @@ fn template_to_pb(t: &Template) -> Result<pbp::Template> {
         .map(|(i, p)| {
             let at = |e: CodecError| e.within(format!("parameters[{i}]"));
             if !p.datatype.is_basic() {
-                return Err(at(CodecError::field(format!("{} is not a basic datatype", p.datatype))));
+                return Err(at(CodecError::field(format!(
+                    "{} is not a basic datatype",
+                    p.datatype
+                ))));
             }
             check_agrees(p.datatype, &p.value).map_err(at)?;
             let value = match &p.value {
@@ -1151,12 +1254,16 @@ fn template_from_pb(raw: pbp::Template, known: &dyn DatatypeSource) -> Result<Te
     // [tck-id-payloads-template-ref-definition] [tck-id-payloads-template-ref-instance]
     match (is_definition, &raw.template_ref) {
         (true, Some(_)) => {
-            return Err(CodecError::field("a template definition must not have a template_ref").within("template_ref"))
+            return Err(
+                CodecError::field("a template definition must not have a template_ref")
+                    .within("template_ref"),
+            )
         }
         (false, None) => {
-            return Err(
-                CodecError::field("a template instance must name its definition in template_ref").within("template_ref")
+            return Err(CodecError::field(
+                "a template instance must name its definition in template_ref",
             )
+            .within("template_ref"))
         }
         _ => {}
     }
@@ -1173,13 +1280,19 @@ fn template_from_pb(raw: pbp::Template, known: &dyn DatatypeSource) -> Result<Te
         .map(|(i, p)| {
             let at = |e: CodecError| e.within(format!("parameters[{i}]"));
             // [tck-id-payloads-template-parameter-name-required]
-            let name = p.name.ok_or_else(|| at(CodecError::field("name is missing")))?;
+            let name = p
+                .name
+                .ok_or_else(|| at(CodecError::field("name is missing")))?;
             // [tck-id-payloads-template-parameter-type-req]
-            let code = p.r#type.ok_or_else(|| at(CodecError::field("type is missing")))?;
+            let code = p
+                .r#type
+                .ok_or_else(|| at(CodecError::field("type is missing")))?;
             let datatype = datatype_of_code(code).map_err(at)?;
             // [tck-id-payloads-template-parameter-type-value]
             if !datatype.is_basic() {
-                return Err(at(CodecError::field(format!("{datatype} is not a basic datatype"))));
+                return Err(at(CodecError::field(format!(
+                    "{datatype} is not a basic datatype"
+                ))));
             }
             let slot = match p.value {
                 None => None,
@@ -1189,11 +1302,20 @@ fn template_from_pb(raw: pbp::Template, known: &dyn DatatypeSource) -> Result<Te
                 Some(V::DoubleValue(x)) => Some(Slot::Double(x)),
                 Some(V::BooleanValue(x)) => Some(Slot::Bool(x)),
                 Some(V::StringValue(x)) => Some(Slot::Str(x)),
-                Some(V::ExtensionValue(_)) => return Err(at(CodecError::field("extension_value is not supported"))),
+                Some(V::ExtensionValue(_)) => {
+                    return Err(at(CodecError::field("extension_value is not supported")))
+                }
             };
             // [tck-id-payloads-template-parameter-value]
-            let value = slot.map(|s| from_slot(datatype, s)).transpose().map_err(at)?;
-            Ok(Parameter { name, datatype, value })
+            let value = slot
+                .map(|s| from_slot(datatype, s))
+                .transpose()
+                .map_err(at)?;
+            Ok(Parameter {
+                name,
+                datatype,
+                value,
+            })
         })
         .collect::<Result<_>>()?;
     Ok(Template {
@@ -1220,16 +1342,28 @@ mod tests {
         let bytes = p.encode().expect("encodes");
         let back = Payload::decode(&bytes).expect("decodes");
         assert_eq!(back, p);
-        back.metrics.into_iter().next().and_then(|m| m.value).expect("value")
+        back.metrics
+            .into_iter()
+            .next()
+            .and_then(|m| m.value)
+            .expect("value")
     }
 
     fn metric_pb(bytes: &[u8]) -> pbp::Metric {
-        pb::Payload::decode(bytes).expect("protobuf").metrics.remove(0)
+        pb::Payload::decode(bytes)
+            .expect("protobuf")
+            .metrics
+            .remove(0)
     }
 
     #[test]
     fn signed_minimums_travel_as_twos_complement_in_unsigned_fields() {
-        for v in [Value::Int8(i8::MIN), Value::Int16(i16::MIN), Value::Int32(i32::MIN), Value::Int64(i64::MIN)] {
+        for v in [
+            Value::Int8(i8::MIN),
+            Value::Int16(i16::MIN),
+            Value::Int32(i32::MIN),
+            Value::Int64(i64::MIN),
+        ] {
             assert_eq!(round_trip(v.clone()), v);
         }
         let p = Payload {
@@ -1246,7 +1380,10 @@ mod tests {
         assert_eq!(raw.metrics[0].value, Some(V::IntValue(0xFF)));
         assert_eq!(raw.metrics[1].value, Some(V::IntValue(0x8000)));
         assert_eq!(raw.metrics[2].value, Some(V::IntValue(0x8000_0000)));
-        assert_eq!(raw.metrics[3].value, Some(V::LongValue(0x8000_0000_0000_0000)));
+        assert_eq!(
+            raw.metrics[3].value,
+            Some(V::LongValue(0x8000_0000_0000_0000))
+        );
     }
 
     #[test]
@@ -1277,29 +1414,58 @@ mod tests {
             ..Default::default()
         };
         let err = Payload::decode(&raw.encode_to_vec()).expect_err("0x1234 is no Int8");
-        assert_eq!(err.to_string(), "metrics[0].int_value: 4660 is out of range for Int8");
+        assert_eq!(
+            err.to_string(),
+            "metrics[0].int_value: 4660 is out of range for Int8"
+        );
     }
 
     #[test]
     fn boolean_array_is_count_then_msb_first_bits() {
         let p = Payload {
-            metrics: vec![Metric::new("b", Value::BooleanArray(vec![true, false, true, true, false, false, false, false, true]), 0)],
+            metrics: vec![Metric::new(
+                "b",
+                Value::BooleanArray(vec![
+                    true, false, true, true, false, false, false, false, true,
+                ]),
+                0,
+            )],
             ..Payload::default()
         };
         let m = metric_pb(&p.encode().expect("encodes"));
         // count 9 as 4 LE bytes, then 1011_0000, then 1000_0000.
-        assert_eq!(m.value, Some(pbp::metric::Value::BytesValue(vec![9, 0, 0, 0, 0b1011_0000, 0b1000_0000])));
-        assert_eq!(round_trip(Value::BooleanArray(vec![true; 17])), Value::BooleanArray(vec![true; 17]));
+        assert_eq!(
+            m.value,
+            Some(pbp::metric::Value::BytesValue(vec![
+                9,
+                0,
+                0,
+                0,
+                0b1011_0000,
+                0b1000_0000
+            ]))
+        );
+        assert_eq!(
+            round_trip(Value::BooleanArray(vec![true; 17])),
+            Value::BooleanArray(vec![true; 17])
+        );
     }
 
     #[test]
     fn string_array_is_nul_terminated_utf8() {
         let p = Payload {
-            metrics: vec![Metric::new("s", Value::StringArray(vec!["ab".into(), "".into(), "é".into()]), 0)],
+            metrics: vec![Metric::new(
+                "s",
+                Value::StringArray(vec!["ab".into(), "".into(), "é".into()]),
+                0,
+            )],
             ..Payload::default()
         };
         let m = metric_pb(&p.encode().expect("encodes"));
-        assert_eq!(m.value, Some(pbp::metric::Value::BytesValue(b"ab\0\0\xc3\xa9\0".to_vec())));
+        assert_eq!(
+            m.value,
+            Some(pbp::metric::Value::BytesValue(b"ab\0\0\xc3\xa9\0".to_vec()))
+        );
     }
 
     #[test]
@@ -1309,7 +1475,10 @@ mod tests {
             ..Payload::default()
         };
         let m = metric_pb(&p.encode().expect("encodes"));
-        assert_eq!(m.value, Some(pbp::metric::Value::BytesValue(vec![1, 0, 0xFE, 0xFF])));
+        assert_eq!(
+            m.value,
+            Some(pbp::metric::Value::BytesValue(vec![1, 0, 0xFE, 0xFF]))
+        );
     }
 
     #[test]
@@ -1324,7 +1493,11 @@ mod tests {
             ..Default::default()
         };
         let err = Payload::decode(&raw.encode_to_vec()).expect_err("3 bytes is no Int32Array");
-        assert!(err.to_string().starts_with("metrics[0].bytes_value: Int32Array needs a multiple of 4"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("metrics[0].bytes_value: Int32Array needs a multiple of 4"),
+            "{err}"
+        );
     }
 
     // [tck-id-payloads-metric-datatype-value]
@@ -1340,7 +1513,10 @@ mod tests {
             ..Default::default()
         };
         let err = Payload::decode(&raw.encode_to_vec()).expect_err("99 is no datatype");
-        assert_eq!(err.to_string(), "metrics[0].datatype: unknown datatype code 99");
+        assert_eq!(
+            err.to_string(),
+            "metrics[0].datatype: unknown datatype code 99"
+        );
     }
 
     // [tck-id-payloads-metric-datatype-not-req]
@@ -1355,28 +1531,48 @@ mod tests {
         let mut m = Metric::new("t", Value::Float(1.5), 3);
         m.name = None;
         m.alias = Some(7);
-        let p = Payload { metrics: vec![m], ..Payload::default() };
+        let p = Payload {
+            metrics: vec![m],
+            ..Payload::default()
+        };
         let bytes = p.encode_with(Datatypes::Omit).expect("encodes");
         assert_eq!(metric_pb(&bytes).datatype, None);
         assert_eq!(Payload::decode_with(&bytes, &Birth).expect("decodes"), p);
         let err = Payload::decode(&bytes).expect_err("alias 7 unknown without the birth");
-        assert_eq!(err.to_string(), "metrics[0].datatype: no datatype, and alias 7 was not declared in a birth");
+        assert_eq!(
+            err.to_string(),
+            "metrics[0].datatype: no datatype, and alias 7 was not declared in a birth"
+        );
     }
 
     #[test]
     fn value_that_disagrees_with_datatype_is_refused_on_encode() {
         let mut m = Metric::new("x", Value::Int32(1), 0);
         m.datatype = DataType::Float;
-        let err = Payload { metrics: vec![m], ..Payload::default() }.encode().expect_err("mismatch");
-        assert_eq!(err.to_string(), "metrics[0]: value is Int32 but the datatype says Float");
+        let err = Payload {
+            metrics: vec![m],
+            ..Payload::default()
+        }
+        .encode()
+        .expect_err("mismatch");
+        assert_eq!(
+            err.to_string(),
+            "metrics[0]: value is Int32 but the datatype says Float"
+        );
     }
 
     #[test]
     fn null_metric_sets_is_null_and_keeps_its_datatype() {
-        let p = Payload { metrics: vec![Metric::null("n", DataType::Double, 5)], ..Payload::default() };
+        let p = Payload {
+            metrics: vec![Metric::null("n", DataType::Double, 5)],
+            ..Payload::default()
+        };
         let bytes = p.encode().expect("encodes");
         let m = metric_pb(&bytes);
-        assert_eq!((m.is_null, m.datatype, m.value), (Some(true), Some(10), None));
+        assert_eq!(
+            (m.is_null, m.datatype, m.value),
+            (Some(true), Some(10), None)
+        );
         assert_eq!(Payload::decode(&bytes).expect("decodes"), p);
     }
 
@@ -1387,12 +1583,20 @@ mod tests {
         let mut props = PropertySet::default();
         props.set_quality(Quality::Stale);
         m.properties = Some(props);
-        let bytes = Payload { metrics: vec![m], ..Payload::default() }.encode().expect("encodes");
+        let bytes = Payload {
+            metrics: vec![m],
+            ..Payload::default()
+        }
+        .encode()
+        .expect("encodes");
         let raw = metric_pb(&bytes);
         let props = raw.properties.expect("properties");
         assert_eq!(props.keys, vec!["Quality".to_string()]);
         assert_eq!(props.values[0].r#type, Some(3));
-        assert_eq!(props.values[0].value, Some(pbp::property_value::Value::IntValue(500)));
+        assert_eq!(
+            props.values[0].value,
+            Some(pbp::property_value::Value::IntValue(500))
+        );
         let back = Payload::decode(&bytes).expect("decodes");
         assert_eq!(back.metrics[0].quality(), Quality::Stale);
     }
@@ -1405,13 +1609,19 @@ mod tests {
                 name: Some("x".into()),
                 datatype: Some(11),
                 value: Some(pbp::metric::Value::BooleanValue(true)),
-                properties: Some(pbp::PropertySet { keys: vec!["a".into(), "b".into()], values: vec![] }),
+                properties: Some(pbp::PropertySet {
+                    keys: vec!["a".into(), "b".into()],
+                    values: vec![],
+                }),
                 ..Default::default()
             }],
             ..Default::default()
         };
         let err = Payload::decode(&raw.encode_to_vec()).expect_err("2 keys, 0 values");
-        assert_eq!(err.to_string(), "metrics[0].properties: 2 keys but 0 values");
+        assert_eq!(
+            err.to_string(),
+            "metrics[0].properties: 2 keys but 0 values"
+        );
     }
 
     // [tck-id-payloads-metric-propertyvalue-type-req]
@@ -1424,27 +1634,51 @@ mod tests {
                 value: Some(pbp::metric::Value::BooleanValue(true)),
                 properties: Some(pbp::PropertySet {
                     keys: vec!["a".into()],
-                    values: vec![pbp::PropertyValue { r#type: None, is_null: None, value: None }],
+                    values: vec![pbp::PropertyValue {
+                        r#type: None,
+                        is_null: None,
+                        value: None,
+                    }],
                 }),
                 ..Default::default()
             }],
             ..Default::default()
         };
         let err = Payload::decode(&raw.encode_to_vec()).expect_err("no type");
-        assert_eq!(err.to_string(), "metrics[0].properties.values[0].type: type is missing");
+        assert_eq!(
+            err.to_string(),
+            "metrics[0].properties.values[0].type: type is missing"
+        );
     }
 
     #[test]
     fn nested_property_sets_and_lists_round_trip() {
-        let inner = PropertySet { entries: vec![("k".into(), PropertyValue::new(Value::String("v".into())))] };
+        let inner = PropertySet {
+            entries: vec![("k".into(), PropertyValue::new(Value::String("v".into())))],
+        };
         let mut props = PropertySet::default();
         props.set("set", PropertyValue::new(Value::PropertySet(inner.clone())));
-        props.set("list", PropertyValue::new(Value::PropertySetList(vec![inner.clone(), inner])));
-        props.set("null", PropertyValue { datatype: DataType::Int64, value: None });
+        props.set(
+            "list",
+            PropertyValue::new(Value::PropertySetList(vec![inner.clone(), inner])),
+        );
+        props.set(
+            "null",
+            PropertyValue {
+                datatype: DataType::Int64,
+                value: None,
+            },
+        );
         let mut m = Metric::new("x", Value::UInt16(7), 1);
         m.properties = Some(props);
-        let p = Payload { metrics: vec![m], ..Payload::default() };
-        assert_eq!(Payload::decode(&p.encode().expect("encodes")).expect("decodes"), p);
+        let p = Payload {
+            metrics: vec![m],
+            ..Payload::default()
+        };
+        assert_eq!(
+            Payload::decode(&p.encode().expect("encodes")).expect("decodes"),
+            p
+        );
     }
 
     // [tck-id-payloads-dataset-column-size] [tck-id-payloads-dataset-types-def] [tck-id-payloads-template-dataset-value]
@@ -1454,13 +1688,24 @@ mod tests {
             columns: vec!["i".into(), "s".into(), "f".into()],
             types: vec![DataType::Int16, DataType::String, DataType::Float],
             rows: vec![
-                vec![Some(Value::Int16(-5)), Some(Value::String("a".into())), None],
-                vec![None, Some(Value::String("b".into())), Some(Value::Float(0.5))],
+                vec![
+                    Some(Value::Int16(-5)),
+                    Some(Value::String("a".into())),
+                    None,
+                ],
+                vec![
+                    None,
+                    Some(Value::String("b".into())),
+                    Some(Value::Float(0.5)),
+                ],
             ],
         };
-        let bytes = Payload { metrics: vec![Metric::new("d", Value::DataSet(ds.clone()), 0)], ..Payload::default() }
-            .encode()
-            .expect("encodes");
+        let bytes = Payload {
+            metrics: vec![Metric::new("d", Value::DataSet(ds.clone()), 0)],
+            ..Payload::default()
+        }
+        .encode()
+        .expect("encodes");
         let raw = metric_pb(&bytes);
         match raw.value {
             Some(pbp::metric::Value::DatasetValue(d)) => {
@@ -1475,19 +1720,37 @@ mod tests {
     // [tck-id-payloads-dataset-column-num-headers] [tck-id-payloads-dataset-types-num]
     #[test]
     fn dataset_with_mismatched_columns_and_types_is_rejected() {
-        let ds = DataSet { columns: vec!["a".into()], types: vec![], rows: vec![] };
-        let err = Payload { metrics: vec![Metric::new("d", Value::DataSet(ds), 0)], ..Payload::default() }
-            .encode()
-            .expect_err("1 column, 0 types");
-        assert_eq!(err.to_string(), "metrics[0].dataset_value: 1 columns but 0 types");
+        let ds = DataSet {
+            columns: vec!["a".into()],
+            types: vec![],
+            rows: vec![],
+        };
+        let err = Payload {
+            metrics: vec![Metric::new("d", Value::DataSet(ds), 0)],
+            ..Payload::default()
+        }
+        .encode()
+        .expect_err("1 column, 0 types");
+        assert_eq!(
+            err.to_string(),
+            "metrics[0].dataset_value: 1 columns but 0 types"
+        );
     }
 
     // [tck-id-payloads-dataset-types-value]
     #[test]
     fn dataset_column_of_array_type_is_rejected() {
-        let raw = pbp::DataSet { num_of_columns: Some(1), columns: vec!["a".into()], types: vec![24], rows: vec![] };
+        let raw = pbp::DataSet {
+            num_of_columns: Some(1),
+            columns: vec!["a".into()],
+            types: vec![24],
+            rows: vec![],
+        };
         let err = dataset_from_pb(raw).expect_err("Int32Array is not basic");
-        assert_eq!(err.to_string(), "types[0]: Int32Array is not a basic datatype");
+        assert_eq!(
+            err.to_string(),
+            "types[0]: Int32Array is not a basic datatype"
+        );
     }
 
     // [tck-id-payloads-template-definition-is-definition] [tck-id-payloads-template-instance-is-definition]
@@ -1496,32 +1759,65 @@ mod tests {
     fn template_definition_and_instance_round_trip() {
         let def = Template {
             version: Some("1.0".into()),
-            metrics: vec![Metric::new("speed", Value::Float(0.0), 0), Metric::null("mode", DataType::String, 0)],
-            parameters: vec![Parameter { name: "max".into(), datatype: DataType::Int32, value: Some(Value::Int32(-9)) }],
+            metrics: vec![
+                Metric::new("speed", Value::Float(0.0), 0),
+                Metric::null("mode", DataType::String, 0),
+            ],
+            parameters: vec![Parameter {
+                name: "max".into(),
+                datatype: DataType::Int32,
+                value: Some(Value::Int32(-9)),
+            }],
             template_ref: None,
             is_definition: true,
         };
-        let inst = Template { template_ref: Some("Motor".into()), is_definition: false, ..def.clone() };
-        assert_eq!(round_trip(Value::Template(def.clone())), Value::Template(def));
-        assert_eq!(round_trip(Value::Template(inst.clone())), Value::Template(inst));
+        let inst = Template {
+            template_ref: Some("Motor".into()),
+            is_definition: false,
+            ..def.clone()
+        };
+        assert_eq!(
+            round_trip(Value::Template(def.clone())),
+            Value::Template(def)
+        );
+        assert_eq!(
+            round_trip(Value::Template(inst.clone())),
+            Value::Template(inst)
+        );
     }
 
     // [tck-id-payloads-template-definition-ref] [tck-id-payloads-template-ref-definition]
     #[test]
     fn template_definition_with_a_ref_is_rejected() {
-        let bad = Template { template_ref: Some("x".into()), is_definition: true, ..Template::default() };
-        let err = Payload { metrics: vec![Metric::new("t", Value::Template(bad), 0)], ..Payload::default() }
-            .encode()
-            .expect_err("definition with ref");
-        assert_eq!(err.to_string(), "metrics[0].template_value: a template definition must not have a template_ref");
+        let bad = Template {
+            template_ref: Some("x".into()),
+            is_definition: true,
+            ..Template::default()
+        };
+        let err = Payload {
+            metrics: vec![Metric::new("t", Value::Template(bad), 0)],
+            ..Payload::default()
+        }
+        .encode()
+        .expect_err("definition with ref");
+        assert_eq!(
+            err.to_string(),
+            "metrics[0].template_value: a template definition must not have a template_ref"
+        );
     }
 
     // [tck-id-payloads-template-ref-instance]
     #[test]
     fn template_instance_without_ref_is_rejected_on_decode() {
-        let raw = pbp::Template { is_definition: Some(false), ..Default::default() };
+        let raw = pbp::Template {
+            is_definition: Some(false),
+            ..Default::default()
+        };
         let err = template_from_pb(raw, &SelfDescribing).expect_err("instance without ref");
-        assert_eq!(err.to_string(), "template_ref: a template instance must name its definition in template_ref");
+        assert_eq!(
+            err.to_string(),
+            "template_ref: a template instance must name its definition in template_ref"
+        );
     }
 
     // [tck-id-payloads-template-parameter-name-required]
@@ -1529,7 +1825,11 @@ mod tests {
     fn template_parameter_without_name_is_rejected() {
         let raw = pbp::Template {
             is_definition: Some(true),
-            parameters: vec![pbp::template::Parameter { name: None, r#type: Some(3), value: None }],
+            parameters: vec![pbp::template::Parameter {
+                name: None,
+                r#type: Some(3),
+                value: None,
+            }],
             ..Default::default()
         };
         let err = template_from_pb(raw, &SelfDescribing).expect_err("no name");
@@ -1538,17 +1838,27 @@ mod tests {
 
     #[test]
     fn garbage_bytes_are_an_error_not_a_panic() {
-        assert!(matches!(Payload::decode(&[0xFF, 0xFF, 0xFF]), Err(CodecError::Protobuf(_))));
+        assert!(matches!(
+            Payload::decode(&[0xFF, 0xFF, 0xFF]),
+            Err(CodecError::Protobuf(_))
+        ));
     }
 
     #[test]
     fn property_set_datatype_in_a_metric_is_rejected() {
         let raw = pb::Payload {
-            metrics: vec![pbp::Metric { name: Some("x".into()), datatype: Some(20), ..Default::default() }],
+            metrics: vec![pbp::Metric {
+                name: Some("x".into()),
+                datatype: Some(20),
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let err = Payload::decode(&raw.encode_to_vec()).expect_err("PropertySet metric");
-        assert_eq!(err.to_string(), "metrics[0].datatype: PropertySet is not a metric datatype");
+        assert_eq!(
+            err.to_string(),
+            "metrics[0].datatype: PropertySet is not a metric datatype"
+        );
     }
 
     // ---- property tests: every datatype round-trips exactly ----
@@ -1594,8 +1904,16 @@ mod tests {
                 .iter()
                 .map(|&t| prop::option::of(basic_value(t)))
                 .collect::<Vec<_>>();
-            (Just(types), prop::collection::vec(row, 0..3), prop::collection::vec(text(), cols))
-                .prop_map(|(types, rows, columns)| DataSet { columns, types, rows })
+            (
+                Just(types),
+                prop::collection::vec(row, 0..3),
+                prop::collection::vec(text(), cols),
+            )
+                .prop_map(|(types, rows, columns)| DataSet {
+                    columns,
+                    types,
+                    rows,
+                })
         })
     }
 
@@ -1624,16 +1942,21 @@ mod tests {
 
     fn property_set() -> impl Strategy<Value = PropertySet> {
         let scalar = basic_type().prop_flat_map(|t| {
-            prop::option::of(basic_value(t)).prop_map(move |value| PropertyValue { datatype: t, value })
+            prop::option::of(basic_value(t))
+                .prop_map(move |value| PropertyValue { datatype: t, value })
         });
-        let leaf = prop::collection::vec((text(), scalar), 0..3).prop_map(|entries| PropertySet { entries });
+        let leaf = prop::collection::vec((text(), scalar), 0..3)
+            .prop_map(|entries| PropertySet { entries });
         leaf.prop_recursive(2, 8, 3, |inner| {
             prop::collection::vec(
                 (
                     text(),
                     prop_oneof![
-                        inner.clone().prop_map(|s| PropertyValue::new(Value::PropertySet(s))),
-                        prop::collection::vec(inner, 0..2).prop_map(|l| PropertyValue::new(Value::PropertySetList(l))),
+                        inner
+                            .clone()
+                            .prop_map(|s| PropertyValue::new(Value::PropertySet(s))),
+                        prop::collection::vec(inner, 0..2)
+                            .prop_map(|l| PropertyValue::new(Value::PropertySetList(l))),
                     ],
                 ),
                 0..3,
@@ -1653,17 +1976,28 @@ mod tests {
             prop::option::of(property_set()),
             basic_type(),
         )
-            .prop_map(|(name, alias, timestamp, value, is_historical, is_transient, properties, null_type)| Metric {
-                name,
-                alias,
-                timestamp,
-                datatype: value.as_ref().map_or(null_type, Value::datatype),
-                value,
-                is_historical,
-                is_transient,
-                metadata: None,
-                properties,
-            })
+            .prop_map(
+                |(
+                    name,
+                    alias,
+                    timestamp,
+                    value,
+                    is_historical,
+                    is_transient,
+                    properties,
+                    null_type,
+                )| Metric {
+                    name,
+                    alias,
+                    timestamp,
+                    datatype: value.as_ref().map_or(null_type, Value::datatype),
+                    value,
+                    is_historical,
+                    is_transient,
+                    metadata: None,
+                    properties,
+                },
+            )
     }
 
     fn template() -> impl Strategy<Value = Template> {
@@ -1672,7 +2006,11 @@ mod tests {
             prop::collection::vec(metric_with(leaf_value()), 0..3),
             prop::collection::vec(
                 (text(), basic_type()).prop_flat_map(|(name, t)| {
-                    prop::option::of(basic_value(t)).prop_map(move |value| Parameter { name: name.clone(), datatype: t, value })
+                    prop::option::of(basic_value(t)).prop_map(move |value| Parameter {
+                        name: name.clone(),
+                        datatype: t,
+                        value,
+                    })
                 }),
                 0..3,
             ),

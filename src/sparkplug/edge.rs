@@ -53,7 +53,12 @@ pub enum EdgeError {
     #[error("metric '{metric}' was not declared in the birth of {scope}")]
     UnknownMetric { scope: String, metric: String },
     #[error("metric '{metric}' on {scope} is {declared}, but the sample is {got}")]
-    TypeMismatch { scope: String, metric: String, declared: DataType, got: DataType },
+    TypeMismatch {
+        scope: String,
+        metric: String,
+        declared: DataType,
+        got: DataType,
+    },
     #[error("device '{0}' is offline: bring it online before sending its samples")]
     DeviceOffline(String),
     #[error("not publishing DATA now (not born, rebirth pending, or Primary Host offline)")]
@@ -66,20 +71,31 @@ pub enum EdgeAction {
     /// Set the MQTT Will for the next CONNECT (NDEATH with the current bdSeq).
     SetWill(Publish),
     /// Open a connection to `servers[server]` with a clean session.
-    Connect { server: usize },
+    Connect {
+        server: usize,
+    },
     /// Persist this as the bdSeq to use after a restart.
     PersistBdSeq(u8),
-    /// Subscribe to these topics at QoS 1.
+    /// Subscribe to these topics at QoS 1 ([tck-id-message-flow-edge-node-ncmd-subscribe]).
     Subscribe(Vec<String>),
     Publish(Publish),
     /// Send DISCONNECT and close the connection.
     Disconnect,
     /// These samples could not be published now: keep them and replay them later.
-    StoreHistorical { device: Option<String>, metrics: Vec<Metric> },
+    StoreHistorical {
+        device: Option<String>,
+        metrics: Vec<Metric>,
+    },
     /// A write request (NCMD/DCMD other than node control) for the command guard.
-    Command { device: Option<String>, metrics: Vec<Metric> },
+    Command {
+        device: Option<String>,
+        metrics: Vec<Metric>,
+    },
     /// An incoming message or replayed sample that could not be used, and why.
-    Rejected { topic: String, reason: String },
+    Rejected {
+        topic: String,
+        reason: String,
+    },
 }
 
 /// Static configuration of one edge node.
@@ -128,7 +144,11 @@ struct Scope {
 }
 
 impl Scope {
-    fn new(device: Option<String>, metrics: Vec<Metric>, next_alias: &mut u64) -> Result<Scope, EdgeError> {
+    fn new(
+        device: Option<String>,
+        metrics: Vec<Metric>,
+        next_alias: &mut u64,
+    ) -> Result<Scope, EdgeError> {
         let label = match &device {
             Some(d) => format!("device '{d}'"),
             None => "the edge node".to_string(),
@@ -143,15 +163,26 @@ impl Scope {
             born: false,
         };
         for mut m in metrics {
-            let name = m.name.clone().ok_or_else(|| EdgeError::UnnamedMetric { scope: scope.label.clone() })?;
+            let name = m.name.clone().ok_or_else(|| EdgeError::UnnamedMetric {
+                scope: scope.label.clone(),
+            })?;
             if scope.device.is_none() && [BDSEQ, REBIRTH, NEXT_SERVER].contains(&name.as_str()) {
-                return Err(EdgeError::ReservedMetric { scope: scope.label.clone(), metric: name });
+                return Err(EdgeError::ReservedMetric {
+                    scope: scope.label.clone(),
+                    metric: name,
+                });
             }
             if m.datatype == DataType::Unknown {
-                return Err(EdgeError::UntypedMetric { scope: scope.label.clone(), metric: name });
+                return Err(EdgeError::UntypedMetric {
+                    scope: scope.label.clone(),
+                    metric: name,
+                });
             }
             if scope.by_name.contains_key(&name) {
-                return Err(EdgeError::DuplicateMetric { scope: scope.label.clone(), metric: name });
+                return Err(EdgeError::DuplicateMetric {
+                    scope: scope.label.clone(),
+                    metric: name,
+                });
             }
             // [tck-id-payloads-alias-uniqueness]: one counter across the node and all devices.
             m.alias = Some(*next_alias);
@@ -327,7 +358,12 @@ impl EdgeSession {
             self.connect_sent = false;
         }
         self.phase = Phase::Connecting;
-        vec![EdgeAction::SetWill(self.ndeath(now)), EdgeAction::Connect { server: self.server }]
+        vec![
+            EdgeAction::SetWill(self.ndeath(now)),
+            EdgeAction::Connect {
+                server: self.server,
+            },
+        ]
     }
 
     /// The CONNECT carrying the current Will left for the broker. From now on
@@ -355,10 +391,13 @@ impl EdgeSession {
     /// [tck-id-message-flow-edge-node-birth-publish-connect]
     pub fn connected(&mut self, now: u64) -> Vec<EdgeAction> {
         let mut out = self.connect_sent();
-        // [tck-id-edge-subscribe-ncmd] [tck-id-edge-subscribe-dcmd]: before NBIRTH.
+        // [tck-id-message-flow-edge-node-ncmd-subscribe] [tck-id-message-flow-device-dcmd-subscribe]: before NBIRTH.
         let group = &self.cfg.group_id;
         let node = &self.cfg.node_id;
-        let mut topics = vec![format!("spBv1.0/{group}/NCMD/{node}"), format!("spBv1.0/{group}/DCMD/{node}/+")];
+        let mut topics = vec![
+            format!("spBv1.0/{group}/NCMD/{node}"),
+            format!("spBv1.0/{group}/DCMD/{node}/+"),
+        ];
         if let Some(host) = &self.cfg.primary_host_id {
             topics.push(format!("spBv1.0/STATE/{host}"));
         }
@@ -390,7 +429,10 @@ impl EdgeSession {
     pub fn shutdown(&mut self, now: u64) -> Vec<EdgeAction> {
         let out = match self.phase {
             Phase::AwaitingHost | Phase::Born => {
-                vec![EdgeAction::Publish(self.ndeath(now)), EdgeAction::Disconnect]
+                vec![
+                    EdgeAction::Publish(self.ndeath(now)),
+                    EdgeAction::Disconnect,
+                ]
             }
             Phase::Connecting => vec![EdgeAction::Disconnect],
             Phase::Offline => Vec::new(),
@@ -425,7 +467,12 @@ impl EdgeSession {
         metrics.push(Metric::new(NEXT_SERVER, Value::Boolean(false), now));
         // [tck-id-topics-nbirth-metric-reqs] [tck-id-operational-behavior-data-publish-nbirth-values]
         metrics.extend(self.node.metrics.iter().map(|m| Self::birth_metric(m, now)));
-        let nbirth = Payload { timestamp: Some(now), metrics, seq: Some(seq), ..Payload::default() };
+        let nbirth = Payload {
+            timestamp: Some(now),
+            metrics,
+            seq: Some(seq),
+            ..Payload::default()
+        };
         let mut out = vec![EdgeAction::Publish(Publish {
             topic: self.topic(MessageType::NBirth, None),
             // [tck-id-payloads-metric-datatype-req]
@@ -455,7 +502,11 @@ impl EdgeSession {
         let payload = Payload {
             timestamp: Some(now),
             // [tck-id-topics-dbirth-metrics] [tck-id-operational-behavior-data-publish-dbirth-values]
-            metrics: d.metrics.iter().map(|m| Self::birth_metric(m, now)).collect(),
+            metrics: d
+                .metrics
+                .iter()
+                .map(|m| Self::birth_metric(m, now))
+                .collect(),
             seq: Some(seq),
             ..Payload::default()
         };
@@ -496,17 +547,27 @@ impl EdgeSession {
     }
 
     fn scope_publishing(&self, i: Option<usize>) -> bool {
-        self.is_publishing() && (self.cfg.primary_host_id.is_none() || self.host_online) && self.scope(i).born_or_node()
+        self.is_publishing()
+            && (self.cfg.primary_host_id.is_none() || self.host_online)
+            && self.scope(i).born_or_node()
     }
 
     /// Builds a DATA payload for `metrics` (named, declared in `scope`).
-    fn data(&mut self, i: Option<usize>, metrics: Vec<Metric>, now: u64, historical: bool) -> EdgeAction {
+    fn data(
+        &mut self,
+        i: Option<usize>,
+        metrics: Vec<Metric>,
+        now: u64,
+        historical: bool,
+    ) -> EdgeAction {
         let aliases = self.cfg.aliases;
         let scope = self.scope(i);
         let out_metrics = metrics
             .into_iter()
             .map(|mut m| {
-                let idx = scope.index_of(&m).expect("callers only pass declared metrics");
+                let idx = scope
+                    .index_of(&m)
+                    .expect("callers only pass declared metrics");
                 let def = &scope.metrics[idx];
                 if aliases {
                     // [tck-id-payloads-alias-data-cmd-requirement]: alias only, no name.
@@ -524,8 +585,17 @@ impl EdgeSession {
             .collect();
         let device = scope.device.clone();
         let seq = self.take_seq();
-        let payload = Payload { timestamp: Some(now), metrics: out_metrics, seq: Some(seq), ..Payload::default() };
-        let kind = if device.is_some() { MessageType::DData } else { MessageType::NData };
+        let payload = Payload {
+            timestamp: Some(now),
+            metrics: out_metrics,
+            seq: Some(seq),
+            ..Payload::default()
+        };
+        let kind = if device.is_some() {
+            MessageType::DData
+        } else {
+            MessageType::NData
+        };
         EdgeAction::Publish(Publish {
             topic: self.topic(kind, device.as_deref()),
             // [tck-id-payloads-metric-datatype-not-req]
@@ -538,14 +608,21 @@ impl EdgeSession {
 
     /// Checks samples against the birth declarations and returns them with
     /// names filled in, in chronological order.
-    fn checked(&self, i: Option<usize>, samples: Vec<Metric>) -> Result<Vec<(usize, Metric)>, EdgeError> {
+    fn checked(
+        &self,
+        i: Option<usize>,
+        samples: Vec<Metric>,
+    ) -> Result<Vec<(usize, Metric)>, EdgeError> {
         let scope = self.scope(i);
         let mut out = Vec::with_capacity(samples.len());
         for mut m in samples {
             let Some(idx) = scope.index_of(&m) else {
                 return Err(EdgeError::UnknownMetric {
                     scope: scope.label.clone(),
-                    metric: m.name.clone().unwrap_or_else(|| format!("alias {:?}", m.alias)),
+                    metric: m
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| format!("alias {:?}", m.alias)),
                 });
             };
             let def = &scope.metrics[idx];
@@ -573,11 +650,18 @@ impl EdgeSession {
     /// Samples equal to the current value and quality are not resent
     /// ([tck-id-operational-behavior-data-publish-nbirth-change],
     /// [tck-id-operational-behavior-data-publish-dbirth-change]).
-    pub fn update(&mut self, now: u64, device: Option<&str>, samples: Vec<Metric>) -> Result<Vec<EdgeAction>, EdgeError> {
+    pub fn update(
+        &mut self,
+        now: u64,
+        device: Option<&str>,
+        samples: Vec<Metric>,
+    ) -> Result<Vec<EdgeAction>, EdgeError> {
         let i = self.scope_index(device)?;
         if let Some(d) = i {
             if !self.devices[d].online {
-                return Err(EdgeError::DeviceOffline(device.unwrap_or_default().to_string()));
+                return Err(EdgeError::DeviceOffline(
+                    device.unwrap_or_default().to_string(),
+                ));
             }
         }
         let checked = self.checked(i, samples)?;
@@ -600,14 +684,22 @@ impl EdgeSession {
             // [tck-id-topics-ndata-payload] [tck-id-topics-ddata-payload]
             Ok(vec![self.data(i, changed, now, false)])
         } else {
-            Ok(vec![EdgeAction::StoreHistorical { device: device.map(str::to_string), metrics: changed }])
+            Ok(vec![EdgeAction::StoreHistorical {
+                device: device.map(str::to_string),
+                metrics: changed,
+            }])
         }
     }
 
     /// Publishes stored samples as historical DATA, with the aliases of the
     /// current births. Samples for metrics no longer declared come back as
     /// [`EdgeAction::Rejected`]; `Err(NotPublishing)` means keep them stored.
-    pub fn replay(&mut self, now: u64, device: Option<&str>, samples: Vec<Metric>) -> Result<Vec<EdgeAction>, EdgeError> {
+    pub fn replay(
+        &mut self,
+        now: u64,
+        device: Option<&str>,
+        samples: Vec<Metric>,
+    ) -> Result<Vec<EdgeAction>, EdgeError> {
         let i = self.scope_index(device)?;
         if !self.scope_publishing(i) {
             return Err(EdgeError::NotPublishing);
@@ -617,9 +709,22 @@ impl EdgeSession {
         let mut ok = Vec::with_capacity(samples.len());
         for m in samples {
             match scope.index_of(&m) {
-                Some(idx) if m.value.as_ref().is_none_or(|v| v.datatype() == scope.metrics[idx].datatype) => ok.push(m),
+                Some(idx)
+                    if m.value
+                        .as_ref()
+                        .is_none_or(|v| v.datatype() == scope.metrics[idx].datatype) =>
+                {
+                    ok.push(m)
+                }
                 _ => out.push(EdgeAction::Rejected {
-                    topic: self.topic(if device.is_some() { MessageType::DData } else { MessageType::NData }, device),
+                    topic: self.topic(
+                        if device.is_some() {
+                            MessageType::DData
+                        } else {
+                            MessageType::NData
+                        },
+                        device,
+                    ),
                     reason: format!(
                         "stored sample for '{}' no longer matches the birth of {}",
                         m.name.as_deref().unwrap_or("?"),
@@ -638,7 +743,9 @@ impl EdgeSession {
 
     /// A device became reachable: DBIRTH if the node is born.
     pub fn device_online(&mut self, now: u64, device: &str) -> Result<Vec<EdgeAction>, EdgeError> {
-        let i = self.scope_index(Some(device))?.expect("a device name gives a device index");
+        let i = self
+            .scope_index(Some(device))?
+            .expect("a device name gives a device index");
         if self.devices[i].online && self.devices[i].born {
             return Ok(Vec::new());
         }
@@ -652,7 +759,9 @@ impl EdgeSession {
     /// A device became unreachable: DDEATH if it was born in this session.
     /// [tck-id-operational-behavior-device-ddeath]
     pub fn device_offline(&mut self, now: u64, device: &str) -> Result<Vec<EdgeAction>, EdgeError> {
-        let i = self.scope_index(Some(device))?.expect("a device name gives a device index");
+        let i = self
+            .scope_index(Some(device))?
+            .expect("a device name gives a device index");
         let was_born = self.devices[i].born;
         self.devices[i].online = false;
         self.devices[i].born = false;
@@ -661,7 +770,11 @@ impl EdgeSession {
         }
         // [tck-id-topics-ddeath-seq-num] [tck-id-payloads-ddeath-seq-inc]
         let seq = self.take_seq();
-        let payload = Payload { timestamp: Some(now), seq: Some(seq), ..Payload::default() };
+        let payload = Payload {
+            timestamp: Some(now),
+            seq: Some(seq),
+            ..Payload::default()
+        };
         Ok(vec![EdgeAction::Publish(Publish {
             topic: self.topic(MessageType::DDeath, Some(device)),
             payload: encode_known_good(&payload, Datatypes::Include),
@@ -681,24 +794,38 @@ impl EdgeSession {
 
     /// A message arrived on a subscribed topic.
     pub fn handle_message(&mut self, now: u64, topic: &str, payload: &[u8]) -> Vec<EdgeAction> {
-        let rejected = |reason: String| vec![EdgeAction::Rejected { topic: topic.to_string(), reason }];
+        let rejected = |reason: String| {
+            vec![EdgeAction::Rejected {
+                topic: topic.to_string(),
+                reason,
+            }]
+        };
         let parsed = match Topic::parse(topic) {
             Ok(t) => t,
             Err(e) => return rejected(e.to_string()),
         };
         match parsed {
-            Topic::State { host_id } if Some(&host_id) == self.cfg.primary_host_id.as_ref() => match HostState::parse(payload) {
-                Ok(s) => self.host_state(now, s),
-                Err(e) => rejected(e.to_string()),
-            },
+            Topic::State { host_id } if Some(&host_id) == self.cfg.primary_host_id.as_ref() => {
+                match HostState::parse(payload) {
+                    Ok(s) => self.host_state(now, s),
+                    Err(e) => rejected(e.to_string()),
+                }
+            }
             Topic::State { .. } => Vec::new(),
-            Topic::Edge { group, kind, node, device } => {
+            Topic::Edge {
+                group,
+                kind,
+                node,
+                device,
+            } => {
                 if group != self.cfg.group_id || node != self.cfg.node_id {
                     return Vec::new();
                 }
                 match kind {
                     MessageType::NCmd => self.ncmd(now, topic, payload),
-                    MessageType::DCmd => self.dcmd(topic, device.as_deref().unwrap_or_default(), payload),
+                    MessageType::DCmd => {
+                        self.dcmd(topic, device.as_deref().unwrap_or_default(), payload)
+                    }
                     _ => Vec::new(),
                 }
             }
@@ -743,7 +870,12 @@ impl EdgeSession {
     fn ncmd(&mut self, now: u64, topic: &str, payload: &[u8]) -> Vec<EdgeAction> {
         let decoded = match Payload::decode_with(payload, &self.node) {
             Ok(p) => p,
-            Err(e) => return vec![EdgeAction::Rejected { topic: topic.to_string(), reason: e.to_string() }],
+            Err(e) => {
+                return vec![EdgeAction::Rejected {
+                    topic: topic.to_string(),
+                    reason: e.to_string(),
+                }]
+            }
         };
         let mut writes = Vec::new();
         let mut rebirth = false;
@@ -765,7 +897,10 @@ impl EdgeSession {
         }
         let mut out = Vec::new();
         if !writes.is_empty() {
-            out.push(EdgeAction::Command { device: None, metrics: writes });
+            out.push(EdgeAction::Command {
+                device: None,
+                metrics: writes,
+            });
         }
         if next_server {
             out.extend(self.leave_server(now));
@@ -776,7 +911,12 @@ impl EdgeSession {
     }
 
     fn dcmd(&mut self, topic: &str, device: &str, payload: &[u8]) -> Vec<EdgeAction> {
-        let rejected = |reason: String| vec![EdgeAction::Rejected { topic: topic.to_string(), reason }];
+        let rejected = |reason: String| {
+            vec![EdgeAction::Rejected {
+                topic: topic.to_string(),
+                reason,
+            }]
+        };
         let Some(&i) = self.device_index.get(device) else {
             return rejected(format!("DCMD for unknown device '{device}'"));
         };
@@ -793,7 +933,10 @@ impl EdgeSession {
                         m
                     })
                     .collect();
-                vec![EdgeAction::Command { device: Some(device.to_string()), metrics }]
+                vec![EdgeAction::Command {
+                    device: Some(device.to_string()),
+                    metrics,
+                }]
             }
             Err(e) => rejected(e.to_string()),
         }
@@ -860,7 +1003,10 @@ mod tests {
                         Metric::null("Mode", DataType::String, T0),
                     ],
                 },
-                DeviceDef { name: "oven".into(), metrics: vec![Metric::new("On", Value::Boolean(false), T0)] },
+                DeviceDef {
+                    name: "oven".into(),
+                    metrics: vec![Metric::new("On", Value::Boolean(false), T0)],
+                },
             ],
             stored,
         )
@@ -896,7 +1042,12 @@ mod tests {
     }
 
     fn bdseq_of(p: &Payload) -> i64 {
-        match p.metrics.iter().find(|m| m.name.as_deref() == Some(BDSEQ)).and_then(|m| m.value.clone()) {
+        match p
+            .metrics
+            .iter()
+            .find(|m| m.name.as_deref() == Some(BDSEQ))
+            .and_then(|m| m.value.clone())
+        {
             Some(Value::Int64(v)) => v,
             other => panic!("bdSeq metric missing or not Int64: {other:?}"),
         }
@@ -912,7 +1063,13 @@ mod tests {
     }
 
     fn cmd(metrics: Vec<Metric>) -> Vec<u8> {
-        Payload { timestamp: Some(T0), metrics, ..Payload::default() }.encode().expect("encodes")
+        Payload {
+            timestamp: Some(T0),
+            metrics,
+            ..Payload::default()
+        }
+        .encode()
+        .expect("encodes")
     }
 
     fn rebirth_cmd() -> Vec<u8> {
@@ -920,7 +1077,11 @@ mod tests {
     }
 
     fn state(online: bool, ts: u64) -> Vec<u8> {
-        HostState { online, timestamp: ts }.to_json()
+        HostState {
+            online,
+            timestamp: ts,
+        }
+        .to_json()
     }
 
     // [tck-id-payloads-ndeath-will-message] [tck-id-payloads-ndeath-will-message-qos]
@@ -992,18 +1153,30 @@ mod tests {
         assert_eq!(bdseq_of(&decode(&will(&restarted.begin_connect(T0)))), 8);
     }
 
-    // [tck-id-edge-subscribe-ncmd] [tck-id-edge-subscribe-dcmd] [tck-id-message-flow-edge-node-birth-publish-connect]
+    // [tck-id-message-flow-edge-node-ncmd-subscribe] [tck-id-message-flow-device-dcmd-subscribe] [tck-id-message-flow-edge-node-birth-publish-connect]
     #[test]
     fn subscribes_to_ncmd_and_dcmd_before_nbirth() {
         let mut s = session();
         s.begin_connect(T0);
         let out = s.connected(T0);
-        let sub = out.iter().position(|a| matches!(a, EdgeAction::Subscribe(_))).expect("subscribes");
-        let birth = out.iter().position(|a| matches!(a, EdgeAction::Publish(_))).expect("births");
+        let sub = out
+            .iter()
+            .position(|a| matches!(a, EdgeAction::Subscribe(_)))
+            .expect("subscribes");
+        let birth = out
+            .iter()
+            .position(|a| matches!(a, EdgeAction::Publish(_)))
+            .expect("births");
         assert!(sub < birth);
         match &out[sub] {
             EdgeAction::Subscribe(t) => {
-                assert_eq!(t, &vec!["spBv1.0/Plant1/NCMD/gw1".to_string(), "spBv1.0/Plant1/DCMD/gw1/+".to_string()])
+                assert_eq!(
+                    t,
+                    &vec![
+                        "spBv1.0/Plant1/NCMD/gw1".to_string(),
+                        "spBv1.0/Plant1/DCMD/gw1/+".to_string()
+                    ]
+                )
             }
             _ => unreachable!(),
         }
@@ -1031,8 +1204,15 @@ mod tests {
     fn nbirth_declares_node_control_rebirth_boolean_false() {
         let mut s = session();
         let p = decode(publishes(&born(&mut s))[0]);
-        let r = p.metrics.iter().find(|m| m.name.as_deref() == Some(REBIRTH)).expect("rebirth metric");
-        assert_eq!((r.datatype, &r.value), (DataType::Boolean, &Some(Value::Boolean(false))));
+        let r = p
+            .metrics
+            .iter()
+            .find(|m| m.name.as_deref() == Some(REBIRTH))
+            .expect("rebirth metric");
+        assert_eq!(
+            (r.datatype, &r.value),
+            (DataType::Boolean, &Some(Value::Boolean(false)))
+        );
     }
 
     // [tck-id-topics-nbirth-metrics] [tck-id-topics-nbirth-metric-reqs] [tck-id-payloads-alias-birth-requirement]
@@ -1042,15 +1222,27 @@ mod tests {
     fn nbirth_metrics_have_name_alias_datatype_timestamp_and_current_value() {
         let mut s = session();
         born(&mut s);
-        s.update(T0 + 5, None, vec![Metric::new("Uptime", Value::UInt64(99), T0 + 5)]).expect("declared");
+        s.update(
+            T0 + 5,
+            None,
+            vec![Metric::new("Uptime", Value::UInt64(99), T0 + 5)],
+        )
+        .expect("declared");
         let out = s.handle_message(T0 + 10_000, "spBv1.0/Plant1/NCMD/gw1", &rebirth_cmd());
         let p = decode(publishes(&out)[0]);
-        let up = p.metrics.iter().find(|m| m.name.as_deref() == Some("Uptime")).expect("Uptime in NBIRTH");
+        let up = p
+            .metrics
+            .iter()
+            .find(|m| m.name.as_deref() == Some("Uptime"))
+            .expect("Uptime in NBIRTH");
         assert_eq!(up.alias, Some(1));
         assert_eq!(up.datatype, DataType::UInt64);
         assert_eq!(up.value, Some(Value::UInt64(99)));
         assert_eq!(up.timestamp, Some(T0 + 5));
-        assert!(p.metrics.iter().all(|m| m.timestamp.is_some() && m.name.is_some()));
+        assert!(p
+            .metrics
+            .iter()
+            .all(|m| m.timestamp.is_some() && m.name.is_some()));
     }
 
     // [tck-id-payloads-dbirth-order] [tck-id-topics-dbirth-topic] [tck-id-topics-dbirth-seq] [tck-id-payloads-dbirth-seq]
@@ -1064,7 +1256,11 @@ mod tests {
         let topics: Vec<&str> = p.iter().map(|p| p.topic.as_str()).collect();
         assert_eq!(
             topics,
-            ["spBv1.0/Plant1/NBIRTH/gw1", "spBv1.0/Plant1/DBIRTH/gw1/press", "spBv1.0/Plant1/DBIRTH/gw1/oven"]
+            [
+                "spBv1.0/Plant1/NBIRTH/gw1",
+                "spBv1.0/Plant1/DBIRTH/gw1/press",
+                "spBv1.0/Plant1/DBIRTH/gw1/oven"
+            ]
         );
         for (i, pb) in p.iter().enumerate() {
             let d = decode(pb);
@@ -1079,7 +1275,11 @@ mod tests {
     fn dbirth_carries_null_metrics_explicitly() {
         let mut s = session();
         let p = decode(publishes(&born(&mut s))[1]);
-        let mode = p.metrics.iter().find(|m| m.name.as_deref() == Some("Mode")).expect("Mode");
+        let mode = p
+            .metrics
+            .iter()
+            .find(|m| m.name.as_deref() == Some("Mode"))
+            .expect("Mode");
         assert_eq!((mode.datatype, &mode.value), (DataType::String, &None));
         assert_eq!(mode.alias, Some(3));
     }
@@ -1107,11 +1307,18 @@ mod tests {
     fn ddata_carries_alias_only_no_datatype_and_the_next_seq() {
         let mut s = session();
         born(&mut s);
-        let out = s.update(T0 + 1, Some("press"), vec![Metric::new("Temp", Value::Float(21.5), T0 + 1)]).expect("ok");
+        let out = s
+            .update(
+                T0 + 1,
+                Some("press"),
+                vec![Metric::new("Temp", Value::Float(21.5), T0 + 1)],
+            )
+            .expect("ok");
         let p = publishes(&out)[0];
         assert_eq!(p.topic, "spBv1.0/Plant1/DDATA/gw1/press");
         assert_eq!((p.qos, p.retain), (QoS::AtMostOnce, false));
-        let raw = <crate::sparkplug::pb::Payload as prost::Message>::decode(p.payload.as_slice()).expect("protobuf");
+        let raw = <crate::sparkplug::pb::Payload as prost::Message>::decode(p.payload.as_slice())
+            .expect("protobuf");
         assert_eq!(raw.seq, Some(3));
         assert_eq!(raw.timestamp, Some(T0 + 1));
         assert_eq!(raw.metrics[0].name, None);
@@ -1125,9 +1332,21 @@ mod tests {
     // [tck-id-payloads-ndata-timestamp] [tck-id-payloads-name-requirement]
     #[test]
     fn ndata_without_aliases_carries_names() {
-        let mut s = session_with(EdgeConfig { aliases: false, ..cfg() }, None);
+        let mut s = session_with(
+            EdgeConfig {
+                aliases: false,
+                ..cfg()
+            },
+            None,
+        );
         born(&mut s);
-        let out = s.update(T0 + 1, None, vec![Metric::new("Uptime", Value::UInt64(1), T0 + 1)]).expect("ok");
+        let out = s
+            .update(
+                T0 + 1,
+                None,
+                vec![Metric::new("Uptime", Value::UInt64(1), T0 + 1)],
+            )
+            .expect("ok");
         let p = publishes(&out)[0];
         assert_eq!(p.topic, "spBv1.0/Plant1/NDATA/gw1");
         assert_eq!((p.qos, p.retain), (QoS::AtMostOnce, false));
@@ -1142,7 +1361,13 @@ mod tests {
     fn unchanged_values_are_not_resent() {
         let mut s = session();
         born(&mut s);
-        let same = s.update(T0 + 1, Some("press"), vec![Metric::new("Temp", Value::Float(20.0), T0 + 1)]).expect("ok");
+        let same = s
+            .update(
+                T0 + 1,
+                Some("press"),
+                vec![Metric::new("Temp", Value::Float(20.0), T0 + 1)],
+            )
+            .expect("ok");
         assert!(same.is_empty());
     }
 
@@ -1155,7 +1380,10 @@ mod tests {
             .update(
                 T0 + 9,
                 Some("press"),
-                vec![Metric::new("Temp", Value::Float(30.0), T0 + 9), Metric::new("Mode", Value::String("run".into()), T0 + 2)],
+                vec![
+                    Metric::new("Temp", Value::Float(30.0), T0 + 9),
+                    Metric::new("Mode", Value::String("run".into()), T0 + 2),
+                ],
             )
             .expect("ok");
         let d = Payload::decode_with(&publishes(&out)[0].payload, &s.devices[0]).expect("decodes");
@@ -1167,19 +1395,48 @@ mod tests {
     fn undeclared_or_mistyped_samples_are_refused_with_the_metric_named() {
         let mut s = session();
         born(&mut s);
-        let e = s.update(T0, Some("press"), vec![Metric::new("Nope", Value::Float(1.0), T0)]).expect_err("unknown");
-        assert_eq!(e.to_string(), "metric 'Nope' was not declared in the birth of device 'press'");
-        let e = s.update(T0, Some("press"), vec![Metric::new("Temp", Value::Int32(1), T0)]).expect_err("type");
-        assert_eq!(e.to_string(), "metric 'Temp' on device 'press' is Float, but the sample is Int32");
-        assert!(matches!(s.update(T0, Some("x"), vec![]), Err(EdgeError::UnknownDevice(_))));
+        let e = s
+            .update(
+                T0,
+                Some("press"),
+                vec![Metric::new("Nope", Value::Float(1.0), T0)],
+            )
+            .expect_err("unknown");
+        assert_eq!(
+            e.to_string(),
+            "metric 'Nope' was not declared in the birth of device 'press'"
+        );
+        let e = s
+            .update(
+                T0,
+                Some("press"),
+                vec![Metric::new("Temp", Value::Int32(1), T0)],
+            )
+            .expect_err("type");
+        assert_eq!(
+            e.to_string(),
+            "metric 'Temp' on device 'press' is Float, but the sample is Int32"
+        );
+        assert!(matches!(
+            s.update(T0, Some("x"), vec![]),
+            Err(EdgeError::UnknownDevice(_))
+        ));
     }
 
     #[test]
     fn samples_before_birth_are_stored_not_published() {
         let mut s = session();
         s.device_online(T0, "press").expect("known");
-        let out = s.update(T0, Some("press"), vec![Metric::new("Temp", Value::Float(5.0), T0)]).expect("ok");
-        assert!(matches!(&out[..], [EdgeAction::StoreHistorical { device: Some(d), metrics }] if d == "press" && metrics.len() == 1));
+        let out = s
+            .update(
+                T0,
+                Some("press"),
+                vec![Metric::new("Temp", Value::Float(5.0), T0)],
+            )
+            .expect("ok");
+        assert!(
+            matches!(&out[..], [EdgeAction::StoreHistorical { device: Some(d), metrics }] if d == "press" && metrics.len() == 1)
+        );
     }
 
     // Store-and-forward replay: [tck-id-payloads-ddata-order]
@@ -1187,11 +1444,21 @@ mod tests {
     fn replay_after_birth_is_historical_with_current_aliases_and_original_timestamps() {
         let mut s = session();
         s.device_online(T0, "press").expect("known");
-        let stored = match &s.update(T0 - 60_000, Some("press"), vec![Metric::new("Temp", Value::Float(5.0), T0 - 60_000)]).expect("ok")[..] {
+        let stored = match &s
+            .update(
+                T0 - 60_000,
+                Some("press"),
+                vec![Metric::new("Temp", Value::Float(5.0), T0 - 60_000)],
+            )
+            .expect("ok")[..]
+        {
             [EdgeAction::StoreHistorical { metrics, .. }] => metrics.clone(),
             other => panic!("expected storage, got {other:?}"),
         };
-        assert_eq!(s.replay(T0, Some("press"), stored.clone()), Err(EdgeError::NotPublishing));
+        assert_eq!(
+            s.replay(T0, Some("press"), stored.clone()),
+            Err(EdgeError::NotPublishing)
+        );
         born(&mut s);
         let out = s.replay(T0 + 1, Some("press"), stored).expect("born");
         let d = Payload::decode_with(&publishes(&out)[0].payload, &s.devices[0]).expect("decodes");
@@ -1204,7 +1471,9 @@ mod tests {
     fn replay_of_a_metric_no_longer_declared_is_rejected_not_published() {
         let mut s = session();
         born(&mut s);
-        let out = s.replay(T0, None, vec![Metric::new("Gone", Value::Int32(1), T0)]).expect("born");
+        let out = s
+            .replay(T0, None, vec![Metric::new("Gone", Value::Int32(1), T0)])
+            .expect("born");
         assert!(matches!(&out[..], [EdgeAction::Rejected { .. }]));
     }
 
@@ -1220,7 +1489,10 @@ mod tests {
         assert_eq!((p.qos, p.retain), (QoS::AtMostOnce, false));
         let d = decode(p);
         assert_eq!((d.seq, d.timestamp), (Some(3), Some(T0 + 1)));
-        assert!(matches!(s.update(T0, Some("press"), vec![]), Err(EdgeError::DeviceOffline(_))));
+        assert!(matches!(
+            s.update(T0, Some("press"), vec![]),
+            Err(EdgeError::DeviceOffline(_))
+        ));
         let back = s.device_online(T0 + 2, "press").expect("known");
         let p = publishes(&back)[0];
         assert_eq!(p.topic, "spBv1.0/Plant1/DBIRTH/gw1/press");
@@ -1233,7 +1505,12 @@ mod tests {
     fn ncmd_rebirth_gives_a_new_nbirth_with_the_same_bdseq_and_seq_zero() {
         let mut s = session_with(cfg(), Some(3));
         born(&mut s);
-        s.update(T0 + 1, None, vec![Metric::new("Uptime", Value::UInt64(5), T0 + 1)]).expect("ok");
+        s.update(
+            T0 + 1,
+            None,
+            vec![Metric::new("Uptime", Value::UInt64(5), T0 + 1)],
+        )
+        .expect("ok");
         let out = s.handle_message(T0 + 60_000, "spBv1.0/Plant1/NCMD/gw1", &rebirth_cmd());
         let p = publishes(&out);
         assert_eq!(p.len(), 3, "NBIRTH and both DBIRTHs");
@@ -1255,10 +1532,23 @@ mod tests {
     fn repeated_rebirth_requests_are_coalesced_and_data_is_stored_meanwhile() {
         let mut s = session();
         born(&mut s);
-        assert!(s.handle_message(T0 + 1_000, "spBv1.0/Plant1/NCMD/gw1", &rebirth_cmd()).is_empty());
-        assert!(s.handle_message(T0 + 2_000, "spBv1.0/Plant1/NCMD/gw1", &rebirth_cmd()).is_empty());
-        let held = s.update(T0 + 2_500, None, vec![Metric::new("Uptime", Value::UInt64(7), T0 + 2_500)]).expect("ok");
-        assert!(matches!(&held[..], [EdgeAction::StoreHistorical { .. }]), "no DATA while a rebirth is pending");
+        assert!(s
+            .handle_message(T0 + 1_000, "spBv1.0/Plant1/NCMD/gw1", &rebirth_cmd())
+            .is_empty());
+        assert!(s
+            .handle_message(T0 + 2_000, "spBv1.0/Plant1/NCMD/gw1", &rebirth_cmd())
+            .is_empty());
+        let held = s
+            .update(
+                T0 + 2_500,
+                None,
+                vec![Metric::new("Uptime", Value::UInt64(7), T0 + 2_500)],
+            )
+            .expect("ok");
+        assert!(
+            matches!(&held[..], [EdgeAction::StoreHistorical { .. }]),
+            "no DATA while a rebirth is pending"
+        );
         assert!(s.tick(T0 + 4_999).is_empty());
         let out = s.tick(T0 + 5_000);
         assert_eq!(publishes(&out).len(), 3, "exactly one birth sequence");
@@ -1274,17 +1564,36 @@ mod tests {
         let mut m = Metric::new("Temp", Value::Float(50.0), T0);
         m.name = None;
         m.alias = Some(2);
-        let out = s.handle_message(T0, "spBv1.0/Plant1/DCMD/gw1/press", &Payload { metrics: vec![m], ..Payload::default() }.encode_with(Datatypes::Omit).expect("encodes"));
+        let out = s.handle_message(
+            T0,
+            "spBv1.0/Plant1/DCMD/gw1/press",
+            &Payload {
+                metrics: vec![m],
+                ..Payload::default()
+            }
+            .encode_with(Datatypes::Omit)
+            .expect("encodes"),
+        );
         match &out[..] {
-            [EdgeAction::Command { device: Some(d), metrics }] => {
+            [EdgeAction::Command {
+                device: Some(d),
+                metrics,
+            }] => {
                 assert_eq!(d, "press");
                 assert_eq!(metrics[0].name.as_deref(), Some("Temp"));
                 assert_eq!(metrics[0].value, Some(Value::Float(50.0)));
             }
             other => panic!("expected a command, got {other:?}"),
         }
-        let out = s.handle_message(T0, "spBv1.0/Plant1/NCMD/gw1", &cmd(vec![Metric::new("Uptime", Value::UInt64(0), T0)]));
-        assert!(matches!(&out[..], [EdgeAction::Command { device: None, .. }]));
+        let out = s.handle_message(
+            T0,
+            "spBv1.0/Plant1/NCMD/gw1",
+            &cmd(vec![Metric::new("Uptime", Value::UInt64(0), T0)]),
+        );
+        assert!(matches!(
+            &out[..],
+            [EdgeAction::Command { device: None, .. }]
+        ));
     }
 
     #[test]
@@ -1292,13 +1601,21 @@ mod tests {
         let mut s = session();
         born(&mut s);
         let out = s.handle_message(T0, "spBv1.0/Plant1/NCMD/gw1", b"\xff\xff");
-        assert!(matches!(&out[..], [EdgeAction::Rejected { reason, .. }] if reason.starts_with("not a Sparkplug B payload")));
+        assert!(
+            matches!(&out[..], [EdgeAction::Rejected { reason, .. }] if reason.starts_with("not a Sparkplug B payload"))
+        );
         let out = s.handle_message(T0, "spBv1.0/Plant1/DCMD/gw1/ghost", &rebirth_cmd());
-        assert!(matches!(&out[..], [EdgeAction::Rejected { reason, .. }] if reason.contains("ghost")));
+        assert!(
+            matches!(&out[..], [EdgeAction::Rejected { reason, .. }] if reason.contains("ghost"))
+        );
     }
 
     fn primary() -> EdgeConfig {
-        EdgeConfig { primary_host_id: Some("scada".into()), server_count: 2, ..cfg() }
+        EdgeConfig {
+            primary_host_id: Some("scada".into()),
+            server_count: 2,
+            ..cfg()
+        }
     }
 
     // [tck-id-message-flow-edge-node-birth-publish-subscribe] [tck-id-operational-behavior-edge-node-birth-sequence-wait]
@@ -1308,8 +1625,12 @@ mod tests {
         s.begin_connect(T0);
         let out = s.connected(T0);
         assert!(publishes(&out).is_empty());
-        assert!(matches!(&out[1], EdgeAction::Subscribe(t) if t.contains(&"spBv1.0/STATE/scada".to_string())));
-        let held = s.update(T0, None, vec![Metric::new("Uptime", Value::UInt64(1), T0)]).expect("ok");
+        assert!(
+            matches!(&out[1], EdgeAction::Subscribe(t) if t.contains(&"spBv1.0/STATE/scada".to_string()))
+        );
+        let held = s
+            .update(T0, None, vec![Metric::new("Uptime", Value::UInt64(1), T0)])
+            .expect("ok");
         assert!(matches!(&held[..], [EdgeAction::StoreHistorical { .. }]));
         let out = s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0 - 5));
         assert_eq!(publishes(&out)[0].topic, "spBv1.0/Plant1/NBIRTH/gw1");
@@ -1327,7 +1648,10 @@ mod tests {
         assert_eq!(publishes(&out)[0].topic, "spBv1.0/Plant1/NDEATH/gw1");
         assert_eq!(out.last(), Some(&EdgeAction::Disconnect));
         assert!(!s.is_born());
-        assert!(matches!(s.begin_connect(T0 + 2)[1], EdgeAction::Connect { server: 1 }));
+        assert!(matches!(
+            s.begin_connect(T0 + 2)[1],
+            EdgeAction::Connect { server: 1 }
+        ));
     }
 
     #[test]
@@ -1336,7 +1660,9 @@ mod tests {
         s.begin_connect(T0);
         s.connected(T0);
         s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0 + 100));
-        assert!(s.handle_message(T0, "spBv1.0/STATE/scada", &state(false, T0 + 99)).is_empty());
+        assert!(s
+            .handle_message(T0, "spBv1.0/STATE/scada", &state(false, T0 + 99))
+            .is_empty());
         assert!(s.is_born());
         // An online STATE older than the newest seen does not count either.
         let mut s = session_with(primary(), None);
@@ -1347,16 +1673,29 @@ mod tests {
         s.connection_lost();
         s.begin_connect(T0);
         s.connected(T0);
-        assert!(publishes(&s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0 + 99))).is_empty());
+        assert!(
+            publishes(&s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0 + 99)))
+                .is_empty()
+        );
     }
 
     #[test]
     fn single_server_with_retained_offline_state_stays_connected_and_stores() {
-        let mut s = session_with(EdgeConfig { server_count: 1, ..primary() }, None);
+        let mut s = session_with(
+            EdgeConfig {
+                server_count: 1,
+                ..primary()
+            },
+            None,
+        );
         s.begin_connect(T0);
         s.connected(T0);
-        assert!(s.handle_message(T0, "spBv1.0/STATE/scada", &state(false, T0)).is_empty());
-        let out = s.update(T0, None, vec![Metric::new("Uptime", Value::UInt64(3), T0)]).expect("ok");
+        assert!(s
+            .handle_message(T0, "spBv1.0/STATE/scada", &state(false, T0))
+            .is_empty());
+        let out = s
+            .update(T0, None, vec![Metric::new("Uptime", Value::UInt64(3), T0)])
+            .expect("ok");
         assert!(matches!(&out[..], [EdgeAction::StoreHistorical { .. }]));
         let born = s.handle_message(T0 + 1, "spBv1.0/STATE/scada", &state(true, T0 + 1));
         assert_eq!(publishes(&born)[0].topic, "spBv1.0/Plant1/NBIRTH/gw1");
@@ -1364,9 +1703,19 @@ mod tests {
 
     #[test]
     fn next_server_command_walks() {
-        let mut s = session_with(EdgeConfig { server_count: 3, ..cfg() }, None);
+        let mut s = session_with(
+            EdgeConfig {
+                server_count: 3,
+                ..cfg()
+            },
+            None,
+        );
         born(&mut s);
-        let out = s.handle_message(T0, "spBv1.0/Plant1/NCMD/gw1", &cmd(vec![Metric::new(NEXT_SERVER, Value::Boolean(true), T0)]));
+        let out = s.handle_message(
+            T0,
+            "spBv1.0/Plant1/NCMD/gw1",
+            &cmd(vec![Metric::new(NEXT_SERVER, Value::Boolean(true), T0)]),
+        );
         assert_eq!(out.last(), Some(&EdgeAction::Disconnect));
         assert_eq!(s.server(), 1);
     }
@@ -1386,18 +1735,54 @@ mod tests {
 
     #[test]
     fn invalid_configuration_is_refused_with_a_reason() {
-        let bad = EdgeSession::new(EdgeConfig { group_id: "a/b".into(), ..cfg() }, vec![], vec![], None);
-        assert_eq!(bad.expect_err("slash").to_string(), "group id 'a/b' is invalid: it contains '/', the topic separator");
+        let bad = EdgeSession::new(
+            EdgeConfig {
+                group_id: "a/b".into(),
+                ..cfg()
+            },
+            vec![],
+            vec![],
+            None,
+        );
+        assert_eq!(
+            bad.expect_err("slash").to_string(),
+            "group id 'a/b' is invalid: it contains '/', the topic separator"
+        );
         let dup = EdgeSession::new(
             cfg(),
             vec![],
-            vec![DeviceDef { name: "d".into(), metrics: vec![] }, DeviceDef { name: "d".into(), metrics: vec![] }],
+            vec![
+                DeviceDef {
+                    name: "d".into(),
+                    metrics: vec![],
+                },
+                DeviceDef {
+                    name: "d".into(),
+                    metrics: vec![],
+                },
+            ],
             None,
         );
         assert!(matches!(dup, Err(EdgeError::DuplicateDevice(_))));
-        let reserved = EdgeSession::new(cfg(), vec![Metric::new(BDSEQ, Value::Int64(0), 0)], vec![], None);
+        let reserved = EdgeSession::new(
+            cfg(),
+            vec![Metric::new(BDSEQ, Value::Int64(0), 0)],
+            vec![],
+            None,
+        );
         assert!(matches!(reserved, Err(EdgeError::ReservedMetric { .. })));
-        assert!(matches!(EdgeSession::new(EdgeConfig { server_count: 0, ..cfg() }, vec![], vec![], None), Err(EdgeError::NoServers)));
+        assert!(matches!(
+            EdgeSession::new(
+                EdgeConfig {
+                    server_count: 0,
+                    ..cfg()
+                },
+                vec![],
+                vec![],
+                None
+            ),
+            Err(EdgeError::NoServers)
+        ));
     }
 
     // ---- property test: seq contiguity and bdSeq/Will agreement under any input sequence ----

@@ -38,11 +38,20 @@ pub enum HostError {
     #[error("edge node {group}/{node} is not online")]
     NodeOffline { group: String, node: String },
     #[error("device '{device}' of {group}/{node} is not online")]
-    DeviceOffline { group: String, node: String, device: String },
+    DeviceOffline {
+        group: String,
+        node: String,
+        device: String,
+    },
     #[error("metric '{metric}' was not declared in the birth of {scope}")]
     UnknownMetric { scope: String, metric: String },
     #[error("metric '{metric}' of {scope} is {declared}; a {got} value cannot be written to it")]
-    TypeMismatch { scope: String, metric: String, declared: DataType, got: DataType },
+    TypeMismatch {
+        scope: String,
+        metric: String,
+        declared: DataType,
+        got: DataType,
+    },
     #[error("encoding failed: {0}")]
     Codec(#[from] super::codec::CodecError),
 }
@@ -75,22 +84,70 @@ pub enum HostEvent {
     Subscribe(Vec<String>),
     Publish(Publish),
     Disconnect,
-    NodeBirth { group: String, node: String, bdseq: u64, timestamp: Option<u64>, metrics: Vec<Metric> },
-    DeviceBirth { group: String, node: String, device: String, timestamp: Option<u64>, metrics: Vec<Metric> },
+    NodeBirth {
+        group: String,
+        node: String,
+        bdseq: u64,
+        timestamp: Option<u64>,
+        metrics: Vec<Metric>,
+    },
+    DeviceBirth {
+        group: String,
+        node: String,
+        device: String,
+        timestamp: Option<u64>,
+        metrics: Vec<Metric>,
+    },
     /// NDATA/DDATA with every metric's name and datatype filled in from the births.
-    Data { group: String, node: String, device: Option<String>, seq: u8, timestamp: Option<u64>, metrics: Vec<Metric> },
+    Data {
+        group: String,
+        node: String,
+        device: Option<String>,
+        seq: u8,
+        timestamp: Option<u64>,
+        metrics: Vec<Metric>,
+    },
     /// The node and all its devices are offline; `stale` lists (device, metric) now STALE as of `at`.
-    NodeDeath { group: String, node: String, cause: DeathCause, at: u64, stale: Vec<(Option<String>, String)> },
+    NodeDeath {
+        group: String,
+        node: String,
+        cause: DeathCause,
+        at: u64,
+        stale: Vec<(Option<String>, String)>,
+    },
     /// A device is offline; its metrics are STALE as of `at` (the DDEATH timestamp).
-    DeviceDeath { group: String, node: String, device: String, at: u64, stale: Vec<String> },
+    DeviceDeath {
+        group: String,
+        node: String,
+        device: String,
+        at: u64,
+        stale: Vec<String>,
+    },
     /// An NDEATH whose bdSeq does not match the current birth (late Will of an older session).
-    DeathIgnored { group: String, node: String, bdseq: Option<u64> },
+    DeathIgnored {
+        group: String,
+        node: String,
+        bdseq: Option<u64>,
+    },
     /// A message that arrived with an unexpected seq.
-    SequenceError { group: String, node: String, expected: u8, got: u8 },
+    SequenceError {
+        group: String,
+        node: String,
+        expected: u8,
+        got: u8,
+    },
     /// A rebirth request was published to this node.
-    RebirthRequested { group: String, node: String, reason: String },
+    RebirthRequested {
+        group: String,
+        node: String,
+        reason: String,
+    },
     /// A payload that could not be interpreted: kept with the reason, never dropped.
-    Quarantine { topic: String, payload: Vec<u8>, reason: String },
+    Quarantine {
+        topic: String,
+        payload: Vec<u8>,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -103,7 +160,11 @@ struct ScopeMap {
 
 impl ScopeMap {
     fn from_birth(label: String, metrics: &[Metric]) -> ScopeMap {
-        let mut s = ScopeMap { label, online: true, ..ScopeMap::default() };
+        let mut s = ScopeMap {
+            label,
+            online: true,
+            ..ScopeMap::default()
+        };
         for m in metrics {
             if let Some(name) = &m.name {
                 s.by_name.insert(name.clone(), m.datatype);
@@ -164,13 +225,16 @@ pub struct HostSession {
 
 /// Reads the bdSeq metric; Int64 per the spec, UInt64 from Tahu JS, any integer accepted.
 fn bdseq_in(p: &Payload) -> Option<u64> {
-    p.metrics.iter().find(|m| m.name.as_deref() == Some(BDSEQ)).and_then(|m| match m.value {
-        Some(Value::Int64(v)) => u64::try_from(v).ok(),
-        Some(Value::UInt64(v)) => Some(v),
-        Some(Value::Int32(v)) => u64::try_from(v).ok(),
-        Some(Value::UInt32(v)) => Some(v.into()),
-        _ => None,
-    })
+    p.metrics
+        .iter()
+        .find(|m| m.name.as_deref() == Some(BDSEQ))
+        .and_then(|m| match m.value {
+            Some(Value::Int64(v)) => u64::try_from(v).ok(),
+            Some(Value::UInt64(v)) => Some(v),
+            Some(Value::Int32(v)) => u64::try_from(v).ok(),
+            Some(Value::UInt32(v)) => Some(v.into()),
+            _ => None,
+        })
 }
 
 impl HostSession {
@@ -179,7 +243,13 @@ impl HostSession {
         // [tck-id-operational-behavior-host-application-host-id]
         validate_id("host id", &cfg.host_id)?;
         let state_topic = Topic::state(&cfg.host_id)?.to_string();
-        Ok(HostSession { cfg, state_topic, will_ts: 0, connected: false, nodes: HashMap::new() })
+        Ok(HostSession {
+            cfg,
+            state_topic,
+            will_ts: 0,
+            connected: false,
+            nodes: HashMap::new(),
+        })
     }
 
     /// The STATE topic of this host.
@@ -195,7 +265,11 @@ impl HostSession {
     fn state(&self, online: bool, ts: u64) -> Publish {
         Publish {
             topic: self.state_topic.clone(),
-            payload: HostState { online, timestamp: ts }.to_json(),
+            payload: HostState {
+                online,
+                timestamp: ts,
+            }
+            .to_json(),
             // [tck-id-host-topic-phid-birth-qos] [tck-id-host-topic-phid-birth-retain]
             // [tck-id-host-topic-phid-death-qos] [tck-id-host-topic-phid-death-retain]
             qos: QoS::AtLeastOnce,
@@ -219,14 +293,22 @@ impl HostSession {
         let mut subs = self.cfg.subscriptions.clone();
         subs.push(self.state_topic.clone());
         // [tck-id-host-topic-phid-birth-payload-timestamp]
-        vec![HostEvent::Subscribe(subs), HostEvent::Publish(self.state(true, self.will_ts))]
+        vec![
+            HostEvent::Subscribe(subs),
+            HostEvent::Publish(self.state(true, self.will_ts)),
+        ]
     }
 
     /// This host lost its broker connection: every online node's metrics go STALE.
     pub fn connection_lost(&mut self, now: u64) -> Vec<HostEvent> {
         self.connected = false;
         let mut out = Vec::new();
-        let mut keys: Vec<_> = self.nodes.iter().filter(|(_, n)| n.online).map(|(k, _)| k.clone()).collect();
+        let mut keys: Vec<_> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.online)
+            .map(|(k, _)| k.clone())
+            .collect();
         keys.sort();
         for (group, node) in keys {
             out.push(self.kill_node(&group, &node, DeathCause::HostDisconnected, now));
@@ -239,28 +321,50 @@ impl HostSession {
     /// [tck-id-operational-behavior-host-application-disconnect-intentional]
     pub fn shutdown(&mut self, now: u64) -> Vec<HostEvent> {
         self.connected = false;
-        vec![HostEvent::Publish(self.state(false, now)), HostEvent::Disconnect]
+        vec![
+            HostEvent::Publish(self.state(false, now)),
+            HostEvent::Disconnect,
+        ]
     }
 
     fn kill_node(&mut self, group: &str, node: &str, cause: DeathCause, at: u64) -> HostEvent {
-        let n = self.nodes.entry((group.to_string(), node.to_string())).or_default();
+        let n = self
+            .nodes
+            .entry((group.to_string(), node.to_string()))
+            .or_default();
         n.online = false;
         n.held.clear();
         n.reorder_deadline = None;
-        let mut stale: Vec<(Option<String>, String)> = n.metrics.names().map(|m| (None, m.clone())).collect();
+        let mut stale: Vec<(Option<String>, String)> =
+            n.metrics.names().map(|m| (None, m.clone())).collect();
         for (d, scope) in &mut n.devices {
             scope.online = false;
             stale.extend(scope.names().map(|m| (Some(d.clone()), m.clone())));
         }
         stale.sort();
-        HostEvent::NodeDeath { group: group.to_string(), node: node.to_string(), cause, at, stale }
+        HostEvent::NodeDeath {
+            group: group.to_string(),
+            node: node.to_string(),
+            cause,
+            at,
+            stale,
+        }
     }
 
     /// Publishes an NCMD `Node Control/Rebirth = true` unless one went out to
     /// this node less than `rebirth_min_interval_ms` ago.
-    pub fn request_rebirth(&mut self, now: u64, group: &str, node: &str, reason: &str) -> Vec<HostEvent> {
+    pub fn request_rebirth(
+        &mut self,
+        now: u64,
+        group: &str,
+        node: &str,
+        reason: &str,
+    ) -> Vec<HostEvent> {
         let min = self.cfg.rebirth_min_interval_ms;
-        let n = self.nodes.entry((group.to_string(), node.to_string())).or_default();
+        let n = self
+            .nodes
+            .entry((group.to_string(), node.to_string()))
+            .or_default();
         if let Some(last) = n.last_rebirth_request {
             if now < last.saturating_add(min) {
                 return Vec::new();
@@ -282,12 +386,18 @@ impl HostSession {
                 topic,
                 // The rebirth metric has no alias; its datatype goes along so that
                 // edges which cannot look it up (no birth on their side) decode it.
-                payload: payload.encode_with(Datatypes::Include).expect("a boolean metric always encodes"),
+                payload: payload
+                    .encode_with(Datatypes::Include)
+                    .expect("a boolean metric always encodes"),
                 // [tck-id-topics-ncmd-mqtt] [tck-id-payloads-ncmd-qos] [tck-id-payloads-ncmd-retain]
                 qos: QoS::AtMostOnce,
                 retain: false,
             }),
-            HostEvent::RebirthRequested { group: group.to_string(), node: node.to_string(), reason: reason.to_string() },
+            HostEvent::RebirthRequested {
+                group: group.to_string(),
+                node: node.to_string(),
+                reason: reason.to_string(),
+            },
         ]
     }
 
@@ -304,26 +414,48 @@ impl HostSession {
         device: Option<&str>,
         writes: Vec<(String, Value)>,
     ) -> Result<Publish, HostError> {
-        let offline = || HostError::NodeOffline { group: group.to_string(), node: node.to_string() };
-        let n = self.nodes.get(&(group.to_string(), node.to_string())).filter(|n| n.online).ok_or_else(offline)?;
-        let scope = match device {
-            None => &n.metrics,
-            Some(d) => n.devices.get(d).filter(|s| s.online).ok_or_else(|| HostError::DeviceOffline {
-                group: group.to_string(),
-                node: node.to_string(),
-                device: d.to_string(),
-            })?,
+        let offline = || HostError::NodeOffline {
+            group: group.to_string(),
+            node: node.to_string(),
         };
+        let n = self
+            .nodes
+            .get(&(group.to_string(), node.to_string()))
+            .filter(|n| n.online)
+            .ok_or_else(offline)?;
+        let scope =
+            match device {
+                None => &n.metrics,
+                Some(d) => n.devices.get(d).filter(|s| s.online).ok_or_else(|| {
+                    HostError::DeviceOffline {
+                        group: group.to_string(),
+                        node: node.to_string(),
+                        device: d.to_string(),
+                    }
+                })?,
+            };
         let mut metrics = Vec::with_capacity(writes.len());
         for (name, value) in writes {
             let declared = *scope
                 .by_name
                 .get(&name)
-                .ok_or_else(|| HostError::UnknownMetric { scope: scope.label.clone(), metric: name.clone() })?;
+                .ok_or_else(|| HostError::UnknownMetric {
+                    scope: scope.label.clone(),
+                    metric: name.clone(),
+                })?;
             if declared != value.datatype() {
-                return Err(HostError::TypeMismatch { scope: scope.label.clone(), metric: name, declared, got: value.datatype() });
+                return Err(HostError::TypeMismatch {
+                    scope: scope.label.clone(),
+                    metric: name,
+                    declared,
+                    got: value.datatype(),
+                });
             }
-            let alias = scope.by_alias.iter().find(|(_, (n, _))| *n == name).map(|(a, _)| *a);
+            let alias = scope
+                .by_alias
+                .iter()
+                .find(|(_, (n, _))| *n == name)
+                .map(|(a, _)| *a);
             let mut m = Metric::new(name, value, now);
             // [tck-id-payloads-alias-data-cmd-requirement]: alias alone when the birth gave one.
             // [tck-id-payloads-name-cmd-requirement]: a timestamp MAY be included.
@@ -338,7 +470,11 @@ impl HostSession {
             Some(d) => Topic::device(group, MessageType::DCmd, node, d)?,
         };
         // [tck-id-topics-ncmd-payload] [tck-id-topics-dcmd-payload] [tck-id-topics-dcmd-timestamp] [tck-id-payloads-dcmd-seq]
-        let payload = Payload { timestamp: Some(now), metrics, ..Payload::default() };
+        let payload = Payload {
+            timestamp: Some(now),
+            metrics,
+            ..Payload::default()
+        };
         Ok(Publish {
             topic: topic.to_string(),
             payload: payload.encode_with(Datatypes::Omit)?,
@@ -366,37 +502,77 @@ impl HostSession {
                     Err(e) => vec![quarantine(topic, payload, e.to_string())],
                 }
             }
-            Topic::Edge { group, kind, node, device } => match kind {
+            Topic::Edge {
+                group,
+                kind,
+                node,
+                device,
+            } => match kind {
                 MessageType::NBirth => self.nbirth(now, &group, &node, topic, payload),
                 MessageType::NDeath => self.ndeath(now, &group, &node, topic, payload),
                 MessageType::NCmd | MessageType::DCmd => Vec::new(),
-                MessageType::DBirth | MessageType::DDeath | MessageType::NData | MessageType::DData => {
+                MessageType::DBirth
+                | MessageType::DDeath
+                | MessageType::NData
+                | MessageType::DData => {
                     self.sequenced(now, &group, &node, kind, device, topic, payload)
                 }
             },
         }
     }
 
-    fn rejected(&mut self, now: u64, group: &str, node: &str, topic: &str, payload: &[u8], reason: String) -> Vec<HostEvent> {
+    fn rejected(
+        &mut self,
+        now: u64,
+        group: &str,
+        node: &str,
+        topic: &str,
+        payload: &[u8],
+        reason: String,
+    ) -> Vec<HostEvent> {
         let mut out = vec![quarantine(topic, payload, reason.clone())];
         out.extend(self.request_rebirth(now, group, node, &reason));
         out
     }
 
-    fn nbirth(&mut self, now: u64, group: &str, node: &str, topic: &str, payload: &[u8]) -> Vec<HostEvent> {
+    fn nbirth(
+        &mut self,
+        now: u64,
+        group: &str,
+        node: &str,
+        topic: &str,
+        payload: &[u8],
+    ) -> Vec<HostEvent> {
         let p = match Payload::decode(payload) {
             Ok(p) => p,
             Err(e) => return self.rejected(now, group, node, topic, payload, e.to_string()),
         };
         // [tck-id-payloads-nbirth-seq]
         if p.seq != Some(0) {
-            return self.rejected(now, group, node, topic, payload, format!("NBIRTH seq is {:?}, must be 0", p.seq));
+            return self.rejected(
+                now,
+                group,
+                node,
+                topic,
+                payload,
+                format!("NBIRTH seq is {:?}, must be 0", p.seq),
+            );
         }
         // [tck-id-payloads-nbirth-bdseq]
         let Some(bdseq) = bdseq_in(&p) else {
-            return self.rejected(now, group, node, topic, payload, "NBIRTH has no integer bdSeq metric".to_string());
+            return self.rejected(
+                now,
+                group,
+                node,
+                topic,
+                payload,
+                "NBIRTH has no integer bdSeq metric".to_string(),
+            );
         };
-        let n = self.nodes.entry((group.to_string(), node.to_string())).or_default();
+        let n = self
+            .nodes
+            .entry((group.to_string(), node.to_string()))
+            .or_default();
         n.online = true;
         n.bdseq = Some(bdseq);
         n.expected_seq = 1;
@@ -416,16 +592,33 @@ impl HostSession {
         }]
     }
 
-    fn ndeath(&mut self, now: u64, group: &str, node: &str, topic: &str, payload: &[u8]) -> Vec<HostEvent> {
+    fn ndeath(
+        &mut self,
+        now: u64,
+        group: &str,
+        node: &str,
+        topic: &str,
+        payload: &[u8],
+    ) -> Vec<HostEvent> {
         let p = match Payload::decode(payload) {
             Ok(p) => p,
             Err(e) => return vec![quarantine(topic, payload, e.to_string())],
         };
         let bdseq = bdseq_in(&p);
-        let current = self.nodes.get(&(group.to_string(), node.to_string())).filter(|n| n.online).and_then(|n| n.bdseq);
+        let current = self
+            .nodes
+            .get(&(group.to_string(), node.to_string()))
+            .filter(|n| n.online)
+            .and_then(|n| n.bdseq);
         match (bdseq, current) {
-            (Some(b), Some(c)) if b == c => vec![self.kill_node(group, node, DeathCause::NDeath { bdseq: b }, now)],
-            _ => vec![HostEvent::DeathIgnored { group: group.to_string(), node: node.to_string(), bdseq }],
+            (Some(b), Some(c)) if b == c => {
+                vec![self.kill_node(group, node, DeathCause::NDeath { bdseq: b }, now)]
+            }
+            _ => vec![HostEvent::DeathIgnored {
+                group: group.to_string(),
+                node: node.to_string(),
+                bdseq,
+            }],
         }
     }
 
@@ -440,7 +633,10 @@ impl HostSession {
         topic: &str,
         payload: &[u8],
     ) -> Vec<HostEvent> {
-        let online = self.nodes.get(&(group.to_string(), node.to_string())).is_some_and(|n| n.online);
+        let online = self
+            .nodes
+            .get(&(group.to_string(), node.to_string()))
+            .is_some_and(|n| n.online);
         if !online {
             let reason = format!("{kind} before NBIRTH of {group}/{node}");
             return self.rejected(now, group, node, topic, payload, reason);
@@ -449,15 +645,40 @@ impl HostSession {
         // so only the protobuf envelope is read before the message's turn.
         let seq = match pb::Payload::decode(payload) {
             Ok(raw) => raw.seq,
-            Err(e) => return self.rejected(now, group, node, topic, payload, format!("not a Sparkplug B payload: {e}")),
+            Err(e) => {
+                return self.rejected(
+                    now,
+                    group,
+                    node,
+                    topic,
+                    payload,
+                    format!("not a Sparkplug B payload: {e}"),
+                )
+            }
         };
         // [tck-id-payloads-sequence-num-always-included]
         let Some(seq) = seq.and_then(|s| u8::try_from(s).ok()) else {
-            return self.rejected(now, group, node, topic, payload, format!("{kind} has no seq in 0..=255"));
+            return self.rejected(
+                now,
+                group,
+                node,
+                topic,
+                payload,
+                format!("{kind} has no seq in 0..=255"),
+            );
         };
-        let held = Held { seq, kind, device, topic: topic.to_string(), payload: payload.to_vec() };
+        let held = Held {
+            seq,
+            kind,
+            device,
+            topic: topic.to_string(),
+            payload: payload.to_vec(),
+        };
         let timeout = self.cfg.reorder_timeout_ms;
-        let n = self.nodes.get_mut(&(group.to_string(), node.to_string())).expect("checked online above");
+        let n = self
+            .nodes
+            .get_mut(&(group.to_string(), node.to_string()))
+            .expect("checked online above");
         let ahead = seq.wrapping_sub(n.expected_seq);
         if ahead == 0 {
             n.expected_seq = seq.wrapping_add(1);
@@ -478,7 +699,12 @@ impl HostSession {
         }
         // Behind the expected seq: a duplicate or very late message. Report it
         // and still use it; duplicates are harmless downstream.
-        let mut out = vec![HostEvent::SequenceError { group: group.to_string(), node: node.to_string(), expected: n.expected_seq, got: seq }];
+        let mut out = vec![HostEvent::SequenceError {
+            group: group.to_string(),
+            node: node.to_string(),
+            expected: n.expected_seq,
+            got: seq,
+        }];
         out.extend(self.process(now, group, node, held));
         out
     }
@@ -487,8 +713,7 @@ impl HostSession {
     /// [tck-id-operational-behavior-host-reordering-success]
     fn drain_in_order(&mut self, now: u64, group: &str, node: &str) -> Vec<HostEvent> {
         let mut out = Vec::new();
-        loop {
-            let Some(n) = self.nodes.get_mut(&(group.to_string(), node.to_string())) else { break };
+        while let Some(n) = self.nodes.get_mut(&(group.to_string(), node.to_string())) {
             let Some(pos) = n.held.iter().position(|h| h.seq == n.expected_seq) else {
                 if n.held.is_empty() {
                     n.reorder_deadline = None;
@@ -506,19 +731,31 @@ impl HostSession {
     /// and process what was held, in seq order.
     /// [tck-id-operational-behavior-host-reordering-rebirth]
     fn expire(&mut self, now: u64, group: &str, node: &str) -> Vec<HostEvent> {
-        let Some(n) = self.nodes.get_mut(&(group.to_string(), node.to_string())) else { return Vec::new() };
+        let Some(n) = self.nodes.get_mut(&(group.to_string(), node.to_string())) else {
+            return Vec::new();
+        };
         let expected = n.expected_seq;
         let mut held = std::mem::take(&mut n.held);
         n.reorder_deadline = None;
         held.sort_by_key(|h| h.seq.wrapping_sub(expected));
         let mut out = Vec::new();
         if let Some(first) = held.first() {
-            out.push(HostEvent::SequenceError { group: group.to_string(), node: node.to_string(), expected, got: first.seq });
+            out.push(HostEvent::SequenceError {
+                group: group.to_string(),
+                node: node.to_string(),
+                expected,
+                got: first.seq,
+            });
             if let Some(last) = held.last() {
                 n.expected_seq = last.seq.wrapping_add(1);
             }
         }
-        out.extend(self.request_rebirth(now, group, node, &format!("seq {expected} missing after the reorder timeout")));
+        out.extend(self.request_rebirth(
+            now,
+            group,
+            node,
+            &format!("seq {expected} missing after the reorder timeout"),
+        ));
         for h in held {
             out.extend(self.process(now, group, node, h));
         }
@@ -549,11 +786,17 @@ impl HostSession {
             MessageType::DBirth => {
                 let p = match Payload::decode(&h.payload) {
                     Ok(p) => p,
-                    Err(e) => return self.rejected(now, group, node, &h.topic, &h.payload, e.to_string()),
+                    Err(e) => {
+                        return self.rejected(now, group, node, &h.topic, &h.payload, e.to_string())
+                    }
                 };
                 let label = format!("device '{device}' of {group}/{node}");
-                let n = self.nodes.get_mut(&key).expect("sequenced messages belong to known nodes");
-                n.devices.insert(device.clone(), ScopeMap::from_birth(label, &p.metrics));
+                let n = self
+                    .nodes
+                    .get_mut(&key)
+                    .expect("sequenced messages belong to known nodes");
+                n.devices
+                    .insert(device.clone(), ScopeMap::from_birth(label, &p.metrics));
                 vec![HostEvent::DeviceBirth {
                     group: group.to_string(),
                     node: node.to_string(),
@@ -563,8 +806,14 @@ impl HostSession {
                 }]
             }
             MessageType::DDeath => {
-                let ts = pb::Payload::decode(h.payload.as_slice()).ok().and_then(|p| p.timestamp).unwrap_or(now);
-                let n = self.nodes.get_mut(&key).expect("sequenced messages belong to known nodes");
+                let ts = pb::Payload::decode(h.payload.as_slice())
+                    .ok()
+                    .and_then(|p| p.timestamp)
+                    .unwrap_or(now);
+                let n = self
+                    .nodes
+                    .get_mut(&key)
+                    .expect("sequenced messages belong to known nodes");
                 let stale = match n.devices.get_mut(&device) {
                     Some(d) => {
                         d.online = false;
@@ -574,10 +823,19 @@ impl HostSession {
                     }
                     None => Vec::new(),
                 };
-                vec![HostEvent::DeviceDeath { group: group.to_string(), node: node.to_string(), device, at: ts, stale }]
+                vec![HostEvent::DeviceDeath {
+                    group: group.to_string(),
+                    node: node.to_string(),
+                    device,
+                    at: ts,
+                    stale,
+                }]
             }
             MessageType::NData | MessageType::DData => {
-                let n = self.nodes.get(&key).expect("sequenced messages belong to known nodes");
+                let n = self
+                    .nodes
+                    .get(&key)
+                    .expect("sequenced messages belong to known nodes");
                 let scope = match &h.device {
                     None => &n.metrics,
                     Some(d) => match n.devices.get(d).filter(|s| s.online) {
@@ -590,17 +848,28 @@ impl HostSession {
                 };
                 let mut p = match Payload::decode_with(&h.payload, scope) {
                     Ok(p) => p,
-                    Err(e) => return self.rejected(now, group, node, &h.topic, &h.payload, e.to_string()),
+                    Err(e) => {
+                        return self.rejected(now, group, node, &h.topic, &h.payload, e.to_string())
+                    }
                 };
                 for m in &mut p.metrics {
                     if m.name.is_none() {
-                        m.name = m.alias.and_then(|a| scope.by_alias.get(&a)).map(|(name, _)| name.clone());
+                        m.name = m
+                            .alias
+                            .and_then(|a| scope.by_alias.get(&a))
+                            .map(|(name, _)| name.clone());
                     }
                 }
-                if let Some(m) = p.metrics.iter().find(|m| m.name.as_ref().is_none_or(|n| !scope.by_name.contains_key(n))) {
+                if let Some(m) = p.metrics.iter().find(|m| {
+                    m.name
+                        .as_ref()
+                        .is_none_or(|n| !scope.by_name.contains_key(n))
+                }) {
                     let reason = format!(
                         "metric {} was not declared in the birth of {}",
-                        m.name.clone().unwrap_or_else(|| format!("alias {:?}", m.alias)),
+                        m.name
+                            .clone()
+                            .unwrap_or_else(|| format!("alias {:?}", m.alias)),
                         scope.label
                     );
                     return self.rejected(now, group, node, &h.topic, &h.payload, reason);
@@ -620,7 +889,11 @@ impl HostSession {
 }
 
 fn quarantine(topic: &str, payload: &[u8], reason: String) -> HostEvent {
-    HostEvent::Quarantine { topic: topic.to_string(), payload: payload.to_vec(), reason }
+    HostEvent::Quarantine {
+        topic: topic.to_string(),
+        payload: payload.to_vec(),
+        reason,
+    }
 }
 
 #[cfg(test)]
@@ -655,7 +928,10 @@ mod tests {
                 aliases: true,
             },
             vec![Metric::new("Load", Value::Double(0.5), T0)],
-            vec![DeviceDef { name: "D".into(), metrics: vec![Metric::new("Temp", Value::Float(1.0), T0)] }],
+            vec![DeviceDef {
+                name: "D".into(),
+                metrics: vec![Metric::new("Temp", Value::Float(1.0), T0)],
+            }],
             Some(5),
         )
         .expect("valid")
@@ -680,15 +956,24 @@ mod tests {
     }
 
     fn feed(h: &mut HostSession, now: u64, msgs: &[Publish]) -> Vec<HostEvent> {
-        msgs.iter().flat_map(|p| h.handle_message(now, &p.topic, &p.payload)).collect()
+        msgs.iter()
+            .flat_map(|p| h.handle_message(now, &p.topic, &p.payload))
+            .collect()
     }
 
     fn temp(e: &mut EdgeSession, v: f32, t: u64) -> Publish {
-        published(e.update(t, Some("D"), vec![Metric::new("Temp", Value::Float(v), t)]).expect("ok")).remove(0)
+        published(
+            e.update(t, Some("D"), vec![Metric::new("Temp", Value::Float(v), t)])
+                .expect("ok"),
+        )
+        .remove(0)
     }
 
     fn rebirths(events: &[HostEvent]) -> usize {
-        events.iter().filter(|e| matches!(e, HostEvent::RebirthRequested { .. })).count()
+        events
+            .iter()
+            .filter(|e| matches!(e, HostEvent::RebirthRequested { .. }))
+            .count()
     }
 
     // [tck-id-host-topic-phid-death-required] [tck-id-host-topic-phid-death-qos] [tck-id-host-topic-phid-death-retain]
@@ -707,7 +992,13 @@ mod tests {
         let w = h.begin_connect(T0);
         assert_eq!(w.topic, "spBv1.0/STATE/scada");
         assert_eq!((w.qos, w.retain), (QoS::AtLeastOnce, true));
-        assert_eq!(HostState::parse(&w.payload), Ok(HostState { online: false, timestamp: T0 }));
+        assert_eq!(
+            HostState::parse(&w.payload),
+            Ok(HostState {
+                online: false,
+                timestamp: T0
+            })
+        );
     }
 
     // [tck-id-host-topic-phid-birth-sub-required] [tck-id-host-topic-phid-birth-required] [tck-id-host-topic-phid-birth-topic]
@@ -724,12 +1015,21 @@ mod tests {
         .expect("valid");
         h.begin_connect(T0);
         let out = h.connected();
-        assert_eq!(out[0], HostEvent::Subscribe(vec!["spBv1.0/#".into(), "spBv1.0/STATE/scada".into()]));
+        assert_eq!(
+            out[0],
+            HostEvent::Subscribe(vec!["spBv1.0/#".into(), "spBv1.0/STATE/scada".into()])
+        );
         match &out[1] {
             HostEvent::Publish(p) => {
                 assert_eq!(p.topic, "spBv1.0/STATE/scada");
                 assert_eq!((p.qos, p.retain), (QoS::AtLeastOnce, true));
-                assert_eq!(HostState::parse(&p.payload), Ok(HostState { online: true, timestamp: T0 }));
+                assert_eq!(
+                    HostState::parse(&p.payload),
+                    Ok(HostState {
+                        online: true,
+                        timestamp: T0
+                    })
+                );
             }
             other => panic!("expected the STATE birth, got {other:?}"),
         }
@@ -738,8 +1038,18 @@ mod tests {
     #[test]
     fn own_offline_state_is_answered_with_online() {
         let mut h = host();
-        let out = h.handle_message(T0 + 1, "spBv1.0/STATE/scada", &HostState { online: false, timestamp: T0 + 1 }.to_json());
-        assert!(matches!(&out[..], [HostEvent::Publish(p)] if HostState::parse(&p.payload).map(|s| s.online) == Ok(true)));
+        let out = h.handle_message(
+            T0 + 1,
+            "spBv1.0/STATE/scada",
+            &HostState {
+                online: false,
+                timestamp: T0 + 1,
+            }
+            .to_json(),
+        );
+        assert!(
+            matches!(&out[..], [HostEvent::Publish(p)] if HostState::parse(&p.payload).map(|s| s.online) == Ok(true))
+        );
     }
 
     // [tck-id-operational-behavior-host-application-termination] [tck-id-host-topic-phid-death-payload-timestamp-disconnect-clean]
@@ -747,7 +1057,9 @@ mod tests {
     fn shutdown_publishes_offline_state_then_disconnects() {
         let mut h = host();
         let out = h.shutdown(T0 + 9);
-        assert!(matches!(&out[0], HostEvent::Publish(p) if HostState::parse(&p.payload) == Ok(HostState { online: false, timestamp: T0 + 9 }) && p.retain));
+        assert!(
+            matches!(&out[0], HostEvent::Publish(p) if HostState::parse(&p.payload) == Ok(HostState { online: false, timestamp: T0 + 9 }) && p.retain)
+        );
         assert_eq!(out[1], HostEvent::Disconnect);
     }
 
@@ -760,7 +1072,12 @@ mod tests {
         assert!(matches!(&ev[1], HostEvent::DeviceBirth { device, .. } if device == "D"));
         let ev = feed(&mut h, T0 + 1, &[temp(&mut e, 3.5, T0 + 1)]);
         match &ev[..] {
-            [HostEvent::Data { device: Some(d), seq: 2, metrics, .. }] => {
+            [HostEvent::Data {
+                device: Some(d),
+                seq: 2,
+                metrics,
+                ..
+            }] => {
                 assert_eq!(d, "D");
                 assert_eq!(metrics[0].name.as_deref(), Some("Temp"));
                 assert_eq!(metrics[0].datatype, DataType::Float);
@@ -782,21 +1099,39 @@ mod tests {
             EdgeAction::SetWill(w) => w,
             other => panic!("expected a will, got {other:?}"),
         };
-        let mut stale_old = EdgeSession::new(old.config().clone(), vec![], vec![], Some(4)).expect("valid");
+        let mut stale_old =
+            EdgeSession::new(old.config().clone(), vec![], vec![], Some(4)).expect("valid");
         let stale_will = match stale_old.begin_connect(T0).remove(0) {
             EdgeAction::SetWill(w) => w,
             other => panic!("expected a will, got {other:?}"),
         };
         let ev = feed(&mut h, T0 + 1, &[stale_will]);
-        assert!(matches!(&ev[..], [HostEvent::DeathIgnored { bdseq: Some(4), .. }]));
+        assert!(matches!(
+            &ev[..],
+            [HostEvent::DeathIgnored { bdseq: Some(4), .. }]
+        ));
         assert_eq!(h.online_nodes(), 1);
         // The matching one (bdSeq 5) kills the node and all its metrics go STALE.
         let _ = &mut e;
         let ev = feed(&mut h, T0 + 2, &[old_will]);
         match &ev[..] {
-            [HostEvent::NodeDeath { cause: DeathCause::NDeath { bdseq: 5 }, at, stale, .. }] => {
+            [HostEvent::NodeDeath {
+                cause: DeathCause::NDeath { bdseq: 5 },
+                at,
+                stale,
+                ..
+            }] => {
                 assert_eq!(*at, T0 + 2);
-                assert_eq!(stale, &vec![(None, "Load".to_string()), (None, "Node Control/Next Server".to_string()), (None, "Node Control/Rebirth".to_string()), (None, "bdSeq".to_string()), (Some("D".to_string()), "Temp".to_string())]);
+                assert_eq!(
+                    stale,
+                    &vec![
+                        (None, "Load".to_string()),
+                        (None, "Node Control/Next Server".to_string()),
+                        (None, "Node Control/Rebirth".to_string()),
+                        (None, "bdSeq".to_string()),
+                        (Some("D".to_string()), "Temp".to_string())
+                    ]
+                );
             }
             other => panic!("expected node death, got {other:?}"),
         }
@@ -810,7 +1145,9 @@ mod tests {
         feed(&mut h, T0, &births);
         let dd = published(e.device_offline(T0 + 7, "D").expect("known"));
         let ev = feed(&mut h, T0 + 50, &dd);
-        assert!(matches!(&ev[..], [HostEvent::DeviceDeath { device, at, stale, .. }] if device == "D" && *at == T0 + 7 && stale == &vec!["Temp".to_string()]));
+        assert!(
+            matches!(&ev[..], [HostEvent::DeviceDeath { device, at, stale, .. }] if device == "D" && *at == T0 + 7 && stale == &vec!["Temp".to_string()])
+        );
     }
 
     // [tck-id-operational-behavior-host-reordering-start] [tck-id-operational-behavior-host-reordering-success]
@@ -821,9 +1158,18 @@ mod tests {
         feed(&mut h, T0, &births);
         let a = temp(&mut e, 2.0, T0 + 1);
         let b = temp(&mut e, 3.0, T0 + 2);
-        assert!(feed(&mut h, T0 + 3, &[b]).is_empty(), "seq 3 waits for seq 2");
+        assert!(
+            feed(&mut h, T0 + 3, &[b]).is_empty(),
+            "seq 3 waits for seq 2"
+        );
         let ev = feed(&mut h, T0 + 4, &[a]);
-        let seqs: Vec<u8> = ev.iter().filter_map(|e| match e { HostEvent::Data { seq, .. } => Some(*seq), _ => None }).collect();
+        let seqs: Vec<u8> = ev
+            .iter()
+            .filter_map(|e| match e {
+                HostEvent::Data { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect();
         assert_eq!(seqs, vec![2, 3]);
         assert_eq!(rebirths(&ev), 0);
         assert!(h.tick(T0 + 10_000).is_empty());
@@ -841,13 +1187,32 @@ mod tests {
         assert!(h.tick(T0 + 2_099).is_empty());
         let ev = h.tick(T0 + 2_100);
         assert_eq!(rebirths(&ev), 1);
-        let ncmd = ev.iter().find_map(|e| match e { HostEvent::Publish(p) => Some(p.clone()), _ => None }).expect("NCMD");
+        let ncmd = ev
+            .iter()
+            .find_map(|e| match e {
+                HostEvent::Publish(p) => Some(p.clone()),
+                _ => None,
+            })
+            .expect("NCMD");
         assert_eq!(ncmd.topic, "spBv1.0/G/NCMD/N");
         assert_eq!((ncmd.qos, ncmd.retain), (QoS::AtMostOnce, false));
         let p = Payload::decode(&ncmd.payload).expect("decodes");
-        assert_eq!((p.seq, &p.metrics[0].name, &p.metrics[0].value), (None, &Some(REBIRTH.to_string()), &Some(Value::Boolean(true))));
+        assert_eq!(
+            (p.seq, &p.metrics[0].name, &p.metrics[0].value),
+            (
+                None,
+                &Some(REBIRTH.to_string()),
+                &Some(Value::Boolean(true))
+            )
+        );
         // The held messages are still delivered, in order; nothing is lost.
-        let seqs: Vec<u8> = ev.iter().filter_map(|e| match e { HostEvent::Data { seq, .. } => Some(*seq), _ => None }).collect();
+        let seqs: Vec<u8> = ev
+            .iter()
+            .filter_map(|e| match e {
+                HostEvent::Data { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect();
         assert_eq!(seqs, vec![3, 4]);
         assert!(h.tick(T0 + 60_000).is_empty(), "exactly one");
         // The edge answers with a birth sequence that the host accepts.
@@ -864,9 +1229,18 @@ mod tests {
         let d1 = temp(&mut e, 2.0, T0 + 1);
         let d2 = temp(&mut e, 3.0, T0 + 2);
         let ev = feed(&mut h, T0, &[d1, d2.clone()]);
-        assert_eq!(ev.iter().filter(|e| matches!(e, HostEvent::Quarantine { .. })).count(), 2);
+        assert_eq!(
+            ev.iter()
+                .filter(|e| matches!(e, HostEvent::Quarantine { .. }))
+                .count(),
+            2
+        );
         assert_eq!(rebirths(&ev), 1, "rate limited");
-        assert_eq!(rebirths(&feed(&mut h, T0 + 10_000, &[d2])), 1, "allowed again after the interval");
+        assert_eq!(
+            rebirths(&feed(&mut h, T0 + 10_000, &[d2])),
+            1,
+            "allowed again after the interval"
+        );
     }
 
     #[test]
@@ -876,7 +1250,9 @@ mod tests {
         feed(&mut h, T0, &births);
         let ev = h.handle_message(T0, "spBv1.0/G/NDATA/N", b"\xff\xfe garbage");
         match &ev[0] {
-            HostEvent::Quarantine { reason, payload, .. } => {
+            HostEvent::Quarantine {
+                reason, payload, ..
+            } => {
                 assert!(reason.starts_with("not a Sparkplug B payload"), "{reason}");
                 assert_eq!(payload, b"\xff\xfe garbage");
             }
@@ -895,16 +1271,31 @@ mod tests {
         let mut m = Metric::new("x", Value::Float(1.0), T0);
         m.name = None;
         m.alias = Some(99);
-        let bad = Payload { timestamp: Some(T0), metrics: vec![m], seq: Some(2), ..Payload::default() };
-        let ev = h.handle_message(T0, "spBv1.0/G/DDATA/N/D", &bad.encode_with(Datatypes::Omit).expect("encodes"));
-        assert!(matches!(&ev[0], HostEvent::Quarantine { reason, .. } if reason.contains("alias 99")));
+        let bad = Payload {
+            timestamp: Some(T0),
+            metrics: vec![m],
+            seq: Some(2),
+            ..Payload::default()
+        };
+        let ev = h.handle_message(
+            T0,
+            "spBv1.0/G/DDATA/N/D",
+            &bad.encode_with(Datatypes::Omit).expect("encodes"),
+        );
+        assert!(
+            matches!(&ev[0], HostEvent::Quarantine { reason, .. } if reason.contains("alias 99"))
+        );
         assert_eq!(rebirths(&ev), 1);
     }
 
     #[test]
     fn nbirth_with_nonzero_seq_or_no_bdseq_is_quarantined() {
         let mut h = host();
-        let p = Payload { timestamp: Some(T0), seq: Some(0), ..Payload::default() };
+        let p = Payload {
+            timestamp: Some(T0),
+            seq: Some(0),
+            ..Payload::default()
+        };
         let ev = h.handle_message(T0, "spBv1.0/G/NBIRTH/N", &p.encode().expect("encodes"));
         assert!(matches!(&ev[0], HostEvent::Quarantine { reason, .. } if reason.contains("bdSeq")));
     }
@@ -928,7 +1319,9 @@ mod tests {
         let (_e, births) = born_edge();
         feed(&mut h, T0, &births);
         let ev = h.connection_lost(T0 + 5);
-        assert!(matches!(&ev[..], [HostEvent::NodeDeath { cause: DeathCause::HostDisconnected, at, .. }] if *at == T0 + 5));
+        assert!(
+            matches!(&ev[..], [HostEvent::NodeDeath { cause: DeathCause::HostDisconnected, at, .. }] if *at == T0 + 5)
+        );
     }
 
     // [tck-id-operational-behavior-data-commands-dcmd-metric-value] [tck-id-operational-behavior-data-commands-ncmd-metric-name]
@@ -938,17 +1331,52 @@ mod tests {
         let mut h = host();
         let (mut e, births) = born_edge();
         feed(&mut h, T0, &births);
-        let p = h.command(T0, "G", "N", Some("D"), vec![("Temp".into(), Value::Float(9.0))]).expect("valid");
+        let p = h
+            .command(
+                T0,
+                "G",
+                "N",
+                Some("D"),
+                vec![("Temp".into(), Value::Float(9.0))],
+            )
+            .expect("valid");
         assert_eq!(p.topic, "spBv1.0/G/DCMD/N/D");
         assert_eq!((p.qos, p.retain), (QoS::AtMostOnce, false));
         let raw = pb::Payload::decode(p.payload.as_slice()).expect("protobuf");
-        assert_eq!((raw.seq, raw.timestamp, raw.metrics[0].name.clone(), raw.metrics[0].alias), (None, Some(T0), None, Some(2)));
+        assert_eq!(
+            (
+                raw.seq,
+                raw.timestamp,
+                raw.metrics[0].name.clone(),
+                raw.metrics[0].alias
+            ),
+            (None, Some(T0), None, Some(2))
+        );
         // The real edge session understands it.
         let got = e.handle_message(T0, &p.topic, &p.payload);
-        assert!(matches!(&got[..], [EdgeAction::Command { metrics, .. }] if metrics[0].value == Some(Value::Float(9.0))));
-        let err = h.command(T0, "G", "N", Some("D"), vec![("Temp".into(), Value::Boolean(true))]).expect_err("type");
-        assert_eq!(err.to_string(), "metric 'Temp' of device 'D' of G/N is Float; a Boolean value cannot be written to it");
-        assert!(matches!(h.command(T0, "G", "N", None, vec![("Nope".into(), Value::Int32(1))]), Err(HostError::UnknownMetric { .. })));
-        assert!(matches!(h.command(T0, "G", "X", None, vec![]), Err(HostError::NodeOffline { .. })));
+        assert!(
+            matches!(&got[..], [EdgeAction::Command { metrics, .. }] if metrics[0].value == Some(Value::Float(9.0)))
+        );
+        let err = h
+            .command(
+                T0,
+                "G",
+                "N",
+                Some("D"),
+                vec![("Temp".into(), Value::Boolean(true))],
+            )
+            .expect_err("type");
+        assert_eq!(
+            err.to_string(),
+            "metric 'Temp' of device 'D' of G/N is Float; a Boolean value cannot be written to it"
+        );
+        assert!(matches!(
+            h.command(T0, "G", "N", None, vec![("Nope".into(), Value::Int32(1))]),
+            Err(HostError::UnknownMetric { .. })
+        ));
+        assert!(matches!(
+            h.command(T0, "G", "X", None, vec![]),
+            Err(HostError::NodeOffline { .. })
+        ));
     }
 }

@@ -24,7 +24,9 @@ pub mod pb {
     include!("generated/org.eclipse.tahu.protobuf.rs");
 }
 
-pub use codec::{DataSet, Metric, Parameter, Payload, PropertySet, PropertyValue, Quality, Template, Value};
+pub use codec::{
+    DataSet, Metric, Parameter, Payload, PropertySet, PropertyValue, Quality, Template, Value,
+};
 pub use datatype::DataType;
 
 /// Name of the birth/death sequence metric ([tck-id-topics-nbirth-bdseq-included]).

@@ -27,9 +27,17 @@ pub enum TopicError {
     #[error("topic '{topic}': unknown message type '{kind}'")]
     MessageType { topic: String, kind: String },
     #[error("topic '{topic}': {kind} {problem}")]
-    DeviceLevel { topic: String, kind: MessageType, problem: &'static str },
+    DeviceLevel {
+        topic: String,
+        kind: MessageType,
+        problem: &'static str,
+    },
     #[error("{what} '{id}' is invalid: {problem}")]
-    Id { what: &'static str, id: String, problem: &'static str },
+    Id {
+        what: &'static str,
+        id: String,
+        problem: &'static str,
+    },
 }
 
 /// The eight edge message types ([tck-id-topic-structure]).
@@ -116,7 +124,11 @@ pub fn validate_id(what: &'static str, id: &str) -> Result<(), TopicError> {
     } else {
         return Ok(());
     };
-    Err(TopicError::Id { what, id: id.to_string(), problem })
+    Err(TopicError::Id {
+        what,
+        id: id.to_string(),
+        problem,
+    })
 }
 
 impl Topic {
@@ -126,17 +138,29 @@ impl Topic {
     }
 
     /// A device-level topic; checks the IDs.
-    pub fn device(group: &str, kind: MessageType, node: &str, device: &str) -> Result<Topic, TopicError> {
+    pub fn device(
+        group: &str,
+        kind: MessageType,
+        node: &str,
+        device: &str,
+    ) -> Result<Topic, TopicError> {
         Self::build(group, kind, node, Some(device))
     }
 
     /// The STATE topic of a host.
     pub fn state(host_id: &str) -> Result<Topic, TopicError> {
         validate_id("host id", host_id)?;
-        Ok(Topic::State { host_id: host_id.to_string() })
+        Ok(Topic::State {
+            host_id: host_id.to_string(),
+        })
     }
 
-    fn build(group: &str, kind: MessageType, node: &str, device: Option<&str>) -> Result<Topic, TopicError> {
+    fn build(
+        group: &str,
+        kind: MessageType,
+        node: &str,
+        device: Option<&str>,
+    ) -> Result<Topic, TopicError> {
         validate_id("group id", group)?;
         validate_id("edge node id", node)?;
         if let Some(d) = device {
@@ -159,7 +183,11 @@ impl Topic {
                 (false, true) => "must not have a device id",
                 _ => return Ok(()),
             };
-            return Err(TopicError::DeviceLevel { topic: self.to_string(), kind: *kind, problem });
+            return Err(TopicError::DeviceLevel {
+                topic: self.to_string(),
+                kind: *kind,
+                problem,
+            });
         }
         Ok(())
     }
@@ -168,9 +196,14 @@ impl Topic {
     pub fn parse(topic: &str) -> Result<Topic, TopicError> {
         let levels: Vec<&str> = topic.split('/').collect();
         if levels[0] != NAMESPACE {
-            return Err(TopicError::Namespace { topic: topic.to_string() });
+            return Err(TopicError::Namespace {
+                topic: topic.to_string(),
+            });
         }
-        let shape = || TopicError::Shape { topic: topic.to_string(), levels: levels.len() };
+        let shape = || TopicError::Shape {
+            topic: topic.to_string(),
+            levels: levels.len(),
+        };
         if levels.get(1) == Some(&"STATE") {
             if levels.len() != 3 {
                 return Err(shape());
@@ -199,8 +232,18 @@ impl Topic {
 impl fmt::Display for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Topic::Edge { group, kind, node, device: None } => write!(f, "{NAMESPACE}/{group}/{kind}/{node}"),
-            Topic::Edge { group, kind, node, device: Some(d) } => write!(f, "{NAMESPACE}/{group}/{kind}/{node}/{d}"),
+            Topic::Edge {
+                group,
+                kind,
+                node,
+                device: None,
+            } => write!(f, "{NAMESPACE}/{group}/{kind}/{node}"),
+            Topic::Edge {
+                group,
+                kind,
+                node,
+                device: Some(d),
+            } => write!(f, "{NAMESPACE}/{group}/{kind}/{node}/{d}"),
             Topic::State { host_id } => write!(f, "{NAMESPACE}/STATE/{host_id}"),
         }
     }
@@ -232,21 +275,30 @@ mod tests {
     // [tck-id-topic-structure-namespace-a]
     #[test]
     fn other_namespaces_are_rejected() {
-        assert!(matches!(Topic::parse("spAv1.0/g/NDATA/n"), Err(TopicError::Namespace { .. })));
+        assert!(matches!(
+            Topic::parse("spAv1.0/g/NDATA/n"),
+            Err(TopicError::Namespace { .. })
+        ));
     }
 
     // [tck-id-topic-structure-namespace-device-id-associated-message-types]
     #[test]
     fn device_message_without_device_is_rejected() {
         let err = Topic::parse("spBv1.0/g/DDATA/n").expect_err("DDATA needs a device");
-        assert_eq!(err.to_string(), "topic 'spBv1.0/g/DDATA/n': DDATA needs a device id");
+        assert_eq!(
+            err.to_string(),
+            "topic 'spBv1.0/g/DDATA/n': DDATA needs a device id"
+        );
     }
 
     // [tck-id-topic-structure-namespace-device-id-non-associated-message-types]
     #[test]
     fn node_message_with_device_is_rejected() {
         let err = Topic::parse("spBv1.0/g/NDATA/n/d").expect_err("NDATA has no device");
-        assert_eq!(err.to_string(), "topic 'spBv1.0/g/NDATA/n/d': NDATA must not have a device id");
+        assert_eq!(
+            err.to_string(),
+            "topic 'spBv1.0/g/NDATA/n/d': NDATA must not have a device id"
+        );
     }
 
     // [tck-id-topic-structure-namespace-valid-group-id] [tck-id-topic-structure-namespace-valid-edge-node-id]
@@ -266,10 +318,22 @@ mod tests {
 
     #[test]
     fn unknown_message_type_and_wrong_depth_are_rejected() {
-        assert!(matches!(Topic::parse("spBv1.0/g/NFOO/n"), Err(TopicError::MessageType { .. })));
-        assert!(matches!(Topic::parse("spBv1.0/g/NDATA"), Err(TopicError::Shape { .. })));
-        assert!(matches!(Topic::parse("spBv1.0/g/DDATA/n/d/x"), Err(TopicError::Shape { .. })));
-        assert!(matches!(Topic::parse("spBv1.0/STATE/a/b"), Err(TopicError::Shape { .. })));
+        assert!(matches!(
+            Topic::parse("spBv1.0/g/NFOO/n"),
+            Err(TopicError::MessageType { .. })
+        ));
+        assert!(matches!(
+            Topic::parse("spBv1.0/g/NDATA"),
+            Err(TopicError::Shape { .. })
+        ));
+        assert!(matches!(
+            Topic::parse("spBv1.0/g/DDATA/n/d/x"),
+            Err(TopicError::Shape { .. })
+        ));
+        assert!(matches!(
+            Topic::parse("spBv1.0/STATE/a/b"),
+            Err(TopicError::Shape { .. })
+        ));
     }
 
     proptest! {
