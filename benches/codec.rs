@@ -30,7 +30,12 @@ fn ddata(n: usize) -> Payload {
             m
         })
         .collect();
-    Payload { timestamp: Some(NOW), metrics, seq: Some(7), ..Payload::default() }
+    Payload {
+        timestamp: Some(NOW),
+        metrics,
+        seq: Some(7),
+        ..Payload::default()
+    }
 }
 
 fn nbirth(n: usize) -> Payload {
@@ -48,7 +53,12 @@ fn nbirth(n: usize) -> Payload {
             m
         })
         .collect();
-    Payload { timestamp: Some(NOW), metrics, seq: Some(0), ..Payload::default() }
+    Payload {
+        timestamp: Some(NOW),
+        metrics,
+        seq: Some(0),
+        ..Payload::default()
+    }
 }
 
 struct AllDouble(HashMap<u64, DataType>);
@@ -68,17 +78,24 @@ fn codec(c: &mut Criterion) {
     assert_eq!(Payload::decode_with(&dd_bytes, &birth).expect("decodes"), dd);
 
     let mut g = c.benchmark_group("codec");
-    g.bench_function("ddata100_encode", |b| b.iter(|| black_box(&dd).encode_with(Datatypes::Omit)));
-    g.bench_function("ddata100_decode", |b| b.iter(|| Payload::decode_with(black_box(&dd_bytes), &birth)));
+    g.bench_function("ddata100_encode", |b| {
+        b.iter(|| black_box(&dd).encode_with(Datatypes::Omit))
+    });
+    g.bench_function("ddata100_decode", |b| {
+        b.iter(|| Payload::decode_with(black_box(&dd_bytes), &birth))
+    });
     g.bench_function("nbirth1000_encode", |b| b.iter(|| black_box(&nb).encode()));
-    g.bench_function("nbirth1000_decode", |b| b.iter(|| Payload::decode(black_box(&nb_bytes))));
+    g.bench_function("nbirth1000_decode", |b| {
+        b.iter(|| Payload::decode(black_box(&nb_bytes)))
+    });
     g.finish();
 }
 
 criterion_group!(benches, codec);
 
 fn median_ns(id: &str) -> Option<f64> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/criterion/codec/{id}/new/estimates.json"));
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("target/criterion/codec/{id}/new/estimates.json"));
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
     v["median"]["point_estimate"].as_f64()
 }
@@ -91,12 +108,24 @@ fn main() {
     }
     let mut rows = Vec::new();
     for (kind, n, ours_id, bytes) in [
-        ("ddata", 100, "ddata100", ddata(100).encode_with(Datatypes::Omit).expect("encodes").len()),
-        ("nbirth", 1000, "nbirth1000", nbirth(1000).encode().expect("encodes").len()),
+        (
+            "ddata",
+            100,
+            "ddata100",
+            ddata(100).encode_with(Datatypes::Omit).expect("encodes").len(),
+        ),
+        (
+            "nbirth",
+            1000,
+            "nbirth1000",
+            nbirth(1000).encode().expect("encodes").len(),
+        ),
     ] {
         let theirs = common::pysparkplug(&json!({"op": "bench", "payload_kind": kind, "metrics": n, "seconds": 3.0}));
         for op in ["encode", "decode"] {
-            let Some(ours) = median_ns(&format!("{ours_id}_{op}")) else { continue };
+            let Some(ours) = median_ns(&format!("{ours_id}_{op}")) else {
+                continue;
+            };
             let theirs_ns = theirs[format!("{op}_median_s")].as_f64().expect("peer timing") * 1e9;
             rows.push(format!(
                 "| {kind} {n} metrics | {op} | {bytes} / {} | {:.1} µs | {:.0} | {:.1} µs | {:.0} | {:.0}× |",

@@ -124,14 +124,25 @@ impl DatatypeSource for Birth {
 }
 
 fn birth_of(metrics: &[Metric]) -> Birth {
-    Birth(metrics.iter().map(|m| (m.alias.expect("aliased"), m.datatype)).collect())
+    Birth(
+        metrics
+            .iter()
+            .map(|m| (m.alias.expect("aliased"), m.datatype))
+            .collect(),
+    )
 }
 
 #[test]
 fn pysparkplug_decodes_every_datatype_we_encode_field_by_field() {
     let metrics = every_supported_type();
-    let ours = Payload { timestamp: Some(T), metrics: metrics.clone(), seq: Some(0), ..Payload::default() };
-    let answer = common::pysparkplug(&json!({"op": "decode_birth", "payload": common::hex(&ours.encode().expect("encodes"))}));
+    let ours = Payload {
+        timestamp: Some(T),
+        metrics: metrics.clone(),
+        seq: Some(0),
+        ..Payload::default()
+    };
+    let answer =
+        common::pysparkplug(&json!({"op": "decode_birth", "payload": common::hex(&ours.encode().expect("encodes"))}));
     assert_eq!(answer["pysparkplug_version"], "0.6.1");
     assert_eq!(answer["timestamp"], json!(T));
     assert_eq!(answer["seq"], json!(0));
@@ -160,7 +171,12 @@ fn we_decode_every_datatype_pysparkplug_encodes_field_by_field() {
 #[test]
 fn alias_only_data_without_datatypes_round_trips_both_ways() {
     let birth_metrics = every_supported_type();
-    let birth = Payload { timestamp: Some(T), metrics: birth_metrics.clone(), seq: Some(0), ..Payload::default() };
+    let birth = Payload {
+        timestamp: Some(T),
+        metrics: birth_metrics.clone(),
+        seq: Some(0),
+        ..Payload::default()
+    };
     let birth_bytes = birth.encode().expect("encodes");
     let mut data = birth_metrics.clone();
     for m in &mut data {
@@ -168,7 +184,12 @@ fn alias_only_data_without_datatypes_round_trips_both_ways() {
         m.is_historical = true;
     }
     // Ours → theirs.
-    let ours = Payload { timestamp: Some(T + 1), metrics: data.clone(), seq: Some(1), ..Payload::default() };
+    let ours = Payload {
+        timestamp: Some(T + 1),
+        metrics: data.clone(),
+        seq: Some(1),
+        ..Payload::default()
+    };
     let answer = common::pysparkplug(&json!({
         "op": "decode_data",
         "birth": common::hex(&birth_bytes),
@@ -203,14 +224,20 @@ fn pysparkplug_decodes_the_births_and_data_of_our_edge_session() {
             aliases: true,
         },
         vec![Metric::new("Uptime", Value::UInt64(5), T)],
-        vec![DeviceDef { name: "press".into(), metrics: vec![Metric::new("Temp", Value::Float(20.5), T)] }],
+        vec![DeviceDef {
+            name: "press".into(),
+            metrics: vec![Metric::new("Temp", Value::Float(20.5), T)],
+        }],
         Some(17),
     )
     .expect("valid");
     edge.device_online(T, "press").expect("declared");
     edge.begin_connect(T);
     let mut actions = edge.connected(T);
-    actions.extend(edge.update(T + 5, None, vec![Metric::new("Uptime", Value::UInt64(6), T + 5)]).expect("declared"));
+    actions.extend(
+        edge.update(T + 5, None, vec![Metric::new("Uptime", Value::UInt64(6), T + 5)])
+            .expect("declared"),
+    );
     let published: Vec<_> = actions
         .into_iter()
         .filter_map(|a| match a {
@@ -219,8 +246,16 @@ fn pysparkplug_decodes_the_births_and_data_of_our_edge_session() {
         })
         .collect();
     let nbirth = common::pysparkplug(&json!({"op": "decode_birth", "payload": common::hex(&published[0].payload)}));
-    let names: Vec<&str> = nbirth["metrics"].as_array().expect("metrics").iter().filter_map(|m| m["name"].as_str()).collect();
-    assert_eq!(names, ["bdSeq", "Node Control/Rebirth", "Node Control/Next Server", "Uptime"]);
+    let names: Vec<&str> = nbirth["metrics"]
+        .as_array()
+        .expect("metrics")
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["bdSeq", "Node Control/Rebirth", "Node Control/Next Server", "Uptime"]
+    );
     assert_eq!(nbirth["metrics"][0]["value"], json!(17));
     assert_eq!(nbirth["metrics"][0]["datatype"], json!(4), "bdSeq is Int64");
     assert_eq!(nbirth["metrics"][1]["value"], json!(false));

@@ -12,9 +12,7 @@ pub const GENERATED: &str = "src/sparkplug/generated/org.eclipse.tahu.protobuf.r
 pub fn generate(root: &Path) -> Result<String, Box<dyn std::error::Error>> {
     let fds = protox::compile([root.join("proto/sparkplug_b.proto")], [root.join("proto")])?;
     let out = tempfile::tempdir()?;
-    prost_build::Config::new()
-        .out_dir(out.path())
-        .compile_fds(fds)?;
+    prost_build::Config::new().out_dir(out.path()).compile_fds(fds)?;
     Ok(std::fs::read_to_string(
         out.path().join("org.eclipse.tahu.protobuf.rs"),
     )?)

@@ -249,10 +249,7 @@ impl PropertySet {
 
     /// Sets the `Quality` property as Int32 ([tck-id-payloads-propertyset-quality-value-type]).
     pub fn set_quality(&mut self, quality: Quality) {
-        self.set(
-            Quality::PROPERTY,
-            PropertyValue::new(Value::Int32(quality.code())),
-        );
+        self.set(Quality::PROPERTY, PropertyValue::new(Value::Int32(quality.code())));
     }
 }
 
@@ -470,11 +467,7 @@ fn packed<T: Copy, const N: usize>(items: &[T], to_le: impl Fn(T) -> [u8; N]) ->
     out
 }
 
-fn unpacked<T, const N: usize>(
-    bytes: &[u8],
-    dt: DataType,
-    from_le: impl Fn([u8; N]) -> T,
-) -> Result<Vec<T>> {
+fn unpacked<T, const N: usize>(bytes: &[u8], dt: DataType, from_le: impl Fn([u8; N]) -> T) -> Result<Vec<T>> {
     if bytes.len() % N != 0 {
         return Err(CodecError::field(format!(
             "{dt} needs a multiple of {N} bytes, got {}",
@@ -518,9 +511,7 @@ fn unpack_bools(bytes: &[u8]) -> Result<Vec<bool>> {
             bits.len()
         )));
     }
-    Ok((0..count)
-        .map(|i| bits[i / 8] & (0x80 >> (i % 8)) != 0)
-        .collect())
+    Ok((0..count).map(|i| bits[i / 8] & (0x80 >> (i % 8)) != 0).collect())
 }
 
 /// StringArray: each string followed by a NUL.
@@ -582,10 +573,7 @@ fn to_slot(value: &Value) -> Result<Slot> {
         Value::DoubleArray(v) => Slot::Bytes(packed(v, f64::to_le_bytes)),
         Value::BooleanArray(v) => Slot::Bytes(pack_bools(v)),
         Value::StringArray(v) => Slot::Bytes(pack_strings(v)?),
-        Value::DataSet(_)
-        | Value::Template(_)
-        | Value::PropertySet(_)
-        | Value::PropertySetList(_) => {
+        Value::DataSet(_) | Value::Template(_) | Value::PropertySet(_) | Value::PropertySetList(_) => {
             return Err(CodecError::field(format!(
                 "{} cannot travel in a scalar field here",
                 value.datatype()
@@ -597,11 +585,7 @@ fn to_slot(value: &Value) -> Result<Slot> {
 /// Reads an integer slot as a signed value of `bits` width: accepts the
 /// truncated form and the sign-extended 32/64-bit form.
 fn signed(slot_value: u64, slot_bits: u32, bits: u32, dt: DataType) -> Result<i64> {
-    let width_mask = if bits == 64 {
-        u64::MAX
-    } else {
-        (1u64 << bits) - 1
-    };
+    let width_mask = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
     if slot_value <= width_mask {
         // Truncated two's complement: sign-extend from `bits`.
         let shift = 64 - bits;
@@ -619,30 +603,21 @@ fn signed(slot_value: u64, slot_bits: u32, bits: u32, dt: DataType) -> Result<i6
         let shift = 64 - slot_bits;
         return Ok(((slot_value << shift) as i64) >> shift);
     }
-    Err(CodecError::field(format!(
-        "{slot_value} is out of range for {dt}"
-    )))
+    Err(CodecError::field(format!("{slot_value} is out of range for {dt}")))
 }
 
 fn unsigned(slot_value: u64, max: u64, dt: DataType) -> Result<u64> {
     if slot_value <= max {
         Ok(slot_value)
     } else {
-        Err(CodecError::field(format!(
-            "{slot_value} is out of range for {dt}"
-        )))
+        Err(CodecError::field(format!("{slot_value} is out of range for {dt}")))
     }
 }
 
 /// Decodes a slot as `dt`. Integer types accept either integer field (peers
 /// disagree on which one 64-bit-capable types use, e.g. Tahu JS's bdSeq).
 fn from_slot(dt: DataType, slot: Slot) -> Result<Value> {
-    let mismatch = |slot: &Slot| {
-        CodecError::field(format!(
-            "datatype {dt} cannot be carried in {}",
-            slot.field_name()
-        ))
-    };
+    let mismatch = |slot: &Slot| CodecError::field(format!("datatype {dt} cannot be carried in {}", slot.field_name()));
     let int = |slot: &Slot| -> Option<(u64, u32)> {
         match *slot {
             Slot::Int(v) => Some((v.into(), 32)),
@@ -666,11 +641,7 @@ fn from_slot(dt: DataType, slot: Slot) -> Result<Value> {
                 _ => Value::Int64(signed(v, slot_bits, 64, dt)?),
             }
         }
-        DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32
-        | DataType::UInt64
-        | DataType::DateTime => {
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 | DataType::DateTime => {
             let (v, _) = int(&slot).ok_or_else(|| mismatch(&slot))?;
             match dt {
                 DataType::UInt8 => Value::UInt8(unsigned(v, u8::MAX.into(), dt)? as u8),
@@ -703,28 +674,16 @@ fn from_slot(dt: DataType, slot: Slot) -> Result<Value> {
         DataType::Bytes => Value::Bytes(bytes(slot)?),
         DataType::File => Value::File(bytes(slot)?),
         DataType::UInt8Array => Value::UInt8Array(bytes(slot)?),
-        DataType::Int8Array => {
-            Value::Int8Array(bytes(slot)?.into_iter().map(|b| b as i8).collect())
-        }
+        DataType::Int8Array => Value::Int8Array(bytes(slot)?.into_iter().map(|b| b as i8).collect()),
         DataType::Int16Array => Value::Int16Array(unpacked(&bytes(slot)?, dt, i16::from_le_bytes)?),
         DataType::Int32Array => Value::Int32Array(unpacked(&bytes(slot)?, dt, i32::from_le_bytes)?),
         DataType::Int64Array => Value::Int64Array(unpacked(&bytes(slot)?, dt, i64::from_le_bytes)?),
-        DataType::UInt16Array => {
-            Value::UInt16Array(unpacked(&bytes(slot)?, dt, u16::from_le_bytes)?)
-        }
-        DataType::UInt32Array => {
-            Value::UInt32Array(unpacked(&bytes(slot)?, dt, u32::from_le_bytes)?)
-        }
-        DataType::UInt64Array => {
-            Value::UInt64Array(unpacked(&bytes(slot)?, dt, u64::from_le_bytes)?)
-        }
-        DataType::DateTimeArray => {
-            Value::DateTimeArray(unpacked(&bytes(slot)?, dt, u64::from_le_bytes)?)
-        }
+        DataType::UInt16Array => Value::UInt16Array(unpacked(&bytes(slot)?, dt, u16::from_le_bytes)?),
+        DataType::UInt32Array => Value::UInt32Array(unpacked(&bytes(slot)?, dt, u32::from_le_bytes)?),
+        DataType::UInt64Array => Value::UInt64Array(unpacked(&bytes(slot)?, dt, u64::from_le_bytes)?),
+        DataType::DateTimeArray => Value::DateTimeArray(unpacked(&bytes(slot)?, dt, u64::from_le_bytes)?),
         DataType::FloatArray => Value::FloatArray(unpacked(&bytes(slot)?, dt, f32::from_le_bytes)?),
-        DataType::DoubleArray => {
-            Value::DoubleArray(unpacked(&bytes(slot)?, dt, f64::from_le_bytes)?)
-        }
+        DataType::DoubleArray => Value::DoubleArray(unpacked(&bytes(slot)?, dt, f64::from_le_bytes)?),
         DataType::BooleanArray => Value::BooleanArray(unpack_bools(&bytes(slot)?)?),
         DataType::StringArray => Value::StringArray(unpack_strings(&bytes(slot)?)?),
         DataType::Unknown
@@ -737,8 +696,7 @@ fn from_slot(dt: DataType, slot: Slot) -> Result<Value> {
 
 fn datatype_of_code(code: u32) -> Result<DataType> {
     // [tck-id-payloads-metric-datatype-value]
-    DataType::from_code(code)
-        .ok_or_else(|| CodecError::field(format!("unknown datatype code {code}")))
+    DataType::from_code(code).ok_or_else(|| CodecError::field(format!("unknown datatype code {code}")))
 }
 
 fn check_agrees(declared: DataType, value: &Option<Value>) -> Result<()> {
@@ -757,10 +715,7 @@ fn check_agrees(declared: DataType, value: &Option<Value>) -> Result<()> {
 fn metric_to_pb(m: &Metric, datatypes: Datatypes) -> Result<pbp::Metric> {
     use pbp::metric::Value as V;
     if !m.datatype.is_metric_type() && m.value.is_some() {
-        return Err(CodecError::field(format!(
-            "{} is not a metric datatype",
-            m.datatype
-        )));
+        return Err(CodecError::field(format!("{} is not a metric datatype", m.datatype)));
     }
     check_agrees(m.datatype, &m.value)?;
     let value = match &m.value {
@@ -824,9 +779,7 @@ fn metric_from_pb(raw: pbp::Metric, known: &dyn DatatypeSource) -> Result<Metric
         },
     };
     if !datatype.is_metric_type() && datatype != DataType::Unknown {
-        return Err(
-            CodecError::field(format!("{datatype} is not a metric datatype")).within("datatype"),
-        );
+        return Err(CodecError::field(format!("{datatype} is not a metric datatype")).within("datatype"));
     }
     let value = if raw.is_null == Some(true) {
         None
@@ -854,9 +807,7 @@ fn metric_from_pb(raw: pbp::Metric, known: &dyn DatatypeSource) -> Result<Metric
                 ))
             }
             Some(V::ExtensionValue(_)) => {
-                return Err(
-                    CodecError::field("extension_value is not supported").within("extension_value")
-                )
+                return Err(CodecError::field("extension_value is not supported").within("extension_value"))
             }
             Some(other) => {
                 let slot = match other {
@@ -908,10 +859,7 @@ fn propertyset_to_pb(set: &PropertySet) -> Result<pbp::PropertySet> {
 fn propertyvalue_to_pb(pv: &PropertyValue) -> Result<pbp::PropertyValue> {
     use pbp::property_value::Value as V;
     if !pv.datatype.is_property_type() {
-        return Err(CodecError::field(format!(
-            "{} is not a property datatype",
-            pv.datatype
-        )));
+        return Err(CodecError::field(format!("{} is not a property datatype", pv.datatype)));
     }
     check_agrees(pv.datatype, &pv.value)?;
     let value = match &pv.value {
@@ -921,9 +869,7 @@ fn propertyvalue_to_pb(pv: &PropertyValue) -> Result<pbp::PropertyValue> {
             propertyset: list
                 .iter()
                 .enumerate()
-                .map(|(i, s)| {
-                    propertyset_to_pb(s).map_err(|e| e.within(format!("propertyset[{i}]")))
-                })
+                .map(|(i, s)| propertyset_to_pb(s).map_err(|e| e.within(format!("propertyset[{i}]"))))
                 .collect::<Result<_>>()?,
         })),
         Some(v) => Some(match to_slot(v)? {
@@ -976,42 +922,32 @@ fn propertyvalue_from_pb(raw: pbp::PropertyValue) -> Result<PropertyValue> {
     let datatype = datatype_of_code(code).map_err(|e| e.within("type"))?;
     // [tck-id-payloads-metric-propertyvalue-type-value]
     if !datatype.is_property_type() {
-        return Err(
-            CodecError::field(format!("{datatype} is not a property datatype")).within("type"),
-        );
+        return Err(CodecError::field(format!("{datatype} is not a property datatype")).within("type"));
     }
     let value = if raw.is_null == Some(true) {
         None
     } else {
         match raw.value {
             None => None,
-            Some(V::PropertysetValue(s)) if datatype == DataType::PropertySet => {
-                Some(Value::PropertySet(
-                    propertyset_from_pb(s).map_err(|e| e.within("propertyset_value"))?,
-                ))
-            }
-            Some(V::PropertysetsValue(list)) if datatype == DataType::PropertySetList => {
-                Some(Value::PropertySetList(
-                    list.propertyset
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, s)| {
-                            propertyset_from_pb(s).map_err(|e| {
-                                e.within(format!("propertysets_value.propertyset[{i}]"))
-                            })
-                        })
-                        .collect::<Result<_>>()?,
-                ))
-            }
+            Some(V::PropertysetValue(s)) if datatype == DataType::PropertySet => Some(Value::PropertySet(
+                propertyset_from_pb(s).map_err(|e| e.within("propertyset_value"))?,
+            )),
+            Some(V::PropertysetsValue(list)) if datatype == DataType::PropertySetList => Some(Value::PropertySetList(
+                list.propertyset
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        propertyset_from_pb(s).map_err(|e| e.within(format!("propertysets_value.propertyset[{i}]")))
+                    })
+                    .collect::<Result<_>>()?,
+            )),
             Some(V::PropertysetValue(_)) | Some(V::PropertysetsValue(_)) => {
                 return Err(CodecError::field(format!(
                     "datatype {datatype} cannot be carried in a property set field"
                 )))
             }
             Some(V::ExtensionValue(_)) => {
-                return Err(
-                    CodecError::field("extension_value is not supported").within("extension_value")
-                )
+                return Err(CodecError::field("extension_value is not supported").within("extension_value"))
             }
             Some(other) => {
                 let slot = match other {
@@ -1048,8 +984,7 @@ fn dataset_to_pb(ds: &DataSet) -> Result<pbp::DataSet> {
     }
     for (i, t) in ds.types.iter().enumerate() {
         if !t.is_basic() {
-            return Err(CodecError::field(format!("{t} is not a basic datatype"))
-                .within(format!("types[{i}]")));
+            return Err(CodecError::field(format!("{t} is not a basic datatype")).within(format!("types[{i}]")));
         }
     }
     let rows = ds
@@ -1058,20 +993,17 @@ fn dataset_to_pb(ds: &DataSet) -> Result<pbp::DataSet> {
         .enumerate()
         .map(|(r, row)| {
             if row.len() != ds.columns.len() {
-                return Err(CodecError::field(format!(
-                    "{} elements for {} columns",
-                    row.len(),
-                    ds.columns.len()
-                ))
-                .within(format!("rows[{r}]")));
+                return Err(
+                    CodecError::field(format!("{} elements for {} columns", row.len(), ds.columns.len()))
+                        .within(format!("rows[{r}]")),
+                );
             }
             let elements = row
                 .iter()
                 .zip(&ds.types)
                 .enumerate()
                 .map(|(c, (cell, &t))| {
-                    check_agrees(t, cell)
-                        .map_err(|e| e.within(format!("rows[{r}].elements[{c}]")))?;
+                    check_agrees(t, cell).map_err(|e| e.within(format!("rows[{r}].elements[{c}]")))?;
                     let value = match cell {
                         None => None,
                         Some(v) => Some(match to_slot(v)? {
@@ -1127,8 +1059,7 @@ fn dataset_from_pb(raw: pbp::DataSet) -> Result<DataSet> {
             let t = datatype_of_code(code).map_err(|e| e.within(format!("types[{i}]")))?;
             // [tck-id-payloads-dataset-types-value]
             if !t.is_basic() {
-                return Err(CodecError::field(format!("{t} is not a basic datatype"))
-                    .within(format!("types[{i}]")));
+                return Err(CodecError::field(format!("{t} is not a basic datatype")).within(format!("types[{i}]")));
             }
             Ok(t)
         })
@@ -1139,12 +1070,10 @@ fn dataset_from_pb(raw: pbp::DataSet) -> Result<DataSet> {
         .enumerate()
         .map(|(r, row)| {
             if row.elements.len() != types.len() {
-                return Err(CodecError::field(format!(
-                    "{} elements for {} columns",
-                    row.elements.len(),
-                    types.len()
-                ))
-                .within(format!("rows[{r}]")));
+                return Err(
+                    CodecError::field(format!("{} elements for {} columns", row.elements.len(), types.len()))
+                        .within(format!("rows[{r}]")),
+                );
             }
             row.elements
                 .into_iter()
@@ -1186,11 +1115,7 @@ fn template_to_pb(t: &Template) -> Result<pbp::Template> {
     use pbp::template::parameter::Value as V;
     // [tck-id-payloads-template-definition-ref] [tck-id-payloads-template-instance-ref]
     match (t.is_definition, &t.template_ref) {
-        (true, Some(_)) => {
-            return Err(CodecError::field(
-                "a template definition must not have a template_ref",
-            ))
-        }
+        (true, Some(_)) => return Err(CodecError::field("a template definition must not have a template_ref")),
         (false, None) => {
             return Err(CodecError::field(
                 "a template instance must name its definition in template_ref",
@@ -1202,9 +1127,7 @@ fn template_to_pb(t: &Template) -> Result<pbp::Template> {
         .metrics
         .iter()
         .enumerate()
-        .map(|(i, m)| {
-            metric_to_pb(m, Datatypes::Include).map_err(|e| e.within(format!("metrics[{i}]")))
-        })
+        .map(|(i, m)| metric_to_pb(m, Datatypes::Include).map_err(|e| e.within(format!("metrics[{i}]"))))
         .collect::<Result<_>>()?;
     let parameters = t
         .parameters
@@ -1213,10 +1136,7 @@ fn template_to_pb(t: &Template) -> Result<pbp::Template> {
         .map(|(i, p)| {
             let at = |e: CodecError| e.within(format!("parameters[{i}]"));
             if !p.datatype.is_basic() {
-                return Err(at(CodecError::field(format!(
-                    "{} is not a basic datatype",
-                    p.datatype
-                ))));
+                return Err(at(CodecError::field(format!("{} is not a basic datatype", p.datatype))));
             }
             check_agrees(p.datatype, &p.value).map_err(at)?;
             let value = match &p.value {
@@ -1254,16 +1174,13 @@ fn template_from_pb(raw: pbp::Template, known: &dyn DatatypeSource) -> Result<Te
     // [tck-id-payloads-template-ref-definition] [tck-id-payloads-template-ref-instance]
     match (is_definition, &raw.template_ref) {
         (true, Some(_)) => {
-            return Err(
-                CodecError::field("a template definition must not have a template_ref")
-                    .within("template_ref"),
-            )
+            return Err(CodecError::field("a template definition must not have a template_ref").within("template_ref"))
         }
         (false, None) => {
-            return Err(CodecError::field(
-                "a template instance must name its definition in template_ref",
+            return Err(
+                CodecError::field("a template instance must name its definition in template_ref")
+                    .within("template_ref"),
             )
-            .within("template_ref"))
         }
         _ => {}
     }
@@ -1280,19 +1197,13 @@ fn template_from_pb(raw: pbp::Template, known: &dyn DatatypeSource) -> Result<Te
         .map(|(i, p)| {
             let at = |e: CodecError| e.within(format!("parameters[{i}]"));
             // [tck-id-payloads-template-parameter-name-required]
-            let name = p
-                .name
-                .ok_or_else(|| at(CodecError::field("name is missing")))?;
+            let name = p.name.ok_or_else(|| at(CodecError::field("name is missing")))?;
             // [tck-id-payloads-template-parameter-type-req]
-            let code = p
-                .r#type
-                .ok_or_else(|| at(CodecError::field("type is missing")))?;
+            let code = p.r#type.ok_or_else(|| at(CodecError::field("type is missing")))?;
             let datatype = datatype_of_code(code).map_err(at)?;
             // [tck-id-payloads-template-parameter-type-value]
             if !datatype.is_basic() {
-                return Err(at(CodecError::field(format!(
-                    "{datatype} is not a basic datatype"
-                ))));
+                return Err(at(CodecError::field(format!("{datatype} is not a basic datatype"))));
             }
             let slot = match p.value {
                 None => None,
@@ -1302,20 +1213,11 @@ fn template_from_pb(raw: pbp::Template, known: &dyn DatatypeSource) -> Result<Te
                 Some(V::DoubleValue(x)) => Some(Slot::Double(x)),
                 Some(V::BooleanValue(x)) => Some(Slot::Bool(x)),
                 Some(V::StringValue(x)) => Some(Slot::Str(x)),
-                Some(V::ExtensionValue(_)) => {
-                    return Err(at(CodecError::field("extension_value is not supported")))
-                }
+                Some(V::ExtensionValue(_)) => return Err(at(CodecError::field("extension_value is not supported"))),
             };
             // [tck-id-payloads-template-parameter-value]
-            let value = slot
-                .map(|s| from_slot(datatype, s))
-                .transpose()
-                .map_err(at)?;
-            Ok(Parameter {
-                name,
-                datatype,
-                value,
-            })
+            let value = slot.map(|s| from_slot(datatype, s)).transpose().map_err(at)?;
+            Ok(Parameter { name, datatype, value })
         })
         .collect::<Result<_>>()?;
     Ok(Template {
@@ -1342,18 +1244,11 @@ mod tests {
         let bytes = p.encode().expect("encodes");
         let back = Payload::decode(&bytes).expect("decodes");
         assert_eq!(back, p);
-        back.metrics
-            .into_iter()
-            .next()
-            .and_then(|m| m.value)
-            .expect("value")
+        back.metrics.into_iter().next().and_then(|m| m.value).expect("value")
     }
 
     fn metric_pb(bytes: &[u8]) -> pbp::Metric {
-        pb::Payload::decode(bytes)
-            .expect("protobuf")
-            .metrics
-            .remove(0)
+        pb::Payload::decode(bytes).expect("protobuf").metrics.remove(0)
     }
 
     #[test]
@@ -1380,10 +1275,7 @@ mod tests {
         assert_eq!(raw.metrics[0].value, Some(V::IntValue(0xFF)));
         assert_eq!(raw.metrics[1].value, Some(V::IntValue(0x8000)));
         assert_eq!(raw.metrics[2].value, Some(V::IntValue(0x8000_0000)));
-        assert_eq!(
-            raw.metrics[3].value,
-            Some(V::LongValue(0x8000_0000_0000_0000))
-        );
+        assert_eq!(raw.metrics[3].value, Some(V::LongValue(0x8000_0000_0000_0000)));
     }
 
     #[test]
@@ -1414,10 +1306,7 @@ mod tests {
             ..Default::default()
         };
         let err = Payload::decode(&raw.encode_to_vec()).expect_err("0x1234 is no Int8");
-        assert_eq!(
-            err.to_string(),
-            "metrics[0].int_value: 4660 is out of range for Int8"
-        );
+        assert_eq!(err.to_string(), "metrics[0].int_value: 4660 is out of range for Int8");
     }
 
     #[test]
@@ -1425,9 +1314,7 @@ mod tests {
         let p = Payload {
             metrics: vec![Metric::new(
                 "b",
-                Value::BooleanArray(vec![
-                    true, false, true, true, false, false, false, false, true,
-                ]),
+                Value::BooleanArray(vec![true, false, true, true, false, false, false, false, true]),
                 0,
             )],
             ..Payload::default()
@@ -1475,10 +1362,7 @@ mod tests {
             ..Payload::default()
         };
         let m = metric_pb(&p.encode().expect("encodes"));
-        assert_eq!(
-            m.value,
-            Some(pbp::metric::Value::BytesValue(vec![1, 0, 0xFE, 0xFF]))
-        );
+        assert_eq!(m.value, Some(pbp::metric::Value::BytesValue(vec![1, 0, 0xFE, 0xFF])));
     }
 
     #[test]
@@ -1513,10 +1397,7 @@ mod tests {
             ..Default::default()
         };
         let err = Payload::decode(&raw.encode_to_vec()).expect_err("99 is no datatype");
-        assert_eq!(
-            err.to_string(),
-            "metrics[0].datatype: unknown datatype code 99"
-        );
+        assert_eq!(err.to_string(), "metrics[0].datatype: unknown datatype code 99");
     }
 
     // [tck-id-payloads-metric-datatype-not-req]
@@ -1569,10 +1450,7 @@ mod tests {
         };
         let bytes = p.encode().expect("encodes");
         let m = metric_pb(&bytes);
-        assert_eq!(
-            (m.is_null, m.datatype, m.value),
-            (Some(true), Some(10), None)
-        );
+        assert_eq!((m.is_null, m.datatype, m.value), (Some(true), Some(10), None));
         assert_eq!(Payload::decode(&bytes).expect("decodes"), p);
     }
 
@@ -1593,10 +1471,7 @@ mod tests {
         let props = raw.properties.expect("properties");
         assert_eq!(props.keys, vec!["Quality".to_string()]);
         assert_eq!(props.values[0].r#type, Some(3));
-        assert_eq!(
-            props.values[0].value,
-            Some(pbp::property_value::Value::IntValue(500))
-        );
+        assert_eq!(props.values[0].value, Some(pbp::property_value::Value::IntValue(500)));
         let back = Payload::decode(&bytes).expect("decodes");
         assert_eq!(back.metrics[0].quality(), Quality::Stale);
     }
@@ -1618,10 +1493,7 @@ mod tests {
             ..Default::default()
         };
         let err = Payload::decode(&raw.encode_to_vec()).expect_err("2 keys, 0 values");
-        assert_eq!(
-            err.to_string(),
-            "metrics[0].properties: 2 keys but 0 values"
-        );
+        assert_eq!(err.to_string(), "metrics[0].properties: 2 keys but 0 values");
     }
 
     // [tck-id-payloads-metric-propertyvalue-type-req]
@@ -1645,10 +1517,7 @@ mod tests {
             ..Default::default()
         };
         let err = Payload::decode(&raw.encode_to_vec()).expect_err("no type");
-        assert_eq!(
-            err.to_string(),
-            "metrics[0].properties.values[0].type: type is missing"
-        );
+        assert_eq!(err.to_string(), "metrics[0].properties.values[0].type: type is missing");
     }
 
     #[test]
@@ -1675,10 +1544,7 @@ mod tests {
             metrics: vec![m],
             ..Payload::default()
         };
-        assert_eq!(
-            Payload::decode(&p.encode().expect("encodes")).expect("decodes"),
-            p
-        );
+        assert_eq!(Payload::decode(&p.encode().expect("encodes")).expect("decodes"), p);
     }
 
     // [tck-id-payloads-dataset-column-size] [tck-id-payloads-dataset-types-def] [tck-id-payloads-template-dataset-value]
@@ -1688,16 +1554,8 @@ mod tests {
             columns: vec!["i".into(), "s".into(), "f".into()],
             types: vec![DataType::Int16, DataType::String, DataType::Float],
             rows: vec![
-                vec![
-                    Some(Value::Int16(-5)),
-                    Some(Value::String("a".into())),
-                    None,
-                ],
-                vec![
-                    None,
-                    Some(Value::String("b".into())),
-                    Some(Value::Float(0.5)),
-                ],
+                vec![Some(Value::Int16(-5)), Some(Value::String("a".into())), None],
+                vec![None, Some(Value::String("b".into())), Some(Value::Float(0.5))],
             ],
         };
         let bytes = Payload {
@@ -1731,10 +1589,7 @@ mod tests {
         }
         .encode()
         .expect_err("1 column, 0 types");
-        assert_eq!(
-            err.to_string(),
-            "metrics[0].dataset_value: 1 columns but 0 types"
-        );
+        assert_eq!(err.to_string(), "metrics[0].dataset_value: 1 columns but 0 types");
     }
 
     // [tck-id-payloads-dataset-types-value]
@@ -1747,10 +1602,7 @@ mod tests {
             rows: vec![],
         };
         let err = dataset_from_pb(raw).expect_err("Int32Array is not basic");
-        assert_eq!(
-            err.to_string(),
-            "types[0]: Int32Array is not a basic datatype"
-        );
+        assert_eq!(err.to_string(), "types[0]: Int32Array is not a basic datatype");
     }
 
     // [tck-id-payloads-template-definition-is-definition] [tck-id-payloads-template-instance-is-definition]
@@ -1776,14 +1628,8 @@ mod tests {
             is_definition: false,
             ..def.clone()
         };
-        assert_eq!(
-            round_trip(Value::Template(def.clone())),
-            Value::Template(def)
-        );
-        assert_eq!(
-            round_trip(Value::Template(inst.clone())),
-            Value::Template(inst)
-        );
+        assert_eq!(round_trip(Value::Template(def.clone())), Value::Template(def));
+        assert_eq!(round_trip(Value::Template(inst.clone())), Value::Template(inst));
     }
 
     // [tck-id-payloads-template-definition-ref] [tck-id-payloads-template-ref-definition]
@@ -1909,11 +1755,7 @@ mod tests {
                 prop::collection::vec(row, 0..3),
                 prop::collection::vec(text(), cols),
             )
-                .prop_map(|(types, rows, columns)| DataSet {
-                    columns,
-                    types,
-                    rows,
-                })
+                .prop_map(|(types, rows, columns)| DataSet { columns, types, rows })
         })
     }
 
@@ -1942,21 +1784,16 @@ mod tests {
 
     fn property_set() -> impl Strategy<Value = PropertySet> {
         let scalar = basic_type().prop_flat_map(|t| {
-            prop::option::of(basic_value(t))
-                .prop_map(move |value| PropertyValue { datatype: t, value })
+            prop::option::of(basic_value(t)).prop_map(move |value| PropertyValue { datatype: t, value })
         });
-        let leaf = prop::collection::vec((text(), scalar), 0..3)
-            .prop_map(|entries| PropertySet { entries });
+        let leaf = prop::collection::vec((text(), scalar), 0..3).prop_map(|entries| PropertySet { entries });
         leaf.prop_recursive(2, 8, 3, |inner| {
             prop::collection::vec(
                 (
                     text(),
                     prop_oneof![
-                        inner
-                            .clone()
-                            .prop_map(|s| PropertyValue::new(Value::PropertySet(s))),
-                        prop::collection::vec(inner, 0..2)
-                            .prop_map(|l| PropertyValue::new(Value::PropertySetList(l))),
+                        inner.clone().prop_map(|s| PropertyValue::new(Value::PropertySet(s))),
+                        prop::collection::vec(inner, 0..2).prop_map(|l| PropertyValue::new(Value::PropertySetList(l))),
                     ],
                 ),
                 0..3,
@@ -1977,16 +1814,7 @@ mod tests {
             basic_type(),
         )
             .prop_map(
-                |(
-                    name,
-                    alias,
-                    timestamp,
-                    value,
-                    is_historical,
-                    is_transient,
-                    properties,
-                    null_type,
-                )| Metric {
+                |(name, alias, timestamp, value, is_historical, is_transient, properties, null_type)| Metric {
                     name,
                     alias,
                     timestamp,

@@ -141,9 +141,7 @@ impl DataType {
 
     /// Parses a spec name, case-insensitively (`int32`, `UUID`, `Uuid`).
     pub fn from_name(name: &str) -> Option<DataType> {
-        ALL.iter()
-            .copied()
-            .find(|d| d.name().eq_ignore_ascii_case(name))
+        ALL.iter().copied().find(|d| d.name().eq_ignore_ascii_case(name))
     }
 
     /// Basic types: the ones a DataSet column, a template parameter or a

@@ -144,11 +144,7 @@ struct Scope {
 }
 
 impl Scope {
-    fn new(
-        device: Option<String>,
-        metrics: Vec<Metric>,
-        next_alias: &mut u64,
-    ) -> Result<Scope, EdgeError> {
+    fn new(device: Option<String>, metrics: Vec<Metric>, next_alias: &mut u64) -> Result<Scope, EdgeError> {
         let label = match &device {
             Some(d) => format!("device '{d}'"),
             None => "the edge node".to_string(),
@@ -360,9 +356,7 @@ impl EdgeSession {
         self.phase = Phase::Connecting;
         vec![
             EdgeAction::SetWill(self.ndeath(now)),
-            EdgeAction::Connect {
-                server: self.server,
-            },
+            EdgeAction::Connect { server: self.server },
         ]
     }
 
@@ -429,10 +423,7 @@ impl EdgeSession {
     pub fn shutdown(&mut self, now: u64) -> Vec<EdgeAction> {
         let out = match self.phase {
             Phase::AwaitingHost | Phase::Born => {
-                vec![
-                    EdgeAction::Publish(self.ndeath(now)),
-                    EdgeAction::Disconnect,
-                ]
+                vec![EdgeAction::Publish(self.ndeath(now)), EdgeAction::Disconnect]
             }
             Phase::Connecting => vec![EdgeAction::Disconnect],
             Phase::Offline => Vec::new(),
@@ -502,11 +493,7 @@ impl EdgeSession {
         let payload = Payload {
             timestamp: Some(now),
             // [tck-id-topics-dbirth-metrics] [tck-id-operational-behavior-data-publish-dbirth-values]
-            metrics: d
-                .metrics
-                .iter()
-                .map(|m| Self::birth_metric(m, now))
-                .collect(),
+            metrics: d.metrics.iter().map(|m| Self::birth_metric(m, now)).collect(),
             seq: Some(seq),
             ..Payload::default()
         };
@@ -547,27 +534,17 @@ impl EdgeSession {
     }
 
     fn scope_publishing(&self, i: Option<usize>) -> bool {
-        self.is_publishing()
-            && (self.cfg.primary_host_id.is_none() || self.host_online)
-            && self.scope(i).born_or_node()
+        self.is_publishing() && (self.cfg.primary_host_id.is_none() || self.host_online) && self.scope(i).born_or_node()
     }
 
     /// Builds a DATA payload for `metrics` (named, declared in `scope`).
-    fn data(
-        &mut self,
-        i: Option<usize>,
-        metrics: Vec<Metric>,
-        now: u64,
-        historical: bool,
-    ) -> EdgeAction {
+    fn data(&mut self, i: Option<usize>, metrics: Vec<Metric>, now: u64, historical: bool) -> EdgeAction {
         let aliases = self.cfg.aliases;
         let scope = self.scope(i);
         let out_metrics = metrics
             .into_iter()
             .map(|mut m| {
-                let idx = scope
-                    .index_of(&m)
-                    .expect("callers only pass declared metrics");
+                let idx = scope.index_of(&m).expect("callers only pass declared metrics");
                 let def = &scope.metrics[idx];
                 if aliases {
                     // [tck-id-payloads-alias-data-cmd-requirement]: alias only, no name.
@@ -608,21 +585,14 @@ impl EdgeSession {
 
     /// Checks samples against the birth declarations and returns them with
     /// names filled in, in chronological order.
-    fn checked(
-        &self,
-        i: Option<usize>,
-        samples: Vec<Metric>,
-    ) -> Result<Vec<(usize, Metric)>, EdgeError> {
+    fn checked(&self, i: Option<usize>, samples: Vec<Metric>) -> Result<Vec<(usize, Metric)>, EdgeError> {
         let scope = self.scope(i);
         let mut out = Vec::with_capacity(samples.len());
         for mut m in samples {
             let Some(idx) = scope.index_of(&m) else {
                 return Err(EdgeError::UnknownMetric {
                     scope: scope.label.clone(),
-                    metric: m
-                        .name
-                        .clone()
-                        .unwrap_or_else(|| format!("alias {:?}", m.alias)),
+                    metric: m.name.clone().unwrap_or_else(|| format!("alias {:?}", m.alias)),
                 });
             };
             let def = &scope.metrics[idx];
@@ -659,9 +629,7 @@ impl EdgeSession {
         let i = self.scope_index(device)?;
         if let Some(d) = i {
             if !self.devices[d].online {
-                return Err(EdgeError::DeviceOffline(
-                    device.unwrap_or_default().to_string(),
-                ));
+                return Err(EdgeError::DeviceOffline(device.unwrap_or_default().to_string()));
             }
         }
         let checked = self.checked(i, samples)?;
@@ -823,9 +791,7 @@ impl EdgeSession {
                 }
                 match kind {
                     MessageType::NCmd => self.ncmd(now, topic, payload),
-                    MessageType::DCmd => {
-                        self.dcmd(topic, device.as_deref().unwrap_or_default(), payload)
-                    }
+                    MessageType::DCmd => self.dcmd(topic, device.as_deref().unwrap_or_default(), payload),
                     _ => Vec::new(),
                 }
             }
@@ -1077,11 +1043,7 @@ mod tests {
     }
 
     fn state(online: bool, ts: u64) -> Vec<u8> {
-        HostState {
-            online,
-            timestamp: ts,
-        }
-        .to_json()
+        HostState { online, timestamp: ts }.to_json()
     }
 
     // [tck-id-payloads-ndeath-will-message] [tck-id-payloads-ndeath-will-message-qos]
@@ -1222,12 +1184,8 @@ mod tests {
     fn nbirth_metrics_have_name_alias_datatype_timestamp_and_current_value() {
         let mut s = session();
         born(&mut s);
-        s.update(
-            T0 + 5,
-            None,
-            vec![Metric::new("Uptime", Value::UInt64(99), T0 + 5)],
-        )
-        .expect("declared");
+        s.update(T0 + 5, None, vec![Metric::new("Uptime", Value::UInt64(99), T0 + 5)])
+            .expect("declared");
         let out = s.handle_message(T0 + 10_000, "spBv1.0/Plant1/NCMD/gw1", &rebirth_cmd());
         let p = decode(publishes(&out)[0]);
         let up = p
@@ -1239,10 +1197,7 @@ mod tests {
         assert_eq!(up.datatype, DataType::UInt64);
         assert_eq!(up.value, Some(Value::UInt64(99)));
         assert_eq!(up.timestamp, Some(T0 + 5));
-        assert!(p
-            .metrics
-            .iter()
-            .all(|m| m.timestamp.is_some() && m.name.is_some()));
+        assert!(p.metrics.iter().all(|m| m.timestamp.is_some() && m.name.is_some()));
     }
 
     // [tck-id-payloads-dbirth-order] [tck-id-topics-dbirth-topic] [tck-id-topics-dbirth-seq] [tck-id-payloads-dbirth-seq]
@@ -1317,8 +1272,7 @@ mod tests {
         let p = publishes(&out)[0];
         assert_eq!(p.topic, "spBv1.0/Plant1/DDATA/gw1/press");
         assert_eq!((p.qos, p.retain), (QoS::AtMostOnce, false));
-        let raw = <crate::sparkplug::pb::Payload as prost::Message>::decode(p.payload.as_slice())
-            .expect("protobuf");
+        let raw = <crate::sparkplug::pb::Payload as prost::Message>::decode(p.payload.as_slice()).expect("protobuf");
         assert_eq!(raw.seq, Some(3));
         assert_eq!(raw.timestamp, Some(T0 + 1));
         assert_eq!(raw.metrics[0].name, None);
@@ -1341,11 +1295,7 @@ mod tests {
         );
         born(&mut s);
         let out = s
-            .update(
-                T0 + 1,
-                None,
-                vec![Metric::new("Uptime", Value::UInt64(1), T0 + 1)],
-            )
+            .update(T0 + 1, None, vec![Metric::new("Uptime", Value::UInt64(1), T0 + 1)])
             .expect("ok");
         let p = publishes(&out)[0];
         assert_eq!(p.topic, "spBv1.0/Plant1/NDATA/gw1");
@@ -1396,22 +1346,14 @@ mod tests {
         let mut s = session();
         born(&mut s);
         let e = s
-            .update(
-                T0,
-                Some("press"),
-                vec![Metric::new("Nope", Value::Float(1.0), T0)],
-            )
+            .update(T0, Some("press"), vec![Metric::new("Nope", Value::Float(1.0), T0)])
             .expect_err("unknown");
         assert_eq!(
             e.to_string(),
             "metric 'Nope' was not declared in the birth of device 'press'"
         );
         let e = s
-            .update(
-                T0,
-                Some("press"),
-                vec![Metric::new("Temp", Value::Int32(1), T0)],
-            )
+            .update(T0, Some("press"), vec![Metric::new("Temp", Value::Int32(1), T0)])
             .expect_err("type");
         assert_eq!(
             e.to_string(),
@@ -1428,11 +1370,7 @@ mod tests {
         let mut s = session();
         s.device_online(T0, "press").expect("known");
         let out = s
-            .update(
-                T0,
-                Some("press"),
-                vec![Metric::new("Temp", Value::Float(5.0), T0)],
-            )
+            .update(T0, Some("press"), vec![Metric::new("Temp", Value::Float(5.0), T0)])
             .expect("ok");
         assert!(
             matches!(&out[..], [EdgeAction::StoreHistorical { device: Some(d), metrics }] if d == "press" && metrics.len() == 1)
@@ -1505,12 +1443,8 @@ mod tests {
     fn ncmd_rebirth_gives_a_new_nbirth_with_the_same_bdseq_and_seq_zero() {
         let mut s = session_with(cfg(), Some(3));
         born(&mut s);
-        s.update(
-            T0 + 1,
-            None,
-            vec![Metric::new("Uptime", Value::UInt64(5), T0 + 1)],
-        )
-        .expect("ok");
+        s.update(T0 + 1, None, vec![Metric::new("Uptime", Value::UInt64(5), T0 + 1)])
+            .expect("ok");
         let out = s.handle_message(T0 + 60_000, "spBv1.0/Plant1/NCMD/gw1", &rebirth_cmd());
         let p = publishes(&out);
         assert_eq!(p.len(), 3, "NBIRTH and both DBIRTHs");
@@ -1590,10 +1524,7 @@ mod tests {
             "spBv1.0/Plant1/NCMD/gw1",
             &cmd(vec![Metric::new("Uptime", Value::UInt64(0), T0)]),
         );
-        assert!(matches!(
-            &out[..],
-            [EdgeAction::Command { device: None, .. }]
-        ));
+        assert!(matches!(&out[..], [EdgeAction::Command { device: None, .. }]));
     }
 
     #[test]
@@ -1605,9 +1536,7 @@ mod tests {
             matches!(&out[..], [EdgeAction::Rejected { reason, .. }] if reason.starts_with("not a Sparkplug B payload"))
         );
         let out = s.handle_message(T0, "spBv1.0/Plant1/DCMD/gw1/ghost", &rebirth_cmd());
-        assert!(
-            matches!(&out[..], [EdgeAction::Rejected { reason, .. }] if reason.contains("ghost"))
-        );
+        assert!(matches!(&out[..], [EdgeAction::Rejected { reason, .. }] if reason.contains("ghost")));
     }
 
     fn primary() -> EdgeConfig {
@@ -1625,9 +1554,7 @@ mod tests {
         s.begin_connect(T0);
         let out = s.connected(T0);
         assert!(publishes(&out).is_empty());
-        assert!(
-            matches!(&out[1], EdgeAction::Subscribe(t) if t.contains(&"spBv1.0/STATE/scada".to_string()))
-        );
+        assert!(matches!(&out[1], EdgeAction::Subscribe(t) if t.contains(&"spBv1.0/STATE/scada".to_string())));
         let held = s
             .update(T0, None, vec![Metric::new("Uptime", Value::UInt64(1), T0)])
             .expect("ok");
@@ -1648,10 +1575,7 @@ mod tests {
         assert_eq!(publishes(&out)[0].topic, "spBv1.0/Plant1/NDEATH/gw1");
         assert_eq!(out.last(), Some(&EdgeAction::Disconnect));
         assert!(!s.is_born());
-        assert!(matches!(
-            s.begin_connect(T0 + 2)[1],
-            EdgeAction::Connect { server: 1 }
-        ));
+        assert!(matches!(s.begin_connect(T0 + 2)[1], EdgeAction::Connect { server: 1 }));
     }
 
     #[test]
@@ -1673,10 +1597,7 @@ mod tests {
         s.connection_lost();
         s.begin_connect(T0);
         s.connected(T0);
-        assert!(
-            publishes(&s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0 + 99)))
-                .is_empty()
-        );
+        assert!(publishes(&s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0 + 99))).is_empty());
     }
 
     #[test]
@@ -1764,12 +1685,7 @@ mod tests {
             None,
         );
         assert!(matches!(dup, Err(EdgeError::DuplicateDevice(_))));
-        let reserved = EdgeSession::new(
-            cfg(),
-            vec![Metric::new(BDSEQ, Value::Int64(0), 0)],
-            vec![],
-            None,
-        );
+        let reserved = EdgeSession::new(cfg(), vec![Metric::new(BDSEQ, Value::Int64(0), 0)], vec![], None);
         assert!(matches!(reserved, Err(EdgeError::ReservedMetric { .. })));
         assert!(matches!(
             EdgeSession::new(

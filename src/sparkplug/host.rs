@@ -265,11 +265,7 @@ impl HostSession {
     fn state(&self, online: bool, ts: u64) -> Publish {
         Publish {
             topic: self.state_topic.clone(),
-            payload: HostState {
-                online,
-                timestamp: ts,
-            }
-            .to_json(),
+            payload: HostState { online, timestamp: ts }.to_json(),
             // [tck-id-host-topic-phid-birth-qos] [tck-id-host-topic-phid-birth-retain]
             // [tck-id-host-topic-phid-death-qos] [tck-id-host-topic-phid-death-retain]
             qos: QoS::AtLeastOnce,
@@ -321,22 +317,15 @@ impl HostSession {
     /// [tck-id-operational-behavior-host-application-disconnect-intentional]
     pub fn shutdown(&mut self, now: u64) -> Vec<HostEvent> {
         self.connected = false;
-        vec![
-            HostEvent::Publish(self.state(false, now)),
-            HostEvent::Disconnect,
-        ]
+        vec![HostEvent::Publish(self.state(false, now)), HostEvent::Disconnect]
     }
 
     fn kill_node(&mut self, group: &str, node: &str, cause: DeathCause, at: u64) -> HostEvent {
-        let n = self
-            .nodes
-            .entry((group.to_string(), node.to_string()))
-            .or_default();
+        let n = self.nodes.entry((group.to_string(), node.to_string())).or_default();
         n.online = false;
         n.held.clear();
         n.reorder_deadline = None;
-        let mut stale: Vec<(Option<String>, String)> =
-            n.metrics.names().map(|m| (None, m.clone())).collect();
+        let mut stale: Vec<(Option<String>, String)> = n.metrics.names().map(|m| (None, m.clone())).collect();
         for (d, scope) in &mut n.devices {
             scope.online = false;
             stale.extend(scope.names().map(|m| (Some(d.clone()), m.clone())));
@@ -353,18 +342,9 @@ impl HostSession {
 
     /// Publishes an NCMD `Node Control/Rebirth = true` unless one went out to
     /// this node less than `rebirth_min_interval_ms` ago.
-    pub fn request_rebirth(
-        &mut self,
-        now: u64,
-        group: &str,
-        node: &str,
-        reason: &str,
-    ) -> Vec<HostEvent> {
+    pub fn request_rebirth(&mut self, now: u64, group: &str, node: &str, reason: &str) -> Vec<HostEvent> {
         let min = self.cfg.rebirth_min_interval_ms;
-        let n = self
-            .nodes
-            .entry((group.to_string(), node.to_string()))
-            .or_default();
+        let n = self.nodes.entry((group.to_string(), node.to_string())).or_default();
         if let Some(last) = n.last_rebirth_request {
             if now < last.saturating_add(min) {
                 return Vec::new();
@@ -423,26 +403,24 @@ impl HostSession {
             .get(&(group.to_string(), node.to_string()))
             .filter(|n| n.online)
             .ok_or_else(offline)?;
-        let scope =
-            match device {
-                None => &n.metrics,
-                Some(d) => n.devices.get(d).filter(|s| s.online).ok_or_else(|| {
-                    HostError::DeviceOffline {
-                        group: group.to_string(),
-                        node: node.to_string(),
-                        device: d.to_string(),
-                    }
+        let scope = match device {
+            None => &n.metrics,
+            Some(d) => n
+                .devices
+                .get(d)
+                .filter(|s| s.online)
+                .ok_or_else(|| HostError::DeviceOffline {
+                    group: group.to_string(),
+                    node: node.to_string(),
+                    device: d.to_string(),
                 })?,
-            };
+        };
         let mut metrics = Vec::with_capacity(writes.len());
         for (name, value) in writes {
-            let declared = *scope
-                .by_name
-                .get(&name)
-                .ok_or_else(|| HostError::UnknownMetric {
-                    scope: scope.label.clone(),
-                    metric: name.clone(),
-                })?;
+            let declared = *scope.by_name.get(&name).ok_or_else(|| HostError::UnknownMetric {
+                scope: scope.label.clone(),
+                metric: name.clone(),
+            })?;
             if declared != value.datatype() {
                 return Err(HostError::TypeMismatch {
                     scope: scope.label.clone(),
@@ -451,11 +429,7 @@ impl HostSession {
                     got: value.datatype(),
                 });
             }
-            let alias = scope
-                .by_alias
-                .iter()
-                .find(|(_, (n, _))| *n == name)
-                .map(|(a, _)| *a);
+            let alias = scope.by_alias.iter().find(|(_, (n, _))| *n == name).map(|(a, _)| *a);
             let mut m = Metric::new(name, value, now);
             // [tck-id-payloads-alias-data-cmd-requirement]: alias alone when the birth gave one.
             // [tck-id-payloads-name-cmd-requirement]: a timestamp MAY be included.
@@ -511,10 +485,7 @@ impl HostSession {
                 MessageType::NBirth => self.nbirth(now, &group, &node, topic, payload),
                 MessageType::NDeath => self.ndeath(now, &group, &node, topic, payload),
                 MessageType::NCmd | MessageType::DCmd => Vec::new(),
-                MessageType::DBirth
-                | MessageType::DDeath
-                | MessageType::NData
-                | MessageType::DData => {
+                MessageType::DBirth | MessageType::DDeath | MessageType::NData | MessageType::DData => {
                     self.sequenced(now, &group, &node, kind, device, topic, payload)
                 }
             },
@@ -535,14 +506,7 @@ impl HostSession {
         out
     }
 
-    fn nbirth(
-        &mut self,
-        now: u64,
-        group: &str,
-        node: &str,
-        topic: &str,
-        payload: &[u8],
-    ) -> Vec<HostEvent> {
+    fn nbirth(&mut self, now: u64, group: &str, node: &str, topic: &str, payload: &[u8]) -> Vec<HostEvent> {
         let p = match Payload::decode(payload) {
             Ok(p) => p,
             Err(e) => return self.rejected(now, group, node, topic, payload, e.to_string()),
@@ -569,10 +533,7 @@ impl HostSession {
                 "NBIRTH has no integer bdSeq metric".to_string(),
             );
         };
-        let n = self
-            .nodes
-            .entry((group.to_string(), node.to_string()))
-            .or_default();
+        let n = self.nodes.entry((group.to_string(), node.to_string())).or_default();
         n.online = true;
         n.bdseq = Some(bdseq);
         n.expected_seq = 1;
@@ -592,14 +553,7 @@ impl HostSession {
         }]
     }
 
-    fn ndeath(
-        &mut self,
-        now: u64,
-        group: &str,
-        node: &str,
-        topic: &str,
-        payload: &[u8],
-    ) -> Vec<HostEvent> {
+    fn ndeath(&mut self, now: u64, group: &str, node: &str, topic: &str, payload: &[u8]) -> Vec<HostEvent> {
         let p = match Payload::decode(payload) {
             Ok(p) => p,
             Err(e) => return vec![quarantine(topic, payload, e.to_string())],
@@ -750,16 +704,14 @@ impl HostSession {
                 n.expected_seq = last.seq.wrapping_add(1);
             }
         }
-        out.extend(self.request_rebirth(
-            now,
-            group,
-            node,
-            &format!("seq {expected} missing after the reorder timeout"),
-        ));
+        // Held data is delivered before the rebirth request, so that whoever
+        // acts on these events in order never sees the new birth first.
         for h in held {
             out.extend(self.process(now, group, node, h));
         }
         out.extend(self.drain_in_order(now, group, node));
+        let reason = format!("seq {expected} missing after the reorder timeout");
+        out.extend(self.request_rebirth(now, group, node, &reason));
         out
     }
 
@@ -786,9 +738,7 @@ impl HostSession {
             MessageType::DBirth => {
                 let p = match Payload::decode(&h.payload) {
                     Ok(p) => p,
-                    Err(e) => {
-                        return self.rejected(now, group, node, &h.topic, &h.payload, e.to_string())
-                    }
+                    Err(e) => return self.rejected(now, group, node, &h.topic, &h.payload, e.to_string()),
                 };
                 let label = format!("device '{device}' of {group}/{node}");
                 let n = self
@@ -832,10 +782,7 @@ impl HostSession {
                 }]
             }
             MessageType::NData | MessageType::DData => {
-                let n = self
-                    .nodes
-                    .get(&key)
-                    .expect("sequenced messages belong to known nodes");
+                let n = self.nodes.get(&key).expect("sequenced messages belong to known nodes");
                 let scope = match &h.device {
                     None => &n.metrics,
                     Some(d) => match n.devices.get(d).filter(|s| s.online) {
@@ -848,9 +795,7 @@ impl HostSession {
                 };
                 let mut p = match Payload::decode_with(&h.payload, scope) {
                     Ok(p) => p,
-                    Err(e) => {
-                        return self.rejected(now, group, node, &h.topic, &h.payload, e.to_string())
-                    }
+                    Err(e) => return self.rejected(now, group, node, &h.topic, &h.payload, e.to_string()),
                 };
                 for m in &mut p.metrics {
                     if m.name.is_none() {
@@ -860,16 +805,14 @@ impl HostSession {
                             .map(|(name, _)| name.clone());
                     }
                 }
-                if let Some(m) = p.metrics.iter().find(|m| {
-                    m.name
-                        .as_ref()
-                        .is_none_or(|n| !scope.by_name.contains_key(n))
-                }) {
+                if let Some(m) = p
+                    .metrics
+                    .iter()
+                    .find(|m| m.name.as_ref().is_none_or(|n| !scope.by_name.contains_key(n)))
+                {
                     let reason = format!(
                         "metric {} was not declared in the birth of {}",
-                        m.name
-                            .clone()
-                            .unwrap_or_else(|| format!("alias {:?}", m.alias)),
+                        m.name.clone().unwrap_or_else(|| format!("alias {:?}", m.alias)),
                         scope.label
                     );
                     return self.rejected(now, group, node, &h.topic, &h.payload, reason);
@@ -1099,17 +1042,13 @@ mod tests {
             EdgeAction::SetWill(w) => w,
             other => panic!("expected a will, got {other:?}"),
         };
-        let mut stale_old =
-            EdgeSession::new(old.config().clone(), vec![], vec![], Some(4)).expect("valid");
+        let mut stale_old = EdgeSession::new(old.config().clone(), vec![], vec![], Some(4)).expect("valid");
         let stale_will = match stale_old.begin_connect(T0).remove(0) {
             EdgeAction::SetWill(w) => w,
             other => panic!("expected a will, got {other:?}"),
         };
         let ev = feed(&mut h, T0 + 1, &[stale_will]);
-        assert!(matches!(
-            &ev[..],
-            [HostEvent::DeathIgnored { bdseq: Some(4), .. }]
-        ));
+        assert!(matches!(&ev[..], [HostEvent::DeathIgnored { bdseq: Some(4), .. }]));
         assert_eq!(h.online_nodes(), 1);
         // The matching one (bdSeq 5) kills the node and all its metrics go STALE.
         let _ = &mut e;
@@ -1158,10 +1097,7 @@ mod tests {
         feed(&mut h, T0, &births);
         let a = temp(&mut e, 2.0, T0 + 1);
         let b = temp(&mut e, 3.0, T0 + 2);
-        assert!(
-            feed(&mut h, T0 + 3, &[b]).is_empty(),
-            "seq 3 waits for seq 2"
-        );
+        assert!(feed(&mut h, T0 + 3, &[b]).is_empty(), "seq 3 waits for seq 2");
         let ev = feed(&mut h, T0 + 4, &[a]);
         let seqs: Vec<u8> = ev
             .iter()
@@ -1199,11 +1135,7 @@ mod tests {
         let p = Payload::decode(&ncmd.payload).expect("decodes");
         assert_eq!(
             (p.seq, &p.metrics[0].name, &p.metrics[0].value),
-            (
-                None,
-                &Some(REBIRTH.to_string()),
-                &Some(Value::Boolean(true))
-            )
+            (None, &Some(REBIRTH.to_string()), &Some(Value::Boolean(true)))
         );
         // The held messages are still delivered, in order; nothing is lost.
         let seqs: Vec<u8> = ev
@@ -1214,6 +1146,9 @@ mod tests {
             })
             .collect();
         assert_eq!(seqs, vec![3, 4]);
+        let last_data = ev.iter().rposition(|e| matches!(e, HostEvent::Data { .. })).expect("data");
+        let request = ev.iter().position(|e| matches!(e, HostEvent::Publish(_))).expect("request");
+        assert!(last_data < request, "held data is delivered before the rebirth request");
         assert!(h.tick(T0 + 60_000).is_empty(), "exactly one");
         // The edge answers with a birth sequence that the host accepts.
         let rebirth = published(e.handle_message(T0 + 3_000, &ncmd.topic, &ncmd.payload));
@@ -1230,9 +1165,7 @@ mod tests {
         let d2 = temp(&mut e, 3.0, T0 + 2);
         let ev = feed(&mut h, T0, &[d1, d2.clone()]);
         assert_eq!(
-            ev.iter()
-                .filter(|e| matches!(e, HostEvent::Quarantine { .. }))
-                .count(),
+            ev.iter().filter(|e| matches!(e, HostEvent::Quarantine { .. })).count(),
             2
         );
         assert_eq!(rebirths(&ev), 1, "rate limited");
@@ -1250,9 +1183,7 @@ mod tests {
         feed(&mut h, T0, &births);
         let ev = h.handle_message(T0, "spBv1.0/G/NDATA/N", b"\xff\xfe garbage");
         match &ev[0] {
-            HostEvent::Quarantine {
-                reason, payload, ..
-            } => {
+            HostEvent::Quarantine { reason, payload, .. } => {
                 assert!(reason.starts_with("not a Sparkplug B payload"), "{reason}");
                 assert_eq!(payload, b"\xff\xfe garbage");
             }
@@ -1282,9 +1213,7 @@ mod tests {
             "spBv1.0/G/DDATA/N/D",
             &bad.encode_with(Datatypes::Omit).expect("encodes"),
         );
-        assert!(
-            matches!(&ev[0], HostEvent::Quarantine { reason, .. } if reason.contains("alias 99"))
-        );
+        assert!(matches!(&ev[0], HostEvent::Quarantine { reason, .. } if reason.contains("alias 99")));
         assert_eq!(rebirths(&ev), 1);
     }
 
@@ -1332,13 +1261,7 @@ mod tests {
         let (mut e, births) = born_edge();
         feed(&mut h, T0, &births);
         let p = h
-            .command(
-                T0,
-                "G",
-                "N",
-                Some("D"),
-                vec![("Temp".into(), Value::Float(9.0))],
-            )
+            .command(T0, "G", "N", Some("D"), vec![("Temp".into(), Value::Float(9.0))])
             .expect("valid");
         assert_eq!(p.topic, "spBv1.0/G/DCMD/N/D");
         assert_eq!((p.qos, p.retain), (QoS::AtMostOnce, false));
@@ -1358,13 +1281,7 @@ mod tests {
             matches!(&got[..], [EdgeAction::Command { metrics, .. }] if metrics[0].value == Some(Value::Float(9.0)))
         );
         let err = h
-            .command(
-                T0,
-                "G",
-                "N",
-                Some("D"),
-                vec![("Temp".into(), Value::Boolean(true))],
-            )
+            .command(T0, "G", "N", Some("D"), vec![("Temp".into(), Value::Boolean(true))])
             .expect_err("type");
         assert_eq!(
             err.to_string(),

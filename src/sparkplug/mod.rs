@@ -10,11 +10,13 @@
 //! - [`state`]: the Primary Host STATE JSON payload.
 //! - [`edge`]: [`edge::EdgeSession`], the edge node state machine.
 //! - [`host`]: [`host::HostSession`], the host application state machine.
+//! - [`pretty`]: human-readable rendering for technicians and logs.
 
 pub mod codec;
 pub mod datatype;
 pub mod edge;
 pub mod host;
+pub mod pretty;
 pub mod state;
 pub mod topic;
 
@@ -24,9 +26,7 @@ pub mod pb {
     include!("generated/org.eclipse.tahu.protobuf.rs");
 }
 
-pub use codec::{
-    DataSet, Metric, Parameter, Payload, PropertySet, PropertyValue, Quality, Template, Value,
-};
+pub use codec::{DataSet, Metric, Parameter, Payload, PropertySet, PropertyValue, Quality, Template, Value};
 pub use datatype::DataType;
 
 /// Name of the birth/death sequence metric ([tck-id-topics-nbirth-bdseq-included]).

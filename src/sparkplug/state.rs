@@ -29,20 +29,14 @@ pub struct HostState {
 impl HostState {
     /// The JSON bytes to publish.
     pub fn to_json(&self) -> Vec<u8> {
-        format!(
-            "{{\"online\":{},\"timestamp\":{}}}",
-            self.online, self.timestamp
-        )
-        .into_bytes()
+        format!("{{\"online\":{},\"timestamp\":{}}}", self.online, self.timestamp).into_bytes()
     }
 
     /// Parses a received STATE payload.
     pub fn parse(payload: &[u8]) -> Result<HostState, StateError> {
         let trimmed = payload.trim_ascii();
         if trimmed.eq_ignore_ascii_case(b"ONLINE") || trimmed.eq_ignore_ascii_case(b"OFFLINE") {
-            return Err(StateError::Legacy(
-                String::from_utf8_lossy(trimmed).into_owned(),
-            ));
+            return Err(StateError::Legacy(String::from_utf8_lossy(trimmed).into_owned()));
         }
         serde_json::from_slice(payload).map_err(|e| StateError::Json(e.to_string()))
     }
@@ -59,26 +53,17 @@ mod tests {
             online: true,
             timestamp: 1_700_000_000_123,
         };
-        assert_eq!(
-            s.to_json(),
-            br#"{"online":true,"timestamp":1700000000123}"#.to_vec()
-        );
+        assert_eq!(s.to_json(), br#"{"online":true,"timestamp":1700000000123}"#.to_vec());
         assert_eq!(HostState::parse(&s.to_json()), Ok(s));
     }
 
     #[test]
     fn legacy_and_malformed_state_are_errors() {
-        assert!(matches!(
-            HostState::parse(b"ONLINE"),
-            Err(StateError::Legacy(_))
-        ));
+        assert!(matches!(HostState::parse(b"ONLINE"), Err(StateError::Legacy(_))));
         assert!(matches!(
             HostState::parse(b"{\"online\":true}"),
             Err(StateError::Json(_))
         ));
-        assert!(matches!(
-            HostState::parse(b"\xff"),
-            Err(StateError::Json(_))
-        ));
+        assert!(matches!(HostState::parse(b"\xff"), Err(StateError::Json(_))));
     }
 }

@@ -138,12 +138,7 @@ impl Topic {
     }
 
     /// A device-level topic; checks the IDs.
-    pub fn device(
-        group: &str,
-        kind: MessageType,
-        node: &str,
-        device: &str,
-    ) -> Result<Topic, TopicError> {
+    pub fn device(group: &str, kind: MessageType, node: &str, device: &str) -> Result<Topic, TopicError> {
         Self::build(group, kind, node, Some(device))
     }
 
@@ -155,12 +150,7 @@ impl Topic {
         })
     }
 
-    fn build(
-        group: &str,
-        kind: MessageType,
-        node: &str,
-        device: Option<&str>,
-    ) -> Result<Topic, TopicError> {
+    fn build(group: &str, kind: MessageType, node: &str, device: Option<&str>) -> Result<Topic, TopicError> {
         validate_id("group id", group)?;
         validate_id("edge node id", node)?;
         if let Some(d) = device {
@@ -285,10 +275,7 @@ mod tests {
     #[test]
     fn device_message_without_device_is_rejected() {
         let err = Topic::parse("spBv1.0/g/DDATA/n").expect_err("DDATA needs a device");
-        assert_eq!(
-            err.to_string(),
-            "topic 'spBv1.0/g/DDATA/n': DDATA needs a device id"
-        );
+        assert_eq!(err.to_string(), "topic 'spBv1.0/g/DDATA/n': DDATA needs a device id");
     }
 
     // [tck-id-topic-structure-namespace-device-id-non-associated-message-types]
@@ -322,10 +309,7 @@ mod tests {
             Topic::parse("spBv1.0/g/NFOO/n"),
             Err(TopicError::MessageType { .. })
         ));
-        assert!(matches!(
-            Topic::parse("spBv1.0/g/NDATA"),
-            Err(TopicError::Shape { .. })
-        ));
+        assert!(matches!(Topic::parse("spBv1.0/g/NDATA"), Err(TopicError::Shape { .. })));
         assert!(matches!(
             Topic::parse("spBv1.0/g/DDATA/n/d/x"),
             Err(TopicError::Shape { .. })

@@ -1,0 +1,61 @@
+# spb-gateway — every target documents itself: `make help`.
+SHELL := /bin/bash
+VENV  := target/venv
+PY    := $(VENV)/bin/python
+AARCH64 := aarch64-unknown-linux-gnu
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+deps: ## Install what a fresh Debian machine lacks (apt-get; only what is missing)
+	@tools/install-deps.sh
+
+venv: $(PY) ## Python venv with the independent peers (pysparkplug) under target/
+$(PY): tests/interop/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/interop/requirements.txt
+	@touch $(PY)
+
+test: deps venv ## The full test suite: fmt, clippy -D warnings, all tests, fuzz targets build
+	cargo fmt --check
+	cargo clippy --all-targets --all-features -- -D warnings
+	cargo test --all-features
+	$(MAKE) fuzz-build
+
+fmt: ## Format the code
+	cargo fmt
+
+lint: ## clippy with warnings as errors
+	cargo clippy --all-targets --all-features -- -D warnings
+
+proto: ## Regenerate src/sparkplug/generated/ from proto/sparkplug_b.proto (no protoc needed)
+	cargo run -q --example protogen
+
+fuzz-build: ## Build every fuzz target (compiled and linked against libFuzzer; `make fuzz` runs them)
+	cargo build --manifest-path fuzz/Cargo.toml --bins
+
+FUZZ_SECONDS ?= 60
+fuzz: ## Fuzz every target for FUZZ_SECONDS each (installs cargo-fuzz if missing)
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && for t in $$(cargo fuzz list); do \
+		RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
+
+bench-codec: venv ## Codec benchmark, ours vs pysparkplug in one run (table in target/bench-codec.md)
+	cargo bench --bench codec
+
+bench: bench-codec ## All benchmarks (see BENCHMARKS.md)
+
+demo: ## The self-contained demo (see README)
+	cargo run -q --release --example sparkplug_demo
+
+deny: ## cargo deny: licenses, bans, sources (advisories need GitHub, unreachable here)
+	@command -v cargo-deny >/dev/null || cargo install cargo-deny --locked
+	cargo deny check licenses bans sources
+
+clean: ## Remove build output and the venv
+	cargo clean
+	rm -rf fuzz/target
+
+.PHONY: help deps venv test fmt lint proto fuzz-build fuzz bench-codec bench demo deny clean

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine lacks for `make test` and `make demo`.
+# Idempotent: checks each tool first and calls apt-get only for what is missing.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have cc || need+=(build-essential)
+have c++ || need+=(g++)
+have pkg-config || need+=(pkg-config)
+have python3 || need+=(python3)
+python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
+python3 -m ensurepip --version >/dev/null 2>&1 || python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+have mosquitto || need+=(mosquitto)
+have mosquitto_sub || need+=(mosquitto-clients)
+have openssl || need+=(openssl)
+
+if ((${#need[@]})); then
+    echo "install-deps: installing ${need[*]}"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+if have rustup; then
+    rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
