@@ -25,9 +25,15 @@ fn deliver(now: u64, host: &mut HostSession, edge: &mut EdgeSession, p: &Publish
 
 fn report(now: u64, edge: &mut EdgeSession, host: &mut HostSession, ev: HostEvent) {
     match ev {
-        HostEvent::Data { device, seq, metrics, .. } => {
+        HostEvent::Data {
+            device, seq, metrics, ..
+        } => {
             for m in metrics {
-                println!("   host: {} seq {seq}: {}", device.as_deref().unwrap_or("node"), pretty::metric_line(&m));
+                println!(
+                    "   host: {} seq {seq}: {}",
+                    device.as_deref().unwrap_or("node"),
+                    pretty::metric_line(&m)
+                );
             }
         }
         HostEvent::Publish(p) => {
@@ -40,7 +46,9 @@ fn report(now: u64, edge: &mut EdgeSession, host: &mut HostSession, ev: HostEven
                 }
             }
         }
-        HostEvent::NodeBirth { node, bdseq, metrics, .. } => {
+        HostEvent::NodeBirth {
+            node, bdseq, metrics, ..
+        } => {
             println!("   host: node {node} online, bdSeq {bdseq}, {} metrics", metrics.len())
         }
         HostEvent::DeviceBirth { device, metrics, .. } => {

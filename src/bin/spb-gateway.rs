@@ -39,7 +39,10 @@ fn decode(args: &[String]) -> Result<()> {
         }
     }
     if hex {
-        let text: String = String::from_utf8(raw).context("--hex input is not text")?.split_whitespace().collect();
+        let text: String = String::from_utf8(raw)
+            .context("--hex input is not text")?
+            .split_whitespace()
+            .collect();
         if text.len() % 2 != 0 {
             bail!("--hex input has an odd number of digits");
         }

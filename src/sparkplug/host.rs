@@ -1146,8 +1146,14 @@ mod tests {
             })
             .collect();
         assert_eq!(seqs, vec![3, 4]);
-        let last_data = ev.iter().rposition(|e| matches!(e, HostEvent::Data { .. })).expect("data");
-        let request = ev.iter().position(|e| matches!(e, HostEvent::Publish(_))).expect("request");
+        let last_data = ev
+            .iter()
+            .rposition(|e| matches!(e, HostEvent::Data { .. }))
+            .expect("data");
+        let request = ev
+            .iter()
+            .position(|e| matches!(e, HostEvent::Publish(_)))
+            .expect("request");
         assert!(last_data < request, "held data is delivered before the rebirth request");
         assert!(h.tick(T0 + 60_000).is_empty(), "exactly one");
         // The edge answers with a birth sequence that the host accepts.

@@ -98,7 +98,13 @@ pub fn metric_line(m: &Metric) -> String {
 /// A header line (`seq`, timestamp, metric count) and one indented line per metric.
 pub fn payload_lines(p: &Payload) -> String {
     let mut s = String::new();
-    let _ = write!(s, "seq={} timestamp={} metrics={}", opt(p.seq), opt(p.timestamp), p.metrics.len());
+    let _ = write!(
+        s,
+        "seq={} timestamp={} metrics={}",
+        opt(p.seq),
+        opt(p.timestamp),
+        p.metrics.len()
+    );
     for m in &p.metrics {
         let _ = write!(s, "\n  {}", metric_line(m));
     }
