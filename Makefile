@@ -21,8 +21,8 @@ $(PY): tests/interop/requirements.txt
 test: deps venv ## The full test suite: fmt, clippy -D warnings, all tests, fuzz targets build
 	cargo fmt --check
 	cargo clippy --all-targets --all-features -- -D warnings
-	cargo test --all-features
 	$(MAKE) fuzz-build
+	cargo test --all-features
 
 fmt: ## Format the code
 	cargo fmt
