@@ -1306,6 +1306,26 @@ mod tests {
         assert_eq!(d.metrics[0].alias, None);
     }
 
+    // [tck-id-payloads-sequence-num-incrementing] [tck-id-payloads-ndata-seq-inc]
+    #[test]
+    fn seq_wraps_from_255_to_0() {
+        let mut s = session();
+        born(&mut s); // NBIRTH 0, DBIRTH 1, DBIRTH 2
+        let mut seqs = Vec::new();
+        for v in 0..300u64 {
+            let out = s
+                .update(T0 + v, None, vec![Metric::new("Uptime", Value::UInt64(v + 1), T0 + v)])
+                .expect("ok");
+            let raw = <crate::sparkplug::pb::Payload as prost::Message>::decode(publishes(&out)[0].payload.as_slice())
+                .expect("protobuf");
+            seqs.push(raw.seq.expect("seq"));
+        }
+        assert_eq!(seqs[0], 3);
+        assert_eq!(seqs[252], 255);
+        assert_eq!(seqs[253], 0);
+        assert!(seqs.windows(2).all(|w| w[1] == (w[0] + 1) % 256));
+    }
+
     // [tck-id-operational-behavior-data-publish-nbirth-change] [tck-id-operational-behavior-data-publish-dbirth-change]
     #[test]
     fn unchanged_values_are_not_resent() {
@@ -1716,6 +1736,8 @@ mod tests {
         State(bool, u64),
         Shutdown,
         Replay,
+        /// Many changes in a row, so sessions cross the 255 → 0 wrap.
+        Burst(u16),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1731,6 +1753,7 @@ mod tests {
             (any::<bool>(), 0u64..1_000).prop_map(|(o, t)| Op::State(o, t)),
             Just(Op::Shutdown),
             Just(Op::Replay),
+            (100u16..300).prop_map(Op::Burst),
         ]
     }
 
@@ -1768,6 +1791,12 @@ mod tests {
                     Op::State(o, t) => s.handle_message(now, "spBv1.0/STATE/scada", &state(o, T0 + t)),
                     Op::Shutdown => s.shutdown(now),
                     Op::Replay => s.replay(now, None, vec![Metric::new("Uptime", Value::UInt64(1), now)]).unwrap_or_default(),
+                    Op::Burst(n) => (0..n)
+                        .flat_map(|i| {
+                            s.update(now, None, vec![Metric::new("Uptime", Value::UInt64(1_000 + u64::from(i)), now)])
+                                .expect("declared")
+                        })
+                        .collect(),
                 };
                 for a in &actions {
                     match a {
