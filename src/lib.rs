@@ -33,3 +33,6 @@
 //! ```
 
 pub mod sparkplug;
+pub mod config;
+pub mod plc;
+pub mod telemetry;

@@ -1,0 +1,781 @@
+//! The gateway's one configuration file, `/etc/spb-gateway/config.toml`.
+//!
+//! Invariants: unknown keys are errors; every error names its dotted key path
+//! and `line:column`; all errors are reported at once; every key has a
+//! documented default (see `config/example.toml`, which a test parses);
+//! durations accept `500ms`/`30s`/`1m` or a number of seconds, sizes `256MiB`
+//! or a number of bytes. A configuration that loads is fully validated: IDs are
+//! valid Sparkplug IDs, names are unique, tag addresses parse for their driver,
+//! scan classes exist, TLS settings are complete.
+
+pub mod reader;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::plc::sim::Signal;
+use crate::sparkplug::topic::validate_id;
+use crate::sparkplug::DataType;
+use reader::{Ctx, Table};
+
+/// The default config path.
+pub const DEFAULT_PATH: &str = "/etc/spb-gateway/config.toml";
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// Dotted key path, e.g. `devices[0].tags[3].datatype`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}: {}", self.file, self.line, self.column, self.path, self.message)
+    }
+}
+
+/// Every problem found in a config file, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for e in &self.0 {
+            writeln!(f, "{e}")?;
+        }
+        write!(f, "{} error{} in the configuration", self.0.len(), if self.0.len() == 1 { "" } else { "s" })
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(#[from] ConfigErrors),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub mqtt: MqttConfig,
+    pub store: StoreConfig,
+    pub devices: Vec<DeviceConfig>,
+    pub commands: CommandsConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[node]`: who this edge node is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    pub group_id: String,
+    pub node_id: String,
+    /// Wait for this Primary Host's STATE before birth; store while it is offline.
+    pub primary_host_id: Option<String>,
+    /// Send aliases instead of names in DATA (default true).
+    pub aliases: bool,
+    /// Rebirth requests closer together than this are coalesced (default 5s).
+    pub rebirth_debounce: Duration,
+}
+
+/// `[mqtt]`: the brokers, walked in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttConfig {
+    pub servers: Vec<ServerConfig>,
+    pub keepalive: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub max_packet_size: u64,
+    /// How long a connection attempt may take (TCP, TLS, CONNACK).
+    pub connect_timeout: Duration,
+}
+
+/// `[[mqtt.servers]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[mqtt.servers.tls]`: CA pinning and the client certificate for mTLS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// The only CA trusted for the broker's certificate (PEM).
+    pub ca: Option<PathBuf>,
+    /// Also trust the public web PKI roots (off by default: pin the plant CA).
+    pub system_roots: bool,
+    /// Client certificate chain (PEM) and its key (PKCS#8, RSA or SEC1 EC, PEM).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Name to check in the broker certificate (default: `host`).
+    pub server_name: Option<String>,
+}
+
+/// `[store]`: where data waits while the broker or the Primary Host is away.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub max_bytes: u64,
+    /// Stored samples replayed per second after a new birth.
+    pub replay_rate: u32,
+}
+
+/// The PLC protocol of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverKind {
+    /// The built-in simulator (demo, load tests).
+    Sim,
+}
+
+/// `[[devices]]`: one PLC, one Sparkplug device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceConfig {
+    pub name: String,
+    pub driver: DriverKind,
+    pub address: Option<String>,
+    pub enabled: bool,
+    /// Named scan periods; tags pick one (default class `default` = 1s).
+    pub scan_classes: Vec<(String, Duration)>,
+    /// A read that takes longer counts as failed.
+    pub timeout: Duration,
+    /// Consecutive failed scans before the device is declared dead (DDEATH).
+    pub fail_after: u32,
+    pub tags: Vec<TagConfig>,
+    pub sim: SimDeviceConfig,
+}
+
+/// `[devices.sim]`: options of the built-in simulator.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SimDeviceConfig {
+    /// Generate this many extra tags (`Gen/Tag 000001`…) for load tests.
+    pub generate: u32,
+    /// Their signal (default `random_walk(step=0.5)`).
+    pub generate_signal: Option<Signal>,
+    pub generate_datatype: Option<DataType>,
+    pub generate_scan_class: Option<String>,
+    /// Simulated outages: unreachable for `unreachable_for` every `unreachable_every`.
+    pub unreachable_every: Option<Duration>,
+    pub unreachable_for: Duration,
+    pub seed: u64,
+}
+
+/// `[[devices.tags]]`: one PLC value, one Sparkplug metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagConfig {
+    pub name: String,
+    pub address: String,
+    pub datatype: DataType,
+    pub scan_class: String,
+    /// Report only when the value moved at least this much (absolute).
+    pub deadband: f64,
+    /// …or at least this percent of the last reported value.
+    pub deadband_percent: f64,
+    pub writable: bool,
+    /// For the sim driver: the parsed signal.
+    pub signal: Option<Signal>,
+}
+
+/// `[commands]`: write-back, off by default.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CommandsConfig {
+    pub enabled: bool,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// journald under systemd, human-readable on a terminal, JSON otherwise.
+    Auto,
+    Human,
+    Json,
+    Journald,
+}
+
+/// `[telemetry]`: logs, health and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// `/health`, `/ready`, `/metrics` listen here; `""` disables.
+    pub listen: Option<SocketAddr>,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+const DEFAULT_SCAN_CLASS: &str = "default";
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
+        Ok(Config::parse(&path.display().to_string(), &text)?)
+    }
+
+    /// Parses and validates config text; `file` is used in error messages.
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
+        let ctx = Ctx::new(file, text);
+        let Some(doc) = ctx.parse() else {
+            return Err(ctx.finish().expect_err("syntax errors were recorded"));
+        };
+        let root = Table::new(&ctx, "", doc.get_ref(), 0);
+        let node = root.opt_table("node").map(|t| read_node(&t));
+        if node.is_none() {
+            root.missing("node", "a [node] table with group_id and node_id");
+        }
+        let mqtt = read_mqtt(root.opt_table("mqtt"), &root);
+        let store = read_store(root.opt_table("store"));
+        let devices: Vec<DeviceConfig> = root.tables("devices").iter().filter_map(read_device).collect();
+        let commands = root.opt_table("commands").map(|t| {
+            let c = CommandsConfig { enabled: t.bool_or("enabled", false) };
+            t.finish(&["enabled"]);
+            c
+        });
+        let telemetry = read_telemetry(root.opt_table("telemetry"));
+        check_unique_names(&root, &devices);
+        root.finish(&["node", "mqtt", "store", "devices", "commands", "telemetry"]);
+        let errors = ctx.finish();
+        match (errors, node) {
+            (Ok(()), Some(node)) => Ok(Config {
+                node,
+                mqtt,
+                store,
+                devices,
+                commands: commands.unwrap_or_default(),
+                telemetry,
+            }),
+            (Err(e), _) => Err(e),
+            (Ok(()), None) => unreachable!("a missing [node] is recorded as an error"),
+        }
+    }
+}
+
+fn id(t: &Table, key: &str, what: &'static str, required: bool) -> Option<String> {
+    let v = if required { t.req_str(key, what) } else { t.opt_str(key) }?;
+    match validate_id(what, &v) {
+        Ok(()) => Some(v),
+        Err(e) => {
+            t.invalid(key, e.to_string());
+            None
+        }
+    }
+}
+
+fn read_node(t: &Table) -> NodeConfig {
+    let n = NodeConfig {
+        group_id: id(t, "group_id", "group id", true).unwrap_or_default(),
+        node_id: id(t, "node_id", "edge node id", true).unwrap_or_default(),
+        primary_host_id: id(t, "primary_host_id", "host id", false),
+        aliases: t.bool_or("aliases", true),
+        rebirth_debounce: t.duration_or("rebirth_debounce", Duration::from_secs(5)),
+    };
+    t.finish(&["group_id", "node_id", "primary_host_id", "aliases", "rebirth_debounce"]);
+    n
+}
+
+fn read_mqtt(t: Option<Table>, root: &Table) -> MqttConfig {
+    let Some(t) = t else {
+        root.missing("mqtt", "an [mqtt] table with at least one [[mqtt.servers]]");
+        return MqttConfig::defaults(Vec::new());
+    };
+    let servers: Vec<ServerConfig> = t.tables("servers").iter().filter_map(read_server).collect();
+    if servers.is_empty() && !t.ctx().has_errors() {
+        t.missing("servers", "at least one [[mqtt.servers]] with a host");
+    }
+    let d = MqttConfig::defaults(Vec::new());
+    let m = MqttConfig {
+        servers,
+        keepalive: t.duration_or("keepalive", d.keepalive),
+        backoff_min: t.duration_or("backoff_min", d.backoff_min),
+        backoff_max: t.duration_or("backoff_max", d.backoff_max),
+        max_packet_size: t.bytes_or("max_packet_size", d.max_packet_size),
+        connect_timeout: t.duration_or("connect_timeout", d.connect_timeout),
+    };
+    if m.keepalive < Duration::from_secs(5) {
+        t.invalid("keepalive", "must be at least 5s (MQTT keepalive has one-second resolution)");
+    }
+    if m.backoff_min > m.backoff_max {
+        t.invalid("backoff_min", "must not exceed backoff_max");
+    }
+    if m.max_packet_size < 16 * 1024 {
+        t.invalid("max_packet_size", "must be at least 16KiB: a real NBIRTH is larger than rumqttc's 10 KiB default");
+    }
+    t.finish(&["servers", "keepalive", "backoff_min", "backoff_max", "max_packet_size", "connect_timeout"]);
+    m
+}
+
+impl MqttConfig {
+    fn defaults(servers: Vec<ServerConfig>) -> MqttConfig {
+        MqttConfig {
+            servers,
+            keepalive: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            max_packet_size: 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn read_server(t: &Table) -> Option<ServerConfig> {
+    let host = t.req_str("host", "the broker's host name or IP address");
+    let tls = t.opt_table("tls").map(|tt| {
+        let tls = TlsConfig {
+            ca: tt.opt_path("ca"),
+            system_roots: tt.bool_or("system_roots", false),
+            cert: tt.opt_path("cert"),
+            key: tt.opt_path("key"),
+            server_name: tt.opt_str("server_name"),
+        };
+        if tls.ca.is_none() && !tls.system_roots {
+            tt.missing("ca", "the CA that signed the broker certificate (or system_roots = true)");
+        }
+        match (&tls.cert, &tls.key) {
+            (Some(_), None) => tt.missing("key", "the client key that goes with `cert`"),
+            (None, Some(_)) => tt.missing("cert", "the client certificate that goes with `key`"),
+            _ => {}
+        }
+        tt.finish(&["ca", "system_roots", "cert", "key", "server_name"]);
+        tls
+    });
+    let default_port = if tls.is_some() { 8883 } else { 1883 };
+    let s = ServerConfig {
+        host: host.unwrap_or_default(),
+        port: t.int_in("port", default_port, 1..=65535) as u16,
+        client_id: t.opt_str("client_id"),
+        username: t.opt_str("username"),
+        password: t.opt_str("password"),
+        tls,
+    };
+    t.finish(&["host", "port", "client_id", "username", "password", "tls"]);
+    Some(s)
+}
+
+fn read_store(t: Option<Table>) -> StoreConfig {
+    let d = StoreConfig::default();
+    let Some(t) = t else { return d };
+    let s = StoreConfig {
+        path: t.opt_path("path").unwrap_or(d.path),
+        max_bytes: t.bytes_or("max_bytes", d.max_bytes),
+        replay_rate: t.int_in("replay_rate", d.replay_rate.into(), 1..=1_000_000) as u32,
+    };
+    if s.max_bytes < 1024 * 1024 {
+        t.invalid("max_bytes", "must be at least 1MiB");
+    }
+    t.finish(&["path", "max_bytes", "replay_rate"]);
+    s
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { path: PathBuf::from("/var/lib/spb-gateway/store"), max_bytes: 256 * 1024 * 1024, replay_rate: 5_000 }
+    }
+}
+
+fn read_telemetry(t: Option<Table>) -> TelemetryConfig {
+    let d = TelemetryConfig::default();
+    let Some(t) = t else { return d };
+    let listen = match t.opt_str("listen") {
+        None => d.listen,
+        Some(s) if s.is_empty() => None,
+        Some(s) => match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                t.invalid("listen", format!("'{s}' is not an address:port like \"127.0.0.1:9102\" (\"\" disables)"));
+                d.listen
+            }
+        },
+    };
+    let log_level = t.opt_str("log_level").unwrap_or(d.log_level);
+    if tracing_level_ok(&log_level).is_err() {
+        t.invalid("log_level", format!("'{log_level}' is not one of error, warn, info, debug, trace (or a filter like \"info,spb=debug\")"));
+    }
+    let log_format = match t.opt_str("log_format").as_deref() {
+        None | Some("auto") => LogFormat::Auto,
+        Some("human") => LogFormat::Human,
+        Some("json") => LogFormat::Json,
+        Some("journald") => LogFormat::Journald,
+        Some(other) => {
+            t.invalid("log_format", format!("'{other}' is not one of auto, human, json, journald"));
+            LogFormat::Auto
+        }
+    };
+    t.finish(&["listen", "log_level", "log_format"]);
+    TelemetryConfig { listen, log_level, log_format }
+}
+
+/// Checks a log filter (`info`, `warn,spb=debug`).
+pub fn tracing_level_ok(s: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::builder().parse(s).map(|_| ()).map_err(|e| e.to_string())
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9102))),
+            log_level: "info".to_string(),
+            log_format: LogFormat::Auto,
+        }
+    }
+}
+
+fn read_device(t: &Table) -> Option<DeviceConfig> {
+    let name = id(t, "name", "device id", true);
+    let driver = match t.req_str("driver", "the PLC protocol: sim").as_deref() {
+        Some("sim") => Some(DriverKind::Sim),
+        Some(other @ ("s7" | "logix")) => {
+            t.invalid("driver", format!("driver '{other}' is not available yet (issue #4); available: sim"));
+            None
+        }
+        Some(other) => {
+            t.invalid("driver", format!("unknown driver '{other}'; available: sim"));
+            None
+        }
+        None => None,
+    };
+    let mut scan_classes = vec![(DEFAULT_SCAN_CLASS.to_string(), Duration::from_secs(1))];
+    if let Some(sc) = t.opt_table("scan_classes") {
+        for (k, at, _) in sc.entries() {
+            let period = sc.duration_or(&k, Duration::from_secs(1));
+            if period < Duration::from_millis(10) {
+                sc.ctx().error(at, &sc.key_path(&k), "a scan period must be at least 10ms");
+            }
+            match scan_classes.iter_mut().find(|(n, _)| *n == k) {
+                Some(existing) => existing.1 = period,
+                None => scan_classes.push((k, period)),
+            }
+        }
+    }
+    let sim = t.opt_table("sim").map(|st| read_sim(&st, &scan_classes)).unwrap_or_default();
+    let mut tags = Vec::new();
+    for tt in t.tables("tags") {
+        if let Some(tag) = read_tag(&tt, driver, &scan_classes) {
+            tags.push(tag);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, tag) in tags.iter().enumerate() {
+        if !seen.insert(tag.name.as_str()) {
+            let tables = t.tables("tags");
+            let at = tables.get(i).map_or(0, |x| x.offset_of("name"));
+            t.ctx().error(at, &format!("{}[{i}].name", t.key_path("tags")), format!("tag '{}' is defined twice on this device", tag.name));
+        }
+    }
+    let d = DeviceConfig {
+        name: name.unwrap_or_default(),
+        driver: driver.unwrap_or(DriverKind::Sim),
+        address: t.opt_str("address"),
+        enabled: t.bool_or("enabled", true),
+        scan_classes,
+        timeout: t.duration_or("timeout", Duration::from_secs(2)),
+        fail_after: t.int_in("fail_after", 3, 1..=1000) as u32,
+        tags,
+        sim,
+    };
+    t.finish(&["name", "driver", "address", "enabled", "scan_classes", "timeout", "fail_after", "tags", "sim"]);
+    driver.map(|_| d)
+}
+
+fn read_sim(t: &Table, classes: &[(String, Duration)]) -> SimDeviceConfig {
+    let signal = t.opt_str("generate_signal").and_then(|s| match Signal::parse(&s) {
+        Ok(sig) => Some(sig),
+        Err(e) => {
+            t.invalid("generate_signal", e);
+            None
+        }
+    });
+    let datatype = t.opt_str("generate_datatype").and_then(|s| datatype(t, "generate_datatype", &s));
+    let class = t.opt_str("generate_scan_class");
+    if let Some(c) = &class {
+        check_class(t, "generate_scan_class", c, classes);
+    }
+    let s = SimDeviceConfig {
+        generate: t.int_in("generate", 0, 0..=10_000_000) as u32,
+        generate_signal: signal,
+        generate_datatype: datatype,
+        generate_scan_class: class,
+        unreachable_every: t.opt_str("unreachable_every").map(|_| t.duration_or("unreachable_every", Duration::ZERO)),
+        unreachable_for: t.duration_or("unreachable_for", Duration::from_secs(3)),
+        seed: t.int_in("seed", 1, 0..=i64::MAX) as u64,
+    };
+    t.finish(&[
+        "generate",
+        "generate_signal",
+        "generate_datatype",
+        "generate_scan_class",
+        "unreachable_every",
+        "unreachable_for",
+        "seed",
+    ]);
+    s
+}
+
+fn datatype(t: &Table, key: &str, s: &str) -> Option<DataType> {
+    match DataType::from_name(s) {
+        Some(dt) if dt.is_metric_type() && !matches!(dt, DataType::DataSet | DataType::Template | DataType::File) => {
+            Some(dt)
+        }
+        Some(dt) => {
+            t.invalid(key, format!("{dt} cannot be polled from a PLC tag"));
+            None
+        }
+        None => {
+            let hint = crate::sparkplug::datatype::ALL
+                .iter()
+                .filter(|d| reader::edit_distance(&d.name().to_lowercase(), &s.to_lowercase()) <= 2)
+                .map(|d| format!(" (did you mean {d}?)"))
+                .next()
+                .unwrap_or_default();
+            t.invalid(key, format!("unknown datatype '{s}'{hint}"));
+            None
+        }
+    }
+}
+
+fn check_class(t: &Table, key: &str, class: &str, classes: &[(String, Duration)]) {
+    if !classes.iter().any(|(n, _)| n == class) {
+        let known: Vec<&str> = classes.iter().map(|(n, _)| n.as_str()).collect();
+        t.invalid(key, format!("unknown scan class '{class}'; this device has: {}", known.join(", ")));
+    }
+}
+
+fn read_tag(t: &Table, driver: Option<DriverKind>, classes: &[(String, Duration)]) -> Option<TagConfig> {
+    let name = t.req_str("name", "the Sparkplug metric name, folders separated by '/'");
+    if let Some(n) = &name {
+        if n.is_empty() || n.starts_with('/') || n.ends_with('/') || n.contains("//") {
+            t.invalid("name", format!("'{n}' is not a metric name: no empty folder names"));
+        }
+    }
+    let address = t.req_str("address", "where the value lives in the PLC");
+    let dt = t.req_str("datatype", "the Sparkplug datatype, e.g. Float, Int32, Boolean").and_then(|s| datatype(t, "datatype", &s));
+    let scan_class = t.opt_str("scan_class").unwrap_or_else(|| DEFAULT_SCAN_CLASS.to_string());
+    check_class(t, "scan_class", &scan_class, classes);
+    let deadband = t.opt_f64("deadband").unwrap_or(0.0);
+    let deadband_percent = t.opt_f64("deadband_percent").unwrap_or(0.0);
+    if deadband < 0.0 {
+        t.invalid("deadband", "must not be negative");
+    }
+    if !(0.0..=100.0).contains(&deadband_percent) {
+        t.invalid("deadband_percent", "must be between 0 and 100");
+    }
+    if let Some(dt) = dt {
+        if (deadband > 0.0 || deadband_percent > 0.0) && !dt.is_numeric() {
+            t.invalid("deadband", format!("a deadband needs a numeric datatype, not {dt}"));
+        }
+    }
+    let signal = match (driver, &address) {
+        (Some(DriverKind::Sim), Some(a)) => match Signal::parse(a) {
+            Ok(s) => {
+                if let Some(Err(e)) = dt.map(|dt| s.check_datatype(dt)) {
+                    t.invalid("address", e);
+                }
+                Some(s)
+            }
+            Err(e) => {
+                t.invalid("address", e);
+                None
+            }
+        },
+        _ => None,
+    };
+    let writable = t.bool_or("writable", false);
+    // Unknown keys are reported even when a required key was bad.
+    t.finish(&["name", "address", "datatype", "scan_class", "deadband", "deadband_percent", "writable"]);
+    Some(TagConfig { name: name?, address: address?, datatype: dt?, scan_class, deadband, deadband_percent, writable, signal })
+}
+
+fn check_unique_names(root: &Table, devices: &[DeviceConfig]) {
+    let tables = root.tables("devices");
+    let mut seen = std::collections::HashSet::new();
+    for (i, d) in devices.iter().enumerate() {
+        if !d.name.is_empty() && !seen.insert(d.name.as_str()) {
+            let at = tables.get(i).map_or(0, |t| t.offset_of("name"));
+            root.ctx().error(at, &format!("devices[{i}].name"), format!("device '{}' is defined twice", d.name));
+        }
+    }
+}
+
+/// Command-line settings that override the file (`--broker-host` etc.).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub broker_host: Option<String>,
+    pub broker_port: Option<u16>,
+    pub group_id: Option<String>,
+    pub node_id: Option<String>,
+    pub metrics_port: Option<u16>,
+    pub data_dir: Option<PathBuf>,
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    /// Applies command-line overrides; they are validated like the file.
+    pub fn apply(&mut self, o: &Overrides) -> Result<(), String> {
+        if let Some(g) = &o.group_id {
+            validate_id("group id", g).map_err(|e| format!("--group-id: {e}"))?;
+            self.node.group_id = g.clone();
+        }
+        if let Some(n) = &o.node_id {
+            validate_id("edge node id", n).map_err(|e| format!("--node-id: {e}"))?;
+            self.node.node_id = n.clone();
+        }
+        if o.broker_host.is_some() || o.broker_port.is_some() {
+            // The command line names one broker: it replaces the list, keeping
+            // the first server's TLS and credentials.
+            let mut first = self.mqtt.servers.first().cloned().unwrap_or(ServerConfig {
+                host: String::new(),
+                port: 1883,
+                client_id: None,
+                username: None,
+                password: None,
+                tls: None,
+            });
+            if let Some(h) = &o.broker_host {
+                first.host = h.clone();
+            }
+            if let Some(p) = o.broker_port {
+                first.port = p;
+            }
+            self.mqtt.servers = vec![first];
+        }
+        if let Some(p) = o.metrics_port {
+            let ip = self.telemetry.listen.map_or([127, 0, 0, 1].into(), |a| a.ip());
+            self.telemetry.listen = Some(SocketAddr::new(ip, p));
+        }
+        if let Some(d) = &o.data_dir {
+            self.store.path = d.join("store");
+        }
+        if let Some(l) = &o.log_level {
+            tracing_level_ok(l).map_err(|e| format!("--log-level: {e}"))?;
+            self.telemetry.log_level = l.clone();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[node]
+group_id = "Plant1"
+node_id = "gw-01"
+
+[[mqtt.servers]]
+host = "broker.local"
+"#;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::parse("c.toml", MINIMAL).expect("valid");
+        assert_eq!(c.mqtt.servers[0].port, 1883);
+        assert_eq!(c.mqtt.keepalive, Duration::from_secs(30));
+        assert_eq!(c.mqtt.max_packet_size, 1024 * 1024);
+        assert!(c.node.aliases);
+        assert!(!c.commands.enabled, "commands are off by default");
+        assert_eq!(c.store.max_bytes, 256 * 1024 * 1024);
+        assert_eq!(c.telemetry.listen, Some("127.0.0.1:9102".parse().expect("addr")));
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_with_key_path_and_line_column() {
+        let text = r#"[node]
+group_id = "Plant/1"
+node_id = "gw-01"
+colour = "blue"
+
+[[mqtt.servers]]
+host = "b"
+port = 70000
+keepalive = "fast"
+
+[[devices]]
+name = "press"
+driver = "sim"
+
+[[devices.tags]]
+name = "Temp"
+address = "sine(period=10s)"
+datatype = "Flaot"
+deadbnad = 0.5
+"#;
+        let errs = Config::parse("config.toml", text).expect_err("five problems").to_string();
+        let lines: Vec<&str> = errs.lines().collect();
+        assert_eq!(
+            lines,
+            vec![
+                "config.toml:2:12: node.group_id: group id 'Plant/1' is invalid: it contains '/', the topic separator",
+                "config.toml:4:1: node.colour: unknown key; allowed here: group_id, node_id, primary_host_id, aliases, rebirth_debounce",
+                "config.toml:8:8: mqtt.servers[0].port: 70000 is outside 1..=65535",
+                // Written under [[mqtt.servers]], so it is a server key, which does not exist.
+                "config.toml:9:1: mqtt.servers[0].keepalive: unknown key; allowed here: host, port, client_id, username, password, tls",
+                "config.toml:18:12: devices[0].tags[0].datatype: unknown datatype 'Flaot' (did you mean Float?)",
+                "config.toml:19:1: devices[0].tags[0].deadbnad: unknown key (did you mean `deadband`?); allowed here: name, address, datatype, scan_class, deadband, deadband_percent, writable",
+                "6 errors in the configuration",
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_column() {
+        let errs = Config::parse("c.toml", "[node\ngroup_id = 1").expect_err("syntax");
+        assert_eq!((errs.0[0].line, errs.0[0].path.as_str()), (1, "(syntax)"));
+    }
+
+    #[test]
+    fn missing_sections_and_tls_halves_are_named() {
+        let errs = Config::parse("c.toml", "[mqtt]\n[[mqtt.servers]]\nhost = \"h\"\n[mqtt.servers.tls]\ncert = \"c.pem\"\n")
+            .expect_err("missing");
+        let text = errs.to_string();
+        assert!(text.contains("node: is required"), "{text}");
+        assert!(text.contains("mqtt.servers[0].tls.ca: is required"), "{text}");
+        assert!(text.contains("mqtt.servers[0].tls.key: is required (the client key that goes with `cert`)"), "{text}");
+    }
+
+    #[test]
+    fn tls_server_defaults_to_port_8883() {
+        let c = Config::parse("c.toml", &format!("{MINIMAL}[mqtt.servers.tls]\nca = \"/etc/ca.pem\"\n")).expect("valid");
+        assert_eq!(c.mqtt.servers[0].port, 8883);
+    }
+
+    #[test]
+    fn bad_sim_address_unknown_scan_class_and_duplicate_names_are_errors() {
+        let text = format!(
+            "{MINIMAL}\n[[devices]]\nname = \"d\"\ndriver = \"sim\"\n[[devices.tags]]\nname = \"a\"\naddress = \"wobble()\"\ndatatype = \"Float\"\nscan_class = \"turbo\"\n[[devices.tags]]\nname = \"a\"\naddress = \"counter\"\ndatatype = \"Int32\"\n[[devices]]\nname = \"d\"\ndriver = \"modbus\"\n"
+        );
+        let text = Config::parse("c.toml", &text).expect_err("errors").to_string();
+        assert!(text.contains("devices[0].tags[0].address: unknown signal 'wobble'"), "{text}");
+        assert!(text.contains("devices[0].tags[0].scan_class: unknown scan class 'turbo'; this device has: default"), "{text}");
+        assert!(text.contains("devices[0].tags[1].name: tag 'a' is defined twice on this device"), "{text}");
+        assert!(text.contains("devices[1].driver: unknown driver 'modbus'; available: sim"), "{text}");
+    }
+
+    #[test]
+    fn overrides_replace_broker_ids_and_ports() {
+        let mut c = Config::parse("c.toml", MINIMAL).expect("valid");
+        c.apply(&Overrides {
+            broker_host: Some("127.0.0.1".into()),
+            broker_port: Some(18830),
+            node_id: Some("gw-99".into()),
+            metrics_port: Some(9999),
+            ..Overrides::default()
+        })
+        .expect("valid overrides");
+        assert_eq!((c.mqtt.servers.len(), c.mqtt.servers[0].port), (1, 18830));
+        assert_eq!(c.node.node_id, "gw-99");
+        assert_eq!(c.telemetry.listen.map(|a| a.port()), Some(9999));
+        assert!(c.apply(&Overrides { group_id: Some("a#b".into()), ..Overrides::default() }).is_err());
+    }
+}

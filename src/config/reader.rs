@@ -1,0 +1,424 @@
+//! A reader over a spanned TOML tree that keeps going after an error, so a
+//! technician sees every problem in the file at once, each with its dotted
+//! key path and `line:column`.
+//!
+//! Invariants: every key a table holds is either read or reported as unknown
+//! (with a "did you mean" when one allowed key is close); a value of the wrong
+//! type is reported at the value's own position; nothing here panics on input.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::{ConfigError, ConfigErrors};
+
+/// Shared state of one read: the source (for line:column) and the errors so far.
+pub struct Ctx<'s> {
+    src: &'s str,
+    file: String,
+    errors: RefCell<Vec<ConfigError>>,
+}
+
+impl<'s> Ctx<'s> {
+    pub fn new(file: &str, src: &'s str) -> Ctx<'s> {
+        Ctx { src, file: file.to_string(), errors: RefCell::new(Vec::new()) }
+    }
+
+    /// 1-based line and column of a byte offset.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.src.len());
+        let before = &self.src[..offset];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
+    }
+
+    /// Records an error at a byte offset.
+    pub fn error(&self, offset: usize, path: &str, message: impl Into<String>) {
+        let (line, column) = self.line_col(offset);
+        self.errors.borrow_mut().push(ConfigError {
+            file: self.file.clone(),
+            line,
+            column,
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    pub fn has_errors(&self) -> bool {
+        !self.errors.borrow().is_empty()
+    }
+
+    /// All errors recorded, in file order, or `Ok` when there were none.
+    pub fn finish(self) -> Result<(), ConfigErrors> {
+        let mut errors = self.errors.into_inner();
+        if errors.is_empty() {
+            return Ok(());
+        }
+        errors.sort_by_key(|e| (e.line, e.column));
+        Err(ConfigErrors(errors))
+    }
+
+    /// Parses the document; syntax errors are recorded and give `None`.
+    pub fn parse(&self) -> Option<Spanned<DeTable<'s>>> {
+        let (doc, errors) = DeTable::parse_recoverable(self.src);
+        for e in &errors {
+            let at = e.span().map_or(0, |s| s.start);
+            self.error(at, "(syntax)", e.message().trim().to_string());
+        }
+        errors.is_empty().then_some(doc)
+    }
+}
+
+/// One TOML table being read: tracks which keys were used.
+pub struct Table<'c, 's, 't> {
+    ctx: &'c Ctx<'s>,
+    path: String,
+    table: &'t DeTable<'s>,
+    at: usize,
+    used: RefCell<HashSet<String>>,
+}
+
+fn type_name(v: &DeValue<'_>) -> &'static str {
+    v.type_str()
+}
+
+impl<'c, 's, 't> Table<'c, 's, 't> {
+    pub fn new(ctx: &'c Ctx<'s>, path: &str, table: &'t DeTable<'s>, at: usize) -> Self {
+        Table { ctx, path: path.to_string(), table, at, used: RefCell::new(HashSet::new()) }
+    }
+
+    pub fn ctx(&self) -> &'c Ctx<'s> {
+        self.ctx
+    }
+
+    /// The dotted path of `key` in this table.
+    pub fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&'t Spanned<DeValue<'s>>> {
+        self.used.borrow_mut().insert(key.to_string());
+        self.table.iter().find(|(k, _)| k.get_ref().as_ref() == key).map(|(_, v)| v)
+    }
+
+    fn wrong_type(&self, key: &str, v: &Spanned<DeValue<'_>>, expected: &str) {
+        self.ctx.error(
+            v.span().start,
+            &self.key_path(key),
+            format!("expected {expected}, found {}", type_name(v.get_ref())),
+        );
+    }
+
+    /// Reports a missing required key at the table's position.
+    pub fn missing(&self, key: &str, what: &str) {
+        self.ctx.error(self.at, &self.key_path(key), format!("is required ({what})"));
+    }
+
+    /// Records an error about `key`'s value.
+    pub fn invalid(&self, key: &str, message: impl Into<String>) {
+        let at = self.get(key).map_or(self.at, |v| v.span().start);
+        self.ctx.error(at, &self.key_path(key), message);
+    }
+
+    /// Position of `key`'s value (or of the table when absent).
+    pub fn offset_of(&self, key: &str) -> usize {
+        self.get(key).map_or(self.at, |v| v.span().start)
+    }
+
+    pub fn opt_str(&self, key: &str) -> Option<String> {
+        let v = self.get(key)?;
+        match v.get_ref().as_str() {
+            Some(s) => Some(s.to_string()),
+            None => {
+                self.wrong_type(key, v, "a string");
+                None
+            }
+        }
+    }
+
+    pub fn req_str(&self, key: &str, what: &str) -> Option<String> {
+        if self.get(key).is_none() {
+            self.missing(key, what);
+            return None;
+        }
+        self.opt_str(key)
+    }
+
+    pub fn bool_or(&self, key: &str, default: bool) -> bool {
+        let Some(v) = self.get(key) else { return default };
+        v.get_ref().as_bool().unwrap_or_else(|| {
+            self.wrong_type(key, v, "true or false");
+            default
+        })
+    }
+
+    pub fn opt_i64(&self, key: &str) -> Option<i64> {
+        let v = self.get(key)?;
+        match v.get_ref().as_integer() {
+            Some(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    self.ctx.error(v.span().start, &self.key_path(key), "integer out of range");
+                    None
+                }
+            },
+            None => {
+                self.wrong_type(key, v, "an integer");
+                None
+            }
+        }
+    }
+
+    /// An integer in `range`, or `default` when absent.
+    pub fn int_in(&self, key: &str, default: i64, range: std::ops::RangeInclusive<i64>) -> i64 {
+        match self.opt_i64(key) {
+            Some(n) if range.contains(&n) => n,
+            Some(n) => {
+                self.invalid(key, format!("{n} is outside {}..={}", range.start(), range.end()));
+                default
+            }
+            None => default,
+        }
+    }
+
+    /// A number (integer or float).
+    pub fn opt_f64(&self, key: &str) -> Option<f64> {
+        let v = self.get(key)?;
+        if let Some(f) = v.get_ref().as_float() {
+            return match f.as_str().parse::<f64>() {
+                Ok(x) if x.is_finite() => Some(x),
+                _ => {
+                    self.ctx.error(v.span().start, &self.key_path(key), "must be a finite number");
+                    None
+                }
+            };
+        }
+        if v.get_ref().as_integer().is_some() {
+            return self.opt_i64(key).map(|i| i as f64);
+        }
+        self.wrong_type(key, v, "a number");
+        None
+    }
+
+    /// A duration: an integer number of seconds, or a string `500ms`, `30s`, `5m`, `1h`.
+    pub fn duration_or(&self, key: &str, default: Duration) -> Duration {
+        let Some(v) = self.get(key) else { return default };
+        if v.get_ref().as_integer().is_some() {
+            return match self.opt_i64(key) {
+                Some(n) if n >= 0 => Duration::from_secs(n as u64),
+                Some(_) => {
+                    self.invalid(key, "a duration cannot be negative");
+                    default
+                }
+                None => default,
+            };
+        }
+        match v.get_ref().as_str() {
+            Some(s) => parse_duration(s).unwrap_or_else(|e| {
+                self.ctx.error(v.span().start, &self.key_path(key), e);
+                default
+            }),
+            None => {
+                self.wrong_type(key, v, "a duration like \"500ms\", \"30s\", \"5m\" or a number of seconds");
+                default
+            }
+        }
+    }
+
+    /// A size in bytes: an integer, or a string `64KiB`, `256MiB`, `1GiB`, `10MB`.
+    pub fn bytes_or(&self, key: &str, default: u64) -> u64 {
+        let Some(v) = self.get(key) else { return default };
+        if v.get_ref().as_integer().is_some() {
+            return match self.opt_i64(key) {
+                Some(n) if n >= 0 => n as u64,
+                Some(_) => {
+                    self.invalid(key, "a size cannot be negative");
+                    default
+                }
+                None => default,
+            };
+        }
+        match v.get_ref().as_str() {
+            Some(s) => parse_bytes(s).unwrap_or_else(|e| {
+                self.ctx.error(v.span().start, &self.key_path(key), e);
+                default
+            }),
+            None => {
+                self.wrong_type(key, v, "a size like \"256MiB\" or a number of bytes");
+                default
+            }
+        }
+    }
+
+    pub fn opt_path(&self, key: &str) -> Option<PathBuf> {
+        self.opt_str(key).map(PathBuf::from)
+    }
+
+    /// A sub-table (`[a.b]` or `b = { … }`).
+    pub fn opt_table(&self, key: &str) -> Option<Table<'c, 's, 't>> {
+        let v = self.get(key)?;
+        match v.get_ref() {
+            DeValue::Table(t) => Some(Table::new(self.ctx, &self.key_path(key), t, v.span().start)),
+            _ => {
+                self.wrong_type(key, v, "a table");
+                None
+            }
+        }
+    }
+
+    /// An array of tables (`[[a.b]]`), each with its path `a.b[i]`.
+    pub fn tables(&self, key: &str) -> Vec<Table<'c, 's, 't>> {
+        let Some(v) = self.get(key) else { return Vec::new() };
+        let Some(items) = v.get_ref().as_array() else {
+            self.wrong_type(key, v, "an array of tables");
+            return Vec::new();
+        };
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| match item.get_ref() {
+                DeValue::Table(t) => {
+                    Some(Table::new(self.ctx, &format!("{}[{i}]", self.key_path(key)), t, item.span().start))
+                }
+                _ => {
+                    self.ctx.error(
+                        item.span().start,
+                        &format!("{}[{i}]", self.key_path(key)),
+                        format!("expected a table, found {}", type_name(item.get_ref())),
+                    );
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Every (key, value) of this table, for maps with free-form keys.
+    pub fn entries(&self) -> Vec<(String, usize, &'t Spanned<DeValue<'s>>)> {
+        self.table
+            .iter()
+            .map(|(k, v)| {
+                self.used.borrow_mut().insert(k.get_ref().to_string());
+                (k.get_ref().to_string(), k.span().start, v)
+            })
+            .collect()
+    }
+
+    /// Reports keys that were never read as unknown, naming a close allowed one.
+    pub fn finish(&self, allowed: &[&str]) {
+        let used = self.used.borrow().clone();
+        for (k, _) in self.table.iter() {
+            let key = k.get_ref().as_ref();
+            if used.contains(key) {
+                continue;
+            }
+            let hint = allowed
+                .iter()
+                .filter(|a| edit_distance(a, key) <= 2)
+                .min_by_key(|a| edit_distance(a, key))
+                .map(|a| format!(" (did you mean `{a}`?)"))
+                .unwrap_or_default();
+            self.ctx.error(
+                k.span().start,
+                &self.key_path(key),
+                format!("unknown key{hint}; allowed here: {}", allowed.join(", ")),
+            );
+        }
+    }
+}
+
+/// `500ms`, `30s`, `5m`, `1h`, `2d`, or a bare number of seconds (`"60"`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration: use e.g. \"500ms\", \"30s\", \"5m\", \"1h\""))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        other => return Err(format!("unknown duration unit '{other}' in '{s}': use ms, s, m, h or d")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        return Err(format!("'{s}' is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `64KiB`, `256MiB`, `1GiB`, `10MB`, `500kB`, `4096B`, or a bare number of bytes.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a size: use e.g. \"64KiB\", \"256MiB\", \"1GiB\""))?;
+    let mult: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "kB" | "KB" => 1e3,
+        "KiB" => 1024.0,
+        "MB" => 1e6,
+        "MiB" => 1024.0 * 1024.0,
+        "GB" => 1e9,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit '{other}' in '{s}': use B, KiB, MiB, GiB, kB, MB or GB")),
+    };
+    let v = n * mult;
+    if !v.is_finite() || v < 0.0 || v > 1e18 {
+        return Err(format!("'{s}' is out of range"));
+    }
+    Ok(v as u64)
+}
+
+/// Levenshtein distance, for "did you mean" hints on short keys.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_units_and_bare_seconds() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn sizes_accept_binary_and_decimal_units() {
+        assert_eq!(parse_bytes("256MiB"), Ok(256 * 1024 * 1024));
+        assert_eq!(parse_bytes("10MB"), Ok(10_000_000));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("3 bananas").is_err());
+    }
+
+    #[test]
+    fn edit_distance_finds_typos() {
+        assert_eq!(edit_distance("deadband", "deadbnad"), 2);
+        assert_eq!(edit_distance("host", "host"), 0);
+    }
+}

@@ -1,0 +1,219 @@
+//! Counters and gauges shared by the poller, the session loop and the HTTP
+//! endpoint, rendered in the Prometheus text format.
+//!
+//! Invariant: every update is a relaxed atomic operation (or a short lock for
+//! registering a device); rendering never blocks a writer for long.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::sparkplug::topic::MessageType;
+
+/// Upper bounds (seconds) of the PLC read latency histogram.
+pub const LATENCY_BUCKETS: [f64; 11] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+/// Per-device polling statistics.
+#[derive(Debug, Default)]
+pub struct DeviceStats {
+    pub reads: AtomicU64,
+    pub read_errors: AtomicU64,
+    pub tag_errors: AtomicU64,
+    pub missed_scans: AtomicU64,
+    pub changes: AtomicU64,
+    pub online: AtomicBool,
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_sum_us: AtomicU64,
+}
+
+impl DeviceStats {
+    /// Records one batched read.
+    pub fn observe_read(&self, took: Duration, ok: bool) {
+        self.reads.fetch_add(1, Relaxed);
+        if !ok {
+            self.read_errors.fetch_add(1, Relaxed);
+        }
+        let s = took.as_secs_f64();
+        for (b, le) in self.buckets.iter().zip(LATENCY_BUCKETS) {
+            if s <= le {
+                b.fetch_add(1, Relaxed);
+            }
+        }
+        self.latency_sum_us.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+
+    pub fn set_online(&self, online: bool) {
+        self.online.store(online, Relaxed);
+    }
+}
+
+/// Everything the gateway exposes.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    published: [AtomicU64; 8],
+    pub published_bytes: AtomicU64,
+    pub data_metrics: AtomicU64,
+    pub rebirths: AtomicU64,
+    pub seq: AtomicU64,
+    pub bdseq: AtomicU64,
+    pub connected: AtomicBool,
+    pub born: AtomicBool,
+    pub connects: AtomicU64,
+    pub connection_failures: AtomicU64,
+    pub commands_received: AtomicU64,
+    pub rejected_messages: AtomicU64,
+    pub stored_samples: AtomicU64,
+    pub replayed_samples: AtomicU64,
+    pub dropped_samples: AtomicU64,
+    pub queue_depth: AtomicU64,
+    pub queue_bytes: AtomicU64,
+    pub primary_host_online: AtomicBool,
+    /// Advanced by the session loop whenever it handles a poll event or tick.
+    pub poll_progress: AtomicU64,
+    /// Advanced by the MQTT loop whenever it handles an event or keepalive.
+    pub mqtt_progress: AtomicU64,
+    devices: Mutex<BTreeMap<String, Arc<DeviceStats>>>,
+}
+
+fn index(kind: MessageType) -> usize {
+    match kind {
+        MessageType::NBirth => 0,
+        MessageType::NDeath => 1,
+        MessageType::DBirth => 2,
+        MessageType::DDeath => 3,
+        MessageType::NData => 4,
+        MessageType::DData => 5,
+        MessageType::NCmd => 6,
+        MessageType::DCmd => 7,
+    }
+}
+
+const KINDS: [MessageType; 8] = [
+    MessageType::NBirth,
+    MessageType::NDeath,
+    MessageType::DBirth,
+    MessageType::DDeath,
+    MessageType::NData,
+    MessageType::DData,
+    MessageType::NCmd,
+    MessageType::DCmd,
+];
+
+impl Telemetry {
+    pub fn new() -> Arc<Telemetry> {
+        Arc::new(Telemetry::default())
+    }
+
+    /// The statistics of a device, created on first use.
+    pub fn device(&self, name: &str) -> Arc<DeviceStats> {
+        let mut map = self.devices.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Forgets devices no longer configured (after a reload).
+    pub fn retain_devices(&self, names: &[&str]) {
+        let mut map = self.devices.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.retain(|k, _| names.contains(&k.as_str()));
+    }
+
+    /// Counts one published message of `kind`.
+    pub fn published(&self, kind: MessageType, bytes: usize) {
+        self.published[index(kind)].fetch_add(1, Relaxed);
+        self.published_bytes.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub fn published_count(&self, kind: MessageType) -> u64 {
+        self.published[index(kind)].load(Relaxed)
+    }
+
+    /// Connected to a broker and born (with the Primary Host online if one is configured).
+    pub fn ready(&self) -> bool {
+        self.connected.load(Relaxed) && self.born.load(Relaxed)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut s = String::with_capacity(4096);
+        let g = |s: &mut String, name: &str, help: &str, kind: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        let _ = writeln!(s, "# HELP spb_messages_published_total Sparkplug messages published, by type.");
+        let _ = writeln!(s, "# TYPE spb_messages_published_total counter");
+        for k in KINDS.iter().filter(|k| !matches!(k, MessageType::NCmd | MessageType::DCmd)) {
+            let _ = writeln!(s, "spb_messages_published_total{{type=\"{k}\"}} {}", self.published_count(*k));
+        }
+        g(&mut s, "spb_published_bytes_total", "Payload bytes published.", "counter", self.published_bytes.load(Relaxed));
+        g(&mut s, "spb_data_metrics_total", "Metric values published in NDATA/DDATA.", "counter", self.data_metrics.load(Relaxed));
+        g(&mut s, "spb_rebirths_total", "Birth sequences published on request.", "counter", self.rebirths.load(Relaxed));
+        g(&mut s, "spb_seq", "The seq of the last message published.", "gauge", self.seq.load(Relaxed));
+        g(&mut s, "spb_bdseq", "The bdSeq of the current MQTT session.", "gauge", self.bdseq.load(Relaxed));
+        g(&mut s, "spb_mqtt_connected", "1 while connected to a broker.", "gauge", self.connected.load(Relaxed).into());
+        g(&mut s, "spb_born", "1 while NBIRTH is published in the current session.", "gauge", self.born.load(Relaxed).into());
+        g(&mut s, "spb_primary_host_online", "1 while the Primary Host's STATE is online.", "gauge", self.primary_host_online.load(Relaxed).into());
+        g(&mut s, "spb_mqtt_connects_total", "Successful MQTT connections.", "counter", self.connects.load(Relaxed));
+        g(&mut s, "spb_mqtt_connection_failures_total", "Failed or lost MQTT connections.", "counter", self.connection_failures.load(Relaxed));
+        g(&mut s, "spb_commands_received_total", "NCMD/DCMD write requests received.", "counter", self.commands_received.load(Relaxed));
+        g(&mut s, "spb_rejected_messages_total", "Incoming messages or stored samples that could not be used.", "counter", self.rejected_messages.load(Relaxed));
+        g(&mut s, "spb_stored_samples_total", "Samples stored while not publishing.", "counter", self.stored_samples.load(Relaxed));
+        g(&mut s, "spb_replayed_samples_total", "Stored samples replayed as historical.", "counter", self.replayed_samples.load(Relaxed));
+        g(&mut s, "spb_dropped_samples_total", "Stored samples dropped because the store was full.", "counter", self.dropped_samples.load(Relaxed));
+        g(&mut s, "spb_queue_depth", "Samples waiting in the store.", "gauge", self.queue_depth.load(Relaxed));
+        g(&mut s, "spb_queue_bytes", "Bytes waiting in the store.", "gauge", self.queue_bytes.load(Relaxed));
+        let devices = self.devices.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let series: [(&str, &str, &str, fn(&DeviceStats) -> u64); 6] = [
+            ("spb_device_online", "1 while the device answers.", "gauge", |d| d.online.load(Relaxed).into()),
+            ("spb_plc_reads_total", "Batched PLC reads.", "counter", |d| d.reads.load(Relaxed)),
+            ("spb_plc_read_errors_total", "Batched PLC reads that failed.", "counter", |d| d.read_errors.load(Relaxed)),
+            ("spb_plc_tag_errors_total", "Single tags that could not be read (BAD quality).", "counter", |d| d.tag_errors.load(Relaxed)),
+            ("spb_plc_missed_scans_total", "Scans skipped because the previous one ran late.", "counter", |d| d.missed_scans.load(Relaxed)),
+            ("spb_tag_changes_total", "Tag values reported by exception.", "counter", |d| d.changes.load(Relaxed)),
+        ];
+        for (name, help, kind, get) in series {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (dev, d) in devices.iter() {
+                let _ = writeln!(s, "{name}{{device=\"{}\"}} {}", escape(dev), get(d));
+            }
+        }
+        let _ = writeln!(s, "# HELP spb_plc_read_seconds Latency of batched PLC reads.\n# TYPE spb_plc_read_seconds histogram");
+        for (dev, d) in devices.iter() {
+            let dev = escape(dev);
+            for (b, le) in d.buckets.iter().zip(LATENCY_BUCKETS) {
+                let _ = writeln!(s, "spb_plc_read_seconds_bucket{{device=\"{dev}\",le=\"{le}\"}} {}", b.load(Relaxed));
+            }
+            let n = d.reads.load(Relaxed);
+            let _ = writeln!(s, "spb_plc_read_seconds_bucket{{device=\"{dev}\",le=\"+Inf\"}} {n}");
+            let _ = writeln!(s, "spb_plc_read_seconds_sum{{device=\"{dev}\"}} {}", d.latency_sum_us.load(Relaxed) as f64 / 1e6);
+            let _ = writeln!(s, "spb_plc_read_seconds_count{{device=\"{dev}\"}} {n}");
+        }
+        s
+    }
+}
+
+fn escape(label: &str) -> String {
+    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_has_message_counts_device_series_and_a_cumulative_histogram() {
+        let t = Telemetry::new();
+        t.published(MessageType::NBirth, 100);
+        t.published(MessageType::DData, 40);
+        t.published(MessageType::DData, 40);
+        let d = t.device("press \"4\"");
+        d.observe_read(Duration::from_millis(3), true);
+        d.observe_read(Duration::from_millis(300), false);
+        let text = t.render();
+        assert!(text.contains("spb_messages_published_total{type=\"DDATA\"} 2"), "{text}");
+        assert!(text.contains("spb_published_bytes_total 180"));
+        assert!(text.contains("spb_plc_read_errors_total{device=\"press \\\"4\\\"\"} 1"), "{text}");
+        assert!(text.contains("spb_plc_read_seconds_bucket{device=\"press \\\"4\\\"\",le=\"0.005\"} 1"), "{text}");
+        assert!(text.contains("spb_plc_read_seconds_bucket{device=\"press \\\"4\\\"\",le=\"0.5\"} 2"), "{text}");
+        assert!(text.contains("spb_plc_read_seconds_count{device=\"press \\\"4\\\"\"} 2"));
+    }
+}
