@@ -36,3 +36,4 @@ pub mod sparkplug;
 pub mod config;
 pub mod plc;
 pub mod telemetry;
+pub mod mqtt;

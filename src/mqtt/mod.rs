@@ -1,0 +1,181 @@
+//! The broker connection: rumqttc over TCP or rustls (mTLS), one connection
+//! task per attempt, the Will rewritten before every CONNECT, exponential
+//! backoff with jitter, and errors explained in plant terms.
+//!
+//! Invariants: clean session always ([tck-id-principles-persistence-clean-session-311]);
+//! max packet size from the config, never rumqttc's 10 KiB default (a real NBIRTH
+//! is larger); one connection at a time
+//! ([tck-id-operational-behavior-primary-application-state-with-multiple-servers-single-server]);
+//! events of an old connection are told apart from the current one by its id.
+
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, TlsConfiguration, Transport};
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use crate::config::{MqttConfig, ServerConfig};
+use crate::sparkplug::{Publish, QoS};
+
+/// Why a server's settings cannot be used.
+#[derive(Debug, Error)]
+pub enum MqttError {
+    #[error("mqtt.servers[{index}] ({host}:{port}): {source}")]
+    Tls { index: usize, host: String, port: u16, source: tls::TlsError },
+}
+
+/// What a connection task reports.
+#[derive(Debug)]
+pub enum ConnEvent {
+    Event(u64, Event),
+    Closed(u64, ConnectionError),
+}
+
+fn qos(q: QoS) -> rumqttc::QoS {
+    match q {
+        QoS::AtMostOnce => rumqttc::QoS::AtMostOnce,
+        QoS::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
+    }
+}
+
+/// A server with its TLS configuration built once.
+#[derive(Clone)]
+pub struct Server {
+    pub cfg: ServerConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Server {
+    /// Checks and prepares every configured server (TLS files are read here,
+    /// so a bad certificate fails at startup with its key and path).
+    pub fn prepare_all(cfg: &MqttConfig) -> Result<Vec<Server>, MqttError> {
+        cfg.servers
+            .iter()
+            .enumerate()
+            .map(|(index, s)| {
+                let tls = match &s.tls {
+                    None => None,
+                    Some(t) => Some(tls::client_config(t, rustls::pki_types::UnixTime::now()).map_err(|source| {
+                        MqttError::Tls { index, host: s.host.clone(), port: s.port, source }
+                    })?),
+                };
+                Ok(Server { cfg: s.clone(), tls })
+            })
+            .collect()
+    }
+
+    /// `host:port` for logs.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.cfg.host, self.cfg.port)
+    }
+}
+
+/// Options for one CONNECT with `will` as the Last Will.
+pub fn options(server: &Server, mqtt: &MqttConfig, default_client_id: &str, will: Option<&Publish>) -> MqttOptions {
+    let id = server.cfg.client_id.clone().unwrap_or_else(|| default_client_id.to_string());
+    let mut o = MqttOptions::new(id, server.cfg.host.clone(), server.cfg.port);
+    o.set_keep_alive(mqtt.keepalive);
+    o.set_clean_session(true);
+    let max = usize::try_from(mqtt.max_packet_size).unwrap_or(usize::MAX);
+    o.set_max_packet_size(max, max);
+    o.set_request_channel_capacity(4096);
+    o.set_inflight(100);
+    if let (Some(u), p) = (&server.cfg.username, &server.cfg.password) {
+        o.set_credentials(u.clone(), p.clone().unwrap_or_default());
+    }
+    if let Some(w) = will {
+        o.set_last_will(LastWill::new(w.topic.clone(), w.payload.clone(), qos(w.qos), w.retain));
+    }
+    if let Some(tls) = &server.tls {
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
+    }
+    o
+}
+
+/// Starts a connection: returns the client and spawns the task that drives
+/// its event loop, forwarding events tagged with `id` until the connection ends.
+pub fn connect(opts: MqttOptions, timeout: Duration, id: u64, tx: mpsc::Sender<ConnEvent>) -> AsyncClient {
+    let (client, mut eventloop): (AsyncClient, EventLoop) = AsyncClient::new(opts, 4096);
+    let mut net = eventloop.network_options();
+    net.set_connection_timeout(timeout.as_secs().max(1));
+    eventloop.set_network_options(net);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(ev) => {
+                    if tx.send(ConnEvent::Event(id, ev)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(ConnEvent::Closed(id, e)).await;
+                    return;
+                }
+            }
+        }
+    });
+    client
+}
+
+/// Publishes through a client; QoS and retain as the session decided.
+pub async fn publish(client: &AsyncClient, p: Publish) -> Result<(), rumqttc::ClientError> {
+    client.publish(p.topic, qos(p.qos), p.retain, p.payload).await
+}
+
+/// Whether the CONNECT packet had left when the connection failed (so the
+/// Will with this bdSeq was registered and the next CONNECT needs a new one).
+pub fn connect_was_sent(e: &ConnectionError) -> bool {
+    matches!(e, ConnectionError::ConnectionRefused(_) | ConnectionError::NotConnAck(_) | ConnectionError::MqttState(_))
+}
+
+/// A one-line explanation of a connection error, with a hint where we have one.
+pub fn explain(server: &Server, e: &ConnectionError) -> String {
+    let text = e.to_string();
+    let hint = if text.contains("CertificateRequired") || text.contains("certificate required") {
+        " (the broker requires a client certificate: set tls.cert and tls.key)"
+    } else if text.contains("UnknownIssuer") {
+        " (the broker's certificate is not signed by the configured tls.ca)"
+    } else if text.contains("NotValidForName") {
+        " (the broker's certificate does not name this host: check host or tls.server_name)"
+    } else if text.contains("Expired") {
+        " (a certificate has expired)"
+    } else if text.contains("BadCertificate") || text.contains("bad certificate") || text.contains("UnknownCA") {
+        " (the broker refused our client certificate: is it signed by the broker's CA?)"
+    } else if text.contains("Connection refused (os error") {
+        " (nothing listens there: is the broker running, host and port right?)"
+    } else if matches!(e, ConnectionError::ConnectionRefused(_)) {
+        " (the broker refused the CONNECT: check username/password or ACLs)"
+    } else if text.contains("InvalidContentType") || text.contains("CorruptMessage") {
+        " (the port does not speak TLS: plain MQTT port with tls configured?)"
+    } else {
+        ""
+    };
+    let scheme = if server.tls.is_some() { "mqtts" } else { "mqtt" };
+    format!("{scheme}://{}: {text}{hint}", server.label())
+}
+
+/// Exponential backoff with jitter: attempt 0 waits about `min`, doubling up
+/// to `max`; the wait is uniformly drawn from [50%, 100%] of that.
+pub fn backoff(attempt: u32, min: Duration, max: Duration, random: u64) -> Duration {
+    let base = min.saturating_mul(1u32 << attempt.min(16)).min(max);
+    let frac = 0.5 + (random % 1000) as f64 / 2000.0;
+    base.mul_f64(frac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter() {
+        let (min, max) = (Duration::from_millis(500), Duration::from_secs(30));
+        assert!(backoff(0, min, max, 0) >= Duration::from_millis(250));
+        assert!(backoff(0, min, max, 999) <= Duration::from_millis(500));
+        assert!(backoff(3, min, max, 999) <= Duration::from_secs(4));
+        assert!(backoff(30, min, max, 999) <= max);
+        assert!(backoff(30, min, max, 0) >= max / 2);
+    }
+}

@@ -1,0 +1,255 @@
+//! rustls client configuration for the broker connection: CA pinning, client
+//! certificates for mTLS, and errors a technician can act on.
+//!
+//! Invariants: only the configured CA is trusted unless `system_roots = true`;
+//! the client key must match the client certificate; an expired or not-yet-
+//! valid client certificate is refused at startup, not discovered as a broker
+//! hang-up. PEM files are read with rustls-pki-types' `PemObject` (what
+//! rustls-pemfile 2 delegates to; rustls-pemfile itself is marked unmaintained
+//! in RustSec, so we use its successor API directly). Keys may be PKCS#8, RSA
+//! (PKCS#1) or SEC1 EC.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::{ClientConfig, RootCertStore};
+use thiserror::Error;
+
+use crate::config::TlsConfig;
+
+/// Why a TLS configuration cannot be used.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    #[error("{key}: cannot read {path}: {reason}")]
+    Read { key: &'static str, path: PathBuf, reason: String },
+    #[error("{key}: {path} holds no PEM certificate")]
+    NoCertificate { key: &'static str, path: PathBuf },
+    #[error("tls.ca: {path}: certificate rejected as a trust anchor: {reason}")]
+    BadCa { path: PathBuf, reason: String },
+    #[error("tls.cert: {path}: the client certificate {problem}")]
+    Validity { path: PathBuf, problem: String },
+    #[error("tls.key: {path} does not match the client certificate {cert}: {reason}")]
+    KeyMismatch { path: PathBuf, cert: PathBuf, reason: String },
+    #[error("tls: no trust anchors: set tls.ca or tls.system_roots = true")]
+    NoRoots,
+}
+
+fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|e| TlsError::Read { key, path: path.into(), reason: e.to_string() })?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Read { key, path: path.into(), reason: format!("not PEM: {e}") })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate { key, path: path.into() });
+    }
+    Ok(certs)
+}
+
+/// Builds the rustls client configuration; `now` checks the client certificate's validity.
+pub fn client_config(tls: &TlsConfig, now: UnixTime) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    if let Some(ca) = &tls.ca {
+        for cert in read_certs("tls.ca", ca)? {
+            roots.add(cert).map_err(|e| TlsError::BadCa { path: ca.clone(), reason: e.to_string() })?;
+        }
+    }
+    if tls.system_roots {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoRoots);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots);
+    let config = match (&tls.cert, &tls.key) {
+        (Some(cert_path), Some(key_path)) => {
+            let chain = read_certs("tls.cert", cert_path)?;
+            check_validity(&chain[0], now).map_err(|problem| TlsError::Validity { path: cert_path.clone(), problem })?;
+            let key_bytes = std::fs::read(key_path)
+                .map_err(|e| TlsError::Read { key: "tls.key", path: key_path.clone(), reason: e.to_string() })?;
+            let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| TlsError::Read {
+                key: "tls.key",
+                path: key_path.clone(),
+                reason: format!("no PKCS#8, RSA or EC private key in PEM: {e}"),
+            })?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| TlsError::KeyMismatch {
+                path: key_path.clone(),
+                cert: cert_path.clone(),
+                reason: e.to_string(),
+            })?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// Reads notBefore/notAfter from a certificate's DER and checks `now` is inside.
+fn check_validity(cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), String> {
+    let (not_before, not_after) = der::validity(cert.as_ref()).ok_or("could not be parsed (not X.509 DER)")?;
+    let now = now.as_secs();
+    if now < not_before {
+        return Err(format!("is not valid yet (valid from {})", der::format_time(not_before)));
+    }
+    if now > not_after {
+        return Err(format!("expired on {}", der::format_time(not_after)));
+    }
+    Ok(())
+}
+
+/// Just enough DER to find a certificate's validity period.
+mod der {
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = b.split_first()?;
+        let (&l0, rest) = rest.split_first()?;
+        let (len, rest) = if l0 < 0x80 {
+            (usize::from(l0), rest)
+        } else {
+            let n = usize::from(l0 & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n].iter().fold(0usize, |a, &x| (a << 8) | usize::from(x));
+            (len, &rest[n..])
+        };
+        if rest.len() < len {
+            return None;
+        }
+        Some((tag, &rest[..len], &rest[len..]))
+    }
+
+    /// (notBefore, notAfter) in Unix seconds.
+    pub fn validity(cert: &[u8]) -> Option<(u64, u64)> {
+        let (_, certificate, _) = tlv(cert)?;
+        let (_, tbs, _) = tlv(certificate)?;
+        let mut rest = tbs;
+        let (tag, _, r) = tlv(rest)?;
+        if tag == 0xa0 {
+            rest = r; // explicit version
+        }
+        for _ in 0..3 {
+            rest = tlv(rest)?.2; // serial, signature algorithm, issuer
+        }
+        let (_, validity, _) = tlv(rest)?;
+        let (t1, nb, r) = tlv(validity)?;
+        let (t2, na, _) = tlv(r)?;
+        Some((time(t1, nb)?, time(t2, na)?))
+    }
+
+    fn time(tag: u8, s: &[u8]) -> Option<u64> {
+        let s = std::str::from_utf8(s).ok()?.strip_suffix('Z')?;
+        let (year, rest) = match tag {
+            0x17 => {
+                let y: i64 = s.get(..2)?.parse().ok()?;
+                (if y >= 50 { 1900 + y } else { 2000 + y }, s.get(2..)?)
+            }
+            0x18 => (s.get(..4)?.parse().ok()?, s.get(4..)?),
+            _ => return None,
+        };
+        let n = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
+        let days = days_from_civil(year, n(0)?, n(2)?);
+        u64::try_from(days * 86400 + n(4)? * 3600 + n(6)? * 60 + n(8)?).ok()
+    }
+
+    /// Days since 1970-01-01 (Howard Hinnant's algorithm).
+    fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        era * 146097 + doe - 719468
+    }
+
+    pub fn format_time(secs: u64) -> String {
+        let days = (secs / 86400) as i64;
+        let z = days + 719468;
+        let era = z.div_euclid(146097);
+        let doe = z - era * 146097;
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        format!("{y:04}-{m:02}-{d:02} UTC")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pki(dir: &Path, not_after: time::OffsetDateTime) -> (PathBuf, PathBuf, PathBuf) {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("ca");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["gw-01".to_string()]).expect("params");
+        params.not_after = not_after;
+        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+        let cert = params.signed_by(&key, &issuer).expect("leaf");
+        let (ca_p, cert_p, key_p) = (dir.join("ca.pem"), dir.join("client.pem"), dir.join("client.key"));
+        std::fs::write(&ca_p, ca.pem()).expect("write");
+        std::fs::write(&cert_p, cert.pem()).expect("write");
+        std::fs::write(&key_p, key.serialize_pem()).expect("write");
+        (ca_p, cert_p, key_p)
+    }
+
+    fn tls(ca: PathBuf, cert: PathBuf, key: PathBuf) -> TlsConfig {
+        TlsConfig { ca: Some(ca), system_roots: false, cert: Some(cert), key: Some(key), server_name: None }
+    }
+
+    #[test]
+    fn valid_pki_builds_a_client_config() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (ca, cert, key) = pki(dir.path(), time::OffsetDateTime::now_utc() + time::Duration::days(30));
+        assert!(client_config(&tls(ca, cert, key), UnixTime::now()).is_ok());
+    }
+
+    #[test]
+    fn expired_client_certificate_is_refused_with_its_date() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (ca, cert, key) = pki(dir.path(), time::OffsetDateTime::from_unix_timestamp(1_600_000_000).expect("ts"));
+        let err = client_config(&tls(ca, cert, key), UnixTime::now()).expect_err("expired").to_string();
+        assert!(err.contains("the client certificate expired on 2020-09-13 UTC"), "{err}");
+    }
+
+    #[test]
+    fn key_that_does_not_match_the_certificate_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (ca, cert, _) = pki(dir.path(), time::OffsetDateTime::now_utc() + time::Duration::days(30));
+        let other = dir.path().join("other.key");
+        std::fs::write(&other, rcgen::KeyPair::generate().expect("key").serialize_pem()).expect("write");
+        let err = client_config(&tls(ca, cert, other), UnixTime::now()).expect_err("mismatch").to_string();
+        assert!(err.contains("does not match the client certificate"), "{err}");
+    }
+
+    #[test]
+    fn missing_key_file_names_the_key_and_path() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (ca, cert, _) = pki(dir.path(), time::OffsetDateTime::now_utc() + time::Duration::days(30));
+        let err = client_config(&tls(ca, cert, dir.path().join("nope.key")), UnixTime::now()).expect_err("missing").to_string();
+        assert!(err.starts_with("tls.key: cannot read") && err.contains("nope.key"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        let cfg = TlsConfig { ca: Some(empty), system_roots: false, cert: None, key: None, server_name: None };
+        assert!(matches!(client_config(&cfg, UnixTime::now()), Err(TlsError::NoCertificate { .. })));
+    }
+
+    #[test]
+    fn der_dates_parse_utctime_and_generalizedtime() {
+        assert_eq!(der::format_time(0), "1970-01-01 UTC");
+        assert_eq!(der::format_time(1_700_000_000), "2023-11-14 UTC");
+    }
+}
