@@ -47,7 +47,10 @@ bench-codec: venv ## Codec benchmark, ours vs pysparkplug in one run (table in t
 
 bench: bench-codec ## All benchmarks (see BENCHMARKS.md)
 
-demo: ## The self-contained demo (see README)
+demo: ## Private broker + gateway (config/demo.toml) + decoded live view; Ctrl-C stops (DEMO_SECONDS=N)
+	tools/demo.sh
+
+demo-core: ## The protocol core alone: edge and host sessions in one process, no network
 	cargo run -q --release --example sparkplug_demo
 
 deny: ## cargo deny: licenses, bans, sources (advisories need GitHub, unreachable here)
@@ -58,4 +61,4 @@ clean: ## Remove build output and the venv
 	cargo clean
 	rm -rf fuzz/target
 
-.PHONY: help deps venv test fmt lint proto fuzz-build fuzz bench-codec bench demo deny clean
+.PHONY: help deps venv demo-core test fmt lint proto fuzz-build fuzz bench-codec bench demo deny clean

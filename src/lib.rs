@@ -32,8 +32,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub mod sparkplug;
 pub mod config;
-pub mod plc;
-pub mod telemetry;
+pub mod gateway;
 pub mod mqtt;
+pub mod plc;
+pub mod queue;
+pub mod sparkplug;
+pub mod telemetry;

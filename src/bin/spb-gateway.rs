@@ -1,38 +1,256 @@
-//! `spb-gateway`: the edge node binary. Thin: argument parsing and wiring only.
-//!
-//! Today it offers `decode` (inspect a captured Sparkplug payload); the polling
-//! runtime, MQTT transport and systemd integration arrive with issue #3.
+//! `spb-gateway`: the edge node binary. Thin: arguments, configuration,
+//! logging, then the runtime in `spb::gateway`.
 
 use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use spb::config::{self, Config, Overrides, ServerConfig, TlsConfig};
+use spb::gateway::{self, watch::WatchOptions, RunOptions};
 use spb::sparkplug::{pretty, Payload};
 
 const USAGE: &str = "\
-usage: spb-gateway decode [--hex] [FILE]   decode a Sparkplug B payload (stdin when FILE is absent)
-       spb-gateway --version";
+spb-gateway — Sparkplug B edge gateway
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("--version") | Some("-V") => {
-            println!("spb-gateway {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
+usage:
+  spb-gateway [OPTIONS]                 run the gateway
+  spb-gateway --check-config [--config PATH]
+                                        validate the configuration and exit (0 = valid)
+  spb-gateway watch [WATCH OPTIONS]     decoded live view of the Sparkplug traffic on a broker
+  spb-gateway decode [--hex] [FILE]     decode one Sparkplug B payload (stdin without FILE)
+  spb-gateway --version | --help
+
+options:
+  --config PATH        configuration file (default /etc/spb-gateway/config.toml)
+  --log-level LEVEL    error, warn, info, debug, trace, or a filter like info,spb=debug
+  --dry-run            poll and log what would be published; connect to no broker
+  --broker-host HOST   use this broker instead of [[mqtt.servers]] (keeps the first server's TLS)
+  --broker-port PORT
+  --group-id ID        override [node] group_id
+  --node-id ID         override [node] node_id
+  --metrics-port PORT  serve /health /ready /metrics on this port
+  --data-dir DIR       state directory (bdSeq, store); overrides [store] path
+  --disable-plc        do not poll PLCs (the node is born without devices)
+
+watch options:
+  --broker-host HOST (default 127.0.0.1)  --broker-port PORT (default 1883)
+  --ca PATH  --cert PATH  --key PATH     mTLS to the broker
+  --config PATH        take broker and TLS from this configuration's first server
+  --filter TOPIC       default spBv1.0/#
+  --count N            stop after N messages
+  --seconds S          stop after S seconds
+  --rebirth            ask nodes whose birth came before we subscribed for a new one (publishes NCMD)";
+
+struct Args {
+    rest: Vec<String>,
+}
+
+impl Args {
+    fn flag(&mut self, name: &str) -> bool {
+        match self.rest.iter().position(|a| a == name) {
+            Some(i) => {
+                self.rest.remove(i);
+                true
+            }
+            None => false,
         }
-        Some("decode") => decode(&args[1..]),
-        Some("--help") | Some("-h") => {
-            println!("{USAGE}");
-            Ok(())
+    }
+
+    fn value(&mut self, name: &str) -> Result<Option<String>> {
+        let Some(i) = self
+            .rest
+            .iter()
+            .position(|a| a == name || a.starts_with(&format!("{name}=")))
+        else {
+            return Ok(None);
+        };
+        let a = self.rest.remove(i);
+        if let Some(v) = a.strip_prefix(&format!("{name}=")) {
+            return Ok(Some(v.to_string()));
         }
-        _ => bail!("{USAGE}"),
+        if i >= self.rest.len() {
+            bail!("{name} needs a value\n\n{USAGE}");
+        }
+        Ok(Some(self.rest.remove(i)))
+    }
+
+    fn parsed<T: std::str::FromStr>(&mut self, name: &str) -> Result<Option<T>> {
+        match self.value(name)? {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| anyhow::anyhow!("{name}: '{v}' is not valid")),
+        }
+    }
+
+    fn done(self) -> Result<()> {
+        if let Some(a) = self.rest.first() {
+            bail!("unknown argument '{a}'\n\n{USAGE}");
+        }
+        Ok(())
     }
 }
 
-fn decode(args: &[String]) -> Result<()> {
-    let hex = args.iter().any(|a| a == "--hex");
-    let file = args.iter().find(|a| !a.starts_with("--"));
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("spb-gateway: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> Result<std::process::ExitCode> {
+    let mut args = Args {
+        rest: std::env::args().skip(1).collect(),
+    };
+    if args.flag("--version") || args.flag("-V") {
+        println!("spb-gateway {}", env!("CARGO_PKG_VERSION"));
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if args.flag("--help") || args.flag("-h") {
+        println!("{USAGE}");
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    match args.rest.first().map(String::as_str) {
+        Some("decode") => {
+            args.rest.remove(0);
+            return decode(args).map(|()| std::process::ExitCode::SUCCESS);
+        }
+        Some("watch") => {
+            args.rest.remove(0);
+            return watch(args).map(|()| std::process::ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let config_path = PathBuf::from(
+        args.value("--config")?
+            .unwrap_or_else(|| config::DEFAULT_PATH.to_string()),
+    );
+    let check = args.flag("--check-config");
+    let overrides = Overrides {
+        broker_host: args.value("--broker-host")?,
+        broker_port: args.parsed("--broker-port")?,
+        group_id: args.value("--group-id")?,
+        node_id: args.value("--node-id")?,
+        metrics_port: args.parsed("--metrics-port")?,
+        data_dir: args.value("--data-dir")?.map(PathBuf::from),
+        log_level: args.value("--log-level")?,
+    };
+    let dry_run = args.flag("--dry-run");
+    let disable_plc = args.flag("--disable-plc");
+    args.done()?;
+    let mut cfg = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(std::process::ExitCode::from(1));
+        }
+    };
+    if let Err(e) = cfg.apply(&overrides) {
+        eprintln!("{e}");
+        return Ok(std::process::ExitCode::from(1));
+    }
+    if check {
+        let tags: usize = cfg.devices.iter().map(|d| d.tags.len() + d.sim.generate as usize).sum();
+        println!(
+            "{}: valid ({} device{}, {tags} tags, {} MQTT server{})",
+            config_path.display(),
+            cfg.devices.len(),
+            if cfg.devices.len() == 1 { "" } else { "s" },
+            cfg.mqtt.servers.len(),
+            if cfg.mqtt.servers.len() == 1 { "" } else { "s" },
+        );
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    spb::telemetry::logging::init(&cfg.telemetry.log_level, cfg.telemetry.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(gateway::run(
+        cfg,
+        RunOptions {
+            config_path: Some(config_path),
+            overrides,
+            dry_run,
+            disable_plc,
+        },
+    ))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn watch(mut args: Args) -> Result<()> {
+    let from_config = args.value("--config")?;
+    let host = args.value("--broker-host")?;
+    let port: Option<u16> = args.parsed("--broker-port")?;
+    let (ca, cert, key) = (args.value("--ca")?, args.value("--cert")?, args.value("--key")?);
+    let filter = args.value("--filter")?.unwrap_or_else(|| "spBv1.0/#".to_string());
+    let count = args.parsed("--count")?.unwrap_or(0);
+    let seconds: Option<f64> = args.parsed("--seconds")?;
+    let rebirth = args.flag("--rebirth");
+    args.done()?;
+    let mut server = match from_config {
+        Some(p) => {
+            let cfg = Config::load(std::path::Path::new(&p)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            cfg.mqtt
+                .servers
+                .into_iter()
+                .next()
+                .context("the configuration has no [[mqtt.servers]]")?
+        }
+        None => ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: None,
+            username: None,
+            password: None,
+            tls: None,
+        },
+    };
+    server.client_id = None;
+    if let Some(h) = host {
+        server.host = h;
+    }
+    if ca.is_some() || cert.is_some() {
+        server.tls = Some(TlsConfig {
+            ca: ca.map(PathBuf::from),
+            system_roots: false,
+            cert: cert.map(PathBuf::from),
+            key: key.map(PathBuf::from),
+            server_name: None,
+        });
+    }
+    if let Some(p) = port {
+        server.port = p;
+    } else if server.tls.is_some() && server.port == 1883 {
+        server.port = 8883;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(gateway::watch::run(WatchOptions {
+        server,
+        filter,
+        count,
+        duration: seconds.map(Duration::from_secs_f64),
+        rebirth,
+    }))?;
+    Ok(())
+}
+
+fn decode(mut args: Args) -> Result<()> {
+    let hex = args.flag("--hex");
+    let file = if args.rest.is_empty() {
+        None
+    } else {
+        Some(args.rest.remove(0))
+    };
+    args.done()?;
     let mut raw = Vec::new();
-    match file {
+    match &file {
         Some(path) => raw = std::fs::read(path).with_context(|| format!("reading {path}"))?,
         None => {
             std::io::stdin().read_to_end(&mut raw).context("reading stdin")?;

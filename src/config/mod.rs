@@ -38,7 +38,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}: {}", self.file, self.line, self.column, self.path, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file, self.line, self.column, self.path, self.message
+        )
     }
 }
 
@@ -51,7 +55,12 @@ impl fmt::Display for ConfigErrors {
         for e in &self.0 {
             writeln!(f, "{e}")?;
         }
-        write!(f, "{} error{} in the configuration", self.0.len(), if self.0.len() == 1 { "" } else { "s" })
+        write!(
+            f,
+            "{} error{} in the configuration",
+            self.0.len(),
+            if self.0.len() == 1 { "" } else { "s" }
+        )
     }
 }
 
@@ -219,8 +228,10 @@ const DEFAULT_SCAN_CLASS: &str = "default";
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, LoadError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| LoadError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Ok(Config::parse(&path.display().to_string(), &text)?)
     }
 
@@ -239,7 +250,9 @@ impl Config {
         let store = read_store(root.opt_table("store"));
         let devices: Vec<DeviceConfig> = root.tables("devices").iter().filter_map(read_device).collect();
         let commands = root.opt_table("commands").map(|t| {
-            let c = CommandsConfig { enabled: t.bool_or("enabled", false) };
+            let c = CommandsConfig {
+                enabled: t.bool_or("enabled", false),
+            };
             t.finish(&["enabled"]);
             c
         });
@@ -304,15 +317,28 @@ fn read_mqtt(t: Option<Table>, root: &Table) -> MqttConfig {
         connect_timeout: t.duration_or("connect_timeout", d.connect_timeout),
     };
     if m.keepalive < Duration::from_secs(5) {
-        t.invalid("keepalive", "must be at least 5s (MQTT keepalive has one-second resolution)");
+        t.invalid(
+            "keepalive",
+            "must be at least 5s (MQTT keepalive has one-second resolution)",
+        );
     }
     if m.backoff_min > m.backoff_max {
         t.invalid("backoff_min", "must not exceed backoff_max");
     }
     if m.max_packet_size < 16 * 1024 {
-        t.invalid("max_packet_size", "must be at least 16KiB: a real NBIRTH is larger than rumqttc's 10 KiB default");
+        t.invalid(
+            "max_packet_size",
+            "must be at least 16KiB: a real NBIRTH is larger than rumqttc's 10 KiB default",
+        );
     }
-    t.finish(&["servers", "keepalive", "backoff_min", "backoff_max", "max_packet_size", "connect_timeout"]);
+    t.finish(&[
+        "servers",
+        "keepalive",
+        "backoff_min",
+        "backoff_max",
+        "max_packet_size",
+        "connect_timeout",
+    ]);
     m
 }
 
@@ -340,7 +366,10 @@ fn read_server(t: &Table) -> Option<ServerConfig> {
             server_name: tt.opt_str("server_name"),
         };
         if tls.ca.is_none() && !tls.system_roots {
-            tt.missing("ca", "the CA that signed the broker certificate (or system_roots = true)");
+            tt.missing(
+                "ca",
+                "the CA that signed the broker certificate (or system_roots = true)",
+            );
         }
         match (&tls.cert, &tls.key) {
             (Some(_), None) => tt.missing("key", "the client key that goes with `cert`"),
@@ -380,7 +409,11 @@ fn read_store(t: Option<Table>) -> StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { path: PathBuf::from("/var/lib/spb-gateway/store"), max_bytes: 256 * 1024 * 1024, replay_rate: 5_000 }
+        StoreConfig {
+            path: PathBuf::from("/var/lib/spb-gateway/store"),
+            max_bytes: 256 * 1024 * 1024,
+            replay_rate: 5_000,
+        }
     }
 }
 
@@ -393,14 +426,22 @@ fn read_telemetry(t: Option<Table>) -> TelemetryConfig {
         Some(s) => match s.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                t.invalid("listen", format!("'{s}' is not an address:port like \"127.0.0.1:9102\" (\"\" disables)"));
+                t.invalid(
+                    "listen",
+                    format!("'{s}' is not an address:port like \"127.0.0.1:9102\" (\"\" disables)"),
+                );
                 d.listen
             }
         },
     };
     let log_level = t.opt_str("log_level").unwrap_or(d.log_level);
     if tracing_level_ok(&log_level).is_err() {
-        t.invalid("log_level", format!("'{log_level}' is not one of error, warn, info, debug, trace (or a filter like \"info,spb=debug\")"));
+        t.invalid(
+            "log_level",
+            format!(
+                "'{log_level}' is not one of error, warn, info, debug, trace (or a filter like \"info,spb=debug\")"
+            ),
+        );
     }
     let log_format = match t.opt_str("log_format").as_deref() {
         None | Some("auto") => LogFormat::Auto,
@@ -408,17 +449,27 @@ fn read_telemetry(t: Option<Table>) -> TelemetryConfig {
         Some("json") => LogFormat::Json,
         Some("journald") => LogFormat::Journald,
         Some(other) => {
-            t.invalid("log_format", format!("'{other}' is not one of auto, human, json, journald"));
+            t.invalid(
+                "log_format",
+                format!("'{other}' is not one of auto, human, json, journald"),
+            );
             LogFormat::Auto
         }
     };
     t.finish(&["listen", "log_level", "log_format"]);
-    TelemetryConfig { listen, log_level, log_format }
+    TelemetryConfig {
+        listen,
+        log_level,
+        log_format,
+    }
 }
 
 /// Checks a log filter (`info`, `warn,spb=debug`).
 pub fn tracing_level_ok(s: &str) -> Result<(), String> {
-    tracing_subscriber::EnvFilter::builder().parse(s).map(|_| ()).map_err(|e| e.to_string())
+    tracing_subscriber::EnvFilter::builder()
+        .parse(s)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 impl Default for TelemetryConfig {
@@ -436,7 +487,10 @@ fn read_device(t: &Table) -> Option<DeviceConfig> {
     let driver = match t.req_str("driver", "the PLC protocol: sim").as_deref() {
         Some("sim") => Some(DriverKind::Sim),
         Some(other @ ("s7" | "logix")) => {
-            t.invalid("driver", format!("driver '{other}' is not available yet (issue #4); available: sim"));
+            t.invalid(
+                "driver",
+                format!("driver '{other}' is not available yet (issue #4); available: sim"),
+            );
             None
         }
         Some(other) => {
@@ -450,7 +504,8 @@ fn read_device(t: &Table) -> Option<DeviceConfig> {
         for (k, at, _) in sc.entries() {
             let period = sc.duration_or(&k, Duration::from_secs(1));
             if period < Duration::from_millis(10) {
-                sc.ctx().error(at, &sc.key_path(&k), "a scan period must be at least 10ms");
+                sc.ctx()
+                    .error(at, &sc.key_path(&k), "a scan period must be at least 10ms");
             }
             match scan_classes.iter_mut().find(|(n, _)| *n == k) {
                 Some(existing) => existing.1 = period,
@@ -458,7 +513,10 @@ fn read_device(t: &Table) -> Option<DeviceConfig> {
             }
         }
     }
-    let sim = t.opt_table("sim").map(|st| read_sim(&st, &scan_classes)).unwrap_or_default();
+    let sim = t
+        .opt_table("sim")
+        .map(|st| read_sim(&st, &scan_classes))
+        .unwrap_or_default();
     let mut tags = Vec::new();
     for tt in t.tables("tags") {
         if let Some(tag) = read_tag(&tt, driver, &scan_classes) {
@@ -470,7 +528,11 @@ fn read_device(t: &Table) -> Option<DeviceConfig> {
         if !seen.insert(tag.name.as_str()) {
             let tables = t.tables("tags");
             let at = tables.get(i).map_or(0, |x| x.offset_of("name"));
-            t.ctx().error(at, &format!("{}[{i}].name", t.key_path("tags")), format!("tag '{}' is defined twice on this device", tag.name));
+            t.ctx().error(
+                at,
+                &format!("{}[{i}].name", t.key_path("tags")),
+                format!("tag '{}' is defined twice on this device", tag.name),
+            );
         }
     }
     let d = DeviceConfig {
@@ -484,7 +546,17 @@ fn read_device(t: &Table) -> Option<DeviceConfig> {
         tags,
         sim,
     };
-    t.finish(&["name", "driver", "address", "enabled", "scan_classes", "timeout", "fail_after", "tags", "sim"]);
+    t.finish(&[
+        "name",
+        "driver",
+        "address",
+        "enabled",
+        "scan_classes",
+        "timeout",
+        "fail_after",
+        "tags",
+        "sim",
+    ]);
     driver.map(|_| d)
 }
 
@@ -496,7 +568,9 @@ fn read_sim(t: &Table, classes: &[(String, Duration)]) -> SimDeviceConfig {
             None
         }
     });
-    let datatype = t.opt_str("generate_datatype").and_then(|s| datatype(t, "generate_datatype", &s));
+    let datatype = t
+        .opt_str("generate_datatype")
+        .and_then(|s| datatype(t, "generate_datatype", &s));
     let class = t.opt_str("generate_scan_class");
     if let Some(c) = &class {
         check_class(t, "generate_scan_class", c, classes);
@@ -506,7 +580,9 @@ fn read_sim(t: &Table, classes: &[(String, Duration)]) -> SimDeviceConfig {
         generate_signal: signal,
         generate_datatype: datatype,
         generate_scan_class: class,
-        unreachable_every: t.opt_str("unreachable_every").map(|_| t.duration_or("unreachable_every", Duration::ZERO)),
+        unreachable_every: t
+            .opt_str("unreachable_every")
+            .map(|_| t.duration_or("unreachable_every", Duration::ZERO)),
         unreachable_for: t.duration_or("unreachable_for", Duration::from_secs(3)),
         seed: t.int_in("seed", 1, 0..=i64::MAX) as u64,
     };
@@ -547,7 +623,10 @@ fn datatype(t: &Table, key: &str, s: &str) -> Option<DataType> {
 fn check_class(t: &Table, key: &str, class: &str, classes: &[(String, Duration)]) {
     if !classes.iter().any(|(n, _)| n == class) {
         let known: Vec<&str> = classes.iter().map(|(n, _)| n.as_str()).collect();
-        t.invalid(key, format!("unknown scan class '{class}'; this device has: {}", known.join(", ")));
+        t.invalid(
+            key,
+            format!("unknown scan class '{class}'; this device has: {}", known.join(", ")),
+        );
     }
 }
 
@@ -559,8 +638,12 @@ fn read_tag(t: &Table, driver: Option<DriverKind>, classes: &[(String, Duration)
         }
     }
     let address = t.req_str("address", "where the value lives in the PLC");
-    let dt = t.req_str("datatype", "the Sparkplug datatype, e.g. Float, Int32, Boolean").and_then(|s| datatype(t, "datatype", &s));
-    let scan_class = t.opt_str("scan_class").unwrap_or_else(|| DEFAULT_SCAN_CLASS.to_string());
+    let dt = t
+        .req_str("datatype", "the Sparkplug datatype, e.g. Float, Int32, Boolean")
+        .and_then(|s| datatype(t, "datatype", &s));
+    let scan_class = t
+        .opt_str("scan_class")
+        .unwrap_or_else(|| DEFAULT_SCAN_CLASS.to_string());
     check_class(t, "scan_class", &scan_class, classes);
     let deadband = t.opt_f64("deadband").unwrap_or(0.0);
     let deadband_percent = t.opt_f64("deadband_percent").unwrap_or(0.0);
@@ -592,8 +675,25 @@ fn read_tag(t: &Table, driver: Option<DriverKind>, classes: &[(String, Duration)
     };
     let writable = t.bool_or("writable", false);
     // Unknown keys are reported even when a required key was bad.
-    t.finish(&["name", "address", "datatype", "scan_class", "deadband", "deadband_percent", "writable"]);
-    Some(TagConfig { name: name?, address: address?, datatype: dt?, scan_class, deadband, deadband_percent, writable, signal })
+    t.finish(&[
+        "name",
+        "address",
+        "datatype",
+        "scan_class",
+        "deadband",
+        "deadband_percent",
+        "writable",
+    ]);
+    Some(TagConfig {
+        name: name?,
+        address: address?,
+        datatype: dt?,
+        scan_class,
+        deadband,
+        deadband_percent,
+        writable,
+        signal,
+    })
 }
 
 fn check_unique_names(root: &Table, devices: &[DeviceConfig]) {
@@ -602,7 +702,11 @@ fn check_unique_names(root: &Table, devices: &[DeviceConfig]) {
     for (i, d) in devices.iter().enumerate() {
         if !d.name.is_empty() && !seen.insert(d.name.as_str()) {
             let at = tables.get(i).map_or(0, |t| t.offset_of("name"));
-            root.ctx().error(at, &format!("devices[{i}].name"), format!("device '{}' is defined twice", d.name));
+            root.ctx().error(
+                at,
+                &format!("devices[{i}].name"),
+                format!("device '{}' is defined twice", d.name),
+            );
         }
     }
 }
@@ -654,7 +758,7 @@ impl Config {
             self.telemetry.listen = Some(SocketAddr::new(ip, p));
         }
         if let Some(d) = &o.data_dir {
-            self.store.path = d.join("store");
+            self.store.path = d.clone();
         }
         if let Some(l) = &o.log_level {
             tracing_level_ok(l).map_err(|e| format!("--log-level: {e}"))?;
@@ -711,7 +815,9 @@ address = "sine(period=10s)"
 datatype = "Flaot"
 deadbnad = 0.5
 "#;
-        let errs = Config::parse("config.toml", text).expect_err("five problems").to_string();
+        let errs = Config::parse("config.toml", text)
+            .expect_err("five problems")
+            .to_string();
         let lines: Vec<&str> = errs.lines().collect();
         assert_eq!(
             lines,
@@ -736,17 +842,27 @@ deadbnad = 0.5
 
     #[test]
     fn missing_sections_and_tls_halves_are_named() {
-        let errs = Config::parse("c.toml", "[mqtt]\n[[mqtt.servers]]\nhost = \"h\"\n[mqtt.servers.tls]\ncert = \"c.pem\"\n")
-            .expect_err("missing");
+        let errs = Config::parse(
+            "c.toml",
+            "[mqtt]\n[[mqtt.servers]]\nhost = \"h\"\n[mqtt.servers.tls]\ncert = \"c.pem\"\n",
+        )
+        .expect_err("missing");
         let text = errs.to_string();
         assert!(text.contains("node: is required"), "{text}");
         assert!(text.contains("mqtt.servers[0].tls.ca: is required"), "{text}");
-        assert!(text.contains("mqtt.servers[0].tls.key: is required (the client key that goes with `cert`)"), "{text}");
+        assert!(
+            text.contains("mqtt.servers[0].tls.key: is required (the client key that goes with `cert`)"),
+            "{text}"
+        );
     }
 
     #[test]
     fn tls_server_defaults_to_port_8883() {
-        let c = Config::parse("c.toml", &format!("{MINIMAL}[mqtt.servers.tls]\nca = \"/etc/ca.pem\"\n")).expect("valid");
+        let c = Config::parse(
+            "c.toml",
+            &format!("{MINIMAL}[mqtt.servers.tls]\nca = \"/etc/ca.pem\"\n"),
+        )
+        .expect("valid");
         assert_eq!(c.mqtt.servers[0].port, 8883);
     }
 
@@ -756,10 +872,22 @@ deadbnad = 0.5
             "{MINIMAL}\n[[devices]]\nname = \"d\"\ndriver = \"sim\"\n[[devices.tags]]\nname = \"a\"\naddress = \"wobble()\"\ndatatype = \"Float\"\nscan_class = \"turbo\"\n[[devices.tags]]\nname = \"a\"\naddress = \"counter\"\ndatatype = \"Int32\"\n[[devices]]\nname = \"d\"\ndriver = \"modbus\"\n"
         );
         let text = Config::parse("c.toml", &text).expect_err("errors").to_string();
-        assert!(text.contains("devices[0].tags[0].address: unknown signal 'wobble'"), "{text}");
-        assert!(text.contains("devices[0].tags[0].scan_class: unknown scan class 'turbo'; this device has: default"), "{text}");
-        assert!(text.contains("devices[0].tags[1].name: tag 'a' is defined twice on this device"), "{text}");
-        assert!(text.contains("devices[1].driver: unknown driver 'modbus'; available: sim"), "{text}");
+        assert!(
+            text.contains("devices[0].tags[0].address: unknown signal 'wobble'"),
+            "{text}"
+        );
+        assert!(
+            text.contains("devices[0].tags[0].scan_class: unknown scan class 'turbo'; this device has: default"),
+            "{text}"
+        );
+        assert!(
+            text.contains("devices[0].tags[1].name: tag 'a' is defined twice on this device"),
+            "{text}"
+        );
+        assert!(
+            text.contains("devices[1].driver: unknown driver 'modbus'; available: sim"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -776,6 +904,11 @@ deadbnad = 0.5
         assert_eq!((c.mqtt.servers.len(), c.mqtt.servers[0].port), (1, 18830));
         assert_eq!(c.node.node_id, "gw-99");
         assert_eq!(c.telemetry.listen.map(|a| a.port()), Some(9999));
-        assert!(c.apply(&Overrides { group_id: Some("a#b".into()), ..Overrides::default() }).is_err());
+        assert!(c
+            .apply(&Overrides {
+                group_id: Some("a#b".into()),
+                ..Overrides::default()
+            })
+            .is_err());
     }
 }

@@ -25,7 +25,11 @@ pub struct Ctx<'s> {
 
 impl<'s> Ctx<'s> {
     pub fn new(file: &str, src: &'s str) -> Ctx<'s> {
-        Ctx { src, file: file.to_string(), errors: RefCell::new(Vec::new()) }
+        Ctx {
+            src,
+            file: file.to_string(),
+            errors: RefCell::new(Vec::new()),
+        }
     }
 
     /// 1-based line and column of a byte offset.
@@ -89,7 +93,13 @@ fn type_name(v: &DeValue<'_>) -> &'static str {
 
 impl<'c, 's, 't> Table<'c, 's, 't> {
     pub fn new(ctx: &'c Ctx<'s>, path: &str, table: &'t DeTable<'s>, at: usize) -> Self {
-        Table { ctx, path: path.to_string(), table, at, used: RefCell::new(HashSet::new()) }
+        Table {
+            ctx,
+            path: path.to_string(),
+            table,
+            at,
+            used: RefCell::new(HashSet::new()),
+        }
     }
 
     pub fn ctx(&self) -> &'c Ctx<'s> {
@@ -107,7 +117,10 @@ impl<'c, 's, 't> Table<'c, 's, 't> {
 
     fn get(&self, key: &str) -> Option<&'t Spanned<DeValue<'s>>> {
         self.used.borrow_mut().insert(key.to_string());
-        self.table.iter().find(|(k, _)| k.get_ref().as_ref() == key).map(|(_, v)| v)
+        self.table
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == key)
+            .map(|(_, v)| v)
     }
 
     fn wrong_type(&self, key: &str, v: &Spanned<DeValue<'_>>, expected: &str) {
@@ -120,7 +133,8 @@ impl<'c, 's, 't> Table<'c, 's, 't> {
 
     /// Reports a missing required key at the table's position.
     pub fn missing(&self, key: &str, what: &str) {
-        self.ctx.error(self.at, &self.key_path(key), format!("is required ({what})"));
+        self.ctx
+            .error(self.at, &self.key_path(key), format!("is required ({what})"));
     }
 
     /// Records an error about `key`'s value.
@@ -167,7 +181,8 @@ impl<'c, 's, 't> Table<'c, 's, 't> {
             Some(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
                 Ok(n) => Some(n),
                 Err(_) => {
-                    self.ctx.error(v.span().start, &self.key_path(key), "integer out of range");
+                    self.ctx
+                        .error(v.span().start, &self.key_path(key), "integer out of range");
                     None
                 }
             },
@@ -197,7 +212,8 @@ impl<'c, 's, 't> Table<'c, 's, 't> {
             return match f.as_str().parse::<f64>() {
                 Ok(x) if x.is_finite() => Some(x),
                 _ => {
-                    self.ctx.error(v.span().start, &self.key_path(key), "must be a finite number");
+                    self.ctx
+                        .error(v.span().start, &self.key_path(key), "must be a finite number");
                     None
                 }
             };
@@ -228,7 +244,11 @@ impl<'c, 's, 't> Table<'c, 's, 't> {
                 default
             }),
             None => {
-                self.wrong_type(key, v, "a duration like \"500ms\", \"30s\", \"5m\" or a number of seconds");
+                self.wrong_type(
+                    key,
+                    v,
+                    "a duration like \"500ms\", \"30s\", \"5m\" or a number of seconds",
+                );
                 default
             }
         }
@@ -286,9 +306,12 @@ impl<'c, 's, 't> Table<'c, 's, 't> {
             .iter()
             .enumerate()
             .filter_map(|(i, item)| match item.get_ref() {
-                DeValue::Table(t) => {
-                    Some(Table::new(self.ctx, &format!("{}[{i}]", self.key_path(key)), t, item.span().start))
-                }
+                DeValue::Table(t) => Some(Table::new(
+                    self.ctx,
+                    &format!("{}[{i}]", self.key_path(key)),
+                    t,
+                    item.span().start,
+                )),
                 _ => {
                     self.ctx.error(
                         item.span().start,
@@ -349,9 +372,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
         "d" => n * 86400.0,
-        other => return Err(format!("unknown duration unit '{other}' in '{s}': use ms, s, m, h or d")),
+        other => {
+            return Err(format!(
+                "unknown duration unit '{other}' in '{s}': use ms, s, m, h or d"
+            ))
+        }
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("'{s}' is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -362,7 +389,9 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a size: use e.g. \"64KiB\", \"256MiB\", \"1GiB\""))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size: use e.g. \"64KiB\", \"256MiB\", \"1GiB\""))?;
     let mult: f64 = match unit.trim() {
         "" | "B" => 1.0,
         "kB" | "KB" => 1e3,
@@ -371,10 +400,14 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "MiB" => 1024.0 * 1024.0,
         "GB" => 1e9,
         "GiB" => 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("unknown size unit '{other}' in '{s}': use B, KiB, MiB, GiB, kB, MB or GB")),
+        other => {
+            return Err(format!(
+                "unknown size unit '{other}' in '{s}': use B, KiB, MiB, GiB, kB, MB or GB"
+            ))
+        }
     };
     let v = n * mult;
-    if !v.is_finite() || v < 0.0 || v > 1e18 {
+    if !v.is_finite() || !(0.0..=1e18).contains(&v) {
         return Err(format!("'{s}' is out of range"));
     }
     Ok(v as u64)

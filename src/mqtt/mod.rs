@@ -24,7 +24,12 @@ use crate::sparkplug::{Publish, QoS};
 #[derive(Debug, Error)]
 pub enum MqttError {
     #[error("mqtt.servers[{index}] ({host}:{port}): {source}")]
-    Tls { index: usize, host: String, port: u16, source: tls::TlsError },
+    Tls {
+        index: usize,
+        host: String,
+        port: u16,
+        source: tls::TlsError,
+    },
 }
 
 /// What a connection task reports.
@@ -58,9 +63,14 @@ impl Server {
             .map(|(index, s)| {
                 let tls = match &s.tls {
                     None => None,
-                    Some(t) => Some(tls::client_config(t, rustls::pki_types::UnixTime::now()).map_err(|source| {
-                        MqttError::Tls { index, host: s.host.clone(), port: s.port, source }
-                    })?),
+                    Some(t) => Some(
+                        tls::client_config(t, rustls::pki_types::UnixTime::now()).map_err(|source| MqttError::Tls {
+                            index,
+                            host: s.host.clone(),
+                            port: s.port,
+                            source,
+                        })?,
+                    ),
                 };
                 Ok(Server { cfg: s.clone(), tls })
             })
@@ -75,7 +85,11 @@ impl Server {
 
 /// Options for one CONNECT with `will` as the Last Will.
 pub fn options(server: &Server, mqtt: &MqttConfig, default_client_id: &str, will: Option<&Publish>) -> MqttOptions {
-    let id = server.cfg.client_id.clone().unwrap_or_else(|| default_client_id.to_string());
+    let id = server
+        .cfg
+        .client_id
+        .clone()
+        .unwrap_or_else(|| default_client_id.to_string());
     let mut o = MqttOptions::new(id, server.cfg.host.clone(), server.cfg.port);
     o.set_keep_alive(mqtt.keepalive);
     o.set_clean_session(true);
@@ -128,7 +142,10 @@ pub async fn publish(client: &AsyncClient, p: Publish) -> Result<(), rumqttc::Cl
 /// Whether the CONNECT packet had left when the connection failed (so the
 /// Will with this bdSeq was registered and the next CONNECT needs a new one).
 pub fn connect_was_sent(e: &ConnectionError) -> bool {
-    matches!(e, ConnectionError::ConnectionRefused(_) | ConnectionError::NotConnAck(_) | ConnectionError::MqttState(_))
+    matches!(
+        e,
+        ConnectionError::ConnectionRefused(_) | ConnectionError::NotConnAck(_) | ConnectionError::MqttState(_)
+    )
 }
 
 /// A one-line explanation of a connection error, with a hint where we have one.

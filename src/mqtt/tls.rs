@@ -23,7 +23,11 @@ use crate::config::TlsConfig;
 #[derive(Debug, Error)]
 pub enum TlsError {
     #[error("{key}: cannot read {path}: {reason}")]
-    Read { key: &'static str, path: PathBuf, reason: String },
+    Read {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("{key}: {path} holds no PEM certificate")]
     NoCertificate { key: &'static str, path: PathBuf },
     #[error("tls.ca: {path}: certificate rejected as a trust anchor: {reason}")]
@@ -31,16 +35,28 @@ pub enum TlsError {
     #[error("tls.cert: {path}: the client certificate {problem}")]
     Validity { path: PathBuf, problem: String },
     #[error("tls.key: {path} does not match the client certificate {cert}: {reason}")]
-    KeyMismatch { path: PathBuf, cert: PathBuf, reason: String },
+    KeyMismatch {
+        path: PathBuf,
+        cert: PathBuf,
+        reason: String,
+    },
     #[error("tls: no trust anchors: set tls.ca or tls.system_roots = true")]
     NoRoots,
 }
 
 fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|e| TlsError::Read { key, path: path.into(), reason: e.to_string() })?;
+    let bytes = std::fs::read(path).map_err(|e| TlsError::Read {
+        key,
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
     let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Read { key, path: path.into(), reason: format!("not PEM: {e}") })?;
+        .map_err(|e| TlsError::Read {
+            key,
+            path: path.into(),
+            reason: format!("not PEM: {e}"),
+        })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate { key, path: path.into() });
     }
@@ -52,7 +68,10 @@ pub fn client_config(tls: &TlsConfig, now: UnixTime) -> Result<Arc<ClientConfig>
     let mut roots = RootCertStore::empty();
     if let Some(ca) = &tls.ca {
         for cert in read_certs("tls.ca", ca)? {
-            roots.add(cert).map_err(|e| TlsError::BadCa { path: ca.clone(), reason: e.to_string() })?;
+            roots.add(cert).map_err(|e| TlsError::BadCa {
+                path: ca.clone(),
+                reason: e.to_string(),
+            })?;
         }
     }
     if tls.system_roots {
@@ -69,19 +88,27 @@ pub fn client_config(tls: &TlsConfig, now: UnixTime) -> Result<Arc<ClientConfig>
     let config = match (&tls.cert, &tls.key) {
         (Some(cert_path), Some(key_path)) => {
             let chain = read_certs("tls.cert", cert_path)?;
-            check_validity(&chain[0], now).map_err(|problem| TlsError::Validity { path: cert_path.clone(), problem })?;
-            let key_bytes = std::fs::read(key_path)
-                .map_err(|e| TlsError::Read { key: "tls.key", path: key_path.clone(), reason: e.to_string() })?;
+            check_validity(&chain[0], now).map_err(|problem| TlsError::Validity {
+                path: cert_path.clone(),
+                problem,
+            })?;
+            let key_bytes = std::fs::read(key_path).map_err(|e| TlsError::Read {
+                key: "tls.key",
+                path: key_path.clone(),
+                reason: e.to_string(),
+            })?;
             let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| TlsError::Read {
                 key: "tls.key",
                 path: key_path.clone(),
                 reason: format!("no PKCS#8, RSA or EC private key in PEM: {e}"),
             })?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| TlsError::KeyMismatch {
-                path: key_path.clone(),
-                cert: cert_path.clone(),
-                reason: e.to_string(),
-            })?
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsError::KeyMismatch {
+                    path: key_path.clone(),
+                    cert: cert_path.clone(),
+                    reason: e.to_string(),
+                })?
         }
         _ => builder.with_no_client_auth(),
     };
@@ -93,7 +120,10 @@ fn check_validity(cert: &CertificateDer<'_>, now: UnixTime) -> Result<(), String
     let (not_before, not_after) = der::validity(cert.as_ref()).ok_or("could not be parsed (not X.509 DER)")?;
     let now = now.as_secs();
     if now < not_before {
-        return Err(format!("is not valid yet (valid from {})", der::format_time(not_before)));
+        return Err(format!(
+            "is not valid yet (valid from {})",
+            der::format_time(not_before)
+        ));
     }
     if now > not_after {
         return Err(format!("expired on {}", der::format_time(not_after)));
@@ -202,7 +232,13 @@ mod tests {
     }
 
     fn tls(ca: PathBuf, cert: PathBuf, key: PathBuf) -> TlsConfig {
-        TlsConfig { ca: Some(ca), system_roots: false, cert: Some(cert), key: Some(key), server_name: None }
+        TlsConfig {
+            ca: Some(ca),
+            system_roots: false,
+            cert: Some(cert),
+            key: Some(key),
+            server_name: None,
+        }
     }
 
     #[test]
@@ -215,9 +251,17 @@ mod tests {
     #[test]
     fn expired_client_certificate_is_refused_with_its_date() {
         let dir = tempfile::tempdir().expect("tmp");
-        let (ca, cert, key) = pki(dir.path(), time::OffsetDateTime::from_unix_timestamp(1_600_000_000).expect("ts"));
-        let err = client_config(&tls(ca, cert, key), UnixTime::now()).expect_err("expired").to_string();
-        assert!(err.contains("the client certificate expired on 2020-09-13 UTC"), "{err}");
+        let (ca, cert, key) = pki(
+            dir.path(),
+            time::OffsetDateTime::from_unix_timestamp(1_600_000_000).expect("ts"),
+        );
+        let err = client_config(&tls(ca, cert, key), UnixTime::now())
+            .expect_err("expired")
+            .to_string();
+        assert!(
+            err.contains("the client certificate expired on 2020-09-13 UTC"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -226,7 +270,9 @@ mod tests {
         let (ca, cert, _) = pki(dir.path(), time::OffsetDateTime::now_utc() + time::Duration::days(30));
         let other = dir.path().join("other.key");
         std::fs::write(&other, rcgen::KeyPair::generate().expect("key").serialize_pem()).expect("write");
-        let err = client_config(&tls(ca, cert, other), UnixTime::now()).expect_err("mismatch").to_string();
+        let err = client_config(&tls(ca, cert, other), UnixTime::now())
+            .expect_err("mismatch")
+            .to_string();
         assert!(err.contains("does not match the client certificate"), "{err}");
     }
 
@@ -234,8 +280,13 @@ mod tests {
     fn missing_key_file_names_the_key_and_path() {
         let dir = tempfile::tempdir().expect("tmp");
         let (ca, cert, _) = pki(dir.path(), time::OffsetDateTime::now_utc() + time::Duration::days(30));
-        let err = client_config(&tls(ca, cert, dir.path().join("nope.key")), UnixTime::now()).expect_err("missing").to_string();
-        assert!(err.starts_with("tls.key: cannot read") && err.contains("nope.key"), "{err}");
+        let err = client_config(&tls(ca, cert, dir.path().join("nope.key")), UnixTime::now())
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            err.starts_with("tls.key: cannot read") && err.contains("nope.key"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -243,8 +294,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").expect("write");
-        let cfg = TlsConfig { ca: Some(empty), system_roots: false, cert: None, key: None, server_name: None };
-        assert!(matches!(client_config(&cfg, UnixTime::now()), Err(TlsError::NoCertificate { .. })));
+        let cfg = TlsConfig {
+            ca: Some(empty),
+            system_roots: false,
+            cert: None,
+            key: None,
+            server_name: None,
+        };
+        assert!(matches!(
+            client_config(&cfg, UnixTime::now()),
+            Err(TlsError::NoCertificate { .. })
+        ));
     }
 
     #[test]

@@ -20,7 +20,11 @@ use sim::{Rng, Signal, SimTag};
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DriverError {
     #[error("{device}: cannot connect to {address}: {reason}")]
-    Connect { device: String, address: String, reason: String },
+    Connect {
+        device: String,
+        address: String,
+        reason: String,
+    },
     #[error("{device}: read failed: {reason}")]
     Read { device: String, reason: String },
     #[error("{device}: no answer within {timeout_ms} ms")]
@@ -86,7 +90,10 @@ impl SimDriver {
             tags: tags
                 .iter()
                 .map(|t| {
-                    let signal = t.signal.clone().unwrap_or(Signal { shape: sim::Shape::Const("0".into()), len: None });
+                    let signal = t.signal.clone().unwrap_or(Signal {
+                        shape: sim::Shape::Const("0".into()),
+                        len: None,
+                    });
                     SimTag::new(signal, t.datatype)
                 })
                 .collect(),
@@ -103,7 +110,10 @@ impl SimDriver {
             // The outage is the last `outage_for` seconds of every period, so
             // the device starts reachable.
             if t % every >= every - self.outage_for {
-                return Err(DriverError::Read { device: self.device.clone(), reason: "simulated outage".into() });
+                return Err(DriverError::Read {
+                    device: self.device.clone(),
+                    reason: "simulated outage".into(),
+                });
             }
         }
         Ok(())
@@ -112,6 +122,9 @@ impl SimDriver {
     fn read(&mut self, indices: &[usize], now_ms: u64) -> Result<Vec<Result<Value, TagError>>, DriverError> {
         self.check_reachable()?;
         let t = self.started.elapsed().as_secs_f64();
-        Ok(indices.iter().map(|&i| Ok(self.tags[i].read(t, now_ms, &mut self.rng))).collect())
+        Ok(indices
+            .iter()
+            .map(|&i| Ok(self.tags[i].read(t, now_ms, &mut self.rng)))
+            .collect())
     }
 }

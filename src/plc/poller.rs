@@ -69,11 +69,16 @@ pub fn expand_tags(d: &DeviceConfig) -> Vec<TagConfig> {
     let mut tags = d.tags.clone();
     let n = d.sim.generate as usize;
     if n > 0 {
-        let signal = d.sim.generate_signal.clone().unwrap_or_else(|| {
-            super::sim::Signal::parse("random_walk(step=0.5)").expect("the default signal parses")
-        });
+        let signal =
+            d.sim.generate_signal.clone().unwrap_or_else(|| {
+                super::sim::Signal::parse("random_walk(step=0.5)").expect("the default signal parses")
+            });
         let datatype = d.sim.generate_datatype.unwrap_or(DataType::Double);
-        let class = d.sim.generate_scan_class.clone().unwrap_or_else(|| "default".to_string());
+        let class = d
+            .sim
+            .generate_scan_class
+            .clone()
+            .unwrap_or_else(|| "default".to_string());
         let width = n.to_string().len().max(6);
         tags.extend((1..=n).map(|i| TagConfig {
             name: format!("Gen/Tag {i:0width$}"),
@@ -91,7 +96,9 @@ pub fn expand_tags(d: &DeviceConfig) -> Vec<TagConfig> {
 
 /// Birth declarations for a device: every tag, null until first read.
 pub fn declarations(tags: &[TagConfig], now_ms: u64) -> Vec<Metric> {
-    tags.iter().map(|t| Metric::null(t.name.clone(), t.datatype, now_ms)).collect()
+    tags.iter()
+        .map(|t| Metric::null(t.name.clone(), t.datatype, now_ms))
+        .collect()
 }
 
 fn bad(value: Option<Value>, name: &str, datatype: DataType, now_ms: u64) -> Metric {
@@ -122,13 +129,24 @@ pub async fn run(
 ) {
     let specs: Vec<TagSpec> = tags
         .iter()
-        .map(|t| TagSpec { address: t.address.clone(), datatype: t.datatype, signal: t.signal.clone() })
+        .map(|t| TagSpec {
+            address: t.address.clone(),
+            datatype: t.datatype,
+            signal: t.signal.clone(),
+        })
         .collect();
     let mut driver = Driver::for_device(&d, &specs);
     let classes: Vec<(Duration, Vec<usize>)> = d
         .scan_classes
         .iter()
-        .map(|(name, period)| (*period, (0..tags.len()).filter(|&i| tags[i].scan_class == *name).collect::<Vec<_>>()))
+        .map(|(name, period)| {
+            (
+                *period,
+                (0..tags.len())
+                    .filter(|&i| tags[i].scan_class == *name)
+                    .collect::<Vec<_>>(),
+            )
+        })
         .filter(|(_, idx)| !idx.is_empty())
         .collect();
     let all: Vec<usize> = (0..tags.len()).collect();
@@ -139,7 +157,11 @@ pub async fn run(
     let mut connected = false;
     let mut failures: u32 = 0;
     loop {
-        let next = due.iter().min().copied().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let next = due
+            .iter()
+            .min()
+            .copied()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
             _ = stop.changed() => return,
@@ -151,7 +173,10 @@ pub async fn run(
             if due[c] <= now {
                 let late = now.duration_since(due[c]);
                 if late > *period {
-                    stats.missed_scans.fetch_add((late.as_nanos() / period.as_nanos().max(1)) as u64, std::sync::atomic::Ordering::Relaxed);
+                    stats.missed_scans.fetch_add(
+                        (late.as_nanos() / period.as_nanos().max(1)) as u64,
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                     due[c] = now + *period;
                 } else {
                     due[c] += *period;
@@ -179,7 +204,10 @@ pub async fn run(
         };
         let result = match tokio::time::timeout(d.timeout, result).await {
             Ok(r) => r,
-            Err(_) => Err(super::DriverError::Timeout { device: d.name.clone(), timeout_ms: d.timeout.as_millis() as u64 }),
+            Err(_) => Err(super::DriverError::Timeout {
+                device: d.name.clone(),
+                timeout_ms: d.timeout.as_millis() as u64,
+            }),
         };
         stats.observe_read(t0.elapsed(), result.is_ok());
         let ts = now_ms();
@@ -191,7 +219,14 @@ pub async fn run(
                     online = false;
                     stats.set_online(false);
                     tracing::warn!(device = %d.name, error = %e, "device unreachable: DDEATH");
-                    if tx.send(PollEvent::Offline { device: d.name.clone(), reason: e.to_string() }).await.is_err() {
+                    if tx
+                        .send(PollEvent::Offline {
+                            device: d.name.clone(),
+                            reason: e.to_string(),
+                        })
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 } else if !online && failures == d.fail_after {
@@ -227,14 +262,22 @@ pub async fn run(
                     if metrics.is_empty() {
                         continue;
                     }
-                    PollEvent::Samples { device: d.name.clone(), metrics }
+                    PollEvent::Samples {
+                        device: d.name.clone(),
+                        metrics,
+                    }
                 } else {
                     online = true;
                     stats.set_online(true);
                     tracing::info!(device = %d.name, tags = tags.len(), "device reachable: DBIRTH");
-                    PollEvent::Online { device: d.name.clone(), metrics }
+                    PollEvent::Online {
+                        device: d.name.clone(),
+                        metrics,
+                    }
                 };
-                stats.changes.fetch_add(event_len(&event), std::sync::atomic::Ordering::Relaxed);
+                stats
+                    .changes
+                    .fetch_add(event_len(&event), std::sync::atomic::Ordering::Relaxed);
                 if tx.send(event).await.is_err() {
                     return;
                 }
@@ -268,48 +311,111 @@ mod tests {
     }
 
     fn last(v: f64) -> Reported {
-        Reported { value: Some(Value::Double(v)), quality: Quality::Good }
+        Reported {
+            value: Some(Value::Double(v)),
+            quality: Quality::Good,
+        }
     }
 
     #[test]
     fn first_value_is_always_reported() {
-        assert!(should_report(&tag(100.0, 0.0), None, &Some(Value::Double(1.0)), Quality::Good));
+        assert!(should_report(
+            &tag(100.0, 0.0),
+            None,
+            &Some(Value::Double(1.0)),
+            Quality::Good
+        ));
     }
 
     #[test]
     fn absolute_deadband_suppresses_small_moves() {
         let t = tag(0.5, 0.0);
-        assert!(!should_report(&t, Some(&last(10.0)), &Some(Value::Double(10.4)), Quality::Good));
-        assert!(should_report(&t, Some(&last(10.0)), &Some(Value::Double(10.5)), Quality::Good));
-        assert!(should_report(&t, Some(&last(10.0)), &Some(Value::Double(9.4)), Quality::Good));
+        assert!(!should_report(
+            &t,
+            Some(&last(10.0)),
+            &Some(Value::Double(10.4)),
+            Quality::Good
+        ));
+        assert!(should_report(
+            &t,
+            Some(&last(10.0)),
+            &Some(Value::Double(10.5)),
+            Quality::Good
+        ));
+        assert!(should_report(
+            &t,
+            Some(&last(10.0)),
+            &Some(Value::Double(9.4)),
+            Quality::Good
+        ));
     }
 
     #[test]
     fn percent_deadband_is_relative_to_the_last_reported_value() {
         let t = tag(0.0, 1.0);
-        assert!(!should_report(&t, Some(&last(200.0)), &Some(Value::Double(201.9)), Quality::Good));
-        assert!(should_report(&t, Some(&last(200.0)), &Some(Value::Double(202.0)), Quality::Good));
+        assert!(!should_report(
+            &t,
+            Some(&last(200.0)),
+            &Some(Value::Double(201.9)),
+            Quality::Good
+        ));
+        assert!(should_report(
+            &t,
+            Some(&last(200.0)),
+            &Some(Value::Double(202.0)),
+            Quality::Good
+        ));
     }
 
     #[test]
     fn with_both_deadbands_both_must_be_exceeded() {
         let t = tag(5.0, 1.0);
-        assert!(!should_report(&t, Some(&last(1000.0)), &Some(Value::Double(1004.0)), Quality::Good));
-        assert!(!should_report(&t, Some(&last(100.0)), &Some(Value::Double(100.9)), Quality::Good));
-        assert!(should_report(&t, Some(&last(100.0)), &Some(Value::Double(106.0)), Quality::Good));
+        assert!(!should_report(
+            &t,
+            Some(&last(1000.0)),
+            &Some(Value::Double(1004.0)),
+            Quality::Good
+        ));
+        assert!(!should_report(
+            &t,
+            Some(&last(100.0)),
+            &Some(Value::Double(100.9)),
+            Quality::Good
+        ));
+        assert!(should_report(
+            &t,
+            Some(&last(100.0)),
+            &Some(Value::Double(106.0)),
+            Quality::Good
+        ));
     }
 
     #[test]
     fn zero_deadband_reports_every_change_and_no_repeat() {
         let t = tag(0.0, 0.0);
-        assert!(!should_report(&t, Some(&last(1.0)), &Some(Value::Double(1.0)), Quality::Good));
-        assert!(should_report(&t, Some(&last(1.0)), &Some(Value::Double(1.0000001)), Quality::Good));
+        assert!(!should_report(
+            &t,
+            Some(&last(1.0)),
+            &Some(Value::Double(1.0)),
+            Quality::Good
+        ));
+        assert!(should_report(
+            &t,
+            Some(&last(1.0)),
+            &Some(Value::Double(1.0000001)),
+            Quality::Good
+        ));
     }
 
     #[test]
     fn quality_change_is_reported_even_when_the_value_is_the_same() {
         let t = tag(100.0, 0.0);
-        assert!(should_report(&t, Some(&last(1.0)), &Some(Value::Double(1.0)), Quality::Bad));
+        assert!(should_report(
+            &t,
+            Some(&last(1.0)),
+            &Some(Value::Double(1.0)),
+            Quality::Bad
+        ));
     }
 
     #[test]
@@ -323,7 +429,10 @@ mod tests {
             timeout: Duration::from_secs(1),
             fail_after: 3,
             tags: vec![tag(0.0, 0.0)],
-            sim: crate::config::SimDeviceConfig { generate: 3, ..Default::default() },
+            sim: crate::config::SimDeviceConfig {
+                generate: 3,
+                ..Default::default()
+            },
         };
         let names: Vec<String> = expand_tags(&d).into_iter().map(|t| t.name).collect();
         assert_eq!(names, ["t", "Gen/Tag 000001", "Gen/Tag 000002", "Gen/Tag 000003"]);

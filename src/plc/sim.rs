@@ -89,21 +89,39 @@ impl Signal {
             len = Some(l as usize);
         }
         let shape = match name {
-            "counter" => Shape::Counter { step: take("step", 1.0, num)? },
-            "ramp" => Shape::Ramp { min: take("min", 0.0, num)?, max: take("max", 100.0, num)?, period: take("period", 10.0, seconds)? },
+            "counter" => Shape::Counter {
+                step: take("step", 1.0, num)?,
+            },
+            "ramp" => Shape::Ramp {
+                min: take("min", 0.0, num)?,
+                max: take("max", 100.0, num)?,
+                period: take("period", 10.0, seconds)?,
+            },
             "sine" => Shape::Sine {
                 amplitude: take("amplitude", 10.0, num)?,
                 offset: take("offset", 0.0, num)?,
                 period: take("period", 60.0, seconds)?,
             },
-            "random_walk" => Shape::RandomWalk { step: take("step", 0.5, num)?, min: take("min", -1e6, num)?, max: take("max", 1e6, num)? },
-            "toggle" => Shape::Toggle { period: take("period", 10.0, seconds)? },
+            "random_walk" => Shape::RandomWalk {
+                step: take("step", 0.5, num)?,
+                min: take("min", -1e6, num)?,
+                max: take("max", 1e6, num)?,
+            },
+            "toggle" => Shape::Toggle {
+                period: take("period", 10.0, seconds)?,
+            },
             "cycle" => {
-                let items: Vec<String> = positional.drain(..).flat_map(|p| p.split('|').map(str::to_string).collect::<Vec<_>>()).collect();
+                let items: Vec<String> = positional
+                    .drain(..)
+                    .flat_map(|p| p.split('|').map(str::to_string).collect::<Vec<_>>())
+                    .collect();
                 if items.is_empty() {
                     return Err(format!("'{address}': cycle needs values, e.g. cycle(idle|run|fault)"));
                 }
-                Shape::Cycle { items, period: take("period", 10.0, seconds)? }
+                Shape::Cycle {
+                    items,
+                    period: take("period", 10.0, seconds)?,
+                }
             }
             "const" => {
                 if positional.len() != 1 {
@@ -125,7 +143,10 @@ impl Signal {
             return Err(format!("'{address}': {name} takes named parameters only (key=value)"));
         }
         match &shape {
-            Shape::Ramp { period, .. } | Shape::Sine { period, .. } | Shape::Toggle { period } | Shape::Cycle { period, .. }
+            Shape::Ramp { period, .. }
+            | Shape::Sine { period, .. }
+            | Shape::Toggle { period }
+            | Shape::Cycle { period, .. }
                 if *period <= 0.0 =>
             {
                 return Err(format!("'{address}': period must be positive"))
@@ -150,8 +171,12 @@ impl Signal {
             (Shape::Cycle { .. }, _) => Err(format!("cycle produces strings, not {dt}")),
             (Shape::Clock, DataType::DateTime | DataType::DateTimeArray | DataType::Int64 | DataType::UInt64) => Ok(()),
             (Shape::Clock, _) => Err(format!("clock produces DateTime, not {dt}")),
-            (Shape::Const(v), DataType::Boolean) if v != "true" && v != "false" => Err(format!("const({v}) is not a Boolean")),
-            (Shape::Const(v), dt) if dt.is_numeric() && v.parse::<f64>().is_err() => Err(format!("const({v}) is not a number")),
+            (Shape::Const(v), DataType::Boolean) if v != "true" && v != "false" => {
+                Err(format!("const({v}) is not a Boolean"))
+            }
+            (Shape::Const(v), dt) if dt.is_numeric() && v.parse::<f64>().is_err() => {
+                Err(format!("const({v}) is not a number"))
+            }
             _ => Ok(()),
         }
     }
@@ -191,7 +216,11 @@ pub struct SimTag {
 
 impl SimTag {
     pub fn new(signal: Signal, datatype: DataType) -> SimTag {
-        SimTag { signal, datatype, state: 0.0 }
+        SimTag {
+            signal,
+            datatype,
+            state: 0.0,
+        }
     }
 
     fn scalar(&mut self, t: f64, phase: f64, rng: &mut Rng, scan: bool) -> f64 {
@@ -204,7 +233,11 @@ impl SimTag {
                 self.state + phase
             }
             Shape::Ramp { min, max, period } => min + (max - min) * (((t + phase) / period).fract()),
-            Shape::Sine { amplitude, offset, period } => offset + amplitude * (TAU * (t + phase) / period).sin(),
+            Shape::Sine {
+                amplitude,
+                offset,
+                period,
+            } => offset + amplitude * (TAU * (t + phase) / period).sin(),
             Shape::RandomWalk { step, min, max } => {
                 if scan {
                     self.state = (self.state + step * rng.unit()).clamp(*min, *max);
@@ -260,7 +293,9 @@ impl SimTag {
             DataType::Uuid => Value::Uuid(format!("00000000-0000-4000-8000-{:012x}", x.abs() as u64)),
             DataType::DateTime => Value::DateTime(now_ms),
             DataType::Int8Array => Value::Int8Array(nums.iter().map(|v| clamp(*v, -128.0, 127.0) as i8).collect()),
-            DataType::Int16Array => Value::Int16Array(nums.iter().map(|v| clamp(*v, -32768.0, 32767.0) as i16).collect()),
+            DataType::Int16Array => {
+                Value::Int16Array(nums.iter().map(|v| clamp(*v, -32768.0, 32767.0) as i16).collect())
+            }
             DataType::Int32Array => Value::Int32Array(nums.iter().map(|v| clamp(*v, -2.1e9, 2.1e9) as i32).collect()),
             DataType::Int64Array => Value::Int64Array(nums.iter().map(|v| v.round() as i64).collect()),
             DataType::UInt8Array => Value::UInt8Array(nums.iter().map(|v| clamp(*v, 0.0, 255.0) as u8).collect()),
@@ -297,23 +332,39 @@ mod tests {
 
     #[test]
     fn addresses_parse_with_defaults_and_named_parameters() {
-        assert_eq!(Signal::parse("counter").expect("ok").shape, Shape::Counter { step: 1.0 });
+        assert_eq!(
+            Signal::parse("counter").expect("ok").shape,
+            Shape::Counter { step: 1.0 }
+        );
         assert_eq!(
             Signal::parse("sine(amplitude=5, period=2s)").expect("ok").shape,
-            Shape::Sine { amplitude: 5.0, offset: 0.0, period: 2.0 }
+            Shape::Sine {
+                amplitude: 5.0,
+                offset: 0.0,
+                period: 2.0
+            }
         );
         assert_eq!(Signal::parse("ramp(len=4)").expect("ok").len, Some(4));
         assert_eq!(
             Signal::parse("cycle(idle|run, period=1s)").expect("ok").shape,
-            Shape::Cycle { items: vec!["idle".into(), "run".into()], period: 1.0 }
+            Shape::Cycle {
+                items: vec!["idle".into(), "run".into()],
+                period: 1.0
+            }
         );
     }
 
     #[test]
     fn bad_addresses_say_what_is_wrong() {
-        assert!(Signal::parse("wobble").expect_err("unknown").starts_with("unknown signal 'wobble'"));
-        assert!(Signal::parse("sine(speed=3)").expect_err("param").contains("unknown parameter 'speed'"));
-        assert!(Signal::parse("ramp(min=5, max=1)").expect_err("range").contains("min must be below max"));
+        assert!(Signal::parse("wobble")
+            .expect_err("unknown")
+            .starts_with("unknown signal 'wobble'"));
+        assert!(Signal::parse("sine(speed=3)")
+            .expect_err("param")
+            .contains("unknown parameter 'speed'"));
+        assert!(Signal::parse("ramp(min=5, max=1)")
+            .expect_err("range")
+            .contains("min must be below max"));
         assert!(Signal::parse("sine(period=-1s)").is_err());
         assert!(Signal::parse("sine(").expect_err("paren").contains("missing ')'"));
     }
@@ -321,16 +372,28 @@ mod tests {
     #[test]
     fn values_fit_their_datatype_and_arrays_have_their_length() {
         let mut rng = Rng::new(1);
-        let mut t = SimTag::new(Signal::parse("ramp(min=0, max=1000, period=10s)").expect("ok"), DataType::Int8);
+        let mut t = SimTag::new(
+            Signal::parse("ramp(min=0, max=1000, period=10s)").expect("ok"),
+            DataType::Int8,
+        );
         assert_eq!(t.read(9.99, 0, &mut rng), Value::Int8(127));
         let mut a = SimTag::new(Signal::parse("sine(len=8)").expect("ok"), DataType::FloatArray);
         assert!(matches!(a.read(1.0, 0, &mut rng), Value::FloatArray(v) if v.len() == 8));
         let mut c = SimTag::new(Signal::parse("counter(step=2)").expect("ok"), DataType::UInt32);
-        assert_eq!((c.read(0.0, 0, &mut rng), c.read(0.1, 0, &mut rng)), (Value::UInt32(2), Value::UInt32(4)));
+        assert_eq!(
+            (c.read(0.0, 0, &mut rng), c.read(0.1, 0, &mut rng)),
+            (Value::UInt32(2), Value::UInt32(4))
+        );
         let mut s = SimTag::new(Signal::parse("cycle(a|b)").expect("ok"), DataType::String);
         assert_eq!(s.read(0.0, 0, &mut rng), Value::String("a".into()));
-        assert!(Signal::parse("cycle(a|b)").expect("ok").check_datatype(DataType::Float).is_err());
-        assert!(Signal::parse("sine").expect("ok").check_datatype(DataType::FloatArray).is_err());
+        assert!(Signal::parse("cycle(a|b)")
+            .expect("ok")
+            .check_datatype(DataType::Float)
+            .is_err());
+        assert!(Signal::parse("sine")
+            .expect("ok")
+            .check_datatype(DataType::FloatArray)
+            .is_err());
     }
 
     #[test]

@@ -724,6 +724,54 @@ impl EdgeSession {
         Ok(Vec::new())
     }
 
+    /// A device became reachable with fresh values: they become the current
+    /// values, then DBIRTH (if the node is born) carries them.
+    pub fn device_online_with(
+        &mut self,
+        now: u64,
+        device: &str,
+        samples: Vec<Metric>,
+    ) -> Result<Vec<EdgeAction>, EdgeError> {
+        let i = self.scope_index(Some(device))?;
+        let checked = self.checked(i, samples)?;
+        let scope = self.scope_mut(i);
+        for (idx, m) in checked {
+            let cur = &mut scope.metrics[idx];
+            cur.value = m.value;
+            cur.timestamp = m.timestamp;
+            cur.properties = m.properties;
+        }
+        if let Some(d) = i {
+            self.devices[d].born = false;
+        }
+        self.device_online(now, device)
+    }
+
+    /// Replaces the node's and devices' declarations (a configuration reload
+    /// changed the tag set). Same MQTT session, same bdSeq; when born, a new
+    /// birth sequence follows at once. Devices start offline until their
+    /// pollers report them.
+    pub fn redefine(
+        &mut self,
+        now: u64,
+        node_metrics: Vec<Metric>,
+        devices: Vec<DeviceDef>,
+    ) -> Result<Vec<EdgeAction>, EdgeError> {
+        let fresh = EdgeSession::new(self.cfg.clone(), node_metrics, devices, None)?;
+        self.node = fresh.node;
+        self.devices = fresh.devices;
+        self.device_index = fresh.device_index;
+        if self.phase == Phase::Born {
+            return Ok(self.births(now));
+        }
+        Ok(Vec::new())
+    }
+
+    /// Device names in declaration order.
+    pub fn device_names(&self) -> Vec<String> {
+        self.devices.iter().filter_map(|d| d.device.clone()).collect()
+    }
+
     /// A device became unreachable: DDEATH if it was born in this session.
     /// [tck-id-operational-behavior-device-ddeath]
     pub fn device_offline(&mut self, now: u64, device: &str) -> Result<Vec<EdgeAction>, EdgeError> {
@@ -1455,6 +1503,54 @@ mod tests {
         let p = publishes(&back)[0];
         assert_eq!(p.topic, "spBv1.0/Plant1/DBIRTH/gw1/press");
         assert_eq!(decode(p).seq, Some(4));
+    }
+
+    #[test]
+    fn device_online_with_fresh_values_births_them_not_the_stale_ones() {
+        let mut s = session();
+        born(&mut s);
+        s.device_offline(T0 + 1, "press").expect("known");
+        let out = s
+            .device_online_with(T0 + 2, "press", vec![Metric::new("Temp", Value::Float(99.0), T0 + 2)])
+            .expect("declared");
+        let d = decode(publishes(&out)[0]);
+        let temp = d
+            .metrics
+            .iter()
+            .find(|m| m.name.as_deref() == Some("Temp"))
+            .expect("Temp");
+        assert_eq!(
+            (temp.value.clone(), temp.timestamp),
+            (Some(Value::Float(99.0)), Some(T0 + 2))
+        );
+    }
+
+    #[test]
+    fn redefine_keeps_bdseq_and_rebirths_with_the_new_declarations() {
+        let mut s = session_with(cfg(), Some(4));
+        born(&mut s);
+        let out = s
+            .redefine(
+                T0 + 1,
+                vec![
+                    Metric::new("Uptime", Value::UInt64(0), T0),
+                    Metric::new("Version", Value::String("2".into()), T0),
+                ],
+                vec![DeviceDef {
+                    name: "press".into(),
+                    metrics: vec![Metric::new("Temp", Value::Float(1.0), T0)],
+                }],
+            )
+            .expect("valid");
+        let p = publishes(&out);
+        assert_eq!(p.len(), 1, "devices start offline until their pollers report");
+        let nb = decode(p[0]);
+        assert_eq!((nb.seq, bdseq_of(&nb)), (Some(0), 4));
+        assert!(nb.metrics.iter().any(|m| m.name.as_deref() == Some("Version")));
+        assert!(matches!(
+            s.update(T0, Some("oven"), vec![]),
+            Err(EdgeError::UnknownDevice(_))
+        ));
     }
 
     // [tck-id-operational-behavior-data-commands-rebirth-action-1] [tck-id-operational-behavior-data-commands-rebirth-action-2]

@@ -16,7 +16,9 @@ use super::metrics::Telemetry;
 /// Serves until the listener fails.
 pub async fn serve(listener: TcpListener, telemetry: Arc<Telemetry>, status: Arc<std::sync::Mutex<String>>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let t = telemetry.clone();
         let s = status.clone();
         tokio::spawn(async move {
@@ -52,7 +54,11 @@ async fn handle(mut stream: TcpStream, t: &Telemetry, status: &std::sync::Mutex<
             }
         }
         ("GET", "/metrics") => (200, "text/plain; version=0.0.4", t.render()),
-        ("GET", _) => (404, "text/plain", "not found: try /health, /ready, /metrics\n".to_string()),
+        ("GET", _) => (
+            404,
+            "text/plain",
+            "not found: try /health, /ready, /metrics\n".to_string(),
+        ),
         _ => (405, "text/plain", "method not allowed\n".to_string()),
     };
     let reason = match code {

@@ -14,7 +14,9 @@ use crate::config::LogFormat;
 
 /// Installs the global subscriber. `level` is a filter like `info` or `warn,spb=debug`.
 pub fn init(level: &str, format: LogFormat) {
-    let filter = EnvFilter::builder().parse(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::builder()
+        .parse(level)
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let format = match format {
         LogFormat::Auto if super::systemd::under_systemd() => LogFormat::Journald,
         LogFormat::Auto if std::io::stderr().is_terminal() => LogFormat::Human,
@@ -28,15 +30,21 @@ pub fn init(level: &str, format: LogFormat) {
                 let _ = registry.with(j).try_init();
             }
             Err(e) => {
-                let _ = registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init();
+                let _ = registry
+                    .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                    .try_init();
                 tracing::warn!(error = %e, "journald is not reachable; logging to stderr");
             }
         },
         LogFormat::Json => {
-            let _ = registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).try_init();
+            let _ = registry
+                .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+                .try_init();
         }
         LogFormat::Human | LogFormat::Auto => {
-            let _ = registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init();
+            let _ = registry
+                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                .try_init();
         }
     }
 }

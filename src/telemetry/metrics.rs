@@ -139,36 +139,173 @@ impl Telemetry {
         let g = |s: &mut String, name: &str, help: &str, kind: &str, v: u64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
-        let _ = writeln!(s, "# HELP spb_messages_published_total Sparkplug messages published, by type.");
+        let _ = writeln!(
+            s,
+            "# HELP spb_messages_published_total Sparkplug messages published, by type."
+        );
         let _ = writeln!(s, "# TYPE spb_messages_published_total counter");
-        for k in KINDS.iter().filter(|k| !matches!(k, MessageType::NCmd | MessageType::DCmd)) {
-            let _ = writeln!(s, "spb_messages_published_total{{type=\"{k}\"}} {}", self.published_count(*k));
+        for k in KINDS
+            .iter()
+            .filter(|k| !matches!(k, MessageType::NCmd | MessageType::DCmd))
+        {
+            let _ = writeln!(
+                s,
+                "spb_messages_published_total{{type=\"{k}\"}} {}",
+                self.published_count(*k)
+            );
         }
-        g(&mut s, "spb_published_bytes_total", "Payload bytes published.", "counter", self.published_bytes.load(Relaxed));
-        g(&mut s, "spb_data_metrics_total", "Metric values published in NDATA/DDATA.", "counter", self.data_metrics.load(Relaxed));
-        g(&mut s, "spb_rebirths_total", "Birth sequences published on request.", "counter", self.rebirths.load(Relaxed));
-        g(&mut s, "spb_seq", "The seq of the last message published.", "gauge", self.seq.load(Relaxed));
-        g(&mut s, "spb_bdseq", "The bdSeq of the current MQTT session.", "gauge", self.bdseq.load(Relaxed));
-        g(&mut s, "spb_mqtt_connected", "1 while connected to a broker.", "gauge", self.connected.load(Relaxed).into());
-        g(&mut s, "spb_born", "1 while NBIRTH is published in the current session.", "gauge", self.born.load(Relaxed).into());
-        g(&mut s, "spb_primary_host_online", "1 while the Primary Host's STATE is online.", "gauge", self.primary_host_online.load(Relaxed).into());
-        g(&mut s, "spb_mqtt_connects_total", "Successful MQTT connections.", "counter", self.connects.load(Relaxed));
-        g(&mut s, "spb_mqtt_connection_failures_total", "Failed or lost MQTT connections.", "counter", self.connection_failures.load(Relaxed));
-        g(&mut s, "spb_commands_received_total", "NCMD/DCMD write requests received.", "counter", self.commands_received.load(Relaxed));
-        g(&mut s, "spb_rejected_messages_total", "Incoming messages or stored samples that could not be used.", "counter", self.rejected_messages.load(Relaxed));
-        g(&mut s, "spb_stored_samples_total", "Samples stored while not publishing.", "counter", self.stored_samples.load(Relaxed));
-        g(&mut s, "spb_replayed_samples_total", "Stored samples replayed as historical.", "counter", self.replayed_samples.load(Relaxed));
-        g(&mut s, "spb_dropped_samples_total", "Stored samples dropped because the store was full.", "counter", self.dropped_samples.load(Relaxed));
-        g(&mut s, "spb_queue_depth", "Samples waiting in the store.", "gauge", self.queue_depth.load(Relaxed));
-        g(&mut s, "spb_queue_bytes", "Bytes waiting in the store.", "gauge", self.queue_bytes.load(Relaxed));
+        g(
+            &mut s,
+            "spb_published_bytes_total",
+            "Payload bytes published.",
+            "counter",
+            self.published_bytes.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_data_metrics_total",
+            "Metric values published in NDATA/DDATA.",
+            "counter",
+            self.data_metrics.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_rebirths_total",
+            "Birth sequences published on request.",
+            "counter",
+            self.rebirths.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_seq",
+            "The seq of the last message published.",
+            "gauge",
+            self.seq.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_bdseq",
+            "The bdSeq of the current MQTT session.",
+            "gauge",
+            self.bdseq.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_mqtt_connected",
+            "1 while connected to a broker.",
+            "gauge",
+            self.connected.load(Relaxed).into(),
+        );
+        g(
+            &mut s,
+            "spb_born",
+            "1 while NBIRTH is published in the current session.",
+            "gauge",
+            self.born.load(Relaxed).into(),
+        );
+        g(
+            &mut s,
+            "spb_primary_host_online",
+            "1 while the Primary Host's STATE is online.",
+            "gauge",
+            self.primary_host_online.load(Relaxed).into(),
+        );
+        g(
+            &mut s,
+            "spb_mqtt_connects_total",
+            "Successful MQTT connections.",
+            "counter",
+            self.connects.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_mqtt_connection_failures_total",
+            "Failed or lost MQTT connections.",
+            "counter",
+            self.connection_failures.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_commands_received_total",
+            "NCMD/DCMD write requests received.",
+            "counter",
+            self.commands_received.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_rejected_messages_total",
+            "Incoming messages or stored samples that could not be used.",
+            "counter",
+            self.rejected_messages.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_stored_samples_total",
+            "Samples stored while not publishing.",
+            "counter",
+            self.stored_samples.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_replayed_samples_total",
+            "Stored samples replayed as historical.",
+            "counter",
+            self.replayed_samples.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_dropped_samples_total",
+            "Stored samples dropped because the store was full.",
+            "counter",
+            self.dropped_samples.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_queue_depth",
+            "Samples waiting in the store.",
+            "gauge",
+            self.queue_depth.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_queue_bytes",
+            "Bytes waiting in the store.",
+            "gauge",
+            self.queue_bytes.load(Relaxed),
+        );
         let devices = self.devices.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let series: [(&str, &str, &str, fn(&DeviceStats) -> u64); 6] = [
-            ("spb_device_online", "1 while the device answers.", "gauge", |d| d.online.load(Relaxed).into()),
-            ("spb_plc_reads_total", "Batched PLC reads.", "counter", |d| d.reads.load(Relaxed)),
-            ("spb_plc_read_errors_total", "Batched PLC reads that failed.", "counter", |d| d.read_errors.load(Relaxed)),
-            ("spb_plc_tag_errors_total", "Single tags that could not be read (BAD quality).", "counter", |d| d.tag_errors.load(Relaxed)),
-            ("spb_plc_missed_scans_total", "Scans skipped because the previous one ran late.", "counter", |d| d.missed_scans.load(Relaxed)),
-            ("spb_tag_changes_total", "Tag values reported by exception.", "counter", |d| d.changes.load(Relaxed)),
+        type Series = (&'static str, &'static str, &'static str, fn(&DeviceStats) -> u64);
+        let series: [Series; 6] = [
+            ("spb_device_online", "1 while the device answers.", "gauge", |d| {
+                d.online.load(Relaxed).into()
+            }),
+            ("spb_plc_reads_total", "Batched PLC reads.", "counter", |d| {
+                d.reads.load(Relaxed)
+            }),
+            (
+                "spb_plc_read_errors_total",
+                "Batched PLC reads that failed.",
+                "counter",
+                |d| d.read_errors.load(Relaxed),
+            ),
+            (
+                "spb_plc_tag_errors_total",
+                "Single tags that could not be read (BAD quality).",
+                "counter",
+                |d| d.tag_errors.load(Relaxed),
+            ),
+            (
+                "spb_plc_missed_scans_total",
+                "Scans skipped because the previous one ran late.",
+                "counter",
+                |d| d.missed_scans.load(Relaxed),
+            ),
+            (
+                "spb_tag_changes_total",
+                "Tag values reported by exception.",
+                "counter",
+                |d| d.changes.load(Relaxed),
+            ),
         ];
         for (name, help, kind, get) in series {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -176,15 +313,26 @@ impl Telemetry {
                 let _ = writeln!(s, "{name}{{device=\"{}\"}} {}", escape(dev), get(d));
             }
         }
-        let _ = writeln!(s, "# HELP spb_plc_read_seconds Latency of batched PLC reads.\n# TYPE spb_plc_read_seconds histogram");
+        let _ = writeln!(
+            s,
+            "# HELP spb_plc_read_seconds Latency of batched PLC reads.\n# TYPE spb_plc_read_seconds histogram"
+        );
         for (dev, d) in devices.iter() {
             let dev = escape(dev);
             for (b, le) in d.buckets.iter().zip(LATENCY_BUCKETS) {
-                let _ = writeln!(s, "spb_plc_read_seconds_bucket{{device=\"{dev}\",le=\"{le}\"}} {}", b.load(Relaxed));
+                let _ = writeln!(
+                    s,
+                    "spb_plc_read_seconds_bucket{{device=\"{dev}\",le=\"{le}\"}} {}",
+                    b.load(Relaxed)
+                );
             }
             let n = d.reads.load(Relaxed);
             let _ = writeln!(s, "spb_plc_read_seconds_bucket{{device=\"{dev}\",le=\"+Inf\"}} {n}");
-            let _ = writeln!(s, "spb_plc_read_seconds_sum{{device=\"{dev}\"}} {}", d.latency_sum_us.load(Relaxed) as f64 / 1e6);
+            let _ = writeln!(
+                s,
+                "spb_plc_read_seconds_sum{{device=\"{dev}\"}} {}",
+                d.latency_sum_us.load(Relaxed) as f64 / 1e6
+            );
             let _ = writeln!(s, "spb_plc_read_seconds_count{{device=\"{dev}\"}} {n}");
         }
         s
@@ -209,11 +357,23 @@ mod tests {
         d.observe_read(Duration::from_millis(3), true);
         d.observe_read(Duration::from_millis(300), false);
         let text = t.render();
-        assert!(text.contains("spb_messages_published_total{type=\"DDATA\"} 2"), "{text}");
+        assert!(
+            text.contains("spb_messages_published_total{type=\"DDATA\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("spb_published_bytes_total 180"));
-        assert!(text.contains("spb_plc_read_errors_total{device=\"press \\\"4\\\"\"} 1"), "{text}");
-        assert!(text.contains("spb_plc_read_seconds_bucket{device=\"press \\\"4\\\"\",le=\"0.005\"} 1"), "{text}");
-        assert!(text.contains("spb_plc_read_seconds_bucket{device=\"press \\\"4\\\"\",le=\"0.5\"} 2"), "{text}");
+        assert!(
+            text.contains("spb_plc_read_errors_total{device=\"press \\\"4\\\"\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spb_plc_read_seconds_bucket{device=\"press \\\"4\\\"\",le=\"0.005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spb_plc_read_seconds_bucket{device=\"press \\\"4\\\"\",le=\"0.5\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("spb_plc_read_seconds_count{device=\"press \\\"4\\\"\"} 2"));
     }
 }

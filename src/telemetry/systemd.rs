@@ -34,7 +34,9 @@ pub fn stopping() {
 /// Pets the watchdog at half its interval while both loops advance; stays
 /// silent (so systemd restarts us) when either one is stuck.
 pub async fn watchdog(t: Arc<Telemetry>) {
-    let Some(interval) = sd_notify::watchdog_enabled() else { return };
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return;
+    };
     let period = (interval / 2).max(Duration::from_millis(100));
     let (mut poll, mut mqtt) = (u64::MAX, u64::MAX);
     loop {
@@ -43,7 +45,11 @@ pub async fn watchdog(t: Arc<Telemetry>) {
         if p != poll && m != mqtt {
             let _ = sd_notify::notify(&[NotifyState::Watchdog]);
         } else {
-            tracing::warn!(poll_loop_stuck = p == poll, mqtt_loop_stuck = m == mqtt, "not petting the systemd watchdog");
+            tracing::warn!(
+                poll_loop_stuck = p == poll,
+                mqtt_loop_stuck = m == mqtt,
+                "not petting the systemd watchdog"
+            );
         }
         (poll, mqtt) = (p, m);
     }

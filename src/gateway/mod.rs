@@ -1,0 +1,707 @@
+//! The gateway runtime: executes what the sans-IO [`EdgeSession`] decides.
+//!
+//! One task owns the session and runs a select loop over: the current MQTT
+//! connection's events, the pollers' events, a 100 ms tick (debounced
+//! rebirths, replay of stored data, status), the reconnect timer, and signals
+//! (SIGTERM/SIGINT: NDEATH, DISCONNECT, exit 0; SIGHUP: reload).
+//!
+//! Invariants:
+//! - At most one MQTT connection exists; events of a previous one are ignored.
+//! - The Will is rebuilt by the session before every CONNECT; bdSeq is
+//!   persisted (write, fsync, rename) as soon as a CONNECT is known to be sent.
+//! - Samples the session cannot publish go to the store and are replayed,
+//!   bounded per tick, only while the session publishes.
+//! - A reload that fails validation changes nothing and logs every error.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, ConnectionError, Event, Packet};
+use thiserror::Error;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch as signal_watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{Config, Overrides};
+use crate::mqtt::{self, ConnEvent, MqttError, Server};
+use crate::plc::poller::{self, now_ms, PollEvent};
+use crate::plc::sim::Rng;
+use crate::queue::{MemoryStore, Record};
+use crate::sparkplug::edge::{DeviceDef, EdgeAction, EdgeConfig, EdgeError, EdgeSession};
+use crate::sparkplug::topic::{MessageType, Topic};
+use crate::sparkplug::{pretty, Metric, Payload, Publish, Value};
+use crate::telemetry::metrics::Telemetry;
+use crate::telemetry::{http, systemd};
+
+pub mod watch;
+
+/// Why the gateway could not start or had to stop.
+#[derive(Debug, Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Mqtt(#[from] MqttError),
+    #[error("sparkplug session: {0}")]
+    Session(#[from] EdgeError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("telemetry.listen {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Where the configuration came from, for SIGHUP reloads.
+    pub config_path: Option<PathBuf>,
+    /// Command-line overrides, re-applied after a reload.
+    pub overrides: Overrides,
+    /// Poll and log what would be published; connect to no broker.
+    pub dry_run: bool,
+    /// Do not poll PLCs (the node is born without devices online).
+    pub disable_plc: bool,
+}
+
+/// The gateway's software version, published in NBIRTH.
+const VERSION_METRIC: &str = "Properties/Software Version";
+
+fn node_metrics(now: u64) -> Vec<Metric> {
+    vec![Metric::new(
+        VERSION_METRIC,
+        Value::String(format!("spb-gateway {}", env!("CARGO_PKG_VERSION"))),
+        now,
+    )]
+}
+
+fn definitions(cfg: &Config, now: u64) -> Vec<(DeviceDef, Vec<crate::config::TagConfig>)> {
+    cfg.devices
+        .iter()
+        .filter(|d| d.enabled)
+        .map(|d| {
+            let tags = poller::expand_tags(d);
+            (
+                DeviceDef {
+                    name: d.name.clone(),
+                    metrics: poller::declarations(&tags, now),
+                },
+                tags,
+            )
+        })
+        .collect()
+}
+
+fn edge_config(cfg: &Config, dry_run: bool) -> EdgeConfig {
+    EdgeConfig {
+        group_id: cfg.node.group_id.clone(),
+        node_id: cfg.node.node_id.clone(),
+        // A dry run has no broker, so it cannot see the host's STATE.
+        primary_host_id: if dry_run {
+            None
+        } else {
+            cfg.node.primary_host_id.clone()
+        },
+        server_count: cfg.mqtt.servers.len().max(1),
+        rebirth_debounce_ms: cfg.node.rebirth_debounce.as_millis() as u64,
+        aliases: cfg.node.aliases,
+    }
+}
+
+/// Reads the persisted bdSeq (the value for the next CONNECT).
+fn load_bdseq(dir: &Path) -> Option<u8> {
+    let path = dir.join("bdseq");
+    let text = std::fs::read_to_string(&path).ok()?;
+    match text.trim().parse::<u8>() {
+        Ok(b) => Some(b),
+        Err(_) => {
+            tracing::error!(path = %path.display(), "bdSeq file is corrupt; starting from 0");
+            None
+        }
+    }
+}
+
+/// Persists the bdSeq durably: write a temporary file, fsync, rename.
+fn save_bdseq(dir: &Path, value: u8) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join("bdseq.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(f, "{value}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join("bdseq"))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+struct Runtime {
+    cfg: Config,
+    opts: RunOptions,
+    telemetry: Arc<Telemetry>,
+    status: Arc<Mutex<String>>,
+    session: EdgeSession,
+    servers: Vec<Server>,
+    store: MemoryStore,
+    client: Option<AsyncClient>,
+    conn_id: u64,
+    connack: bool,
+    closing: bool,
+    attempt: u32,
+    reconnect_at: Option<Instant>,
+    conn_tx: mpsc::Sender<ConnEvent>,
+    poll_tx: mpsc::Sender<PollEvent>,
+    stop_pollers: signal_watch::Sender<bool>,
+    pollers: Vec<JoinHandle<()>>,
+    rng: Rng,
+    state_dir: PathBuf,
+    replay_budget: f64,
+}
+
+/// Runs the gateway until SIGTERM/SIGINT.
+pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
+    let telemetry = Telemetry::new();
+    let status = Arc::new(Mutex::new("starting".to_string()));
+    let state_dir = cfg.store.path.clone();
+    if !opts.dry_run {
+        std::fs::create_dir_all(&state_dir).map_err(|source| GatewayError::Io {
+            what: "creating the state directory",
+            path: state_dir.clone(),
+            source,
+        })?;
+    }
+    let servers = if opts.dry_run {
+        Vec::new()
+    } else {
+        Server::prepare_all(&cfg.mqtt)?
+    };
+    let now = now_ms();
+    let defs = definitions(&cfg, now);
+    let stored = if opts.dry_run { None } else { load_bdseq(&state_dir) };
+    let session = EdgeSession::new(
+        edge_config(&cfg, opts.dry_run),
+        node_metrics(now),
+        defs.iter().map(|(d, _)| d.clone()).collect(),
+        stored,
+    )?;
+    if let Some(addr) = cfg.telemetry.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| GatewayError::Bind { addr, source })?;
+        tracing::info!(%addr, "health and metrics on http://{addr}/metrics");
+        tokio::spawn(http::serve(listener, telemetry.clone(), status.clone()));
+    }
+    let (conn_tx, mut conn_rx) = mpsc::channel(4096);
+    let (poll_tx, mut poll_rx) = mpsc::channel(1024);
+    let (stop_pollers, _) = signal_watch::channel(false);
+    let mut rt = Runtime {
+        store: MemoryStore::new(cfg.store.max_bytes),
+        cfg,
+        opts,
+        telemetry: telemetry.clone(),
+        status,
+        session,
+        servers,
+        client: None,
+        conn_id: 0,
+        connack: false,
+        closing: false,
+        attempt: 0,
+        reconnect_at: Some(Instant::now()),
+        conn_tx,
+        poll_tx,
+        stop_pollers,
+        pollers: Vec::new(),
+        rng: Rng::new(now ^ u64::from(std::process::id())),
+        state_dir,
+        replay_budget: 0.0,
+    };
+    rt.start_pollers(defs.into_iter().map(|(_, t)| t).collect());
+    tokio::spawn(systemd::watchdog(telemetry.clone()));
+    systemd::ready(&format!(
+        "{} devices, {}",
+        rt.cfg.devices.iter().filter(|d| d.enabled).count(),
+        if rt.opts.dry_run { "dry run" } else { "connecting" }
+    ));
+    tracing::info!(
+        group = %rt.cfg.node.group_id, node = %rt.cfg.node.node_id, bdseq = rt.session.bdseq(),
+        dry_run = rt.opts.dry_run, "spb-gateway {} started", env!("CARGO_PKG_VERSION")
+    );
+    let io = |e: std::io::Error| GatewayError::Io {
+        what: "installing a handler for",
+        path: "signals".into(),
+        source: e,
+    };
+    let mut sigterm = signal(SignalKind::terminate()).map_err(io)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(io)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(io)?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let reconnect = async {
+            match rt.reconnect_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(ev) = conn_rx.recv() => rt.on_conn_event(ev).await,
+            Some(ev) = poll_rx.recv() => rt.on_poll(ev).await,
+            _ = tick.tick() => rt.on_tick().await,
+            _ = reconnect => rt.start_connect(),
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = sighup.recv() => rt.reload().await,
+        }
+    }
+    rt.shutdown(&mut conn_rx).await;
+    Ok(())
+}
+
+impl Runtime {
+    fn start_pollers(&mut self, tag_sets: Vec<Vec<crate::config::TagConfig>>) {
+        if self.opts.disable_plc {
+            tracing::warn!("--disable-plc: not polling any PLC");
+            return;
+        }
+        let _ = self.stop_pollers.send(false);
+        let enabled: Vec<_> = self.cfg.devices.iter().filter(|d| d.enabled).cloned().collect();
+        self.telemetry
+            .retain_devices(&enabled.iter().map(|d| d.name.as_str()).collect::<Vec<_>>());
+        for (d, tags) in enabled.into_iter().zip(tag_sets) {
+            let stats = self.telemetry.device(&d.name);
+            let handle = tokio::spawn(poller::run(
+                d,
+                tags,
+                self.poll_tx.clone(),
+                stats,
+                self.stop_pollers.subscribe(),
+            ));
+            self.pollers.push(handle);
+        }
+    }
+
+    async fn stop_all_pollers(&mut self) {
+        let _ = self.stop_pollers.send(true);
+        for h in self.pollers.drain(..) {
+            let _ = h.await;
+        }
+    }
+
+    fn start_connect(&mut self) {
+        self.reconnect_at = None;
+        if self.opts.dry_run {
+            // No broker: behave as if connected, and log instead of publishing.
+            let now = now_ms();
+            let _ = self.session.begin_connect(now);
+            let actions = self.session.connected(now);
+            self.telemetry.connected.store(true, Relaxed);
+            self.dry_run_actions(actions);
+            return;
+        }
+        let now = now_ms();
+        let actions = self.session.begin_connect(now);
+        let mut will = None;
+        let mut server = 0;
+        for a in actions {
+            match a {
+                EdgeAction::SetWill(w) => will = Some(w),
+                EdgeAction::Connect { server: s } => server = s,
+                other => tracing::debug!(?other, "unexpected action before connect"),
+            }
+        }
+        let Some(srv) = self.servers.get(server).cloned() else {
+            tracing::error!("no MQTT server configured");
+            return;
+        };
+        self.conn_id += 1;
+        self.connack = false;
+        self.closing = false;
+        let opts = mqtt::options(&srv, &self.cfg.mqtt, &self.cfg.node.node_id, will.as_ref());
+        tracing::info!(server = %srv.label(), bdseq = self.session.bdseq(), attempt = self.attempt, "connecting");
+        self.set_status(format!("connecting to {}", srv.label()));
+        self.client = Some(mqtt::connect(
+            opts,
+            self.cfg.mqtt.connect_timeout,
+            self.conn_id,
+            self.conn_tx.clone(),
+        ));
+    }
+
+    fn schedule_reconnect(&mut self) {
+        let wait = mqtt::backoff(
+            self.attempt,
+            self.cfg.mqtt.backoff_min,
+            self.cfg.mqtt.backoff_max,
+            self.rng.next_u64(),
+        );
+        self.reconnect_at = Some(Instant::now() + wait);
+        self.attempt = self.attempt.saturating_add(1);
+    }
+
+    async fn on_conn_event(&mut self, ev: ConnEvent) {
+        self.telemetry.mqtt_progress.fetch_add(1, Relaxed);
+        match ev {
+            ConnEvent::Event(id, _) | ConnEvent::Closed(id, _) if id != self.conn_id => {}
+            ConnEvent::Event(_, Event::Incoming(Packet::ConnAck(_))) => {
+                self.connack = true;
+                self.attempt = 0;
+                self.telemetry.connects.fetch_add(1, Relaxed);
+                self.telemetry.connected.store(true, Relaxed);
+                let server = self
+                    .servers
+                    .get(self.session.server())
+                    .map(Server::label)
+                    .unwrap_or_default();
+                tracing::info!(%server, bdseq = self.session.bdseq(), "connected");
+                let actions = self.session.connected(now_ms());
+                self.execute(actions).await;
+            }
+            ConnEvent::Event(_, Event::Incoming(Packet::Publish(p))) => {
+                let topic = p.topic.clone();
+                let actions = self.session.handle_message(now_ms(), &topic, &p.payload);
+                if topic.starts_with("spBv1.0/STATE/") {
+                    self.note_host_state(&p.payload);
+                }
+                self.execute(actions).await;
+            }
+            ConnEvent::Event(..) => {}
+            ConnEvent::Closed(_, e) => self.on_closed(e),
+        }
+    }
+
+    fn note_host_state(&self, payload: &[u8]) {
+        if let Ok(s) = crate::sparkplug::state::HostState::parse(payload) {
+            self.telemetry.primary_host_online.store(s.online, Relaxed);
+            tracing::info!(online = s.online, timestamp = s.timestamp, "Primary Host STATE");
+        }
+    }
+
+    fn on_closed(&mut self, e: ConnectionError) {
+        self.client = None;
+        self.telemetry.connected.store(false, Relaxed);
+        self.telemetry.born.store(false, Relaxed);
+        let server = self.servers.get(self.session.server()).cloned();
+        let why = server
+            .as_ref()
+            .map(|s| mqtt::explain(s, &e))
+            .unwrap_or_else(|| e.to_string());
+        if self.closing {
+            // We disconnected on purpose (host offline, next server); the
+            // session already walked on.
+            self.closing = false;
+            tracing::info!("disconnected; moving to the next server");
+        } else if self.connack {
+            self.telemetry.connection_failures.fetch_add(1, Relaxed);
+            tracing::warn!(error = %why, "connection lost");
+            self.session.connection_lost();
+        } else {
+            self.telemetry.connection_failures.fetch_add(1, Relaxed);
+            tracing::error!(error = %why, "connection failed");
+            if mqtt::connect_was_sent(&e) {
+                let actions = self.session.connect_sent();
+                self.persist(actions);
+            }
+            self.session.connect_failed();
+        }
+        self.set_status(format!("disconnected: {why}"));
+        self.schedule_reconnect();
+    }
+
+    fn persist(&self, actions: Vec<EdgeAction>) {
+        for a in actions {
+            if let EdgeAction::PersistBdSeq(b) = a {
+                if let Err(e) = save_bdseq(&self.state_dir, b) {
+                    tracing::error!(error = %e, dir = %self.state_dir.display(), "cannot persist bdSeq");
+                }
+            }
+        }
+    }
+
+    async fn execute(&mut self, actions: Vec<EdgeAction>) {
+        if self.opts.dry_run {
+            self.dry_run_actions(actions);
+            return;
+        }
+        for a in actions {
+            match a {
+                EdgeAction::PersistBdSeq(b) => {
+                    if let Err(e) = save_bdseq(&self.state_dir, b) {
+                        tracing::error!(error = %e, dir = %self.state_dir.display(), "cannot persist bdSeq");
+                    }
+                }
+                EdgeAction::Subscribe(topics) => {
+                    if let Some(c) = &self.client {
+                        let filters = topics
+                            .into_iter()
+                            .map(|t| rumqttc::SubscribeFilter::new(t, rumqttc::QoS::AtLeastOnce));
+                        if let Err(e) = c.subscribe_many(filters).await {
+                            tracing::error!(error = %e, "subscribe failed");
+                        }
+                    }
+                }
+                EdgeAction::Publish(p) => self.publish(p).await,
+                EdgeAction::Disconnect => {
+                    self.closing = true;
+                    self.telemetry.born.store(false, Relaxed);
+                    if let Some(c) = &self.client {
+                        let _ = c.disconnect().await;
+                    }
+                }
+                EdgeAction::StoreHistorical { device, metrics } => self.store(device, metrics),
+                EdgeAction::Command { device, metrics } => {
+                    self.telemetry.commands_received.fetch_add(1, Relaxed);
+                    let names: Vec<String> = metrics.iter().map(pretty::metric_line).collect();
+                    tracing::warn!(
+                        device = device.as_deref().unwrap_or("(node)"), writes = ?names,
+                        "write request refused: command write-back is disabled ([commands] enabled = false)"
+                    );
+                }
+                EdgeAction::Rejected { topic, reason } => {
+                    self.telemetry.rejected_messages.fetch_add(1, Relaxed);
+                    tracing::warn!(%topic, %reason, "message rejected");
+                }
+                EdgeAction::SetWill(_) | EdgeAction::Connect { .. } => {}
+            }
+        }
+        self.update_gauges();
+    }
+
+    async fn publish(&mut self, p: Publish) {
+        let kind = Topic::parse(&p.topic).ok().and_then(|t| t.kind());
+        let Some(c) = &self.client else { return };
+        let len = p.payload.len();
+        if kind == Some(MessageType::NBirth) {
+            tracing::info!(topic = %p.topic, bdseq = self.session.bdseq(), "NBIRTH");
+        }
+        match mqtt::publish(c, p).await {
+            Ok(()) => {
+                if let Some(k) = kind {
+                    self.telemetry.published(k, len);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "publish failed"),
+        }
+    }
+
+    fn store(&mut self, device: Option<String>, metrics: Vec<Metric>) {
+        self.telemetry.stored_samples.fetch_add(metrics.len() as u64, Relaxed);
+        let dropped = self.store.push(Record { device, metrics });
+        if dropped.metrics > 0 {
+            self.telemetry
+                .dropped_samples
+                .fetch_add(dropped.metrics as u64, Relaxed);
+            tracing::error!(
+                dropped = dropped.metrics,
+                max_bytes = self.cfg.store.max_bytes,
+                "store full: dropped the oldest samples"
+            );
+        }
+    }
+
+    fn dry_run_actions(&mut self, actions: Vec<EdgeAction>) {
+        for a in actions {
+            match a {
+                EdgeAction::Publish(p) => {
+                    let kind = Topic::parse(&p.topic).ok().and_then(|t| t.kind());
+                    if let Some(k) = kind {
+                        self.telemetry.published(k, p.payload.len());
+                    }
+                    // DATA omits datatypes; decode the envelope for the log line.
+                    let summary = match Payload::decode(&p.payload) {
+                        Ok(d) => pretty::payload_lines(&d),
+                        Err(_) => format!("{} bytes", p.payload.len()),
+                    };
+                    tracing::info!(topic = %p.topic, "dry run, would publish: {summary}");
+                }
+                EdgeAction::StoreHistorical { device, metrics } => self.store(device, metrics),
+                other => tracing::debug!(?other, "dry run"),
+            }
+        }
+        self.telemetry.born.store(self.session.is_born(), Relaxed);
+    }
+
+    async fn on_poll(&mut self, ev: PollEvent) {
+        self.telemetry.poll_progress.fetch_add(1, Relaxed);
+        let now = now_ms();
+        let result = match ev {
+            PollEvent::Online { device, metrics } => self.session.device_online_with(now, &device, metrics),
+            PollEvent::Offline { device, reason } => {
+                tracing::warn!(%device, %reason, "device offline");
+                self.session.device_offline(now, &device)
+            }
+            PollEvent::Samples { device, metrics } => {
+                let n = metrics.len() as u64;
+                let r = self.session.update(now, Some(&device), metrics);
+                if self.session.is_publishing() {
+                    self.telemetry.data_metrics.fetch_add(n, Relaxed);
+                }
+                r
+            }
+        };
+        match result {
+            Ok(actions) => self.execute(actions).await,
+            Err(e) => tracing::error!(error = %e, "poller and session disagree"),
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        self.telemetry.mqtt_progress.fetch_add(1, Relaxed);
+        if self.pollers.is_empty() {
+            self.telemetry.poll_progress.fetch_add(1, Relaxed);
+        }
+        let now = now_ms();
+        let rebirth = self.session.tick(now);
+        if !rebirth.is_empty() {
+            self.telemetry.rebirths.fetch_add(1, Relaxed);
+        }
+        self.execute(rebirth).await;
+        self.replay(now).await;
+        self.update_gauges();
+    }
+
+    /// Replays stored samples, at most `replay_rate` metrics per second.
+    async fn replay(&mut self, now: u64) {
+        if !self.session.is_publishing() || self.store.len_metrics() == 0 {
+            self.replay_budget = 0.0;
+            return;
+        }
+        self.replay_budget = (self.replay_budget + f64::from(self.cfg.store.replay_rate) / 10.0)
+            .min(f64::from(self.cfg.store.replay_rate));
+        while self.replay_budget >= 1.0 {
+            let Some(r) = self.store.pop() else { break };
+            let n = r.metrics.len();
+            match self.session.replay(now, r.device.as_deref(), r.metrics.clone()) {
+                Ok(actions) => {
+                    self.replay_budget -= n as f64;
+                    self.telemetry.replayed_samples.fetch_add(n as u64, Relaxed);
+                    self.execute(actions).await;
+                }
+                Err(EdgeError::NotPublishing) => {
+                    self.store.unpop(r);
+                    break;
+                }
+                Err(e) => {
+                    self.telemetry.dropped_samples.fetch_add(n as u64, Relaxed);
+                    tracing::error!(error = %e, dropped = n, "stored samples cannot be replayed");
+                }
+            }
+        }
+    }
+
+    fn update_gauges(&self) {
+        let t = &self.telemetry;
+        t.born.store(self.session.is_born(), Relaxed);
+        t.bdseq.store(self.session.bdseq().into(), Relaxed);
+        t.seq.store(u64::from(self.session.next_seq().wrapping_sub(1)), Relaxed);
+        t.queue_depth.store(self.store.len_metrics() as u64, Relaxed);
+        t.queue_bytes.store(self.store.bytes() as u64, Relaxed);
+        if self.session.is_born() {
+            self.set_status(format!(
+                "born, bdSeq {}, queue {} samples",
+                self.session.bdseq(),
+                self.store.len_metrics()
+            ));
+        }
+    }
+
+    fn set_status(&self, s: String) {
+        if let Ok(mut st) = self.status.lock() {
+            if *st != s {
+                systemd::status(&s);
+                *st = s;
+            }
+        }
+    }
+
+    /// SIGHUP: re-read the file; on success apply it, rebirthing if the tag set changed.
+    async fn reload(&mut self) {
+        let Some(path) = self.opts.config_path.clone() else {
+            tracing::warn!("SIGHUP ignored: no configuration file to reload");
+            return;
+        };
+        let mut cfg = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("reload refused, keeping the running configuration:\n{e}");
+                return;
+            }
+        };
+        if let Err(e) = cfg.apply(&self.opts.overrides) {
+            tracing::error!("reload refused: {e}");
+            return;
+        }
+        let now = now_ms();
+        let old = definitions(&self.cfg, now);
+        let new = definitions(&cfg, now);
+        let same_tags = old.len() == new.len()
+            && old.iter().zip(&new).all(|((a, _), (b, _))| {
+                a.name == b.name
+                    && a.metrics.len() == b.metrics.len()
+                    && a.metrics
+                        .iter()
+                        .zip(&b.metrics)
+                        .all(|(x, y)| x.name == y.name && x.datatype == y.datatype)
+            });
+        // Stop the pollers first and deliver what they already read: no sample is lost.
+        self.stop_all_pollers().await;
+        let identity_changed = cfg.node != self.cfg.node;
+        if cfg.mqtt != self.cfg.mqtt || identity_changed {
+            tracing::warn!("[node] or [mqtt] changed: takes effect after a restart");
+        }
+        let node = self.cfg.node.clone();
+        let mqtt_cfg = self.cfg.mqtt.clone();
+        self.cfg = cfg;
+        self.cfg.node = node;
+        self.cfg.mqtt = mqtt_cfg;
+        if !same_tags {
+            match self
+                .session
+                .redefine(now, node_metrics(now), new.iter().map(|(d, _)| d.clone()).collect())
+            {
+                Ok(actions) => {
+                    tracing::info!("configuration reloaded: tag set changed, rebirth");
+                    self.telemetry.rebirths.fetch_add(1, Relaxed);
+                    self.execute(actions).await;
+                }
+                Err(e) => tracing::error!(error = %e, "reload could not redefine the session"),
+            }
+        } else {
+            tracing::info!("configuration reloaded: same tag set, no rebirth");
+        }
+        self.start_pollers(new.into_iter().map(|(_, t)| t).collect());
+    }
+
+    /// NDEATH, DISCONNECT, and wait (briefly) for both to leave.
+    async fn shutdown(&mut self, conn_rx: &mut mpsc::Receiver<ConnEvent>) {
+        tracing::info!("shutting down");
+        systemd::stopping();
+        self.stop_all_pollers().await;
+        let actions = self.session.shutdown(now_ms());
+        if self.opts.dry_run {
+            self.dry_run_actions(actions);
+            return;
+        }
+        let had_connection = self.client.is_some();
+        self.execute(actions).await;
+        if had_connection {
+            let id = self.conn_id;
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while let Some(ev) = conn_rx.recv().await {
+                    if matches!(ev, ConnEvent::Closed(i, _) if i == id) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        tracing::info!(dropped_in_memory = self.store.len_metrics(), "stopped");
+    }
+}

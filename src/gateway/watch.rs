@@ -1,0 +1,225 @@
+//! `spb-gateway watch`: a decoded live view of the Sparkplug traffic on a
+//! broker, for technicians. It is passive: it tracks births with a
+//! [`HostSession`] to resolve aliases and datatypes, but publishes nothing
+//! (no STATE, no rebirth requests).
+//!
+//! Output: one line per message, then one indented line per metric, e.g.
+//! `DDATA Plant1/gw-01/press seq 7` / `  Temperature (alias 1) Float = 21.5 @…`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use rumqttc::{Event, Packet};
+use tokio::sync::mpsc;
+
+use crate::config::{MqttConfig, ServerConfig};
+use crate::mqtt::{self, ConnEvent, MqttError, Server};
+use crate::plc::poller::now_ms;
+use crate::sparkplug::host::{HostConfig, HostEvent, HostSession};
+use crate::sparkplug::pretty;
+
+/// What to watch.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    pub server: ServerConfig,
+    pub filter: String,
+    /// Stop after this many messages (0 = never).
+    pub count: u64,
+    /// Stop after this long (None = never).
+    pub duration: Option<Duration>,
+    /// Ask nodes whose birth we have not seen for one (publishes NCMD Rebirth).
+    pub rebirth: bool,
+}
+
+fn print_events(
+    out: &mut impl Write,
+    events: Vec<HostEvent>,
+    waiting: &mut std::collections::HashSet<String>,
+    rebirth: bool,
+) {
+    for ev in events {
+        if let HostEvent::Quarantine { topic, reason, .. } = &ev {
+            // DATA of a node whose birth happened before we subscribed: say so
+            // once per node rather than once per message.
+            if reason.contains("before NBIRTH") {
+                let parts: Vec<&str> = topic.split('/').collect();
+                let node = format!("{}/{}", parts.get(1).unwrap_or(&""), parts.get(3).unwrap_or(&""));
+                if waiting.insert(node.clone()) {
+                    let what = if rebirth {
+                        "requesting a rebirth"
+                    } else {
+                        "restart the node or run watch with --rebirth"
+                    };
+                    let _ = writeln!(
+                        out,
+                        "… {node}: its birth came before we subscribed, DATA cannot be decoded yet ({what})"
+                    );
+                }
+                continue;
+            }
+        }
+        if let HostEvent::NodeBirth { group, node, .. } = &ev {
+            waiting.remove(&format!("{group}/{node}"));
+        }
+        let _ = match ev {
+            HostEvent::NodeBirth {
+                group,
+                node,
+                bdseq,
+                metrics,
+                ..
+            } => writeln!(out, "NBIRTH {group}/{node} bdSeq {bdseq}, {} metrics", metrics.len()).and_then(|_| {
+                metrics
+                    .iter()
+                    .try_for_each(|m| writeln!(out, "  {}", pretty::metric_line(m)))
+            }),
+            HostEvent::DeviceBirth {
+                group,
+                node,
+                device,
+                metrics,
+                ..
+            } => writeln!(out, "DBIRTH {group}/{node}/{device}, {} metrics", metrics.len()).and_then(|_| {
+                metrics
+                    .iter()
+                    .try_for_each(|m| writeln!(out, "  {}", pretty::metric_line(m)))
+            }),
+            HostEvent::Data {
+                group,
+                node,
+                device,
+                seq,
+                metrics,
+                ..
+            } => {
+                let (kind, path) = match &device {
+                    Some(d) => ("DDATA", format!("{group}/{node}/{d}")),
+                    None => ("NDATA", format!("{group}/{node}")),
+                };
+                writeln!(out, "{kind} {path} seq {seq}").and_then(|_| {
+                    metrics
+                        .iter()
+                        .try_for_each(|m| writeln!(out, "  {}", pretty::metric_line(m)))
+                })
+            }
+            HostEvent::NodeDeath {
+                group,
+                node,
+                cause,
+                stale,
+                ..
+            } => {
+                writeln!(out, "NDEATH {group}/{node} ({cause:?}): {} metrics STALE", stale.len())
+            }
+            HostEvent::DeviceDeath {
+                group,
+                node,
+                device,
+                stale,
+                ..
+            } => {
+                writeln!(out, "DDEATH {group}/{node}/{device}: {} metrics STALE", stale.len())
+            }
+            HostEvent::DeathIgnored { group, node, bdseq } => {
+                writeln!(
+                    out,
+                    "NDEATH {group}/{node} bdSeq {bdseq:?} ignored: does not match the current birth"
+                )
+            }
+            HostEvent::SequenceError {
+                group,
+                node,
+                expected,
+                got,
+            } => {
+                writeln!(out, "!! {group}/{node}: expected seq {expected}, got {got}")
+            }
+            HostEvent::Quarantine { topic, reason, .. } => writeln!(out, "!! {topic}: {reason}"),
+            HostEvent::RebirthRequested { .. }
+            | HostEvent::Publish(_)
+            | HostEvent::Subscribe(_)
+            | HostEvent::Disconnect => Ok(()),
+        };
+    }
+}
+
+/// Connects, subscribes and prints until stopped.
+pub async fn run(opts: WatchOptions) -> Result<(), MqttError> {
+    let mqtt_cfg = MqttConfig {
+        servers: vec![opts.server.clone()],
+        keepalive: Duration::from_secs(30),
+        backoff_min: Duration::from_millis(500),
+        backoff_max: Duration::from_secs(10),
+        max_packet_size: 16 * 1024 * 1024,
+        connect_timeout: Duration::from_secs(10),
+    };
+    let server = Server::prepare_all(&mqtt_cfg)?.remove(0);
+    let client_id = format!("spb-watch-{}", std::process::id());
+    // Reorder timeout 0: a watcher shows gaps at once rather than holding messages.
+    let mut host = HostSession::new(HostConfig {
+        host_id: client_id.clone(),
+        subscriptions: vec![],
+        reorder_timeout_ms: 0,
+        rebirth_min_interval_ms: 10_000,
+    })
+    .expect("the generated watcher id is a valid host id");
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut seen = 0u64;
+    let mut stdout = std::io::stdout();
+    let mut attempt = 0u32;
+    let mut waiting = std::collections::HashSet::new();
+    loop {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let o = mqtt::options(&server, &mqtt_cfg, &client_id, None);
+        let client = mqtt::connect(o, mqtt_cfg.connect_timeout, 1, tx);
+        loop {
+            let next = async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d, rx.recv()).await.ok().flatten(),
+                    None => rx.recv().await,
+                }
+            };
+            match next.await {
+                None => return Ok(()),
+                Some(ConnEvent::Event(_, Event::Incoming(Packet::ConnAck(_)))) => {
+                    attempt = 0;
+                    eprintln!("watching {} on {}", opts.filter, server.label());
+                    let _ = client.subscribe(opts.filter.clone(), rumqttc::QoS::AtMostOnce).await;
+                }
+                Some(ConnEvent::Event(_, Event::Incoming(Packet::Publish(p)))) => {
+                    if p.topic.starts_with("spBv1.0/STATE/") {
+                        let _ = writeln!(stdout, "STATE {} {}", p.topic, String::from_utf8_lossy(&p.payload));
+                    } else {
+                        let events = host.handle_message(now_ms(), &p.topic, &p.payload);
+                        if opts.rebirth {
+                            for ev in &events {
+                                if let HostEvent::Publish(req) = ev {
+                                    let _ = mqtt::publish(&client, req.clone()).await;
+                                }
+                            }
+                        }
+                        print_events(&mut stdout, events, &mut waiting, opts.rebirth);
+                    }
+                    let _ = stdout.flush();
+                    seen += 1;
+                    if opts.count > 0 && seen >= opts.count {
+                        return Ok(());
+                    }
+                }
+                Some(ConnEvent::Event(..)) => {}
+                Some(ConnEvent::Closed(_, e)) => {
+                    eprintln!("{}", mqtt::explain(&server, &e));
+                    break;
+                }
+            }
+        }
+        let wait = mqtt::backoff(
+            attempt,
+            mqtt_cfg.backoff_min,
+            mqtt_cfg.backoff_max,
+            u64::from(attempt) * 7919,
+        );
+        attempt += 1;
+        tokio::time::sleep(wait).await;
+    }
+}
