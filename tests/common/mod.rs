@@ -57,3 +57,395 @@ pub fn unhex(s: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
         .collect()
 }
+
+// ---------------------------------------------------------------------------
+// Real peers on loopback: certificates, mosquitto, the pysparkplug peer, the gateway.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::Child;
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn wait_for_port(port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on 127.0.0.1:{port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A test PKI: CA, broker certificate (localhost, 127.0.0.1), client
+/// certificate, and a client certificate from a rogue CA.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn generate() -> Pki {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ca = |cn: &str| {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            let cert = p.self_signed(&key).expect("self-signed");
+            (p, key, cert)
+        };
+        let (ca_p, ca_k, ca_c) = ca("spb-test-ca");
+        let (rogue_p, rogue_k, rogue_c) = ca("spb-rogue-ca");
+        let leaf = |names: Vec<String>, cn: &str, p: &rcgen::CertificateParams, k: &rcgen::KeyPair| {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut params = rcgen::CertificateParams::new(names).expect("params");
+            params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            let issuer = rcgen::Issuer::from_params(p, k);
+            (params.signed_by(&key, &issuer).expect("signed"), key)
+        };
+        let (server, server_k) = leaf(vec!["localhost".into(), "127.0.0.1".into()], "localhost", &ca_p, &ca_k);
+        let (client, client_k) = leaf(vec!["gw-test".into()], "gw-test", &ca_p, &ca_k);
+        let (rogue, rogue_client_k) = leaf(vec!["gw-test".into()], "gw-test", &rogue_p, &rogue_k);
+        let w = |name: &str, text: String| std::fs::write(dir.path().join(name), text).expect("write pem");
+        w("ca.pem", ca_c.pem());
+        w("rogue-ca.pem", rogue_c.pem());
+        w("server.pem", server.pem());
+        w("server.key", server_k.serialize_pem());
+        w("client.pem", client.pem());
+        w("client.key", client_k.serialize_pem());
+        w("rogue-client.pem", rogue.pem());
+        w("rogue-client.key", rogue_client_k.serialize_pem());
+        Pki { dir }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+/// A private mosquitto: a plain listener and, with a PKI, an mTLS listener.
+pub struct Broker {
+    pub port: u16,
+    pub tls_port: Option<u16>,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start(pki: Option<&Pki>) -> Broker {
+        let dir = tempfile::tempdir().expect("tmp");
+        let port = free_port();
+        let tls_port = pki.map(|_| free_port());
+        let mut conf = format!(
+            "per_listener_settings true\npersistence false\nlog_type error\nlog_type warning\nlog_type notice\n\
+             listener {port} 127.0.0.1\nallow_anonymous true\n"
+        );
+        if let (Some(pki), Some(tp)) = (pki, tls_port) {
+            conf.push_str(&format!(
+                "listener {tp} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n\
+                 use_identity_as_username true\nallow_anonymous true\n",
+                pki.path("ca.pem"),
+                pki.path("server.pem"),
+                pki.path("server.key")
+            ));
+        }
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("write conf");
+        let mut b = Broker {
+            port,
+            tls_port,
+            dir,
+            child: None,
+        };
+        b.restart();
+        b
+    }
+
+    /// Starts (again) on the same ports.
+    pub fn restart(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).expect("log");
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto is installed (make deps)");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(10));
+        if let Some(tp) = self.tls_port {
+            wait_for_port(tp, Duration::from_secs(10));
+        }
+    }
+
+    /// Kills the broker (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The pysparkplug peer on the broker: every message it receives, decoded.
+pub struct Peer {
+    child: Child,
+    rx: Receiver<serde_json::Value>,
+    /// Received but not yet matched by a `wait_for` (e.g. while waiting for an ack).
+    pending: std::collections::VecDeque<serde_json::Value>,
+    pub seen: Vec<serde_json::Value>,
+}
+
+impl Peer {
+    pub fn start(port: u16) -> Peer {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/sparkplug_peer_mqtt.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .arg(port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the pysparkplug MQTT peer");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let mut p = Peer {
+            child,
+            rx,
+            pending: Default::default(),
+            seen: Vec::new(),
+        };
+        p.wait_for("the peer subscribed", Duration::from_secs(15), |m| {
+            m["subscribed"] == true
+        });
+        p
+    }
+
+    /// Waits for a message matching `pred`; everything received is kept in
+    /// `seen`, and what does not match stays available to the next call.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        if let Some(i) = self.pending.iter().position(&pred) {
+            let m = self.pending.remove(i).expect("index from position");
+            self.pending.drain(..i);
+            return m;
+        }
+        self.pending.clear();
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(m) => {
+                    self.seen.push(m.clone());
+                    if pred(&m) {
+                        return m;
+                    }
+                }
+                Err(_) => panic!(
+                    "timed out after {within:?} waiting for {what}; received: {:#?}",
+                    self.seen.iter().rev().take(8).collect::<Vec<_>>()
+                ),
+            }
+        }
+    }
+
+    /// Collects what arrives during `d`.
+    pub fn collect(&mut self, d: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + d;
+        let mut got: Vec<serde_json::Value> = self.pending.drain(..).collect();
+        while let Ok(m) = self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            self.seen.push(m.clone());
+            got.push(m);
+        }
+        got
+    }
+
+    pub fn send(&mut self, cmd: serde_json::Value) {
+        let stdin = self.child.stdin.as_mut().expect("piped");
+        writeln!(stdin, "{cmd}").expect("send to peer");
+        stdin.flush().expect("flush");
+        let op = cmd["op"].clone();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = self
+                .rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("the peer's ack");
+            if m["ack"] == op {
+                return;
+            }
+            self.seen.push(m.clone());
+            self.pending.push_back(m);
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of the named metric in a decoded message.
+pub fn metric<'a>(msg: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    msg["metrics"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["name"] == name))
+        .unwrap_or_else(|| panic!("no metric {name} in {msg}"))
+}
+
+/// A running spb-gateway with its own config file and state directory.
+pub struct Gateway {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub stderr_path: PathBuf,
+}
+
+impl Gateway {
+    /// Starts the gateway on `config` (TOML text) with extra arguments.
+    pub fn start(config: &str, args: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().expect("tmp");
+        Self::start_in(dir, config, args)
+    }
+
+    /// Starts with an existing state directory (to test restarts).
+    pub fn start_in(dir: tempfile::TempDir, config: &str, args: &[&str]) -> Gateway {
+        let cfg = dir.path().join("config.toml");
+        std::fs::write(&cfg, config).expect("write config");
+        let stderr_path = dir.path().join(format!("gateway-{}.log", free_port()));
+        let err = std::fs::File::create(&stderr_path).expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_spb-gateway"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(dir.path().join("state"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("start spb-gateway");
+        Gateway {
+            child,
+            dir,
+            stderr_path,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "log never said {needle:?}:\n{log}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).expect("signal");
+    }
+
+    /// Waits for exit and returns the status.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "gateway did not exit:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, keeping the state directory for a restart.
+    pub fn kill_keep_state(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tmp"))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gateway config for tests: one sim device `press` scanning every 100 ms.
+pub fn test_config(group: &str, node: &str, server: &str, extra_node: &str) -> String {
+    format!(
+        r#"[node]
+group_id = "{group}"
+node_id = "{node}"
+rebirth_debounce = "0s"
+{extra_node}
+
+[mqtt]
+backoff_min = "200ms"
+backoff_max = "1s"
+keepalive = "5s"
+connect_timeout = "3s"
+
+[[mqtt.servers]]
+{server}
+
+[telemetry]
+listen = ""
+log_format = "human"
+
+[[devices]]
+name = "press"
+driver = "sim"
+[devices.scan_classes]
+fast = "100ms"
+[[devices.tags]]
+name = "Strokes"
+address = "counter"
+datatype = "UInt32"
+scan_class = "fast"
+[[devices.tags]]
+name = "Pressure"
+address = "sine(amplitude=20, offset=180, period=5s)"
+datatype = "Float"
+scan_class = "fast"
+"#
+    )
+}

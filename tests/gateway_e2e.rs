@@ -1,0 +1,329 @@
+//! The gateway binary against a real mosquitto (started here on free loopback
+//! ports, plain and mTLS with certificates generated here), checked by an
+//! independent decoder (pysparkplug). Each test names the behaviour and the
+//! spec rules it proves.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{metric, test_config, Broker, Gateway, Peer, Pki};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value as J};
+
+const T: Duration = Duration::from_secs(20);
+
+fn plain(port: u16) -> String {
+    format!("host = \"127.0.0.1\"\nport = {port}")
+}
+
+fn kind(m: &J) -> &str {
+    m["kind"].as_str().unwrap_or("")
+}
+
+fn bdseq(m: &J) -> i64 {
+    metric(m, "bdSeq")["value"].as_i64().expect("bdSeq value")
+}
+
+// [tck-id-topics-nbirth-mqtt] [tck-id-topics-nbirth-seq-num] [tck-id-topics-nbirth-bdseq-included]
+// [tck-id-topics-nbirth-rebirth-metric] [tck-id-payloads-dbirth-order] [tck-id-payloads-sequence-num-incrementing]
+// [tck-id-principles-persistence-clean-session-311]
+#[test]
+fn born_node_publishes_nbirth_seq0_then_dbirth_then_contiguous_seq() {
+    let broker = Broker::start(None);
+    let mut peer = Peer::start(broker.port);
+    let _gw = Gateway::start(&test_config("G1", "gw", &plain(broker.port), ""), &[]);
+    let nbirth = peer.wait_for("NBIRTH", T, |m| kind(m) == "NBIRTH");
+    assert_eq!(nbirth["topic"], "spBv1.0/G1/NBIRTH/gw");
+    assert_eq!(
+        (
+            nbirth["seq"].as_i64(),
+            nbirth["retain"].as_bool(),
+            nbirth["qos"].as_i64()
+        ),
+        (Some(0), Some(false), Some(0))
+    );
+    assert_eq!(bdseq(&nbirth), 0);
+    assert_eq!(metric(&nbirth, "bdSeq")["datatype"], 4, "bdSeq is Int64");
+    let rebirth = metric(&nbirth, "Node Control/Rebirth");
+    assert_eq!(
+        (rebirth["datatype"].as_i64(), rebirth["value"].as_bool()),
+        (Some(11), Some(false))
+    );
+    let dbirth = peer.wait_for("DBIRTH", T, |m| kind(m) != "STATE");
+    assert_eq!(
+        (dbirth["kind"].as_str(), dbirth["seq"].as_i64()),
+        (Some("DBIRTH"), Some(1))
+    );
+    assert_eq!(dbirth["topic"], "spBv1.0/G1/DBIRTH/gw/press");
+    assert!(metric(&dbirth, "Strokes")["value"].as_i64().is_some());
+    let mut last = 1;
+    for _ in 0..20 {
+        let m = peer.wait_for("DDATA", T, |m| kind(m) == "DDATA");
+        assert!(m.get("error").is_none(), "pysparkplug decodes our DDATA: {m}");
+        let seq = m["seq"].as_i64().expect("seq");
+        assert_eq!(seq, (last + 1) % 256, "contiguous seq");
+        last = seq;
+    }
+}
+
+// [tck-id-payloads-ndeath-will-message] [tck-id-payloads-ndeath-bdseq] [tck-id-topics-nbirth-bdseq-increment]
+#[test]
+fn sigkill_makes_the_broker_deliver_ndeath_with_the_matching_bdseq_and_restart_increments_it() {
+    let broker = Broker::start(None);
+    let mut peer = Peer::start(broker.port);
+    let cfg = test_config("G2", "gw", &plain(broker.port), "");
+    let gw = Gateway::start(&cfg, &[]);
+    let first = bdseq(&peer.wait_for("NBIRTH", T, |m| kind(m) == "NBIRTH"));
+    let state = gw.kill_keep_state();
+    let ndeath = peer.wait_for("the Will NDEATH", T, |m| kind(m) == "NDEATH");
+    assert_eq!(bdseq(&ndeath), first, "NDEATH carries the bdSeq of the NBIRTH it ends");
+    assert_eq!(ndeath["seq"], J::Null);
+    let _gw = Gateway::start_in(state, &cfg, &[]);
+    let second = bdseq(&peer.wait_for("NBIRTH after restart", T, |m| kind(m) == "NBIRTH"));
+    assert_eq!(second, first + 1, "bdSeq survives the restart and increments");
+}
+
+// [tck-id-operational-behavior-data-commands-rebirth-action-2] [tck-id-operational-behavior-data-commands-rebirth-action-3]
+#[test]
+fn ncmd_rebirth_from_pysparkplug_gives_a_new_nbirth_with_the_same_bdseq() {
+    let broker = Broker::start(None);
+    let mut peer = Peer::start(broker.port);
+    let _gw = Gateway::start(&test_config("G3", "gw", &plain(broker.port), ""), &[]);
+    let first = peer.wait_for("NBIRTH", T, |m| kind(m) == "NBIRTH");
+    peer.wait_for("DDATA", T, |m| kind(m) == "DDATA");
+    peer.send(json!({"op": "rebirth", "group": "G3", "node": "gw"}));
+    let again = peer.wait_for("NBIRTH after rebirth", T, |m| kind(m) == "NBIRTH");
+    assert_eq!(again["seq"], 0);
+    assert_eq!(bdseq(&again), bdseq(&first));
+    let dbirth = peer.wait_for("DBIRTH after rebirth", T, |m| kind(m) != "STATE");
+    assert_eq!(
+        (dbirth["kind"].as_str(), dbirth["seq"].as_i64()),
+        (Some("DBIRTH"), Some(1))
+    );
+}
+
+// [tck-id-message-flow-edge-node-birth-publish-subscribe] [tck-id-operational-behavior-edge-node-birth-sequence-wait]
+// [tck-id-operational-behavior-primary-application-state-with-multiple-servers-walk]
+#[test]
+fn with_a_primary_host_nothing_is_born_until_state_online_and_offline_state_ends_the_session() {
+    let broker = Broker::start(None);
+    let mut peer = Peer::start(broker.port);
+    let gw = Gateway::start(
+        &test_config("G4", "gw", &plain(broker.port), "primary_host_id = \"scada\""),
+        &[],
+    );
+    gw.wait_log("connected", T);
+    let early = peer.collect(Duration::from_millis(1500));
+    assert!(
+        early.iter().all(|m| kind(m) == "STATE" || m.get("kind").is_none()),
+        "nothing before STATE: {early:?}"
+    );
+    let ts = 1_800_000_000_000u64;
+    peer.send(json!({"op": "state", "host": "scada", "online": true, "timestamp": ts}));
+    let nbirth = peer.wait_for("NBIRTH once the host is online", T, |m| kind(m) == "NBIRTH");
+    let b = bdseq(&nbirth);
+    peer.send(json!({"op": "state", "host": "scada", "online": false, "timestamp": ts + 1}));
+    let ndeath = peer.wait_for("NDEATH when the host goes offline", T, |m| kind(m) == "NDEATH");
+    assert_eq!(bdseq(&ndeath), b);
+    gw.wait_log("disconnected; moving to the next server", T);
+    // Reconnected, the retained STATE is offline: no birth until it is online again.
+    let quiet = peer.collect(Duration::from_millis(1500));
+    assert!(
+        quiet.iter().all(|m| kind(m) != "NBIRTH"),
+        "no birth while the host is offline: {quiet:?}"
+    );
+    peer.send(json!({"op": "state", "host": "scada", "online": true, "timestamp": ts + 2}));
+    let reborn = peer.wait_for("NBIRTH when the host is back", T, |m| kind(m) == "NBIRTH");
+    assert_eq!(bdseq(&reborn), b + 1, "a new MQTT session, a new bdSeq");
+    peer.send(json!({"op": "clear_state", "host": "scada"}));
+}
+
+// [tck-id-operational-behavior-edge-node-intentional-disconnect-ndeath]
+// [tck-id-operational-behavior-edge-node-intentional-disconnect-packet]
+#[test]
+fn sigterm_publishes_ndeath_disconnects_and_exits_zero() {
+    let broker = Broker::start(None);
+    let mut peer = Peer::start(broker.port);
+    let mut gw = Gateway::start(&test_config("G5", "gw", &plain(broker.port), ""), &[]);
+    let b = bdseq(&peer.wait_for("NBIRTH", T, |m| kind(m) == "NBIRTH"));
+    gw.signal(Signal::SIGTERM);
+    let ndeath = peer.wait_for("NDEATH", T, |m| kind(m) == "NDEATH");
+    assert_eq!(bdseq(&ndeath), b);
+    assert!(gw.wait_exit(T).success(), "exit 0:\n{}", gw.log());
+    // A clean DISCONNECT: the broker did not publish the Will a second time.
+    let after = peer.collect(Duration::from_millis(1000));
+    assert!(after.iter().all(|m| kind(m) != "NDEATH"), "one NDEATH only: {after:?}");
+}
+
+fn tls_server(broker: &Broker, pki: &Pki, ca: &str, client: Option<(&str, &str)>) -> String {
+    let mut s = format!(
+        "host = \"127.0.0.1\"\nport = {}\n[mqtt.servers.tls]\nca = \"{}\"\n",
+        broker.tls_port.expect("tls listener"),
+        pki.path(ca)
+    );
+    if let Some((cert, key)) = client {
+        s.push_str(&format!("cert = \"{}\"\nkey = \"{}\"\n", pki.path(cert), pki.path(key)));
+    }
+    s
+}
+
+#[test]
+fn mtls_gateway_with_a_client_certificate_is_born() {
+    let pki = Pki::generate();
+    let broker = Broker::start(Some(&pki));
+    let mut peer = Peer::start(broker.port);
+    let server = tls_server(&broker, &pki, "ca.pem", Some(("client.pem", "client.key")));
+    let _gw = Gateway::start(&test_config("G6", "gw", &server, ""), &[]);
+    let nbirth = peer.wait_for("NBIRTH over mTLS", T, |m| kind(m) == "NBIRTH");
+    assert_eq!(nbirth["topic"], "spBv1.0/G6/NBIRTH/gw");
+}
+
+#[test]
+fn client_without_a_certificate_is_refused_with_a_clear_log_line() {
+    let pki = Pki::generate();
+    let broker = Broker::start(Some(&pki));
+    let server = tls_server(&broker, &pki, "ca.pem", None);
+    let gw = Gateway::start(&test_config("G7", "gw", &server, ""), &[]);
+    let log = gw.wait_log("connection failed", T);
+    assert!(
+        log.contains("the broker requires a client certificate") || log.contains("refused our client certificate"),
+        "the log says what to fix:\n{log}"
+    );
+    assert!(
+        broker.log().contains("peer did not return a certificate") || broker.log().contains("certificate"),
+        "{}",
+        broker.log()
+    );
+}
+
+#[test]
+fn broker_certificate_from_another_ca_is_refused_with_a_clear_log_line() {
+    let pki = Pki::generate();
+    let broker = Broker::start(Some(&pki));
+    let server = tls_server(&broker, &pki, "rogue-ca.pem", Some(("client.pem", "client.key")));
+    let gw = Gateway::start(&test_config("G8", "gw", &server, ""), &[]);
+    let log = gw.wait_log("connection failed", T);
+    assert!(
+        log.contains("not signed by the configured tls.ca"),
+        "the log says what to fix:\n{log}"
+    );
+}
+
+#[test]
+fn client_certificate_from_another_ca_is_refused_by_the_broker() {
+    let pki = Pki::generate();
+    let broker = Broker::start(Some(&pki));
+    let server = tls_server(&broker, &pki, "ca.pem", Some(("rogue-client.pem", "rogue-client.key")));
+    let gw = Gateway::start(&test_config("G9", "gw", &server, ""), &[]);
+    let log = gw.wait_log("connection failed", T);
+    assert!(log.contains("mqtts://127.0.0.1:"), "{log}");
+}
+
+#[test]
+fn health_ready_and_metrics_endpoints_report_the_session() {
+    let broker = Broker::start(None);
+    let mut peer = Peer::start(broker.port);
+    let port = common::free_port();
+    let _gw = Gateway::start(
+        &test_config("G10", "gw", &plain(broker.port), ""),
+        &["--metrics-port", &port.to_string()],
+    );
+    peer.wait_for("NBIRTH", T, |m| kind(m) == "NBIRTH");
+    peer.wait_for("DDATA", T, |m| kind(m) == "DDATA");
+    let get = |path: &str| -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics listener");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("response");
+        out
+    };
+    assert!(get("/health").starts_with("HTTP/1.1 200"));
+    let ready = get("/ready");
+    assert!(
+        ready.starts_with("HTTP/1.1 200") && ready.contains("born, bdSeq 0"),
+        "{ready}"
+    );
+    let metrics = get("/metrics");
+    for needle in [
+        "spb_messages_published_total{type=\"NBIRTH\"} 1",
+        "spb_messages_published_total{type=\"DBIRTH\"} 1",
+        "spb_mqtt_connected 1",
+        "spb_bdseq 0",
+        "spb_device_online{device=\"press\"} 1",
+        "spb_plc_read_seconds_count{device=\"press\"}",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
+    }
+    assert!(get("/nope").starts_with("HTTP/1.1 404"));
+}
+
+#[test]
+fn sighup_with_a_changed_tag_set_rebirths_with_the_same_bdseq_and_a_bad_file_changes_nothing() {
+    let broker = Broker::start(None);
+    let mut peer = Peer::start(broker.port);
+    let cfg = test_config("G11", "gw", &plain(broker.port), "");
+    let gw = Gateway::start(&cfg, &[]);
+    let b = bdseq(&peer.wait_for("NBIRTH", T, |m| kind(m) == "NBIRTH"));
+    let path = gw.dir.path().join("config.toml");
+    std::fs::write(&path, "[node]\ngroup_id = \"G11\"\nbad key\n").expect("write");
+    gw.signal(Signal::SIGHUP);
+    gw.wait_log("reload refused", T);
+    let with_new_tag =
+        format!("{cfg}[[devices.tags]]\nname = \"Mode\"\naddress = \"cycle(a|b)\"\ndatatype = \"String\"\n");
+    std::fs::write(&path, with_new_tag).expect("write");
+    gw.signal(Signal::SIGHUP);
+    let nbirth = peer.wait_for("NBIRTH after reload", T, |m| kind(m) == "NBIRTH");
+    assert_eq!(bdseq(&nbirth), b, "same MQTT session");
+    let dbirth = peer.wait_for("DBIRTH with the new tag", T, |m| kind(m) == "DBIRTH");
+    metric(&dbirth, "Mode");
+}
+
+#[test]
+fn dry_run_polls_and_logs_what_it_would_publish_without_a_broker() {
+    let port = common::free_port(); // nothing listens here
+    let cfg = test_config("G12", "gw", &plain(port), "");
+    let gw = Gateway::start(&cfg, &["--dry-run"]);
+    let log = gw.wait_log("would publish", T);
+    assert!(log.contains("spBv1.0/G12/NBIRTH/gw"), "{log}");
+    gw.wait_log("spBv1.0/G12/DDATA/gw/press", T);
+}
+
+#[test]
+fn check_config_exits_1_and_names_every_error() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[node]\ngroup_id = \"a\"\nnode_id = \"b\"\nnodeid = 1\n[[mqtt.servers]]\nhost = \"h\"\nport = \"x\"\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spb-gateway"))
+        .args(["--check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:4:1: node.nodeid: unknown key (did you mean `node_id`?)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.toml:7:8: mqtt.servers[0].port: expected an integer, found string"),
+        "{err}"
+    );
+    for shipped in ["config/example.toml", "config/demo.toml"] {
+        let ok = std::process::Command::new(env!("CARGO_BIN_EXE_spb-gateway"))
+            .args(["--check-config", "--config", shipped])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("run");
+        assert!(
+            ok.status.success(),
+            "{shipped}: {}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+    }
+}

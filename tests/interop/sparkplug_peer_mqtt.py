@@ -1,0 +1,111 @@
+"""An independent Sparkplug peer on a real broker, for the end-to-end tests.
+
+Subscribes to spBv1.0/# and prints one JSON line per message, decoded by
+pysparkplug (births are remembered so aliased DATA without datatypes decodes).
+Reads JSON commands on stdin to publish, encoded by pysparkplug:
+  {"op": "rebirth", "group": G, "node": N}
+  {"op": "state", "host": H, "online": bool, "timestamp": ms}
+  {"op": "clear_state", "host": H}
+Usage: sparkplug_peer_mqtt.py PORT
+"""
+
+import json
+import sys
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+import pysparkplug as sp
+from pysparkplug import DataType as DT
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from pysparkplug_peer import metric_json  # noqa: E402  (same canonical form)
+
+births = {}
+out_lock = threading.Lock()
+
+
+def emit(obj):
+    with out_lock:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+
+def on_message(_client, _userdata, msg):
+    parts = msg.topic.split("/")
+    rec = {"topic": msg.topic, "retain": bool(msg.retain), "qos": msg.qos}
+    try:
+        if parts[1] == "STATE":
+            rec["kind"] = "STATE"
+            rec["state"] = json.loads(msg.payload) if msg.payload else None
+            emit(rec)
+            return
+        kind = parts[2]
+        rec["kind"] = kind
+        key = (parts[1], parts[3]) + ((parts[4],) if len(parts) > 4 else ())
+        if kind == "NBIRTH":
+            p = sp.NBirth.decode(msg.payload)
+            births[key] = p
+        elif kind == "DBIRTH":
+            p = sp.DBirth.decode(msg.payload)
+            births[key] = p
+        elif kind in ("NDATA", "DDATA"):
+            birth = births.get(key)
+            if birth is None:
+                rec["error"] = "DATA before its birth"
+                emit(rec)
+                return
+            p = (sp.NData if kind == "NDATA" else sp.DData).decode(msg.payload, birth=birth)
+        elif kind == "NDEATH":
+            p = sp.NDeath.decode(msg.payload)
+        elif kind == "DDEATH":
+            p = sp.DDeath.decode(msg.payload)
+        else:
+            emit(rec)
+            return
+        rec["timestamp"] = p.timestamp
+        rec["seq"] = getattr(p, "seq", None)
+        if kind == "NDEATH":
+            rec["metrics"] = [metric_json(p.bd_seq_metric)]
+        else:
+            rec["metrics"] = [metric_json(m) for m in getattr(p, "metrics", ())]
+    except Exception as exc:  # a decode failure is a finding, report it
+        rec["error"] = f"{type(exc).__name__}: {exc}"
+    emit(rec)
+
+
+def commands(client):
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        op = cmd["op"]
+        if op == "rebirth":
+            payload = sp.NCmd(
+                timestamp=sp.get_current_timestamp(),
+                metrics=(sp.Metric(timestamp=sp.get_current_timestamp(), name="Node Control/Rebirth",
+                                   datatype=DT.BOOLEAN, value=True),),
+            ).encode(include_dtypes=True)
+            client.publish(f"spBv1.0/{cmd['group']}/NCMD/{cmd['node']}", payload, qos=0).wait_for_publish()
+        elif op == "state":
+            body = json.dumps({"online": cmd["online"], "timestamp": cmd["timestamp"]})
+            client.publish(f"spBv1.0/STATE/{cmd['host']}", body, qos=1, retain=True).wait_for_publish()
+        elif op == "clear_state":
+            client.publish(f"spBv1.0/STATE/{cmd['host']}", b"", qos=1, retain=True).wait_for_publish()
+        emit({"ack": op})
+
+
+def main():
+    port = int(sys.argv[1])
+    client = mqtt.Client(client_id=f"pysparkplug-peer-{time.time_ns()}", clean_session=True)
+    client.on_message = on_message
+    ready = threading.Event()
+    client.on_connect = lambda c, u, f, rc: (c.subscribe("spBv1.0/#", qos=1), ready.set())
+    client.on_subscribe = lambda c, u, mid, q: emit({"subscribed": True})
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    ready.wait(10)
+    commands(client)
+    client.loop_stop()
+
+
+if __name__ == "__main__":
+    main()
