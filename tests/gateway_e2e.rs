@@ -327,3 +327,42 @@ fn check_config_exits_1_and_names_every_error() {
         );
     }
 }
+
+#[test]
+fn under_systemd_it_notifies_ready_and_pets_the_watchdog_even_while_the_plc_is_down() {
+    use std::os::unix::net::UnixDatagram;
+    let broker = Broker::start(None);
+    let dir = tempfile::tempdir().expect("tmp");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    // The PLC never answers: its poller keeps failing, but its loop is alive.
+    let cfg = test_config("G13", "gw", &plain(broker.port), "").replace(
+        "[devices.scan_classes]",
+        "[devices.sim]\nunreachable_every = \"1s\"\nunreachable_for = \"1s\"\n[devices.scan_classes]",
+    );
+    let gw = Gateway::start_with_env(
+        dir,
+        &cfg,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", sock_path.display().to_string()),
+            ("WATCHDOG_USEC", "400000".to_string()),
+        ],
+    );
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while got.iter().filter(|m: &&String| m.contains("WATCHDOG=1")).count() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "notifications so far: {got:?}\n{}",
+            gw.log()
+        );
+        let n = sock.recv(&mut buf).expect("a notification");
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(got[0].contains("READY=1"), "READY first: {got:?}");
+    assert!(got.iter().any(|m| m.contains("STATUS=")), "{got:?}");
+    assert!(gw.log().contains("device not reachable yet"), "{}", gw.log());
+}

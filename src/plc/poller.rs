@@ -13,6 +13,8 @@
 //!   current value (DBIRTH), as is the very first scan.
 //! - A scan that is late by more than its period counts as missed; missed
 //!   scans are skipped, never queued.
+//! - The loop wakes at least once a second and advances its heartbeat, also
+//!   while the PLC is unreachable: the systemd watchdog watches that.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,11 +164,17 @@ pub async fn run(
             .min()
             .copied()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        // Wake at least once a second: the heartbeat tells the watchdog this loop is alive.
+        let wake = next.min(Instant::now() + Duration::from_secs(1));
         tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
+            _ = tokio::time::sleep_until(wake) => {}
             _ = stop.changed() => return,
         }
+        stats.heartbeat.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = Instant::now();
+        if now < next {
+            continue;
+        }
         // Which classes are due; while offline every tag is read, for DBIRTH.
         let mut batch: Vec<usize> = Vec::new();
         for (c, (period, idx)) in classes.iter().enumerate() {

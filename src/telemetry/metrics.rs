@@ -18,6 +18,8 @@ pub const LATENCY_BUCKETS: [f64; 11] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
 /// Per-device polling statistics.
 #[derive(Debug, Default)]
 pub struct DeviceStats {
+    /// Advanced by the poller loop at least once a second while it is alive.
+    pub heartbeat: AtomicU64,
     pub reads: AtomicU64,
     pub read_errors: AtomicU64,
     pub tag_errors: AtomicU64,
@@ -70,9 +72,9 @@ pub struct Telemetry {
     pub queue_depth: AtomicU64,
     pub queue_bytes: AtomicU64,
     pub primary_host_online: AtomicBool,
-    /// Advanced by the session loop whenever it handles a poll event or tick.
+    /// Advanced by the session loop on every tick (without pollers, it stands in for them).
     pub poll_progress: AtomicU64,
-    /// Advanced by the MQTT loop whenever it handles an event or keepalive.
+    /// Advanced by the session loop (which runs MQTT) on every event and tick.
     pub mqtt_progress: AtomicU64,
     devices: Mutex<BTreeMap<String, Arc<DeviceStats>>>,
 }
@@ -110,6 +112,14 @@ impl Telemetry {
     pub fn device(&self, name: &str) -> Arc<DeviceStats> {
         let mut map = self.devices.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         map.entry(name.to_string()).or_default().clone()
+    }
+
+    /// Each poller's heartbeat, by device: the watchdog's view of the poll loops.
+    pub fn heartbeats(&self) -> Vec<(String, u64)> {
+        let map = self.devices.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.iter()
+            .map(|(k, d)| (k.clone(), d.heartbeat.load(Relaxed)))
+            .collect()
     }
 
     /// Forgets devices no longer configured (after a reload).

@@ -31,26 +31,33 @@ pub fn stopping() {
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
 }
 
-/// Pets the watchdog at half its interval while both loops advance; stays
-/// silent (so systemd restarts us) when either one is stuck.
+/// Pets the watchdog at half its interval while the session loop ticks and
+/// every device poller is alive (a dead PLC does not stop a poller's loop,
+/// so it does not make systemd restart the gateway); stays silent, so that
+/// systemd restarts us, when either is stuck.
 pub async fn watchdog(t: Arc<Telemetry>) {
     let Some(interval) = sd_notify::watchdog_enabled() else {
         return;
     };
     let period = (interval / 2).max(Duration::from_millis(100));
-    let (mut poll, mut mqtt) = (u64::MAX, u64::MAX);
+    let mut last_main = u64::MAX;
+    let mut last_pollers: Vec<(String, u64)> = Vec::new();
     loop {
         tokio::time::sleep(period).await;
-        let (p, m) = (t.poll_progress.load(Relaxed), t.mqtt_progress.load(Relaxed));
-        if p != poll && m != mqtt {
+        let main = t.mqtt_progress.load(Relaxed);
+        let pollers = t.heartbeats();
+        let main_ok = main != last_main;
+        let stuck: Vec<&str> = pollers
+            .iter()
+            .filter(|(name, beat)| last_pollers.iter().any(|(n, b)| n == name && b == beat))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if main_ok && stuck.is_empty() {
             let _ = sd_notify::notify(&[NotifyState::Watchdog]);
         } else {
-            tracing::warn!(
-                poll_loop_stuck = p == poll,
-                mqtt_loop_stuck = m == mqtt,
-                "not petting the systemd watchdog"
-            );
+            tracing::error!(main_loop_stuck = !main_ok, stuck_pollers = ?stuck, "not petting the systemd watchdog");
         }
-        (poll, mqtt) = (p, m);
+        last_main = main;
+        last_pollers = pollers;
     }
 }

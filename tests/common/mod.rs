@@ -339,6 +339,11 @@ impl Gateway {
 
     /// Starts with an existing state directory (to test restarts).
     pub fn start_in(dir: tempfile::TempDir, config: &str, args: &[&str]) -> Gateway {
+        Self::start_with_env(dir, config, args, &[])
+    }
+
+    /// Starts with extra environment variables.
+    pub fn start_with_env(dir: tempfile::TempDir, config: &str, args: &[&str], env: &[(&str, String)]) -> Gateway {
         let cfg = dir.path().join("config.toml");
         std::fs::write(&cfg, config).expect("write config");
         let stderr_path = dir.path().join(format!("gateway-{}.log", free_port()));
@@ -350,6 +355,7 @@ impl Gateway {
             .arg(dir.path().join("state"))
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(err)
             .spawn()
