@@ -22,6 +22,7 @@ test: deps venv ## The full test suite: fmt, clippy -D warnings, all tests, fuzz
 	cargo fmt --check
 	cargo clippy --all-targets --all-features -- -D warnings
 	$(MAKE) fuzz-build
+	$(MAKE) aarch64-check
 	cargo test --all-features
 
 fmt: ## Format the code
@@ -50,6 +51,20 @@ bench: bench-codec ## All benchmarks (see BENCHMARKS.md)
 demo: ## Private broker + gateway (config/demo.toml) + decoded live view; Ctrl-C stops (DEMO_SECONDS=N)
 	tools/demo.sh
 
+aarch64: ## Build spb-gateway for the board (aarch64-unknown-linux-gnu) without Docker
+	@rustup target list --installed | grep -qx $(AARCH64) || rustup target add $(AARCH64)
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+		cargo build --release --target $(AARCH64) --bin spb-gateway
+	@ls -l target/$(AARCH64)/release/spb-gateway
+
+aarch64-check: aarch64 ## Run the aarch64 binary's --check-config on both shipped configs under qemu
+	for c in config/example.toml config/demo.toml; do \
+		qemu-aarch64-static -L /usr/aarch64-linux-gnu target/$(AARCH64)/release/spb-gateway --check-config --config $$c || exit 1; \
+	done
+
+yocto-crates: ## Generate the Yocto crate list (yocto/recipes-core/spb-gateway/spb-gateway-crates.inc) from Cargo.lock
+	python3 tools/yocto-crates.py
+
 demo-core: ## The protocol core alone: edge and host sessions in one process, no network
 	cargo run -q --release --example sparkplug_demo
 
@@ -61,4 +76,4 @@ clean: ## Remove build output and the venv
 	cargo clean
 	rm -rf fuzz/target
 
-.PHONY: help deps venv demo-core test fmt lint proto fuzz-build fuzz bench-codec bench demo deny clean
+.PHONY: help deps venv demo-core aarch64 aarch64-check yocto-crates test fmt lint proto fuzz-build fuzz bench-codec bench demo deny clean
