@@ -70,6 +70,7 @@ fn main() {
             server_count: 1,
             rebirth_debounce_ms: 1_000,
             aliases: true,
+            max_data_metrics: 500,
         },
         vec![],
         vec![DeviceDef {

@@ -95,6 +95,8 @@ pub struct NodeConfig {
     pub aliases: bool,
     /// Rebirth requests closer together than this are coalesced (default 5s).
     pub rebirth_debounce: Duration,
+    /// At most this many metrics per NDATA/DDATA message (default 500).
+    pub max_data_metrics: usize,
 }
 
 /// `[mqtt]`: the brokers, walked in order.
@@ -293,8 +295,16 @@ fn read_node(t: &Table) -> NodeConfig {
         primary_host_id: id(t, "primary_host_id", "host id", false),
         aliases: t.bool_or("aliases", true),
         rebirth_debounce: t.duration_or("rebirth_debounce", Duration::from_secs(5)),
+        max_data_metrics: t.int_in("max_data_metrics", 500, 1..=1_000_000) as usize,
     };
-    t.finish(&["group_id", "node_id", "primary_host_id", "aliases", "rebirth_debounce"]);
+    t.finish(&[
+        "group_id",
+        "node_id",
+        "primary_host_id",
+        "aliases",
+        "rebirth_debounce",
+        "max_data_metrics",
+    ]);
     n
 }
 
@@ -823,7 +833,7 @@ deadbnad = 0.5
             lines,
             vec![
                 "config.toml:2:12: node.group_id: group id 'Plant/1' is invalid: it contains '/', the topic separator",
-                "config.toml:4:1: node.colour: unknown key; allowed here: group_id, node_id, primary_host_id, aliases, rebirth_debounce",
+                "config.toml:4:1: node.colour: unknown key; allowed here: group_id, node_id, primary_host_id, aliases, rebirth_debounce, max_data_metrics",
                 "config.toml:8:8: mqtt.servers[0].port: 70000 is outside 1..=65535",
                 // Written under [[mqtt.servers]], so it is a server key, which does not exist.
                 "config.toml:9:1: mqtt.servers[0].keepalive: unknown key; allowed here: host, port, client_id, username, password, tls",

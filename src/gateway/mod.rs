@@ -112,6 +112,7 @@ fn edge_config(cfg: &Config, dry_run: bool) -> EdgeConfig {
         server_count: cfg.mqtt.servers.len().max(1),
         rebirth_debounce_ms: cfg.node.rebirth_debounce.as_millis() as u64,
         aliases: cfg.node.aliases,
+        max_data_metrics: cfg.node.max_data_metrics,
     }
 }
 
@@ -478,6 +479,14 @@ impl Runtime {
         let kind = Topic::parse(&p.topic).ok().and_then(|t| t.kind());
         let Some(c) = &self.client else { return };
         let len = p.payload.len();
+        if len as u64 > self.cfg.mqtt.max_packet_size {
+            // A birth cannot be split (it must hold every metric): say what to change.
+            tracing::error!(
+                topic = %p.topic, bytes = len, max_packet_size = self.cfg.mqtt.max_packet_size,
+                "message larger than mqtt.max_packet_size: raise it (the broker's limit too), or for DATA lower node.max_data_metrics"
+            );
+            return;
+        }
         if kind == Some(MessageType::NBirth) {
             tracing::info!(topic = %p.topic, bdseq = self.session.bdseq(), "NBIRTH");
         }

@@ -112,6 +112,9 @@ pub struct EdgeConfig {
     pub rebirth_debounce_ms: u64,
     /// Send aliases in DATA instead of names.
     pub aliases: bool,
+    /// Split DATA into messages of at most this many metrics (each with its
+    /// own seq), so a large scan never exceeds the broker's packet limit.
+    pub max_data_metrics: usize,
 }
 
 /// A device and the metrics it will ever report (current value or null).
@@ -537,11 +540,13 @@ impl EdgeSession {
         self.is_publishing() && (self.cfg.primary_host_id.is_none() || self.host_online) && self.scope(i).born_or_node()
     }
 
-    /// Builds a DATA payload for `metrics` (named, declared in `scope`).
-    fn data(&mut self, i: Option<usize>, metrics: Vec<Metric>, now: u64, historical: bool) -> EdgeAction {
+    /// Builds DATA messages for `metrics` (named, declared in `scope`), at
+    /// most `max_data_metrics` per message, each with the next seq.
+    fn data(&mut self, i: Option<usize>, metrics: Vec<Metric>, now: u64, historical: bool) -> Vec<EdgeAction> {
         let aliases = self.cfg.aliases;
+        let chunk = self.cfg.max_data_metrics.max(1);
         let scope = self.scope(i);
-        let out_metrics = metrics
+        let out_metrics: Vec<Metric> = metrics
             .into_iter()
             .map(|mut m| {
                 let idx = scope.index_of(&m).expect("callers only pass declared metrics");
@@ -561,26 +566,32 @@ impl EdgeSession {
             })
             .collect();
         let device = scope.device.clone();
-        let seq = self.take_seq();
-        let payload = Payload {
-            timestamp: Some(now),
-            metrics: out_metrics,
-            seq: Some(seq),
-            ..Payload::default()
-        };
         let kind = if device.is_some() {
             MessageType::DData
         } else {
             MessageType::NData
         };
-        EdgeAction::Publish(Publish {
-            topic: self.topic(kind, device.as_deref()),
-            // [tck-id-payloads-metric-datatype-not-req]
-            payload: encode_known_good(&payload, Datatypes::Omit),
-            // [tck-id-topics-ndata-mqtt] [tck-id-topics-ddata-mqtt]
-            qos: QoS::AtMostOnce,
-            retain: false,
-        })
+        let topic = self.topic(kind, device.as_deref());
+        out_metrics
+            .chunks(chunk)
+            .map(|part| {
+                let seq = self.take_seq();
+                let payload = Payload {
+                    timestamp: Some(now),
+                    metrics: part.to_vec(),
+                    seq: Some(seq),
+                    ..Payload::default()
+                };
+                EdgeAction::Publish(Publish {
+                    topic: topic.clone(),
+                    // [tck-id-payloads-metric-datatype-not-req]
+                    payload: encode_known_good(&payload, Datatypes::Omit),
+                    // [tck-id-topics-ndata-mqtt] [tck-id-topics-ddata-mqtt]
+                    qos: QoS::AtMostOnce,
+                    retain: false,
+                })
+            })
+            .collect()
     }
 
     /// Checks samples against the birth declarations and returns them with
@@ -650,7 +661,7 @@ impl EdgeSession {
         }
         if self.scope_publishing(i) {
             // [tck-id-topics-ndata-payload] [tck-id-topics-ddata-payload]
-            Ok(vec![self.data(i, changed, now, false)])
+            Ok(self.data(i, changed, now, false))
         } else {
             Ok(vec![EdgeAction::StoreHistorical {
                 device: device.map(str::to_string),
@@ -704,7 +715,9 @@ impl EdgeSession {
         if !ok.is_empty() {
             // Store-and-forward: [tck-id-operational-behavior-data-publish-nbirth-order]
             // applies to is_historical=false only, so stored order is kept.
-            out.insert(0, self.data(i, ok, now, true));
+            let mut data = self.data(i, ok, now, true);
+            data.append(&mut out);
+            out = data;
         }
         Ok(out)
     }
@@ -1002,6 +1015,7 @@ mod tests {
             server_count: 1,
             rebirth_debounce_ms: 5_000,
             aliases: true,
+            max_data_metrics: 500,
         }
     }
 
@@ -1372,6 +1386,37 @@ mod tests {
         assert_eq!(seqs[252], 255);
         assert_eq!(seqs[253], 0);
         assert!(seqs.windows(2).all(|w| w[1] == (w[0] + 1) % 256));
+    }
+
+    #[test]
+    fn large_updates_are_split_into_data_messages_with_consecutive_seq() {
+        let metrics: Vec<Metric> = (0..25)
+            .map(|i| Metric::new(format!("T{i}"), Value::Int32(0), T0))
+            .collect();
+        let mut s = EdgeSession::new(
+            EdgeConfig {
+                max_data_metrics: 10,
+                ..cfg()
+            },
+            metrics,
+            vec![],
+            None,
+        )
+        .expect("valid");
+        s.begin_connect(T0);
+        s.connected(T0);
+        let changes: Vec<Metric> = (0..25)
+            .map(|i| Metric::new(format!("T{i}"), Value::Int32(1), T0 + 1))
+            .collect();
+        let out = s.update(T0 + 1, None, changes).expect("declared");
+        let sizes: Vec<(usize, Option<u64>)> = publishes(&out)
+            .iter()
+            .map(|p| {
+                let raw = <crate::sparkplug::pb::Payload as prost::Message>::decode(p.payload.as_slice()).expect("pb");
+                (raw.metrics.len(), raw.seq)
+            })
+            .collect();
+        assert_eq!(sizes, vec![(10, Some(1)), (10, Some(2)), (5, Some(3))]);
     }
 
     // [tck-id-operational-behavior-data-publish-nbirth-change] [tck-id-operational-behavior-data-publish-dbirth-change]

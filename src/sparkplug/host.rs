@@ -869,6 +869,7 @@ mod tests {
                 server_count: 1,
                 rebirth_debounce_ms: 0,
                 aliases: true,
+                max_data_metrics: 500,
             },
             vec![Metric::new("Load", Value::Double(0.5), T0)],
             vec![DeviceDef {
