@@ -46,7 +46,10 @@ fuzz: ## Fuzz every target for FUZZ_SECONDS each (installs cargo-fuzz if missing
 bench-codec: venv ## Codec benchmark, ours vs pysparkplug in one run (table in target/bench-codec.md)
 	cargo bench --bench codec
 
-bench: bench-codec ## All benchmarks (see BENCHMARKS.md)
+bench-gateway: ## Gateway throughput, CPU and RSS at 1k/10k/100k sim tags (table in target/bench-gateway.md)
+	cargo bench --bench gateway_throughput
+
+bench: bench-codec bench-gateway ## All benchmarks (see BENCHMARKS.md)
 
 demo: ## Private broker + gateway (config/demo.toml) + decoded live view; Ctrl-C stops (DEMO_SECONDS=N)
 	tools/demo.sh
@@ -76,4 +79,4 @@ clean: ## Remove build output and the venv
 	cargo clean
 	rm -rf fuzz/target
 
-.PHONY: help deps venv demo-core aarch64 aarch64-check yocto-crates test fmt lint proto fuzz-build fuzz bench-codec bench demo deny clean
+.PHONY: bench-gateway help deps venv demo-core aarch64 aarch64-check yocto-crates test fmt lint proto fuzz-build fuzz bench-codec bench demo deny clean

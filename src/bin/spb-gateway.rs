@@ -93,7 +93,18 @@ impl Args {
     }
 }
 
+/// One malloc arena: the gateway's allocations are not contended, and glibc's
+/// per-thread arenas cost about 5.6 MiB of RSS at 100k tags (BENCHMARKS.md).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator tuning; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    limit_malloc_arenas();
     match real_main() {
         Ok(code) => code,
         Err(e) => {

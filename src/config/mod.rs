@@ -196,8 +196,8 @@ pub struct TagConfig {
     /// …or at least this percent of the last reported value.
     pub deadband_percent: f64,
     pub writable: bool,
-    /// For the sim driver: the parsed signal.
-    pub signal: Option<Signal>,
+    /// For the sim driver: the parsed signal (shared by generated tags).
+    pub signal: Option<std::sync::Arc<Signal>>,
 }
 
 /// `[commands]`: write-back, off by default.
@@ -674,7 +674,7 @@ fn read_tag(t: &Table, driver: Option<DriverKind>, classes: &[(String, Duration)
                 if let Some(Err(e)) = dt.map(|dt| s.check_datatype(dt)) {
                     t.invalid("address", e);
                 }
-                Some(s)
+                Some(std::sync::Arc::new(s))
             }
             Err(e) => {
                 t.invalid("address", e);

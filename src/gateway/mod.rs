@@ -82,20 +82,11 @@ fn node_metrics(now: u64) -> Vec<Metric> {
     )]
 }
 
-fn definitions(cfg: &Config, now: u64) -> Vec<(DeviceDef, Vec<crate::config::TagConfig>)> {
+fn definitions(cfg: &Config, now: u64) -> Vec<DeviceDef> {
     cfg.devices
         .iter()
         .filter(|d| d.enabled)
-        .map(|d| {
-            let tags = poller::expand_tags(d);
-            (
-                DeviceDef {
-                    name: d.name.clone(),
-                    metrics: poller::declarations(&tags, now),
-                },
-                tags,
-            )
-        })
+        .map(|d| DeviceDef { name: d.name.clone(), metrics: poller::declarations(d, now) })
         .collect()
 }
 
@@ -189,7 +180,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
     let session = EdgeSession::new(
         edge_config(&cfg, opts.dry_run),
         node_metrics(now),
-        defs.iter().map(|(d, _)| d.clone()).collect(),
+        defs,
         stored,
     )?;
     if let Some(addr) = cfg.telemetry.listen {
@@ -224,7 +215,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
         state_dir,
         replay_budget: 0.0,
     };
-    rt.start_pollers(defs.into_iter().map(|(_, t)| t).collect());
+    rt.start_pollers();
     tokio::spawn(systemd::watchdog(telemetry.clone()));
     systemd::ready(&format!(
         "{} devices, {}",
@@ -267,7 +258,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
 }
 
 impl Runtime {
-    fn start_pollers(&mut self, tag_sets: Vec<Vec<crate::config::TagConfig>>) {
+    fn start_pollers(&mut self) {
         if self.opts.disable_plc {
             tracing::warn!("--disable-plc: not polling any PLC");
             return;
@@ -276,11 +267,10 @@ impl Runtime {
         let enabled: Vec<_> = self.cfg.devices.iter().filter(|d| d.enabled).cloned().collect();
         self.telemetry
             .retain_devices(&enabled.iter().map(|d| d.name.as_str()).collect::<Vec<_>>());
-        for (d, tags) in enabled.into_iter().zip(tag_sets) {
+        for d in enabled {
             let stats = self.telemetry.device(&d.name);
             let handle = tokio::spawn(poller::run(
                 d,
-                tags,
                 self.poll_tx.clone(),
                 stats,
                 self.stop_pollers.subscribe(),
@@ -541,14 +531,19 @@ impl Runtime {
         self.telemetry.poll_progress.fetch_add(1, Relaxed);
         let now = now_ms();
         let result = match ev {
-            PollEvent::Online { device, metrics } => self.session.device_online_with(now, &device, metrics),
+            PollEvent::Online { device, samples, complete: true } => {
+                self.session.device_online_samples(now, &device, samples)
+            }
+            PollEvent::Online { device, samples, complete: false } => {
+                self.session.preload_samples(&device, samples).map(|()| Vec::new())
+            }
             PollEvent::Offline { device, reason } => {
                 tracing::warn!(%device, %reason, "device offline");
                 self.session.device_offline(now, &device)
             }
-            PollEvent::Samples { device, metrics } => {
-                let n = metrics.len() as u64;
-                let r = self.session.update(now, Some(&device), metrics);
+            PollEvent::Samples { device, samples } => {
+                let n = samples.len() as u64;
+                let r = self.session.update_samples(now, Some(&device), samples);
                 if self.session.is_publishing() {
                     self.telemetry.data_metrics.fetch_add(n, Relaxed);
                 }
@@ -651,7 +646,7 @@ impl Runtime {
         let old = definitions(&self.cfg, now);
         let new = definitions(&cfg, now);
         let same_tags = old.len() == new.len()
-            && old.iter().zip(&new).all(|((a, _), (b, _))| {
+            && old.iter().zip(&new).all(|(a, b)| {
                 a.name == b.name
                     && a.metrics.len() == b.metrics.len()
                     && a.metrics
@@ -673,7 +668,7 @@ impl Runtime {
         if !same_tags {
             match self
                 .session
-                .redefine(now, node_metrics(now), new.iter().map(|(d, _)| d.clone()).collect())
+                .redefine(now, node_metrics(now), new)
             {
                 Ok(actions) => {
                     tracing::info!("configuration reloaded: tag set changed, rebirth");
@@ -685,7 +680,7 @@ impl Runtime {
         } else {
             tracing::info!("configuration reloaded: same tag set, no rebirth");
         }
-        self.start_pollers(new.into_iter().map(|(_, t)| t).collect());
+        self.start_pollers();
     }
 
     /// NDEATH, DISCONNECT, and wait (briefly) for both to leave.

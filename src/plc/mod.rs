@@ -41,7 +41,7 @@ pub struct TagError(pub String);
 pub struct TagSpec {
     pub address: String,
     pub datatype: DataType,
-    pub signal: Option<Signal>,
+    pub signal: Option<std::sync::Arc<Signal>>,
 }
 
 /// A PLC driver. An enum rather than a trait object: the set is closed, calls
@@ -90,9 +90,8 @@ impl SimDriver {
             tags: tags
                 .iter()
                 .map(|t| {
-                    let signal = t.signal.clone().unwrap_or(Signal {
-                        shape: sim::Shape::Const("0".into()),
-                        len: None,
+                    let signal = t.signal.clone().unwrap_or_else(|| {
+                        std::sync::Arc::new(Signal { shape: sim::Shape::Const("0".into()), len: None })
                     });
                     SimTag::new(signal, t.datatype)
                 })

@@ -24,18 +24,34 @@ use tokio::time::Instant;
 
 use super::{Driver, TagSpec};
 use crate::config::{DeviceConfig, TagConfig};
-use crate::sparkplug::{DataType, Metric, PropertySet, Quality, Value};
+use crate::sparkplug::edge::Sample;
+use crate::sparkplug::{DataType, Metric, Quality, Value};
 use crate::telemetry::metrics::DeviceStats;
 
-/// What a device poller tells the session.
+/// What a device poller tells the session. Samples address tags by their
+/// position in the device's declarations (see [`plan`] and [`declarations`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum PollEvent {
-    /// Reachable (first time or again), with every tag's current value.
-    Online { device: String, metrics: Vec<Metric> },
+    /// Reachable (first time or again): every tag's current value, in chunks;
+    /// the DBIRTH follows the chunk with `complete = true`.
+    Online { device: String, samples: Vec<Sample>, complete: bool },
     /// Unreachable for `fail_after` scans.
     Offline { device: String, reason: String },
     /// Changed values.
-    Samples { device: String, metrics: Vec<Metric> },
+    Samples { device: String, samples: Vec<Sample> },
+}
+
+/// What the poller keeps per tag: just what report-by-exception needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Deadband {
+    pub absolute: f64,
+    pub percent: f64,
+}
+
+impl From<&TagConfig> for Deadband {
+    fn from(t: &TagConfig) -> Self {
+        Deadband { absolute: t.deadband, percent: t.deadband_percent }
+    }
 }
 
 /// The last reported state of a tag.
@@ -46,7 +62,7 @@ pub struct Reported {
 }
 
 /// Report-by-exception decision for one tag.
-pub fn should_report(tag: &TagConfig, last: Option<&Reported>, value: &Option<Value>, quality: Quality) -> bool {
+pub fn should_report(tag: Deadband, last: Option<&Reported>, value: &Option<Value>, quality: Quality) -> bool {
     let Some(last) = last else { return true };
     if last.quality != quality {
         return true;
@@ -55,63 +71,68 @@ pub fn should_report(tag: &TagConfig, last: Option<&Reported>, value: &Option<Va
         return last.value != *value;
     };
     match (old.as_f64(), new.as_f64()) {
-        (Some(a), Some(b)) if tag.deadband > 0.0 || tag.deadband_percent > 0.0 => {
+        (Some(a), Some(b)) if tag.absolute > 0.0 || tag.percent > 0.0 => {
             let delta = (b - a).abs();
-            let abs_ok = tag.deadband <= 0.0 || delta >= tag.deadband;
-            let pct_ok = tag.deadband_percent <= 0.0 || delta >= a.abs() * tag.deadband_percent / 100.0;
+            let abs_ok = tag.absolute <= 0.0 || delta >= tag.absolute;
+            let pct_ok = tag.percent <= 0.0 || delta >= a.abs() * tag.percent / 100.0;
             abs_ok && pct_ok && delta > 0.0
         }
         _ => old != new,
     }
 }
 
-/// The tags of a device, including generated ones, as the session and the
-/// driver see them.
-pub fn expand_tags(d: &DeviceConfig) -> Vec<TagConfig> {
-    let mut tags = d.tags.clone();
+/// One tag as the poller plans it: compact and nameless (the session knows
+/// the names; samples address tags by position).
+pub struct PlannedTag {
+    pub spec: TagSpec,
+    pub deadband: Deadband,
+    /// Index into the device's `scan_classes`.
+    pub class: usize,
+}
+
+fn class_index(d: &DeviceConfig, name: &str) -> usize {
+    d.scan_classes.iter().position(|(n, _)| n == name).unwrap_or(0)
+}
+
+fn generated_name(i: usize, n: usize) -> String {
+    let width = n.to_string().len().max(6);
+    format!("Gen/Tag {i:0width$}")
+}
+
+/// The device's tags in declaration order (configured, then generated),
+/// without materialising 100k `TagConfig`s for generated ones.
+pub fn plan(d: &DeviceConfig) -> Vec<PlannedTag> {
     let n = d.sim.generate as usize;
+    let mut out = Vec::with_capacity(d.tags.len() + n);
+    out.extend(d.tags.iter().map(|t| PlannedTag {
+        spec: TagSpec { address: t.address.clone(), datatype: t.datatype, signal: t.signal.clone() },
+        deadband: Deadband::from(t),
+        class: class_index(d, &t.scan_class),
+    }));
     if n > 0 {
-        let signal =
-            d.sim.generate_signal.clone().unwrap_or_else(|| {
-                super::sim::Signal::parse("random_walk(step=0.5)").expect("the default signal parses")
-            });
+        let signal = Arc::new(d.sim.generate_signal.clone().unwrap_or_else(|| {
+            super::sim::Signal::parse("random_walk(step=0.5)").expect("the default signal parses")
+        }));
         let datatype = d.sim.generate_datatype.unwrap_or(DataType::Double);
-        let class = d
-            .sim
-            .generate_scan_class
-            .clone()
-            .unwrap_or_else(|| "default".to_string());
-        let width = n.to_string().len().max(6);
-        tags.extend((1..=n).map(|i| TagConfig {
-            name: format!("Gen/Tag {i:0width$}"),
-            address: "generated".to_string(),
-            datatype,
-            scan_class: class.clone(),
-            deadband: 0.0,
-            deadband_percent: 0.0,
-            writable: false,
-            signal: Some(signal.clone()),
+        let class = class_index(d, d.sim.generate_scan_class.as_deref().unwrap_or("default"));
+        out.extend((0..n).map(|_| PlannedTag {
+            spec: TagSpec { address: String::new(), datatype, signal: Some(signal.clone()) },
+            deadband: Deadband { absolute: 0.0, percent: 0.0 },
+            class,
         }));
     }
-    tags
+    out
 }
 
-/// Birth declarations for a device: every tag, null until first read.
-pub fn declarations(tags: &[TagConfig], now_ms: u64) -> Vec<Metric> {
-    tags.iter()
-        .map(|t| Metric::null(t.name.clone(), t.datatype, now_ms))
-        .collect()
-}
-
-fn bad(value: Option<Value>, name: &str, datatype: DataType, now_ms: u64) -> Metric {
-    let mut m = match value {
-        Some(v) => Metric::new(name, v, now_ms),
-        None => Metric::null(name, datatype, now_ms),
-    };
-    let mut p = PropertySet::default();
-    p.set_quality(Quality::Bad);
-    m.properties = Some(p);
-    m
+/// Birth declarations for a device, in the order of [`plan`]: every tag,
+/// null until first read.
+pub fn declarations(d: &DeviceConfig, now_ms: u64) -> Vec<Metric> {
+    let n = d.sim.generate as usize;
+    let mut out = Vec::with_capacity(d.tags.len() + n);
+    out.extend(d.tags.iter().map(|t| Metric::null(t.name.clone(), t.datatype, now_ms)));
+    let datatype = d.sim.generate_datatype.unwrap_or(DataType::Double);
+    out.extend((1..=n).map(|i| Metric::null(generated_name(i, n), datatype, now_ms)));
+    out
 }
 
 /// Wall clock in ms since the epoch (the poller's only clock read besides tokio's).
@@ -124,37 +145,27 @@ pub fn now_ms() -> u64 {
 /// Polls one device until `stop` turns true or the session goes away.
 pub async fn run(
     d: DeviceConfig,
-    tags: Vec<TagConfig>,
     tx: mpsc::Sender<PollEvent>,
     stats: Arc<DeviceStats>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let specs: Vec<TagSpec> = tags
-        .iter()
-        .map(|t| TagSpec {
-            address: t.address.clone(),
-            datatype: t.datatype,
-            signal: t.signal.clone(),
-        })
-        .collect();
+    let planned = plan(&d);
+    let count = planned.len();
+    let mut classes: Vec<(Duration, Vec<u32>)> = d.scan_classes.iter().map(|(_, p)| (*p, Vec::new())).collect();
+    let mut deadbands = Vec::with_capacity(count);
+    let mut specs = Vec::with_capacity(count);
+    for (i, t) in planned.into_iter().enumerate() {
+        classes[t.class].1.push(i as u32);
+        deadbands.push(t.deadband);
+        specs.push(t.spec);
+    }
+    classes.retain(|(_, idx)| !idx.is_empty());
     let mut driver = Driver::for_device(&d, &specs);
-    let classes: Vec<(Duration, Vec<usize>)> = d
-        .scan_classes
-        .iter()
-        .map(|(name, period)| {
-            (
-                *period,
-                (0..tags.len())
-                    .filter(|&i| tags[i].scan_class == *name)
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .filter(|(_, idx)| !idx.is_empty())
-        .collect();
-    let all: Vec<usize> = (0..tags.len()).collect();
+    drop(specs);
+    let all: Vec<usize> = (0..count).collect();
     let start = Instant::now();
     let mut due: Vec<Instant> = vec![start; classes.len()];
-    let mut last: Vec<Option<Reported>> = vec![None; tags.len()];
+    let mut last: Vec<Option<Reported>> = vec![None; count];
     let mut online = false;
     let mut connected = false;
     let mut failures: u32 = 0;
@@ -190,7 +201,7 @@ pub async fn run(
                     due[c] += *period;
                 }
                 if online {
-                    batch.extend(idx);
+                    batch.extend(idx.iter().map(|&i| i as usize));
                 }
             }
         }
@@ -202,6 +213,63 @@ pub async fn run(
         }
         batch.sort_unstable();
         batch.dedup();
+        if batch.len() > CHUNK {
+            // Large scans go out in chunks, so neither the read results nor
+            // the samples of 100k tags are held at once.
+            let mut failed = false;
+            for part in batch.chunks(CHUNK) {
+                let t0 = Instant::now();
+                let r = tokio::time::timeout(d.timeout, driver.read(part, now_ms())).await;
+                let r = r.unwrap_or_else(|_| {
+                    Err(super::DriverError::Timeout { device: d.name.clone(), timeout_ms: d.timeout.as_millis() as u64 })
+                });
+                stats.observe_read(t0.elapsed(), r.is_ok());
+                match r {
+                    Ok(values) => {
+                        let samples = changed(part, values, &deadbands, &mut last, &stats, &d.name, online);
+                        stats.changes.fetch_add(samples.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        let event = if online {
+                            if samples.is_empty() {
+                                continue;
+                            }
+                            PollEvent::Samples { device: d.name.clone(), samples }
+                        } else {
+                            let complete = std::ptr::eq(part.as_ptr_range().end, batch.as_ptr_range().end);
+                            PollEvent::Online { device: d.name.clone(), samples, complete }
+                        };
+                        if tx.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(device = %d.name, error = %e, "chunked read failed");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if !failed {
+                failures = 0;
+                if !online {
+                    online = true;
+                    stats.set_online(true);
+                    tracing::info!(device = %d.name, tags = count, "device reachable: DBIRTH");
+                }
+                continue;
+            }
+            // A half-read device stays offline; the next scan reads it all again.
+            connected = false;
+            failures += 1;
+            if online && failures >= d.fail_after {
+                online = false;
+                stats.set_online(false);
+                tracing::warn!(device = %d.name, "device unreachable: DDEATH");
+                if tx.send(PollEvent::Offline { device: d.name.clone(), reason: "read failed".into() }).await.is_err() {
+                    return;
+                }
+            }
+            continue;
+        }
         let t0 = Instant::now();
         let result = async {
             if !connected {
@@ -218,7 +286,6 @@ pub async fn run(
             }),
         };
         stats.observe_read(t0.elapsed(), result.is_ok());
-        let ts = now_ms();
         match result {
             Err(e) => {
                 connected = false;
@@ -243,49 +310,19 @@ pub async fn run(
             }
             Ok(values) => {
                 failures = 0;
-                let mut metrics = Vec::with_capacity(batch.len());
-                for (&i, r) in batch.iter().zip(values) {
-                    let tag = &tags[i];
-                    let (value, quality) = match r {
-                        Ok(v) => (Some(v), Quality::Good),
-                        Err(e) => {
-                            stats.tag_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            tracing::debug!(device = %d.name, tag = %tag.name, error = %e, "tag read failed");
-                            (last[i].as_ref().and_then(|l| l.value.clone()), Quality::Bad)
-                        }
-                    };
-                    if online && !should_report(tag, last[i].as_ref(), &value, quality) {
-                        continue;
-                    }
-                    metrics.push(match quality {
-                        Quality::Good => match &value {
-                            Some(v) => Metric::new(tag.name.clone(), v.clone(), ts),
-                            None => Metric::null(tag.name.clone(), tag.datatype, ts),
-                        },
-                        _ => bad(value.clone(), &tag.name, tag.datatype, ts),
-                    });
-                    last[i] = Some(Reported { value, quality });
-                }
+                let samples = changed(&batch, values, &deadbands, &mut last, &stats, &d.name, online);
                 let event = if online {
-                    if metrics.is_empty() {
+                    if samples.is_empty() {
                         continue;
                     }
-                    PollEvent::Samples {
-                        device: d.name.clone(),
-                        metrics,
-                    }
+                    PollEvent::Samples { device: d.name.clone(), samples }
                 } else {
                     online = true;
                     stats.set_online(true);
-                    tracing::info!(device = %d.name, tags = tags.len(), "device reachable: DBIRTH");
-                    PollEvent::Online {
-                        device: d.name.clone(),
-                        metrics,
-                    }
+                    tracing::info!(device = %d.name, tags = count, "device reachable: DBIRTH");
+                    PollEvent::Online { device: d.name.clone(), samples, complete: true }
                 };
-                stats
-                    .changes
-                    .fetch_add(event_len(&event), std::sync::atomic::Ordering::Relaxed);
+                stats.changes.fetch_add(event_len(&event), std::sync::atomic::Ordering::Relaxed);
                 if tx.send(event).await.is_err() {
                     return;
                 }
@@ -294,9 +331,44 @@ pub async fn run(
     }
 }
 
+/// Tags per driver call and per event once a device is online.
+const CHUNK: usize = 2000;
+
+/// Turns read results into the samples to report (all of them when `online`
+/// is false: the DBIRTH needs every value), updating the last-reported table.
+fn changed(
+    batch: &[usize],
+    values: Vec<Result<crate::sparkplug::Value, super::TagError>>,
+    deadbands: &[Deadband],
+    last: &mut [Option<Reported>],
+    stats: &DeviceStats,
+    device: &str,
+    online: bool,
+) -> Vec<Sample> {
+    let ts = now_ms();
+    let mut samples = Vec::new();
+    for (&i, r) in batch.iter().zip(values) {
+        let (value, quality) = match r {
+            Ok(v) => (Some(v), Quality::Good),
+            Err(e) => {
+                stats.tag_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(device, tag_index = i, error = %e, "tag read failed");
+                // A failed tag keeps its last value, with BAD quality.
+                (last[i].as_ref().and_then(|l| l.value.clone()), Quality::Bad)
+            }
+        };
+        if online && !should_report(deadbands[i], last[i].as_ref(), &value, quality) {
+            continue;
+        }
+        last[i] = Some(Reported { value: value.clone(), quality });
+        samples.push(Sample { index: i as u32, value, quality, timestamp: ts });
+    }
+    samples
+}
+
 fn event_len(e: &PollEvent) -> u64 {
     match e {
-        PollEvent::Online { metrics, .. } | PollEvent::Samples { metrics, .. } => metrics.len() as u64,
+        PollEvent::Online { samples, .. } | PollEvent::Samples { samples, .. } => samples.len() as u64,
         PollEvent::Offline { .. } => 0,
     }
 }
@@ -327,8 +399,7 @@ mod tests {
 
     #[test]
     fn first_value_is_always_reported() {
-        assert!(should_report(
-            &tag(100.0, 0.0),
+        assert!(should_report(Deadband::from(&tag(100.0, 0.0)),
             None,
             &Some(Value::Double(1.0)),
             Quality::Good
@@ -338,20 +409,17 @@ mod tests {
     #[test]
     fn absolute_deadband_suppresses_small_moves() {
         let t = tag(0.5, 0.0);
-        assert!(!should_report(
-            &t,
+        assert!(!should_report(Deadband::from(&t),
             Some(&last(10.0)),
             &Some(Value::Double(10.4)),
             Quality::Good
         ));
-        assert!(should_report(
-            &t,
+        assert!(should_report(Deadband::from(&t),
             Some(&last(10.0)),
             &Some(Value::Double(10.5)),
             Quality::Good
         ));
-        assert!(should_report(
-            &t,
+        assert!(should_report(Deadband::from(&t),
             Some(&last(10.0)),
             &Some(Value::Double(9.4)),
             Quality::Good
@@ -361,14 +429,12 @@ mod tests {
     #[test]
     fn percent_deadband_is_relative_to_the_last_reported_value() {
         let t = tag(0.0, 1.0);
-        assert!(!should_report(
-            &t,
+        assert!(!should_report(Deadband::from(&t),
             Some(&last(200.0)),
             &Some(Value::Double(201.9)),
             Quality::Good
         ));
-        assert!(should_report(
-            &t,
+        assert!(should_report(Deadband::from(&t),
             Some(&last(200.0)),
             &Some(Value::Double(202.0)),
             Quality::Good
@@ -378,20 +444,17 @@ mod tests {
     #[test]
     fn with_both_deadbands_both_must_be_exceeded() {
         let t = tag(5.0, 1.0);
-        assert!(!should_report(
-            &t,
+        assert!(!should_report(Deadband::from(&t),
             Some(&last(1000.0)),
             &Some(Value::Double(1004.0)),
             Quality::Good
         ));
-        assert!(!should_report(
-            &t,
+        assert!(!should_report(Deadband::from(&t),
             Some(&last(100.0)),
             &Some(Value::Double(100.9)),
             Quality::Good
         ));
-        assert!(should_report(
-            &t,
+        assert!(should_report(Deadband::from(&t),
             Some(&last(100.0)),
             &Some(Value::Double(106.0)),
             Quality::Good
@@ -401,14 +464,12 @@ mod tests {
     #[test]
     fn zero_deadband_reports_every_change_and_no_repeat() {
         let t = tag(0.0, 0.0);
-        assert!(!should_report(
-            &t,
+        assert!(!should_report(Deadband::from(&t),
             Some(&last(1.0)),
             &Some(Value::Double(1.0)),
             Quality::Good
         ));
-        assert!(should_report(
-            &t,
+        assert!(should_report(Deadband::from(&t),
             Some(&last(1.0)),
             &Some(Value::Double(1.0000001)),
             Quality::Good
@@ -418,8 +479,7 @@ mod tests {
     #[test]
     fn quality_change_is_reported_even_when_the_value_is_the_same() {
         let t = tag(100.0, 0.0);
-        assert!(should_report(
-            &t,
+        assert!(should_report(Deadband::from(&t),
             Some(&last(1.0)),
             &Some(Value::Double(1.0)),
             Quality::Bad
@@ -442,7 +502,7 @@ mod tests {
                 ..Default::default()
             },
         };
-        let names: Vec<String> = expand_tags(&d).into_iter().map(|t| t.name).collect();
+        let names: Vec<String> = declarations(&d, 0).into_iter().filter_map(|m| m.name).collect();
         assert_eq!(names, ["t", "Gen/Tag 000001", "Gen/Tag 000002", "Gen/Tag 000003"]);
     }
 }

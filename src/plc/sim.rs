@@ -209,13 +209,14 @@ impl Rng {
 /// A simulated tag: its signal, datatype and running state.
 #[derive(Debug, Clone)]
 pub struct SimTag {
-    pub signal: Signal,
+    /// Shared: 100k generated tags have one signal.
+    pub signal: std::sync::Arc<Signal>,
     pub datatype: DataType,
     state: f64,
 }
 
 impl SimTag {
-    pub fn new(signal: Signal, datatype: DataType) -> SimTag {
+    pub fn new(signal: std::sync::Arc<Signal>, datatype: DataType) -> SimTag {
         SimTag {
             signal,
             datatype,
@@ -373,18 +374,18 @@ mod tests {
     fn values_fit_their_datatype_and_arrays_have_their_length() {
         let mut rng = Rng::new(1);
         let mut t = SimTag::new(
-            Signal::parse("ramp(min=0, max=1000, period=10s)").expect("ok"),
+            std::sync::Arc::new(Signal::parse("ramp(min=0, max=1000, period=10s)").expect("ok")),
             DataType::Int8,
         );
         assert_eq!(t.read(9.99, 0, &mut rng), Value::Int8(127));
-        let mut a = SimTag::new(Signal::parse("sine(len=8)").expect("ok"), DataType::FloatArray);
+        let mut a = SimTag::new(std::sync::Arc::new(Signal::parse("sine(len=8)").expect("ok")), DataType::FloatArray);
         assert!(matches!(a.read(1.0, 0, &mut rng), Value::FloatArray(v) if v.len() == 8));
-        let mut c = SimTag::new(Signal::parse("counter(step=2)").expect("ok"), DataType::UInt32);
+        let mut c = SimTag::new(std::sync::Arc::new(Signal::parse("counter(step=2)").expect("ok")), DataType::UInt32);
         assert_eq!(
             (c.read(0.0, 0, &mut rng), c.read(0.1, 0, &mut rng)),
             (Value::UInt32(2), Value::UInt32(4))
         );
-        let mut s = SimTag::new(Signal::parse("cycle(a|b)").expect("ok"), DataType::String);
+        let mut s = SimTag::new(std::sync::Arc::new(Signal::parse("cycle(a|b)").expect("ok")), DataType::String);
         assert_eq!(s.read(0.0, 0, &mut rng), Value::String("a".into()));
         assert!(Signal::parse("cycle(a|b)")
             .expect("ok")
@@ -400,7 +401,7 @@ mod tests {
     fn the_same_seed_gives_the_same_random_walk() {
         let run = || {
             let mut rng = Rng::new(42);
-            let mut t = SimTag::new(Signal::parse("random_walk").expect("ok"), DataType::Double);
+            let mut t = SimTag::new(std::sync::Arc::new(Signal::parse("random_walk").expect("ok")), DataType::Double);
             (0..5).map(|i| t.read(f64::from(i), 0, &mut rng)).collect::<Vec<_>>()
         };
         assert_eq!(run(), run());

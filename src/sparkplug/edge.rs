@@ -19,11 +19,12 @@
 //! - Aliases are unique across the node and all its devices; births carry name,
 //!   alias and datatype; DATA carries the alias alone and no datatype.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use thiserror::Error;
 
-use super::codec::{CodecError, DatatypeSource, Datatypes, Metric, Payload, Value};
+use super::codec::{encode_iter, CodecError, DatatypeSource, Datatypes, Metric, Payload, PropertySet, Quality, Value};
 use super::datatype::DataType;
 use super::state::HostState;
 use super::topic::{validate_id, MessageType, Topic, TopicError};
@@ -117,6 +118,28 @@ pub struct EdgeConfig {
     pub max_data_metrics: usize,
 }
 
+/// A new value of a declared metric, addressed by its position in the
+/// declarations (the poller's tag order), so the hot path carries no names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub index: u32,
+    /// `None` is null.
+    pub value: Option<Value>,
+    pub quality: Quality,
+    pub timestamp: u64,
+}
+
+fn quality_properties(q: Quality) -> Option<PropertySet> {
+    match q {
+        Quality::Good => None,
+        q => {
+            let mut p = PropertySet::default();
+            p.set_quality(q);
+            Some(p)
+        }
+    }
+}
+
 /// A device and the metrics it will ever report (current value or null).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceDef {
@@ -138,8 +161,11 @@ struct Scope {
     label: String,
     device: Option<String>,
     metrics: Vec<Metric>,
-    by_name: HashMap<String, usize>,
-    by_alias: HashMap<u64, usize>,
+    /// Metric indices sorted by name: 4 bytes a metric, binary-searched.
+    /// Name lookups are off the hot path (the poller addresses by index).
+    by_name: Vec<u32>,
+    /// Aliases are assigned in declaration order: alias = first_alias + index.
+    first_alias: u64,
     /// The device is reachable (always true for the node scope).
     online: bool,
     /// Its birth was published in the current session.
@@ -157,8 +183,8 @@ impl Scope {
             online: device.is_none(),
             device,
             metrics: Vec::with_capacity(metrics.len()),
-            by_name: HashMap::new(),
-            by_alias: HashMap::new(),
+            by_name: Vec::new(),
+            first_alias: *next_alias,
             born: false,
         };
         for mut m in metrics {
@@ -177,27 +203,39 @@ impl Scope {
                     metric: name,
                 });
             }
-            if scope.by_name.contains_key(&name) {
-                return Err(EdgeError::DuplicateMetric {
-                    scope: scope.label.clone(),
-                    metric: name,
-                });
-            }
             // [tck-id-payloads-alias-uniqueness]: one counter across the node and all devices.
             m.alias = Some(*next_alias);
-            scope.by_alias.insert(*next_alias, scope.metrics.len());
             *next_alias += 1;
             m.is_historical = false;
-            scope.by_name.insert(name, scope.metrics.len());
             scope.metrics.push(m);
         }
+        let mut order: Vec<u32> = (0..scope.metrics.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| scope.name_at(a).cmp(scope.name_at(b)));
+        if let Some(w) = order.windows(2).find(|w| scope.name_at(w[0]) == scope.name_at(w[1])) {
+            return Err(EdgeError::DuplicateMetric { scope: scope.label.clone(), metric: scope.name_at(w[0]).to_string() });
+        }
+        scope.by_name = order;
         Ok(scope)
+    }
+
+    fn name_at(&self, i: u32) -> &str {
+        self.metrics[i as usize].name.as_deref().unwrap_or_default()
+    }
+
+    fn name_index(&self, name: &str) -> Option<usize> {
+        let pos = self.by_name.binary_search_by(|&i| self.name_at(i).cmp(name)).ok()?;
+        Some(self.by_name[pos] as usize)
+    }
+
+    fn alias_index(&self, alias: u64) -> Option<usize> {
+        let i = usize::try_from(alias.checked_sub(self.first_alias)?).ok()?;
+        (i < self.metrics.len()).then_some(i)
     }
 
     fn index_of(&self, m: &Metric) -> Option<usize> {
         match (&m.name, m.alias) {
-            (Some(n), _) => self.by_name.get(n).copied(),
-            (None, Some(a)) => self.by_alias.get(&a).copied(),
+            (Some(n), _) => self.name_index(n),
+            (None, Some(a)) => self.alias_index(a),
             (None, None) => None,
         }
     }
@@ -209,11 +247,11 @@ impl DatatypeSource for Scope {
             return Some(DataType::Boolean);
         }
         let i = match (name, alias) {
-            (Some(n), _) => self.by_name.get(n)?,
-            (None, Some(a)) => self.by_alias.get(&a)?,
+            (Some(n), _) => self.name_index(n)?,
+            (None, Some(a)) => self.alias_index(a)?,
             (None, None) => return None,
         };
-        Some(self.metrics[*i].datatype)
+        Some(self.metrics[i].datatype)
     }
 }
 
@@ -439,12 +477,15 @@ impl EdgeSession {
         out
     }
 
-    fn birth_metric(m: &Metric, now: u64) -> Metric {
-        let mut b = m.clone();
+    fn birth_metric(m: &Metric, now: u64) -> Cow<'_, Metric> {
         // [tck-id-payloads-name-birth-data-requirement]: a timestamp on every metric.
+        if m.timestamp.is_some() && !m.is_historical {
+            return Cow::Borrowed(m);
+        }
+        let mut b = m.clone();
         b.timestamp = Some(m.timestamp.unwrap_or(now));
         b.is_historical = false;
-        b
+        Cow::Owned(b)
     }
 
     /// NBIRTH then a DBIRTH for every reachable device.
@@ -452,25 +493,24 @@ impl EdgeSession {
         // [tck-id-topics-nbirth-seq-num] [tck-id-payloads-sequence-num-zero-nbirth]
         self.next_seq = 0;
         let seq = self.take_seq();
-        let mut metrics = Vec::with_capacity(self.node.metrics.len() + 3);
         // [tck-id-topics-nbirth-bdseq-included] [tck-id-topics-nbirth-bdseq-matching]
-        metrics.push(Metric::new(BDSEQ, Value::Int64(self.bdseq.into()), now));
         // [tck-id-topics-nbirth-rebirth-metric] [tck-id-operational-behavior-data-commands-rebirth-datatype]
         // [tck-id-operational-behavior-data-commands-rebirth-value]
-        metrics.push(Metric::new(REBIRTH, Value::Boolean(false), now));
-        metrics.push(Metric::new(NEXT_SERVER, Value::Boolean(false), now));
+        let control = [
+            Metric::new(BDSEQ, Value::Int64(self.bdseq.into()), now),
+            Metric::new(REBIRTH, Value::Boolean(false), now),
+            Metric::new(NEXT_SERVER, Value::Boolean(false), now),
+        ];
         // [tck-id-topics-nbirth-metric-reqs] [tck-id-operational-behavior-data-publish-nbirth-values]
-        metrics.extend(self.node.metrics.iter().map(|m| Self::birth_metric(m, now)));
-        let nbirth = Payload {
-            timestamp: Some(now),
-            metrics,
-            seq: Some(seq),
-            ..Payload::default()
-        };
+        // Streamed from the table: a 100k-metric birth is never copied whole.
+        let metrics =
+            control.iter().map(Cow::Borrowed).chain(self.node.metrics.iter().map(|m| Self::birth_metric(m, now)));
+        let payload = encode_iter(Some(now), Some(seq), metrics, Datatypes::Include)
+            .expect("session payloads are built from declarations checked in EdgeSession::new");
         let mut out = vec![EdgeAction::Publish(Publish {
             topic: self.topic(MessageType::NBirth, None),
             // [tck-id-payloads-metric-datatype-req]
-            payload: encode_known_good(&nbirth, Datatypes::Include),
+            payload,
             // [tck-id-topics-nbirth-mqtt]
             qos: QoS::AtMostOnce,
             retain: false,
@@ -493,17 +533,14 @@ impl EdgeSession {
         let seq = self.take_seq();
         let d = &mut self.devices[i];
         d.born = true;
-        let payload = Payload {
-            timestamp: Some(now),
-            // [tck-id-topics-dbirth-metrics] [tck-id-operational-behavior-data-publish-dbirth-values]
-            metrics: d.metrics.iter().map(|m| Self::birth_metric(m, now)).collect(),
-            seq: Some(seq),
-            ..Payload::default()
-        };
+        // [tck-id-topics-dbirth-metrics] [tck-id-operational-behavior-data-publish-dbirth-values]
+        let payload =
+            encode_iter(Some(now), Some(seq), d.metrics.iter().map(|m| Self::birth_metric(m, now)), Datatypes::Include)
+                .expect("session payloads are built from declarations checked in EdgeSession::new");
         let device = d.device.clone();
         EdgeAction::Publish(Publish {
             topic: self.topic(MessageType::DBirth, device.as_deref()),
-            payload: encode_known_good(&payload, Datatypes::Include),
+            payload,
             // [tck-id-topics-dbirth-mqtt]
             qos: QoS::AtMostOnce,
             retain: false,
@@ -576,16 +613,12 @@ impl EdgeSession {
             .chunks(chunk)
             .map(|part| {
                 let seq = self.take_seq();
-                let payload = Payload {
-                    timestamp: Some(now),
-                    metrics: part.to_vec(),
-                    seq: Some(seq),
-                    ..Payload::default()
-                };
+                // [tck-id-payloads-metric-datatype-not-req]
+                let payload = encode_iter(Some(now), Some(seq), part.iter().map(Cow::Borrowed), Datatypes::Omit)
+                    .expect("session payloads are built from declarations checked in EdgeSession::new");
                 EdgeAction::Publish(Publish {
                     topic: topic.clone(),
-                    // [tck-id-payloads-metric-datatype-not-req]
-                    payload: encode_known_good(&payload, Datatypes::Omit),
+                    payload,
                     // [tck-id-topics-ndata-mqtt] [tck-id-topics-ddata-mqtt]
                     qos: QoS::AtMostOnce,
                     retain: false,
@@ -631,11 +664,51 @@ impl EdgeSession {
     /// Samples equal to the current value and quality are not resent
     /// ([tck-id-operational-behavior-data-publish-nbirth-change],
     /// [tck-id-operational-behavior-data-publish-dbirth-change]).
-    pub fn update(
+    pub fn update(&mut self, now: u64, device: Option<&str>, samples: Vec<Metric>) -> Result<Vec<EdgeAction>, EdgeError> {
+        let i = self.scope_index(device)?;
+        let samples = self.to_samples(i, samples, now)?;
+        self.update_samples(now, device, samples)
+    }
+
+    fn to_samples(&self, i: Option<usize>, metrics: Vec<Metric>, now: u64) -> Result<Vec<Sample>, EdgeError> {
+        Ok(self
+            .checked(i, metrics)?
+            .into_iter()
+            .map(|(idx, m)| Sample {
+                index: idx as u32,
+                quality: m.quality(),
+                value: m.value,
+                timestamp: m.timestamp.unwrap_or(now),
+            })
+            .collect())
+    }
+
+    fn check_samples(&self, i: Option<usize>, samples: &[Sample]) -> Result<(), EdgeError> {
+        let scope = self.scope(i);
+        for s in samples {
+            let Some(def) = scope.metrics.get(s.index as usize) else {
+                return Err(EdgeError::UnknownMetric { scope: scope.label.clone(), metric: format!("#{}", s.index) });
+            };
+            if let Some(v) = &s.value {
+                if v.datatype() != def.datatype {
+                    return Err(EdgeError::TypeMismatch {
+                        scope: scope.label.clone(),
+                        metric: def.name.clone().unwrap_or_default(),
+                        declared: def.datatype,
+                        got: v.datatype(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Like [`update`](Self::update), by declaration index (the poller's path).
+    pub fn update_samples(
         &mut self,
         now: u64,
         device: Option<&str>,
-        samples: Vec<Metric>,
+        mut samples: Vec<Sample>,
     ) -> Result<Vec<EdgeAction>, EdgeError> {
         let i = self.scope_index(device)?;
         if let Some(d) = i {
@@ -643,30 +716,55 @@ impl EdgeSession {
                 return Err(EdgeError::DeviceOffline(device.unwrap_or_default().to_string()));
             }
         }
-        let checked = self.checked(i, samples)?;
-        let scope = self.scope_mut(i);
-        let mut changed = Vec::with_capacity(checked.len());
-        for (idx, m) in checked {
-            let cur = &mut scope.metrics[idx];
-            if cur.value == m.value && cur.quality() == m.quality() {
+        self.check_samples(i, &samples)?;
+        // [tck-id-operational-behavior-data-publish-nbirth-order]
+        // [tck-id-operational-behavior-data-publish-dbirth-order]: chronological order.
+        samples.sort_by_key(|s| s.timestamp);
+        let publishing = self.scope_publishing(i);
+        let aliases = self.cfg.aliases;
+        // While publishing, changes are encoded one DATA message at a time, so
+        // a 100k-tag scan never holds 100k Metrics at once.
+        let chunk = if publishing { self.cfg.max_data_metrics.max(1) } else { usize::MAX };
+        let mut out = Vec::new();
+        let mut changed: Vec<Metric> = Vec::with_capacity(samples.len().min(chunk));
+        for s in samples {
+            let cur = &mut self.scope_mut(i).metrics[s.index as usize];
+            if cur.value == s.value && cur.quality() == s.quality {
                 continue;
             }
-            cur.value = m.value.clone();
-            cur.timestamp = m.timestamp;
-            cur.properties = m.properties.clone();
-            changed.push(m);
+            let properties = quality_properties(s.quality);
+            cur.value.clone_from(&s.value);
+            cur.timestamp = Some(s.timestamp);
+            cur.properties.clone_from(&properties);
+            changed.push(Metric {
+                // Stored samples keep their names, so a replay after a reload
+                // maps them to the aliases of the births then current.
+                name: if aliases && publishing { None } else { cur.name.clone() },
+                alias: cur.alias,
+                timestamp: Some(s.timestamp),
+                datatype: cur.datatype,
+                value: s.value,
+                is_historical: false,
+                is_transient: false,
+                metadata: None,
+                properties,
+            });
+            if changed.len() == chunk {
+                // [tck-id-topics-ndata-payload] [tck-id-topics-ddata-payload]
+                out.extend(self.data(i, std::mem::take(&mut changed), now, false));
+            }
         }
         if changed.is_empty() {
-            return Ok(Vec::new());
+            return Ok(out);
         }
-        if self.scope_publishing(i) {
-            // [tck-id-topics-ndata-payload] [tck-id-topics-ddata-payload]
-            Ok(self.data(i, changed, now, false))
+        if publishing {
+            out.extend(self.data(i, changed, now, false));
+            Ok(out)
         } else {
-            Ok(vec![EdgeAction::StoreHistorical {
-                device: device.map(str::to_string),
-                metrics: changed,
-            }])
+            for m in &mut changed {
+                m.alias = None;
+            }
+            Ok(vec![EdgeAction::StoreHistorical { device: device.map(str::to_string), metrics: changed }])
         }
     }
 
@@ -746,17 +844,35 @@ impl EdgeSession {
         samples: Vec<Metric>,
     ) -> Result<Vec<EdgeAction>, EdgeError> {
         let i = self.scope_index(Some(device))?;
-        let checked = self.checked(i, samples)?;
+        let samples = self.to_samples(i, samples, now)?;
+        self.device_online_samples(now, device, samples)
+    }
+
+    /// Sets current values of a device that is not yet online (the first
+    /// chunks of a large device's first read); nothing is published.
+    pub fn preload_samples(&mut self, device: &str, samples: Vec<Sample>) -> Result<(), EdgeError> {
+        let i = self.scope_index(Some(device))?;
+        self.check_samples(i, &samples)?;
         let scope = self.scope_mut(i);
-        for (idx, m) in checked {
-            let cur = &mut scope.metrics[idx];
-            cur.value = m.value;
-            cur.timestamp = m.timestamp;
-            cur.properties = m.properties;
+        for s in samples {
+            let cur = &mut scope.metrics[s.index as usize];
+            cur.value = s.value;
+            cur.timestamp = Some(s.timestamp);
+            cur.properties = quality_properties(s.quality);
         }
-        if let Some(d) = i {
-            self.devices[d].born = false;
-        }
+        Ok(())
+    }
+
+    /// Like [`device_online_with`](Self::device_online_with), by declaration index.
+    pub fn device_online_samples(
+        &mut self,
+        now: u64,
+        device: &str,
+        samples: Vec<Sample>,
+    ) -> Result<Vec<EdgeAction>, EdgeError> {
+        self.preload_samples(device, samples)?;
+        let i = self.scope_index(Some(device))?.expect("a device name gives a device index");
+        self.devices[i].born = false;
         self.device_online(now, device)
     }
 
