@@ -24,7 +24,8 @@ fn proc_stat(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let hwm = status
         .lines()
@@ -82,7 +83,10 @@ async fn count_ddata(port: u16, counted: Arc<AtomicU64>, births: Arc<AtomicU64>)
     o.set_max_packet_size(64 << 20, 64 << 20);
     o.set_clean_session(true);
     let (client, mut el) = rumqttc::AsyncClient::new(o, 100);
-    client.subscribe("spBv1.0/Bench/#", rumqttc::QoS::AtMostOnce).await.expect("subscribe");
+    client
+        .subscribe("spBv1.0/Bench/#", rumqttc::QoS::AtMostOnce)
+        .await
+        .expect("subscribe");
     while let Ok(ev) = el.poll().await {
         if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
             if p.topic.contains("/DDATA/") {
@@ -103,9 +107,12 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let tck = clk_tck();
     let mut rows = Vec::new();
-    for (tags, scan, scans_per_s) in
-        [(1_000u32, "10ms", 100.0), (10_000, "100ms", 10.0), (100_000, "1s", 1.0), (100_000, "250ms", 4.0)]
-    {
+    for (tags, scan, scans_per_s) in [
+        (1_000u32, "10ms", 100.0),
+        (10_000, "100ms", 10.0),
+        (100_000, "1s", 1.0),
+        (100_000, "250ms", 4.0),
+    ] {
         let broker = common::Broker::start(None);
         let counted = Arc::new(AtomicU64::new(0));
         let births = Arc::new(AtomicU64::new(0));

@@ -86,7 +86,10 @@ fn definitions(cfg: &Config, now: u64) -> Vec<DeviceDef> {
     cfg.devices
         .iter()
         .filter(|d| d.enabled)
-        .map(|d| DeviceDef { name: d.name.clone(), metrics: poller::declarations(d, now) })
+        .map(|d| DeviceDef {
+            name: d.name.clone(),
+            metrics: poller::declarations(d, now),
+        })
         .collect()
 }
 
@@ -177,12 +180,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
     let now = now_ms();
     let defs = definitions(&cfg, now);
     let stored = if opts.dry_run { None } else { load_bdseq(&state_dir) };
-    let session = EdgeSession::new(
-        edge_config(&cfg, opts.dry_run),
-        node_metrics(now),
-        defs,
-        stored,
-    )?;
+    let session = EdgeSession::new(edge_config(&cfg, opts.dry_run), node_metrics(now), defs, stored)?;
     if let Some(addr) = cfg.telemetry.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -531,12 +529,16 @@ impl Runtime {
         self.telemetry.poll_progress.fetch_add(1, Relaxed);
         let now = now_ms();
         let result = match ev {
-            PollEvent::Online { device, samples, complete: true } => {
-                self.session.device_online_samples(now, &device, samples)
-            }
-            PollEvent::Online { device, samples, complete: false } => {
-                self.session.preload_samples(&device, samples).map(|()| Vec::new())
-            }
+            PollEvent::Online {
+                device,
+                samples,
+                complete: true,
+            } => self.session.device_online_samples(now, &device, samples),
+            PollEvent::Online {
+                device,
+                samples,
+                complete: false,
+            } => self.session.preload_samples(&device, samples).map(|()| Vec::new()),
             PollEvent::Offline { device, reason } => {
                 tracing::warn!(%device, %reason, "device offline");
                 self.session.device_offline(now, &device)
@@ -666,10 +668,7 @@ impl Runtime {
         self.cfg.node = node;
         self.cfg.mqtt = mqtt_cfg;
         if !same_tags {
-            match self
-                .session
-                .redefine(now, node_metrics(now), new)
-            {
+            match self.session.redefine(now, node_metrics(now), new) {
                 Ok(actions) => {
                     tracing::info!("configuration reloaded: tag set changed, rebirth");
                     self.telemetry.rebirths.fetch_add(1, Relaxed);

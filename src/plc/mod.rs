@@ -91,7 +91,10 @@ impl SimDriver {
                 .iter()
                 .map(|t| {
                     let signal = t.signal.clone().unwrap_or_else(|| {
-                        std::sync::Arc::new(Signal { shape: sim::Shape::Const("0".into()), len: None })
+                        std::sync::Arc::new(Signal {
+                            shape: sim::Shape::Const("0".into()),
+                            len: None,
+                        })
                     });
                     SimTag::new(signal, t.datatype)
                 })

@@ -34,7 +34,11 @@ use crate::telemetry::metrics::DeviceStats;
 pub enum PollEvent {
     /// Reachable (first time or again): every tag's current value, in chunks;
     /// the DBIRTH follows the chunk with `complete = true`.
-    Online { device: String, samples: Vec<Sample>, complete: bool },
+    Online {
+        device: String,
+        samples: Vec<Sample>,
+        complete: bool,
+    },
     /// Unreachable for `fail_after` scans.
     Offline { device: String, reason: String },
     /// Changed values.
@@ -50,7 +54,10 @@ pub struct Deadband {
 
 impl From<&TagConfig> for Deadband {
     fn from(t: &TagConfig) -> Self {
-        Deadband { absolute: t.deadband, percent: t.deadband_percent }
+        Deadband {
+            absolute: t.deadband,
+            percent: t.deadband_percent,
+        }
     }
 }
 
@@ -105,19 +112,31 @@ pub fn plan(d: &DeviceConfig) -> Vec<PlannedTag> {
     let n = d.sim.generate as usize;
     let mut out = Vec::with_capacity(d.tags.len() + n);
     out.extend(d.tags.iter().map(|t| PlannedTag {
-        spec: TagSpec { address: t.address.clone(), datatype: t.datatype, signal: t.signal.clone() },
+        spec: TagSpec {
+            address: t.address.clone(),
+            datatype: t.datatype,
+            signal: t.signal.clone(),
+        },
         deadband: Deadband::from(t),
         class: class_index(d, &t.scan_class),
     }));
     if n > 0 {
-        let signal = Arc::new(d.sim.generate_signal.clone().unwrap_or_else(|| {
-            super::sim::Signal::parse("random_walk(step=0.5)").expect("the default signal parses")
-        }));
+        let signal =
+            Arc::new(d.sim.generate_signal.clone().unwrap_or_else(|| {
+                super::sim::Signal::parse("random_walk(step=0.5)").expect("the default signal parses")
+            }));
         let datatype = d.sim.generate_datatype.unwrap_or(DataType::Double);
         let class = class_index(d, d.sim.generate_scan_class.as_deref().unwrap_or("default"));
         out.extend((0..n).map(|_| PlannedTag {
-            spec: TagSpec { address: String::new(), datatype, signal: Some(signal.clone()) },
-            deadband: Deadband { absolute: 0.0, percent: 0.0 },
+            spec: TagSpec {
+                address: String::new(),
+                datatype,
+                signal: Some(signal.clone()),
+            },
+            deadband: Deadband {
+                absolute: 0.0,
+                percent: 0.0,
+            },
             class,
         }));
     }
@@ -221,21 +240,33 @@ pub async fn run(
                 let t0 = Instant::now();
                 let r = tokio::time::timeout(d.timeout, driver.read(part, now_ms())).await;
                 let r = r.unwrap_or_else(|_| {
-                    Err(super::DriverError::Timeout { device: d.name.clone(), timeout_ms: d.timeout.as_millis() as u64 })
+                    Err(super::DriverError::Timeout {
+                        device: d.name.clone(),
+                        timeout_ms: d.timeout.as_millis() as u64,
+                    })
                 });
                 stats.observe_read(t0.elapsed(), r.is_ok());
                 match r {
                     Ok(values) => {
                         let samples = changed(part, values, &deadbands, &mut last, &stats, &d.name, online);
-                        stats.changes.fetch_add(samples.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        stats
+                            .changes
+                            .fetch_add(samples.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         let event = if online {
                             if samples.is_empty() {
                                 continue;
                             }
-                            PollEvent::Samples { device: d.name.clone(), samples }
+                            PollEvent::Samples {
+                                device: d.name.clone(),
+                                samples,
+                            }
                         } else {
                             let complete = std::ptr::eq(part.as_ptr_range().end, batch.as_ptr_range().end);
-                            PollEvent::Online { device: d.name.clone(), samples, complete }
+                            PollEvent::Online {
+                                device: d.name.clone(),
+                                samples,
+                                complete,
+                            }
                         };
                         if tx.send(event).await.is_err() {
                             return;
@@ -264,7 +295,14 @@ pub async fn run(
                 online = false;
                 stats.set_online(false);
                 tracing::warn!(device = %d.name, "device unreachable: DDEATH");
-                if tx.send(PollEvent::Offline { device: d.name.clone(), reason: "read failed".into() }).await.is_err() {
+                if tx
+                    .send(PollEvent::Offline {
+                        device: d.name.clone(),
+                        reason: "read failed".into(),
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -315,14 +353,23 @@ pub async fn run(
                     if samples.is_empty() {
                         continue;
                     }
-                    PollEvent::Samples { device: d.name.clone(), samples }
+                    PollEvent::Samples {
+                        device: d.name.clone(),
+                        samples,
+                    }
                 } else {
                     online = true;
                     stats.set_online(true);
                     tracing::info!(device = %d.name, tags = count, "device reachable: DBIRTH");
-                    PollEvent::Online { device: d.name.clone(), samples, complete: true }
+                    PollEvent::Online {
+                        device: d.name.clone(),
+                        samples,
+                        complete: true,
+                    }
                 };
-                stats.changes.fetch_add(event_len(&event), std::sync::atomic::Ordering::Relaxed);
+                stats
+                    .changes
+                    .fetch_add(event_len(&event), std::sync::atomic::Ordering::Relaxed);
                 if tx.send(event).await.is_err() {
                     return;
                 }
@@ -360,8 +407,16 @@ fn changed(
         if online && !should_report(deadbands[i], last[i].as_ref(), &value, quality) {
             continue;
         }
-        last[i] = Some(Reported { value: value.clone(), quality });
-        samples.push(Sample { index: i as u32, value, quality, timestamp: ts });
+        last[i] = Some(Reported {
+            value: value.clone(),
+            quality,
+        });
+        samples.push(Sample {
+            index: i as u32,
+            value,
+            quality,
+            timestamp: ts,
+        });
     }
     samples
 }
@@ -399,7 +454,8 @@ mod tests {
 
     #[test]
     fn first_value_is_always_reported() {
-        assert!(should_report(Deadband::from(&tag(100.0, 0.0)),
+        assert!(should_report(
+            Deadband::from(&tag(100.0, 0.0)),
             None,
             &Some(Value::Double(1.0)),
             Quality::Good
@@ -409,17 +465,20 @@ mod tests {
     #[test]
     fn absolute_deadband_suppresses_small_moves() {
         let t = tag(0.5, 0.0);
-        assert!(!should_report(Deadband::from(&t),
+        assert!(!should_report(
+            Deadband::from(&t),
             Some(&last(10.0)),
             &Some(Value::Double(10.4)),
             Quality::Good
         ));
-        assert!(should_report(Deadband::from(&t),
+        assert!(should_report(
+            Deadband::from(&t),
             Some(&last(10.0)),
             &Some(Value::Double(10.5)),
             Quality::Good
         ));
-        assert!(should_report(Deadband::from(&t),
+        assert!(should_report(
+            Deadband::from(&t),
             Some(&last(10.0)),
             &Some(Value::Double(9.4)),
             Quality::Good
@@ -429,12 +488,14 @@ mod tests {
     #[test]
     fn percent_deadband_is_relative_to_the_last_reported_value() {
         let t = tag(0.0, 1.0);
-        assert!(!should_report(Deadband::from(&t),
+        assert!(!should_report(
+            Deadband::from(&t),
             Some(&last(200.0)),
             &Some(Value::Double(201.9)),
             Quality::Good
         ));
-        assert!(should_report(Deadband::from(&t),
+        assert!(should_report(
+            Deadband::from(&t),
             Some(&last(200.0)),
             &Some(Value::Double(202.0)),
             Quality::Good
@@ -444,17 +505,20 @@ mod tests {
     #[test]
     fn with_both_deadbands_both_must_be_exceeded() {
         let t = tag(5.0, 1.0);
-        assert!(!should_report(Deadband::from(&t),
+        assert!(!should_report(
+            Deadband::from(&t),
             Some(&last(1000.0)),
             &Some(Value::Double(1004.0)),
             Quality::Good
         ));
-        assert!(!should_report(Deadband::from(&t),
+        assert!(!should_report(
+            Deadband::from(&t),
             Some(&last(100.0)),
             &Some(Value::Double(100.9)),
             Quality::Good
         ));
-        assert!(should_report(Deadband::from(&t),
+        assert!(should_report(
+            Deadband::from(&t),
             Some(&last(100.0)),
             &Some(Value::Double(106.0)),
             Quality::Good
@@ -464,12 +528,14 @@ mod tests {
     #[test]
     fn zero_deadband_reports_every_change_and_no_repeat() {
         let t = tag(0.0, 0.0);
-        assert!(!should_report(Deadband::from(&t),
+        assert!(!should_report(
+            Deadband::from(&t),
             Some(&last(1.0)),
             &Some(Value::Double(1.0)),
             Quality::Good
         ));
-        assert!(should_report(Deadband::from(&t),
+        assert!(should_report(
+            Deadband::from(&t),
             Some(&last(1.0)),
             &Some(Value::Double(1.0000001)),
             Quality::Good
@@ -479,7 +545,8 @@ mod tests {
     #[test]
     fn quality_change_is_reported_even_when_the_value_is_the_same() {
         let t = tag(100.0, 0.0);
-        assert!(should_report(Deadband::from(&t),
+        assert!(should_report(
+            Deadband::from(&t),
             Some(&last(1.0)),
             &Some(Value::Double(1.0)),
             Quality::Bad

@@ -378,14 +378,23 @@ mod tests {
             DataType::Int8,
         );
         assert_eq!(t.read(9.99, 0, &mut rng), Value::Int8(127));
-        let mut a = SimTag::new(std::sync::Arc::new(Signal::parse("sine(len=8)").expect("ok")), DataType::FloatArray);
+        let mut a = SimTag::new(
+            std::sync::Arc::new(Signal::parse("sine(len=8)").expect("ok")),
+            DataType::FloatArray,
+        );
         assert!(matches!(a.read(1.0, 0, &mut rng), Value::FloatArray(v) if v.len() == 8));
-        let mut c = SimTag::new(std::sync::Arc::new(Signal::parse("counter(step=2)").expect("ok")), DataType::UInt32);
+        let mut c = SimTag::new(
+            std::sync::Arc::new(Signal::parse("counter(step=2)").expect("ok")),
+            DataType::UInt32,
+        );
         assert_eq!(
             (c.read(0.0, 0, &mut rng), c.read(0.1, 0, &mut rng)),
             (Value::UInt32(2), Value::UInt32(4))
         );
-        let mut s = SimTag::new(std::sync::Arc::new(Signal::parse("cycle(a|b)").expect("ok")), DataType::String);
+        let mut s = SimTag::new(
+            std::sync::Arc::new(Signal::parse("cycle(a|b)").expect("ok")),
+            DataType::String,
+        );
         assert_eq!(s.read(0.0, 0, &mut rng), Value::String("a".into()));
         assert!(Signal::parse("cycle(a|b)")
             .expect("ok")
@@ -401,7 +410,10 @@ mod tests {
     fn the_same_seed_gives_the_same_random_walk() {
         let run = || {
             let mut rng = Rng::new(42);
-            let mut t = SimTag::new(std::sync::Arc::new(Signal::parse("random_walk").expect("ok")), DataType::Double);
+            let mut t = SimTag::new(
+                std::sync::Arc::new(Signal::parse("random_walk").expect("ok")),
+                DataType::Double,
+            );
             (0..5).map(|i| t.read(f64::from(i), 0, &mut rng)).collect::<Vec<_>>()
         };
         assert_eq!(run(), run());

@@ -384,7 +384,12 @@ impl Payload {
 
     /// Encodes; `Datatypes::Omit` leaves top-level metric datatypes out.
     pub fn encode_with(&self, datatypes: Datatypes) -> Result<Vec<u8>> {
-        let mut out = encode_iter(self.timestamp, self.seq, self.metrics.iter().map(Cow::Borrowed), datatypes)?;
+        let mut out = encode_iter(
+            self.timestamp,
+            self.seq,
+            self.metrics.iter().map(Cow::Borrowed),
+            datatypes,
+        )?;
         if let Some(uuid) = &self.uuid {
             prost::encoding::string::encode(4, uuid, &mut out);
         }
@@ -828,9 +833,9 @@ fn metric_from_pb(raw: pbp::Metric, known: &dyn DatatypeSource) -> Result<Metric
                         "datatype {datatype} cannot be carried in dataset_value"
                     )));
                 }
-                Some(Value::DataSet(
-                    Box::new(dataset_from_pb(ds).map_err(|e| e.within("dataset_value"))?),
-                ))
+                Some(Value::DataSet(Box::new(
+                    dataset_from_pb(ds).map_err(|e| e.within("dataset_value"))?,
+                )))
             }
             Some(V::TemplateValue(t)) => {
                 if datatype != DataType::Template {
@@ -838,9 +843,9 @@ fn metric_from_pb(raw: pbp::Metric, known: &dyn DatatypeSource) -> Result<Metric
                         "datatype {datatype} cannot be carried in template_value"
                     )));
                 }
-                Some(Value::Template(
-                    Box::new(template_from_pb(t, known).map_err(|e| e.within("template_value"))?),
-                ))
+                Some(Value::Template(Box::new(
+                    template_from_pb(t, known).map_err(|e| e.within("template_value"))?,
+                )))
             }
             Some(V::ExtensionValue(_)) => {
                 return Err(CodecError::field("extension_value is not supported").within("extension_value"))
@@ -1608,7 +1613,10 @@ mod tests {
             }
             other => panic!("expected dataset_value, got {other:?}"),
         }
-        assert_eq!(round_trip(Value::DataSet(Box::new(ds.clone()))), Value::DataSet(Box::new(ds)));
+        assert_eq!(
+            round_trip(Value::DataSet(Box::new(ds.clone()))),
+            Value::DataSet(Box::new(ds))
+        );
     }
 
     // [tck-id-payloads-dataset-column-num-headers] [tck-id-payloads-dataset-types-num]
@@ -1664,8 +1672,14 @@ mod tests {
             is_definition: false,
             ..def.clone()
         };
-        assert_eq!(round_trip(Value::Template(Box::new(def.clone()))), Value::Template(Box::new(def)));
-        assert_eq!(round_trip(Value::Template(Box::new(inst.clone()))), Value::Template(Box::new(inst)));
+        assert_eq!(
+            round_trip(Value::Template(Box::new(def.clone()))),
+            Value::Template(Box::new(def))
+        );
+        assert_eq!(
+            round_trip(Value::Template(Box::new(inst.clone()))),
+            Value::Template(Box::new(inst))
+        );
     }
 
     // [tck-id-payloads-template-definition-ref] [tck-id-payloads-template-ref-definition]

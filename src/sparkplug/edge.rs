@@ -155,12 +155,76 @@ enum Phase {
     Born,
 }
 
+/// What is declared of a metric beyond its name and type: rare, so boxed.
+#[derive(Debug, Clone, PartialEq)]
+struct Declared {
+    properties: Option<PropertySet>,
+    metadata: Option<Box<crate::sparkplug::codec::MetaData>>,
+    is_transient: bool,
+}
+
+/// One declared metric in the session's table: its current value and what
+/// births need, in 80 bytes (a full `Metric` is 128; at 100k tags that is
+/// 4.8 MB). Its alias is derived from its position.
+#[derive(Debug, Clone)]
+struct Slot {
+    name: Box<str>,
+    datatype: DataType,
+    quality: Quality,
+    timestamp: Option<u64>,
+    value: Option<Value>,
+    declared: Option<Box<Declared>>,
+}
+
+impl Slot {
+    fn from_metric(m: Metric, name: String) -> Slot {
+        let quality = m.quality();
+        let declared = (m.properties.is_some() || m.metadata.is_some() || m.is_transient).then(|| {
+            Box::new(Declared {
+                properties: m.properties,
+                metadata: m.metadata,
+                is_transient: m.is_transient,
+            })
+        });
+        Slot {
+            name: name.into_boxed_str(),
+            datatype: m.datatype,
+            quality,
+            timestamp: m.timestamp,
+            value: m.value,
+            declared,
+        }
+    }
+
+    /// The metric as a birth declares it: name, alias, datatype, current value.
+    fn to_birth_metric(&self, alias: u64, now: u64) -> Metric {
+        let mut properties = self.declared.as_ref().and_then(|d| d.properties.clone());
+        if self.quality != Quality::Good {
+            properties
+                .get_or_insert_with(PropertySet::default)
+                .set_quality(self.quality);
+        }
+        Metric {
+            name: Some(self.name.to_string()),
+            alias: Some(alias),
+            // [tck-id-payloads-name-birth-data-requirement]: a timestamp on every metric.
+            timestamp: Some(self.timestamp.unwrap_or(now)),
+            datatype: self.datatype,
+            value: self.value.clone(),
+            is_historical: false,
+            is_transient: self.declared.as_ref().is_some_and(|d| d.is_transient),
+            metadata: self.declared.as_ref().and_then(|d| d.metadata.clone()),
+            properties,
+        }
+    }
+}
+
 /// The metrics of the node or of one device.
 #[derive(Debug, Clone)]
 struct Scope {
     label: String,
     device: Option<String>,
-    metrics: Vec<Metric>,
+    metrics: Vec<Slot>,
     /// Metric indices sorted by name: 4 bytes a metric, binary-searched.
     /// Name lookups are off the hot path (the poller addresses by index).
     by_name: Vec<u32>,
@@ -187,7 +251,7 @@ impl Scope {
             first_alias: *next_alias,
             born: false,
         };
-        for mut m in metrics {
+        for m in metrics {
             let name = m.name.clone().ok_or_else(|| EdgeError::UnnamedMetric {
                 scope: scope.label.clone(),
             })?;
@@ -204,22 +268,35 @@ impl Scope {
                 });
             }
             // [tck-id-payloads-alias-uniqueness]: one counter across the node and all devices.
-            m.alias = Some(*next_alias);
             *next_alias += 1;
-            m.is_historical = false;
-            scope.metrics.push(m);
+            scope.metrics.push(Slot::from_metric(m, name));
         }
         let mut order: Vec<u32> = (0..scope.metrics.len() as u32).collect();
         order.sort_unstable_by(|&a, &b| scope.name_at(a).cmp(scope.name_at(b)));
         if let Some(w) = order.windows(2).find(|w| scope.name_at(w[0]) == scope.name_at(w[1])) {
-            return Err(EdgeError::DuplicateMetric { scope: scope.label.clone(), metric: scope.name_at(w[0]).to_string() });
+            return Err(EdgeError::DuplicateMetric {
+                scope: scope.label.clone(),
+                metric: scope.name_at(w[0]).to_string(),
+            });
         }
         scope.by_name = order;
         Ok(scope)
     }
 
+    fn alias_of(&self, i: usize) -> u64 {
+        self.first_alias + i as u64
+    }
+
+    /// The birth declarations, built one at a time from the table.
+    fn birth_metrics(&self, now: u64) -> impl Iterator<Item = Metric> + '_ {
+        self.metrics
+            .iter()
+            .enumerate()
+            .map(move |(i, s)| s.to_birth_metric(self.alias_of(i), now))
+    }
+
     fn name_at(&self, i: u32) -> &str {
-        self.metrics[i as usize].name.as_deref().unwrap_or_default()
+        &self.metrics[i as usize].name
     }
 
     fn name_index(&self, name: &str) -> Option<usize> {
@@ -477,17 +554,6 @@ impl EdgeSession {
         out
     }
 
-    fn birth_metric(m: &Metric, now: u64) -> Cow<'_, Metric> {
-        // [tck-id-payloads-name-birth-data-requirement]: a timestamp on every metric.
-        if m.timestamp.is_some() && !m.is_historical {
-            return Cow::Borrowed(m);
-        }
-        let mut b = m.clone();
-        b.timestamp = Some(m.timestamp.unwrap_or(now));
-        b.is_historical = false;
-        Cow::Owned(b)
-    }
-
     /// NBIRTH then a DBIRTH for every reachable device.
     fn births(&mut self, now: u64) -> Vec<EdgeAction> {
         // [tck-id-topics-nbirth-seq-num] [tck-id-payloads-sequence-num-zero-nbirth]
@@ -503,8 +569,10 @@ impl EdgeSession {
         ];
         // [tck-id-topics-nbirth-metric-reqs] [tck-id-operational-behavior-data-publish-nbirth-values]
         // Streamed from the table: a 100k-metric birth is never copied whole.
-        let metrics =
-            control.iter().map(Cow::Borrowed).chain(self.node.metrics.iter().map(|m| Self::birth_metric(m, now)));
+        let metrics = control
+            .iter()
+            .map(Cow::Borrowed)
+            .chain(self.node.birth_metrics(now).map(Cow::Owned));
         let payload = encode_iter(Some(now), Some(seq), metrics, Datatypes::Include)
             .expect("session payloads are built from declarations checked in EdgeSession::new");
         let mut out = vec![EdgeAction::Publish(Publish {
@@ -534,9 +602,13 @@ impl EdgeSession {
         let d = &mut self.devices[i];
         d.born = true;
         // [tck-id-topics-dbirth-metrics] [tck-id-operational-behavior-data-publish-dbirth-values]
-        let payload =
-            encode_iter(Some(now), Some(seq), d.metrics.iter().map(|m| Self::birth_metric(m, now)), Datatypes::Include)
-                .expect("session payloads are built from declarations checked in EdgeSession::new");
+        let payload = encode_iter(
+            Some(now),
+            Some(seq),
+            d.birth_metrics(now).map(Cow::Owned),
+            Datatypes::Include,
+        )
+        .expect("session payloads are built from declarations checked in EdgeSession::new");
         let device = d.device.clone();
         EdgeAction::Publish(Publish {
             topic: self.topic(MessageType::DBirth, device.as_deref()),
@@ -587,15 +659,14 @@ impl EdgeSession {
             .into_iter()
             .map(|mut m| {
                 let idx = scope.index_of(&m).expect("callers only pass declared metrics");
-                let def = &scope.metrics[idx];
                 if aliases {
                     // [tck-id-payloads-alias-data-cmd-requirement]: alias only, no name.
-                    m.alias = def.alias;
+                    m.alias = Some(scope.alias_of(idx));
                     m.name = None;
                 } else {
                     // [tck-id-payloads-name-requirement]
                     m.alias = None;
-                    m.name = def.name.clone();
+                    m.name = Some(scope.metrics[idx].name.to_string());
                 }
                 m.is_historical = historical;
                 m.timestamp = Some(m.timestamp.unwrap_or(now));
@@ -644,13 +715,13 @@ impl EdgeSession {
             if got != def.datatype && !(m.value.is_none() && got == DataType::Unknown) {
                 return Err(EdgeError::TypeMismatch {
                     scope: scope.label.clone(),
-                    metric: def.name.clone().unwrap_or_default(),
+                    metric: def.name.to_string(),
                     declared: def.datatype,
                     got,
                 });
             }
             m.datatype = def.datatype;
-            m.name = def.name.clone();
+            m.name = Some(def.name.to_string());
             out.push((idx, m));
         }
         // [tck-id-operational-behavior-data-publish-nbirth-order]
@@ -664,7 +735,12 @@ impl EdgeSession {
     /// Samples equal to the current value and quality are not resent
     /// ([tck-id-operational-behavior-data-publish-nbirth-change],
     /// [tck-id-operational-behavior-data-publish-dbirth-change]).
-    pub fn update(&mut self, now: u64, device: Option<&str>, samples: Vec<Metric>) -> Result<Vec<EdgeAction>, EdgeError> {
+    pub fn update(
+        &mut self,
+        now: u64,
+        device: Option<&str>,
+        samples: Vec<Metric>,
+    ) -> Result<Vec<EdgeAction>, EdgeError> {
         let i = self.scope_index(device)?;
         let samples = self.to_samples(i, samples, now)?;
         self.update_samples(now, device, samples)
@@ -687,13 +763,16 @@ impl EdgeSession {
         let scope = self.scope(i);
         for s in samples {
             let Some(def) = scope.metrics.get(s.index as usize) else {
-                return Err(EdgeError::UnknownMetric { scope: scope.label.clone(), metric: format!("#{}", s.index) });
+                return Err(EdgeError::UnknownMetric {
+                    scope: scope.label.clone(),
+                    metric: format!("#{}", s.index),
+                });
             };
             if let Some(v) = &s.value {
                 if v.datatype() != def.datatype {
                     return Err(EdgeError::TypeMismatch {
                         scope: scope.label.clone(),
-                        metric: def.name.clone().unwrap_or_default(),
+                        metric: def.name.to_string(),
                         declared: def.datatype,
                         got: v.datatype(),
                     });
@@ -724,23 +803,33 @@ impl EdgeSession {
         let aliases = self.cfg.aliases;
         // While publishing, changes are encoded one DATA message at a time, so
         // a 100k-tag scan never holds 100k Metrics at once.
-        let chunk = if publishing { self.cfg.max_data_metrics.max(1) } else { usize::MAX };
+        let chunk = if publishing {
+            self.cfg.max_data_metrics.max(1)
+        } else {
+            usize::MAX
+        };
         let mut out = Vec::new();
         let mut changed: Vec<Metric> = Vec::with_capacity(samples.len().min(chunk));
         for s in samples {
-            let cur = &mut self.scope_mut(i).metrics[s.index as usize];
-            if cur.value == s.value && cur.quality() == s.quality {
+            let scope = self.scope_mut(i);
+            let alias = scope.alias_of(s.index as usize);
+            let cur = &mut scope.metrics[s.index as usize];
+            if cur.value == s.value && cur.quality == s.quality {
                 continue;
             }
             let properties = quality_properties(s.quality);
             cur.value.clone_from(&s.value);
             cur.timestamp = Some(s.timestamp);
-            cur.properties.clone_from(&properties);
+            cur.quality = s.quality;
             changed.push(Metric {
                 // Stored samples keep their names, so a replay after a reload
                 // maps them to the aliases of the births then current.
-                name: if aliases && publishing { None } else { cur.name.clone() },
-                alias: cur.alias,
+                name: if aliases && publishing {
+                    None
+                } else {
+                    Some(cur.name.to_string())
+                },
+                alias: Some(alias),
                 timestamp: Some(s.timestamp),
                 datatype: cur.datatype,
                 value: s.value,
@@ -764,7 +853,10 @@ impl EdgeSession {
             for m in &mut changed {
                 m.alias = None;
             }
-            Ok(vec![EdgeAction::StoreHistorical { device: device.map(str::to_string), metrics: changed }])
+            Ok(vec![EdgeAction::StoreHistorical {
+                device: device.map(str::to_string),
+                metrics: changed,
+            }])
         }
     }
 
@@ -858,7 +950,7 @@ impl EdgeSession {
             let cur = &mut scope.metrics[s.index as usize];
             cur.value = s.value;
             cur.timestamp = Some(s.timestamp);
-            cur.properties = quality_properties(s.quality);
+            cur.quality = s.quality;
         }
         Ok(())
     }
@@ -871,7 +963,9 @@ impl EdgeSession {
         samples: Vec<Sample>,
     ) -> Result<Vec<EdgeAction>, EdgeError> {
         self.preload_samples(device, samples)?;
-        let i = self.scope_index(Some(device))?.expect("a device name gives a device index");
+        let i = self
+            .scope_index(Some(device))?
+            .expect("a device name gives a device index");
         self.devices[i].born = false;
         self.device_online(now, device)
     }
@@ -1032,7 +1126,7 @@ impl EdgeSession {
                 (Some(REBIRTH), _) | (Some(NEXT_SERVER), _) => {}
                 _ => {
                     if let Some(idx) = self.node.index_of(&m) {
-                        m.name = self.node.metrics[idx].name.clone();
+                        m.name = Some(self.node.metrics[idx].name.to_string());
                     }
                     writes.push(m);
                 }
@@ -1071,7 +1165,7 @@ impl EdgeSession {
                     .into_iter()
                     .map(|mut m| {
                         if let Some(idx) = scope.index_of(&m) {
-                            m.name = scope.metrics[idx].name.clone();
+                            m.name = Some(scope.metrics[idx].name.to_string());
                         }
                         m
                     })
