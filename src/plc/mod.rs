@@ -76,7 +76,11 @@ impl Driver {
 /// The simulator as a driver: values from signals, optional periodic outages.
 pub struct SimDriver {
     device: String,
+    /// Configured tags, each with its own signal.
     tags: Vec<SimTag>,
+    /// Generated tags (after the configured ones) share one signal: a
+    /// template plus one f64 of state each, 8 bytes a tag at 100k tags.
+    generated: Option<(SimTag, Vec<f64>)>,
     rng: Rng,
     started: Instant,
     outage_every: Option<f64>,
@@ -84,21 +88,28 @@ pub struct SimDriver {
 }
 
 impl SimDriver {
-    fn new(d: &DeviceConfig, tags: &[TagSpec]) -> SimDriver {
+    fn new(d: &DeviceConfig, specs: &[TagSpec]) -> SimDriver {
+        let const_zero = || {
+            std::sync::Arc::new(Signal {
+                shape: sim::Shape::Const("0".into()),
+                len: None,
+            })
+        };
+        let configured = d.tags.len().min(specs.len());
+        let tags = specs[..configured]
+            .iter()
+            .map(|t| SimTag::new(t.signal.clone().unwrap_or_else(const_zero), t.datatype))
+            .collect();
+        let generated = specs[configured..].first().map(|g| {
+            (
+                SimTag::new(g.signal.clone().unwrap_or_else(const_zero), g.datatype),
+                vec![0.0; specs.len() - configured],
+            )
+        });
         SimDriver {
             device: d.name.clone(),
-            tags: tags
-                .iter()
-                .map(|t| {
-                    let signal = t.signal.clone().unwrap_or_else(|| {
-                        std::sync::Arc::new(Signal {
-                            shape: sim::Shape::Const("0".into()),
-                            len: None,
-                        })
-                    });
-                    SimTag::new(signal, t.datatype)
-                })
-                .collect(),
+            tags,
+            generated,
             rng: Rng::new(d.sim.seed),
             started: Instant::now(),
             outage_every: d.sim.unreachable_every.map(|e| e.as_secs_f64()).filter(|e| *e > 0.0),
@@ -124,9 +135,20 @@ impl SimDriver {
     fn read(&mut self, indices: &[usize], now_ms: u64) -> Result<Vec<Result<Value, TagError>>, DriverError> {
         self.check_reachable()?;
         let t = self.started.elapsed().as_secs_f64();
+        let n = self.tags.len();
         Ok(indices
             .iter()
-            .map(|&i| Ok(self.tags[i].read(t, now_ms, &mut self.rng)))
+            .map(|&i| {
+                if i < n {
+                    return Ok(self.tags[i].read(t, now_ms, &mut self.rng));
+                }
+                let (template, states) = self.generated.as_mut().ok_or_else(|| TagError(format!("no tag {i}")))?;
+                let state = states.get_mut(i - n).ok_or_else(|| TagError(format!("no tag {i}")))?;
+                template.state = *state;
+                let v = template.read(t, now_ms, &mut self.rng);
+                *state = template.state;
+                Ok(v)
+            })
             .collect())
     }
 }

@@ -52,6 +52,14 @@ pub struct Deadband {
     pub percent: f64,
 }
 
+impl Deadband {
+    /// No deadband: every change is reported.
+    pub const NONE: Deadband = Deadband {
+        absolute: 0.0,
+        percent: 0.0,
+    };
+}
+
 impl From<&TagConfig> for Deadband {
     fn from(t: &TagConfig) -> Self {
         Deadband {
@@ -61,30 +69,86 @@ impl From<&TagConfig> for Deadband {
     }
 }
 
-/// The last reported state of a tag.
+/// The last reported state of a tag, in 16 bytes: scalars as their exact
+/// bits (exact for every integer, unlike f64), anything else boxed (rare in
+/// large tag sets).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Reported {
-    pub value: Option<Value>,
-    pub quality: Quality,
+pub enum Last {
+    Unseen,
+    Scalar { bits: u64, quality: Quality },
+    Other(Box<(Option<Value>, Quality)>),
+}
+
+fn scalar_bits(v: &Value) -> Option<u64> {
+    Some(match *v {
+        Value::Int8(x) => x as i64 as u64,
+        Value::Int16(x) => x as i64 as u64,
+        Value::Int32(x) => x as i64 as u64,
+        Value::Int64(x) => x as u64,
+        Value::UInt8(x) => x.into(),
+        Value::UInt16(x) => x.into(),
+        Value::UInt32(x) => x.into(),
+        Value::UInt64(x) | Value::DateTime(x) => x,
+        Value::Float(x) => x.to_bits().into(),
+        Value::Double(x) => x.to_bits(),
+        Value::Boolean(x) => x.into(),
+        _ => return None,
+    })
+}
+
+/// Reads `bits` as a number of the same type as `like`.
+fn bits_as_f64(like: &Value, bits: u64) -> Option<f64> {
+    Some(match like {
+        Value::Int8(_) | Value::Int16(_) | Value::Int32(_) | Value::Int64(_) => bits as i64 as f64,
+        Value::UInt8(_) | Value::UInt16(_) | Value::UInt32(_) | Value::UInt64(_) => bits as f64,
+        Value::Float(_) => f32::from_bits(bits as u32).into(),
+        Value::Double(_) => f64::from_bits(bits),
+        _ => return None,
+    })
+}
+
+impl Last {
+    /// The record of having reported `value` with `quality`.
+    pub fn of(value: &Option<Value>, quality: Quality) -> Last {
+        match value.as_ref().and_then(scalar_bits) {
+            Some(bits) => Last::Scalar { bits, quality },
+            None => Last::Other(Box::new((value.clone(), quality))),
+        }
+    }
+}
+
+fn moved_enough(tag: Deadband, old: f64, new: f64) -> bool {
+    let delta = (new - old).abs();
+    let abs_ok = tag.absolute <= 0.0 || delta >= tag.absolute;
+    let pct_ok = tag.percent <= 0.0 || delta >= old.abs() * tag.percent / 100.0;
+    abs_ok && pct_ok && delta > 0.0
 }
 
 /// Report-by-exception decision for one tag.
-pub fn should_report(tag: Deadband, last: Option<&Reported>, value: &Option<Value>, quality: Quality) -> bool {
-    let Some(last) = last else { return true };
-    if last.quality != quality {
-        return true;
-    }
-    let (Some(old), Some(new)) = (&last.value, value) else {
-        return last.value != *value;
-    };
-    match (old.as_f64(), new.as_f64()) {
-        (Some(a), Some(b)) if tag.absolute > 0.0 || tag.percent > 0.0 => {
-            let delta = (b - a).abs();
-            let abs_ok = tag.absolute <= 0.0 || delta >= tag.absolute;
-            let pct_ok = tag.percent <= 0.0 || delta >= a.abs() * tag.percent / 100.0;
-            abs_ok && pct_ok && delta > 0.0
+pub fn should_report(tag: Deadband, last: &Last, value: &Option<Value>, quality: Quality) -> bool {
+    let deadbanded = tag.absolute > 0.0 || tag.percent > 0.0;
+    match last {
+        Last::Unseen => true,
+        Last::Scalar { quality: q, .. } if *q != quality => true,
+        Last::Other(b) if b.1 != quality => true,
+        Last::Scalar { bits, .. } => {
+            let Some(new) = value else { return true };
+            let Some(new_bits) = scalar_bits(new) else { return true };
+            match (deadbanded, bits_as_f64(new, *bits), new.as_f64()) {
+                (true, Some(old), Some(now)) => moved_enough(tag, old, now),
+                _ => new_bits != *bits,
+            }
         }
-        _ => old != new,
+        Last::Other(b) => {
+            let (old, _) = &**b;
+            match (old, value) {
+                (Some(o), Some(n)) if deadbanded => match (o.as_f64(), n.as_f64()) {
+                    (Some(a), Some(b)) => moved_enough(tag, a, b),
+                    _ => o != n,
+                },
+                (o, n) => o != n,
+            }
+        }
     }
 }
 
@@ -171,7 +235,7 @@ pub async fn run(
     let planned = plan(&d);
     let count = planned.len();
     let mut classes: Vec<(Duration, Vec<u32>)> = d.scan_classes.iter().map(|(_, p)| (*p, Vec::new())).collect();
-    let mut deadbands = Vec::with_capacity(count);
+    let mut deadbands: Vec<Deadband> = Vec::with_capacity(count);
     let mut specs = Vec::with_capacity(count);
     for (i, t) in planned.into_iter().enumerate() {
         classes[t.class].1.push(i as u32);
@@ -184,7 +248,12 @@ pub async fn run(
     let all: Vec<usize> = (0..count).collect();
     let start = Instant::now();
     let mut due: Vec<Instant> = vec![start; classes.len()];
-    let mut last: Vec<Option<Reported>> = vec![None; count];
+    let mut last: Vec<Last> = vec![Last::Unseen; count];
+    // Sparse: generated tags (last) have none, so trailing zeros are dropped.
+    while deadbands.last() == Some(&Deadband::NONE) {
+        deadbands.pop();
+    }
+    deadbands.shrink_to_fit();
     let mut online = false;
     let mut connected = false;
     let mut failures: u32 = 0;
@@ -387,7 +456,7 @@ fn changed(
     batch: &[usize],
     values: Vec<Result<crate::sparkplug::Value, super::TagError>>,
     deadbands: &[Deadband],
-    last: &mut [Option<Reported>],
+    last: &mut [Last],
     stats: &DeviceStats,
     device: &str,
     online: bool,
@@ -400,17 +469,18 @@ fn changed(
             Err(e) => {
                 stats.tag_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::debug!(device, tag_index = i, error = %e, "tag read failed");
-                // A failed tag keeps its last value, with BAD quality.
-                (last[i].as_ref().and_then(|l| l.value.clone()), Quality::Bad)
+                // No new value, BAD quality: the session keeps the last value.
+                (None, Quality::Bad)
             }
         };
-        if online && !should_report(deadbands[i], last[i].as_ref(), &value, quality) {
+        let deadband = deadbands.get(i).copied().unwrap_or(Deadband::NONE);
+        if online && !should_report(deadband, &last[i], &value, quality) {
             continue;
         }
-        last[i] = Some(Reported {
-            value: value.clone(),
-            quality,
-        });
+        last[i] = match (&value, &last[i]) {
+            (None, Last::Scalar { bits, .. }) => Last::Scalar { bits: *bits, quality },
+            _ => Last::of(&value, quality),
+        };
         samples.push(Sample {
             index: i as u32,
             value,
@@ -445,18 +515,15 @@ mod tests {
         }
     }
 
-    fn last(v: f64) -> Reported {
-        Reported {
-            value: Some(Value::Double(v)),
-            quality: Quality::Good,
-        }
+    fn last(v: f64) -> Last {
+        Last::of(&Some(Value::Double(v)), Quality::Good)
     }
 
     #[test]
     fn first_value_is_always_reported() {
         assert!(should_report(
             Deadband::from(&tag(100.0, 0.0)),
-            None,
+            &Last::Unseen,
             &Some(Value::Double(1.0)),
             Quality::Good
         ));
@@ -467,19 +534,19 @@ mod tests {
         let t = tag(0.5, 0.0);
         assert!(!should_report(
             Deadband::from(&t),
-            Some(&last(10.0)),
+            &last(10.0),
             &Some(Value::Double(10.4)),
             Quality::Good
         ));
         assert!(should_report(
             Deadband::from(&t),
-            Some(&last(10.0)),
+            &last(10.0),
             &Some(Value::Double(10.5)),
             Quality::Good
         ));
         assert!(should_report(
             Deadband::from(&t),
-            Some(&last(10.0)),
+            &last(10.0),
             &Some(Value::Double(9.4)),
             Quality::Good
         ));
@@ -490,13 +557,13 @@ mod tests {
         let t = tag(0.0, 1.0);
         assert!(!should_report(
             Deadband::from(&t),
-            Some(&last(200.0)),
+            &last(200.0),
             &Some(Value::Double(201.9)),
             Quality::Good
         ));
         assert!(should_report(
             Deadband::from(&t),
-            Some(&last(200.0)),
+            &last(200.0),
             &Some(Value::Double(202.0)),
             Quality::Good
         ));
@@ -507,19 +574,19 @@ mod tests {
         let t = tag(5.0, 1.0);
         assert!(!should_report(
             Deadband::from(&t),
-            Some(&last(1000.0)),
+            &last(1000.0),
             &Some(Value::Double(1004.0)),
             Quality::Good
         ));
         assert!(!should_report(
             Deadband::from(&t),
-            Some(&last(100.0)),
+            &last(100.0),
             &Some(Value::Double(100.9)),
             Quality::Good
         ));
         assert!(should_report(
             Deadband::from(&t),
-            Some(&last(100.0)),
+            &last(100.0),
             &Some(Value::Double(106.0)),
             Quality::Good
         ));
@@ -530,13 +597,13 @@ mod tests {
         let t = tag(0.0, 0.0);
         assert!(!should_report(
             Deadband::from(&t),
-            Some(&last(1.0)),
+            &last(1.0),
             &Some(Value::Double(1.0)),
             Quality::Good
         ));
         assert!(should_report(
             Deadband::from(&t),
-            Some(&last(1.0)),
+            &last(1.0),
             &Some(Value::Double(1.0000001)),
             Quality::Good
         ));
@@ -547,7 +614,7 @@ mod tests {
         let t = tag(100.0, 0.0);
         assert!(should_report(
             Deadband::from(&t),
-            Some(&last(1.0)),
+            &last(1.0),
             &Some(Value::Double(1.0)),
             Quality::Bad
         ));
@@ -571,5 +638,50 @@ mod tests {
         };
         let names: Vec<String> = declarations(&d, 0).into_iter().filter_map(|m| m.name).collect();
         assert_eq!(names, ["t", "Gen/Tag 000001", "Gen/Tag 000002", "Gen/Tag 000003"]);
+    }
+}
+
+#[cfg(test)]
+mod last_tests {
+    use super::*;
+
+    #[test]
+    fn large_integers_compare_exactly_not_through_f64() {
+        let big = 9_007_199_254_740_993i64; // 2^53 + 1: equal to its neighbour as f64
+        let last = Last::of(&Some(Value::Int64(big)), Quality::Good);
+        assert!(should_report(
+            Deadband::NONE,
+            &last,
+            &Some(Value::Int64(big - 1)),
+            Quality::Good
+        ));
+        assert!(!should_report(
+            Deadband::NONE,
+            &last,
+            &Some(Value::Int64(big)),
+            Quality::Good
+        ));
+    }
+
+    #[test]
+    fn scalar_records_are_16_bytes() {
+        assert_eq!(std::mem::size_of::<Last>(), 16);
+    }
+
+    #[test]
+    fn strings_use_the_boxed_record() {
+        let last = Last::of(&Some(Value::String("a".into())), Quality::Good);
+        assert!(!should_report(
+            Deadband::NONE,
+            &last,
+            &Some(Value::String("a".into())),
+            Quality::Good
+        ));
+        assert!(should_report(
+            Deadband::NONE,
+            &last,
+            &Some(Value::String("b".into())),
+            Quality::Good
+        ));
     }
 }

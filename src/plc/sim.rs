@@ -212,7 +212,8 @@ pub struct SimTag {
     /// Shared: 100k generated tags have one signal.
     pub signal: std::sync::Arc<Signal>,
     pub datatype: DataType,
-    state: f64,
+    /// Running state (counter, random walk).
+    pub state: f64,
 }
 
 impl SimTag {

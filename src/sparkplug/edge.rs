@@ -120,6 +120,8 @@ pub struct EdgeConfig {
 
 /// A new value of a declared metric, addressed by its position in the
 /// declarations (the poller's tag order), so the hot path carries no names.
+/// A sample with no value and a quality other than GOOD means "this read
+/// failed": the metric keeps its last value and takes the quality.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
     pub index: u32,
@@ -164,11 +166,13 @@ struct Declared {
 }
 
 /// One declared metric in the session's table: its current value and what
-/// births need, in 80 bytes (a full `Metric` is 128; at 100k tags that is
-/// 4.8 MB). Its alias is derived from its position.
+/// births need, in 72 bytes (a full `Metric` is 128). Its name lives in the
+/// scope's name arena (one allocation for all names, not one each), its alias
+/// is derived from its position.
 #[derive(Debug, Clone)]
 struct Slot {
-    name: Box<str>,
+    name_start: u32,
+    name_len: u32,
     datatype: DataType,
     quality: Quality,
     timestamp: Option<u64>,
@@ -177,7 +181,7 @@ struct Slot {
 }
 
 impl Slot {
-    fn from_metric(m: Metric, name: String) -> Slot {
+    fn from_metric(m: Metric, name_start: u32, name_len: u32) -> Slot {
         let quality = m.quality();
         let declared = (m.properties.is_some() || m.metadata.is_some() || m.is_transient).then(|| {
             Box::new(Declared {
@@ -187,7 +191,8 @@ impl Slot {
             })
         });
         Slot {
-            name: name.into_boxed_str(),
+            name_start,
+            name_len,
             datatype: m.datatype,
             quality,
             timestamp: m.timestamp,
@@ -197,7 +202,7 @@ impl Slot {
     }
 
     /// The metric as a birth declares it: name, alias, datatype, current value.
-    fn to_birth_metric(&self, alias: u64, now: u64) -> Metric {
+    fn to_birth_metric(&self, name: &str, alias: u64, now: u64) -> Metric {
         let mut properties = self.declared.as_ref().and_then(|d| d.properties.clone());
         if self.quality != Quality::Good {
             properties
@@ -205,7 +210,7 @@ impl Slot {
                 .set_quality(self.quality);
         }
         Metric {
-            name: Some(self.name.to_string()),
+            name: Some(name.to_string()),
             alias: Some(alias),
             // [tck-id-payloads-name-birth-data-requirement]: a timestamp on every metric.
             timestamp: Some(self.timestamp.unwrap_or(now)),
@@ -225,6 +230,8 @@ struct Scope {
     label: String,
     device: Option<String>,
     metrics: Vec<Slot>,
+    /// All metric names of this scope, back to back.
+    names: String,
     /// Metric indices sorted by name: 4 bytes a metric, binary-searched.
     /// Name lookups are off the hot path (the poller addresses by index).
     by_name: Vec<u32>,
@@ -247,6 +254,7 @@ impl Scope {
             online: device.is_none(),
             device,
             metrics: Vec::with_capacity(metrics.len()),
+            names: String::new(),
             by_name: Vec::new(),
             first_alias: *next_alias,
             born: false,
@@ -269,8 +277,13 @@ impl Scope {
             }
             // [tck-id-payloads-alias-uniqueness]: one counter across the node and all devices.
             *next_alias += 1;
-            scope.metrics.push(Slot::from_metric(m, name));
+            let start = u32::try_from(scope.names.len()).map_err(|_| EdgeError::UnnamedMetric {
+                scope: scope.label.clone(),
+            })?;
+            scope.names.push_str(&name);
+            scope.metrics.push(Slot::from_metric(m, start, name.len() as u32));
         }
+        scope.names.shrink_to_fit();
         let mut order: Vec<u32> = (0..scope.metrics.len() as u32).collect();
         order.sort_unstable_by(|&a, &b| scope.name_at(a).cmp(scope.name_at(b)));
         if let Some(w) = order.windows(2).find(|w| scope.name_at(w[0]) == scope.name_at(w[1])) {
@@ -283,6 +296,11 @@ impl Scope {
         Ok(scope)
     }
 
+    fn slot_name(&self, s: &Slot) -> &str {
+        let start = s.name_start as usize;
+        &self.names[start..start + s.name_len as usize]
+    }
+
     fn alias_of(&self, i: usize) -> u64 {
         self.first_alias + i as u64
     }
@@ -292,11 +310,11 @@ impl Scope {
         self.metrics
             .iter()
             .enumerate()
-            .map(move |(i, s)| s.to_birth_metric(self.alias_of(i), now))
+            .map(move |(i, s)| s.to_birth_metric(self.slot_name(s), self.alias_of(i), now))
     }
 
     fn name_at(&self, i: u32) -> &str {
-        &self.metrics[i as usize].name
+        self.slot_name(&self.metrics[i as usize])
     }
 
     fn name_index(&self, name: &str) -> Option<usize> {
@@ -666,7 +684,7 @@ impl EdgeSession {
                 } else {
                     // [tck-id-payloads-name-requirement]
                     m.alias = None;
-                    m.name = Some(scope.metrics[idx].name.to_string());
+                    m.name = Some(scope.name_at(idx as u32).to_string());
                 }
                 m.is_historical = historical;
                 m.timestamp = Some(m.timestamp.unwrap_or(now));
@@ -715,13 +733,13 @@ impl EdgeSession {
             if got != def.datatype && !(m.value.is_none() && got == DataType::Unknown) {
                 return Err(EdgeError::TypeMismatch {
                     scope: scope.label.clone(),
-                    metric: def.name.to_string(),
+                    metric: scope.slot_name(def).to_string(),
                     declared: def.datatype,
                     got,
                 });
             }
             m.datatype = def.datatype;
-            m.name = Some(def.name.to_string());
+            m.name = Some(scope.slot_name(def).to_string());
             out.push((idx, m));
         }
         // [tck-id-operational-behavior-data-publish-nbirth-order]
@@ -772,7 +790,7 @@ impl EdgeSession {
                 if v.datatype() != def.datatype {
                     return Err(EdgeError::TypeMismatch {
                         scope: scope.label.clone(),
-                        metric: def.name.to_string(),
+                        metric: scope.slot_name(def).to_string(),
                         declared: def.datatype,
                         got: v.datatype(),
                     });
@@ -813,26 +831,29 @@ impl EdgeSession {
         for s in samples {
             let scope = self.scope_mut(i);
             let alias = scope.alias_of(s.index as usize);
+            // Stored samples keep their names, so a replay after a reload
+            // maps them to the aliases of the births then current.
+            let name = (!(aliases && publishing)).then(|| scope.name_at(s.index).to_string());
             let cur = &mut scope.metrics[s.index as usize];
-            if cur.value == s.value && cur.quality == s.quality {
+            // A bad read carries no value: the metric keeps its last one.
+            let value = if s.value.is_none() && s.quality != Quality::Good {
+                cur.value.clone()
+            } else {
+                s.value
+            };
+            if cur.value == value && cur.quality == s.quality {
                 continue;
             }
             let properties = quality_properties(s.quality);
-            cur.value.clone_from(&s.value);
+            cur.value.clone_from(&value);
             cur.timestamp = Some(s.timestamp);
             cur.quality = s.quality;
             changed.push(Metric {
-                // Stored samples keep their names, so a replay after a reload
-                // maps them to the aliases of the births then current.
-                name: if aliases && publishing {
-                    None
-                } else {
-                    Some(cur.name.to_string())
-                },
+                name,
                 alias: Some(alias),
                 timestamp: Some(s.timestamp),
                 datatype: cur.datatype,
-                value: s.value,
+                value,
                 is_historical: false,
                 is_transient: false,
                 metadata: None,
@@ -948,7 +969,9 @@ impl EdgeSession {
         let scope = self.scope_mut(i);
         for s in samples {
             let cur = &mut scope.metrics[s.index as usize];
-            cur.value = s.value;
+            if s.value.is_some() || s.quality == Quality::Good {
+                cur.value = s.value;
+            }
             cur.timestamp = Some(s.timestamp);
             cur.quality = s.quality;
         }
@@ -1126,7 +1149,7 @@ impl EdgeSession {
                 (Some(REBIRTH), _) | (Some(NEXT_SERVER), _) => {}
                 _ => {
                     if let Some(idx) = self.node.index_of(&m) {
-                        m.name = Some(self.node.metrics[idx].name.to_string());
+                        m.name = Some(self.node.name_at(idx as u32).to_string());
                     }
                     writes.push(m);
                 }
@@ -1165,7 +1188,7 @@ impl EdgeSession {
                     .into_iter()
                     .map(|mut m| {
                         if let Some(idx) = scope.index_of(&m) {
-                            m.name = Some(scope.metrics[idx].name.to_string());
+                            m.name = Some(scope.name_at(idx as u32).to_string());
                         }
                         m
                     })
@@ -1758,6 +1781,45 @@ mod tests {
         let p = publishes(&back)[0];
         assert_eq!(p.topic, "spBv1.0/Plant1/DBIRTH/gw1/press");
         assert_eq!(decode(p).seq, Some(4));
+    }
+
+    #[test]
+    fn failed_read_keeps_the_last_value_with_bad_quality_then_recovers_to_good() {
+        let mut s = session();
+        born(&mut s);
+        let bad = Sample {
+            index: 0,
+            value: None,
+            quality: Quality::Bad,
+            timestamp: T0 + 1,
+        };
+        let out = s
+            .update_samples(T0 + 1, Some("press"), vec![bad.clone()])
+            .expect("declared");
+        let d = Payload::decode_with(&publishes(&out)[0].payload, &s.devices[0]).expect("decodes");
+        assert_eq!(
+            (d.metrics[0].value.clone(), d.metrics[0].quality()),
+            (Some(Value::Float(20.0)), Quality::Bad)
+        );
+        assert!(
+            s.update_samples(T0 + 2, Some("press"), vec![bad])
+                .expect("declared")
+                .is_empty(),
+            "no repeat"
+        );
+        let good = Sample {
+            index: 0,
+            value: Some(Value::Float(20.0)),
+            quality: Quality::Good,
+            timestamp: T0 + 3,
+        };
+        let out = s.update_samples(T0 + 3, Some("press"), vec![good]).expect("declared");
+        let d = Payload::decode_with(&publishes(&out)[0].payload, &s.devices[0]).expect("decodes");
+        assert_eq!(
+            d.metrics[0].quality(),
+            Quality::Good,
+            "back to GOOD: no Quality property"
+        );
     }
 
     #[test]
