@@ -515,6 +515,11 @@ mod tests {
         }
     }
 
+    /// Whether a Good value moving `from` → `to` is reported under `t`'s deadbands.
+    fn moves(t: &TagConfig, from: f64, to: f64) -> bool {
+        should_report(Deadband::from(t), &last(from), &Some(Value::Double(to)), Quality::Good)
+    }
+
     fn last(v: f64) -> Last {
         Last::of(&Some(Value::Double(v)), Quality::Good)
     }
@@ -532,81 +537,31 @@ mod tests {
     #[test]
     fn absolute_deadband_suppresses_small_moves() {
         let t = tag(0.5, 0.0);
-        assert!(!should_report(
-            Deadband::from(&t),
-            &last(10.0),
-            &Some(Value::Double(10.4)),
-            Quality::Good
-        ));
-        assert!(should_report(
-            Deadband::from(&t),
-            &last(10.0),
-            &Some(Value::Double(10.5)),
-            Quality::Good
-        ));
-        assert!(should_report(
-            Deadband::from(&t),
-            &last(10.0),
-            &Some(Value::Double(9.4)),
-            Quality::Good
-        ));
+        assert!(!moves(&t, 10.0, 10.4));
+        assert!(moves(&t, 10.0, 10.5));
+        assert!(moves(&t, 10.0, 9.4));
     }
 
     #[test]
     fn percent_deadband_is_relative_to_the_last_reported_value() {
         let t = tag(0.0, 1.0);
-        assert!(!should_report(
-            Deadband::from(&t),
-            &last(200.0),
-            &Some(Value::Double(201.9)),
-            Quality::Good
-        ));
-        assert!(should_report(
-            Deadband::from(&t),
-            &last(200.0),
-            &Some(Value::Double(202.0)),
-            Quality::Good
-        ));
+        assert!(!moves(&t, 200.0, 201.9));
+        assert!(moves(&t, 200.0, 202.0));
     }
 
     #[test]
     fn with_both_deadbands_both_must_be_exceeded() {
         let t = tag(5.0, 1.0);
-        assert!(!should_report(
-            Deadband::from(&t),
-            &last(1000.0),
-            &Some(Value::Double(1004.0)),
-            Quality::Good
-        ));
-        assert!(!should_report(
-            Deadband::from(&t),
-            &last(100.0),
-            &Some(Value::Double(100.9)),
-            Quality::Good
-        ));
-        assert!(should_report(
-            Deadband::from(&t),
-            &last(100.0),
-            &Some(Value::Double(106.0)),
-            Quality::Good
-        ));
+        assert!(!moves(&t, 1000.0, 1004.0));
+        assert!(!moves(&t, 100.0, 100.9));
+        assert!(moves(&t, 100.0, 106.0));
     }
 
     #[test]
     fn zero_deadband_reports_every_change_and_no_repeat() {
         let t = tag(0.0, 0.0);
-        assert!(!should_report(
-            Deadband::from(&t),
-            &last(1.0),
-            &Some(Value::Double(1.0)),
-            Quality::Good
-        ));
-        assert!(should_report(
-            Deadband::from(&t),
-            &last(1.0),
-            &Some(Value::Double(1.0000001)),
-            Quality::Good
-        ));
+        assert!(!moves(&t, 1.0, 1.0));
+        assert!(moves(&t, 1.0, 1.0000001));
     }
 
     #[test]
