@@ -220,6 +220,7 @@ fn watch(mut args: Args) -> Result<()> {
             client_id: None,
             username: None,
             password: None,
+            keepalive: None,
             tls: None,
         },
     };

@@ -119,6 +119,8 @@ pub struct ServerConfig {
     pub client_id: Option<String>,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Overrides `[mqtt] keepalive` for this server.
+    pub keepalive: Option<Duration>,
     pub tls: Option<TlsConfig>,
 }
 
@@ -396,9 +398,13 @@ fn read_server(t: &Table) -> Option<ServerConfig> {
         client_id: t.opt_str("client_id"),
         username: t.opt_str("username"),
         password: t.opt_str("password"),
+        keepalive: t.opt_duration("keepalive"),
         tls,
     };
-    t.finish(&["host", "port", "client_id", "username", "password", "tls"]);
+    if s.keepalive.is_some_and(|k| k < Duration::from_secs(5)) {
+        t.invalid("keepalive", "must be at least 5s (MQTT keepalive has one-second resolution)");
+    }
+    t.finish(&["host", "port", "client_id", "username", "password", "keepalive", "tls"]);
     Some(s)
 }
 
@@ -753,6 +759,7 @@ impl Config {
                 client_id: None,
                 username: None,
                 password: None,
+                keepalive: None,
                 tls: None,
             });
             if let Some(h) = &o.broker_host {
@@ -835,8 +842,8 @@ deadbnad = 0.5
                 "config.toml:2:12: node.group_id: group id 'Plant/1' is invalid: it contains '/', the topic separator",
                 "config.toml:4:1: node.colour: unknown key; allowed here: group_id, node_id, primary_host_id, aliases, rebirth_debounce, max_data_metrics",
                 "config.toml:8:8: mqtt.servers[0].port: 70000 is outside 1..=65535",
-                // Written under [[mqtt.servers]], so it is a server key, which does not exist.
-                "config.toml:9:1: mqtt.servers[0].keepalive: unknown key; allowed here: host, port, client_id, username, password, tls",
+                // Written under [[mqtt.servers]], so it is that server's keepalive.
+                "config.toml:9:13: mqtt.servers[0].keepalive: 'fast' is not a duration: use e.g. \"500ms\", \"30s\", \"5m\", \"1h\"",
                 "config.toml:18:12: devices[0].tags[0].datatype: unknown datatype 'Flaot' (did you mean Float?)",
                 "config.toml:19:1: devices[0].tags[0].deadbnad: unknown key (did you mean `deadband`?); allowed here: name, address, datatype, scan_class, deadband, deadband_percent, writable",
                 "6 errors in the configuration",

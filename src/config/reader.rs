@@ -254,6 +254,15 @@ impl<'c, 's, 't> Table<'c, 's, 't> {
         }
     }
 
+    /// An optional duration (see [`duration_or`](Self::duration_or)).
+    /// `None` when absent or invalid (an invalid one is reported once).
+    pub fn opt_duration(&self, key: &str) -> Option<Duration> {
+        self.get(key)?;
+        let before = self.ctx.errors.borrow().len();
+        let d = self.duration_or(key, Duration::ZERO);
+        (self.ctx.errors.borrow().len() == before).then_some(d)
+    }
+
     /// A size in bytes: an integer, or a string `64KiB`, `256MiB`, `1GiB`, `10MB`.
     pub fn bytes_or(&self, key: &str, default: u64) -> u64 {
         let Some(v) = self.get(key) else { return default };

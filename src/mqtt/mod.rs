@@ -91,7 +91,7 @@ pub fn options(server: &Server, mqtt: &MqttConfig, default_client_id: &str, will
         .clone()
         .unwrap_or_else(|| default_client_id.to_string());
     let mut o = MqttOptions::new(id, server.cfg.host.clone(), server.cfg.port);
-    o.set_keep_alive(mqtt.keepalive);
+    o.set_keep_alive(server.cfg.keepalive.unwrap_or(mqtt.keepalive));
     o.set_clean_session(true);
     let max = usize::try_from(mqtt.max_packet_size).unwrap_or(usize::MAX);
     o.set_max_packet_size(max, max);
