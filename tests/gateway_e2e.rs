@@ -366,3 +366,48 @@ fn under_systemd_it_notifies_ready_and_pets_the_watchdog_even_while_the_plc_is_d
     assert!(got.iter().any(|m| m.contains("STATUS=")), "{got:?}");
     assert!(gw.log().contains("device not reachable yet"), "{}", gw.log());
 }
+
+#[test]
+fn a_dead_first_server_is_skipped_for_the_next_one_in_the_list() {
+    let broker = Broker::start(None);
+    let mut peer = Peer::start(broker.port);
+    let dead = common::free_port(); // nothing listens here
+    let servers = format!(
+        "host = \"127.0.0.1\"\nport = {dead}\n\n[[mqtt.servers]]\n{}",
+        plain(broker.port)
+    );
+    let gw = Gateway::start(&test_config("G14", "gw", &servers, ""), &[]);
+    let nbirth = peer.wait_for("NBIRTH via the second server", T, |m| kind(m) == "NBIRTH");
+    assert_eq!(nbirth["topic"], "spBv1.0/G14/NBIRTH/gw");
+    let log = gw.log();
+    assert!(
+        log.contains(&format!("127.0.0.1:{dead}")) && log.contains("nothing listens there"),
+        "{log}"
+    );
+}
+
+// [tck-id-operational-behavior-device-ddeath] [tck-id-topics-ddeath-seq-num]
+#[test]
+fn an_unreachable_plc_gets_ddeath_and_dbirth_when_it_answers_again() {
+    let broker = Broker::start(None);
+    let mut peer = Peer::start(broker.port);
+    let cfg = test_config("G15", "gw", &plain(broker.port), "").replace(
+        "[devices.scan_classes]",
+        "fail_after = 1\n[devices.sim]\nunreachable_every = \"3s\"\nunreachable_for = \"1s\"\n[devices.scan_classes]",
+    );
+    let _gw = Gateway::start(&cfg, &[]);
+    peer.wait_for("the first DBIRTH", T, |m| kind(m) == "DBIRTH");
+    let ddeath = peer.wait_for("DDEATH", T, |m| kind(m) == "DDEATH");
+    assert_eq!(ddeath["topic"], "spBv1.0/G15/DDEATH/gw/press");
+    let seq = ddeath["seq"].as_i64().expect("DDEATH has a seq");
+    let again = peer.wait_for("DBIRTH after the outage", T, |m| kind(m) == "DBIRTH");
+    assert_eq!(
+        again["seq"].as_i64(),
+        Some((seq + 1) % 256),
+        "DBIRTH follows DDEATH in seq order"
+    );
+    assert!(
+        metric(&again, "Strokes")["value"].as_i64().is_some(),
+        "DBIRTH carries current values"
+    );
+}

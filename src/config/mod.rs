@@ -402,7 +402,10 @@ fn read_server(t: &Table) -> Option<ServerConfig> {
         tls,
     };
     if s.keepalive.is_some_and(|k| k < Duration::from_secs(5)) {
-        t.invalid("keepalive", "must be at least 5s (MQTT keepalive has one-second resolution)");
+        t.invalid(
+            "keepalive",
+            "must be at least 5s (MQTT keepalive has one-second resolution)",
+        );
     }
     t.finish(&["host", "port", "client_id", "username", "password", "keepalive", "tls"]);
     Some(s)

@@ -307,6 +307,58 @@ mod tests {
         ));
     }
 
+    /// A self-signed certificate for a key openssl writes in its traditional
+    /// format (PKCS#1 "RSA PRIVATE KEY" or SEC1 "EC PRIVATE KEY").
+    fn openssl_pair(dir: &Path, kind: &str) -> (PathBuf, PathBuf) {
+        let key = dir.join(format!("{kind}.key"));
+        let cert = dir.join(format!("{kind}.pem"));
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl is installed (make deps)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let k = key.to_str().expect("utf-8 path");
+        match kind {
+            "rsa" => run(&["genrsa", "-traditional", "-out", k, "2048"]),
+            _ => run(&["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", k]),
+        }
+        let c = cert.to_str().expect("utf-8 path");
+        run(&[
+            "req",
+            "-new",
+            "-x509",
+            "-key",
+            k,
+            "-out",
+            c,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=gw-01",
+        ]);
+        (cert, key)
+    }
+
+    #[test]
+    fn rsa_pkcs1_and_sec1_ec_client_keys_are_accepted() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for (kind, header) in [("rsa", "BEGIN RSA PRIVATE KEY"), ("ec", "BEGIN EC PRIVATE KEY")] {
+            let (cert, key) = openssl_pair(dir.path(), kind);
+            assert!(
+                std::fs::read_to_string(&key).expect("key").contains(header),
+                "{kind} key format"
+            );
+            let cfg = tls(cert.clone(), cert, key);
+            assert!(client_config(&cfg, UnixTime::now()).is_ok(), "{kind} key accepted");
+        }
+    }
+
     #[test]
     fn der_dates_parse_utctime_and_generalizedtime() {
         assert_eq!(der::format_time(0), "1970-01-01 UTC");

@@ -131,6 +131,8 @@ pub fn should_report(tag: Deadband, last: &Last, value: &Option<Value>, quality:
         Last::Unseen => true,
         Last::Scalar { quality: q, .. } if *q != quality => true,
         Last::Other(b) if b.1 != quality => true,
+        // Same quality and no new value (a read that failed again): nothing to say.
+        _ if value.is_none() && quality != Quality::Good => false,
         Last::Scalar { bits, .. } => {
             let Some(new) = value else { return true };
             let Some(new_bits) = scalar_bits(new) else { return true };
@@ -616,6 +618,29 @@ mod last_tests {
             &Some(Value::Int64(big)),
             Quality::Good
         ));
+    }
+
+    #[test]
+    fn a_failed_tag_is_reported_once_as_bad_without_a_value_then_good_again() {
+        let stats = DeviceStats::default();
+        let mut last = vec![Last::Unseen; 1];
+        let db: Vec<Deadband> = Vec::new();
+        let ok = |v: f64| vec![Ok(Value::Double(v))];
+        let failed = || vec![Err(crate::plc::TagError("address out of range".into()))];
+        let first = changed(&[0], ok(1.0), &db, &mut last, &stats, "d", true);
+        assert_eq!(
+            (first[0].value.clone(), first[0].quality),
+            (Some(Value::Double(1.0)), Quality::Good)
+        );
+        let bad = changed(&[0], failed(), &db, &mut last, &stats, "d", true);
+        assert_eq!((bad[0].value.clone(), bad[0].quality), (None, Quality::Bad));
+        assert!(
+            changed(&[0], failed(), &db, &mut last, &stats, "d", true).is_empty(),
+            "reported once"
+        );
+        let back = changed(&[0], ok(1.0), &db, &mut last, &stats, "d", true);
+        assert_eq!(back[0].quality, Quality::Good, "the same value comes back as GOOD");
+        assert_eq!(stats.tag_errors.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 
     #[test]
