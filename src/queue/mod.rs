@@ -10,6 +10,8 @@
 //! Invariants: FIFO order; `bytes()` never exceeds the bound after `push`
 //! returns; every dropped metric is counted.
 
+pub mod disk;
+
 use std::collections::VecDeque;
 
 use crate::sparkplug::Metric;

@@ -1,0 +1,515 @@
+//! The durable store-and-forward queue on sled 0.34.
+//!
+//! Invariants, in the order they are relied on:
+//! 1. **FIFO by id.** Every record gets the next u64 id (big-endian key, so
+//!    sled's order is append order); ids are never reused, also across reopen.
+//! 2. **Checksummed.** A value is `crc32 | version | metric count | device |
+//!    Sparkplug payload`; the CRC covers everything after itself. A record
+//!    that fails it (torn write, bit rot, a bad edit) is moved to the
+//!    `quarantine` tree on open or on read, counted, and never returned,
+//!    never a panic and never a silent skip.
+//! 3. **Nothing leaves before it is confirmed.** Reading does not remove:
+//!    the caller replays from a cursor and calls [`DiskQueue::confirm_through`]
+//!    only once the broker has provably read the data (ARCHITECTURE.md
+//!    decision 3).
+//! 4. **Bounded.** The live records' bytes stay under `max_bytes`: an append
+//!    that would exceed it drops the oldest records first, counted in
+//!    [`Dropped`] for the caller to log at ERROR.
+//! 5. **Group commit.** `flush` (write + fsync) runs every `flush_every`
+//!    appends or `flush_interval`, whichever comes first, and on close. A
+//!    power cut loses at most the records since the last flush. sled keeps
+//!    unflushed writes in process memory, so SIGKILL has the same window;
+//!    `flush_every = 1` closes it at the cost measured in BENCHMARKS.md.
+//!
+//! sled's page cache is capped (`cache_bytes`, default 16 MiB; its own
+//! default is 1 GiB), and sled does not give deleted space back to the file
+//! system by itself.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use super::{Dropped, Record};
+use crate::sparkplug::codec::{encode_iter, Datatypes, Payload};
+
+/// Why the queue could not do what was asked.
+#[derive(Debug, Error)]
+pub enum QueueError {
+    #[error("store {path}: {source}")]
+    Sled { path: String, source: sled::Error },
+    #[error("store: a record could not be encoded: {0}")]
+    Encode(String),
+}
+
+/// Tuning of a [`DiskQueue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskOptions {
+    pub max_bytes: u64,
+    pub flush_every: u32,
+    pub flush_interval: Duration,
+    pub cache_bytes: u64,
+}
+
+impl Default for DiskOptions {
+    fn default() -> Self {
+        DiskOptions {
+            max_bytes: 256 * 1024 * 1024,
+            flush_every: 100,
+            flush_interval: Duration::from_millis(200),
+            cache_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Counters for `/metrics` and `/ready`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub records: u64,
+    pub metrics: u64,
+    pub bytes: u64,
+    pub dropped_metrics: u64,
+    pub corrupt_records: u64,
+}
+
+const VERSION: u8 = 1;
+const HEADER: usize = 4 + 1 + 4 + 2;
+
+fn encode(r: &Record) -> Result<Vec<u8>, QueueError> {
+    let device = r.device.as_deref().unwrap_or("");
+    let device_len = u16::try_from(device.len()).map_err(|_| QueueError::Encode("device name too long".into()))?;
+    let payload = encode_iter(
+        None,
+        None,
+        r.metrics.iter().map(std::borrow::Cow::Borrowed),
+        Datatypes::Include,
+    )
+    .map_err(|e| QueueError::Encode(e.to_string()))?;
+    let mut v = Vec::with_capacity(HEADER + device.len() + payload.len());
+    v.extend_from_slice(&[0; 4]);
+    v.push(VERSION);
+    v.extend_from_slice(&(r.metrics.len() as u32).to_le_bytes());
+    v.extend_from_slice(&device_len.to_le_bytes());
+    v.extend_from_slice(device.as_bytes());
+    v.extend_from_slice(&payload);
+    let crc = crc32fast::hash(&v[4..]);
+    v[..4].copy_from_slice(&crc.to_le_bytes());
+    Ok(v)
+}
+
+/// Checks and decodes a stored value; `Err` says why it is corrupt.
+fn decode(v: &[u8]) -> Result<Record, String> {
+    if v.len() < HEADER {
+        return Err(format!("{} bytes, shorter than a header", v.len()));
+    }
+    let crc = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+    if crc32fast::hash(&v[4..]) != crc {
+        return Err("checksum mismatch".into());
+    }
+    if v[4] != VERSION {
+        return Err(format!("unknown record version {}", v[4]));
+    }
+    let count = u32::from_le_bytes([v[5], v[6], v[7], v[8]]) as usize;
+    let dlen = usize::from(u16::from_le_bytes([v[9], v[10]]));
+    let device = v.get(HEADER..HEADER + dlen).ok_or("device name runs past the record")?;
+    let device = std::str::from_utf8(device).map_err(|_| "device name is not UTF-8")?;
+    let payload = Payload::decode(&v[HEADER + dlen..]).map_err(|e| e.to_string())?;
+    if payload.metrics.len() != count {
+        return Err(format!("{} metrics, header says {count}", payload.metrics.len()));
+    }
+    Ok(Record {
+        device: (!device.is_empty()).then(|| device.to_string()),
+        metrics: payload.metrics,
+    })
+}
+
+fn metric_count(v: &[u8]) -> u64 {
+    v.get(5..9)
+        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]).into())
+}
+
+/// A durable FIFO of [`Record`]s. See the module docs for its invariants.
+pub struct DiskQueue {
+    path: String,
+    db: sled::Db,
+    records: sled::Tree,
+    quarantine: sled::Tree,
+    /// `next_id`, so ids are never reused even after every record was confirmed.
+    meta: sled::Tree,
+    opts: DiskOptions,
+    next_id: u64,
+    stats: QueueStats,
+    unflushed: u32,
+    last_flush: Instant,
+}
+
+impl DiskQueue {
+    /// Opens (or creates) the queue in `dir`, checking every record.
+    pub fn open(dir: &Path, opts: DiskOptions) -> Result<DiskQueue, QueueError> {
+        let path = dir.display().to_string();
+        let err = |source| QueueError::Sled {
+            path: path.clone(),
+            source,
+        };
+        // sled releases its file lock asynchronously after a close: a quick
+        // restart retries for up to 2 s before giving up.
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(opts.cache_bytes)
+            .flush_every_ms(None);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(err(e)),
+            }
+        };
+        let records = db.open_tree("records").map_err(err)?;
+        let quarantine = db.open_tree("quarantine").map_err(err)?;
+        let meta = db.open_tree("meta").map_err(err)?;
+        let mut q = DiskQueue {
+            meta,
+            path: path.clone(),
+            db,
+            records,
+            quarantine,
+            opts,
+            next_id: 0,
+            stats: QueueStats::default(),
+            unflushed: 0,
+            last_flush: Instant::now(),
+        };
+        q.stats.corrupt_records = q.quarantine.len() as u64;
+        let mut bad = Vec::new();
+        for item in q.records.iter() {
+            let (k, v) = item.map_err(err)?;
+            match decode(&v) {
+                Ok(r) => {
+                    q.stats.records += 1;
+                    q.stats.metrics += r.metrics.len() as u64;
+                    q.stats.bytes += v.len() as u64;
+                }
+                Err(why) => bad.push((k, v, why)),
+            }
+        }
+        for (k, v, why) in bad {
+            tracing::error!(store = %path, key = ?k.as_ref(), reason = %why, "corrupt record quarantined");
+            q.quarantine.insert(&k, v).map_err(err)?;
+            q.records.remove(&k).map_err(err)?;
+            q.stats.corrupt_records += 1;
+        }
+        let last = |t: &sled::Tree| -> Result<u64, QueueError> {
+            Ok(t.last().map_err(err)?.map_or(0, |(k, _)| key_id(&k) + 1))
+        };
+        let stored = q
+            .meta
+            .get(b"next_id")
+            .map_err(err)?
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map(u64::from_be_bytes);
+        q.next_id = last(&q.records)?.max(last(&q.quarantine)?).max(stored.unwrap_or(0));
+        q.flush()?;
+        Ok(q)
+    }
+
+    fn err(&self, source: sled::Error) -> QueueError {
+        QueueError::Sled {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Appends a record; drops the oldest records if the bound is exceeded.
+    pub fn append(&mut self, r: &Record) -> Result<(u64, Dropped), QueueError> {
+        let v = encode(r)?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let len = v.len() as u64;
+        self.records.insert(id.to_be_bytes(), v).map_err(|e| self.err(e))?;
+        self.meta
+            .insert(b"next_id", &self.next_id.to_be_bytes())
+            .map_err(|e| self.err(e))?;
+        self.stats.records += 1;
+        self.stats.metrics += r.metrics.len() as u64;
+        self.stats.bytes += len;
+        let mut dropped = Dropped::default();
+        while self.stats.bytes > self.opts.max_bytes && self.stats.records > 1 {
+            let Some((k, v)) = self.records.pop_min().map_err(|e| self.err(e))? else {
+                break;
+            };
+            self.forget(&v);
+            dropped.records += 1;
+            dropped.metrics += metric_count(&v) as usize;
+            let _ = k;
+        }
+        self.stats.dropped_metrics += dropped.metrics as u64;
+        self.unflushed += 1;
+        if self.unflushed >= self.opts.flush_every || self.last_flush.elapsed() >= self.opts.flush_interval {
+            self.flush()?;
+        }
+        Ok((id, dropped))
+    }
+
+    fn forget(&mut self, v: &[u8]) {
+        self.stats.records = self.stats.records.saturating_sub(1);
+        self.stats.metrics = self.stats.metrics.saturating_sub(metric_count(v));
+        self.stats.bytes = self.stats.bytes.saturating_sub(v.len() as u64);
+    }
+
+    /// Up to `max` records after `cursor` (all from the start when `None`),
+    /// oldest first. Corrupt ones met here are quarantined and skipped.
+    pub fn read_after(&mut self, cursor: Option<u64>, max: usize) -> Result<Vec<(u64, Record)>, QueueError> {
+        let start = cursor.map_or(0, |c| c.saturating_add(1));
+        let mut out = Vec::with_capacity(max.min(1024));
+        let mut bad = Vec::new();
+        for item in self.records.range(start.to_be_bytes()..) {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            match decode(&v) {
+                Ok(r) => out.push((key_id(&k), r)),
+                Err(why) => bad.push((k, v, why)),
+            }
+        }
+        for (k, v, why) in bad {
+            tracing::error!(store = %self.path, id = key_id(&k), reason = %why, "corrupt record quarantined");
+            self.quarantine.insert(&k, v.clone()).map_err(|e| self.err(e))?;
+            self.records.remove(&k).map_err(|e| self.err(e))?;
+            self.forget(&v);
+            self.stats.corrupt_records += 1;
+        }
+        Ok(out)
+    }
+
+    /// Removes every record with an id ≤ `id`: the broker has read them.
+    pub fn confirm_through(&mut self, id: u64) -> Result<usize, QueueError> {
+        let mut n = 0;
+        while let Some((k, v)) = self.records.first().map_err(|e| self.err(e))? {
+            if key_id(&k) > id {
+                break;
+            }
+            self.records.remove(&k).map_err(|e| self.err(e))?;
+            self.forget(&v);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Writes and fsyncs everything appended so far.
+    pub fn flush(&mut self) -> Result<(), QueueError> {
+        self.db.flush().map_err(|e| self.err(e))?;
+        self.unflushed = 0;
+        self.last_flush = Instant::now();
+        Ok(())
+    }
+
+    /// Flushes if the group-commit interval has passed (call on a timer).
+    pub fn tick(&mut self) -> Result<(), QueueError> {
+        if self.unflushed > 0 && self.last_flush.elapsed() >= self.opts.flush_interval {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> QueueStats {
+        self.stats
+    }
+
+    /// Bytes sled occupies on disk (its files, not the live records).
+    pub fn disk_bytes(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+impl Drop for DiskQueue {
+    fn drop(&mut self) {
+        let _ = self.db.flush();
+    }
+}
+
+fn key_id(k: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = k.len().min(8);
+    b[8 - n..].copy_from_slice(&k[k.len() - n..]);
+    u64::from_be_bytes(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sparkplug::{Metric, Value};
+    use proptest::prelude::*;
+
+    fn rec(v: i64) -> Record {
+        Record {
+            device: Some("press".into()),
+            metrics: vec![Metric::new("Counter", Value::Int64(v), 1_000 + v as u64)],
+        }
+    }
+
+    fn opts() -> DiskOptions {
+        DiskOptions {
+            max_bytes: 1 << 30,
+            flush_every: 10,
+            flush_interval: Duration::from_secs(60),
+            cache_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn records_come_back_in_order_and_survive_reopen_until_confirmed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        {
+            let mut q = DiskQueue::open(dir.path(), opts()).expect("open");
+            for v in 0..5 {
+                q.append(&rec(v)).expect("append");
+            }
+            let first = q.read_after(None, 2).expect("read");
+            assert_eq!(
+                first.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
+                vec![rec(0), rec(1)]
+            );
+            assert_eq!(q.confirm_through(first[1].0).expect("confirm"), 2);
+        }
+        let mut q = DiskQueue::open(dir.path(), opts()).expect("reopen");
+        let rest: Vec<Record> = q
+            .read_after(None, 10)
+            .expect("read")
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        assert_eq!(rest, vec![rec(2), rec(3), rec(4)]);
+        let (id, _) = q.append(&rec(9)).expect("append");
+        assert_eq!(id, 5, "ids are never reused");
+        assert_eq!(q.stats().records, 4);
+    }
+
+    #[test]
+    fn a_corrupt_record_is_quarantined_counted_and_the_rest_kept() {
+        let dir = tempfile::tempdir().expect("tmp");
+        {
+            let mut q = DiskQueue::open(dir.path(), opts()).expect("open");
+            for v in 0..3 {
+                q.append(&rec(v)).expect("append");
+            }
+            // Flip a byte in the middle record, as a torn write would.
+            let k = 1u64.to_be_bytes();
+            let mut v = q.records.get(k).expect("get").expect("present").to_vec();
+            let last = v.len() - 1;
+            v[last] ^= 0xFF;
+            q.records.insert(k, v).expect("insert");
+        }
+        let mut q = DiskQueue::open(dir.path(), opts()).expect("reopen");
+        assert_eq!(q.stats().corrupt_records, 1);
+        let got: Vec<Record> = q
+            .read_after(None, 10)
+            .expect("read")
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        assert_eq!(got, vec![rec(0), rec(2)]);
+        assert_eq!(q.quarantine.len(), 1, "kept for inspection, not deleted");
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_and_counts_them() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let one = encode(&rec(0)).expect("encode").len() as u64;
+        let mut q = DiskQueue::open(
+            dir.path(),
+            DiskOptions {
+                max_bytes: one * 3,
+                ..opts()
+            },
+        )
+        .expect("open");
+        let mut dropped = 0;
+        for v in 0..10 {
+            dropped += q.append(&rec(v)).expect("append").1.metrics;
+        }
+        assert_eq!(dropped, 7);
+        assert_eq!(q.stats().dropped_metrics, 7);
+        let got: Vec<Record> = q
+            .read_after(None, 10)
+            .expect("read")
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        assert_eq!(got, vec![rec(7), rec(8), rec(9)]);
+    }
+
+    #[test]
+    fn decode_says_why_a_value_is_corrupt() {
+        assert!(decode(&[1, 2]).expect_err("short").contains("shorter than a header"));
+        let mut v = encode(&rec(1)).expect("encode");
+        v[6] ^= 1;
+        assert_eq!(decode(&v).expect_err("crc"), "checksum mismatch");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append(i64),
+        Read(usize),
+        Confirm(usize),
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => any::<i64>().prop_map(Op::Append),
+            2 => (1usize..5).prop_map(Op::Read),
+            2 => (0usize..4).prop_map(Op::Confirm),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The queue behaves like a VecDeque of (id, record): appends at the
+        /// back, reads from a cursor without removing, confirms remove a
+        /// prefix, and a close/reopen changes nothing.
+        #[test]
+        fn the_queue_behaves_like_a_simple_fifo_model(ops in prop::collection::vec(op(), 1..40)) {
+            let dir = tempfile::tempdir().expect("tmp");
+            let mut q = Some(DiskQueue::open(dir.path(), opts()).expect("open"));
+            let mut model: std::collections::VecDeque<(u64, Record)> = Default::default();
+            let mut next = 0u64;
+            let mut cursor: Option<u64> = None;
+            for op in ops {
+                let queue = q.as_mut().expect("open");
+                match op {
+                    Op::Append(v) => {
+                        let (id, d) = queue.append(&rec(v)).expect("append");
+                        prop_assert_eq!((id, d), (next, Dropped::default()));
+                        model.push_back((next, rec(v)));
+                        next += 1;
+                    }
+                    Op::Read(n) => {
+                        let got = queue.read_after(cursor, n).expect("read");
+                        let want: Vec<(u64, Record)> = model.iter().filter(|(id, _)| cursor.is_none_or(|c| *id > c)).take(n).cloned().collect();
+                        prop_assert_eq!(&got, &want);
+                        if let Some((id, _)) = got.last() { cursor = Some(*id); }
+                    }
+                    Op::Confirm(n) => {
+                        if let Some((id, _)) = model.get(n).cloned() {
+                            queue.confirm_through(id).expect("confirm");
+                            model.retain(|(i, _)| *i > id);
+                        }
+                    }
+                    Op::Reopen => {
+                        drop(q.take());
+                        q = Some(DiskQueue::open(dir.path(), opts()).expect("reopen"));
+                    }
+                }
+                let s = q.as_ref().expect("open").stats();
+                prop_assert_eq!(s.records, model.len() as u64);
+            }
+        }
+    }
+}
