@@ -49,7 +49,10 @@ bench-codec: venv ## Codec benchmark, ours vs pysparkplug in one run (table in t
 bench-gateway: ## Gateway throughput, CPU and RSS at 1k/10k/100k sim tags (table in target/bench-gateway.md)
 	cargo bench --bench gateway_throughput
 
-bench: bench-codec bench-gateway ## All benchmarks (see BENCHMARKS.md)
+bench-queue: ## sled queue: appends/s, replay/s, disk per record, disk under churn (target/bench-queue.md)
+	cargo bench --bench queue
+
+bench: bench-codec bench-gateway bench-queue ## All benchmarks (see BENCHMARKS.md)
 
 demo: ## Private broker + gateway (config/demo.toml) + decoded live view; Ctrl-C stops (DEMO_SECONDS=N)
 	tools/demo.sh
@@ -79,4 +82,4 @@ clean: ## Remove build output and the venv
 	cargo clean
 	rm -rf fuzz/target
 
-.PHONY: bench-gateway help deps venv demo-core aarch64 aarch64-check yocto-crates test fmt lint proto fuzz-build fuzz bench-codec bench demo deny clean
+.PHONY: bench-queue bench-gateway help deps venv demo-core aarch64 aarch64-check yocto-crates test fmt lint proto fuzz-build fuzz bench-codec bench demo deny clean
