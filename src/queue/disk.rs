@@ -21,7 +21,7 @@
 //!    unflushed writes in process memory, so SIGKILL has the same window;
 //!    `flush_every = 1` closes it at the cost measured in BENCHMARKS.md.
 //!
-//! sled's page cache is capped (`cache_bytes`, default 16 MiB; its own
+//! sled's page cache is capped (`cache_bytes`, default 4 MiB; its own
 //! default is 1 GiB), and sled does not give deleted space back to the file
 //! system by itself.
 
@@ -57,7 +57,7 @@ impl Default for DiskOptions {
             max_bytes: 256 * 1024 * 1024,
             flush_every: 100,
             flush_interval: Duration::from_millis(200),
-            cache_bytes: 16 * 1024 * 1024,
+            cache_bytes: 4 * 1024 * 1024,
         }
     }
 }

@@ -821,11 +821,9 @@ impl EdgeSession {
         let aliases = self.cfg.aliases;
         // While publishing, changes are encoded one DATA message at a time, so
         // a 100k-tag scan never holds 100k Metrics at once.
-        let chunk = if publishing {
-            self.cfg.max_data_metrics.max(1)
-        } else {
-            usize::MAX
-        };
+        // Published or stored, changes go out in chunks of `max_data_metrics`:
+        // a 100k-tag scan never holds 100k Metrics, nor one giant stored record.
+        let chunk = self.cfg.max_data_metrics.max(1);
         let mut out = Vec::new();
         let mut changed: Vec<Metric> = Vec::with_capacity(samples.len().min(chunk));
         for s in samples {
@@ -860,25 +858,35 @@ impl EdgeSession {
                 properties,
             });
             if changed.len() == chunk {
-                // [tck-id-topics-ndata-payload] [tck-id-topics-ddata-payload]
-                out.extend(self.data(i, std::mem::take(&mut changed), now, false));
+                out.extend(self.emit(i, device, std::mem::take(&mut changed), now, publishing));
             }
         }
-        if changed.is_empty() {
-            return Ok(out);
+        if !changed.is_empty() {
+            out.extend(self.emit(i, device, changed, now, publishing));
         }
+        Ok(out)
+    }
+
+    /// Publishes a chunk of changes, or hands it back for storage.
+    fn emit(
+        &mut self,
+        i: Option<usize>,
+        device: Option<&str>,
+        mut changed: Vec<Metric>,
+        now: u64,
+        publishing: bool,
+    ) -> Vec<EdgeAction> {
         if publishing {
-            out.extend(self.data(i, changed, now, false));
-            Ok(out)
-        } else {
-            for m in &mut changed {
-                m.alias = None;
-            }
-            Ok(vec![EdgeAction::StoreHistorical {
-                device: device.map(str::to_string),
-                metrics: changed,
-            }])
+            // [tck-id-topics-ndata-payload] [tck-id-topics-ddata-payload]
+            return self.data(i, changed, now, false);
         }
+        for m in &mut changed {
+            m.alias = None;
+        }
+        vec![EdgeAction::StoreHistorical {
+            device: device.map(str::to_string),
+            metrics: changed,
+        }]
     }
 
     /// Publishes stored samples as historical DATA, with the aliases of the
