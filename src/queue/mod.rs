@@ -1,12 +1,14 @@
 //! Store-and-forward: samples that could not be published wait here, oldest
 //! first, and are replayed as historical after the next birth.
 //!
-//! [`disk::DiskQueue`] is the durable queue the gateway uses (sled, checksummed
-//! records, group commit, bounded, survives restarts). [`MemoryStore`] is the
-//! same FIFO in memory, for tests and tools that need no disk.
+//! This module is the seam the gateway uses. Today's implementation,
+//! [`MemoryStore`], is bounded by bytes and drops the oldest record when full
+//! (with an ERROR log and a counter), but it does not survive a restart: the
+//! durable sled queue with delivery watermarks (issue #5) replaces it behind
+//! the same interface.
 //!
-//! Invariants: FIFO order; the bound holds after every append; every dropped
-//! metric is counted.
+//! Invariants: FIFO order; `bytes()` never exceeds the bound after `push`
+//! returns; every dropped metric is counted.
 
 pub mod disk;
 
