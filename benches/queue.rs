@@ -19,7 +19,13 @@ fn record(i: u64) -> Record {
     Record {
         device: Some("press-04".into()),
         metrics: (0..6)
-            .map(|m| Metric::new(format!("Line 4/Press/Sensor {m}"), Value::Double(i as f64 + f64::from(m)), 1_700_000_000_000 + i))
+            .map(|m| {
+                Metric::new(
+                    format!("Line 4/Press/Sensor {m}"),
+                    Value::Double(i as f64 + f64::from(m)),
+                    1_700_000_000_000 + i,
+                )
+            })
             .collect(),
     }
 }
@@ -38,7 +44,11 @@ fn dir_bytes(p: &std::path::Path) -> u64 {
 fn hwm_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .unwrap_or(0.0)
         / 1024.0
 }
@@ -48,7 +58,13 @@ fn main() {
         return;
     }
     let base = tempfile::tempdir().expect("tmp");
-    let size = spb::sparkplug::Payload { metrics: record(0).metrics, ..Default::default() }.encode().expect("encodes").len();
+    let size = spb::sparkplug::Payload {
+        metrics: record(0).metrics,
+        ..Default::default()
+    }
+    .encode()
+    .expect("encodes")
+    .len();
     let mut rows = Vec::new();
 
     // Default group commit.
@@ -94,7 +110,14 @@ fn main() {
     // Flush per record.
     let m = 5_000u64;
     let d2 = base.path().join("per-record");
-    let mut q = DiskQueue::open(&d2, DiskOptions { flush_every: 1, ..DiskOptions::default() }).expect("open");
+    let mut q = DiskQueue::open(
+        &d2,
+        DiskOptions {
+            flush_every: 1,
+            ..DiskOptions::default()
+        },
+    )
+    .expect("open");
     let t = Instant::now();
     for i in 0..m {
         q.append(&record(i)).expect("append");
@@ -111,7 +134,14 @@ fn main() {
     // Churn through a small cap.
     let d3 = base.path().join("churn");
     let cap = 16 * 1024 * 1024;
-    let mut q = DiskQueue::open(&d3, DiskOptions { max_bytes: cap, ..DiskOptions::default() }).expect("open");
+    let mut q = DiskQueue::open(
+        &d3,
+        DiskOptions {
+            max_bytes: cap,
+            ..DiskOptions::default()
+        },
+    )
+    .expect("open");
     let total = 2_000_000u64;
     let mut samples = Vec::new();
     let t = Instant::now();
@@ -128,7 +158,10 @@ fn main() {
         }
     }
     let secs = t.elapsed().as_secs_f64();
-    let sizes: Vec<String> = samples.iter().map(|(i, b)| format!("{}k: {:.0} MiB", i / 1000, *b as f64 / 1048576.0)).collect();
+    let sizes: Vec<String> = samples
+        .iter()
+        .map(|(i, b)| format!("{}k: {:.0} MiB", i / 1000, *b as f64 / 1048576.0))
+        .collect();
     rows.push(format!(
         "| churn: 2M records, cap 16 MiB, consumer 10k behind | {total} | {:.0} records/s, {dropped} metrics dropped | disk: {} | {:.1} MiB |",
         total as f64 / secs,
@@ -141,5 +174,9 @@ fn main() {
         rows.join("\n")
     );
     println!("{table}");
-    std::fs::write(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-queue.md"), table).expect("write");
+    std::fs::write(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-queue.md"),
+        table,
+    )
+    .expect("write");
 }
