@@ -52,7 +52,10 @@ bench-gateway: ## Gateway throughput, CPU and RSS at 1k/10k/100k sim tags (table
 bench-queue: ## sled queue: appends/s, replay/s, disk per record, disk under churn (target/bench-queue.md)
 	cargo bench --bench queue
 
-bench: bench-codec bench-gateway bench-queue ## All benchmarks (see BENCHMARKS.md)
+bench-store-engines: ## sled vs redb for the queue, each in its own process (target/bench-store-engines.md)
+	cargo bench --bench store_engines
+
+bench: bench-codec bench-gateway bench-queue bench-store-engines ## All benchmarks (see BENCHMARKS.md)
 
 demo: ## Private broker + gateway (config/demo.toml) + decoded live view; Ctrl-C stops (DEMO_SECONDS=N)
 	tools/demo.sh
@@ -82,4 +85,4 @@ clean: ## Remove build output and the venv
 	cargo clean
 	rm -rf fuzz/target
 
-.PHONY: bench-queue bench-gateway help deps venv demo-core aarch64 aarch64-check yocto-crates test fmt lint proto fuzz-build fuzz bench-codec bench demo deny clean
+.PHONY: bench-store-engines bench-queue bench-gateway help deps venv demo-core aarch64 aarch64-check yocto-crates test fmt lint proto fuzz-build fuzz bench-codec bench demo deny clean
