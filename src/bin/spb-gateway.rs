@@ -214,15 +214,7 @@ fn watch(mut args: Args) -> Result<()> {
                 .next()
                 .context("the configuration has no [[mqtt.servers]]")?
         }
-        None => ServerConfig {
-            host: "127.0.0.1".into(),
-            port: 1883,
-            client_id: None,
-            username: None,
-            password: None,
-            keepalive: None,
-            tls: None,
-        },
+        None => ServerConfig::plain("127.0.0.1", 1883),
     };
     server.client_id = None;
     if let Some(h) = host {

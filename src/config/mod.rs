@@ -124,6 +124,21 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
 }
 
+impl ServerConfig {
+    /// A plain-MQTT server with no credentials and the defaults of the file.
+    pub fn plain(host: &str, port: u16) -> ServerConfig {
+        ServerConfig {
+            host: host.to_string(),
+            port,
+            client_id: None,
+            username: None,
+            password: None,
+            keepalive: None,
+            tls: None,
+        }
+    }
+}
+
 /// `[mqtt.servers.tls]`: CA pinning and the client certificate for mTLS.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
@@ -756,15 +771,12 @@ impl Config {
         if o.broker_host.is_some() || o.broker_port.is_some() {
             // The command line names one broker: it replaces the list, keeping
             // the first server's TLS and credentials.
-            let mut first = self.mqtt.servers.first().cloned().unwrap_or(ServerConfig {
-                host: String::new(),
-                port: 1883,
-                client_id: None,
-                username: None,
-                password: None,
-                keepalive: None,
-                tls: None,
-            });
+            let mut first = self
+                .mqtt
+                .servers
+                .first()
+                .cloned()
+                .unwrap_or_else(|| ServerConfig::plain("", 1883));
             if let Some(h) = &o.broker_host {
                 first.host = h.clone();
             }
