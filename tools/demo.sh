@@ -12,7 +12,11 @@ bin=target/release/spb-gateway
 dir=$(mktemp -d -t spb-demo.XXXXXX)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$port" > "$dir/mosquitto.conf"
-mosquitto -c "$dir/mosquitto.conf" > "$dir/mosquitto.log" 2>&1 &
+# The broker and the watcher get their own sessions: Ctrl-C signals the whole
+# process group, and a broker that dies with the gateway would publish its
+# Will (a second NDEATH) before the gateway's DISCONNECT arrives. The trap
+# below stops them in order instead: gateway (NDEATH, DISCONNECT), watcher, broker.
+setsid mosquitto -c "$dir/mosquitto.conf" > "$dir/mosquitto.log" 2>&1 &
 mq=$!
 gw=""
 watcher=""
@@ -35,7 +39,7 @@ for _ in $(seq 50); do
 done
 
 # The watcher subscribes first so it sees the births; --rebirth covers a race.
-"$bin" watch --broker-port "$port" --rebirth ${DEMO_SECONDS:+--seconds "$DEMO_SECONDS"} &
+setsid "$bin" watch --broker-port "$port" --rebirth ${DEMO_SECONDS:+--seconds "$DEMO_SECONDS"} &
 watcher=$!
 sleep 0.5
 
