@@ -395,8 +395,11 @@ impl Runtime {
             self.telemetry.connection_failures.fetch_add(1, Relaxed);
             tracing::error!(error = %why, "connection failed");
             if mqtt::connect_was_sent(&e) {
-                let actions = self.session.connect_sent();
-                self.persist(actions);
+                for a in self.session.connect_sent() {
+                    if let EdgeAction::PersistBdSeq(b) = a {
+                        self.persist_bdseq(b);
+                    }
+                }
             }
             self.session.connect_failed();
         }
@@ -404,13 +407,9 @@ impl Runtime {
         self.schedule_reconnect();
     }
 
-    fn persist(&self, actions: Vec<EdgeAction>) {
-        for a in actions {
-            if let EdgeAction::PersistBdSeq(b) = a {
-                if let Err(e) = save_bdseq(&self.state_dir, b) {
-                    tracing::error!(error = %e, dir = %self.state_dir.display(), "cannot persist bdSeq");
-                }
-            }
+    fn persist_bdseq(&self, b: u8) {
+        if let Err(e) = save_bdseq(&self.state_dir, b) {
+            tracing::error!(error = %e, dir = %self.state_dir.display(), "cannot persist bdSeq");
         }
     }
 
@@ -421,11 +420,7 @@ impl Runtime {
         }
         for a in actions {
             match a {
-                EdgeAction::PersistBdSeq(b) => {
-                    if let Err(e) = save_bdseq(&self.state_dir, b) {
-                        tracing::error!(error = %e, dir = %self.state_dir.display(), "cannot persist bdSeq");
-                    }
-                }
+                EdgeAction::PersistBdSeq(b) => self.persist_bdseq(b),
                 EdgeAction::Subscribe(topics) => {
                     if let Some(c) = &self.client {
                         let filters = topics

@@ -197,12 +197,8 @@ impl DiskQueue {
                 Err(why) => bad.push((k, v, why)),
             }
         }
-        for (k, v, why) in bad {
-            tracing::error!(store = %path, key = ?k.as_ref(), reason = %why, "corrupt record quarantined");
-            q.quarantine.insert(&k, v).map_err(err)?;
-            q.records.remove(&k).map_err(err)?;
-            q.stats.corrupt_records += 1;
-        }
+        // Not counted in the stats above, so nothing to subtract.
+        q.quarantine_all(bad, false)?;
         let last = |t: &sled::Tree| -> Result<u64, QueueError> {
             Ok(t.last().map_err(err)?.map_or(0, |(k, _)| key_id(&k) + 1))
         };
@@ -277,14 +273,23 @@ impl DiskQueue {
                 Err(why) => bad.push((k, v, why)),
             }
         }
+        self.quarantine_all(bad, true)?;
+        Ok(out)
+    }
+
+    /// Moves corrupt records to the quarantine tree (kept for inspection) and
+    /// counts them; `counted` says whether they are in the live stats.
+    fn quarantine_all(&mut self, bad: Vec<(sled::IVec, sled::IVec, String)>, counted: bool) -> Result<(), QueueError> {
         for (k, v, why) in bad {
             tracing::error!(store = %self.path, id = key_id(&k), reason = %why, "corrupt record quarantined");
             self.quarantine.insert(&k, v.clone()).map_err(|e| self.err(e))?;
             self.records.remove(&k).map_err(|e| self.err(e))?;
-            self.forget(&v);
+            if counted {
+                self.forget(&v);
+            }
             self.stats.corrupt_records += 1;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Removes every record with an id ≤ `id`: the broker has read them.

@@ -663,8 +663,14 @@ impl EdgeSession {
         }
     }
 
+    /// The node publishes DATA and births now: born, no rebirth pending, and
+    /// the Primary Host (if any) known online.
+    fn node_publishing(&self) -> bool {
+        self.is_publishing() && (self.cfg.primary_host_id.is_none() || self.host_online)
+    }
+
     fn scope_publishing(&self, i: Option<usize>) -> bool {
-        self.is_publishing() && (self.cfg.primary_host_id.is_none() || self.host_online) && self.scope(i).born_or_node()
+        self.node_publishing() && self.scope(i).born_or_node()
     }
 
     /// Builds DATA messages for `metrics` (named, declared in `scope`), at
@@ -950,7 +956,7 @@ impl EdgeSession {
             return Ok(Vec::new());
         }
         self.devices[i].online = true;
-        if self.is_publishing() && (self.cfg.primary_host_id.is_none() || self.host_online) {
+        if self.node_publishing() {
             return Ok(vec![self.dbirth(i, now)]);
         }
         Ok(Vec::new())
