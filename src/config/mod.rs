@@ -167,6 +167,59 @@ pub struct StoreConfig {
 pub enum DriverKind {
     /// The built-in simulator (demo, load tests).
     Sim,
+    /// Siemens S7 over classic S7comm (PUT/GET), port 102.
+    S7,
+    /// Allen-Bradley Logix over EtherNet/IP (CIP), port 44818.
+    Logix,
+}
+
+impl DriverKind {
+    /// The TCP port used when `address` names none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            DriverKind::Sim => 0,
+            DriverKind::S7 => 102,
+            DriverKind::Logix => 44818,
+        }
+    }
+}
+
+/// `[devices.s7]`: how to reach an S7 CPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S7DeviceConfig {
+    pub rack: u8,
+    pub slot: u8,
+    /// Local and remote TSAP (derived from rack/slot and the connection type
+    /// unless set, e.g. for LOGO! or an ET200SP CPU).
+    pub local_tsap: u16,
+    pub remote_tsap: u16,
+    /// PDU size asked for; the CPU may grant less.
+    pub pdu_size: u16,
+    /// Items per ReadVar request.
+    pub max_items: usize,
+}
+
+impl Default for S7DeviceConfig {
+    fn default() -> Self {
+        S7DeviceConfig {
+            rack: 0,
+            slot: 1,
+            local_tsap: 0x0100,
+            remote_tsap: 0x0101,
+            pdu_size: 960,
+            max_items: 20,
+        }
+    }
+}
+
+/// `[devices.logix]`: how to reach a Logix controller.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogixDeviceConfig {
+    /// ControlLogix: the controller's slot in the chassis (route path
+    /// backplane, slot). None for CompactLogix/Micro800 (no routing).
+    pub slot: Option<u8>,
+    /// Tags per Multiple Service Packet.
+    pub batch_size: usize,
 }
 
 /// `[[devices]]`: one PLC, one Sparkplug device.
@@ -184,6 +237,33 @@ pub struct DeviceConfig {
     pub fail_after: u32,
     pub tags: Vec<TagConfig>,
     pub sim: SimDeviceConfig,
+    pub s7: S7DeviceConfig,
+    pub logix: LogixDeviceConfig,
+    /// Reconnect backoff after a failed connection: from `backoff_min`,
+    /// doubling with jitter up to `backoff_max` (the circuit breaker: a dead
+    /// PLC costs one attempt per period, never a busy loop).
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl DeviceConfig {
+    /// `host:port` of the PLC (the driver's default port when none is given).
+    pub fn socket_address(&self) -> Option<String> {
+        let a = self.address.as_deref()?.trim();
+        if a.is_empty() {
+            return None;
+        }
+        let port = self.driver.default_port();
+        Some(match a.matches(':').count() {
+            // host or IPv4
+            0 => format!("{a}:{port}"),
+            // host:port
+            1 => a.to_string(),
+            // [v6]:port, or a bare IPv6 address
+            _ if a.starts_with('[') && a.contains("]:") => a.to_string(),
+            _ => format!("[{}]:{port}", a.trim_start_matches('[').trim_end_matches(']')),
+        })
+    }
 }
 
 /// `[devices.sim]`: options of the built-in simulator.
@@ -518,20 +598,43 @@ impl Default for TelemetryConfig {
 
 fn read_device(t: &Table) -> Option<DeviceConfig> {
     let name = id(t, "name", "device id", true);
-    let driver = match t.req_str("driver", "the PLC protocol: sim").as_deref() {
+    let driver = match t.req_str("driver", "the PLC protocol: s7, logix or sim").as_deref() {
         Some("sim") => Some(DriverKind::Sim),
-        Some(other @ ("s7" | "logix")) => {
-            t.invalid(
-                "driver",
-                format!("driver '{other}' is not available yet (issue #4); available: sim"),
-            );
-            None
-        }
+        Some("s7") => Some(DriverKind::S7),
+        Some("logix") => Some(DriverKind::Logix),
         Some(other) => {
-            t.invalid("driver", format!("unknown driver '{other}'; available: sim"));
+            t.invalid("driver", format!("unknown driver '{other}'; available: s7, logix, sim"));
             None
         }
         None => None,
+    };
+    let address = t.opt_str("address");
+    if matches!(driver, Some(DriverKind::S7 | DriverKind::Logix)) && address.as_deref().is_none_or(str::is_empty) {
+        t.missing("address", "the PLC's IP address or host name (host or host:port)");
+    }
+    let s7 = match (driver, t.opt_table("s7")) {
+        (_, Some(st)) => {
+            if driver != Some(DriverKind::S7) {
+                t.invalid("s7", "an [devices.s7] table belongs to a device with driver = \"s7\"");
+            }
+            read_s7(&st)
+        }
+        (_, None) => S7DeviceConfig::default(),
+    };
+    let logix = match t.opt_table("logix") {
+        Some(lt) => {
+            if driver != Some(DriverKind::Logix) {
+                t.invalid(
+                    "logix",
+                    "a [devices.logix] table belongs to a device with driver = \"logix\"",
+                );
+            }
+            read_logix(&lt)
+        }
+        None => LogixDeviceConfig {
+            slot: None,
+            batch_size: 20,
+        },
     };
     let mut scan_classes = vec![(DEFAULT_SCAN_CLASS.to_string(), Duration::from_secs(1))];
     if let Some(sc) = t.opt_table("scan_classes") {
@@ -572,14 +675,21 @@ fn read_device(t: &Table) -> Option<DeviceConfig> {
     let d = DeviceConfig {
         name: name.unwrap_or_default(),
         driver: driver.unwrap_or(DriverKind::Sim),
-        address: t.opt_str("address"),
+        address,
         enabled: t.bool_or("enabled", true),
         scan_classes,
         timeout: t.duration_or("timeout", Duration::from_secs(2)),
         fail_after: t.int_in("fail_after", 3, 1..=1000) as u32,
         tags,
         sim,
+        s7,
+        logix,
+        backoff_min: t.duration_or("backoff_min", Duration::from_secs(1)),
+        backoff_max: t.duration_or("backoff_max", Duration::from_secs(30)),
     };
+    if d.backoff_min > d.backoff_max {
+        t.invalid("backoff_min", "must not be larger than backoff_max");
+    }
     t.finish(&[
         "name",
         "driver",
@@ -590,8 +700,77 @@ fn read_device(t: &Table) -> Option<DeviceConfig> {
         "fail_after",
         "tags",
         "sim",
+        "s7",
+        "logix",
+        "backoff_min",
+        "backoff_max",
     ]);
     driver.map(|_| d)
+}
+
+/// A TSAP as `0x0102`, `01.02` (as TIA Portal shows it) or a number.
+fn tsap(t: &Table, key: &str, default: u16) -> u16 {
+    if t.is_str(key) {
+        let s = t.opt_str(key).unwrap_or_default();
+        let parsed = match s.split_once('.') {
+            Some((hi, lo)) => u8::from_str_radix(hi.trim(), 16)
+                .ok()
+                .zip(u8::from_str_radix(lo.trim(), 16).ok())
+                .map(|(h, l)| u16::from_be_bytes([h, l])),
+            None => u16::from_str_radix(s.trim().trim_start_matches("0x").trim_start_matches("0X"), 16).ok(),
+        };
+        return parsed.unwrap_or_else(|| {
+            t.invalid(key, format!("'{s}' is not a TSAP: write it as \"01.02\" or \"0x0102\""));
+            default
+        });
+    }
+    t.int_in(key, default.into(), 0..=0xFFFF) as u16
+}
+
+fn read_s7(t: &Table) -> S7DeviceConfig {
+    let rack = t.int_in("rack", 0, 0..=7) as u8;
+    let slot = t.int_in("slot", 1, 0..=31) as u8;
+    let conn_type = match t.opt_str("connection_type").as_deref() {
+        None | Some("pg") => 1,
+        Some("op") => 2,
+        Some("basic") => 3,
+        Some(other) => {
+            t.invalid(
+                "connection_type",
+                format!("unknown connection type '{other}'; available: pg, op, basic"),
+            );
+            1
+        }
+    };
+    let derived = crate::plc::s7::S7Options::tsap_for(conn_type, rack, slot);
+    let c = S7DeviceConfig {
+        rack,
+        slot,
+        local_tsap: tsap(t, "local_tsap", 0x0100),
+        remote_tsap: tsap(t, "remote_tsap", derived),
+        pdu_size: t.int_in("pdu_size", 960, 240..=960) as u16,
+        max_items: t.int_in("max_items", 20, 1..=255) as usize,
+    };
+    t.finish(&[
+        "rack",
+        "slot",
+        "connection_type",
+        "local_tsap",
+        "remote_tsap",
+        "pdu_size",
+        "max_items",
+    ]);
+    c
+}
+
+fn read_logix(t: &Table) -> LogixDeviceConfig {
+    let slot = t.opt_i64("slot").map(|_| t.int_in("slot", 0, 0..=31) as u8);
+    let c = LogixDeviceConfig {
+        slot,
+        batch_size: t.int_in("batch_size", 20, 1..=200) as usize,
+    };
+    t.finish(&["slot", "batch_size"]);
+    c
 }
 
 fn read_sim(t: &Table, classes: &[(String, Duration)]) -> SimDeviceConfig {
@@ -705,6 +884,22 @@ fn read_tag(t: &Table, driver: Option<DriverKind>, classes: &[(String, Duration)
                 None
             }
         },
+        (Some(DriverKind::S7), Some(a)) => {
+            if let Some(dt) = dt {
+                if let Err(e) = crate::plc::s7::address::S7Address::parse(a, dt) {
+                    t.invalid("address", e.to_string());
+                }
+            }
+            None
+        }
+        (Some(DriverKind::Logix), Some(a)) => {
+            if let Some(dt) = dt {
+                if let Err(e) = crate::plc::logix::LogixTag::parse(a, dt) {
+                    t.invalid("address", e.to_string());
+                }
+            }
+            None
+        }
         _ => None,
     };
     let writable = t.bool_or("writable", false);
@@ -917,7 +1112,7 @@ deadbnad = 0.5
             "{text}"
         );
         assert!(
-            text.contains("devices[1].driver: unknown driver 'modbus'; available: sim"),
+            text.contains("devices[1].driver: unknown driver 'modbus'; available: s7, logix, sim"),
             "{text}"
         );
     }

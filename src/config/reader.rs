@@ -148,6 +148,11 @@ impl<'c, 's, 't> Table<'c, 's, 't> {
         self.get(key).map_or(self.at, |v| v.span().start)
     }
 
+    /// Whether `key` is present and holds a string.
+    pub fn is_str(&self, key: &str) -> bool {
+        self.get(key).is_some_and(|v| v.get_ref().as_str().is_some())
+    }
+
     pub fn opt_str(&self, key: &str) -> Option<String> {
         let v = self.get(key)?;
         match v.get_ref().as_str() {

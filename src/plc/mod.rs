@@ -5,7 +5,9 @@
 //! an inner per-tag error means "this tag is bad" and maps to that metric's
 //! BAD quality, never to a dropped connection.
 
+pub mod logix;
 pub mod poller;
+pub mod s7;
 pub mod sim;
 
 use std::time::Instant;
@@ -19,12 +21,8 @@ use sim::{Rng, Signal, SimTag};
 /// The connection to a PLC is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DriverError {
-    #[error("{device}: cannot connect to {address}: {reason}")]
-    Connect {
-        device: String,
-        address: String,
-        reason: String,
-    },
+    #[error("{device}: cannot connect: {reason}")]
+    Connect { device: String, reason: String },
     #[error("{device}: read failed: {reason}")]
     Read { device: String, reason: String },
     #[error("{device}: no answer within {timeout_ms} ms")]
@@ -48,28 +46,87 @@ pub struct TagSpec {
 /// are static, and each variant keeps its own connection state.
 pub enum Driver {
     Sim(SimDriver),
+    S7(Box<s7::S7Driver>),
+    Logix(Box<logix::LogixDriver>),
 }
 
 impl Driver {
     /// The driver for a device's configuration, not yet connected.
     pub fn for_device(d: &DeviceConfig, tags: &[TagSpec]) -> Driver {
+        let addressed = || tags.iter().map(|t| (t.address.clone(), t.datatype));
+        let addr = d.socket_address().unwrap_or_default();
         match d.driver {
             DriverKind::Sim => Driver::Sim(SimDriver::new(d, tags)),
+            DriverKind::S7 => Driver::S7(Box::new(s7::S7Driver::new(
+                s7::S7Options {
+                    addr,
+                    local_tsap: d.s7.local_tsap,
+                    remote_tsap: d.s7.remote_tsap,
+                    pdu_size: d.s7.pdu_size,
+                    max_items: d.s7.max_items,
+                },
+                addressed(),
+            ))),
+            DriverKind::Logix => Driver::Logix(Box::new(logix::LogixDriver::new(
+                addr,
+                d.logix.slot,
+                d.logix.batch_size,
+                addressed(),
+            ))),
         }
     }
 
     /// Opens (or re-opens) the connection.
-    pub async fn connect(&mut self) -> Result<(), DriverError> {
+    pub async fn connect(&mut self, device: &str) -> Result<(), DriverError> {
         match self {
             Driver::Sim(s) => s.check_reachable(),
+            Driver::S7(s) => s.connect().await.map_err(|e| connect_error(device, e)),
+            Driver::Logix(l) => l.connect().await.map_err(|e| connect_error(device, e)),
         }
     }
 
     /// Reads the tags at `indices`; the outer error means reconnect.
-    pub async fn read(&mut self, indices: &[usize], now_ms: u64) -> Result<Vec<Result<Value, TagError>>, DriverError> {
+    pub async fn read(
+        &mut self,
+        device: &str,
+        indices: &[usize],
+        now_ms: u64,
+    ) -> Result<Vec<Result<Value, TagError>>, DriverError> {
+        let tagged = |r: Vec<Result<Value, String>>| r.into_iter().map(|x| x.map_err(TagError)).collect();
         match self {
             Driver::Sim(s) => s.read(indices, now_ms),
+            Driver::S7(s) => s.read(indices).await.map(tagged).map_err(|e| read_error(device, e)),
+            Driver::Logix(l) => l.read(indices).await.map(tagged).map_err(|e| read_error(device, e)),
         }
+    }
+
+    /// Writes `value` to the tag at `index`: outer error = connection, inner = this tag.
+    pub async fn write(
+        &mut self,
+        device: &str,
+        index: usize,
+        value: &Value,
+    ) -> Result<Result<(), TagError>, DriverError> {
+        let r = match self {
+            Driver::Sim(_) => Ok(Err("the simulator's tags are read-only".to_string())),
+            Driver::S7(s) => s.write(index, value).await.map_err(|e| read_error(device, e)),
+            Driver::Logix(l) => l.write(index, value).await.map_err(|e| read_error(device, e)),
+        };
+        r.map(|inner| inner.map_err(TagError))
+    }
+}
+
+fn connect_error(device: &str, e: impl std::fmt::Display) -> DriverError {
+    DriverError::Connect {
+        device: device.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn read_error(device: &str, e: impl std::fmt::Display) -> DriverError {
+    DriverError::Read {
+        device: device.to_string(),
+        reason: e.to_string(),
     }
 }
 

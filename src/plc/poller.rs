@@ -309,7 +309,7 @@ pub async fn run(
             let mut failed = false;
             for part in batch.chunks(CHUNK) {
                 let t0 = Instant::now();
-                let r = tokio::time::timeout(d.timeout, driver.read(part, now_ms())).await;
+                let r = tokio::time::timeout(d.timeout, driver.read(&d.name, part, now_ms())).await;
                 let r = r.unwrap_or_else(|_| {
                     Err(super::DriverError::Timeout {
                         device: d.name.clone(),
@@ -382,10 +382,10 @@ pub async fn run(
         let t0 = Instant::now();
         let result = async {
             if !connected {
-                driver.connect().await?;
+                driver.connect(&d.name).await?;
                 connected = true;
             }
-            driver.read(&batch, now_ms()).await
+            driver.read(&d.name, &batch, now_ms()).await
         };
         let result = match tokio::time::timeout(d.timeout, result).await {
             Ok(r) => r,
@@ -592,6 +592,10 @@ mod tests {
                 generate: 3,
                 ..Default::default()
             },
+            s7: Default::default(),
+            logix: Default::default(),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
         };
         let names: Vec<String> = declarations(&d, 0).into_iter().filter_map(|m| m.name).collect();
         assert_eq!(names, ["t", "Gen/Tag 000001", "Gen/Tag 000002", "Gen/Tag 000003"]);

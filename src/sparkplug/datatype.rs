@@ -168,6 +168,31 @@ impl DataType {
     pub fn is_numeric(self) -> bool {
         matches!(self.code(), 1..=10)
     }
+
+    /// The array datatypes (Int8Array … DateTimeArray).
+    pub fn is_array(self) -> bool {
+        matches!(self.code(), 22..=34)
+    }
+
+    /// The element type of an array datatype.
+    pub fn element(self) -> Option<DataType> {
+        Some(match self {
+            DataType::Int8Array => DataType::Int8,
+            DataType::Int16Array => DataType::Int16,
+            DataType::Int32Array => DataType::Int32,
+            DataType::Int64Array => DataType::Int64,
+            DataType::UInt8Array => DataType::UInt8,
+            DataType::UInt16Array => DataType::UInt16,
+            DataType::UInt32Array => DataType::UInt32,
+            DataType::UInt64Array => DataType::UInt64,
+            DataType::FloatArray => DataType::Float,
+            DataType::DoubleArray => DataType::Double,
+            DataType::BooleanArray => DataType::Boolean,
+            DataType::StringArray => DataType::String,
+            DataType::DateTimeArray => DataType::DateTime,
+            _ => return None,
+        })
+    }
 }
 
 impl fmt::Display for DataType {

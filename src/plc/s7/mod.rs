@@ -1,0 +1,372 @@
+//! Siemens S7 over classic S7comm (ISO-on-TCP, port 102), on our own sans-IO
+//! codec ([`codec`]) rather than the `s7-client` crate: that crate returns one
+//! byte for typed reads, has no M/T/C areas, does not split at the negotiated
+//! PDU and spins when the PLC hangs up (measured in BENCHMARKS.md, "S7
+//! clients"). The I/O here is a thin loop: send a frame, read frames until
+//! the last fragment, hand the bytes to the codec.
+//!
+//! Invariants:
+//! - One TCP connection per PLC, one job in flight at a time, each request's
+//!   answer matched by PDU reference.
+//! - Reads are planned once per tag set ([`plan`]) against the negotiated PDU
+//!   and cached; a merged range that comes back "out of range" is re-read tag
+//!   by tag in the same scan and kept apart afterwards, so a bad tag is BAD
+//!   alone.
+//! - Any I/O or framing error drops the connection (the next call reopens
+//!   it); a per-item error never does.
+//! - Writes go one item per request (every S7 server accepts that); a single
+//!   BOOL is written as one bit, never as its whole byte.
+
+pub mod address;
+pub mod codec;
+pub mod plan;
+
+use std::collections::HashMap;
+
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::sparkplug::{DataType, Value};
+use address::S7Address;
+use codec::{CodecError, Item, ItemError};
+use plan::{Limits, Plan};
+
+/// Why talking to the PLC failed (the connection is dropped).
+#[derive(Debug, Error)]
+pub enum S7Error {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Codec(#[from] CodecError),
+    #[error("the PLC closed the connection")]
+    Closed,
+    #[error("the PLC granted a PDU of {0} bytes; at least 240 are needed")]
+    TinyPdu(u16),
+}
+
+/// How to reach one PLC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S7Options {
+    /// `host:port`.
+    pub addr: String,
+    pub local_tsap: u16,
+    pub remote_tsap: u16,
+    /// PDU size to ask for; the PLC may grant less.
+    pub pdu_size: u16,
+    pub max_items: usize,
+}
+
+impl S7Options {
+    /// Remote TSAP for `rack`/`slot` with connection type PG (1), OP (2) or basic (3).
+    pub fn tsap_for(conn_type: u8, rack: u8, slot: u8) -> u16 {
+        (u16::from(conn_type) << 8) | u16::from(rack * 0x20 + slot)
+    }
+}
+
+/// An open, negotiated connection.
+pub struct Connection {
+    stream: TcpStream,
+    /// The PDU size the PLC granted.
+    pub pdu: u16,
+    next_ref: u16,
+    buf: Vec<u8>,
+}
+
+impl Connection {
+    /// TCP connect, COTP connection, Setup Communication.
+    pub async fn open(o: &S7Options) -> Result<Connection, S7Error> {
+        let stream = TcpStream::connect(&o.addr).await.map_err(|source| S7Error::Connect {
+            addr: o.addr.clone(),
+            source,
+        })?;
+        stream.set_nodelay(true)?;
+        let mut c = Connection {
+            stream,
+            pdu: 0,
+            next_ref: 0,
+            buf: Vec::with_capacity(1024),
+        };
+        c.stream
+            .write_all(&codec::connect_request(o.local_tsap, o.remote_tsap))
+            .await?;
+        let frame = c.frame().await?;
+        codec::parse_connect_confirm(&frame)?;
+        let pdu = c.exchange(|r| codec::setup_request(r, o.pdu_size)).await?;
+        let granted = codec::parse_setup(&pdu, c.next_ref)?;
+        if granted < 240 {
+            return Err(S7Error::TinyPdu(granted));
+        }
+        c.pdu = granted;
+        Ok(c)
+    }
+
+    /// Reads one TPKT frame.
+    async fn frame(&mut self) -> Result<Vec<u8>, S7Error> {
+        self.buf.clear();
+        self.buf.resize(4, 0);
+        self.read_exact(0..4).await?;
+        let len = codec::frame_len(&self.buf)?.unwrap_or(4);
+        self.buf.resize(len.max(4), 0);
+        self.read_exact(4..len.max(4)).await?;
+        Ok(std::mem::take(&mut self.buf))
+    }
+
+    async fn read_exact(&mut self, range: std::ops::Range<usize>) -> Result<(), S7Error> {
+        match self.stream.read_exact(&mut self.buf[range]).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(S7Error::Closed),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sends the request built for the next PDU reference and returns the
+    /// S7 PDU of the answer (fragments joined).
+    pub async fn exchange(&mut self, build: impl FnOnce(u16) -> Vec<u8>) -> Result<Vec<u8>, S7Error> {
+        self.next_ref = self.next_ref.wrapping_add(1).max(1);
+        let req = build(self.next_ref);
+        self.stream.write_all(&req).await?;
+        let mut pdu = Vec::new();
+        loop {
+            let frame = self.frame().await?;
+            let (part, last) = codec::s7_payload(&frame)?;
+            pdu.extend_from_slice(part);
+            if last {
+                return Ok(pdu);
+            }
+        }
+    }
+
+    /// Reads `items` in one request.
+    pub async fn read(&mut self, items: &[Item]) -> Result<Vec<Result<Vec<u8>, ItemError>>, S7Error> {
+        let pdu = self.exchange(|r| codec::read_request(r, items)).await?;
+        Ok(codec::parse_read(&pdu, self.next_ref, items)?)
+    }
+
+    /// Writes `bytes` at `item` (one bit when `bit` is set), split at the PDU.
+    pub async fn write(&mut self, item: Item, bit: Option<u8>, bytes: &[u8]) -> Result<Result<(), ItemError>, S7Error> {
+        let max = (self.pdu as usize)
+            .saturating_sub(codec::write_request_len(0) - 7)
+            .max(2);
+        let unit = if item.area.is_timer_or_counter() { 2 } else { 1 };
+        let max = max / unit * unit;
+        let mut offset = 0;
+        loop {
+            let n = (bytes.len() - offset).min(max);
+            let part = Item {
+                area: item.area,
+                start: item.start + (offset / unit) as u32,
+                len: n,
+            };
+            let chunk = &bytes[offset..offset + n];
+            let pdu = self.exchange(|r| codec::write_request(r, &part, bit, chunk)).await?;
+            if let Err(e) = codec::parse_write(&pdu, self.next_ref)? {
+                return Ok(Err(e));
+            }
+            offset += n;
+            if offset >= bytes.len() {
+                return Ok(Ok(()));
+            }
+        }
+    }
+}
+
+/// The S7 driver of one device.
+pub struct S7Driver {
+    opts: S7Options,
+    /// Parsed address and Sparkplug type per tag (an address that does not
+    /// parse is reported as that tag's error on every read).
+    tags: Vec<(Result<S7Address, String>, DataType)>,
+    conn: Option<Connection>,
+    /// Plans by the exact set of tags read (scan classes make few distinct sets).
+    plans: HashMap<Vec<usize>, Plan>,
+    isolated: Vec<bool>,
+}
+
+impl S7Driver {
+    pub fn new(opts: S7Options, tags: impl IntoIterator<Item = (String, DataType)>) -> S7Driver {
+        let tags: Vec<_> = tags
+            .into_iter()
+            .map(|(a, dt)| (S7Address::parse(&a, dt).map_err(|e| e.to_string()), dt))
+            .collect();
+        let isolated = vec![false; tags.len()];
+        S7Driver {
+            opts,
+            tags,
+            conn: None,
+            plans: HashMap::new(),
+            isolated,
+        }
+    }
+
+    /// The granted PDU size while connected.
+    pub fn pdu(&self) -> Option<u16> {
+        self.conn.as_ref().map(|c| c.pdu)
+    }
+
+    /// Opens a fresh connection (dropping any old one).
+    pub async fn connect(&mut self) -> Result<(), S7Error> {
+        self.conn = None;
+        let c = Connection::open(&self.opts).await?;
+        if self.conn.as_ref().map(|o| o.pdu) != Some(c.pdu) {
+            self.plans.clear();
+        }
+        self.conn = Some(c);
+        Ok(())
+    }
+
+    /// Reads the tags at `indices`. The outer error means the connection is
+    /// gone; inner errors are per tag.
+    pub async fn read(&mut self, indices: &[usize]) -> Result<Vec<Result<Value, String>>, S7Error> {
+        if self.conn.is_none() {
+            self.connect().await?;
+        }
+        let result = self.read_connected(indices).await;
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    async fn read_connected(&mut self, indices: &[usize]) -> Result<Vec<Result<Value, String>>, S7Error> {
+        let mut out: Vec<Option<Result<Value, String>>> = vec![None; indices.len()];
+        // Tags whose address does not parse never reach the PLC.
+        let valid: Vec<usize> = (0..indices.len())
+            .filter(|&k| match &self.tags.get(indices[k]) {
+                Some((Ok(_), _)) => true,
+                Some((Err(e), _)) => {
+                    out[k] = Some(Err(e.clone()));
+                    false
+                }
+                None => {
+                    out[k] = Some(Err(format!("no tag {}", indices[k])));
+                    false
+                }
+            })
+            .collect();
+        let tag_ids: Vec<usize> = valid.iter().map(|&k| indices[k]).collect();
+        let results = self.read_tags(&tag_ids, true).await?;
+        for (k, r) in valid.into_iter().zip(results) {
+            out[k] = Some(r);
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err("not read".into())))
+            .collect())
+    }
+
+    /// Reads valid tags `ids`; `retry` re-reads tags of failed merged ranges alone.
+    async fn read_tags(&mut self, ids: &[usize], retry: bool) -> Result<Vec<Result<Value, String>>, S7Error> {
+        let conn = self.conn.as_mut().ok_or(S7Error::Closed)?;
+        let pdu = conn.pdu;
+        let limits = Limits {
+            pdu: pdu as usize,
+            max_items: self.opts.max_items,
+            merge_gap: 16,
+        };
+        let addrs: Vec<S7Address> = ids
+            .iter()
+            .map(|&i| *self.tags[i].0.as_ref().expect("only valid tags are planned"))
+            .collect();
+        if !self.plans.contains_key(ids) {
+            let isolated = &self.isolated;
+            let p = plan::plan(&addrs, |k| isolated[ids[k]], limits);
+            if self.plans.len() >= 64 {
+                self.plans.clear();
+            }
+            self.plans.insert(ids.to_vec(), p);
+        }
+        let p = &self.plans[ids];
+        let mut bufs: Vec<Result<Vec<u8>, ItemError>> = p.ranges.iter().map(|r| Ok(vec![0; r.len])).collect();
+        let conn = self.conn.as_mut().ok_or(S7Error::Closed)?;
+        for req in &p.requests {
+            let items: Vec<Item> = req.iter().map(|x| x.item).collect();
+            let answers = conn.read(&items).await?;
+            for (piece, answer) in req.iter().zip(answers) {
+                match (answer, &mut bufs[piece.range]) {
+                    (Ok(bytes), Ok(buf)) => buf[piece.offset..piece.offset + bytes.len()].copy_from_slice(&bytes),
+                    (Err(e), slot) => *slot = Err(e),
+                    (Ok(_), Err(_)) => {}
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        let mut again = Vec::new();
+        for (k, &id) in ids.iter().enumerate() {
+            let (r, off) = p.tags[k];
+            let a = &addrs[k];
+            match &bufs[r] {
+                Ok(buf) => out.push(a.decode(&buf[off..off + a.len()], self.tags[id].1)),
+                Err(e) if retry && !e.object_missing() && p.ranges[r].tags.len() > 1 => {
+                    again.push(k);
+                    out.push(Err(e.to_string()));
+                }
+                Err(e) => out.push(Err(format!("{a}: {e}"))),
+            }
+        }
+        if !again.is_empty() {
+            for &k in &again {
+                self.isolated[ids[k]] = true;
+            }
+            self.plans.clear();
+            let retry_ids: Vec<usize> = again.iter().map(|&k| ids[k]).collect();
+            tracing::info!(
+                tags = retry_ids.len(),
+                "a merged S7 range failed; reading its tags one by one"
+            );
+            let second = Box::pin(self.read_tags(&retry_ids, false)).await?;
+            for (k, r) in again.into_iter().zip(second) {
+                out[k] = r;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `value` to tag `index`: the inner error is the tag's (bad value,
+    /// refused by the PLC), the outer one the connection's.
+    pub async fn write(&mut self, index: usize, value: &Value) -> Result<Result<(), String>, S7Error> {
+        let Some((Ok(a), _)) = self.tags.get(index).cloned() else {
+            return Ok(Err(format!("tag {index} has no usable S7 address")));
+        };
+        if self.conn.is_none() {
+            self.connect().await?;
+        }
+        // A BOOL array shares its bytes with other bits: read, modify, write.
+        let current = if a.ty == address::S7Type::Bool && a.array {
+            self.raw(&a).await?
+        } else {
+            None
+        };
+        let bytes = match a.encode(value, current.as_deref()) {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e)),
+        };
+        let item = Item {
+            area: a.area,
+            start: a.byte,
+            len: bytes.len(),
+        };
+        let bit = a.is_bit().then_some(a.bit);
+        let conn = self.conn.as_mut().ok_or(S7Error::Closed)?;
+        match conn.write(item, bit, &bytes).await {
+            Ok(r) => Ok(r.map_err(|e| format!("{a}: {e}"))),
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// The raw bytes of `a` as they are now.
+    async fn raw(&mut self, a: &S7Address) -> Result<Option<Vec<u8>>, S7Error> {
+        let conn = self.conn.as_mut().ok_or(S7Error::Closed)?;
+        let item = Item {
+            area: a.area,
+            start: a.byte,
+            len: a.len(),
+        };
+        Ok(conn.read(&[item]).await?.pop().and_then(Result::ok))
+    }
+}
