@@ -18,7 +18,16 @@ $(PY): tests/interop/requirements.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/interop/requirements.txt
 	@touch $(PY)
 
-test: deps venv ## The full test suite: fmt, clippy -D warnings, all tests, fuzz targets build
+NODE_PEERS := target/node-peers
+node-peers: $(NODE_PEERS)/node_modules/node-snap7/build/Release/node_snap7.node ## node-snap7 (Snap7's C++ S7 server) under target/, built from npm
+$(NODE_PEERS)/node_modules/node-snap7/build/Release/node_snap7.node:
+	mkdir -p $(NODE_PEERS)
+	cd $(NODE_PEERS) && [ -f package.json ] || (cd $(NODE_PEERS) && npm init -y >/dev/null)
+	cd $(NODE_PEERS) && npm install --no-audit --no-fund --foreground-scripts node-snap7@1.0.9
+	@# npm 11 may skip install scripts: build the addon explicitly when it did.
+	cd $(NODE_PEERS)/node_modules/node-snap7 && { [ -f build/Release/node_snap7.node ] || npx --yes node-gyp rebuild; }
+
+test: deps venv node-peers ## The full test suite: fmt, clippy -D warnings, all tests, fuzz targets build
 	cargo fmt --check
 	cargo clippy --all-targets --all-features -- -D warnings
 	$(MAKE) fuzz-build
@@ -85,4 +94,4 @@ clean: ## Remove build output and the venv
 	cargo clean
 	rm -rf fuzz/target
 
-.PHONY: bench-store-engines bench-queue bench-gateway help deps venv demo-core aarch64 aarch64-check yocto-crates test fmt lint proto fuzz-build fuzz bench-codec bench demo deny clean
+.PHONY: node-peers bench-store-engines bench-queue bench-gateway help deps venv demo-core aarch64 aarch64-check yocto-crates test fmt lint proto fuzz-build fuzz bench-codec bench demo deny clean

@@ -14,6 +14,10 @@ python3 -m ensurepip --version >/dev/null 2>&1 || python3 -m pip --version >/dev
 have mosquitto || need+=(mosquitto)
 have mosquitto_sub || need+=(mosquitto-clients)
 have openssl || need+=(openssl)
+# node-snap7 (the second independent S7 server) is built by npm with node-gyp.
+have node || need+=(nodejs)
+have npm || need+=(npm)
+have make || need+=(make)
 # The board build (make aarch64) and its check under qemu (make aarch64-check).
 have aarch64-linux-gnu-gcc || need+=(gcc-aarch64-linux-gnu)
 [ -d /usr/aarch64-linux-gnu/include ] || need+=(libc6-dev-arm64-cross)

@@ -76,7 +76,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for_port(port: u16, within: Duration) {
+pub fn wait_for_port(port: u16, within: Duration) {
     let deadline = Instant::now() + within;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "nothing listens on 127.0.0.1:{port}");
@@ -455,3 +455,5 @@ scan_class = "fast"
 "#
     )
 }
+
+pub mod plc;

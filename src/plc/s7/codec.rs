@@ -319,9 +319,9 @@ pub fn parse_read(pdu: &[u8], pdu_ref: u16, items: &[Item]) -> Result<Vec<Result
         };
         if code != 0xFF {
             out.push(Err(ItemError(code)));
-            // A refused item carries no data (some servers still send its length).
-            data = &data[(ITEM_HEADER + len).min(data.len())..];
-            data = skip_fill(data, len, index + 1 < items.len());
+            // A refused item carries no data, whatever its length field says
+            // (Snap7's server repeats the asked length, CPUs send 0).
+            data = &data[ITEM_HEADER..];
             continue;
         }
         need(data, ITEM_HEADER + len, "read item data")?;
@@ -461,6 +461,39 @@ mod tests {
         ];
         let r = parse_read(&pdu[..pdu.len() - 1], 5, &items).unwrap();
         assert_eq!(r, vec![Ok(vec![0xAB]), Err(ItemError(0x0A)), Ok(vec![0x12, 0x34])]);
+    }
+
+    #[test]
+    fn a_refused_item_carries_no_data_even_when_its_length_says_so() {
+        // Snap7's server: `0a 00 00 04` with no data bytes behind it.
+        let items = [
+            Item {
+                area: Area::Db(1),
+                start: 0,
+                len: 4,
+            },
+            Item {
+                area: Area::Db(9),
+                start: 0,
+                len: 4,
+            },
+            Item {
+                area: Area::Db(3),
+                start: 56,
+                len: 10,
+            },
+        ];
+        let pdu = [
+            0x32, 3, 0, 0, 0, 2, 0, 2, 0, 16, 0, 0, 4, 3, // ack data, 3 items
+            0xFF, 4, 0, 32, 0, 0, 0, 42, // 4 bytes
+            0x0A, 0, 0, 4, // no DB9; length 4, no data
+            0x05, 0, 0, 4, // out of range; length 4, no data
+        ];
+        let r = parse_read(&pdu, 2, &items).unwrap();
+        assert_eq!(
+            r,
+            vec![Ok(vec![0, 0, 0, 42]), Err(ItemError(0x0A)), Err(ItemError(0x05))]
+        );
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub struct Connection {
     pub pdu: u16,
     next_ref: u16,
     buf: Vec<u8>,
+    /// Requests sent on this connection (setup included).
+    pub requests: u64,
 }
 
 impl Connection {
@@ -88,6 +90,7 @@ impl Connection {
             pdu: 0,
             next_ref: 0,
             buf: Vec::with_capacity(1024),
+            requests: 0,
         };
         c.stream
             .write_all(&codec::connect_request(o.local_tsap, o.remote_tsap))
@@ -127,6 +130,7 @@ impl Connection {
     pub async fn exchange(&mut self, build: impl FnOnce(u16) -> Vec<u8>) -> Result<Vec<u8>, S7Error> {
         self.next_ref = self.next_ref.wrapping_add(1).max(1);
         let req = build(self.next_ref);
+        self.requests += 1;
         self.stream.write_all(&req).await?;
         let mut pdu = Vec::new();
         loop {
@@ -204,6 +208,11 @@ impl S7Driver {
     /// The granted PDU size while connected.
     pub fn pdu(&self) -> Option<u16> {
         self.conn.as_ref().map(|c| c.pdu)
+    }
+
+    /// Requests sent on the current connection (setup included).
+    pub fn requests(&self) -> u64 {
+        self.conn.as_ref().map_or(0, |c| c.requests)
     }
 
     /// Opens a fresh connection (dropping any old one).

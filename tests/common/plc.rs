@@ -1,0 +1,231 @@
+//! Independent PLC peers on loopback (PEERS.md): python-snap7's and
+//! node-snap7's S7 servers, cpppo's Logix simulator, and the peers' own
+//! clients (python-snap7, pylogix) to check what we wrote. A missing peer
+//! fails the test with the command that installs it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{python, wait_for_port};
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers").join(name)
+}
+
+/// `node_modules` of the node peers (`make node-peers`, run by `make test`).
+pub fn node_modules() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/node-peers/node_modules");
+    assert!(
+        p.join("node-snap7/build/Release/node_snap7.node").exists(),
+        "node-snap7 is not built at {}: run `make node-peers` (the README test command does)",
+        p.display()
+    );
+    p
+}
+
+/// Which S7 server implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S7Impl {
+    /// python-snap7 3.3 (pure Python; PDU 480).
+    Python,
+    /// node-snap7 (the Snap7 C++ library; PDU 960).
+    Node,
+}
+
+/// A running S7 server; killed on drop.
+pub struct S7Server {
+    pub kind: S7Impl,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl S7Server {
+    pub fn start(kind: S7Impl) -> S7Server {
+        Self::start_on(kind, super::free_port())
+    }
+
+    pub fn start_on(kind: S7Impl, port: u16) -> S7Server {
+        let mut s = S7Server {
+            kind,
+            port,
+            child: None,
+        };
+        s.restart();
+        s
+    }
+
+    /// Starts the server (again) on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut cmd = match self.kind {
+            S7Impl::Python => {
+                let mut c = Command::new(python());
+                c.arg(script("s7_peer.py")).arg("server");
+                c
+            }
+            S7Impl::Node => {
+                let mut c = Command::new("node");
+                c.env("NODE_PATH", node_modules()).arg(script("snap7_node_server.js"));
+                c
+            }
+        };
+        let child = cmd
+            .arg(self.port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the S7 server peer");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(15));
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for S7Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A line-JSON peer client process (python-snap7's or pylogix's).
+pub struct PeerClient {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl PeerClient {
+    fn spawn(script_name: &str, port: u16) -> PeerClient {
+        let mut child = Command::new(python())
+            .arg(script(script_name))
+            .arg("client")
+            .arg(port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the peer client");
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        PeerClient { child, stdin, stdout }
+    }
+
+    /// python-snap7's client connected to `port` (rack 0, slot 1).
+    pub fn snap7(port: u16) -> PeerClient {
+        Self::spawn("s7_peer.py", port)
+    }
+
+    /// pylogix connected to a Logix simulator on `port`.
+    pub fn pylogix(port: u16) -> PeerClient {
+        Self::spawn("logix_peer.py", port)
+    }
+
+    /// One request, one answer; an `error` answer fails the test.
+    pub fn call(&mut self, req: serde_json::Value) -> serde_json::Value {
+        writeln!(self.stdin, "{req}").expect("write to the peer client");
+        self.stdin.flush().expect("flush");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read the peer's answer");
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("peer answered {line:?} to {req}: {e}"));
+        assert!(v.get("error").is_none(), "peer client failed {req}: {v}");
+        v
+    }
+}
+
+impl Drop for PeerClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// cpppo's EtherNet/IP Logix simulator with `tags` (e.g. `Counter=DINT`).
+pub struct Cpppo {
+    pub port: u16,
+    tags: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Cpppo {
+    pub fn start(tags: &[&str]) -> Cpppo {
+        let mut c = Cpppo {
+            port: super::free_port(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            child: None,
+        };
+        c.restart();
+        c
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new(python())
+            .args([
+                "-m",
+                "cpppo.server.enip",
+                "-a",
+                &format!("127.0.0.1:{}", self.port),
+                "--no-print",
+            ])
+            .args(&self.tags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cpppo");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(20));
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Cpppo {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP port that accepts connections and never answers: a PLC that hangs
+/// (the loopback stand-in for an unroutable address).
+pub struct SilentPlc {
+    pub port: u16,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl SilentPlc {
+    pub fn start() -> SilentPlc {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming().map_while(Result::ok) {
+                held.push(s);
+            }
+        });
+        SilentPlc { port, _thread: thread }
+    }
+}
+
+/// Polls `f` until it returns `Some`, or fails after `within`.
+pub fn eventually<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
