@@ -356,6 +356,17 @@ impl LogixDriver {
                         .collect()
                 }
             };
+            // The crate reports a broken connection inside each tag's result.
+            let broken = results.iter().find_map(|(_, r)| match r {
+                Err(e @ (rust_ethernet_ip::BatchError::NetworkError(_) | rust_ethernet_ip::BatchError::Timeout)) => {
+                    Some(e.to_string())
+                }
+                _ => None,
+            });
+            if let Some(e) = broken {
+                self.client = None;
+                return Err(LogixError::Connection(e));
+            }
             for ((k, _), (_, r)) in chunk.iter().zip(results) {
                 let dt = self.tags[indices[*k]].1;
                 out[*k] = Some(match r {

@@ -1,0 +1,33 @@
+"""pylogix 1.1.6 as the independent Logix client for the tests (talking to
+cpppo's simulator, PEERS.md).
+
+  logix_peer.py client PORT    JSON lines on stdin, one JSON answer per line
+Ops: {"op":"read","tag":"Temp[2]","count":1}, {"op":"write","tag":"Counter","value":5}
+"""
+import json
+import sys
+
+from pylogix import PLC
+
+
+def client(port):
+    plc = PLC("127.0.0.1", port=port)
+    plc.SocketTimeout = 5.0
+    for line in sys.stdin:
+        req = json.loads(line)
+        try:
+            if req["op"] == "read":
+                r = plc.Read(req["tag"], req.get("count", 1))
+                out = {"value": r.Value, "status": r.Status} if r.Status == "Success" else {"error": r.Status}
+            elif req["op"] == "write":
+                r = plc.Write(req["tag"], req["value"])
+                out = {"ok": True} if r.Status == "Success" else {"error": r.Status}
+            else:
+                out = {"error": "unknown op"}
+        except Exception as e:  # the test shows it
+            out = {"error": repr(e)}
+        print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    {"client": client}[sys.argv[1]](int(sys.argv[2]))
