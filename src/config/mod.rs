@@ -1118,6 +1118,41 @@ deadbnad = 0.5
     }
 
     #[test]
+    fn bad_plc_addresses_and_options_name_key_and_line_column() {
+        let text = format!(
+            "{MINIMAL}\n[[devices]]\nname = \"s\"\ndriver = \"s7\"\naddress = \"10.0.0.5\"\n[devices.s7]\nslot = 40\nremote_tsap = \"zz\"\n[[devices.tags]]\nname = \"t\"\naddress = \"DB1.DBW0:REAL\"\ndatatype = \"Float\"\n[[devices]]\nname = \"l\"\ndriver = \"logix\"\n[[devices.tags]]\nname = \"t\"\naddress = \"Temps\"\ndatatype = \"FloatArray\"\n"
+        );
+        let errors = Config::parse("c.toml", &text).expect_err("errors");
+        let text = errors.to_string();
+        for want in [
+            "devices[0].s7.slot: 40 is outside 0..=31",
+            "devices[0].s7.remote_tsap: 'zz' is not a TSAP",
+            "devices[0].tags[0].address: 'DB1.DBW0:REAL': REAL is 4 bytes but the address says W",
+            "devices[1].address: is required",
+            "devices[1].tags[0].address: 'Temps' is not a Logix tag: FloatArray needs an element count",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        assert!(
+            text.lines()
+                .all(|l| l.starts_with("c.toml:") || l.contains("errors in")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn plc_addresses_get_the_driver_default_port() {
+        let text = format!("{MINIMAL}\n[[devices]]\nname = \"s\"\ndriver = \"s7\"\naddress = \"10.0.0.5\"\n");
+        let mut d = Config::parse("c.toml", &text).expect("valid").devices.remove(0);
+        assert_eq!(d.socket_address().as_deref(), Some("10.0.0.5:102"));
+        d.address = Some("plc.local:1102".into());
+        assert_eq!(d.socket_address().as_deref(), Some("plc.local:1102"));
+        d.driver = DriverKind::Logix;
+        d.address = Some("fe80::1".into());
+        assert_eq!(d.socket_address().as_deref(), Some("[fe80::1]:44818"));
+    }
+
+    #[test]
     fn overrides_replace_broker_ids_and_ports() {
         let mut c = Config::parse("c.toml", MINIMAL).expect("valid");
         c.apply(&Overrides {

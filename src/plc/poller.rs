@@ -15,6 +15,12 @@
 //!   scans are skipped, never queued.
 //! - The loop wakes at least once a second and advances its heartbeat, also
 //!   while the PLC is unreachable: the systemd watchdog watches that.
+//! - Circuit breaker: after a failed read or connect the device gets no
+//!   traffic until a backoff has passed (from `backoff_min`, doubling per
+//!   consecutive failure up to `backoff_max`, with jitter so a plant of dead
+//!   PLCs does not retry in step); scans keep their schedule meanwhile and do
+//!   not count as missed. A dead PLC costs one attempt per backoff, and no
+//!   other device waits for it (each device has its own task).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -259,6 +265,14 @@ pub async fn run(
     let mut online = false;
     let mut connected = false;
     let mut failures: u32 = 0;
+    let mut retry_at: Option<Instant> = None;
+    let mut jitter = super::sim::Rng::new(d.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    }));
+    let mut open_circuit = |failures: u32, stats: &DeviceStats| {
+        stats.circuit_open.store(true, std::sync::atomic::Ordering::Relaxed);
+        Some(Instant::now() + backoff(d.backoff_min, d.backoff_max, failures, jitter.unit()))
+    };
     loop {
         let next = due
             .iter()
@@ -303,6 +317,9 @@ pub async fn run(
         }
         batch.sort_unstable();
         batch.dedup();
+        if retry_at.is_some_and(|at| now < at) {
+            continue;
+        }
         if batch.len() > CHUNK {
             // Large scans go out in chunks, so neither the read results nor
             // the samples of 100k tags are held at once.
@@ -352,6 +369,8 @@ pub async fn run(
             }
             if !failed {
                 failures = 0;
+                retry_at = None;
+                stats.circuit_open.store(false, std::sync::atomic::Ordering::Relaxed);
                 if !online {
                     online = true;
                     stats.set_online(true);
@@ -362,6 +381,7 @@ pub async fn run(
             // A half-read device stays offline; the next scan reads it all again.
             connected = false;
             failures += 1;
+            retry_at = open_circuit(failures, &stats);
             if online && failures >= d.fail_after {
                 online = false;
                 stats.set_online(false);
@@ -382,7 +402,13 @@ pub async fn run(
         let t0 = Instant::now();
         let result = async {
             if !connected {
-                driver.connect(&d.name).await?;
+                stats.connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = driver.connect(&d.name).await {
+                    stats
+                        .connect_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Err(e);
+                }
                 connected = true;
             }
             driver.read(&d.name, &batch, now_ms()).await
@@ -399,6 +425,7 @@ pub async fn run(
             Err(e) => {
                 connected = false;
                 failures += 1;
+                retry_at = open_circuit(failures, &stats);
                 if online && failures >= d.fail_after {
                     online = false;
                     stats.set_online(false);
@@ -419,6 +446,8 @@ pub async fn run(
             }
             Ok(values) => {
                 failures = 0;
+                retry_at = None;
+                stats.circuit_open.store(false, std::sync::atomic::Ordering::Relaxed);
                 let samples = changed(&batch, values, &deadbands, &mut last, &stats, &d.name, online);
                 let event = if online {
                     if samples.is_empty() {
@@ -447,6 +476,13 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The wait before reconnect attempt `failures + 1`: `min` doubling per
+/// failure up to `max`, scaled by `0.5 + unit / 2` (jitter; `unit` in 0..1).
+pub fn backoff(min: Duration, max: Duration, failures: u32, unit: f64) -> Duration {
+    let exp = min.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+    exp.min(max).mul_f64(0.5 + unit.clamp(0.0, 1.0) / 2.0)
 }
 
 /// Tags per driver call and per event once a device is online.
@@ -645,6 +681,23 @@ mod last_tests {
         let back = changed(&[0], ok(1.0), &db, &mut last, &stats, "d", true);
         assert_eq!(back[0].quality, Quality::Good, "the same value comes back as GOOD");
         assert_eq!(stats.tag_errors.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn reconnect_backoff_doubles_to_its_cap_with_jitter() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(30));
+        let full = |n| backoff(min, max, n, 1.0);
+        assert_eq!(
+            [full(1), full(2), full(3), full(5)],
+            [1, 2, 4, 16].map(Duration::from_secs)
+        );
+        assert_eq!(full(6), max, "capped");
+        assert_eq!(full(1000), max, "no overflow");
+        assert_eq!(
+            backoff(min, max, 1, 0.0),
+            Duration::from_millis(500),
+            "jitter halves at most"
+        );
     }
 
     #[test]

@@ -26,6 +26,13 @@ pub struct DeviceStats {
     pub missed_scans: AtomicU64,
     pub changes: AtomicU64,
     pub online: AtomicBool,
+    /// Connection attempts and the ones that failed.
+    pub connects: AtomicU64,
+    pub connect_failures: AtomicU64,
+    /// True while the poller waits out a reconnect backoff (no I/O to the PLC).
+    pub circuit_open: AtomicBool,
+    /// Latency of the last batched read, in microseconds.
+    pub last_read_us: AtomicU64,
     buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_sum_us: AtomicU64,
 }
@@ -44,6 +51,7 @@ impl DeviceStats {
             }
         }
         self.latency_sum_us.fetch_add(took.as_micros() as u64, Relaxed);
+        self.last_read_us.store(took.as_micros() as u64, Relaxed);
     }
 
     pub fn set_online(&self, online: bool) {
@@ -285,7 +293,7 @@ impl Telemetry {
         );
         let devices = self.devices.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         type Series = (&'static str, &'static str, &'static str, fn(&DeviceStats) -> u64);
-        let series: [Series; 6] = [
+        let series: [Series; 10] = [
             ("spb_device_online", "1 while the device answers.", "gauge", |d| {
                 d.online.load(Relaxed).into()
             }),
@@ -315,6 +323,30 @@ impl Telemetry {
                 "Tag values reported by exception.",
                 "counter",
                 |d| d.changes.load(Relaxed),
+            ),
+            (
+                "spb_plc_connects_total",
+                "Connection attempts to the PLC.",
+                "counter",
+                |d| d.connects.load(Relaxed),
+            ),
+            (
+                "spb_plc_connect_failures_total",
+                "Connection attempts that failed.",
+                "counter",
+                |d| d.connect_failures.load(Relaxed),
+            ),
+            (
+                "spb_plc_circuit_open",
+                "1 while the poller waits out a reconnect backoff (the PLC gets no traffic).",
+                "gauge",
+                |d| d.circuit_open.load(Relaxed).into(),
+            ),
+            (
+                "spb_plc_last_read_microseconds",
+                "Latency of the last batched read.",
+                "gauge",
+                |d| d.last_read_us.load(Relaxed),
             ),
         ];
         for (name, help, kind, get) in series {
