@@ -415,10 +415,18 @@ pub async fn run(
         };
         let result = match tokio::time::timeout(d.timeout, result).await {
             Ok(r) => r,
-            Err(_) => Err(super::DriverError::Timeout {
-                device: d.name.clone(),
-                timeout_ms: d.timeout.as_millis() as u64,
-            }),
+            Err(_) => {
+                if !connected {
+                    // A connect that hangs (a PLC that accepts and never answers).
+                    stats
+                        .connect_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(super::DriverError::Timeout {
+                    device: d.name.clone(),
+                    timeout_ms: d.timeout.as_millis() as u64,
+                })
+            }
         };
         stats.observe_read(t0.elapsed(), result.is_ok());
         match result {
