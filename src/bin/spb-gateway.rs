@@ -19,6 +19,8 @@ usage:
                                         validate the configuration and exit (0 = valid)
   spb-gateway watch [WATCH OPTIONS]     decoded live view of the Sparkplug traffic on a broker
   spb-gateway decode [--hex] [FILE]     decode one Sparkplug B payload (stdin without FILE)
+  spb-gateway discover --driver s7|logix --address HOST[:PORT] [DISCOVER OPTIONS]
+                                        list what a PLC has, as TOML to paste into the config
   spb-gateway --version | --help
 
 options:
@@ -40,7 +42,12 @@ watch options:
   --filter TOPIC       default spBv1.0/#
   --count N            stop after N messages
   --seconds S          stop after S seconds
-  --rebirth            ask nodes whose birth came before we subscribed for a new one (publishes NCMD)";
+  --rebirth            ask nodes whose birth came before we subscribed for a new one (publishes NCMD)
+
+discover options:
+  --timeout S          give up after S seconds (default 30)
+  s7:    --rack N (default 0)  --slot N (default 1)  --max-db N (probe DB1..DBN, default 1000)
+  logix: --slot N      ControlLogix CPU slot (omit for CompactLogix)";
 
 struct Args {
     rest: Vec<String>,
@@ -134,6 +141,10 @@ fn real_main() -> Result<std::process::ExitCode> {
         Some("watch") => {
             args.rest.remove(0);
             return watch(args).map(|()| std::process::ExitCode::SUCCESS);
+        }
+        Some("discover") => {
+            args.rest.remove(0);
+            return discover(args).map(|()| std::process::ExitCode::SUCCESS);
         }
         _ => {}
     }
@@ -242,6 +253,60 @@ fn watch(mut args: Args) -> Result<()> {
         duration: seconds.map(Duration::from_secs_f64),
         rebirth,
     }))?;
+    Ok(())
+}
+
+fn discover(mut args: Args) -> Result<()> {
+    use spb::config::DriverKind;
+    use spb::plc::{discover, s7::S7Options};
+    let driver = match args.value("--driver")?.as_deref() {
+        Some("s7") => DriverKind::S7,
+        Some("logix") => DriverKind::Logix,
+        Some(other) => bail!("--driver {other}: discover knows s7 and logix"),
+        None => bail!("discover needs --driver s7 or --driver logix"),
+    };
+    let address = args
+        .value("--address")?
+        .context("discover needs --address HOST[:PORT]")?;
+    let timeout = Duration::from_secs_f64(args.parsed("--timeout")?.unwrap_or(30.0));
+    let rack: Option<u8> = args.parsed("--rack")?;
+    let slot: Option<u8> = args.parsed("--slot")?;
+    let max_db: u16 = args.parsed("--max-db")?.unwrap_or(1000);
+    args.done()?;
+    let device = config::DeviceConfig {
+        address: Some(address.clone()),
+        ..config::DeviceConfig::minimal("discover", driver)
+    };
+    let addr = device.socket_address().context("--address is empty")?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let toml = runtime.block_on(async {
+        tokio::time::timeout(timeout, async {
+            match driver {
+                DriverKind::S7 => {
+                    let opts = S7Options {
+                        addr: addr.clone(),
+                        local_tsap: 0x0100,
+                        remote_tsap: S7Options::tsap_for(1, rack.unwrap_or(0), slot.unwrap_or(1)),
+                        pdu_size: 960,
+                        max_items: 20,
+                    };
+                    let inv = discover::s7(&opts, max_db).await?;
+                    Ok::<_, anyhow::Error>(discover::s7_template(&inv, &address))
+                }
+                _ => {
+                    let tags = discover::logix(&addr, slot).await?;
+                    Ok(format!(
+                        "# Logix at {address}: {} tags.\n[[devices]]\nname = \"plc\"\ndriver = \"logix\"\naddress = \"{address}\"\n\n{}",
+                        tags.len(),
+                        discover::logix_toml(&tags)
+                    ))
+                }
+            }
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("{addr}: no complete answer within {timeout:?}"))?
+    })?;
+    print!("{toml}");
     Ok(())
 }
 

@@ -247,6 +247,28 @@ pub struct DeviceConfig {
 }
 
 impl DeviceConfig {
+    /// A device with every default and no tags (for tools such as `discover`).
+    pub fn minimal(name: &str, driver: DriverKind) -> DeviceConfig {
+        DeviceConfig {
+            name: name.to_string(),
+            driver,
+            address: None,
+            enabled: true,
+            scan_classes: vec![(DEFAULT_SCAN_CLASS.to_string(), Duration::from_secs(1))],
+            timeout: Duration::from_secs(2),
+            fail_after: 3,
+            tags: Vec::new(),
+            sim: SimDeviceConfig::default(),
+            s7: S7DeviceConfig::default(),
+            logix: LogixDeviceConfig {
+                slot: None,
+                batch_size: 20,
+            },
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+
     /// `host:port` of the PLC (the driver's default port when none is given).
     pub fn socket_address(&self) -> Option<String> {
         let a = self.address.as_deref()?.trim();

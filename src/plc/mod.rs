@@ -5,6 +5,7 @@
 //! an inner per-tag error means "this tag is bad" and maps to that metric's
 //! BAD quality, never to a dropped connection.
 
+pub mod discover;
 pub mod logix;
 pub mod poller;
 pub mod s7;
