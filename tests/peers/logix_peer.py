@@ -16,7 +16,18 @@ def client(port):
     for line in sys.stdin:
         req = json.loads(line)
         try:
-            if req["op"] == "read":
+            if req["op"] == "bench":
+                # pylogix's own multi-tag read (it packs them), scan after scan.
+                import time
+
+                first = [r.Value for r in plc.Read(req["tags"])]
+                secs = []
+                for _ in range(req["n"]):
+                    t0 = time.perf_counter()
+                    plc.Read(req["tags"])
+                    secs.append(time.perf_counter() - t0)
+                out = {"seconds": secs, "first": first}
+            elif req["op"] == "read":
                 r = plc.Read(req["tag"], req.get("count", 1))
                 out = {"value": r.Value, "status": r.Status} if r.Status == "Success" else {"error": r.Status}
             elif req["op"] == "write":

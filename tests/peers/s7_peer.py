@@ -109,6 +109,24 @@ def client(port):
             op = req["op"]
             if op == "pdu":
                 out = {"pdu": c.get_pdu_length()}
+            elif op == "bench":
+                # python-snap7's own optimizing multi-tag read, scan after scan;
+                # it takes at most 20 tags a call (MAX_VARS), so a scan is chunks of 20.
+                tags = req["tags"]
+
+                def scan():
+                    out = []
+                    for i in range(0, len(tags), 20):
+                        out.extend(c.read_tags(tags[i : i + 20]))
+                    return out
+
+                first = scan()
+                secs = []
+                for _ in range(req["n"]):
+                    t0 = time.perf_counter()
+                    scan()
+                    secs.append(time.perf_counter() - t0)
+                out = {"seconds": secs, "first": first}
             else:
                 area = AREAS[req.get("area", "DB")]
                 db = req.get("db", 0)
