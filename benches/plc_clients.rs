@@ -161,7 +161,7 @@ fn bench_s7_client(port: u16, tags: &[(u16, u32)], target: &str, rt: &tokio::run
             })
             .collect()
     };
-    let mut scan = |c: &mut S7Client| -> Result<Vec<Vec<u8>>, String> {
+    let scan = |c: &mut S7Client| -> Result<Vec<Vec<u8>>, String> {
         let mut out = Vec::new();
         for chunk in tags.chunks(20) {
             let items = rt.block_on(c.read(areas(chunk))).map_err(|e| e.to_string())?;

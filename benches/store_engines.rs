@@ -73,7 +73,7 @@ fn sled_run(dir: &std::path::Path) -> Result {
     while let Some((k, _)) = t.first().expect("first") {
         t.remove(k).expect("remove");
         n += 1;
-        if n % 100 == 0 {
+        if n.is_multiple_of(100) {
             db.flush().expect("flush");
         }
     }

@@ -330,7 +330,7 @@ fn decode(mut args: Args) -> Result<()> {
             .context("--hex input is not text")?
             .split_whitespace()
             .collect();
-        if text.len() % 2 != 0 {
+        if !text.len().is_multiple_of(2) {
             bail!("--hex input has an odd number of digits");
         }
         raw = (0..text.len())

@@ -391,7 +391,7 @@ impl LogixDriver {
                 .as_mut()
                 .ok_or_else(|| LogixError::Connection("not connected".into()))?;
             let r = match &tag {
-                LogixTag::Bit { base, bit } => client.read_bit(base, *bit).await.map(|b| Value::Boolean(b)),
+                LogixTag::Bit { base, bit } => client.read_bit(base, *bit).await.map(Value::Boolean),
                 LogixTag::Range { base, start, count } => match client.read_array_range(base, *start, *count).await {
                     Ok(items) => Ok(array_value(items, dt)),
                     Err(e) => Err(e),

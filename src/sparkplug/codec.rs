@@ -509,7 +509,7 @@ fn packed<T: Copy, const N: usize>(items: &[T], to_le: impl Fn(T) -> [u8; N]) ->
 }
 
 fn unpacked<T, const N: usize>(bytes: &[u8], dt: DataType, from_le: impl Fn([u8; N]) -> T) -> Result<Vec<T>> {
-    if bytes.len() % N != 0 {
+    if !bytes.len().is_multiple_of(N) {
         return Err(CodecError::field(format!(
             "{dt} needs a multiple of {N} bytes, got {}",
             bytes.len()
