@@ -158,3 +158,25 @@ fn a_dead_logix_controller_is_a_connection_error_and_reconnect_works() {
     });
     assert_eq!(back.expect("reconnected")[0], Ok(Value::Int32(0)));
 }
+
+#[test]
+fn a_routed_request_to_a_chassis_slot_reads_and_writes() {
+    // cpppo configured with a route path (backplane port 1, slot 2) serves
+    // routed requests. It does not refuse a wrong slot, so the route's bytes
+    // are checked in spb::plc::logix's unit tests instead.
+    let plc = Cpppo::start_with(&["--route-path", "\"1/2\""], &["Counter=DINT"]);
+    let rt = rt();
+    let mut routed = LogixDriver::new(
+        format!("127.0.0.1:{}", plc.port),
+        Some(2),
+        20,
+        [("Counter".to_string(), DataType::Int32)],
+    );
+    assert_eq!(rt.block_on(routed.read(&[0])).expect("read")[0], Ok(Value::Int32(0)));
+    rt.block_on(routed.write(0, &Value::Int32(31)))
+        .expect("conn")
+        .expect("write");
+    assert_eq!(rt.block_on(routed.read(&[0])).expect("read")[0], Ok(Value::Int32(31)));
+    let mut peer = PeerClient::pylogix(plc.port);
+    assert_eq!(peer.call(json!({"op":"read","tag":"Counter"}))["value"], 31);
+}

@@ -161,10 +161,10 @@ pub struct LogixTagInfo {
 
 /// Lists controller tags and the tags of every program.
 pub async fn logix(addr: &str, slot: Option<u8>) -> Result<Vec<LogixTagInfo>, DiscoverError> {
-    use rust_ethernet_ip::{EipClient, RoutePath};
+    use rust_ethernet_ip::EipClient;
     let e = |e: rust_ethernet_ip::EtherNetIpError| DiscoverError::Logix(e.to_string());
     let mut c = match slot {
-        Some(s) => EipClient::with_route_path(addr, RoutePath::new().add_backplane(1, s)).await,
+        Some(s) => EipClient::with_route_path(addr, super::logix::backplane(s)).await,
         None => EipClient::connect(addr).await,
     }
     .map_err(e)?;

@@ -259,6 +259,12 @@ fn array_value(items: Vec<PlcValue>, dt: DataType) -> Result<Value, String> {
     })
 }
 
+/// The route to a ControlLogix CPU: out of the Ethernet module's backplane
+/// port (1) to the CPU's slot.
+pub fn backplane(slot: u8) -> RoutePath {
+    RoutePath::new().add_backplane(1, slot)
+}
+
 /// Whether an error of the crate means the connection is unusable (vs. one tag).
 fn is_connection_error(e: &EtherNetIpError) -> bool {
     matches!(
@@ -303,7 +309,7 @@ impl LogixDriver {
     pub async fn connect(&mut self) -> Result<(), LogixError> {
         self.client = None;
         let c = match self.slot {
-            Some(slot) => EipClient::with_route_path(&self.addr, RoutePath::new().add_backplane(1, slot)).await,
+            Some(slot) => EipClient::with_route_path(&self.addr, backplane(slot)).await,
             None => EipClient::connect(&self.addr).await,
         };
         self.client = Some(c.map_err(|e| LogixError::Connection(format!("{}: {e}", self.addr)))?);
@@ -493,6 +499,13 @@ mod tests {
         assert!(e("Program:Main", DataType::Int32).contains("Program:<program>.<tag>"));
         assert!(e("bad name", DataType::Int32).contains("tag names use"));
         assert!(e("T{0}", DataType::FloatArray).contains("positive element count"));
+    }
+
+    #[test]
+    fn the_route_to_a_chassis_slot_is_port_1_then_the_slot() {
+        // CIP port segment: port 1 (backplane), link address = slot.
+        assert_eq!(backplane(2).to_cip_bytes(), vec![0x01, 0x02]);
+        assert_eq!(backplane(0).to_cip_bytes(), vec![0x01, 0x00]);
     }
 
     #[test]

@@ -150,14 +150,21 @@ impl Drop for PeerClient {
 pub struct Cpppo {
     pub port: u16,
     tags: Vec<String>,
+    options: Vec<String>,
     child: Option<Child>,
 }
 
 impl Cpppo {
     pub fn start(tags: &[&str]) -> Cpppo {
+        Self::start_with(&[], tags)
+    }
+
+    /// With server options, e.g. `["--route-path", "\"1/2\""]` (a ControlLogix CPU in slot 2).
+    pub fn start_with(options: &[&str], tags: &[&str]) -> Cpppo {
         let mut c = Cpppo {
             port: super::free_port(),
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            options: options.iter().map(|t| t.to_string()).collect(),
             child: None,
         };
         c.restart();
