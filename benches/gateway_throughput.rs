@@ -20,31 +20,6 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 
-fn proc_stat(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    (ticks, hwm)
-}
-
-fn clk_tck() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
 fn config(port: u16, tags: u32, scan: &str) -> String {
     format!(
         r#"[node]
@@ -105,7 +80,7 @@ fn main() {
         return;
     }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let tck = clk_tck();
+    let tck = common::clk_tck();
     let mut rows = Vec::new();
     for (tags, scan, scans_per_s) in [
         (1_000u32, "10ms", 100.0),
@@ -126,11 +101,11 @@ fn main() {
             std::thread::sleep(Duration::from_millis(50));
         }
         std::thread::sleep(Duration::from_secs(3));
-        let (c0, (cpu0, _)) = (counted.load(Relaxed), proc_stat(pid));
+        let (c0, (cpu0, _)) = (counted.load(Relaxed), common::proc_stat(pid));
         let start = Instant::now();
         std::thread::sleep(Duration::from_secs(10));
         let secs = start.elapsed().as_secs_f64();
-        let (c1, (cpu1, hwm_kib)) = (counted.load(Relaxed), proc_stat(pid));
+        let (c1, (cpu1, hwm_kib)) = (counted.load(Relaxed), common::proc_stat(pid));
         let delivered = (c1 - c0) as f64 / secs;
         let cpu = (cpu1 - cpu0) as f64 / tck / secs;
         let offered = f64::from(tags) * scans_per_s;

@@ -37,6 +37,43 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Median seconds of `n` calls of `scan`.
+fn timed(n: usize, mut scan: impl FnMut()) -> f64 {
+    median(
+        (0..n)
+            .map(|_| {
+                let t0 = Instant::now();
+                scan();
+                t0.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+/// A peer client's own timed scans (`{"op":"bench"}`): median seconds and
+/// whether its first scan's values were `want`.
+fn peer_bench(
+    peer: &mut PeerClient,
+    tags: serde_json::Value,
+    n: usize,
+    want: impl Fn(usize, &serde_json::Value) -> bool,
+) -> (f64, bool) {
+    let r = peer.call(json!({"op":"bench","tags":tags,"n":n}));
+    let secs: Vec<f64> = r["seconds"]
+        .as_array()
+        .expect("seconds")
+        .iter()
+        .filter_map(|x| x.as_f64())
+        .collect();
+    let ok = r["first"]
+        .as_array()
+        .expect("values")
+        .iter()
+        .enumerate()
+        .all(|(i, v)| want(i, v));
+    (median(secs), ok)
+}
+
 struct Row {
     target: String,
     client: &'static str,
@@ -83,13 +120,9 @@ fn bench_s7(kind: S7Impl, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
             .iter()
             .enumerate()
             .all(|(i, v)| *v == Ok(Value::Float(value_of(i as u32))));
-        let times: Vec<f64> = (0..S7_SCANS)
-            .map(|_| {
-                let t0 = Instant::now();
-                rt.block_on(d.read(&all)).expect("our read");
-                t0.elapsed().as_secs_f64()
-            })
-            .collect();
+        let median_s = timed(S7_SCANS, || {
+            rt.block_on(d.read(&all)).expect("our read");
+        });
         let requests = {
             let before = d.requests();
             rt.block_on(d.read(&all)).expect("read");
@@ -98,29 +131,19 @@ fn bench_s7(kind: S7Impl, rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
         rows.push(Row {
             target: target.clone(),
             client: "spb S7Driver",
-            median_s: median(times),
+            median_s,
             correct: format!("{} ({requests} requests/scan)", if ok { "yes" } else { "NO" }),
         });
 
         // python-snap7's client.
         let plc4x: Vec<String> = addrs.iter().map(|a| format!("{a}:REAL")).collect();
-        let r = peer.call(json!({"op":"bench","tags":plc4x,"n":S7_SCANS}));
-        let secs: Vec<f64> = r["seconds"]
-            .as_array()
-            .expect("seconds")
-            .iter()
-            .filter_map(|x| x.as_f64())
-            .collect();
-        let ok = r["first"]
-            .as_array()
-            .expect("values")
-            .iter()
-            .enumerate()
-            .all(|(i, v)| v.as_f64().map(|f| f as f32) == Some(value_of(i as u32)));
+        let (median_s, ok) = peer_bench(&mut peer, json!(plc4x), S7_SCANS, |i, v| {
+            v.as_f64().map(|f| f as f32) == Some(value_of(i as u32))
+        });
         rows.push(Row {
             target: target.clone(),
             client: "python-snap7 read_tags",
-            median_s: median(secs),
+            median_s,
             correct: (if ok { "yes" } else { "NO" }).into(),
         });
 
@@ -220,36 +243,22 @@ fn bench_logix(rt: &tokio::runtime::Runtime, rows: &mut Vec<Row>) {
         .iter()
         .enumerate()
         .all(|(i, v)| *v == Ok(Value::Int32(i as i32 * 7)));
-    let times: Vec<f64> = (0..LOGIX_SCANS)
-        .map(|_| {
-            let t0 = Instant::now();
-            rt.block_on(d.read(&all)).expect("our read");
-            t0.elapsed().as_secs_f64()
-        })
-        .collect();
+    let median_s = timed(LOGIX_SCANS, || {
+        rt.block_on(d.read(&all)).expect("our read");
+    });
     rows.push(Row {
         target: target.clone(),
         client: "spb LogixDriver (rust-ethernet-ip)",
-        median_s: median(times),
+        median_s,
         correct: (if ok { "yes" } else { "NO" }).into(),
     });
-    let r = peer.call(json!({"op":"bench","tags":names,"n":LOGIX_SCANS}));
-    let secs: Vec<f64> = r["seconds"]
-        .as_array()
-        .expect("seconds")
-        .iter()
-        .filter_map(|x| x.as_f64())
-        .collect();
-    let ok = r["first"]
-        .as_array()
-        .expect("values")
-        .iter()
-        .enumerate()
-        .all(|(i, v)| v.as_i64() == Some(i as i64 * 7));
+    let (median_s, ok) = peer_bench(&mut peer, json!(names), LOGIX_SCANS, |i, v| {
+        v.as_i64() == Some(i as i64 * 7)
+    });
     rows.push(Row {
         target,
         client: "pylogix Read(list)",
-        median_s: median(secs),
+        median_s,
         correct: (if ok { "yes" } else { "NO" }).into(),
     });
 }

@@ -21,22 +21,6 @@ use std::time::{Duration, Instant};
 
 use common::plc::{S7Impl, S7Server};
 
-fn proc_stat(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    (ticks, hwm)
-}
-
 fn metrics(port: u16) -> String {
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return String::new();
@@ -78,12 +62,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let tck: f64 = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0);
+    let tck = common::clk_tck();
     let mut rows = Vec::new();
     for n in [100usize, 300, 1000] {
         let broker = common::Broker::start(None);
@@ -107,12 +86,12 @@ fn main() {
         let up = t0.elapsed().as_secs_f64();
         std::thread::sleep(Duration::from_secs(3));
         let m0 = metrics(mport);
-        let (cpu0, _) = proc_stat(pid);
+        let (cpu0, _) = common::proc_stat(pid);
         let start = Instant::now();
         std::thread::sleep(Duration::from_secs(20));
         let secs = start.elapsed().as_secs_f64();
         let m1 = metrics(mport);
-        let (cpu1, hwm) = proc_stat(pid);
+        let (cpu1, hwm) = common::proc_stat(pid);
         let sum = |m: &str, s: &str| series(m, s).iter().sum::<f64>();
         let scans = sum(&m1, "spb_plc_reads_total") - sum(&m0, "spb_plc_reads_total");
         let missed = sum(&m1, "spb_plc_missed_scans_total") - sum(&m0, "spb_plc_missed_scans_total");

@@ -127,21 +127,13 @@ fn is_supported(dt: DataType) -> bool {
 /// Converts what the controller returned into the metric's Sparkplug type.
 pub fn to_value(v: PlcValue, dt: DataType) -> Result<Value, String> {
     let int = |i: i128| -> Result<Value, String> {
-        let err = || format!("{i} does not fit {dt}");
-        Ok(match dt {
-            DataType::Int8 => Value::Int8(i.try_into().map_err(|_| err())?),
-            DataType::Int16 => Value::Int16(i.try_into().map_err(|_| err())?),
-            DataType::Int32 => Value::Int32(i.try_into().map_err(|_| err())?),
-            DataType::Int64 => Value::Int64(i.try_into().map_err(|_| err())?),
-            DataType::UInt8 => Value::UInt8(i.try_into().map_err(|_| err())?),
-            DataType::UInt16 => Value::UInt16(i.try_into().map_err(|_| err())?),
-            DataType::UInt32 => Value::UInt32(i.try_into().map_err(|_| err())?),
-            DataType::UInt64 => Value::UInt64(i.try_into().map_err(|_| err())?),
-            DataType::Float => Value::Float(i as f32),
-            DataType::Double => Value::Double(i as f64),
-            DataType::Boolean => Value::Boolean(i != 0),
-            _ => return Err(format!("an integer cannot be reported as {dt}")),
-        })
+        match dt {
+            DataType::Float => Ok(Value::Float(i as f32)),
+            DataType::Double => Ok(Value::Double(i as f64)),
+            DataType::Boolean => Ok(Value::Boolean(i != 0)),
+            _ if dt.is_numeric() => super::int_value(i, dt).ok_or_else(|| format!("{i} does not fit {dt}")),
+            _ => Err(format!("an integer cannot be reported as {dt}")),
+        }
     };
     match v {
         PlcValue::Bool(b) => match dt {
@@ -230,33 +222,7 @@ fn array_value(items: Vec<PlcValue>, dt: DataType) -> Result<Value, String> {
         .into_iter()
         .map(|v| to_value(v, element))
         .collect::<Result<Vec<Value>, String>>()?;
-    macro_rules! collect {
-        ($variant:ident, $scalar:ident) => {
-            Value::$variant(
-                values
-                    .into_iter()
-                    .filter_map(|v| match v {
-                        Value::$scalar(x) => Some(x),
-                        _ => None,
-                    })
-                    .collect(),
-            )
-        };
-    }
-    Ok(match dt {
-        DataType::Int8Array => collect!(Int8Array, Int8),
-        DataType::Int16Array => collect!(Int16Array, Int16),
-        DataType::Int32Array => collect!(Int32Array, Int32),
-        DataType::Int64Array => collect!(Int64Array, Int64),
-        DataType::UInt8Array => collect!(UInt8Array, UInt8),
-        DataType::UInt16Array => collect!(UInt16Array, UInt16),
-        DataType::UInt32Array => collect!(UInt32Array, UInt32),
-        DataType::UInt64Array => collect!(UInt64Array, UInt64),
-        DataType::FloatArray => collect!(FloatArray, Float),
-        DataType::DoubleArray => collect!(DoubleArray, Double),
-        DataType::BooleanArray => collect!(BooleanArray, Boolean),
-        other => return Err(format!("{other} arrays are not read from Logix")),
-    })
+    super::array_value(values, dt)
 }
 
 /// The route to a ControlLogix CPU: out of the Ethernet module's backplane

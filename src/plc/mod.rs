@@ -19,6 +19,53 @@ use crate::config::{DeviceConfig, DriverKind};
 use crate::sparkplug::{DataType, Value};
 use sim::{Rng, Signal, SimTag};
 
+/// `v` as the integer datatype `dt`, when it fits (None: out of range or not an integer type).
+pub fn int_value(v: i128, dt: DataType) -> Option<Value> {
+    Some(match dt {
+        DataType::Int8 => Value::Int8(v.try_into().ok()?),
+        DataType::Int16 => Value::Int16(v.try_into().ok()?),
+        DataType::Int32 => Value::Int32(v.try_into().ok()?),
+        DataType::Int64 => Value::Int64(v.try_into().ok()?),
+        DataType::UInt8 => Value::UInt8(v.try_into().ok()?),
+        DataType::UInt16 => Value::UInt16(v.try_into().ok()?),
+        DataType::UInt32 => Value::UInt32(v.try_into().ok()?),
+        DataType::UInt64 => Value::UInt64(v.try_into().ok()?),
+        _ => return None,
+    })
+}
+
+/// Elements (each already of `dt`'s element type) as one array value of `dt`.
+pub fn array_value(values: Vec<Value>, dt: DataType) -> Result<Value, String> {
+    macro_rules! collect {
+        ($variant:ident, $scalar:ident) => {
+            Value::$variant(
+                values
+                    .into_iter()
+                    .map(|v| match v {
+                        Value::$scalar(x) => Ok(x),
+                        other => Err(format!("{other:?} is not an element of {dt}")),
+                    })
+                    .collect::<Result<_, String>>()?,
+            )
+        };
+    }
+    Ok(match dt {
+        DataType::Int8Array => collect!(Int8Array, Int8),
+        DataType::Int16Array => collect!(Int16Array, Int16),
+        DataType::Int32Array => collect!(Int32Array, Int32),
+        DataType::Int64Array => collect!(Int64Array, Int64),
+        DataType::UInt8Array => collect!(UInt8Array, UInt8),
+        DataType::UInt16Array => collect!(UInt16Array, UInt16),
+        DataType::UInt32Array => collect!(UInt32Array, UInt32),
+        DataType::UInt64Array => collect!(UInt64Array, UInt64),
+        DataType::FloatArray => collect!(FloatArray, Float),
+        DataType::DoubleArray => collect!(DoubleArray, Double),
+        DataType::BooleanArray => collect!(BooleanArray, Boolean),
+        DataType::DateTimeArray => collect!(DateTimeArray, DateTime),
+        other => return Err(format!("{other} arrays are not read from PLCs")),
+    })
+}
+
 /// The connection to a PLC is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DriverError {

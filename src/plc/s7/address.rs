@@ -600,59 +600,17 @@ impl Scalar {
                 }
                 return Scalar::I(f as i64).into_value(dt);
             }
-            (Scalar::I(i), _) => int_value(i as i128, dt).ok_or_else(|| range(&i))?,
-            (Scalar::U(u), _) => int_value(u as i128, dt).ok_or_else(|| range(&u))?,
+            (Scalar::I(i), _) => crate::plc::int_value(i as i128, dt).ok_or_else(|| range(&i))?,
+            (Scalar::U(u), _) => crate::plc::int_value(u as i128, dt).ok_or_else(|| range(&u))?,
             (s, _) => return Err(format!("{s:?} cannot be reported as {dt}")),
         })
     }
 }
 
-fn int_value(v: i128, dt: DataType) -> Option<Value> {
-    Some(match dt {
-        DataType::Int8 => Value::Int8(v.try_into().ok()?),
-        DataType::Int16 => Value::Int16(v.try_into().ok()?),
-        DataType::Int32 => Value::Int32(v.try_into().ok()?),
-        DataType::Int64 => Value::Int64(v.try_into().ok()?),
-        DataType::UInt8 => Value::UInt8(v.try_into().ok()?),
-        DataType::UInt16 => Value::UInt16(v.try_into().ok()?),
-        DataType::UInt32 => Value::UInt32(v.try_into().ok()?),
-        DataType::UInt64 => Value::UInt64(v.try_into().ok()?),
-        _ => return None,
-    })
-}
-
 fn array_value(items: Vec<Scalar>, dt: DataType) -> Result<Value, String> {
     let element = dt.element().ok_or_else(|| format!("{dt} is not an array"))?;
     let values: Result<Vec<Value>, String> = items.into_iter().map(|s| s.into_value(element)).collect();
-    let values = values?;
-    macro_rules! collect {
-        ($variant:ident, $scalar:ident) => {
-            Value::$variant(
-                values
-                    .into_iter()
-                    .map(|v| match v {
-                        Value::$scalar(x) => x,
-                        _ => unreachable!("into_value returned the element type"),
-                    })
-                    .collect(),
-            )
-        };
-    }
-    Ok(match dt {
-        DataType::Int8Array => collect!(Int8Array, Int8),
-        DataType::Int16Array => collect!(Int16Array, Int16),
-        DataType::Int32Array => collect!(Int32Array, Int32),
-        DataType::Int64Array => collect!(Int64Array, Int64),
-        DataType::UInt8Array => collect!(UInt8Array, UInt8),
-        DataType::UInt16Array => collect!(UInt16Array, UInt16),
-        DataType::UInt32Array => collect!(UInt32Array, UInt32),
-        DataType::UInt64Array => collect!(UInt64Array, UInt64),
-        DataType::FloatArray => collect!(FloatArray, Float),
-        DataType::DoubleArray => collect!(DoubleArray, Double),
-        DataType::BooleanArray => collect!(BooleanArray, Boolean),
-        DataType::DateTimeArray => collect!(DateTimeArray, DateTime),
-        other => return Err(format!("{other} arrays are not read from S7")),
-    })
+    crate::plc::array_value(values?, dt)
 }
 
 fn array_items(v: &Value) -> Result<Vec<Value>, String> {
