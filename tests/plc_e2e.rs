@@ -54,7 +54,7 @@ fn real_plcs_are_born_bad_tags_stay_alone_death_and_return_are_published_and_a_h
     let mut s7 = S7Server::start(S7Impl::Python);
     let mut s7c = PeerClient::snap7(s7.port);
     s7c.call(json!({"op":"set","db":1,"offset":0,"type":"REAL","value":21.5}));
-    let logix = Cpppo::start(&["Counter=DINT", "Temp=REAL[10]"]);
+    let mut logix = Cpppo::start(&["Counter=DINT", "Temp=REAL[10]"]);
     let mut lc = PeerClient::pylogix(logix.port);
     lc.call(json!({"op":"write","tag":"Counter","value":5}));
     let ghost = SilentPlc::start();
@@ -94,6 +94,10 @@ datatype = "Float"
 name = "line"
 driver = "logix"
 address = "127.0.0.1:{logix}"
+timeout = "1s"
+fail_after = 1
+backoff_min = "200ms"
+backoff_max = "1s"
 [devices.scan_classes]
 default = "200ms"
 [[devices.tags]]
@@ -183,4 +187,12 @@ datatype = "FloatArray"
         !peer.seen.iter().any(|m| is(m, "DBIRTH", "ghost")),
         "a PLC that never answers is never born"
     );
+
+    // The same for the Logix controller.
+    drop(lc);
+    logix.kill();
+    peer.wait_for("DDEATH of the Logix PLC", T, |m| is(m, "DDEATH", "line"));
+    logix.restart();
+    let back = peer.wait_for("DBIRTH of the Logix PLC again", T, |m| is(m, "DBIRTH", "line"));
+    assert_eq!(metric(&back, "Counter")["value"], 0, "the restarted controller's value");
 }
