@@ -9,7 +9,8 @@
 //! 300 and 1000: a private mosquitto, node-snap7's server and the release
 //! gateway start; once every device is online (from /metrics) it measures
 //! 20 s: scans done vs due, missed scans, the median of the devices' last
-//! read latency, gateway CPU (utime+stime from /proc) and peak RSS (VmHWM).
+//! read latency, gateway CPU (utime+stime from /proc), RSS while polling
+//! (VmRSS) and peak RSS (VmHWM: parsing a config of N × 100 tags is the peak).
 //! The server, broker and gateway share this 2-core machine.
 //! Written to `target/bench-plc-scale.md`.
 
@@ -92,6 +93,12 @@ fn main() {
         let secs = start.elapsed().as_secs_f64();
         let m1 = metrics(mport);
         let (cpu1, hwm) = common::proc_stat(pid);
+        let rss_kib: f64 = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(f64::NAN);
         let sum = |m: &str, s: &str| series(m, s).iter().sum::<f64>();
         let scans = sum(&m1, "spb_plc_reads_total") - sum(&m0, "spb_plc_reads_total");
         let missed = sum(&m1, "spb_plc_missed_scans_total") - sum(&m0, "spb_plc_missed_scans_total");
@@ -103,11 +110,12 @@ fn main() {
         let cpu = (cpu1 - cpu0) as f64 / tck / secs;
         let due = n as f64 * secs;
         let line = format!(
-            "| {n} | {up:.1} s | {:.0} / {:.0} | {missed:.0} | {errors:.0} | {:.0} | {p50:.2} / {p99:.2} ms | {:.0}% | {:.1} MiB |",
+            "| {n} | {up:.1} s | {:.0} / {:.0} | {missed:.0} | {errors:.0} | {:.0} | {p50:.2} / {p99:.2} ms | {:.0}% | {:.1} MiB | {:.1} MiB |",
             scans,
             due,
             scans * 100.0 / secs,
             cpu * 100.0,
+            rss_kib / 1024.0,
             hwm as f64 / 1024.0
         );
         println!("{line}");
@@ -118,7 +126,7 @@ fn main() {
         drop(broker);
     }
     let table = format!(
-        "| PLC connections | all online after | scans done / due (20 s) | missed scans | read errors | tag reads/s | last read p50 / p99 | gateway CPU | peak RSS |\n|---|---|---|---|---|---|---|---|---|\n{}\n",
+        "| PLC connections | all online after | scans done / due (20 s) | missed scans | read errors | tag reads/s | last read p50 / p99 | gateway CPU | RSS while polling | peak RSS (config parse) |\n|---|---|---|---|---|---|---|---|---|---|\n{}\n",
         rows.join("\n")
     );
     println!("\n{table}");
