@@ -22,7 +22,7 @@ NODE_PEERS := target/node-peers
 node-peers: $(NODE_PEERS)/node_modules/node-snap7/build/Release/node_snap7.node ## node-snap7 (Snap7's C++ S7 server) under target/, built from npm
 $(NODE_PEERS)/node_modules/node-snap7/build/Release/node_snap7.node:
 	mkdir -p $(NODE_PEERS)
-	cd $(NODE_PEERS) && [ -f package.json ] || (cd $(NODE_PEERS) && npm init -y >/dev/null)
+	[ -f $(NODE_PEERS)/package.json ] || (cd $(NODE_PEERS) && npm init -y >/dev/null)
 	cd $(NODE_PEERS) && npm install --no-audit --no-fund --foreground-scripts node-snap7@1.0.9
 	@# npm 11 may skip install scripts: build the addon explicitly when it did.
 	cd $(NODE_PEERS)/node_modules/node-snap7 && { [ -f build/Release/node_snap7.node ] || npx --yes node-gyp rebuild; }
