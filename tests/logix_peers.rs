@@ -160,10 +160,10 @@ fn a_dead_logix_controller_is_a_connection_error_and_reconnect_works() {
 }
 
 #[test]
-fn a_routed_request_to_a_chassis_slot_reads_and_writes() {
+fn a_routed_request_reaches_the_cpu_slot_and_a_wrong_slot_is_refused() {
     // cpppo configured with a route path (backplane port 1, slot 2) serves
-    // routed requests. It does not refuse a wrong slot, so the route's bytes
-    // are checked in spb::plc::logix's unit tests instead.
+    // requests routed there and refuses other slots; the route's bytes are
+    // also checked in spb::plc::logix's unit tests.
     let plc = Cpppo::start_with(&["--route-path", "\"1/2\""], &["Counter=DINT"]);
     let rt = rt();
     let mut routed = LogixDriver::new(
@@ -179,4 +179,15 @@ fn a_routed_request_to_a_chassis_slot_reads_and_writes() {
     assert_eq!(rt.block_on(routed.read(&[0])).expect("read")[0], Ok(Value::Int32(31)));
     let mut peer = PeerClient::pylogix(plc.port);
     assert_eq!(peer.call(json!({"op":"read","tag":"Counter"}))["value"], 31);
+    let mut wrong = LogixDriver::new(
+        format!("127.0.0.1:{}", plc.port),
+        Some(5),
+        20,
+        [("Counter".to_string(), DataType::Int32)],
+    );
+    let r = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), wrong.read(&[0])).await });
+    assert!(
+        matches!(r, Ok(Err(_))),
+        "slot 5 holds no CPU: a connection error, got {r:?}"
+    );
 }

@@ -8,7 +8,44 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{python, wait_for_port};
+use super::python;
+
+/// Starts a server peer with `spawn(port)` and waits until *it* listens: a
+/// child that exits (its port was taken after all) is retried on a fresh port
+/// when `fixed` is false, or on the same port after a pause when it is.
+fn start_listening(port: u16, fixed: bool, mut spawn: impl FnMut(u16) -> Child) -> (Child, u16) {
+    let mut port = port;
+    for _ in 0..5 {
+        let mut child = spawn(port);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut up_since: Option<Instant> = None;
+        let alive = loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break false;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Still alive a moment after the port answers: the port is its own.
+                match up_since {
+                    Some(t) if t.elapsed() > Duration::from_millis(300) => break true,
+                    Some(_) => {}
+                    None => up_since = Some(Instant::now()),
+                }
+            }
+            assert!(Instant::now() < deadline, "the peer on port {port} never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        if alive {
+            return (child, port);
+        }
+        let _ = child.wait();
+        if fixed {
+            std::thread::sleep(Duration::from_millis(500));
+        } else {
+            port = super::free_port();
+        }
+    }
+    panic!("the peer could not start (last port {port})");
+}
 
 fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers").join(name)
@@ -52,32 +89,38 @@ impl S7Server {
             port,
             child: None,
         };
-        s.restart();
+        s.launch(false);
         s
     }
 
-    /// Starts the server (again) on the same port.
+    /// Starts the server again on the same port.
     pub fn restart(&mut self) {
+        self.launch(true);
+    }
+
+    fn launch(&mut self, same_port: bool) {
         self.kill();
-        let mut cmd = match self.kind {
-            S7Impl::Python => {
-                let mut c = Command::new(python());
-                c.arg(script("s7_peer.py")).arg("server");
-                c
-            }
-            S7Impl::Node => {
-                let mut c = Command::new("node");
-                c.env("NODE_PATH", node_modules()).arg(script("snap7_node_server.js"));
-                c
-            }
-        };
-        let child = cmd
-            .arg(self.port.to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the S7 server peer");
+        let kind = self.kind;
+        let (child, port) = start_listening(self.port, same_port, |port| {
+            let mut cmd = match kind {
+                S7Impl::Python => {
+                    let mut c = Command::new(python());
+                    c.arg(script("s7_peer.py")).arg("server");
+                    c
+                }
+                S7Impl::Node => {
+                    let mut c = Command::new("node");
+                    c.env("NODE_PATH", node_modules()).arg(script("snap7_node_server.js"));
+                    c
+                }
+            };
+            cmd.arg(port.to_string())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start the S7 server peer")
+        });
         self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(15));
+        self.port = port;
     }
 
     pub fn kill(&mut self) {
@@ -167,27 +210,36 @@ impl Cpppo {
             options: options.iter().map(|t| t.to_string()).collect(),
             child: None,
         };
-        c.restart();
+        c.launch(false);
         c
     }
 
+    /// Starts the simulator again on the same port.
     pub fn restart(&mut self) {
+        self.launch(true);
+    }
+
+    fn launch(&mut self, same_port: bool) {
         self.kill();
-        let child = Command::new(python())
-            .args([
-                "-m",
-                "cpppo.server.enip",
-                "-a",
-                &format!("127.0.0.1:{}", self.port),
-                "--no-print",
-            ])
-            .args(&self.tags)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start cpppo");
+        let (options, tags) = (self.options.clone(), self.tags.clone());
+        let (child, port) = start_listening(self.port, same_port, |port| {
+            Command::new(python())
+                .args([
+                    "-m",
+                    "cpppo.server.enip",
+                    "-a",
+                    &format!("127.0.0.1:{port}"),
+                    "--no-print",
+                ])
+                .args(&options)
+                .args(&tags)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start cpppo")
+        });
         self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(20));
+        self.port = port;
     }
 
     pub fn kill(&mut self) {
