@@ -9,6 +9,7 @@
 //! events of an old connection are told apart from the current one by its id.
 
 pub mod tls;
+pub mod watermark;
 
 use std::sync::Arc;
 use std::time::Duration;
