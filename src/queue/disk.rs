@@ -15,11 +15,12 @@
 //! 4. **Bounded.** The live records' bytes stay under `max_bytes`: an append
 //!    that would exceed it drops the oldest records first, counted in
 //!    [`Dropped`] for the caller to log at ERROR.
-//! 5. **Group commit.** `flush` (write + fsync) runs every `flush_every`
-//!    appends or `flush_interval`, whichever comes first, and on close. A
-//!    power cut loses at most the records since the last flush. sled keeps
-//!    unflushed writes in process memory, so SIGKILL has the same window;
-//!    `flush_every = 1` closes it at the cost measured in BENCHMARKS.md.
+//! 5. **Group commit.** `append_batch` writes a batch and returns only after
+//!    its flush (write + fsync): what it acknowledged survives SIGKILL and
+//!    power cuts (56k appends/s in batches of 100, BENCHMARKS.md). Single
+//!    `append`s flush every `flush_every` appends or `flush_interval`; sled
+//!    keeps unflushed writes in process memory, so for them SIGKILL has the
+//!    same window as a power cut.
 //!
 //! sled's page cache is capped (`cache_bytes`, default 4 MiB; its own
 //! default is 1 GiB), and sled does not give deleted space back to the file
@@ -221,7 +222,35 @@ impl DiskQueue {
     }
 
     /// Appends a record; drops the oldest records if the bound is exceeded.
+    /// The record may sit in sled's memory until the next group flush: a
+    /// SIGKILL before it loses it (BENCHMARKS.md, "What survives SIGKILL").
+    /// Use [`append_batch`](Self::append_batch) where that matters.
     pub fn append(&mut self, r: &Record) -> Result<(u64, Dropped), QueueError> {
+        let out = self.insert(r)?;
+        self.unflushed += 1;
+        if self.unflushed >= self.opts.flush_every || self.last_flush.elapsed() >= self.opts.flush_interval {
+            self.flush()?;
+        }
+        Ok(out)
+    }
+
+    /// Appends `records` as one group commit and returns only once they are
+    /// written and fsynced: acknowledged records survive SIGKILL and power
+    /// cuts alike (tests/queue_crash.rs kills a writer 20 times in a row).
+    /// The ids are consecutive, from the returned first id.
+    pub fn append_batch(&mut self, records: &[Record]) -> Result<(u64, Dropped), QueueError> {
+        let first = self.next_id;
+        let mut dropped = Dropped::default();
+        for r in records {
+            let (_, d) = self.insert(r)?;
+            dropped.records += d.records;
+            dropped.metrics += d.metrics;
+        }
+        self.flush()?;
+        Ok((first, dropped))
+    }
+
+    fn insert(&mut self, r: &Record) -> Result<(u64, Dropped), QueueError> {
         let v = encode(r)?;
         let id = self.next_id;
         self.next_id += 1;
@@ -244,10 +273,6 @@ impl DiskQueue {
             let _ = k;
         }
         self.stats.dropped_metrics += dropped.metrics as u64;
-        self.unflushed += 1;
-        if self.unflushed >= self.opts.flush_every || self.last_flush.elapsed() >= self.opts.flush_interval {
-            self.flush()?;
-        }
         Ok((id, dropped))
     }
 
