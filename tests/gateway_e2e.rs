@@ -412,3 +412,49 @@ fn an_unreachable_plc_gets_ddeath_and_dbirth_when_it_answers_again() {
         "DBIRTH carries current values"
     );
 }
+
+#[test]
+fn samples_stored_while_offline_survive_a_restart_and_are_replayed_as_historical() {
+    let dead = common::free_port(); // no broker yet: everything polled is stored
+    let mut offline = Gateway::start(&test_config("G16", "gw", &plain(dead), ""), &[]);
+    offline.wait_log("connection failed", T);
+    std::thread::sleep(Duration::from_millis(1500));
+    offline.signal(Signal::SIGTERM);
+    assert!(offline.wait_exit(T).success(), "{}", offline.log());
+    let state = offline.kill_keep_state();
+    assert!(state.path().join("state/queue").exists(), "the offline run stored on disk");
+    let broker = Broker::start(None);
+    let mut peer = Peer::start(broker.port);
+    let gw = Gateway::start_in(state, &test_config("G16", "gw", &plain(broker.port), ""), &[]);
+    let nbirth = peer.wait_for("NBIRTH", T, |m| kind(m) == "NBIRTH");
+    let born_at = nbirth["timestamp"].as_u64().expect("timestamp");
+    let historical = peer.wait_for("historical DDATA", T, |m| {
+        kind(m) == "DDATA"
+            && m["metrics"]
+                .as_array()
+                .is_some_and(|ms| ms.iter().any(|x| x["is_historical"] == true))
+    });
+    for m in historical["metrics"].as_array().expect("metrics") {
+        assert_eq!(m["is_historical"], true);
+        assert!(
+            m["timestamp"].as_u64().expect("ts") < born_at,
+            "stored before this session was born: {m}"
+        );
+    }
+    assert!(
+        gw.log()
+            .contains("stored samples from before the restart will be replayed"),
+        "{}",
+        gw.log()
+    );
+    // Replayed and drained: the queue is closed and its directory deleted.
+    let queue = gw.dir.path().join("state/queue");
+    let deadline = std::time::Instant::now() + T;
+    while queue.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the drained store is still on disk"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

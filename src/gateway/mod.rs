@@ -29,7 +29,8 @@ use crate::config::{Config, Overrides};
 use crate::mqtt::{self, ConnEvent, MqttError, Server};
 use crate::plc::poller::{self, now_ms, PollEvent};
 use crate::plc::sim::Rng;
-use crate::queue::{MemoryStore, Record};
+use crate::queue::disk::{DiskOptions, QueueError};
+use crate::queue::{LazyStore, Record};
 use crate::sparkplug::edge::{DeviceDef, EdgeAction, EdgeConfig, EdgeError, EdgeSession};
 use crate::sparkplug::topic::{MessageType, Topic};
 use crate::sparkplug::{pretty, Metric, Payload, Publish, Value};
@@ -51,6 +52,8 @@ pub enum GatewayError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Queue(#[from] QueueError),
     #[error("telemetry.listen {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -144,7 +147,9 @@ struct Runtime {
     status: Arc<Mutex<String>>,
     session: EdgeSession,
     servers: Vec<Server>,
-    store: MemoryStore,
+    store: LazyStore,
+    /// Where the queue lives; removed at exit for a dry run.
+    queue_dir: PathBuf,
     client: Option<AsyncClient>,
     conn_id: u64,
     connack: bool,
@@ -188,11 +193,33 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
         tracing::info!(%addr, "health and metrics on http://{addr}/metrics");
         tokio::spawn(http::serve(listener, telemetry.clone(), status.clone()));
     }
+    // The durable store-and-forward queue: samples that could not be
+    // published survive a restart. A dry run keeps its queue in a temporary
+    // directory and removes it at exit.
+    let queue_dir = if opts.dry_run {
+        std::env::temp_dir().join(format!("spb-gateway-dry-run-{}", std::process::id()))
+    } else {
+        state_dir.join("queue")
+    };
+    let store = LazyStore::open(
+        queue_dir.clone(),
+        DiskOptions {
+            max_bytes: cfg.store.max_bytes,
+            ..DiskOptions::default()
+        },
+    )?;
+    if store.stats().records > 0 {
+        tracing::info!(
+            samples = store.stats().metrics,
+            "stored samples from before the restart will be replayed"
+        );
+    }
     let (conn_tx, mut conn_rx) = mpsc::channel(4096);
     let (poll_tx, mut poll_rx) = mpsc::channel(1024);
     let (stop_pollers, _) = signal_watch::channel(false);
     let mut rt = Runtime {
-        store: MemoryStore::new(cfg.store.max_bytes),
+        store,
+        queue_dir,
         cfg,
         opts,
         telemetry: telemetry.clone(),
@@ -485,7 +512,16 @@ impl Runtime {
 
     fn store(&mut self, device: Option<String>, metrics: Vec<Metric>) {
         self.telemetry.stored_samples.fetch_add(metrics.len() as u64, Relaxed);
-        let dropped = self.store.push(Record { device, metrics });
+        let n = metrics.len() as u64;
+        // One group commit per call: acknowledged means on disk (SIGKILL-safe).
+        let dropped = match self.store.append_batch(&[Record { device, metrics }]) {
+            Ok((_, dropped)) => dropped,
+            Err(e) => {
+                self.telemetry.dropped_samples.fetch_add(n, Relaxed);
+                tracing::error!(error = %e, dropped = n, "could not store samples");
+                return;
+            }
+        };
         if dropped.metrics > 0 {
             self.telemetry
                 .dropped_samples
@@ -570,28 +606,37 @@ impl Runtime {
 
     /// Replays stored samples, at most `replay_rate` metrics per second.
     async fn replay(&mut self, now: u64) {
-        if !self.session.is_publishing() || self.store.len_metrics() == 0 {
+        if !self.session.is_publishing() || self.store.stats().records == 0 {
             self.replay_budget = 0.0;
             return;
         }
         self.replay_budget = (self.replay_budget + f64::from(self.cfg.store.replay_rate) / 10.0)
             .min(f64::from(self.cfg.store.replay_rate));
         while self.replay_budget >= 1.0 {
-            let Some(r) = self.store.pop() else { break };
+            // The head stays stored until the session has published it.
+            let head = match self.store.read_after(None, 1) {
+                Ok(mut v) => v.pop(),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the store");
+                    break;
+                }
+            };
+            let Some((id, r)) = head else { break };
             let n = r.metrics.len();
-            match self.session.replay(now, r.device.as_deref(), r.metrics.clone()) {
+            match self.session.replay(now, r.device.as_deref(), r.metrics) {
                 Ok(actions) => {
                     self.replay_budget -= n as f64;
                     self.telemetry.replayed_samples.fetch_add(n as u64, Relaxed);
                     self.execute(actions).await;
+                    if let Err(e) = self.store.confirm_through(id) {
+                        tracing::error!(error = %e, "cannot confirm replayed samples");
+                    }
                 }
-                Err(EdgeError::NotPublishing) => {
-                    self.store.unpop(r);
-                    break;
-                }
+                Err(EdgeError::NotPublishing) => break,
                 Err(e) => {
                     self.telemetry.dropped_samples.fetch_add(n as u64, Relaxed);
                     tracing::error!(error = %e, dropped = n, "stored samples cannot be replayed");
+                    let _ = self.store.confirm_through(id);
                 }
             }
         }
@@ -602,13 +647,15 @@ impl Runtime {
         t.born.store(self.session.is_born(), Relaxed);
         t.bdseq.store(self.session.bdseq().into(), Relaxed);
         t.seq.store(u64::from(self.session.next_seq().wrapping_sub(1)), Relaxed);
-        t.queue_depth.store(self.store.len_metrics() as u64, Relaxed);
-        t.queue_bytes.store(self.store.bytes() as u64, Relaxed);
+        let q = self.store.stats();
+        t.queue_depth.store(q.metrics, Relaxed);
+        t.queue_bytes.store(q.bytes, Relaxed);
+        t.corrupt_records.store(q.corrupt_records, Relaxed);
         if self.session.is_born() {
             self.set_status(format!(
                 "born, bdSeq {}, queue {} samples",
                 self.session.bdseq(),
-                self.store.len_metrics()
+                q.metrics
             ));
         }
     }
@@ -685,6 +732,7 @@ impl Runtime {
         let actions = self.session.shutdown(now_ms());
         if self.opts.dry_run {
             self.dry_run_actions(actions);
+            let _ = std::fs::remove_dir_all(&self.queue_dir);
             return;
         }
         let had_connection = self.client.is_some();
@@ -700,6 +748,9 @@ impl Runtime {
             })
             .await;
         }
-        tracing::info!(dropped_in_memory = self.store.len_metrics(), "stopped");
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "could not flush the store");
+        }
+        tracing::info!(stored = self.store.stats().metrics, "stopped");
     }
 }

@@ -1,18 +1,24 @@
 //! Store-and-forward: samples that could not be published wait here, oldest
 //! first, and are replayed as historical after the next birth.
 //!
-//! This module is the seam the gateway uses. Today's implementation,
-//! [`MemoryStore`], is bounded by bytes and drops the oldest record when full
-//! (with an ERROR log and a counter), but it does not survive a restart: the
-//! durable sled queue with delivery watermarks (issue #5) replaces it behind
-//! the same interface.
+//! [`disk::DiskQueue`] is the durable queue (sled, checksummed records, group
+//! commit, bounded, survives restarts). The gateway holds it through
+//! [`LazyStore`], which opens it only while there is something to keep: a
+//! gateway that is online never pays sled's memory, and a drained queue is
+//! closed and its directory deleted, which also gives sled's disk space back
+//! (sled keeps deleted space otherwise). [`MemoryStore`] is the same FIFO in
+//! memory, for tests and tools that need no disk.
 //!
-//! Invariants: FIFO order; `bytes()` never exceeds the bound after `push`
-//! returns; every dropped metric is counted.
+//! Invariants: FIFO order; the bound holds after every append; every dropped
+//! metric is counted; an append the store acknowledged is on disk (fsynced)
+//! and survives SIGKILL and power cuts (tests/queue_crash.rs).
 
 pub mod disk;
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
+
+use disk::{DiskOptions, DiskQueue, QueueError, QueueStats};
 
 use crate::sparkplug::Metric;
 
@@ -32,6 +38,103 @@ impl Record {
                 .iter()
                 .map(|m| 96 + m.name.as_ref().map_or(0, String::len))
                 .sum::<usize>()
+    }
+}
+
+/// The durable queue, open only while it holds records. Ids restart from 0
+/// after the queue was drained and deleted; no cursor outlives a drain (the
+/// gateway replays from the head).
+pub struct LazyStore {
+    dir: PathBuf,
+    opts: DiskOptions,
+    queue: Option<DiskQueue>,
+    /// Drops and corrupt records counted by queues closed before.
+    past: QueueStats,
+}
+
+impl LazyStore {
+    /// Opens the queue now only if a previous run left one (to replay it).
+    pub fn open(dir: PathBuf, opts: DiskOptions) -> Result<LazyStore, QueueError> {
+        let mut s = LazyStore {
+            dir,
+            opts,
+            queue: None,
+            past: QueueStats::default(),
+        };
+        if s.dir.exists() {
+            s.queue = Some(DiskQueue::open(&s.dir, s.opts)?);
+            s.close_if_drained();
+        }
+        Ok(s)
+    }
+
+    fn queue(&mut self) -> Result<&mut DiskQueue, QueueError> {
+        if self.queue.is_none() {
+            self.queue = Some(DiskQueue::open(&self.dir, self.opts)?);
+        }
+        Ok(self.queue.as_mut().expect("opened above"))
+    }
+
+    /// Appends `records` as one group commit; returns once they are on disk.
+    pub fn append_batch(&mut self, records: &[Record]) -> Result<(u64, Dropped), QueueError> {
+        self.queue()?.append_batch(records)
+    }
+
+    /// Up to `max` records after `cursor`, oldest first (none while closed).
+    pub fn read_after(&mut self, cursor: Option<u64>, max: usize) -> Result<Vec<(u64, Record)>, QueueError> {
+        match self.queue.as_mut() {
+            Some(q) => q.read_after(cursor, max),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Removes every record with an id ≤ `id`; closes and deletes a drained queue.
+    pub fn confirm_through(&mut self, id: u64) -> Result<usize, QueueError> {
+        let n = match self.queue.as_mut() {
+            Some(q) => q.confirm_through(id)?,
+            None => 0,
+        };
+        self.close_if_drained();
+        Ok(n)
+    }
+
+    fn close_if_drained(&mut self) {
+        let Some(q) = self.queue.as_ref() else { return };
+        if q.stats().records > 0 {
+            return;
+        }
+        let st = q.stats();
+        self.past.dropped_metrics += st.dropped_metrics;
+        self.past.corrupt_records += st.corrupt_records;
+        if st.corrupt_records > 0 {
+            // Quarantined records stay on disk for inspection.
+            return;
+        }
+        self.queue = None;
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(store = %self.dir.display(), error = %e, "could not remove the drained store");
+        }
+    }
+
+    /// Flushes an open queue (on shutdown).
+    pub fn flush(&mut self) -> Result<(), QueueError> {
+        match self.queue.as_mut() {
+            Some(q) => q.flush(),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the sled queue is open.
+    pub fn is_open(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    /// Live counts of the open queue plus everything counted before.
+    pub fn stats(&self) -> QueueStats {
+        let mut st = self.queue.as_ref().map(DiskQueue::stats).unwrap_or_default();
+        st.dropped_metrics += self.past.dropped_metrics;
+        st.corrupt_records += self.past.corrupt_records;
+        st
     }
 }
 
@@ -112,6 +215,29 @@ mod tests {
             device: Some("d".into()),
             metrics: vec![Metric::new("m", Value::Int32(v), 0)],
         }
+    }
+
+    #[test]
+    fn the_lazy_store_opens_on_first_append_and_deletes_itself_when_drained() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("queue");
+        let mut s = LazyStore::open(dir.clone(), DiskOptions::default()).expect("open");
+        assert!(!s.is_open() && !dir.exists(), "nothing stored, nothing open");
+        let (first, _) = s.append_batch(&[rec(1), rec(2)]).expect("append");
+        assert!(s.is_open() && dir.exists());
+        drop(s);
+        let mut s = LazyStore::open(dir.clone(), DiskOptions::default()).expect("reopen");
+        assert!(s.is_open(), "a store left by a previous run is opened to replay it");
+        let got = s.read_after(None, 10).expect("read");
+        assert_eq!(
+            got.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
+            vec![rec(1), rec(2)]
+        );
+        s.confirm_through(first).expect("confirm");
+        assert!(s.is_open(), "one record left");
+        s.confirm_through(first + 1).expect("confirm");
+        assert!(!s.is_open() && !dir.exists(), "drained: closed and deleted");
+        assert_eq!(s.stats().records, 0);
     }
 
     #[test]

@@ -79,6 +79,7 @@ pub struct Telemetry {
     pub dropped_samples: AtomicU64,
     pub queue_depth: AtomicU64,
     pub queue_bytes: AtomicU64,
+    pub corrupt_records: AtomicU64,
     pub primary_host_online: AtomicBool,
     /// Advanced by the session loop on every tick (without pollers, it stands in for them).
     pub poll_progress: AtomicU64,
@@ -290,6 +291,13 @@ impl Telemetry {
             "Bytes waiting in the store.",
             "gauge",
             self.queue_bytes.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_queue_corrupt_records",
+            "Stored records that failed their checksum (quarantined, kept for inspection).",
+            "gauge",
+            self.corrupt_records.load(Relaxed),
         );
         let devices = self.devices.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         type Series = (&'static str, &'static str, &'static str, fn(&DeviceStats) -> u64);
