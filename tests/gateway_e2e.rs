@@ -422,7 +422,10 @@ fn samples_stored_while_offline_survive_a_restart_and_are_replayed_as_historical
     offline.signal(Signal::SIGTERM);
     assert!(offline.wait_exit(T).success(), "{}", offline.log());
     let state = offline.kill_keep_state();
-    assert!(state.path().join("state/queue").exists(), "the offline run stored on disk");
+    assert!(
+        state.path().join("state/queue").exists(),
+        "the offline run stored on disk"
+    );
     let broker = Broker::start(None);
     let mut peer = Peer::start(broker.port);
     let gw = Gateway::start_in(state, &test_config("G16", "gw", &plain(broker.port), ""), &[]);

@@ -445,6 +445,8 @@ impl Runtime {
             self.dry_run_actions(actions);
             return;
         }
+        // Everything to store from these actions goes in one group commit.
+        let mut to_store = Vec::new();
         for a in actions {
             match a {
                 EdgeAction::PersistBdSeq(b) => self.persist_bdseq(b),
@@ -466,7 +468,7 @@ impl Runtime {
                         let _ = c.disconnect().await;
                     }
                 }
-                EdgeAction::StoreHistorical { device, metrics } => self.store(device, metrics),
+                EdgeAction::StoreHistorical { device, metrics } => to_store.push(Record { device, metrics }),
                 EdgeAction::Command { device, metrics } => {
                     self.telemetry.commands_received.fetch_add(1, Relaxed);
                     let names: Vec<String> = metrics.iter().map(pretty::metric_line).collect();
@@ -482,6 +484,7 @@ impl Runtime {
                 EdgeAction::SetWill(_) | EdgeAction::Connect { .. } => {}
             }
         }
+        self.store(to_store);
         self.update_gauges();
     }
 
@@ -510,11 +513,14 @@ impl Runtime {
         }
     }
 
-    fn store(&mut self, device: Option<String>, metrics: Vec<Metric>) {
-        self.telemetry.stored_samples.fetch_add(metrics.len() as u64, Relaxed);
-        let n = metrics.len() as u64;
-        // One group commit per call: acknowledged means on disk (SIGKILL-safe).
-        let dropped = match self.store.append_batch(&[Record { device, metrics }]) {
+    /// Stores `records` as one group commit (acknowledged means on disk).
+    fn store(&mut self, records: Vec<Record>) {
+        if records.is_empty() {
+            return;
+        }
+        let n: u64 = records.iter().map(|r| r.metrics.len() as u64).sum();
+        self.telemetry.stored_samples.fetch_add(n, Relaxed);
+        let dropped = match self.store.append_batch(&records) {
             Ok((_, dropped)) => dropped,
             Err(e) => {
                 self.telemetry.dropped_samples.fetch_add(n, Relaxed);
@@ -535,6 +541,7 @@ impl Runtime {
     }
 
     fn dry_run_actions(&mut self, actions: Vec<EdgeAction>) {
+        let mut to_store = Vec::new();
         for a in actions {
             match a {
                 EdgeAction::Publish(p) => {
@@ -549,10 +556,11 @@ impl Runtime {
                     };
                     tracing::info!(topic = %p.topic, "dry run, would publish: {summary}");
                 }
-                EdgeAction::StoreHistorical { device, metrics } => self.store(device, metrics),
+                EdgeAction::StoreHistorical { device, metrics } => to_store.push(Record { device, metrics }),
                 other => tracing::debug!(?other, "dry run"),
             }
         }
+        self.store(to_store);
         self.telemetry.born.store(self.session.is_born(), Relaxed);
     }
 
