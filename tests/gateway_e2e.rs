@@ -231,14 +231,7 @@ fn health_ready_and_metrics_endpoints_report_the_session() {
     );
     peer.wait_for("NBIRTH", T, |m| kind(m) == "NBIRTH");
     peer.wait_for("DDATA", T, |m| kind(m) == "DDATA");
-    let get = |path: &str| -> String {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics listener");
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("request");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("response");
-        out
-    };
+    let get = |path: &str| common::http_get(port, path);
     assert!(get("/health").starts_with("HTTP/1.1 200"));
     let ready = get("/ready");
     assert!(
@@ -416,9 +409,32 @@ fn an_unreachable_plc_gets_ddeath_and_dbirth_when_it_answers_again() {
 #[test]
 fn samples_stored_while_offline_survive_a_restart_and_are_replayed_as_historical() {
     let dead = common::free_port(); // no broker yet: everything polled is stored
-    let mut offline = Gateway::start(&test_config("G16", "gw", &plain(dead), ""), &[]);
+    let http = common::free_port();
+    let cfg =
+        test_config("G16", "gw", &plain(dead), "").replace("listen = \"\"", &format!("listen = \"127.0.0.1:{http}\""));
+    let mut offline = Gateway::start(&cfg, &[]);
     offline.wait_log("connection failed", T);
     std::thread::sleep(Duration::from_millis(1500));
+    // The store shows on /ready and in /metrics while it fills.
+    let ready = common::http_get(http, "/ready");
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    let line = ready
+        .lines()
+        .find(|l| l.starts_with("store: "))
+        .unwrap_or_else(|| panic!("{ready}"));
+    let samples: u64 = line["store: ".len()..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("count");
+    assert!(samples > 0, "{line}");
+    let metrics = common::http_get(http, "/metrics");
+    let age: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("spb_queue_oldest_age_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no oldest age in {metrics}"));
+    assert!(age >= 1, "the first sample was stored over a second ago: {age}");
     offline.signal(Signal::SIGTERM);
     assert!(offline.wait_exit(T).success(), "{}", offline.log());
     let state = offline.kill_keep_state();

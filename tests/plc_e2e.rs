@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::plc::{Cpppo, PeerClient, S7Impl, S7Server, SilentPlc};
@@ -26,14 +25,6 @@ fn is(m: &J, k: &str, device: &str) -> bool {
 /// A Float as the peer prints it (little-endian bit hex).
 fn f(v: f32) -> J {
     J::String(v.to_le_bytes().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("response");
-    out
 }
 
 fn series(metrics: &str, name: &str, device: &str) -> f64 {
@@ -146,7 +137,7 @@ datatype = "FloatArray"
                 .is_some_and(|ms| ms.iter().any(|x| x["value"] == 6))
     });
     let m = common::plc::eventually("the hung PLC's connect times out", T, || {
-        let m = http_get(metrics_port, "/metrics");
+        let m = common::http_get(metrics_port, "/metrics");
         (series(&m, "spb_plc_connect_failures_total", "ghost") >= 2.0).then_some(m)
     });
     assert_eq!(

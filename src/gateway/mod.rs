@@ -659,6 +659,8 @@ impl Runtime {
         t.queue_depth.store(q.metrics, Relaxed);
         t.queue_bytes.store(q.bytes, Relaxed);
         t.corrupt_records.store(q.corrupt_records, Relaxed);
+        t.queue_oldest_ms
+            .store(self.store.oldest_timestamp().unwrap_or(0), Relaxed);
         if self.session.is_born() {
             self.set_status(format!(
                 "born, bdSeq {}, queue {} samples",

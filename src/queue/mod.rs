@@ -50,6 +50,12 @@ pub struct LazyStore {
     queue: Option<DiskQueue>,
     /// Drops and corrupt records counted by queues closed before.
     past: QueueStats,
+    /// Timestamp (ms) of the oldest sample stored, while any is.
+    oldest_ms: Option<u64>,
+}
+
+fn oldest_in(records: &[Record]) -> Option<u64> {
+    records.iter().flat_map(|r| r.metrics.iter().filter_map(|m| m.timestamp)).min()
 }
 
 impl LazyStore {
@@ -60,10 +66,12 @@ impl LazyStore {
             opts,
             queue: None,
             past: QueueStats::default(),
+            oldest_ms: None,
         };
         if s.dir.exists() {
             s.queue = Some(DiskQueue::open(&s.dir, s.opts)?);
             s.close_if_drained();
+            s.oldest_ms = s.head_timestamp()?;
         }
         Ok(s)
     }
@@ -77,7 +85,24 @@ impl LazyStore {
 
     /// Appends `records` as one group commit; returns once they are on disk.
     pub fn append_batch(&mut self, records: &[Record]) -> Result<(u64, Dropped), QueueError> {
-        self.queue()?.append_batch(records)
+        let out = self.queue()?.append_batch(records)?;
+        if out.1.records > 0 {
+            // The oldest were dropped: the head tells what is oldest now.
+            self.oldest_ms = self.head_timestamp()?;
+        } else if self.oldest_ms.is_none() {
+            self.oldest_ms = oldest_in(records);
+        }
+        Ok(out)
+    }
+
+    fn head_timestamp(&mut self) -> Result<Option<u64>, QueueError> {
+        let head = self.read_after(None, 1)?;
+        Ok(head.first().and_then(|(_, r)| oldest_in(std::slice::from_ref(r))))
+    }
+
+    /// Timestamp (ms since the epoch) of the oldest sample still stored.
+    pub fn oldest_timestamp(&self) -> Option<u64> {
+        self.oldest_ms
     }
 
     /// Up to `max` records after `cursor`, oldest first (none while closed).
@@ -95,6 +120,9 @@ impl LazyStore {
             None => 0,
         };
         self.close_if_drained();
+        if n > 0 {
+            self.oldest_ms = self.head_timestamp()?;
+        }
         Ok(n)
     }
 
@@ -225,6 +253,7 @@ mod tests {
         assert!(!s.is_open() && !dir.exists(), "nothing stored, nothing open");
         let (first, _) = s.append_batch(&[rec(1), rec(2)]).expect("append");
         assert!(s.is_open() && dir.exists());
+        assert_eq!(s.oldest_timestamp(), Some(0), "rec() samples carry timestamp 0");
         drop(s);
         let mut s = LazyStore::open(dir.clone(), DiskOptions::default()).expect("reopen");
         assert!(s.is_open(), "a store left by a previous run is opened to replay it");
@@ -237,7 +266,7 @@ mod tests {
         assert!(s.is_open(), "one record left");
         s.confirm_through(first + 1).expect("confirm");
         assert!(!s.is_open() && !dir.exists(), "drained: closed and deleted");
-        assert_eq!(s.stats().records, 0);
+        assert_eq!((s.stats().records, s.oldest_timestamp()), (0, None));
     }
 
     #[test]

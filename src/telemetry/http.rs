@@ -47,10 +47,11 @@ async fn handle(mut stream: TcpStream, t: &Telemetry, status: &std::sync::Mutex<
         ("GET", "/health") => (200, "text/plain", "ok\n".to_string()),
         ("GET", "/ready") => {
             let s = status.lock().map(|s| s.clone()).unwrap_or_default();
+            let store = t.store_summary(crate::plc::poller::now_ms());
             if t.ready() {
-                (200, "text/plain", format!("ready: {s}\n"))
+                (200, "text/plain", format!("ready: {s}\n{store}\n"))
             } else {
-                (503, "text/plain", format!("not ready: {s}\n"))
+                (503, "text/plain", format!("not ready: {s}\n{store}\n"))
             }
         }
         ("GET", "/metrics") => (200, "text/plain; version=0.0.4", t.render()),

@@ -80,6 +80,8 @@ pub struct Telemetry {
     pub queue_depth: AtomicU64,
     pub queue_bytes: AtomicU64,
     pub corrupt_records: AtomicU64,
+    /// Timestamp (ms) of the oldest stored sample, 0 when nothing is stored.
+    pub queue_oldest_ms: AtomicU64,
     pub primary_host_online: AtomicBool,
     /// Advanced by the session loop on every tick (without pollers, it stands in for them).
     pub poll_progress: AtomicU64,
@@ -150,6 +152,28 @@ impl Telemetry {
     /// Connected to a broker and born (with the Primary Host online if one is configured).
     pub fn ready(&self) -> bool {
         self.connected.load(Relaxed) && self.born.load(Relaxed)
+    }
+
+    /// Age in seconds of the oldest stored sample (0 when nothing is stored).
+    pub fn queue_oldest_age_s(&self, now_ms: u64) -> u64 {
+        match self.queue_oldest_ms.load(Relaxed) {
+            0 => 0,
+            t => now_ms.saturating_sub(t) / 1000,
+        }
+    }
+
+    /// The store's line on `/ready`.
+    pub fn store_summary(&self, now_ms: u64) -> String {
+        format!(
+            "store: {} samples ({} bytes), oldest {} s, stored {}, replayed {}, dropped {}, corrupt records {}",
+            self.queue_depth.load(Relaxed),
+            self.queue_bytes.load(Relaxed),
+            self.queue_oldest_age_s(now_ms),
+            self.stored_samples.load(Relaxed),
+            self.replayed_samples.load(Relaxed),
+            self.dropped_samples.load(Relaxed),
+            self.corrupt_records.load(Relaxed),
+        )
     }
 
     /// The Prometheus text exposition.
@@ -298,6 +322,13 @@ impl Telemetry {
             "Stored records that failed their checksum (quarantined, kept for inspection).",
             "gauge",
             self.corrupt_records.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_queue_oldest_age_seconds",
+            "Age of the oldest stored sample (0 when nothing is stored).",
+            "gauge",
+            self.queue_oldest_age_s(crate::plc::poller::now_ms()),
         );
         let devices = self.devices.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         type Series = (&'static str, &'static str, &'static str, fn(&DeviceStats) -> u64);

@@ -94,6 +94,16 @@ pub fn clk_tck() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// One HTTP GET to 127.0.0.1:`port` (status line, headers and body).
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the HTTP listener");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    out
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released), never the same one
 /// twice in this process: tests run in parallel, and two peers handed one
 /// port would race for it.
