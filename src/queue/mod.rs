@@ -55,7 +55,10 @@ pub struct LazyStore {
 }
 
 fn oldest_in(records: &[Record]) -> Option<u64> {
-    records.iter().flat_map(|r| r.metrics.iter().filter_map(|m| m.timestamp)).min()
+    records
+        .iter()
+        .flat_map(|r| r.metrics.iter().filter_map(|m| m.timestamp))
+        .min()
 }
 
 impl LazyStore {
