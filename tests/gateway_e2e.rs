@@ -477,3 +477,37 @@ fn samples_stored_while_offline_survive_a_restart_and_are_replayed_as_historical
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_full_store_drops_the_oldest_samples_with_an_error_and_a_counter_and_keeps_running() {
+    let dead = common::free_port(); // no broker: everything polled is stored
+    let http = common::free_port();
+    let cfg = test_config("G17", "gw", &plain(dead), "")
+        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{http}\""))
+        .replace(
+            "[devices.scan_classes]",
+            "[devices.sim]\ngenerate = 5000\ngenerate_scan_class = \"fast\"\n[devices.scan_classes]",
+        )
+        + "\n[store]\nmax_bytes = \"1MiB\"\n";
+    let mut gw = Gateway::start(&cfg, &[]);
+    gw.wait_log("store full: dropped the oldest samples", T);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        gw.child.try_wait().expect("status").is_none(),
+        "still running: {}",
+        gw.log()
+    );
+    let metrics = common::http_get(http, "/metrics");
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    };
+    assert!(value("spb_dropped_samples_total") > 0.0, "drops are counted");
+    assert!(value("spb_queue_bytes") <= 1024.0 * 1024.0, "the bound holds");
+    assert!(value("spb_queue_depth") > 0.0, "the newest samples are kept");
+    gw.signal(Signal::SIGTERM);
+    assert!(gw.wait_exit(T).success(), "{}", gw.log());
+}
