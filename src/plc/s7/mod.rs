@@ -184,8 +184,10 @@ pub struct S7Driver {
     /// parse is reported as that tag's error on every read).
     tags: Vec<(Result<S7Address, String>, DataType)>,
     conn: Option<Connection>,
-    /// Plans by the exact set of tags read (scan classes make few distinct sets).
+    /// Plans by the exact set of tags read (scan classes make few distinct
+    /// sets), all made for the PDU size `plans_pdu`.
     plans: HashMap<Vec<usize>, Plan>,
+    plans_pdu: u16,
     isolated: Vec<bool>,
 }
 
@@ -201,6 +203,7 @@ impl S7Driver {
             tags,
             conn: None,
             plans: HashMap::new(),
+            plans_pdu: 0,
             isolated,
         }
     }
@@ -218,11 +221,7 @@ impl S7Driver {
     /// Opens a fresh connection (dropping any old one).
     pub async fn connect(&mut self) -> Result<(), S7Error> {
         self.conn = None;
-        let c = Connection::open(&self.opts).await?;
-        if self.conn.as_ref().map(|o| o.pdu) != Some(c.pdu) {
-            self.plans.clear();
-        }
-        self.conn = Some(c);
+        self.conn = Some(Connection::open(&self.opts).await?);
         Ok(())
     }
 
@@ -268,8 +267,12 @@ impl S7Driver {
 
     /// Reads valid tags `ids`; `retry` re-reads tags of failed merged ranges alone.
     async fn read_tags(&mut self, ids: &[usize], retry: bool) -> Result<Vec<Result<Value, String>>, S7Error> {
-        let conn = self.conn.as_mut().ok_or(S7Error::Closed)?;
-        let pdu = conn.pdu;
+        let pdu = self.conn.as_ref().ok_or(S7Error::Closed)?.pdu;
+        // A reconnect may grant another PDU size: plans are per size.
+        if pdu != self.plans_pdu {
+            self.plans.clear();
+            self.plans_pdu = pdu;
+        }
         let limits = Limits {
             pdu: pdu as usize,
             max_items: self.opts.max_items,
