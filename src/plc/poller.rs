@@ -264,15 +264,7 @@ pub async fn run(
     deadbands.shrink_to_fit();
     let mut online = false;
     let mut connected = false;
-    let mut failures: u32 = 0;
-    let mut retry_at: Option<Instant> = None;
-    let mut jitter = super::sim::Rng::new(d.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    }));
-    let mut open_circuit = |failures: u32, stats: &DeviceStats| {
-        stats.circuit_open.store(true, std::sync::atomic::Ordering::Relaxed);
-        Some(Instant::now() + backoff(d.backoff_min, d.backoff_max, failures, jitter.unit()))
-    };
+    let mut breaker = Breaker::new(&d, stats.clone());
     loop {
         let next = due
             .iter()
@@ -317,7 +309,7 @@ pub async fn run(
         }
         batch.sort_unstable();
         batch.dedup();
-        if retry_at.is_some_and(|at| now < at) {
+        if breaker.waiting(now) {
             continue;
         }
         if batch.len() > CHUNK {
@@ -368,9 +360,7 @@ pub async fn run(
                 }
             }
             if !failed {
-                failures = 0;
-                retry_at = None;
-                stats.circuit_open.store(false, std::sync::atomic::Ordering::Relaxed);
+                breaker.succeeded();
                 if !online {
                     online = true;
                     stats.set_online(true);
@@ -380,8 +370,7 @@ pub async fn run(
             }
             // A half-read device stays offline; the next scan reads it all again.
             connected = false;
-            failures += 1;
-            retry_at = open_circuit(failures, &stats);
+            let failures = breaker.failed();
             if online && failures >= d.fail_after {
                 online = false;
                 stats.set_online(false);
@@ -432,8 +421,7 @@ pub async fn run(
         match result {
             Err(e) => {
                 connected = false;
-                failures += 1;
-                retry_at = open_circuit(failures, &stats);
+                let failures = breaker.failed();
                 if online && failures >= d.fail_after {
                     online = false;
                     stats.set_online(false);
@@ -453,9 +441,7 @@ pub async fn run(
                 }
             }
             Ok(values) => {
-                failures = 0;
-                retry_at = None;
-                stats.circuit_open.store(false, std::sync::atomic::Ordering::Relaxed);
+                breaker.succeeded();
                 let samples = changed(&batch, values, &deadbands, &mut last, &stats, &d.name, online);
                 let event = if online {
                     if samples.is_empty() {
@@ -483,6 +469,58 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+/// The circuit breaker: consecutive failures, and the moment until which
+/// the PLC gets no traffic (`stats.circuit_open` mirrors it).
+struct Breaker {
+    failures: u32,
+    retry_at: Option<Instant>,
+    min: Duration,
+    max: Duration,
+    /// Seeded by the device name, so a plant of dead PLCs does not retry in step.
+    jitter: super::sim::Rng,
+    stats: Arc<DeviceStats>,
+}
+
+impl Breaker {
+    fn new(d: &DeviceConfig, stats: Arc<DeviceStats>) -> Breaker {
+        let seed = d.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        Breaker {
+            failures: 0,
+            retry_at: None,
+            min: d.backoff_min,
+            max: d.backoff_max,
+            jitter: super::sim::Rng::new(seed),
+            stats,
+        }
+    }
+
+    /// Whether the backoff after the last failure is still running at `now`.
+    fn waiting(&self, now: Instant) -> bool {
+        self.retry_at.is_some_and(|at| now < at)
+    }
+
+    /// Counts a failure, opens the circuit for a backoff; the failures in a row.
+    fn failed(&mut self) -> u32 {
+        self.failures += 1;
+        let wait = backoff(self.min, self.max, self.failures, self.jitter.unit());
+        self.retry_at = Some(Instant::now() + wait);
+        self.stats
+            .circuit_open
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.failures
+    }
+
+    fn succeeded(&mut self) {
+        self.failures = 0;
+        self.retry_at = None;
+        self.stats
+            .circuit_open
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -689,6 +727,21 @@ mod last_tests {
         let back = changed(&[0], ok(1.0), &db, &mut last, &stats, "d", true);
         assert_eq!(back[0].quality, Quality::Good, "the same value comes back as GOOD");
         assert_eq!(stats.tag_errors.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn the_breaker_holds_traffic_after_a_failure_and_closes_on_success() {
+        let mut d = crate::config::DeviceConfig::minimal("plc", crate::config::DriverKind::Sim);
+        d.backoff_min = Duration::from_secs(60);
+        let stats = Arc::new(DeviceStats::default());
+        let mut b = Breaker::new(&d, stats.clone());
+        let open = || stats.circuit_open.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(!b.waiting(Instant::now()) && !open());
+        assert_eq!((b.failed(), b.failed()), (1, 2), "failures in a row");
+        assert!(b.waiting(Instant::now()) && open(), "no traffic during the backoff");
+        b.succeeded();
+        assert!(!b.waiting(Instant::now()) && !open());
+        assert_eq!(b.failed(), 1, "a success resets the count");
     }
 
     #[test]
