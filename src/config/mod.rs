@@ -213,13 +213,22 @@ impl Default for S7DeviceConfig {
 }
 
 /// `[devices.logix]`: how to reach a Logix controller.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogixDeviceConfig {
     /// ControlLogix: the controller's slot in the chassis (route path
     /// backplane, slot). None for CompactLogix/Micro800 (no routing).
     pub slot: Option<u8>,
     /// Tags per Multiple Service Packet.
     pub batch_size: usize,
+}
+
+impl Default for LogixDeviceConfig {
+    fn default() -> Self {
+        LogixDeviceConfig {
+            slot: None,
+            batch_size: 20,
+        }
+    }
 }
 
 /// `[[devices]]`: one PLC, one Sparkplug device.
@@ -260,10 +269,7 @@ impl DeviceConfig {
             tags: Vec::new(),
             sim: SimDeviceConfig::default(),
             s7: S7DeviceConfig::default(),
-            logix: LogixDeviceConfig {
-                slot: None,
-                batch_size: 20,
-            },
+            logix: LogixDeviceConfig::default(),
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
         }
@@ -653,10 +659,7 @@ fn read_device(t: &Table) -> Option<DeviceConfig> {
             }
             read_logix(&lt)
         }
-        None => LogixDeviceConfig {
-            slot: None,
-            batch_size: 20,
-        },
+        None => LogixDeviceConfig::default(),
     };
     let mut scan_classes = vec![(DEFAULT_SCAN_CLASS.to_string(), Duration::from_secs(1))];
     if let Some(sc) = t.opt_table("scan_classes") {
@@ -789,7 +792,7 @@ fn read_logix(t: &Table) -> LogixDeviceConfig {
     let slot = t.opt_i64("slot").map(|_| t.int_in("slot", 0, 0..=31) as u8);
     let c = LogixDeviceConfig {
         slot,
-        batch_size: t.int_in("batch_size", 20, 1..=200) as usize,
+        batch_size: t.int_in("batch_size", LogixDeviceConfig::default().batch_size as i64, 1..=200) as usize,
     };
     t.finish(&["slot", "batch_size"]);
     c

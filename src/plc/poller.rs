@@ -662,22 +662,12 @@ mod tests {
     #[test]
     fn generated_tags_are_named_in_order_with_their_class() {
         let d = DeviceConfig {
-            name: "d".into(),
-            driver: crate::config::DriverKind::Sim,
-            address: None,
-            enabled: true,
-            scan_classes: vec![("default".into(), Duration::from_secs(1))],
-            timeout: Duration::from_secs(1),
-            fail_after: 3,
             tags: vec![tag(0.0, 0.0)],
             sim: crate::config::SimDeviceConfig {
                 generate: 3,
                 ..Default::default()
             },
-            s7: Default::default(),
-            logix: Default::default(),
-            backoff_min: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(30),
+            ..DeviceConfig::minimal("d", crate::config::DriverKind::Sim)
         };
         let names: Vec<String> = declarations(&d, 0).into_iter().filter_map(|m| m.name).collect();
         assert_eq!(names, ["t", "Gen/Tag 000001", "Gen/Tag 000002", "Gen/Tag 000003"]);
