@@ -282,6 +282,12 @@ impl LogixDriver {
         Ok(())
     }
 
+    fn client(&mut self) -> Result<&mut EipClient, LogixError> {
+        self.client
+            .as_mut()
+            .ok_or_else(|| LogixError::Connection("not connected".into()))
+    }
+
     fn lost(&mut self, e: EtherNetIpError) -> LogixError {
         self.client = None;
         LogixError::Connection(e.to_string())
@@ -304,10 +310,7 @@ impl LogixDriver {
         }
         for chunk in scalars.chunks(self.batch_size) {
             let names: Vec<&str> = chunk.iter().map(|(_, n)| n.as_str()).collect();
-            let client = self
-                .client
-                .as_mut()
-                .ok_or_else(|| LogixError::Connection("not connected".into()))?;
+            let client = self.client()?;
             let results = match client.read_tags_batch(&names).await {
                 Ok(r) => r,
                 Err(e) if is_connection_error(&e) => return Err(self.lost(e)),
@@ -358,21 +361,18 @@ impl LogixDriver {
                     continue;
                 }
             };
-            let client = self
-                .client
-                .as_mut()
-                .ok_or_else(|| LogixError::Connection("not connected".into()))?;
+            let client = self.client()?;
+            // Outer: the controller's answer; inner: its conversion to the metric's type.
             let r = match &tag {
-                LogixTag::Bit { base, bit } => client.read_bit(base, *bit).await.map(Value::Boolean),
-                LogixTag::Range { base, start, count } => match client.read_array_range(base, *start, *count).await {
-                    Ok(items) => Ok(array_value(items, dt)),
-                    Err(e) => Err(e),
-                }
-                .and_then(|r| r.map_err(EtherNetIpError::Protocol)),
+                LogixTag::Bit { base, bit } => client.read_bit(base, *bit).await.map(|b| Ok(Value::Boolean(b))),
+                LogixTag::Range { base, start, count } => client
+                    .read_array_range(base, *start, *count)
+                    .await
+                    .map(|items| array_value(items, dt)),
                 LogixTag::Scalar(_) => unreachable!("scalars were read in batches"),
             };
             out[k] = Some(match r {
-                Ok(v) => Ok(v),
+                Ok(v) => v,
                 Err(e) if is_connection_error(&e) => return Err(self.lost(e)),
                 Err(e) => Err(e.to_string()),
             });
@@ -391,10 +391,7 @@ impl LogixDriver {
         if self.client.is_none() {
             self.connect().await?;
         }
-        let client = self
-            .client
-            .as_mut()
-            .ok_or_else(|| LogixError::Connection("not connected".into()))?;
+        let client = self.client()?;
         let r = match &tag {
             LogixTag::Bit { base, bit } => match value {
                 Value::Boolean(b) => client.write_bit(base, *bit, *b).await,
