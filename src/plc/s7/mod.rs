@@ -345,9 +345,18 @@ impl S7Driver {
         if self.conn.is_none() {
             self.connect().await?;
         }
+        // As for reads: any I/O error, here or in the read-before-write, drops the connection.
+        let result = self.write_connected(&a, value).await;
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    async fn write_connected(&mut self, a: &S7Address, value: &Value) -> Result<Result<(), String>, S7Error> {
         // A BOOL array shares its bytes with other bits: read, modify, write.
         let current = if a.ty == address::S7Type::Bool && a.array {
-            self.raw(&a).await?
+            self.raw(a).await?
         } else {
             None
         };
@@ -362,13 +371,7 @@ impl S7Driver {
         };
         let bit = a.is_bit().then_some(a.bit);
         let conn = self.conn.as_mut().ok_or(S7Error::Closed)?;
-        match conn.write(item, bit, &bytes).await {
-            Ok(r) => Ok(r.map_err(|e| format!("{a}: {e}"))),
-            Err(e) => {
-                self.conn = None;
-                Err(e)
-            }
-        }
+        Ok(conn.write(item, bit, &bytes).await?.map_err(|e| format!("{a}: {e}")))
     }
 
     /// The raw bytes of `a` as they are now.
