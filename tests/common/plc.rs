@@ -13,7 +13,7 @@ use super::python;
 /// Starts a server peer with `spawn(port)` and waits until *it* listens: a
 /// child that exits (its port was taken after all) is retried on a fresh port
 /// when `fixed` is false, or on the same port after a pause when it is.
-fn start_listening(port: u16, fixed: bool, mut spawn: impl FnMut(u16) -> Child) -> (Child, u16) {
+fn start_listening(port: u16, fixed: bool, spawn: impl Fn(u16) -> Child) -> (Child, u16) {
     let mut port = port;
     for _ in 0..5 {
         let mut child = spawn(port);
@@ -71,37 +71,57 @@ pub enum S7Impl {
     Node,
 }
 
-/// A running S7 server; killed on drop.
-pub struct S7Server {
-    pub kind: S7Impl,
+/// A simulator process on a loopback port, restartable on the same port;
+/// killed on drop. [`S7Server`] and [`Cpppo`] make them.
+pub struct ServerPeer {
     pub port: u16,
+    spawn: Box<dyn Fn(u16) -> Child>,
     child: Option<Child>,
 }
 
-impl S7Server {
-    pub fn start(kind: S7Impl) -> S7Server {
-        Self::start_on(kind, super::free_port())
-    }
-
-    pub fn start_on(kind: S7Impl, port: u16) -> S7Server {
-        let mut s = S7Server {
-            kind,
-            port,
+impl ServerPeer {
+    fn start(spawn: impl Fn(u16) -> Child + 'static) -> ServerPeer {
+        let mut s = ServerPeer {
+            port: super::free_port(),
+            spawn: Box::new(spawn),
             child: None,
         };
         s.launch(false);
         s
     }
 
-    /// Starts the server again on the same port.
+    /// Starts the simulator again on the same port.
     pub fn restart(&mut self) {
         self.launch(true);
     }
 
     fn launch(&mut self, same_port: bool) {
         self.kill();
-        let kind = self.kind;
-        let (child, port) = start_listening(self.port, same_port, |port| {
+        let (child, port) = start_listening(self.port, same_port, &self.spawn);
+        self.child = Some(child);
+        self.port = port;
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ServerPeer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An S7 server peer.
+pub struct S7Server;
+
+impl S7Server {
+    pub fn start(kind: S7Impl) -> ServerPeer {
+        ServerPeer::start(move |port| {
             let mut cmd = match kind {
                 S7Impl::Python => {
                     let mut c = Command::new(python());
@@ -118,22 +138,7 @@ impl S7Server {
                 .stdout(Stdio::null())
                 .spawn()
                 .expect("start the S7 server peer")
-        });
-        self.child = Some(child);
-        self.port = port;
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for S7Server {
-    fn drop(&mut self) {
-        self.kill();
+        })
     }
 }
 
@@ -189,40 +194,20 @@ impl Drop for PeerClient {
     }
 }
 
-/// cpppo's EtherNet/IP Logix simulator with `tags` (e.g. `Counter=DINT`).
-pub struct Cpppo {
-    pub port: u16,
-    tags: Vec<String>,
-    options: Vec<String>,
-    child: Option<Child>,
-}
+/// cpppo's EtherNet/IP Logix simulator.
+pub struct Cpppo;
 
 impl Cpppo {
-    pub fn start(tags: &[&str]) -> Cpppo {
+    /// With `tags`, e.g. `Counter=DINT`.
+    pub fn start(tags: &[&str]) -> ServerPeer {
         Self::start_with(&[], tags)
     }
 
     /// With server options, e.g. `["--route-path", "\"1/2\""]` (a ControlLogix CPU in slot 2).
-    pub fn start_with(options: &[&str], tags: &[&str]) -> Cpppo {
-        let mut c = Cpppo {
-            port: super::free_port(),
-            tags: tags.iter().map(|t| t.to_string()).collect(),
-            options: options.iter().map(|t| t.to_string()).collect(),
-            child: None,
-        };
-        c.launch(false);
-        c
-    }
-
-    /// Starts the simulator again on the same port.
-    pub fn restart(&mut self) {
-        self.launch(true);
-    }
-
-    fn launch(&mut self, same_port: bool) {
-        self.kill();
-        let (options, tags) = (self.options.clone(), self.tags.clone());
-        let (child, port) = start_listening(self.port, same_port, |port| {
+    pub fn start_with(options: &[&str], tags: &[&str]) -> ServerPeer {
+        let options: Vec<String> = options.iter().map(|t| t.to_string()).collect();
+        let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        ServerPeer::start(move |port| {
             Command::new(python())
                 .args([
                     "-m",
@@ -237,22 +222,7 @@ impl Cpppo {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("start cpppo")
-        });
-        self.child = Some(child);
-        self.port = port;
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Cpppo {
-    fn drop(&mut self) {
-        self.kill();
+        })
     }
 }
 
