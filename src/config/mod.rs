@@ -640,14 +640,14 @@ fn read_device(t: &Table) -> Option<DeviceConfig> {
     if matches!(driver, Some(DriverKind::S7 | DriverKind::Logix)) && address.as_deref().is_none_or(str::is_empty) {
         t.missing("address", "the PLC's IP address or host name (host or host:port)");
     }
-    let s7 = match (driver, t.opt_table("s7")) {
-        (_, Some(st)) => {
+    let s7 = match t.opt_table("s7") {
+        Some(st) => {
             if driver != Some(DriverKind::S7) {
                 t.invalid("s7", "an [devices.s7] table belongs to a device with driver = \"s7\"");
             }
             read_s7(&st)
         }
-        (_, None) => S7DeviceConfig::default(),
+        None => S7DeviceConfig::default(),
     };
     let logix = match t.opt_table("logix") {
         Some(lt) => {
