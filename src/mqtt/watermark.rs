@@ -10,9 +10,11 @@
 //! Invariants:
 //! - Confirmation only moves forward, and only on a PUBACK for a marker of
 //!   the current connection.
-//! - rumqttc assigns packet ids in the order `publish` is called; a marker is
-//!   matched to the next nonzero packet id it reports
-//!   (`Event::Outgoing(Outgoing::Publish(pkid))`), QoS 0 publishes report 0.
+//! - rumqttc assigns packet ids in the order `publish` is called; each QoS 1
+//!   publish handed to it (a marker, or another one announced with
+//!   [`Watermark::other_sent`], e.g. NDEATH) takes the next nonzero packet id
+//!   it reports (`Event::Outgoing(Outgoing::Publish(pkid))`); QoS 0 publishes
+//!   report 0 and take none.
 //! - A new connection (CONNACK) forgets every marker not yet acknowledged:
 //!   packet ids restart and rumqttc drops its pending queue on a clean
 //!   session (CRATES.md), so their data counts as unconfirmed and is replayed.
@@ -26,8 +28,9 @@ use std::collections::{HashMap, VecDeque};
 /// Tracks markers from `publish` to PUBACK on one connection at a time.
 #[derive(Debug, Default)]
 pub struct Watermark {
-    /// Markers published but not yet given a packet id, oldest first.
-    unassigned: VecDeque<u64>,
+    /// QoS 1 publishes not yet given a packet id, oldest first: `Some(through)`
+    /// for a marker, `None` for any other.
+    unassigned: VecDeque<Option<u64>>,
     /// Packet id → the record id its PUBACK confirms through.
     inflight: HashMap<u16, u64>,
     confirmed: Option<u64>,
@@ -40,7 +43,13 @@ impl Watermark {
 
     /// A marker was handed to `publish` after data record `through`.
     pub fn marker_sent(&mut self, through: u64) {
-        self.unassigned.push_back(through);
+        self.unassigned.push_back(Some(through));
+    }
+
+    /// A QoS 1 publish that is not a marker was handed to `publish`: it will
+    /// take a packet id, which must not be mistaken for a marker's.
+    pub fn other_sent(&mut self) {
+        self.unassigned.push_back(None);
     }
 
     /// rumqttc wrote a PUBLISH with `pkid` (0 for QoS 0).
@@ -48,7 +57,7 @@ impl Watermark {
         if pkid == 0 {
             return;
         }
-        if let Some(through) = self.unassigned.pop_front() {
+        if let Some(Some(through)) = self.unassigned.pop_front() {
             self.inflight.insert(pkid, through);
         }
     }
@@ -77,7 +86,7 @@ impl Watermark {
 
     /// Markers waiting for their PUBACK.
     pub fn pending(&self) -> usize {
-        self.unassigned.len() + self.inflight.len()
+        self.unassigned.iter().flatten().count() + self.inflight.len()
     }
 }
 
@@ -125,6 +134,17 @@ mod tests {
         w.marker_sent(30);
         w.on_outgoing_publish(1); // packet ids restart
         assert_eq!(w.on_puback(1), Some(30));
+    }
+
+    #[test]
+    fn another_qos1_publish_before_a_marker_does_not_take_the_markers_packet_id() {
+        let mut w = Watermark::new();
+        w.other_sent(); // e.g. NDEATH at QoS 1
+        w.marker_sent(40);
+        w.on_outgoing_publish(1);
+        w.on_outgoing_publish(2);
+        assert_eq!(w.on_puback(1), None, "the other publish's PUBACK confirms nothing");
+        assert_eq!(w.on_puback(2), Some(40));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! and survives SIGKILL and power cuts (tests/queue_crash.rs).
 
 pub mod disk;
+pub mod outbox;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
