@@ -239,13 +239,7 @@ fn pysparkplug_decodes_the_births_and_data_of_our_edge_session() {
         edge.update(T + 5, None, vec![Metric::new("Uptime", Value::UInt64(6), T + 5)])
             .expect("declared"),
     );
-    let published: Vec<_> = actions
-        .into_iter()
-        .filter_map(|a| match a {
-            EdgeAction::Publish(p) => Some(p),
-            _ => None,
-        })
-        .collect();
+    let published: Vec<_> = actions.into_iter().filter_map(|a| a.publish().cloned()).collect();
     let nbirth = common::pysparkplug(&json!({"op": "decode_birth", "payload": common::hex(&published[0].payload)}));
     let names: Vec<&str> = nbirth["metrics"]
         .as_array()

@@ -160,6 +160,15 @@ pub struct StoreConfig {
     pub max_bytes: u64,
     /// Stored samples replayed per second after a new birth.
     pub replay_rate: u32,
+    /// Group commit: stored records are flushed together once this many wait…
+    pub flush_records: u32,
+    /// …or the oldest has waited this long (0: as soon as no more samples are
+    /// ready, the default: a SIGKILL then loses nothing stored).
+    pub flush_interval: Duration,
+    /// Confirmed live samples kept to replay if the Primary Host dies (0: none).
+    pub host_window: Duration,
+    /// Memory bound of those samples.
+    pub host_window_max_bytes: u64,
 }
 
 /// The PLC protocol of a device.
@@ -541,11 +550,29 @@ fn read_store(t: Option<Table>) -> StoreConfig {
         path: t.opt_path("path").unwrap_or(d.path),
         max_bytes: t.bytes_or("max_bytes", d.max_bytes),
         replay_rate: t.int_in("replay_rate", d.replay_rate.into(), 1..=1_000_000) as u32,
+        flush_records: t.int_in("flush_records", d.flush_records.into(), 1..=1_000_000) as u32,
+        flush_interval: t.duration_or("flush_interval", d.flush_interval),
+        host_window: t.duration_or("host_window", d.host_window),
+        host_window_max_bytes: t.bytes_or("host_window_max_bytes", d.host_window_max_bytes),
     };
     if s.max_bytes < 1024 * 1024 {
         t.invalid("max_bytes", "must be at least 1MiB");
     }
-    t.finish(&["path", "max_bytes", "replay_rate"]);
+    if s.flush_interval > Duration::from_secs(10) {
+        t.invalid(
+            "flush_interval",
+            "must be at most 10s (a power cut loses up to this much)",
+        );
+    }
+    t.finish(&[
+        "path",
+        "max_bytes",
+        "replay_rate",
+        "flush_records",
+        "flush_interval",
+        "host_window",
+        "host_window_max_bytes",
+    ]);
     s
 }
 
@@ -555,6 +582,10 @@ impl Default for StoreConfig {
             path: PathBuf::from("/var/lib/spb-gateway/store"),
             max_bytes: 256 * 1024 * 1024,
             replay_rate: 5_000,
+            flush_records: 1000,
+            flush_interval: Duration::ZERO,
+            host_window: Duration::from_secs(60),
+            host_window_max_bytes: 8 * 1024 * 1024,
         }
     }
 }

@@ -9,8 +9,15 @@
 //! - At most one MQTT connection exists; events of a previous one are ignored.
 //! - The Will is rebuilt by the session before every CONNECT; bdSeq is
 //!   persisted (write, fsync, rename) as soon as a CONNECT is known to be sent.
-//! - Samples the session cannot publish go to the store and are replayed,
-//!   bounded per tick, only while the session publishes.
+//! - Samples the session cannot publish go to the store (group commit:
+//!   `store.flush_records` / `store.flush_interval`) and are replayed, bounded
+//!   per tick, only while the session publishes.
+//! - Every DATA message is tracked by the [`Outbox`] until a QoS 1 marker on
+//!   `spb-gateway/watermark/<group>/<node>` published after it is
+//!   acknowledged (ARCHITECTURE.md decision 3); a stored record is deleted
+//!   only then. On a connection loss the unconfirmed live samples are stored;
+//!   when the Primary Host goes offline, so are those confirmed within
+//!   `store.host_window`.
 //! - A reload that fails validation changes nothing and logs every error.
 
 use std::path::{Path, PathBuf};
@@ -18,7 +25,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectionError, Event, Packet};
+use rumqttc::{AsyncClient, ConnectionError, Event, Outgoing, Packet};
 use thiserror::Error;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch as signal_watch};
@@ -30,6 +37,7 @@ use crate::mqtt::{self, ConnEvent, MqttError, Server};
 use crate::plc::poller::{self, now_ms, PollEvent};
 use crate::plc::sim::Rng;
 use crate::queue::disk::{DiskOptions, QueueError};
+use crate::queue::outbox::{Outbox, OutboxOptions};
 use crate::queue::{LazyStore, Record};
 use crate::sparkplug::edge::{DeviceDef, EdgeAction, EdgeConfig, EdgeError, EdgeSession};
 use crate::sparkplug::topic::{MessageType, Topic};
@@ -113,6 +121,20 @@ fn edge_config(cfg: &Config, dry_run: bool) -> EdgeConfig {
     }
 }
 
+fn outbox_options(s: &crate::config::StoreConfig) -> OutboxOptions {
+    OutboxOptions {
+        host_window_ms: s.host_window.as_millis() as u64,
+        host_window_bytes: usize::try_from(s.host_window_max_bytes).unwrap_or(usize::MAX),
+        ..OutboxOptions::default()
+    }
+}
+
+/// The topic of the watermark markers: outside `spBv1.0/`, so Sparkplug
+/// applications never see them (the broker's ACL must allow publishing it).
+pub fn watermark_topic(group: &str, node: &str) -> String {
+    format!("spb-gateway/watermark/{group}/{node}")
+}
+
 /// Reads the persisted bdSeq (the value for the next CONNECT).
 fn load_bdseq(dir: &Path) -> Option<u8> {
     let path = dir.join("bdseq");
@@ -163,6 +185,15 @@ struct Runtime {
     rng: Rng,
     state_dir: PathBuf,
     replay_budget: f64,
+    outbox: Outbox,
+    /// Records to store, waiting for the group commit.
+    pending: Vec<Record>,
+    pending_since: Option<Instant>,
+    /// The Primary Host was online since the window was last handed over.
+    host_was_online: bool,
+    /// Replay rate: samples replayed since `rate_since`.
+    replayed_in_window: u64,
+    rate_since: Instant,
 }
 
 /// Runs the gateway until SIGTERM/SIGINT.
@@ -214,6 +245,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
             "stored samples from before the restart will be replayed"
         );
     }
+    let cfg_store = cfg.store.clone();
     let (conn_tx, mut conn_rx) = mpsc::channel(4096);
     let (poll_tx, mut poll_rx) = mpsc::channel(1024);
     let (stop_pollers, _) = signal_watch::channel(false);
@@ -237,8 +269,14 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
         stop_pollers,
         pollers: Vec::new(),
         rng: Rng::new(now ^ u64::from(std::process::id())),
+        outbox: Outbox::new(outbox_options(&cfg_store)),
         state_dir,
         replay_budget: 0.0,
+        pending: Vec::new(),
+        pending_since: None,
+        host_was_online: false,
+        replayed_in_window: 0,
+        rate_since: Instant::now(),
     };
     rt.start_pollers();
     tokio::spawn(systemd::watchdog(telemetry.clone()));
@@ -277,6 +315,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
             _ = sigint.recv() => break,
             _ = sighup.recv() => rt.reload().await,
         }
+        // Group commit once no more samples are ready (or per the policy).
+        rt.maybe_commit(poll_rx.is_empty());
     }
     rt.shutdown(&mut conn_rx).await;
     Ok(())
@@ -377,6 +417,7 @@ impl Runtime {
                     .map(Server::label)
                     .unwrap_or_default();
                 tracing::info!(%server, bdseq = self.session.bdseq(), "connected");
+                self.outbox.connected();
                 let actions = self.session.connected(now_ms());
                 self.execute(actions).await;
             }
@@ -388,15 +429,63 @@ impl Runtime {
                 }
                 self.execute(actions).await;
             }
+            ConnEvent::Event(_, Event::Outgoing(Outgoing::Publish(pkid))) => {
+                self.outbox.on_outgoing_publish(pkid);
+            }
+            ConnEvent::Event(_, Event::Incoming(Packet::PubAck(ack))) => self.on_puback(ack.pkid),
             ConnEvent::Event(..) => {}
             ConnEvent::Closed(_, e) => self.on_closed(e),
         }
     }
 
-    fn note_host_state(&self, payload: &[u8]) {
+    fn note_host_state(&mut self, payload: &[u8]) {
         if let Ok(s) = crate::sparkplug::state::HostState::parse(payload) {
             self.telemetry.primary_host_online.store(s.online, Relaxed);
             tracing::info!(online = s.online, timestamp = s.timestamp, "Primary Host STATE");
+        }
+        if self.session.host_online() {
+            self.host_was_online = true;
+        } else if self.host_was_online {
+            // The host may not have processed what the broker delivered to it
+            // before it died: replay what was confirmed within the window.
+            self.host_was_online = false;
+            let records = self.outbox.host_offline(now_ms());
+            let n: usize = records.iter().map(|r| r.metrics.len()).sum();
+            if n > 0 {
+                tracing::warn!(
+                    samples = n, window = ?self.cfg.store.host_window,
+                    "Primary Host offline: storing the samples it may have missed, to replay them"
+                );
+            }
+            self.store(records);
+            self.commit();
+        }
+    }
+
+    /// A PUBACK: delete what a marker confirmed from the store.
+    fn on_puback(&mut self, pkid: u16) {
+        let c = self.outbox.on_puback(pkid, now_ms());
+        self.telemetry.confirmed_samples.fetch_add(c.samples, Relaxed);
+        if let Some(id) = c.stored_through {
+            match self.store.confirm_through(id) {
+                Ok(_) if !self.store.is_open() => self.outbox.store_drained(),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "cannot delete confirmed samples from the store"),
+            }
+        }
+        self.update_gauges();
+    }
+
+    /// Publishes a QoS 1 marker after everything sent so far.
+    async fn send_marker(&mut self) {
+        let Some(c) = &self.client else { return };
+        let topic = watermark_topic(&self.cfg.node.group_id, &self.cfg.node.node_id);
+        match c
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, Vec::<u8>::new())
+            .await
+        {
+            Ok(()) => self.outbox.marker_sent(),
+            Err(e) => tracing::debug!(error = %e, "marker not sent (connection closing)"),
         }
     }
 
@@ -409,6 +498,10 @@ impl Runtime {
             .as_ref()
             .map(|s| mqtt::explain(s, &e))
             .unwrap_or_else(|| e.to_string());
+        // What the broker has not provably read goes to the store.
+        let unconfirmed = self.outbox.connection_lost();
+        self.store(unconfirmed);
+        self.commit();
         if self.closing {
             // We disconnected on purpose (host offline, next server); the
             // session already walked on.
@@ -460,7 +553,27 @@ impl Runtime {
                         }
                     }
                 }
-                EdgeAction::Publish(p) => self.publish(p).await,
+                EdgeAction::Publish(p) => {
+                    let qos1 = p.qos == crate::sparkplug::QoS::AtLeastOnce;
+                    if self.publish(p).await && qos1 {
+                        self.outbox.other_qos1_sent();
+                    }
+                }
+                EdgeAction::Data {
+                    publish,
+                    device,
+                    samples,
+                } => {
+                    let record = Record {
+                        device,
+                        metrics: samples,
+                    };
+                    if self.publish(publish).await {
+                        to_store.extend(self.outbox.sent_live(record));
+                    } else {
+                        to_store.push(record);
+                    }
+                }
                 EdgeAction::Disconnect => {
                     self.closing = true;
                     self.telemetry.born.store(false, Relaxed);
@@ -485,12 +598,16 @@ impl Runtime {
             }
         }
         self.store(to_store);
+        if self.outbox.marker_due(false) {
+            self.send_marker().await;
+        }
         self.update_gauges();
     }
 
-    async fn publish(&mut self, p: Publish) {
+    /// Publishes; true when the client took the message.
+    async fn publish(&mut self, p: Publish) -> bool {
         let kind = Topic::parse(&p.topic).ok().and_then(|t| t.kind());
-        let Some(c) = &self.client else { return };
+        let Some(c) = &self.client else { return false };
         let len = p.payload.len();
         if len as u64 > self.cfg.mqtt.max_packet_size {
             // A birth cannot be split (it must hold every metric): say what to change.
@@ -498,7 +615,7 @@ impl Runtime {
                 topic = %p.topic, bytes = len, max_packet_size = self.cfg.mqtt.max_packet_size,
                 "message larger than mqtt.max_packet_size: raise it (the broker's limit too), or for DATA lower node.max_data_metrics"
             );
-            return;
+            return false;
         }
         if kind == Some(MessageType::NBirth) {
             tracing::info!(topic = %p.topic, bdseq = self.session.bdseq(), "NBIRTH");
@@ -508,16 +625,48 @@ impl Runtime {
                 if let Some(k) = kind {
                     self.telemetry.published(k, len);
                 }
+                true
             }
-            Err(e) => tracing::error!(error = %e, "publish failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "publish failed (connection closing)");
+                false
+            }
         }
     }
 
-    /// Stores `records` as one group commit (acknowledged means on disk).
+    /// Queues `records` for the store's next group commit.
     fn store(&mut self, records: Vec<Record>) {
         if records.is_empty() {
             return;
         }
+        if self.pending.is_empty() {
+            self.pending_since = Some(Instant::now());
+        }
+        self.pending.extend(records);
+    }
+
+    /// Commits the pending records when the policy says so: `flush_records`
+    /// waiting, the oldest older than `flush_interval`, or (interval 0) no
+    /// more samples ready.
+    fn maybe_commit(&mut self, idle: bool) {
+        let Some(since) = self.pending_since else { return };
+        let s = &self.cfg.store;
+        let interval = s.flush_interval;
+        if self.pending.len() >= s.flush_records as usize
+            || (interval.is_zero() && idle)
+            || (!interval.is_zero() && since.elapsed() >= interval)
+        {
+            self.commit();
+        }
+    }
+
+    /// Writes the pending records as one group commit (acknowledged means on disk).
+    fn commit(&mut self) {
+        self.pending_since = None;
+        if self.pending.is_empty() {
+            return;
+        }
+        let records = std::mem::take(&mut self.pending);
         let n: u64 = records.iter().map(|r| r.metrics.len() as u64).sum();
         self.telemetry.stored_samples.fetch_add(n, Relaxed);
         let dropped = match self.store.append_batch(&records) {
@@ -544,7 +693,7 @@ impl Runtime {
         let mut to_store = Vec::new();
         for a in actions {
             match a {
-                EdgeAction::Publish(p) => {
+                EdgeAction::Publish(p) | EdgeAction::Data { publish: p, .. } => {
                     let kind = Topic::parse(&p.topic).ok().and_then(|t| t.kind());
                     if let Some(k) = kind {
                         self.telemetry.published(k, p.payload.len());
@@ -609,6 +758,17 @@ impl Runtime {
         }
         self.execute(rebirth).await;
         self.replay(now).await;
+        if self.outbox.marker_due(true) {
+            self.send_marker().await;
+        }
+        self.outbox.expire(now);
+        let elapsed = self.rate_since.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            let rate = self.replayed_in_window as f64 / elapsed.as_secs_f64();
+            self.telemetry.replay_rate.store(rate.round() as u64, Relaxed);
+            self.replayed_in_window = 0;
+            self.rate_since = Instant::now();
+        }
         self.update_gauges();
     }
 
@@ -621,8 +781,9 @@ impl Runtime {
         self.replay_budget = (self.replay_budget + f64::from(self.cfg.store.replay_rate) / 10.0)
             .min(f64::from(self.cfg.store.replay_rate));
         while self.replay_budget >= 1.0 {
-            // The head stays stored until the session has published it.
-            let head = match self.store.read_after(None, 1) {
+            // Records stay stored until a watermark confirms them.
+            let cursor = self.outbox.replay_cursor();
+            let head = match self.store.read_after(cursor, 1) {
                 Ok(mut v) => v.pop(),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the store");
@@ -635,16 +796,27 @@ impl Runtime {
                 Ok(actions) => {
                     self.replay_budget -= n as f64;
                     self.telemetry.replayed_samples.fetch_add(n as u64, Relaxed);
-                    self.execute(actions).await;
-                    if let Err(e) = self.store.confirm_through(id) {
-                        tracing::error!(error = %e, "cannot confirm replayed samples");
+                    self.replayed_in_window += n as u64;
+                    for a in actions {
+                        match a {
+                            EdgeAction::Publish(p) => {
+                                if !self.publish(p).await {
+                                    // The connection is going: the record stays
+                                    // stored and is replayed on the next one.
+                                    return;
+                                }
+                            }
+                            other => self.execute(vec![other]).await,
+                        }
                     }
+                    self.outbox.sent_stored(id);
                 }
                 Err(EdgeError::NotPublishing) => break,
                 Err(e) => {
                     self.telemetry.dropped_samples.fetch_add(n as u64, Relaxed);
                     tracing::error!(error = %e, dropped = n, "stored samples cannot be replayed");
-                    let _ = self.store.confirm_through(id);
+                    // Deleted with the next confirmation, like a replayed one.
+                    self.outbox.sent_stored(id);
                 }
             }
         }
@@ -655,6 +827,9 @@ impl Runtime {
         t.born.store(self.session.is_born(), Relaxed);
         t.bdseq.store(self.session.bdseq().into(), Relaxed);
         t.seq.store(u64::from(self.session.next_seq().wrapping_sub(1)), Relaxed);
+        let o = self.outbox.stats();
+        t.unconfirmed_samples.store(o.unconfirmed, Relaxed);
+        t.retained_samples.store(o.retained, Relaxed);
         let q = self.store.stats();
         t.queue_depth.store(q.metrics, Relaxed);
         t.queue_bytes.store(q.bytes, Relaxed);
@@ -746,6 +921,20 @@ impl Runtime {
             return;
         }
         let had_connection = self.client.is_some();
+        if had_connection && self.connack {
+            // Let a last marker confirm what was sent, so that little is
+            // stored to be replayed (as duplicates) after the restart.
+            if self.outbox.marker_due(true) {
+                self.send_marker().await;
+            }
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while self.outbox.stats().markers_pending > 0 && self.client.is_some() {
+                match tokio::time::timeout_at(deadline, conn_rx.recv()).await {
+                    Ok(Some(ev)) => self.on_conn_event(ev).await,
+                    _ => break,
+                }
+            }
+        }
         self.execute(actions).await;
         if had_connection {
             let id = self.conn_id;
@@ -758,6 +947,9 @@ impl Runtime {
             })
             .await;
         }
+        let unconfirmed = self.outbox.connection_lost();
+        self.store(unconfirmed);
+        self.commit();
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "could not flush the store");
         }

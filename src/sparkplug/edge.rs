@@ -80,6 +80,15 @@ pub enum EdgeAction {
     /// Subscribe to these topics at QoS 1 ([tck-id-message-flow-edge-node-ncmd-subscribe]).
     Subscribe(Vec<String>),
     Publish(Publish),
+    /// A live DATA message (QoS 0) and the samples it carries, named and
+    /// without aliases (the form [`EdgeAction::StoreHistorical`] has): the
+    /// I/O loop keeps them until a watermark proves the broker read the
+    /// message, and stores them if it never does.
+    Data {
+        publish: Publish,
+        device: Option<String>,
+        samples: Vec<Metric>,
+    },
     /// Send DISCONNECT and close the connection.
     Disconnect,
     /// These samples could not be published now: keep them and replay them later.
@@ -97,6 +106,16 @@ pub enum EdgeAction {
         topic: String,
         reason: String,
     },
+}
+
+impl EdgeAction {
+    /// The message to publish, for [`EdgeAction::Publish`] and [`EdgeAction::Data`].
+    pub fn publish(&self) -> Option<&Publish> {
+        match self {
+            EdgeAction::Publish(p) | EdgeAction::Data { publish: p, .. } => Some(p),
+            _ => None,
+        }
+    }
 }
 
 /// Static configuration of one edge node.
@@ -442,6 +461,11 @@ impl EdgeSession {
         self.phase == Phase::Born && self.pending_rebirth_at.is_none()
     }
 
+    /// The configured Primary Host's last accepted STATE said online.
+    pub fn host_online(&self) -> bool {
+        self.host_online
+    }
+
     /// The configuration.
     pub fn config(&self) -> &EdgeConfig {
         &self.cfg
@@ -711,13 +735,34 @@ impl EdgeSession {
                 // [tck-id-payloads-metric-datatype-not-req]
                 let payload = encode_iter(Some(now), Some(seq), part.iter().map(Cow::Borrowed), Datatypes::Omit)
                     .expect("session payloads are built from declarations checked in EdgeSession::new");
-                EdgeAction::Publish(Publish {
+                let publish = Publish {
                     topic: topic.clone(),
                     payload,
                     // [tck-id-topics-ndata-mqtt] [tck-id-topics-ddata-mqtt]
                     qos: QoS::AtMostOnce,
                     retain: false,
-                })
+                };
+                if historical {
+                    // Replayed from the store, which keeps the samples.
+                    return EdgeAction::Publish(publish);
+                }
+                let scope = self.scope(i);
+                let samples = part
+                    .iter()
+                    .map(|m| {
+                        let mut s = m.clone();
+                        if let Some(idx) = scope.index_of(m) {
+                            s.name = Some(scope.name_at(idx as u32).to_string());
+                        }
+                        s.alias = None;
+                        s
+                    })
+                    .collect();
+                EdgeAction::Data {
+                    publish,
+                    device: device.clone(),
+                    samples,
+                }
             })
             .collect()
     }
@@ -1293,13 +1338,7 @@ mod tests {
     }
 
     fn publishes(actions: &[EdgeAction]) -> Vec<&Publish> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                EdgeAction::Publish(p) => Some(p),
-                _ => None,
-            })
-            .collect()
+        actions.iter().filter_map(EdgeAction::publish).collect()
     }
 
     fn will(actions: &[EdgeAction]) -> Publish {
@@ -1766,6 +1805,44 @@ mod tests {
     }
 
     #[test]
+    fn live_data_hands_its_samples_by_name_to_the_outbox_and_a_replay_does_not() {
+        let mut s = session();
+        s.device_online(T0, "press").expect("known");
+        born(&mut s);
+        let out = s
+            .update(
+                T0 + 5,
+                Some("press"),
+                vec![Metric::new("Temp", Value::Float(7.5), T0 + 5)],
+            )
+            .expect("ok");
+        let [EdgeAction::Data {
+            publish,
+            device,
+            samples,
+        }] = &out[..]
+        else {
+            panic!("expected one DATA, got {out:?}")
+        };
+        assert_eq!(device.as_deref(), Some("press"));
+        assert_eq!(samples.len(), 1);
+        let m = &samples[0];
+        assert_eq!(
+            (m.name.as_deref(), m.alias, &m.value, m.timestamp, m.is_historical),
+            (Some("Temp"), None, &Some(Value::Float(7.5)), Some(T0 + 5), false),
+            "the stored form: named, no alias, so a replay after a rebirth maps it anew"
+        );
+        let d = Payload::decode_with(&publish.payload, &s.devices[0]).expect("decodes");
+        assert_eq!((d.metrics[0].alias, d.metrics[0].name.as_deref()), (Some(2), None));
+        // Replaying the samples (as the gateway does after a lost connection).
+        let again = s.replay(T0 + 9, device.as_deref(), samples.clone()).expect("born");
+        assert!(
+            matches!(&again[..], [EdgeAction::Publish(_)]),
+            "replayed data is kept by the store, not handed back: {again:?}"
+        );
+    }
+
+    #[test]
     fn replay_of_a_metric_no_longer_declared_is_rejected_not_published() {
         let mut s = session();
         born(&mut s);
@@ -2226,12 +2303,12 @@ mod tests {
                         .collect(),
                 };
                 for a in &actions {
-                    match a {
-                        EdgeAction::SetWill(w) => { will_bdseq = Some(bdseq_of(&decode(w))); last_seq = None; }
-                        EdgeAction::Publish(p) if p.topic.contains("/NDEATH/") => {
+                    match (a, a.publish()) {
+                        (EdgeAction::SetWill(w), _) => { will_bdseq = Some(bdseq_of(&decode(w))); last_seq = None; }
+                        (_, Some(p)) if p.topic.contains("/NDEATH/") => {
                             prop_assert_eq!(Payload::decode(&p.payload).expect("decodes").seq, None);
                         }
-                        EdgeAction::Publish(p) => {
+                        (_, Some(p)) => {
                             // DATA omits datatypes; the raw protobuf has the seq.
                             let raw = <crate::sparkplug::pb::Payload as prost::Message>::decode(p.payload.as_slice())
                                 .expect("own payloads decode");

@@ -885,7 +885,7 @@ mod tests {
         actions
             .into_iter()
             .filter_map(|a| match a {
-                EdgeAction::Publish(p) => Some(p),
+                EdgeAction::Publish(p) | EdgeAction::Data { publish: p, .. } => Some(p),
                 _ => None,
             })
             .collect()

@@ -83,6 +83,14 @@ pub struct Telemetry {
     /// Timestamp (ms) of the oldest stored sample, 0 when nothing is stored.
     pub queue_oldest_ms: AtomicU64,
     pub primary_host_online: AtomicBool,
+    /// Live samples sent but not yet confirmed by a watermark.
+    pub unconfirmed_samples: AtomicU64,
+    /// Confirmed samples kept in memory for a Primary Host death.
+    pub retained_samples: AtomicU64,
+    /// Samples (live and replayed) a watermark proved the broker read.
+    pub confirmed_samples: AtomicU64,
+    /// Stored samples replayed during the last second.
+    pub replay_rate: AtomicU64,
     /// Advanced by the session loop on every tick (without pollers, it stands in for them).
     pub poll_progress: AtomicU64,
     /// Advanced by the session loop (which runs MQTT) on every event and tick.
@@ -165,14 +173,17 @@ impl Telemetry {
     /// The store's line on `/ready`.
     pub fn store_summary(&self, now_ms: u64) -> String {
         format!(
-            "store: {} samples ({} bytes), oldest {} s, stored {}, replayed {}, dropped {}, corrupt records {}",
+            "store: {} samples ({} bytes), oldest {} s, stored {}, replayed {} ({}/s), dropped {}, corrupt records {}, unconfirmed {}, kept for the host {}",
             self.queue_depth.load(Relaxed),
             self.queue_bytes.load(Relaxed),
             self.queue_oldest_age_s(now_ms),
             self.stored_samples.load(Relaxed),
             self.replayed_samples.load(Relaxed),
+            self.replay_rate.load(Relaxed),
             self.dropped_samples.load(Relaxed),
             self.corrupt_records.load(Relaxed),
+            self.unconfirmed_samples.load(Relaxed),
+            self.retained_samples.load(Relaxed),
         )
     }
 
@@ -329,6 +340,34 @@ impl Telemetry {
             "Age of the oldest stored sample (0 when nothing is stored).",
             "gauge",
             self.queue_oldest_age_s(crate::plc::poller::now_ms()),
+        );
+        g(
+            &mut s,
+            "spb_replay_rate",
+            "Stored samples replayed during the last second.",
+            "gauge",
+            self.replay_rate.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_unconfirmed_samples",
+            "Live samples sent at QoS 0 and not yet confirmed by a watermark (stored if the connection drops).",
+            "gauge",
+            self.unconfirmed_samples.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_host_window_samples",
+            "Confirmed samples kept in memory to replay if the Primary Host dies.",
+            "gauge",
+            self.retained_samples.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_confirmed_samples_total",
+            "Samples a watermark proved the broker read.",
+            "counter",
+            self.confirmed_samples.load(Relaxed),
         );
         let devices = self.devices.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         type Series = (&'static str, &'static str, &'static str, fn(&DeviceStats) -> u64);
