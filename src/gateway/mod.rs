@@ -457,7 +457,7 @@ impl Runtime {
                     "Primary Host offline: storing the samples it may have missed, to replay them"
                 );
             }
-            self.store(records);
+            self.store_first(records);
             self.commit();
         }
     }
@@ -500,7 +500,7 @@ impl Runtime {
             .unwrap_or_else(|| e.to_string());
         // What the broker has not provably read goes to the store.
         let unconfirmed = self.outbox.connection_lost();
-        self.store(unconfirmed);
+        self.store_first(unconfirmed);
         self.commit();
         if self.closing {
             // We disconnected on purpose (host offline, next server); the
@@ -571,6 +571,10 @@ impl Runtime {
                     if self.publish(publish).await {
                         to_store.extend(self.outbox.sent_live(record));
                     } else {
+                        // The connection is gone (its Closed event may still be
+                        // queued): what it left unconfirmed is older than this
+                        // record and is stored first, keeping the store in order.
+                        to_store.extend(self.outbox.connection_lost());
                         to_store.push(record);
                     }
                 }
@@ -643,6 +647,17 @@ impl Runtime {
             self.pending_since = Some(Instant::now());
         }
         self.pending.extend(records);
+    }
+
+    /// Queues `records` ahead of those pending: they are older (samples the
+    /// broker did not confirm, or the Primary Host may have missed).
+    fn store_first(&mut self, mut records: Vec<Record>) {
+        if records.is_empty() {
+            return;
+        }
+        records.append(&mut self.pending);
+        self.pending = records;
+        self.pending_since = Some(Instant::now());
     }
 
     /// Commits the pending records when the policy says so: `flush_records`

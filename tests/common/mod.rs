@@ -231,6 +231,13 @@ impl Broker {
         }
     }
 
+    /// Sends the broker a signal (SIGSTOP hangs it, SIGCONT resumes it).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = &self.child {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig).expect("signal");
+        }
+    }
+
     /// Kills the broker (SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -261,10 +268,20 @@ pub struct Peer {
 
 impl Peer {
     pub fn start(port: u16) -> Peer {
+        Self::start_as(port, None)
+    }
+
+    /// The peer as Primary Host `host`: STATE online after each (re)connect.
+    pub fn start_host(port: u16, host: &str) -> Peer {
+        Self::start_as(port, Some(host))
+    }
+
+    fn start_as(port: u16, host: Option<&str>) -> Peer {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/sparkplug_peer_mqtt.py");
         let mut child = Command::new(python())
             .arg(script)
             .arg(port.to_string())
+            .args(host)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

@@ -6,7 +6,12 @@ Reads JSON commands on stdin to publish, encoded by pysparkplug:
   {"op": "rebirth", "group": G, "node": N}
   {"op": "state", "host": H, "online": bool, "timestamp": ms}
   {"op": "clear_state", "host": H}
-Usage: sparkplug_peer_mqtt.py PORT
+Usage: sparkplug_peer_mqtt.py PORT [HOST_ID]
+
+With HOST_ID the peer is that Sparkplug Primary Host: its Will is
+STATE offline, and on every (re)connect it subscribes first and then publishes
+STATE online with the timestamp of that Will, so edge nodes are born only once
+it listens. It reconnects within a second after a broker restart.
 """
 
 import json
@@ -95,11 +100,30 @@ def commands(client):
 
 def main():
     port = int(sys.argv[1])
+    host = sys.argv[2] if len(sys.argv) > 2 else None
     client = mqtt.Client(client_id=f"pysparkplug-peer-{time.time_ns()}", clean_session=True)
     client.on_message = on_message
+    client.reconnect_delay_set(min_delay=1, max_delay=1)
     ready = threading.Event()
+    connect_ts = [0]
+
+    def arm_will():
+        # Sparkplug 3.0: the Will and the following STATE online share the timestamp.
+        connect_ts[0] = int(time.time() * 1000)
+        if host:
+            body = json.dumps({"online": False, "timestamp": connect_ts[0]})
+            client.will_set(f"spBv1.0/STATE/{host}", body, qos=1, retain=True)
+
+    def on_subscribe(c, u, mid, q):
+        if host:
+            body = json.dumps({"online": True, "timestamp": connect_ts[0]})
+            c.publish(f"spBv1.0/STATE/{host}", body, qos=1, retain=True)
+        emit({"subscribed": True})
+
     client.on_connect = lambda c, u, f, rc: (c.subscribe("spBv1.0/#", qos=1), ready.set())
-    client.on_subscribe = lambda c, u, mid, q: emit({"subscribed": True})
+    client.on_subscribe = on_subscribe
+    client.on_disconnect = lambda c, u, rc: arm_will()
+    arm_will()
     client.connect("127.0.0.1", port)
     client.loop_start()
     ready.wait(10)

@@ -1,0 +1,325 @@
+//! Store-and-forward end to end (issue #5): a real mosquitto killed and
+//! restarted, the gateway SIGKILLed, the Primary Host going offline; an
+//! independent subscriber (pysparkplug) must receive every sample.
+//!
+//! The probe is the sim's `counter` tag, +1 on every 10 ms scan: within one
+//! gateway process its values are consecutive integers, so any sample lost
+//! between the PLC and the subscriber shows up as a hole.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::{Broker, Gateway, Peer};
+use nix::sys::signal::Signal;
+use serde_json::Value as J;
+
+const T: Duration = Duration::from_secs(20);
+
+fn config(group: &str, port: u16, extra_node: &str, extra: &str) -> String {
+    format!(
+        r#"[node]
+group_id = "{group}"
+node_id = "gw"
+rebirth_debounce = "0s"
+{extra_node}
+
+[mqtt]
+backoff_min = "100ms"
+backoff_max = "500ms"
+keepalive = "5s"
+connect_timeout = "2s"
+
+[[mqtt.servers]]
+host = "127.0.0.1"
+port = {port}
+
+[telemetry]
+listen = ""
+log_format = "human"
+
+[[devices]]
+name = "line"
+driver = "sim"
+[devices.scan_classes]
+fast = "10ms"
+[[devices.tags]]
+name = "Count"
+address = "counter"
+datatype = "UInt64"
+scan_class = "fast"
+{extra}
+"#
+    )
+}
+
+/// One received sample of `Count`.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    value: u64,
+    timestamp: u64,
+    historical: bool,
+    /// Index of the session (NBIRTH) it arrived in.
+    session: usize,
+}
+
+fn kind(m: &J) -> &str {
+    m["kind"].as_str().unwrap_or("")
+}
+
+/// Every `Count` sample the subscriber received, in arrival order.
+fn samples(seen: &[J]) -> Vec<Sample> {
+    let mut alias: Option<u64> = None;
+    let mut session = 0;
+    let mut out = Vec::new();
+    for m in seen {
+        assert!(m.get("error").is_none(), "the subscriber could not decode: {m}");
+        match kind(m) {
+            "NBIRTH" => session += 1,
+            "DBIRTH" | "DDATA" => {}
+            _ => continue,
+        }
+        for x in m["metrics"].as_array().into_iter().flatten() {
+            if kind(m) == "DBIRTH" && x["name"] == "Count" {
+                alias = x["alias"].as_u64();
+            }
+            let is_count = x["name"] == "Count" || (x["name"].is_null() && x["alias"].as_u64() == alias);
+            if !is_count || kind(m) == "NBIRTH" {
+                continue;
+            }
+            let Some(value) = x["value"].as_u64() else { continue };
+            out.push(Sample {
+                value,
+                timestamp: x["timestamp"].as_u64().expect("timestamp"),
+                historical: x["is_historical"] == true,
+                session,
+            });
+        }
+    }
+    out
+}
+
+/// The values in `[from, to]` that never arrived.
+fn holes(got: &[Sample], from: u64, to: u64) -> Vec<u64> {
+    let have: BTreeSet<u64> = got.iter().map(|s| s.value).collect();
+    (from..=to).filter(|v| !have.contains(v)).collect()
+}
+
+/// Within one session, each metric's historical samples arrive oldest first.
+fn assert_historical_in_order(got: &[Sample]) {
+    let mut last: BTreeMap<usize, u64> = BTreeMap::new();
+    for s in got.iter().filter(|s| s.historical) {
+        let prev = last.insert(s.session, s.timestamp).unwrap_or(0);
+        assert!(
+            s.timestamp >= prev,
+            "historical samples out of order in session {}: {} after {prev}",
+            s.session,
+            s.timestamp
+        );
+    }
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    let text = common::http_get(port, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+}
+
+/// Waits until the gateway's store is empty and nothing is unconfirmed.
+fn wait_drained(http: u16, gw: &Gateway) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(http, "spb_queue_depth") > 0.0 || metric(http, "spb_unconfirmed_samples") > 0.0 {
+        assert!(Instant::now() < deadline, "the store never drained:\n{}", gw.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn with_http(cfg: String, http: u16) -> String {
+    cfg.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{http}\""))
+}
+
+// ARCHITECTURE.md decisions 3 and 5; [tck-id-operational-behavior-data-publish-nbirth-order]
+#[test]
+fn a_broker_outage_loses_no_sample_and_the_stored_ones_arrive_historical_and_in_order() {
+    let mut broker = Broker::start(None);
+    let mut peer = Peer::start_host(broker.port, "scada");
+    let http = common::free_port();
+    let cfg = with_http(
+        config(
+            "SF1",
+            broker.port,
+            "primary_host_id = \"scada\"",
+            "[store]\nreplay_rate = 2000",
+        ),
+        http,
+    );
+    let mut gw = Gateway::start(&cfg, &[]);
+    peer.wait_for("NBIRTH", T, |m| kind(m) == "NBIRTH");
+    std::thread::sleep(Duration::from_secs(2));
+    // The broker hangs first: what the gateway sends now sits unread in the
+    // socket buffers (QoS 0: no PUBACK tells), then the broker dies with it.
+    // Only the watermark knows these samples never arrived.
+    let down = common_now_ms();
+    broker.signal(Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    let up = common_now_ms();
+    broker.restart();
+    // The peer reconnects and says STATE online; the gateway is born again.
+    peer.wait_for("the NBIRTH after the outage", T, |m| kind(m) == "NBIRTH");
+    wait_drained(http, &gw);
+    assert!(
+        metric(http, "spb_replayed_samples_total") > 0.0,
+        "the outage was stored and replayed"
+    );
+    gw.signal(Signal::SIGTERM);
+    assert!(gw.wait_exit(T).success(), "{}", gw.log());
+    peer.collect(Duration::from_millis(500));
+
+    let got = samples(&peer.seen);
+    let first = got.iter().map(|s| s.value).min().expect("samples");
+    let last = got.iter().map(|s| s.value).max().expect("samples");
+    assert!(last - first > 400, "about 7 s of a 10 ms counter: {first}..{last}");
+    assert_eq!(holes(&got, first, last), Vec::<u64>::new(), "samples lost");
+    // What was read while the broker was down arrived flagged historical.
+    let during: Vec<&Sample> = got
+        .iter()
+        .filter(|s| s.timestamp > down + 500 && s.timestamp + 500 < up)
+        .collect();
+    assert!(during.len() > 100, "{} samples from the outage", during.len());
+    assert!(during.iter().all(|s| s.historical), "stored samples are historical");
+    assert_historical_in_order(&got);
+}
+
+fn common_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+/// A small deterministic generator for the kill moments.
+fn next(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+#[test]
+fn twenty_sigkills_at_random_moments_lose_no_sample_the_gateway_had_delivered_or_stored() {
+    let broker = Broker::start(None);
+    let mut peer = Peer::start(broker.port);
+    // A slow replay, so that kills land during replays too.
+    let cfg = config("SF2", broker.port, "", "[store]\nreplay_rate = 300");
+    let mut seed = 0x5eed_u64 ^ common_now_ms();
+    eprintln!("kill schedule seed {seed:#x}");
+    let mut state = tempfile::tempdir().expect("tmp");
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for _ in 0..20 {
+        let start = common_now_ms();
+        let gw = Gateway::start_in(state, &cfg, &[]);
+        std::thread::sleep(Duration::from_millis(200 + next(&mut seed) % 1300));
+        let end = common_now_ms();
+        state = gw.kill_keep_state();
+        runs.push((start, end));
+    }
+    // A last run replays everything that is left and stops cleanly.
+    let http = common::free_port();
+    let mut gw = Gateway::start_in(state, &with_http(cfg.clone(), http), &[]);
+    peer.wait_for("NBIRTH of the last run", T, |m| {
+        kind(m) == "NBIRTH" && m["timestamp"].as_u64().is_some_and(|t| t >= runs[19].1)
+    });
+    wait_drained(http, &gw);
+    gw.signal(Signal::SIGTERM);
+    assert!(gw.wait_exit(T).success(), "{}", gw.log());
+    peer.collect(Duration::from_millis(500));
+
+    let got = samples(&peer.seen);
+    let mut checked = 0;
+    for (i, (start, end)) in runs.iter().enumerate() {
+        // Each process counts from its own start; its samples are those
+        // timestamped within its lifetime.
+        let run: Vec<Sample> = got
+            .iter()
+            .filter(|s| s.timestamp >= *start && s.timestamp <= *end)
+            .copied()
+            .collect();
+        let (Some(first), Some(last)) = (run.iter().map(|s| s.value).min(), run.iter().map(|s| s.value).max()) else {
+            continue; // killed before its first scan left the process
+        };
+        assert_eq!(holes(&run, first, last), Vec::<u64>::new(), "run {i} lost samples");
+        checked += 1;
+    }
+    assert!(
+        checked >= 15,
+        "only {checked} of 20 runs delivered samples:\n{}",
+        gw.log()
+    );
+    assert_historical_in_order(&got);
+}
+
+// ARCHITECTURE.md decision 4; [tck-id-operational-behavior-edge-node-birth-sequence-wait]
+#[test]
+fn primary_host_offline_stores_without_publishing_data_and_replays_its_window_when_back() {
+    let broker = Broker::start(None);
+    let mut peer = Peer::start_host(broker.port, "scada");
+    let http = common::free_port();
+    let cfg = with_http(config("SF3", broker.port, "primary_host_id = \"scada\"", ""), http);
+    let mut gw = Gateway::start(&cfg, &[]);
+    peer.wait_for("NBIRTH", T, |m| kind(m) == "NBIRTH");
+    std::thread::sleep(Duration::from_secs(2));
+    let offline_at = common_now_ms();
+    peer.send(serde_json::json!({"op": "state", "host": "scada", "online": false, "timestamp": offline_at}));
+    gw.wait_log("Primary Host offline: storing the samples it may have missed", T);
+    std::thread::sleep(Duration::from_secs(2));
+    let online_at = common_now_ms();
+    peer.send(serde_json::json!({"op": "state", "host": "scada", "online": true, "timestamp": online_at}));
+    peer.wait_for("NBIRTH after the host is back", T, |m| {
+        kind(m) == "NBIRTH" && m["timestamp"].as_u64().is_some_and(|t| t >= online_at)
+    });
+    wait_drained(http, &gw);
+    gw.signal(Signal::SIGTERM);
+    assert!(gw.wait_exit(T).success(), "{}", gw.log());
+    peer.collect(Duration::from_millis(500));
+
+    // The gateway leaves with NDEATH when it sees the offline STATE, and
+    // publishes no DATA until the NBIRTH after the host is back.
+    let mut left = false;
+    for m in &peer.seen {
+        match kind(m) {
+            "NDEATH" => left = true,
+            "NBIRTH" => left = false,
+            "NDATA" | "DDATA" => assert!(!left, "DATA published while the Primary Host was offline: {m}"),
+            _ => {}
+        }
+    }
+    assert!(
+        peer.seen.iter().any(|m| kind(m) == "NDEATH"),
+        "the gateway left on the offline STATE"
+    );
+    let got = samples(&peer.seen);
+    let live_while_offline: Vec<&Sample> = got
+        .iter()
+        .filter(|s| !s.historical && s.timestamp > offline_at + 500 && s.timestamp + 500 < online_at)
+        .collect();
+    assert!(live_while_offline.is_empty(), "{live_while_offline:?}");
+    let first = got.iter().map(|s| s.value).min().expect("samples");
+    let last = got.iter().map(|s| s.value).max().expect("samples");
+    assert_eq!(holes(&got, first, last), Vec::<u64>::new(), "samples lost");
+    // The window: samples the host may have missed before it went offline
+    // were replayed (again) as historical after it came back.
+    let replayed_window = got
+        .iter()
+        .filter(|s| s.historical && s.timestamp < offline_at && s.timestamp + 1000 > offline_at)
+        .count();
+    assert!(
+        replayed_window > 50,
+        "{replayed_window} samples of the last second before the host died replayed"
+    );
+    assert_historical_in_order(&got);
+}
