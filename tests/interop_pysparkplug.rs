@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value as J};
 use spb::sparkplug::codec::{DatatypeSource, Datatypes};
-use spb::sparkplug::edge::{DeviceDef, EdgeAction, EdgeConfig, EdgeSession};
+use spb::sparkplug::edge::{DeviceDef, EdgeConfig, EdgeSession};
 use spb::sparkplug::{DataType, Metric, Payload, Value};
 
 const T: u64 = 1_700_000_000_123;

@@ -323,3 +323,59 @@ fn primary_host_offline_stores_without_publishing_data_and_replays_its_window_wh
     );
     assert_historical_in_order(&got);
 }
+
+/// The number after `key=` in a log line.
+fn logged(log: &str, line_has: &str, key: &str) -> u64 {
+    let plain = log
+        .replace("\u{1b}[3m", "")
+        .replace("\u{1b}[0m", "")
+        .replace("\u{1b}[2m", "");
+    let line = plain
+        .lines()
+        .find(|l| l.contains(line_has))
+        .unwrap_or_else(|| panic!("no log line with {line_has:?}:\n{log}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+}
+
+#[test]
+fn corrupt_queue_files_between_runs_are_reported_counted_and_the_rest_is_replayed() {
+    let dead = common::free_port();
+    let mut offline = Gateway::start(&config("SF4", dead, "", ""), &[]);
+    offline.wait_log("connection failed", T);
+    std::thread::sleep(Duration::from_secs(2));
+    offline.signal(Signal::SIGTERM);
+    assert!(offline.wait_exit(T).success(), "{}", offline.log());
+    let stored = logged(&offline.log(), "stopped", "stored");
+    assert!(stored > 100, "2 s of a 10 ms counter stored: {stored}");
+    let state = offline.kill_keep_state();
+    // Flip 64 bytes in the middle of sled's file: sled cuts its log there.
+    let db = state.path().join("state/queue/db");
+    let mut bytes = std::fs::read(&db).expect("sled's file");
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&db, bytes).expect("corrupt");
+
+    let broker = Broker::start(None);
+    let mut peer = Peer::start(broker.port);
+    let http = common::free_port();
+    let mut gw = Gateway::start_in(state, &with_http(config("SF4", broker.port, "", ""), http), &[]);
+    peer.wait_for("NBIRTH", T, |m| kind(m) == "NBIRTH");
+    wait_drained(http, &gw);
+    let lost = metric(http, "spb_queue_corrupt_records") as u64;
+    let replayed = metric(http, "spb_replayed_samples_total") as u64;
+    assert!(lost > 0, "the damage is counted:\n{}", gw.log());
+    assert!(replayed > 0, "the rest is replayed");
+    assert_eq!(
+        replayed + lost,
+        stored,
+        "one sample per record here: every stored record is replayed or counted lost"
+    );
+    assert!(gw.log().contains("the store's files are damaged"), "{}", gw.log());
+    gw.signal(Signal::SIGTERM);
+    assert!(gw.wait_exit(T).success(), "{}", gw.log());
+}

@@ -73,11 +73,34 @@ impl LazyStore {
             oldest_ms: None,
         };
         if s.dir.exists() {
-            s.queue = Some(DiskQueue::open(&s.dir, s.opts)?);
+            match DiskQueue::open(&s.dir, s.opts) {
+                Ok(q) => s.queue = Some(q),
+                Err(QueueError::Sled { source, .. }) if !matches!(source, sled::Error::Io(_)) => {
+                    s.set_aside(&source.to_string())
+                }
+                Err(e) => return Err(e),
+            }
             s.close_if_drained();
             s.oldest_ms = s.head_timestamp()?;
         }
         Ok(s)
+    }
+
+    /// sled refused its files (not an I/O error: they are damaged beyond its
+    /// recovery): move them aside for inspection, count what the manifest
+    /// says they held, and start an empty store.
+    fn set_aside(&mut self, why: &str) {
+        let lost = disk::read_manifest(&self.dir).map_or(0, |(next, first)| next - first);
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let aside = self.dir.with_extension(format!("damaged-{secs}"));
+        let moved = std::fs::rename(&self.dir, &aside);
+        tracing::error!(
+            store = %self.dir.display(), error = %why, lost_records = lost, moved_to = %aside.display(),
+            moved = moved.is_ok(), "the store cannot be opened: its files were moved aside and a new store started"
+        );
+        self.past.corrupt_records += lost.max(1);
     }
 
     fn queue(&mut self) -> Result<&mut DiskQueue, QueueError> {
@@ -136,12 +159,13 @@ impl LazyStore {
             return;
         }
         let st = q.stats();
-        self.past.dropped_metrics += st.dropped_metrics;
-        self.past.corrupt_records += st.corrupt_records;
         if st.corrupt_records > 0 {
-            // Quarantined records stay on disk for inspection.
+            // Quarantined records stay on disk for inspection (and the
+            // open queue keeps counting them).
             return;
         }
+        self.past.dropped_metrics += st.dropped_metrics;
+        self.past.corrupt_records += st.corrupt_records;
         self.queue = None;
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!(store = %self.dir.display(), error = %e, "could not remove the drained store");
@@ -271,6 +295,31 @@ mod tests {
         s.confirm_through(first + 1).expect("confirm");
         assert!(!s.is_open() && !dir.exists(), "drained: closed and deleted");
         assert_eq!((s.stats().records, s.oldest_timestamp()), (0, None));
+    }
+
+    #[test]
+    fn a_store_sled_cannot_open_is_moved_aside_counted_and_replaced_by_an_empty_one() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("queue");
+        let mut s = LazyStore::open(dir.clone(), DiskOptions::default()).expect("open");
+        s.append_batch(&[rec(1), rec(2), rec(3)]).expect("append");
+        drop(s);
+        std::fs::write(dir.join("conf"), b"\xff\xfe not a sled config").expect("damage");
+        std::fs::write(dir.join("db"), vec![0xa5; 4096]).expect("damage");
+        let s = LazyStore::open(dir.clone(), DiskOptions::default()).expect("starts anyway");
+        assert_eq!(s.stats().records, 0);
+        assert_eq!(
+            s.stats().corrupt_records,
+            3,
+            "the manifest's three records are counted lost"
+        );
+        let aside: Vec<_> = std::fs::read_dir(tmp.path())
+            .expect("ls")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("queue.damaged-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "kept for inspection");
     }
 
     #[test]
