@@ -37,7 +37,7 @@ use crate::mqtt::{self, ConnEvent, MqttError, Server};
 use crate::plc::poller::{self, now_ms, PollEvent};
 use crate::plc::sim::Rng;
 use crate::queue::disk::{DiskOptions, QueueError};
-use crate::queue::outbox::{Outbox, OutboxOptions};
+use crate::queue::outbox::{Encoded, Outbox, OutboxOptions};
 use crate::queue::{LazyStore, Record};
 use crate::sparkplug::edge::{DeviceDef, EdgeAction, EdgeConfig, EdgeError, EdgeSession};
 use crate::sparkplug::topic::{MessageType, Topic};
@@ -121,9 +121,17 @@ fn edge_config(cfg: &Config, dry_run: bool) -> EdgeConfig {
     }
 }
 
-fn outbox_options(s: &crate::config::StoreConfig) -> OutboxOptions {
+/// The outbox's bounds. The host window only matters with a Primary Host to
+/// watch; without one nothing is retained.
+fn outbox_options(cfg: &Config) -> OutboxOptions {
+    let s = &cfg.store;
+    let window = if cfg.node.primary_host_id.is_some() {
+        s.host_window
+    } else {
+        Duration::ZERO
+    };
     OutboxOptions {
-        host_window_ms: s.host_window.as_millis() as u64,
+        host_window_ms: window.as_millis() as u64,
         host_window_bytes: usize::try_from(s.host_window_max_bytes).unwrap_or(usize::MAX),
         ..OutboxOptions::default()
     }
@@ -245,7 +253,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
             "stored samples from before the restart will be replayed"
         );
     }
-    let cfg_store = cfg.store.clone();
+    let outbox = Outbox::new(outbox_options(&cfg));
     let (conn_tx, mut conn_rx) = mpsc::channel(4096);
     let (poll_tx, mut poll_rx) = mpsc::channel(1024);
     let (stop_pollers, _) = signal_watch::channel(false);
@@ -269,7 +277,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
         stop_pollers,
         pollers: Vec::new(),
         rng: Rng::new(now ^ u64::from(std::process::id())),
-        outbox: Outbox::new(outbox_options(&cfg_store)),
+        outbox,
         state_dir,
         replay_budget: 0.0,
         pending: Vec::new(),
@@ -563,19 +571,21 @@ impl Runtime {
                     publish,
                     device,
                     samples,
+                    count,
                 } => {
-                    let record = Record {
+                    let data = Encoded {
                         device,
-                        metrics: samples,
+                        samples: count as u64,
+                        payload: samples,
                     };
                     if self.publish(publish).await {
-                        to_store.extend(self.outbox.sent_live(record));
+                        to_store.extend(self.outbox.sent_live(data));
                     } else {
                         // The connection is gone (its Closed event may still be
                         // queued): what it left unconfirmed is older than this
                         // record and is stored first, keeping the store in order.
                         to_store.extend(self.outbox.connection_lost());
-                        to_store.push(record);
+                        to_store.extend(data.record());
                     }
                 }
                 EdgeAction::Disconnect => {

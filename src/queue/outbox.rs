@@ -4,7 +4,8 @@
 //! only from a watermark (ARCHITECTURE.md decision 3, [`Watermark`]). The
 //! outbox numbers every DATA message sent on the current connection and keeps
 //! what it needs to send it again until a marker's PUBACK confirms it:
-//! - a **live** message keeps its samples in memory (the gateway writes
+//! - a **live** message keeps its samples in memory, encoded as the store
+//!   encodes them (a few bytes per sample; the gateway writes
 //!   nothing to flash while the broker keeps up: no write amplification, no
 //!   sled memory, no added latency);
 //! - a **replayed** message keeps only the id of its record in the durable
@@ -17,8 +18,9 @@
 //! - On a connection loss every unconfirmed live message comes back from
 //!   [`Outbox::connection_lost`] for the store, and the replay cursor restarts
 //!   at the head of the store: nothing unconfirmed is forgotten.
-//! - Confirmed live samples are retained for `host_window` (bounded by
-//!   `host_window_bytes`, oldest dropped first); when the Primary Host goes
+//! - Confirmed live samples are retained for `host_window` in their stored
+//!   encoding (a few bytes per sample; bounded exactly by `host_window_bytes`,
+//!   oldest dropped first); when the Primary Host goes
 //!   offline they come back from [`Outbox::host_offline`], because a host that
 //!   died may not have processed what the broker delivered to it. Duplicates
 //!   are possible and harmless (the uplink's rows are idempotent).
@@ -58,9 +60,49 @@ impl Default for OutboxOptions {
     }
 }
 
+/// Samples of one device (or the node) as a self-describing Sparkplug
+/// payload: names and datatypes, no aliases (see `EdgeAction::Data`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub device: Option<String>,
+    pub samples: u64,
+    pub payload: Vec<u8>,
+}
+
+impl Encoded {
+    /// Encodes a record (tests and tools; the session encodes live data itself).
+    pub fn of(r: &Record) -> Encoded {
+        Encoded {
+            device: r.device.clone(),
+            samples: r.metrics.len() as u64,
+            payload: crate::sparkplug::codec::encode_iter(
+                None,
+                None,
+                r.metrics.iter().map(std::borrow::Cow::Borrowed),
+                crate::sparkplug::codec::Datatypes::Include,
+            )
+            .unwrap_or_default(),
+        }
+    }
+
+    /// The record back, for the store (`None` if it does not decode, which a
+    /// payload the session encoded always does).
+    pub fn record(&self) -> Option<Record> {
+        let p = crate::sparkplug::Payload::decode(&self.payload).ok()?;
+        Some(Record {
+            device: self.device.clone(),
+            metrics: p.metrics,
+        })
+    }
+
+    fn bytes(&self) -> usize {
+        self.payload.len() + self.device.as_ref().map_or(0, String::len) + 48
+    }
+}
+
 #[derive(Debug)]
 enum Sent {
-    Live { n: u64, record: Record, bytes: usize },
+    Live { n: u64, data: Encoded },
     Stored { n: u64, id: u64 },
 }
 
@@ -75,8 +117,7 @@ impl Sent {
 #[derive(Debug)]
 struct Retained {
     confirmed_at: u64,
-    record: Record,
-    bytes: usize,
+    data: Encoded,
 }
 
 /// What a PUBACK confirmed.
@@ -145,24 +186,23 @@ impl Outbox {
         n
     }
 
-    /// A live DATA message carrying `record` was handed to `publish`. Returns
-    /// the oldest unconfirmed records the memory bound pushes out, for the
+    /// A live DATA message carrying `data` was handed to `publish`. Returns
+    /// the oldest unconfirmed samples the memory bound pushes out, for the
     /// store.
-    pub fn sent_live(&mut self, record: Record) -> Vec<Record> {
+    pub fn sent_live(&mut self, data: Encoded) -> Vec<Record> {
         let n = self.take_n();
-        let bytes = record.size();
-        self.sent_bytes += bytes;
-        self.sent_samples += record.metrics.len() as u64;
-        self.sent.push_back(Sent::Live { n, record, bytes });
+        self.sent_bytes += data.bytes();
+        self.sent_samples += data.samples;
+        self.sent.push_back(Sent::Live { n, data });
         let mut spill = Vec::new();
         while self.sent_bytes > self.opts.inflight_bytes {
             let Some(i) = self.sent.iter().position(|s| matches!(s, Sent::Live { .. })) else {
                 break;
             };
-            if let Some(Sent::Live { record, bytes, .. }) = self.sent.remove(i) {
-                self.sent_bytes -= bytes;
-                self.sent_samples -= record.metrics.len() as u64;
-                spill.push(record);
+            if let Some(Sent::Live { data, .. }) = self.sent.remove(i) {
+                self.sent_bytes -= data.bytes();
+                self.sent_samples -= data.samples;
+                spill.extend(data.record());
             }
         }
         spill
@@ -218,12 +258,11 @@ impl Outbox {
         };
         while self.sent.front().is_some_and(|s| s.n() <= through) {
             match self.sent.pop_front() {
-                Some(Sent::Live { record, bytes, .. }) => {
-                    let k = record.metrics.len() as u64;
-                    self.sent_bytes -= bytes;
-                    self.sent_samples -= k;
-                    out.samples += k;
-                    self.retain(now, record, bytes);
+                Some(Sent::Live { data, .. }) => {
+                    self.sent_bytes -= data.bytes();
+                    self.sent_samples -= data.samples;
+                    out.samples += data.samples;
+                    self.retain(now, data);
                 }
                 Some(Sent::Stored { id, .. }) => {
                     out.stored_through = Some(out.stored_through.map_or(id, |c: u64| c.max(id)));
@@ -235,16 +274,15 @@ impl Outbox {
         out
     }
 
-    fn retain(&mut self, now: u64, record: Record, bytes: usize) {
-        if self.opts.host_window_ms == 0 {
+    fn retain(&mut self, now: u64, data: Encoded) {
+        if self.opts.host_window_ms == 0 || self.opts.host_window_bytes == 0 {
             return;
         }
-        self.retained_bytes += bytes;
-        self.retained_samples += record.metrics.len() as u64;
+        self.retained_bytes += data.bytes();
+        self.retained_samples += data.samples;
         self.retained.push_back(Retained {
             confirmed_at: now,
-            record,
-            bytes,
+            data,
         });
         while self.retained_bytes > self.opts.host_window_bytes {
             self.drop_oldest_retained();
@@ -253,8 +291,8 @@ impl Outbox {
 
     fn drop_oldest_retained(&mut self) {
         if let Some(r) = self.retained.pop_front() {
-            self.retained_bytes -= r.bytes;
-            self.retained_samples -= r.record.metrics.len() as u64;
+            self.retained_bytes -= r.data.bytes();
+            self.retained_samples -= r.data.samples;
         }
     }
 
@@ -285,7 +323,7 @@ impl Outbox {
         std::mem::take(&mut self.sent)
             .into_iter()
             .filter_map(|s| match s {
-                Sent::Live { record, .. } => Some(record),
+                Sent::Live { data, .. } => data.record(),
                 Sent::Stored { .. } => None,
             })
             .collect()
@@ -299,7 +337,7 @@ impl Outbox {
         self.retained_samples = 0;
         let mut out: Vec<Record> = std::mem::take(&mut self.retained)
             .into_iter()
-            .map(|r| r.record)
+            .filter_map(|r| r.data.record())
             .collect();
         out.extend(self.connection_lost());
         out
@@ -347,11 +385,11 @@ mod tests {
     #[test]
     fn live_data_is_kept_until_a_marker_after_it_is_acknowledged() {
         let mut o = Outbox::new(OutboxOptions::default());
-        o.sent_live(rec(1));
-        o.sent_live(rec(2));
+        o.sent_live(Encoded::of(&rec(1)));
+        o.sent_live(Encoded::of(&rec(2)));
         assert!(o.marker_due(true) && !o.marker_due(false));
         o.marker_sent();
-        o.sent_live(rec(3)); // after the marker: not confirmed by it
+        o.sent_live(Encoded::of(&rec(3))); // after the marker: not confirmed by it
         o.on_outgoing_publish(0);
         o.on_outgoing_publish(0);
         o.on_outgoing_publish(1);
@@ -370,9 +408,9 @@ mod tests {
     fn a_lost_connection_returns_every_unconfirmed_live_record_and_restarts_the_replay() {
         let mut o = Outbox::new(OutboxOptions::default());
         o.sent_stored(7);
-        o.sent_live(rec(1));
+        o.sent_live(Encoded::of(&rec(1)));
         o.sent_stored(8);
-        o.sent_live(rec(2));
+        o.sent_live(Encoded::of(&rec(2)));
         o.marker_sent(); // never acknowledged
         o.on_outgoing_publish(1);
         assert_eq!(o.replay_cursor(), Some(8));
@@ -393,7 +431,7 @@ mod tests {
     fn replayed_records_are_confirmed_through_the_highest_id_before_the_marker() {
         let mut o = Outbox::new(OutboxOptions::default());
         o.sent_stored(3);
-        o.sent_live(rec(9));
+        o.sent_live(Encoded::of(&rec(9)));
         o.sent_stored(4);
         let c = ack(&mut o, 5, 0);
         assert_eq!(
@@ -415,11 +453,11 @@ mod tests {
             host_window_ms: 1000,
             ..OutboxOptions::default()
         });
-        o.sent_live(rec(1));
+        o.sent_live(Encoded::of(&rec(1)));
         ack(&mut o, 1, 0);
-        o.sent_live(rec(2));
+        o.sent_live(Encoded::of(&rec(2)));
         ack(&mut o, 2, 900);
-        o.sent_live(rec(3)); // unconfirmed
+        o.sent_live(Encoded::of(&rec(3))); // unconfirmed
         o.expire(1500); // rec 1 was confirmed 1.5 s ago: out of the window
         assert_eq!(o.stats().retained, 1);
         assert_eq!(values(&o.host_offline(1500)), vec![2, 3], "retained, then unconfirmed");
@@ -428,13 +466,13 @@ mod tests {
 
     #[test]
     fn the_host_window_is_bounded_by_bytes_oldest_first() {
-        let one = rec(0).size();
+        let one = Encoded::of(&rec(0)).bytes();
         let mut o = Outbox::new(OutboxOptions {
             host_window_bytes: one * 2,
             ..OutboxOptions::default()
         });
         for v in 0..5 {
-            o.sent_live(rec(v));
+            o.sent_live(Encoded::of(&rec(v)));
         }
         ack(&mut o, 1, 0);
         assert_eq!(values(&o.host_offline(0)), vec![3, 4]);
@@ -442,15 +480,15 @@ mod tests {
 
     #[test]
     fn unconfirmed_samples_past_the_memory_bound_go_to_the_store_oldest_first() {
-        let one = rec(0).size();
+        let one = Encoded::of(&rec(0)).bytes();
         let mut o = Outbox::new(OutboxOptions {
             inflight_bytes: one * 2,
             ..OutboxOptions::default()
         });
-        assert!(o.sent_live(rec(1)).is_empty());
+        assert!(o.sent_live(Encoded::of(&rec(1))).is_empty());
         o.sent_stored(0);
-        assert!(o.sent_live(rec(2)).is_empty());
-        assert_eq!(values(&o.sent_live(rec(3))), vec![1]);
+        assert!(o.sent_live(Encoded::of(&rec(2))).is_empty());
+        assert_eq!(values(&o.sent_live(Encoded::of(&rec(3)))), vec![1]);
         assert_eq!(o.stats().unconfirmed, 2);
         // The marker still confirms the replayed record sent before it.
         assert_eq!(ack(&mut o, 1, 0).stored_through, Some(0));
@@ -463,9 +501,9 @@ mod tests {
             ..OutboxOptions::default()
         });
         assert!(!o.marker_due(true), "nothing sent, no marker");
-        o.sent_live(rec(1));
+        o.sent_live(Encoded::of(&rec(1)));
         assert!(!o.marker_due(false));
-        o.sent_live(rec(2));
+        o.sent_live(Encoded::of(&rec(2)));
         assert!(o.marker_due(false));
         o.marker_sent();
         assert!(!o.marker_due(true));
@@ -477,7 +515,7 @@ mod tests {
             host_window_ms: 0,
             ..OutboxOptions::default()
         });
-        o.sent_live(rec(1));
+        o.sent_live(Encoded::of(&rec(1)));
         ack(&mut o, 1, 0);
         assert!(o.host_offline(0).is_empty());
     }

@@ -80,14 +80,17 @@ pub enum EdgeAction {
     /// Subscribe to these topics at QoS 1 ([tck-id-message-flow-edge-node-ncmd-subscribe]).
     Subscribe(Vec<String>),
     Publish(Publish),
-    /// A live DATA message (QoS 0) and the samples it carries, named and
-    /// without aliases (the form [`EdgeAction::StoreHistorical`] has): the
+    /// A live DATA message (QoS 0) and the samples it carries, encoded as a
+    /// Sparkplug payload with names and datatypes and without aliases (what
+    /// [`EdgeAction::StoreHistorical`] holds, in a few bytes per sample): the
     /// I/O loop keeps them until a watermark proves the broker read the
     /// message, and stores them if it never does.
     Data {
         publish: Publish,
         device: Option<String>,
-        samples: Vec<Metric>,
+        samples: Vec<u8>,
+        /// How many samples (metrics) `samples` holds.
+        count: usize,
     },
     /// Send DISCONNECT and close the connection.
     Disconnect,
@@ -747,21 +750,21 @@ impl EdgeSession {
                     return EdgeAction::Publish(publish);
                 }
                 let scope = self.scope(i);
-                let samples = part
-                    .iter()
-                    .map(|m| {
-                        let mut s = m.clone();
-                        if let Some(idx) = scope.index_of(m) {
-                            s.name = Some(scope.name_at(idx as u32).to_string());
-                        }
-                        s.alias = None;
-                        s
-                    })
-                    .collect();
+                let named = part.iter().map(|m| {
+                    let mut s = m.clone();
+                    if let Some(idx) = scope.index_of(m) {
+                        s.name = Some(scope.name_at(idx as u32).to_string());
+                    }
+                    s.alias = None;
+                    Cow::Owned(s)
+                });
+                let samples = encode_iter(None, None, named, Datatypes::Include)
+                    .expect("session payloads are built from declarations checked in EdgeSession::new");
                 EdgeAction::Data {
                     publish,
                     device: device.clone(),
                     samples,
+                    count: part.len(),
                 }
             })
             .collect()
@@ -1820,11 +1823,13 @@ mod tests {
             publish,
             device,
             samples,
+            count: 1,
         }] = &out[..]
         else {
             panic!("expected one DATA, got {out:?}")
         };
         assert_eq!(device.as_deref(), Some("press"));
+        let samples = Payload::decode(samples).expect("self-describing").metrics;
         assert_eq!(samples.len(), 1);
         let m = &samples[0];
         assert_eq!(
