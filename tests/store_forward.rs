@@ -379,3 +379,147 @@ fn corrupt_queue_files_between_runs_are_reported_counted_and_the_rest_is_replaye
     gw.signal(Signal::SIGTERM);
     assert!(gw.wait_exit(T).success(), "{}", gw.log());
 }
+
+/// Starts the gateway in a private mount namespace whose state directory is
+/// a tmpfs of `mib` MiB (a small disk), optionally filled by `dd` after
+/// `fill_after` seconds. `unshare -rm` needs no root where user namespaces
+/// are enabled (Debian's default).
+fn gateway_on_small_disk(config: &str, mib: u32, fill_after: Option<u32>) -> Gateway {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, config).expect("write config");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let fill = fill_after.map_or(String::new(), |s| {
+        format!(
+            "(sleep {s}; dd if=/dev/zero of={0}/filler bs=64k 2>/dev/null; touch {0}/filled) & ",
+            state.display()
+        )
+    });
+    let script = format!(
+        "mount -t tmpfs -o size={mib}m none {st} || exit 97; {fill}exec {gw} --config {cfg} --data-dir {st}",
+        st = state.display(),
+        gw = env!("CARGO_BIN_EXE_spb-gateway"),
+        cfg = cfg.display()
+    );
+    let stderr_path = dir.path().join("gateway.log");
+    let err = std::fs::File::create(&stderr_path).expect("log");
+    let child = std::process::Command::new("unshare")
+        .args(["-rm", "sh", "-c", &script])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(err)
+        .spawn()
+        .expect("unshare (util-linux) is installed");
+    let mut gw = Gateway {
+        child,
+        dir,
+        stderr_path,
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    if let Some(s) = gw.child.try_wait().expect("status") {
+        panic!("could not mount a tmpfs in a user namespace ({s}): {}", gw.log());
+    }
+    gw
+}
+
+fn small_disk_config(group: &str, http: u16) -> String {
+    // 2,000 tags changing every 10 ms (200k samples/s) and no broker: the
+    // store fills a small disk within a second.
+    format!(
+        r#"[node]
+group_id = "{group}"
+node_id = "gw"
+[mqtt]
+backoff_min = "1s"
+backoff_max = "2s"
+[[mqtt.servers]]
+host = "127.0.0.1"
+port = {dead}
+[telemetry]
+listen = "127.0.0.1:{http}"
+log_format = "human"
+[store]
+max_bytes = "1GiB"
+[[devices]]
+name = "press"
+driver = "sim"
+[devices.sim]
+generate = 2000
+generate_scan_class = "fast"
+[devices.scan_classes]
+fast = "10ms"
+"#,
+        dead = common::free_port()
+    )
+}
+
+#[test]
+fn a_filling_disk_bounds_the_store_to_what_fits_and_drops_the_oldest_with_an_error_and_a_counter() {
+    let http = common::free_port();
+    let mut gw = gateway_on_small_disk(&small_disk_config("SF5", http), 16, None);
+    gw.wait_log(
+        "disk nearly full: the store was bounded to what fits and dropped the oldest samples",
+        T,
+    );
+    let reads = metric(http, "spb_plc_reads_total{device=\"press\"}");
+    let dropped = metric(http, "spb_dropped_samples_total");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        gw.child.try_wait().expect("status").is_none(),
+        "still running: {}",
+        gw.log()
+    );
+    assert!(
+        metric(http, "spb_dropped_samples_total") > dropped,
+        "drops go on being counted"
+    );
+    assert!(
+        metric(http, "spb_plc_reads_total{device=\"press\"}") > reads + 100.0,
+        "polling goes on"
+    );
+    assert!(
+        metric(http, "spb_queue_bytes") < 16.0 * 1024.0 * 1024.0 / 2.0,
+        "bounded well inside the disk"
+    );
+    assert!(metric(http, "spb_queue_depth") > 0.0, "the newest samples are kept");
+    assert!(
+        !gw.log().contains("could not store samples"),
+        "no write failed: {}",
+        gw.log()
+    );
+    gw.signal(Signal::SIGTERM);
+    assert!(gw.wait_exit(T).success(), "{}", gw.log());
+}
+
+#[test]
+fn a_disk_filled_behind_the_stores_back_leaves_the_gateway_running_and_stopping_cleanly() {
+    let http = common::free_port();
+    let mut gw = gateway_on_small_disk(&small_disk_config("SF6", http), 64, Some(2));
+    gw.wait_log("could not store samples", T);
+    assert!(gw.log().contains("No space left on device"), "{}", gw.log());
+    assert!(
+        gw.log()
+            .contains("the store failed a write and is closed until a restart"),
+        "{}",
+        gw.log()
+    );
+    let reads = metric(http, "spb_plc_reads_total{device=\"press\"}");
+    let dropped = metric(http, "spb_dropped_samples_total");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        gw.child.try_wait().expect("status").is_none(),
+        "still running: {}",
+        gw.log()
+    );
+    assert!(
+        metric(http, "spb_plc_reads_total{device=\"press\"}") > reads + 50.0,
+        "polling goes on"
+    );
+    assert!(
+        metric(http, "spb_dropped_samples_total") > dropped,
+        "what cannot be stored is counted"
+    );
+    gw.signal(Signal::SIGTERM);
+    assert!(gw.wait_exit(T).success(), "stops without hanging on sled: {}", gw.log());
+}

@@ -170,6 +170,30 @@ fn save_bdseq(dir: &Path, value: u8) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Limits a repeated ERROR line to one per 10 s that sums what it stood for:
+/// a full disk must be loud, not 100 lines a second.
+#[derive(Debug, Default)]
+struct Throttle {
+    last: Option<Instant>,
+    /// Samples and occurrences since the last line.
+    samples: u64,
+    times: u64,
+}
+
+impl Throttle {
+    fn note(&mut self, samples: u64, log: impl FnOnce(u64, u64)) {
+        self.samples += samples;
+        self.times += 1;
+        if self.last.is_some_and(|t| t.elapsed() < Duration::from_secs(10)) {
+            return;
+        }
+        log(self.samples, self.times);
+        self.last = Some(Instant::now());
+        self.samples = 0;
+        self.times = 0;
+    }
+}
+
 struct Runtime {
     cfg: Config,
     opts: RunOptions,
@@ -199,6 +223,9 @@ struct Runtime {
     pending_since: Option<Instant>,
     /// The Primary Host was online since the window was last handed over.
     host_was_online: bool,
+    /// Log lines for store errors and drops, at most one per 10 s each.
+    store_errors: Throttle,
+    store_full: Throttle,
     /// Replay rate: samples replayed since `rate_since`.
     replayed_in_window: u64,
     rate_since: Instant,
@@ -285,6 +312,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
         host_was_online: false,
         replayed_in_window: 0,
         rate_since: Instant::now(),
+        store_errors: Throttle::default(),
+        store_full: Throttle::default(),
     };
     rt.start_pollers();
     tokio::spawn(systemd::watchdog(telemetry.clone()));
@@ -698,7 +727,15 @@ impl Runtime {
             Ok((_, dropped)) => dropped,
             Err(e) => {
                 self.telemetry.dropped_samples.fetch_add(n, Relaxed);
-                tracing::error!(error = %e, dropped = n, "could not store samples");
+                if self.store_errors.times == 0 && self.store_errors.last.is_none() && self.store.failure().is_some() {
+                    tracing::error!(
+                        "the store failed a write and is closed until a restart; live data is still published, \
+                         samples that cannot be are dropped and counted: free disk space under store.path and restart"
+                    );
+                }
+                self.store_errors.note(n, |dropped, times| {
+                    tracing::error!(error = %e, dropped, times, "could not store samples");
+                });
                 return;
             }
         };
@@ -706,11 +743,20 @@ impl Runtime {
             self.telemetry
                 .dropped_samples
                 .fetch_add(dropped.metrics as u64, Relaxed);
-            tracing::error!(
-                dropped = dropped.metrics,
-                max_bytes = self.cfg.store.max_bytes,
-                "store full: dropped the oldest samples"
-            );
+            let (max_bytes, limit) = (self.cfg.store.max_bytes, self.store.limit());
+            self.store_full.note(dropped.metrics as u64, |dropped, times| {
+                if limit < max_bytes {
+                    tracing::error!(
+                        dropped,
+                        times,
+                        max_bytes,
+                        limit,
+                        "disk nearly full: the store was bounded to what fits and dropped the oldest samples"
+                    );
+                } else {
+                    tracing::error!(dropped, times, max_bytes, "store full: dropped the oldest samples");
+                }
+            });
         }
     }
 

@@ -49,6 +49,8 @@ pub enum QueueError {
     Sled { path: String, source: sled::Error },
     #[error("store: a record could not be encoded: {0}")]
     Encode(String),
+    #[error("store {path} failed a write ({why}) and is closed until a restart; what it held stays on disk for then")]
+    Unusable { path: String, why: String },
 }
 
 /// Tuning of a [`DiskQueue`].
@@ -406,6 +408,11 @@ impl DiskQueue {
 
     pub fn stats(&self) -> QueueStats {
         self.stats
+    }
+
+    /// Changes the bound; the next append drops the oldest down to it.
+    pub fn set_max_bytes(&mut self, max_bytes: u64) {
+        self.opts.max_bytes = max_bytes;
     }
 
     /// Bytes sled occupies on disk (its files, not the live records).

@@ -10,7 +10,9 @@
 //! memory, for tests and tools that need no disk.
 //!
 //! Invariants: FIFO order; the bound holds after every append; every dropped
-//! metric is counted; an append the store acknowledged is on disk (fsynced)
+//! metric is counted; the bound shrinks to what the file system can still
+//! hold (sled's files take about twice the live bytes), so a filling disk
+//! drops the oldest samples like a full store instead of failing writes; an append the store acknowledged is on disk (fsynced)
 //! and survives SIGKILL and power cuts (tests/queue_crash.rs).
 
 pub mod disk;
@@ -53,7 +55,14 @@ pub struct LazyStore {
     past: QueueStats,
     /// Timestamp (ms) of the oldest sample stored, while any is.
     oldest_ms: Option<u64>,
+    /// The bound in force at the last append (≤ `opts.max_bytes`).
+    limit: u64,
+    /// Why the store is unusable, after sled failed a write.
+    failed: Option<String>,
 }
+
+/// Room kept free on the file system besides the store.
+const DISK_RESERVE: u64 = 4 << 20;
 
 fn oldest_in(records: &[Record]) -> Option<u64> {
     records
@@ -71,6 +80,8 @@ impl LazyStore {
             queue: None,
             past: QueueStats::default(),
             oldest_ms: None,
+            limit: opts.max_bytes,
+            failed: None,
         };
         if s.dir.exists() {
             match DiskQueue::open(&s.dir, s.opts) {
@@ -104,15 +115,66 @@ impl LazyStore {
     }
 
     fn queue(&mut self) -> Result<&mut DiskQueue, QueueError> {
+        if let Some(why) = &self.failed {
+            return Err(QueueError::Unusable {
+                path: self.dir.display().to_string(),
+                why: why.clone(),
+            });
+        }
         if self.queue.is_none() {
             self.queue = Some(DiskQueue::open(&self.dir, self.opts)?);
         }
         Ok(self.queue.as_mut().expect("opened above"))
     }
 
+    /// The bound for the next append: `max_bytes`, or less when the file
+    /// system cannot hold that much (free space plus what sled already
+    /// occupies, less a reserve, over 3: sled's files run to about twice
+    /// the live bytes before its segment cleaning catches up).
+    fn fit_to_disk(&mut self) -> u64 {
+        let configured = self.opts.max_bytes;
+        let parent = self.dir.parent().unwrap_or(&self.dir);
+        let Ok(st) = nix::sys::statvfs::statvfs(parent) else {
+            return configured;
+        };
+        let free = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64);
+        let used = self.queue.as_ref().map_or(0, DiskQueue::disk_bytes);
+        let fits = free.saturating_add(used).saturating_sub(DISK_RESERVE) / 3;
+        configured.min(fits.max(64 * 1024))
+    }
+
+    /// The bound in force at the last append (`max_bytes` unless the disk is short).
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
     /// Appends `records` as one group commit; returns once they are on disk.
+    ///
+    /// After a failed write (a disk filled by something else faster than the
+    /// bound could follow) sled refuses every later write, and its flush,
+    /// which its drop calls, waits forever (measured: ENOSPC on a tmpfs hung
+    /// the gateway's loop). So the queue is then abandoned without a drop
+    /// (its threads and file lock stay with this process) and the store
+    /// answers [`QueueError::Unusable`] until a restart, which recovers what
+    /// sled had written.
     pub fn append_batch(&mut self, records: &[Record]) -> Result<(u64, Dropped), QueueError> {
-        let out = self.queue()?.append_batch(records)?;
+        self.limit = self.fit_to_disk();
+        let limit = self.limit;
+        let q = self.queue()?;
+        q.set_max_bytes(limit);
+        let out = match q.append_batch(records) {
+            Ok(out) => out,
+            Err(e) => {
+                if let Some(q) = self.queue.take() {
+                    let st = q.stats();
+                    self.past.dropped_metrics += st.dropped_metrics;
+                    self.past.corrupt_records += st.corrupt_records;
+                    std::mem::forget(q);
+                }
+                self.failed = Some(e.to_string());
+                return Err(e);
+            }
+        };
         if out.1.records > 0 {
             // The oldest were dropped: the head tells what is oldest now.
             self.oldest_ms = self.head_timestamp()?;
@@ -178,6 +240,11 @@ impl LazyStore {
             Some(q) => q.flush(),
             None => Ok(()),
         }
+    }
+
+    /// Why the store no longer accepts writes, if it does not.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
     }
 
     /// Whether the sled queue is open.
