@@ -137,6 +137,8 @@ impl LazyStore {
         let Ok(st) = nix::sys::statvfs::statvfs(parent) else {
             return configured;
         };
+        // fsblkcnt_t and c_ulong are 32 bits on some targets: keep the casts.
+        #[allow(clippy::unnecessary_cast)]
         let free = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64);
         let used = self.queue.as_ref().map_or(0, DiskQueue::disk_bytes);
         let fits = free.saturating_add(used).saturating_sub(DISK_RESERVE) / 3;
