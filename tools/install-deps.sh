@@ -18,6 +18,8 @@ have openssl || need+=(openssl)
 have node || need+=(nodejs)
 have npm || need+=(npm)
 have make || need+=(make)
+# The full-disk tests mount a tmpfs in a user namespace.
+have unshare || need+=(util-linux)
 # The board build (make aarch64) and its check under qemu (make aarch64-check).
 have aarch64-linux-gnu-gcc || need+=(gcc-aarch64-linux-gnu)
 [ -d /usr/aarch64-linux-gnu/include ] || need+=(libc6-dev-arm64-cross)

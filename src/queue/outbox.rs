@@ -519,4 +519,233 @@ mod tests {
         ack(&mut o, 1, 0);
         assert!(o.host_offline(0).is_empty());
     }
+
+    mod model {
+        //! The outbox and the durable store together against a model of the
+        //! network and the broker: nothing the gateway accepted is lost
+        //! unless it was in flight to the broker when the process died.
+        use super::*;
+        use crate::queue::disk::DiskOptions;
+        use crate::queue::LazyStore;
+        use proptest::prelude::*;
+        use std::collections::BTreeSet;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Sample,
+            Replay,
+            Marker,
+            Deliver,
+            Ack,
+            Lose,
+            Connect,
+            Crash,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                6 => Just(Op::Sample),
+                3 => Just(Op::Replay),
+                2 => Just(Op::Marker),
+                3 => Just(Op::Deliver),
+                3 => Just(Op::Ack),
+                1 => Just(Op::Lose),
+                2 => Just(Op::Connect),
+                1 => Just(Op::Crash),
+            ]
+        }
+
+        enum Msg {
+            Data(Vec<i32>),
+            Marker(u16),
+        }
+
+        fn value_of(r: &Record) -> Vec<i32> {
+            r.metrics
+                .iter()
+                .filter_map(|m| match m.value {
+                    Some(Value::Int32(v)) => Some(v),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        fn stored(store: &mut LazyStore) -> BTreeSet<i32> {
+            store
+                .read_after(None, usize::MAX)
+                .expect("read")
+                .iter()
+                .flat_map(|(_, r)| value_of(r))
+                .collect()
+        }
+
+        struct World {
+            store: LazyStore,
+            outbox: Outbox,
+            connected: bool,
+            network: Vec<Msg>,
+            acks: Vec<u16>,
+            pkid: u16,
+            broker: BTreeSet<i32>,
+            accepted: BTreeSet<i32>,
+            may_be_lost: BTreeSet<i32>,
+        }
+
+        impl World {
+            fn confirm(&mut self, pkid: u16) {
+                let c = self.outbox.on_puback(pkid, 0);
+                if let Some(id) = c.stored_through {
+                    self.store.confirm_through(id).expect("confirm");
+                    if !self.store.is_open() {
+                        self.outbox.store_drained();
+                    }
+                }
+            }
+
+            fn marker(&mut self) {
+                self.outbox.marker_sent();
+                self.pkid = self.pkid % 60_000 + 1;
+                self.outbox.on_outgoing_publish(self.pkid);
+                self.network.push(Msg::Marker(self.pkid));
+            }
+
+            /// The broker reads in order, up to and including the next marker.
+            fn deliver(&mut self) {
+                while !self.network.is_empty() {
+                    match self.network.remove(0) {
+                        Msg::Data(vs) => self.broker.extend(vs),
+                        Msg::Marker(p) => {
+                            self.acks.push(p);
+                            return;
+                        }
+                    }
+                }
+            }
+
+            fn replay_one(&mut self) {
+                let cursor = self.outbox.replay_cursor();
+                if let Some((id, r)) = self.store.read_after(cursor, 1).expect("read").pop() {
+                    self.network.push(Msg::Data(value_of(&r)));
+                    self.outbox.sent_stored(id);
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(48))]
+            #[test]
+            fn nothing_accepted_is_lost_but_what_was_in_flight_when_the_process_died(
+                ops in prop::collection::vec(op(), 1..80)
+            ) {
+                let tmp = tempfile::tempdir().expect("tmp");
+                let dir = tmp.path().join("queue");
+                let opts = DiskOptions::default();
+                let no_window = OutboxOptions { host_window_ms: 0, ..OutboxOptions::default() };
+                let mut w = World {
+                    store: LazyStore::open(dir.clone(), opts).expect("open"),
+                    outbox: Outbox::new(no_window),
+                    connected: false,
+                    network: Vec::new(),
+                    acks: Vec::new(),
+                    pkid: 0,
+                    broker: BTreeSet::new(),
+                    accepted: BTreeSet::new(),
+                    may_be_lost: BTreeSet::new(),
+                };
+                let mut next = 0;
+                for op in ops {
+                    match op {
+                        Op::Sample => {
+                            next += 1;
+                            w.accepted.insert(next);
+                            if w.connected {
+                                let spill = w.outbox.sent_live(Encoded::of(&rec(next)));
+                                prop_assert!(spill.is_empty());
+                                w.network.push(Msg::Data(vec![next]));
+                            } else {
+                                w.store.append_batch(&[rec(next)]).expect("append");
+                            }
+                        }
+                        Op::Replay if w.connected => w.replay_one(),
+                        Op::Marker if w.connected => w.marker(),
+                        Op::Deliver => w.deliver(),
+                        Op::Ack => {
+                            if let Some(p) = (!w.acks.is_empty()).then(|| w.acks.remove(0)) {
+                                w.confirm(p);
+                            }
+                        }
+                        Op::Lose => {
+                            // Unread data and unsent acks die with the connection.
+                            w.network.clear();
+                            w.acks.clear();
+                            let back = w.outbox.connection_lost();
+                            w.store.append_batch(&back).expect("append");
+                            w.connected = false;
+                        }
+                        Op::Connect if !w.connected => {
+                            w.outbox.connected();
+                            w.connected = true;
+                        }
+                        Op::Crash => {
+                            // The process dies: live data the broker had not
+                            // read is the documented window.
+                            for m in w.network.drain(..) {
+                                if let Msg::Data(vs) = m {
+                                    w.may_be_lost.extend(vs);
+                                }
+                            }
+                            w.acks.clear();
+                            w.outbox = Outbox::new(no_window);
+                            w.connected = false;
+                            // Close the old store first: sled holds a file lock.
+                            let placeholder = LazyStore::open(tmp.path().join("absent"), opts).expect("placeholder");
+                            drop(std::mem::replace(&mut w.store, placeholder));
+                            w.store = LazyStore::open(dir.clone(), opts).expect("reopen");
+                        }
+                        _ => {}
+                    }
+                    if !w.connected {
+                        let kept = stored(&mut w.store);
+                        let missing: Vec<i32> = w
+                            .accepted
+                            .iter()
+                            .filter(|v| !w.broker.contains(v) && !kept.contains(v) && !w.may_be_lost.contains(v))
+                            .copied()
+                            .collect();
+                        prop_assert!(missing.is_empty(), "lost while offline: {:?}", missing);
+                    }
+                }
+                // Reconnect and drain: everything reaches the broker.
+                if w.connected {
+                    let back = w.outbox.connection_lost();
+                    w.store.append_batch(&back).expect("append");
+                    w.network.clear();
+                    w.acks.clear();
+                }
+                w.outbox.connected();
+                w.connected = true;
+                for _ in 0..10_000 {
+                    if !w.store.is_open() {
+                        break;
+                    }
+                    w.replay_one();
+                    w.marker();
+                    while !w.network.is_empty() {
+                        w.deliver();
+                    }
+                    while let Some(p) = (!w.acks.is_empty()).then(|| w.acks.remove(0)) {
+                        w.confirm(p);
+                    }
+                }
+                prop_assert!(!w.store.is_open(), "the store drains");
+                let missing: Vec<i32> = w
+                    .accepted
+                    .iter()
+                    .filter(|v| !w.broker.contains(v) && !w.may_be_lost.contains(v))
+                    .copied()
+                    .collect();
+                prop_assert!(missing.is_empty(), "never reached the broker: {:?}", missing);
+            }
+        }
+    }
 }
