@@ -160,6 +160,10 @@ impl LazyStore {
     /// answers [`QueueError::Unusable`] until a restart, which recovers what
     /// sled had written.
     pub fn append_batch(&mut self, records: &[Record]) -> Result<(u64, Dropped), QueueError> {
+        if records.is_empty() {
+            // Nothing to keep: do not open (or create) the queue for it.
+            return Ok((0, Dropped::default()));
+        }
         self.limit = self.fit_to_disk();
         let limit = self.limit;
         let q = self.queue()?;

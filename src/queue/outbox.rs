@@ -632,7 +632,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(48))]
+            #![proptest_config(ProptestConfig::with_cases(128))]
             #[test]
             fn nothing_accepted_is_lost_but_what_was_in_flight_when_the_process_died(
                 ops in prop::collection::vec(op(), 1..80)
