@@ -40,3 +40,5 @@ pub mod plc;
 pub mod queue;
 pub mod sparkplug;
 pub mod telemetry;
+#[cfg(feature = "uplink")]
+pub mod uplink;

@@ -1,0 +1,13 @@
+//! `spb-uplink`, the central half: a Sparkplug Primary Host that persists
+//! what the edges publish (ARCHITECTURE.md, "Data flow, uplink").
+//!
+//! broker → [`crate::sparkplug::host::HostSession`] (per-node state, seq
+//! reorder, aliases, STALE on death, rebirth requests) → [`rows::Batch`] →
+//! a sink ([`postgres`]). Built only with the `uplink` feature, so the
+//! gateway's build never compiles a database driver.
+//!
+//! Invariants: every received message is logged raw; every fact is written
+//! once however often it arrives; a batch is written whole or retried.
+
+pub mod postgres;
+pub mod rows;

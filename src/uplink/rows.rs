@@ -1,0 +1,396 @@
+//! What the uplink writes, as plain rows: the sans-IO step between
+//! [`HostEvent`]s and a database sink.
+//!
+//! Invariants:
+//! - Every received message becomes exactly one [`RawRow`]; every metric of a
+//!   birth or DATA with a value becomes one [`FactRow`]; nothing is dropped
+//!   here (what the host session could not interpret arrives as
+//!   [`QuarantineRow`]).
+//! - A fact's identity is (group, node, device, metric, timestamp): a
+//!   replayed or duplicated sample maps to the same key, which the sinks use
+//!   to write it once (the gateway replays history on purpose).
+//! - Values are lossless: scalars go to typed columns, anything else
+//!   (arrays, DataSet, Template, bytes) to `v_bytes` as a one-metric
+//!   Sparkplug payload, with a readable summary in `v_text`.
+
+use crate::sparkplug::codec::{encode_iter, Datatypes, Metric, Quality, Value};
+use crate::sparkplug::host::{DeathCause, HostEvent};
+
+/// One received MQTT message (`sp_event_raw`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawRow {
+    pub topic: String,
+    pub kind: String,
+    pub seq: Option<i16>,
+    pub bdseq: Option<i64>,
+    pub received_ms: i64,
+    pub payload: Vec<u8>,
+}
+
+/// One metric value at one time (`sp_metric_fact`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactRow {
+    pub group: String,
+    pub node: String,
+    /// Empty for node metrics.
+    pub device: String,
+    pub metric: String,
+    pub ts_ms: i64,
+    pub datatype: i16,
+    pub v_int: Option<i64>,
+    pub v_float: Option<f64>,
+    pub v_bool: Option<bool>,
+    pub v_text: Option<String>,
+    pub v_bytes: Option<Vec<u8>>,
+    pub quality: i32,
+    pub is_historical: bool,
+}
+
+impl FactRow {
+    /// The value as a number, for rollups (integers and floats only).
+    pub fn numeric(&self) -> Option<f64> {
+        self.v_float.or(self.v_int.map(|i| i as f64))
+    }
+}
+
+/// A node's lifecycle (`sp_node_state`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateRow {
+    pub group: String,
+    pub node: String,
+    pub online: bool,
+    pub bdseq: Option<i64>,
+    pub at_ms: i64,
+    /// Why it went offline (`NDEATH` or `host disconnected`), empty on a birth.
+    pub cause: String,
+}
+
+/// A metric declared in a birth (`sp_metric_catalog`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogRow {
+    pub group: String,
+    pub node: String,
+    pub device: String,
+    pub metric: String,
+    pub datatype: i16,
+    pub properties: String,
+    pub seen_ms: i64,
+}
+
+/// A payload that could not be used (`sp_quarantine`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuarantineRow {
+    pub topic: String,
+    pub received_ms: i64,
+    pub payload: Vec<u8>,
+    pub reason: String,
+}
+
+/// Rows to write together.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    pub raw: Vec<RawRow>,
+    pub facts: Vec<FactRow>,
+    pub states: Vec<StateRow>,
+    pub catalog: Vec<CatalogRow>,
+    pub quarantine: Vec<QuarantineRow>,
+}
+
+impl Batch {
+    /// Rows of every kind.
+    pub fn len(&self) -> usize {
+        self.raw.len() + self.facts.len() + self.states.len() + self.catalog.len() + self.quarantine.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn append(&mut self, other: &mut Batch) {
+        self.raw.append(&mut other.raw);
+        self.facts.append(&mut other.facts);
+        self.states.append(&mut other.states);
+        self.catalog.append(&mut other.catalog);
+        self.quarantine.append(&mut other.quarantine);
+    }
+
+    /// A received message, before the host session looks at it.
+    pub fn add_raw(&mut self, topic: &str, payload: &[u8], received_ms: u64) {
+        let kind = topic.split('/').nth(2).unwrap_or("").to_string();
+        let kind = if topic.starts_with("spBv1.0/STATE/") {
+            "STATE".to_string()
+        } else {
+            kind
+        };
+        let (seq, bdseq) = header(payload);
+        self.raw.push(RawRow {
+            topic: topic.to_string(),
+            kind,
+            seq,
+            bdseq,
+            received_ms: received_ms as i64,
+            payload: payload.to_vec(),
+        });
+    }
+
+    /// The rows an event of the host session stands for.
+    pub fn add_event(&mut self, ev: &HostEvent, received_ms: u64) {
+        match ev {
+            HostEvent::NodeBirth {
+                group,
+                node,
+                bdseq,
+                timestamp,
+                metrics,
+            } => {
+                let at = timestamp.unwrap_or(received_ms);
+                self.states.push(StateRow {
+                    group: group.clone(),
+                    node: node.clone(),
+                    online: true,
+                    bdseq: Some(*bdseq as i64),
+                    at_ms: at as i64,
+                    cause: String::new(),
+                });
+                self.birth(group, node, "", metrics, at);
+            }
+            HostEvent::DeviceBirth {
+                group,
+                node,
+                device,
+                timestamp,
+                metrics,
+            } => self.birth(group, node, device, metrics, timestamp.unwrap_or(received_ms)),
+            HostEvent::Data {
+                group,
+                node,
+                device,
+                timestamp,
+                metrics,
+                ..
+            } => {
+                let at = timestamp.unwrap_or(received_ms);
+                let device = device.as_deref().unwrap_or("");
+                for m in metrics {
+                    self.fact(group, node, device, m, at);
+                }
+            }
+            HostEvent::NodeDeath {
+                group, node, cause, at, ..
+            } => {
+                let (bdseq, cause) = match cause {
+                    DeathCause::NDeath { bdseq } => (Some(*bdseq as i64), "NDEATH"),
+                    DeathCause::HostDisconnected => (None, "host disconnected"),
+                };
+                self.states.push(StateRow {
+                    group: group.clone(),
+                    node: node.clone(),
+                    online: false,
+                    bdseq,
+                    at_ms: *at as i64,
+                    cause: cause.to_string(),
+                });
+            }
+            HostEvent::Quarantine { topic, payload, reason } => self.quarantine.push(QuarantineRow {
+                topic: topic.clone(),
+                received_ms: received_ms as i64,
+                payload: payload.clone(),
+                reason: reason.clone(),
+            }),
+            HostEvent::Subscribe(_)
+            | HostEvent::Publish(_)
+            | HostEvent::Disconnect
+            | HostEvent::DeviceDeath { .. }
+            | HostEvent::DeathIgnored { .. }
+            | HostEvent::SequenceError { .. }
+            | HostEvent::RebirthRequested { .. } => {}
+        }
+    }
+
+    fn birth(&mut self, group: &str, node: &str, device: &str, metrics: &[Metric], at: u64) {
+        for m in metrics {
+            let Some(name) = &m.name else { continue };
+            self.catalog.push(CatalogRow {
+                group: group.to_string(),
+                node: node.to_string(),
+                device: device.to_string(),
+                metric: name.clone(),
+                datatype: m.datatype as i16,
+                properties: m
+                    .properties
+                    .as_ref()
+                    .map(|p| {
+                        p.entries
+                            .iter()
+                            .map(|(k, v)| format!("{k}={}", v.value.as_ref().map_or("null".into(), |x| x.to_string())))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    })
+                    .unwrap_or_default(),
+                seen_ms: at as i64,
+            });
+            self.fact(group, node, device, m, at);
+        }
+    }
+
+    fn fact(&mut self, group: &str, node: &str, device: &str, m: &Metric, at: u64) {
+        let Some(name) = &m.name else { return };
+        let mut f = FactRow {
+            group: group.to_string(),
+            node: node.to_string(),
+            device: device.to_string(),
+            metric: name.clone(),
+            ts_ms: m.timestamp.unwrap_or(at) as i64,
+            datatype: m.datatype as i16,
+            v_int: None,
+            v_float: None,
+            v_bool: None,
+            v_text: None,
+            v_bytes: None,
+            quality: m.quality().code(),
+            is_historical: m.is_historical,
+        };
+        match &m.value {
+            None => {}
+            Some(v) => match v {
+                Value::Int8(x) => f.v_int = Some((*x).into()),
+                Value::Int16(x) => f.v_int = Some((*x).into()),
+                Value::Int32(x) => f.v_int = Some((*x).into()),
+                Value::Int64(x) => f.v_int = Some(*x),
+                Value::UInt8(x) => f.v_int = Some((*x).into()),
+                Value::UInt16(x) => f.v_int = Some((*x).into()),
+                Value::UInt32(x) => f.v_int = Some((*x).into()),
+                Value::UInt64(x) | Value::DateTime(x) => match i64::try_from(*x) {
+                    Ok(i) => f.v_int = Some(i),
+                    // Past i64: exact as text, approximate as a number.
+                    Err(_) => {
+                        f.v_text = Some(x.to_string());
+                        f.v_float = Some(*x as f64);
+                    }
+                },
+                Value::Float(x) => f.v_float = Some((*x).into()),
+                Value::Double(x) => f.v_float = Some(*x),
+                Value::Boolean(x) => f.v_bool = Some(*x),
+                Value::String(s) | Value::Text(s) | Value::Uuid(s) => f.v_text = Some(s.clone()),
+                other => {
+                    f.v_text = Some(other.to_string());
+                    f.v_bytes = encode_iter(
+                        None,
+                        None,
+                        std::iter::once(std::borrow::Cow::Borrowed(m)),
+                        Datatypes::Include,
+                    )
+                    .ok();
+                }
+            },
+        }
+        if m.value.is_none() && f.quality == Quality::Good.code() {
+            // A null value (e.g. a metric declared without one) is still a fact.
+            f.v_text = None;
+        }
+        self.facts.push(f);
+    }
+}
+
+/// seq and bdSeq of a Sparkplug payload, read leniently (for the raw log).
+fn header(payload: &[u8]) -> (Option<i16>, Option<i64>) {
+    use prost::Message;
+    let Ok(p) = crate::sparkplug::pb::Payload::decode(payload) else {
+        return (None, None);
+    };
+    let bdseq = p
+        .metrics
+        .iter()
+        .find(|m| m.name.as_deref() == Some(crate::sparkplug::BDSEQ))
+        .and_then(|m| match m.value {
+            Some(crate::sparkplug::pb::payload::metric::Value::LongValue(v)) => Some(v as i64),
+            Some(crate::sparkplug::pb::payload::metric::Value::IntValue(v)) => Some(v.into()),
+            _ => None,
+        });
+    (p.seq.map(|s| s as i16), bdseq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(metrics: Vec<Metric>) -> HostEvent {
+        HostEvent::Data {
+            group: "G".into(),
+            node: "N".into(),
+            device: Some("D".into()),
+            seq: 1,
+            timestamp: Some(5),
+            metrics,
+        }
+    }
+
+    #[test]
+    fn every_data_metric_becomes_a_fact_keyed_by_its_own_timestamp() {
+        let mut b = Batch::default();
+        let mut late = Metric::new("T", Value::Double(1.5), 3);
+        late.is_historical = true;
+        let mut untimed = Metric::new("C", Value::UInt64(u64::MAX), 0);
+        untimed.timestamp = None;
+        b.add_event(&data(vec![late, untimed]), 99);
+        assert_eq!(b.facts.len(), 2);
+        let (t, c) = (&b.facts[0], &b.facts[1]);
+        assert_eq!((t.ts_ms, t.v_float, t.is_historical), (3, Some(1.5), true));
+        assert_eq!(c.ts_ms, 5, "no metric timestamp: the payload's");
+        assert_eq!(
+            c.v_text.as_deref(),
+            Some("18446744073709551615"),
+            "beyond i64 kept exactly"
+        );
+        assert_eq!((t.device.as_str(), t.quality), ("D", 192));
+    }
+
+    #[test]
+    fn arrays_are_kept_losslessly_as_a_sparkplug_payload() {
+        let mut b = Batch::default();
+        b.add_event(&data(vec![Metric::new("A", Value::Int32Array(vec![1, 2, 3]), 7)]), 9);
+        let f = &b.facts[0];
+        let back = crate::sparkplug::Payload::decode(f.v_bytes.as_ref().expect("bytes")).expect("decodes");
+        assert_eq!(back.metrics[0].value, Some(Value::Int32Array(vec![1, 2, 3])));
+        assert_eq!(f.v_text.as_deref(), Some("[1, 2, 3]"));
+    }
+
+    #[test]
+    fn births_fill_the_catalog_and_the_node_state_and_count_as_facts() {
+        let mut b = Batch::default();
+        b.add_event(
+            &HostEvent::NodeBirth {
+                group: "G".into(),
+                node: "N".into(),
+                bdseq: 4,
+                timestamp: Some(10),
+                metrics: vec![Metric::new("Up", Value::Boolean(true), 10)],
+            },
+            11,
+        );
+        assert_eq!(b.states[0].bdseq, Some(4));
+        assert!(b.states[0].online);
+        assert_eq!(b.catalog[0].metric, "Up");
+        assert_eq!(b.facts[0].v_bool, Some(true));
+    }
+
+    #[test]
+    fn the_raw_log_reads_seq_and_bdseq_leniently() {
+        let mut b = Batch::default();
+        let p = crate::sparkplug::Payload {
+            timestamp: Some(1),
+            seq: Some(0),
+            metrics: vec![Metric::new("bdSeq", Value::Int64(7), 1)],
+            ..Default::default()
+        }
+        .encode()
+        .expect("encodes");
+        b.add_raw("spBv1.0/G/NBIRTH/N", &p, 2);
+        b.add_raw("spBv1.0/G/DDATA/N/D", b"garbage", 3);
+        assert_eq!(
+            (b.raw[0].kind.as_str(), b.raw[0].seq, b.raw[0].bdseq),
+            ("NBIRTH", Some(0), Some(7))
+        );
+        assert_eq!((b.raw[1].kind.as_str(), b.raw[1].seq), ("DDATA", None));
+    }
+}

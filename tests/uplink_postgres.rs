@@ -1,0 +1,194 @@
+//! The PostgreSQL sink against the real PostgreSQL of the dev machine, a
+//! fresh database per test (issue #6). `SPB_TEST_PG` overrides the server
+//! (default `host=127.0.0.1 port=5432 user=postgres`, trust auth).
+#![cfg(feature = "uplink")]
+
+use spb::sparkplug::host::{DeathCause, HostEvent};
+use spb::sparkplug::{Metric, Value};
+use spb::uplink::postgres::PgSink;
+use spb::uplink::rows::Batch;
+
+fn server() -> String {
+    std::env::var("SPB_TEST_PG").unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres".into())
+}
+
+/// A database that exists for one test and is dropped after it.
+struct TestDb {
+    name: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl TestDb {
+    fn new(tag: &str) -> TestDb {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let name = format!("spb_test_{tag}_{}", std::process::id());
+        rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&format!("{} dbname=postgres", server()), tokio_postgres::NoTls)
+                .await
+                .expect("PostgreSQL runs on 127.0.0.1:5432 (see README)");
+            tokio::spawn(conn);
+            c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await
+                .expect("drop a leftover test database");
+            c.batch_execute(&format!("CREATE DATABASE {name}"))
+                .await
+                .expect("create the test database");
+        });
+        TestDb { name, rt }
+    }
+
+    fn url(&self) -> String {
+        format!("{} dbname={}", server(), self.name)
+    }
+
+    fn query_i64(&self, sql: &str) -> i64 {
+        self.rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(conn);
+            c.query_one(sql, &[]).await.expect("query").get(0)
+        })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        self.rt.block_on(async {
+            if let Ok((c, conn)) =
+                tokio_postgres::connect(&format!("{} dbname=postgres", server()), tokio_postgres::NoTls).await
+            {
+                tokio::spawn(conn);
+                let _ = c
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            }
+        });
+    }
+}
+
+fn data(values: &[(u64, f64)], historical: bool) -> HostEvent {
+    HostEvent::Data {
+        group: "G".into(),
+        node: "N".into(),
+        device: Some("D".into()),
+        seq: 1,
+        timestamp: Some(values.last().map_or(0, |v| v.0)),
+        metrics: values
+            .iter()
+            .map(|(ts, v)| {
+                let mut m = Metric::new("Temp", Value::Double(*v), *ts);
+                m.is_historical = historical;
+                m
+            })
+            .collect(),
+    }
+}
+
+const T0: u64 = 1_795_000_000_000; // a whole minute
+
+#[test]
+fn migrations_apply_once_and_a_second_start_changes_nothing() {
+    let db = TestDb::new("migr");
+    db.rt.block_on(async {
+        let mut s = PgSink::connect(&db.url()).await.expect("connect");
+        assert_eq!(s.migrate().await.expect("migrate"), 1);
+        let mut again = PgSink::connect(&db.url()).await.expect("connect");
+        assert_eq!(again.migrate().await.expect("migrate again"), 1);
+    });
+    assert_eq!(db.query_i64("SELECT count(*) FROM sp_schema_migrations"), 1);
+}
+
+#[test]
+fn a_replayed_sample_is_written_once_and_counted_once_in_the_rollups() {
+    let db = TestDb::new("idem");
+    db.rt.block_on(async {
+        let mut s = PgSink::connect(&db.url()).await.expect("connect");
+        s.migrate().await.expect("migrate");
+        let mut live = Batch::default();
+        live.add_event(&data(&[(T0, 1.0), (T0 + 1000, 3.0)], false), T0 + 1000);
+        let w = s.write(&live).await.expect("write");
+        assert_eq!(w.facts, 2);
+        // The gateway replays the same samples as historical, plus one more.
+        let mut replay = Batch::default();
+        replay.add_event(&data(&[(T0, 1.0), (T0 + 1000, 3.0), (T0 + 2000, 5.0)], true), T0 + 5000);
+        replay.add_event(&data(&[(T0 + 2000, 5.0)], true), T0 + 5000); // a duplicate within the batch
+        let w = s.write(&replay).await.expect("write");
+        assert_eq!(w.facts, 1, "only the new sample is inserted");
+    });
+    assert_eq!(db.query_i64("SELECT count(*) FROM sp_metric_fact"), 3);
+    assert_eq!(
+        db.query_i64("SELECT count FROM sp_metric_rollup WHERE bucket_size = 'minute'"),
+        3,
+        "rollups count each sample once"
+    );
+    assert_eq!(
+        db.query_i64("SELECT (sum * 10)::bigint FROM sp_metric_rollup WHERE bucket_size = 'hour'"),
+        90
+    );
+    assert_eq!(
+        db.query_i64("SELECT last::bigint FROM sp_metric_rollup WHERE bucket_size = 'day'"),
+        5
+    );
+    assert_eq!(
+        db.query_i64("SELECT (extract(epoch FROM ts) * 1000)::bigint FROM sp_metric_fact ORDER BY ts LIMIT 1"),
+        T0 as i64,
+        "timestamps to the millisecond"
+    );
+}
+
+#[test]
+fn node_state_follows_births_and_deaths_and_garbage_is_quarantined() {
+    let db = TestDb::new("state");
+    db.rt.block_on(async {
+        let mut s = PgSink::connect(&db.url()).await.expect("connect");
+        s.migrate().await.expect("migrate");
+        let mut b = Batch::default();
+        b.add_raw("spBv1.0/G/NBIRTH/N", b"\x08\x01", T0);
+        b.add_event(
+            &HostEvent::NodeBirth {
+                group: "G".into(),
+                node: "N".into(),
+                bdseq: 3,
+                timestamp: Some(T0),
+                metrics: vec![Metric::new("Uptime", Value::UInt64(1), T0)],
+            },
+            T0,
+        );
+        b.add_event(
+            &HostEvent::Quarantine {
+                topic: "spBv1.0/G/DDATA/N/D".into(),
+                payload: b"\xffgarbage".to_vec(),
+                reason: "not a Sparkplug payload".into(),
+            },
+            T0 + 1,
+        );
+        s.write(&b).await.expect("write");
+        let mut d = Batch::default();
+        d.add_event(
+            &HostEvent::NodeDeath {
+                group: "G".into(),
+                node: "N".into(),
+                cause: DeathCause::NDeath { bdseq: 3 },
+                at: T0 + 10,
+                stale: vec![],
+            },
+            T0 + 10,
+        );
+        s.write(&d).await.expect("write");
+    });
+    assert_eq!(db.query_i64("SELECT count(*) FROM sp_node_state WHERE NOT online AND stale AND bdseq = 3 AND last_birth IS NOT NULL AND last_death IS NOT NULL"), 1);
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sp_quarantine WHERE reason = 'not a Sparkplug payload'"),
+        1
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sp_event_raw WHERE kind = 'NBIRTH'"),
+        1
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sp_metric_catalog WHERE metric = 'Uptime'"),
+        1
+    );
+}
