@@ -442,7 +442,7 @@ fn read_node(t: &Table) -> NodeConfig {
     n
 }
 
-fn read_mqtt(t: Option<Table>, root: &Table) -> MqttConfig {
+pub(crate) fn read_mqtt(t: Option<Table>, root: &Table) -> MqttConfig {
     let Some(t) = t else {
         root.missing("mqtt", "an [mqtt] table with at least one [[mqtt.servers]]");
         return MqttConfig::defaults(Vec::new());
@@ -590,7 +590,7 @@ impl Default for StoreConfig {
     }
 }
 
-fn read_telemetry(t: Option<Table>) -> TelemetryConfig {
+pub(crate) fn read_telemetry(t: Option<Table>) -> TelemetryConfig {
     let d = TelemetryConfig::default();
     let Some(t) = t else { return d };
     let listen = match t.opt_str("listen") {

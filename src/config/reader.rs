@@ -164,6 +164,26 @@ impl<'c, 's, 't> Table<'c, 's, 't> {
         }
     }
 
+    /// A list of strings (`["a", "b"]`).
+    pub fn opt_str_list(&self, key: &str) -> Option<Vec<String>> {
+        let v = self.get(key)?;
+        let Some(items) = v.get_ref().as_array() else {
+            self.wrong_type(key, v, "a list of strings");
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for item in items.iter() {
+            match item.get_ref().as_str() {
+                Some(s) => out.push(s.to_string()),
+                None => {
+                    self.wrong_type(key, item, "a list of strings");
+                    return None;
+                }
+            }
+        }
+        Some(out)
+    }
+
     pub fn req_str(&self, key: &str, what: &str) -> Option<String> {
         if self.get(key).is_none() {
             self.missing(key, what);

@@ -295,6 +295,19 @@ impl HostSession {
         ]
     }
 
+    /// While connected, declare this host offline (its sink is behind,
+    /// ARCHITECTURE.md decision 4): STATE offline with this connection's
+    /// timestamp, so edges store on their own flash.
+    pub fn declare_offline(&self) -> Publish {
+        self.state(false, self.will_ts)
+    }
+
+    /// Online again after [`declare_offline`](Self::declare_offline): the
+    /// same timestamp, which edges accept (not older than the newest seen).
+    pub fn declare_online(&self) -> Publish {
+        self.state(true, self.will_ts)
+    }
+
     /// This host lost its broker connection: every online node's metrics go STALE.
     pub fn connection_lost(&mut self, now: u64) -> Vec<HostEvent> {
         self.connected = false;

@@ -9,5 +9,6 @@
 //! Invariants: every received message is logged raw; every fact is written
 //! once however often it arrives; a batch is written whole or retried.
 
+pub mod config;
 pub mod postgres;
 pub mod rows;

@@ -1,0 +1,208 @@
+//! The uplink's one TOML file (`/etc/spb-uplink/config.toml`), read with the
+//! gateway's reader: unknown keys are errors, every error names its key path
+//! and line:column, all errors are reported at once. `[mqtt]` and
+//! `[telemetry]` are the gateway's tables, read by the same code.
+//!
+//! ```toml
+//! [host]
+//! host_id = "scada"                 # required
+//! subscriptions = ["spBv1.0/#"]
+//! reorder_timeout = "2s"
+//! rebirth_min_interval = "5s"
+//! [mqtt]
+//! [[mqtt.servers]]
+//! host = "broker"
+//! [database]
+//! backend = "postgres"              # postgres | mssql
+//! url = "host=db user=spb dbname=plant"
+//! batch_max_rows = 20000
+//! batch_max_latency = "200ms"
+//! backlog_max_rows = 2000000        # rows held while the database is down
+//! offline_after_rows = 500000       # then STATE offline: the edges store
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::reader::{Ctx, Table};
+use crate::config::{read_mqtt, read_telemetry, ConfigErrors, LoadError, MqttConfig, TelemetryConfig};
+
+/// Which database the uplink writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Mssql,
+}
+
+/// `[host]`: who this Primary Host is and what it listens to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostSection {
+    pub host_id: String,
+    pub subscriptions: Vec<String>,
+    pub reorder_timeout: Duration,
+    pub rebirth_min_interval: Duration,
+}
+
+/// `[database]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatabaseConfig {
+    pub backend: Backend,
+    pub url: String,
+    pub batch_max_rows: usize,
+    pub batch_max_latency: Duration,
+    pub backlog_max_rows: usize,
+    pub offline_after_rows: usize,
+}
+
+/// The whole uplink configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UplinkConfig {
+    pub host: HostSection,
+    pub mqtt: MqttConfig,
+    pub database: DatabaseConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+impl UplinkConfig {
+    pub fn load(path: &Path) -> Result<UplinkConfig, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(UplinkConfig::parse(&path.display().to_string(), &text)?)
+    }
+
+    pub fn parse(file: &str, text: &str) -> Result<UplinkConfig, ConfigErrors> {
+        let ctx = Ctx::new(file, text);
+        let Some(doc) = ctx.parse() else {
+            return Err(ctx.finish().expect_err("syntax errors were recorded"));
+        };
+        let root = Table::new(&ctx, "", doc.get_ref(), 0);
+        let host = match root.opt_table("host") {
+            Some(t) => read_host(&t),
+            None => {
+                root.missing("host", "a [host] table with host_id");
+                None
+            }
+        };
+        let mqtt = read_mqtt(root.opt_table("mqtt"), &root);
+        let database = match root.opt_table("database") {
+            Some(t) => read_database(&t),
+            None => {
+                root.missing("database", "a [database] table with backend and url");
+                None
+            }
+        };
+        let telemetry = read_telemetry(root.opt_table("telemetry"));
+        root.finish(&["host", "mqtt", "database", "telemetry"]);
+        ctx.finish()?;
+        Ok(UplinkConfig {
+            host: host.expect("no errors, so [host] was read"),
+            mqtt,
+            database: database.expect("no errors, so [database] was read"),
+            telemetry,
+        })
+    }
+}
+
+fn read_host(t: &Table) -> Option<HostSection> {
+    let host_id = t.req_str("host_id", "the Primary Host id, as the edges' primary_host_id");
+    if let Some(id) = &host_id {
+        if let Err(e) = crate::sparkplug::topic::validate_id("host_id", id) {
+            t.invalid("host_id", e.to_string());
+        }
+    }
+    let subscriptions = match t.opt_str_list("subscriptions") {
+        Some(v) if v.is_empty() => {
+            t.invalid("subscriptions", "at least one topic filter, e.g. \"spBv1.0/#\"");
+            Vec::new()
+        }
+        Some(v) => v,
+        None => vec!["spBv1.0/#".to_string()],
+    };
+    for s in &subscriptions {
+        if !s.starts_with("spBv1.0/") {
+            t.invalid("subscriptions", format!("'{s}' is not a Sparkplug filter (spBv1.0/…)"));
+        }
+    }
+    let s = HostSection {
+        host_id: host_id.unwrap_or_default(),
+        subscriptions,
+        reorder_timeout: t.duration_or("reorder_timeout", Duration::from_secs(2)),
+        rebirth_min_interval: t.duration_or("rebirth_min_interval", Duration::from_secs(5)),
+    };
+    t.finish(&["host_id", "subscriptions", "reorder_timeout", "rebirth_min_interval"]);
+    Some(s)
+}
+
+fn read_database(t: &Table) -> Option<DatabaseConfig> {
+    let backend = match t.req_str("backend", "postgres or mssql").as_deref() {
+        Some("postgres") => Backend::Postgres,
+        Some("mssql") => Backend::Mssql,
+        Some(other) => {
+            t.invalid("backend", format!("'{other}': use postgres or mssql"));
+            Backend::Postgres
+        }
+        None => Backend::Postgres,
+    };
+    let url = t.req_str("url", "the connection string").unwrap_or_default();
+    let d = DatabaseConfig {
+        backend,
+        url,
+        batch_max_rows: t.int_in("batch_max_rows", 20_000, 1..=1_000_000) as usize,
+        batch_max_latency: t.duration_or("batch_max_latency", Duration::from_millis(200)),
+        backlog_max_rows: t.int_in("backlog_max_rows", 2_000_000, 1_000..=100_000_000) as usize,
+        offline_after_rows: t.int_in("offline_after_rows", 500_000, 1..=100_000_000) as usize,
+    };
+    if d.offline_after_rows > d.backlog_max_rows {
+        t.invalid(
+            "offline_after_rows",
+            format!("must not exceed backlog_max_rows ({})", d.backlog_max_rows),
+        );
+    }
+    t.finish(&[
+        "backend",
+        "url",
+        "batch_max_rows",
+        "batch_max_latency",
+        "backlog_max_rows",
+        "offline_after_rows",
+    ]);
+    Some(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[host]
+host_id = "scada"
+[mqtt]
+[[mqtt.servers]]
+host = "127.0.0.1"
+[database]
+backend = "postgres"
+url = "host=127.0.0.1 user=postgres dbname=plant"
+"#;
+
+    #[test]
+    fn a_minimal_file_gets_the_documented_defaults() {
+        let c = UplinkConfig::parse("u.toml", GOOD).expect("valid");
+        assert_eq!(c.host.subscriptions, vec!["spBv1.0/#".to_string()]);
+        assert_eq!(c.database.batch_max_rows, 20_000);
+        assert_eq!(c.database.offline_after_rows, 500_000);
+        assert_eq!(c.mqtt.servers.len(), 1);
+    }
+
+    #[test]
+    fn every_error_names_its_key_and_line_column() {
+        let bad = GOOD
+            .replace("backend = \"postgres\"", "backend = \"oracle\"\nbatch_max_rowz = 5")
+            .replace("host_id = \"scada\"", "host_id = \"sca/da\"");
+        let e = UplinkConfig::parse("u.toml", &bad).expect_err("invalid").to_string();
+        assert!(e.contains("u.toml:3:11: host.host_id"), "{e}");
+        assert!(e.contains("database.backend: 'oracle': use postgres or mssql"), "{e}");
+        assert!(e.contains("database.batch_max_rowz: unknown key"), "{e}");
+    }
+}
