@@ -257,7 +257,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
             .await
             .map_err(|source| GatewayError::Bind { addr, source })?;
         tracing::info!(%addr, "health and metrics on http://{addr}/metrics");
-        tokio::spawn(http::serve(listener, telemetry.clone(), status.clone()));
+        let exposition = http::GatewayExposition {
+            telemetry: telemetry.clone(),
+            status: status.clone(),
+        };
+        tokio::spawn(http::serve(listener, Arc::new(exposition)));
     }
     // The durable store-and-forward queue: samples that could not be
     // published survive a restart. A dry run keeps its queue in a temporary

@@ -13,21 +13,48 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::metrics::Telemetry;
 
+/// What a program exposes on the three routes.
+pub trait Exposition: Send + Sync + 'static {
+    /// `/ready`: whether ready, and the body (a first line, then details).
+    fn ready(&self) -> (bool, String);
+    /// `/metrics`: the Prometheus text exposition.
+    fn metrics(&self) -> String;
+}
+
+/// The gateway's telemetry and its one-line status.
+pub struct GatewayExposition {
+    pub telemetry: Arc<Telemetry>,
+    pub status: Arc<std::sync::Mutex<String>>,
+}
+
+impl Exposition for GatewayExposition {
+    fn ready(&self) -> (bool, String) {
+        let s = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+        let store = self.telemetry.store_summary(crate::plc::poller::now_ms());
+        let ready = self.telemetry.ready();
+        let word = if ready { "ready" } else { "not ready" };
+        (ready, format!("{word}: {s}\n{store}\n"))
+    }
+
+    fn metrics(&self) -> String {
+        self.telemetry.render()
+    }
+}
+
 /// Serves until the listener fails.
-pub async fn serve(listener: TcpListener, telemetry: Arc<Telemetry>, status: Arc<std::sync::Mutex<String>>) {
+pub async fn serve<E: Exposition>(listener: TcpListener, exposition: Arc<E>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let t = telemetry.clone();
-        let s = status.clone();
+        let e = exposition.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), handle(stream, &t, &s)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), handle(stream, &*e)).await;
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, t: &Telemetry, status: &std::sync::Mutex<String>) -> std::io::Result<()> {
+async fn handle<E: Exposition>(mut stream: TcpStream, e: &E) -> std::io::Result<()> {
     let mut buf = vec![0u8; 8192];
     let mut n = 0;
     while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
@@ -45,16 +72,11 @@ async fn handle(mut stream: TcpStream, t: &Telemetry, status: &std::sync::Mutex<
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (code, ctype, body) = match (method, path) {
         ("GET", "/health") => (200, "text/plain", "ok\n".to_string()),
-        ("GET", "/ready") => {
-            let s = status.lock().map(|s| s.clone()).unwrap_or_default();
-            let store = t.store_summary(crate::plc::poller::now_ms());
-            if t.ready() {
-                (200, "text/plain", format!("ready: {s}\n{store}\n"))
-            } else {
-                (503, "text/plain", format!("not ready: {s}\n{store}\n"))
-            }
-        }
-        ("GET", "/metrics") => (200, "text/plain; version=0.0.4", t.render()),
+        ("GET", "/ready") => match e.ready() {
+            (true, body) => (200, "text/plain", body),
+            (false, body) => (503, "text/plain", body),
+        },
+        ("GET", "/metrics") => (200, "text/plain; version=0.0.4", e.metrics()),
         ("GET", _) => (
             404,
             "text/plain",

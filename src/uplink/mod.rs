@@ -12,3 +12,4 @@
 pub mod config;
 pub mod postgres;
 pub mod rows;
+pub mod run;

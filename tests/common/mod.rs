@@ -520,4 +520,5 @@ scan_class = "fast"
     )
 }
 
+pub mod pg;
 pub mod plc;

@@ -1,0 +1,617 @@
+//! The uplink runtime: executes what the sans-IO [`HostSession`] decides and
+//! hands the rows to a writer task.
+//!
+//! One task owns the session and runs a select loop over the current MQTT
+//! connection's events, a 50 ms tick (reorder timeouts, batch latency,
+//! backlog check), the reconnect timer and SIGTERM/SIGINT. The writer task
+//! owns the database connection.
+//!
+//! Invariants:
+//! - Every message on `spBv1.0/…` is logged raw before the session sees it.
+//! - A batch is handed to the writer whole; the writer retries it with
+//!   backoff until the database takes it (facts are idempotent, so a retry
+//!   after an unknown outcome writes nothing twice).
+//! - The backlog (rows handed over, not yet committed) is bounded: past
+//!   `offline_after_rows` this host publishes STATE offline and the edges
+//!   store on their own flash (ARCHITECTURE.md decision 4); once the backlog
+//!   is empty again it publishes STATE online. Past `backlog_max_rows` new
+//!   rows are dropped, counted and logged at ERROR, never silently.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Packet};
+use thiserror::Error;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::config::{Backend, DatabaseConfig, UplinkConfig};
+use super::postgres::PgSink;
+use super::rows::Batch;
+use crate::mqtt::{self, ConnEvent, MqttError, Server};
+use crate::plc::poller::now_ms;
+use crate::sparkplug::host::{HostConfig, HostError, HostEvent, HostSession};
+use crate::telemetry::http::{self, Exposition};
+
+/// Why the uplink could not start.
+#[derive(Debug, Error)]
+pub enum UplinkError {
+    #[error(transparent)]
+    Mqtt(#[from] MqttError),
+    #[error("host session: {0}")]
+    Host(#[from] HostError),
+    #[error("telemetry.listen {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("installing a signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("database.backend = \"mssql\": the SQL Server sink is not built yet (issue #6); use postgres")]
+    MssqlNotBuilt,
+}
+
+/// Upper bounds (seconds) of the ingest-lag histogram buckets.
+const LAG_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0, 60.0];
+
+/// Counters and gauges for `/metrics` and `/ready`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub messages: AtomicU64,
+    pub facts_written: AtomicU64,
+    pub facts_duplicate: AtomicU64,
+    pub raw_written: AtomicU64,
+    pub batches: AtomicU64,
+    pub db_errors: AtomicU64,
+    pub rebirths: AtomicU64,
+    pub sequence_errors: AtomicU64,
+    pub quarantined: AtomicU64,
+    pub dropped_rows: AtomicU64,
+    pub online_nodes: AtomicU64,
+    pub backlog_rows: AtomicU64,
+    pub last_batch_us: AtomicU64,
+    pub connected: AtomicBool,
+    pub db_ok: AtomicBool,
+    pub declared_offline: AtomicBool,
+    lag: [AtomicU64; LAG_BUCKETS.len() + 1],
+    lag_sum_ms: AtomicU64,
+}
+
+impl Stats {
+    fn observe_lag(&self, lag: Duration) {
+        let s = lag.as_secs_f64();
+        let i = LAG_BUCKETS.iter().position(|b| s <= *b).unwrap_or(LAG_BUCKETS.len());
+        self.lag[i].fetch_add(1, Relaxed);
+        self.lag_sum_ms.fetch_add(lag.as_millis() as u64, Relaxed);
+    }
+}
+
+impl Exposition for Stats {
+    fn ready(&self) -> (bool, String) {
+        let (c, d, off) = (
+            self.connected.load(Relaxed),
+            self.db_ok.load(Relaxed),
+            self.declared_offline.load(Relaxed),
+        );
+        let ready = c && d && !off;
+        let word = if ready { "ready" } else { "not ready" };
+        (
+            ready,
+            format!(
+                "{word}: broker {}, database {}, STATE {}\nonline nodes {}, backlog {} rows, facts written {}, duplicates {}, database errors {}\n",
+                if c { "connected" } else { "disconnected" },
+                if d { "ok" } else { "failing" },
+                if off { "offline (catching up)" } else { "online" },
+                self.online_nodes.load(Relaxed),
+                self.backlog_rows.load(Relaxed),
+                self.facts_written.load(Relaxed),
+                self.facts_duplicate.load(Relaxed),
+                self.db_errors.load(Relaxed),
+            ),
+        )
+    }
+
+    fn metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let mut g = |name: &str, help: &str, kind: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        g(
+            "spb_uplink_messages_total",
+            "MQTT messages received on spBv1.0/.",
+            "counter",
+            self.messages.load(Relaxed),
+        );
+        g(
+            "spb_uplink_facts_written_total",
+            "Metric facts inserted.",
+            "counter",
+            self.facts_written.load(Relaxed),
+        );
+        g(
+            "spb_uplink_facts_duplicate_total",
+            "Facts already stored (replays, duplicates): written once.",
+            "counter",
+            self.facts_duplicate.load(Relaxed),
+        );
+        g(
+            "spb_uplink_raw_events_total",
+            "Messages logged raw.",
+            "counter",
+            self.raw_written.load(Relaxed),
+        );
+        g(
+            "spb_uplink_batches_total",
+            "Batches committed.",
+            "counter",
+            self.batches.load(Relaxed),
+        );
+        g(
+            "spb_uplink_database_errors_total",
+            "Failed database writes or connects (retried).",
+            "counter",
+            self.db_errors.load(Relaxed),
+        );
+        g(
+            "spb_uplink_rebirths_requested_total",
+            "Rebirth requests sent to edge nodes.",
+            "counter",
+            self.rebirths.load(Relaxed),
+        );
+        g(
+            "spb_uplink_sequence_errors_total",
+            "Messages with an unexpected seq.",
+            "counter",
+            self.sequence_errors.load(Relaxed),
+        );
+        g(
+            "spb_uplink_quarantined_total",
+            "Payloads quarantined.",
+            "counter",
+            self.quarantined.load(Relaxed),
+        );
+        g(
+            "spb_uplink_dropped_rows_total",
+            "Rows dropped because the backlog was full.",
+            "counter",
+            self.dropped_rows.load(Relaxed),
+        );
+        g(
+            "spb_uplink_online_nodes",
+            "Edge nodes online.",
+            "gauge",
+            self.online_nodes.load(Relaxed),
+        );
+        g(
+            "spb_uplink_backlog_rows",
+            "Rows waiting for the database.",
+            "gauge",
+            self.backlog_rows.load(Relaxed),
+        );
+        g(
+            "spb_uplink_last_batch_microseconds",
+            "Duration of the last committed batch.",
+            "gauge",
+            self.last_batch_us.load(Relaxed),
+        );
+        g(
+            "spb_uplink_connected",
+            "1 while connected to a broker.",
+            "gauge",
+            self.connected.load(Relaxed).into(),
+        );
+        g(
+            "spb_uplink_database_ok",
+            "1 while the last database write succeeded.",
+            "gauge",
+            self.db_ok.load(Relaxed).into(),
+        );
+        g(
+            "spb_uplink_state_offline",
+            "1 while this host has declared itself offline to catch up.",
+            "gauge",
+            self.declared_offline.load(Relaxed).into(),
+        );
+        let name = "spb_uplink_ingest_lag_seconds";
+        let _ = writeln!(
+            s,
+            "# HELP {name} From a message's arrival to the commit of its rows.\n# TYPE {name} histogram"
+        );
+        let mut cum = 0;
+        for (i, b) in LAG_BUCKETS.iter().enumerate() {
+            cum += self.lag[i].load(Relaxed);
+            let _ = writeln!(s, "{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        cum += self.lag[LAG_BUCKETS.len()].load(Relaxed);
+        let _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {cum}");
+        let _ = writeln!(s, "{name}_sum {}", self.lag_sum_ms.load(Relaxed) as f64 / 1000.0);
+        let _ = writeln!(s, "{name}_count {cum}");
+        s
+    }
+}
+
+/// A batch on its way to the database, with when its first message arrived.
+struct Pending {
+    batch: Batch,
+    since: Instant,
+}
+
+/// Runs the uplink until SIGTERM/SIGINT.
+pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
+    if cfg.database.backend == Backend::Mssql && !dry_run {
+        return Err(UplinkError::MssqlNotBuilt);
+    }
+    let stats = Arc::new(Stats::default());
+    if let Some(addr) = cfg.telemetry.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| UplinkError::Bind { addr, source })?;
+        tracing::info!(%addr, "health and metrics on http://{addr}/metrics");
+        tokio::spawn(http::serve(listener, stats.clone()));
+    }
+    let servers = Server::prepare_all(&cfg.mqtt)?;
+    let mut session = HostSession::new(HostConfig {
+        host_id: cfg.host.host_id.clone(),
+        subscriptions: cfg.host.subscriptions.clone(),
+        reorder_timeout_ms: cfg.host.reorder_timeout.as_millis() as u64,
+        rebirth_min_interval_ms: cfg.host.rebirth_min_interval.as_millis() as u64,
+    })?;
+    let (batch_tx, batch_rx) = mpsc::unbounded_channel::<Pending>();
+    let writer = if dry_run {
+        stats.db_ok.store(true, Relaxed);
+        tokio::spawn(dry_writer(batch_rx, stats.clone()))
+    } else {
+        tokio::spawn(writer(cfg.database.clone(), batch_rx, stats.clone()))
+    };
+    let (conn_tx, mut conn_rx) = mpsc::channel(4096);
+    let mut sigterm = signal(SignalKind::terminate()).map_err(UplinkError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(UplinkError::Signal)?;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rt = Loop {
+        cfg,
+        stats,
+        servers,
+        server: 0,
+        client: None,
+        conn_id: 0,
+        connack: false,
+        attempt: 0,
+        reconnect_at: Some(Instant::now()),
+        conn_tx,
+        batch: Batch::default(),
+        batch_since: None,
+        batch_tx,
+        rng: crate::plc::sim::Rng::new(now_ms()),
+    };
+    crate::telemetry::systemd::ready("uplink started");
+    tracing::info!(host = %rt.cfg.host.host_id, dry_run, "spb-uplink {} started", env!("CARGO_PKG_VERSION"));
+    loop {
+        let reconnect = async {
+            match rt.reconnect_at {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(ev) = conn_rx.recv() => rt.on_conn_event(&mut session, ev).await,
+            _ = tick.tick() => rt.on_tick(&mut session).await,
+            _ = reconnect => rt.start_connect(&mut session),
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    rt.flush();
+    let events = session.shutdown(now_ms());
+    rt.execute(&mut session, events).await;
+    drop(rt);
+    // The writer ends once every batch handed to it is committed (bounded wait).
+    if tokio::time::timeout(Duration::from_secs(30), writer).await.is_err() {
+        tracing::error!("the database did not take the last batches within 30 s; they are lost");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+struct Loop {
+    cfg: UplinkConfig,
+    stats: Arc<Stats>,
+    servers: Vec<Server>,
+    server: usize,
+    client: Option<AsyncClient>,
+    conn_id: u64,
+    connack: bool,
+    attempt: u32,
+    reconnect_at: Option<Instant>,
+    conn_tx: mpsc::Sender<ConnEvent>,
+    batch: Batch,
+    batch_since: Option<Instant>,
+    batch_tx: mpsc::UnboundedSender<Pending>,
+    rng: crate::plc::sim::Rng,
+}
+
+impl Loop {
+    fn start_connect(&mut self, session: &mut HostSession) {
+        self.reconnect_at = None;
+        let Some(srv) = self.servers.get(self.server).cloned() else {
+            tracing::error!("no MQTT server configured");
+            return;
+        };
+        let will = session.begin_connect(now_ms());
+        self.conn_id += 1;
+        self.connack = false;
+        let client_id = format!("spb-uplink-{}", self.cfg.host.host_id);
+        let opts = mqtt::options(&srv, &self.cfg.mqtt, &client_id, Some(&will));
+        tracing::info!(server = %srv.label(), "connecting");
+        self.client = Some(mqtt::connect(
+            opts,
+            self.cfg.mqtt.connect_timeout,
+            self.conn_id,
+            self.conn_tx.clone(),
+        ));
+    }
+
+    async fn on_conn_event(&mut self, session: &mut HostSession, ev: ConnEvent) {
+        match ev {
+            ConnEvent::Event(id, _) | ConnEvent::Closed(id, _) if id != self.conn_id => {}
+            ConnEvent::Event(_, Event::Incoming(Packet::ConnAck(_))) => {
+                self.connack = true;
+                self.attempt = 0;
+                self.stats.connected.store(true, Relaxed);
+                tracing::info!("connected");
+                let events = session.connected();
+                self.execute(session, events).await;
+                if self.stats.declared_offline.load(Relaxed) {
+                    // Still catching up: say so again on this connection.
+                    let p = session.declare_offline();
+                    self.publish(p).await;
+                }
+            }
+            ConnEvent::Event(_, Event::Incoming(Packet::Publish(p))) => {
+                let now = now_ms();
+                if p.topic.starts_with("spBv1.0/") {
+                    self.stats.messages.fetch_add(1, Relaxed);
+                    self.batch_since.get_or_insert_with(Instant::now);
+                    self.batch.add_raw(&p.topic, &p.payload, now);
+                }
+                let events = session.handle_message(now, &p.topic, &p.payload);
+                self.execute(session, events).await;
+                if self.batch.len() >= self.cfg.database.batch_max_rows {
+                    self.flush();
+                }
+            }
+            ConnEvent::Event(..) => {}
+            ConnEvent::Closed(_, e) => {
+                self.client = None;
+                self.stats.connected.store(false, Relaxed);
+                let why = self
+                    .servers
+                    .get(self.server)
+                    .map(|s| mqtt::explain(s, &e))
+                    .unwrap_or_else(|| e.to_string());
+                if self.connack {
+                    tracing::warn!(error = %why, "connection lost");
+                    let events = session.connection_lost(now_ms());
+                    self.execute(session, events).await;
+                } else {
+                    tracing::error!(error = %why, "connection failed");
+                }
+                self.server = (self.server + 1) % self.servers.len().max(1);
+                let wait = mqtt::backoff(
+                    self.attempt,
+                    self.cfg.mqtt.backoff_min,
+                    self.cfg.mqtt.backoff_max,
+                    self.rng.next_u64(),
+                );
+                self.attempt = self.attempt.saturating_add(1);
+                self.reconnect_at = Some(Instant::now() + wait);
+            }
+        }
+    }
+
+    async fn execute(&mut self, session: &mut HostSession, events: Vec<HostEvent>) {
+        let now = now_ms();
+        for ev in events {
+            match &ev {
+                HostEvent::Subscribe(topics) => {
+                    if let Some(c) = &self.client {
+                        let filters = topics
+                            .iter()
+                            .map(|t| rumqttc::SubscribeFilter::new(t.clone(), rumqttc::QoS::AtLeastOnce));
+                        if let Err(e) = c.subscribe_many(filters).await {
+                            tracing::error!(error = %e, "subscribe failed");
+                        }
+                    }
+                }
+                HostEvent::Publish(p) => self.publish(p.clone()).await,
+                HostEvent::Disconnect => {
+                    if let Some(c) = &self.client {
+                        let _ = c.disconnect().await;
+                    }
+                }
+                HostEvent::RebirthRequested { group, node, reason } => {
+                    self.stats.rebirths.fetch_add(1, Relaxed);
+                    tracing::warn!(%group, %node, %reason, "rebirth requested");
+                }
+                HostEvent::SequenceError {
+                    group,
+                    node,
+                    expected,
+                    got,
+                } => {
+                    self.stats.sequence_errors.fetch_add(1, Relaxed);
+                    tracing::warn!(%group, %node, expected, got, "sequence error");
+                }
+                HostEvent::Quarantine { topic, reason, .. } => {
+                    self.stats.quarantined.fetch_add(1, Relaxed);
+                    tracing::warn!(%topic, %reason, "payload quarantined");
+                }
+                HostEvent::DeathIgnored { group, node, bdseq } => {
+                    tracing::info!(%group, %node, ?bdseq, "NDEATH of an older session ignored");
+                }
+                _ => {}
+            }
+            self.batch.add_event(&ev, now);
+        }
+        self.stats.online_nodes.store(session.online_nodes() as u64, Relaxed);
+    }
+
+    async fn publish(&self, p: crate::sparkplug::Publish) {
+        if let Some(c) = &self.client {
+            if let Err(e) = mqtt::publish(c, p).await {
+                tracing::warn!(error = %e, "publish failed (connection closing)");
+            }
+        }
+    }
+
+    /// Hands the current batch to the writer.
+    fn flush(&mut self) {
+        let Some(since) = self.batch_since.take() else { return };
+        let batch = std::mem::take(&mut self.batch);
+        let n = batch.len() as u64;
+        if n == 0 {
+            return;
+        }
+        let backlog = self.stats.backlog_rows.load(Relaxed);
+        if backlog + n > self.cfg.database.backlog_max_rows as u64 {
+            self.stats.dropped_rows.fetch_add(n, Relaxed);
+            tracing::error!(
+                rows = n,
+                backlog,
+                backlog_max_rows = self.cfg.database.backlog_max_rows,
+                "backlog full while the database is behind: rows dropped"
+            );
+            return;
+        }
+        self.stats.backlog_rows.fetch_add(n, Relaxed);
+        let _ = self.batch_tx.send(Pending { batch, since });
+    }
+
+    async fn on_tick(&mut self, session: &mut HostSession) {
+        let events = session.tick(now_ms());
+        self.execute(session, events).await;
+        if self
+            .batch_since
+            .is_some_and(|t| t.elapsed() >= self.cfg.database.batch_max_latency)
+        {
+            self.flush();
+        }
+        // Decision 4: declare STATE offline while the database is far behind.
+        let backlog = self.stats.backlog_rows.load(Relaxed) as usize;
+        let offline = self.stats.declared_offline.load(Relaxed);
+        if !offline && backlog >= self.cfg.database.offline_after_rows {
+            tracing::error!(
+                backlog,
+                offline_after_rows = self.cfg.database.offline_after_rows,
+                "the database is behind: STATE offline, the edges store until it catches up"
+            );
+            self.stats.declared_offline.store(true, Relaxed);
+            let p = session.declare_offline();
+            self.publish(p).await;
+        } else if offline && backlog == 0 && self.stats.db_ok.load(Relaxed) {
+            tracing::info!("caught up: STATE online");
+            self.stats.declared_offline.store(false, Relaxed);
+            let p = session.declare_online();
+            self.publish(p).await;
+        }
+    }
+}
+
+/// Takes batches as they come and commits them, merged up to
+/// `batch_max_rows`, retrying each until the database accepts it.
+async fn writer(db: DatabaseConfig, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<Stats>) {
+    let mut sink: Option<PgSink> = None;
+    let mut attempt = 0u32;
+    while let Some(first) = rx.recv().await {
+        let mut batch = first.batch;
+        let mut oldest = first.since;
+        while batch.len() < db.batch_max_rows {
+            match rx.try_recv() {
+                Ok(mut more) => {
+                    batch.append(&mut more.batch);
+                    oldest = oldest.min(more.since);
+                }
+                Err(_) => break,
+            }
+        }
+        loop {
+            if sink.as_ref().is_none_or(PgSink::is_closed) {
+                match connect(&db.url).await {
+                    Ok(s) => sink = Some(s),
+                    Err(e) => {
+                        fail(&stats, &mut attempt, &e.to_string()).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(s) = sink.as_mut() else { continue };
+            let t = std::time::Instant::now();
+            match s.write(&batch).await {
+                Ok(w) => {
+                    if attempt > 0 {
+                        tracing::info!("database writes succeed again");
+                    }
+                    attempt = 0;
+                    stats.db_ok.store(true, Relaxed);
+                    stats.batches.fetch_add(1, Relaxed);
+                    stats.facts_written.fetch_add(w.facts, Relaxed);
+                    stats
+                        .facts_duplicate
+                        .fetch_add(batch.facts.len() as u64 - w.facts, Relaxed);
+                    stats.raw_written.fetch_add(w.raw, Relaxed);
+                    stats.last_batch_us.store(t.elapsed().as_micros() as u64, Relaxed);
+                    stats.observe_lag(oldest.elapsed());
+                    stats.backlog_rows.fetch_sub(batch.len() as u64, Relaxed);
+                    break;
+                }
+                Err(e) => {
+                    sink = None;
+                    fail(&stats, &mut attempt, &e.to_string()).await;
+                }
+            }
+        }
+    }
+}
+
+async fn connect(url: &str) -> Result<PgSink, super::postgres::PgError> {
+    let mut s = PgSink::connect(url).await?;
+    s.migrate().await?;
+    Ok(s)
+}
+
+async fn fail(stats: &Stats, attempt: &mut u32, why: &str) {
+    stats.db_errors.fetch_add(1, Relaxed);
+    stats.db_ok.store(false, Relaxed);
+    if *attempt == 0 || attempt.is_power_of_two() {
+        tracing::error!(error = %why, attempt = *attempt, "database write failed; retrying (nothing is dropped)");
+    }
+    let wait = Duration::from_millis(200).saturating_mul(1 << (*attempt).min(5));
+    *attempt = attempt.saturating_add(1);
+    tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
+}
+
+/// `--dry-run`: decode and log, write nothing.
+async fn dry_writer(mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<Stats>) {
+    while let Some(p) = rx.recv().await {
+        let b = &p.batch;
+        tracing::info!(
+            raw = b.raw.len(),
+            facts = b.facts.len(),
+            states = b.states.len(),
+            catalog = b.catalog.len(),
+            quarantine = b.quarantine.len(),
+            "dry run, would write"
+        );
+        for f in b.facts.iter().take(3) {
+            tracing::info!(
+                group = %f.group, node = %f.node, device = %f.device, metric = %f.metric, ts = f.ts_ms,
+                historical = f.is_historical, "fact"
+            );
+        }
+        stats.backlog_rows.fetch_sub(b.len() as u64, Relaxed);
+    }
+}

@@ -1,0 +1,244 @@
+//! spb-uplink end to end (issue #6): a real mosquitto, the gateway with its
+//! sim PLC, the uplink as Primary Host, and a fresh PostgreSQL database.
+#![cfg(feature = "uplink")]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::pg::TestDb;
+use common::{Broker, Gateway};
+use nix::sys::signal::Signal;
+
+const T: Duration = Duration::from_secs(30);
+
+/// The uplink binary on a config file of its own.
+struct Uplink {
+    child: Child,
+    _dir: tempfile::TempDir,
+    log: std::path::PathBuf,
+    http: u16,
+}
+
+impl Uplink {
+    fn start(broker: u16, db_url: &str, extra_db: &str) -> Uplink {
+        let dir = tempfile::tempdir().expect("tmp");
+        let http = common::free_port();
+        let cfg = dir.path().join("uplink.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"[host]
+host_id = "scada"
+reorder_timeout = "1s"
+[mqtt]
+backoff_min = "100ms"
+backoff_max = "500ms"
+keepalive = "5s"
+[[mqtt.servers]]
+host = "127.0.0.1"
+port = {broker}
+[database]
+backend = "postgres"
+url = "{db_url}"
+batch_max_latency = "50ms"
+{extra_db}
+[telemetry]
+listen = "127.0.0.1:{http}"
+log_format = "human"
+"#
+            ),
+        )
+        .expect("config");
+        let log = dir.path().join("uplink.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_spb-uplink"))
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start spb-uplink");
+        let mut u = Uplink {
+            child,
+            _dir: dir,
+            log,
+            http,
+        };
+        let deadline = Instant::now() + T;
+        while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+            if let Some(s) = u.child.try_wait().expect("status") {
+                panic!("spb-uplink exited ({s}):\n{}", u.log());
+            }
+            assert!(Instant::now() < deadline, "no HTTP listener:\n{}", u.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        u
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        common::http_get(self.http, "/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name}:\n{}", self.log()))
+    }
+
+    fn wait_until(&self, what: &str, mut ok: impl FnMut(&Uplink) -> bool) {
+        let deadline = Instant::now() + T;
+        while !ok(self) {
+            assert!(Instant::now() < deadline, "{what} never happened:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Uplink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn gateway_config(group: &str, port: u16, http: u16) -> String {
+    format!(
+        r#"[node]
+group_id = "{group}"
+node_id = "gw"
+primary_host_id = "scada"
+rebirth_debounce = "0s"
+[mqtt]
+backoff_min = "100ms"
+backoff_max = "500ms"
+keepalive = "5s"
+[[mqtt.servers]]
+host = "127.0.0.1"
+port = {port}
+[telemetry]
+listen = "127.0.0.1:{http}"
+log_format = "human"
+[[devices]]
+name = "line"
+driver = "sim"
+[devices.scan_classes]
+fast = "10ms"
+[[devices.tags]]
+name = "Count"
+address = "counter"
+datatype = "UInt64"
+scan_class = "fast"
+"#
+    )
+}
+
+fn gateway_metric(http: u16, name: &str) -> f64 {
+    common::http_get(http, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1.0)
+}
+
+#[test]
+fn every_sample_lands_exactly_once_as_a_fact_even_when_the_gateway_replays_history() {
+    let db = TestDb::new("e2e_once");
+    let mut broker = Broker::start(None);
+    let uplink = Uplink::start(broker.port, &db.url(), "");
+    let ghttp = common::free_port();
+    let mut gw = Gateway::start(&gateway_config("U1", broker.port, ghttp), &[]);
+    uplink.wait_until("the node is online", |u| u.metric("spb_uplink_online_nodes") >= 1.0);
+    std::thread::sleep(Duration::from_secs(2));
+    // A broker outage: the gateway stores and replays; the uplink reconnects.
+    broker.signal(Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(1500));
+    broker.kill();
+    std::thread::sleep(Duration::from_millis(1000));
+    broker.restart();
+    let deadline = Instant::now() + T;
+    while gateway_metric(ghttp, "spb_replayed_samples_total") <= 0.0
+        || gateway_metric(ghttp, "spb_queue_depth") != 0.0
+        || gateway_metric(ghttp, "spb_unconfirmed_samples") != 0.0
+    {
+        assert!(Instant::now() < deadline, "the gateway never drained:\n{}", gw.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    gw.signal(Signal::SIGTERM);
+    assert!(gw.wait_exit(T).success(), "{}", gw.log());
+    uplink.wait_until("the backlog is written", |u| {
+        u.metric("spb_uplink_backlog_rows") == 0.0 && u.metric("spb_uplink_online_nodes") == 0.0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let q = |sql: &str| db.query_i64(sql);
+    let count = "FROM sp_metric_fact WHERE group_id = 'U1' AND metric = 'Count'";
+    let n = q(&format!("SELECT count(*) {count}"));
+    let (lo, hi) = (
+        q(&format!("SELECT min(v_int) {count}")),
+        q(&format!("SELECT max(v_int) {count}")),
+    );
+    assert!(n > 300, "{n} facts");
+    assert_eq!(
+        q(&format!("SELECT count(DISTINCT v_int) {count}")),
+        n,
+        "each counter value once: no sample written twice"
+    );
+    assert_eq!(hi - lo + 1, n, "no value missing between {lo} and {hi}");
+    assert!(
+        q(&format!("SELECT count(*) {count} AND is_historical")) > 50,
+        "the outage was replayed"
+    );
+    assert!(
+        uplink.metric("spb_uplink_facts_duplicate_total") > 0.0,
+        "replays brought duplicates, written once"
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM sp_node_state WHERE group_id = 'U1' AND NOT online AND stale"),
+        1
+    );
+    assert_eq!(
+        q(&format!("SELECT sum(count)::bigint FROM sp_metric_rollup WHERE bucket_size = 'day' AND group_id = 'U1' AND metric = 'Count'")),
+        n,
+        "rollups count each fact once"
+    );
+    assert!(q("SELECT count(*) FROM sp_event_raw WHERE kind = 'DDATA'") > 10);
+}
+
+#[test]
+fn garbage_on_a_sparkplug_topic_is_quarantined_and_the_pipeline_goes_on() {
+    let db = TestDb::new("e2e_quar");
+    let broker = Broker::start(None);
+    let uplink = Uplink::start(broker.port, &db.url(), "");
+    let ghttp = common::free_port();
+    let mut gw = Gateway::start(&gateway_config("U2", broker.port, ghttp), &[]);
+    uplink.wait_until("the node is online", |u| u.metric("spb_uplink_online_nodes") >= 1.0);
+    let st = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            "spBv1.0/U2/DDATA/gw/line",
+            "-m",
+            "not protobuf",
+        ])
+        .status()
+        .expect("mosquitto_pub");
+    assert!(st.success());
+    uplink.wait_until("the garbage is quarantined", |u| {
+        u.metric("spb_uplink_quarantined_total") >= 1.0
+    });
+    let facts = uplink.metric("spb_uplink_facts_written_total");
+    uplink.wait_until("facts keep coming", |u| {
+        u.metric("spb_uplink_facts_written_total") > facts + 50.0
+    });
+    gw.signal(Signal::SIGTERM);
+    assert!(gw.wait_exit(T).success());
+    uplink.wait_until("the backlog is written", |u| u.metric("spb_uplink_backlog_rows") == 0.0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(db.query_i64("SELECT count(*) FROM sp_quarantine WHERE topic = 'spBv1.0/U2/DDATA/gw/line'") >= 1);
+}
