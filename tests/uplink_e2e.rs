@@ -200,7 +200,7 @@ fn every_sample_lands_exactly_once_as_a_fact_even_when_the_gateway_replays_histo
         1
     );
     assert_eq!(
-        q(&format!("SELECT sum(count)::bigint FROM sp_metric_rollup WHERE bucket_size = 'day' AND group_id = 'U1' AND metric = 'Count'")),
+        q("SELECT sum(count)::bigint FROM sp_metric_rollup WHERE bucket_size = 'day' AND group_id = 'U1' AND metric = 'Count'"),
         n,
         "rollups count each fact once"
     );
