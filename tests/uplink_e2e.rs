@@ -242,3 +242,102 @@ fn garbage_on_a_sparkplug_topic_is_quarantined_and_the_pipeline_goes_on() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(db.query_i64("SELECT count(*) FROM sp_quarantine WHERE topic = 'spBv1.0/U2/DDATA/gw/line'") >= 1);
 }
+
+/// Counter facts of `group`: (rows, distinct values, min, max, historical).
+fn counter_facts(q: impl Fn(&str) -> i64, group: &str) -> (i64, i64, i64, i64, i64) {
+    let from = format!("FROM sp_metric_fact WHERE group_id = '{group}' AND metric = 'Count'");
+    (
+        q(&format!("SELECT count(*) {from}")),
+        q(&format!("SELECT count(DISTINCT v_int) {from}")),
+        q(&format!("SELECT min(v_int) {from}")),
+        q(&format!("SELECT max(v_int) {from}")),
+        q(&format!("SELECT count(*) {from} AND is_historical")),
+    )
+}
+
+fn wait_gateway_drained(ghttp: u16, gw: &Gateway) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while gateway_metric(ghttp, "spb_queue_depth") != 0.0 || gateway_metric(ghttp, "spb_unconfirmed_samples") != 0.0 {
+        assert!(Instant::now() < deadline, "the gateway never drained:\n{}", gw.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn stopping_postgresql_mid_stream_loses_nothing_once_it_is_back() {
+    let pg = common::pg::PrivatePg::start();
+    let broker = Broker::start(None);
+    let uplink = Uplink::start(broker.port, &pg.url(), "");
+    let ghttp = common::free_port();
+    let mut gw = Gateway::start(&gateway_config("U3", broker.port, ghttp), &[]);
+    uplink.wait_until("the node is online", |u| u.metric("spb_uplink_online_nodes") >= 1.0);
+    std::thread::sleep(Duration::from_secs(1));
+    pg.stop_hard();
+    uplink.wait_until("a write fails", |u| u.metric("spb_uplink_database_errors_total") >= 1.0);
+    std::thread::sleep(Duration::from_secs(2));
+    pg.start_again();
+    uplink.wait_until("writes succeed again", |u| u.metric("spb_uplink_database_ok") == 1.0);
+    std::thread::sleep(Duration::from_secs(1));
+    gw.signal(Signal::SIGTERM);
+    assert!(gw.wait_exit(T).success(), "{}", gw.log());
+    uplink.wait_until("the backlog is written", |u| u.metric("spb_uplink_backlog_rows") == 0.0);
+    std::thread::sleep(Duration::from_millis(300));
+    let (n, distinct, lo, hi, _) = counter_facts(|s| pg.query_i64(s), "U3");
+    assert!(n > 300, "{n} facts");
+    assert_eq!(
+        (distinct, hi - lo + 1),
+        (n, n),
+        "every sample exactly once across the outage"
+    );
+    assert!(uplink
+        .log()
+        .contains("database write failed; retrying (nothing is dropped)"));
+    assert_eq!(uplink.metric("spb_uplink_dropped_rows_total"), 0.0);
+}
+
+// ARCHITECTURE.md decision 4
+#[test]
+fn past_the_backlog_threshold_state_goes_offline_and_the_gateway_stores_meanwhile() {
+    let pg = common::pg::PrivatePg::start();
+    let broker = Broker::start(None);
+    let uplink = Uplink::start(broker.port, &pg.url(), "offline_after_rows = 200");
+    let ghttp = common::free_port();
+    let mut gw = Gateway::start(&gateway_config("U4", broker.port, ghttp), &[]);
+    uplink.wait_until("the node is online", |u| u.metric("spb_uplink_online_nodes") >= 1.0);
+    std::thread::sleep(Duration::from_secs(1));
+    pg.stop_hard();
+    uplink.wait_until("STATE offline", |u| u.metric("spb_uplink_state_offline") == 1.0);
+    // The gateway sees the host offline and stores on its own flash.
+    let deadline = Instant::now() + T;
+    while gateway_metric(ghttp, "spb_primary_host_online") != 0.0 || gateway_metric(ghttp, "spb_queue_depth") < 50.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway does not store:\n{}\nuplink:\n{}",
+            gw.log(),
+            uplink.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let backlog = uplink.metric("spb_uplink_backlog_rows");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        uplink.metric("spb_uplink_backlog_rows") <= backlog + 10.0,
+        "the uplink's backlog stops growing once the edges store"
+    );
+    pg.start_again();
+    uplink.wait_until("caught up and STATE online", |u| {
+        u.metric("spb_uplink_state_offline") == 0.0
+    });
+    wait_gateway_drained(ghttp, &gw);
+    gw.signal(Signal::SIGTERM);
+    assert!(gw.wait_exit(T).success(), "{}", gw.log());
+    uplink.wait_until("the backlog is written", |u| u.metric("spb_uplink_backlog_rows") == 0.0);
+    std::thread::sleep(Duration::from_millis(300));
+    let (n, distinct, lo, hi, historical) = counter_facts(|s| pg.query_i64(s), "U4");
+    assert!(n > 300, "{n} facts");
+    assert_eq!((distinct, hi - lo + 1), (n, n), "every sample exactly once");
+    assert!(
+        historical > 50,
+        "what the gateway stored came back historical: {historical}"
+    );
+}

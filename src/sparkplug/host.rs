@@ -220,6 +220,8 @@ pub struct HostSession {
     state_topic: String,
     will_ts: u64,
     connected: bool,
+    /// This host said it is offline while connected (its sink is behind).
+    declared_offline: bool,
     nodes: HashMap<(String, String), NodeState>,
 }
 
@@ -248,6 +250,7 @@ impl HostSession {
             state_topic,
             will_ts: 0,
             connected: false,
+            declared_offline: false,
             nodes: HashMap::new(),
         })
     }
@@ -291,20 +294,23 @@ impl HostSession {
         // [tck-id-host-topic-phid-birth-payload-timestamp]
         vec![
             HostEvent::Subscribe(subs),
-            HostEvent::Publish(self.state(true, self.will_ts)),
+            // Still declared offline (catching up): the birth says so.
+            HostEvent::Publish(self.state(!self.declared_offline, self.will_ts)),
         ]
     }
 
     /// While connected, declare this host offline (its sink is behind,
     /// ARCHITECTURE.md decision 4): STATE offline with this connection's
     /// timestamp, so edges store on their own flash.
-    pub fn declare_offline(&self) -> Publish {
+    pub fn declare_offline(&mut self) -> Publish {
+        self.declared_offline = true;
         self.state(false, self.will_ts)
     }
 
     /// Online again after [`declare_offline`](Self::declare_offline): the
     /// same timestamp, which edges accept (not older than the newest seen).
-    pub fn declare_online(&self) -> Publish {
+    pub fn declare_online(&mut self) -> Publish {
+        self.declared_offline = false;
         self.state(true, self.will_ts)
     }
 
@@ -483,6 +489,8 @@ impl HostSession {
                     return Vec::new();
                 }
                 match HostState::parse(payload) {
+                    // Our own declaration (see `declare_offline`): leave it.
+                    Ok(s) if !s.online && self.declared_offline => Vec::new(),
                     // Someone (or a stale retained message) says we are offline: correct it.
                     Ok(s) if !s.online => vec![HostEvent::Publish(self.state(true, self.will_ts))],
                     Ok(_) => Vec::new(),
@@ -1314,6 +1322,59 @@ mod tests {
         assert!(matches!(
             h.command(T0, "G", "X", None, vec![]),
             Err(HostError::NodeOffline { .. })
+        ));
+    }
+
+    // ARCHITECTURE.md decision 4
+    #[test]
+    fn a_host_that_declared_itself_offline_does_not_correct_its_own_offline_state() {
+        let mut h = HostSession::new(HostConfig {
+            host_id: "scada".into(),
+            subscriptions: vec!["spBv1.0/#".into()],
+            reorder_timeout_ms: 1000,
+            rebirth_min_interval_ms: 1000,
+        })
+        .expect("valid");
+        h.begin_connect(T0);
+        h.connected();
+        let off = h.declare_offline();
+        assert_eq!(
+            HostState::parse(&off.payload).expect("json"),
+            HostState {
+                online: false,
+                timestamp: T0
+            }
+        );
+        assert!(off.retain);
+        assert!(
+            h.handle_message(T0 + 1, &off.topic, &off.payload).is_empty(),
+            "our own declaration stands"
+        );
+        // A reconnect while still behind is born offline.
+        h.connection_lost(T0 + 2);
+        h.begin_connect(T0 + 3);
+        let births = h.connected();
+        let HostEvent::Publish(p) = &births[1] else {
+            panic!("{births:?}")
+        };
+        assert!(!HostState::parse(&p.payload).expect("json").online);
+        let on = h.declare_online();
+        assert_eq!(
+            HostState::parse(&on.payload).expect("json"),
+            HostState {
+                online: true,
+                timestamp: T0 + 3
+            }
+        );
+        // Once online again, an offline STATE from elsewhere is corrected.
+        let stale = HostState {
+            online: false,
+            timestamp: T0,
+        }
+        .to_json();
+        assert!(matches!(
+            &h.handle_message(T0 + 4, &on.topic, &stale)[..],
+            [HostEvent::Publish(_)]
         ));
     }
 }

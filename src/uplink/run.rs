@@ -363,13 +363,9 @@ impl Loop {
                 self.attempt = 0;
                 self.stats.connected.store(true, Relaxed);
                 tracing::info!("connected");
+                // Still catching up, the session's STATE birth says offline.
                 let events = session.connected();
                 self.execute(session, events).await;
-                if self.stats.declared_offline.load(Relaxed) {
-                    // Still catching up: say so again on this connection.
-                    let p = session.declare_offline();
-                    self.publish(p).await;
-                }
             }
             ConnEvent::Event(_, Event::Incoming(Packet::Publish(p))) => {
                 let now = now_ms();

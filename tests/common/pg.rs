@@ -60,3 +60,123 @@ impl Drop for TestDb {
         });
     }
 }
+
+/// A PostgreSQL server of the test's own (initdb in a temporary directory,
+/// on a free loopback port), which the test may stop and start: the shared
+/// server must never be stopped. As root, the server runs as `postgres`
+/// (initdb refuses root). `SPB_PG_BIN` overrides the binaries' directory.
+pub struct PrivatePg {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    bin: std::path::PathBuf,
+}
+
+fn pg_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("SPB_PG_BIN") {
+        return p.into();
+    }
+    let mut found: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL's server binaries under /usr/lib/postgresql (apt-get install postgresql)")
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("bin"))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    found.sort();
+    found.pop().expect("an initdb under /usr/lib/postgresql/*/bin")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl PrivatePg {
+    pub fn start() -> PrivatePg {
+        let dir = tempfile::tempdir().expect("tmp");
+        let pg = PrivatePg {
+            port: super::free_port(),
+            bin: pg_bin(),
+            dir,
+        };
+        if is_root() {
+            let _ = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(pg.dir.path())
+                .status();
+        }
+        let data = pg.dir.path().join("data");
+        let ok = pg
+            .command("initdb")
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("initdb");
+        assert!(ok.success(), "initdb failed");
+        pg.start_again();
+        pg
+    }
+
+    fn command(&self, tool: &str) -> std::process::Command {
+        let exe = self.bin.join(tool);
+        if is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
+        } else {
+            std::process::Command::new(exe)
+        }
+    }
+
+    /// Starts (again) on the same port and data.
+    pub fn start_again(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let ok = self
+            .command("pg_ctl")
+            .args(["-w", "-t", "30", "-o", &opts, "-l"])
+            .arg(self.dir.path().join("server.log"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("start")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("pg_ctl start");
+        assert!(ok.success(), "pg_ctl start failed");
+    }
+
+    /// Stops at once, as a crash would (`-m immediate`).
+    pub fn stop_hard(&self) {
+        let _ = self
+            .command("pg_ctl")
+            .args(["-m", "immediate", "-D"])
+            .arg(self.dir.path().join("data"))
+            .arg("stop")
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+
+    pub fn url(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
+    }
+
+    pub fn query_i64(&self, sql: &str) -> i64 {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(conn);
+            c.query_one(sql, &[]).await.expect("query").get(0)
+        })
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        self.stop_hard();
+    }
+}
