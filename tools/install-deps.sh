@@ -20,6 +20,8 @@ have npm || need+=(npm)
 have make || need+=(make)
 # The full-disk tests mount a tmpfs in a user namespace.
 have unshare || need+=(util-linux)
+# The uplink tests: a PostgreSQL server on 127.0.0.1:5432 and its binaries (initdb, pg_ctl).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 # The board build (make aarch64) and its check under qemu (make aarch64-check).
 have aarch64-linux-gnu-gcc || need+=(gcc-aarch64-linux-gnu)
 [ -d /usr/aarch64-linux-gnu/include ] || need+=(libc6-dev-arm64-cross)

@@ -196,6 +196,13 @@ url = "host=127.0.0.1 user=postgres dbname=plant"
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let text = include_str!("../../config/uplink.example.toml");
+        let c = UplinkConfig::parse("uplink.example.toml", text).expect("valid");
+        assert_eq!(c.host.host_id, "scada");
+    }
+
+    #[test]
     fn every_error_names_its_key_and_line_column() {
         let bad = GOOD
             .replace("backend = \"postgres\"", "backend = \"oracle\"\nbatch_max_rowz = 5")

@@ -1,8 +1,60 @@
 //! A fresh PostgreSQL database per test, on the dev machine's server
-//! (`SPB_TEST_PG` overrides `host=127.0.0.1 port=5432 user=postgres`).
+//! (`SPB_TEST_PG` overrides `host=127.0.0.1 port=5432 user=postgres`;
+//! `SPB_TEST_PG=private` forces a private server). Where
+//! that server does not let `postgres` in without a password (a fresh Debian
+//! install asks for one on TCP), the tests start a private server once per
+//! test binary instead, and stop it when the binary exits.
+
+use std::sync::OnceLock;
+
+const MACHINE: &str = "host=127.0.0.1 port=5432 user=postgres";
+
+static PRIVATE: OnceLock<Option<PrivatePg>> = OnceLock::new();
+
+extern "C" fn stop_private_server() {
+    if let Some(Some(pg)) = PRIVATE.get() {
+        pg.stop_hard();
+    }
+}
+
+fn machine_server_lets_us_in() -> bool {
+    // On a thread of its own: callers may be inside a runtime.
+    std::thread::spawn(|| {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                tokio_postgres::connect(&format!("{MACHINE} dbname=postgres"), tokio_postgres::NoTls),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok())
+        })
+    })
+    .join()
+    .unwrap_or(false)
+}
 
 pub fn server() -> String {
-    std::env::var("SPB_TEST_PG").unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres".into())
+    let forced = std::env::var("SPB_TEST_PG").ok();
+    if let Some(s) = forced.as_deref().filter(|s| *s != "private") {
+        return s.to_string();
+    }
+    let private = PRIVATE.get_or_init(|| {
+        if forced.is_none() && machine_server_lets_us_in() {
+            return None;
+        }
+        eprintln!(
+            "PostgreSQL on 127.0.0.1:5432 does not accept user postgres without a password: using a private server"
+        );
+        let pg = PrivatePg::start();
+        // SAFETY: registers a plain function to run at process exit.
+        unsafe { libc::atexit(stop_private_server) };
+        Some(pg)
+    });
+    match private {
+        Some(pg) => format!("host=127.0.0.1 port={} user=postgres", pg.port),
+        None => MACHINE.to_string(),
+    }
 }
 
 /// A database that exists for one test and is dropped after it.
