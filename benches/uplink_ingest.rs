@@ -1,0 +1,224 @@
+//! spb-uplink into PostgreSQL: sustained metric rows/s, ingest lag and RSS.
+//!
+//! `make bench-uplink` (= `cargo bench --features uplink --bench uplink_ingest`).
+//! 1. The sink alone: `PgSink::write` of batches of 20,000 facts (plus their
+//!    200 raw messages), into a fresh database: rows/s.
+//! 2. End to end at a fixed offered load: a private mosquitto, the release
+//!    uplink, and a load generator in this process: N edge nodes (one MQTT
+//!    connection each, our `EdgeSession`), 10 devices each, 100 Double
+//!    metrics per device changing every second (N × 1,000 facts/s). After a
+//!    5 s warm-up, 20 s measured: facts written per second (from the
+//!    database), p50/p99 of `written_at − sample timestamp` (the sample's
+//!    trip from the edge to a committed row), and the uplink's peak RSS.
+//!    Results in `target/bench-uplink.md`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use spb::sparkplug::edge::{DeviceDef, EdgeAction, EdgeConfig, EdgeSession};
+use spb::sparkplug::{Metric, Value};
+use spb::uplink::postgres::PgSink;
+use spb::uplink::rows::Batch;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+const DEVICES: usize = 10;
+const METRICS: usize = 100;
+
+fn edge(node: usize) -> EdgeSession {
+    let now = now_ms();
+    let devices = (0..DEVICES)
+        .map(|d| DeviceDef {
+            name: format!("d{d}"),
+            metrics: (0..METRICS)
+                .map(|m| Metric::new(format!("m{m}"), Value::Double(0.0), now))
+                .collect(),
+        })
+        .collect();
+    EdgeSession::new(
+        EdgeConfig {
+            group_id: "Bench".into(),
+            node_id: format!("n{node}"),
+            primary_host_id: None,
+            server_count: 1,
+            rebirth_debounce_ms: 0,
+            aliases: true,
+            max_data_metrics: 1000,
+        },
+        vec![],
+        devices,
+        None,
+    )
+    .expect("valid")
+}
+
+async fn publish_all(client: &rumqttc::AsyncClient, actions: Vec<EdgeAction>) {
+    for a in actions {
+        if let Some(p) = a.publish() {
+            let qos = match p.qos {
+                spb::sparkplug::QoS::AtMostOnce => rumqttc::QoS::AtMostOnce,
+                _ => rumqttc::QoS::AtLeastOnce,
+            };
+            let _ = client.publish(p.topic.clone(), qos, p.retain, p.payload.clone()).await;
+        }
+    }
+}
+
+/// One simulated edge node: births, then every device's 100 metrics each second.
+async fn node(port: u16, n: usize, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let mut o = rumqttc::MqttOptions::new(format!("bench-edge-{n}-{port}"), "127.0.0.1", port);
+    o.set_max_packet_size(1 << 24, 1 << 24);
+    o.set_request_channel_capacity(10_000);
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 10_000);
+    tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let mut s = edge(n);
+    let now = now_ms();
+    s.begin_connect(now);
+    let births = s.connected(now);
+    publish_all(&client, births).await;
+    for d in 0..DEVICES {
+        let a = s.device_online(now, &format!("d{d}")).expect("known");
+        publish_all(&client, a).await;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut k = 0.0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        tick.tick().await;
+        k += 1.0;
+        let now = now_ms();
+        for d in 0..DEVICES {
+            let metrics = (0..METRICS)
+                .map(|m| Metric::new(format!("m{m}"), Value::Double(k + m as f64), now))
+                .collect();
+            let a = s.update(now, Some(&format!("d{d}")), metrics).expect("declared");
+            publish_all(&client, a).await;
+        }
+    }
+}
+
+fn sink_alone(rows: &mut Vec<String>) {
+    let db = common::pg::TestDb::new("bench_sink");
+    let url = db.url();
+    db.rt.block_on(async {
+        let mut sink = PgSink::connect(&url).await.expect("connect");
+        sink.migrate().await.expect("migrate");
+        let mut total = 0u64;
+        let t = Instant::now();
+        let base = now_ms();
+        for b in 0..25u64 {
+            let mut batch = Batch::default();
+            for msg in 0..200u64 {
+                let ts = base + b * 1000 + msg;
+                let metrics: Vec<Metric> = (0..100)
+                    .map(|m| Metric::new(format!("m{m}"), Value::Double(m as f64), ts))
+                    .collect();
+                batch.add_raw("spBv1.0/Bench/DDATA/n0/d0", &[0u8; 1200], ts);
+                batch.add_event(
+                    &spb::sparkplug::host::HostEvent::Data {
+                        group: "Bench".into(),
+                        node: "n0".into(),
+                        device: Some(format!("d{}", msg % 10)),
+                        seq: 0,
+                        timestamp: Some(ts),
+                        metrics,
+                    },
+                    ts,
+                );
+            }
+            total += sink.write(&batch).await.expect("write").facts;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        let line = format!(
+            "| sink alone: 25 batches of 20,000 facts + 200 raw messages | {total} facts | {:.0} facts/s | | | |",
+            total as f64 / secs
+        );
+        println!("{line}");
+        rows.push(line);
+    });
+}
+
+fn end_to_end(nodes: usize, rows: &mut Vec<String>) {
+    let db = common::pg::TestDb::new(&format!("bench_e2e{nodes}"));
+    let broker = common::Broker::start(None);
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("uplink.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[host]\nhost_id = \"bench\"\n[mqtt]\nmax_packet_size = \"16MiB\"\n[[mqtt.servers]]\nhost = \"127.0.0.1\"\nport = {}\n[database]\nbackend = \"postgres\"\nurl = \"{}\"\n[telemetry]\nlisten = \"\"\nlog_level = \"warn\"\nlog_format = \"human\"\n",
+            broker.port,
+            db.url()
+        ),
+    )
+    .expect("config");
+    let mut uplink = std::process::Command::new(env!("CARGO_BIN_EXE_spb-uplink"))
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spb-uplink");
+    std::thread::sleep(Duration::from_millis(500));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for n in 0..nodes {
+        rt.spawn(node(broker.port, n, stop.clone()));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let start_ms = now_ms();
+    let q0 = db.query_i64("SELECT count(*) FROM sp_metric_fact");
+    std::thread::sleep(Duration::from_secs(20));
+    let q1 = db.query_i64("SELECT count(*) FROM sp_metric_fact");
+    let end_ms = now_ms();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let window = format!(
+        "FROM sp_metric_fact WHERE ts >= to_timestamp({:.3}) AND ts < to_timestamp({:.3})",
+        start_ms as f64 / 1000.0,
+        (end_ms - 2000) as f64 / 1000.0
+    );
+    let p = |pct: f64| {
+        db.query_i64(&format!(
+            "SELECT (percentile_cont({pct}) WITHIN GROUP (ORDER BY extract(epoch FROM written_at - ts)) * 1000)::bigint {window}"
+        ))
+    };
+    let (p50, p99) = (p(0.5), p(0.99));
+    let (_, hwm) = common::proc_stat(uplink.id());
+    let offered = nodes * DEVICES * METRICS;
+    let written = (q1 - q0) as f64 / 20.0;
+    let line = format!(
+        "| end to end: {nodes} nodes × {DEVICES} devices × {METRICS} metrics/s | {offered} facts/s offered | {written:.0} facts/s written | p50 {p50} ms | p99 {p99} ms | {:.1} MiB |",
+        hwm as f64 / 1024.0
+    );
+    println!("{line}");
+    rows.push(line);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(uplink.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = uplink.wait();
+    drop(rt);
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    let mut rows = Vec::new();
+    sink_alone(&mut rows);
+    for nodes in [50, 200] {
+        end_to_end(nodes, &mut rows);
+    }
+    let table = format!(
+        "| case | load | rate | lag p50 | lag p99 | uplink peak RSS |\n|---|---|---|---|---|---|\n{}\n",
+        rows.join("\n")
+    );
+    println!("\n{table}");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-uplink.md");
+    std::fs::write(&out, table).expect("write the table");
+}
