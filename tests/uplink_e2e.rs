@@ -341,3 +341,191 @@ fn past_the_backlog_threshold_state_goes_offline_and_the_gateway_stores_meanwhil
         "what the gateway stored came back historical: {historical}"
     );
 }
+
+/// A test-side MQTT client (rumqttc on a runtime of its own) that publishes
+/// and records what arrives on its subscriptions.
+struct Probe {
+    rt: tokio::runtime::Runtime,
+    client: rumqttc::AsyncClient,
+    got: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Probe {
+    fn start(port: u16, subscribe: &str) -> Probe {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let client = rt.block_on(async {
+            let o = rumqttc::MqttOptions::new(format!("probe-{}", common::free_port()), "127.0.0.1", port);
+            let (client, mut el) = rumqttc::AsyncClient::new(o, 100);
+            let g = got.clone();
+            tokio::spawn(async move {
+                while let Ok(ev) = el.poll().await {
+                    if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
+                        g.lock().expect("lock").push(p.topic.clone());
+                    }
+                }
+            });
+            client
+                .subscribe(subscribe, rumqttc::QoS::AtLeastOnce)
+                .await
+                .expect("subscribe");
+            client
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        Probe { rt, client, got }
+    }
+
+    fn publish(&self, p: &spb::sparkplug::Publish) {
+        self.rt.block_on(async {
+            self.client
+                .publish(p.topic.clone(), rumqttc::QoS::AtLeastOnce, false, p.payload.clone())
+                .await
+                .expect("publish")
+        });
+    }
+
+    fn count(&self, topic: &str) -> usize {
+        self.got.lock().expect("lock").iter().filter(|t| *t == topic).count()
+    }
+}
+
+fn fake_edge(group: &str) -> spb::sparkplug::edge::EdgeSession {
+    spb::sparkplug::edge::EdgeSession::new(
+        spb::sparkplug::edge::EdgeConfig {
+            group_id: group.into(),
+            node_id: "fake".into(),
+            primary_host_id: None,
+            server_count: 1,
+            rebirth_debounce_ms: 0,
+            aliases: true,
+            max_data_metrics: 100,
+        },
+        vec![spb::sparkplug::Metric::new(
+            "Temp",
+            spb::sparkplug::Value::Double(1.0),
+            1,
+        )],
+        vec![],
+        Some(7),
+    )
+    .expect("valid")
+}
+
+fn will_of(actions: Vec<spb::sparkplug::edge::EdgeAction>) -> spb::sparkplug::Publish {
+    actions
+        .into_iter()
+        .find_map(|a| match a {
+            spb::sparkplug::edge::EdgeAction::SetWill(w) => Some(w),
+            _ => None,
+        })
+        .expect("a Will")
+}
+
+fn publishes(actions: Vec<spb::sparkplug::edge::EdgeAction>) -> Vec<spb::sparkplug::Publish> {
+    actions.iter().filter_map(|a| a.publish().cloned()).collect()
+}
+
+// [tck-id-operational-behavior-host-reordering-rebirth]
+#[test]
+fn a_seq_gap_triggers_exactly_one_rebirth_after_the_reorder_timeout() {
+    let db = TestDb::new("e2e_gap");
+    let broker = Broker::start(None);
+    let uplink = Uplink::start(broker.port, &db.url(), "");
+    let probe = Probe::start(broker.port, "spBv1.0/U6/NCMD/#");
+    let mut edge = fake_edge("U6");
+    let now = 1_795_000_000_000;
+    edge.begin_connect(now);
+    for p in publishes(edge.connected(now)) {
+        probe.publish(&p); // NBIRTH, seq 0
+    }
+    uplink.wait_until("the fake node is online", |u| {
+        u.metric("spb_uplink_online_nodes") >= 1.0
+    });
+    let data = |e: &mut spb::sparkplug::edge::EdgeSession, v: f64, t: u64| {
+        publishes(
+            e.update(
+                t,
+                None,
+                vec![spb::sparkplug::Metric::new("Temp", spb::sparkplug::Value::Double(v), t)],
+            )
+            .expect("declared"),
+        )
+    };
+    let _lost = data(&mut edge, 2.0, now + 1); // seq 1 never arrives
+    for p in data(&mut edge, 3.0, now + 2)
+        .iter()
+        .chain(data(&mut edge, 4.0, now + 3).iter())
+    {
+        probe.publish(p);
+    }
+    // reorder_timeout is 1 s: nothing before it, exactly one rebirth after.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        uplink.metric("spb_uplink_rebirths_requested_total"),
+        0.0,
+        "not before the timeout"
+    );
+    uplink.wait_until("a rebirth", |u| u.metric("spb_uplink_rebirths_requested_total") >= 1.0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(uplink.metric("spb_uplink_rebirths_requested_total"), 1.0, "exactly one");
+    assert_eq!(
+        probe.count("spBv1.0/U6/NCMD/fake"),
+        1,
+        "one NCMD Rebirth reached the broker"
+    );
+    uplink.wait_until("the held messages are written", |u| {
+        u.metric("spb_uplink_backlog_rows") == 0.0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sp_metric_fact WHERE group_id = 'U6' AND v_float IN (3, 4)"),
+        2,
+        "the messages after the gap are kept, in order"
+    );
+}
+
+// [tck-id-operational-behavior-host-application-ndeath-bdseq]
+#[test]
+fn an_ndeath_marks_the_node_stale_only_with_the_matching_bdseq() {
+    let db = TestDb::new("e2e_death");
+    let broker = Broker::start(None);
+    let uplink = Uplink::start(broker.port, &db.url(), "");
+    let probe = Probe::start(broker.port, "spBv1.0/U7/NCMD/#");
+    let mut edge = fake_edge("U7"); // bdSeq 7
+    let now = 1_795_000_000_000;
+    let will = will_of(edge.begin_connect(now)); // NDEATH bdSeq 7
+    for p in publishes(edge.connected(now)) {
+        probe.publish(&p);
+    }
+    uplink.wait_until("the fake node is online", |u| {
+        u.metric("spb_uplink_online_nodes") >= 1.0
+    });
+    // A late Will of an older session (bdSeq 6) must not kill this one.
+    let mut older = spb::sparkplug::edge::EdgeSession::new(
+        edge.config().clone(),
+        vec![spb::sparkplug::Metric::new(
+            "Temp",
+            spb::sparkplug::Value::Double(1.0),
+            1,
+        )],
+        vec![],
+        Some(6),
+    )
+    .expect("valid");
+    let old_will = will_of(older.begin_connect(now));
+    probe.publish(&old_will);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        uplink.metric("spb_uplink_online_nodes"),
+        1.0,
+        "an NDEATH with another bdSeq is ignored"
+    );
+    probe.publish(&will);
+    uplink.wait_until("the node is offline", |u| u.metric("spb_uplink_online_nodes") == 0.0);
+    uplink.wait_until("the backlog is written", |u| u.metric("spb_uplink_backlog_rows") == 0.0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sp_node_state WHERE group_id = 'U7' AND NOT online AND stale AND bdseq = 7"),
+        1
+    );
+}
