@@ -103,6 +103,16 @@ async fn node(port: u16, n: usize, stop: std::sync::Arc<std::sync::atomic::Atomi
     }
 }
 
+/// The uplink process, killed if the bench panics half-way.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn sink_alone(rows: &mut Vec<String>) {
     let db = common::pg::TestDb::new("bench_sink");
     let url = db.url();
@@ -158,12 +168,15 @@ fn end_to_end(nodes: usize, rows: &mut Vec<String>) {
         ),
     )
     .expect("config");
-    let mut uplink = std::process::Command::new(env!("CARGO_BIN_EXE_spb-uplink"))
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("spb-uplink");
+    let mut uplink = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_spb-uplink"))
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spb-uplink"),
+    );
     std::thread::sleep(Duration::from_millis(500));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -188,7 +201,7 @@ fn end_to_end(nodes: usize, rows: &mut Vec<String>) {
         ))
     };
     let (p50, p99) = (p(0.5), p(0.99));
-    let (_, hwm) = common::proc_stat(uplink.id());
+    let (_, hwm) = common::proc_stat(uplink.0.id());
     let offered = nodes * DEVICES * METRICS;
     let written = (q1 - q0) as f64 / 20.0;
     let line = format!(
@@ -198,10 +211,10 @@ fn end_to_end(nodes: usize, rows: &mut Vec<String>) {
     println!("{line}");
     rows.push(line);
     let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(uplink.id() as i32),
+        nix::unistd::Pid::from_raw(uplink.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     );
-    let _ = uplink.wait();
+    let _ = uplink.0.wait();
     drop(rt);
 }
 

@@ -17,8 +17,8 @@
 //! url = "host=db user=spb dbname=plant"
 //! batch_max_rows = 20000
 //! batch_max_latency = "200ms"
-//! backlog_max_rows = 2000000        # rows held while the database is down
-//! offline_after_rows = 500000       # then STATE offline: the edges store
+//! backlog_max_rows = 500000         # rows held while the database is down (~350 B each)
+//! offline_after_rows = 100000       # then STATE offline: the edges store
 //! ```
 
 use std::path::Path;
@@ -151,8 +151,8 @@ fn read_database(t: &Table) -> Option<DatabaseConfig> {
         url,
         batch_max_rows: t.int_in("batch_max_rows", 20_000, 1..=1_000_000) as usize,
         batch_max_latency: t.duration_or("batch_max_latency", Duration::from_millis(200)),
-        backlog_max_rows: t.int_in("backlog_max_rows", 2_000_000, 1_000..=100_000_000) as usize,
-        offline_after_rows: t.int_in("offline_after_rows", 500_000, 1..=100_000_000) as usize,
+        backlog_max_rows: t.int_in("backlog_max_rows", 500_000, 1_000..=100_000_000) as usize,
+        offline_after_rows: t.int_in("offline_after_rows", 100_000, 1..=100_000_000) as usize,
     };
     if d.offline_after_rows > d.backlog_max_rows {
         t.invalid(
@@ -191,7 +191,8 @@ url = "host=127.0.0.1 user=postgres dbname=plant"
         let c = UplinkConfig::parse("u.toml", GOOD).expect("valid");
         assert_eq!(c.host.subscriptions, vec!["spBv1.0/#".to_string()]);
         assert_eq!(c.database.batch_max_rows, 20_000);
-        assert_eq!(c.database.offline_after_rows, 500_000);
+        assert_eq!(c.database.offline_after_rows, 100_000);
+        assert_eq!(c.database.backlog_max_rows, 500_000);
         assert_eq!(c.mqtt.servers.len(), 1);
     }
 
