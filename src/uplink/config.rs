@@ -19,6 +19,7 @@
 //! batch_max_latency = "200ms"
 //! backlog_max_rows = 500000         # rows held while the database is down (~350 B each)
 //! offline_after_rows = 100000       # then STATE offline: the edges store
+//! writers = 4                       # connections writing in parallel
 //! ```
 
 use std::path::Path;
@@ -52,6 +53,8 @@ pub struct DatabaseConfig {
     pub batch_max_latency: Duration,
     pub backlog_max_rows: usize,
     pub offline_after_rows: usize,
+    /// Database connections writing in parallel (each edge node on one).
+    pub writers: usize,
 }
 
 /// The whole uplink configuration.
@@ -153,6 +156,7 @@ fn read_database(t: &Table) -> Option<DatabaseConfig> {
         batch_max_latency: t.duration_or("batch_max_latency", Duration::from_millis(200)),
         backlog_max_rows: t.int_in("backlog_max_rows", 500_000, 1_000..=100_000_000) as usize,
         offline_after_rows: t.int_in("offline_after_rows", 100_000, 1..=100_000_000) as usize,
+        writers: t.int_in("writers", 4, 1..=64) as usize,
     };
     if d.offline_after_rows > d.backlog_max_rows {
         t.invalid(
@@ -167,6 +171,7 @@ fn read_database(t: &Table) -> Option<DatabaseConfig> {
         "batch_max_latency",
         "backlog_max_rows",
         "offline_after_rows",
+        "writers",
     ]);
     Some(d)
 }

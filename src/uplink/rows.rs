@@ -114,6 +114,47 @@ impl Batch {
         self.quarantine.append(&mut other.quarantine);
     }
 
+    /// Splits the rows among `n` writers by (group, node), so that one node's
+    /// rows always go to the same writer, in order (rows without a node, e.g.
+    /// STATE messages, go to the first).
+    pub fn split(self, n: usize) -> Vec<Batch> {
+        let n = n.max(1);
+        let mut out: Vec<Batch> = (0..n).map(|_| Batch::default()).collect();
+        if n == 1 {
+            out[0] = self;
+            return out;
+        }
+        let slot = |group: &str, node: &str| -> usize {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (group, node).hash(&mut h);
+            (h.finish() % n as u64) as usize
+        };
+        let of_topic = |topic: &str| -> usize {
+            let parts: Vec<&str> = topic.split('/').collect();
+            match (parts.first(), parts.get(1), parts.get(3)) {
+                (Some(&"spBv1.0"), Some(g), Some(node)) if *g != "STATE" => slot(g, node),
+                _ => 0,
+            }
+        };
+        for r in self.raw {
+            out[of_topic(&r.topic)].raw.push(r);
+        }
+        for f in self.facts {
+            out[slot(&f.group, &f.node)].facts.push(f);
+        }
+        for st in self.states {
+            out[slot(&st.group, &st.node)].states.push(st);
+        }
+        for c in self.catalog {
+            out[slot(&c.group, &c.node)].catalog.push(c);
+        }
+        for q in self.quarantine {
+            out[of_topic(&q.topic)].quarantine.push(q);
+        }
+        out
+    }
+
     /// A received message, before the host session looks at it.
     pub fn add_raw(&mut self, topic: &str, payload: &[u8], received_ms: u64) {
         let kind = topic.split('/').nth(2).unwrap_or("").to_string();
@@ -372,6 +413,42 @@ mod tests {
         assert!(b.states[0].online);
         assert_eq!(b.catalog[0].metric, "Up");
         assert_eq!(b.facts[0].v_bool, Some(true));
+    }
+
+    #[test]
+    fn a_split_keeps_every_row_and_each_node_on_one_writer() {
+        let mut b = Batch::default();
+        for node in ["a", "b", "c", "d"] {
+            b.add_raw(&format!("spBv1.0/G/NDATA/{node}"), b"x", 1);
+            b.add_event(
+                &HostEvent::Data {
+                    group: "G".into(),
+                    node: node.into(),
+                    device: None,
+                    seq: 0,
+                    timestamp: Some(1),
+                    metrics: vec![
+                        Metric::new("m", Value::Int32(1), 1),
+                        Metric::new("n", Value::Int32(2), 1),
+                    ],
+                },
+                1,
+            );
+        }
+        b.add_raw("spBv1.0/STATE/scada", b"{}", 1);
+        let total = b.len();
+        let parts = b.split(3);
+        assert_eq!(parts.iter().map(Batch::len).sum::<usize>(), total);
+        for p in &parts {
+            for f in &p.facts {
+                assert!(
+                    p.raw.iter().any(|r| r.topic.ends_with(&format!("/{}", f.node))),
+                    "node {} split",
+                    f.node
+                );
+            }
+        }
+        assert!(parts[0].raw.iter().any(|r| r.kind == "STATE"));
     }
 
     #[test]

@@ -259,13 +259,21 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
         reorder_timeout_ms: cfg.host.reorder_timeout.as_millis() as u64,
         rebirth_min_interval_ms: cfg.host.rebirth_min_interval.as_millis() as u64,
     })?;
-    let (batch_tx, batch_rx) = mpsc::unbounded_channel::<Pending>();
-    let writer = if dry_run {
-        stats.db_ok.store(true, Relaxed);
-        tokio::spawn(dry_writer(batch_rx, stats.clone()))
-    } else {
-        tokio::spawn(writer(cfg.database.clone(), batch_rx, stats.clone()))
-    };
+    // One writer per connection; each node's rows always go to the same one,
+    // so per-node order holds and writers never contend for a row.
+    let mut batch_tx = Vec::new();
+    let mut writers = Vec::new();
+    let count = if dry_run { 1 } else { cfg.database.writers };
+    for _ in 0..count {
+        let (tx, rx) = mpsc::unbounded_channel::<Pending>();
+        batch_tx.push(tx);
+        writers.push(if dry_run {
+            stats.db_ok.store(true, Relaxed);
+            tokio::spawn(dry_writer(rx, stats.clone()))
+        } else {
+            tokio::spawn(writer(cfg.database.clone(), rx, stats.clone()))
+        });
+    }
     let (conn_tx, mut conn_rx) = mpsc::channel(4096);
     let mut sigterm = signal(SignalKind::terminate()).map_err(UplinkError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(UplinkError::Signal)?;
@@ -309,8 +317,11 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
     let events = session.shutdown(now_ms());
     rt.execute(&mut session, events).await;
     drop(rt);
-    // The writer ends once every batch handed to it is committed (bounded wait).
-    if tokio::time::timeout(Duration::from_secs(30), writer).await.is_err() {
+    // The writers end once every batch handed to them is committed (bounded wait).
+    if tokio::time::timeout(Duration::from_secs(30), futures_util::future::join_all(writers))
+        .await
+        .is_err()
+    {
         tracing::error!("the database did not take the last batches within 30 s; they are lost");
     }
     tracing::info!("stopped");
@@ -330,7 +341,7 @@ struct Loop {
     conn_tx: mpsc::Sender<ConnEvent>,
     batch: Batch,
     batch_since: Option<Instant>,
-    batch_tx: mpsc::UnboundedSender<Pending>,
+    batch_tx: Vec<mpsc::UnboundedSender<Pending>>,
     rng: crate::plc::sim::Rng,
 }
 
@@ -484,7 +495,11 @@ impl Loop {
             return;
         }
         self.stats.backlog_rows.fetch_add(n, Relaxed);
-        let _ = self.batch_tx.send(Pending { batch, since });
+        for (part, tx) in batch.split(self.batch_tx.len()).into_iter().zip(&self.batch_tx) {
+            if !part.is_empty() {
+                let _ = tx.send(Pending { batch: part, since });
+            }
+        }
     }
 
     async fn on_tick(&mut self, session: &mut HostSession) {
