@@ -272,13 +272,25 @@ impl PgSink {
                         FROM sp_fact_stage
                         ON CONFLICT DO NOTHING
                         RETURNING group_id, node_id, device_id, metric, ts, coalesce(v_float, v_int::double precision) AS v
+                     ), m AS (
+                        -- The batch's minute buckets first; hours and days are
+                        -- built from these few rows, not from every fact again.
+                        SELECT date_trunc('minute', ts) AS bucket, group_id, node_id, device_id, metric,
+                               count(*) AS count, min(v) AS min, max(v) AS max, sum(v) AS sum,
+                               (array_agg(v ORDER BY ts DESC))[1] AS last, max(ts) AS last_ts
+                        FROM ins WHERE v IS NOT NULL
+                        GROUP BY 1, 2, 3, 4, 5
+                     ), d AS (
+                        SELECT 'minute' AS size, bucket, group_id, node_id, device_id, metric, count, min, max, sum, last, last_ts FROM m
+                        UNION ALL
+                        SELECT s.size, date_trunc(s.size, bucket), group_id, node_id, device_id, metric,
+                               sum(count)::bigint, min(min), max(max), sum(sum),
+                               (array_agg(last ORDER BY last_ts DESC))[1], max(last_ts)
+                        FROM m CROSS JOIN (VALUES ('hour'), ('day')) AS s(size)
+                        GROUP BY 1, 2, 3, 4, 5, 6
                      ), roll AS (
                         INSERT INTO sp_metric_rollup AS r (bucket_size, bucket, group_id, node_id, device_id, metric, count, min, max, sum, last, last_ts)
-                        SELECT s.size, date_trunc(s.size, ins.ts), group_id, node_id, device_id, metric,
-                               count(*), min(v), max(v), sum(v), (array_agg(v ORDER BY ts DESC))[1], max(ts)
-                        FROM ins CROSS JOIN (VALUES ('minute'), ('hour'), ('day')) AS s(size)
-                        WHERE v IS NOT NULL
-                        GROUP BY 1, 2, 3, 4, 5, 6
+                        SELECT * FROM d
                         ON CONFLICT (bucket_size, bucket, group_id, node_id, device_id, metric) DO UPDATE SET
                             count = r.count + EXCLUDED.count,
                             min = least(r.min, EXCLUDED.min),
