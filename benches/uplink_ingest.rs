@@ -146,7 +146,7 @@ fn sink_alone(rows: &mut Vec<String>) {
         }
         let secs = t.elapsed().as_secs_f64();
         let line = format!(
-            "| sink alone: 25 batches of 20,000 facts + 200 raw messages | {total} facts | {:.0} facts/s | | | |",
+            "| sink alone: 25 batches of 20,000 facts + 200 raw messages | {total} facts | {:.0} facts/s | | | | |",
             total as f64 / secs
         );
         println!("{line}");
@@ -186,8 +186,10 @@ fn end_to_end(nodes: usize, rows: &mut Vec<String>) {
     std::thread::sleep(Duration::from_secs(5));
     let start_ms = now_ms();
     let q0 = db.query_i64("SELECT count(*) FROM sp_metric_fact");
+    let (cpu0, _) = common::proc_stat(uplink.0.id());
     std::thread::sleep(Duration::from_secs(20));
     let q1 = db.query_i64("SELECT count(*) FROM sp_metric_fact");
+    let (cpu1, _) = common::proc_stat(uplink.0.id());
     let end_ms = now_ms();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let window = format!(
@@ -204,9 +206,12 @@ fn end_to_end(nodes: usize, rows: &mut Vec<String>) {
     let (_, hwm) = common::proc_stat(uplink.0.id());
     let offered = nodes * DEVICES * METRICS;
     let written = (q1 - q0) as f64 / 20.0;
+    let cpu = (cpu1 - cpu0) as f64 / common::clk_tck() / 20.0;
     let line = format!(
-        "| end to end: {nodes} nodes × {DEVICES} devices × {METRICS} metrics/s | {offered} facts/s offered | {written:.0} facts/s written | p50 {p50} ms | p99 {p99} ms | {:.1} MiB |",
-        hwm as f64 / 1024.0
+        "| end to end: {nodes} nodes × {DEVICES} devices × {METRICS} metrics/s | {offered} facts/s offered | {written:.0} facts/s written | p50 {p50} ms | p99 {p99} ms | {:.1} MiB | {:.0}% ({:.1} µs/fact) |",
+        hwm as f64 / 1024.0,
+        cpu * 100.0,
+        if written > 0.0 { cpu * 1e6 / written } else { 0.0 }
     );
     println!("{line}");
     rows.push(line);
@@ -228,7 +233,7 @@ fn main() {
         end_to_end(nodes, &mut rows);
     }
     let table = format!(
-        "| case | load | rate | lag p50 | lag p99 | uplink peak RSS |\n|---|---|---|---|---|---|\n{}\n",
+        "| case | load | rate | lag p50 | lag p99 | uplink peak RSS | uplink CPU |\n|---|---|---|---|---|---|---|\n{}\n",
         rows.join("\n")
     );
     println!("\n{table}");
