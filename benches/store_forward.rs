@@ -93,11 +93,7 @@ async fn count(port: u16, counts: Arc<Counts>) {
 }
 
 fn metric(http: u16, name: &str) -> f64 {
-    common::http_get(http, "/metrics")
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    common::prom_value(http, name).unwrap_or(0.0)
 }
 
 fn dir_bytes(dir: &std::path::Path) -> u64 {

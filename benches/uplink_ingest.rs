@@ -17,17 +17,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use spb::plc::poller::now_ms;
 use spb::sparkplug::edge::{DeviceDef, EdgeAction, EdgeConfig, EdgeSession};
 use spb::sparkplug::{Metric, Value};
 use spb::uplink::postgres::PgSink;
 use spb::uplink::rows::Batch;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64
-}
 
 const DEVICES: usize = 10;
 const METRICS: usize = 100;

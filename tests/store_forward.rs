@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use common::{Broker, Gateway, Peer};
 use nix::sys::signal::Signal;
 use serde_json::Value as J;
+use spb::plc::poller::now_ms;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -121,11 +122,8 @@ fn assert_historical_in_order(got: &[Sample]) {
 }
 
 fn metric(port: u16, name: &str) -> f64 {
-    let text = common::http_get(port, "/metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    common::prom_value(port, name)
+        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{}", common::http_get(port, "/metrics")))
 }
 
 /// Waits until the gateway's store is empty and nothing is unconfirmed.
@@ -162,12 +160,12 @@ fn a_broker_outage_loses_no_sample_and_the_stored_ones_arrive_historical_and_in_
     // The broker hangs first: what the gateway sends now sits unread in the
     // socket buffers (QoS 0: no PUBACK tells), then the broker dies with it.
     // Only the watermark knows these samples never arrived.
-    let down = common_now_ms();
+    let down = now_ms();
     broker.signal(Signal::SIGSTOP);
     std::thread::sleep(Duration::from_millis(1500));
     broker.kill();
     std::thread::sleep(Duration::from_millis(1500));
-    let up = common_now_ms();
+    let up = now_ms();
     broker.restart();
     // The peer reconnects and says STATE online; the gateway is born again.
     peer.wait_for("the NBIRTH after the outage", T, |m| kind(m) == "NBIRTH");
@@ -195,13 +193,6 @@ fn a_broker_outage_loses_no_sample_and_the_stored_ones_arrive_historical_and_in_
     assert_historical_in_order(&got);
 }
 
-fn common_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as u64
-}
-
 /// A small deterministic generator for the kill moments.
 fn next(seed: &mut u64) -> u64 {
     *seed ^= *seed << 13;
@@ -216,15 +207,15 @@ fn twenty_sigkills_at_random_moments_lose_no_sample_the_gateway_had_delivered_or
     let mut peer = Peer::start(broker.port);
     // A slow replay, so that kills land during replays too.
     let cfg = config("SF2", broker.port, "", "[store]\nreplay_rate = 300");
-    let mut seed = 0x5eed_u64 ^ common_now_ms();
+    let mut seed = 0x5eed_u64 ^ now_ms();
     eprintln!("kill schedule seed {seed:#x}");
     let mut state = tempfile::tempdir().expect("tmp");
     let mut runs: Vec<(u64, u64)> = Vec::new();
     for _ in 0..20 {
-        let start = common_now_ms();
+        let start = now_ms();
         let gw = Gateway::start_in(state, &cfg, &[]);
         std::thread::sleep(Duration::from_millis(200 + next(&mut seed) % 1300));
-        let end = common_now_ms();
+        let end = now_ms();
         state = gw.kill_keep_state();
         runs.push((start, end));
     }
@@ -273,11 +264,11 @@ fn primary_host_offline_stores_without_publishing_data_and_replays_its_window_wh
     let mut gw = Gateway::start(&cfg, &[]);
     peer.wait_for("NBIRTH", T, |m| kind(m) == "NBIRTH");
     std::thread::sleep(Duration::from_secs(2));
-    let offline_at = common_now_ms();
+    let offline_at = now_ms();
     peer.send(serde_json::json!({"op": "state", "host": "scada", "online": false, "timestamp": offline_at}));
     gw.wait_log("Primary Host offline: storing the samples it may have missed", T);
     std::thread::sleep(Duration::from_secs(2));
-    let online_at = common_now_ms();
+    let online_at = now_ms();
     peer.send(serde_json::json!({"op": "state", "host": "scada", "online": true, "timestamp": online_at}));
     peer.wait_for("NBIRTH after the host is back", T, |m| {
         kind(m) == "NBIRTH" && m["timestamp"].as_u64().is_some_and(|t| t >= online_at)

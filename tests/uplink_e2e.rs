@@ -82,11 +82,7 @@ log_format = "human"
     }
 
     fn metric(&self, name: &str) -> f64 {
-        common::http_get(self.http, "/metrics")
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name}:\n{}", self.log()))
+        common::prom_value(self.http, name).unwrap_or_else(|| panic!("no {name}:\n{}", self.log()))
     }
 
     fn wait_until(&self, what: &str, mut ok: impl FnMut(&Uplink) -> bool) {
@@ -137,11 +133,7 @@ scan_class = "fast"
 }
 
 fn gateway_metric(http: u16, name: &str) -> f64 {
-    common::http_get(http, "/metrics")
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(-1.0)
+    common::prom_value(http, name).unwrap_or(-1.0)
 }
 
 #[test]

@@ -13,7 +13,7 @@
 //!   (arrays, DataSet, Template, bytes) to `v_bytes` as a one-metric
 //!   Sparkplug payload, with a readable summary in `v_text`.
 
-use crate::sparkplug::codec::{encode_iter, Datatypes, Metric, Quality, Value};
+use crate::sparkplug::codec::{encode_iter, Datatypes, Metric, Value};
 use crate::sparkplug::host::{DeathCause, HostEvent};
 
 /// One received MQTT message (`sp_event_raw`).
@@ -325,10 +325,7 @@ impl Batch {
                 }
             },
         }
-        if m.value.is_none() && f.quality == Quality::Good.code() {
-            // A null value (e.g. a metric declared without one) is still a fact.
-            f.v_text = None;
-        }
+        // A null value (e.g. a metric declared without one) is still a fact.
         self.facts.push(f);
     }
 }

@@ -104,6 +104,16 @@ pub fn http_get(port: u16, path: &str) -> String {
     out
 }
 
+/// The value of series `name` (exactly, labels included) on the `/metrics`
+/// page served at 127.0.0.1:`port`, if the page has it.
+pub fn prom_value(port: u16, name: &str) -> Option<f64> {
+    let prefix = format!("{name} ");
+    http_get(port, "/metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released), never the same one
 /// twice in this process: tests run in parallel, and two peers handed one
 /// port would race for it.

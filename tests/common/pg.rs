@@ -57,6 +57,17 @@ pub fn server() -> String {
     }
 }
 
+/// One integer from `sql` on the database at `url`.
+fn query_i64(rt: &tokio::runtime::Runtime, url: &str, sql: &str) -> i64 {
+    rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        c.query_one(sql, &[]).await.expect("query").get(0)
+    })
+}
+
 /// A database that exists for one test and is dropped after it.
 pub struct TestDb {
     pub name: String,
@@ -87,13 +98,7 @@ impl TestDb {
     }
 
     pub fn query_i64(&self, sql: &str) -> i64 {
-        self.rt.block_on(async {
-            let (c, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            tokio::spawn(conn);
-            c.query_one(sql, &[]).await.expect("query").get(0)
-        })
+        query_i64(&self.rt, &self.url(), sql)
     }
 }
 
@@ -216,14 +221,7 @@ impl PrivatePg {
     }
 
     pub fn query_i64(&self, sql: &str) -> i64 {
-        let rt = tokio::runtime::Runtime::new().expect("runtime");
-        rt.block_on(async {
-            let (c, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            tokio::spawn(conn);
-            c.query_one(sql, &[]).await.expect("query").get(0)
-        })
+        query_i64(&tokio::runtime::Runtime::new().expect("runtime"), &self.url(), sql)
     }
 }
 
