@@ -731,7 +731,8 @@ impl Runtime {
             Ok((_, dropped)) => dropped,
             Err(e) => {
                 self.telemetry.dropped_samples.fetch_add(n, Relaxed);
-                if self.store_errors.times == 0 && self.store_errors.last.is_none() && self.store.failure().is_some() {
+                // The first write error that closed the store says what to do.
+                if self.store_errors.last.is_none() && self.store.failure().is_some() {
                     tracing::error!(
                         "the store failed a write and is closed until a restart; live data is still published, \
                          samples that cannot be are dropped and counted: free disk space under store.path and restart"
