@@ -149,6 +149,11 @@ fn read_database(t: &Table) -> Option<DatabaseConfig> {
         None => Backend::Postgres,
     };
     let url = t.req_str("url", "the connection string").unwrap_or_default();
+    if backend == Backend::Mssql && !url.is_empty() {
+        if let Err(e) = super::mssql::parse_url(&url) {
+            t.invalid("url", format!("not an ADO.NET connection string ({e}); e.g. \"server=tcp:db.plant,1433;database=spb;user id=spb;password=…;encrypt=true\""));
+        }
+    }
     let d = DatabaseConfig {
         backend,
         url,
@@ -217,5 +222,22 @@ url = "host=127.0.0.1 user=postgres dbname=plant"
         assert!(e.contains("u.toml:3:11: host.host_id"), "{e}");
         assert!(e.contains("database.backend: 'oracle': use postgres or mssql"), "{e}");
         assert!(e.contains("database.batch_max_rowz: unknown key"), "{e}");
+    }
+
+    #[test]
+    fn an_mssql_connection_string_is_checked_when_the_file_is_read() {
+        let ok = GOOD.replace("backend = \"postgres\"", "backend = \"mssql\"").replace(
+            "host=127.0.0.1 user=postgres dbname=plant",
+            "server=tcp:127.0.0.1,1433;database=plant;user id=spb;password=s3cret;encrypt=true",
+        );
+        let c = UplinkConfig::parse("u.toml", &ok).expect("valid");
+        assert_eq!(c.database.backend, Backend::Mssql);
+        let bad = ok.replace("127.0.0.1,1433", "127.0.0.1,port");
+        let e = UplinkConfig::parse("u.toml", &bad).expect_err("bad port").to_string();
+        assert!(
+            e.contains("u.toml:9:7: database.url: not an ADO.NET connection string"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cret"), "the password stays out of the message: {e}");
     }
 }

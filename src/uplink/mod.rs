@@ -3,13 +3,15 @@
 //!
 //! broker → [`crate::sparkplug::host::HostSession`] (per-node state, seq
 //! reorder, aliases, STALE on death, rebirth requests) → [`rows::Batch`] →
-//! a sink ([`postgres`]). Built only with the `uplink` feature, so the
+//! a [`sink::Sink`] ([`postgres`] or [`mssql`]). Built only with the `uplink` feature, so the
 //! gateway's build never compiles a database driver.
 //!
 //! Invariants: every received message is logged raw; every fact is written
 //! once however often it arrives; a batch is written whole or retried.
 
 pub mod config;
+pub mod mssql;
 pub mod postgres;
 pub mod rows;
 pub mod run;
+pub mod sink;

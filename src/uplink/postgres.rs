@@ -19,6 +19,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
 use super::rows::Batch;
+use super::sink::{Sink, Written};
 
 /// Why the PostgreSQL sink failed.
 #[derive(Debug, Error)]
@@ -119,14 +120,6 @@ CREATE TABLE sp_metric_rollup (
 );
 "#,
 )];
-
-/// What a write did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Written {
-    /// Facts inserted (duplicates of stored facts are not counted).
-    pub facts: u64,
-    pub raw: u64,
-}
 
 /// A connected PostgreSQL sink.
 pub struct PgSink {
@@ -358,6 +351,26 @@ impl PgSink {
         }
         tx.commit().await?;
         Ok(out)
+    }
+}
+
+impl Sink for PgSink {
+    type Error = PgError;
+
+    async fn connect(url: &str) -> Result<Self, PgError> {
+        PgSink::connect(url).await
+    }
+
+    async fn migrate(&mut self) -> Result<i32, PgError> {
+        PgSink::migrate(self).await
+    }
+
+    async fn write(&mut self, b: &Batch) -> Result<Written, PgError> {
+        PgSink::write(self, b).await
+    }
+
+    fn is_closed(&self) -> bool {
+        PgSink::is_closed(self)
     }
 }
 

@@ -28,8 +28,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::config::{Backend, DatabaseConfig, UplinkConfig};
+use super::mssql::MssqlSink;
 use super::postgres::PgSink;
 use super::rows::Batch;
+use super::sink::Sink;
 use crate::mqtt::{self, ConnEvent, MqttError, Server};
 use crate::plc::poller::now_ms;
 use crate::sparkplug::host::{HostConfig, HostError, HostEvent, HostSession};
@@ -49,8 +51,6 @@ pub enum UplinkError {
     },
     #[error("installing a signal handler: {0}")]
     Signal(std::io::Error),
-    #[error("database.backend = \"mssql\": the SQL Server sink is not built yet (issue #6); use postgres")]
-    MssqlNotBuilt,
 }
 
 /// Upper bounds (seconds) of the ingest-lag histogram buckets.
@@ -241,9 +241,6 @@ struct Pending {
 
 /// Runs the uplink until SIGTERM/SIGINT.
 pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
-    if cfg.database.backend == Backend::Mssql && !dry_run {
-        return Err(UplinkError::MssqlNotBuilt);
-    }
     let stats = Arc::new(Stats::default());
     if let Some(addr) = cfg.telemetry.listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -271,7 +268,10 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
             stats.db_ok.store(true, Relaxed);
             tokio::spawn(dry_writer(rx, stats.clone()))
         } else {
-            tokio::spawn(writer(cfg.database.clone(), rx, stats.clone()))
+            match cfg.database.backend {
+                Backend::Postgres => tokio::spawn(writer::<PgSink>(cfg.database.clone(), rx, stats.clone())),
+                Backend::Mssql => tokio::spawn(writer::<MssqlSink>(cfg.database.clone(), rx, stats.clone())),
+            }
         });
     }
     let (conn_tx, mut conn_rx) = mpsc::channel(4096);
@@ -534,8 +534,8 @@ impl Loop {
 
 /// Takes batches as they come and commits them, merged up to
 /// `batch_max_rows`, retrying each until the database accepts it.
-async fn writer(db: DatabaseConfig, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<Stats>) {
-    let mut sink: Option<PgSink> = None;
+async fn writer<S: Sink>(db: DatabaseConfig, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<Stats>) {
+    let mut sink: Option<S> = None;
     let mut attempt = 0u32;
     while let Some(first) = rx.recv().await {
         let mut batch = first.batch;
@@ -550,8 +550,8 @@ async fn writer(db: DatabaseConfig, mut rx: mpsc::UnboundedReceiver<Pending>, st
             }
         }
         loop {
-            if sink.as_ref().is_none_or(PgSink::is_closed) {
-                match connect(&db.url).await {
+            if sink.as_ref().is_none_or(S::is_closed) {
+                match connect::<S>(&db.url).await {
                     Ok(s) => sink = Some(s),
                     Err(e) => {
                         fail(&stats, &mut attempt, &e.to_string()).await;
@@ -588,8 +588,8 @@ async fn writer(db: DatabaseConfig, mut rx: mpsc::UnboundedReceiver<Pending>, st
     }
 }
 
-async fn connect(url: &str) -> Result<PgSink, super::postgres::PgError> {
-    let mut s = PgSink::connect(url).await?;
+async fn connect<S: Sink>(url: &str) -> Result<S, S::Error> {
+    let mut s = S::connect(url).await?;
     s.migrate().await?;
     Ok(s)
 }

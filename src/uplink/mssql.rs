@@ -1,0 +1,741 @@
+//! The SQL Server sink (tiberius over rustls): T-SQL migrations, and one
+//! transaction per [`Batch`] with TDS bulk loads into temp tables, then
+//! `MERGE`.
+//!
+//! Invariants:
+//! - The schema is versioned in `sp_schema_migrations`; missing migrations
+//!   are applied at start under `sp_getapplock` (two uplinks starting
+//!   together do not race).
+//! - A batch commits entirely or not at all (`XACT_ABORT ON`; on any error
+//!   the connection is dropped and the server rolls back); a retry is safe.
+//! - A fact is written once. SQL Server compares `nvarchar` case-blind under
+//!   the default collation and caps index keys at 900 bytes, while Sparkplug
+//!   names are case-sensitive and unbounded, so every table keys its rows on
+//!   a persisted SHA-256 of the length-prefixed names ([`series_key`]), not on
+//!   the names themselves. Only facts the `MERGE` inserted feed the rollups.
+//! - Timestamps are `datetime2(3)` in UTC, milliseconds exact, like the
+//!   Sparkplug timestamps they come from.
+//!
+//! SQL Server cannot run on our machines: this module is built and
+//! unit-tested in CI, and `tests/uplink_mssql.rs` runs it against a real
+//! server when `SPB_TEST_MSSQL_URL` is set (README, "spb-uplink").
+
+use std::borrow::Cow;
+
+use thiserror::Error;
+use tiberius::time::{Date, DateTime2, Time};
+use tiberius::{Client, ColumnData, Config, TokenRow};
+use tokio::net::TcpStream;
+use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
+
+use super::rows::{Batch, CatalogRow, FactRow, RawRow};
+use super::sink::{Sink, Written};
+
+/// Why the SQL Server sink failed.
+#[derive(Debug, Error)]
+pub enum MssqlError {
+    #[error("mssql: {0}")]
+    Db(#[from] tiberius::error::Error),
+    #[error("mssql: connecting to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("mssql: the schema is at version {found}, newer than this uplink knows ({known}); upgrade the uplink")]
+    SchemaTooNew { found: i32, known: i32 },
+}
+
+/// The T-SQL expression of a row's key: SHA-256 over the length-prefixed
+/// names (injective, case-sensitive, 32 bytes whatever the names' length).
+pub fn series_key(names: &[&str]) -> String {
+    let parts: Vec<String> = names
+        .iter()
+        .map(|n| format!("CAST(DATALENGTH({n}) AS varchar(12)), N':', {n}"))
+        .collect();
+    format!(
+        "CAST(HASHBYTES('SHA2_256', CONCAT({}, N'')) AS binary(32))",
+        parts.join(", N'|', ")
+    )
+}
+
+fn fact_key() -> String {
+    series_key(&["group_id", "node_id", "device_id", "metric"])
+}
+
+/// The migrations, in order; never edit a released one, add the next.
+pub fn migrations() -> Vec<(i32, String)> {
+    let series = fact_key();
+    let node = series_key(&["group_id", "node_id"]);
+    vec![(
+        1,
+        format!(
+            r#"
+CREATE TABLE sp_event_raw (
+    id bigint IDENTITY PRIMARY KEY,
+    topic nvarchar(max) NOT NULL,
+    kind varchar(16) NOT NULL,
+    seq smallint NULL,
+    bdseq bigint NULL,
+    received_at datetime2(3) NOT NULL,
+    payload varbinary(max) NOT NULL
+);
+CREATE INDEX sp_event_raw_received ON sp_event_raw (received_at);
+CREATE TABLE sp_metric_fact (
+    group_id nvarchar(max) NOT NULL,
+    node_id nvarchar(max) NOT NULL,
+    device_id nvarchar(max) NOT NULL,
+    metric nvarchar(max) NOT NULL,
+    ts datetime2(3) NOT NULL,
+    datatype smallint NOT NULL,
+    v_int bigint NULL,
+    v_float float NULL,
+    v_bool bit NULL,
+    v_text nvarchar(max) NULL,
+    v_bytes varbinary(max) NULL,
+    quality int NOT NULL,
+    is_historical bit NOT NULL,
+    written_at datetime2(3) NOT NULL DEFAULT SYSUTCDATETIME(),
+    series_key AS {series} PERSISTED NOT NULL,
+    CONSTRAINT sp_metric_fact_pk PRIMARY KEY (series_key, ts)
+);
+CREATE TABLE sp_node_state (
+    group_id nvarchar(max) NOT NULL,
+    node_id nvarchar(max) NOT NULL,
+    online bit NOT NULL,
+    stale bit NOT NULL,
+    bdseq bigint NULL,
+    last_birth datetime2(3) NULL,
+    last_death datetime2(3) NULL,
+    last_cause nvarchar(200) NULL,
+    updated_at datetime2(3) NOT NULL,
+    node_key AS {node} PERSISTED NOT NULL,
+    CONSTRAINT sp_node_state_pk PRIMARY KEY (node_key)
+);
+CREATE TABLE sp_metric_catalog (
+    group_id nvarchar(max) NOT NULL,
+    node_id nvarchar(max) NOT NULL,
+    device_id nvarchar(max) NOT NULL,
+    metric nvarchar(max) NOT NULL,
+    datatype smallint NOT NULL,
+    properties nvarchar(max) NOT NULL,
+    first_seen datetime2(3) NOT NULL,
+    last_seen datetime2(3) NOT NULL,
+    series_key AS {series} PERSISTED NOT NULL,
+    CONSTRAINT sp_metric_catalog_pk PRIMARY KEY (series_key)
+);
+CREATE TABLE sp_quarantine (
+    id bigint IDENTITY PRIMARY KEY,
+    topic nvarchar(max) NOT NULL,
+    received_at datetime2(3) NOT NULL,
+    payload varbinary(max) NOT NULL,
+    reason nvarchar(max) NOT NULL
+);
+CREATE TABLE sp_command_audit (
+    id bigint IDENTITY PRIMARY KEY,
+    at datetime2(3) NOT NULL,
+    group_id nvarchar(max) NOT NULL,
+    node_id nvarchar(max) NOT NULL,
+    device_id nvarchar(max) NOT NULL,
+    metric nvarchar(max) NOT NULL,
+    value nvarchar(max) NULL,
+    accepted bit NOT NULL,
+    reason nvarchar(max) NOT NULL,
+    requested_by nvarchar(max) NOT NULL
+);
+CREATE TABLE sp_metric_rollup (
+    bucket_size varchar(6) NOT NULL CHECK (bucket_size IN ('minute', 'hour', 'day')),
+    bucket datetime2(3) NOT NULL,
+    group_id nvarchar(max) NOT NULL,
+    node_id nvarchar(max) NOT NULL,
+    device_id nvarchar(max) NOT NULL,
+    metric nvarchar(max) NOT NULL,
+    count bigint NOT NULL,
+    min float NOT NULL,
+    max float NOT NULL,
+    sum float NOT NULL,
+    last float NOT NULL,
+    last_ts datetime2(3) NOT NULL,
+    series_key AS {series} PERSISTED NOT NULL,
+    CONSTRAINT sp_metric_rollup_pk PRIMARY KEY (bucket_size, bucket, series_key)
+);
+"#
+        ),
+    )]
+}
+
+/// Staging tables, one set per connection (temp tables live as long as it).
+fn staging_ddl() -> String {
+    let series = fact_key();
+    format!(
+        r#"
+IF OBJECT_ID('tempdb..#sp_fact_stage') IS NULL
+CREATE TABLE #sp_fact_stage (
+    group_id nvarchar(max) NOT NULL, node_id nvarchar(max) NOT NULL,
+    device_id nvarchar(max) NOT NULL, metric nvarchar(max) NOT NULL,
+    ts datetime2(3) NOT NULL, datatype smallint NOT NULL, v_int bigint NULL,
+    v_float float NULL, v_bool bit NULL, v_text nvarchar(max) NULL,
+    v_bytes varbinary(max) NULL, quality int NOT NULL, is_historical bit NOT NULL,
+    series_key AS {series} PERSISTED
+);
+IF OBJECT_ID('tempdb..#sp_catalog_stage') IS NULL
+CREATE TABLE #sp_catalog_stage (
+    group_id nvarchar(max) NOT NULL, node_id nvarchar(max) NOT NULL,
+    device_id nvarchar(max) NOT NULL, metric nvarchar(max) NOT NULL,
+    datatype smallint NOT NULL, properties nvarchar(max) NOT NULL,
+    seen datetime2(3) NOT NULL,
+    series_key AS {series} PERSISTED
+);
+"#
+    )
+}
+
+/// The columns bulk-loaded, in the order [`fact_row`] fills them.
+pub const FACT_COLUMNS: [&str; 13] = [
+    "group_id",
+    "node_id",
+    "device_id",
+    "metric",
+    "ts",
+    "datatype",
+    "v_int",
+    "v_float",
+    "v_bool",
+    "v_text",
+    "v_bytes",
+    "quality",
+    "is_historical",
+];
+/// The columns bulk-loaded into `sp_event_raw`, in [`raw_row`]'s order.
+pub const RAW_COLUMNS: [&str; 6] = ["topic", "kind", "seq", "bdseq", "received_at", "payload"];
+/// The columns bulk-loaded into `#sp_catalog_stage`, in [`catalog_row`]'s order.
+pub const CATALOG_COLUMNS: [&str; 7] = [
+    "group_id",
+    "node_id",
+    "device_id",
+    "metric",
+    "datatype",
+    "properties",
+    "seen",
+];
+
+/// Staged facts → `sp_metric_fact` (each key once, new keys only) → the
+/// rollups of what was inserted; returns how many facts were new.
+fn merge_facts_sql() -> String {
+    let cols = FACT_COLUMNS.join(", ");
+    let vals = FACT_COLUMNS.map(|c| format!("s.{c}")).join(", ");
+    let bucket = |unit: &str| {
+        format!("DATEADD({unit}, DATEDIFF({unit}, CAST('19000101' AS datetime2(3)), i.ts), CAST('19000101' AS datetime2(3)))")
+    };
+    format!(
+        r#"
+SET NOCOUNT ON;
+DECLARE @ins TABLE (series_key binary(32), group_id nvarchar(max), node_id nvarchar(max),
+    device_id nvarchar(max), metric nvarchar(max), ts datetime2(3), v float);
+MERGE sp_metric_fact WITH (HOLDLOCK) AS t
+USING (
+    SELECT * FROM (
+        SELECT *, ROW_NUMBER() OVER (PARTITION BY series_key, ts ORDER BY (SELECT NULL)) AS rn
+        FROM #sp_fact_stage
+    ) AS x WHERE rn = 1
+) AS s
+ON t.series_key = s.series_key AND t.ts = s.ts
+WHEN NOT MATCHED BY TARGET THEN INSERT ({cols}) VALUES ({vals})
+OUTPUT inserted.series_key, inserted.group_id, inserted.node_id, inserted.device_id, inserted.metric,
+       inserted.ts, COALESCE(inserted.v_float, CAST(inserted.v_int AS float)) INTO @ins;
+WITH b AS (
+    SELECT z.size, z.bucket, i.series_key, i.group_id, i.node_id, i.device_id, i.metric, i.ts, i.v
+    FROM @ins AS i
+    CROSS APPLY (VALUES ('minute', {m}), ('hour', {h}), ('day', {d})) AS z(size, bucket)
+    WHERE i.v IS NOT NULL
+), l AS (
+    SELECT *, FIRST_VALUE(v) OVER (PARTITION BY size, bucket, series_key ORDER BY ts DESC) AS last_v
+    FROM b
+), g AS (
+    SELECT size, bucket, series_key, MIN(group_id) AS group_id, MIN(node_id) AS node_id,
+           MIN(device_id) AS device_id, MIN(metric) AS metric, COUNT_BIG(*) AS count,
+           MIN(v) AS min, MAX(v) AS max, SUM(v) AS sum, MIN(last_v) AS last, MAX(ts) AS last_ts
+    FROM l GROUP BY size, bucket, series_key
+)
+MERGE sp_metric_rollup WITH (HOLDLOCK) AS r
+USING g ON r.bucket_size = g.size AND r.bucket = g.bucket AND r.series_key = g.series_key
+WHEN MATCHED THEN UPDATE SET
+    count = r.count + g.count,
+    min = IIF(g.min < r.min, g.min, r.min),
+    max = IIF(g.max > r.max, g.max, r.max),
+    sum = r.sum + g.sum,
+    last = IIF(g.last_ts >= r.last_ts, g.last, r.last),
+    last_ts = IIF(g.last_ts > r.last_ts, g.last_ts, r.last_ts)
+WHEN NOT MATCHED THEN INSERT (bucket_size, bucket, group_id, node_id, device_id, metric, count, min, max, sum, last, last_ts)
+    VALUES (g.size, g.bucket, g.group_id, g.node_id, g.device_id, g.metric, g.count, g.min, g.max, g.sum, g.last, g.last_ts);
+SELECT COUNT_BIG(*) FROM @ins;
+"#,
+        m = bucket("minute"),
+        h = bucket("hour"),
+        d = bucket("day"),
+    )
+}
+
+/// Staged catalog rows → `sp_metric_catalog` (the newest birth's declaration wins).
+const MERGE_CATALOG: &str = r#"
+SET NOCOUNT ON;
+MERGE sp_metric_catalog WITH (HOLDLOCK) AS c
+USING (
+    SELECT * FROM (
+        SELECT *, ROW_NUMBER() OVER (PARTITION BY series_key ORDER BY seen DESC) AS rn FROM #sp_catalog_stage
+    ) AS x WHERE rn = 1
+) AS s
+ON c.series_key = s.series_key
+WHEN MATCHED THEN UPDATE SET datatype = s.datatype, properties = s.properties,
+    last_seen = IIF(s.seen > c.last_seen, s.seen, c.last_seen)
+WHEN NOT MATCHED THEN INSERT (group_id, node_id, device_id, metric, datatype, properties, first_seen, last_seen)
+    VALUES (s.group_id, s.node_id, s.device_id, s.metric, s.datatype, s.properties, s.seen, s.seen);
+"#;
+
+fn merge_state_sql() -> String {
+    format!(
+        r#"
+MERGE sp_node_state WITH (HOLDLOCK) AS n
+USING (SELECT @P1 AS group_id, @P2 AS node_id, @P3 AS online, @P4 AS bdseq, @P5 AS at, @P6 AS cause) AS s
+ON n.node_key = {key}
+WHEN MATCHED THEN UPDATE SET
+    online = s.online, stale = IIF(s.online = 1, 0, 1),
+    bdseq = COALESCE(s.bdseq, n.bdseq),
+    last_birth = IIF(s.online = 1, s.at, n.last_birth),
+    last_death = IIF(s.online = 1, n.last_death, s.at),
+    last_cause = s.cause, updated_at = SYSUTCDATETIME()
+WHEN NOT MATCHED THEN INSERT (group_id, node_id, online, stale, bdseq, last_birth, last_death, last_cause, updated_at)
+    VALUES (s.group_id, s.node_id, s.online, IIF(s.online = 1, 0, 1), s.bdseq,
+            IIF(s.online = 1, s.at, NULL), IIF(s.online = 1, NULL, s.at), s.cause, SYSUTCDATETIME());
+"#,
+        key = series_key(&["s.group_id", "s.node_id"])
+    )
+}
+
+/// Every T-SQL text this sink sends, named, for checks by an independent
+/// T-SQL parser (`tests/uplink_mssql.rs`).
+pub fn statements() -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = migrations()
+        .into_iter()
+        .map(|(n, sql)| (format!("migration {n}"), sql))
+        .collect();
+    v.push(("staging tables".into(), staging_ddl()));
+    v.push(("fact merge and rollups".into(), merge_facts_sql()));
+    v.push(("catalog merge".into(), MERGE_CATALOG.to_string()));
+    v.push(("node state merge".into(), merge_state_sql()));
+    v
+}
+
+/// Days from 0001-01-01 (`datetime2`'s epoch) to 1970-01-01.
+const DAYS_TO_UNIX_EPOCH: i64 = 719_162;
+
+/// A Sparkplug timestamp (ms since the Unix epoch, UTC) as `datetime2(3)`.
+pub fn datetime2(ms: i64) -> DateTime2 {
+    let ms = ms.max(0);
+    let days = ms / 86_400_000;
+    let in_day = ms % 86_400_000;
+    DateTime2::new(
+        Date::new((DAYS_TO_UNIX_EPOCH + days) as u32),
+        Time::new(in_day as u64, 3),
+    )
+}
+
+fn text(s: &str) -> ColumnData<'_> {
+    ColumnData::String(Some(Cow::Borrowed(s)))
+}
+
+/// One fact as a bulk-load row, in [`FACT_COLUMNS`] order.
+pub fn fact_row(f: &FactRow) -> TokenRow<'_> {
+    let mut r = TokenRow::with_capacity(FACT_COLUMNS.len());
+    r.push(text(&f.group));
+    r.push(text(&f.node));
+    r.push(text(&f.device));
+    r.push(text(&f.metric));
+    r.push(ColumnData::DateTime2(Some(datetime2(f.ts_ms))));
+    r.push(ColumnData::I16(Some(f.datatype)));
+    r.push(ColumnData::I64(f.v_int));
+    r.push(ColumnData::F64(f.v_float));
+    r.push(ColumnData::Bit(f.v_bool));
+    r.push(ColumnData::String(f.v_text.as_deref().map(Cow::Borrowed)));
+    r.push(ColumnData::Binary(f.v_bytes.as_deref().map(Cow::Borrowed)));
+    r.push(ColumnData::I32(Some(f.quality)));
+    r.push(ColumnData::Bit(Some(f.is_historical)));
+    r
+}
+
+/// One received message as a bulk-load row, in [`RAW_COLUMNS`] order.
+pub fn raw_row(x: &RawRow) -> TokenRow<'_> {
+    let mut r = TokenRow::with_capacity(RAW_COLUMNS.len());
+    r.push(text(&x.topic));
+    r.push(text(&x.kind));
+    r.push(ColumnData::I16(x.seq));
+    r.push(ColumnData::I64(x.bdseq));
+    r.push(ColumnData::DateTime2(Some(datetime2(x.received_ms))));
+    r.push(ColumnData::Binary(Some(Cow::Borrowed(&x.payload))));
+    r
+}
+
+/// One catalog row as a bulk-load row, in [`CATALOG_COLUMNS`] order.
+pub fn catalog_row(c: &CatalogRow) -> TokenRow<'_> {
+    let mut r = TokenRow::with_capacity(CATALOG_COLUMNS.len());
+    r.push(text(&c.group));
+    r.push(text(&c.node));
+    r.push(text(&c.device));
+    r.push(text(&c.metric));
+    r.push(ColumnData::I16(Some(c.datatype)));
+    r.push(text(&c.properties));
+    r.push(ColumnData::DateTime2(Some(datetime2(c.seen_ms))));
+    r
+}
+
+/// Checks a `database.url` for the mssql backend (an ADO.NET connection
+/// string, e.g. `server=tcp:db.plant,1433;database=spb;user id=spb;password=…;encrypt=true`).
+pub fn parse_url(url: &str) -> Result<Config, MssqlError> {
+    let mut c = Config::from_ado_string(url)?;
+    c.application_name("spb-uplink");
+    Ok(c)
+}
+
+type Conn = Client<Compat<TcpStream>>;
+
+/// A connected SQL Server sink.
+pub struct MssqlSink {
+    client: Conn,
+    /// Whether this connection's temp tables exist.
+    staged: bool,
+}
+
+impl MssqlSink {
+    /// Connects (following an Azure SQL gateway's redirect once).
+    pub async fn connect(url: &str) -> Result<MssqlSink, MssqlError> {
+        // tiberius takes the process's rustls provider; ours is ring (CRATES.md).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut config = parse_url(url)?;
+        let client = match Self::open(&config).await {
+            Err(MssqlError::Db(tiberius::error::Error::Routing { host, port })) => {
+                config.host(&host);
+                config.port(port);
+                Self::open(&config).await?
+            }
+            other => other?,
+        };
+        let mut s = MssqlSink { client, staged: false };
+        s.client
+            .simple_query("SET XACT_ABORT ON; SET NOCOUNT ON;")
+            .await?
+            .into_results()
+            .await?;
+        Ok(s)
+    }
+
+    async fn open(config: &Config) -> Result<Conn, MssqlError> {
+        let addr = config.get_addr();
+        let tcp = TcpStream::connect(&addr)
+            .await
+            .map_err(|source| MssqlError::Connect { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        Ok(Client::connect(config.clone(), tcp.compat_write()).await?)
+    }
+
+    async fn batch(&mut self, sql: &str) -> Result<(), MssqlError> {
+        self.client.simple_query(sql).await?.into_results().await?;
+        Ok(())
+    }
+
+    /// Applies the missing migrations; returns the schema version.
+    pub async fn migrate(&mut self) -> Result<i32, MssqlError> {
+        self.client.begin_transaction().await?;
+        self.batch(
+            "EXEC sp_getapplock @Resource = 'spb-uplink-migrate', @LockMode = 'Exclusive', \
+             @LockOwner = 'Transaction', @LockTimeout = 60000;
+             IF OBJECT_ID('sp_schema_migrations') IS NULL
+             CREATE TABLE sp_schema_migrations (version int PRIMARY KEY, \
+                 applied_at datetime2(3) NOT NULL DEFAULT SYSUTCDATETIME());",
+        )
+        .await?;
+        let found: i32 = self
+            .client
+            .simple_query("SELECT COALESCE(MAX(version), 0) FROM sp_schema_migrations")
+            .await?
+            .into_row()
+            .await?
+            .and_then(|r| r.get::<i32, _>(0))
+            .unwrap_or(0);
+        let all = migrations();
+        let known = all.last().map_or(0, |m| m.0);
+        if found > known {
+            self.client.rollback_transaction().await?;
+            return Err(MssqlError::SchemaTooNew { found, known });
+        }
+        for (v, sql) in all.iter().filter(|(v, _)| *v > found) {
+            self.batch(sql).await?;
+            self.client
+                .execute("INSERT INTO sp_schema_migrations (version) VALUES (@P1)", &[v])
+                .await?;
+            tracing::info!(version = v, "database schema migrated");
+        }
+        self.client.commit_transaction().await?;
+        Ok(known)
+    }
+
+    /// Writes a batch in one transaction.
+    pub async fn write(&mut self, b: &Batch) -> Result<Written, MssqlError> {
+        let mut out = Written::default();
+        if !self.staged {
+            self.batch(&staging_ddl()).await?;
+            self.staged = true;
+        }
+        self.client.begin_transaction().await?;
+        if !b.raw.is_empty() {
+            let mut req = self.client.bulk_insert_columns("sp_event_raw", &RAW_COLUMNS).await?;
+            for r in &b.raw {
+                req.send(raw_row(r)).await?;
+            }
+            out.raw = req.finalize().await?.total();
+        }
+        if !b.facts.is_empty() {
+            self.batch("TRUNCATE TABLE #sp_fact_stage").await?;
+            let mut req = self.client.bulk_insert_columns("#sp_fact_stage", &FACT_COLUMNS).await?;
+            for f in &b.facts {
+                req.send(fact_row(f)).await?;
+            }
+            req.finalize().await?;
+            let inserted: i64 = self
+                .client
+                .simple_query(merge_facts_sql())
+                .await?
+                .into_row()
+                .await?
+                .and_then(|r| r.get::<i64, _>(0))
+                .unwrap_or(0);
+            out.facts = inserted as u64;
+        }
+        if !b.catalog.is_empty() {
+            self.batch("TRUNCATE TABLE #sp_catalog_stage").await?;
+            let mut req = self
+                .client
+                .bulk_insert_columns("#sp_catalog_stage", &CATALOG_COLUMNS)
+                .await?;
+            for c in &b.catalog {
+                req.send(catalog_row(c)).await?;
+            }
+            req.finalize().await?;
+            self.batch(MERGE_CATALOG).await?;
+        }
+        if !b.states.is_empty() {
+            let sql = merge_state_sql();
+            for s in &b.states {
+                let at = ColumnData::DateTime2(Some(datetime2(s.at_ms)));
+                self.client
+                    .execute(
+                        sql.as_str(),
+                        &[
+                            &s.group.as_str(),
+                            &s.node.as_str(),
+                            &s.online,
+                            &s.bdseq,
+                            &at,
+                            &s.cause.as_str(),
+                        ],
+                    )
+                    .await?;
+            }
+        }
+        for q in &b.quarantine {
+            let at = ColumnData::DateTime2(Some(datetime2(q.received_ms)));
+            let payload = ColumnData::Binary(Some(Cow::Borrowed(&q.payload)));
+            self.client
+                .execute(
+                    "INSERT INTO sp_quarantine (topic, received_at, payload, reason) VALUES (@P1, @P2, @P3, @P4)",
+                    &[&q.topic.as_str(), &at, &payload, &q.reason.as_str()],
+                )
+                .await?;
+        }
+        self.client.commit_transaction().await?;
+        Ok(out)
+    }
+}
+
+impl Sink for MssqlSink {
+    type Error = MssqlError;
+
+    async fn connect(url: &str) -> Result<Self, MssqlError> {
+        MssqlSink::connect(url).await
+    }
+
+    async fn migrate(&mut self) -> Result<i32, MssqlError> {
+        MssqlSink::migrate(self).await
+    }
+
+    async fn write(&mut self, b: &Batch) -> Result<Written, MssqlError> {
+        MssqlSink::write(self, b).await
+    }
+
+    fn is_closed(&self) -> bool {
+        // tiberius notices a dead socket on the next request; the writer
+        // drops the sink after any error, so a failed one is never reused.
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(y: i32, mo: u8, d: u8, h: u8, mi: u8, s: u8, milli: u16) -> i64 {
+        let dt = time::Date::from_calendar_date(y, time::Month::try_from(mo).expect("month"), d)
+            .expect("date")
+            .with_hms_milli(h, mi, s, milli)
+            .expect("time")
+            .assume_utc();
+        (dt.unix_timestamp_nanos() / 1_000_000) as i64
+    }
+
+    #[test]
+    fn sparkplug_milliseconds_map_to_datetime2_exactly() {
+        let epoch = time::Date::from_calendar_date(1, time::Month::January, 1).expect("0001-01-01");
+        for (y, mo, d, h, mi, s, milli) in [
+            (1970, 1, 1, 0, 0, 0, 0),
+            (2026, 11, 25, 1, 2, 3, 456),
+            (2024, 2, 29, 23, 59, 59, 999),
+            (2100, 3, 1, 12, 0, 0, 1),
+        ] {
+            let v = datetime2(ms(y, mo, d, h, mi, s, milli));
+            let date = time::Date::from_calendar_date(y, time::Month::try_from(mo).expect("month"), d).expect("date");
+            assert_eq!(
+                v.date().days() as i64,
+                (date - epoch).whole_days(),
+                "{y}-{mo}-{d}: days since 0001-01-01"
+            );
+            assert_eq!(v.time().scale(), 3);
+            assert_eq!(
+                v.time().increments(),
+                ((h as u64 * 60 + mi as u64) * 60 + s as u64) * 1000 + milli as u64,
+                "{y}-{mo}-{d} {h}:{mi}:{s}.{milli}: ms since midnight"
+            );
+        }
+        assert_eq!(datetime2(-5).date().days(), 719_162, "before 1970 clamps to the epoch");
+    }
+
+    /// The columns a `CREATE TABLE` declares, in order (computed ones skipped).
+    fn declared_columns(ddl: &str, table: &str) -> Vec<String> {
+        let start = ddl.find(&format!("CREATE TABLE {table} (")).expect("table in DDL");
+        let body = &ddl[start..];
+        let body = &body[body.find('(').expect("(") + 1..];
+        let mut depth = 0;
+        let mut cols = Vec::new();
+        let mut cur = String::new();
+        for ch in body.chars() {
+            match ch {
+                '(' => depth += 1,
+                ')' if depth == 0 => break,
+                ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    cols.push(std::mem::take(&mut cur));
+                    continue;
+                }
+                _ => {}
+            }
+            cur.push(ch);
+        }
+        cols.push(cur);
+        cols.iter()
+            .map(|c| c.split_whitespace().next().unwrap_or("").to_string())
+            .filter(|c| !c.is_empty() && c != "CONSTRAINT")
+            .collect()
+    }
+
+    #[test]
+    fn bulk_rows_fill_the_staging_and_raw_tables_column_for_column() {
+        let stage = declared_columns(&staging_ddl(), "#sp_fact_stage");
+        assert_eq!(&stage[..FACT_COLUMNS.len()], FACT_COLUMNS, "staging order");
+        assert_eq!(&stage[FACT_COLUMNS.len()..], ["series_key"], "only the key is computed");
+        let fact = declared_columns(&migrations()[0].1, "sp_metric_fact");
+        assert_eq!(
+            &fact[..FACT_COLUMNS.len()],
+            FACT_COLUMNS,
+            "the fact table has the same columns"
+        );
+        let raw = declared_columns(&migrations()[0].1, "sp_event_raw");
+        assert_eq!(&raw[1..], RAW_COLUMNS, "raw: all but the identity");
+        let cat = declared_columns(&staging_ddl(), "#sp_catalog_stage");
+        assert_eq!(&cat[..CATALOG_COLUMNS.len()], CATALOG_COLUMNS);
+
+        let mut b = Batch::default();
+        b.add_raw("spBv1.0/G/NDATA/N", b"x", 5);
+        b.facts.push(FactRow {
+            group: "G".into(),
+            node: "N".into(),
+            device: String::new(),
+            metric: "m".into(),
+            ts_ms: 1,
+            datatype: 10,
+            v_int: None,
+            v_float: Some(2.5),
+            v_bool: None,
+            v_text: None,
+            v_bytes: None,
+            quality: 192,
+            is_historical: true,
+        });
+        let f = fact_row(&b.facts[0]);
+        assert_eq!(f.len(), FACT_COLUMNS.len());
+        let col = |name: &str| FACT_COLUMNS.iter().position(|c| *c == name).expect("column");
+        assert_eq!(f.get(col("v_float")), Some(&ColumnData::F64(Some(2.5))));
+        assert_eq!(
+            f.get(col("v_int")),
+            Some(&ColumnData::I64(None)),
+            "absent values are NULL"
+        );
+        assert_eq!(f.get(col("is_historical")), Some(&ColumnData::Bit(Some(true))));
+        assert_eq!(f.get(col("quality")), Some(&ColumnData::I32(Some(192))));
+        assert_eq!(raw_row(&b.raw[0]).len(), RAW_COLUMNS.len());
+    }
+
+    #[test]
+    fn every_keyed_table_keys_on_the_case_sensitive_hash_of_length_prefixed_names() {
+        let k = series_key(&["a", "b"]);
+        assert_eq!(
+            k,
+            "CAST(HASHBYTES('SHA2_256', CONCAT(CAST(DATALENGTH(a) AS varchar(12)), N':', a, N'|', \
+             CAST(DATALENGTH(b) AS varchar(12)), N':', b, N'')) AS binary(32))"
+        );
+        let ddl = &migrations()[0].1;
+        for (table, pk) in [
+            ("sp_metric_fact", "PRIMARY KEY (series_key, ts)"),
+            ("sp_node_state", "PRIMARY KEY (node_key)"),
+            ("sp_metric_catalog", "PRIMARY KEY (series_key)"),
+            ("sp_metric_rollup", "PRIMARY KEY (bucket_size, bucket, series_key)"),
+        ] {
+            let body = &ddl[ddl.find(&format!("CREATE TABLE {table} (")).expect(table)..];
+            let body = &body[..body.find(");").expect("end")];
+            assert!(body.contains(pk), "{table}: {pk}");
+            assert!(body.contains("PERSISTED NOT NULL"), "{table}: persisted key");
+        }
+        // No index anywhere on a names column: SQL Server's 900-byte key limit.
+        assert!(!ddl.contains("PRIMARY KEY (group_id"));
+    }
+
+    #[test]
+    fn a_bad_connection_string_is_refused_before_connecting() {
+        assert!(parse_url("server=tcp:db.plant,1433;database=spb;user id=spb;password=x;encrypt=true").is_ok());
+        let e = parse_url("server=tcp:db.plant,notaport;database=spb").expect_err("bad port");
+        assert!(e.to_string().starts_with("mssql: "), "{e}");
+    }
+
+    #[test]
+    fn the_merge_keeps_each_sample_once_and_rolls_up_only_what_it_inserted() {
+        let sql = merge_facts_sql();
+        assert!(
+            sql.contains("PARTITION BY series_key, ts"),
+            "a batch's own duplicates collapse"
+        );
+        assert!(
+            sql.contains("WHEN NOT MATCHED BY TARGET THEN INSERT"),
+            "stored facts are never updated"
+        );
+        assert!(
+            !sql.contains("WHEN MATCHED THEN UPDATE SET\n    datatype"),
+            "facts are immutable"
+        );
+        // The rollup reads @ins (the OUTPUT of the insert), never the staging table.
+        let rollup = &sql[sql.find("WITH b AS").expect("rollup")..];
+        assert!(rollup.contains("FROM @ins") && !rollup.contains("#sp_fact_stage"));
+    }
+}

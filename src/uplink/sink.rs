@@ -1,0 +1,40 @@
+//! The one interface every database backend implements, so the uplink's
+//! writer tasks do not know which database they write to.
+//!
+//! Invariants every [`Sink`] keeps (tested per backend):
+//! - `migrate` brings the schema to the newest version it knows, is safe to
+//!   run by two uplinks at once, and refuses a schema newer than it knows.
+//! - `write` commits a whole [`Batch`] or nothing, and writing the same batch
+//!   again changes neither facts nor rollups (a retry after an unknown
+//!   outcome, or a replay by the gateway, is harmless).
+//! - Dialect differences (DDL, bulk path, merge statement, key shape) stay
+//!   inside the backend's module.
+
+use std::future::Future;
+
+use super::rows::Batch;
+
+/// What a write did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// Facts inserted (duplicates of stored facts are not counted).
+    pub facts: u64,
+    pub raw: u64,
+}
+
+/// A connected database the uplink writes batches to.
+pub trait Sink: Sized + Send {
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Connects with the configured `database.url`.
+    fn connect(url: &str) -> impl Future<Output = Result<Self, Self::Error>> + Send;
+
+    /// Applies the missing migrations; returns the schema version.
+    fn migrate(&mut self) -> impl Future<Output = Result<i32, Self::Error>> + Send;
+
+    /// Writes a batch in one transaction.
+    fn write(&mut self, b: &Batch) -> impl Future<Output = Result<Written, Self::Error>> + Send;
+
+    /// Whether the connection is known to be gone (a reconnect is due).
+    fn is_closed(&self) -> bool;
+}
