@@ -474,6 +474,90 @@ fn a_seq_gap_triggers_exactly_one_rebirth_after_the_reorder_timeout() {
         2,
         "the messages after the gap are kept, in order"
     );
+    // The rebirth request is audited once as this host's own command (its
+    // echo from the broker is not audited again).
+    assert_eq!(
+        db.query_i64(
+            "SELECT count(*) FROM sp_command_audit WHERE group_id = 'U6' AND node_id = 'fake' AND device_id = ''
+             AND metric = 'Node Control/Rebirth' AND value = 'true' AND accepted AND requested_by = 'scada'"
+        ),
+        1
+    );
+    assert_eq!(db.query_i64("SELECT count(*) FROM sp_command_audit"), 1);
+}
+
+// [tck-id-operational-behavior-data-commands-ncmd-metric-name] [tck-id-operational-behavior-data-commands-ncmd-metric-value]
+#[test]
+fn every_command_on_the_broker_is_audited_with_whether_the_birth_allows_it() {
+    let db = TestDb::new("e2e_cmd");
+    let broker = Broker::start(None);
+    let uplink = Uplink::start(broker.port, &db.url(), "");
+    let probe = Probe::start(broker.port, "spBv1.0/U7/NCMD/#");
+    let mut edge = fake_edge("U7");
+    let now = 1_795_000_000_000;
+    edge.begin_connect(now);
+    for p in publishes(edge.connected(now)) {
+        probe.publish(&p);
+    }
+    uplink.wait_until("the fake node is online", |u| {
+        u.metric("spb_uplink_online_nodes") >= 1.0
+    });
+    // Another host (or an engineer's MQTT tool) writes: one good value, one of
+    // the wrong type, one to a metric the node never declared, and garbage.
+    let cmd = |metrics: Vec<spb::sparkplug::Metric>| spb::sparkplug::Publish {
+        topic: "spBv1.0/U7/NCMD/fake".into(),
+        payload: spb::sparkplug::Payload {
+            timestamp: Some(now + 5),
+            metrics,
+            ..Default::default()
+        }
+        .encode()
+        .expect("encodes"),
+        qos: spb::sparkplug::QoS::AtMostOnce,
+        retain: false,
+    };
+    use spb::sparkplug::{Metric, Value};
+    probe.publish(&cmd(vec![Metric::new("Temp", Value::Double(21.5), now + 5)]));
+    probe.publish(&cmd(vec![
+        Metric::new("Temp", Value::Int32(3), now + 5),
+        Metric::new("Valve", Value::Boolean(true), now + 5),
+    ]));
+    probe.publish(&spb::sparkplug::Publish {
+        topic: "spBv1.0/U7/DCMD/fake/Pump".into(),
+        payload: b"\xff\x01garbage".to_vec(),
+        qos: spb::sparkplug::QoS::AtMostOnce,
+        retain: false,
+    });
+    uplink.wait_until("four audited", |u| {
+        u.metric("spb_uplink_commands_audited_total") >= 4.0 && u.metric("spb_uplink_backlog_rows") == 0.0
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let q = |w: &str| db.query_i64(&format!("SELECT count(*) FROM sp_command_audit WHERE {w}"));
+    assert_eq!(q("true"), 4);
+    assert_eq!(
+        q(
+            "metric = 'Temp' AND value = '21.5' AND accepted AND requested_by = 'another MQTT client'
+           AND at = to_timestamp(1795000000.005)"
+        ),
+        1
+    );
+    assert_eq!(
+        q("metric = 'Temp' AND value = '3' AND NOT accepted AND reason LIKE '%is Double; a Int32 value cannot%'"),
+        1
+    );
+    assert_eq!(
+        q("metric = 'Valve' AND NOT accepted AND reason LIKE '%not declared in the birth%'"),
+        1
+    );
+    assert_eq!(
+        q("device_id = 'Pump' AND metric = '' AND NOT accepted AND reason LIKE 'not a Sparkplug payload%'"),
+        1
+    );
+    assert_eq!(
+        uplink.metric("spb_uplink_rebirths_requested_total"),
+        0.0,
+        "commands are audited, never answered with a rebirth"
+    );
 }
 
 // [tck-id-operational-behavior-host-application-ndeath-bdseq]

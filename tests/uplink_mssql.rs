@@ -234,8 +234,23 @@ fn mssql_node_state_follows_births_and_deaths_and_garbage_is_quarantined() {
             },
             T0 + 10,
         );
+        d.commands.push(spb::uplink::rows::CommandRow {
+            at_ms: (T0 + 11) as i64,
+            group: "G".into(),
+            node: "N".into(),
+            device: String::new(),
+            metric: "Node Control/Rebirth".into(),
+            value: Some("true".into()),
+            accepted: true,
+            reason: "matches the birth".into(),
+            requested_by: "scada".into(),
+        });
         s.write(&d).await.expect("write");
     });
+    assert_eq!(
+        db.query_i64("SELECT COUNT_BIG(*) FROM sp_command_audit WHERE accepted = 1 AND requested_by = N'scada' AND value = N'true'"),
+        1
+    );
     assert_eq!(db.query_i64("SELECT COUNT_BIG(*) FROM sp_node_state WHERE online = 0 AND stale = 1 AND bdseq = 3 AND last_birth IS NOT NULL AND last_death IS NOT NULL"), 1);
     assert_eq!(
         db.query_i64("SELECT COUNT_BIG(*) FROM sp_quarantine WHERE reason = N'not a Sparkplug payload'"),

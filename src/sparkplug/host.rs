@@ -56,6 +56,31 @@ pub enum HostError {
     Codec(#[from] super::codec::CodecError),
 }
 
+/// A command (NCMD/DCMD) seen on the broker, checked against its target's
+/// birth: what a Sparkplug edge has to accept, and why it would refuse the
+/// rest (for the uplink's command audit).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandSeen {
+    pub group: String,
+    pub node: String,
+    pub device: Option<String>,
+    pub timestamp: Option<u64>,
+    pub writes: Vec<CommandWrite>,
+}
+
+/// One metric of a [`CommandSeen`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandWrite {
+    /// The metric's name, resolved from its alias where the birth has it
+    /// (`alias N` where it does not).
+    pub metric: String,
+    /// The value as text (`None`: no value, or not decodable).
+    pub value: Option<String>,
+    /// `Ok` when the target is online, declared the metric and the value is
+    /// of its datatype; otherwise why an edge refuses it.
+    pub verdict: Result<(), String>,
+}
+
 /// Host application settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostConfig {
@@ -475,6 +500,103 @@ impl HostSession {
             qos: QoS::AtMostOnce,
             retain: false,
         })
+    }
+
+    /// Checks an NCMD/DCMD (`None` for any other topic) against the target's
+    /// birth: node and device online, metric declared
+    /// ([tck-id-operational-behavior-data-commands-ncmd-metric-name]), value of
+    /// the declared datatype
+    /// ([tck-id-operational-behavior-data-commands-ncmd-metric-value]). A payload
+    /// that does not decode is one write with an empty name.
+    pub fn inspect_command(&self, topic: &str, payload: &[u8]) -> Option<CommandSeen> {
+        let Ok(Topic::Edge {
+            group,
+            kind: MessageType::NCmd | MessageType::DCmd,
+            node,
+            device,
+        }) = Topic::parse(topic)
+        else {
+            return None;
+        };
+        let mut seen = CommandSeen {
+            group,
+            node,
+            device,
+            timestamp: None,
+            writes: Vec::new(),
+        };
+        let raw = match pb::Payload::decode(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                seen.writes.push(CommandWrite {
+                    metric: String::new(),
+                    value: None,
+                    verdict: Err(format!("not a Sparkplug payload: {e}")),
+                });
+                return Some(seen);
+            }
+        };
+        seen.timestamp = raw.timestamp;
+        let node = self
+            .nodes
+            .get(&(seen.group.clone(), seen.node.clone()))
+            .filter(|n| n.online);
+        let scope: Result<&ScopeMap, String> = match (node, &seen.device) {
+            (None, _) => Err(format!("edge node {}/{} is not online", seen.group, seen.node)),
+            (Some(n), None) => Ok(&n.metrics),
+            (Some(n), Some(d)) => n
+                .devices
+                .get(d)
+                .filter(|s| s.online)
+                .ok_or_else(|| format!("device '{d}' of {}/{} is not online", seen.group, seen.node)),
+        };
+        for m in raw.metrics {
+            let known = scope.as_ref().ok().and_then(|s| match (&m.name, m.alias) {
+                (Some(n), _) => s.by_name.get(n).map(|d| (n.clone(), *d)),
+                (None, Some(a)) => s.by_alias.get(&a).cloned(),
+                (None, None) => None,
+            });
+            let label = m
+                .name
+                .clone()
+                .or_else(|| known.as_ref().map(|k| k.0.clone()))
+                .unwrap_or_else(|| {
+                    m.alias
+                        .map_or_else(|| "(no name or alias)".into(), |a| format!("alias {a}"))
+                });
+            let one = pb::Payload {
+                metrics: vec![m],
+                ..Default::default()
+            };
+            let decoded = match &scope {
+                Ok(s) => Payload::from_pb(one, *s),
+                Err(_) => Payload::from_pb(one, &super::codec::SelfDescribing),
+            };
+            let value = decoded
+                .as_ref()
+                .ok()
+                .and_then(|p| p.metrics.first())
+                .and_then(|d| d.value.as_ref())
+                .map(|v| v.to_string());
+            let verdict = match (&scope, &known, &decoded) {
+                (Err(why), _, _) => Err(why.clone()),
+                (Ok(s), None, _) => Err(format!("metric '{label}' was not declared in the birth of {}", s.label)),
+                (Ok(_), Some(_), Err(e)) => Err(e.to_string()),
+                (Ok(s), Some((_, declared)), Ok(p)) => match p.metrics.first().map(|d| d.datatype) {
+                    Some(got) if got != *declared => Err(format!(
+                        "metric '{label}' of {} is {declared}; a {got} value cannot be written to it",
+                        s.label
+                    )),
+                    _ => Ok(()),
+                },
+            };
+            seen.writes.push(CommandWrite {
+                metric: label,
+                value,
+                verdict,
+            });
+        }
+        Some(seen)
     }
 
     /// Handles one received message.
@@ -1323,6 +1445,76 @@ mod tests {
             h.command(T0, "G", "X", None, vec![]),
             Err(HostError::NodeOffline { .. })
         ));
+    }
+
+    // [tck-id-operational-behavior-data-commands-ncmd-metric-name] [tck-id-operational-behavior-data-commands-ncmd-metric-value]
+    #[test]
+    fn commands_seen_on_the_broker_are_checked_against_the_birth_for_the_audit() {
+        let mut h = host();
+        let (_e, births) = born_edge();
+        feed(&mut h, T0, &births);
+        // Our own well-formed command, by alias: resolved and accepted.
+        let ok = h
+            .command(T0, "G", "N", Some("D"), vec![("Temp".into(), Value::Float(9.0))])
+            .expect("valid");
+        let seen = h.inspect_command(&ok.topic, &ok.payload).expect("a command");
+        assert_eq!((seen.device.as_deref(), seen.timestamp), (Some("D"), Some(T0)));
+        assert_eq!(
+            seen.writes,
+            vec![CommandWrite {
+                metric: "Temp".into(),
+                value: Some("9".into()),
+                verdict: Ok(())
+            }]
+        );
+        // Someone else's: a wrong type and an undeclared name, in one payload.
+        let bad = Payload {
+            timestamp: Some(T0),
+            metrics: vec![
+                Metric::new("Temp", Value::Boolean(true), T0),
+                Metric::new("Nope", Value::Int32(1), T0),
+            ],
+            ..Payload::default()
+        };
+        let seen = h
+            .inspect_command("spBv1.0/G/DCMD/N/D", &bad.encode().expect("encodes"))
+            .expect("a command");
+        let verdicts: Vec<_> = seen
+            .writes
+            .iter()
+            .map(|w| (w.metric.as_str(), w.verdict.clone()))
+            .collect();
+        assert_eq!(
+            verdicts,
+            vec![
+                (
+                    "Temp",
+                    Err("metric 'Temp' of device 'D' of G/N is Float; a Boolean value cannot be written to it".into())
+                ),
+                (
+                    "Nope",
+                    Err("metric 'Nope' was not declared in the birth of device 'D' of G/N".into())
+                ),
+            ]
+        );
+        let offline = h
+            .inspect_command("spBv1.0/G/NCMD/X", &bad.encode().expect("encodes"))
+            .expect("a command");
+        assert_eq!(offline.writes[0].verdict, Err("edge node G/X is not online".into()));
+        assert_eq!(
+            offline.writes[0].value.as_deref(),
+            Some("true"),
+            "the value is still audited"
+        );
+        let garbage = h.inspect_command("spBv1.0/G/NCMD/N", b"\xff\xfe").expect("a command");
+        assert!(garbage.writes[0]
+            .verdict
+            .as_ref()
+            .is_err_and(|e| e.starts_with("not a Sparkplug payload")));
+        assert!(
+            h.inspect_command("spBv1.0/G/NDATA/N", &ok.payload).is_none(),
+            "only commands"
+        );
     }
 
     // ARCHITECTURE.md decision 4

@@ -288,6 +288,13 @@ WHEN NOT MATCHED THEN INSERT (group_id, node_id, device_id, metric, datatype, pr
     VALUES (s.group_id, s.node_id, s.device_id, s.metric, s.datatype, s.properties, s.seen, s.seen);
 "#;
 
+const INSERT_COMMAND: &str = "INSERT INTO sp_command_audit \
+    (at, group_id, node_id, device_id, metric, value, accepted, reason, requested_by) \
+    VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9)";
+
+const INSERT_QUARANTINE: &str =
+    "INSERT INTO sp_quarantine (topic, received_at, payload, reason) VALUES (@P1, @P2, @P3, @P4)";
+
 fn merge_state_sql() -> String {
     format!(
         r#"
@@ -319,6 +326,8 @@ pub fn statements() -> Vec<(String, String)> {
     v.push(("fact merge and rollups".into(), merge_facts_sql()));
     v.push(("catalog merge".into(), MERGE_CATALOG.to_string()));
     v.push(("node state merge".into(), merge_state_sql()));
+    v.push(("quarantine insert".into(), INSERT_QUARANTINE.to_string()));
+    v.push(("command audit insert".into(), INSERT_COMMAND.to_string()));
     v
 }
 
@@ -542,8 +551,27 @@ impl MssqlSink {
             let payload = ColumnData::Binary(Some(Cow::Borrowed(&q.payload)));
             self.client
                 .execute(
-                    "INSERT INTO sp_quarantine (topic, received_at, payload, reason) VALUES (@P1, @P2, @P3, @P4)",
+                    INSERT_QUARANTINE,
                     &[&q.topic.as_str(), &at, &payload, &q.reason.as_str()],
+                )
+                .await?;
+        }
+        for c in &b.commands {
+            let at = ColumnData::DateTime2(Some(datetime2(c.at_ms)));
+            self.client
+                .execute(
+                    INSERT_COMMAND,
+                    &[
+                        &at,
+                        &c.group.as_str(),
+                        &c.node.as_str(),
+                        &c.device.as_str(),
+                        &c.metric.as_str(),
+                        &c.value.as_deref(),
+                        &c.accepted,
+                        &c.reason.as_str(),
+                        &c.requested_by.as_str(),
+                    ],
                 )
                 .await?;
         }

@@ -349,6 +349,25 @@ impl PgSink {
             )
             .await?;
         }
+        for c in &b.commands {
+            let when = at(c.at_ms);
+            tx.execute(
+                "INSERT INTO sp_command_audit (at, group_id, node_id, device_id, metric, value, accepted, reason, requested_by)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[
+                    &when,
+                    &c.group,
+                    &c.node,
+                    &c.device,
+                    &c.metric,
+                    &c.value,
+                    &c.accepted,
+                    &c.reason,
+                    &c.requested_by,
+                ],
+            )
+            .await?;
+        }
         tx.commit().await?;
         Ok(out)
     }

@@ -14,7 +14,7 @@
 //!   Sparkplug payload, with a readable summary in `v_text`.
 
 use crate::sparkplug::codec::{encode_iter, Datatypes, Metric, Value};
-use crate::sparkplug::host::{DeathCause, HostEvent};
+use crate::sparkplug::host::{CommandSeen, DeathCause, HostEvent};
 
 /// One received MQTT message (`sp_event_raw`).
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +86,24 @@ pub struct QuarantineRow {
     pub reason: String,
 }
 
+/// One metric of a command seen on the broker (`sp_command_audit`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandRow {
+    pub at_ms: i64,
+    pub group: String,
+    pub node: String,
+    /// Empty for an NCMD.
+    pub device: String,
+    pub metric: String,
+    pub value: Option<String>,
+    /// Whether the target's birth allows it (online, declared, right type).
+    pub accepted: bool,
+    pub reason: String,
+    /// This host's id for its own commands (rebirth requests); other
+    /// publishers are not identified by MQTT.
+    pub requested_by: String,
+}
+
 /// Rows to write together.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Batch {
@@ -94,12 +112,18 @@ pub struct Batch {
     pub states: Vec<StateRow>,
     pub catalog: Vec<CatalogRow>,
     pub quarantine: Vec<QuarantineRow>,
+    pub commands: Vec<CommandRow>,
 }
 
 impl Batch {
     /// Rows of every kind.
     pub fn len(&self) -> usize {
-        self.raw.len() + self.facts.len() + self.states.len() + self.catalog.len() + self.quarantine.len()
+        self.raw.len()
+            + self.facts.len()
+            + self.states.len()
+            + self.catalog.len()
+            + self.quarantine.len()
+            + self.commands.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -112,6 +136,7 @@ impl Batch {
         self.states.append(&mut other.states);
         self.catalog.append(&mut other.catalog);
         self.quarantine.append(&mut other.quarantine);
+        self.commands.append(&mut other.commands);
     }
 
     /// Splits the rows among `n` writers by (group, node), so that one node's
@@ -152,6 +177,9 @@ impl Batch {
         for q in self.quarantine {
             out[of_topic(&q.topic)].quarantine.push(q);
         }
+        for c in self.commands {
+            out[slot(&c.group, &c.node)].commands.push(c);
+        }
         out
     }
 
@@ -172,6 +200,26 @@ impl Batch {
             received_ms: received_ms as i64,
             payload: payload.to_vec(),
         });
+    }
+
+    /// The audit rows of a command seen on the broker or sent by this host.
+    pub fn add_command(&mut self, c: &CommandSeen, received_ms: u64, requested_by: &str) {
+        for w in &c.writes {
+            self.commands.push(CommandRow {
+                at_ms: c.timestamp.unwrap_or(received_ms) as i64,
+                group: c.group.clone(),
+                node: c.node.clone(),
+                device: c.device.clone().unwrap_or_default(),
+                metric: w.metric.clone(),
+                value: w.value.clone(),
+                accepted: w.verdict.is_ok(),
+                reason: match &w.verdict {
+                    Ok(()) => "matches the birth".to_string(),
+                    Err(why) => why.clone(),
+                },
+                requested_by: requested_by.to_string(),
+            });
+        }
     }
 
     /// The rows an event of the host session stands for.

@@ -68,6 +68,7 @@ pub struct Stats {
     pub rebirths: AtomicU64,
     pub sequence_errors: AtomicU64,
     pub quarantined: AtomicU64,
+    pub commands_audited: AtomicU64,
     pub dropped_rows: AtomicU64,
     pub online_nodes: AtomicU64,
     pub backlog_rows: AtomicU64,
@@ -172,6 +173,12 @@ impl Exposition for Stats {
             "Payloads quarantined.",
             "counter",
             self.quarantined.load(Relaxed),
+        );
+        g(
+            "spb_uplink_commands_audited_total",
+            "NCMD/DCMD metrics recorded in sp_command_audit (this host's and others').",
+            "counter",
+            self.commands_audited.load(Relaxed),
         );
         g(
             "spb_uplink_dropped_rows_total",
@@ -294,6 +301,7 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
         batch_since: None,
         batch_tx,
         rng: crate::plc::sim::Rng::new(now_ms()),
+        own_commands: std::collections::VecDeque::new(),
     };
     crate::telemetry::systemd::ready("uplink started");
     tracing::info!(host = %rt.cfg.host.host_id, dry_run, "spb-uplink {} started", env!("CARGO_PKG_VERSION"));
@@ -343,6 +351,9 @@ struct Loop {
     batch_since: Option<Instant>,
     batch_tx: Vec<mpsc::UnboundedSender<Pending>>,
     rng: crate::plc::sim::Rng,
+    /// Commands this host published lately (ms, topic, payload): audited when
+    /// sent, so their echo from the broker is not audited again.
+    own_commands: std::collections::VecDeque<(u64, String, Vec<u8>)>,
 }
 
 impl Loop {
@@ -384,6 +395,18 @@ impl Loop {
                     self.stats.messages.fetch_add(1, Relaxed);
                     self.batch_since.get_or_insert_with(Instant::now);
                     self.batch.add_raw(&p.topic, &p.payload, now);
+                    if let Some(cmd) = session.inspect_command(&p.topic, &p.payload) {
+                        let echo = self
+                            .own_commands
+                            .iter()
+                            .position(|(_, t, b)| *t == p.topic && b[..] == p.payload[..]);
+                        match echo {
+                            Some(i) => {
+                                self.own_commands.remove(i);
+                            }
+                            None => self.audit(&cmd, now, "another MQTT client"),
+                        }
+                    }
                 }
                 let events = session.handle_message(now, &p.topic, &p.payload);
                 self.execute(session, events).await;
@@ -434,7 +457,22 @@ impl Loop {
                         }
                     }
                 }
-                HostEvent::Publish(p) => self.publish(p.clone()).await,
+                HostEvent::Publish(p) => {
+                    if let Some(cmd) = session.inspect_command(&p.topic, &p.payload) {
+                        let me = self.cfg.host.host_id.clone();
+                        self.audit(&cmd, now, &me);
+                        while self
+                            .own_commands
+                            .front()
+                            .is_some_and(|(t, ..)| now.saturating_sub(*t) > 60_000)
+                            || self.own_commands.len() >= 1_000
+                        {
+                            self.own_commands.pop_front();
+                        }
+                        self.own_commands.push_back((now, p.topic.clone(), p.payload.clone()));
+                    }
+                    self.publish(p.clone()).await
+                }
                 HostEvent::Disconnect => {
                     if let Some(c) = &self.client {
                         let _ = c.disconnect().await;
@@ -465,6 +503,21 @@ impl Loop {
             self.batch.add_event(&ev, now);
         }
         self.stats.online_nodes.store(session.online_nodes() as u64, Relaxed);
+    }
+
+    /// Records a command in `sp_command_audit`, with the log line an operator greps for.
+    fn audit(&mut self, cmd: &crate::sparkplug::host::CommandSeen, now: u64, requested_by: &str) {
+        for w in &cmd.writes {
+            match &w.verdict {
+                Ok(()) => tracing::info!(group = %cmd.group, node = %cmd.node, device = ?cmd.device,
+                    metric = %w.metric, value = ?w.value, %requested_by, "command"),
+                Err(why) => tracing::warn!(group = %cmd.group, node = %cmd.node, device = ?cmd.device,
+                    metric = %w.metric, value = ?w.value, %requested_by, reason = %why, "command an edge must refuse"),
+            }
+        }
+        self.stats.commands_audited.fetch_add(cmd.writes.len() as u64, Relaxed);
+        self.batch_since.get_or_insert_with(Instant::now);
+        self.batch.add_command(cmd, now, requested_by);
     }
 
     async fn publish(&self, p: crate::sparkplug::Publish) {
