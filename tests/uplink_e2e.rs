@@ -23,6 +23,15 @@ struct Uplink {
 
 impl Uplink {
     fn start(broker: u16, db_url: &str, extra_db: &str) -> Uplink {
+        Uplink::start_on(
+            &format!("[[mqtt.servers]]\nhost = \"127.0.0.1\"\nport = {broker}\n"),
+            db_url,
+            extra_db,
+        )
+    }
+
+    /// With its own `[[mqtt.servers]]` tables.
+    fn start_on(servers: &str, db_url: &str, extra_db: &str) -> Uplink {
         let dir = tempfile::tempdir().expect("tmp");
         let http = common::free_port();
         let cfg = dir.path().join("uplink.toml");
@@ -36,9 +45,7 @@ reorder_timeout = "1s"
 backoff_min = "100ms"
 backoff_max = "500ms"
 keepalive = "5s"
-[[mqtt.servers]]
-host = "127.0.0.1"
-port = {broker}
+{servers}
 [database]
 backend = "postgres"
 url = "{db_url}"
@@ -197,6 +204,52 @@ fn every_sample_lands_exactly_once_as_a_fact_even_when_the_gateway_replays_histo
         "rollups count each fact once"
     );
     assert!(q("SELECT count(*) FROM sp_event_raw WHERE kind = 'DDATA'") > 10);
+}
+
+#[test]
+fn the_uplink_fails_over_to_its_second_server_and_ingests_over_mutual_tls() {
+    let db = TestDb::new("e2e_tls");
+    let pki = common::Pki::generate();
+    let broker = Broker::start(Some(&pki));
+    let dead = common::free_port(); // nothing listens: the first server is down
+    let servers = format!(
+        "[[mqtt.servers]]\nhost = \"127.0.0.1\"\nport = {dead}\n\
+         [[mqtt.servers]]\nhost = \"127.0.0.1\"\nport = {}\n\
+         [mqtt.servers.tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nserver_name = \"localhost\"\n",
+        broker.tls_port.expect("mTLS listener"),
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key"),
+    );
+    let uplink = Uplink::start_on(&servers, &db.url(), "");
+    let ghttp = common::free_port();
+    let gw = Gateway::start(&gateway_config("U8", broker.port, ghttp), &[]);
+    uplink.wait_until("connected over mTLS", |u| u.metric("spb_uplink_connected") == 1.0);
+    uplink.wait_until("facts written", |u| u.metric("spb_uplink_facts_written_total") >= 50.0);
+    assert!(
+        uplink.log().contains("connection failed"),
+        "the dead first server was tried:\n{}",
+        uplink.log()
+    );
+    uplink.wait_until("a message rate", |u| u.metric("spb_uplink_messages_per_second") > 0.0);
+    for name in [
+        "spb_uplink_ingest_lag_seconds_count",
+        "spb_uplink_batch_seconds_count",
+        "spb_uplink_batches_total",
+        "spb_uplink_online_nodes",
+    ] {
+        assert!(uplink.metric(name) >= 1.0, "{name}");
+    }
+    for name in [
+        "spb_uplink_rebirths_requested_total",
+        "spb_uplink_sequence_errors_total",
+        "spb_uplink_quarantined_total",
+        "spb_uplink_database_errors_total",
+    ] {
+        assert_eq!(uplink.metric(name), 0.0, "{name}");
+    }
+    drop(gw);
+    assert!(db.query_i64("SELECT count(*) FROM sp_metric_fact WHERE group_id = 'U8' AND metric = 'Count'") >= 50);
 }
 
 #[test]

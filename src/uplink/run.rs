@@ -53,8 +53,38 @@ pub enum UplinkError {
     Signal(std::io::Error),
 }
 
-/// Upper bounds (seconds) of the ingest-lag histogram buckets.
+/// Upper bounds (seconds) of the ingest-lag and batch-duration histograms.
 const LAG_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0, 60.0];
+
+/// A Prometheus histogram over [`LAG_BUCKETS`].
+#[derive(Debug, Default)]
+struct Histogram {
+    counts: [AtomicU64; LAG_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = LAG_BUCKETS.iter().position(|b| s <= *b).unwrap_or(LAG_BUCKETS.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    fn write(&self, s: &mut String, name: &str, help: &str) {
+        use std::fmt::Write as _;
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cum = 0;
+        for (i, b) in LAG_BUCKETS.iter().enumerate() {
+            cum += self.counts[i].load(Relaxed);
+            let _ = writeln!(s, "{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        cum += self.counts[LAG_BUCKETS.len()].load(Relaxed);
+        let _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {cum}");
+        let _ = writeln!(s, "{name}_sum {}", self.sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(s, "{name}_count {cum}");
+    }
+}
 
 /// Counters and gauges for `/metrics` and `/ready`.
 #[derive(Debug, Default)]
@@ -76,17 +106,10 @@ pub struct Stats {
     pub connected: AtomicBool,
     pub db_ok: AtomicBool,
     pub declared_offline: AtomicBool,
-    lag: [AtomicU64; LAG_BUCKETS.len() + 1],
-    lag_sum_ms: AtomicU64,
-}
-
-impl Stats {
-    fn observe_lag(&self, lag: Duration) {
-        let s = lag.as_secs_f64();
-        let i = LAG_BUCKETS.iter().position(|b| s <= *b).unwrap_or(LAG_BUCKETS.len());
-        self.lag[i].fetch_add(1, Relaxed);
-        self.lag_sum_ms.fetch_add(lag.as_millis() as u64, Relaxed);
-    }
+    /// Messages received in the last whole second.
+    pub messages_per_second: AtomicU64,
+    lag: Histogram,
+    batch_time: Histogram,
 }
 
 impl Exposition for Stats {
@@ -222,20 +245,22 @@ impl Exposition for Stats {
             "gauge",
             self.declared_offline.load(Relaxed).into(),
         );
-        let name = "spb_uplink_ingest_lag_seconds";
-        let _ = writeln!(
-            s,
-            "# HELP {name} From a message's arrival to the commit of its rows.\n# TYPE {name} histogram"
+        g(
+            "spb_uplink_messages_per_second",
+            "Messages received in the last whole second.",
+            "gauge",
+            self.messages_per_second.load(Relaxed),
         );
-        let mut cum = 0;
-        for (i, b) in LAG_BUCKETS.iter().enumerate() {
-            cum += self.lag[i].load(Relaxed);
-            let _ = writeln!(s, "{name}_bucket{{le=\"{b}\"}} {cum}");
-        }
-        cum += self.lag[LAG_BUCKETS.len()].load(Relaxed);
-        let _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {cum}");
-        let _ = writeln!(s, "{name}_sum {}", self.lag_sum_ms.load(Relaxed) as f64 / 1000.0);
-        let _ = writeln!(s, "{name}_count {cum}");
+        self.lag.write(
+            &mut s,
+            "spb_uplink_ingest_lag_seconds",
+            "From a message's arrival to the commit of its rows.",
+        );
+        self.batch_time.write(
+            &mut s,
+            "spb_uplink_batch_seconds",
+            "Duration of each committed database transaction.",
+        );
         s
     }
 }
@@ -302,6 +327,7 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
         batch_tx,
         rng: crate::plc::sim::Rng::new(now_ms()),
         own_commands: std::collections::VecDeque::new(),
+        rate_window: (Instant::now(), 0),
     };
     crate::telemetry::systemd::ready("uplink started");
     tracing::info!(host = %rt.cfg.host.host_id, dry_run, "spb-uplink {} started", env!("CARGO_PKG_VERSION"));
@@ -354,6 +380,9 @@ struct Loop {
     /// Commands this host published lately (ms, topic, payload): audited when
     /// sent, so their echo from the broker is not audited again.
     own_commands: std::collections::VecDeque<(u64, String, Vec<u8>)>,
+    /// Start of the current one-second window of `messages_per_second`, and
+    /// the message count then.
+    rate_window: (Instant, u64),
 }
 
 impl Loop {
@@ -556,6 +585,13 @@ impl Loop {
     }
 
     async fn on_tick(&mut self, session: &mut HostSession) {
+        let (since, count) = self.rate_window;
+        if since.elapsed() >= Duration::from_secs(1) {
+            let now = self.stats.messages.load(Relaxed);
+            let rate = (now - count) as f64 / since.elapsed().as_secs_f64();
+            self.stats.messages_per_second.store(rate.round() as u64, Relaxed);
+            self.rate_window = (Instant::now(), now);
+        }
         let events = session.tick(now_ms());
         self.execute(session, events).await;
         if self
@@ -628,7 +664,8 @@ async fn writer<S: Sink>(db: DatabaseConfig, mut rx: mpsc::UnboundedReceiver<Pen
                         .fetch_add(batch.facts.len() as u64 - w.facts, Relaxed);
                     stats.raw_written.fetch_add(w.raw, Relaxed);
                     stats.last_batch_us.store(t.elapsed().as_micros() as u64, Relaxed);
-                    stats.observe_lag(oldest.elapsed());
+                    stats.batch_time.observe(t.elapsed());
+                    stats.lag.observe(oldest.elapsed());
                     stats.backlog_rows.fetch_sub(batch.len() as u64, Relaxed);
                     break;
                 }
