@@ -2,7 +2,9 @@
 //!
 //! `make bench-uplink` (= `cargo bench --features uplink --bench uplink_ingest`).
 //! 1. The sink alone: `PgSink::write` of batches of 20,000 facts (plus their
-//!    200 raw messages), into a fresh database: rows/s.
+//!    200 raw messages), built before the clock starts, into a fresh
+//!    database, from 1 and from 4 connections in parallel (the uplink's
+//!    default writer pool): rows/s. `SPB_BENCH_SINK_ONLY=1` stops there.
 //! 2. End to end at a fixed offered load: a private mosquitto, the release
 //!    uplink, and a load generator in this process: N edge nodes (one MQTT
 //!    connection each, our `EdgeSession`), 10 devices each, 100 Double
@@ -107,45 +109,75 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn sink_alone(rows: &mut Vec<String>) {
-    let db = common::pg::TestDb::new("bench_sink");
-    let url = db.url();
-    db.rt.block_on(async {
-        let mut sink = PgSink::connect(&url).await.expect("connect");
-        sink.migrate().await.expect("migrate");
-        let mut total = 0u64;
-        let t = Instant::now();
-        let base = now_ms();
-        for b in 0..25u64 {
-            let mut batch = Batch::default();
-            for msg in 0..200u64 {
-                let ts = base + b * 1000 + msg;
-                let metrics: Vec<Metric> = (0..100)
-                    .map(|m| Metric::new(format!("m{m}"), Value::Double(m as f64), ts))
-                    .collect();
-                batch.add_raw("spBv1.0/Bench/DDATA/n0/d0", &[0u8; 1200], ts);
-                batch.add_event(
-                    &spb::sparkplug::host::HostEvent::Data {
-                        group: "Bench".into(),
-                        node: "n0".into(),
-                        device: Some(format!("d{}", msg % 10)),
-                        seq: 0,
-                        timestamp: Some(ts),
-                        metrics,
-                    },
-                    ts,
-                );
-            }
-            total += sink.write(&batch).await.expect("write").facts;
-        }
-        let secs = t.elapsed().as_secs_f64();
-        let line = format!(
-            "| sink alone: 25 batches of 20,000 facts + 200 raw messages | {total} facts | {:.0} facts/s | | | | |",
-            total as f64 / secs
+/// One batch as the uplink builds it: 200 DDATA of 100 metrics (20,000 facts) of `node`.
+fn bench_batch(node: usize, b: u64, base: u64) -> Batch {
+    let mut batch = Batch::default();
+    for msg in 0..200u64 {
+        let ts = base + b * 1000 + msg;
+        let metrics: Vec<Metric> = (0..100)
+            .map(|m| Metric::new(format!("m{m}"), Value::Double(m as f64), ts))
+            .collect();
+        batch.add_raw(&format!("spBv1.0/Bench/DDATA/n{node}/d0"), &[0u8; 1200], ts);
+        batch.add_event(
+            &spb::sparkplug::host::HostEvent::Data {
+                group: "Bench".into(),
+                node: format!("n{node}"),
+                device: Some(format!("d{}", msg % 10)),
+                seq: 0,
+                timestamp: Some(ts),
+                metrics,
+            },
+            ts,
         );
-        println!("{line}");
-        rows.push(line);
+    }
+    batch
+}
+
+/// `writers` connections in parallel, as the uplink's writer pool, each
+/// committing its own nodes' batches (built before the clock starts).
+fn sink_alone(writers: usize, rows: &mut Vec<String>) {
+    let db = common::pg::TestDb::new(&format!("bench_sink{writers}"));
+    let url = db.url();
+    let per = 25 / writers.max(1) + usize::from(25 % writers.max(1) != 0);
+    let base = now_ms();
+    let work: Vec<Vec<Batch>> = (0..writers)
+        .map(|w| (0..per as u64).map(|b| bench_batch(w, b, base)).collect())
+        .collect();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let (total, secs) = rt.block_on(async {
+        let mut sinks = Vec::new();
+        for _ in 0..writers {
+            let mut s = PgSink::connect(&url).await.expect("connect");
+            s.migrate().await.expect("migrate");
+            sinks.push(s);
+        }
+        let t = Instant::now();
+        let tasks: Vec<_> = sinks
+            .into_iter()
+            .zip(work)
+            .map(|(mut s, batches)| {
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    for b in &batches {
+                        n += s.write(b).await.expect("write").facts;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.expect("writer");
+        }
+        (total, t.elapsed().as_secs_f64())
     });
+    let line = format!(
+        "| sink alone, {writers} writer(s): {} batches of 20,000 facts + 200 raw messages | {total} facts | {:.0} facts/s | | | | |",
+        per * writers,
+        total as f64 / secs
+    );
+    println!("{line}");
+    rows.push(line);
 }
 
 fn end_to_end(nodes: usize, rows: &mut Vec<String>) {
@@ -222,8 +254,13 @@ fn main() {
         return;
     }
     let mut rows = Vec::new();
-    sink_alone(&mut rows);
-    for nodes in [50, 200] {
+    for writers in [1, 4] {
+        sink_alone(writers, &mut rows);
+    }
+    for nodes in [50usize, 200]
+        .into_iter()
+        .filter(|_| std::env::var_os("SPB_BENCH_SINK_ONLY").is_none())
+    {
         end_to_end(nodes, &mut rows);
     }
     let table = format!(

@@ -29,18 +29,68 @@ fn data(values: &[(u64, f64)], historical: bool) -> HostEvent {
     }
 }
 
-const T0: u64 = 1_795_000_000_000; // a whole minute
+const T0: u64 = 1_795_000_000_000; // second 40 of its minute: T0 + 2 s share it
 
 #[test]
 fn migrations_apply_once_and_a_second_start_changes_nothing() {
     let db = TestDb::new("migr");
     db.rt.block_on(async {
         let mut s = PgSink::connect(&db.url()).await.expect("connect");
-        assert_eq!(s.migrate().await.expect("migrate"), 1);
+        assert_eq!(s.migrate().await.expect("migrate"), 2);
         let mut again = PgSink::connect(&db.url()).await.expect("connect");
-        assert_eq!(again.migrate().await.expect("migrate again"), 1);
+        assert_eq!(again.migrate().await.expect("migrate again"), 2);
     });
-    assert_eq!(db.query_i64("SELECT count(*) FROM sp_schema_migrations"), 1);
+    assert_eq!(db.query_i64("SELECT count(*) FROM sp_schema_migrations"), 2);
+}
+
+#[test]
+fn a_version_1_database_keeps_its_facts_and_rollups_through_the_series_id_migration() {
+    let db = TestDb::new("migr_v1");
+    db.rt.block_on(async {
+        // A database as the v1 uplink left it: one sample and its rollups.
+        let (c, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        let v1 = spb::uplink::postgres::MIGRATIONS[0];
+        assert_eq!(v1.0, 1);
+        c.batch_execute(&format!(
+            "SET TIME ZONE 'UTC';
+             CREATE TABLE sp_schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());
+             {}
+             INSERT INTO sp_schema_migrations (version) VALUES (1);
+             INSERT INTO sp_metric_fact (group_id, node_id, device_id, metric, ts, datatype, v_float, quality, is_historical)
+                 VALUES ('G', 'N', 'D', 'Temp', to_timestamp({t0}), 10, 1.0, 192, false);
+             INSERT INTO sp_metric_rollup VALUES
+                 ('minute', date_trunc('minute', to_timestamp({t0})), 'G', 'N', 'D', 'Temp', 1, 1.0, 1.0, 1.0, 1.0, to_timestamp({t0})),
+                 ('hour', date_trunc('hour', to_timestamp({t0})), 'G', 'N', 'D', 'Temp', 1, 1.0, 1.0, 1.0, 1.0, to_timestamp({t0})),
+                 ('day', date_trunc('day', to_timestamp({t0})), 'G', 'N', 'D', 'Temp', 1, 1.0, 1.0, 1.0, 1.0, to_timestamp({t0}));",
+            v1.1,
+            t0 = T0 / 1000
+        ))
+        .await
+        .expect("v1 schema and rows");
+        let mut s = PgSink::connect(&db.url()).await.expect("connect");
+        assert_eq!(s.migrate().await.expect("migrate"), 2);
+        // The gateway replays the old sample and sends one more.
+        let mut b = Batch::default();
+        b.add_event(&data(&[(T0, 1.0), (T0 + 1000, 3.0)], true), T0 + 5000);
+        assert_eq!(s.write(&b).await.expect("write").facts, 1, "the v1 fact is known after the migration");
+    });
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sp_metric_fact WHERE group_id = 'G' AND metric = 'Temp'"),
+        2
+    );
+    assert_eq!(db.query_i64("SELECT count(*) FROM sp_series"), 1, "one series, reused");
+    assert_eq!(
+        db.query_i64("SELECT count FROM sp_metric_rollup WHERE bucket_size = 'minute' AND metric = 'Temp'"),
+        2,
+        "the v1 rollup continued"
+    );
+    assert_eq!(
+        db.query_i64("SELECT (sum * 10)::bigint FROM sp_metric_rollup WHERE bucket_size = 'day'"),
+        40
+    );
 }
 
 #[test]

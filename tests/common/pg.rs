@@ -64,7 +64,10 @@ fn query_i64(rt: &tokio::runtime::Runtime, url: &str, sql: &str) -> i64 {
             .await
             .expect("connect");
         tokio::spawn(conn);
-        c.query_one(sql, &[]).await.expect("query").get(0)
+        c.query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
     })
 }
 
