@@ -185,3 +185,104 @@ fn node_state_follows_births_and_deaths_and_garbage_is_quarantined() {
         1
     );
 }
+
+/// Facts of every kind over two minutes, two hours and two days, as `historical`.
+fn mixed_batch(historical: bool) -> Batch {
+    let mut b = Batch::default();
+    let day = 86_400_000;
+    for (i, ts) in [T0, T0 + 1, T0 + 30_000, T0 + 3_600_000, T0 + day, T0 + day + 5]
+        .into_iter()
+        .enumerate()
+    {
+        let i = i as i32;
+        let mut metrics = vec![
+            Metric::new("f", Value::Double(f64::from(i) * 1.5 - 2.0), ts),
+            Metric::new("i", Value::Int32(10 - i), ts),
+            Metric::new("b", Value::Boolean(i % 2 == 0), ts),
+            Metric::new("s", Value::String(format!("v{i}")), ts),
+        ];
+        if i == 2 {
+            metrics.push(Metric::new("f", Value::Double(f64::NAN), ts + 2));
+        }
+        for m in &mut metrics {
+            m.is_historical = historical;
+        }
+        b.add_event(
+            &HostEvent::Data {
+                group: "G".into(),
+                node: "N".into(),
+                device: Some("D".into()),
+                seq: 1,
+                timestamp: Some(ts),
+                metrics,
+            },
+            ts,
+        );
+    }
+    b
+}
+
+const ROLLUPS: &str =
+    "SELECT string_agg(concat_ws(',', bucket_size, bucket, metric, count, min, max, sum, last, last_ts), ';'
+     ORDER BY bucket_size, metric, bucket) FROM sp_metric_rollup";
+const FACTS: &str =
+    "SELECT string_agg(concat_ws(',', metric, ts, datatype, v_int, v_float, v_bool, v_text, quality), ';'
+     ORDER BY metric, ts) FROM sp_metric_fact";
+
+#[test]
+fn live_facts_copied_directly_and_replays_merged_give_the_same_facts_and_rollups() {
+    let direct = TestDb::new("path_direct");
+    let merged = TestDb::new("path_merge");
+    for (db, historical) in [(&direct, false), (&merged, true)] {
+        db.rt.block_on(async {
+            let mut s = PgSink::connect(&db.url()).await.expect("connect");
+            s.migrate().await.expect("migrate");
+            let w = s.write(&mixed_batch(historical)).await.expect("write");
+            assert_eq!(w.facts, 25);
+        });
+    }
+    let rollups = direct.query_text(ROLLUPS);
+    assert_eq!(
+        rollups,
+        merged.query_text(ROLLUPS),
+        "rollups computed here = rollups computed by SQL"
+    );
+    assert!(rollups.contains("minute"), "{rollups}");
+    assert_eq!(
+        direct.query_text(FACTS).replace(",t,", ",f,"),
+        merged.query_text(FACTS).replace(",t,", ",f,"),
+        "the same facts"
+    );
+    assert_eq!(
+        direct.query_i64("SELECT count(*) FROM sp_metric_rollup WHERE max = 'NaN'"),
+        3,
+        "NaN as PostgreSQL orders it: its minute, hour and day"
+    );
+}
+
+#[test]
+fn a_live_batch_holding_an_already_stored_sample_falls_back_and_writes_each_once() {
+    let db = TestDb::new("live_dup");
+    db.rt.block_on(async {
+        let mut s = PgSink::connect(&db.url()).await.expect("connect");
+        s.migrate().await.expect("migrate");
+        let mut first = Batch::default();
+        first.add_event(&data(&[(T0, 1.0), (T0 + 1000, 3.0)], false), T0 + 1000);
+        assert_eq!(s.write(&first).await.expect("write").facts, 2);
+        // A QoS 1 redelivery of the second sample, live, with a new one.
+        let mut again = Batch::default();
+        again.add_event(&data(&[(T0 + 1000, 3.0), (T0 + 2000, 5.0)], false), T0 + 2000);
+        again.add_event(&data(&[(T0 + 2000, 5.0)], false), T0 + 2000);
+        assert_eq!(s.write(&again).await.expect("write").facts, 1, "only the new sample");
+    });
+    assert_eq!(db.query_i64("SELECT count(*) FROM sp_metric_fact"), 3);
+    assert_eq!(
+        db.query_i64("SELECT count FROM sp_metric_rollup WHERE bucket_size = 'day'"),
+        3,
+        "each sample counted once"
+    );
+    assert_eq!(
+        db.query_i64("SELECT last::bigint FROM sp_metric_rollup WHERE bucket_size = 'minute'"),
+        5
+    );
+}

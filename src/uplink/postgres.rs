@@ -189,9 +189,23 @@ CREATE VIEW sp_metric_rollup AS
     ),
 ];
 
+/// How a batch's rollup rows add to the stored ones (both write paths).
+macro_rules! rollup_upsert {
+    () => {
+        "ON CONFLICT (bucket_size, series_id, bucket) DO UPDATE SET
+        count = r.count + EXCLUDED.count,
+        min = least(r.min, EXCLUDED.min),
+        max = greatest(r.max, EXCLUDED.max),
+        sum = r.sum + EXCLUDED.sum,
+        last = CASE WHEN EXCLUDED.last_ts >= r.last_ts THEN EXCLUDED.last ELSE r.last END,
+        last_ts = greatest(r.last_ts, EXCLUDED.last_ts)"
+    };
+}
+
 /// Staged facts → `sp_series_fact` (new keys only) → the minute/hour/day
 /// rollups of exactly the rows inserted; returns how many were new.
-const INSERT_FACTS: &str = "WITH ins AS (
+const INSERT_FACTS: &str = concat!(
+    "WITH ins AS (
     INSERT INTO sp_series_fact (series_id, ts, datatype, v_int, v_float, v_bool, v_text, v_bytes, quality, is_historical)
     SELECT series_id, ts, datatype, v_int, v_float, v_bool, v_text, v_bytes, quality, is_historical
     FROM sp_fact_stage
@@ -214,15 +228,10 @@ const INSERT_FACTS: &str = "WITH ins AS (
 ), roll AS (
     INSERT INTO sp_series_rollup AS r (bucket_size, series_id, bucket, count, min, max, sum, last, last_ts)
     SELECT * FROM d
-    ON CONFLICT (bucket_size, series_id, bucket) DO UPDATE SET
-        count = r.count + EXCLUDED.count,
-        min = least(r.min, EXCLUDED.min),
-        max = greatest(r.max, EXCLUDED.max),
-        sum = r.sum + EXCLUDED.sum,
-        last = CASE WHEN EXCLUDED.last_ts >= r.last_ts THEN EXCLUDED.last ELSE r.last END,
-        last_ts = greatest(r.last_ts, EXCLUDED.last_ts)
+    ", rollup_upsert!(), "
 )
-SELECT count(*) FROM ins";
+SELECT count(*) FROM ins"
+);
 
 /// Resolves (group, node, device, metric) → `sp_series.series_id`, creating
 /// the missing ones; returns every asked key that exists afterwards.
@@ -423,54 +432,40 @@ impl PgSink {
             out.raw = w.finish().await?;
         }
         if !b.facts.is_empty() {
-            tx.batch_execute(
-                "CREATE TEMP TABLE IF NOT EXISTS sp_fact_stage (
-                    series_id bigint, ts timestamptz, datatype smallint, v_int bigint,
-                    v_float double precision, v_bool boolean, v_text text, v_bytes bytea,
-                    quality integer, is_historical boolean
-                 ) ON COMMIT DELETE ROWS",
-            )
-            .await?;
-            let sink = tx
-                .copy_in(
-                    "COPY sp_fact_stage (series_id, ts, datatype, v_int, v_float, v_bool, v_text, v_bytes, quality, is_historical) FROM STDIN BINARY",
+            // Live facts are new but for a rare QoS 1 redelivery: COPY them
+            // straight into the table (no conflict check per row, rollups
+            // aggregated here). A duplicate makes the COPY fail; then, and
+            // for replays (historical), the staging + ON CONFLICT path.
+            let direct = !b.facts.iter().any(|f| f.is_historical);
+            let mut done = false;
+            if direct {
+                tx.batch_execute("SAVEPOINT direct").await?;
+                match copy_facts(&tx, "sp_series_fact", &b.facts, &ids).await {
+                    Ok(()) => {
+                        tx.batch_execute("RELEASE SAVEPOINT direct").await?;
+                        write_rollups(&tx, &rollups(&b.facts, &ids)).await?;
+                        out.facts = b.facts.len() as u64;
+                        done = true;
+                    }
+                    Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                        tx.batch_execute("ROLLBACK TO SAVEPOINT direct").await?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !done {
+                tx.batch_execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS sp_fact_stage (
+                        series_id bigint, ts timestamptz, datatype smallint, v_int bigint,
+                        v_float double precision, v_bool boolean, v_text text, v_bytes bytea,
+                        quality integer, is_historical boolean
+                     ) ON COMMIT DELETE ROWS",
                 )
                 .await?;
-            let w = BinaryCopyInWriter::new(
-                sink,
-                &[
-                    Type::INT8,
-                    Type::TIMESTAMPTZ,
-                    Type::INT2,
-                    Type::INT8,
-                    Type::FLOAT8,
-                    Type::BOOL,
-                    Type::TEXT,
-                    Type::BYTEA,
-                    Type::INT4,
-                    Type::BOOL,
-                ],
-            );
-            futures_util::pin_mut!(w);
-            for (f, id) in b.facts.iter().zip(&ids) {
-                let ts = at(f.ts_ms);
-                let row: [&(dyn ToSql + Sync); 10] = [
-                    id,
-                    &ts,
-                    &f.datatype,
-                    &f.v_int,
-                    &f.v_float,
-                    &f.v_bool,
-                    &f.v_text,
-                    &f.v_bytes,
-                    &f.quality,
-                    &f.is_historical,
-                ];
-                w.as_mut().write(&row).await?;
+                copy_facts(&tx, "sp_fact_stage", &b.facts, &ids).await?;
+                let inserted: i64 = tx.query_one(INSERT_FACTS, &[]).await?.get(0);
+                out.facts = inserted as u64;
             }
-            w.finish().await?;
-            let inserted: i64 = tx.query_one(INSERT_FACTS, &[]).await?.get(0);
-            out.facts = inserted as u64;
         }
         if !b.catalog.is_empty() {
             let stmt = tx
@@ -544,6 +539,167 @@ impl PgSink {
         tx.commit().await?;
         Ok(out)
     }
+}
+
+/// Binary COPY of facts (with their series ids) into `table`.
+async fn copy_facts(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    facts: &[FactRow],
+    ids: &[i64],
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {table} (series_id, ts, datatype, v_int, v_float, v_bool, v_text, v_bytes, quality, is_historical) FROM STDIN BINARY"
+        ))
+        .await?;
+    let w = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::INT8,
+            Type::TIMESTAMPTZ,
+            Type::INT2,
+            Type::INT8,
+            Type::FLOAT8,
+            Type::BOOL,
+            Type::TEXT,
+            Type::BYTEA,
+            Type::INT4,
+            Type::BOOL,
+        ],
+    );
+    futures_util::pin_mut!(w);
+    for (f, id) in facts.iter().zip(ids) {
+        let ts = at(f.ts_ms);
+        let row: [&(dyn ToSql + Sync); 10] = [
+            id,
+            &ts,
+            &f.datatype,
+            &f.v_int,
+            &f.v_float,
+            &f.v_bool,
+            &f.v_text,
+            &f.v_bytes,
+            &f.quality,
+            &f.is_historical,
+        ];
+        w.as_mut().write(&row).await?;
+    }
+    w.finish().await?;
+    Ok(())
+}
+
+/// One rollup row's worth of facts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Agg {
+    pub count: i64,
+    pub min: f64,
+    pub max: f64,
+    pub sum: f64,
+    pub last: f64,
+    pub last_ts: i64,
+}
+
+/// PostgreSQL's order for float8 aggregates: NaN above every number.
+fn pg_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+fn pg_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() {
+        b
+    } else if b.is_nan() {
+        a
+    } else {
+        a.min(b)
+    }
+}
+
+/// Bucket sizes and their length in ms (UTC, as the session's `date_trunc`).
+const BUCKETS: [(&str, i64); 3] = [("minute", 60_000), ("hour", 3_600_000), ("day", 86_400_000)];
+
+/// The minute/hour/day rollups of `facts` (numeric values only), keyed by
+/// (bucket size, series id, bucket start in ms): what `INSERT_FACTS` computes
+/// in SQL, computed here for facts known to be all new.
+pub fn rollups(facts: &[FactRow], ids: &[i64]) -> std::collections::HashMap<(&'static str, i64, i64), Agg> {
+    let mut out: std::collections::HashMap<(&'static str, i64, i64), Agg> = std::collections::HashMap::new();
+    for (f, id) in facts.iter().zip(ids) {
+        let Some(v) = f.numeric() else { continue };
+        for (size, len) in BUCKETS {
+            let bucket = f.ts_ms - f.ts_ms.rem_euclid(len);
+            out.entry((size, *id, bucket))
+                .and_modify(|a| {
+                    a.count += 1;
+                    a.min = pg_min(a.min, v);
+                    a.max = pg_max(a.max, v);
+                    a.sum += v;
+                    if f.ts_ms >= a.last_ts {
+                        a.last = v;
+                        a.last_ts = f.ts_ms;
+                    }
+                })
+                .or_insert(Agg {
+                    count: 1,
+                    min: v,
+                    max: v,
+                    sum: v,
+                    last: v,
+                    last_ts: f.ts_ms,
+                });
+        }
+    }
+    out
+}
+
+/// Adds rollup rows to `sp_series_rollup` (binary COPY to a staging table, one upsert).
+async fn write_rollups(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: &std::collections::HashMap<(&'static str, i64, i64), Agg>,
+) -> Result<(), tokio_postgres::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    tx.batch_execute(
+        "CREATE TEMP TABLE IF NOT EXISTS sp_rollup_stage (
+            bucket_size text, series_id bigint, bucket timestamptz, count bigint, min double precision,
+            max double precision, sum double precision, last double precision, last_ts timestamptz
+         ) ON COMMIT DELETE ROWS",
+    )
+    .await?;
+    let sink = tx
+        .copy_in("COPY sp_rollup_stage (bucket_size, series_id, bucket, count, min, max, sum, last, last_ts) FROM STDIN BINARY")
+        .await?;
+    let w = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::TEXT,
+            Type::INT8,
+            Type::TIMESTAMPTZ,
+            Type::INT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::TIMESTAMPTZ,
+        ],
+    );
+    futures_util::pin_mut!(w);
+    for ((size, id, bucket), a) in rows {
+        let (bucket, last_ts) = (at(*bucket), at(a.last_ts));
+        let row: [&(dyn ToSql + Sync); 9] = [size, id, &bucket, &a.count, &a.min, &a.max, &a.sum, &a.last, &last_ts];
+        w.as_mut().write(&row).await?;
+    }
+    w.finish().await?;
+    tx.batch_execute(concat!(
+        "INSERT INTO sp_series_rollup AS r (bucket_size, series_id, bucket, count, min, max, sum, last, last_ts)
+         SELECT * FROM sp_rollup_stage ",
+        rollup_upsert!()
+    ))
+    .await
 }
 
 impl Sink for PgSink {

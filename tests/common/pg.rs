@@ -103,6 +103,21 @@ impl TestDb {
     pub fn query_i64(&self, sql: &str) -> i64 {
         query_i64(&self.rt, &self.url(), sql)
     }
+
+    /// One text value (e.g. a `string_agg` of a whole table, to compare tables).
+    pub fn query_text(&self, sql: &str) -> String {
+        self.rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(conn);
+            c.query_one(sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .get::<_, Option<String>>(0)
+                .unwrap_or_default()
+        })
+    }
 }
 
 impl Drop for TestDb {
