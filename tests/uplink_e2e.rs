@@ -50,6 +50,7 @@ keepalive = "5s"
 backend = "postgres"
 url = "{db_url}"
 batch_max_latency = "50ms"
+rollup_interval = "100ms"
 {extra_db}
 [telemetry]
 listen = "127.0.0.1:{http}"
@@ -170,6 +171,9 @@ fn every_sample_lands_exactly_once_as_a_fact_even_when_the_gateway_replays_histo
     assert!(gw.wait_exit(T).success(), "{}", gw.log());
     uplink.wait_until("the backlog is written", |u| {
         u.metric("spb_uplink_backlog_rows") == 0.0 && u.metric("spb_uplink_online_nodes") == 0.0
+    });
+    uplink.wait_until("the rollups are folded", |_| {
+        db.query_i64("SELECT count(*) FROM sp_rollup_pending") == 0
     });
     std::thread::sleep(Duration::from_millis(300));
     let q = |sql: &str| db.query_i64(sql);

@@ -36,11 +36,11 @@ fn migrations_apply_once_and_a_second_start_changes_nothing() {
     let db = TestDb::new("migr");
     db.rt.block_on(async {
         let mut s = PgSink::connect(&db.url()).await.expect("connect");
-        assert_eq!(s.migrate().await.expect("migrate"), 2);
+        assert_eq!(s.migrate().await.expect("migrate"), 3);
         let mut again = PgSink::connect(&db.url()).await.expect("connect");
-        assert_eq!(again.migrate().await.expect("migrate again"), 2);
+        assert_eq!(again.migrate().await.expect("migrate again"), 3);
     });
-    assert_eq!(db.query_i64("SELECT count(*) FROM sp_schema_migrations"), 2);
+    assert_eq!(db.query_i64("SELECT count(*) FROM sp_schema_migrations"), 3);
 }
 
 #[test]
@@ -71,11 +71,12 @@ fn a_version_1_database_keeps_its_facts_and_rollups_through_the_series_id_migrat
         .await
         .expect("v1 schema and rows");
         let mut s = PgSink::connect(&db.url()).await.expect("connect");
-        assert_eq!(s.migrate().await.expect("migrate"), 2);
+        assert_eq!(s.migrate().await.expect("migrate"), 3);
         // The gateway replays the old sample and sends one more.
         let mut b = Batch::default();
         b.add_event(&data(&[(T0, 1.0), (T0 + 1000, 3.0)], true), T0 + 5000);
         assert_eq!(s.write(&b).await.expect("write").facts, 1, "the v1 fact is known after the migration");
+        assert_eq!(s.fold().await.expect("fold"), 1);
     });
     assert_eq!(
         db.query_i64("SELECT count(*) FROM sp_metric_fact WHERE group_id = 'G' AND metric = 'Temp'"),
@@ -103,13 +104,17 @@ fn a_replayed_sample_is_written_once_and_counted_once_in_the_rollups() {
         live.add_event(&data(&[(T0, 1.0), (T0 + 1000, 3.0)], false), T0 + 1000);
         let w = s.write(&live).await.expect("write");
         assert_eq!(w.facts, 2);
+        assert_eq!(s.fold().await.expect("fold"), 2);
         // The gateway replays the same samples as historical, plus one more.
         let mut replay = Batch::default();
         replay.add_event(&data(&[(T0, 1.0), (T0 + 1000, 3.0), (T0 + 2000, 5.0)], true), T0 + 5000);
         replay.add_event(&data(&[(T0 + 2000, 5.0)], true), T0 + 5000); // a duplicate within the batch
         let w = s.write(&replay).await.expect("write");
         assert_eq!(w.facts, 1, "only the new sample is inserted");
+        assert_eq!(s.fold().await.expect("fold"), 1, "only the new sample is folded");
+        assert_eq!(s.fold().await.expect("fold"), 0, "a second fold finds nothing");
     });
+    assert_eq!(db.query_i64("SELECT count(*) FROM sp_rollup_pending"), 0);
     assert_eq!(db.query_i64("SELECT count(*) FROM sp_metric_fact"), 3);
     assert_eq!(
         db.query_i64("SELECT count FROM sp_metric_rollup WHERE bucket_size = 'minute'"),
@@ -230,7 +235,7 @@ const FACTS: &str =
      ORDER BY metric, ts) FROM sp_metric_fact";
 
 #[test]
-fn live_facts_copied_directly_and_replays_merged_give_the_same_facts_and_rollups() {
+fn live_facts_copied_directly_and_replays_merged_give_the_same_facts_and_folded_rollups() {
     let direct = TestDb::new("path_direct");
     let merged = TestDb::new("path_merge");
     for (db, historical) in [(&direct, false), (&merged, true)] {
@@ -239,14 +244,15 @@ fn live_facts_copied_directly_and_replays_merged_give_the_same_facts_and_rollups
             s.migrate().await.expect("migrate");
             let w = s.write(&mixed_batch(historical)).await.expect("write");
             assert_eq!(w.facts, 25);
+            assert_eq!(
+                s.fold().await.expect("fold"),
+                13,
+                "the numeric facts (f and i, one NaN)"
+            );
         });
     }
     let rollups = direct.query_text(ROLLUPS);
-    assert_eq!(
-        rollups,
-        merged.query_text(ROLLUPS),
-        "rollups computed here = rollups computed by SQL"
-    );
+    assert_eq!(rollups, merged.query_text(ROLLUPS), "the same rollups from either path");
     assert!(rollups.contains("minute"), "{rollups}");
     assert_eq!(
         direct.query_text(FACTS).replace(",t,", ",f,"),
@@ -274,6 +280,7 @@ fn a_live_batch_holding_an_already_stored_sample_falls_back_and_writes_each_once
         again.add_event(&data(&[(T0 + 1000, 3.0), (T0 + 2000, 5.0)], false), T0 + 2000);
         again.add_event(&data(&[(T0 + 2000, 5.0)], false), T0 + 2000);
         assert_eq!(s.write(&again).await.expect("write").facts, 1, "only the new sample");
+        assert_eq!(s.fold().await.expect("fold"), 3);
     });
     assert_eq!(db.query_i64("SELECT count(*) FROM sp_metric_fact"), 3);
     assert_eq!(

@@ -55,6 +55,9 @@ pub struct DatabaseConfig {
     pub offline_after_rows: usize,
     /// Database connections writing in parallel (each edge node on one).
     pub writers: usize,
+    /// How often the rollups are brought up to date (PostgreSQL folds its
+    /// pending log; SQL Server keeps them current in every write).
+    pub rollup_interval: Duration,
 }
 
 /// The whole uplink configuration.
@@ -162,6 +165,7 @@ fn read_database(t: &Table) -> Option<DatabaseConfig> {
         backlog_max_rows: t.int_in("backlog_max_rows", 500_000, 1_000..=100_000_000) as usize,
         offline_after_rows: t.int_in("offline_after_rows", 100_000, 1..=100_000_000) as usize,
         writers: t.int_in("writers", 4, 1..=64) as usize,
+        rollup_interval: t.duration_or("rollup_interval", Duration::from_secs(5)),
     };
     if d.offline_after_rows > d.backlog_max_rows {
         t.invalid(
@@ -177,6 +181,7 @@ fn read_database(t: &Table) -> Option<DatabaseConfig> {
         "backlog_max_rows",
         "offline_after_rows",
         "writers",
+        "rollup_interval",
     ]);
     Some(d)
 }

@@ -595,6 +595,11 @@ impl Sink for MssqlSink {
         MssqlSink::write(self, b).await
     }
 
+    async fn fold(&mut self) -> Result<u64, MssqlError> {
+        // This backend's MERGE maintains the rollups in the write itself.
+        Ok(0)
+    }
+
     fn is_closed(&self) -> bool {
         // tiberius notices a dead socket on the next request; the writer
         // drops the sink after any error, so a failed one is never reused.

@@ -187,37 +187,44 @@ CREATE VIEW sp_metric_rollup AS
     FROM sp_series_rollup r JOIN sp_series s USING (series_id);
 "#,
     ),
+    (
+        // v3: rollups leave the write path. Each new numeric fact also goes
+        // to this unindexed log, in the same transaction; `fold` aggregates
+        // the log into sp_series_rollup and empties it, in one transaction,
+        // so rollups are exact once folded (at most `rollup_interval` behind).
+        3,
+        r#"
+CREATE TABLE sp_rollup_pending (
+    series_id bigint NOT NULL,
+    ts timestamptz NOT NULL,
+    v double precision NOT NULL
+);
+"#,
+    ),
 ];
 
-/// How a batch's rollup rows add to the stored ones (both write paths).
-macro_rules! rollup_upsert {
-    () => {
-        "ON CONFLICT (bucket_size, series_id, bucket) DO UPDATE SET
-        count = r.count + EXCLUDED.count,
-        min = least(r.min, EXCLUDED.min),
-        max = greatest(r.max, EXCLUDED.max),
-        sum = r.sum + EXCLUDED.sum,
-        last = CASE WHEN EXCLUDED.last_ts >= r.last_ts THEN EXCLUDED.last ELSE r.last END,
-        last_ts = greatest(r.last_ts, EXCLUDED.last_ts)"
-    };
-}
-
-/// Staged facts → `sp_series_fact` (new keys only) → the minute/hour/day
-/// rollups of exactly the rows inserted; returns how many were new.
-const INSERT_FACTS: &str = concat!(
-    "WITH ins AS (
+/// Staged facts → `sp_series_fact` (new keys only), and the numeric ones
+/// among those inserted to `sp_rollup_pending`; returns how many were new.
+const INSERT_FACTS: &str = "WITH ins AS (
     INSERT INTO sp_series_fact (series_id, ts, datatype, v_int, v_float, v_bool, v_text, v_bytes, quality, is_historical)
     SELECT series_id, ts, datatype, v_int, v_float, v_bool, v_text, v_bytes, quality, is_historical
     FROM sp_fact_stage
     ON CONFLICT DO NOTHING
     RETURNING series_id, ts, coalesce(v_float, v_int::double precision) AS v
+), pending AS (
+    INSERT INTO sp_rollup_pending (series_id, ts, v) SELECT series_id, ts, v FROM ins WHERE v IS NOT NULL
+)
+SELECT count(*) FROM ins";
+
+/// `sp_rollup_pending` → minute/hour/day rows of `sp_series_rollup`, and
+/// empty; returns how many facts were folded in.
+const FOLD_ROLLUPS: &str = "WITH p AS (
+    DELETE FROM sp_rollup_pending RETURNING series_id, ts, v
 ), m AS (
-    -- The batch's minute buckets first; hours and days are built from
-    -- these few rows, not from every fact again.
+    -- Minute buckets first; hours and days are built from these rows.
     SELECT series_id, date_trunc('minute', ts) AS bucket, count(*) AS count, min(v) AS min,
            max(v) AS max, sum(v) AS sum, (array_agg(v ORDER BY ts DESC))[1] AS last, max(ts) AS last_ts
-    FROM ins WHERE v IS NOT NULL
-    GROUP BY 1, 2
+    FROM p GROUP BY 1, 2
 ), d AS (
     SELECT 'minute' AS size, series_id, bucket, count, min, max, sum, last, last_ts FROM m
     UNION ALL
@@ -227,11 +234,16 @@ const INSERT_FACTS: &str = concat!(
     GROUP BY 1, 2, 3
 ), roll AS (
     INSERT INTO sp_series_rollup AS r (bucket_size, series_id, bucket, count, min, max, sum, last, last_ts)
-    SELECT * FROM d
-    ", rollup_upsert!(), "
+    SELECT * FROM d ORDER BY 1, 2, 3
+    ON CONFLICT (bucket_size, series_id, bucket) DO UPDATE SET
+        count = r.count + EXCLUDED.count,
+        min = least(r.min, EXCLUDED.min),
+        max = greatest(r.max, EXCLUDED.max),
+        sum = r.sum + EXCLUDED.sum,
+        last = CASE WHEN EXCLUDED.last_ts >= r.last_ts THEN EXCLUDED.last ELSE r.last END,
+        last_ts = greatest(r.last_ts, EXCLUDED.last_ts)
 )
-SELECT count(*) FROM ins"
-);
+SELECT count(*) FROM p";
 
 /// Resolves (group, node, device, metric) → `sp_series.series_id`, creating
 /// the missing ones; returns every asked key that exists afterwards.
@@ -401,6 +413,23 @@ impl PgSink {
         Ok(ids.into_iter().map(|id| id.expect("resolved above")).collect())
     }
 
+    /// Folds `sp_rollup_pending` into the rollups (one transaction; skipped
+    /// while another connection folds); returns the facts folded in.
+    pub async fn fold(&mut self) -> Result<u64, PgError> {
+        let tx = self.client.transaction().await?;
+        // Key: "spbfold" in ASCII.
+        let mine: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock(32483054420946020)", &[])
+            .await?
+            .get(0);
+        if !mine {
+            return Ok(0);
+        }
+        let n: i64 = tx.query_one(FOLD_ROLLUPS, &[]).await?.get(0);
+        tx.commit().await?;
+        Ok(n as u64)
+    }
+
     /// Writes a batch in one transaction.
     pub async fn write(&mut self, b: &Batch) -> Result<Written, PgError> {
         let mut out = Written::default();
@@ -433,9 +462,9 @@ impl PgSink {
         }
         if !b.facts.is_empty() {
             // Live facts are new but for a rare QoS 1 redelivery: COPY them
-            // straight into the table (no conflict check per row, rollups
-            // aggregated here). A duplicate makes the COPY fail; then, and
-            // for replays (historical), the staging + ON CONFLICT path.
+            // straight into the table (no conflict check per row). A
+            // duplicate makes the COPY fail; then, and for replays
+            // (historical), the staging + ON CONFLICT path.
             let direct = !b.facts.iter().any(|f| f.is_historical);
             let mut done = false;
             if direct {
@@ -443,7 +472,7 @@ impl PgSink {
                 match copy_facts(&tx, "sp_series_fact", &b.facts, &ids).await {
                     Ok(()) => {
                         tx.batch_execute("RELEASE SAVEPOINT direct").await?;
-                        write_rollups(&tx, &rollups(&b.facts, &ids)).await?;
+                        copy_pending(&tx, &b.facts, &ids).await?;
                         out.facts = b.facts.len() as u64;
                         done = true;
                     }
@@ -589,117 +618,26 @@ async fn copy_facts(
     Ok(())
 }
 
-/// One rollup row's worth of facts.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Agg {
-    pub count: i64,
-    pub min: f64,
-    pub max: f64,
-    pub sum: f64,
-    pub last: f64,
-    pub last_ts: i64,
-}
-
-/// PostgreSQL's order for float8 aggregates: NaN above every number.
-fn pg_max(a: f64, b: f64) -> f64 {
-    if a.is_nan() || b.is_nan() {
-        f64::NAN
-    } else {
-        a.max(b)
-    }
-}
-
-fn pg_min(a: f64, b: f64) -> f64 {
-    if a.is_nan() {
-        b
-    } else if b.is_nan() {
-        a
-    } else {
-        a.min(b)
-    }
-}
-
-/// Bucket sizes and their length in ms (UTC, as the session's `date_trunc`).
-const BUCKETS: [(&str, i64); 3] = [("minute", 60_000), ("hour", 3_600_000), ("day", 86_400_000)];
-
-/// The minute/hour/day rollups of `facts` (numeric values only), keyed by
-/// (bucket size, series id, bucket start in ms): what `INSERT_FACTS` computes
-/// in SQL, computed here for facts known to be all new.
-pub fn rollups(facts: &[FactRow], ids: &[i64]) -> std::collections::HashMap<(&'static str, i64, i64), Agg> {
-    let mut out: std::collections::HashMap<(&'static str, i64, i64), Agg> = std::collections::HashMap::new();
+/// Binary COPY of the numeric facts' (series, ts, value) into `sp_rollup_pending`.
+async fn copy_pending(
+    tx: &tokio_postgres::Transaction<'_>,
+    facts: &[FactRow],
+    ids: &[i64],
+) -> Result<(), tokio_postgres::Error> {
+    let sink = tx
+        .copy_in("COPY sp_rollup_pending (series_id, ts, v) FROM STDIN BINARY")
+        .await?;
+    let w = BinaryCopyInWriter::new(sink, &[Type::INT8, Type::TIMESTAMPTZ, Type::FLOAT8]);
+    futures_util::pin_mut!(w);
     for (f, id) in facts.iter().zip(ids) {
-        let Some(v) = f.numeric() else { continue };
-        for (size, len) in BUCKETS {
-            let bucket = f.ts_ms - f.ts_ms.rem_euclid(len);
-            out.entry((size, *id, bucket))
-                .and_modify(|a| {
-                    a.count += 1;
-                    a.min = pg_min(a.min, v);
-                    a.max = pg_max(a.max, v);
-                    a.sum += v;
-                    if f.ts_ms >= a.last_ts {
-                        a.last = v;
-                        a.last_ts = f.ts_ms;
-                    }
-                })
-                .or_insert(Agg {
-                    count: 1,
-                    min: v,
-                    max: v,
-                    sum: v,
-                    last: v,
-                    last_ts: f.ts_ms,
-                });
+        if let Some(v) = f.numeric() {
+            let ts = at(f.ts_ms);
+            let row: [&(dyn ToSql + Sync); 3] = [id, &ts, &v];
+            w.as_mut().write(&row).await?;
         }
     }
-    out
-}
-
-/// Adds rollup rows to `sp_series_rollup` (binary COPY to a staging table, one upsert).
-async fn write_rollups(
-    tx: &tokio_postgres::Transaction<'_>,
-    rows: &std::collections::HashMap<(&'static str, i64, i64), Agg>,
-) -> Result<(), tokio_postgres::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    tx.batch_execute(
-        "CREATE TEMP TABLE IF NOT EXISTS sp_rollup_stage (
-            bucket_size text, series_id bigint, bucket timestamptz, count bigint, min double precision,
-            max double precision, sum double precision, last double precision, last_ts timestamptz
-         ) ON COMMIT DELETE ROWS",
-    )
-    .await?;
-    let sink = tx
-        .copy_in("COPY sp_rollup_stage (bucket_size, series_id, bucket, count, min, max, sum, last, last_ts) FROM STDIN BINARY")
-        .await?;
-    let w = BinaryCopyInWriter::new(
-        sink,
-        &[
-            Type::TEXT,
-            Type::INT8,
-            Type::TIMESTAMPTZ,
-            Type::INT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::FLOAT8,
-            Type::TIMESTAMPTZ,
-        ],
-    );
-    futures_util::pin_mut!(w);
-    for ((size, id, bucket), a) in rows {
-        let (bucket, last_ts) = (at(*bucket), at(a.last_ts));
-        let row: [&(dyn ToSql + Sync); 9] = [size, id, &bucket, &a.count, &a.min, &a.max, &a.sum, &a.last, &last_ts];
-        w.as_mut().write(&row).await?;
-    }
     w.finish().await?;
-    tx.batch_execute(concat!(
-        "INSERT INTO sp_series_rollup AS r (bucket_size, series_id, bucket, count, min, max, sum, last, last_ts)
-         SELECT * FROM sp_rollup_stage ",
-        rollup_upsert!()
-    ))
-    .await
+    Ok(())
 }
 
 impl Sink for PgSink {
@@ -715,6 +653,10 @@ impl Sink for PgSink {
 
     async fn write(&mut self, b: &Batch) -> Result<Written, PgError> {
         PgSink::write(self, b).await
+    }
+
+    async fn fold(&mut self) -> Result<u64, PgError> {
+        PgSink::fold(self).await
     }
 
     fn is_closed(&self) -> bool {

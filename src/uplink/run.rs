@@ -99,6 +99,7 @@ pub struct Stats {
     pub sequence_errors: AtomicU64,
     pub quarantined: AtomicU64,
     pub commands_audited: AtomicU64,
+    pub rollup_folded: AtomicU64,
     pub dropped_rows: AtomicU64,
     pub online_nodes: AtomicU64,
     pub backlog_rows: AtomicU64,
@@ -204,6 +205,12 @@ impl Exposition for Stats {
             self.commands_audited.load(Relaxed),
         );
         g(
+            "spb_uplink_rollup_folded_total",
+            "Facts folded into the minute/hour/day rollups.",
+            "counter",
+            self.rollup_folded.load(Relaxed),
+        );
+        g(
             "spb_uplink_dropped_rows_total",
             "Rows dropped because the backlog was full.",
             "counter",
@@ -306,6 +313,11 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
             }
         });
     }
+    let (fold_stop, fold_rx) = tokio::sync::oneshot::channel();
+    let folder = (!dry_run).then(|| match cfg.database.backend {
+        Backend::Postgres => tokio::spawn(folder::<PgSink>(cfg.database.clone(), stats.clone(), fold_rx)),
+        Backend::Mssql => tokio::spawn(folder::<MssqlSink>(cfg.database.clone(), stats.clone(), fold_rx)),
+    });
     let (conn_tx, mut conn_rx) = mpsc::channel(4096);
     let mut sigterm = signal(SignalKind::terminate()).map_err(UplinkError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(UplinkError::Signal)?;
@@ -357,6 +369,12 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
         .is_err()
     {
         tracing::error!("the database did not take the last batches within 30 s; they are lost");
+    }
+    // The rollups, current with everything written (bounded wait; what is
+    // not folded stays pending for the next start).
+    let _ = fold_stop.send(());
+    if let Some(f) = folder {
+        let _ = tokio::time::timeout(Duration::from_secs(10), f).await;
     }
     tracing::info!("stopped");
     Ok(())
@@ -674,6 +692,40 @@ async fn writer<S: Sink>(db: DatabaseConfig, mut rx: mpsc::UnboundedReceiver<Pen
                     fail(&stats, &mut attempt, &e.to_string()).await;
                 }
             }
+        }
+    }
+}
+
+/// Keeps the rollups current on a connection of its own (writers never wait
+/// for a fold), every `rollup_interval` and once more when `stop` fires.
+async fn folder<S: Sink>(db: DatabaseConfig, stats: Arc<Stats>, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    let mut sink: Option<S> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(db.rollup_interval) => fold(&db, &mut sink, &stats).await,
+            _ = &mut stop => break,
+        }
+    }
+    fold(&db, &mut sink, &stats).await;
+}
+
+/// One rollup fold; a failure is logged and counted, and the next interval tries again.
+async fn fold<S: Sink>(db: &DatabaseConfig, sink: &mut Option<S>, stats: &Stats) {
+    if sink.as_ref().is_none_or(S::is_closed) {
+        match connect::<S>(&db.url).await {
+            Ok(s) => *sink = Some(s),
+            Err(_) => return, // the write path reports the outage
+        }
+    }
+    let Some(s) = sink.as_mut() else { return };
+    match s.fold().await {
+        Ok(n) => {
+            stats.rollup_folded.fetch_add(n, Relaxed);
+        }
+        Err(e) => {
+            *sink = None;
+            stats.db_errors.fetch_add(1, Relaxed);
+            tracing::warn!(error = %e, "rollup fold failed; the pending facts stay for the next one");
         }
     }
 }

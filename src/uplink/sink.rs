@@ -7,6 +7,7 @@
 //! - `write` commits a whole [`Batch`] or nothing, and writing the same batch
 //!   again changes neither facts nor rollups (a retry after an unknown
 //!   outcome, or a replay by the gateway, is harmless).
+//! - After `fold`, the rollups count every committed fact exactly once.
 //! - Dialect differences (DDL, bulk path, merge statement, key shape) stay
 //!   inside the backend's module.
 
@@ -34,6 +35,11 @@ pub trait Sink: Sized + Send {
 
     /// Writes a batch in one transaction.
     fn write(&mut self, b: &Batch) -> impl Future<Output = Result<Written, Self::Error>> + Send;
+
+    /// Brings the rollups up to date with every committed write, for
+    /// backends that maintain them apart from the write path; returns how
+    /// many facts were folded in (0 when there was nothing to do).
+    fn fold(&mut self) -> impl Future<Output = Result<u64, Self::Error>> + Send;
 
     /// Whether the connection is known to be gone (a reconnect is due).
     fn is_closed(&self) -> bool;
