@@ -208,6 +208,7 @@ url = "host=127.0.0.1 user=postgres dbname=plant"
         assert_eq!(c.database.batch_max_rows, 20_000);
         assert_eq!(c.database.offline_after_rows, 100_000);
         assert_eq!(c.database.backlog_max_rows, 500_000);
+        assert_eq!(c.database.rollup_interval, Duration::from_secs(5));
         assert_eq!(c.mqtt.servers.len(), 1);
     }
 
