@@ -11,8 +11,6 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use spb::sparkplug::host::{DeathCause, HostEvent};
-use spb::sparkplug::{Metric, Value};
 use spb::uplink::mssql::{self, MssqlSink};
 use spb::uplink::rows::Batch;
 use tiberius::Client;
@@ -20,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 mod common;
+use common::sink_rows::{data, T0};
 
 /// Runs `tests/interop/tsql_check.py` on `[[name, sql], ...]`.
 fn tsql_check(input: &[u8]) -> serde_json::Map<String, serde_json::Value> {
@@ -125,26 +124,6 @@ async fn exec(c: &mut Conn, sql: &str) {
     c.simple_query(sql).await.expect(sql).into_results().await.expect(sql);
 }
 
-fn data(node: &str, metric: &str, values: &[(u64, f64)], historical: bool) -> HostEvent {
-    HostEvent::Data {
-        group: "G".into(),
-        node: node.into(),
-        device: Some("D".into()),
-        seq: 1,
-        timestamp: Some(values.last().map_or(0, |v| v.0)),
-        metrics: values
-            .iter()
-            .map(|(ts, v)| {
-                let mut m = Metric::new(metric, Value::Double(*v), *ts);
-                m.is_historical = historical;
-                m
-            })
-            .collect(),
-    }
-}
-
-const T0: u64 = 1_795_000_000_000; // a whole minute
-
 #[test]
 fn mssql_migrations_apply_once_and_a_second_start_changes_nothing() {
     let Some(db) = TestDb::new("migr") else { return };
@@ -202,38 +181,8 @@ fn mssql_node_state_follows_births_and_deaths_and_garbage_is_quarantined() {
     db.rt.block_on(async {
         let mut s = MssqlSink::connect(&db.url()).await.expect("connect");
         s.migrate().await.expect("migrate");
-        let mut b = Batch::default();
-        b.add_raw("spBv1.0/G/NBIRTH/N", b"\x08\x01", T0);
-        b.add_event(
-            &HostEvent::NodeBirth {
-                group: "G".into(),
-                node: "N".into(),
-                bdseq: 3,
-                timestamp: Some(T0),
-                metrics: vec![Metric::new("Uptime", Value::UInt64(1), T0)],
-            },
-            T0,
-        );
-        b.add_event(
-            &HostEvent::Quarantine {
-                topic: "spBv1.0/G/DDATA/N/D".into(),
-                payload: b"\xffgarbage".to_vec(),
-                reason: "not a Sparkplug payload".into(),
-            },
-            T0 + 1,
-        );
+        let (b, mut d) = common::sink_rows::birth_then_death();
         s.write(&b).await.expect("write");
-        let mut d = Batch::default();
-        d.add_event(
-            &HostEvent::NodeDeath {
-                group: "G".into(),
-                node: "N".into(),
-                cause: DeathCause::NDeath { bdseq: 3 },
-                at: T0 + 10,
-                stale: vec![],
-            },
-            T0 + 10,
-        );
         d.commands.push(spb::uplink::rows::CommandRow {
             at_ms: (T0 + 11) as i64,
             group: "G".into(),

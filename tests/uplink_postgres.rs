@@ -3,33 +3,18 @@
 //! (default `host=127.0.0.1 port=5432 user=postgres`, trust auth).
 #![cfg(feature = "uplink")]
 
-use spb::sparkplug::host::{DeathCause, HostEvent};
+use spb::sparkplug::host::HostEvent;
 use spb::sparkplug::{Metric, Value};
 use spb::uplink::postgres::PgSink;
 use spb::uplink::rows::Batch;
 
 mod common;
 use common::pg::TestDb;
+use common::sink_rows::T0;
 
 fn data(values: &[(u64, f64)], historical: bool) -> HostEvent {
-    HostEvent::Data {
-        group: "G".into(),
-        node: "N".into(),
-        device: Some("D".into()),
-        seq: 1,
-        timestamp: Some(values.last().map_or(0, |v| v.0)),
-        metrics: values
-            .iter()
-            .map(|(ts, v)| {
-                let mut m = Metric::new("Temp", Value::Double(*v), *ts);
-                m.is_historical = historical;
-                m
-            })
-            .collect(),
-    }
+    common::sink_rows::data("N", "Temp", values, historical)
 }
-
-const T0: u64 = 1_795_000_000_000; // second 40 of its minute: T0 + 2 s share it
 
 #[test]
 fn migrations_apply_once_and_a_second_start_changes_nothing() {
@@ -142,38 +127,8 @@ fn node_state_follows_births_and_deaths_and_garbage_is_quarantined() {
     db.rt.block_on(async {
         let mut s = PgSink::connect(&db.url()).await.expect("connect");
         s.migrate().await.expect("migrate");
-        let mut b = Batch::default();
-        b.add_raw("spBv1.0/G/NBIRTH/N", b"\x08\x01", T0);
-        b.add_event(
-            &HostEvent::NodeBirth {
-                group: "G".into(),
-                node: "N".into(),
-                bdseq: 3,
-                timestamp: Some(T0),
-                metrics: vec![Metric::new("Uptime", Value::UInt64(1), T0)],
-            },
-            T0,
-        );
-        b.add_event(
-            &HostEvent::Quarantine {
-                topic: "spBv1.0/G/DDATA/N/D".into(),
-                payload: b"\xffgarbage".to_vec(),
-                reason: "not a Sparkplug payload".into(),
-            },
-            T0 + 1,
-        );
+        let (b, d) = common::sink_rows::birth_then_death();
         s.write(&b).await.expect("write");
-        let mut d = Batch::default();
-        d.add_event(
-            &HostEvent::NodeDeath {
-                group: "G".into(),
-                node: "N".into(),
-                cause: DeathCause::NDeath { bdseq: 3 },
-                at: T0 + 10,
-                stale: vec![],
-            },
-            T0 + 10,
-        );
         s.write(&d).await.expect("write");
     });
     assert_eq!(db.query_i64("SELECT count(*) FROM sp_node_state WHERE NOT online AND stale AND bdseq = 3 AND last_birth IS NOT NULL AND last_death IS NOT NULL"), 1);

@@ -57,8 +57,8 @@ pub fn server() -> String {
     }
 }
 
-/// One integer from `sql` on the database at `url`.
-fn query_i64(rt: &tokio::runtime::Runtime, url: &str, sql: &str) -> i64 {
+/// The first column of the one row `sql` returns on the database at `url`.
+fn query_one<T: for<'a> tokio_postgres::types::FromSql<'a>>(rt: &tokio::runtime::Runtime, url: &str, sql: &str) -> T {
     rt.block_on(async {
         let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
             .await
@@ -69,6 +69,10 @@ fn query_i64(rt: &tokio::runtime::Runtime, url: &str, sql: &str) -> i64 {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
             .get(0)
     })
+}
+
+fn query_i64(rt: &tokio::runtime::Runtime, url: &str, sql: &str) -> i64 {
+    query_one(rt, url, sql)
 }
 
 /// A database that exists for one test and is dropped after it.
@@ -106,17 +110,7 @@ impl TestDb {
 
     /// One text value (e.g. a `string_agg` of a whole table, to compare tables).
     pub fn query_text(&self, sql: &str) -> String {
-        self.rt.block_on(async {
-            let (c, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            tokio::spawn(conn);
-            c.query_one(sql, &[])
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"))
-                .get::<_, Option<String>>(0)
-                .unwrap_or_default()
-        })
+        query_one::<Option<String>>(&self.rt, &self.url(), sql).unwrap_or_default()
     }
 }
 
