@@ -662,3 +662,84 @@ fn an_ndeath_marks_the_node_stale_only_with_the_matching_bdseq() {
         1
     );
 }
+
+/// A metric as `tests/interop/pysparkplug_peer.py` takes it.
+fn py_metric(
+    name: Option<&str>,
+    alias: Option<u64>,
+    datatype: u32,
+    value: serde_json::Value,
+    ts: u64,
+) -> serde_json::Value {
+    serde_json::json!({"name": name, "alias": alias, "datatype": datatype, "value": value, "timestamp": ts})
+}
+
+fn double_hex(v: f64) -> serde_json::Value {
+    serde_json::json!(common::hex(&v.to_le_bytes()))
+}
+
+// Interop: what an independent Sparkplug implementation publishes, the uplink
+// stores. [tck-id-payloads-alias-data-cmd-requirement] [tck-id-payloads-name-birth-data-requirement]
+#[test]
+fn births_and_data_encoded_by_pysparkplug_land_as_facts_named_through_their_aliases() {
+    let db = TestDb::new("e2e_py");
+    let broker = Broker::start(None);
+    let uplink = Uplink::start(broker.port, &db.url(), "");
+    let probe = Probe::start(broker.port, "spBv1.0/U9/NCMD/#");
+    let t = 1_795_000_000_000u64;
+    let birth = common::pysparkplug(&serde_json::json!({
+        "op": "encode_birth", "timestamp": t, "seq": 0,
+        "metrics": [
+            py_metric(Some("bdSeq"), None, 4, serde_json::json!(0), t),
+            py_metric(Some("Temp"), Some(1), 10, double_hex(21.5), t),
+            py_metric(Some("Count"), Some(2), 4, serde_json::json!(7), t),
+            py_metric(Some("Running"), Some(3), 11, serde_json::json!(true), t),
+        ],
+    }));
+    let data = common::pysparkplug(&serde_json::json!({
+        "op": "encode_data", "timestamp": t + 1000, "seq": 1,
+        "metrics": [
+            py_metric(None, Some(1), 10, double_hex(22.25), t + 1000),
+            py_metric(None, Some(2), 4, serde_json::json!(8), t + 1000),
+        ],
+    }));
+    for (kind, answer) in [("NBIRTH", &birth), ("NDATA", &data)] {
+        probe.publish(&spb::sparkplug::Publish {
+            topic: format!("spBv1.0/U9/{kind}/py"),
+            payload: common::unhex(answer["payload"].as_str().expect("hex payload")),
+            qos: spb::sparkplug::QoS::AtMostOnce,
+            retain: false,
+        });
+    }
+    uplink.wait_until("the facts are written", |u| {
+        u.metric("spb_uplink_facts_written_total") >= 6.0 && u.metric("spb_uplink_backlog_rows") == 0.0
+    });
+    let q = |w: &str| {
+        db.query_i64(&format!(
+            "SELECT count(*) FROM sp_metric_fact WHERE group_id = 'U9' AND node_id = 'py' AND {w}"
+        ))
+    };
+    assert_eq!(
+        q("metric = 'Temp' AND v_float = 21.5 AND ts = to_timestamp(1795000000)"),
+        1
+    );
+    assert_eq!(
+        q("metric = 'Temp' AND v_float = 22.25 AND ts = to_timestamp(1795000001)"),
+        1,
+        "named through alias 1"
+    );
+    assert_eq!(
+        q("metric = 'Count' AND v_int = 8 AND datatype = 4"),
+        1,
+        "named through alias 2"
+    );
+    assert_eq!(q("metric = 'Running' AND v_bool"), 1);
+    assert_eq!(
+        db.query_i64(
+            "SELECT count(*) FROM sp_metric_catalog WHERE group_id = 'U9' AND metric IN ('Temp', 'Count', 'Running')"
+        ),
+        3
+    );
+    assert_eq!(uplink.metric("spb_uplink_quarantined_total"), 0.0);
+    assert_eq!(uplink.metric("spb_uplink_rebirths_requested_total"), 0.0);
+}
