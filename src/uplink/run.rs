@@ -314,10 +314,10 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
         });
     }
     let (fold_stop, fold_rx) = tokio::sync::oneshot::channel();
-    let folder = (!dry_run).then(|| match cfg.database.backend {
-        Backend::Postgres => tokio::spawn(folder::<PgSink>(cfg.database.clone(), stats.clone(), fold_rx)),
-        Backend::Mssql => tokio::spawn(folder::<MssqlSink>(cfg.database.clone(), stats.clone(), fold_rx)),
-    });
+    // PostgreSQL folds its rollups apart from the writes; SQL Server's MERGE
+    // keeps them current in each write, so it needs no folder.
+    let folder = (!dry_run && cfg.database.backend == Backend::Postgres)
+        .then(|| tokio::spawn(folder::<PgSink>(cfg.database.clone(), stats.clone(), fold_rx)));
     let (conn_tx, mut conn_rx) = mpsc::channel(4096);
     let mut sigterm = signal(SignalKind::terminate()).map_err(UplinkError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(UplinkError::Signal)?;
