@@ -248,3 +248,29 @@ fn a_live_batch_holding_an_already_stored_sample_falls_back_and_writes_each_once
         5
     );
 }
+
+#[test]
+fn two_uplinks_folding_at_once_count_every_fact_once() {
+    let db = TestDb::new("fold_race");
+    db.rt.block_on(async {
+        let mut a = PgSink::connect(&db.url()).await.expect("connect");
+        let mut b = PgSink::connect(&db.url()).await.expect("connect");
+        a.migrate().await.expect("migrate");
+        b.migrate().await.expect("migrate");
+        for round in 0..20u64 {
+            let mut batch = Batch::default();
+            let at = T0 + round * 100;
+            batch.add_event(&data(&[(at, 1.0), (at + 50, 2.0)], false), at + 50);
+            a.write(&batch).await.expect("write");
+            // Both fold while the other may be folding: the advisory lock
+            // lets one through, the other folds nothing.
+            let (x, y) = tokio::join!(a.fold(), b.fold());
+            assert_eq!(x.expect("fold a") + y.expect("fold b"), 2, "round {round}");
+        }
+    });
+    assert_eq!(
+        db.query_i64("SELECT count FROM sp_metric_rollup WHERE bucket_size = 'day'"),
+        40
+    );
+    assert_eq!(db.query_i64("SELECT count(*) FROM sp_rollup_pending"), 0);
+}
