@@ -70,7 +70,7 @@ pub fn migrations() -> Vec<(i32, String)> {
 CREATE TABLE sp_event_raw (
     id bigint IDENTITY PRIMARY KEY,
     topic nvarchar(max) NOT NULL,
-    kind varchar(16) NOT NULL,
+    kind nvarchar(16) NOT NULL,
     seq smallint NULL,
     bdseq bigint NULL,
     received_at datetime2(3) NOT NULL,
