@@ -6,10 +6,15 @@
 //!   what is missing at start, under an advisory lock (two uplinks starting
 //!   together do not race).
 //! - A batch commits entirely or not at all; retrying a failed batch is safe.
-//! - A fact is written once: facts go through a staging table and
-//!   `INSERT … ON CONFLICT DO NOTHING` on (group, node, device, metric, ts),
-//!   and only the facts actually inserted feed the minute/hour/day rollups,
-//!   so a replayed sample changes neither the facts nor the rollups.
+//! - A fact is written once, keyed by (series id, ts); a series id stands for
+//!   (group, node, device, metric) in `sp_series` and is committed before any
+//!   fact uses it. A live batch is COPYed straight in; one that holds a
+//!   stored key (a redelivery) or a replay goes through a staging table and
+//!   `INSERT … ON CONFLICT DO NOTHING`.
+//! - Only facts actually inserted reach `sp_rollup_pending` (same
+//!   transaction), and [`PgSink::fold`] moves that log into the rollups and
+//!   empties it in one transaction, so a replayed sample changes neither the
+//!   facts nor the rollups, and folded rollups count every fact once.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

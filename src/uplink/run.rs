@@ -3,8 +3,9 @@
 //!
 //! One task owns the session and runs a select loop over the current MQTT
 //! connection's events, a 50 ms tick (reorder timeouts, batch latency,
-//! backlog check), the reconnect timer and SIGTERM/SIGINT. The writer task
-//! owns the database connection.
+//! backlog check), the reconnect timer and SIGTERM/SIGINT. Each writer task
+//! owns a database connection; with PostgreSQL a folder task on a connection
+//! of its own keeps the rollups current every `rollup_interval`.
 //!
 //! Invariants:
 //! - Every message on `spBv1.0/…` is logged raw before the session sees it.
