@@ -410,8 +410,7 @@ fn an_unreachable_plc_gets_ddeath_and_dbirth_when_it_answers_again() {
 fn samples_stored_while_offline_survive_a_restart_and_are_replayed_as_historical() {
     let dead = common::free_port(); // no broker yet: everything polled is stored
     let http = common::free_port();
-    let cfg =
-        test_config("G16", "gw", &plain(dead), "").replace("listen = \"\"", &format!("listen = \"127.0.0.1:{http}\""));
+    let cfg = common::with_http(test_config("G16", "gw", &plain(dead), ""), http);
     let mut offline = Gateway::start(&cfg, &[]);
     offline.wait_log("connection failed", T);
     std::thread::sleep(Duration::from_millis(1500));
@@ -482,13 +481,10 @@ fn samples_stored_while_offline_survive_a_restart_and_are_replayed_as_historical
 fn a_full_store_drops_the_oldest_samples_with_an_error_and_a_counter_and_keeps_running() {
     let dead = common::free_port(); // no broker: everything polled is stored
     let http = common::free_port();
-    let cfg = test_config("G17", "gw", &plain(dead), "")
-        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{http}\""))
-        .replace(
-            "[devices.scan_classes]",
-            "[devices.sim]\ngenerate = 5000\ngenerate_scan_class = \"fast\"\n[devices.scan_classes]",
-        )
-        + "\n[store]\nmax_bytes = \"1MiB\"\n";
+    let cfg = common::with_http(test_config("G17", "gw", &plain(dead), ""), http).replace(
+        "[devices.scan_classes]",
+        "[devices.sim]\ngenerate = 5000\ngenerate_scan_class = \"fast\"\n[devices.scan_classes]",
+    ) + "\n[store]\nmax_bytes = \"1MiB\"\n";
     let mut gw = Gateway::start(&cfg, &[]);
     gw.wait_log("store full: dropped the oldest samples", T);
     std::thread::sleep(Duration::from_secs(2));

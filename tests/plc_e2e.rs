@@ -104,9 +104,10 @@ datatype = "FloatArray"
         ghost = ghost.port,
         logix = logix.port,
     );
-    let cfg = test_config("P1", "gw", &format!("host = \"127.0.0.1\"\nport = {}", broker.port), "")
-        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{metrics_port}\""))
-        + &devices;
+    let cfg = common::with_http(
+        test_config("P1", "gw", &format!("host = \"127.0.0.1\"\nport = {}", broker.port), ""),
+        metrics_port,
+    ) + &devices;
     let _gw = Gateway::start(&cfg, &[]);
 
     let oven = peer.wait_for("DBIRTH of the S7 PLC", T, |m| is(m, "DBIRTH", "oven"));

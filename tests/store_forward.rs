@@ -11,49 +11,12 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::{Broker, Gateway, Peer};
+use common::{counter_config as config, with_http, Broker, Gateway, Peer};
 use nix::sys::signal::Signal;
 use serde_json::Value as J;
 use spb::plc::poller::now_ms;
 
 const T: Duration = Duration::from_secs(20);
-
-fn config(group: &str, port: u16, extra_node: &str, extra: &str) -> String {
-    format!(
-        r#"[node]
-group_id = "{group}"
-node_id = "gw"
-rebirth_debounce = "0s"
-{extra_node}
-
-[mqtt]
-backoff_min = "100ms"
-backoff_max = "500ms"
-keepalive = "5s"
-connect_timeout = "2s"
-
-[[mqtt.servers]]
-host = "127.0.0.1"
-port = {port}
-
-[telemetry]
-listen = ""
-log_format = "human"
-
-[[devices]]
-name = "line"
-driver = "sim"
-[devices.scan_classes]
-fast = "10ms"
-[[devices.tags]]
-name = "Count"
-address = "counter"
-datatype = "UInt64"
-scan_class = "fast"
-{extra}
-"#
-    )
-}
 
 /// One received sample of `Count`.
 #[derive(Debug, Clone, Copy)]
@@ -133,10 +96,6 @@ fn wait_drained(http: u16, gw: &Gateway) {
         assert!(Instant::now() < deadline, "the store never drained:\n{}", gw.log());
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn with_http(cfg: String, http: u16) -> String {
-    cfg.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{http}\""))
 }
 
 // ARCHITECTURE.md decisions 3 and 5; [tck-id-operational-behavior-data-publish-nbirth-order]

@@ -109,34 +109,11 @@ impl Drop for Uplink {
     }
 }
 
+/// A counter gateway (`common::counter_config`) whose Primary Host is the uplink.
 fn gateway_config(group: &str, port: u16, http: u16) -> String {
-    format!(
-        r#"[node]
-group_id = "{group}"
-node_id = "gw"
-primary_host_id = "scada"
-rebirth_debounce = "0s"
-[mqtt]
-backoff_min = "100ms"
-backoff_max = "500ms"
-keepalive = "5s"
-[[mqtt.servers]]
-host = "127.0.0.1"
-port = {port}
-[telemetry]
-listen = "127.0.0.1:{http}"
-log_format = "human"
-[[devices]]
-name = "line"
-driver = "sim"
-[devices.scan_classes]
-fast = "10ms"
-[[devices.tags]]
-name = "Count"
-address = "counter"
-datatype = "UInt64"
-scan_class = "fast"
-"#
+    common::with_http(
+        common::counter_config(group, port, "primary_host_id = \"scada\"", ""),
+        http,
     )
 }
 

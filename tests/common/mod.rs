@@ -489,6 +489,52 @@ impl Drop for Gateway {
     }
 }
 
+/// A gateway config whose only tag, `line/Count`, is the sim's `counter` on
+/// a 10 ms scan: within one process its values are consecutive integers, so
+/// a lost sample shows as a hole. `extra_node` goes into `[node]`, `extra` at
+/// the end.
+pub fn counter_config(group: &str, port: u16, extra_node: &str, extra: &str) -> String {
+    format!(
+        r#"[node]
+group_id = "{group}"
+node_id = "gw"
+rebirth_debounce = "0s"
+{extra_node}
+
+[mqtt]
+backoff_min = "100ms"
+backoff_max = "500ms"
+keepalive = "5s"
+connect_timeout = "2s"
+
+[[mqtt.servers]]
+host = "127.0.0.1"
+port = {port}
+
+[telemetry]
+listen = ""
+log_format = "human"
+
+[[devices]]
+name = "line"
+driver = "sim"
+[devices.scan_classes]
+fast = "10ms"
+[[devices.tags]]
+name = "Count"
+address = "counter"
+datatype = "UInt64"
+scan_class = "fast"
+{extra}
+"#
+    )
+}
+
+/// A test config with its telemetry listener (`listen = ""`) on `http`.
+pub fn with_http(cfg: String, http: u16) -> String {
+    cfg.replace("listen = \"\"", &format!("listen = \"127.0.0.1:{http}\""))
+}
+
 /// A gateway config for tests: one sim device `press` scanning every 100 ms.
 pub fn test_config(group: &str, node: &str, server: &str, extra_node: &str) -> String {
     format!(
