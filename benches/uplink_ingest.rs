@@ -24,6 +24,7 @@ use spb::sparkplug::edge::{DeviceDef, EdgeAction, EdgeConfig, EdgeSession};
 use spb::sparkplug::{Metric, Value};
 use spb::uplink::postgres::PgSink;
 use spb::uplink::rows::Batch;
+use spb::uplink::sink::Sink;
 
 const DEVICES: usize = 10;
 const METRICS: usize = 100;

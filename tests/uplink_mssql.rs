@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 
 use spb::uplink::mssql::{self, MssqlSink};
 use spb::uplink::rows::Batch;
+use spb::uplink::sink::Sink;
 use tiberius::Client;
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};

@@ -7,6 +7,7 @@ use spb::sparkplug::host::HostEvent;
 use spb::sparkplug::{Metric, Value};
 use spb::uplink::postgres::PgSink;
 use spb::uplink::rows::Batch;
+use spb::uplink::sink::Sink;
 
 mod common;
 use common::pg::TestDb;

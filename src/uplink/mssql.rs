@@ -411,8 +411,26 @@ pub struct MssqlSink {
 }
 
 impl MssqlSink {
+    async fn open(config: &Config) -> Result<Conn, MssqlError> {
+        let addr = config.get_addr();
+        let tcp = TcpStream::connect(&addr)
+            .await
+            .map_err(|source| MssqlError::Connect { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        Ok(Client::connect(config.clone(), tcp.compat_write()).await?)
+    }
+
+    async fn batch(&mut self, sql: &str) -> Result<(), MssqlError> {
+        self.client.simple_query(sql).await?.into_results().await?;
+        Ok(())
+    }
+}
+
+impl Sink for MssqlSink {
+    type Error = MssqlError;
+
     /// Connects (following an Azure SQL gateway's redirect once).
-    pub async fn connect(url: &str) -> Result<MssqlSink, MssqlError> {
+    async fn connect(url: &str) -> Result<Self, MssqlError> {
         // tiberius takes the process's rustls provider; ours is ring (CRATES.md).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut config = parse_url(url)?;
@@ -433,22 +451,8 @@ impl MssqlSink {
         Ok(s)
     }
 
-    async fn open(config: &Config) -> Result<Conn, MssqlError> {
-        let addr = config.get_addr();
-        let tcp = TcpStream::connect(&addr)
-            .await
-            .map_err(|source| MssqlError::Connect { addr, source })?;
-        let _ = tcp.set_nodelay(true);
-        Ok(Client::connect(config.clone(), tcp.compat_write()).await?)
-    }
-
-    async fn batch(&mut self, sql: &str) -> Result<(), MssqlError> {
-        self.client.simple_query(sql).await?.into_results().await?;
-        Ok(())
-    }
-
     /// Applies the missing migrations; returns the schema version.
-    pub async fn migrate(&mut self) -> Result<i32, MssqlError> {
+    async fn migrate(&mut self) -> Result<i32, MssqlError> {
         self.client.begin_transaction().await?;
         self.batch(
             "EXEC sp_getapplock @Resource = 'spb-uplink-migrate', @LockMode = 'Exclusive', \
@@ -484,7 +488,7 @@ impl MssqlSink {
     }
 
     /// Writes a batch in one transaction.
-    pub async fn write(&mut self, b: &Batch) -> Result<Written, MssqlError> {
+    async fn write(&mut self, b: &Batch) -> Result<Written, MssqlError> {
         let mut out = Written::default();
         if !self.staged {
             self.batch(&staging_ddl()).await?;
@@ -577,22 +581,6 @@ impl MssqlSink {
         }
         self.client.commit_transaction().await?;
         Ok(out)
-    }
-}
-
-impl Sink for MssqlSink {
-    type Error = MssqlError;
-
-    async fn connect(url: &str) -> Result<Self, MssqlError> {
-        MssqlSink::connect(url).await
-    }
-
-    async fn migrate(&mut self) -> Result<i32, MssqlError> {
-        MssqlSink::migrate(self).await
-    }
-
-    async fn write(&mut self, b: &Batch) -> Result<Written, MssqlError> {
-        MssqlSink::write(self, b).await
     }
 
     async fn fold(&mut self) -> Result<u64, MssqlError> {

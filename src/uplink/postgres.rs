@@ -324,55 +324,6 @@ fn at(ms: i64) -> SystemTime {
 }
 
 impl PgSink {
-    /// Connects (`url`: `host=… user=… dbname=…` or `postgres://…`).
-    pub async fn connect(url: &str) -> Result<PgSink, PgError> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-        let conn = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "postgres connection ended");
-            }
-        });
-        client.batch_execute("SET TIME ZONE 'UTC'").await?;
-        Ok(PgSink {
-            client,
-            conn,
-            series: SeriesCache::default(),
-        })
-    }
-
-    /// Whether the connection is still up.
-    pub fn is_closed(&self) -> bool {
-        self.client.is_closed()
-    }
-
-    /// Applies the missing migrations; returns the schema version.
-    pub async fn migrate(&mut self) -> Result<i32, PgError> {
-        let tx = self.client.transaction().await?;
-        // One uplink migrates at a time (key: "spbmigr" in ASCII).
-        tx.execute("SELECT pg_advisory_xact_lock(7021224979706482)", &[])
-            .await?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS sp_schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .await?;
-        let found: i32 = tx
-            .query_one("SELECT coalesce(max(version), 0) FROM sp_schema_migrations", &[])
-            .await?
-            .get(0);
-        let known = MIGRATIONS.last().map_or(0, |m| m.0);
-        if found > known {
-            return Err(PgError::SchemaTooNew { found, known });
-        }
-        for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
-            tx.batch_execute(sql).await?;
-            tx.execute("INSERT INTO sp_schema_migrations (version) VALUES ($1)", &[v])
-                .await?;
-            tracing::info!(version = v, "database schema migrated");
-        }
-        tx.commit().await?;
-        Ok(known)
-    }
-
     /// The series id of every fact, in order.
     async fn series_ids(&mut self, facts: &[FactRow]) -> Result<Vec<i64>, PgError> {
         let mut ids: Vec<Option<i64>> = facts.iter().map(|f| self.series.get(f)).collect();
@@ -417,10 +368,63 @@ impl PgSink {
         }
         Ok(ids.into_iter().map(|id| id.expect("resolved above")).collect())
     }
+}
+
+impl Sink for PgSink {
+    type Error = PgError;
+
+    /// Connects (`url`: `host=… user=… dbname=…` or `postgres://…`).
+    async fn connect(url: &str) -> Result<Self, PgError> {
+        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+        let conn = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "postgres connection ended");
+            }
+        });
+        client.batch_execute("SET TIME ZONE 'UTC'").await?;
+        Ok(PgSink {
+            client,
+            conn,
+            series: SeriesCache::default(),
+        })
+    }
+
+    /// Whether the connection is still up.
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// Applies the missing migrations; returns the schema version.
+    async fn migrate(&mut self) -> Result<i32, PgError> {
+        let tx = self.client.transaction().await?;
+        // One uplink migrates at a time (key: "spbmigr" in ASCII).
+        tx.execute("SELECT pg_advisory_xact_lock(7021224979706482)", &[])
+            .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS sp_schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+        let found: i32 = tx
+            .query_one("SELECT coalesce(max(version), 0) FROM sp_schema_migrations", &[])
+            .await?
+            .get(0);
+        let known = MIGRATIONS.last().map_or(0, |m| m.0);
+        if found > known {
+            return Err(PgError::SchemaTooNew { found, known });
+        }
+        for (v, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > found) {
+            tx.batch_execute(sql).await?;
+            tx.execute("INSERT INTO sp_schema_migrations (version) VALUES ($1)", &[v])
+                .await?;
+            tracing::info!(version = v, "database schema migrated");
+        }
+        tx.commit().await?;
+        Ok(known)
+    }
 
     /// Folds `sp_rollup_pending` into the rollups (one transaction; skipped
     /// while another connection folds); returns the facts folded in.
-    pub async fn fold(&mut self) -> Result<u64, PgError> {
+    async fn fold(&mut self) -> Result<u64, PgError> {
         let tx = self.client.transaction().await?;
         // Key: "spbfold" in ASCII.
         let mine: bool = tx
@@ -436,7 +440,7 @@ impl PgSink {
     }
 
     /// Writes a batch in one transaction.
-    pub async fn write(&mut self, b: &Batch) -> Result<Written, PgError> {
+    async fn write(&mut self, b: &Batch) -> Result<Written, PgError> {
         let mut out = Written::default();
         // Series ids first, committed on their own: an id in the cache
         // always exists, whatever becomes of the batch's transaction.
@@ -643,30 +647,6 @@ async fn copy_pending(
     }
     w.finish().await?;
     Ok(())
-}
-
-impl Sink for PgSink {
-    type Error = PgError;
-
-    async fn connect(url: &str) -> Result<Self, PgError> {
-        PgSink::connect(url).await
-    }
-
-    async fn migrate(&mut self) -> Result<i32, PgError> {
-        PgSink::migrate(self).await
-    }
-
-    async fn write(&mut self, b: &Batch) -> Result<Written, PgError> {
-        PgSink::write(self, b).await
-    }
-
-    async fn fold(&mut self) -> Result<u64, PgError> {
-        PgSink::fold(self).await
-    }
-
-    fn is_closed(&self) -> bool {
-        PgSink::is_closed(self)
-    }
 }
 
 impl Drop for PgSink {
