@@ -509,6 +509,11 @@ impl HostSession {
     /// ([tck-id-operational-behavior-data-commands-ncmd-metric-value]). A payload
     /// that does not decode is one write with an empty name.
     pub fn inspect_command(&self, topic: &str, payload: &[u8]) -> Option<CommandSeen> {
+        // Called for every message: the common case (not a command) costs
+        // no allocation.
+        if !matches!(topic.split('/').nth(2), Some("NCMD" | "DCMD")) {
+            return None;
+        }
         let Ok(Topic::Edge {
             group,
             kind: MessageType::NCmd | MessageType::DCmd,

@@ -295,6 +295,10 @@ const INSERT_COMMAND: &str = "INSERT INTO sp_command_audit \
 const INSERT_QUARANTINE: &str =
     "INSERT INTO sp_quarantine (topic, received_at, payload, reason) VALUES (@P1, @P2, @P3, @P4)";
 
+/// The per-batch statements, built once.
+static MERGE_FACTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(merge_facts_sql);
+static MERGE_STATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(merge_state_sql);
+
 fn merge_state_sql() -> String {
     format!(
         r#"
@@ -511,7 +515,7 @@ impl Sink for MssqlSink {
             req.finalize().await?;
             let inserted: i64 = self
                 .client
-                .simple_query(merge_facts_sql())
+                .simple_query(MERGE_FACTS.as_str())
                 .await?
                 .into_row()
                 .await?
@@ -532,7 +536,7 @@ impl Sink for MssqlSink {
             self.batch(MERGE_CATALOG).await?;
         }
         if !b.states.is_empty() {
-            let sql = merge_state_sql();
+            let sql = &*MERGE_STATE;
             for s in &b.states {
                 let at = ColumnData::DateTime2(Some(datetime2(s.at_ms)));
                 self.client

@@ -682,8 +682,9 @@ async fn writer<S: Sink>(db: DatabaseConfig, mut rx: mpsc::UnboundedReceiver<Pen
                         .facts_duplicate
                         .fetch_add(batch.facts.len() as u64 - w.facts, Relaxed);
                     stats.raw_written.fetch_add(w.raw, Relaxed);
-                    stats.last_batch_us.store(t.elapsed().as_micros() as u64, Relaxed);
-                    stats.batch_time.observe(t.elapsed());
+                    let took = t.elapsed();
+                    stats.last_batch_us.store(took.as_micros() as u64, Relaxed);
+                    stats.batch_time.observe(took);
                     stats.lag.observe(oldest.elapsed());
                     stats.backlog_rows.fetch_sub(batch.len() as u64, Relaxed);
                     break;
