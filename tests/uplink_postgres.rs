@@ -8,6 +8,8 @@ use spb::sparkplug::{Metric, Value};
 use spb::uplink::postgres::PgSink;
 use spb::uplink::rows::Batch;
 use spb::uplink::sink::Sink;
+use spb::uplink::writer::{commit, Conn};
+use std::sync::atomic::Ordering::Relaxed;
 
 mod common;
 use common::pg::TestDb;
@@ -274,4 +276,169 @@ fn two_uplinks_folding_at_once_count_every_fact_once() {
         40
     );
     assert_eq!(db.query_i64("SELECT count(*) FROM sp_rollup_pending"), 0);
+}
+
+/// Healthy facts of node `N` at T0.. plus, if `poison`, rows PostgreSQL
+/// refuses: a string with NUL and a metric name too long for a b-tree entry
+/// (the validation before the sink would catch both; these bypass it to
+/// prove the writer's own isolation).
+fn poisoned_batch(healthy: usize) -> Batch {
+    let mut b = Batch::default();
+    b.add_raw("spBv1.0/G/DDATA/N/D", b"\x08\x01", T0);
+    let values: Vec<(u64, f64)> = (0..healthy as u64).map(|i| (T0 + i, i as f64)).collect();
+    b.add_event(&data(&values, false), T0);
+    let mut nul = b.facts[0].clone();
+    nul.metric = "Text".into();
+    nul.datatype = 12;
+    nul.v_float = None;
+    nul.v_text = Some("a\0b".into());
+    let mut long = b.facts[0].clone();
+    // Incompressible, so that PostgreSQL cannot squeeze it into the index.
+    let mut x = 88172645463325252u64;
+    long.metric = (0..3000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'!' + (x % 90) as u8)
+        })
+        .collect();
+    b.facts.insert(healthy / 2, nul);
+    b.facts.push(long);
+    b
+}
+
+#[test]
+fn rows_the_database_refuses_are_quarantined_with_its_words_and_the_rest_of_the_batch_is_written() {
+    let db = TestDb::new("poison");
+    let stats = spb::uplink::stats::Stats::default();
+    db.rt.block_on(async {
+        let mut conn = Conn::<PgSink>::new(db.url());
+        // Before the writer isolated refused rows, this retried forever.
+        tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            commit(&mut conn, poisoned_batch(40), &stats),
+        )
+        .await
+        .expect("a poisoned batch does not wedge the writer");
+    });
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sp_metric_fact WHERE metric = 'Temp'"),
+        40
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sp_event_raw"),
+        1,
+        "the raw row written once"
+    );
+    assert_eq!(db.query_i64("SELECT count(*) FROM sp_quarantine"), 2);
+    let reasons = db.query_text("SELECT string_agg(reason, ' | ' ORDER BY reason) FROM sp_quarantine");
+    assert!(
+        reasons.contains("22021"),
+        "the database's own SQLSTATE and words: {reasons}"
+    );
+    assert!(reasons.contains("54000"), "index row too large: {reasons}");
+    assert_eq!(
+        db.query_text("SELECT topic FROM sp_quarantine WHERE reason LIKE '%22021%'"),
+        "G/N/D/Text"
+    );
+    assert_eq!(stats.rows_refused.load(Relaxed), 2);
+    assert_eq!(stats.facts_written.load(Relaxed), 40);
+}
+
+/// A PostgreSQL sink that panics on any write holding a metric named
+/// `panic`: the fault a bug in a sink or a driver would cause.
+struct PanickingSink(PgSink);
+
+impl Sink for PanickingSink {
+    type Error = spb::uplink::postgres::PgError;
+    async fn connect(url: &str) -> Result<Self, Self::Error> {
+        Ok(PanickingSink(PgSink::connect(url).await?))
+    }
+    async fn migrate(&mut self) -> Result<i32, Self::Error> {
+        self.0.migrate().await
+    }
+    async fn write(&mut self, b: &Batch) -> Result<spb::uplink::sink::Written, Self::Error> {
+        if b.facts.iter().any(|f| f.metric == "panic") {
+            panic!("a bug met metric 'panic'");
+        }
+        self.0.write(b).await
+    }
+    async fn fold(&mut self) -> Result<u64, Self::Error> {
+        self.0.fold().await
+    }
+    fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+    fn is_data_error(e: &Self::Error) -> bool {
+        PgSink::is_data_error(e)
+    }
+}
+
+#[test]
+fn a_write_that_panics_loses_no_row_only_the_one_that_panics_is_quarantined() {
+    let db = TestDb::new("panic");
+    let stats = spb::uplink::stats::Stats::default();
+    db.rt.block_on(async {
+        let mut b = Batch::default();
+        let values: Vec<(u64, f64)> = (0..10).map(|i| (T0 + i, i as f64)).collect();
+        b.add_event(&data(&values, false), T0);
+        let mut bad = b.facts[3].clone();
+        bad.metric = "panic".into();
+        b.facts.insert(5, bad);
+        let mut conn = Conn::<PanickingSink>::new(db.url());
+        tokio::time::timeout(std::time::Duration::from_secs(60), commit(&mut conn, b, &stats))
+            .await
+            .expect("finishes");
+    });
+    assert_eq!(db.query_i64("SELECT count(*) FROM sp_metric_fact"), 10);
+    assert_eq!(
+        db.query_text("SELECT reason FROM sp_quarantine"),
+        "the database refused this fact at 1795000000003 ms: the write panicked: a bug met metric 'panic'"
+    );
+    assert!(stats.writer_panics.load(Relaxed) >= 1);
+}
+
+#[test]
+fn a_writer_task_that_dies_is_started_again_and_the_batches_queued_for_it_are_written() {
+    use spb::uplink::writer::{Pending, Queue, Writers};
+    let db = TestDb::new("restart");
+    let stats = std::sync::Arc::new(spb::uplink::stats::Stats::default());
+    let url = db.url();
+    let (st, stats2) = (stats.clone(), stats.clone());
+    let starts = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = starts.clone();
+    db.rt.block_on(async move {
+        let stats = stats2;
+        let cfg = spb::uplink::config::UplinkConfig::parse(
+            "u.toml",
+            &format!("[host]\nhost_id = \"h\"\n[mqtt]\n[[mqtt.servers]]\nhost = \"127.0.0.1\"\n[database]\nbackend = \"postgres\"\nurl = \"{url}\"\n"),
+        )
+        .expect("config");
+        let db_cfg = cfg.database;
+        // The first task dies at once (as a panic outside a write would end
+        // it); every later one is the real writer on the same queue.
+        let start: Box<dyn Fn(Queue) -> tokio::task::JoinHandle<()> + Send> = Box::new(move |q| {
+            if count.fetch_add(1, Relaxed) == 0 {
+                tokio::spawn(async move {
+                    let _held = q.lock().await;
+                    panic!("writer task dies");
+                })
+            } else {
+                tokio::spawn(spb::uplink::writer::writer::<PgSink>(db_cfg.clone(), q, st.clone()))
+            }
+        });
+        let mut w = Writers::start(1, stats.clone(), start);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        for i in 0..5u64 {
+            let mut b = Batch::default();
+            b.add_event(&data(&[(T0 + i, i as f64)], false), T0);
+            stats.backlog_rows.fetch_add(b.len() as u64, Relaxed);
+            w.send(0, Pending { batch: b, since: tokio::time::Instant::now() });
+        }
+        assert!(w.finish(std::time::Duration::from_secs(30)).await, "every batch written");
+    });
+    assert_eq!(db.query_i64("SELECT count(*) FROM sp_metric_fact"), 5);
+    assert_eq!(stats.writer_restarts.load(Relaxed), 1);
+    assert_eq!(starts.load(Relaxed), 2);
 }

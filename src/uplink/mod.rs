@@ -7,7 +7,9 @@
 //! gateway's build never compiles a database driver.
 //!
 //! Invariants: every received message is logged raw; every fact is written
-//! once however often it arrives; a batch is written whole or retried.
+//! once however often it arrives; a batch is written whole or retried, and
+//! rows the database refuses are isolated and quarantined
+//! ([`writer`]), never retried forever.
 
 pub mod config;
 pub mod mssql;
@@ -15,3 +17,5 @@ pub mod postgres;
 pub mod rows;
 pub mod run;
 pub mod sink;
+pub mod stats;
+pub mod writer;

@@ -363,9 +363,15 @@ pub fn fact_row(f: &FactRow) -> TokenRow<'_> {
     r.push(ColumnData::DateTime2(Some(datetime2(f.ts_ms))));
     r.push(ColumnData::I16(Some(f.datatype)));
     r.push(ColumnData::I64(f.v_int));
-    r.push(ColumnData::F64(f.v_float));
+    // `float` holds no NaN or infinity: those keep their spelling in v_text.
+    let finite = f.v_float.filter(|x| x.is_finite());
+    r.push(ColumnData::F64(finite));
     r.push(ColumnData::Bit(f.v_bool));
-    r.push(ColumnData::String(f.v_text.as_deref().map(Cow::Borrowed)));
+    let text = match (f.v_float, finite, f.v_text.as_deref()) {
+        (Some(x), None, None) => Some(Cow::Owned(x.to_string())),
+        (_, _, t) => t.map(Cow::Borrowed),
+    };
+    r.push(ColumnData::String(text));
     r.push(ColumnData::Binary(f.v_bytes.as_deref().map(Cow::Borrowed)));
     r.push(ColumnData::I32(Some(f.quality)));
     r.push(ColumnData::Bit(Some(f.is_historical)));
@@ -597,7 +603,26 @@ impl Sink for MssqlSink {
         // drops the sink after any error, so a failed one is never reused.
         false
     }
+
+    /// Server errors about values (conversion, overflow, truncation, bulk
+    /// load column data, NULL, keys and constraints), and values tiberius
+    /// could not encode.
+    fn is_data_error(e: &MssqlError) -> bool {
+        match e {
+            MssqlError::Db(tiberius::error::Error::Server(t)) => DATA_ERRORS.contains(&t.code()),
+            MssqlError::Db(tiberius::error::Error::Conversion(_)) => true,
+            _ => false,
+        }
+    }
 }
+
+/// SQL Server error numbers that blame the rows: 220/232/8115 arithmetic
+/// overflow, 241/242/245/8114 conversion, 515 NULL, 547 constraint,
+/// 2601/2627 duplicate key, 2628/8152 truncation, 4815/4816/4819 bulk load
+/// column data.
+const DATA_ERRORS: [u32; 16] = [
+    220, 232, 241, 242, 245, 515, 547, 2601, 2627, 2628, 4815, 4816, 4819, 8114, 8115, 8152,
+];
 
 #[cfg(test)]
 mod tests {

@@ -29,7 +29,7 @@ use super::sink::{Sink, Written};
 /// Why the PostgreSQL sink failed.
 #[derive(Debug, Error)]
 pub enum PgError {
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", db_message(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("postgres: the schema is at version {found}, newer than this uplink knows ({known}); upgrade the uplink")]
     SchemaTooNew { found: i32, known: i32 },
@@ -319,6 +319,28 @@ pub struct PgSink {
     series: SeriesCache,
 }
 
+/// The server's own words for an error (severity, SQLSTATE, message,
+/// detail, where), or the driver's with its causes.
+fn db_message(e: &tokio_postgres::Error) -> String {
+    if let Some(d) = e.as_db_error() {
+        let mut s = format!("{} {}: {}", d.severity(), d.code().code(), d.message());
+        if let Some(detail) = d.detail() {
+            s.push_str(&format!(" ({detail})"));
+        }
+        if let Some(w) = d.where_() {
+            s.push_str(&format!(" [{}]", w.lines().next().unwrap_or_default()));
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        s.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    s
+}
+
 fn at(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
@@ -392,6 +414,21 @@ impl Sink for PgSink {
     /// Whether the connection is still up.
     fn is_closed(&self) -> bool {
         self.client.is_closed()
+    }
+
+    /// SQLSTATE classes 22 (data exception) and 23 (integrity constraint),
+    /// 54 (a program limit such as an index entry too large for its page),
+    /// and values the driver could not encode.
+    fn is_data_error(e: &PgError) -> bool {
+        let PgError::Db(e) = e else { return false };
+        if e.is_closed() {
+            return false;
+        }
+        match e.code() {
+            Some(c) => ["22", "23", "54"].iter().any(|class| c.code().starts_with(class)),
+            // Client side: a parameter that would not serialize.
+            None => e.to_string().starts_with("error serializing"),
+        }
     }
 
     /// Applies the missing migrations; returns the schema version.

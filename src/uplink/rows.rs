@@ -12,9 +12,81 @@
 //! - Values are lossless: scalars go to typed columns, anything else
 //!   (arrays, DataSet, Template, bytes) to `v_bytes` as a one-metric
 //!   Sparkplug payload, with a readable summary in `v_text`.
+//! - Every row is one a database can take: a fact that no database column
+//!   could hold exactly (a NUL in a name or a string, a timestamp outside
+//!   1970–9999, a name longer than [`MAX_NAME_BYTES`]) becomes a
+//!   [`QuarantineRow`] with the reason and the metric as a one-metric
+//!   Sparkplug payload, never a row that makes a whole batch fail. Descriptive
+//!   text (topics, reasons, audit values, catalog properties) is kept with
+//!   NULs spelled `\0`; a node state or audit time outside 1970–9999 falls back
+//!   to the time of arrival.
+
+use std::borrow::Cow;
 
 use crate::sparkplug::codec::{encode_iter, Datatypes, Metric, Value};
 use crate::sparkplug::host::{CommandSeen, DeathCause, HostEvent};
+
+/// The last millisecond every backend's timestamp column holds
+/// (9999-12-31T23:59:59.999Z; SQL Server's `datetime2` ends there).
+pub const MAX_TS_MS: i64 = 253_402_300_799_999;
+
+/// The longest group, node, device or metric name written as a key, in
+/// bytes: four of them stay under PostgreSQL's b-tree entry limit (2,704
+/// bytes), so a long name can never make an index refuse a batch.
+pub const MAX_NAME_BYTES: usize = 512;
+
+/// Text a database text column takes: NUL (which neither PostgreSQL nor a
+/// bulk load accepts) spelled `\0`. For descriptive text only, never values.
+pub fn storable(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\\0"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub fn prefix(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn storable_ts(ms: u64, fallback: u64) -> i64 {
+    i64::try_from(ms)
+        .ok()
+        .filter(|t| *t <= MAX_TS_MS)
+        .unwrap_or_else(|| fallback.min(MAX_TS_MS as u64) as i64)
+}
+
+/// Why a fact cannot be stored exactly, or `None` when it can.
+pub fn fact_defect(f: &FactRow) -> Option<String> {
+    for (what, name) in [
+        ("group", &f.group),
+        ("node", &f.node),
+        ("device", &f.device),
+        ("metric name", &f.metric),
+    ] {
+        if name.len() > MAX_NAME_BYTES {
+            return Some(format!(
+                "{what} is {} bytes long, over the {MAX_NAME_BYTES} a key holds",
+                name.len()
+            ));
+        }
+        if name.contains('\0') {
+            return Some(format!("{what} contains a NUL character (U+0000)"));
+        }
+    }
+    if !(0..=MAX_TS_MS).contains(&f.ts_ms) {
+        return Some(format!("timestamp {} ms is outside 1970-01-01..9999-12-31", f.ts_ms));
+    }
+    if f.v_text.as_deref().is_some_and(|t| t.contains('\0')) {
+        return Some("string value contains a NUL character (U+0000), which no text column holds".into());
+    }
+    None
+}
 
 /// One received MQTT message (`sp_event_raw`).
 #[derive(Debug, Clone, PartialEq)]
@@ -193,8 +265,8 @@ impl Batch {
         };
         let (seq, bdseq) = header(payload);
         self.raw.push(RawRow {
-            topic: topic.to_string(),
-            kind,
+            topic: storable(topic).into_owned(),
+            kind: storable(&kind).into_owned(),
             seq,
             bdseq,
             received_ms: received_ms as i64,
@@ -206,18 +278,18 @@ impl Batch {
     pub fn add_command(&mut self, c: &CommandSeen, received_ms: u64, requested_by: &str) {
         for w in &c.writes {
             self.commands.push(CommandRow {
-                at_ms: c.timestamp.unwrap_or(received_ms) as i64,
-                group: c.group.clone(),
-                node: c.node.clone(),
-                device: c.device.clone().unwrap_or_default(),
-                metric: w.metric.clone(),
-                value: w.value.clone(),
+                at_ms: storable_ts(c.timestamp.unwrap_or(received_ms), received_ms),
+                group: storable(&c.group).into_owned(),
+                node: storable(&c.node).into_owned(),
+                device: storable(c.device.as_deref().unwrap_or_default()).into_owned(),
+                metric: storable(&w.metric).into_owned(),
+                value: w.value.as_deref().map(|v| storable(v).into_owned()),
                 accepted: w.verdict.is_ok(),
                 reason: match &w.verdict {
                     Ok(()) => "matches the birth".to_string(),
-                    Err(why) => why.clone(),
+                    Err(why) => storable(why).into_owned(),
                 },
-                requested_by: requested_by.to_string(),
+                requested_by: storable(requested_by).into_owned(),
             });
         }
     }
@@ -234,14 +306,14 @@ impl Batch {
             } => {
                 let at = timestamp.unwrap_or(received_ms);
                 self.states.push(StateRow {
-                    group: group.clone(),
-                    node: node.clone(),
+                    group: storable(group).into_owned(),
+                    node: storable(node).into_owned(),
                     online: true,
                     bdseq: Some(*bdseq as i64),
-                    at_ms: at as i64,
+                    at_ms: storable_ts(at, received_ms),
                     cause: String::new(),
                 });
-                self.birth(group, node, "", metrics, at);
+                self.birth(group, node, "", metrics, at, received_ms);
             }
             HostEvent::DeviceBirth {
                 group,
@@ -249,7 +321,14 @@ impl Batch {
                 device,
                 timestamp,
                 metrics,
-            } => self.birth(group, node, device, metrics, timestamp.unwrap_or(received_ms)),
+            } => self.birth(
+                group,
+                node,
+                device,
+                metrics,
+                timestamp.unwrap_or(received_ms),
+                received_ms,
+            ),
             HostEvent::Data {
                 group,
                 node,
@@ -259,9 +338,10 @@ impl Batch {
                 ..
             } => {
                 let at = timestamp.unwrap_or(received_ms);
+                let kind = if device.is_some() { "DDATA" } else { "NDATA" };
                 let device = device.as_deref().unwrap_or("");
                 for m in metrics {
-                    self.fact(group, node, device, m, at);
+                    self.fact(kind, group, node, device, m, at, received_ms);
                 }
             }
             HostEvent::NodeDeath {
@@ -272,19 +352,19 @@ impl Batch {
                     DeathCause::HostDisconnected => (None, "host disconnected"),
                 };
                 self.states.push(StateRow {
-                    group: group.clone(),
-                    node: node.clone(),
+                    group: storable(group).into_owned(),
+                    node: storable(node).into_owned(),
                     online: false,
                     bdseq,
-                    at_ms: *at as i64,
+                    at_ms: storable_ts(*at, received_ms),
                     cause: cause.to_string(),
                 });
             }
             HostEvent::Quarantine { topic, payload, reason } => self.quarantine.push(QuarantineRow {
-                topic: topic.clone(),
-                received_ms: received_ms as i64,
+                topic: storable(topic).into_owned(),
+                received_ms: storable_ts(received_ms, 0),
                 payload: payload.clone(),
-                reason: reason.clone(),
+                reason: storable(reason).into_owned(),
             }),
             HostEvent::Subscribe(_)
             | HostEvent::Publish(_)
@@ -296,9 +376,13 @@ impl Batch {
         }
     }
 
-    fn birth(&mut self, group: &str, node: &str, device: &str, metrics: &[Metric], at: u64) {
+    fn birth(&mut self, group: &str, node: &str, device: &str, metrics: &[Metric], at: u64, received_ms: u64) {
+        let kind = if device.is_empty() { "NBIRTH" } else { "DBIRTH" };
         for m in metrics {
             let Some(name) = &m.name else { continue };
+            if !self.fact(kind, group, node, device, m, at, received_ms) {
+                continue; // quarantined: not in the catalog either
+            }
             self.catalog.push(CatalogRow {
                 group: group.to_string(),
                 node: node.to_string(),
@@ -309,27 +393,40 @@ impl Batch {
                     .properties
                     .as_ref()
                     .map(|p| {
-                        p.entries
+                        let text = p
+                            .entries
                             .iter()
                             .map(|(k, v)| format!("{k}={}", v.value.as_ref().map_or("null".into(), |x| x.to_string())))
                             .collect::<Vec<_>>()
-                            .join("; ")
+                            .join("; ");
+                        storable(&text).into_owned()
                     })
                     .unwrap_or_default(),
-                seen_ms: at as i64,
+                seen_ms: storable_ts(at, received_ms),
             });
-            self.fact(group, node, device, m, at);
         }
     }
 
-    fn fact(&mut self, group: &str, node: &str, device: &str, m: &Metric, at: u64) {
-        let Some(name) = &m.name else { return };
+    /// Adds the metric's fact, or its quarantine row when no database could
+    /// store it exactly; true for a fact.
+    #[allow(clippy::too_many_arguments)]
+    fn fact(
+        &mut self,
+        kind: &str,
+        group: &str,
+        node: &str,
+        device: &str,
+        m: &Metric,
+        at: u64,
+        received_ms: u64,
+    ) -> bool {
+        let Some(name) = &m.name else { return false };
         let mut f = FactRow {
             group: group.to_string(),
             node: node.to_string(),
             device: device.to_string(),
             metric: name.clone(),
-            ts_ms: m.timestamp.unwrap_or(at) as i64,
+            ts_ms: i64::try_from(m.timestamp.unwrap_or(at)).unwrap_or(i64::MAX),
             datatype: m.datatype as i16,
             v_int: None,
             v_float: None,
@@ -373,8 +470,24 @@ impl Batch {
                 }
             },
         }
+        if let Some(defect) = fact_defect(&f) {
+            let topic = match device {
+                "" => format!("spBv1.0/{group}/{kind}/{node}"),
+                d => format!("spBv1.0/{group}/{kind}/{node}/{d}"),
+            };
+            let name = prefix(&f.metric, 120);
+            self.quarantine.push(QuarantineRow {
+                topic: storable(prefix(&topic, 4 * MAX_NAME_BYTES)).into_owned(),
+                received_ms: storable_ts(received_ms, 0),
+                payload: encode_iter(None, None, std::iter::once(Cow::Borrowed(m)), Datatypes::Include)
+                    .unwrap_or_default(),
+                reason: storable(&format!("metric '{name}': {defect}")).into_owned(),
+            });
+            return false;
+        }
         // A null value (e.g. a metric declared without one) is still a fact.
         self.facts.push(f);
+        true
     }
 }
 
@@ -514,5 +627,78 @@ mod tests {
             ("NBIRTH", Some(0), Some(7))
         );
         assert_eq!((b.raw[1].kind.as_str(), b.raw[1].seq), ("DDATA", None));
+    }
+
+    #[test]
+    fn a_fact_no_database_could_hold_is_quarantined_with_its_reason_and_the_rest_kept() {
+        let mut b = Batch::default();
+        let far = Metric::new("Far", Value::Double(1.0), 9_300_000_000_000_000);
+        let nul = Metric::new("Text", Value::String("a\0b".into()), 3);
+        let long = Metric::new("x".repeat(MAX_NAME_BYTES + 1), Value::Int32(1), 3);
+        let ok = Metric::new("Ok", Value::Int32(7), 3);
+        b.add_event(&data(vec![far, nul, long, ok]), 99);
+        assert_eq!(b.facts.len(), 1, "only the good metric is a fact");
+        assert_eq!(b.facts[0].metric, "Ok");
+        assert_eq!(b.quarantine.len(), 3);
+        let reasons: Vec<&str> = b.quarantine.iter().map(|q| q.reason.as_str()).collect();
+        assert!(reasons[0].contains("outside 1970-01-01..9999-12-31"), "{reasons:?}");
+        assert!(reasons[1].contains("NUL"), "{reasons:?}");
+        assert!(reasons[2].contains("over the 512 a key holds"), "{reasons:?}");
+        assert!(b.quarantine.iter().all(|q| q.topic == "spBv1.0/G/DDATA/N/D"));
+        // The quarantined metric is kept whole, as a Sparkplug payload.
+        let back = crate::sparkplug::Payload::decode(&b.quarantine[1].payload).expect("decodes");
+        assert_eq!(back.metrics[0].value, Some(Value::String("a\0b".into())));
+        for r in b.quarantine.iter().map(|q| &q.reason).chain([&b.facts[0].metric]) {
+            assert!(!r.contains('\0'));
+        }
+    }
+
+    #[test]
+    fn a_birth_metric_that_is_quarantined_stays_out_of_the_catalog_and_a_wild_birth_time_falls_back_to_arrival() {
+        let mut b = Batch::default();
+        b.add_event(
+            &HostEvent::NodeBirth {
+                group: "G".into(),
+                node: "N".into(),
+                bdseq: 0,
+                timestamp: Some(u64::MAX),
+                metrics: vec![
+                    Metric::new("Bad\0", Value::Boolean(true), 10),
+                    Metric::new("Good", Value::Boolean(true), 10),
+                ],
+            },
+            11,
+        );
+        assert_eq!(b.states[0].at_ms, 11, "state time out of range: arrival");
+        assert_eq!(
+            b.catalog.iter().map(|c| c.metric.as_str()).collect::<Vec<_>>(),
+            ["Good"]
+        );
+        assert_eq!(b.quarantine.len(), 1);
+        assert_eq!(b.quarantine[0].topic, "spBv1.0/G/NBIRTH/N");
+    }
+
+    #[test]
+    fn descriptive_text_spells_nul_so_the_raw_log_and_the_audit_always_store() {
+        let mut b = Batch::default();
+        b.add_raw("spBv1.0/G\0/NDATA/N", b"x", 1);
+        assert_eq!(b.raw[0].topic, "spBv1.0/G\\0/NDATA/N");
+        let seen = CommandSeen {
+            group: "G".into(),
+            node: "N".into(),
+            device: None,
+            timestamp: Some(9_300_000_000_000_000),
+            writes: vec![crate::sparkplug::host::CommandWrite {
+                metric: "M\0".into(),
+                value: Some("v\0".into()),
+                verdict: Err("no\0".into()),
+            }],
+        };
+        b.add_command(&seen, 5, "me");
+        let c = &b.commands[0];
+        assert_eq!(
+            (c.at_ms, c.metric.as_str(), c.value.as_deref(), c.reason.as_str()),
+            (5, "M\\0", Some("v\\0"), "no\\0")
+        );
     }
 }

@@ -18,7 +18,7 @@
 //!   is empty again it publishes STATE online. Past `backlog_max_rows` new
 //!   rows are dropped, counted and logged at ERROR, never silently.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,15 +28,16 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::config::{Backend, DatabaseConfig, UplinkConfig};
+use super::config::{Backend, UplinkConfig};
 use super::mssql::MssqlSink;
 use super::postgres::PgSink;
 use super::rows::Batch;
-use super::sink::Sink;
+use super::stats::Stats;
+use super::writer::{self, Pending, Queue, Writers};
 use crate::mqtt::{self, ConnEvent, MqttError, Server};
 use crate::plc::poller::now_ms;
 use crate::sparkplug::host::{HostConfig, HostError, HostEvent, HostSession};
-use crate::telemetry::http::{self, Exposition};
+use crate::telemetry::http;
 
 /// Why the uplink could not start.
 #[derive(Debug, Error)]
@@ -52,231 +53,6 @@ pub enum UplinkError {
     },
     #[error("installing a signal handler: {0}")]
     Signal(std::io::Error),
-}
-
-/// Upper bounds (seconds) of the ingest-lag and batch-duration histograms.
-const LAG_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0, 60.0];
-
-/// A Prometheus histogram over [`LAG_BUCKETS`].
-#[derive(Debug, Default)]
-struct Histogram {
-    counts: [AtomicU64; LAG_BUCKETS.len() + 1],
-    sum_us: AtomicU64,
-}
-
-impl Histogram {
-    fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        let i = LAG_BUCKETS.iter().position(|b| s <= *b).unwrap_or(LAG_BUCKETS.len());
-        self.counts[i].fetch_add(1, Relaxed);
-        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
-    }
-
-    fn write(&self, s: &mut String, name: &str, help: &str) {
-        use std::fmt::Write as _;
-        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cum = 0;
-        for (i, b) in LAG_BUCKETS.iter().enumerate() {
-            cum += self.counts[i].load(Relaxed);
-            let _ = writeln!(s, "{name}_bucket{{le=\"{b}\"}} {cum}");
-        }
-        cum += self.counts[LAG_BUCKETS.len()].load(Relaxed);
-        let _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {cum}");
-        let _ = writeln!(s, "{name}_sum {}", self.sum_us.load(Relaxed) as f64 / 1e6);
-        let _ = writeln!(s, "{name}_count {cum}");
-    }
-}
-
-/// Counters and gauges for `/metrics` and `/ready`.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub messages: AtomicU64,
-    pub facts_written: AtomicU64,
-    pub facts_duplicate: AtomicU64,
-    pub raw_written: AtomicU64,
-    pub batches: AtomicU64,
-    pub db_errors: AtomicU64,
-    pub rebirths: AtomicU64,
-    pub sequence_errors: AtomicU64,
-    pub quarantined: AtomicU64,
-    pub commands_audited: AtomicU64,
-    pub rollup_folded: AtomicU64,
-    pub dropped_rows: AtomicU64,
-    pub online_nodes: AtomicU64,
-    pub backlog_rows: AtomicU64,
-    pub last_batch_us: AtomicU64,
-    pub connected: AtomicBool,
-    pub db_ok: AtomicBool,
-    pub declared_offline: AtomicBool,
-    /// Messages received in the last whole second.
-    pub messages_per_second: AtomicU64,
-    lag: Histogram,
-    batch_time: Histogram,
-}
-
-impl Exposition for Stats {
-    fn ready(&self) -> (bool, String) {
-        let (c, d, off) = (
-            self.connected.load(Relaxed),
-            self.db_ok.load(Relaxed),
-            self.declared_offline.load(Relaxed),
-        );
-        let ready = c && d && !off;
-        let word = if ready { "ready" } else { "not ready" };
-        (
-            ready,
-            format!(
-                "{word}: broker {}, database {}, STATE {}\nonline nodes {}, backlog {} rows, facts written {}, duplicates {}, database errors {}\n",
-                if c { "connected" } else { "disconnected" },
-                if d { "ok" } else { "failing" },
-                if off { "offline (catching up)" } else { "online" },
-                self.online_nodes.load(Relaxed),
-                self.backlog_rows.load(Relaxed),
-                self.facts_written.load(Relaxed),
-                self.facts_duplicate.load(Relaxed),
-                self.db_errors.load(Relaxed),
-            ),
-        )
-    }
-
-    fn metrics(&self) -> String {
-        use std::fmt::Write as _;
-        let mut s = String::new();
-        let mut g = |name: &str, help: &str, kind: &str, v: u64| {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        g(
-            "spb_uplink_messages_total",
-            "MQTT messages received on spBv1.0/.",
-            "counter",
-            self.messages.load(Relaxed),
-        );
-        g(
-            "spb_uplink_facts_written_total",
-            "Metric facts inserted.",
-            "counter",
-            self.facts_written.load(Relaxed),
-        );
-        g(
-            "spb_uplink_facts_duplicate_total",
-            "Facts already stored (replays, duplicates): written once.",
-            "counter",
-            self.facts_duplicate.load(Relaxed),
-        );
-        g(
-            "spb_uplink_raw_events_total",
-            "Messages logged raw.",
-            "counter",
-            self.raw_written.load(Relaxed),
-        );
-        g(
-            "spb_uplink_batches_total",
-            "Batches committed.",
-            "counter",
-            self.batches.load(Relaxed),
-        );
-        g(
-            "spb_uplink_database_errors_total",
-            "Failed database writes or connects (retried).",
-            "counter",
-            self.db_errors.load(Relaxed),
-        );
-        g(
-            "spb_uplink_rebirths_requested_total",
-            "Rebirth requests sent to edge nodes.",
-            "counter",
-            self.rebirths.load(Relaxed),
-        );
-        g(
-            "spb_uplink_sequence_errors_total",
-            "Messages with an unexpected seq.",
-            "counter",
-            self.sequence_errors.load(Relaxed),
-        );
-        g(
-            "spb_uplink_quarantined_total",
-            "Payloads quarantined.",
-            "counter",
-            self.quarantined.load(Relaxed),
-        );
-        g(
-            "spb_uplink_commands_audited_total",
-            "NCMD/DCMD metrics recorded in sp_command_audit (this host's and others').",
-            "counter",
-            self.commands_audited.load(Relaxed),
-        );
-        g(
-            "spb_uplink_rollup_folded_total",
-            "Facts folded into the minute/hour/day rollups.",
-            "counter",
-            self.rollup_folded.load(Relaxed),
-        );
-        g(
-            "spb_uplink_dropped_rows_total",
-            "Rows dropped because the backlog was full.",
-            "counter",
-            self.dropped_rows.load(Relaxed),
-        );
-        g(
-            "spb_uplink_online_nodes",
-            "Edge nodes online.",
-            "gauge",
-            self.online_nodes.load(Relaxed),
-        );
-        g(
-            "spb_uplink_backlog_rows",
-            "Rows waiting for the database.",
-            "gauge",
-            self.backlog_rows.load(Relaxed),
-        );
-        g(
-            "spb_uplink_last_batch_microseconds",
-            "Duration of the last committed batch.",
-            "gauge",
-            self.last_batch_us.load(Relaxed),
-        );
-        g(
-            "spb_uplink_connected",
-            "1 while connected to a broker.",
-            "gauge",
-            self.connected.load(Relaxed).into(),
-        );
-        g(
-            "spb_uplink_database_ok",
-            "1 while the last database write succeeded.",
-            "gauge",
-            self.db_ok.load(Relaxed).into(),
-        );
-        g(
-            "spb_uplink_state_offline",
-            "1 while this host has declared itself offline to catch up.",
-            "gauge",
-            self.declared_offline.load(Relaxed).into(),
-        );
-        g(
-            "spb_uplink_messages_per_second",
-            "Messages received in the last whole second.",
-            "gauge",
-            self.messages_per_second.load(Relaxed),
-        );
-        self.lag.write(
-            &mut s,
-            "spb_uplink_ingest_lag_seconds",
-            "From a message's arrival to the commit of its rows.",
-        );
-        self.batch_time.write(
-            &mut s,
-            "spb_uplink_batch_seconds",
-            "Duration of each committed database transaction.",
-        );
-        s
-    }
-}
-
-/// A batch on its way to the database, with when its first message arrived.
-struct Pending {
-    batch: Batch,
-    since: Instant,
 }
 
 /// Runs the uplink until SIGTERM/SIGINT.
@@ -298,27 +74,25 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
     })?;
     // One writer per connection; each node's rows always go to the same one,
     // so per-node order holds and writers never contend for a row.
-    let mut batch_tx = Vec::new();
-    let mut writers = Vec::new();
     let count = if dry_run { 1 } else { cfg.database.writers };
-    for _ in 0..count {
-        let (tx, rx) = mpsc::unbounded_channel::<Pending>();
-        batch_tx.push(tx);
-        writers.push(if dry_run {
-            stats.db_ok.store(true, Relaxed);
-            tokio::spawn(dry_writer(rx, stats.clone()))
-        } else {
-            match cfg.database.backend {
-                Backend::Postgres => tokio::spawn(writer::<PgSink>(cfg.database.clone(), rx, stats.clone())),
-                Backend::Mssql => tokio::spawn(writer::<MssqlSink>(cfg.database.clone(), rx, stats.clone())),
-            }
-        });
+    let (db, st) = (cfg.database.clone(), stats.clone());
+    if dry_run {
+        stats.db_ok.store(true, Relaxed);
     }
+    let start: Box<dyn Fn(Queue) -> tokio::task::JoinHandle<()> + Send> = Box::new(move |q| {
+        let (db, st) = (db.clone(), st.clone());
+        match (dry_run, db.backend) {
+            (true, _) => tokio::spawn(dry_writer(q, st)),
+            (false, Backend::Postgres) => tokio::spawn(writer::writer::<PgSink>(db, q, st)),
+            (false, Backend::Mssql) => tokio::spawn(writer::writer::<MssqlSink>(db, q, st)),
+        }
+    });
+    let writers = Writers::start(count, stats.clone(), start);
     let (fold_stop, fold_rx) = tokio::sync::oneshot::channel();
     // PostgreSQL folds its rollups apart from the writes; SQL Server's MERGE
     // keeps them current in each write, so it needs no folder.
     let folder = (!dry_run && cfg.database.backend == Backend::Postgres)
-        .then(|| tokio::spawn(folder::<PgSink>(cfg.database.clone(), stats.clone(), fold_rx)));
+        .then(|| tokio::spawn(writer::folder::<PgSink>(cfg.database.clone(), stats.clone(), fold_rx)));
     let (conn_tx, mut conn_rx) = mpsc::channel(4096);
     let mut sigterm = signal(SignalKind::terminate()).map_err(UplinkError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(UplinkError::Signal)?;
@@ -337,7 +111,7 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
         conn_tx,
         batch: Batch::default(),
         batch_since: None,
-        batch_tx,
+        writers,
         rng: crate::plc::sim::Rng::new(now_ms()),
         own_commands: std::collections::VecDeque::new(),
         rate_window: (Instant::now(), 0),
@@ -363,12 +137,9 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
     rt.flush();
     let events = session.shutdown(now_ms());
     rt.execute(&mut session, events).await;
-    drop(rt);
     // The writers end once every batch handed to them is committed (bounded wait).
-    if tokio::time::timeout(Duration::from_secs(30), futures_util::future::join_all(writers))
-        .await
-        .is_err()
-    {
+    let Loop { writers, .. } = rt;
+    if !writers.finish(Duration::from_secs(30)).await {
         tracing::error!("the database did not take the last batches within 30 s; they are lost");
     }
     // The rollups, current with everything written (bounded wait; what is
@@ -394,7 +165,7 @@ struct Loop {
     conn_tx: mpsc::Sender<ConnEvent>,
     batch: Batch,
     batch_since: Option<Instant>,
-    batch_tx: Vec<mpsc::UnboundedSender<Pending>>,
+    writers: Writers,
     rng: crate::plc::sim::Rng,
     /// Commands this host published lately (ms, topic, payload): audited when
     /// sent, so their echo from the broker is not audited again.
@@ -596,9 +367,9 @@ impl Loop {
             return;
         }
         self.stats.backlog_rows.fetch_add(n, Relaxed);
-        for (part, tx) in batch.split(self.batch_tx.len()).into_iter().zip(&self.batch_tx) {
+        for (i, part) in batch.split(self.writers.len()).into_iter().enumerate() {
             if !part.is_empty() {
-                let _ = tx.send(Pending { batch: part, since });
+                self.writers.send(i, Pending { batch: part, since });
             }
         }
     }
@@ -611,6 +382,7 @@ impl Loop {
             self.stats.messages_per_second.store(rate.round() as u64, Relaxed);
             self.rate_window = (Instant::now(), now);
         }
+        self.writers.supervise();
         let events = session.tick(now_ms());
         self.execute(session, events).await;
         if self
@@ -640,117 +412,9 @@ impl Loop {
     }
 }
 
-/// Takes batches as they come and commits them, merged up to
-/// `batch_max_rows`, retrying each until the database accepts it.
-async fn writer<S: Sink>(db: DatabaseConfig, mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<Stats>) {
-    let mut sink: Option<S> = None;
-    let mut attempt = 0u32;
-    while let Some(first) = rx.recv().await {
-        let mut batch = first.batch;
-        let mut oldest = first.since;
-        while batch.len() < db.batch_max_rows {
-            match rx.try_recv() {
-                Ok(mut more) => {
-                    batch.append(&mut more.batch);
-                    oldest = oldest.min(more.since);
-                }
-                Err(_) => break,
-            }
-        }
-        loop {
-            if sink.as_ref().is_none_or(S::is_closed) {
-                match connect::<S>(&db.url).await {
-                    Ok(s) => sink = Some(s),
-                    Err(e) => {
-                        fail(&stats, &mut attempt, &e.to_string()).await;
-                        continue;
-                    }
-                }
-            }
-            let Some(s) = sink.as_mut() else { continue };
-            let t = std::time::Instant::now();
-            match s.write(&batch).await {
-                Ok(w) => {
-                    if attempt > 0 {
-                        tracing::info!("database writes succeed again");
-                    }
-                    attempt = 0;
-                    stats.db_ok.store(true, Relaxed);
-                    stats.batches.fetch_add(1, Relaxed);
-                    stats.facts_written.fetch_add(w.facts, Relaxed);
-                    stats
-                        .facts_duplicate
-                        .fetch_add(batch.facts.len() as u64 - w.facts, Relaxed);
-                    stats.raw_written.fetch_add(w.raw, Relaxed);
-                    let took = t.elapsed();
-                    stats.last_batch_us.store(took.as_micros() as u64, Relaxed);
-                    stats.batch_time.observe(took);
-                    stats.lag.observe(oldest.elapsed());
-                    stats.backlog_rows.fetch_sub(batch.len() as u64, Relaxed);
-                    break;
-                }
-                Err(e) => {
-                    sink = None;
-                    fail(&stats, &mut attempt, &e.to_string()).await;
-                }
-            }
-        }
-    }
-}
-
-/// Keeps the rollups current on a connection of its own (writers never wait
-/// for a fold), every `rollup_interval` and once more when `stop` fires.
-async fn folder<S: Sink>(db: DatabaseConfig, stats: Arc<Stats>, mut stop: tokio::sync::oneshot::Receiver<()>) {
-    let mut sink: Option<S> = None;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(db.rollup_interval) => fold(&db, &mut sink, &stats).await,
-            _ = &mut stop => break,
-        }
-    }
-    fold(&db, &mut sink, &stats).await;
-}
-
-/// One rollup fold; a failure is logged and counted, and the next interval tries again.
-async fn fold<S: Sink>(db: &DatabaseConfig, sink: &mut Option<S>, stats: &Stats) {
-    if sink.as_ref().is_none_or(S::is_closed) {
-        match connect::<S>(&db.url).await {
-            Ok(s) => *sink = Some(s),
-            Err(_) => return, // the write path reports the outage
-        }
-    }
-    let Some(s) = sink.as_mut() else { return };
-    match s.fold().await {
-        Ok(n) => {
-            stats.rollup_folded.fetch_add(n, Relaxed);
-        }
-        Err(e) => {
-            *sink = None;
-            stats.db_errors.fetch_add(1, Relaxed);
-            tracing::warn!(error = %e, "rollup fold failed; the pending facts stay for the next one");
-        }
-    }
-}
-
-async fn connect<S: Sink>(url: &str) -> Result<S, S::Error> {
-    let mut s = S::connect(url).await?;
-    s.migrate().await?;
-    Ok(s)
-}
-
-async fn fail(stats: &Stats, attempt: &mut u32, why: &str) {
-    stats.db_errors.fetch_add(1, Relaxed);
-    stats.db_ok.store(false, Relaxed);
-    if *attempt == 0 || attempt.is_power_of_two() {
-        tracing::error!(error = %why, attempt = *attempt, "database write failed; retrying (nothing is dropped)");
-    }
-    let wait = Duration::from_millis(200).saturating_mul(1 << (*attempt).min(5));
-    *attempt = attempt.saturating_add(1);
-    tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
-}
-
 /// `--dry-run`: decode and log, write nothing.
-async fn dry_writer(mut rx: mpsc::UnboundedReceiver<Pending>, stats: Arc<Stats>) {
+async fn dry_writer(queue: Queue, stats: Arc<Stats>) {
+    let mut rx = queue.lock().await;
     while let Some(p) = rx.recv().await {
         let b = &p.batch;
         tracing::info!(

@@ -8,6 +8,9 @@
 //!   again changes neither facts nor rollups (a retry after an unknown
 //!   outcome, or a replay by the gateway, is harmless).
 //! - After `fold`, the rollups count every committed fact exactly once.
+//! - A write that fails for its data says so ([`Sink::is_data_error`]) and
+//!   leaves the sink usable or closed, never half-committed; its error
+//!   carries the database's own message.
 //! - Dialect differences (DDL, bulk path, merge statement, key shape) stay
 //!   inside the backend's module.
 
@@ -43,4 +46,10 @@ pub trait Sink: Sized + Send {
 
     /// Whether the connection is known to be gone (a reconnect is due).
     fn is_closed(&self) -> bool;
+
+    /// Whether `e` is about the rows, not the connection or the server:
+    /// writing the same rows again would fail the same way (a value out of
+    /// range, a NUL in text, a constraint), so the writer isolates the rows
+    /// at fault instead of retrying them.
+    fn is_data_error(e: &Self::Error) -> bool;
 }

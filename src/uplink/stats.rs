@@ -1,0 +1,261 @@
+//! The uplink's counters and gauges, shared by the MQTT loop and the writer
+//! tasks, exposed on `/metrics` and `/ready`.
+//!
+//! Invariants: counters only grow; every gauge is set by one owner (the loop
+//! or a writer); rendering takes no lock.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::telemetry::http::Exposition;
+
+/// Upper bounds (seconds) of the ingest-lag and batch-duration histograms.
+const LAG_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0, 60.0];
+
+/// A Prometheus histogram over [`LAG_BUCKETS`].
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; LAG_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = LAG_BUCKETS.iter().position(|b| s <= *b).unwrap_or(LAG_BUCKETS.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    fn write(&self, s: &mut String, name: &str, help: &str) {
+        use std::fmt::Write as _;
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cum = 0;
+        for (i, b) in LAG_BUCKETS.iter().enumerate() {
+            cum += self.counts[i].load(Relaxed);
+            let _ = writeln!(s, "{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        cum += self.counts[LAG_BUCKETS.len()].load(Relaxed);
+        let _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {cum}");
+        let _ = writeln!(s, "{name}_sum {}", self.sum_us.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(s, "{name}_count {cum}");
+    }
+}
+
+/// Counters and gauges for `/metrics` and `/ready`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub messages: AtomicU64,
+    pub facts_written: AtomicU64,
+    pub facts_duplicate: AtomicU64,
+    pub raw_written: AtomicU64,
+    pub batches: AtomicU64,
+    pub db_errors: AtomicU64,
+    pub rebirths: AtomicU64,
+    pub sequence_errors: AtomicU64,
+    pub quarantined: AtomicU64,
+    pub commands_audited: AtomicU64,
+    pub rollup_folded: AtomicU64,
+    pub dropped_rows: AtomicU64,
+    pub online_nodes: AtomicU64,
+    pub backlog_rows: AtomicU64,
+    pub last_batch_us: AtomicU64,
+    pub connected: AtomicBool,
+    pub db_ok: AtomicBool,
+    pub declared_offline: AtomicBool,
+    /// Messages received in the last whole second.
+    pub messages_per_second: AtomicU64,
+    /// Rows the database refused, isolated from their batch and quarantined.
+    pub rows_refused: AtomicU64,
+    /// Rows that could be neither written nor quarantined (logged at ERROR).
+    pub rows_unstorable: AtomicU64,
+    /// Writes that panicked (caught; the rows were isolated and retried).
+    pub writer_panics: AtomicU64,
+    /// Writer tasks started again after they ended unexpectedly.
+    pub writer_restarts: AtomicU64,
+    pub lag: Histogram,
+    pub batch_time: Histogram,
+}
+
+impl Exposition for Stats {
+    fn ready(&self) -> (bool, String) {
+        let (c, d, off) = (
+            self.connected.load(Relaxed),
+            self.db_ok.load(Relaxed),
+            self.declared_offline.load(Relaxed),
+        );
+        let ready = c && d && !off;
+        let word = if ready { "ready" } else { "not ready" };
+        (
+            ready,
+            format!(
+                "{word}: broker {}, database {}, STATE {}\nonline nodes {}, backlog {} rows, facts written {}, duplicates {}, database errors {}\n",
+                if c { "connected" } else { "disconnected" },
+                if d { "ok" } else { "failing" },
+                if off { "offline (catching up)" } else { "online" },
+                self.online_nodes.load(Relaxed),
+                self.backlog_rows.load(Relaxed),
+                self.facts_written.load(Relaxed),
+                self.facts_duplicate.load(Relaxed),
+                self.db_errors.load(Relaxed),
+            ),
+        )
+    }
+
+    fn metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let mut g = |name: &str, help: &str, kind: &str, v: u64| {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        g(
+            "spb_uplink_messages_total",
+            "MQTT messages received on spBv1.0/.",
+            "counter",
+            self.messages.load(Relaxed),
+        );
+        g(
+            "spb_uplink_facts_written_total",
+            "Metric facts inserted.",
+            "counter",
+            self.facts_written.load(Relaxed),
+        );
+        g(
+            "spb_uplink_facts_duplicate_total",
+            "Facts already stored (replays, duplicates): written once.",
+            "counter",
+            self.facts_duplicate.load(Relaxed),
+        );
+        g(
+            "spb_uplink_raw_events_total",
+            "Messages logged raw.",
+            "counter",
+            self.raw_written.load(Relaxed),
+        );
+        g(
+            "spb_uplink_batches_total",
+            "Batches committed.",
+            "counter",
+            self.batches.load(Relaxed),
+        );
+        g(
+            "spb_uplink_database_errors_total",
+            "Failed database writes or connects (retried).",
+            "counter",
+            self.db_errors.load(Relaxed),
+        );
+        g(
+            "spb_uplink_rebirths_requested_total",
+            "Rebirth requests sent to edge nodes.",
+            "counter",
+            self.rebirths.load(Relaxed),
+        );
+        g(
+            "spb_uplink_sequence_errors_total",
+            "Messages with an unexpected seq.",
+            "counter",
+            self.sequence_errors.load(Relaxed),
+        );
+        g(
+            "spb_uplink_quarantined_total",
+            "Payloads quarantined.",
+            "counter",
+            self.quarantined.load(Relaxed),
+        );
+        g(
+            "spb_uplink_commands_audited_total",
+            "NCMD/DCMD metrics recorded in sp_command_audit (this host's and others').",
+            "counter",
+            self.commands_audited.load(Relaxed),
+        );
+        g(
+            "spb_uplink_rollup_folded_total",
+            "Facts folded into the minute/hour/day rollups.",
+            "counter",
+            self.rollup_folded.load(Relaxed),
+        );
+        g(
+            "spb_uplink_dropped_rows_total",
+            "Rows dropped because the backlog was full.",
+            "counter",
+            self.dropped_rows.load(Relaxed),
+        );
+        g(
+            "spb_uplink_rows_refused_total",
+            "Rows the database refused (data errors), isolated from their batch and quarantined.",
+            "counter",
+            self.rows_refused.load(Relaxed),
+        );
+        g(
+            "spb_uplink_rows_unstorable_total",
+            "Rows neither written nor quarantined (each logged at ERROR).",
+            "counter",
+            self.rows_unstorable.load(Relaxed),
+        );
+        g(
+            "spb_uplink_writer_panics_total",
+            "Database writes that panicked; their rows were isolated and retried.",
+            "counter",
+            self.writer_panics.load(Relaxed),
+        );
+        g(
+            "spb_uplink_writer_restarts_total",
+            "Writer tasks started again after they ended.",
+            "counter",
+            self.writer_restarts.load(Relaxed),
+        );
+        g(
+            "spb_uplink_online_nodes",
+            "Edge nodes online.",
+            "gauge",
+            self.online_nodes.load(Relaxed),
+        );
+        g(
+            "spb_uplink_backlog_rows",
+            "Rows waiting for the database.",
+            "gauge",
+            self.backlog_rows.load(Relaxed),
+        );
+        g(
+            "spb_uplink_last_batch_microseconds",
+            "Duration of the last committed batch.",
+            "gauge",
+            self.last_batch_us.load(Relaxed),
+        );
+        g(
+            "spb_uplink_connected",
+            "1 while connected to a broker.",
+            "gauge",
+            self.connected.load(Relaxed).into(),
+        );
+        g(
+            "spb_uplink_database_ok",
+            "1 while the last database write succeeded.",
+            "gauge",
+            self.db_ok.load(Relaxed).into(),
+        );
+        g(
+            "spb_uplink_state_offline",
+            "1 while this host has declared itself offline to catch up.",
+            "gauge",
+            self.declared_offline.load(Relaxed).into(),
+        );
+        g(
+            "spb_uplink_messages_per_second",
+            "Messages received in the last whole second.",
+            "gauge",
+            self.messages_per_second.load(Relaxed),
+        );
+        self.lag.write(
+            &mut s,
+            "spb_uplink_ingest_lag_seconds",
+            "From a message's arrival to the commit of its rows.",
+        );
+        self.batch_time.write(
+            &mut s,
+            "spb_uplink_batch_seconds",
+            "Duration of each committed database transaction.",
+        );
+        s
+    }
+}

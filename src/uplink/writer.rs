@@ -1,0 +1,439 @@
+//! The writer tasks: take batches from the MQTT loop and commit them through
+//! a [`Sink`], so that one bad row never stops the rows around it.
+//!
+//! Invariants:
+//! - Every row handed to a writer ends in exactly one place: committed, or
+//!   quarantined with the database's own reason, or (only when even its
+//!   quarantine row is refused) counted in `rows_unstorable` and logged at
+//!   ERROR with its key. Nothing is retried forever for the data's sake.
+//! - A failure about the connection or the server (anything but a data
+//!   error, see [`Sink::is_data_error`]) retries the same rows with backoff
+//!   until the database takes them; nothing is dropped while it is down.
+//! - A data error splits the failing rows in halves until the refused rows
+//!   stand alone; each half that commits is never written again (facts are
+//!   idempotent anyway). A write that panics is treated like a data error
+//!   on a new connection.
+//! - A writer task that ends while the loop still runs is started again on
+//!   the same queue ([`Writers::supervise`]): the batches waiting for it are
+//!   kept, never dropped.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::config::DatabaseConfig;
+use super::rows::{prefix, storable, Batch, QuarantineRow};
+use super::sink::{Sink, Written};
+use super::stats::Stats;
+
+/// A batch on its way to the database, with when its first message arrived.
+pub struct Pending {
+    pub batch: Batch,
+    pub since: Instant,
+}
+
+/// A writer's queue; it outlives the task that drains it, so a restarted
+/// task finds what was waiting.
+pub type Queue = Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>;
+
+/// The writer tasks, each with its queue and a way to start it again.
+pub struct Writers {
+    tx: Vec<mpsc::UnboundedSender<Pending>>,
+    queues: Vec<Queue>,
+    tasks: Vec<JoinHandle<()>>,
+    start: Box<dyn Fn(Queue) -> JoinHandle<()> + Send>,
+    stats: Arc<Stats>,
+}
+
+impl Writers {
+    /// Starts `n` writers, each by `start` on a queue of its own.
+    pub fn start(n: usize, stats: Arc<Stats>, start: Box<dyn Fn(Queue) -> JoinHandle<()> + Send>) -> Writers {
+        let mut w = Writers {
+            tx: Vec::new(),
+            queues: Vec::new(),
+            tasks: Vec::new(),
+            start,
+            stats,
+        };
+        for _ in 0..n.max(1) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let q: Queue = Arc::new(Mutex::new(rx));
+            w.tasks.push((w.start)(q.clone()));
+            w.tx.push(tx);
+            w.queues.push(q);
+        }
+        w
+    }
+
+    pub fn len(&self) -> usize {
+        self.tx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tx.is_empty()
+    }
+
+    /// Starts again every writer whose task has ended (a panic outside a
+    /// write, or a bug); its queue, with every batch waiting in it, is kept.
+    pub fn supervise(&mut self) {
+        for i in 0..self.tasks.len() {
+            if self.tasks[i].is_finished() {
+                self.stats.writer_restarts.fetch_add(1, Relaxed);
+                tracing::error!(
+                    writer = i,
+                    "a database writer ended unexpectedly; started again on its queue"
+                );
+                self.tasks[i] = (self.start)(self.queues[i].clone());
+            }
+        }
+    }
+
+    /// Hands `p` to writer `i`.
+    pub fn send(&mut self, i: usize, p: Pending) {
+        self.supervise();
+        if let Err(mpsc::error::SendError(p)) = self.tx[i].send(p) {
+            // Unreachable while `queues` holds the receiver; kept loud.
+            tracing::error!(rows = p.batch.len(), "writer queue closed: rows lost");
+            self.stats.rows_unstorable.fetch_add(p.batch.len() as u64, Relaxed);
+        }
+    }
+
+    /// Closes the queues and waits (up to `limit`) for every batch handed
+    /// over to be committed; false when the time ran out.
+    pub async fn finish(self, limit: Duration) -> bool {
+        drop(self.tx);
+        tokio::time::timeout(limit, futures_util::future::join_all(self.tasks))
+            .await
+            .is_ok()
+    }
+}
+
+/// Takes batches as they come and commits them, merged up to
+/// `batch_max_rows` (see the module invariants).
+pub async fn writer<S: Sink>(db: DatabaseConfig, queue: Queue, stats: Arc<Stats>) {
+    let mut rx = queue.lock().await;
+    let mut conn = Conn::<S>::new(db.url.clone());
+    while let Some(first) = rx.recv().await {
+        let mut batch = first.batch;
+        let mut oldest = first.since;
+        while batch.len() < db.batch_max_rows {
+            match rx.try_recv() {
+                Ok(mut more) => {
+                    batch.append(&mut more.batch);
+                    oldest = oldest.min(more.since);
+                }
+                Err(_) => break,
+            }
+        }
+        let rows = batch.len() as u64;
+        commit(&mut conn, batch, &stats).await;
+        stats.lag.observe(oldest.elapsed());
+        stats.backlog_rows.fetch_sub(rows, Relaxed);
+    }
+}
+
+/// A sink connection that is (re)opened on demand, with the backoff of
+/// consecutive failures.
+pub struct Conn<S> {
+    url: String,
+    sink: Option<S>,
+    attempt: u32,
+}
+
+impl<S: Sink> Conn<S> {
+    pub fn new(url: String) -> Conn<S> {
+        Conn {
+            url,
+            sink: None,
+            attempt: 0,
+        }
+    }
+
+    /// The open sink, connecting (and migrating) first when needed;
+    /// waits with backoff and tries again until the database answers.
+    async fn open(&mut self, stats: &Stats) -> &mut S {
+        loop {
+            if self.sink.as_ref().is_some_and(|s| !s.is_closed()) {
+                break;
+            }
+            match connect::<S>(&self.url).await {
+                Ok(s) => self.sink = Some(s),
+                Err(e) => self.fail(stats, &e.to_string()).await,
+            }
+        }
+        self.sink.as_mut().expect("opened above")
+    }
+
+    async fn fail(&mut self, stats: &Stats, why: &str) {
+        self.sink = None;
+        stats.db_errors.fetch_add(1, Relaxed);
+        stats.db_ok.store(false, Relaxed);
+        if self.attempt == 0 || self.attempt.is_power_of_two() {
+            tracing::error!(error = %why, attempt = self.attempt, "database write failed; retrying (nothing is dropped)");
+        }
+        let wait = Duration::from_millis(200).saturating_mul(1 << self.attempt.min(5));
+        self.attempt = self.attempt.saturating_add(1);
+        tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
+    }
+}
+
+/// How one write attempt ended.
+enum Attempt<E> {
+    Done(Written),
+    /// The rows are at fault (the database's or the driver's words).
+    Refused(String),
+    /// The connection or the server is at fault: retry the same rows.
+    Failed(E),
+}
+
+async fn attempt<S: Sink>(sink: &mut S, b: &Batch, stats: &Stats) -> Attempt<S::Error> {
+    match AssertUnwindSafe(sink.write(b)).catch_unwind().await {
+        Ok(Ok(w)) => Attempt::Done(w),
+        Ok(Err(e)) if S::is_data_error(&e) => Attempt::Refused(e.to_string()),
+        Ok(Err(e)) => Attempt::Failed(e),
+        Err(panic) => {
+            stats.writer_panics.fetch_add(1, Relaxed);
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            tracing::error!(rows = b.len(), panic = %what, "a database write panicked; isolating its rows");
+            Attempt::Refused(format!("the write panicked: {what}"))
+        }
+    }
+}
+
+/// Commits every row of `batch`: whole when it can, else the refused rows
+/// isolated and quarantined (module invariants). Returns when every row is
+/// committed, quarantined or counted unstorable.
+pub async fn commit<S: Sink>(conn: &mut Conn<S>, batch: Batch, stats: &Stats) {
+    // Pieces still to write, the next on top; a quarantine piece holds the
+    // rows that replace refused ones and is never quarantined again.
+    let mut todo: Vec<(Batch, bool)> = vec![(batch, false)];
+    let mut refused: Vec<QuarantineRow> = Vec::new();
+    while let Some((piece, is_quarantine)) = todo.pop() {
+        let t = std::time::Instant::now();
+        let sink = conn.open(stats).await;
+        match attempt(sink, &piece, stats).await {
+            Attempt::Done(w) => {
+                if conn.attempt > 0 {
+                    tracing::info!("database writes succeed again");
+                }
+                conn.attempt = 0;
+                stats.db_ok.store(true, Relaxed);
+                stats.batches.fetch_add(1, Relaxed);
+                stats.facts_written.fetch_add(w.facts, Relaxed);
+                stats
+                    .facts_duplicate
+                    .fetch_add((piece.facts.len() as u64).saturating_sub(w.facts), Relaxed);
+                stats.raw_written.fetch_add(w.raw, Relaxed);
+                let took = t.elapsed();
+                stats.last_batch_us.store(took.as_micros() as u64, Relaxed);
+                stats.batch_time.observe(took);
+            }
+            Attempt::Failed(e) => {
+                todo.push((piece, is_quarantine));
+                conn.fail(stats, &e.to_string()).await;
+            }
+            Attempt::Refused(why) => {
+                // The connection may be in any state after a refusal or a panic.
+                conn.sink = None;
+                if piece.len() > 1 {
+                    let (a, b) = piece.halves();
+                    todo.push((b, is_quarantine));
+                    todo.push((a, is_quarantine));
+                } else if is_quarantine {
+                    stats.rows_unstorable.fetch_add(1, Relaxed);
+                    let q = piece.quarantine.first();
+                    tracing::error!(topic = ?q.map(|q| &q.topic), reason = ?q.map(|q| &q.reason), database = %why,
+                        "a quarantine row was refused too: the row is lost");
+                } else {
+                    stats.rows_refused.fetch_add(1, Relaxed);
+                    stats.quarantined.fetch_add(1, Relaxed);
+                    let q = piece.into_refused(&why);
+                    tracing::warn!(topic = %q.topic, reason = %q.reason, "the database refused a row: quarantined");
+                    refused.push(q);
+                }
+            }
+        }
+        if todo.is_empty() && !refused.is_empty() {
+            let q = Batch {
+                quarantine: std::mem::take(&mut refused),
+                ..Batch::default()
+            };
+            todo.push((q, true));
+        }
+    }
+}
+
+impl Batch {
+    /// The first half of the rows and the rest (each kind in order).
+    pub fn halves(mut self) -> (Batch, Batch) {
+        let mut left = self.len() / 2;
+        let mut a = Batch::default();
+        fn take<T>(from: &mut Vec<T>, to: &mut Vec<T>, left: &mut usize) {
+            let n = (*left).min(from.len());
+            to.extend(from.drain(..n));
+            *left -= n;
+        }
+        take(&mut self.raw, &mut a.raw, &mut left);
+        take(&mut self.facts, &mut a.facts, &mut left);
+        take(&mut self.states, &mut a.states, &mut left);
+        take(&mut self.catalog, &mut a.catalog, &mut left);
+        take(&mut self.quarantine, &mut a.quarantine, &mut left);
+        take(&mut self.commands, &mut a.commands, &mut left);
+        (a, self)
+    }
+
+    /// The quarantine row that stands for this batch's one row, which the
+    /// database refused for `why`.
+    pub fn into_refused(self, why: &str) -> QuarantineRow {
+        let why = prefix(why, 2_000);
+        let key = |parts: &[&str]| storable(prefix(&parts.join("/"), 4_096)).into_owned();
+        let (topic, received_ms, payload, what) = if let Some(r) = self.raw.into_iter().next() {
+            (r.topic, r.received_ms, r.payload, "raw message".to_string())
+        } else if let Some(f) = self.facts.into_iter().next() {
+            let value = f
+                .v_bytes
+                .clone()
+                .or_else(|| f.v_text.as_ref().map(|t| t.as_bytes().to_vec()))
+                .unwrap_or_else(|| format!("{:?}", (f.v_int, f.v_float, f.v_bool)).into_bytes());
+            let ts = f.ts_ms;
+            (
+                key(&[&f.group, &f.node, &f.device, &f.metric]),
+                ts.clamp(0, super::rows::MAX_TS_MS),
+                value,
+                format!("fact at {ts} ms"),
+            )
+        } else if let Some(s) = self.states.into_iter().next() {
+            (key(&[&s.group, &s.node]), 0, Vec::new(), "node state".into())
+        } else if let Some(c) = self.catalog.into_iter().next() {
+            (
+                key(&[&c.group, &c.node, &c.device, &c.metric]),
+                0,
+                c.properties.into_bytes(),
+                "catalog entry".into(),
+            )
+        } else if let Some(c) = self.commands.into_iter().next() {
+            (
+                key(&[&c.group, &c.node, &c.device, &c.metric]),
+                0,
+                c.value.unwrap_or_default().into_bytes(),
+                "command audit row".into(),
+            )
+        } else if let Some(q) = self.quarantine.into_iter().next() {
+            (
+                q.topic,
+                q.received_ms,
+                q.payload,
+                format!("quarantine row ({})", q.reason),
+            )
+        } else {
+            (String::new(), 0, Vec::new(), "empty batch".into())
+        };
+        QuarantineRow {
+            topic: storable(prefix(&topic, 4_096)).into_owned(),
+            received_ms: received_ms.clamp(0, super::rows::MAX_TS_MS),
+            payload,
+            reason: storable(&format!("the database refused this {what}: {why}")).into_owned(),
+        }
+    }
+}
+
+/// Keeps the rollups current on a connection of its own (writers never wait
+/// for a fold), every `rollup_interval` and once more when `stop` fires.
+pub async fn folder<S: Sink>(db: DatabaseConfig, stats: Arc<Stats>, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    let mut sink: Option<S> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(db.rollup_interval) => fold(&db, &mut sink, &stats).await,
+            _ = &mut stop => break,
+        }
+    }
+    fold(&db, &mut sink, &stats).await;
+}
+
+/// One rollup fold; a failure is logged and counted, and the next interval tries again.
+async fn fold<S: Sink>(db: &DatabaseConfig, sink: &mut Option<S>, stats: &Stats) {
+    if sink.as_ref().is_none_or(S::is_closed) {
+        match connect::<S>(&db.url).await {
+            Ok(s) => *sink = Some(s),
+            Err(_) => return, // the write path reports the outage
+        }
+    }
+    let Some(s) = sink.as_mut() else { return };
+    match s.fold().await {
+        Ok(n) => {
+            stats.rollup_folded.fetch_add(n, Relaxed);
+        }
+        Err(e) => {
+            *sink = None;
+            stats.db_errors.fetch_add(1, Relaxed);
+            tracing::warn!(error = %e, "rollup fold failed; the pending facts stay for the next one");
+        }
+    }
+}
+
+async fn connect<S: Sink>(url: &str) -> Result<S, S::Error> {
+    let mut s = S::connect(url).await?;
+    s.migrate().await?;
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sparkplug::host::HostEvent;
+    use crate::sparkplug::{Metric, Value};
+
+    fn batch(n: usize) -> Batch {
+        let mut b = Batch::default();
+        b.add_raw("spBv1.0/G/NDATA/N", b"x", 1);
+        b.add_event(
+            &HostEvent::Data {
+                group: "G".into(),
+                node: "N".into(),
+                device: None,
+                seq: 1,
+                timestamp: Some(1),
+                metrics: (0..n)
+                    .map(|i| Metric::new(format!("m{i}"), Value::Int32(1), 1))
+                    .collect(),
+            },
+            1,
+        );
+        b
+    }
+
+    #[test]
+    fn halves_keep_every_row_once_and_in_order() {
+        let b = batch(5);
+        let (a, c) = b.clone().halves();
+        assert_eq!(a.len() + c.len(), b.len());
+        assert_eq!(a.len(), 3);
+        let mut back = a;
+        back.append(&mut c.clone());
+        assert_eq!(back, b);
+    }
+
+    #[test]
+    fn a_refused_fact_keeps_its_key_value_and_the_databases_words() {
+        let mut b = Batch {
+            facts: batch(1).facts,
+            ..Batch::default()
+        };
+        b.facts[0].v_text = Some("a\0b".into());
+        let q = b.into_refused("ERROR 22021: invalid byte sequence for encoding \"UTF8\": 0x00");
+        assert_eq!(q.topic, "G/N//m0");
+        assert_eq!(q.payload, b"a\0b");
+        assert!(q.reason.contains("fact at 1 ms"), "{}", q.reason);
+        assert!(q.reason.contains("22021"), "{}", q.reason);
+    }
+}
