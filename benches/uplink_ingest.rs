@@ -120,14 +120,14 @@ fn bench_batch(node: usize, b: u64, base: u64) -> Batch {
             .collect();
         batch.add_raw(&format!("spBv1.0/Bench/DDATA/n{node}/d0"), &[0u8; 1200], ts);
         batch.add_event(
-            &spb::sparkplug::host::HostEvent::Data {
-                group: "Bench".into(),
-                node: format!("n{node}"),
-                device: Some(format!("d{}", msg % 10)),
-                seq: 0,
-                timestamp: Some(ts),
+            &spb::sparkplug::host::HostEvent::data(
+                "Bench",
+                &format!("n{node}"),
+                Some(&format!("d{}", msg % 10)),
+                0,
+                Some(ts),
                 metrics,
-            },
+            ),
             ts,
         );
     }

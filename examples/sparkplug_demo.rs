@@ -7,7 +7,7 @@
 //! with issue #3.
 
 use spb::sparkplug::edge::{DeviceDef, EdgeAction, EdgeConfig, EdgeSession};
-use spb::sparkplug::host::{HostConfig, HostEvent, HostSession};
+use spb::sparkplug::host::{HostConfig, HostEvent, HostLimits, HostSession};
 use spb::sparkplug::{pretty, DataType, Metric, Payload, Publish, Value};
 
 fn show(p: &Publish) {
@@ -26,13 +26,17 @@ fn deliver(now: u64, host: &mut HostSession, edge: &mut EdgeSession, p: &Publish
 fn report(now: u64, edge: &mut EdgeSession, host: &mut HostSession, ev: HostEvent) {
     match ev {
         HostEvent::Data {
-            device, seq, metrics, ..
+            device,
+            seq,
+            metrics,
+            names,
+            ..
         } => {
-            for m in metrics {
+            for (m, n) in metrics.iter().zip(&names) {
                 println!(
                     "   host: {} seq {seq}: {}",
                     device.as_deref().unwrap_or("node"),
-                    pretty::metric_line(&m)
+                    pretty::metric_line_named(m, n)
                 );
             }
         }
@@ -89,6 +93,7 @@ fn main() {
         subscriptions: vec!["spBv1.0/#".into()],
         reorder_timeout_ms: 2_000,
         rebirth_min_interval_ms: 5_000,
+        limits: HostLimits::default(),
     })
     .expect("valid host id");
 

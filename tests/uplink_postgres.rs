@@ -170,17 +170,7 @@ fn mixed_batch(historical: bool) -> Batch {
         for m in &mut metrics {
             m.is_historical = historical;
         }
-        b.add_event(
-            &HostEvent::Data {
-                group: "G".into(),
-                node: "N".into(),
-                device: Some("D".into()),
-                seq: 1,
-                timestamp: Some(ts),
-                metrics,
-            },
-            ts,
-        );
+        b.add_event(&HostEvent::data("G", "N", Some("D"), 1, Some(ts), metrics), ts);
     }
     b
 }
@@ -302,7 +292,8 @@ fn poisoned_batch(healthy: usize) -> Batch {
             x ^= x << 17;
             char::from(b'!' + (x % 90) as u8)
         })
-        .collect();
+        .collect::<String>()
+        .into();
     b.facts.insert(healthy / 2, nul);
     b.facts.push(long);
     b
@@ -359,7 +350,7 @@ impl Sink for PanickingSink {
         self.0.migrate().await
     }
     async fn write(&mut self, b: &Batch) -> Result<spb::uplink::sink::Written, Self::Error> {
-        if b.facts.iter().any(|f| f.metric == "panic") {
+        if b.facts.iter().any(|f| &*f.metric == "panic") {
             panic!("a bug met metric 'panic'");
         }
         self.0.write(b).await

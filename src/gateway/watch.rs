@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use crate::config::{MqttConfig, ServerConfig};
 use crate::mqtt::{self, ConnEvent, MqttError, Server};
 use crate::plc::poller::now_ms;
-use crate::sparkplug::host::{HostConfig, HostEvent, HostSession};
+use crate::sparkplug::host::{HostConfig, HostEvent, HostLimits, HostSession};
 use crate::sparkplug::pretty;
 
 /// What to watch.
@@ -90,6 +90,7 @@ fn print_events(
                 device,
                 seq,
                 metrics,
+                names,
                 ..
             } => {
                 let (kind, path) = match &device {
@@ -99,7 +100,8 @@ fn print_events(
                 writeln!(out, "{kind} {path} seq {seq}").and_then(|_| {
                     metrics
                         .iter()
-                        .try_for_each(|m| writeln!(out, "  {}", pretty::metric_line(m)))
+                        .zip(names)
+                        .try_for_each(|(m, n)| writeln!(out, "  {}", pretty::metric_line_named(m, &n)))
                 })
             }
             HostEvent::NodeDeath {
@@ -161,6 +163,7 @@ pub async fn run(opts: WatchOptions) -> Result<(), MqttError> {
         subscriptions: vec![],
         reorder_timeout_ms: 0,
         rebirth_min_interval_ms: 10_000,
+        limits: HostLimits::default(),
     })
     .expect("the generated watcher id is a valid host id");
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);

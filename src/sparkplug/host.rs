@@ -16,9 +16,23 @@
 //!   filled in time nothing else happens, otherwise exactly one rebirth is
 //!   requested and the held messages are processed in order. Nothing received
 //!   is dropped: what cannot be interpreted becomes [`HostEvent::Quarantine`].
-//! - Rebirth requests per node are at least `rebirth_min_interval_ms` apart.
+//! - Rebirth requests per node are at least `rebirth_min_interval_ms` apart,
+//!   and at most `max_rebirths_per_second` go out over all nodes.
+//! - What one message can cost is bounded before it is decoded
+//!   ([`HostLimits`]): a payload over `max_payload_bytes`, over
+//!   `max_metrics_per_message` metrics (counted on the wire, nothing
+//!   allocated), or with a name or id over `max_name_bytes` is quarantined
+//!   whole. Names resolved from aliases are shared with the birth's map
+//!   ([`HostEvent::Data`]'s `names`), never copied per metric.
+//! - The session's own memory is bounded: at most `max_nodes` nodes are
+//!   tracked (an offline node seen least recently makes room; the online
+//!   ones are never evicted), at most `max_devices_per_node` devices per
+//!   node, and at most `max_held_messages` held per node (one more closes
+//!   the reorder window early: what is held is processed in order and one
+//!   rebirth is requested, as when the timeout passes).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use prost::Message;
 use thiserror::Error;
@@ -92,6 +106,43 @@ pub struct HostConfig {
     pub reorder_timeout_ms: u64,
     /// Minimum time between two rebirth requests to the same node.
     pub rebirth_min_interval_ms: u64,
+    pub limits: HostLimits,
+}
+
+/// What one message, and the session's state, may cost (module invariants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostLimits {
+    pub max_payload_bytes: usize,
+    pub max_metrics_per_message: usize,
+    /// Longest group, node or device id and metric name, in bytes.
+    pub max_name_bytes: usize,
+    pub max_held_messages: usize,
+    pub max_nodes: usize,
+    pub max_devices_per_node: usize,
+    /// Rebirth requests this host sends per second over all nodes (a burst
+    /// of as many is allowed): forged traffic for a thousand strangers
+    /// cannot turn the host into a flood of NCMDs.
+    pub max_rebirths_per_second: u32,
+}
+
+impl Default for HostLimits {
+    fn default() -> Self {
+        HostLimits {
+            max_payload_bytes: 1024 * 1024,
+            max_metrics_per_message: 20_000,
+            max_name_bytes: 512,
+            max_held_messages: 1_000,
+            max_nodes: 10_000,
+            max_devices_per_node: 10_000,
+            max_rebirths_per_second: 20,
+        }
+    }
+}
+
+/// How many metrics a Sparkplug payload holds, counted on the wire
+/// without decoding; `None` when the protobuf framing is broken.
+pub fn count_metrics(b: &[u8]) -> Option<usize> {
+    super::wire::Envelope::read(b).map(|e| e.metrics)
 }
 
 /// Why a node's metrics went STALE.
@@ -123,7 +174,9 @@ pub enum HostEvent {
         timestamp: Option<u64>,
         metrics: Vec<Metric>,
     },
-    /// NDATA/DDATA with every metric's name and datatype filled in from the births.
+    /// NDATA/DDATA with every metric's datatype filled in from the births,
+    /// and `names[i]` the name of `metrics[i]` (shared with the birth's map:
+    /// a metric sent by alias keeps `name: None`).
     Data {
         group: String,
         node: String,
@@ -131,6 +184,7 @@ pub enum HostEvent {
         seq: u8,
         timestamp: Option<u64>,
         metrics: Vec<Metric>,
+        names: Vec<Arc<str>>,
     },
     /// The node and all its devices are offline; `stale` lists (device, metric) now STALE as of `at`.
     NodeDeath {
@@ -175,11 +229,37 @@ pub enum HostEvent {
     },
 }
 
+impl HostEvent {
+    /// A [`HostEvent::Data`] of metrics that carry their own names.
+    pub fn data(
+        group: &str,
+        node: &str,
+        device: Option<&str>,
+        seq: u8,
+        timestamp: Option<u64>,
+        metrics: Vec<Metric>,
+    ) -> HostEvent {
+        let names = metrics
+            .iter()
+            .map(|m| Arc::from(m.name.as_deref().unwrap_or_default()))
+            .collect();
+        HostEvent::Data {
+            group: group.to_string(),
+            node: node.to_string(),
+            device: device.map(str::to_string),
+            seq,
+            timestamp,
+            metrics,
+            names,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct ScopeMap {
     label: String,
-    by_alias: HashMap<u64, (String, DataType)>,
-    by_name: HashMap<String, DataType>,
+    by_alias: HashMap<u64, (Arc<str>, DataType)>,
+    by_name: HashMap<Arc<str>, DataType>,
     online: bool,
 }
 
@@ -192,17 +272,27 @@ impl ScopeMap {
         };
         for m in metrics {
             if let Some(name) = &m.name {
+                let name: Arc<str> = Arc::from(name.as_str());
                 s.by_name.insert(name.clone(), m.datatype);
                 if let Some(a) = m.alias {
-                    s.by_alias.insert(a, (name.clone(), m.datatype));
+                    s.by_alias.insert(a, (name, m.datatype));
                 }
             }
         }
         s
     }
 
-    fn names(&self) -> impl Iterator<Item = &String> {
+    fn names(&self) -> impl Iterator<Item = &Arc<str>> {
         self.by_name.keys()
+    }
+
+    /// The shared name of a metric sent by name or alias, if declared.
+    fn name_of(&self, name: Option<&str>, alias: Option<u64>) -> Option<Arc<str>> {
+        match (name, alias) {
+            (Some(n), _) => self.by_name.get_key_value(n).map(|(k, _)| k.clone()),
+            (None, Some(a)) => self.by_alias.get(&a).map(|(n, _)| n.clone()),
+            (None, None) => None,
+        }
     }
 }
 
@@ -236,6 +326,8 @@ struct NodeState {
     held: Vec<Held>,
     reorder_deadline: Option<u64>,
     last_rebirth_request: Option<u64>,
+    /// When a message of this node last arrived (eviction order).
+    last_seen: u64,
 }
 
 /// The host application session. See the module docs for its invariants.
@@ -248,6 +340,10 @@ pub struct HostSession {
     /// This host said it is offline while connected (its sink is behind).
     declared_offline: bool,
     nodes: HashMap<(String, String), NodeState>,
+    /// Rebirth requests left in the current second, and which second.
+    rebirth_budget: (u64, u32),
+    /// Rebirth requests not sent because the budget was spent.
+    pub rebirths_suppressed: u64,
 }
 
 /// Reads the bdSeq metric; Int64 per the spec, UInt64 from Tahu JS, any integer accepted.
@@ -277,6 +373,8 @@ impl HostSession {
             connected: false,
             declared_offline: false,
             nodes: HashMap::new(),
+            rebirth_budget: (0, 0),
+            rebirths_suppressed: 0,
         })
     }
 
@@ -288,6 +386,11 @@ impl HostSession {
     /// Online edge nodes.
     pub fn online_nodes(&self) -> usize {
         self.nodes.values().filter(|n| n.online).count()
+    }
+
+    /// Edge nodes the session keeps state for (at most `max_nodes`).
+    pub fn tracked_nodes(&self) -> usize {
+        self.nodes.len()
     }
 
     fn state(&self, online: bool, ts: u64) -> Publish {
@@ -369,10 +472,10 @@ impl HostSession {
         n.online = false;
         n.held.clear();
         n.reorder_deadline = None;
-        let mut stale: Vec<(Option<String>, String)> = n.metrics.names().map(|m| (None, m.clone())).collect();
+        let mut stale: Vec<(Option<String>, String)> = n.metrics.names().map(|m| (None, m.to_string())).collect();
         for (d, scope) in &mut n.devices {
             scope.online = false;
-            stale.extend(scope.names().map(|m| (Some(d.clone()), m.clone())));
+            stale.extend(scope.names().map(|m| (Some(d.clone()), m.to_string())));
         }
         stale.sort();
         HostEvent::NodeDeath {
@@ -388,12 +491,30 @@ impl HostSession {
     /// this node less than `rebirth_min_interval_ms` ago.
     pub fn request_rebirth(&mut self, now: u64, group: &str, node: &str, reason: &str) -> Vec<HostEvent> {
         let min = self.cfg.rebirth_min_interval_ms;
-        let n = self.nodes.entry((group.to_string(), node.to_string())).or_default();
+        let Some(n) = self.node_entry(group, node, now) else {
+            // Every tracked node is online: a stranger gets no rebirth
+            // request (its rate could not be limited).
+            return Vec::new();
+        };
         if let Some(last) = n.last_rebirth_request {
             if now < last.saturating_add(min) {
                 return Vec::new();
             }
         }
+        let second = now / 1000;
+        if self.rebirth_budget.0 != second {
+            self.rebirth_budget = (second, self.cfg.limits.max_rebirths_per_second);
+        }
+        if self.rebirth_budget.1 == 0 {
+            // The node asks again with its next message after this second.
+            self.rebirths_suppressed += 1;
+            return Vec::new();
+        }
+        self.rebirth_budget.1 -= 1;
+        let n = self
+            .nodes
+            .get_mut(&(group.to_string(), node.to_string()))
+            .expect("made above");
         n.last_rebirth_request = Some(now);
         // [tck-id-operational-behavior-data-commands-ncmd-rebirth-verb]
         // [tck-id-operational-behavior-data-commands-ncmd-rebirth-name]
@@ -461,10 +582,13 @@ impl HostSession {
         };
         let mut metrics = Vec::with_capacity(writes.len());
         for (name, value) in writes {
-            let declared = *scope.by_name.get(&name).ok_or_else(|| HostError::UnknownMetric {
-                scope: scope.label.clone(),
-                metric: name.clone(),
-            })?;
+            let declared = *scope
+                .by_name
+                .get(name.as_str())
+                .ok_or_else(|| HostError::UnknownMetric {
+                    scope: scope.label.clone(),
+                    metric: name.clone(),
+                })?;
             if declared != value.datatype() {
                 return Err(HostError::TypeMismatch {
                     scope: scope.label.clone(),
@@ -473,7 +597,7 @@ impl HostSession {
                     got: value.datatype(),
                 });
             }
-            let alias = scope.by_alias.iter().find(|(_, (n, _))| *n == name).map(|(a, _)| *a);
+            let alias = scope.by_alias.iter().find(|(_, (n, _))| **n == *name).map(|(a, _)| *a);
             let mut m = Metric::new(name, value, now);
             // [tck-id-payloads-alias-data-cmd-requirement]: alias alone when the birth gave one.
             // [tck-id-payloads-name-cmd-requirement]: a timestamp MAY be included.
@@ -530,6 +654,32 @@ impl HostSession {
             timestamp: None,
             writes: Vec::new(),
         };
+        // One audit row, not one per metric, for a command over the limits.
+        let lim = self.cfg.limits;
+        let over = if payload.len() > lim.max_payload_bytes {
+            Some(format!(
+                "payload of {} bytes is over max_payload_bytes ({})",
+                payload.len(),
+                lim.max_payload_bytes
+            ))
+        } else {
+            count_metrics(payload)
+                .filter(|n| *n > lim.max_metrics_per_message)
+                .map(|n| {
+                    format!(
+                        "{n} metrics in one message, over max_metrics_per_message ({})",
+                        lim.max_metrics_per_message
+                    )
+                })
+        };
+        if let Some(why) = over {
+            seen.writes.push(CommandWrite {
+                metric: String::new(),
+                value: None,
+                verdict: Err(why),
+            });
+            return Some(seen);
+        }
         let raw = match pb::Payload::decode(payload) {
             Ok(r) => r,
             Err(e) => {
@@ -557,8 +707,8 @@ impl HostSession {
         };
         for m in raw.metrics {
             let known = scope.as_ref().ok().and_then(|s| match (&m.name, m.alias) {
-                (Some(n), _) => s.by_name.get(n).map(|d| (n.clone(), *d)),
-                (None, Some(a)) => s.by_alias.get(&a).cloned(),
+                (Some(n), _) => s.by_name.get(n.as_str()).map(|d| (n.clone(), *d)),
+                (None, Some(a)) => s.by_alias.get(&a).map(|(n, d)| (n.to_string(), *d)),
                 (None, None) => None,
             });
             let label = m
@@ -606,10 +756,47 @@ impl HostSession {
 
     /// Handles one received message.
     pub fn handle_message(&mut self, now: u64, topic: &str, payload: &[u8]) -> Vec<HostEvent> {
+        let lim = self.cfg.limits;
+        if payload.len() > lim.max_payload_bytes {
+            let reason = format!(
+                "payload of {} bytes is over max_payload_bytes ({})",
+                payload.len(),
+                lim.max_payload_bytes
+            );
+            return vec![quarantine(topic, payload, reason)];
+        }
         let parsed = match Topic::parse(topic) {
             Ok(t) => t,
             Err(e) => return vec![quarantine(topic, payload, e.to_string())],
         };
+        if let Topic::Edge {
+            group, node, device, ..
+        } = &parsed
+        {
+            let longest = [Some(group), Some(node), device.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(|s| s.len())
+                .max()
+                .unwrap_or(0);
+            if longest > lim.max_name_bytes {
+                let reason = format!(
+                    "an id of {longest} bytes is over max_name_bytes ({})",
+                    lim.max_name_bytes
+                );
+                return vec![quarantine(topic, payload, reason)];
+            }
+            if let Some(n) = count_metrics(payload).filter(|n| *n > lim.max_metrics_per_message) {
+                let reason = format!(
+                    "{n} metrics in one message, over max_metrics_per_message ({})",
+                    lim.max_metrics_per_message
+                );
+                return vec![quarantine(topic, payload, reason)];
+            }
+            if let Some(n) = self.nodes.get_mut(&(group.clone(), node.clone())) {
+                n.last_seen = now;
+            }
+        }
         match parsed {
             Topic::State { host_id } => {
                 if host_id != self.cfg.host_id || !self.connected {
@@ -681,7 +868,14 @@ impl HostSession {
                 "NBIRTH has no integer bdSeq metric".to_string(),
             );
         };
-        let n = self.nodes.entry((group.to_string(), node.to_string())).or_default();
+        if let Some(reason) = self.long_name(&p.metrics) {
+            return self.rejected(now, group, node, topic, payload, reason);
+        }
+        let max_nodes = self.cfg.limits.max_nodes;
+        let Some(n) = self.node_entry(group, node, now) else {
+            let reason = format!("max_nodes ({max_nodes}) edge nodes are online: NBIRTH refused");
+            return vec![quarantine(topic, payload, reason)];
+        };
         n.online = true;
         n.bdseq = Some(bdseq);
         n.expected_seq = 1;
@@ -745,8 +939,9 @@ impl HostSession {
         }
         // The seq decides the order, and later births change the alias maps,
         // so only the protobuf envelope is read before the message's turn.
-        let seq = match pb::Payload::decode(payload) {
-            Ok(raw) => raw.seq,
+        let envelope = super::wire::Envelope::read(payload).map(|e| e.seq).ok_or(());
+        let seq = match envelope.or_else(|()| pb::Payload::decode(payload).map(|raw| raw.seq)) {
+            Ok(seq) => seq,
             Err(e) => {
                 return self.rejected(
                     now,
@@ -794,7 +989,7 @@ impl HostSession {
             if n.reorder_deadline.is_none() {
                 n.reorder_deadline = Some(now.saturating_add(timeout));
             }
-            if timeout == 0 {
+            if timeout == 0 || n.held.len() >= self.cfg.limits.max_held_messages {
                 return self.expire(now, group, node);
             }
             return Vec::new();
@@ -888,11 +1083,19 @@ impl HostSession {
                     Ok(p) => p,
                     Err(e) => return self.rejected(now, group, node, &h.topic, &h.payload, e.to_string()),
                 };
+                if let Some(reason) = self.long_name(&p.metrics) {
+                    return self.rejected(now, group, node, &h.topic, &h.payload, reason);
+                }
                 let label = format!("device '{device}' of {group}/{node}");
+                let max = self.cfg.limits.max_devices_per_node;
                 let n = self
                     .nodes
                     .get_mut(&key)
                     .expect("sequenced messages belong to known nodes");
+                if !n.devices.contains_key(&device) && n.devices.len() >= max {
+                    let reason = format!("{group}/{node} already has max_devices_per_node ({max}) devices");
+                    return vec![quarantine(&h.topic, &h.payload, reason)];
+                }
                 n.devices
                     .insert(device.clone(), ScopeMap::from_birth(label, &p.metrics));
                 vec![HostEvent::DeviceBirth {
@@ -915,7 +1118,7 @@ impl HostSession {
                 let stale = match n.devices.get_mut(&device) {
                     Some(d) => {
                         d.online = false;
-                        let mut names: Vec<String> = d.names().cloned().collect();
+                        let mut names: Vec<String> = d.names().map(|n| n.to_string()).collect();
                         names.sort();
                         names
                     }
@@ -941,29 +1144,23 @@ impl HostSession {
                         }
                     },
                 };
-                let mut p = match Payload::decode_with(&h.payload, scope) {
+                let p = match Payload::decode_with(&h.payload, scope) {
                     Ok(p) => p,
                     Err(e) => return self.rejected(now, group, node, &h.topic, &h.payload, e.to_string()),
                 };
-                for m in &mut p.metrics {
-                    if m.name.is_none() {
-                        m.name = m
-                            .alias
-                            .and_then(|a| scope.by_alias.get(&a))
-                            .map(|(name, _)| name.clone());
+                let mut names = Vec::with_capacity(p.metrics.len());
+                for m in &p.metrics {
+                    match scope.name_of(m.name.as_deref(), m.alias) {
+                        Some(n) => names.push(n),
+                        None => {
+                            let reason = format!(
+                                "metric {} was not declared in the birth of {}",
+                                m.name.clone().unwrap_or_else(|| format!("alias {:?}", m.alias)),
+                                scope.label
+                            );
+                            return self.rejected(now, group, node, &h.topic, &h.payload, reason);
+                        }
                     }
-                }
-                if let Some(m) = p
-                    .metrics
-                    .iter()
-                    .find(|m| m.name.as_ref().is_none_or(|n| !scope.by_name.contains_key(n)))
-                {
-                    let reason = format!(
-                        "metric {} was not declared in the birth of {}",
-                        m.name.clone().unwrap_or_else(|| format!("alias {:?}", m.alias)),
-                        scope.label
-                    );
-                    return self.rejected(now, group, node, &h.topic, &h.payload, reason);
                 }
                 vec![HostEvent::Data {
                     group: group.to_string(),
@@ -972,10 +1169,42 @@ impl HostSession {
                     seq: h.seq,
                     timestamp: p.timestamp,
                     metrics: p.metrics,
+                    names,
                 }]
             }
             _ => Vec::new(),
         }
+    }
+}
+
+impl HostSession {
+    /// Why a birth's metric names are too long, if one is.
+    fn long_name(&self, metrics: &[Metric]) -> Option<String> {
+        let max = self.cfg.limits.max_name_bytes;
+        metrics
+            .iter()
+            .filter_map(|m| m.name.as_ref())
+            .find(|n| n.len() > max)
+            .map(|n| format!("a metric name of {} bytes is over max_name_bytes ({max})", n.len()))
+    }
+
+    /// The node's state, made when new. At `max_nodes`, the offline node
+    /// seen least recently makes room; `None` when every tracked node is
+    /// online (nothing is evicted then).
+    fn node_entry(&mut self, group: &str, node: &str, now: u64) -> Option<&mut NodeState> {
+        let key = (group.to_string(), node.to_string());
+        if !self.nodes.contains_key(&key) && self.nodes.len() >= self.cfg.limits.max_nodes {
+            let oldest = self
+                .nodes
+                .iter()
+                .filter(|(_, n)| !n.online)
+                .min_by_key(|(k, n)| (n.last_seen, (*k).clone()))
+                .map(|(k, _)| k.clone())?;
+            self.nodes.remove(&oldest);
+        }
+        let n = self.nodes.entry(key).or_default();
+        n.last_seen = n.last_seen.max(now);
+        Some(n)
     }
 }
 
@@ -1000,6 +1229,7 @@ mod tests {
             subscriptions: vec!["spBv1.0/#".into()],
             reorder_timeout_ms: 2_000,
             rebirth_min_interval_ms: 10_000,
+            limits: HostLimits::default(),
         })
         .expect("valid");
         h.begin_connect(T0);
@@ -1079,6 +1309,7 @@ mod tests {
             subscriptions: vec!["spBv1.0/#".into()],
             reorder_timeout_ms: 0,
             rebirth_min_interval_ms: 0,
+            limits: HostLimits::default(),
         })
         .expect("valid");
         let w = h.begin_connect(T0);
@@ -1103,6 +1334,7 @@ mod tests {
             subscriptions: vec!["spBv1.0/#".into()],
             reorder_timeout_ms: 0,
             rebirth_min_interval_ms: 0,
+            limits: HostLimits::default(),
         })
         .expect("valid");
         h.begin_connect(T0);
@@ -1168,10 +1400,12 @@ mod tests {
                 device: Some(d),
                 seq: 2,
                 metrics,
+                names,
                 ..
             }] => {
                 assert_eq!(d, "D");
-                assert_eq!(metrics[0].name.as_deref(), Some("Temp"));
+                assert_eq!(metrics[0].name, None, "sent by alias");
+                assert_eq!(&*names[0], "Temp", "named from the birth");
                 assert_eq!(metrics[0].datatype, DataType::Float);
                 assert_eq!(metrics[0].value, Some(Value::Float(3.5)));
             }
@@ -1530,6 +1764,7 @@ mod tests {
             subscriptions: vec!["spBv1.0/#".into()],
             reorder_timeout_ms: 1000,
             rebirth_min_interval_ms: 1000,
+            limits: HostLimits::default(),
         })
         .expect("valid");
         h.begin_connect(T0);
@@ -1573,5 +1808,239 @@ mod tests {
             &h.handle_message(T0 + 4, &on.topic, &stale)[..],
             [HostEvent::Publish(_)]
         ));
+    }
+
+    fn host_with(limits: HostLimits) -> HostSession {
+        let mut h = HostSession::new(HostConfig {
+            host_id: "scada".into(),
+            subscriptions: vec!["spBv1.0/#".into()],
+            reorder_timeout_ms: 2_000,
+            rebirth_min_interval_ms: 10_000,
+            limits,
+        })
+        .expect("valid");
+        h.begin_connect(T0);
+        h.connected();
+        h
+    }
+
+    fn nbirth(metrics: Vec<Metric>) -> Vec<u8> {
+        let mut all = vec![Metric::new(BDSEQ, Value::Int64(0), T0)];
+        all.extend(metrics);
+        Payload {
+            timestamp: Some(T0),
+            seq: Some(0),
+            metrics: all,
+            ..Payload::default()
+        }
+        .encode()
+        .expect("encodes")
+    }
+
+    fn quarantined(ev: &[HostEvent], needle: &str) -> bool {
+        ev.iter()
+            .any(|e| matches!(e, HostEvent::Quarantine { reason, .. } if reason.contains(needle)))
+    }
+
+    #[test]
+    fn metrics_are_counted_on_the_wire_as_prost_decodes_them() {
+        let (_, births) = born_edge();
+        for p in &births {
+            let n = pb::Payload::decode(p.payload.as_slice())
+                .expect("decodes")
+                .metrics
+                .len();
+            assert_eq!(count_metrics(&p.payload), Some(n), "{}", p.topic);
+        }
+        assert_eq!(count_metrics(b""), Some(0));
+        assert_eq!(count_metrics(b"\x12\x05ab"), None, "a length past the end");
+        assert_eq!(count_metrics(b"\x0f"), None, "wire type 7");
+    }
+
+    #[test]
+    fn one_message_over_a_limit_is_quarantined_whole_before_it_is_decoded() {
+        let lim = HostLimits {
+            max_payload_bytes: 2_000,
+            max_metrics_per_message: 10,
+            max_name_bytes: 64,
+            ..HostLimits::default()
+        };
+        let mut h = host_with(lim);
+        let big = nbirth(vec![Metric::new("Blob", Value::Bytes(vec![0; 3_000]), T0)]);
+        assert!(quarantined(
+            &h.handle_message(T0, "spBv1.0/G/NBIRTH/N", &big),
+            "over max_payload_bytes (2000)"
+        ));
+        let many = nbirth(
+            (0..11)
+                .map(|i| Metric::new(format!("m{i}"), Value::Int32(i), T0))
+                .collect(),
+        );
+        assert!(quarantined(
+            &h.handle_message(T0, "spBv1.0/G/NBIRTH/N", &many),
+            "12 metrics in one message, over max_metrics_per_message (10)"
+        ));
+        let long = nbirth(vec![Metric::new("x".repeat(65), Value::Int32(1), T0)]);
+        assert!(quarantined(
+            &h.handle_message(T0, "spBv1.0/G/NBIRTH/N", &long),
+            "a metric name of 65 bytes is over max_name_bytes (64)"
+        ));
+        let node = "n".repeat(65);
+        let ok = nbirth(vec![]);
+        assert!(quarantined(
+            &h.handle_message(T0, &format!("spBv1.0/G/NBIRTH/{node}"), &ok),
+            "an id of 65 bytes"
+        ));
+        assert_eq!(h.online_nodes(), 0, "no birth over a limit was taken");
+        assert!(matches!(
+            &h.handle_message(T0, "spBv1.0/G/NBIRTH/N", &ok)[..],
+            [HostEvent::NodeBirth { .. }]
+        ));
+    }
+
+    #[test]
+    fn data_sent_by_alias_shares_the_births_names_instead_of_copying_them() {
+        let mut h = host();
+        let mut m = Metric::new("x".repeat(500), Value::Int32(0), T0);
+        m.alias = Some(7);
+        assert!(matches!(
+            &h.handle_message(T0, "spBv1.0/G/NBIRTH/N", &nbirth(vec![m]))[..],
+            [HostEvent::NodeBirth { .. }]
+        ));
+        let metrics: Vec<Metric> = (0..20_000)
+            .map(|i| Metric {
+                name: None,
+                alias: Some(7),
+                timestamp: Some(T0 + i),
+                datatype: DataType::Int32,
+                value: Some(Value::Int32(i as i32)),
+                is_historical: false,
+                is_transient: false,
+                metadata: None,
+                properties: None,
+            })
+            .collect();
+        let p = Payload {
+            timestamp: Some(T0),
+            seq: Some(1),
+            metrics,
+            ..Payload::default()
+        }
+        .encode_with(Datatypes::Omit)
+        .expect("encodes");
+        let ev = h.handle_message(T0, "spBv1.0/G/NDATA/N", &p);
+        let [HostEvent::Data { metrics, names, .. }] = &ev[..] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!((metrics.len(), names.len()), (20_000, 20_000));
+        assert!(
+            metrics.iter().all(|m| m.name.is_none()),
+            "no name copied into the metrics"
+        );
+        assert!(names.iter().all(|n| Arc::ptr_eq(n, &names[0])), "one name, shared");
+        assert_eq!(names[0].len(), 500);
+    }
+
+    #[test]
+    fn held_messages_are_capped_the_window_closes_early_with_one_rebirth_and_nothing_lost() {
+        let mut h = host_with(HostLimits {
+            max_held_messages: 3,
+            ..HostLimits::default()
+        });
+        let (mut e, births) = born_edge();
+        feed(&mut h, T0, &births);
+        let msgs: Vec<Publish> = (0..5).map(|i| temp(&mut e, i as f32, T0 + i)).collect();
+        // seq of msgs[0] is lost; the next two are held, the third closes the window.
+        assert!(feed(&mut h, T0, &msgs[1..3]).is_empty());
+        let ev = feed(&mut h, T0, &msgs[3..4]);
+        assert_eq!(rebirths(&ev), 1);
+        let delivered = ev.iter().filter(|e| matches!(e, HostEvent::Data { .. })).count();
+        assert_eq!(delivered, 3, "every held message processed, in order");
+    }
+
+    #[test]
+    fn strangers_cannot_grow_the_node_table_and_online_nodes_are_never_evicted() {
+        let mut h = host_with(HostLimits {
+            max_nodes: 3,
+            ..HostLimits::default()
+        });
+        let (_, births) = born_edge();
+        feed(&mut h, T0, &births);
+        for i in 0..1_000u64 {
+            h.handle_message(T0 + i, &format!("spBv1.0/G/NDATA/forged{i}"), b"\x18\x01");
+        }
+        assert!(h.nodes.len() <= 3, "{} nodes tracked", h.nodes.len());
+        assert_eq!(h.online_nodes(), 1, "the real node stays");
+        assert!(h.nodes.contains_key(&("G".to_string(), "N".to_string())));
+        // The table full of online nodes: a stranger gets neither an entry nor a rebirth.
+        let mut full = host_with(HostLimits {
+            max_nodes: 1,
+            ..HostLimits::default()
+        });
+        feed(&mut full, T0, &births);
+        let ev = full.handle_message(T0, "spBv1.0/G/NDATA/forged", b"\x18\x01");
+        assert_eq!(rebirths(&ev), 0);
+        assert_eq!(full.nodes.len(), 1);
+    }
+
+    #[test]
+    fn devices_per_node_are_capped() {
+        let mut h = host_with(HostLimits {
+            max_devices_per_node: 1,
+            ..HostLimits::default()
+        });
+        let (_, births) = born_edge();
+        feed(&mut h, T0, &births);
+        let dbirth = Payload {
+            timestamp: Some(T0),
+            seq: Some(2),
+            metrics: vec![Metric::new("X", Value::Int32(1), T0)],
+            ..Payload::default()
+        }
+        .encode()
+        .expect("encodes");
+        let ev = h.handle_message(T0, "spBv1.0/G/DBIRTH/N/Other", &dbirth);
+        assert!(quarantined(&ev, "max_devices_per_node (1)"), "{ev:?}");
+    }
+
+    #[test]
+    fn a_command_over_the_limits_is_one_audit_entry_not_one_per_metric() {
+        let h = host_with(HostLimits {
+            max_metrics_per_message: 10,
+            ..HostLimits::default()
+        });
+        let p = Payload {
+            timestamp: Some(T0),
+            metrics: (0..450)
+                .map(|i| Metric::new(format!("m{i}"), Value::Boolean(true), T0))
+                .collect(),
+            ..Payload::default()
+        }
+        .encode()
+        .expect("encodes");
+        let seen = h.inspect_command("spBv1.0/G/NCMD/N", &p).expect("a command");
+        assert_eq!(seen.writes.len(), 1);
+        assert_eq!(
+            seen.writes[0].verdict,
+            Err("450 metrics in one message, over max_metrics_per_message (10)".into())
+        );
+    }
+
+    #[test]
+    fn rebirth_requests_over_all_nodes_are_capped_per_second() {
+        let mut h = host_with(HostLimits {
+            max_rebirths_per_second: 5,
+            ..HostLimits::default()
+        });
+        let sent: usize = (0..100)
+            .map(|i| rebirths(&h.handle_message(T0, &format!("spBv1.0/G/NDATA/s{i}"), b"\x18\x01")))
+            .sum();
+        assert_eq!(sent, 5);
+        assert_eq!(h.rebirths_suppressed, 95);
+        // The next second has a budget again.
+        assert_eq!(
+            rebirths(&h.handle_message(T0 + 1_000, "spBv1.0/G/NDATA/s99", b"\x18\x01")),
+            1
+        );
     }
 }

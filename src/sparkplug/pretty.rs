@@ -64,9 +64,19 @@ impl fmt::Display for Value {
 
 /// One line for a metric: `name (alias 3) Float = 21.5 @1700000000000 [historical] [STALE]`.
 pub fn metric_line(m: &Metric) -> String {
-    let mut s = match (&m.name, m.alias) {
+    metric_line_as(m, m.name.as_deref())
+}
+
+/// [`metric_line`] for a metric whose name is known apart from it (a host
+/// resolved it from the alias).
+pub fn metric_line_named(m: &Metric, name: &str) -> String {
+    metric_line_as(m, Some(name))
+}
+
+fn metric_line_as(m: &Metric, name: Option<&str>) -> String {
+    let mut s = match (name, m.alias) {
         (Some(n), Some(a)) => format!("{n} (alias {a})"),
-        (Some(n), None) => n.clone(),
+        (Some(n), None) => n.to_string(),
         (None, Some(a)) => format!("alias {a}"),
         (None, None) => "<unnamed>".to_string(),
     };

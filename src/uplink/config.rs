@@ -20,6 +20,14 @@
 //! backlog_max_rows = 500000         # rows held while the database is down (~350 B each)
 //! offline_after_rows = 100000       # then STATE offline: the edges store
 //! writers = 4                       # connections writing in parallel
+//! [limits]                          # what one message may cost; over → quarantined
+//! max_payload_bytes = "1MiB"
+//! max_metrics_per_message = 20000
+//! max_name_bytes = 512              # ids and metric names (at most 512)
+//! max_held_messages = 1000          # per node, waiting for a seq gap to fill
+//! max_nodes = 10000                 # edge nodes tracked (offline ones evicted first)
+//! max_devices_per_node = 10000
+//! max_rebirths_per_second = 20      # rebirth requests over all nodes
 //! ```
 
 use std::path::Path;
@@ -27,6 +35,7 @@ use std::time::Duration;
 
 use crate::config::reader::{Ctx, Table};
 use crate::config::{read_mqtt, read_telemetry, ConfigErrors, LoadError, MqttConfig, TelemetryConfig};
+use crate::sparkplug::host::HostLimits;
 
 /// Which database the uplink writes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +61,9 @@ pub struct DatabaseConfig {
     pub batch_max_rows: usize,
     pub batch_max_latency: Duration,
     pub backlog_max_rows: usize,
+    /// The backlog's bound in bytes (rows' estimated size), whichever of
+    /// the two bounds comes first.
+    pub backlog_max_bytes: u64,
     pub offline_after_rows: usize,
     /// Database connections writing in parallel (each edge node on one).
     pub writers: usize,
@@ -66,6 +78,7 @@ pub struct UplinkConfig {
     pub host: HostSection,
     pub mqtt: MqttConfig,
     pub database: DatabaseConfig,
+    pub limits: HostLimits,
     pub telemetry: TelemetryConfig,
 }
 
@@ -99,13 +112,17 @@ impl UplinkConfig {
                 None
             }
         };
+        let limits = root
+            .opt_table("limits")
+            .map_or_else(HostLimits::default, |t| read_limits(&t));
         let telemetry = read_telemetry(root.opt_table("telemetry"));
-        root.finish(&["host", "mqtt", "database", "telemetry"]);
+        root.finish(&["host", "mqtt", "database", "limits", "telemetry"]);
         ctx.finish()?;
         Ok(UplinkConfig {
             host: host.expect("no errors, so [host] was read"),
             mqtt,
             database: database.expect("no errors, so [database] was read"),
+            limits,
             telemetry,
         })
     }
@@ -163,6 +180,7 @@ fn read_database(t: &Table) -> Option<DatabaseConfig> {
         batch_max_rows: t.int_in("batch_max_rows", 20_000, 1..=1_000_000) as usize,
         batch_max_latency: t.duration_or("batch_max_latency", Duration::from_millis(200)),
         backlog_max_rows: t.int_in("backlog_max_rows", 500_000, 1_000..=100_000_000) as usize,
+        backlog_max_bytes: t.bytes_or("backlog_max_bytes", 256 * 1024 * 1024),
         offline_after_rows: t.int_in("offline_after_rows", 100_000, 1..=100_000_000) as usize,
         writers: t.int_in("writers", 4, 1..=64) as usize,
         rollup_interval: t.duration_or("rollup_interval", Duration::from_secs(5)),
@@ -179,11 +197,47 @@ fn read_database(t: &Table) -> Option<DatabaseConfig> {
         "batch_max_rows",
         "batch_max_latency",
         "backlog_max_rows",
+        "backlog_max_bytes",
         "offline_after_rows",
         "writers",
         "rollup_interval",
     ]);
     Some(d)
+}
+
+fn read_limits(t: &Table) -> HostLimits {
+    let d = HostLimits::default();
+    let l = HostLimits {
+        max_payload_bytes: t.bytes_or("max_payload_bytes", d.max_payload_bytes as u64) as usize,
+        max_metrics_per_message: t.int_in(
+            "max_metrics_per_message",
+            d.max_metrics_per_message as i64,
+            1..=1_000_000,
+        ) as usize,
+        max_name_bytes: t.int_in(
+            "max_name_bytes",
+            d.max_name_bytes as i64,
+            1..=super::rows::MAX_NAME_BYTES as i64,
+        ) as usize,
+        max_held_messages: t.int_in("max_held_messages", d.max_held_messages as i64, 1..=1_000_000) as usize,
+        max_nodes: t.int_in("max_nodes", d.max_nodes as i64, 1..=10_000_000) as usize,
+        max_devices_per_node: t.int_in("max_devices_per_node", d.max_devices_per_node as i64, 1..=10_000_000) as usize,
+        max_rebirths_per_second: t.int_in("max_rebirths_per_second", d.max_rebirths_per_second.into(), 1..=100_000)
+            as u32,
+    };
+    if l.max_payload_bytes < 1024 {
+        t.invalid("max_payload_bytes", "at least 1KiB");
+    }
+    t.finish(&[
+        "max_payload_bytes",
+        "max_metrics_per_message",
+        "max_name_bytes",
+        "max_held_messages",
+        "max_nodes",
+        "max_devices_per_node",
+        "max_rebirths_per_second",
+    ]);
+    l
 }
 
 #[cfg(test)]

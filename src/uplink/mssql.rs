@@ -712,7 +712,7 @@ mod tests {
         b.facts.push(FactRow {
             group: "G".into(),
             node: "N".into(),
-            device: String::new(),
+            device: "".into(),
             metric: "m".into(),
             ts_ms: 1,
             datatype: 10,

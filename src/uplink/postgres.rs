@@ -16,6 +16,7 @@
 //!   empties it in one transaction, so a replayed sample changes neither the
 //!   facts nor the rollups, and folded rollups count every fact once.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use thiserror::Error;
@@ -267,7 +268,7 @@ FROM sp_series s JOIN k USING (group_id, node_id, device_id, metric)";
 /// Series ids kept per connection; past this many the cache starts over.
 const SERIES_CACHE_MAX: usize = 2_000_000;
 
-type SeriesKey = (String, String, String, String);
+type SeriesKey = (Arc<str>, Arc<str>, Arc<str>, Arc<str>);
 
 /// (group, node, device, metric) → series id, looked up by borrowed names
 /// (no allocation per fact): buckets by a hash of the four names.
@@ -289,7 +290,7 @@ impl SeriesCache {
         self.buckets
             .get(&Self::hash(g, n, d, m))?
             .iter()
-            .find(|(k, _)| k.0 == g && k.1 == n && k.2 == d && k.3 == m)
+            .find(|(k, _)| &*k.0 == g && &*k.1 == n && &*k.2 == d && &*k.3 == m)
             .map(|(_, id)| *id)
     }
 
@@ -366,17 +367,18 @@ impl PgSink {
             // it invisible to this statement's snapshot: ask again.
             for _ in 0..3 {
                 let cols: [Vec<&str>; 4] = [
-                    missing.iter().map(|k| k.0.as_str()).collect(),
-                    missing.iter().map(|k| k.1.as_str()).collect(),
-                    missing.iter().map(|k| k.2.as_str()).collect(),
-                    missing.iter().map(|k| k.3.as_str()).collect(),
+                    missing.iter().map(|k| k.0.as_ref()).collect(),
+                    missing.iter().map(|k| k.1.as_ref()).collect(),
+                    missing.iter().map(|k| k.2.as_ref()).collect(),
+                    missing.iter().map(|k| k.3.as_ref()).collect(),
                 ];
                 let rows = self
                     .client
                     .query(RESOLVE_SERIES, &[&cols[0], &cols[1], &cols[2], &cols[3]])
                     .await?;
                 for r in rows {
-                    self.series.insert((r.get(1), r.get(2), r.get(3), r.get(4)), r.get(0));
+                    let name = |i: usize| -> Arc<str> { Arc::from(r.get::<_, &str>(i)) };
+                    self.series.insert((name(1), name(2), name(3), name(4)), r.get(0));
                 }
                 missing.retain(|k| self.series.get_key(k).is_none());
                 if missing.is_empty() {

@@ -22,6 +22,7 @@
 //!   to the time of arrival.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use crate::sparkplug::codec::{encode_iter, Datatypes, Metric, Value};
 use crate::sparkplug::host::{CommandSeen, DeathCause, HostEvent};
@@ -99,14 +100,16 @@ pub struct RawRow {
     pub payload: Vec<u8>,
 }
 
-/// One metric value at one time (`sp_metric_fact`).
+/// One metric value at one time (`sp_metric_fact`). Names are shared: the
+/// facts of one message share its group, node and device, and a metric's
+/// name is the one its birth declared.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FactRow {
-    pub group: String,
-    pub node: String,
+    pub group: Arc<str>,
+    pub node: Arc<str>,
     /// Empty for node metrics.
-    pub device: String,
-    pub metric: String,
+    pub device: Arc<str>,
+    pub metric: Arc<str>,
     pub ts_ms: i64,
     pub datatype: i16,
     pub v_int: Option<i64>,
@@ -200,6 +203,38 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// What the rows hold in memory, roughly: their own size and the bytes
+    /// each owns (names shared between facts are not counted per fact).
+    /// Additive: the bytes of an appended batch add to this one's.
+    pub fn approx_bytes(&self) -> u64 {
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let raw: usize = self.raw.iter().map(|r| 80 + r.topic.len() + r.payload.len()).sum();
+        let facts: usize = self
+            .facts
+            .iter()
+            .map(|f| 128 + opt(&f.v_text) + f.v_bytes.as_ref().map_or(0, Vec::len))
+            .sum();
+        let states: usize = self.states.iter().map(|s| 96 + s.group.len() + s.node.len()).sum();
+        let catalog: usize = self
+            .catalog
+            .iter()
+            .map(|c| 128 + c.group.len() + c.node.len() + c.device.len() + c.metric.len() + c.properties.len())
+            .sum();
+        let quarantine: usize = self
+            .quarantine
+            .iter()
+            .map(|q| 80 + q.topic.len() + q.payload.len() + q.reason.len())
+            .sum();
+        let commands: usize = self
+            .commands
+            .iter()
+            .map(|c| {
+                160 + c.group.len() + c.node.len() + c.device.len() + c.metric.len() + opt(&c.value) + c.reason.len()
+            })
+            .sum();
+        (raw + facts + states + catalog + quarantine + commands) as u64
     }
 
     pub fn append(&mut self, other: &mut Batch) {
@@ -335,13 +370,14 @@ impl Batch {
                 device,
                 timestamp,
                 metrics,
+                names,
                 ..
             } => {
                 let at = timestamp.unwrap_or(received_ms);
                 let kind = if device.is_some() { "DDATA" } else { "NDATA" };
-                let device = device.as_deref().unwrap_or("");
-                for m in metrics {
-                    self.fact(kind, group, node, device, m, at, received_ms);
+                let scope = Scope::new(kind, group, node, device.as_deref().unwrap_or(""));
+                for (m, name) in metrics.iter().zip(names) {
+                    self.fact(&scope, m, name.clone(), at, received_ms);
                 }
             }
             HostEvent::NodeDeath {
@@ -378,9 +414,10 @@ impl Batch {
 
     fn birth(&mut self, group: &str, node: &str, device: &str, metrics: &[Metric], at: u64, received_ms: u64) {
         let kind = if device.is_empty() { "NBIRTH" } else { "DBIRTH" };
+        let scope = Scope::new(kind, group, node, device);
         for m in metrics {
             let Some(name) = &m.name else { continue };
-            if !self.fact(kind, group, node, device, m, at, received_ms) {
+            if !self.fact(&scope, m, Arc::from(name.as_str()), at, received_ms) {
                 continue; // quarantined: not in the catalog either
             }
             self.catalog.push(CatalogRow {
@@ -409,23 +446,12 @@ impl Batch {
 
     /// Adds the metric's fact, or its quarantine row when no database could
     /// store it exactly; true for a fact.
-    #[allow(clippy::too_many_arguments)]
-    fn fact(
-        &mut self,
-        kind: &str,
-        group: &str,
-        node: &str,
-        device: &str,
-        m: &Metric,
-        at: u64,
-        received_ms: u64,
-    ) -> bool {
-        let Some(name) = &m.name else { return false };
+    fn fact(&mut self, scope: &Scope, m: &Metric, name: Arc<str>, at: u64, received_ms: u64) -> bool {
         let mut f = FactRow {
-            group: group.to_string(),
-            node: node.to_string(),
-            device: device.to_string(),
-            metric: name.clone(),
+            group: scope.group.clone(),
+            node: scope.node.clone(),
+            device: scope.device.clone(),
+            metric: name,
             ts_ms: i64::try_from(m.timestamp.unwrap_or(at)).unwrap_or(i64::MAX),
             datatype: m.datatype as i16,
             v_int: None,
@@ -471,7 +497,8 @@ impl Batch {
             },
         }
         if let Some(defect) = fact_defect(&f) {
-            let topic = match device {
+            let (kind, group, node) = (scope.kind, &scope.group, &scope.node);
+            let topic = match &*scope.device {
                 "" => format!("spBv1.0/{group}/{kind}/{node}"),
                 d => format!("spBv1.0/{group}/{kind}/{node}/{d}"),
             };
@@ -491,22 +518,32 @@ impl Batch {
     }
 }
 
-/// seq and bdSeq of a Sparkplug payload, read leniently (for the raw log).
+/// The names one message's facts share.
+struct Scope {
+    kind: &'static str,
+    group: Arc<str>,
+    node: Arc<str>,
+    device: Arc<str>,
+}
+
+impl Scope {
+    fn new(kind: &'static str, group: &str, node: &str, device: &str) -> Scope {
+        Scope {
+            kind,
+            group: Arc::from(group),
+            node: Arc::from(node),
+            device: Arc::from(device),
+        }
+    }
+}
+
+/// seq and bdSeq of a Sparkplug payload, read leniently (for the raw log)
+/// off the wire: a message of many metrics costs no decoding here.
 fn header(payload: &[u8]) -> (Option<i16>, Option<i64>) {
-    use prost::Message;
-    let Ok(p) = crate::sparkplug::pb::Payload::decode(payload) else {
-        return (None, None);
-    };
-    let bdseq = p
-        .metrics
-        .iter()
-        .find(|m| m.name.as_deref() == Some(crate::sparkplug::BDSEQ))
-        .and_then(|m| match m.value {
-            Some(crate::sparkplug::pb::payload::metric::Value::LongValue(v)) => Some(v as i64),
-            Some(crate::sparkplug::pb::payload::metric::Value::IntValue(v)) => Some(v.into()),
-            _ => None,
-        });
-    (p.seq.map(|s| s as i16), bdseq)
+    match crate::sparkplug::wire::Envelope::read(payload) {
+        Some(e) => (e.seq.map(|s| s as i16), e.bdseq.map(|b| b as i64)),
+        None => (None, None),
+    }
 }
 
 #[cfg(test)]
@@ -514,14 +551,7 @@ mod tests {
     use super::*;
 
     fn data(metrics: Vec<Metric>) -> HostEvent {
-        HostEvent::Data {
-            group: "G".into(),
-            node: "N".into(),
-            device: Some("D".into()),
-            seq: 1,
-            timestamp: Some(5),
-            metrics,
-        }
+        HostEvent::data("G", "N", Some("D"), 1, Some(5), metrics)
     }
 
     #[test]
@@ -541,7 +571,7 @@ mod tests {
             Some("18446744073709551615"),
             "beyond i64 kept exactly"
         );
-        assert_eq!((t.device.as_str(), t.quality), ("D", 192));
+        assert_eq!((&*t.device, t.quality), ("D", 192));
     }
 
     #[test]
@@ -579,17 +609,17 @@ mod tests {
         for node in ["a", "b", "c", "d"] {
             b.add_raw(&format!("spBv1.0/G/NDATA/{node}"), b"x", 1);
             b.add_event(
-                &HostEvent::Data {
-                    group: "G".into(),
-                    node: node.into(),
-                    device: None,
-                    seq: 0,
-                    timestamp: Some(1),
-                    metrics: vec![
+                &HostEvent::data(
+                    "G",
+                    node,
+                    None,
+                    0,
+                    Some(1),
+                    vec![
                         Metric::new("m", Value::Int32(1), 1),
                         Metric::new("n", Value::Int32(2), 1),
                     ],
-                },
+                ),
                 1,
             );
         }
@@ -638,7 +668,7 @@ mod tests {
         let ok = Metric::new("Ok", Value::Int32(7), 3);
         b.add_event(&data(vec![far, nul, long, ok]), 99);
         assert_eq!(b.facts.len(), 1, "only the good metric is a fact");
-        assert_eq!(b.facts[0].metric, "Ok");
+        assert_eq!(&*b.facts[0].metric, "Ok");
         assert_eq!(b.quarantine.len(), 3);
         let reasons: Vec<&str> = b.quarantine.iter().map(|q| q.reason.as_str()).collect();
         assert!(reasons[0].contains("outside 1970-01-01..9999-12-31"), "{reasons:?}");
@@ -648,7 +678,12 @@ mod tests {
         // The quarantined metric is kept whole, as a Sparkplug payload.
         let back = crate::sparkplug::Payload::decode(&b.quarantine[1].payload).expect("decodes");
         assert_eq!(back.metrics[0].value, Some(Value::String("a\0b".into())));
-        for r in b.quarantine.iter().map(|q| &q.reason).chain([&b.facts[0].metric]) {
+        for r in b
+            .quarantine
+            .iter()
+            .map(|q| q.reason.as_str())
+            .chain([&*b.facts[0].metric])
+        {
             assert!(!r.contains('\0'));
         }
     }

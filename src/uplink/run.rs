@@ -15,8 +15,10 @@
 //! - The backlog (rows handed over, not yet committed) is bounded: past
 //!   `offline_after_rows` this host publishes STATE offline and the edges
 //!   store on their own flash (ARCHITECTURE.md decision 4); once the backlog
-//!   is empty again it publishes STATE online. Past `backlog_max_rows` new
-//!   rows are dropped, counted and logged at ERROR, never silently.
+//!   is empty again it publishes STATE online. Past `backlog_max_rows` or
+//!   `backlog_max_bytes` new rows are dropped, counted and logged at ERROR,
+//!   never silently; half of `backlog_max_bytes` declares STATE offline
+//!   like `offline_after_rows` does.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -71,6 +73,7 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
         subscriptions: cfg.host.subscriptions.clone(),
         reorder_timeout_ms: cfg.host.reorder_timeout.as_millis() as u64,
         rebirth_min_interval_ms: cfg.host.rebirth_min_interval.as_millis() as u64,
+        limits: cfg.limits,
     })?;
     // One writer per connection; each node's rows always go to the same one,
     // so per-node order holds and writers never contend for a row.
@@ -284,7 +287,7 @@ impl Loop {
                             .own_commands
                             .front()
                             .is_some_and(|(t, ..)| now.saturating_sub(*t) > 60_000)
-                            || self.own_commands.len() >= 1_000
+                            || self.own_commands.len() >= 4_096
                         {
                             self.own_commands.pop_front();
                         }
@@ -311,7 +314,7 @@ impl Loop {
                     tracing::warn!(%group, %node, expected, got, "sequence error");
                 }
                 HostEvent::Quarantine { topic, reason, .. } => {
-                    self.stats.quarantined.fetch_add(1, Relaxed);
+                    let topic = crate::uplink::rows::prefix(topic, 300);
                     tracing::warn!(%topic, %reason, "payload quarantined");
                 }
                 HostEvent::DeathIgnored { group, node, bdseq } => {
@@ -319,20 +322,50 @@ impl Loop {
                 }
                 _ => {}
             }
+            let before = self.batch.quarantine.len();
             self.batch.add_event(&ev, now);
+            // Rows no database could hold are quarantined as they are made.
+            let added = &self.batch.quarantine[before..];
+            self.stats.quarantined.fetch_add(added.len() as u64, Relaxed);
+            if let (false, Some(q)) = (matches!(ev, HostEvent::Quarantine { .. }), added.first()) {
+                tracing::warn!(topic = %crate::uplink::rows::prefix(&q.topic, 300), reason = %q.reason, rows = added.len(),
+                    "rows quarantined (the first one's reason)");
+            }
         }
         self.stats.online_nodes.store(session.online_nodes() as u64, Relaxed);
+        self.stats.tracked_nodes.store(session.tracked_nodes() as u64, Relaxed);
+        self.stats
+            .rebirths_suppressed
+            .store(session.rebirths_suppressed, Relaxed);
     }
 
     /// Records a command in `sp_command_audit`, with the log line an operator greps for.
     fn audit(&mut self, cmd: &crate::sparkplug::host::CommandSeen, now: u64, requested_by: &str) {
-        for w in &cmd.writes {
-            match &w.verdict {
-                Ok(()) => tracing::info!(group = %cmd.group, node = %cmd.node, device = ?cmd.device,
-                    metric = %w.metric, value = ?w.value, %requested_by, "command"),
-                Err(why) => tracing::warn!(group = %cmd.group, node = %cmd.node, device = ?cmd.device,
-                    metric = %w.metric, value = ?w.value, %requested_by, reason = %why, "command an edge must refuse"),
-            }
+        // One line per command message, however many metrics it holds.
+        let refused = cmd.writes.iter().filter(|w| w.verdict.is_err()).count();
+        let first: Vec<String> = cmd
+            .writes
+            .iter()
+            .take(3)
+            .map(|w| {
+                let metric = crate::uplink::rows::prefix(&w.metric, 80);
+                let value = w.value.as_deref().map_or("", |v| crate::uplink::rows::prefix(v, 80));
+                match &w.verdict {
+                    Ok(()) => format!("{metric}={value}"),
+                    Err(why) => format!("{metric}={value} (refused: {})", crate::uplink::rows::prefix(why, 160)),
+                }
+            })
+            .collect();
+        let (group, node) = (
+            crate::uplink::rows::prefix(&cmd.group, 80),
+            crate::uplink::rows::prefix(&cmd.node, 80),
+        );
+        let device = cmd.device.as_deref().map(|d| crate::uplink::rows::prefix(d, 80));
+        if refused == 0 {
+            tracing::info!(%group, %node, device = ?device, metrics = cmd.writes.len(), first = ?first, %requested_by, "command");
+        } else {
+            tracing::warn!(%group, %node, device = ?device, metrics = cmd.writes.len(), refused, first = ?first,
+                %requested_by, "command an edge must refuse");
         }
         self.stats.commands_audited.fetch_add(cmd.writes.len() as u64, Relaxed);
         self.batch_since.get_or_insert_with(Instant::now);
@@ -356,17 +389,25 @@ impl Loop {
             return;
         }
         let backlog = self.stats.backlog_rows.load(Relaxed);
-        if backlog + n > self.cfg.database.backlog_max_rows as u64 {
+        let bytes = batch.approx_bytes();
+        let backlog_bytes = self.stats.backlog_bytes.load(Relaxed);
+        if backlog + n > self.cfg.database.backlog_max_rows as u64
+            || backlog_bytes + bytes > self.cfg.database.backlog_max_bytes
+        {
             self.stats.dropped_rows.fetch_add(n, Relaxed);
             tracing::error!(
                 rows = n,
+                bytes,
                 backlog,
+                backlog_bytes,
                 backlog_max_rows = self.cfg.database.backlog_max_rows,
+                backlog_max_bytes = self.cfg.database.backlog_max_bytes,
                 "backlog full while the database is behind: rows dropped"
             );
             return;
         }
         self.stats.backlog_rows.fetch_add(n, Relaxed);
+        self.stats.backlog_bytes.fetch_add(bytes, Relaxed);
         for (i, part) in batch.split(self.writers.len()).into_iter().enumerate() {
             if !part.is_empty() {
                 self.writers.send(i, Pending { batch: part, since });
@@ -394,7 +435,9 @@ impl Loop {
         // Decision 4: declare STATE offline while the database is far behind.
         let backlog = self.stats.backlog_rows.load(Relaxed) as usize;
         let offline = self.stats.declared_offline.load(Relaxed);
-        if !offline && backlog >= self.cfg.database.offline_after_rows {
+        // Half the byte bound counts like offline_after_rows.
+        let heavy = self.stats.backlog_bytes.load(Relaxed) >= self.cfg.database.backlog_max_bytes / 2;
+        if !offline && (backlog >= self.cfg.database.offline_after_rows || heavy) {
             tracing::error!(
                 backlog,
                 offline_after_rows = self.cfg.database.offline_after_rows,
@@ -432,5 +475,6 @@ async fn dry_writer(queue: Queue, stats: Arc<Stats>) {
             );
         }
         stats.backlog_rows.fetch_sub(b.len() as u64, Relaxed);
+        stats.backlog_bytes.fetch_sub(b.approx_bytes(), Relaxed);
     }
 }

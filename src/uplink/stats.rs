@@ -58,7 +58,11 @@ pub struct Stats {
     pub rollup_folded: AtomicU64,
     pub dropped_rows: AtomicU64,
     pub online_nodes: AtomicU64,
+    pub tracked_nodes: AtomicU64,
+    pub rebirths_suppressed: AtomicU64,
     pub backlog_rows: AtomicU64,
+    /// What the backlog holds in memory, roughly ([`super::rows::Batch::approx_bytes`]).
+    pub backlog_bytes: AtomicU64,
     pub last_batch_us: AtomicU64,
     pub connected: AtomicBool,
     pub db_ok: AtomicBool,
@@ -211,10 +215,28 @@ impl Exposition for Stats {
             self.online_nodes.load(Relaxed),
         );
         g(
+            "spb_uplink_rebirths_suppressed_total",
+            "Rebirth requests not sent: over limits.max_rebirths_per_second.",
+            "counter",
+            self.rebirths_suppressed.load(Relaxed),
+        );
+        g(
+            "spb_uplink_tracked_nodes",
+            "Edge nodes the host keeps state for (bounded by limits.max_nodes).",
+            "gauge",
+            self.tracked_nodes.load(Relaxed),
+        );
+        g(
             "spb_uplink_backlog_rows",
             "Rows waiting for the database.",
             "gauge",
             self.backlog_rows.load(Relaxed),
+        );
+        g(
+            "spb_uplink_backlog_bytes",
+            "Memory the rows waiting for the database hold (estimate).",
+            "gauge",
+            self.backlog_bytes.load(Relaxed),
         );
         g(
             "spb_uplink_last_batch_microseconds",

@@ -131,10 +131,11 @@ pub async fn writer<S: Sink>(db: DatabaseConfig, queue: Queue, stats: Arc<Stats>
                 Err(_) => break,
             }
         }
-        let rows = batch.len() as u64;
+        let (rows, bytes) = (batch.len() as u64, batch.approx_bytes());
         commit(&mut conn, batch, &stats).await;
         stats.lag.observe(oldest.elapsed());
         stats.backlog_rows.fetch_sub(rows, Relaxed);
+        stats.backlog_bytes.fetch_sub(bytes, Relaxed);
     }
 }
 
@@ -397,16 +398,16 @@ mod tests {
         let mut b = Batch::default();
         b.add_raw("spBv1.0/G/NDATA/N", b"x", 1);
         b.add_event(
-            &HostEvent::Data {
-                group: "G".into(),
-                node: "N".into(),
-                device: None,
-                seq: 1,
-                timestamp: Some(1),
-                metrics: (0..n)
+            &HostEvent::data(
+                "G",
+                "N",
+                None,
+                1,
+                Some(1),
+                (0..n)
                     .map(|i| Metric::new(format!("m{i}"), Value::Int32(1), 1))
                     .collect(),
-            },
+            ),
             1,
         );
         b

@@ -579,3 +579,4 @@ scan_class = "fast"
 pub mod pg;
 pub mod plc;
 pub mod sink_rows;
+pub mod uplink;

@@ -11,13 +11,13 @@ pub const T0: u64 = 1_795_000_000_000;
 
 /// A DDATA of device G/N/D with `metric` at `values` (ts, value).
 pub fn data(node: &str, metric: &str, values: &[(u64, f64)], historical: bool) -> HostEvent {
-    HostEvent::Data {
-        group: "G".into(),
-        node: node.into(),
-        device: Some("D".into()),
-        seq: 1,
-        timestamp: Some(values.last().map_or(0, |v| v.0)),
-        metrics: values
+    HostEvent::data(
+        "G",
+        node,
+        Some("D"),
+        1,
+        Some(values.last().map_or(0, |v| v.0)),
+        values
             .iter()
             .map(|(ts, v)| {
                 let mut m = Metric::new(metric, Value::Double(*v), *ts);
@@ -25,7 +25,7 @@ pub fn data(node: &str, metric: &str, values: &[(u64, f64)], historical: bool) -
                 m
             })
             .collect(),
-    }
+    )
 }
 
 /// A node's birth (bdSeq 3, one metric "Uptime") with a raw NBIRTH and a
