@@ -44,17 +44,6 @@ fn encode(seq: u64, metrics: Vec<Metric>) -> Vec<u8> {
     .expect("encodes")
 }
 
-/// Peak resident memory of a process, in MiB (`VmHWM`).
-fn peak_rss_mib(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kb: f64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kb / 1024.0
-}
-
 /// The healthy gateway's facts keep growing (by 50 within 30 s).
 fn healthy_data_keeps_landing(uplink: &Uplink) {
     let facts = uplink.metric("spb_uplink_facts_written_total");
@@ -141,7 +130,7 @@ fn one_message_cannot_inflate_the_uplink_and_a_huge_command_is_one_log_line_and_
     named.alias = Some(1);
     probe.publish(&publish("spBv1.0/H2/NBIRTH/amp", encode(0, vec![bd(), named])));
     uplink.wait_until("the amplifier is born", |u| u.metric("spb_uplink_online_nodes") >= 2.0);
-    let rss_before = peak_rss_mib(uplink.child.id());
+    let rss_before = common::peak_rss_mib(uplink.child.id());
     for seq in 1..=20u64 {
         let metrics = (0..20_000)
             .map(|i| Metric {
@@ -181,7 +170,7 @@ fn one_message_cannot_inflate_the_uplink_and_a_huge_command_is_one_log_line_and_
         u.metric("spb_uplink_commands_audited_total") >= 1.0
     });
     healthy_data_keeps_landing(&uplink);
-    let peak = peak_rss_mib(uplink.child.id());
+    let peak = common::peak_rss_mib(uplink.child.id());
     eprintln!("uplink peak RSS {peak:.1} MiB (before the flood {rss_before:.1} MiB)");
     // Measured here: about 115 MiB peak, most of it the 400,000 facts waiting in the backlog;
     // before names were shared and capped, one such birth and NDATA took it to 412 MB.

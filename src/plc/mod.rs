@@ -75,6 +75,10 @@ pub enum DriverError {
     Read { device: String, reason: String },
     #[error("{device}: no answer within {timeout_ms} ms")]
     Timeout { device: String, timeout_ms: u64 },
+    /// The PLC (or whatever answers in its place) broke the protocol's
+    /// bounds: an answer too large or never ending. Counted apart.
+    #[error("{device}: protocol violation: {reason}")]
+    Protocol { device: String, reason: String },
 }
 
 /// One tag could not be read; the others may be fine.
@@ -128,7 +132,7 @@ impl Driver {
     pub async fn connect(&mut self, device: &str) -> Result<(), DriverError> {
         match self {
             Driver::Sim(s) => s.check_reachable(),
-            Driver::S7(s) => s.connect().await.map_err(|e| connect_error(device, e)),
+            Driver::S7(s) => s.connect().await.map_err(|e| s7_error(device, e, true)),
             Driver::Logix(l) => l.connect().await.map_err(|e| connect_error(device, e)),
         }
     }
@@ -143,7 +147,11 @@ impl Driver {
         let tagged = |r: Vec<Result<Value, String>>| r.into_iter().map(|x| x.map_err(TagError)).collect();
         match self {
             Driver::Sim(s) => s.read(indices, now_ms),
-            Driver::S7(s) => s.read(indices).await.map(tagged).map_err(|e| read_error(device, e)),
+            Driver::S7(s) => s
+                .read(indices)
+                .await
+                .map(tagged)
+                .map_err(|e| s7_error(device, e, false)),
             Driver::Logix(l) => l.read(indices).await.map(tagged).map_err(|e| read_error(device, e)),
         }
     }
@@ -157,7 +165,7 @@ impl Driver {
     ) -> Result<Result<(), TagError>, DriverError> {
         let r = match self {
             Driver::Sim(_) => Ok(Err("the simulator's tags are read-only".to_string())),
-            Driver::S7(s) => s.write(index, value).await.map_err(|e| read_error(device, e)),
+            Driver::S7(s) => s.write(index, value).await.map_err(|e| s7_error(device, e, false)),
             Driver::Logix(l) => l.write(index, value).await.map_err(|e| read_error(device, e)),
         };
         r.map(|inner| inner.map_err(TagError))
@@ -168,6 +176,17 @@ fn connect_error(device: &str, e: impl std::fmt::Display) -> DriverError {
     DriverError::Connect {
         device: device.to_string(),
         reason: e.to_string(),
+    }
+}
+
+fn s7_error(device: &str, e: s7::S7Error, connecting: bool) -> DriverError {
+    match (e.is_protocol_violation(), connecting) {
+        (true, _) => DriverError::Protocol {
+            device: device.to_string(),
+            reason: e.to_string(),
+        },
+        (false, true) => connect_error(device, e),
+        (false, false) => read_error(device, e),
     }
 }
 

@@ -353,6 +353,12 @@ pub async fn run(
                         }
                     }
                     Err(e) => {
+                        if matches!(e, super::DriverError::Protocol { .. }) {
+                            stats
+                                .protocol_violations
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tracing::warn!(device = %d.name, error = %e, "the PLC broke the protocol: connection dropped");
+                        }
                         tracing::debug!(device = %d.name, error = %e, "chunked read failed");
                         failed = true;
                         break;
@@ -421,6 +427,12 @@ pub async fn run(
         match result {
             Err(e) => {
                 connected = false;
+                if matches!(e, super::DriverError::Protocol { .. }) {
+                    stats
+                        .protocol_violations
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(device = %d.name, error = %e, "the PLC broke the protocol: connection dropped");
+                }
                 let failures = breaker.failed();
                 if online && failures >= d.fail_after {
                     online = false;

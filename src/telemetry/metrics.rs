@@ -29,6 +29,9 @@ pub struct DeviceStats {
     /// Connection attempts and the ones that failed.
     pub connects: AtomicU64,
     pub connect_failures: AtomicU64,
+    /// Answers that broke the protocol's bounds (oversized, endless
+    /// fragments, malformed past what a PLC sends): connection dropped.
+    pub protocol_violations: AtomicU64,
     /// True while the poller waits out a reconnect backoff (no I/O to the PLC).
     pub circuit_open: AtomicBool,
     /// Latency of the last batched read, in microseconds.
@@ -371,7 +374,7 @@ impl Telemetry {
         );
         let devices = self.devices.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         type Series = (&'static str, &'static str, &'static str, fn(&DeviceStats) -> u64);
-        let series: [Series; 10] = [
+        let series: [Series; 11] = [
             ("spb_device_online", "1 while the device answers.", "gauge", |d| {
                 d.online.load(Relaxed).into()
             }),
@@ -383,6 +386,12 @@ impl Telemetry {
                 "Batched PLC reads that failed.",
                 "counter",
                 |d| d.read_errors.load(Relaxed),
+            ),
+            (
+                "spb_plc_protocol_violations_total",
+                "Answers that broke the protocol's bounds (the connection was dropped).",
+                "counter",
+                |d| d.protocol_violations.load(Relaxed),
             ),
             (
                 "spb_plc_tag_errors_total",

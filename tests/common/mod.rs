@@ -114,6 +114,17 @@ pub fn prom_value(port: u16, name: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Peak resident memory of a process, in MiB (`VmHWM`).
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kb: f64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb / 1024.0
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released), never the same one
 /// twice in this process: tests run in parallel, and two peers handed one
 /// port would race for it.
@@ -578,5 +589,6 @@ scan_class = "fast"
 
 pub mod pg;
 pub mod plc;
+pub mod rogue;
 pub mod sink_rows;
 pub mod uplink;

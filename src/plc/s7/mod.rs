@@ -16,6 +16,12 @@
 //!   it); a per-item error never does.
 //! - Writes go one item per request (every S7 server accepts that); a single
 //!   BOOL is written as one bit, never as its whole byte.
+//! - What the PLC can make us hold is bounded: an answer's fragments are
+//!   joined up to the negotiated PDU plus [`PDU_SLACK`] bytes and at most
+//!   [`MAX_FRAGMENTS`] fragments; past either the answer is a
+//!   [`S7Error::Oversized`], the connection is dropped and the poller counts
+//!   a protocol violation. A TPKT frame is at most 65,535 bytes by its own
+//!   length field.
 
 pub mod address;
 pub mod codec;
@@ -45,7 +51,21 @@ pub enum S7Error {
     Closed,
     #[error("the PLC granted a PDU of {0} bytes; at least 240 are needed")]
     TinyPdu(u16),
+    #[error("the PLC's answer grew past {max} bytes in {fragments} fragments without its last fragment (the negotiated PDU is {pdu}): not an S7 server, connection dropped")]
+    Oversized { max: usize, fragments: usize, pdu: u16 },
 }
+
+impl S7Error {
+    /// Whether the PLC broke the protocol's bounds (not a network failure).
+    pub fn is_protocol_violation(&self) -> bool {
+        matches!(self, S7Error::Oversized { .. })
+    }
+}
+
+/// Bytes an answer may exceed the negotiated PDU by (its own headers).
+pub const PDU_SLACK: usize = 64;
+/// Fragments one answer may arrive in.
+pub const MAX_FRAGMENTS: usize = 64;
 
 /// How to reach one PLC.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +92,8 @@ pub struct Connection {
     /// The PDU size the PLC granted.
     pub pdu: u16,
     next_ref: u16,
+    /// The PDU asked for, until the PLC grants one.
+    asked: u16,
     buf: Vec<u8>,
     /// Requests sent on this connection (setup included).
     pub requests: u64,
@@ -89,6 +111,7 @@ impl Connection {
             stream,
             pdu: 0,
             next_ref: 0,
+            asked: o.pdu_size,
             buf: Vec::with_capacity(1024),
             requests: 0,
         };
@@ -132,15 +155,29 @@ impl Connection {
         let req = build(self.next_ref);
         self.requests += 1;
         self.stream.write_all(&req).await?;
+        let negotiated = if self.pdu == 0 { self.asked } else { self.pdu };
+        let max = usize::from(negotiated) + PDU_SLACK;
         let mut pdu = Vec::new();
-        loop {
+        for fragments in 1..=MAX_FRAGMENTS {
             let frame = self.frame().await?;
             let (part, last) = codec::s7_payload(&frame)?;
+            if pdu.len() + part.len() > max {
+                return Err(S7Error::Oversized {
+                    max,
+                    fragments,
+                    pdu: negotiated,
+                });
+            }
             pdu.extend_from_slice(part);
             if last {
                 return Ok(pdu);
             }
         }
+        Err(S7Error::Oversized {
+            max,
+            fragments: MAX_FRAGMENTS,
+            pdu: negotiated,
+        })
     }
 
     /// Reads `items` in one request.
