@@ -48,6 +48,7 @@ fn edge(node: usize) -> EdgeSession {
             rebirth_debounce_ms: 0,
             aliases: true,
             max_data_metrics: 1000,
+            limits: Default::default(),
         },
         vec![],
         devices,

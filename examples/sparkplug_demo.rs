@@ -75,6 +75,7 @@ fn main() {
             rebirth_debounce_ms: 1_000,
             aliases: true,
             max_data_metrics: 500,
+            limits: Default::default(),
         },
         vec![],
         vec![DeviceDef {

@@ -19,6 +19,7 @@
 //!         rebirth_debounce_ms: 5_000,
 //!         aliases: true,
 //!         max_data_metrics: 500,
+//!         limits: Default::default(),
 //!     },
 //!     vec![],
 //!     vec![DeviceDef { name: "press".into(), metrics: vec![Metric::new("Temp", Value::Float(20.0), now)] }],

@@ -119,7 +119,11 @@ fn with_a_primary_host_nothing_is_born_until_state_online_and_offline_state_ends
         early.iter().all(|m| kind(m) == "STATE" || m.get("kind").is_none()),
         "nothing before STATE: {early:?}"
     );
-    let ts = 1_800_000_000_000u64;
+    // The host's clock: a STATE from further ahead than node.state_max_skew is refused.
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
     peer.send(json!({"op": "state", "host": "scada", "online": true, "timestamp": ts}));
     let nbirth = peer.wait_for("NBIRTH once the host is online", T, |m| kind(m) == "NBIRTH");
     let b = bdseq(&nbirth);

@@ -109,3 +109,239 @@ datatype = "UInt64"
     assert!(peak < 40.0, "peak RSS {peak:.1} MiB:\n{}", gw.log());
     assert!(gw.log().contains("the PLC broke the protocol: connection dropped"));
 }
+
+/// Publishes `payload` with mosquitto_pub (QoS 1; `retain` as asked).
+fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], retain: bool) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("payload");
+    std::fs::write(&file, payload).expect("payload");
+    let port = port.to_string();
+    let mut args = vec!["-h", "127.0.0.1", "-p", &port, "-q", "1", "-t", topic, "-f"];
+    let f = file.to_string_lossy().to_string();
+    args.push(&f);
+    if retain {
+        args.push("-r");
+    }
+    let st = std::process::Command::new("mosquitto_pub")
+        .args(&args)
+        .status()
+        .expect("mosquitto_pub");
+    assert!(st.success());
+}
+
+fn ncmd(metrics: Vec<spb::sparkplug::Metric>) -> Vec<u8> {
+    spb::sparkplug::Payload {
+        timestamp: Some(common_now()),
+        metrics,
+        ..Default::default()
+    }
+    .encode()
+    .expect("encodes")
+}
+
+fn common_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+}
+
+fn gauge(http: u16, name: &str) -> f64 {
+    common::prom_value(http, name).unwrap_or(-1.0)
+}
+
+/// The counter gateway of `group`, born on its own broker, with /metrics on `http`.
+fn born_gateway(group: &str, broker: u16, http: u16, extra_node: &str) -> Gateway {
+    // The shipped default debounce, not the tests' 0 s.
+    let cfg = common::counter_config(group, broker, extra_node, "")
+        .replace("rebirth_debounce = \"0s\"", "rebirth_debounce = \"5s\"");
+    let gw = Gateway::start(&common::with_http(cfg, http), &[]);
+    common::wait_for_port(http, Duration::from_secs(20));
+    gw
+}
+
+#[test]
+fn retained_and_oversized_commands_neither_loop_nor_disconnect_the_node() {
+    let broker = common::Broker::start(None);
+    let http = common::free_port();
+    let gw = born_gateway("HG1", broker.port, http, "");
+    wait("born", Duration::from_secs(20), || gauge(http, "spb_born") == 1.0);
+    let next = ncmd(vec![spb::sparkplug::Metric::new(
+        spb::sparkplug::NEXT_SERVER,
+        spb::sparkplug::Value::Boolean(true),
+        common_now(),
+    )]);
+    // Let rebirth_debounce (5 s) pass, so that the live delivery of the
+    // retained Next Server is honoured once, as a live one would be.
+    std::thread::sleep(Duration::from_secs(5));
+    mosquitto_pub(broker.port, "spBv1.0/HG1/NCMD/gw", &next, true);
+    // A retained 2 MB DCMD.
+    mosquitto_pub(
+        broker.port,
+        "spBv1.0/HG1/DCMD/gw/line",
+        &vec![0x12; 2 * 1024 * 1024],
+        true,
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    let connects = gauge(http, "spb_mqtt_connects_total");
+    assert!(
+        connects <= 2.0,
+        "{connects} connects: the retained messages loop the node\n{}",
+        gw.log()
+    );
+    assert_eq!(gauge(http, "spb_born"), 1.0, "{}", gw.log());
+    assert!(gauge(http, "spb_oversized_messages_total") >= 1.0);
+    let log = gw.log();
+    assert!(
+        log.contains("retained NCMD ignored: Sparkplug commands are never retained"),
+        "{log}"
+    );
+    assert!(
+        log.contains("inbound message over commands.max_message_size dropped"),
+        "{log}"
+    );
+    assert!(common::peak_rss_mib(gw.child.id()) < 60.0);
+}
+
+#[test]
+fn a_forged_state_from_the_far_future_cannot_keep_the_node_from_its_host() {
+    let broker = common::Broker::start(None);
+    let http = common::free_port();
+    let gw = born_gateway("HG2", broker.port, http, "primary_host_id = \"scada\"");
+    let state = |online: bool, ts: u64| spb::sparkplug::state::HostState { online, timestamp: ts }.to_json();
+    // The real host: online since now, retained.
+    mosquitto_pub(broker.port, "spBv1.0/STATE/scada", &state(true, common_now()), true);
+    wait("born", Duration::from_secs(20), || gauge(http, "spb_born") == 1.0);
+    // The forger: online at 2^64-1, then a retained offline with the same time.
+    mosquitto_pub(broker.port, "spBv1.0/STATE/scada", &state(true, u64::MAX), false);
+    mosquitto_pub(broker.port, "spBv1.0/STATE/scada", &state(false, u64::MAX), true);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(gauge(http, "spb_born"), 1.0, "{}", gw.log());
+    assert!(gauge(http, "spb_rejected_messages_total") >= 2.0);
+    assert!(gw.log().contains("ahead of this node's clock"));
+}
+
+#[test]
+fn a_rebirth_storm_does_not_divert_live_data_to_flash() {
+    let broker = common::Broker::start(None);
+    let http = common::free_port();
+    let gw = born_gateway("HG3", broker.port, http, "");
+    wait("born", Duration::from_secs(20), || gauge(http, "spb_born") == 1.0);
+    let rebirth = || {
+        ncmd(vec![spb::sparkplug::Metric::new(
+            spb::sparkplug::REBIRTH,
+            spb::sparkplug::Value::Boolean(true),
+            common_now(),
+        )])
+    };
+    let rebirths_before = gauge(http, "spb_rebirths_total");
+    for _ in 0..10 {
+        mosquitto_pub(broker.port, "spBv1.0/HG3/NCMD/gw", &rebirth(), false);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let stored = gauge(http, "spb_stored_samples_total");
+    let rebirths = gauge(http, "spb_rebirths_total") - rebirths_before;
+    // Before: a pending rebirth held DATA back, and 231 of 231 samples went to flash.
+    assert_eq!(stored, 0.0, "samples diverted to the store\n{}", gw.log());
+    assert!(rebirths <= 3.0, "{rebirths} rebirths for 10 requests in 10 s");
+    assert!(rebirths >= 1.0, "a request outside the window is honoured");
+}
+
+#[test]
+fn a_huge_command_costs_no_memory_and_one_log_line() {
+    let broker = common::Broker::start(None);
+    let http = common::free_port();
+    let gw = born_gateway("HG4", broker.port, http, "");
+    wait("born", Duration::from_secs(20), || gauge(http, "spb_born") == 1.0);
+    // 900 KB of 450,000 empty metrics: over max_message_size, dropped unread.
+    mosquitto_pub(broker.port, "spBv1.0/HG4/NCMD/gw", &[0x12, 0x00].repeat(450_000), false);
+    // 60 KB of 30,000 empty metrics: under the size, over max_command_metrics.
+    mosquitto_pub(broker.port, "spBv1.0/HG4/NCMD/gw", &[0x12, 0x00].repeat(30_000), false);
+    wait("both refused", Duration::from_secs(10), || {
+        gauge(http, "spb_rejected_messages_total") >= 2.0
+    });
+    let peak = common::peak_rss_mib(gw.child.id());
+    eprintln!("gateway peak RSS {peak:.1} MiB");
+    assert!(peak < 40.0, "peak RSS {peak:.1} MiB");
+    let log = gw.log();
+    assert!(
+        log.contains("NCMD of 30000 metrics refused whole (more than max_command_metrics, 1000)"),
+        "{log}"
+    );
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 2_000, "a log line of {longest} bytes");
+    assert_eq!(gauge(http, "spb_born"), 1.0);
+}
+
+/// One GET with a deadline; the status code, or None when no answer came in time.
+fn get_within(port: u16, path: &str, within: Duration) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), within).ok()?;
+    s.set_read_timeout(Some(within)).ok()?;
+    s.set_write_timeout(Some(within)).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+#[test]
+fn a_flood_of_local_http_clients_starves_neither_the_store_nor_the_health_check() {
+    let mut broker = common::Broker::start(None);
+    let http = common::free_port();
+    let gw = born_gateway("HG5", broker.port, http, "");
+    wait("born", Duration::from_secs(20), || gauge(http, "spb_born") == 1.0);
+    // A box with few descriptors, as a unit without LimitNOFILE would give.
+    let pid = gw.child.id().to_string();
+    let st = std::process::Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=256:256"])
+        .status()
+        .expect("prlimit");
+    assert!(st.success());
+    // The broker goes away: from now on the samples go to the store, which
+    // needs descriptors of its own.
+    broker.kill();
+    let (ticks0, _) = common::proc_stat(gw.child.id());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", http)) {
+                        held.push(s); // never sends a byte
+                    }
+                    if held.len() > 600 {
+                        held.remove(0);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut answered = 0;
+    for _ in 0..5 {
+        if get_within(http, "/health", Duration::from_secs(1)).is_some() {
+            answered += 1;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in flood {
+        t.join().expect("flood thread");
+    }
+    let (ticks1, _) = common::proc_stat(gw.child.id());
+    let cpu = (ticks1 - ticks0) as f64 / common::clk_tck();
+    assert!(answered >= 4, "/health answered {answered} of 5 times during the flood");
+    wait("/health answers 200 again", Duration::from_secs(5), || {
+        get_within(http, "/health", Duration::from_secs(1)) == Some(200)
+    });
+    wait("samples are stored", Duration::from_secs(10), || {
+        gauge(http, "spb_stored_samples_total") > 0.0
+    });
+    assert_eq!(gauge(http, "spb_dropped_samples_total"), 0.0, "{}", gw.log());
+    assert!(!gw.log().contains("Too many open files"), "{}", gw.log());
+    eprintln!("gateway CPU during a 2.5 s flood: {cpu:.2} s");
+    assert!(cpu < 2.0, "the accept loop spun: {cpu:.2} s of CPU in 2.5 s");
+}

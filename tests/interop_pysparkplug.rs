@@ -223,6 +223,7 @@ fn pysparkplug_decodes_the_births_and_data_of_our_edge_session() {
             rebirth_debounce_ms: 0,
             aliases: true,
             max_data_metrics: 500,
+            limits: Default::default(),
         },
         vec![Metric::new("Uptime", Value::UInt64(5), T)],
         vec![DeviceDef {

@@ -283,6 +283,7 @@ fn fake_edge(group: &str) -> spb::sparkplug::edge::EdgeSession {
             rebirth_debounce_ms: 0,
             aliases: true,
             max_data_metrics: 100,
+            limits: Default::default(),
         },
         vec![spb::sparkplug::Metric::new(
             "Temp",

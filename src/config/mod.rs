@@ -97,6 +97,8 @@ pub struct NodeConfig {
     pub rebirth_debounce: Duration,
     /// At most this many metrics per NDATA/DDATA message (default 500).
     pub max_data_metrics: usize,
+    /// A STATE stamped further ahead of this box's clock is refused (default 10m).
+    pub state_max_skew: Duration,
 }
 
 /// `[mqtt]`: the brokers, walked in order.
@@ -334,10 +336,26 @@ pub struct TagConfig {
     pub signal: Option<std::sync::Arc<Signal>>,
 }
 
-/// `[commands]`: write-back, off by default.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// `[commands]`: write-back, off by default, and what an inbound message
+/// (NCMD, DCMD, STATE) may cost.
+#[derive(Debug, Clone, PartialEq)]
 pub struct CommandsConfig {
     pub enabled: bool,
+    /// Inbound messages larger than this are dropped and counted, the
+    /// connection kept (default 64KiB).
+    pub max_message_size: u64,
+    /// An NCMD/DCMD of more metrics is refused whole (default 1000).
+    pub max_metrics: usize,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        CommandsConfig {
+            enabled: false,
+            max_message_size: 64 * 1024,
+            max_metrics: 1_000,
+        }
+    }
 }
 
 /// Log output format.
@@ -386,10 +404,22 @@ impl Config {
         let store = read_store(root.opt_table("store"));
         let devices: Vec<DeviceConfig> = root.tables("devices").iter().filter_map(read_device).collect();
         let commands = root.opt_table("commands").map(|t| {
+            let d = CommandsConfig::default();
             let c = CommandsConfig {
                 enabled: t.bool_or("enabled", false),
+                max_message_size: t.bytes_or("max_message_size", d.max_message_size),
+                max_metrics: t.int_in("max_metrics", d.max_metrics as i64, 1..=100_000) as usize,
             };
-            t.finish(&["enabled"]);
+            if c.max_message_size < 1024 || c.max_message_size > crate::mqtt::INBOUND_TRANSPORT_MAX as u64 {
+                t.invalid(
+                    "max_message_size",
+                    format!(
+                        "must be between 1KiB and {}MiB",
+                        crate::mqtt::INBOUND_TRANSPORT_MAX >> 20
+                    ),
+                );
+            }
+            t.finish(&["enabled", "max_message_size", "max_metrics"]);
             c
         });
         let telemetry = read_telemetry(root.opt_table("telemetry"));
@@ -430,6 +460,7 @@ fn read_node(t: &Table) -> NodeConfig {
         aliases: t.bool_or("aliases", true),
         rebirth_debounce: t.duration_or("rebirth_debounce", Duration::from_secs(5)),
         max_data_metrics: t.int_in("max_data_metrics", 500, 1..=1_000_000) as usize,
+        state_max_skew: t.duration_or("state_max_skew", Duration::from_secs(600)),
     };
     t.finish(&[
         "group_id",
@@ -438,6 +469,7 @@ fn read_node(t: &Table) -> NodeConfig {
         "aliases",
         "rebirth_debounce",
         "max_data_metrics",
+        "state_max_skew",
     ]);
     n
 }
@@ -1106,7 +1138,7 @@ deadbnad = 0.5
             lines,
             vec![
                 "config.toml:2:12: node.group_id: group id 'Plant/1' is invalid: it contains '/', the topic separator",
-                "config.toml:4:1: node.colour: unknown key; allowed here: group_id, node_id, primary_host_id, aliases, rebirth_debounce, max_data_metrics",
+                "config.toml:4:1: node.colour: unknown key; allowed here: group_id, node_id, primary_host_id, aliases, rebirth_debounce, max_data_metrics, state_max_skew",
                 "config.toml:8:8: mqtt.servers[0].port: 70000 is outside 1..=65535",
                 // Written under [[mqtt.servers]], so it is that server's keepalive.
                 "config.toml:9:13: mqtt.servers[0].keepalive: 'fast' is not a duration: use e.g. \"500ms\", \"30s\", \"5m\", \"1h\"",

@@ -118,6 +118,10 @@ fn edge_config(cfg: &Config, dry_run: bool) -> EdgeConfig {
         rebirth_debounce_ms: cfg.node.rebirth_debounce.as_millis() as u64,
         aliases: cfg.node.aliases,
         max_data_metrics: cfg.node.max_data_metrics,
+        limits: crate::sparkplug::edge::EdgeLimits {
+            max_command_metrics: cfg.commands.max_metrics,
+            state_max_skew_ms: cfg.node.state_max_skew.as_millis() as u64,
+        },
     }
 }
 
@@ -464,7 +468,26 @@ impl Runtime {
             }
             ConnEvent::Event(_, Event::Incoming(Packet::Publish(p))) => {
                 let topic = p.topic.clone();
-                let actions = self.session.handle_message(now_ms(), &topic, &p.payload);
+                if p.payload.len() as u64 > self.cfg.commands.max_message_size {
+                    // Dropped here, the connection kept: only commands and
+                    // STATE arrive, and neither is ever this large.
+                    self.telemetry.rejected_messages.fetch_add(1, Relaxed);
+                    self.telemetry.oversized_messages.fetch_add(1, Relaxed);
+                    tracing::warn!(topic = %pretty::prefix(&topic, 300), bytes = p.payload.len(),
+                        max_message_size = self.cfg.commands.max_message_size, retained = p.retain,
+                        "inbound message over commands.max_message_size dropped");
+                    return;
+                }
+                let actions = self.session.handle_delivery(now_ms(), &topic, &p.payload, p.retain);
+                // An NBIRTH answering a command (not STATE) is a rebirth.
+                if !topic.starts_with("spBv1.0/STATE/")
+                    && actions
+                        .iter()
+                        .filter_map(EdgeAction::publish)
+                        .any(|p| p.topic.contains("/NBIRTH/"))
+                {
+                    self.telemetry.rebirths.fetch_add(1, Relaxed);
+                }
                 if topic.starts_with("spBv1.0/STATE/") {
                     self.note_host_state(&p.payload);
                 }
@@ -631,15 +654,20 @@ impl Runtime {
                 EdgeAction::StoreHistorical { device, metrics } => to_store.push(Record { device, metrics }),
                 EdgeAction::Command { device, metrics } => {
                     self.telemetry.commands_received.fetch_add(1, Relaxed);
-                    let names: Vec<String> = metrics.iter().map(pretty::metric_line).collect();
+                    // One line per command, however many metrics: the count and the first three.
+                    let first: Vec<String> = metrics
+                        .iter()
+                        .take(3)
+                        .map(|m| pretty::prefix(&pretty::metric_line(m), 200).to_string())
+                        .collect();
                     tracing::warn!(
-                        device = device.as_deref().unwrap_or("(node)"), writes = ?names,
+                        device = device.as_deref().unwrap_or("(node)"), metrics = metrics.len(), first = ?first,
                         "write request refused: command write-back is disabled ([commands] enabled = false)"
                     );
                 }
                 EdgeAction::Rejected { topic, reason } => {
                     self.telemetry.rejected_messages.fetch_add(1, Relaxed);
-                    tracing::warn!(%topic, %reason, "message rejected");
+                    tracing::warn!(topic = %pretty::prefix(&topic, 300), reason = %pretty::prefix(&reason, 500), "message rejected");
                 }
                 EdgeAction::SetWill(_) | EdgeAction::Connect { .. } => {}
             }
@@ -828,11 +856,6 @@ impl Runtime {
             self.telemetry.poll_progress.fetch_add(1, Relaxed);
         }
         let now = now_ms();
-        let rebirth = self.session.tick(now);
-        if !rebirth.is_empty() {
-            self.telemetry.rebirths.fetch_add(1, Relaxed);
-        }
-        self.execute(rebirth).await;
         self.replay(now).await;
         if self.outbox.marker_due(true) {
             self.send_marker().await;

@@ -84,6 +84,11 @@ impl Server {
     }
 }
 
+/// The largest inbound packet read off the connection (16 MiB). Beyond it
+/// rumqttc closes the connection; a broker limit at or under this
+/// (mosquitto's `max_packet_size`) keeps any client from sending one.
+pub const INBOUND_TRANSPORT_MAX: usize = 16 * 1024 * 1024;
+
 /// Options for one CONNECT with `will` as the Last Will.
 pub fn options(server: &Server, mqtt: &MqttConfig, default_client_id: &str, will: Option<&Publish>) -> MqttOptions {
     let id = server
@@ -95,7 +100,11 @@ pub fn options(server: &Server, mqtt: &MqttConfig, default_client_id: &str, will
     o.set_keep_alive(server.cfg.keepalive.unwrap_or(mqtt.keepalive));
     o.set_clean_session(true);
     let max = usize::try_from(mqtt.max_packet_size).unwrap_or(usize::MAX);
-    o.set_max_packet_size(max, max);
+    // Inbound, rumqttc drops the connection over its limit, and a retained
+    // message over it would be sent again on every reconnect: read anything
+    // up to INBOUND_TRANSPORT_MAX, and let the caller drop and count what
+    // its own limit refuses (the connection stays up).
+    o.set_max_packet_size(max.max(INBOUND_TRANSPORT_MAX), max);
     o.set_request_channel_capacity(4096);
     o.set_inflight(100);
     if let (Some(u), p) = (&server.cfg.username, &server.cfg.password) {

@@ -29,6 +29,11 @@
 //!    writes a `manifest` beside sled's files (the next id and the oldest live
 //!    id); on open, ids the manifest promises but sled no longer has are
 //!    reported at ERROR and counted as corrupt, never skipped silently.
+//!    The manifest is itself checked against what sled recovered: one that
+//!    promises more records than the store could ever hold (a damaged or
+//!    edited file, `18446744073709551614 0`) is reported and not believed,
+//!    and every id is computed with checked arithmetic, so ids can never
+//!    wrap onto live records.
 //!
 //! sled's page cache is capped (`cache_bytes`, default 4 MiB; its own
 //! default is 1 GiB), and sled does not give deleted space back to the file
@@ -51,6 +56,8 @@ pub enum QueueError {
     Encode(String),
     #[error("store {path} failed a write ({why}) and is closed until a restart; what it held stays on disk for then")]
     Unusable { path: String, why: String },
+    #[error("store: record ids are exhausted (a record holds id 2^64-1); move the store aside")]
+    IdsExhausted,
 }
 
 /// Tuning of a [`DiskQueue`].
@@ -224,7 +231,9 @@ impl DiskQueue {
         // Not counted in the stats above, so nothing to subtract.
         q.quarantine_all(bad, false)?;
         let last = |t: &sled::Tree| -> Result<u64, QueueError> {
-            Ok(t.last().map_err(err)?.map_or(0, |(k, _)| key_id(&k) + 1))
+            // A key of u64::MAX (bit rot) leaves no id after it: the
+            // append then fails loudly instead of wrapping.
+            Ok(t.last().map_err(err)?.map_or(0, |(k, _)| key_id(&k).saturating_add(1)))
         };
         let stored = q
             .meta
@@ -234,7 +243,20 @@ impl DiskQueue {
             .map(u64::from_be_bytes);
         let recovered = last(&q.records)?.max(last(&q.quarantine)?).max(stored.unwrap_or(0));
         q.next_id = recovered;
-        if let Some((next, first)) = read_manifest(dir) {
+        let manifest = read_manifest(dir).filter(|&(next, first)| {
+            // The most records the store can hold: a manifest that promises
+            // more than that beyond what sled has is not believed.
+            let most = q.opts.max_bytes / HEADER as u64 + 1;
+            let credible = next.saturating_sub(first.max(recovered)) <= most;
+            if !credible {
+                tracing::error!(
+                    store = %path, manifest_next = next, manifest_first = first, recovered_through = recovered.checked_sub(1),
+                    "the store's manifest promises more records than the store can hold: not believed (damaged or edited)"
+                );
+            }
+            credible
+        });
+        if let Some((next, first)) = manifest {
             let lost = next.saturating_sub(first.max(recovered));
             if lost > 0 {
                 tracing::error!(
@@ -289,7 +311,7 @@ impl DiskQueue {
     fn insert(&mut self, r: &Record) -> Result<(u64, Dropped), QueueError> {
         let v = encode(r)?;
         let id = self.next_id;
-        self.next_id += 1;
+        self.next_id = id.checked_add(1).ok_or(QueueError::IdsExhausted)?;
         let len = v.len() as u64;
         self.records.insert(id.to_be_bytes(), v).map_err(|e| self.err(e))?;
         self.meta
@@ -640,5 +662,29 @@ mod tests {
                 prop_assert_eq!(s.records, model.len() as u64);
             }
         }
+    }
+
+    #[test]
+    fn a_manifest_promising_impossible_ids_is_not_believed_and_ids_never_wrap_onto_live_records() {
+        let dir = tempfile::tempdir().expect("tmp");
+        {
+            let mut q = DiskQueue::open(dir.path(), opts()).expect("open");
+            q.append_batch(&(0..5).map(rec).collect::<Vec<_>>()).expect("append");
+        }
+        std::fs::write(dir.path().join("manifest"), "18446744073709551614 0\n").expect("edit");
+        let mut q = DiskQueue::open(dir.path(), opts()).expect("reopen");
+        assert_eq!(
+            q.stats().corrupt_records,
+            0,
+            "nothing counted lost on a manifest's word"
+        );
+        let (id, _) = q.append_batch(&[rec(5), rec(6)]).expect("append");
+        assert_eq!(id, 5, "ids go on from what sled holds");
+        let got = q.read_after(None, 100).expect("read");
+        let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, (0..7).collect::<Vec<_>>(), "every record once, in order");
+        drop(q);
+        // And the manifest is rewritten true.
+        assert_eq!(read_manifest(dir.path()), Some((7, 0)));
     }
 }

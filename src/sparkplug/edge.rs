@@ -18,6 +18,15 @@
 //!   with a timestamp ≥ the newest seen; an offline STATE older than that is ignored.
 //! - Aliases are unique across the node and all its devices; births carry name,
 //!   alias and datatype; DATA carries the alias alone and no datatype.
+//! - Control messages cannot loop the node: a retained NCMD/DCMD is refused
+//!   (Sparkplug forbids retain on them, so a retained one is stale or
+//!   forged); a STATE stamped more than `limits.state_max_skew_ms` ahead of a
+//!   plausible clock is refused, and the STATE comparison starts afresh in
+//!   every MQTT session; a rebirth request within `rebirth_debounce_ms` of
+//!   the last birth, and Next Server within it of the birth, are refused, so
+//!   a storm of them neither stops DATA nor walks the servers in a loop; a
+//!   command of more than `limits.max_command_metrics` metrics is refused
+//!   whole, counted on the wire before it is decoded.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -138,7 +147,30 @@ pub struct EdgeConfig {
     /// Split DATA into messages of at most this many metrics (each with its
     /// own seq), so a large scan never exceeds the broker's packet limit.
     pub max_data_metrics: usize,
+    pub limits: EdgeLimits,
 }
+
+/// What inbound control messages may do (module invariants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeLimits {
+    /// Metrics in one NCMD/DCMD; more and the whole command is refused.
+    pub max_command_metrics: usize,
+    /// How far ahead of this node's clock a STATE timestamp may be.
+    pub state_max_skew_ms: u64,
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        EdgeLimits {
+            max_command_metrics: 1_000,
+            state_max_skew_ms: 10 * 60 * 1000,
+        }
+    }
+}
+
+/// Before this (2020-01-01T00:00:00Z) the node's own clock is not trusted to
+/// judge a STATE timestamp (a box without an RTC boots in 1970).
+pub const PLAUSIBLE_CLOCK_MS: u64 = 1_577_836_800_000;
 
 /// A new value of a declared metric, addressed by its position in the
 /// declarations (the poller's tag order), so the hot path carries no names.
@@ -388,7 +420,6 @@ pub struct EdgeSession {
     host_online_ts: Option<u64>,
     host_online: bool,
     last_birth_at: Option<u64>,
-    pending_rebirth_at: Option<u64>,
 }
 
 impl EdgeSession {
@@ -435,7 +466,6 @@ impl EdgeSession {
             host_online_ts: None,
             host_online: false,
             last_birth_at: None,
-            pending_rebirth_at: None,
         })
     }
 
@@ -461,7 +491,7 @@ impl EdgeSession {
 
     /// DATA for the node would be published now rather than stored.
     pub fn is_publishing(&self) -> bool {
-        self.phase == Phase::Born && self.pending_rebirth_at.is_none()
+        self.phase == Phase::Born
     }
 
     /// The configured Primary Host's last accepted STATE said online.
@@ -560,6 +590,10 @@ impl EdgeSession {
         }
         out.push(EdgeAction::Subscribe(topics));
         self.host_online = false;
+        // Each session judges STATE afresh: a timestamp seen in an earlier
+        // one (a forged one, or one from a host whose clock was reset) cannot
+        // keep this session from hearing the host.
+        self.host_online_ts = None;
         if self.cfg.primary_host_id.is_some() {
             // [tck-id-message-flow-edge-node-birth-publish-subscribe]
             // [tck-id-operational-behavior-edge-node-birth-sequence-wait]
@@ -573,7 +607,6 @@ impl EdgeSession {
     /// The connection dropped (the broker publishes our Will). Walk to the next server.
     pub fn connection_lost(&mut self) {
         self.phase = Phase::Offline;
-        self.pending_rebirth_at = None;
         for d in &mut self.devices {
             d.born = false;
         }
@@ -592,7 +625,6 @@ impl EdgeSession {
             Phase::Offline => Vec::new(),
         };
         self.phase = Phase::Offline;
-        self.pending_rebirth_at = None;
         for d in &mut self.devices {
             d.born = false;
         }
@@ -637,7 +669,6 @@ impl EdgeSession {
         }
         self.phase = Phase::Born;
         self.last_birth_at = Some(now);
-        self.pending_rebirth_at = None;
         out
     }
 
@@ -1108,16 +1139,14 @@ impl EdgeSession {
         })])
     }
 
-    /// Time passes: fires a debounced rebirth whose time has come.
-    pub fn tick(&mut self, now: u64) -> Vec<EdgeAction> {
-        match self.pending_rebirth_at {
-            Some(at) if now >= at && self.phase == Phase::Born => self.births(now),
-            _ => Vec::new(),
-        }
+    /// A live (not retained) message arrived on a subscribed topic.
+    pub fn handle_message(&mut self, now: u64, topic: &str, payload: &[u8]) -> Vec<EdgeAction> {
+        self.handle_delivery(now, topic, payload, false)
     }
 
-    /// A message arrived on a subscribed topic.
-    pub fn handle_message(&mut self, now: u64, topic: &str, payload: &[u8]) -> Vec<EdgeAction> {
+    /// A message arrived on a subscribed topic; `retained` when the broker
+    /// delivered it from its retained store.
+    pub fn handle_delivery(&mut self, now: u64, topic: &str, payload: &[u8], retained: bool) -> Vec<EdgeAction> {
         let rejected = |reason: String| {
             vec![EdgeAction::Rejected {
                 topic: topic.to_string(),
@@ -1131,6 +1160,13 @@ impl EdgeSession {
         match parsed {
             Topic::State { host_id } if Some(&host_id) == self.cfg.primary_host_id.as_ref() => {
                 match HostState::parse(payload) {
+                    Ok(s) if now >= PLAUSIBLE_CLOCK_MS && s.timestamp > now.saturating_add(self.cfg.limits.state_max_skew_ms) => {
+                        rejected(format!(
+                            "STATE timestamp {} is {} s ahead of this node's clock (more than state_max_skew allows): ignored",
+                            s.timestamp,
+                            (s.timestamp - now) / 1000
+                        ))
+                    }
                     Ok(s) => self.host_state(now, s),
                     Err(e) => rejected(e.to_string()),
                 }
@@ -1144,6 +1180,23 @@ impl EdgeSession {
             } => {
                 if group != self.cfg.group_id || node != self.cfg.node_id {
                     return Vec::new();
+                }
+                if matches!(kind, MessageType::NCmd | MessageType::DCmd) {
+                    if retained {
+                        return rejected(format!(
+                            "retained {kind} ignored: Sparkplug commands are never retained"
+                        ));
+                    }
+                    let max = self.cfg.limits.max_command_metrics;
+                    match super::wire::Envelope::read(payload) {
+                        Some(e) if e.metrics > max => {
+                            return rejected(format!(
+                                "{kind} of {} metrics refused whole (more than max_command_metrics, {max})",
+                                e.metrics
+                            ))
+                        }
+                        _ => {}
+                    }
                 }
                 match kind {
                     MessageType::NCmd => self.ncmd(now, topic, payload),
@@ -1224,10 +1277,21 @@ impl EdgeSession {
                 metrics: writes,
             });
         }
-        if next_server {
+        let recent_birth = self
+            .last_birth_at
+            .is_some_and(|t| now < t.saturating_add(self.cfg.rebirth_debounce_ms));
+        if next_server && recent_birth {
+            out.push(EdgeAction::Rejected {
+                topic: topic.to_string(),
+                reason: format!(
+                    "Next Server within {} ms of this session's birth refused (rebirth_debounce)",
+                    self.cfg.rebirth_debounce_ms
+                ),
+            });
+        } else if next_server {
             out.extend(self.leave_server(now));
         } else if rebirth {
-            out.extend(self.rebirth_requested(now));
+            out.extend(self.rebirth_requested(now, topic));
         }
         out
     }
@@ -1268,15 +1332,22 @@ impl EdgeSession {
     /// at once (samples are stored while a debounced rebirth is pending);
     /// [tck-id-operational-behavior-data-commands-rebirth-action-2]: full birth
     /// sequence; [tck-id-operational-behavior-data-commands-rebirth-action-3]: same bdSeq.
-    fn rebirth_requested(&mut self, now: u64) -> Vec<EdgeAction> {
+    /// A request within `rebirth_debounce_ms` of the last birth is refused
+    /// (the host has births that fresh): a storm of requests costs one birth
+    /// per window and never holds DATA back.
+    fn rebirth_requested(&mut self, now: u64, topic: &str) -> Vec<EdgeAction> {
         if self.phase != Phase::Born {
             return Vec::new(); // Births follow the connection anyway.
         }
         match self.last_birth_at {
-            Some(t) if now < t.saturating_add(self.cfg.rebirth_debounce_ms) => {
-                self.pending_rebirth_at = Some(t.saturating_add(self.cfg.rebirth_debounce_ms));
-                Vec::new()
-            }
+            Some(t) if now < t.saturating_add(self.cfg.rebirth_debounce_ms) => vec![EdgeAction::Rejected {
+                topic: topic.to_string(),
+                reason: format!(
+                    "rebirth requested {} ms after the last birth: refused (rebirth_debounce is {} ms)",
+                    now - t,
+                    self.cfg.rebirth_debounce_ms
+                ),
+            }],
             _ => self.births(now),
         }
     }
@@ -1311,6 +1382,7 @@ mod tests {
             rebirth_debounce_ms: 5_000,
             aliases: true,
             max_data_metrics: 500,
+            limits: Default::default(),
         }
     }
 
@@ -1685,6 +1757,7 @@ mod tests {
         let mut s = EdgeSession::new(
             EdgeConfig {
                 max_data_metrics: 10,
+                limits: Default::default(),
                 ..cfg()
             },
             metrics,
@@ -1992,30 +2065,38 @@ mod tests {
     }
 
     #[test]
-    fn repeated_rebirth_requests_are_coalesced_and_data_is_stored_meanwhile() {
+    fn a_rebirth_storm_costs_one_birth_per_window_and_data_keeps_flowing() {
         let mut s = session();
-        born(&mut s);
-        assert!(s
-            .handle_message(T0 + 1_000, "spBv1.0/Plant1/NCMD/gw1", &rebirth_cmd())
-            .is_empty());
-        assert!(s
-            .handle_message(T0 + 2_000, "spBv1.0/Plant1/NCMD/gw1", &rebirth_cmd())
-            .is_empty());
-        let held = s
-            .update(
-                T0 + 2_500,
-                None,
-                vec![Metric::new("Uptime", Value::UInt64(7), T0 + 2_500)],
-            )
-            .expect("ok");
-        assert!(
-            matches!(&held[..], [EdgeAction::StoreHistorical { .. }]),
-            "no DATA while a rebirth is pending"
-        );
-        assert!(s.tick(T0 + 4_999).is_empty());
-        let out = s.tick(T0 + 5_000);
-        assert_eq!(publishes(&out).len(), 3, "exactly one birth sequence");
-        assert!(s.tick(T0 + 6_000).is_empty());
+        born(&mut s); // born at T0
+        let mut published_data = 0;
+        for sec in 1..=10u64 {
+            let now = T0 + sec * 1_000;
+            let out = s.handle_message(now, "spBv1.0/Plant1/NCMD/gw1", &rebirth_cmd());
+            if sec == 5 || sec == 10 {
+                assert!(
+                    publishes(&out).iter().any(|p| p.topic.contains("/NBIRTH/")),
+                    "second {sec}"
+                );
+            } else {
+                assert!(
+                    matches!(&out[..], [EdgeAction::Rejected { reason, .. }] if reason.contains("refused (rebirth_debounce is 5000 ms)")),
+                    "second {sec}: {out:?}"
+                );
+            }
+            let data = s
+                .update(
+                    now + 500,
+                    None,
+                    vec![Metric::new("Uptime", Value::UInt64(sec), now + 500)],
+                )
+                .expect("ok");
+            assert!(
+                !data.iter().any(|a| matches!(a, EdgeAction::StoreHistorical { .. })),
+                "no sample diverted to the store"
+            );
+            published_data += data.iter().filter(|a| matches!(a, EdgeAction::Data { .. })).count();
+        }
+        assert_eq!(published_data, 10, "every sample published live");
     }
 
     // [tck-id-operational-behavior-data-commands-ncmd-verb] [tck-id-operational-behavior-data-commands-dcmd-verb]
@@ -2123,10 +2204,97 @@ mod tests {
         s.connected(T0);
         s.handle_message(T0, "spBv1.0/STATE/scada", &state(false, T0 + 50));
         s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0 + 100));
-        s.connection_lost();
+        assert!(publishes(&s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0 + 99))).is_empty());
+    }
+
+    #[test]
+    fn each_mqtt_session_judges_state_afresh_so_a_forged_future_timestamp_cannot_keep_the_node_unborn() {
+        let mut s = session_with(primary(), None);
         s.begin_connect(T0);
         s.connected(T0);
-        assert!(publishes(&s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0 + 99))).is_empty());
+        // Forged: online, then a retained offline, stamped far ahead but
+        // within the skew allowed (the limit itself is tested below).
+        s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0 + 500_000));
+        s.handle_message(T0, "spBv1.0/STATE/scada", &state(false, T0 + 500_000));
+        assert!(!s.is_born());
+        // The real host, connected since T0, answers with its own online: in
+        // this session it is older than the forged one and ignored...
+        assert!(publishes(&s.handle_message(T0 + 1, "spBv1.0/STATE/scada", &state(true, T0))).is_empty());
+        // ...but the host's online replaced the forged retained offline on the
+        // broker, and in the node's next session it counts.
+        s.connection_lost();
+        s.begin_connect(T0 + 2);
+        s.connected(T0 + 2);
+        let born = s.handle_message(T0 + 3, "spBv1.0/STATE/scada", &state(true, T0));
+        assert_eq!(publishes(&born)[0].topic, "spBv1.0/Plant1/NBIRTH/gw1");
+    }
+
+    #[test]
+    fn a_state_stamped_beyond_the_allowed_skew_is_refused_unless_the_clock_is_implausible() {
+        let mut s = session_with(primary(), None);
+        s.begin_connect(T0);
+        s.connected(T0);
+        let out = s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, u64::MAX));
+        assert!(
+            matches!(&out[..], [EdgeAction::Rejected { reason, .. }] if reason.contains("ahead of this node's clock")),
+            "{out:?}"
+        );
+        assert!(!s.is_born());
+        let born = s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0 + 600_000));
+        assert_eq!(
+            publishes(&born)[0].topic,
+            "spBv1.0/Plant1/NBIRTH/gw1",
+            "ten minutes ahead is allowed"
+        );
+        // A box that booted in 1970 cannot judge: the STATE is taken.
+        let mut early = session_with(primary(), None);
+        early.begin_connect(1_000);
+        early.connected(1_000);
+        let born = early.handle_message(1_000, "spBv1.0/STATE/scada", &state(true, T0));
+        assert_eq!(publishes(&born)[0].topic, "spBv1.0/Plant1/NBIRTH/gw1");
+    }
+
+    #[test]
+    fn retained_commands_are_refused_and_never_loop_the_node() {
+        let mut s = session_with(
+            EdgeConfig {
+                server_count: 2,
+                ..cfg()
+            },
+            None,
+        );
+        born(&mut s);
+        for kind in ["NCMD/gw1", "DCMD/gw1/press"] {
+            let ncmd = cmd(vec![Metric::new(NEXT_SERVER, Value::Boolean(true), T0)]);
+            let out = s.handle_delivery(T0 + 60_000, &format!("spBv1.0/Plant1/{kind}"), &ncmd, true);
+            assert!(
+                matches!(&out[..], [EdgeAction::Rejected { reason, .. }] if reason.contains("never retained")),
+                "{out:?}"
+            );
+        }
+        assert_eq!(s.server(), 0, "no walk");
+        assert!(s.is_born());
+    }
+
+    #[test]
+    fn a_command_of_too_many_metrics_is_refused_whole_before_it_is_decoded() {
+        let mut s = session_with(
+            EdgeConfig {
+                limits: EdgeLimits {
+                    max_command_metrics: 10,
+                    ..EdgeLimits::default()
+                },
+                ..cfg()
+            },
+            None,
+        );
+        born(&mut s);
+        let big = cmd((0..11).map(|_| Metric::new("Uptime", Value::UInt64(1), T0)).collect());
+        let out = s.handle_message(T0, "spBv1.0/Plant1/NCMD/gw1", &big);
+        assert!(
+            matches!(&out[..], [EdgeAction::Rejected { reason, .. }] if reason == "NCMD of 11 metrics refused whole (more than max_command_metrics, 10)"),
+            "{out:?}"
+        );
     }
 
     #[test]
@@ -2161,11 +2329,13 @@ mod tests {
             None,
         );
         born(&mut s);
-        let out = s.handle_message(
-            T0,
-            "spBv1.0/Plant1/NCMD/gw1",
-            &cmd(vec![Metric::new(NEXT_SERVER, Value::Boolean(true), T0)]),
-        );
+        let next = cmd(vec![Metric::new(NEXT_SERVER, Value::Boolean(true), T0)]);
+        // Within rebirth_debounce of the birth it is refused: a storm of them
+        // cannot walk the servers in a loop.
+        let out = s.handle_message(T0 + 1_000, "spBv1.0/Plant1/NCMD/gw1", &next);
+        assert!(matches!(&out[..], [EdgeAction::Rejected { .. }]), "{out:?}");
+        assert_eq!(s.server(), 0);
+        let out = s.handle_message(T0 + 5_000, "spBv1.0/Plant1/NCMD/gw1", &next);
         assert_eq!(out.last(), Some(&EdgeAction::Disconnect));
         assert_eq!(s.server(), 1);
     }
@@ -2296,7 +2466,7 @@ mod tests {
                     Op::DeviceUp(p) => s.device_online(now, if p { "press" } else { "oven" }).expect("known"),
                     Op::DeviceDown(p) => s.device_offline(now, if p { "press" } else { "oven" }).expect("known"),
                     Op::Rebirth => s.handle_message(now, "spBv1.0/Plant1/NCMD/gw1", &rebirth_cmd()),
-                    Op::Tick(d) => { now += d; s.tick(now) }
+                    Op::Tick(d) => { now += d; vec![] }
                     Op::State(o, t) => s.handle_message(now, "spBv1.0/STATE/scada", &state(o, T0 + t)),
                     Op::Shutdown => s.shutdown(now),
                     Op::Replay => s.replay(now, None, vec![Metric::new("Uptime", Value::UInt64(1), now)]).unwrap_or_default(),

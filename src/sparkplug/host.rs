@@ -1248,6 +1248,7 @@ mod tests {
                 rebirth_debounce_ms: 0,
                 aliases: true,
                 max_data_metrics: 500,
+                limits: Default::default(),
             },
             vec![Metric::new("Load", Value::Double(0.5), T0)],
             vec![DeviceDef {

@@ -62,6 +62,16 @@ impl fmt::Display for Value {
     }
 }
 
+/// At most `max` bytes of `s`, cut at a character boundary (for log lines
+/// and columns fed from outside).
+pub fn prefix(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// One line for a metric: `name (alias 3) Float = 21.5 @1700000000000 [historical] [STALE]`.
 pub fn metric_line(m: &Metric) -> String {
     metric_line_as(m, m.name.as_deref())

@@ -2,14 +2,26 @@
 //!
 //! Why not hyper: three GET routes do not justify its weight on the board
 //! binary. Invariants: one request per connection (`Connection: close`),
-//! requests larger than 8 KiB or slower than 5 s are dropped, any other path is
-//! 404, any other method 405. It only reads the shared telemetry.
+//! requests larger than 8 KiB are dropped, a request head must arrive within
+//! [`HEADER_TIMEOUT`] and the whole exchange end within 5 s, any other path
+//! is 404, any other method 405. It only reads the shared telemetry.
+//!
+//! It cannot take the process down with it: at most [`MAX_CONNECTIONS`]
+//! are served at once (one more is told `503` and closed at once, so a
+//! flood of clients holds few descriptors), and an accept that fails (out
+//! of descriptors) backs off from 50 ms to 1 s instead of spinning.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 32;
+/// How long a client may take to send its request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
 use super::metrics::Telemetry;
 
@@ -41,15 +53,38 @@ impl Exposition for GatewayExposition {
     }
 }
 
-/// Serves until the listener fails.
+/// Serves for ever (module invariants).
 pub async fn serve<E: Exposition>(listener: TcpListener, exposition: Arc<E>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = Duration::from_millis(50);
+    let mut failures = 0u64;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = Duration::from_millis(50);
+                stream
+            }
+            Err(e) => {
+                failures += 1;
+                if failures.is_power_of_two() {
+                    tracing::warn!(error = %e, failures, "telemetry: accept failed; backing off");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let busy = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 5\r\nConnection: close\r\n\r\nbusy\n";
+                let _ = tokio::time::timeout(Duration::from_millis(500), stream.write_all(busy)).await;
+            });
             continue;
         };
         let e = exposition.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(5), handle(stream, &*e)).await;
+            drop(permit);
         });
     }
 }
@@ -57,15 +92,21 @@ pub async fn serve<E: Exposition>(listener: TcpListener, exposition: Arc<E>) {
 async fn handle<E: Exposition>(mut stream: TcpStream, e: &E) -> std::io::Result<()> {
     let mut buf = vec![0u8; 8192];
     let mut n = 0;
-    while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-        if n == buf.len() {
-            return Ok(());
+    let head = async {
+        while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+            if n == buf.len() {
+                return Ok(false);
+            }
+            let read = stream.read(&mut buf[n..]).await?;
+            if read == 0 {
+                return Ok(false);
+            }
+            n += read;
         }
-        let read = stream.read(&mut buf[n..]).await?;
-        if read == 0 {
-            return Ok(());
-        }
-        n += read;
+        Ok::<bool, std::io::Error>(true)
+    };
+    if !matches!(tokio::time::timeout(HEADER_TIMEOUT, head).await, Ok(Ok(true))) {
+        return Ok(());
     }
     let head = String::from_utf8_lossy(&buf[..n]);
     let mut parts = head.split_whitespace();

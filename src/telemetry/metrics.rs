@@ -77,6 +77,8 @@ pub struct Telemetry {
     pub connection_failures: AtomicU64,
     pub commands_received: AtomicU64,
     pub rejected_messages: AtomicU64,
+    /// Inbound messages over `commands.max_message_size`, dropped unread.
+    pub oversized_messages: AtomicU64,
     pub stored_samples: AtomicU64,
     pub replayed_samples: AtomicU64,
     pub dropped_samples: AtomicU64,
@@ -294,6 +296,13 @@ impl Telemetry {
             "Incoming messages or stored samples that could not be used.",
             "counter",
             self.rejected_messages.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_oversized_messages_total",
+            "Inbound messages over commands.max_message_size, dropped with the connection kept.",
+            "counter",
+            self.oversized_messages.load(Relaxed),
         );
         g(
             &mut s,

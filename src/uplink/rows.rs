@@ -46,14 +46,7 @@ pub fn storable(s: &str) -> Cow<'_, str> {
     }
 }
 
-/// At most `max` bytes of `s`, cut at a character boundary.
-pub fn prefix(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
+pub use crate::sparkplug::pretty::prefix;
 
 fn storable_ts(ms: u64, fallback: u64) -> i64 {
     i64::try_from(ms)
