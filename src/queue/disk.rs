@@ -95,14 +95,26 @@ const VERSION: u8 = 1;
 /// What the manifest says: `(next_id, oldest live id)`.
 pub fn read_manifest(dir: &Path) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(dir.join("manifest")).ok()?;
+    let parsed = parse_manifest(&text);
+    if parsed.is_none() {
+        tracing::warn!(store = %dir.display(), "the store's manifest is unreadable; losses cannot be checked this time");
+    }
+    parsed
+}
+
+/// A manifest's text: `next_id oldest_id`, with `oldest ≤ next`.
+pub fn parse_manifest(text: &str) -> Option<(u64, u64)> {
     let mut it = text.split_whitespace().map(str::parse::<u64>);
     match (it.next(), it.next()) {
         (Some(Ok(next)), Some(Ok(first))) if first <= next => Some((next, first)),
-        _ => {
-            tracing::warn!(store = %dir.display(), "the store's manifest is unreadable; losses cannot be checked this time");
-            None
-        }
+        _ => None,
     }
+}
+
+/// A stored record's bytes, checked (CRC, version, counts) and decoded;
+/// why not, for anything else.
+pub fn decode_record(v: &[u8]) -> Result<Record, String> {
+    decode(v)
 }
 const HEADER: usize = 4 + 1 + 4 + 2;
 

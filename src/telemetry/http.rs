@@ -108,7 +108,15 @@ async fn handle<E: Exposition>(mut stream: TcpStream, e: &E) -> std::io::Result<
     if !matches!(tokio::time::timeout(HEADER_TIMEOUT, head).await, Ok(Ok(true))) {
         return Ok(());
     }
-    let head = String::from_utf8_lossy(&buf[..n]);
+    let resp = respond(&buf[..n], e);
+    stream.write_all(&resp).await?;
+    stream.shutdown().await
+}
+
+/// The whole response to a request head (sans-IO: any bytes in, a
+/// well-formed HTTP/1.1 response out).
+pub fn respond<E: Exposition>(head: &[u8], e: &E) -> Vec<u8> {
+    let head = String::from_utf8_lossy(head);
     let mut parts = head.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (code, ctype, body) = match (method, path) {
@@ -131,10 +139,9 @@ async fn handle<E: Exposition>(mut stream: TcpStream, e: &E) -> std::io::Result<
         405 => "Method Not Allowed",
         _ => "Service Unavailable",
     };
-    let resp = format!(
+    format!(
         "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    );
-    stream.write_all(resp.as_bytes()).await?;
-    stream.shutdown().await
+    )
+    .into_bytes()
 }

@@ -62,6 +62,43 @@ impl S7Error {
     }
 }
 
+/// Joins the COTP data fragments of one answer (sans-IO): at most the
+/// negotiated PDU plus [`PDU_SLACK`] bytes in at most [`MAX_FRAGMENTS`]
+/// fragments, else [`S7Error::Oversized`].
+#[derive(Debug)]
+pub struct Reassembly {
+    pdu: u16,
+    max: usize,
+    fragments: usize,
+    joined: Vec<u8>,
+}
+
+impl Reassembly {
+    pub fn new(negotiated_pdu: u16) -> Reassembly {
+        Reassembly {
+            pdu: negotiated_pdu,
+            max: usize::from(negotiated_pdu) + PDU_SLACK,
+            fragments: 0,
+            joined: Vec::new(),
+        }
+    }
+
+    /// Takes one TPKT frame; the whole S7 PDU once its last fragment came.
+    pub fn push(&mut self, frame: &[u8]) -> Result<Option<Vec<u8>>, S7Error> {
+        let (part, last) = codec::s7_payload(frame)?;
+        self.fragments += 1;
+        if self.joined.len() + part.len() > self.max || (!last && self.fragments >= MAX_FRAGMENTS) {
+            return Err(S7Error::Oversized {
+                max: self.max,
+                fragments: self.fragments,
+                pdu: self.pdu,
+            });
+        }
+        self.joined.extend_from_slice(part);
+        Ok(last.then(|| std::mem::take(&mut self.joined)))
+    }
+}
+
 /// Bytes an answer may exceed the negotiated PDU by (its own headers).
 pub const PDU_SLACK: usize = 64;
 /// Fragments one answer may arrive in.
@@ -156,28 +193,13 @@ impl Connection {
         self.requests += 1;
         self.stream.write_all(&req).await?;
         let negotiated = if self.pdu == 0 { self.asked } else { self.pdu };
-        let max = usize::from(negotiated) + PDU_SLACK;
-        let mut pdu = Vec::new();
-        for fragments in 1..=MAX_FRAGMENTS {
+        let mut joined = Reassembly::new(negotiated);
+        loop {
             let frame = self.frame().await?;
-            let (part, last) = codec::s7_payload(&frame)?;
-            if pdu.len() + part.len() > max {
-                return Err(S7Error::Oversized {
-                    max,
-                    fragments,
-                    pdu: negotiated,
-                });
-            }
-            pdu.extend_from_slice(part);
-            if last {
+            if let Some(pdu) = joined.push(&frame)? {
                 return Ok(pdu);
             }
         }
-        Err(S7Error::Oversized {
-            max,
-            fragments: MAX_FRAGMENTS,
-            pdu: negotiated,
-        })
     }
 
     /// Reads `items` in one request.
@@ -420,5 +442,32 @@ impl S7Driver {
             len: a.len(),
         };
         Ok(conn.read(&[item]).await?.pop().and_then(Result::ok))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fragment(last: bool, n: usize) -> Vec<u8> {
+        let mut f = vec![3, 0, 0, 0, 0x02, 0xF0, if last { 0x80 } else { 0 }];
+        f.extend(std::iter::repeat_n(0x55, n));
+        let len = f.len() as u16;
+        f[2..4].copy_from_slice(&len.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn fragments_are_joined_up_to_the_negotiated_pdu_and_no_further() {
+        let mut r = Reassembly::new(240);
+        assert_eq!(r.push(&fragment(false, 200)).expect("ok"), None);
+        assert_eq!(r.push(&fragment(true, 104)).expect("ok").map(|p| p.len()), Some(304));
+        let mut r = Reassembly::new(240);
+        r.push(&fragment(false, 300)).expect("ok");
+        assert!(matches!(r.push(&fragment(false, 5)), Err(S7Error::Oversized { max: 304, fragments: 2, pdu: 240 })));
+        // Empty fragments that never end are cut off by count.
+        let mut r = Reassembly::new(240);
+        let err = (0..MAX_FRAGMENTS).find_map(|_| r.push(&fragment(false, 0)).err());
+        assert!(matches!(err, Some(S7Error::Oversized { fragments: MAX_FRAGMENTS, .. })), "{err:?}");
     }
 }
