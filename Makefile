@@ -27,9 +27,10 @@ $(NODE_PEERS)/node_modules/node-snap7/build/Release/node_snap7.node:
 	@# npm 11 may skip install scripts: build the addon explicitly when it did.
 	cd $(NODE_PEERS)/node_modules/node-snap7 && { [ -f build/Release/node_snap7.node ] || npx --yes node-gyp rebuild; }
 
-test: deps venv node-peers ## The full test suite: fmt, clippy -D warnings, all tests, fuzz targets build
+test: deps venv node-peers ## The full test suite: fmt, clippy -D warnings, cargo deny, all tests, fuzz targets build
 	cargo fmt --check
 	cargo clippy --all-targets --all-features -- -D warnings
+	$(MAKE) deny
 	$(MAKE) fuzz-build
 	$(MAKE) aarch64-check
 	cargo test --all-features
@@ -101,9 +102,10 @@ yocto-crates: ## Generate the Yocto crate list (yocto/recipes-core/spb-gateway/s
 demo-core: ## The protocol core alone: edge and host sessions in one process, no network
 	cargo run -q --release --example sparkplug_demo
 
-deny: ## cargo deny: licenses, bans, sources (advisories need GitHub, unreachable here)
+deny: ## cargo deny: licenses, bans, sources of the gateway build and the uplink's (advisories need GitHub, unreachable here)
 	@command -v cargo-deny >/dev/null || cargo install cargo-deny --locked
 	cargo deny check licenses bans sources
+	cargo deny --all-features check licenses sources
 
 clean: ## Remove build output and the venv
 	cargo clean

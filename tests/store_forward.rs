@@ -334,15 +334,20 @@ fn corrupt_queue_files_between_runs_are_reported_counted_and_the_rest_is_replaye
 /// a tmpfs of `mib` MiB (a small disk), optionally filled by `dd` after
 /// `fill_after` seconds. `unshare -rm` needs no root where user namespaces
 /// are enabled (Debian's default).
-fn gateway_on_small_disk(config: &str, mib: u32, fill_after: Option<u32>) -> Gateway {
+/// The gateway on a `mib` MiB tmpfs of its own; `fill_after` seconds in,
+/// something else fills it, and `free_after` seconds later frees it again.
+fn gateway_on_small_disk(config: &str, mib: u32, fill_after: Option<u32>, free_after: Option<u32>) -> Gateway {
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = dir.path().join("config.toml");
     std::fs::write(&cfg, config).expect("write config");
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).expect("state dir");
+    let free = free_after.map_or(String::new(), |f| {
+        format!("; sleep {f}; rm {0}/filler", state.display())
+    });
     let fill = fill_after.map_or(String::new(), |s| {
         format!(
-            "(sleep {s}; dd if=/dev/zero of={0}/filler bs=64k 2>/dev/null; touch {0}/filled) & ",
+            "(sleep {s}; dd if=/dev/zero of={0}/filler bs=64k 2>/dev/null; touch {0}/filled{free}) & ",
             state.display()
         )
     });
@@ -407,7 +412,7 @@ fast = "10ms"
 #[test]
 fn a_filling_disk_bounds_the_store_to_what_fits_and_drops_the_oldest_with_an_error_and_a_counter() {
     let http = common::free_port();
-    let mut gw = gateway_on_small_disk(&small_disk_config("SF5", http), 16, None);
+    let mut gw = gateway_on_small_disk(&small_disk_config("SF5", http), 16, None, None);
     gw.wait_log(
         "disk nearly full: the store was bounded to what fits and dropped the oldest samples",
         T,
@@ -445,14 +450,18 @@ fn a_filling_disk_bounds_the_store_to_what_fits_and_drops_the_oldest_with_an_err
 #[test]
 fn a_disk_filled_behind_the_stores_back_leaves_the_gateway_running_and_stopping_cleanly() {
     let http = common::free_port();
-    let mut gw = gateway_on_small_disk(&small_disk_config("SF6", http), 64, Some(2));
+    let mut gw = gateway_on_small_disk(&small_disk_config("SF6", http), 64, Some(2), Some(4));
     gw.wait_log("could not store samples", T);
     assert!(gw.log().contains("No space left on device"), "{}", gw.log());
     assert!(
         gw.log()
-            .contains("the store failed a write and is closed until a restart"),
+            .contains("the store failed a write: a new one is tried in 10 s"),
         "{}",
         gw.log()
+    );
+    assert!(
+        common::http_get(http, "/ready").starts_with("HTTP/1.1 503"),
+        "/ready says the store failed"
     );
     let reads = metric(http, "spb_plc_reads_total{device=\"press\"}");
     let dropped = metric(http, "spb_dropped_samples_total");
@@ -470,6 +479,15 @@ fn a_disk_filled_behind_the_stores_back_leaves_the_gateway_running_and_stopping_
         metric(http, "spb_dropped_samples_total") > dropped,
         "what cannot be stored is counted"
     );
+    // The disk is freed 4 s after it filled; 10 s after the failure a new
+    // store opens beside the failed one and storing goes on.
+    gw.wait_log("a new store is open after the failed one", Duration::from_secs(30));
+    let stored = metric(http, "spb_stored_samples_total");
+    let dropped = metric(http, "spb_dropped_samples_total");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(metric(http, "spb_stored_samples_total") > stored, "storing again");
+    let _ = dropped;
+    assert!(common::http_get(http, "/ready").contains("store: "), "/ready answers");
     gw.signal(Signal::SIGTERM);
     assert!(gw.wait_exit(T).success(), "stops without hanging on sled: {}", gw.log());
 }

@@ -762,8 +762,9 @@ impl Runtime {
                 // The first write error that closed the store says what to do.
                 if self.store_errors.last.is_none() && self.store.failure().is_some() {
                     tracing::error!(
-                        "the store failed a write and is closed until a restart; live data is still published, \
-                         samples that cannot be are dropped and counted: free disk space under store.path and restart"
+                        "the store failed a write: a new one is tried in 10 s (what the failed one holds is kept and merged \
+                         back at the next start); live data is still published, samples that cannot be stored are dropped \
+                         and counted; /ready says 503 meanwhile: free disk space under store.path"
                     );
                 }
                 self.store_errors.note(n, |dropped, times| {
@@ -856,6 +857,7 @@ impl Runtime {
             self.telemetry.poll_progress.fetch_add(1, Relaxed);
         }
         let now = now_ms();
+        self.store.retry_if_due();
         self.replay(now).await;
         if self.outbox.marker_due(true) {
             self.send_marker().await;
@@ -929,6 +931,7 @@ impl Runtime {
         let o = self.outbox.stats();
         t.unconfirmed_samples.store(o.unconfirmed, Relaxed);
         t.retained_samples.store(o.retained, Relaxed);
+        t.store_failed.store(self.store.failure().is_some(), Relaxed);
         let q = self.store.stats();
         t.queue_depth.store(q.metrics, Relaxed);
         t.queue_bytes.store(q.bytes, Relaxed);

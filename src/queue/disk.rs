@@ -189,6 +189,13 @@ pub struct DiskQueue {
 impl DiskQueue {
     /// Opens (or creates) the queue in `dir`, checking every record.
     pub fn open(dir: &Path, opts: DiskOptions) -> Result<DiskQueue, QueueError> {
+        Self::open_from(dir, opts, 0)
+    }
+
+    /// Opens like [`open`](Self::open), with ids starting at `first_id` at
+    /// the least (a store that replaces a failed one continues its ids, so
+    /// that no id of the old one can name a record of the new).
+    pub fn open_from(dir: &Path, opts: DiskOptions, first_id: u64) -> Result<DiskQueue, QueueError> {
         let path = dir.display().to_string();
         let err = |source| QueueError::Sled {
             path: path.clone(),
@@ -253,7 +260,10 @@ impl DiskQueue {
             .map_err(err)?
             .and_then(|v| v.as_ref().try_into().ok())
             .map(u64::from_be_bytes);
-        let recovered = last(&q.records)?.max(last(&q.quarantine)?).max(stored.unwrap_or(0));
+        let recovered = last(&q.records)?
+            .max(last(&q.quarantine)?)
+            .max(stored.unwrap_or(0))
+            .max(first_id);
         q.next_id = recovered;
         let manifest = read_manifest(dir).filter(|&(next, first)| {
             // The most records the store can hold: a manifest that promises
@@ -438,6 +448,11 @@ impl DiskQueue {
             self.flush()?;
         }
         Ok(())
+    }
+
+    /// The id the next append gets.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
     }
 
     pub fn stats(&self) -> QueueStats {

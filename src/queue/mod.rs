@@ -14,6 +14,12 @@
 //! hold (sled's files take about twice the live bytes), so a filling disk
 //! drops the oldest samples like a full store instead of failing writes; an append the store acknowledged is on disk (fsynced)
 //! and survives SIGKILL and power cuts (tests/queue_crash.rs).
+//!
+//! A store that failed a write is not left closed: after [`RETRY_AFTER`] a
+//! new one is opened beside it (`<dir>.retry-<n>`), its ids continuing the
+//! failed one's, so no confirmation meant for the old store can touch the
+//! new. What the failed store holds stays on disk and is merged back, in
+//! order, at the next start.
 
 pub mod disk;
 pub mod outbox;
@@ -57,9 +63,17 @@ pub struct LazyStore {
     oldest_ms: Option<u64>,
     /// The bound in force at the last append (≤ `opts.max_bytes`).
     limit: u64,
-    /// Why the store is unusable, after sled failed a write.
-    failed: Option<String>,
+    /// Why the store is unusable, after sled failed a write, and when.
+    failed: Option<(String, std::time::Instant)>,
+    /// 0: the store lives in `dir`; n: in `<dir>.retry-<n>` (a store that
+    /// failed a write is abandoned for the next generation).
+    generation: u32,
+    /// The first id of a store opened to replace a failed one.
+    next_first_id: u64,
 }
+
+/// How long a store that failed a write stays closed before a new one is tried.
+pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Room kept free on the file system besides the store.
 const DISK_RESERVE: u64 = 4 << 20;
@@ -82,8 +96,11 @@ impl LazyStore {
             oldest_ms: None,
             limit: opts.max_bytes,
             failed: None,
+            generation: 0,
+            next_first_id: 0,
         };
-        if s.dir.exists() {
+        let leftovers = s.retry_dirs();
+        if s.dir.exists() || !leftovers.is_empty() {
             match DiskQueue::open(&s.dir, s.opts) {
                 Ok(q) => s.queue = Some(q),
                 Err(QueueError::Sled { source, .. }) if !matches!(source, sled::Error::Io(_)) => {
@@ -91,10 +108,79 @@ impl LazyStore {
                 }
                 Err(e) => return Err(e),
             }
+            s.merge(leftovers)?;
             s.close_if_drained();
             s.oldest_ms = s.head_timestamp()?;
         }
         Ok(s)
+    }
+
+    /// The directory of the store in use.
+    fn active_dir(&self) -> PathBuf {
+        match self.generation {
+            0 => self.dir.clone(),
+            n => self.retry_dir(n),
+        }
+    }
+
+    fn retry_dir(&self, n: u32) -> PathBuf {
+        let name = self
+            .dir
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        self.dir.with_file_name(format!("{name}.retry-{n}"))
+    }
+
+    /// Stores a previous run opened after a failure, oldest first.
+    fn retry_dirs(&self) -> Vec<PathBuf> {
+        let (Some(parent), Some(name)) = (self.dir.parent(), self.dir.file_name()) else {
+            return Vec::new();
+        };
+        let prefix = format!("{}.retry-", name.to_string_lossy());
+        let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(parent)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().strip_prefix(&prefix)?.parse().ok()?;
+                Some((n, e.path()))
+            })
+            .collect();
+        found.sort();
+        found.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// Appends the records of stores opened after a failure (newer than
+    /// the main one's) to the main store, in order, then deletes them.
+    fn merge(&mut self, leftovers: Vec<PathBuf>) -> Result<(), QueueError> {
+        for dir in leftovers {
+            let mut old = match DiskQueue::open(&dir, self.opts) {
+                Ok(q) => q,
+                Err(e) => {
+                    tracing::error!(store = %dir.display(), error = %e, "a store opened after a failure cannot be read; left in place");
+                    continue;
+                }
+            };
+            let mut cursor = None;
+            let mut moved = 0usize;
+            loop {
+                let batch = old.read_after(cursor, 1_000)?;
+                let Some(&(last, _)) = batch.last() else { break };
+                cursor = Some(last);
+                let records: Vec<Record> = batch.into_iter().map(|(_, r)| r).collect();
+                moved += records.len();
+                self.queue()?.append_batch(&records)?;
+            }
+            let st = old.stats();
+            self.past.dropped_metrics += st.dropped_metrics;
+            self.past.corrupt_records += st.corrupt_records;
+            drop(old);
+            tracing::info!(store = %dir.display(), records = moved, "records of a store opened after a failure merged back");
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(store = %dir.display(), error = %e, "could not remove a merged store");
+            }
+        }
+        Ok(())
     }
 
     /// sled refused its files (not an I/O error: they are damaged beyond its
@@ -115,14 +201,32 @@ impl LazyStore {
     }
 
     fn queue(&mut self) -> Result<&mut DiskQueue, QueueError> {
-        if let Some(why) = &self.failed {
-            return Err(QueueError::Unusable {
-                path: self.dir.display().to_string(),
-                why: why.clone(),
-            });
+        if let Some((why, at)) = &self.failed {
+            if at.elapsed() < RETRY_AFTER {
+                return Err(QueueError::Unusable {
+                    path: self.active_dir().display().to_string(),
+                    why: why.clone(),
+                });
+            }
+            // Time to try a new store beside the failed one.
+            self.generation += 1;
+            let dir = self.active_dir();
+            match DiskQueue::open_from(&dir, self.opts, self.next_first_id) {
+                Ok(q) => {
+                    tracing::warn!(store = %dir.display(), first_id = self.next_first_id,
+                        "a new store is open after the failed one; what the failed one holds is merged back at the next start");
+                    self.failed = None;
+                    self.queue = Some(q);
+                }
+                Err(e) => {
+                    self.failed = Some((e.to_string(), std::time::Instant::now()));
+                    return Err(e);
+                }
+            }
         }
         if self.queue.is_none() {
-            self.queue = Some(DiskQueue::open(&self.dir, self.opts)?);
+            let q = DiskQueue::open_from(&self.active_dir(), self.opts, self.next_first_id)?;
+            self.queue = Some(q);
         }
         Ok(self.queue.as_mut().expect("opened above"))
     }
@@ -175,9 +279,11 @@ impl LazyStore {
                     let st = q.stats();
                     self.past.dropped_metrics += st.dropped_metrics;
                     self.past.corrupt_records += st.corrupt_records;
+                    // The next store's ids continue after every id this one gave.
+                    self.next_first_id = q.next_id();
                     std::mem::forget(q);
                 }
-                self.failed = Some(e.to_string());
+                self.failed = Some((e.to_string(), std::time::Instant::now()));
                 return Err(e);
             }
         };
@@ -235,8 +341,9 @@ impl LazyStore {
         self.past.dropped_metrics += st.dropped_metrics;
         self.past.corrupt_records += st.corrupt_records;
         self.queue = None;
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            tracing::warn!(store = %self.dir.display(), error = %e, "could not remove the drained store");
+        let dir = self.active_dir();
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(store = %dir.display(), error = %e, "could not remove the drained store");
         }
     }
 
@@ -248,9 +355,19 @@ impl LazyStore {
         }
     }
 
-    /// Why the store no longer accepts writes, if it does not.
+    /// Opens a new store when a failed one has waited [`RETRY_AFTER`]
+    /// (closed again at once if there is nothing to keep), so that the
+    /// failure clears without waiting for the next sample to store.
+    pub fn retry_if_due(&mut self) {
+        if self.failed.as_ref().is_some_and(|(_, at)| at.elapsed() >= RETRY_AFTER) && self.queue().is_ok() {
+            self.close_if_drained();
+        }
+    }
+
+    /// Why the store does not accept writes now, if it does not (a new
+    /// store is tried [`RETRY_AFTER`] the failure).
     pub fn failure(&self) -> Option<&str> {
-        self.failed.as_deref()
+        self.failed.as_ref().map(|(why, _)| why.as_str())
     }
 
     /// Whether the sled queue is open.
@@ -418,5 +535,41 @@ mod tests {
         assert_eq!(dropped, 7);
         assert!(s.bytes() <= one * 3);
         assert_eq!(s.pop(), Some(rec(7)));
+    }
+
+    #[test]
+    fn records_of_a_store_opened_after_a_failure_are_merged_back_in_order_at_the_next_start() {
+        use crate::sparkplug::{Metric, Value};
+        let rec = |v: i64| Record {
+            device: None,
+            metrics: vec![Metric::new("C", Value::Int64(v), 1_000 + v as u64)],
+        };
+        let root = tempfile::tempdir().expect("tmp");
+        let dir = root.path().join("queue");
+        let opts = DiskOptions::default();
+        {
+            // The failed store (generation 0) and the one opened after it,
+            // whose ids continue the failed one's.
+            let mut old = DiskQueue::open(&dir, opts).expect("open");
+            old.append_batch(&(0..3).map(rec).collect::<Vec<_>>()).expect("append");
+            let mut new = DiskQueue::open_from(&root.path().join("queue.retry-1"), opts, old.next_id()).expect("open");
+            let (first, _) = new.append_batch(&(3..5).map(rec).collect::<Vec<_>>()).expect("append");
+            assert_eq!(first, 3, "ids continue, so no old confirmation can name a new record");
+        }
+        let mut s = LazyStore::open(dir.clone(), opts).expect("open");
+        let got: Vec<i64> = s
+            .read_after(None, 100)
+            .expect("read")
+            .into_iter()
+            .map(|(_, r)| match r.metrics[0].value {
+                Some(Value::Int64(v)) => v,
+                ref other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, vec![0, 1, 2, 3, 4], "every record once, oldest first");
+        assert!(
+            !root.path().join("queue.retry-1").exists(),
+            "the merged store is removed"
+        );
     }
 }

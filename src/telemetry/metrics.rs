@@ -77,6 +77,8 @@ pub struct Telemetry {
     pub connection_failures: AtomicU64,
     pub commands_received: AtomicU64,
     pub rejected_messages: AtomicU64,
+    /// The store failed a write and has not been replaced yet.
+    pub store_failed: AtomicBool,
     /// Inbound messages over `commands.max_message_size`, dropped unread.
     pub oversized_messages: AtomicU64,
     pub stored_samples: AtomicU64,
@@ -163,8 +165,9 @@ impl Telemetry {
     }
 
     /// Connected to a broker and born (with the Primary Host online if one is configured).
+    /// Connected, born, and the store takes writes.
     pub fn ready(&self) -> bool {
-        self.connected.load(Relaxed) && self.born.load(Relaxed)
+        self.connected.load(Relaxed) && self.born.load(Relaxed) && !self.store_failed.load(Relaxed)
     }
 
     /// Age in seconds of the oldest stored sample (0 when nothing is stored).
@@ -178,7 +181,12 @@ impl Telemetry {
     /// The store's line on `/ready`.
     pub fn store_summary(&self, now_ms: u64) -> String {
         format!(
-            "store: {} samples ({} bytes), oldest {} s, stored {}, replayed {} ({}/s), dropped {}, corrupt records {}, unconfirmed {}, kept for the host {}",
+            "store{}: {} samples ({} bytes), oldest {} s, stored {}, replayed {} ({}/s), dropped {}, corrupt records {}, unconfirmed {}, kept for the host {}",
+            if self.store_failed.load(Relaxed) {
+                " FAILED (a new one is tried every 10 s)"
+            } else {
+                ""
+            },
             self.queue_depth.load(Relaxed),
             self.queue_bytes.load(Relaxed),
             self.queue_oldest_age_s(now_ms),
@@ -296,6 +304,13 @@ impl Telemetry {
             "Incoming messages or stored samples that could not be used.",
             "counter",
             self.rejected_messages.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_store_failed",
+            "1 while the store refuses writes (a new one is tried every 10 s).",
+            "gauge",
+            self.store_failed.load(Relaxed).into(),
         );
         g(
             &mut s,

@@ -464,10 +464,26 @@ mod tests {
         assert_eq!(r.push(&fragment(true, 104)).expect("ok").map(|p| p.len()), Some(304));
         let mut r = Reassembly::new(240);
         r.push(&fragment(false, 300)).expect("ok");
-        assert!(matches!(r.push(&fragment(false, 5)), Err(S7Error::Oversized { max: 304, fragments: 2, pdu: 240 })));
+        assert!(matches!(
+            r.push(&fragment(false, 5)),
+            Err(S7Error::Oversized {
+                max: 304,
+                fragments: 2,
+                pdu: 240
+            })
+        ));
         // Empty fragments that never end are cut off by count.
         let mut r = Reassembly::new(240);
         let err = (0..MAX_FRAGMENTS).find_map(|_| r.push(&fragment(false, 0)).err());
-        assert!(matches!(err, Some(S7Error::Oversized { fragments: MAX_FRAGMENTS, .. })), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                Some(S7Error::Oversized {
+                    fragments: MAX_FRAGMENTS,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
     }
 }
