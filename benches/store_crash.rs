@@ -1,4 +1,4 @@
-//! What survives SIGKILL (issue #5: "the default must survive SIGKILL with
+//! What survives SIGKILL ("the default must survive SIGKILL with
 //! nothing lost"), per storage engine and commit policy, in one run.
 //!
 //! `make bench-store-crash` (= `cargo bench --bench store_crash`). For each

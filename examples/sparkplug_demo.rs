@@ -3,8 +3,8 @@
 //! decoded. A message is lost on purpose to show the host's reorder timeout and
 //! rebirth request, and the node shuts down cleanly at the end.
 //!
-//! `make demo` runs it. The networked demo (broker, PLC simulator) replaces it
-//! with issue #3.
+//! `make demo-core` runs it; `make demo` is the networked demo (broker, PLC
+//! simulator, the gateway).
 
 use spb::sparkplug::edge::{DeviceDef, EdgeAction, EdgeConfig, EdgeSession};
 use spb::sparkplug::host::{HostConfig, HostEvent, HostLimits, HostSession};

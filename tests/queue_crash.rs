@@ -1,4 +1,4 @@
-//! The durable queue under real crashes (issue #5): a writer process appends
+//! The durable queue under real crashes: a writer process appends
 //! batches with `DiskQueue::append_batch` and reports each batch once the
 //! call has returned; it is SIGKILLed at a random moment, 20 times in a row
 //! against the same store. After every kill the store reopens, and every

@@ -1,4 +1,4 @@
-//! Store-and-forward end to end (issue #5): a real mosquitto killed and
+//! Store-and-forward end to end: a real mosquitto killed and
 //! restarted, the gateway SIGKILLed, the Primary Host going offline; an
 //! independent subscriber (pysparkplug) must receive every sample.
 //!

@@ -1,4 +1,4 @@
-//! spb-uplink end to end (issue #6): a real mosquitto, the gateway with its
+//! spb-uplink end to end: a real mosquitto, the gateway with its
 //! sim PLC, the uplink as Primary Host, and a fresh PostgreSQL database.
 #![cfg(feature = "uplink")]
 

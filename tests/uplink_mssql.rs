@@ -1,4 +1,4 @@
-//! The SQL Server sink (issue #6). SQL Server cannot run on our machines:
+//! The SQL Server sink. SQL Server cannot run on our machines:
 //! - always: every T-SQL text the sink sends is parsed by an independent
 //!   T-SQL grammar (sqlglot, `tests/interop/tsql_check.py`);
 //! - with `SPB_TEST_MSSQL_URL` set (an ADO.NET string for a login that may

@@ -1,5 +1,5 @@
 //! The PostgreSQL sink against the real PostgreSQL of the dev machine, a
-//! fresh database per test (issue #6). `SPB_TEST_PG` overrides the server
+//! fresh database per test. `SPB_TEST_PG` overrides the server
 //! (default `host=127.0.0.1 port=5432 user=postgres`, trust auth).
 #![cfg(feature = "uplink")]
 

@@ -1,4 +1,4 @@
-//! The delivery watermark's premise, against a real mosquitto (issue #5,
+//! The delivery watermark's premise, against a real mosquitto (
 //! ARCHITECTURE.md decision 3): once a QoS 1 marker published after a run of
 //! QoS 0 messages is acknowledged, the broker has every one of them (an
 //! independent subscriber receives them all); when the broker dies, data
