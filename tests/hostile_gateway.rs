@@ -345,3 +345,66 @@ fn a_flood_of_local_http_clients_starves_neither_the_store_nor_the_health_check(
     eprintln!("gateway CPU during a 2.5 s flood: {cpu:.2} s");
     assert!(cpu < 2.0, "the accept loop spun: {cpu:.2} s of CPU in 2.5 s");
 }
+
+#[test]
+fn a_logix_peer_answering_64_kib_of_garbage_costs_the_gateway_no_memory() {
+    let rogue = common::rogue::GarbageLogix::start();
+    let http = common::free_port();
+    let cfg = format!(
+        r#"[node]
+group_id = "Hostile"
+node_id = "gw"
+[mqtt]
+[[mqtt.servers]]
+host = "127.0.0.1"
+port = 1
+[telemetry]
+listen = "127.0.0.1:{http}"
+log_format = "human"
+
+[[devices]]
+name = "rogue"
+driver = "logix"
+address = "127.0.0.1:{port}"
+timeout = "1s"
+backoff_min = "100ms"
+backoff_max = "200ms"
+[[devices.tags]]
+name = "Counter"
+address = "Counter"
+datatype = "Int32"
+[[devices.tags]]
+name = "Temps"
+address = "Temp[0]{{4}}"
+datatype = "FloatArray"
+
+[[devices]]
+name = "line"
+driver = "sim"
+[devices.scan_classes]
+default = "50ms"
+[[devices.tags]]
+name = "Count"
+address = "counter"
+datatype = "UInt64"
+"#,
+        port = rogue.port
+    );
+    let gw = Gateway::start(&cfg, &["--dry-run"]);
+    common::wait_for_port(http, Duration::from_secs(20));
+    wait("twenty garbage answers", Duration::from_secs(60), || {
+        rogue.answers.load(std::sync::atomic::Ordering::Relaxed) >= 20
+    });
+    let changes = || common::prom_value(http, "spb_tag_changes_total{device=\"line\"}").unwrap_or(0.0);
+    let before = changes();
+    wait("the healthy device keeps changing", Duration::from_secs(10), || {
+        changes() > before + 20.0
+    });
+    assert_eq!(
+        common::prom_value(http, "spb_device_online{device=\"rogue\"}"),
+        Some(0.0)
+    );
+    let peak = common::peak_rss_mib(gw.child.id());
+    eprintln!("gateway peak RSS {peak:.1} MiB after 20 answers of 64 KiB garbage");
+    assert!(peak < 40.0, "peak RSS {peak:.1} MiB:\n{}", gw.log());
+}

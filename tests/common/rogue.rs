@@ -97,3 +97,71 @@ impl Drop for EndlessS7 {
         self.stop.store(true, Relaxed);
     }
 }
+
+/// An EtherNet/IP server that registers a session, then answers every
+/// request with a header announcing 65,535 bytes and that many bytes of
+/// garbage: the most one answer can make a client hold.
+pub struct GarbageLogix {
+    pub port: u16,
+    pub answers: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl GarbageLogix {
+    pub fn start() -> GarbageLogix {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let answers = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a2, st2) = (answers.clone(), stop.clone());
+        listener.set_nonblocking(true).expect("nonblocking");
+        std::thread::spawn(move || loop {
+            if st2.load(Relaxed) {
+                return;
+            }
+            let Ok((mut s, _)) = listener.accept() else {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            };
+            let _ = s.set_nonblocking(false);
+            let (answers, stop) = (a2.clone(), st2.clone());
+            std::thread::spawn(move || {
+                let mut first = true;
+                while !stop.load(Relaxed) {
+                    let mut head = [0u8; 24];
+                    if s.read_exact(&mut head).is_err() {
+                        return;
+                    }
+                    let len = u16::from_le_bytes([head[2], head[3]]) as usize;
+                    let mut body = vec![0u8; len];
+                    if s.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let mut reply = head;
+                    let body: Vec<u8> = if first {
+                        // RegisterSession: protocol version 1, no options, a handle.
+                        reply[4..8].copy_from_slice(&[7, 0, 0, 0]);
+                        vec![1, 0, 0, 0]
+                    } else {
+                        (0..65_535u32)
+                            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+                            .collect()
+                    };
+                    first = false;
+                    reply[2..4].copy_from_slice(&(body.len() as u16).to_le_bytes());
+                    if s.write_all(&reply).and_then(|()| s.write_all(&body)).is_err() {
+                        return;
+                    }
+                    answers.fetch_add(1, Relaxed);
+                }
+            });
+        });
+        GarbageLogix { port, answers, stop }
+    }
+}
+
+impl Drop for GarbageLogix {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+    }
+}
