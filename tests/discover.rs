@@ -1,7 +1,7 @@
 //! `spb-gateway discover` against the independent simulators: S7 discovery
 //! probes the DBs and areas of python-snap7's and node-snap7's servers and
 //! prints a template the config accepts. Logix discovery needs the Symbol
-//! Object, which cpppo does not implement (PEERS.md), so against cpppo it
+//! Object, which cpppo does not implement (docs/PEERS.md), so against cpppo it
 //! must fail with a clear message; the rendering of a listed tag set into
 //! config is proven in `spb::plc::discover` unit tests (that the pasted
 //! TOML loads).

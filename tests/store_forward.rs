@@ -98,7 +98,7 @@ fn wait_drained(http: u16, gw: &Gateway) {
     }
 }
 
-// ARCHITECTURE.md decisions 3 and 5; [tck-id-operational-behavior-data-publish-nbirth-order]
+// docs/ARCHITECTURE.md decisions 3 and 5; [tck-id-operational-behavior-data-publish-nbirth-order]
 #[test]
 fn a_broker_outage_loses_no_sample_and_the_stored_ones_arrive_historical_and_in_order() {
     let mut broker = Broker::start(None);
@@ -213,7 +213,7 @@ fn twenty_sigkills_at_random_moments_lose_no_sample_the_gateway_had_delivered_or
     assert_historical_in_order(&got);
 }
 
-// ARCHITECTURE.md decision 4; [tck-id-operational-behavior-edge-node-birth-sequence-wait]
+// docs/ARCHITECTURE.md decision 4; [tck-id-operational-behavior-edge-node-birth-sequence-wait]
 #[test]
 fn primary_host_offline_stores_without_publishing_data_and_replays_its_window_when_back() {
     let broker = Broker::start(None);

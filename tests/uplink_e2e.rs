@@ -226,7 +226,7 @@ fn stopping_postgresql_mid_stream_loses_nothing_once_it_is_back() {
     assert_eq!(uplink.metric("spb_uplink_dropped_rows_total"), 0.0);
 }
 
-// ARCHITECTURE.md decision 4
+// docs/ARCHITECTURE.md decision 4
 #[test]
 fn past_the_backlog_threshold_state_goes_offline_and_the_gateway_stores_meanwhile() {
     let pg = common::pg::PrivatePg::start();

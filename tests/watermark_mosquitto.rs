@@ -1,5 +1,5 @@
 //! The delivery watermark's premise, against a real mosquitto (
-//! ARCHITECTURE.md decision 3): once a QoS 1 marker published after a run of
+//! docs/ARCHITECTURE.md decision 3): once a QoS 1 marker published after a run of
 //! QoS 0 messages is acknowledged, the broker has every one of them (an
 //! independent subscriber receives them all); when the broker dies, data
 //! after the last acknowledged marker stays unconfirmed and the new

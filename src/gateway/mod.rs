@@ -14,7 +14,7 @@
 //!   per tick, only while the session publishes.
 //! - Every DATA message is tracked by the [`Outbox`] until a QoS 1 marker on
 //!   `spb-gateway/watermark/<group>/<node>` published after it is
-//!   acknowledged (ARCHITECTURE.md decision 3); a stored record is deleted
+//!   acknowledged (docs/ARCHITECTURE.md decision 3); a stored record is deleted
 //!   only then. On a connection loss the unconfirmed live samples are stored;
 //!   when the Primary Host goes offline, so are those confirmed within
 //!   `store.host_window`.

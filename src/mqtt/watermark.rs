@@ -1,4 +1,4 @@
-//! The delivery watermark (ARCHITECTURE.md decision 3), sans-IO.
+//! The delivery watermark (docs/ARCHITECTURE.md decision 3), sans-IO.
 //!
 //! Sparkplug DATA travels at QoS 0, so no PUBACK ever confirms it. A broker
 //! reads one connection's packets in order, so the PUBACK of a QoS 1
@@ -17,7 +17,7 @@
 //!   report 0 and take none.
 //! - A new connection (CONNACK) forgets every marker not yet acknowledged:
 //!   packet ids restart and rumqttc drops its pending queue on a clean
-//!   session (CRATES.md), so their data counts as unconfirmed and is replayed.
+//!   session (docs/CRATES.md), so their data counts as unconfirmed and is replayed.
 //! - Caller's rule: a marker confirms every record id up to its `through`,
 //!   so on a new connection everything after [`Watermark::confirmed`] must be
 //!   sent again *on that connection* before its first marker (a client per

@@ -1,7 +1,7 @@
 //! Allen-Bradley Logix (ControlLogix, CompactLogix, GuardLogix) over
 //! EtherNet/IP, on `rust-ethernet-ip` behind this wrapper.
 //!
-//! What the wrapper adds (CRATES.md): our own timeouts (the crate hard-codes
+//! What the wrapper adds (docs/CRATES.md): our own timeouts (the crate hard-codes
 //! 5/10 s; the poller bounds every call with the device `timeout`), the
 //! two-layer result (a CIP status for one tag is that tag's BAD quality; an
 //! I/O error drops the connection), Sparkplug type conversion with range

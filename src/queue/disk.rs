@@ -10,7 +10,7 @@
 //!    never a panic and never a silent skip.
 //! 3. **Nothing leaves before it is confirmed.** Reading does not remove:
 //!    the caller replays from a cursor and calls [`DiskQueue::confirm_through`]
-//!    only once the broker has provably read the data (ARCHITECTURE.md
+//!    only once the broker has provably read the data (docs/ARCHITECTURE.md
 //!    decision 3).
 //! 4. **Bounded.** The live records' bytes stay under `max_bytes`: an append
 //!    that would exceed it drops the oldest records first, counted in

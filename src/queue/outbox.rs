@@ -1,7 +1,7 @@
 //! The outbox: DATA from `publish` to proof of delivery, sans-IO.
 //!
 //! Sparkplug DATA is QoS 0, so the gateway learns that the broker has read it
-//! only from a watermark (ARCHITECTURE.md decision 3, [`Watermark`]). The
+//! only from a watermark (docs/ARCHITECTURE.md decision 3, [`Watermark`]). The
 //! outbox numbers every DATA message sent on the current connection and keeps
 //! what it needs to send it again until a marker's PUBACK confirms it:
 //! - a **live** message keeps its samples in memory, encoded as the store

@@ -1230,7 +1230,7 @@ impl EdgeSession {
             Phase::Born => self.leave_server(now),
             // Just connected and the retained STATE says offline: walk if there
             // is another server; with one server, stay connected and store
-            // (ARCHITECTURE.md decision 4) until the host comes back.
+            // (docs/ARCHITECTURE.md decision 4) until the host comes back.
             Phase::AwaitingHost if self.cfg.server_count > 1 => self.leave_server(now),
             _ => Vec::new(),
         }

@@ -428,7 +428,7 @@ impl HostSession {
     }
 
     /// While connected, declare this host offline (its sink is behind,
-    /// ARCHITECTURE.md decision 4): STATE offline with this connection's
+    /// docs/ARCHITECTURE.md decision 4): STATE offline with this connection's
     /// timestamp, so edges store on their own flash.
     pub fn declare_offline(&mut self) -> Publish {
         self.declared_offline = true;
@@ -1757,7 +1757,7 @@ mod tests {
         );
     }
 
-    // ARCHITECTURE.md decision 4
+    // docs/ARCHITECTURE.md decision 4
     #[test]
     fn a_host_that_declared_itself_offline_does_not_correct_its_own_offline_state() {
         let mut h = HostSession::new(HostConfig {

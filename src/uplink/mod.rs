@@ -1,5 +1,5 @@
 //! `spb-uplink`, the central half: a Sparkplug Primary Host that persists
-//! what the edges publish (ARCHITECTURE.md, "Data flow, uplink").
+//! what the edges publish (docs/ARCHITECTURE.md, "Data flow, uplink").
 //!
 //! broker → [`crate::sparkplug::host::HostSession`] (per-node state, seq
 //! reorder, aliases, STALE on death, rebirth requests) → [`rows::Batch`] →

@@ -441,7 +441,7 @@ impl Sink for MssqlSink {
 
     /// Connects (following an Azure SQL gateway's redirect once).
     async fn connect(url: &str) -> Result<Self, MssqlError> {
-        // tiberius takes the process's rustls provider; ours is ring (CRATES.md).
+        // tiberius takes the process's rustls provider; ours is ring (docs/CRATES.md).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut config = parse_url(url)?;
         let client = match Self::open(&config).await {

@@ -14,7 +14,7 @@
 //!   after an unknown outcome writes nothing twice).
 //! - The backlog (rows handed over, not yet committed) is bounded: past
 //!   `offline_after_rows` this host publishes STATE offline and the edges
-//!   store on their own flash (ARCHITECTURE.md decision 4); once the backlog
+//!   store on their own flash (docs/ARCHITECTURE.md decision 4); once the backlog
 //!   is empty again it publishes STATE online. Past `backlog_max_rows` or
 //!   `backlog_max_bytes` new rows are dropped, counted and logged at ERROR,
 //!   never silently; half of `backlog_max_bytes` declares STATE offline

@@ -1,4 +1,4 @@
-//! Independent PLC peers on loopback (PEERS.md): python-snap7's and
+//! Independent PLC peers on loopback (docs/PEERS.md): python-snap7's and
 //! node-snap7's S7 servers, cpppo's Logix simulator, and the peers' own
 //! clients (python-snap7, pylogix) to check what we wrote. A missing peer
 //! fails the test with the command that installs it.

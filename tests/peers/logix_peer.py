@@ -1,5 +1,5 @@
 """pylogix 1.1.6 as the independent Logix client for the tests (talking to
-cpppo's simulator, PEERS.md).
+cpppo's simulator, docs/PEERS.md).
 
   logix_peer.py client PORT    JSON lines on stdin, one JSON answer per line
 Ops: {"op":"read","tag":"Temp[2]","count":1}, {"op":"write","tag":"Counter","value":5}
