@@ -21,6 +21,41 @@ fn wait(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// A dry-run gateway config: device `rogue` (`rogue_toml`: its driver,
+/// address, timeout and tags) beside the healthy sim device `line`, with
+/// /metrics on `http`.
+fn beside_a_healthy_device(http: u16, rogue_toml: &str) -> String {
+    format!(
+        r#"[node]
+group_id = "Hostile"
+node_id = "gw"
+[mqtt]
+[[mqtt.servers]]
+host = "127.0.0.1"
+port = 1
+[telemetry]
+listen = "127.0.0.1:{http}"
+log_format = "human"
+
+[[devices]]
+name = "rogue"
+backoff_min = "100ms"
+backoff_max = "200ms"
+{rogue_toml}
+
+[[devices]]
+name = "line"
+driver = "sim"
+[devices.scan_classes]
+default = "50ms"
+[[devices.tags]]
+name = "Count"
+address = "counter"
+datatype = "UInt64"
+"#
+    )
+}
+
 #[test]
 fn an_s7_peer_answering_with_endless_fragments_is_cut_off_at_the_negotiated_pdu() {
     let rogue = EndlessS7::start();
@@ -54,41 +89,18 @@ fn an_s7_peer_answering_with_endless_fragments_is_cut_off_at_the_negotiated_pdu(
 fn a_rogue_s7_peer_costs_the_gateway_no_memory_and_the_healthy_device_keeps_publishing() {
     let rogue = EndlessS7::start();
     let http = common::free_port();
-    let cfg = format!(
-        r#"[node]
-group_id = "Hostile"
-node_id = "gw"
-[mqtt]
-[[mqtt.servers]]
-host = "127.0.0.1"
-port = 1
-[telemetry]
-listen = "127.0.0.1:{http}"
-log_format = "human"
-
-[[devices]]
-name = "rogue"
-driver = "s7"
+    let cfg = beside_a_healthy_device(
+        http,
+        &format!(
+            r#"driver = "s7"
 address = "127.0.0.1:{port}"
 timeout = "2s"
-backoff_min = "100ms"
-backoff_max = "200ms"
 [[devices.tags]]
 name = "Temp"
 address = "DB1.DBD0"
-datatype = "Float"
-
-[[devices]]
-name = "line"
-driver = "sim"
-[devices.scan_classes]
-default = "50ms"
-[[devices.tags]]
-name = "Count"
-address = "counter"
-datatype = "UInt64"
-"#,
-        port = rogue.port
+datatype = "Float""#,
+            port = rogue.port
+        ),
     );
     let gw = Gateway::start(&cfg, &["--dry-run"]);
     common::wait_for_port(http, Duration::from_secs(20));
@@ -350,25 +362,12 @@ fn a_flood_of_local_http_clients_starves_neither_the_store_nor_the_health_check(
 fn a_logix_peer_answering_64_kib_of_garbage_costs_the_gateway_no_memory() {
     let rogue = common::rogue::GarbageLogix::start();
     let http = common::free_port();
-    let cfg = format!(
-        r#"[node]
-group_id = "Hostile"
-node_id = "gw"
-[mqtt]
-[[mqtt.servers]]
-host = "127.0.0.1"
-port = 1
-[telemetry]
-listen = "127.0.0.1:{http}"
-log_format = "human"
-
-[[devices]]
-name = "rogue"
-driver = "logix"
+    let cfg = beside_a_healthy_device(
+        http,
+        &format!(
+            r#"driver = "logix"
 address = "127.0.0.1:{port}"
 timeout = "1s"
-backoff_min = "100ms"
-backoff_max = "200ms"
 [[devices.tags]]
 name = "Counter"
 address = "Counter"
@@ -376,19 +375,9 @@ datatype = "Int32"
 [[devices.tags]]
 name = "Temps"
 address = "Temp[0]{{4}}"
-datatype = "FloatArray"
-
-[[devices]]
-name = "line"
-driver = "sim"
-[devices.scan_classes]
-default = "50ms"
-[[devices.tags]]
-name = "Count"
-address = "counter"
-datatype = "UInt64"
-"#,
-        port = rogue.port
+datatype = "FloatArray""#,
+            port = rogue.port
+        ),
     );
     let gw = Gateway::start(&cfg, &["--dry-run"]);
     common::wait_for_port(http, Duration::from_secs(20));

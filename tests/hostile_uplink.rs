@@ -133,17 +133,7 @@ fn one_message_cannot_inflate_the_uplink_and_a_huge_command_is_one_log_line_and_
     let rss_before = common::peak_rss_mib(uplink.child.id());
     for seq in 1..=20u64 {
         let metrics = (0..20_000)
-            .map(|i| Metric {
-                name: None,
-                alias: Some(1),
-                timestamp: Some(NOW + seq * 20_000 + i),
-                datatype: DataType::Int32,
-                value: Some(Value::Int32(i as i32)),
-                is_historical: false,
-                is_transient: false,
-                metadata: None,
-                properties: None,
-            })
+            .map(|i| Metric::by_alias(1, Value::Int32(i as i32), NOW + seq * 20_000 + i))
             .collect();
         let p = Payload {
             timestamp: Some(NOW),

@@ -318,6 +318,15 @@ impl Metric {
         }
     }
 
+    /// A metric sent by alias alone, as DATA after a birth with aliases.
+    pub fn by_alias(alias: u64, value: Value, timestamp: u64) -> Self {
+        Metric {
+            name: None,
+            alias: Some(alias),
+            ..Metric::new("", value, timestamp)
+        }
+    }
+
     /// A named null metric of a datatype.
     pub fn null(name: impl Into<String>, datatype: DataType, timestamp: u64) -> Self {
         Metric {

@@ -1909,17 +1909,7 @@ mod tests {
             [HostEvent::NodeBirth { .. }]
         ));
         let metrics: Vec<Metric> = (0..20_000)
-            .map(|i| Metric {
-                name: None,
-                alias: Some(7),
-                timestamp: Some(T0 + i),
-                datatype: DataType::Int32,
-                value: Some(Value::Int32(i as i32)),
-                is_historical: false,
-                is_transient: false,
-                metadata: None,
-                properties: None,
-            })
+            .map(|i| Metric::by_alias(7, Value::Int32(i as i32), T0 + i))
             .collect();
         let p = Payload {
             timestamp: Some(T0),

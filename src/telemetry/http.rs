@@ -59,7 +59,7 @@ pub async fn serve<E: Exposition>(listener: TcpListener, exposition: Arc<E>) {
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0u64;
     loop {
-        let mut stream = match listener.accept().await {
+        let stream = match listener.accept().await {
             Ok((stream, _)) => {
                 backoff = Duration::from_millis(50);
                 stream
@@ -75,10 +75,11 @@ pub async fn serve<E: Exposition>(listener: TcpListener, exposition: Arc<E>) {
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                let busy = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 5\r\nConnection: close\r\n\r\nbusy\n";
-                let _ = tokio::time::timeout(Duration::from_millis(500), stream.write_all(busy)).await;
-            });
+            // Answered and closed here, without a task: a flood holds no
+            // descriptor beyond this line.
+            let busy = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 5\r\nConnection: close\r\n\r\nbusy\n";
+            let _ = stream.try_write(busy);
+            drop(stream);
             continue;
         };
         let e = exposition.clone();
