@@ -233,4 +233,6 @@ fn forged_data_from_ten_thousand_strangers_leaves_the_host_bounded_and_the_real_
         uplink.metric("spb_uplink_rebirths_suppressed_total") > 0.0,
         "the forged flood met the rebirth budget"
     );
+    let lines = uplink.log().lines().count();
+    assert!(lines < 1_000, "{lines} log lines for 10,000 forged messages");
 }

@@ -118,6 +118,7 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
         rng: crate::plc::sim::Rng::new(now_ms()),
         own_commands: std::collections::VecDeque::new(),
         rate_window: (Instant::now(), 0),
+        quarantine_log: LogBudget::new(10),
     };
     crate::telemetry::systemd::ready("uplink started");
     tracing::info!(host = %rt.cfg.host.host_id, dry_run, "spb-uplink {} started", env!("CARGO_PKG_VERSION"));
@@ -176,6 +177,49 @@ struct Loop {
     /// Start of the current one-second window of `messages_per_second`, and
     /// the message count then.
     rate_window: (Instant, u64),
+    /// Quarantine warnings: a flood of bad messages is not a flood of lines.
+    quarantine_log: LogBudget,
+}
+
+/// At most `per_second` log lines a second; what is held back is said in one
+/// line when the next second opens.
+struct LogBudget {
+    per_second: u32,
+    second: u64,
+    used: u32,
+    held_back: u64,
+}
+
+impl LogBudget {
+    fn new(per_second: u32) -> LogBudget {
+        LogBudget {
+            per_second,
+            second: 0,
+            used: 0,
+            held_back: 0,
+        }
+    }
+
+    /// Whether a line may be logged at `now_ms`.
+    fn allow(&mut self, now_ms: u64) -> bool {
+        let second = now_ms / 1000;
+        if second != self.second {
+            if self.held_back > 0 {
+                tracing::warn!(
+                    lines = self.held_back,
+                    "quarantine warnings held back in the last second (spb_uplink_quarantined_total counts them all)"
+                );
+            }
+            (self.second, self.used, self.held_back) = (second, 0, 0);
+        }
+        if self.used < self.per_second {
+            self.used += 1;
+            true
+        } else {
+            self.held_back += 1;
+            false
+        }
+    }
 }
 
 impl Loop {
@@ -314,8 +358,10 @@ impl Loop {
                     tracing::warn!(%group, %node, expected, got, "sequence error");
                 }
                 HostEvent::Quarantine { topic, reason, .. } => {
-                    let topic = crate::uplink::rows::prefix(topic, 300);
-                    tracing::warn!(%topic, %reason, "payload quarantined");
+                    if self.quarantine_log.allow(now) {
+                        let topic = crate::uplink::rows::prefix(topic, 300);
+                        tracing::warn!(%topic, %reason, "payload quarantined");
+                    }
                 }
                 HostEvent::DeathIgnored { group, node, bdseq } => {
                     tracing::info!(%group, %node, ?bdseq, "NDEATH of an older session ignored");
@@ -328,6 +374,9 @@ impl Loop {
             let added = &self.batch.quarantine[before..];
             self.stats.quarantined.fetch_add(added.len() as u64, Relaxed);
             if let (false, Some(q)) = (matches!(ev, HostEvent::Quarantine { .. }), added.first()) {
+                if !self.quarantine_log.allow(now) {
+                    continue;
+                }
                 tracing::warn!(topic = %crate::uplink::rows::prefix(&q.topic, 300), reason = %q.reason, rows = added.len(),
                     "rows quarantined (the first one's reason)");
             }
