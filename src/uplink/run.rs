@@ -357,11 +357,10 @@ impl Loop {
                     self.stats.sequence_errors.fetch_add(1, Relaxed);
                     tracing::warn!(%group, %node, expected, got, "sequence error");
                 }
-                HostEvent::Quarantine { topic, reason, .. } => {
-                    if self.quarantine_log.allow(now) {
-                        let topic = crate::uplink::rows::prefix(topic, 300);
-                        tracing::warn!(%topic, %reason, "payload quarantined");
-                    }
+                // The guard spends the log budget: over it, the arm below is skipped.
+                HostEvent::Quarantine { topic, reason, .. } if self.quarantine_log.allow(now) => {
+                    let topic = crate::uplink::rows::prefix(topic, 300);
+                    tracing::warn!(%topic, %reason, "payload quarantined");
                 }
                 HostEvent::DeathIgnored { group, node, bdseq } => {
                     tracing::info!(%group, %node, ?bdseq, "NDEATH of an older session ignored");
