@@ -27,11 +27,11 @@ $(NODE_PEERS)/node_modules/node-snap7/build/Release/node_snap7.node:
 	@# npm 11 may skip install scripts: build the addon explicitly when it did.
 	cd $(NODE_PEERS)/node_modules/node-snap7 && { [ -f build/Release/node_snap7.node ] || npx --yes node-gyp rebuild; }
 
-test: deps venv node-peers ## The full test suite: fmt, clippy -D warnings, cargo deny, all tests, fuzz targets build
+test: deps venv node-peers ## The full test suite: fmt, clippy -D warnings, cargo deny, every fuzz target built and smoke-run, all tests
 	cargo fmt --check
 	cargo clippy --all-targets --all-features -- -D warnings
 	$(MAKE) deny
-	$(MAKE) fuzz-build
+	$(MAKE) fuzz-smoke
 	$(MAKE) aarch64-check
 	cargo test --all-features
 
@@ -46,6 +46,17 @@ proto: ## Regenerate src/sparkplug/generated/ from proto/sparkplug_b.proto (no p
 
 fuzz-build: ## Build every fuzz target (compiled and linked against libFuzzer; `make fuzz` runs them)
 	cargo build --manifest-path fuzz/Cargo.toml --bins
+
+FUZZ_SMOKE_SECONDS ?= 8
+fuzz-smoke: fuzz-build ## Every fuzz target over its seeds (fuzz/seeds/), then FUZZ_SMOKE_SECONDS of mutations each: a smoke run in `make test`
+	@for t in $$(ls fuzz/fuzz_targets | sed 's/\.rs$$//'); do \
+		mkdir -p target/fuzz-smoke/$$t; \
+		seeds=fuzz/seeds/$$t; [ -d $$seeds ] || seeds=; \
+		echo "fuzz-smoke $$t"; \
+		fuzz/target/debug/$$t target/fuzz-smoke/$$t $$seeds -max_total_time=$(FUZZ_SMOKE_SECONDS) -runs=200000 \
+			-artifact_prefix=target/fuzz-smoke/$$t- > target/fuzz-smoke/$$t.log 2>&1 \
+			|| { tail -30 target/fuzz-smoke/$$t.log; exit 1; }; \
+	done
 
 FUZZ_SECONDS ?= 60
 fuzz: ## Fuzz every target for FUZZ_SECONDS each (installs cargo-fuzz if missing)
