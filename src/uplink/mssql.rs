@@ -736,6 +736,14 @@ mod tests {
         assert_eq!(f.get(col("is_historical")), Some(&ColumnData::Bit(Some(true))));
         assert_eq!(f.get(col("quality")), Some(&ColumnData::I32(Some(192))));
         assert_eq!(raw_row(&b.raw[0]).len(), RAW_COLUMNS.len());
+        // SQL Server's float holds no NaN or infinity: NULL, the spelling in v_text.
+        for (x, text) in [(f64::NAN, "NaN"), (f64::INFINITY, "inf"), (f64::NEG_INFINITY, "-inf")] {
+            let mut nan = b.facts[0].clone();
+            nan.v_float = Some(x);
+            let r = fact_row(&nan);
+            assert_eq!(r.get(col("v_float")), Some(&ColumnData::F64(None)));
+            assert_eq!(r.get(col("v_text")), Some(&ColumnData::String(Some(text.into()))));
+        }
     }
 
     #[test]
