@@ -343,7 +343,7 @@ pub struct HostSession {
     /// Rebirth requests left in the current second, and which second.
     rebirth_budget: (u64, u32),
     /// Rebirth requests not sent because the budget was spent.
-    pub rebirths_suppressed: u64,
+    rebirths_suppressed: u64,
 }
 
 /// Reads the bdSeq metric; Int64 per the spec, UInt64 from Tahu JS, any integer accepted.
@@ -386,6 +386,11 @@ impl HostSession {
     /// Online edge nodes.
     pub fn online_nodes(&self) -> usize {
         self.nodes.values().filter(|n| n.online).count()
+    }
+
+    /// Rebirth requests not sent because `max_rebirths_per_second` was spent.
+    pub fn rebirths_suppressed(&self) -> u64 {
+        self.rebirths_suppressed
     }
 
     /// Edge nodes the session keeps state for (at most `max_nodes`).
@@ -769,6 +774,8 @@ impl HostSession {
             Ok(t) => t,
             Err(e) => return vec![quarantine(topic, payload, e.to_string())],
         };
+        // Read once here: the metric count for the limit, the seq for the order.
+        let envelope = super::wire::Envelope::read(payload);
         if let Topic::Edge {
             group, node, device, ..
         } = &parsed
@@ -786,7 +793,7 @@ impl HostSession {
                 );
                 return vec![quarantine(topic, payload, reason)];
             }
-            if let Some(n) = count_metrics(payload).filter(|n| *n > lim.max_metrics_per_message) {
+            if let Some(n) = envelope.map(|e| e.metrics).filter(|n| *n > lim.max_metrics_per_message) {
                 let reason = format!(
                     "{n} metrics in one message, over max_metrics_per_message ({})",
                     lim.max_metrics_per_message
@@ -821,7 +828,7 @@ impl HostSession {
                 MessageType::NDeath => self.ndeath(now, &group, &node, topic, payload),
                 MessageType::NCmd | MessageType::DCmd => Vec::new(),
                 MessageType::DBirth | MessageType::DDeath | MessageType::NData | MessageType::DData => {
-                    self.sequenced(now, &group, &node, kind, device, topic, payload)
+                    self.sequenced(now, &group, &node, kind, device, topic, payload, envelope)
                 }
             },
         }
@@ -928,6 +935,7 @@ impl HostSession {
         device: Option<String>,
         topic: &str,
         payload: &[u8],
+        envelope: Option<super::wire::Envelope>,
     ) -> Vec<HostEvent> {
         let online = self
             .nodes
@@ -939,8 +947,12 @@ impl HostSession {
         }
         // The seq decides the order, and later births change the alias maps,
         // so only the protobuf envelope is read before the message's turn.
-        let envelope = super::wire::Envelope::read(payload).map(|e| e.seq).ok_or(());
-        let seq = match envelope.or_else(|()| pb::Payload::decode(payload).map(|raw| raw.seq)) {
+        // No envelope means broken framing: prost says how it is broken.
+        let seq = match envelope
+            .map(|e| e.seq)
+            .ok_or(())
+            .or_else(|()| pb::Payload::decode(payload).map(|raw| raw.seq))
+        {
             Ok(seq) => seq,
             Err(e) => {
                 return self.rejected(
@@ -2027,7 +2039,7 @@ mod tests {
             .map(|i| rebirths(&h.handle_message(T0, &format!("spBv1.0/G/NDATA/s{i}"), b"\x18\x01")))
             .sum();
         assert_eq!(sent, 5);
-        assert_eq!(h.rebirths_suppressed, 95);
+        assert_eq!(h.rebirths_suppressed(), 95);
         // The next second has a budget again.
         assert_eq!(
             rebirths(&h.handle_message(T0 + 1_000, "spBv1.0/G/NDATA/s99", b"\x18\x01")),

@@ -384,7 +384,7 @@ impl Loop {
         self.stats.tracked_nodes.store(session.tracked_nodes() as u64, Relaxed);
         self.stats
             .rebirths_suppressed
-            .store(session.rebirths_suppressed, Relaxed);
+            .store(session.rebirths_suppressed(), Relaxed);
     }
 
     /// Records a command in `sp_command_audit`, with the log line an operator greps for.
@@ -437,7 +437,17 @@ impl Loop {
             return;
         }
         let backlog = self.stats.backlog_rows.load(Relaxed);
-        let bytes = batch.approx_bytes();
+        // Each writer's part with its size, counted once: the writer gives
+        // back exactly what was added here.
+        let parts: Vec<(Batch, u64)> = batch
+            .split(self.writers.len())
+            .into_iter()
+            .map(|p| {
+                let b = p.approx_bytes();
+                (p, b)
+            })
+            .collect();
+        let bytes: u64 = parts.iter().map(|(_, b)| b).sum();
         let backlog_bytes = self.stats.backlog_bytes.load(Relaxed);
         if backlog + n > self.cfg.database.backlog_max_rows as u64
             || backlog_bytes + bytes > self.cfg.database.backlog_max_bytes
@@ -456,9 +466,16 @@ impl Loop {
         }
         self.stats.backlog_rows.fetch_add(n, Relaxed);
         self.stats.backlog_bytes.fetch_add(bytes, Relaxed);
-        for (i, part) in batch.split(self.writers.len()).into_iter().enumerate() {
+        for (i, (part, bytes)) in parts.into_iter().enumerate() {
             if !part.is_empty() {
-                self.writers.send(i, Pending { batch: part, since });
+                self.writers.send(
+                    i,
+                    Pending {
+                        batch: part,
+                        since,
+                        bytes,
+                    },
+                );
             }
         }
     }
@@ -523,6 +540,6 @@ async fn dry_writer(queue: Queue, stats: Arc<Stats>) {
             );
         }
         stats.backlog_rows.fetch_sub(b.len() as u64, Relaxed);
-        stats.backlog_bytes.fetch_sub(b.approx_bytes(), Relaxed);
+        stats.backlog_bytes.fetch_sub(p.bytes, Relaxed);
     }
 }

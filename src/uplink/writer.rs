@@ -36,6 +36,8 @@ use super::stats::Stats;
 pub struct Pending {
     pub batch: Batch,
     pub since: Instant,
+    /// `batch.approx_bytes()`, added to the backlog when it was handed over.
+    pub bytes: u64,
 }
 
 /// A writer's queue; it outlives the task that drains it, so a restarted
@@ -122,16 +124,18 @@ pub async fn writer<S: Sink>(db: DatabaseConfig, queue: Queue, stats: Arc<Stats>
     while let Some(first) = rx.recv().await {
         let mut batch = first.batch;
         let mut oldest = first.since;
+        let mut bytes = first.bytes;
         while batch.len() < db.batch_max_rows {
             match rx.try_recv() {
                 Ok(mut more) => {
                     batch.append(&mut more.batch);
                     oldest = oldest.min(more.since);
+                    bytes += more.bytes;
                 }
                 Err(_) => break,
             }
         }
-        let (rows, bytes) = (batch.len() as u64, batch.approx_bytes());
+        let rows = batch.len() as u64;
         commit(&mut conn, batch, &stats).await;
         stats.lag.observe(oldest.elapsed());
         stats.backlog_rows.fetch_sub(rows, Relaxed);
@@ -297,7 +301,7 @@ impl Batch {
     /// database refused for `why`.
     pub fn into_refused(self, why: &str) -> QuarantineRow {
         let why = prefix(why, 2_000);
-        let key = |parts: &[&str]| storable(prefix(&parts.join("/"), 4_096)).into_owned();
+        let key = |parts: &[&str]| parts.join("/");
         let (topic, received_ms, payload, what) = if let Some(r) = self.raw.into_iter().next() {
             (r.topic, r.received_ms, r.payload, "raw message".to_string())
         } else if let Some(f) = self.facts.into_iter().next() {
