@@ -21,11 +21,11 @@ fn wait(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-/// A dry-run gateway config: device `rogue` (`rogue_toml`: its driver,
+/// A dry-run gateway with device `rogue` (`rogue_toml`: its driver,
 /// address, timeout and tags) beside the healthy sim device `line`, with
-/// /metrics on `http`.
-fn beside_a_healthy_device(http: u16, rogue_toml: &str) -> String {
-    format!(
+/// /metrics on `http`, started and listening.
+fn beside_a_healthy_device(http: u16, rogue_toml: &str) -> Gateway {
+    let cfg = format!(
         r#"[node]
 group_id = "Hostile"
 node_id = "gw"
@@ -53,7 +53,19 @@ name = "Count"
 address = "counter"
 datatype = "UInt64"
 "#
-    )
+    );
+    let gw = Gateway::start(&cfg, &["--dry-run"]);
+    common::wait_for_port(http, Duration::from_secs(20));
+    gw
+}
+
+/// The sim device `line` of [`beside_a_healthy_device`] keeps changing.
+fn healthy_device_keeps_changing(http: u16) {
+    let changes = || common::prom_value(http, "spb_tag_changes_total{device=\"line\"}").unwrap_or(0.0);
+    let before = changes();
+    wait("the healthy device keeps changing", Duration::from_secs(10), || {
+        changes() > before + 20.0
+    });
 }
 
 #[test]
@@ -89,7 +101,7 @@ fn an_s7_peer_answering_with_endless_fragments_is_cut_off_at_the_negotiated_pdu(
 fn a_rogue_s7_peer_costs_the_gateway_no_memory_and_the_healthy_device_keeps_publishing() {
     let rogue = EndlessS7::start();
     let http = common::free_port();
-    let cfg = beside_a_healthy_device(
+    let gw = beside_a_healthy_device(
         http,
         &format!(
             r#"driver = "s7"
@@ -102,17 +114,11 @@ datatype = "Float""#,
             port = rogue.port
         ),
     );
-    let gw = Gateway::start(&cfg, &["--dry-run"]);
-    common::wait_for_port(http, Duration::from_secs(20));
     let violations = || common::prom_value(http, "spb_plc_protocol_violations_total{device=\"rogue\"}").unwrap_or(0.0);
-    let changes = || common::prom_value(http, "spb_tag_changes_total{device=\"line\"}").unwrap_or(0.0);
     wait("three protocol violations", Duration::from_secs(30), || {
         violations() >= 3.0
     });
-    let before = changes();
-    wait("the healthy device keeps changing", Duration::from_secs(10), || {
-        changes() > before + 20.0
-    });
+    healthy_device_keeps_changing(http);
     let peak = common::peak_rss_mib(gw.child.id());
     eprintln!(
         "gateway peak RSS {peak:.1} MiB after {} rogue connections",
@@ -373,7 +379,7 @@ fn a_flood_of_local_http_clients_holds_few_descriptors_starves_no_store_and_heal
 fn a_logix_peer_answering_64_kib_of_garbage_costs_the_gateway_no_memory() {
     let rogue = common::rogue::GarbageLogix::start();
     let http = common::free_port();
-    let cfg = beside_a_healthy_device(
+    let gw = beside_a_healthy_device(
         http,
         &format!(
             r#"driver = "logix"
@@ -390,16 +396,10 @@ datatype = "FloatArray""#,
             port = rogue.port
         ),
     );
-    let gw = Gateway::start(&cfg, &["--dry-run"]);
-    common::wait_for_port(http, Duration::from_secs(20));
     wait("twenty garbage answers", Duration::from_secs(60), || {
         rogue.answers.load(std::sync::atomic::Ordering::Relaxed) >= 20
     });
-    let changes = || common::prom_value(http, "spb_tag_changes_total{device=\"line\"}").unwrap_or(0.0);
-    let before = changes();
-    wait("the healthy device keeps changing", Duration::from_secs(10), || {
-        changes() > before + 20.0
-    });
+    healthy_device_keeps_changing(http);
     assert_eq!(
         common::prom_value(http, "spb_device_online{device=\"rogue\"}"),
         Some(0.0)

@@ -13,15 +13,38 @@ use std::time::Duration;
 use common::pg::TestDb;
 use common::uplink::{Probe, Uplink};
 use common::{Broker, Gateway};
-use spb::sparkplug::{DataType, Metric, Payload, Publish, QoS, Value};
+use spb::sparkplug::{Metric, Payload, Publish, QoS, Value};
 
 const NOW: u64 = 1_795_000_000_000;
 
-fn gateway(group: &str, port: u16) -> Gateway {
-    Gateway::start(
-        &common::counter_config(group, port, "primary_host_id = \"scada\"", ""),
+/// A fresh database, a private broker, the uplink (`limits`: extra config
+/// text), a healthy counter gateway of `group` whose node is online, and a
+/// probe to forge messages with. Fields drop in order: probe first, db last.
+struct Plant {
+    probe: Probe,
+    _gw: Gateway,
+    uplink: Uplink,
+    _broker: Broker,
+    db: TestDb,
+}
+
+fn plant(tag: &str, group: &str, limits: &str) -> Plant {
+    let db = TestDb::new(tag);
+    let broker = Broker::start(None);
+    let uplink = Uplink::start(broker.port, &db.url(), limits);
+    let gw = Gateway::start(
+        &common::counter_config(group, broker.port, "primary_host_id = \"scada\"", ""),
         &[],
-    )
+    );
+    uplink.wait_until("the gateway is online", |u| u.metric("spb_uplink_online_nodes") >= 1.0);
+    let probe = Probe::start(broker.port, &format!("spBv1.0/{group}/NCMD/#"));
+    Plant {
+        probe,
+        _gw: gw,
+        uplink,
+        _broker: broker,
+        db,
+    }
 }
 
 fn publish(topic: &str, payload: Vec<u8>) -> Publish {
@@ -54,14 +77,8 @@ fn healthy_data_keeps_landing(uplink: &Uplink) {
 
 #[test]
 fn a_poison_ndata_is_quarantined_and_the_healthy_nodes_data_keeps_landing_with_state_online() {
-    let db = TestDb::new("hostile_poison");
-    let broker = Broker::start(None);
-    let uplink = Uplink::start(broker.port, &db.url(), "");
-    let _gw = gateway("H1", broker.port);
-    uplink.wait_until("the gateway is online", |u| u.metric("spb_uplink_online_nodes") >= 1.0);
-    let probe = Probe::start(broker.port, "spBv1.0/H1/NCMD/#");
-    let mut bd = Metric::new("bdSeq", Value::Int64(0), NOW);
-    bd.datatype = DataType::Int64;
+    let Plant { probe, uplink, db, .. } = &plant("hostile_poison", "H1", "");
+    let bd = Metric::new("bdSeq", Value::Int64(0), NOW);
     probe.publish(&publish(
         "spBv1.0/H1/NBIRTH/rogue",
         encode(
@@ -88,7 +105,7 @@ fn a_poison_ndata_is_quarantined_and_the_healthy_nodes_data_keeps_landing_with_s
     uplink.wait_until("both rows are quarantined", |u| {
         u.metric("spb_uplink_quarantined_total") >= 2.0
     });
-    healthy_data_keeps_landing(&uplink);
+    healthy_data_keeps_landing(uplink);
     assert_eq!(uplink.metric("spb_uplink_state_offline"), 0.0, "STATE stays online");
     assert_eq!(uplink.metric("spb_uplink_database_ok"), 1.0);
     uplink.wait_until("the backlog is written", |u| {
@@ -112,12 +129,7 @@ fn a_poison_ndata_is_quarantined_and_the_healthy_nodes_data_keeps_landing_with_s
 
 #[test]
 fn one_message_cannot_inflate_the_uplink_and_a_huge_command_is_one_log_line_and_one_audit_row() {
-    let db = TestDb::new("hostile_amp");
-    let broker = Broker::start(None);
-    let uplink = Uplink::start(broker.port, &db.url(), "");
-    let _gw = gateway("H2", broker.port);
-    uplink.wait_until("the gateway is online", |u| u.metric("spb_uplink_online_nodes") >= 1.0);
-    let probe = Probe::start(broker.port, "spBv1.0/H2/NCMD/#");
+    let Plant { probe, uplink, db, .. } = &plant("hostile_amp", "H2", "");
     let bd = || Metric::new("bdSeq", Value::Int64(0), NOW);
     // A 10 KB NBIRTH whose metric name is 10,000 characters long.
     probe.publish(&publish(
@@ -159,7 +171,7 @@ fn one_message_cannot_inflate_the_uplink_and_a_huge_command_is_one_log_line_and_
     uplink.wait_until("the command is audited", |u| {
         u.metric("spb_uplink_commands_audited_total") >= 1.0
     });
-    healthy_data_keeps_landing(&uplink);
+    healthy_data_keeps_landing(uplink);
     let peak = common::peak_rss_mib(uplink.child.id());
     eprintln!("uplink peak RSS {peak:.1} MiB (before the flood {rss_before:.1} MiB)");
     // Measured here: about 115 MiB peak, most of it the 400,000 facts waiting in the backlog;
@@ -209,12 +221,7 @@ fn prost_varint(mut v: u64) -> Vec<u8> {
 
 #[test]
 fn forged_data_from_ten_thousand_strangers_leaves_the_host_bounded_and_the_real_node_online() {
-    let db = TestDb::new("hostile_strangers");
-    let broker = Broker::start(None);
-    let uplink = Uplink::start(broker.port, &db.url(), "[limits]\nmax_nodes = 100\n");
-    let _gw = gateway("H3", broker.port);
-    uplink.wait_until("the gateway is online", |u| u.metric("spb_uplink_online_nodes") >= 1.0);
-    let probe = Probe::start(broker.port, "spBv1.0/H3/NCMD/#");
+    let Plant { probe, uplink, .. } = &plant("hostile_strangers", "H3", "[limits]\nmax_nodes = 100\n");
     for i in 0..10_000 {
         probe.publish(&publish(&format!("spBv1.0/H3/NDATA/stranger{i}"), encode(1, vec![])));
     }
@@ -223,7 +230,7 @@ fn forged_data_from_ten_thousand_strangers_leaves_the_host_bounded_and_the_real_
     uplink.wait_until("the forged messages are quarantined", |u| {
         u.metric("spb_uplink_quarantined_total") >= 5_000.0
     });
-    healthy_data_keeps_landing(&uplink);
+    healthy_data_keeps_landing(uplink);
     assert_eq!(uplink.metric("spb_uplink_online_nodes"), 1.0);
     assert!(
         uplink.metric("spb_uplink_tracked_nodes") <= 100.0,

@@ -425,7 +425,16 @@ fn a_writer_task_that_dies_is_started_again_and_the_batches_queued_for_it_are_wr
             let mut b = Batch::default();
             b.add_event(&data(&[(T0 + i, i as f64)], false), T0);
             stats.backlog_rows.fetch_add(b.len() as u64, Relaxed);
-            w.send(0, Pending { batch: b, since: tokio::time::Instant::now() });
+            let bytes = b.approx_bytes();
+            stats.backlog_bytes.fetch_add(bytes, Relaxed);
+            w.send(
+                0,
+                Pending {
+                    batch: b,
+                    since: tokio::time::Instant::now(),
+                    bytes,
+                },
+            );
         }
         assert!(w.finish(std::time::Duration::from_secs(30)).await, "every batch written");
     });
