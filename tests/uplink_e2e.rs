@@ -41,14 +41,7 @@ fn every_sample_lands_exactly_once_as_a_fact_even_when_the_gateway_replays_histo
     broker.kill();
     std::thread::sleep(Duration::from_millis(1000));
     broker.restart();
-    let deadline = Instant::now() + T;
-    while gateway_metric(ghttp, "spb_replayed_samples_total") <= 0.0
-        || gateway_metric(ghttp, "spb_queue_depth") != 0.0
-        || gateway_metric(ghttp, "spb_unconfirmed_samples") != 0.0
-    {
-        assert!(Instant::now() < deadline, "the gateway never drained:\n{}", gw.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_gateway_drained(ghttp, &gw, true);
     gw.signal(Signal::SIGTERM);
     assert!(gw.wait_exit(T).success(), "{}", gw.log());
     uplink.wait_until("the backlog is written", |u| {
@@ -186,11 +179,34 @@ fn counter_facts(q: impl Fn(&str) -> i64, group: &str) -> (i64, i64, i64, i64, i
     )
 }
 
-fn wait_gateway_drained(ghttp: u16, gw: &Gateway) {
+/// Waits until the gateway's store is empty and the broker confirmed what it
+/// sent (after a replay, when `replayed`), read from one `/metrics` page so the
+/// three values belong to the same moment.
+fn wait_gateway_drained(ghttp: u16, gw: &Gateway, replayed: bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while gateway_metric(ghttp, "spb_queue_depth") != 0.0 || gateway_metric(ghttp, "spb_unconfirmed_samples") != 0.0 {
-        assert!(Instant::now() < deadline, "the gateway never drained:\n{}", gw.log());
-        std::thread::sleep(Duration::from_millis(100));
+    loop {
+        let page = common::http_get(ghttp, "/metrics");
+        let value = |name: &str| {
+            let prefix = format!("{name} ");
+            page.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(-1.0)
+        };
+        let (r, q, u) = (
+            value("spb_replayed_samples_total"),
+            value("spb_queue_depth"),
+            value("spb_unconfirmed_samples"),
+        );
+        if (r > 0.0 || !replayed) && q == 0.0 && u == 0.0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never drained (replayed {r}, queue {q}, unconfirmed {u}):\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(37));
     }
 }
 
@@ -259,7 +275,7 @@ fn past_the_backlog_threshold_state_goes_offline_and_the_gateway_stores_meanwhil
     uplink.wait_until("caught up and STATE online", |u| {
         u.metric("spb_uplink_state_offline") == 0.0
     });
-    wait_gateway_drained(ghttp, &gw);
+    wait_gateway_drained(ghttp, &gw, false);
     gw.signal(Signal::SIGTERM);
     assert!(gw.wait_exit(T).success(), "{}", gw.log());
     uplink.wait_until("the backlog is written", |u| u.metric("spb_uplink_backlog_rows") == 0.0);
