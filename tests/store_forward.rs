@@ -301,9 +301,14 @@ fn corrupt_queue_files_between_runs_are_reported_counted_and_the_rest_is_replaye
     let stored = logged(&offline.log(), "stopped", "stored");
     assert!(stored > 100, "2 s of a 10 ms counter stored: {stored}");
     let state = offline.kill_keep_state();
-    // Flip 64 bytes in the middle of sled's file: sled cuts its log there.
-    let db = state.path().join("state/queue/db");
-    let mut bytes = std::fs::read(&db).expect("sled's file");
+    // Flip 64 bytes in the middle of the store's largest segment file.
+    let db = std::fs::read_dir(state.path().join("state/queue"))
+        .expect("the store")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .max_by_key(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&db).expect("a segment file");
     let mid = bytes.len() / 2;
     for b in &mut bytes[mid..mid + 64] {
         *b ^= 0x5a;
@@ -325,17 +330,22 @@ fn corrupt_queue_files_between_runs_are_reported_counted_and_the_rest_is_replaye
         stored,
         "one sample per record here: every stored record is replayed or counted lost"
     );
-    assert!(gw.log().contains("the store's files are damaged"), "{}", gw.log());
+    assert!(gw.log().contains("corrupt records in the store"), "{}", gw.log());
+    let quarantined = std::fs::read_dir(gw.dir.path().join("state/queue.quarantine"))
+        .expect("the damaged bytes are kept for inspection")
+        .count();
+    assert_eq!(quarantined, 1);
     gw.signal(Signal::SIGTERM);
     assert!(gw.wait_exit(T).success(), "{}", gw.log());
 }
 
 /// Starts the gateway in a private mount namespace whose state directory is
-/// a tmpfs of `mib` MiB (a small disk), optionally filled by `dd` after
-/// `fill_after` seconds. `unshare -rm` needs no root where user namespaces
-/// are enabled (Debian's default).
-/// The gateway on a `mib` MiB tmpfs of its own; `fill_after` seconds in,
-/// something else fills it, and `free_after` seconds later frees it again.
+/// a tmpfs of `mib` MiB and 512 inodes (a small disk). `fill_after` seconds
+/// in, something else fills it: every free byte (`dd`), then every free
+/// inode, so that the store's next new segment cannot be created whatever
+/// room it makes by dropping its oldest; `free_after` seconds later it is
+/// freed again. `unshare -rm` needs no root where user namespaces are
+/// enabled (Debian's default).
 fn gateway_on_small_disk(config: &str, mib: u32, fill_after: Option<u32>, free_after: Option<u32>) -> Gateway {
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = dir.path().join("config.toml");
@@ -343,16 +353,16 @@ fn gateway_on_small_disk(config: &str, mib: u32, fill_after: Option<u32>, free_a
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).expect("state dir");
     let free = free_after.map_or(String::new(), |f| {
-        format!("; sleep {f}; rm {0}/filler", state.display())
+        format!("; sleep {f}; rm -f {0}/filler*", state.display())
     });
     let fill = fill_after.map_or(String::new(), |s| {
         format!(
-            "(sleep {s}; dd if=/dev/zero of={0}/filler bs=64k 2>/dev/null; touch {0}/filled{free}) & ",
+            "(sleep {s}; dd if=/dev/zero of={0}/filler bs=64k 2>/dev/null; i=0; while touch {0}/filler.$i 2>/dev/null; do i=$((i+1)); done{free}) & ",
             state.display()
         )
     });
     let script = format!(
-        "mount -t tmpfs -o size={mib}m none {st} || exit 97; {fill}exec {gw} --config {cfg} --data-dir {st}",
+        "mount -t tmpfs -o size={mib}m,nr_inodes=512 none {st} || exit 97; {fill}exec {gw} --config {cfg} --data-dir {st}",
         st = state.display(),
         gw = env!("CARGO_BIN_EXE_spb-gateway"),
         cfg = cfg.display()
@@ -433,10 +443,12 @@ fn a_filling_disk_bounds_the_store_to_what_fits_and_drops_the_oldest_with_an_err
         metric(http, "spb_plc_reads_total{device=\"press\"}") > reads + 100.0,
         "polling goes on"
     );
+    let files = metric(http, "spb_store_file_bytes");
     assert!(
-        metric(http, "spb_queue_bytes") < 16.0 * 1024.0 * 1024.0 / 2.0,
-        "bounded well inside the disk"
+        files > 0.0 && files <= 12.0 * 1024.0 * 1024.0,
+        "the store's files leave the 4 MiB reserve of the 16 MiB disk free: {files}"
     );
+    assert!(metric(http, "spb_queue_bytes") <= files);
     assert!(metric(http, "spb_queue_depth") > 0.0, "the newest samples are kept");
     assert!(
         !gw.log().contains("could not store samples"),

@@ -160,12 +160,15 @@ pub struct TlsConfig {
 pub struct StoreConfig {
     pub path: PathBuf,
     pub max_bytes: u64,
-    /// Stored samples replayed per second after a new birth.
+    /// Cap on stored samples replayed per second after a new birth (0, the
+    /// default: as fast as the broker confirms them).
     pub replay_rate: u32,
-    /// Group commit: stored records are flushed together once this many wait…
+    /// Stored samples are written as soon as no more are ready (they then
+    /// survive a crash of the gateway) and synced (fdatasync: they survive a
+    /// power cut) once this many records wait for it…
     pub flush_records: u32,
-    /// …or the oldest has waited this long (0: as soon as no more samples are
-    /// ready, the default: a SIGKILL then loses nothing stored).
+    /// …or the oldest has waited this long: the power-cut window (0: every
+    /// write synced, the most flash wear).
     pub flush_interval: Duration,
     /// Confirmed live samples kept to replay if the Primary Host dies (0: none).
     pub host_window: Duration,
@@ -581,7 +584,7 @@ fn read_store(t: Option<Table>) -> StoreConfig {
     let s = StoreConfig {
         path: t.opt_path("path").unwrap_or(d.path),
         max_bytes: t.bytes_or("max_bytes", d.max_bytes),
-        replay_rate: t.int_in("replay_rate", d.replay_rate.into(), 1..=1_000_000) as u32,
+        replay_rate: t.int_in("replay_rate", d.replay_rate.into(), 0..=10_000_000) as u32,
         flush_records: t.int_in("flush_records", d.flush_records.into(), 1..=1_000_000) as u32,
         flush_interval: t.duration_or("flush_interval", d.flush_interval),
         host_window: t.duration_or("host_window", d.host_window),
@@ -613,9 +616,9 @@ impl Default for StoreConfig {
         StoreConfig {
             path: PathBuf::from("/var/lib/spb-gateway/store"),
             max_bytes: 256 * 1024 * 1024,
-            replay_rate: 5_000,
+            replay_rate: 0,
             flush_records: 1000,
-            flush_interval: Duration::ZERO,
+            flush_interval: Duration::from_secs(1),
             host_window: Duration::from_secs(60),
             host_window_max_bytes: 8 * 1024 * 1024,
         }

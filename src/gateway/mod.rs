@@ -47,6 +47,11 @@ use crate::telemetry::{http, systemd};
 
 pub mod watch;
 
+/// Replayed samples the broker may have unconfirmed at a time.
+const REPLAY_WINDOW: u64 = 100_000;
+/// Samples decoded from the store at a time during a replay.
+const REPLAY_BATCH: u64 = 8_192;
+
 /// Why the gateway could not start or had to stop.
 #[derive(Debug, Error)]
 pub enum GatewayError {
@@ -279,7 +284,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
         queue_dir.clone(),
         DiskOptions {
             max_bytes: cfg.store.max_bytes,
-            ..DiskOptions::default()
+            sync_interval: cfg.store.flush_interval,
+            sync_records: cfg.store.flush_records,
         },
     )?;
     if store.stats().records > 0 {
@@ -731,17 +737,14 @@ impl Runtime {
         self.pending_since = Some(Instant::now());
     }
 
-    /// Commits the pending records when the policy says so: `flush_records`
-    /// waiting, the oldest older than `flush_interval`, or (interval 0) no
-    /// more samples ready.
+    /// Writes the pending records when no more samples are ready (or
+    /// `flush_records` wait): written, they survive a crash of the gateway;
+    /// the store syncs them within `flush_interval` (the power-cut window).
     fn maybe_commit(&mut self, idle: bool) {
-        let Some(since) = self.pending_since else { return };
-        let s = &self.cfg.store;
-        let interval = s.flush_interval;
-        if self.pending.len() >= s.flush_records as usize
-            || (interval.is_zero() && idle)
-            || (!interval.is_zero() && since.elapsed() >= interval)
-        {
+        if self.pending_since.is_none() {
+            return;
+        }
+        if idle || self.pending.len() >= self.cfg.store.flush_records as usize {
             self.commit();
         }
     }
@@ -858,6 +861,9 @@ impl Runtime {
         }
         let now = now_ms();
         self.store.retry_if_due();
+        if let Err(e) = self.store.tick() {
+            tracing::error!(error = %e, "cannot sync the store");
+        }
         self.replay(now).await;
         if self.outbox.marker_due(true) {
             self.send_marker().await;
@@ -873,51 +879,69 @@ impl Runtime {
         self.update_gauges();
     }
 
-    /// Replays stored samples, at most `replay_rate` metrics per second.
+    /// Replays stored samples as fast as the broker confirms them: at most
+    /// [`REPLAY_WINDOW`] replayed samples unconfirmed at a time (the marker
+    /// sent on every tick confirms them), and at most `replay_rate` per
+    /// second when one is set. It runs on the tick, so live data, handled
+    /// between ticks, never waits behind the backlog.
     async fn replay(&mut self, now: u64) {
         if !self.session.is_publishing() || self.store.stats().records == 0 {
             self.replay_budget = 0.0;
             return;
         }
-        self.replay_budget = (self.replay_budget + f64::from(self.cfg.store.replay_rate) / 10.0)
-            .min(f64::from(self.cfg.store.replay_rate));
-        while self.replay_budget >= 1.0 {
-            // Records stay stored until a watermark confirms them.
+        let rate = self.cfg.store.replay_rate;
+        if rate > 0 {
+            self.replay_budget = (self.replay_budget + f64::from(rate) / 10.0).min(f64::from(rate));
+        }
+        loop {
+            let mut room = REPLAY_WINDOW.saturating_sub(self.outbox.stats().replay_unconfirmed);
+            if rate > 0 {
+                room = room.min(self.replay_budget as u64);
+            }
+            if room == 0 {
+                break;
+            }
+            // Records stay stored until a watermark confirms them; a batch
+            // is bounded so that decoding it stays small in memory.
             let cursor = self.outbox.replay_cursor();
-            let head = match self.store.read_after(cursor, 1) {
-                Ok(mut v) => v.pop(),
+            let batch = match self.store.read_batch(cursor, 256, room.min(REPLAY_BATCH)) {
+                Ok(v) => v,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the store");
                     break;
                 }
             };
-            let Some((id, r)) = head else { break };
-            let n = r.metrics.len();
-            match self.session.replay(now, r.device.as_deref(), r.metrics) {
-                Ok(actions) => {
-                    self.replay_budget -= n as f64;
-                    self.telemetry.replayed_samples.fetch_add(n as u64, Relaxed);
-                    self.replayed_in_window += n as u64;
-                    for a in actions {
-                        match a {
-                            EdgeAction::Publish(p) => {
-                                if !self.publish(p).await {
-                                    // The connection is going: the record stays
-                                    // stored and is replayed on the next one.
-                                    return;
+            if batch.is_empty() {
+                break;
+            }
+            for (id, r) in batch {
+                let n = r.metrics.len();
+                match self.session.replay(now, r.device.as_deref(), r.metrics) {
+                    Ok(actions) => {
+                        self.replay_budget -= n as f64;
+                        self.telemetry.replayed_samples.fetch_add(n as u64, Relaxed);
+                        self.replayed_in_window += n as u64;
+                        for a in actions {
+                            match a {
+                                EdgeAction::Publish(p) => {
+                                    if !self.publish(p).await {
+                                        // The connection is going: the record stays
+                                        // stored and is replayed on the next one.
+                                        return;
+                                    }
                                 }
+                                other => self.execute(vec![other]).await,
                             }
-                            other => self.execute(vec![other]).await,
                         }
+                        self.outbox.sent_stored(id, n as u64);
                     }
-                    self.outbox.sent_stored(id);
-                }
-                Err(EdgeError::NotPublishing) => break,
-                Err(e) => {
-                    self.telemetry.dropped_samples.fetch_add(n as u64, Relaxed);
-                    tracing::error!(error = %e, dropped = n, "stored samples cannot be replayed");
-                    // Deleted with the next confirmation, like a replayed one.
-                    self.outbox.sent_stored(id);
+                    Err(EdgeError::NotPublishing) => return,
+                    Err(e) => {
+                        self.telemetry.dropped_samples.fetch_add(n as u64, Relaxed);
+                        tracing::error!(error = %e, dropped = n, "stored samples cannot be replayed");
+                        // Deleted with the next confirmation, like a replayed one.
+                        self.outbox.sent_stored(id, 0);
+                    }
                 }
             }
         }
@@ -936,6 +960,11 @@ impl Runtime {
         t.queue_depth.store(q.metrics, Relaxed);
         t.queue_bytes.store(q.bytes, Relaxed);
         t.corrupt_records.store(q.corrupt_records, Relaxed);
+        t.synced_samples.store(q.synced_metrics, Relaxed);
+        t.unsynced_samples.store(self.store.unsynced_metrics(), Relaxed);
+        t.store_bytes_written.store(q.bytes_written, Relaxed);
+        t.store_syncs.store(q.syncs, Relaxed);
+        t.store_file_bytes.store(self.store.file_bytes(), Relaxed);
         t.queue_oldest_ms
             .store(self.store.oldest_timestamp().unwrap_or(0), Relaxed);
         if self.session.is_born() {

@@ -1,19 +1,20 @@
 //! Store-and-forward: samples that could not be published wait here, oldest
 //! first, and are replayed as historical after the next birth.
 //!
-//! [`disk::DiskQueue`] is the durable queue (sled, checksummed records, group
-//! commit, bounded, survives restarts). The gateway holds it through
-//! [`LazyStore`], which opens it only while there is something to keep: a
-//! gateway that is online never pays sled's memory, and a drained queue is
-//! closed and its directory deleted, which also gives sled's disk space back
-//! (sled keeps deleted space otherwise). [`MemoryStore`] is the same FIFO in
-//! memory, for tests and tools that need no disk.
+//! [`disk::DiskQueue`] is the durable queue (a log of checksummed segment
+//! files, written at once, synced on an interval, bounded on the files' size,
+//! survives restarts). The gateway holds it through [`LazyStore`], which
+//! opens it only while there is something to keep: a gateway that is online
+//! keeps no files open, and a drained queue is closed and its directory
+//! deleted (and that deletion synced, so a power cut cannot bring old ids
+//! back beside new ones). [`MemoryStore`] is the same FIFO in memory, for
+//! tests and tools that need no disk.
 //!
 //! Invariants: FIFO order; the bound holds after every append; every dropped
 //! metric is counted; the bound shrinks to what the file system can still
-//! hold (sled's files take about twice the live bytes), so a filling disk
-//! drops the oldest samples like a full store instead of failing writes; an append the store acknowledged is on disk (fsynced)
-//! and survives SIGKILL and power cuts (tests/queue_crash.rs).
+//! hold, so a filling disk drops the oldest samples like a full store
+//! instead of failing writes; an appended record survives SIGKILL at once
+//! (tests/queue_crash.rs) and a power cut once synced (tests/power_cut.rs).
 //!
 //! A store that failed a write is not left closed: after [`RETRY_AFTER`] a
 //! new one is opened beside it (`<dir>.retry-<n>`), its ids continuing the
@@ -57,13 +58,13 @@ pub struct LazyStore {
     dir: PathBuf,
     opts: DiskOptions,
     queue: Option<DiskQueue>,
-    /// Drops and corrupt records counted by queues closed before.
+    /// Counters of queues closed before (drops, corrupt records, writes).
     past: QueueStats,
     /// Timestamp (ms) of the oldest sample stored, while any is.
     oldest_ms: Option<u64>,
     /// The bound in force at the last append (≤ `opts.max_bytes`).
     limit: u64,
-    /// Why the store is unusable, after sled failed a write, and when.
+    /// Why the store is unusable, after a failed write or sync, and when.
     failed: Option<(String, std::time::Instant)>,
     /// 0: the store lives in `dir`; n: in `<dir>.retry-<n>` (a store that
     /// failed a write is abandoned for the next generation).
@@ -101,13 +102,10 @@ impl LazyStore {
         };
         let leftovers = s.retry_dirs();
         if s.dir.exists() || !leftovers.is_empty() {
-            match DiskQueue::open(&s.dir, s.opts) {
-                Ok(q) => s.queue = Some(q),
-                Err(QueueError::Sled { source, .. }) if !matches!(source, sled::Error::Io(_)) => {
-                    s.set_aside(&source.to_string())
-                }
-                Err(e) => return Err(e),
+            if s.dir.join("conf").exists() || s.dir.join("db").exists() {
+                s.set_aside("written by sled, the store of development builds before the segment log");
             }
+            s.queue = Some(DiskQueue::open(&s.dir, s.opts)?);
             s.merge(leftovers)?;
             s.close_if_drained();
             s.oldest_ms = s.head_timestamp()?;
@@ -171,9 +169,7 @@ impl LazyStore {
                 moved += records.len();
                 self.queue()?.append_batch(&records)?;
             }
-            let st = old.stats();
-            self.past.dropped_metrics += st.dropped_metrics;
-            self.past.corrupt_records += st.corrupt_records;
+            self.past.add(old.stats());
             drop(old);
             tracing::info!(store = %dir.display(), records = moved, "records of a store opened after a failure merged back");
             if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -183,9 +179,9 @@ impl LazyStore {
         Ok(())
     }
 
-    /// sled refused its files (not an I/O error: they are damaged beyond its
-    /// recovery): move them aside for inspection, count what the manifest
-    /// says they held, and start an empty store.
+    /// The directory holds a store this build cannot read: move it aside
+    /// for inspection, count what its manifest says it held, and start an
+    /// empty store.
     fn set_aside(&mut self, why: &str) {
         let lost = disk::read_manifest(&self.dir).map_or(0, |(next, first)| next - first);
         let secs = std::time::SystemTime::now()
@@ -232,9 +228,8 @@ impl LazyStore {
     }
 
     /// The bound for the next append: `max_bytes`, or less when the file
-    /// system cannot hold that much (free space plus what sled already
-    /// occupies, less a reserve, over 3: sled's files run to about twice
-    /// the live bytes before its segment cleaning catches up).
+    /// system cannot hold that much (free space plus what the store's files
+    /// already take, less a reserve: the bound is on the files' size).
     fn fit_to_disk(&mut self) -> u64 {
         let configured = self.opts.max_bytes;
         let parent = self.dir.parent().unwrap_or(&self.dir);
@@ -245,7 +240,7 @@ impl LazyStore {
         #[allow(clippy::unnecessary_cast)]
         let free = (st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64);
         let used = self.queue.as_ref().map_or(0, DiskQueue::disk_bytes);
-        let fits = free.saturating_add(used).saturating_sub(DISK_RESERVE) / 3;
+        let fits = free.saturating_add(used).saturating_sub(DISK_RESERVE);
         configured.min(fits.max(64 * 1024))
     }
 
@@ -254,15 +249,14 @@ impl LazyStore {
         self.limit
     }
 
-    /// Appends `records` as one group commit; returns once they are on disk.
+    /// Appends `records` as one group commit; returns once they are written
+    /// (and synced, if the sync is due).
     ///
     /// After a failed write (a disk filled by something else faster than the
-    /// bound could follow) sled refuses every later write, and its flush,
-    /// which its drop calls, waits forever (measured: ENOSPC on a tmpfs hung
-    /// the gateway's loop). So the queue is then abandoned without a drop
-    /// (its threads and file lock stay with this process) and the store
-    /// answers [`QueueError::Unusable`] until a restart, which recovers what
-    /// sled had written.
+    /// bound could follow) what part of it landed is unknown, so the queue is
+    /// closed as it is (the next start cuts a torn frame off and merges it
+    /// back) and the store answers [`QueueError::Unusable`] until
+    /// [`RETRY_AFTER`], when a new store is opened beside it.
     pub fn append_batch(&mut self, records: &[Record]) -> Result<(u64, Dropped), QueueError> {
         if records.is_empty() {
             // Nothing to keep: do not open (or create) the queue for it.
@@ -274,18 +268,7 @@ impl LazyStore {
         q.set_max_bytes(limit);
         let out = match q.append_batch(records) {
             Ok(out) => out,
-            Err(e) => {
-                if let Some(q) = self.queue.take() {
-                    let st = q.stats();
-                    self.past.dropped_metrics += st.dropped_metrics;
-                    self.past.corrupt_records += st.corrupt_records;
-                    // The next store's ids continue after every id this one gave.
-                    self.next_first_id = q.next_id();
-                    std::mem::forget(q);
-                }
-                self.failed = Some((e.to_string(), std::time::Instant::now()));
-                return Err(e);
-            }
+            Err(e) => return Err(self.fail(e)),
         };
         if out.1.records > 0 {
             // The oldest were dropped: the head tells what is oldest now.
@@ -314,6 +297,20 @@ impl LazyStore {
         }
     }
 
+    /// Like [`read_after`](Self::read_after), stopping before the records'
+    /// metrics would pass `max_metrics` (one record at least).
+    pub fn read_batch(
+        &mut self,
+        cursor: Option<u64>,
+        max: usize,
+        max_metrics: u64,
+    ) -> Result<Vec<(u64, Record)>, QueueError> {
+        match self.queue.as_mut() {
+            Some(q) => q.read_batch(cursor, max, max_metrics),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Removes every record with an id ≤ `id`; closes and deletes a drained queue.
     pub fn confirm_through(&mut self, id: u64) -> Result<usize, QueueError> {
         let n = match self.queue.as_mut() {
@@ -333,26 +330,60 @@ impl LazyStore {
             return;
         }
         let st = q.stats();
-        if st.corrupt_records > 0 {
-            // Quarantined records stay on disk for inspection (and the
-            // open queue keeps counting them).
-            return;
-        }
-        self.past.dropped_metrics += st.dropped_metrics;
-        self.past.corrupt_records += st.corrupt_records;
+        self.past.add(st);
         self.queue = None;
         let dir = self.active_dir();
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             tracing::warn!(store = %dir.display(), error = %e, "could not remove the drained store");
         }
+        // The deletion is made durable before a new store can reuse its ids.
+        if let Some(parent) = dir.parent() {
+            if let Err(e) = disk::sync_dir(parent) {
+                tracing::warn!(store = %dir.display(), error = %e, "could not sync the removal of the drained store");
+            }
+        }
     }
 
-    /// Flushes an open queue (on shutdown).
+    /// Syncs an open queue and persists its head (on shutdown).
     pub fn flush(&mut self) -> Result<(), QueueError> {
         match self.queue.as_mut() {
             Some(q) => q.flush(),
             None => Ok(()),
         }
+    }
+
+    /// Syncs when the interval has passed (call on a timer). A failed sync
+    /// fails the store like a failed write: after a failed `fdatasync` the
+    /// kernel may have dropped the data, so nothing written since the last
+    /// good sync is trusted to this store any more.
+    pub fn tick(&mut self) -> Result<(), QueueError> {
+        let Some(q) = self.queue.as_mut() else { return Ok(()) };
+        match q.tick() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Closes the store after a failed write or sync; a new one is tried
+    /// after [`RETRY_AFTER`].
+    fn fail(&mut self, e: QueueError) -> QueueError {
+        if let Some(q) = self.queue.take() {
+            self.past.add(q.stats());
+            // The next store's ids continue after every id this one gave.
+            self.next_first_id = q.next_id();
+        }
+        self.failed = Some((e.to_string(), std::time::Instant::now()));
+        e
+    }
+
+    /// Metrics written but not yet synced: what a power cut now would lose.
+    pub fn unsynced_metrics(&self) -> u64 {
+        self.queue.as_ref().map_or(0, DiskQueue::unsynced_metrics)
+    }
+
+    /// Bytes the open store's files take.
+    pub fn file_bytes(&self) -> u64 {
+        self.queue.as_ref().map_or(0, DiskQueue::file_bytes)
     }
 
     /// Opens a new store when a failed one has waited [`RETRY_AFTER`]
@@ -370,7 +401,7 @@ impl LazyStore {
         self.failed.as_ref().map(|(why, _)| why.as_str())
     }
 
-    /// Whether the sled queue is open.
+    /// Whether the disk queue is open.
     pub fn is_open(&self) -> bool {
         self.queue.is_some()
     }
@@ -380,6 +411,9 @@ impl LazyStore {
         let mut st = self.queue.as_ref().map(DiskQueue::stats).unwrap_or_default();
         st.dropped_metrics += self.past.dropped_metrics;
         st.corrupt_records += self.past.corrupt_records;
+        st.bytes_written += self.past.bytes_written;
+        st.syncs += self.past.syncs;
+        st.synced_metrics += self.past.synced_metrics;
         st
     }
 }
@@ -488,14 +522,14 @@ mod tests {
     }
 
     #[test]
-    fn a_store_sled_cannot_open_is_moved_aside_counted_and_replaced_by_an_empty_one() {
+    fn a_store_this_build_cannot_read_is_moved_aside_counted_and_replaced_by_an_empty_one() {
         let tmp = tempfile::tempdir().expect("tmp");
         let dir = tmp.path().join("queue");
-        let mut s = LazyStore::open(dir.clone(), DiskOptions::default()).expect("open");
-        s.append_batch(&[rec(1), rec(2), rec(3)]).expect("append");
-        drop(s);
-        std::fs::write(dir.join("conf"), b"\xff\xfe not a sled config").expect("damage");
-        std::fs::write(dir.join("db"), vec![0xa5; 4096]).expect("damage");
+        // What a development build's sled store left: its files and manifest.
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("conf"), b"segment_size: 524288").expect("sled");
+        std::fs::write(dir.join("db"), vec![0xa5; 4096]).expect("sled");
+        std::fs::write(dir.join("manifest"), b"3 0").expect("sled");
         let s = LazyStore::open(dir.clone(), DiskOptions::default()).expect("starts anyway");
         assert_eq!(s.stats().records, 0);
         assert_eq!(

@@ -7,7 +7,7 @@
 //! - a **live** message keeps its samples in memory, encoded as the store
 //!   encodes them (a few bytes per sample; the gateway writes
 //!   nothing to flash while the broker keeps up: no write amplification, no
-//!   sled memory, no added latency);
+//!   store memory, no added latency);
 //! - a **replayed** message keeps only the id of its record in the durable
 //!   store, which deletes the record once confirmed.
 //!
@@ -103,7 +103,7 @@ impl Encoded {
 #[derive(Debug)]
 enum Sent {
     Live { n: u64, data: Encoded },
-    Stored { n: u64, id: u64 },
+    Stored { n: u64, id: u64, samples: u64 },
 }
 
 impl Sent {
@@ -141,6 +141,8 @@ pub struct OutboxStats {
     pub retained_since: Option<u64>,
     /// Markers waiting for their PUBACK.
     pub markers_pending: usize,
+    /// Replayed samples sent but not yet confirmed (the replay's window).
+    pub replay_unconfirmed: u64,
 }
 
 /// The outbox of one gateway. See the module docs.
@@ -153,6 +155,8 @@ pub struct Outbox {
     sent: VecDeque<Sent>,
     sent_bytes: usize,
     sent_samples: u64,
+    /// Replayed samples in `sent`.
+    stored_samples: u64,
     /// DATA messages sent since the last marker.
     unmarked: usize,
     retained: VecDeque<Retained>,
@@ -171,6 +175,7 @@ impl Outbox {
             sent: VecDeque::new(),
             sent_bytes: 0,
             sent_samples: 0,
+            stored_samples: 0,
             unmarked: 0,
             retained: VecDeque::new(),
             retained_bytes: 0,
@@ -210,9 +215,10 @@ impl Outbox {
 
     /// The store's record `id` was replayed (or found unusable) on this
     /// connection; it is deleted once a marker confirms it.
-    pub fn sent_stored(&mut self, id: u64) {
+    pub fn sent_stored(&mut self, id: u64, samples: u64) {
         let n = self.take_n();
-        self.sent.push_back(Sent::Stored { n, id });
+        self.stored_samples += samples;
+        self.sent.push_back(Sent::Stored { n, id, samples });
         self.cursor = Some(id);
     }
 
@@ -264,7 +270,9 @@ impl Outbox {
                     out.samples += data.samples;
                     self.retain(now, data);
                 }
-                Some(Sent::Stored { id, .. }) => {
+                Some(Sent::Stored { id, samples, .. }) => {
+                    self.stored_samples -= samples;
+                    out.samples += samples;
                     out.stored_through = Some(out.stored_through.map_or(id, |c: u64| c.max(id)));
                 }
                 None => break,
@@ -320,6 +328,7 @@ impl Outbox {
         self.unmarked = 0;
         self.sent_bytes = 0;
         self.sent_samples = 0;
+        self.stored_samples = 0;
         std::mem::take(&mut self.sent)
             .into_iter()
             .filter_map(|s| match s {
@@ -350,6 +359,7 @@ impl Outbox {
             retained_bytes: self.retained_bytes as u64,
             retained_since: self.retained.front().map(|r| r.confirmed_at),
             markers_pending: self.watermark.pending(),
+            replay_unconfirmed: self.stored_samples,
         }
     }
 }
@@ -407,9 +417,9 @@ mod tests {
     #[test]
     fn a_lost_connection_returns_every_unconfirmed_live_record_and_restarts_the_replay() {
         let mut o = Outbox::new(OutboxOptions::default());
-        o.sent_stored(7);
+        o.sent_stored(7, 1);
         o.sent_live(Encoded::of(&rec(1)));
-        o.sent_stored(8);
+        o.sent_stored(8, 1);
         o.sent_live(Encoded::of(&rec(2)));
         o.marker_sent(); // never acknowledged
         o.on_outgoing_publish(1);
@@ -430,18 +440,21 @@ mod tests {
     #[test]
     fn replayed_records_are_confirmed_through_the_highest_id_before_the_marker() {
         let mut o = Outbox::new(OutboxOptions::default());
-        o.sent_stored(3);
+        o.sent_stored(3, 1);
         o.sent_live(Encoded::of(&rec(9)));
-        o.sent_stored(4);
+        o.sent_stored(4, 1);
+        assert_eq!(o.stats().replay_unconfirmed, 2, "the replay's window");
         let c = ack(&mut o, 5, 0);
         assert_eq!(
             c,
             Confirmed {
                 stored_through: Some(4),
-                samples: 1
-            }
+                samples: 3
+            },
+            "one live sample and two replayed"
         );
-        o.sent_stored(5);
+        assert_eq!(o.stats().replay_unconfirmed, 0);
+        o.sent_stored(5, 1);
         o.connected(); // a new connection before the marker's PUBACK
         o.marker_sent();
         assert_eq!(o.on_puback(6, 0).stored_through, None);
@@ -486,7 +499,7 @@ mod tests {
             ..OutboxOptions::default()
         });
         assert!(o.sent_live(Encoded::of(&rec(1))).is_empty());
-        o.sent_stored(0);
+        o.sent_stored(0, 1);
         assert!(o.sent_live(Encoded::of(&rec(2))).is_empty());
         assert_eq!(values(&o.sent_live(Encoded::of(&rec(3)))), vec![1]);
         assert_eq!(o.stats().unconfirmed, 2);
@@ -626,7 +639,7 @@ mod tests {
                 let cursor = self.outbox.replay_cursor();
                 if let Some((id, r)) = self.store.read_after(cursor, 1).expect("read").pop() {
                     self.network.push(Msg::Data(value_of(&r)));
-                    self.outbox.sent_stored(id);
+                    self.outbox.sent_stored(id, 1);
                 }
             }
         }
@@ -697,7 +710,7 @@ mod tests {
                             w.acks.clear();
                             w.outbox = Outbox::new(no_window);
                             w.connected = false;
-                            // Close the old store first: sled holds a file lock.
+                            // Close the old store first (one store per directory).
                             let placeholder = LazyStore::open(tmp.path().join("absent"), opts).expect("placeholder");
                             drop(std::mem::replace(&mut w.store, placeholder));
                             w.store = LazyStore::open(dir.clone(), opts).expect("reopen");

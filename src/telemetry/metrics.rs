@@ -82,6 +82,15 @@ pub struct Telemetry {
     /// Inbound messages over `commands.max_message_size`, dropped unread.
     pub oversized_messages: AtomicU64,
     pub stored_samples: AtomicU64,
+    /// Stored samples made durable by an fdatasync (they survive a power cut).
+    pub synced_samples: AtomicU64,
+    /// Stored samples written but not yet synced (a power cut now loses them).
+    pub unsynced_samples: AtomicU64,
+    /// Bytes the store wrote to its files, and its fdatasync/fsync calls.
+    pub store_bytes_written: AtomicU64,
+    pub store_syncs: AtomicU64,
+    /// Bytes the store's files take (bounded by store.max_bytes).
+    pub store_file_bytes: AtomicU64,
     pub replayed_samples: AtomicU64,
     pub dropped_samples: AtomicU64,
     pub queue_depth: AtomicU64,
@@ -322,9 +331,44 @@ impl Telemetry {
         g(
             &mut s,
             "spb_stored_samples_total",
-            "Samples stored while not publishing.",
+            "Samples stored while not publishing (written: they survive a crash of the gateway).",
             "counter",
             self.stored_samples.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_store_synced_samples_total",
+            "Stored samples made durable by fdatasync (they survive a power cut).",
+            "counter",
+            self.synced_samples.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_store_unsynced_samples",
+            "Stored samples not yet synced: what a power cut now would lose (at most store.flush_interval of data).",
+            "gauge",
+            self.unsynced_samples.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_store_bytes_written_total",
+            "Bytes the store wrote to its files (flash wear).",
+            "counter",
+            self.store_bytes_written.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_store_syncs_total",
+            "fdatasync and fsync calls of the store.",
+            "counter",
+            self.store_syncs.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_store_file_bytes",
+            "Bytes the store's files take (bounded by store.max_bytes).",
+            "gauge",
+            self.store_file_bytes.load(Relaxed),
         );
         g(
             &mut s,
