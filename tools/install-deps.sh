@@ -20,6 +20,9 @@ have npm || need+=(npm)
 have make || need+=(make)
 # The full-disk tests mount a tmpfs in a user namespace.
 have unshare || need+=(util-linux)
+# The power-cut tests (tests/power_cut.rs): a FUSE file system written with
+# fusepy, which loads libfuse 2.
+ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2 ' || need+=(libfuse2)
 # The uplink tests: a PostgreSQL server on 127.0.0.1:5432 and its binaries (initdb, pg_ctl).
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 # The board build (make aarch64) and its check under qemu (make aarch64-check).

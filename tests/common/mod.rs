@@ -589,6 +589,7 @@ scan_class = "fast"
 
 pub mod pg;
 pub mod plc;
+pub mod powercut;
 pub mod rogue;
 pub mod sink_rows;
 pub mod uplink;
