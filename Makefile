@@ -70,7 +70,7 @@ bench-codec: venv ## Codec benchmark, ours vs pysparkplug in one run (table in t
 bench-gateway: ## Gateway throughput, CPU and RSS at 1k/10k/100k sim tags (table in target/bench-gateway.md)
 	cargo bench --bench gateway_throughput
 
-bench-queue: ## sled queue: appends/s, replay/s, disk per record, disk under churn (target/bench-queue.md)
+bench-queue: ## The store's segment log: appends/s, replay/s, disk per record, disk under churn (target/bench-queue.md)
 	cargo bench --bench queue
 
 bench-store-engines: ## sled vs redb for the queue, each in its own process (target/bench-store-engines.md)
@@ -78,6 +78,9 @@ bench-store-engines: ## sled vs redb for the queue, each in its own process (tar
 
 bench-store-crash: ## SIGKILL at random moments: acknowledged appends lost, per engine and commit policy (target/bench-store-crash.md)
 	cargo bench --bench store_crash
+
+bench-outage: ## Long outages: RSS during and after, bytes written per sample, files vs max_bytes, drain time (target/bench-outage.md)
+	cargo bench --bench outage
 
 bench-store-forward: ## Gateway-level outage: stored/s, disk per sample, replayed/s with live data flowing (target/bench-store-forward.md)
 	cargo bench --bench store_forward
@@ -91,7 +94,7 @@ bench-plc: venv node-peers ## 100-tag scans: our S7/Logix drivers vs python-snap
 bench-plc-scale: node-peers ## 100..1000 S7 PLC connections at 1 s scans: missed scans, CPU, RSS (target/bench-plc-scale.md)
 	cargo bench --bench plc_scale
 
-bench: bench-codec bench-gateway bench-queue bench-store-engines bench-store-crash bench-store-forward bench-uplink bench-plc bench-plc-scale ## All benchmarks (see BENCHMARKS.md)
+bench: bench-codec bench-gateway bench-queue bench-store-engines bench-store-crash bench-store-forward bench-outage bench-uplink bench-plc bench-plc-scale ## All benchmarks (see BENCHMARKS.md)
 
 demo: ## Private broker + gateway (config/demo.toml) + decoded live view; Ctrl-C stops (DEMO_SECONDS=N)
 	tools/demo.sh

@@ -958,6 +958,7 @@ impl Runtime {
         t.store_failed.store(self.store.failure().is_some(), Relaxed);
         let q = self.store.stats();
         t.queue_depth.store(q.metrics, Relaxed);
+        t.queue_records.store(q.records, Relaxed);
         t.queue_bytes.store(q.bytes, Relaxed);
         t.corrupt_records.store(q.corrupt_records, Relaxed);
         t.synced_samples.store(q.synced_metrics, Relaxed);

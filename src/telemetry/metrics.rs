@@ -94,6 +94,8 @@ pub struct Telemetry {
     pub replayed_samples: AtomicU64,
     pub dropped_samples: AtomicU64,
     pub queue_depth: AtomicU64,
+    /// Records (DATA messages' worth of samples) waiting in the store.
+    pub queue_records: AtomicU64,
     pub queue_bytes: AtomicU64,
     pub corrupt_records: AtomicU64,
     /// Timestamp (ms) of the oldest stored sample, 0 when nothing is stored.
@@ -390,6 +392,13 @@ impl Telemetry {
             "Samples waiting in the store.",
             "gauge",
             self.queue_depth.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_queue_records",
+            "Records waiting in the store (one per DATA message not published).",
+            "gauge",
+            self.queue_records.load(Relaxed),
         );
         g(
             &mut s,
