@@ -207,7 +207,11 @@ fn run(label: &str, bin: &Path, s: &Scenario, rt: &tokio::runtime::Runtime) -> S
     let pid = gw.id();
     let t0 = Instant::now();
     while counts.live.load(Relaxed) == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "no DDATA from {}", bin.display());
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "no DDATA from {}",
+            bin.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_secs(5));
@@ -251,7 +255,10 @@ fn run(label: &str, bin: &Path, s: &Scenario, rt: &tokio::runtime::Runtime) -> S
     std::thread::sleep(Duration::from_secs(5));
     let rss_after = status_kib(pid, "VmRSS:");
     let hwm = status_kib(pid, "VmHWM:");
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = gw.wait();
     let per = |x: f64| x / stored.max(1.0);
     format!(
@@ -282,13 +289,19 @@ fn main() {
     }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let pick = std::env::var("SPB_BENCH_OUTAGE").unwrap_or_default();
-    let mut bins = vec![("this build".to_string(), PathBuf::from(env!("CARGO_BIN_EXE_spb-gateway")))];
+    let mut bins = vec![(
+        "this build".to_string(),
+        PathBuf::from(env!("CARGO_BIN_EXE_spb-gateway")),
+    )];
     if let Some(other) = std::env::var_os("SPB_BENCH_GATEWAY") {
         let label = std::env::var("SPB_BENCH_GATEWAY_LABEL").unwrap_or_else(|_| "other build".into());
         bins.push((label, PathBuf::from(other)));
     }
     let mut rows = Vec::new();
-    for s in SCENARIOS.iter().filter(|s| pick.is_empty() || pick.split(',').any(|p| p == s.name)) {
+    for s in SCENARIOS
+        .iter()
+        .filter(|s| pick.is_empty() || pick.split(',').any(|p| p == s.name))
+    {
         for (label, bin) in &bins {
             let row = run(label, bin, s, &rt);
             println!("{row}");

@@ -9,7 +9,7 @@
 //! stores about 1M samples), then restarted; the replay is measured from the
 //! first historical metric received to the queue being empty, while live data
 //! keeps flowing. Reported per flush policy: stored samples/s while offline,
-//! disk bytes per stored sample (sled's files at the end of the outage),
+//! disk bytes per stored sample (the store's files at the end of the outage),
 //! replayed samples/s, live samples/s during the replay, gateway CPU during the
 //! replay and peak RSS. Written to `target/bench-store-forward.md`.
 
@@ -39,7 +39,6 @@ port = {port}
 
 [store]
 max_bytes = "1GiB"
-replay_rate = 1000000
 {store}
 
 [telemetry]
@@ -118,8 +117,11 @@ fn main() {
     let tck = common::clk_tck();
     let mut rows = Vec::new();
     for (label, store) in [
-        ("default: commit when no more samples are ready", ""),
-        ("commit every 200 ms", "flush_interval = \"200ms\""),
+        (
+            "default: written when no more samples are ready, fdatasync every 1 s",
+            "",
+        ),
+        ("fdatasync every write (flush_interval = 0s)", "flush_interval = \"0s\""),
     ] {
         let mut broker = common::Broker::start(None);
         let counts = Arc::new(Counts::default());

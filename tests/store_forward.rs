@@ -501,5 +501,9 @@ fn a_disk_filled_behind_the_stores_back_leaves_the_gateway_running_and_stopping_
     let _ = dropped;
     assert!(common::http_get(http, "/ready").contains("store: "), "/ready answers");
     gw.signal(Signal::SIGTERM);
-    assert!(gw.wait_exit(T).success(), "stops without hanging on sled: {}", gw.log());
+    assert!(
+        gw.wait_exit(T).success(),
+        "stops without hanging on the failed store: {}",
+        gw.log()
+    );
 }

@@ -9,9 +9,11 @@
 //! - At most one MQTT connection exists; events of a previous one are ignored.
 //! - The Will is rebuilt by the session before every CONNECT; bdSeq is
 //!   persisted (write, fsync, rename) as soon as a CONNECT is known to be sent.
-//! - Samples the session cannot publish go to the store (group commit:
-//!   `store.flush_records` / `store.flush_interval`) and are replayed, bounded
-//!   per tick, only while the session publishes.
+//! - Samples the session cannot publish go to the store, written as one
+//!   group as soon as no more samples are ready (counted in
+//!   `spb_stored_samples_total` once written) and synced by the store within
+//!   `store.flush_interval`; they are replayed on the tick, at most
+//!   `REPLAY_WINDOW` unconfirmed at a time, only while the session publishes.
 //! - Every DATA message is tracked by the [`Outbox`] until a QoS 1 marker on
 //!   `spb-gateway/watermark/<group>/<node>` published after it is
 //!   acknowledged (docs/ARCHITECTURE.md decision 3); a stored record is deleted
@@ -757,9 +759,12 @@ impl Runtime {
         }
         let records = std::mem::take(&mut self.pending);
         let n: u64 = records.iter().map(|r| r.metrics.len() as u64).sum();
-        self.telemetry.stored_samples.fetch_add(n, Relaxed);
         let dropped = match self.store.append_batch(&records) {
-            Ok((_, dropped)) => dropped,
+            Ok((_, dropped)) => {
+                // Counted once written: from here a crash of the process loses none.
+                self.telemetry.stored_samples.fetch_add(n, Relaxed);
+                dropped
+            }
             Err(e) => {
                 self.telemetry.dropped_samples.fetch_add(n, Relaxed);
                 // The first write error that closed the store says what to do.

@@ -26,8 +26,9 @@
 //!    Primary Host drops), never loses one.
 //! 4. **Bounded on the files' size.** The segment files never exceed
 //!    `max_bytes` together: an append that would pass it deletes the oldest
-//!    segments first (segments are `max_bytes / 16`, so at most a sixteenth
-//!    goes at once), counted in [`Dropped`] for the caller to log at ERROR.
+//!    segments first (segments are `max_bytes / 16`, at most 4 MiB, so at
+//!    most that goes at once), counted in [`Dropped`] for the caller to log
+//!    at ERROR.
 //! 5. **Damage is detected, never silent, never a panic.** A frame whose
 //!    header or value fails its CRC is skipped by scanning for the next valid
 //!    frame; the ids in between are counted as corrupt, their bytes copied to
@@ -36,8 +37,9 @@
 //!    counted as lost when the manifest says it had been synced. Every size
 //!    read from disk is checked against the file before it is allocated.
 //!
-//! Memory: a few words per segment, one read buffer, and the frames of the
-//! batch being written; nothing grows with the number of records stored.
+//! Memory: a few words per segment, one read buffer, the frames of the
+//! batch being written, and one segment (≤ 4 MiB) while it is checked at
+//! open; nothing grows with the number of records stored.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
@@ -422,7 +424,7 @@ impl DiskQueue {
         Ok(q)
     }
 
-    /// Scans one segment; cuts a torn tail of the last one.
+    /// Scans one segment; quarantines damage; cuts a torn tail of the last one.
     fn recover_segment(&mut self, first: u64, last: bool) -> Result<Segment, QueueError> {
         let path = self.dir.join(segment_name(first));
         let io = |what: &'static str| {
@@ -430,69 +432,48 @@ impl DiskQueue {
             move |source| QueueError::Io { path, what, source }
         };
         let bytes = std::fs::read(&path).map_err(io("cannot read a segment"))?;
+        let scan = scan_segment(&bytes, first);
         let mut seg = Segment {
             first_id: first,
-            next_id: first,
+            next_id: scan.next_id,
             len: bytes.len() as u64,
-            records: 0,
-            metrics: 0,
+            records: scan.records,
+            metrics: scan.metrics,
             skip: Vec::new(),
         };
-        let mut at = 0usize;
-        while at < bytes.len() {
-            match valid_frame(&bytes, at, seg.next_id) {
-                Some((len, id)) => {
-                    seg.records += 1;
-                    seg.metrics += metric_count(&bytes[at + FRAME..]);
-                    seg.next_id = id + 1;
-                    at += FRAME + len;
-                }
-                None => {
-                    // Damage: find the next frame that holds, with a later id.
-                    let resume = (at + 1..bytes.len()).find(|&o| valid_frame(&bytes, o, seg.next_id).is_some());
-                    match resume {
-                        Some(o) => {
-                            let (_, id) = valid_frame(&bytes, o, seg.next_id).expect("found above");
-                            let lost = id - seg.next_id;
-                            tracing::error!(
-                                store = %self.path, segment = %segment_name(first), offset = at, bytes = o - at,
-                                first_lost = seg.next_id, lost_records = lost,
-                                "corrupt records in the store: their bytes are quarantined, the records after them kept"
-                            );
-                            self.quarantine_bytes(first, at as u64, &bytes[at..o]);
-                            self.stats.corrupt_records += lost.max(1);
-                            seg.skip.push((at as u64, o as u64));
-                            seg.next_id = id;
-                            at = o;
-                        }
-                        None if last => {
-                            // A write the power cut tore before its sync (or
-                            // damage at the very end: the manifest tells).
-                            tracing::warn!(
-                                store = %self.path, segment = %segment_name(first), offset = at, bytes = bytes.len() - at,
-                                "the store's last write was incomplete (cut off before its sync): removed"
-                            );
-                            let f = OpenOptions::new()
-                                .write(true)
-                                .open(&path)
-                                .map_err(io("cannot open a segment"))?;
-                            f.set_len(at as u64).map_err(io("cannot cut a torn write"))?;
-                            f.sync_all().map_err(io("cannot sync a segment"))?;
-                            seg.len = at as u64;
-                            break;
-                        }
-                        None => {
-                            tracing::error!(
-                                store = %self.path, segment = %segment_name(first), offset = at, bytes = bytes.len() - at,
-                                "the end of a segment is corrupt: its bytes are quarantined"
-                            );
-                            self.quarantine_bytes(first, at as u64, &bytes[at..]);
-                            self.stats.corrupt_records += 1;
-                            seg.skip.push((at as u64, bytes.len() as u64));
-                            break;
-                        }
-                    }
-                }
+        for d in &scan.damaged {
+            tracing::error!(
+                store = %self.path, segment = %segment_name(first), offset = d.from, bytes = d.to - d.from,
+                first_lost = d.first_lost, lost_records = d.lost,
+                "corrupt records in the store: their bytes are quarantined, the records after them kept"
+            );
+            self.quarantine_bytes(first, d.from as u64, &bytes[d.from..d.to]);
+            self.stats.corrupt_records += d.lost;
+            seg.skip.push((d.from as u64, d.to as u64));
+        }
+        if let Some(at) = scan.tail {
+            if last {
+                // A write the power cut tore before its sync (or damage at
+                // the very end: the manifest tells).
+                tracing::warn!(
+                    store = %self.path, segment = %segment_name(first), offset = at, bytes = bytes.len() - at,
+                    "the store's last write was incomplete (cut off before its sync): removed"
+                );
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io("cannot open a segment"))?;
+                f.set_len(at as u64).map_err(io("cannot cut a torn write"))?;
+                f.sync_all().map_err(io("cannot sync a segment"))?;
+                seg.len = at as u64;
+            } else {
+                tracing::error!(
+                    store = %self.path, segment = %segment_name(first), offset = at, bytes = bytes.len() - at,
+                    "the end of a segment is corrupt: its bytes are quarantined"
+                );
+                self.quarantine_bytes(first, at as u64, &bytes[at..]);
+                self.stats.corrupt_records += 1;
+                seg.skip.push((at as u64, bytes.len() as u64));
             }
         }
         Ok(seg)
@@ -549,7 +530,8 @@ impl DiskQueue {
     }
 
     fn segment_bytes(&self) -> u64 {
-        (self.opts.max_bytes / 16).clamp(1024, 64 << 20)
+        // At most 4 MiB: a segment is read whole once, at open.
+        (self.opts.max_bytes / 16).clamp(1024, 4 << 20)
     }
 
     /// Appends a record (see [`append_batch`](Self::append_batch)).
@@ -1019,6 +1001,67 @@ impl DiskQueue {
     pub fn disk_bytes(&self) -> u64 {
         self.file_bytes()
     }
+}
+
+/// A damaged range of a segment: bytes `from..to`, the ids it lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    pub from: usize,
+    pub to: usize,
+    pub first_lost: u64,
+    /// At least 1: bytes that are no frame count as one lost record.
+    pub lost: u64,
+}
+
+/// What a segment's bytes hold (sans-IO; the store acts on it at open).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SegmentScan {
+    pub records: u64,
+    pub metrics: u64,
+    /// One past the last valid frame's id.
+    pub next_id: u64,
+    /// Ranges skipped between valid frames.
+    pub damaged: Vec<Damage>,
+    /// Where the bytes after the last valid frame start, if any are left
+    /// that are no frame (a torn write in the last segment).
+    pub tail: Option<usize>,
+}
+
+/// Scans a segment's bytes whose first id is `first`: valid frames in
+/// order, damage resynced on the next valid frame with a later id.
+pub fn scan_segment(bytes: &[u8], first: u64) -> SegmentScan {
+    let mut scan = SegmentScan {
+        next_id: first,
+        ..SegmentScan::default()
+    };
+    let mut at = 0usize;
+    while at < bytes.len() {
+        if let Some((len, id)) = valid_frame(bytes, at, scan.next_id) {
+            scan.records += 1;
+            scan.metrics += metric_count(&bytes[at + FRAME..]);
+            scan.next_id = id + 1;
+            at += FRAME + len;
+            continue;
+        }
+        // Damage: find the next frame that holds, with a later id.
+        match (at + 1..bytes.len()).find_map(|o| valid_frame(bytes, o, scan.next_id).map(|(_, id)| (o, id))) {
+            Some((o, id)) => {
+                scan.damaged.push(Damage {
+                    from: at,
+                    to: o,
+                    first_lost: scan.next_id,
+                    lost: (id - scan.next_id).max(1),
+                });
+                scan.next_id = id;
+                at = o;
+            }
+            None => {
+                scan.tail = Some(at);
+                break;
+            }
+        }
+    }
+    scan
 }
 
 /// `(value length, id)` of a frame at `at` whose header and value check out

@@ -27,9 +27,11 @@
 //! - Unconfirmed live samples are bounded by `inflight_bytes`: past it the
 //!   oldest are handed to the store at once (they may then arrive twice).
 //!
-//! What a crash can cost: a SIGKILL or power cut loses only live samples the
+//! What a crash can cost: a SIGKILL or power cut loses the live samples the
 //! broker had not read yet (sent in the last round trip). Samples stored
-//! while offline are on disk before the store acknowledges them.
+//! while offline are written before they count as stored (a SIGKILL loses
+//! none) and synced within `store.flush_interval` (a power cut loses at most
+//! that window; see the store's module docs).
 
 use std::collections::VecDeque;
 
