@@ -23,11 +23,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prost::Message;
+use common::ddata::{count, dir_bytes, Counts};
 
 struct Scenario {
     name: &'static str,
@@ -116,35 +116,6 @@ generate_scan_class = "scan"
     )
 }
 
-#[derive(Default)]
-struct Counts {
-    live: AtomicU64,
-    historical: AtomicU64,
-}
-
-async fn count(port: u16, counts: Arc<Counts>) {
-    loop {
-        let mut o = rumqttc::MqttOptions::new(format!("bench-outage-{port}"), "127.0.0.1", port);
-        o.set_max_packet_size(64 << 20, 64 << 20);
-        o.set_clean_session(true);
-        let (client, mut el) = rumqttc::AsyncClient::new(o, 100);
-        let _ = client.subscribe("spBv1.0/BenchOut/#", rumqttc::QoS::AtMostOnce).await;
-        while let Ok(ev) = el.poll().await {
-            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
-                if !p.topic.contains("/DDATA/") {
-                    continue;
-                }
-                if let Ok(raw) = spb::sparkplug::pb::Payload::decode(p.payload) {
-                    let h = raw.metrics.iter().filter(|m| m.is_historical == Some(true)).count() as u64;
-                    counts.historical.fetch_add(h, Relaxed);
-                    counts.live.fetch_add(raw.metrics.len() as u64 - h, Relaxed);
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn metric(http: u16, name: &str) -> f64 {
     common::prom_value(http, name).unwrap_or(f64::NAN)
 }
@@ -167,20 +138,6 @@ fn write_bytes(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 fn mib(kib: f64) -> String {
     format!("{:.1} MiB", kib / 1024.0)
 }
@@ -188,7 +145,7 @@ fn mib(kib: f64) -> String {
 fn run(label: &str, bin: &Path, s: &Scenario, rt: &tokio::runtime::Runtime) -> String {
     let mut broker = common::Broker::start(None);
     let counts = Arc::new(Counts::default());
-    rt.spawn(count(broker.port, counts.clone()));
+    rt.spawn(count(broker.port, "BenchOut", counts.clone()));
     std::thread::sleep(Duration::from_millis(300));
     let http = common::free_port();
     let dir = tempfile::tempdir().expect("tmp");

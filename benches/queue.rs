@@ -41,6 +41,16 @@ fn dir_bytes(p: &std::path::Path) -> u64 {
     total
 }
 
+/// Appends records 0..n in group commits of 100.
+fn append_in_batches_of_100(q: &mut DiskQueue, n: u64) {
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<Record> = (i..(i + 100).min(n)).map(record).collect();
+        q.append_batch(&batch).expect("append");
+        i += batch.len() as u64;
+    }
+}
+
 fn hwm_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -80,12 +90,7 @@ fn main() {
     )
     .expect("open");
     let t = Instant::now();
-    let mut i = 0;
-    while i < n {
-        let batch: Vec<Record> = (i..(i + 100).min(n)).map(record).collect();
-        q.append_batch(&batch).expect("append");
-        i += batch.len() as u64;
-    }
+    append_in_batches_of_100(&mut q, n);
     let secs = t.elapsed().as_secs_f64();
     rows.push(format!(
         "| append_batch of 100, each fdatasync'ed before it returns | {n} | {:.0} records/s | {:.0} B/record on disk | {:.1} MiB |",
@@ -97,12 +102,7 @@ fn main() {
     let d1 = base.path().join("default");
     let mut q = DiskQueue::open(&d1, DiskOptions::default()).expect("open");
     let t = Instant::now();
-    let mut i = 0;
-    while i < n {
-        let batch: Vec<Record> = (i..(i + 100).min(n)).map(record).collect();
-        q.append_batch(&batch).expect("append");
-        i += batch.len() as u64;
-    }
+    append_in_batches_of_100(&mut q, n);
     q.sync().expect("sync");
     let secs = t.elapsed().as_secs_f64();
     let disk = dir_bytes(&d1);

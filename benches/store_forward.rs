@@ -16,11 +16,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prost::Message;
+use common::ddata::{count, dir_bytes, Counts};
 
 fn config(port: u16, http: u16, store: &str) -> String {
     format!(
@@ -61,52 +61,8 @@ generate_scan_class = "fast"
     )
 }
 
-#[derive(Default)]
-struct Counts {
-    live: AtomicU64,
-    historical: AtomicU64,
-}
-
-async fn count(port: u16, counts: Arc<Counts>) {
-    loop {
-        let mut o = rumqttc::MqttOptions::new(format!("bench-sf-{port}"), "127.0.0.1", port);
-        o.set_max_packet_size(64 << 20, 64 << 20);
-        o.set_clean_session(true);
-        let (client, mut el) = rumqttc::AsyncClient::new(o, 100);
-        let _ = client.subscribe("spBv1.0/BenchSF/#", rumqttc::QoS::AtMostOnce).await;
-        while let Ok(ev) = el.poll().await {
-            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev {
-                if !p.topic.contains("/DDATA/") {
-                    continue;
-                }
-                if let Ok(raw) = spb::sparkplug::pb::Payload::decode(p.payload) {
-                    let h = raw.metrics.iter().filter(|m| m.is_historical == Some(true)).count() as u64;
-                    counts.historical.fetch_add(h, Relaxed);
-                    counts.live.fetch_add(raw.metrics.len() as u64 - h, Relaxed);
-                }
-            }
-        }
-        // The broker is down: try again shortly (it comes back on the same port).
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn metric(http: u16, name: &str) -> f64 {
     common::prom_value(http, name).unwrap_or(0.0)
-}
-
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 fn main() {
@@ -125,7 +81,7 @@ fn main() {
     ] {
         let mut broker = common::Broker::start(None);
         let counts = Arc::new(Counts::default());
-        rt.spawn(count(broker.port, counts.clone()));
+        rt.spawn(count(broker.port, "BenchSF", counts.clone()));
         std::thread::sleep(Duration::from_millis(300));
         let http = common::free_port();
         let gw = common::Gateway::start(&config(broker.port, http, store), &[]);

@@ -587,6 +587,7 @@ scan_class = "fast"
     )
 }
 
+pub mod ddata;
 pub mod pg;
 pub mod plc;
 pub mod powercut;
