@@ -14,9 +14,10 @@
 //! against `store.max_bytes`; the drain time and live samples/s meanwhile.
 //!
 //! `SPB_BENCH_OUTAGE` picks scenarios by name (comma-separated; default all);
-//! `SPB_BENCH_GATEWAY` (labelled `SPB_BENCH_GATEWAY_LABEL`) runs another build
-//! of the gateway beside this one, e.g. an older one for a before/after in
-//! one run. Table: `target/bench-outage.md`.
+//! `SPB_BENCH_GATEWAY` (labelled `SPB_BENCH_GATEWAY_LABEL`, with the
+//! `[store]` lines `SPB_BENCH_GATEWAY_STORE` added to its config) runs
+//! another build of the gateway beside this one, e.g. an older one for a
+//! before/after in one run. Table: `target/bench-outage.md`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -75,7 +76,7 @@ const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-fn config(s: &Scenario, port: u16, http: u16) -> String {
+fn config(s: &Scenario, port: u16, http: u16, store_extra: &str) -> String {
     format!(
         r#"[node]
 group_id = "BenchOut"
@@ -92,6 +93,7 @@ port = {port}
 
 [store]
 max_bytes = "{max}"
+{store_extra}
 
 [telemetry]
 listen = "127.0.0.1:{http}"
@@ -142,7 +144,7 @@ fn mib(kib: f64) -> String {
     format!("{:.1} MiB", kib / 1024.0)
 }
 
-fn run(label: &str, bin: &Path, s: &Scenario, rt: &tokio::runtime::Runtime) -> String {
+fn run(label: &str, bin: &Path, store_extra: &str, s: &Scenario, rt: &tokio::runtime::Runtime) -> String {
     let mut broker = common::Broker::start(None);
     let counts = Arc::new(Counts::default());
     rt.spawn(count(broker.port, "BenchOut", counts.clone()));
@@ -150,7 +152,7 @@ fn run(label: &str, bin: &Path, s: &Scenario, rt: &tokio::runtime::Runtime) -> S
     let http = common::free_port();
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = dir.path().join("config.toml");
-    std::fs::write(&cfg, config(s, broker.port, http)).expect("config");
+    std::fs::write(&cfg, config(s, broker.port, http, store_extra)).expect("config");
     let state = dir.path().join("state");
     let mut gw: Child = Command::new(bin)
         .arg("--config")
@@ -249,18 +251,20 @@ fn main() {
     let mut bins = vec![(
         "this build".to_string(),
         PathBuf::from(env!("CARGO_BIN_EXE_spb-gateway")),
+        String::new(),
     )];
     if let Some(other) = std::env::var_os("SPB_BENCH_GATEWAY") {
         let label = std::env::var("SPB_BENCH_GATEWAY_LABEL").unwrap_or_else(|_| "other build".into());
-        bins.push((label, PathBuf::from(other)));
+        let extra = std::env::var("SPB_BENCH_GATEWAY_STORE").unwrap_or_default();
+        bins.push((label, PathBuf::from(other), extra));
     }
     let mut rows = Vec::new();
     for s in SCENARIOS
         .iter()
         .filter(|s| pick.is_empty() || pick.split(',').any(|p| p == s.name))
     {
-        for (label, bin) in &bins {
-            let row = run(label, bin, s, &rt);
+        for (label, bin, extra) in &bins {
+            let row = run(label, bin, extra, s, &rt);
             println!("{row}");
             rows.push(row);
         }
