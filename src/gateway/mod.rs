@@ -54,6 +54,15 @@ const REPLAY_WINDOW: u64 = 100_000;
 /// Samples decoded from the store at a time during a replay.
 const REPLAY_BATCH: u64 = 8_192;
 
+/// The store's options from `[store]`.
+fn disk_options(cfg: &Config) -> DiskOptions {
+    DiskOptions {
+        max_bytes: cfg.store.max_bytes,
+        sync_interval: cfg.store.flush_interval,
+        sync_records: cfg.store.flush_records,
+    }
+}
+
 /// Why the gateway could not start or had to stop.
 #[derive(Debug, Error)]
 pub enum GatewayError {
@@ -282,14 +291,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
     } else {
         state_dir.join("queue")
     };
-    let store = LazyStore::open(
-        queue_dir.clone(),
-        DiskOptions {
-            max_bytes: cfg.store.max_bytes,
-            sync_interval: cfg.store.flush_interval,
-            sync_records: cfg.store.flush_records,
-        },
-    )?;
+    let store = LazyStore::open(queue_dir.clone(), disk_options(&cfg))?;
     if store.stats().records > 0 {
         tracing::info!(
             samples = store.stats().metrics,
@@ -1028,6 +1030,7 @@ impl Runtime {
         }
         let node = self.cfg.node.clone();
         let mqtt_cfg = self.cfg.mqtt.clone();
+        self.store.set_options(disk_options(&cfg));
         self.cfg = cfg;
         self.cfg.node = node;
         self.cfg.mqtt = mqtt_cfg;

@@ -997,6 +997,12 @@ impl DiskQueue {
         self.opts.max_bytes = max_bytes;
     }
 
+    /// Changes the sync policy (a reload); the next append or tick follows it.
+    pub fn set_sync(&mut self, interval: Duration, records: u32) {
+        self.opts.sync_interval = interval;
+        self.opts.sync_records = records;
+    }
+
     /// Bytes the store occupies on disk (its segment files).
     pub fn disk_bytes(&self) -> u64 {
         self.file_bytes()

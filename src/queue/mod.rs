@@ -244,6 +244,15 @@ impl LazyStore {
         configured.min(fits.max(64 * 1024))
     }
 
+    /// New options (a reload): the bound applies from the next append, the
+    /// sync policy from the next append or tick.
+    pub fn set_options(&mut self, opts: DiskOptions) {
+        self.opts = opts;
+        if let Some(q) = self.queue.as_mut() {
+            q.set_sync(opts.sync_interval, opts.sync_records);
+        }
+    }
+
     /// The bound in force at the last append (`max_bytes` unless the disk is short).
     pub fn limit(&self) -> u64 {
         self.limit
@@ -544,6 +553,25 @@ mod tests {
             .filter(|n| n.starts_with("queue.damaged-"))
             .collect();
         assert_eq!(aside.len(), 1, "kept for inspection");
+    }
+
+    #[test]
+    fn a_reload_changes_the_sync_policy_of_the_open_store() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let lazy = DiskOptions {
+            sync_interval: std::time::Duration::from_secs(10),
+            ..DiskOptions::default()
+        };
+        let mut s = LazyStore::open(tmp.path().join("queue"), lazy).expect("open");
+        s.append_batch(&[rec(1)]).expect("append");
+        assert_eq!(s.unsynced_metrics(), 1, "waits for the 10 s interval");
+        s.set_options(DiskOptions {
+            sync_interval: std::time::Duration::ZERO,
+            ..lazy
+        });
+        s.append_batch(&[rec(2)]).expect("append");
+        assert_eq!(s.unsynced_metrics(), 0, "every write synced from now on");
+        assert_eq!(s.stats().synced_metrics, 2);
     }
 
     #[test]
