@@ -416,8 +416,9 @@ pub struct EdgeSession {
     node: Scope,
     devices: Vec<Scope>,
     device_index: HashMap<String, usize>,
-    /// Newest timestamp of an online STATE from the Primary Host.
-    host_online_ts: Option<u64>,
+    /// Newest timestamp of a STATE (online or offline) from the Primary
+    /// Host in this MQTT session: an older one of either kind is stale.
+    host_state_ts: Option<u64>,
     host_online: bool,
     last_birth_at: Option<u64>,
 }
@@ -463,7 +464,7 @@ impl EdgeSession {
             node,
             devices: scopes,
             device_index,
-            host_online_ts: None,
+            host_state_ts: None,
             host_online: false,
             last_birth_at: None,
         })
@@ -593,7 +594,7 @@ impl EdgeSession {
         // Each session judges STATE afresh: a timestamp seen in an earlier
         // one (a forged one, or one from a host whose clock was reset) cannot
         // keep this session from hearing the host.
-        self.host_online_ts = None;
+        self.host_state_ts = None;
         if self.cfg.primary_host_id.is_some() {
             // [tck-id-message-flow-edge-node-birth-publish-subscribe]
             // [tck-id-operational-behavior-edge-node-birth-sequence-wait]
@@ -1208,20 +1209,19 @@ impl EdgeSession {
     }
 
     fn host_state(&mut self, now: u64, s: HostState) -> Vec<EdgeAction> {
-        let newest = self.host_online_ts.unwrap_or(0);
+        // A STATE older than the newest one seen (online or offline) is
+        // stale: an online older than the last offline does not bring the
+        // host back, an offline older than the last online does not take
+        // it away.
+        if self.host_state_ts.is_some_and(|newest| s.timestamp < newest) {
+            return Vec::new();
+        }
+        self.host_state_ts = Some(s.timestamp);
         if s.online {
-            if self.host_online_ts.is_some() && s.timestamp < newest {
-                return Vec::new(); // An older online than one already seen: stale.
-            }
-            self.host_online_ts = Some(s.timestamp);
             self.host_online = true;
             if self.phase == Phase::AwaitingHost {
                 return self.births(now);
             }
-            return Vec::new();
-        }
-        // Offline: ignore one older than the newest online seen.
-        if self.host_online_ts.is_some() && s.timestamp < newest {
             return Vec::new();
         }
         self.host_online = false;
@@ -2205,6 +2205,26 @@ mod tests {
         s.handle_message(T0, "spBv1.0/STATE/scada", &state(false, T0 + 50));
         s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0 + 100));
         assert!(publishes(&s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0 + 99))).is_empty());
+    }
+
+    // [tck-id-operational-behavior-edge-node-birth-sequence-wait]
+    #[test]
+    fn an_online_state_older_than_the_last_offline_is_stale_and_the_node_stays_unborn() {
+        // One server: an offline STATE keeps the node connected, waiting.
+        let one = EdgeConfig {
+            server_count: 1,
+            ..primary()
+        };
+        let mut s = session_with(one, None);
+        s.begin_connect(T0);
+        s.connected(T0);
+        s.handle_message(T0, "spBv1.0/STATE/scada", &state(false, T0 + 50));
+        let out = s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0 + 40));
+        assert!(publishes(&out).is_empty(), "{out:?}");
+        assert!(!s.is_born() && !s.host_online());
+        // An online as new as the offline (the host's next session) counts.
+        let out = s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0 + 50));
+        assert_eq!(publishes(&out)[0].topic, "spBv1.0/Plant1/NBIRTH/gw1");
     }
 
     #[test]
