@@ -422,6 +422,14 @@ impl Config {
                     ),
                 );
             }
+            if c.enabled {
+                // Until write-back exists a command would be refused anyway:
+                // say so at --check-config instead of silently refusing.
+                t.invalid(
+                    "enabled",
+                    "command write-back is not available in this version: set `enabled = false` (every NCMD/DCMD is refused and logged)",
+                );
+            }
             t.finish(&["enabled", "max_message_size", "max_metrics"]);
             c
         });
@@ -1150,6 +1158,18 @@ deadbnad = 0.5
                 "6 errors in the configuration",
             ]
         );
+    }
+
+    #[test]
+    fn commands_enabled_is_refused_with_its_line_until_write_back_exists() {
+        let text = format!("{MINIMAL}\n[commands]\nenabled = true\n");
+        let errs = Config::parse("c.toml", &text).expect_err("refused").to_string();
+        assert!(
+            errs.starts_with("c.toml:10:11: commands.enabled: command write-back is not available in this version"),
+            "{errs}"
+        );
+        let off = format!("{MINIMAL}\n[commands]\nenabled = false\n");
+        assert!(Config::parse("c.toml", &off).is_ok());
     }
 
     #[test]
