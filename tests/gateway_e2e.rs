@@ -511,3 +511,44 @@ fn a_full_store_drops_the_oldest_samples_with_an_error_and_a_counter_and_keeps_r
     gw.signal(Signal::SIGTERM);
     assert!(gw.wait_exit(T).success(), "{}", gw.log());
 }
+
+#[test]
+fn decode_refuses_non_hex_input_with_an_error_and_a_closed_pipe_is_a_quiet_exit() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let bin = env!("CARGO_BIN_EXE_spb-gateway");
+    let out = Command::new(bin)
+        .args(["decode", "--hex"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            // "0é1": the old reader sliced it mid-character and panicked.
+            c.stdin.take().expect("stdin").write_all("0é1".as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("run decode");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a hex digit"));
+    // The reader of stdout is gone before anything is printed (`| head -0`).
+    let payload = spb::sparkplug::Payload {
+        timestamp: Some(1),
+        metrics: vec![spb::sparkplug::Metric::new("T", spb::sparkplug::Value::Int32(7), 1)],
+        ..Default::default()
+    }
+    .encode()
+    .expect("encode");
+    let mut child = Command::new(bin)
+        .arg("decode")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run decode");
+    drop(child.stdout.take());
+    child.stdin.take().expect("stdin").write_all(&payload).expect("payload");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}

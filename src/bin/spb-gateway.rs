@@ -121,10 +121,44 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// Writes to stdout. A reader that went away (`spb-gateway decode … | head
+/// -1`) ends the program quietly with 0, as other Unix tools do, instead of
+/// a panic.
+fn emit(text: std::fmt::Arguments) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(text).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => r.context("writing to stdout"),
+    }
+}
+
+/// Whether an error comes from stdout's reader going away.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// `text` (hex digits, white space allowed) as bytes; why not, by digit.
+fn parse_hex(text: &str) -> Result<Vec<u8>> {
+    let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if let Some(i) = digits.iter().position(|b| !b.is_ascii_hexdigit()) {
+        bail!("--hex input: not a hex digit at digit {i}");
+    }
+    if !digits.len().is_multiple_of(2) {
+        bail!("--hex input has an odd number of digits");
+    }
+    let nibble = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+    Ok(digits.chunks(2).map(|p| nibble(p[0]) << 4 | nibble(p[1])).collect())
+}
+
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
     match real_main() {
         Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("spb-gateway: {e:#}");
             std::process::ExitCode::from(2)
@@ -137,11 +171,11 @@ fn real_main() -> Result<std::process::ExitCode> {
         rest: std::env::args().skip(1).collect(),
     };
     if args.flag("--version") || args.flag("-V") {
-        println!("spb-gateway {}", env!("CARGO_PKG_VERSION"));
+        emit(format_args!("spb-gateway {}\n", env!("CARGO_PKG_VERSION")))?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
     if args.flag("--help") || args.flag("-h") {
-        println!("{USAGE}");
+        emit(format_args!("{USAGE}\n"))?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
     match args.rest.first().map(String::as_str) {
@@ -190,14 +224,14 @@ fn real_main() -> Result<std::process::ExitCode> {
     release_freed_memory();
     if check {
         let tags: usize = cfg.devices.iter().map(|d| d.tags.len() + d.sim.generate as usize).sum();
-        println!(
-            "{}: valid ({} device{}, {tags} tags, {} MQTT server{})",
+        emit(format_args!(
+            "{}: valid ({} device{}, {tags} tags, {} MQTT server{})\n",
             config_path.display(),
             cfg.devices.len(),
             if cfg.devices.len() == 1 { "" } else { "s" },
             cfg.mqtt.servers.len(),
             if cfg.mqtt.servers.len() == 1 { "" } else { "s" },
-        );
+        ))?;
         return Ok(std::process::ExitCode::SUCCESS);
     }
     spb::telemetry::logging::init(&cfg.telemetry.log_level, cfg.telemetry.log_format);
@@ -318,8 +352,7 @@ fn discover(mut args: Args) -> Result<()> {
         .await
         .map_err(|_| anyhow::anyhow!("{addr}: no complete answer within {timeout:?}"))?
     })?;
-    print!("{toml}");
-    Ok(())
+    emit(format_args!("{toml}"))
 }
 
 fn decode(mut args: Args) -> Result<()> {
@@ -338,19 +371,24 @@ fn decode(mut args: Args) -> Result<()> {
         }
     }
     if hex {
-        let text: String = String::from_utf8(raw)
-            .context("--hex input is not text")?
-            .split_whitespace()
-            .collect();
-        if !text.len().is_multiple_of(2) {
-            bail!("--hex input has an odd number of digits");
-        }
-        raw = (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).with_context(|| format!("bad hex at digit {i}")))
-            .collect::<Result<_>>()?;
+        let text = String::from_utf8(raw).context("--hex input is not text")?;
+        raw = parse_hex(&text)?;
     }
     let payload = Payload::decode(&raw).context("decoding the payload (DATA without datatypes needs its birth)")?;
-    println!("{}", pretty::payload_lines(&payload));
-    Ok(())
+    emit(format_args!("{}\n", pretty::payload_lines(&payload)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_hex;
+
+    #[test]
+    fn hex_input_is_read_digit_by_digit_and_anything_else_is_an_error_not_a_panic() {
+        assert_eq!(parse_hex("0a ff\n10").expect("hex"), vec![0x0a, 0xff, 0x10]);
+        for bad in ["é1", "0aé", "zz", "1\u{2003}2x"] {
+            let e = parse_hex(bad).expect_err(bad).to_string();
+            assert!(e.contains("not a hex digit"), "{bad}: {e}");
+        }
+        assert!(parse_hex("abc").expect_err("odd").to_string().contains("odd number"));
+    }
 }
