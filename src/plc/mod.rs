@@ -73,6 +73,8 @@ pub enum DriverError {
     Connect { device: String, reason: String },
     #[error("{device}: read failed: {reason}")]
     Read { device: String, reason: String },
+    #[error("{device}: write failed: {reason}")]
+    Write { device: String, reason: String },
     #[error("{device}: no answer within {timeout_ms} ms")]
     Timeout { device: String, timeout_ms: u64 },
     /// The PLC (or whatever answers in its place) broke the protocol's
@@ -132,7 +134,7 @@ impl Driver {
     pub async fn connect(&mut self, device: &str) -> Result<(), DriverError> {
         match self {
             Driver::Sim(s) => s.check_reachable(),
-            Driver::S7(s) => s.connect().await.map_err(|e| s7_error(device, e, true)),
+            Driver::S7(s) => s.connect().await.map_err(|e| s7_error(device, e, Op::Connect)),
             Driver::Logix(l) => l.connect().await.map_err(|e| connect_error(device, e)),
         }
     }
@@ -151,7 +153,7 @@ impl Driver {
                 .read(indices)
                 .await
                 .map(tagged)
-                .map_err(|e| s7_error(device, e, false)),
+                .map_err(|e| s7_error(device, e, Op::Read)),
             Driver::Logix(l) => l.read(indices).await.map(tagged).map_err(|e| read_error(device, e)),
         }
     }
@@ -165,8 +167,8 @@ impl Driver {
     ) -> Result<Result<(), TagError>, DriverError> {
         let r = match self {
             Driver::Sim(_) => Ok(Err("the simulator's tags are read-only".to_string())),
-            Driver::S7(s) => s.write(index, value).await.map_err(|e| s7_error(device, e, false)),
-            Driver::Logix(l) => l.write(index, value).await.map_err(|e| read_error(device, e)),
+            Driver::S7(s) => s.write(index, value).await.map_err(|e| s7_error(device, e, Op::Write)),
+            Driver::Logix(l) => l.write(index, value).await.map_err(|e| write_error(device, e)),
         };
         r.map(|inner| inner.map_err(TagError))
     }
@@ -179,14 +181,32 @@ fn connect_error(device: &str, e: impl std::fmt::Display) -> DriverError {
     }
 }
 
-fn s7_error(device: &str, e: s7::S7Error, connecting: bool) -> DriverError {
-    match (e.is_protocol_violation(), connecting) {
-        (true, _) => DriverError::Protocol {
+/// What a driver was doing when its connection failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Connect,
+    Read,
+    Write,
+}
+
+fn s7_error(device: &str, e: s7::S7Error, op: Op) -> DriverError {
+    if e.is_protocol_violation() {
+        return DriverError::Protocol {
             device: device.to_string(),
             reason: e.to_string(),
-        },
-        (false, true) => connect_error(device, e),
-        (false, false) => read_error(device, e),
+        };
+    }
+    match op {
+        Op::Connect => connect_error(device, e),
+        Op::Read => read_error(device, e),
+        Op::Write => write_error(device, e),
+    }
+}
+
+fn write_error(device: &str, e: impl std::fmt::Display) -> DriverError {
+    DriverError::Write {
+        device: device.to_string(),
+        reason: e.to_string(),
     }
 }
 
@@ -274,5 +294,36 @@ impl SimDriver {
                 Ok(v)
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_that_fails_during_a_write_says_write_failed_not_read_failed() {
+        let closed = || s7::S7Error::Closed;
+        assert_eq!(
+            s7_error("press", closed(), Op::Write).to_string(),
+            "press: write failed: the PLC closed the connection"
+        );
+        assert_eq!(
+            s7_error("press", closed(), Op::Read).to_string(),
+            "press: read failed: the PLC closed the connection"
+        );
+        assert!(matches!(
+            s7_error("press", closed(), Op::Connect),
+            DriverError::Connect { .. }
+        ));
+        let oversized = s7::S7Error::Oversized {
+            max: 304,
+            fragments: 64,
+            pdu: 240,
+        };
+        assert!(matches!(
+            s7_error("press", oversized, Op::Write),
+            DriverError::Protocol { .. }
+        ));
     }
 }
