@@ -315,8 +315,30 @@ pub async fn run(
         if batch.len() > CHUNK {
             // Large scans go out in chunks, so neither the read results nor
             // the samples of 100k tags are held at once.
-            let mut failed = false;
+            let mut failed: Option<super::DriverError> = None;
+            if !connected {
+                // Counted like the single-read path's connect.
+                stats.connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let c = tokio::time::timeout(d.timeout, driver.connect(&d.name)).await;
+                match c.unwrap_or_else(|_| {
+                    Err(super::DriverError::Timeout {
+                        device: d.name.clone(),
+                        timeout_ms: d.timeout.as_millis() as u64,
+                    })
+                }) {
+                    Ok(()) => connected = true,
+                    Err(e) => {
+                        stats
+                            .connect_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        failed = Some(e);
+                    }
+                }
+            }
             for part in batch.chunks(CHUNK) {
+                if failed.is_some() {
+                    break;
+                }
                 let t0 = Instant::now();
                 let r = tokio::time::timeout(d.timeout, driver.read(&d.name, part, now_ms())).await;
                 let r = r.unwrap_or_else(|_| {
@@ -360,12 +382,12 @@ pub async fn run(
                             tracing::warn!(device = %d.name, error = %e, "the PLC broke the protocol: connection dropped");
                         }
                         tracing::debug!(device = %d.name, error = %e, "chunked read failed");
-                        failed = true;
+                        failed = Some(e);
                         break;
                     }
                 }
             }
-            if !failed {
+            let Some(e) = failed else {
                 breaker.succeeded();
                 if !online {
                     online = true;
@@ -373,18 +395,18 @@ pub async fn run(
                     tracing::info!(device = %d.name, tags = count, "device reachable: DBIRTH");
                 }
                 continue;
-            }
+            };
             // A half-read device stays offline; the next scan reads it all again.
             connected = false;
             let failures = breaker.failed();
             if online && failures >= d.fail_after {
                 online = false;
                 stats.set_online(false);
-                tracing::warn!(device = %d.name, "device unreachable: DDEATH");
+                tracing::warn!(device = %d.name, error = %e, "device unreachable: DDEATH");
                 if tx
                     .send(PollEvent::Offline {
                         device: d.name.clone(),
-                        reason: "read failed".into(),
+                        reason: e.to_string(),
                     })
                     .await
                     .is_err()
@@ -761,6 +783,33 @@ mod last_tests {
             Duration::from_millis(500),
             "jitter halves at most"
         );
+    }
+
+    #[test]
+    fn a_chunked_scan_connects_first_and_counts_the_connect_like_a_single_read() {
+        let mut d = crate::config::DeviceConfig::minimal("big", crate::config::DriverKind::Sim);
+        d.sim.generate = (CHUNK + 500) as u32;
+        let stats = Arc::new(DeviceStats::default());
+        let (tx, mut rx) = mpsc::channel(16);
+        let (stop_tx, stop) = watch::channel(false);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let poller = tokio::spawn(run(d, tx, stats.clone(), stop));
+            loop {
+                match rx.recv().await.expect("an event") {
+                    PollEvent::Online { complete: true, .. } => break,
+                    PollEvent::Online { .. } => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            stop_tx.send(true).expect("stop");
+            poller.await.expect("poller");
+        });
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!((load(&stats.connects), load(&stats.connect_failures)), (1, 0));
     }
 
     #[test]
