@@ -651,7 +651,7 @@ impl Runtime {
                         // queued): what it left unconfirmed is older than this
                         // record and is stored first, keeping the store in order.
                         to_store.extend(self.outbox.connection_lost());
-                        to_store.extend(data.record());
+                        to_store.extend(self.outbox.record_of(&data));
                     }
                 }
                 EdgeAction::Disconnect => {
@@ -954,7 +954,15 @@ impl Runtime {
         }
     }
 
-    fn update_gauges(&self) {
+    fn update_gauges(&mut self) {
+        let lost = self.outbox.take_undecodable();
+        if lost > 0 {
+            self.telemetry.dropped_samples.fetch_add(lost, Relaxed);
+            tracing::error!(
+                dropped = lost,
+                "samples whose encoding does not decode were dropped (a bug: please report)"
+            );
+        }
         let t = &self.telemetry;
         t.born.store(self.session.is_born(), Relaxed);
         t.bdseq.store(self.session.bdseq().into(), Relaxed);

@@ -159,6 +159,9 @@ pub struct Outbox {
     sent_samples: u64,
     /// Replayed samples in `sent`.
     stored_samples: u64,
+    /// Samples whose payload did not decode on their way to the store, not
+    /// yet taken by [`Outbox::take_undecodable`].
+    undecodable: u64,
     /// DATA messages sent since the last marker.
     unmarked: usize,
     retained: VecDeque<Retained>,
@@ -178,6 +181,7 @@ impl Outbox {
             sent_bytes: 0,
             sent_samples: 0,
             stored_samples: 0,
+            undecodable: 0,
             unmarked: 0,
             retained: VecDeque::new(),
             retained_bytes: 0,
@@ -209,7 +213,7 @@ impl Outbox {
             if let Some(Sent::Live { data, .. }) = self.sent.remove(i) {
                 self.sent_bytes -= data.bytes();
                 self.sent_samples -= data.samples;
-                spill.extend(data.record());
+                spill.extend(self.record_of(&data));
             }
         }
         spill
@@ -331,13 +335,29 @@ impl Outbox {
         self.sent_bytes = 0;
         self.sent_samples = 0;
         self.stored_samples = 0;
-        std::mem::take(&mut self.sent)
-            .into_iter()
+        let sent = std::mem::take(&mut self.sent);
+        sent.into_iter()
             .filter_map(|s| match s {
-                Sent::Live { data, .. } => data.record(),
+                Sent::Live { data, .. } => self.record_of(&data),
                 Sent::Stored { .. } => None,
             })
             .collect()
+    }
+
+    /// `data` as a record for the store; one that does not decode (which a
+    /// payload the session encoded always does) is counted, never dropped
+    /// silently.
+    pub fn record_of(&mut self, data: &Encoded) -> Option<Record> {
+        let r = data.record();
+        if r.is_none() {
+            self.undecodable += data.samples;
+        }
+        r
+    }
+
+    /// Samples dropped because their payload did not decode, since the last call.
+    pub fn take_undecodable(&mut self) -> u64 {
+        std::mem::take(&mut self.undecodable)
     }
 
     /// The Primary Host went offline at `now`: the samples confirmed within
@@ -346,10 +366,8 @@ impl Outbox {
         self.expire(now);
         self.retained_bytes = 0;
         self.retained_samples = 0;
-        let mut out: Vec<Record> = std::mem::take(&mut self.retained)
-            .into_iter()
-            .filter_map(|r| r.data.record())
-            .collect();
+        let retained = std::mem::take(&mut self.retained);
+        let mut out: Vec<Record> = retained.iter().filter_map(|r| self.record_of(&r.data)).collect();
         out.extend(self.connection_lost());
         out
     }
@@ -437,6 +455,20 @@ mod tests {
             Confirmed::default(),
             "a PUBACK of the old connection"
         );
+    }
+
+    #[test]
+    fn samples_whose_payload_does_not_decode_are_counted_not_dropped_silently() {
+        let mut o = Outbox::new(OutboxOptions::default());
+        o.sent_live(Encoded {
+            device: Some("d".into()),
+            samples: 5,
+            payload: vec![0xff; 7],
+        });
+        o.sent_live(Encoded::of(&rec(1)));
+        assert_eq!(values(&o.connection_lost()), vec![1], "the good one is stored");
+        assert_eq!(o.take_undecodable(), 5);
+        assert_eq!(o.take_undecodable(), 0, "taken once");
     }
 
     #[test]
