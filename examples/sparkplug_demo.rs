@@ -6,24 +6,33 @@
 //! `make demo-core` runs it; `make demo` is the networked demo (broker, PLC
 //! simulator, the gateway).
 
+use std::fmt::Write;
+
 use spb::sparkplug::edge::{DeviceDef, EdgeAction, EdgeConfig, EdgeSession};
 use spb::sparkplug::host::{HostConfig, HostEvent, HostLimits, HostSession};
 use spb::sparkplug::{pretty, DataType, Metric, Payload, Publish, Value};
 
-fn show(p: &Publish) {
+/// One line of the demo's output (kept in a String, so that a test can read it).
+macro_rules! say {
+    ($out:expr, $($t:tt)*) => {{
+        let _ = writeln!($out, $($t)*);
+    }};
+}
+
+fn show(out: &mut String, p: &Publish) {
     let decoded = Payload::decode(&p.payload)
         .map(|d| pretty::payload_lines(&d))
         .unwrap_or_else(|_| format!("{} bytes (DATA: decoded by the host below)", p.payload.len()));
-    println!("→ {}  {}", p.topic, decoded.replace('\n', "\n   "));
+    say!(out, "→ {}  {}", p.topic, decoded.replace('\n', "\n   "));
 }
 
-fn deliver(now: u64, host: &mut HostSession, edge: &mut EdgeSession, p: &Publish) {
+fn deliver(out: &mut String, now: u64, host: &mut HostSession, edge: &mut EdgeSession, p: &Publish) {
     for ev in host.handle_message(now, &p.topic, &p.payload) {
-        report(now, edge, host, ev);
+        report(out, now, edge, host, ev);
     }
 }
 
-fn report(now: u64, edge: &mut EdgeSession, host: &mut HostSession, ev: HostEvent) {
+fn report(out: &mut String, now: u64, edge: &mut EdgeSession, host: &mut HostSession, ev: HostEvent) {
     match ev {
         HostEvent::Data {
             device,
@@ -33,7 +42,8 @@ fn report(now: u64, edge: &mut EdgeSession, host: &mut HostSession, ev: HostEven
             ..
         } => {
             for (m, n) in metrics.iter().zip(&names) {
-                println!(
+                say!(
+                    out,
                     "   host: {} seq {seq}: {}",
                     device.as_deref().unwrap_or("node"),
                     pretty::metric_line_named(m, n)
@@ -41,30 +51,41 @@ fn report(now: u64, edge: &mut EdgeSession, host: &mut HostSession, ev: HostEven
             }
         }
         HostEvent::Publish(p) => {
-            println!("← host publishes {}", p.topic);
+            say!(out, "← host publishes {}", p.topic);
             // The rebirth request goes back to the edge, whose births go to the host.
             for a in edge.handle_message(now, &p.topic, &p.payload) {
-                if let EdgeAction::Publish(b) = a {
-                    show(&b);
-                    deliver(now, host, edge, &b);
+                if let Some(b) = a.publish() {
+                    show(out, b);
+                    deliver(out, now, host, edge, b);
                 }
             }
         }
         HostEvent::NodeBirth {
             node, bdseq, metrics, ..
         } => {
-            println!("   host: node {node} online, bdSeq {bdseq}, {} metrics", metrics.len())
+            say!(
+                out,
+                "   host: node {node} online, bdSeq {bdseq}, {} metrics",
+                metrics.len()
+            )
         }
         HostEvent::DeviceBirth { device, metrics, .. } => {
-            println!("   host: device {device} online, {} metrics", metrics.len())
+            say!(out, "   host: device {device} online, {} metrics", metrics.len())
         }
-        HostEvent::SequenceError { expected, got, .. } => println!("   host: expected seq {expected}, got {got}"),
-        HostEvent::RebirthRequested { reason, .. } => println!("   host: rebirth requested ({reason})"),
-        other => println!("   host: {other:?}"),
+        HostEvent::SequenceError { expected, got, .. } => say!(out, "   host: expected seq {expected}, got {got}"),
+        HostEvent::RebirthRequested { reason, .. } => say!(out, "   host: rebirth requested ({reason})"),
+        other => say!(out, "   host: {other:?}"),
     }
 }
 
 fn main() {
+    print!("{}", run());
+}
+
+/// The whole demo; its output, line by line.
+pub fn run() -> String {
+    let mut out = String::new();
+    let out = &mut out;
     let mut now = 1_700_000_000_000u64;
     let mut edge = EdgeSession::new(
         EdgeConfig {
@@ -98,61 +119,70 @@ fn main() {
     })
     .expect("valid host id");
 
-    println!("== host connects: Will = STATE offline, then STATE online");
+    say!(out, "== host connects: Will = STATE offline, then STATE online");
     host.begin_connect(now);
     let mut host_state = None;
     for ev in host.connected() {
         if let HostEvent::Publish(p) = ev {
-            println!("← {} {}", p.topic, String::from_utf8_lossy(&p.payload));
+            say!(out, "← {} {}", p.topic, String::from_utf8_lossy(&p.payload));
             host_state = Some(p);
         }
     }
-    println!("== edge connects, subscribes, waits for the Primary Host STATE, then is born");
+    say!(
+        out,
+        "== edge connects, subscribes, waits for the Primary Host STATE, then is born"
+    );
     edge.device_online(now, "press").expect("declared device");
     edge.begin_connect(now);
     edge.connected(now);
     let state = host_state.expect("the host published its STATE");
     for a in edge.handle_message(now, &state.topic, &state.payload) {
-        if let EdgeAction::Publish(p) = a {
-            show(&p);
-            deliver(now, &mut host, &mut edge, &p);
+        if let Some(p) = a.publish() {
+            show(out, p);
+            deliver(out, now, &mut host, &mut edge, p);
         }
     }
-    println!("== the press changes; one DDATA is lost on the way");
+    say!(out, "== the press changes; one DDATA is lost on the way");
     for i in 1..=5u32 {
         now += 500;
         let samples = vec![
             Metric::new("Temperature", Value::Float(20.0 + i as f32 * 0.75), now),
             Metric::new("Cycles", Value::UInt32(i), now),
         ];
+        // DATA comes as `EdgeAction::Data` (its samples kept for the
+        // store), births and deaths as `EdgeAction::Publish`.
         for a in edge.update(now, Some("press"), samples).expect("declared metrics") {
-            if let EdgeAction::Publish(p) = a {
+            if let Some(p) = a.publish() {
                 if i == 2 {
-                    println!("✗ lost: {}", p.topic);
+                    say!(out, "✗ lost: {}", p.topic);
                     continue;
                 }
-                println!("→ {} ({} bytes)", p.topic, p.payload.len());
-                deliver(now, &mut host, &mut edge, &p);
+                say!(out, "→ {} ({} bytes)", p.topic, p.payload.len());
+                deliver(out, now, &mut host, &mut edge, p);
             }
         }
     }
-    println!("== reorder timeout passes: the host requests a rebirth, the edge answers");
+    say!(
+        out,
+        "== reorder timeout passes: the host requests a rebirth, the edge answers"
+    );
     now += 2_000;
     for ev in host.tick(now) {
-        report(now, &mut edge, &mut host, ev);
+        report(out, now, &mut edge, &mut host, ev);
     }
-    println!("== the edge shuts down: NDEATH, then DISCONNECT");
+    say!(out, "== the edge shuts down: NDEATH, then DISCONNECT");
     for a in edge.shutdown(now) {
         match a {
             EdgeAction::Publish(p) => {
-                show(&p);
+                show(out, &p);
                 for ev in host.handle_message(now, &p.topic, &p.payload) {
                     if let HostEvent::NodeDeath { stale, .. } = ev {
-                        println!("   host: node offline, {} metrics STALE", stale.len());
+                        say!(out, "   host: node offline, {} metrics STALE", stale.len());
                     }
                 }
             }
-            other => println!("   edge: {other:?}"),
+            other => say!(out, "   edge: {other:?}"),
         }
     }
+    out.clone()
 }
