@@ -7,14 +7,19 @@
 //! hang-up. PEM files are read with rustls-pki-types' `PemObject` (what
 //! rustls-pemfile 2 delegates to; rustls-pemfile itself is marked unmaintained
 //! in RustSec, so we use its successor API directly). Keys may be PKCS#8, RSA
-//! (PKCS#1) or SEC1 EC.
+//! (PKCS#1) or SEC1 EC. With `tls.server_name`, the broker's certificate is
+//! verified against that name instead of `host` (a broker reached by its IP
+//! address whose certificate names it by DNS); the name is checked when the
+//! configuration is built.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use thiserror::Error;
 
 use crate::config::TlsConfig;
@@ -42,6 +47,52 @@ pub enum TlsError {
     },
     #[error("tls: no trust anchors: set tls.ca or tls.system_roots = true")]
     NoRoots,
+    #[error("tls.server_name: {name:?} is not a DNS name or an IP address")]
+    BadServerName { name: String },
+}
+
+/// Verifies the broker's certificate against the configured
+/// `tls.server_name` instead of the name the connection was opened with.
+#[derive(Debug)]
+struct NamedVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for NamedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _connected_to: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -81,10 +132,22 @@ pub fn client_config(tls: &TlsConfig, now: UnixTime) -> Result<Arc<ClientConfig>
         return Err(TlsError::NoRoots);
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = ClientConfig::builder_with_provider(provider)
+    let versions = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots);
+        .expect("ring supports the default protocol versions");
+    let builder = match &tls.server_name {
+        None => versions.with_root_certificates(roots),
+        Some(name) => {
+            let name =
+                ServerName::try_from(name.clone()).map_err(|_| TlsError::BadServerName { name: name.clone() })?;
+            let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|_| TlsError::NoRoots)?;
+            versions
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NamedVerifier { inner, name }))
+        }
+    };
     let config = match (&tls.cert, &tls.key) {
         (Some(cert_path), Some(key_path)) => {
             let chain = read_certs("tls.cert", cert_path)?;
@@ -239,6 +302,84 @@ mod tests {
             key: Some(key),
             server_name: None,
         }
+    }
+
+    /// A TLS handshake in memory between `client` (connecting to
+    /// 127.0.0.1, as rumqttc does with `host`) and a server presenting
+    /// `cert`; the client's error if it fails.
+    fn handshake(client: Arc<ClientConfig>, cert: &rcgen::Certificate, key: &rcgen::KeyPair) -> Result<(), String> {
+        let server_cfg =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![cert.der().clone()],
+                    PrivateKeyDer::try_from(key.serialize_der()).expect("key"),
+                )
+                .expect("server config");
+        let ip = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let mut c = rustls::ClientConnection::new(client, ip).expect("client");
+        let mut s = rustls::ServerConnection::new(Arc::new(server_cfg)).expect("server");
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).map_err(|e| e.to_string())?;
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                s.read_tls(&mut rd).map_err(|e| e.to_string())?;
+            }
+            s.process_new_packets().map_err(|e| format!("server: {e}"))?;
+            let mut buf = Vec::new();
+            s.write_tls(&mut buf).map_err(|e| e.to_string())?;
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).map_err(|e| e.to_string())?;
+            }
+            c.process_new_packets().map_err(|e| e.to_string())?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(());
+            }
+        }
+        Err("the handshake did not finish".into())
+    }
+
+    #[test]
+    fn tls_server_name_is_the_name_the_brokers_certificate_is_checked_against() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("ca");
+        // The broker's certificate names it by DNS only; we reach it by IP.
+        let key = rcgen::KeyPair::generate().expect("key");
+        let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+        let cert = rcgen::CertificateParams::new(vec!["broker.plant.test".to_string()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("leaf");
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca.pem()).expect("write");
+        let cfg = |name: Option<&str>| TlsConfig {
+            ca: Some(ca_path.clone()),
+            system_roots: false,
+            cert: None,
+            key: None,
+            server_name: name.map(str::to_string),
+        };
+        let named = client_config(&cfg(Some("broker.plant.test")), UnixTime::now()).expect("config");
+        assert_eq!(handshake(named, &cert, &key), Ok(()));
+        let by_ip = client_config(&cfg(None), UnixTime::now()).expect("config");
+        let e = handshake(by_ip, &cert, &key).expect_err("the certificate does not name 127.0.0.1");
+        assert!(e.contains("not valid for name \"127.0.0.1\""), "{e}");
+        let wrong = client_config(&cfg(Some("other.plant.test")), UnixTime::now()).expect("config");
+        assert!(
+            handshake(wrong, &cert, &key).is_err(),
+            "a wrong server_name is refused too"
+        );
+        assert!(matches!(
+            client_config(&cfg(Some("not a name!")), UnixTime::now()),
+            Err(TlsError::BadServerName { .. })
+        ));
     }
 
     #[test]
