@@ -49,6 +49,28 @@ pub enum TlsError {
     NoRoots,
     #[error("tls.server_name: {name:?} is not a DNS name or an IP address")]
     BadServerName { name: String },
+    #[error("tls.key: {path} is readable by every user (mode {mode:03o}): run `chmod 600 {path}` (or 640 with the service's group)")]
+    KeyReadableByAll { path: PathBuf, mode: u32 },
+}
+
+/// A private key must not be readable by every user; readable by the group
+/// is allowed (a service group) but said once at startup.
+fn check_key_mode(path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(()); // Reading it says why.
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o004 != 0 {
+        return Err(TlsError::KeyReadableByAll {
+            path: path.into(),
+            mode,
+        });
+    }
+    if mode & 0o040 != 0 {
+        tracing::warn!(path = %path.display(), mode = format!("{mode:03o}"), "tls.key is readable by its group");
+    }
+    Ok(())
 }
 
 /// Verifies the broker's certificate against the configured
@@ -155,6 +177,7 @@ pub fn client_config(tls: &TlsConfig, now: UnixTime) -> Result<Arc<ClientConfig>
                 path: cert_path.clone(),
                 problem,
             })?;
+            check_key_mode(key_path)?;
             let key_bytes = std::fs::read(key_path).map_err(|e| TlsError::Read {
                 key: "tls.key",
                 path: key_path.clone(),
@@ -290,8 +313,31 @@ mod tests {
         let (ca_p, cert_p, key_p) = (dir.join("ca.pem"), dir.join("client.pem"), dir.join("client.key"));
         std::fs::write(&ca_p, ca.pem()).expect("write");
         std::fs::write(&cert_p, cert.pem()).expect("write");
-        std::fs::write(&key_p, key.serialize_pem()).expect("write");
+        write_key(&key_p, key.serialize_pem());
         (ca_p, cert_p, key_p)
+    }
+
+    /// A private key as a careful installer leaves it: mode 600.
+    fn write_key(path: &Path, pem: String) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, pem).expect("write");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+
+    #[test]
+    fn a_client_key_readable_by_every_user_is_refused_with_the_chmod_to_run() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tmp");
+        let (ca, cert, key) = pki(dir.path(), time::OffsetDateTime::now_utc() + time::Duration::days(30));
+        for (mode, ok) in [(0o600, true), (0o640, true), (0o644, false), (0o604, false)] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            let r = client_config(&tls(ca.clone(), cert.clone(), key.clone()), UnixTime::now());
+            assert_eq!(r.is_ok(), ok, "mode {mode:o}");
+            if !ok {
+                let e = r.expect_err("refused").to_string();
+                assert!(e.contains("readable by every user") && e.contains("chmod 600"), "{e}");
+            }
+        }
     }
 
     fn tls(ca: PathBuf, cert: PathBuf, key: PathBuf) -> TlsConfig {
@@ -410,7 +456,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let (ca, cert, _) = pki(dir.path(), time::OffsetDateTime::now_utc() + time::Duration::days(30));
         let other = dir.path().join("other.key");
-        std::fs::write(&other, rcgen::KeyPair::generate().expect("key").serialize_pem()).expect("write");
+        write_key(&other, rcgen::KeyPair::generate().expect("key").serialize_pem());
         let err = client_config(&tls(ca, cert, other), UnixTime::now())
             .expect_err("mismatch")
             .to_string();

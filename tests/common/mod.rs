@@ -190,6 +190,13 @@ impl Pki {
         w("client.key", client_k.serialize_pem());
         w("rogue-client.pem", rogue.pem());
         w("rogue-client.key", rogue_client_k.serialize_pem());
+        // Client keys as an installer leaves them (the gateway refuses a
+        // key every user can read); the broker's key stays readable by
+        // mosquitto, which may run as another user.
+        for key in ["client.key", "rogue-client.key"] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path().join(key), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
         Pki { dir }
     }
 
