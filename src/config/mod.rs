@@ -542,8 +542,89 @@ impl MqttConfig {
     }
 }
 
+/// Why `host` is not a host name, IPv4 or IPv6 address, with what to write
+/// instead (a scheme or a port written into it, a dotted quad out of range).
+pub fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("is empty: write the host name or IP address".into());
+    }
+    if let Some((scheme, _)) = host.split_once("://") {
+        return Err(format!(
+            "'{host}' has a scheme ('{scheme}://'): write the host alone (TLS is chosen by its own table, the port by `port`)"
+        ));
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok(());
+    }
+    if host.contains(':') {
+        return Err(format!(
+            "'{host}' has a ':' in it: write the host alone and its port as `port`"
+        ));
+    }
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return host
+            .parse::<std::net::Ipv4Addr>()
+            .map(|_| ())
+            .map_err(|_| format!("'{host}' is not an IPv4 address (four numbers 0 to 255)"));
+    }
+    let ok_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if host.len() > 253 || !host.trim_end_matches('.').split('.').all(ok_label) {
+        return Err(format!(
+            "'{host}' is not a host name (letters, digits and '-' between dots) or an IP address"
+        ));
+    }
+    Ok(())
+}
+
+/// Why a PLC `address` (host, host:port, IPv6, [IPv6]:port) cannot be used.
+pub fn check_plc_address(address: &str) -> Result<(), String> {
+    let a = address.trim();
+    if a.contains("://") {
+        return check_host(a);
+    }
+    let (host, port) = if let Some(rest) = a.strip_prefix('[') {
+        match rest.split_once("]:") {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest.trim_end_matches(']'), None),
+        }
+    } else if a.matches(':').count() == 1 {
+        let (h, p) = a.split_once(':').expect("one ':'");
+        (h, Some(p))
+    } else {
+        (a, None)
+    };
+    if let Some(p) = port {
+        if p.is_empty() {
+            return Err(format!(
+                "'{address}' ends in ':' without a port: write host or host:port"
+            ));
+        }
+        match p.parse::<u32>() {
+            Ok(n) if (1..=65535).contains(&n) => {}
+            _ => return Err(format!("'{address}': port '{p}' is not a number from 1 to 65535")),
+        }
+    }
+    check_host(host).map_err(|e| {
+        if host.is_empty() {
+            format!("'{address}' has no host before the port")
+        } else {
+            e
+        }
+    })
+}
+
 fn read_server(t: &Table) -> Option<ServerConfig> {
     let host = t.req_str("host", "the broker's host name or IP address");
+    if let Some(Err(e)) = host.as_deref().map(check_host) {
+        t.invalid("host", e);
+    }
     let tls = t.opt_table("tls").map(|tt| {
         let tls = TlsConfig {
             ca: tt.opt_path("ca"),
@@ -713,6 +794,8 @@ fn read_device(t: &Table) -> Option<DeviceConfig> {
     let address = t.opt_str("address");
     if matches!(driver, Some(DriverKind::S7 | DriverKind::Logix)) && address.as_deref().is_none_or(str::is_empty) {
         t.missing("address", "the PLC's IP address or host name (host or host:port)");
+    } else if let Some(Err(e)) = address.as_deref().filter(|a| !a.is_empty()).map(check_plc_address) {
+        t.invalid("address", e);
     }
     let s7 = match t.opt_table("s7") {
         Some(st) => {
@@ -1170,6 +1253,63 @@ deadbnad = 0.5
         );
         let off = format!("{MINIMAL}\n[commands]\nenabled = false\n");
         assert!(Config::parse("c.toml", &off).is_ok());
+    }
+
+    #[test]
+    fn hosts_and_plc_addresses_a_technician_mistypes_are_errors_that_say_what_to_write() {
+        for good in [
+            "broker.plant.local",
+            "10.0.0.5",
+            "localhost",
+            "::1",
+            "[fe80::1]",
+            "b-1.x.",
+        ] {
+            assert_eq!(check_host(good), Ok(()), "{good}");
+        }
+        for (bad, says) in [
+            ("", "is empty"),
+            ("192.168.10.5:8883", "its port as `port`"),
+            ("mqtts://broker", "has a scheme"),
+            ("192.168.10.300", "not an IPv4 address"),
+            ("broker_1.plant", "not a host name"),
+            ("-x.plant", "not a host name"),
+        ] {
+            let e = check_host(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        for good in [
+            "192.168.10.30",
+            "192.168.10.30:102",
+            "plc-4.line",
+            "[fe80::1]:44818",
+            "fe80::1",
+        ] {
+            assert_eq!(check_plc_address(good), Ok(()), "{good}");
+        }
+        for (bad, says) in [
+            ("192.168.10.30:", "without a port"),
+            (":99999", "not a number from 1 to 65535"),
+            (":102", "no host before the port"),
+            ("192.168.10.300", "not an IPv4 address"),
+            ("http://192.168.10.30", "has a scheme"),
+            ("10.0.0.1:0", "not a number from 1 to 65535"),
+        ] {
+            let e = check_plc_address(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        // In a file: the key path and line:column.
+        let text = MINIMAL.replace("host = \"broker.local\"", "host = \"mqtts://broker.local\"")
+            + "\n[[devices]]\nname = \"plc\"\ndriver = \"s7\"\naddress = \"192.168.10.30:\"\n";
+        let errs = Config::parse("c.toml", &text).expect_err("two errors").to_string();
+        assert!(
+            errs.contains("c.toml:7:8: mqtt.servers[0].host: 'mqtts://broker.local' has a scheme"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("c.toml:12:11: devices[0].address: '192.168.10.30:' ends in ':' without a port"),
+            "{errs}"
+        );
     }
 
     #[test]
