@@ -993,8 +993,35 @@ fn read_sim(t: &Table, classes: &[(String, Duration)]) -> SimDeviceConfig {
     s
 }
 
+/// IEC 61131-3 elementary type names (as a controls engineer types them,
+/// any case) and the Sparkplug datatype each is polled as.
+pub const IEC_DATATYPES: [(&str, DataType); 18] = [
+    ("BOOL", DataType::Boolean),
+    ("SINT", DataType::Int8),
+    ("INT", DataType::Int16),
+    ("DINT", DataType::Int32),
+    ("LINT", DataType::Int64),
+    ("USINT", DataType::UInt8),
+    ("BYTE", DataType::UInt8),
+    ("UINT", DataType::UInt16),
+    ("WORD", DataType::UInt16),
+    ("UDINT", DataType::UInt32),
+    ("DWORD", DataType::UInt32),
+    ("ULINT", DataType::UInt64),
+    ("LWORD", DataType::UInt64),
+    ("REAL", DataType::Float),
+    ("LREAL", DataType::Double),
+    ("STRING", DataType::String),
+    ("DT", DataType::DateTime),
+    ("DATE_AND_TIME", DataType::DateTime),
+];
+
 fn datatype(t: &Table, key: &str, s: &str) -> Option<DataType> {
-    match DataType::from_name(s) {
+    let iec = IEC_DATATYPES
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(s))
+        .map(|(_, d)| *d);
+    match iec.or_else(|| DataType::from_name(s)) {
         Some(dt) if dt.is_metric_type() && !matches!(dt, DataType::DataSet | DataType::Template | DataType::File) => {
             Some(dt)
         }
@@ -1003,13 +1030,37 @@ fn datatype(t: &Table, key: &str, s: &str) -> Option<DataType> {
             None
         }
         None => {
-            let hint = crate::sparkplug::datatype::ALL
+            // The closest name, Sparkplug's or IEC's, if it is close.
+            let pollable: Vec<String> = crate::sparkplug::datatype::ALL
                 .iter()
-                .filter(|d| reader::edit_distance(&d.name().to_lowercase(), &s.to_lowercase()) <= 2)
-                .map(|d| format!(" (did you mean {d}?)"))
-                .next()
+                .filter(|d| {
+                    d.is_metric_type()
+                        && !matches!(
+                            d,
+                            DataType::DataSet | DataType::Template | DataType::File | DataType::Unknown
+                        )
+                })
+                .map(|d| d.name().to_string())
+                .collect();
+            let candidates = pollable
+                .iter()
+                .map(String::as_str)
+                .chain(IEC_DATATYPES.iter().map(|(n, _)| *n));
+            let hint = candidates
+                .map(|n| (reader::edit_distance(&n.to_lowercase(), &s.to_lowercase()), n))
+                .filter(|(d, _)| *d <= 2)
+                .min_by_key(|(d, _)| *d)
+                .map(|(_, n)| format!(" (did you mean {n}?)"))
                 .unwrap_or_default();
-            t.invalid(key, format!("unknown datatype '{s}'{hint}"));
+            let iec: Vec<&str> = IEC_DATATYPES.iter().map(|(n, _)| *n).collect();
+            t.invalid(
+                key,
+                format!(
+                    "unknown datatype '{s}'{hint}; valid: {}; or IEC 61131-3: {}",
+                    pollable.join(", "),
+                    iec.join(", ")
+                ),
+            );
             None
         }
     }
@@ -1236,7 +1287,7 @@ deadbnad = 0.5
                 "config.toml:8:8: mqtt.servers[0].port: 70000 is outside 1..=65535",
                 // Written under [[mqtt.servers]], so it is that server's keepalive.
                 "config.toml:9:13: mqtt.servers[0].keepalive: 'fast' is not a duration: use e.g. \"500ms\", \"30s\", \"5m\", \"1h\"",
-                "config.toml:18:12: devices[0].tags[0].datatype: unknown datatype 'Flaot' (did you mean Float?)",
+                "config.toml:18:12: devices[0].tags[0].datatype: unknown datatype 'Flaot' (did you mean Float?); valid: Int8, Int16, Int32, Int64, UInt8, UInt16, UInt32, UInt64, Float, Double, Boolean, String, DateTime, Text, UUID, Bytes, Int8Array, Int16Array, Int32Array, Int64Array, UInt8Array, UInt16Array, UInt32Array, UInt64Array, FloatArray, DoubleArray, BooleanArray, StringArray, DateTimeArray; or IEC 61131-3: BOOL, SINT, INT, DINT, LINT, USINT, BYTE, UINT, WORD, UDINT, DWORD, ULINT, LWORD, REAL, LREAL, STRING, DT, DATE_AND_TIME",
                 "config.toml:19:1: devices[0].tags[0].deadbnad: unknown key (did you mean `deadband`?); allowed here: name, address, datatype, scan_class, deadband, deadband_percent, writable",
                 "6 errors in the configuration",
             ]
@@ -1309,6 +1360,30 @@ deadbnad = 0.5
         assert!(
             errs.contains("c.toml:12:11: devices[0].address: '192.168.10.30:' ends in ':' without a port"),
             "{errs}"
+        );
+    }
+
+    #[test]
+    fn iec_61131_datatype_names_are_accepted_in_any_case_and_a_typo_gets_the_nearest_name() {
+        let tag = |dt: &str| {
+            format!("{MINIMAL}\n[[devices]]\nname = \"plc\"\ndriver = \"sim\"\n[[devices.tags]]\nname = \"T\"\naddress = \"counter\"\ndatatype = \"{dt}\"\n")
+        };
+        for (name, dt) in [
+            ("REAL", DataType::Float),
+            ("dint", DataType::Int32),
+            ("Bool", DataType::Boolean),
+            ("LREAL", DataType::Double),
+            ("WORD", DataType::UInt16),
+            ("Int32", DataType::Int32),
+        ] {
+            let c = Config::parse("c.toml", &tag(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(c.devices[0].tags[0].datatype, dt, "{name}");
+        }
+        let e = Config::parse("c.toml", &tag("DINTT")).expect_err("typo").to_string();
+        assert!(e.contains("unknown datatype 'DINTT' (did you mean DINT?)"), "{e}");
+        assert!(
+            e.contains("or IEC 61131-3: BOOL, SINT"),
+            "the valid names are listed: {e}"
         );
     }
 
