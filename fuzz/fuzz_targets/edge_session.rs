@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
             limits: EdgeLimits {
                 max_command_metrics: 50,
                 state_max_skew_ms: 60_000,
+                max_packet_bytes: 4096,
             },
         },
         vec![Metric::new("Load", Value::Double(0.5), T0)],

@@ -54,6 +54,17 @@ const REPLAY_WINDOW: u64 = 100_000;
 /// Samples decoded from the store at a time during a replay.
 const REPLAY_BATCH: u64 = 8_192;
 
+/// What became of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Handed to the MQTT client.
+    Yes,
+    /// Larger than `mqtt.max_packet_size`: refused, the connection kept.
+    TooLarge,
+    /// No connection (or it is closing).
+    Closed,
+}
+
 /// The store's options from `[store]`.
 fn disk_options(cfg: &Config) -> DiskOptions {
     DiskOptions {
@@ -137,6 +148,7 @@ fn edge_config(cfg: &Config, dry_run: bool) -> EdgeConfig {
         limits: crate::sparkplug::edge::EdgeLimits {
             max_command_metrics: cfg.commands.max_metrics,
             state_max_skew_ms: cfg.node.state_max_skew.as_millis() as u64,
+            max_packet_bytes: usize::try_from(cfg.mqtt.max_packet_size).unwrap_or(usize::MAX),
         },
     }
 }
@@ -629,7 +641,7 @@ impl Runtime {
                 }
                 EdgeAction::Publish(p) => {
                     let qos1 = p.qos == crate::sparkplug::QoS::AtLeastOnce;
-                    if self.publish(p).await && qos1 {
+                    if self.publish(p).await == Sent::Yes && qos1 {
                         self.outbox.other_qos1_sent();
                     }
                 }
@@ -644,14 +656,20 @@ impl Runtime {
                         samples: count as u64,
                         payload: samples,
                     };
-                    if self.publish(publish).await {
-                        to_store.extend(self.outbox.sent_live(data));
-                    } else {
-                        // The connection is gone (its Closed event may still be
-                        // queued): what it left unconfirmed is older than this
-                        // record and is stored first, keeping the store in order.
-                        to_store.extend(self.outbox.connection_lost());
-                        to_store.extend(self.outbox.record_of(&data));
+                    match self.publish(publish).await {
+                        Sent::Yes => to_store.extend(self.outbox.sent_live(data)),
+                        Sent::TooLarge => {
+                            // Not a connection loss: the watermark's markers and
+                            // the outbox stay as they are; the samples are counted.
+                            self.telemetry.dropped_samples.fetch_add(data.samples, Relaxed);
+                        }
+                        Sent::Closed => {
+                            // The connection is gone (its Closed event may still be
+                            // queued): what it left unconfirmed is older than this
+                            // record and is stored first, keeping the store in order.
+                            to_store.extend(self.outbox.connection_lost());
+                            to_store.extend(self.outbox.record_of(&data));
+                        }
                     }
                 }
                 EdgeAction::Disconnect => {
@@ -690,17 +708,19 @@ impl Runtime {
     }
 
     /// Publishes; true when the client took the message.
-    async fn publish(&mut self, p: Publish) -> bool {
+    async fn publish(&mut self, p: Publish) -> Sent {
         let kind = Topic::parse(&p.topic).ok().and_then(|t| t.kind());
-        let Some(c) = &self.client else { return false };
+        let Some(c) = &self.client else { return Sent::Closed };
         let len = p.payload.len();
-        if len as u64 > self.cfg.mqtt.max_packet_size {
-            // A birth cannot be split (it must hold every metric): say what to change.
+        if (len + p.topic.len() + crate::sparkplug::edge::PUBLISH_OVERHEAD) as u64 > self.cfg.mqtt.max_packet_size {
+            // DATA is split by the session to fit; a birth cannot be split
+            // (it must hold every metric): say what to change. The
+            // connection is fine: this is no connection loss.
             tracing::error!(
                 topic = %p.topic, bytes = len, max_packet_size = self.cfg.mqtt.max_packet_size,
-                "message larger than mqtt.max_packet_size: raise it (the broker's limit too), or for DATA lower node.max_data_metrics"
+                "message larger than mqtt.max_packet_size: raise it (the broker's limit too)"
             );
-            return false;
+            return Sent::TooLarge;
         }
         if kind == Some(MessageType::NBirth) {
             tracing::info!(topic = %p.topic, bdseq = self.session.bdseq(), "NBIRTH");
@@ -710,11 +730,11 @@ impl Runtime {
                 if let Some(k) = kind {
                     self.telemetry.published(k, len);
                 }
-                true
+                Sent::Yes
             }
             Err(e) => {
                 tracing::warn!(error = %e, "publish failed (connection closing)");
-                false
+                Sent::Closed
             }
         }
     }
@@ -930,13 +950,17 @@ impl Runtime {
                         self.replayed_in_window += n as u64;
                         for a in actions {
                             match a {
-                                EdgeAction::Publish(p) => {
-                                    if !self.publish(p).await {
-                                        // The connection is going: the record stays
-                                        // stored and is replayed on the next one.
-                                        return;
+                                EdgeAction::Publish(p) => match self.publish(p).await {
+                                    Sent::Yes => {}
+                                    // The session splits DATA to fit: nothing to
+                                    // retry; counted, deleted with the next confirmation.
+                                    Sent::TooLarge => {
+                                        self.telemetry.dropped_samples.fetch_add(n as u64, Relaxed);
                                     }
-                                }
+                                    // The connection is going: the record stays
+                                    // stored and is replayed on the next one.
+                                    Sent::Closed => return,
+                                },
                                 other => self.execute(vec![other]).await,
                             }
                         }

@@ -157,6 +157,10 @@ pub struct EdgeLimits {
     pub max_command_metrics: usize,
     /// How far ahead of this node's clock a STATE timestamp may be.
     pub state_max_skew_ms: u64,
+    /// The largest MQTT packet the broker takes (`mqtt.max_packet_size`):
+    /// DATA is split so that no message, topic and header included, is
+    /// larger, before a seq is given to it.
+    pub max_packet_bytes: usize,
 }
 
 impl Default for EdgeLimits {
@@ -164,9 +168,14 @@ impl Default for EdgeLimits {
         EdgeLimits {
             max_command_metrics: 1_000,
             state_max_skew_ms: 10 * 60 * 1000,
+            max_packet_bytes: 1024 * 1024,
         }
     }
 }
+
+/// Bytes of an MQTT PUBLISH besides its topic and payload: fixed header (at
+/// most 5), topic length (2) and packet id (2).
+pub const PUBLISH_OVERHEAD: usize = 9;
 
 /// Before this (2020-01-01T00:00:00Z) the node's own clock is not trusted to
 /// judge a STATE timestamp (a box without an RTC boots in 1970).
@@ -763,13 +772,44 @@ impl EdgeSession {
             MessageType::NData
         };
         let topic = self.topic(kind, device.as_deref());
-        out_metrics
-            .chunks(chunk)
-            .map(|part| {
-                let seq = self.take_seq();
-                // [tck-id-payloads-metric-datatype-not-req]
-                let payload = encode_iter(Some(now), Some(seq), part.iter().map(Cow::Borrowed), Datatypes::Omit)
-                    .expect("session payloads are built from declarations checked in EdgeSession::new");
+        let max_payload = self
+            .cfg
+            .limits
+            .max_packet_bytes
+            .saturating_sub(topic.len() + PUBLISH_OVERHEAD);
+        // Parts of at most `chunk` metrics; a part whose payload is over the
+        // packet limit is halved until it fits, before its seq is taken, so
+        // no seq is ever burnt on a message that cannot be sent.
+        let mut parts: std::collections::VecDeque<&[Metric]> = out_metrics.chunks(chunk).collect();
+        let mut out = Vec::new();
+        while let Some(part) = parts.pop_front() {
+            // [tck-id-payloads-metric-datatype-not-req]
+            let payload = encode_iter(
+                Some(now),
+                Some(u64::from(self.next_seq)),
+                part.iter().map(Cow::Borrowed),
+                Datatypes::Omit,
+            )
+            .expect("session payloads are built from declarations checked in EdgeSession::new");
+            if payload.len() > max_payload {
+                if part.len() > 1 {
+                    let (a, b) = part.split_at(part.len() / 2);
+                    parts.push_front(b);
+                    parts.push_front(a);
+                } else {
+                    out.push(EdgeAction::Rejected {
+                        topic: topic.clone(),
+                        reason: format!(
+                            "one metric encodes to {} bytes, more than mqtt.max_packet_size allows ({max_payload} for this topic): not sent",
+                            payload.len()
+                        ),
+                    });
+                }
+                continue;
+            }
+            // The seq encoded above is the one taken now.
+            self.take_seq();
+            out.push({
                 let publish = Publish {
                     topic: topic.clone(),
                     payload,
@@ -779,7 +819,8 @@ impl EdgeSession {
                 };
                 if historical {
                     // Replayed from the store, which keeps the samples.
-                    return EdgeAction::Publish(publish);
+                    out.push(EdgeAction::Publish(publish));
+                    continue;
                 }
                 let scope = self.scope(i);
                 let named = part.iter().map(|m| {
@@ -798,8 +839,9 @@ impl EdgeSession {
                     samples,
                     count: part.len(),
                 }
-            })
-            .collect()
+            });
+        }
+        out
     }
 
     /// Checks samples against the birth declarations and returns them with
@@ -1779,6 +1821,102 @@ mod tests {
             })
             .collect();
         assert_eq!(sizes, vec![(10, Some(1)), (10, Some(2)), (5, Some(3))]);
+    }
+
+    /// A node with 40 String metrics whose packets may be at most `max` bytes.
+    fn strings_node(max: usize) -> EdgeSession {
+        let metrics: Vec<Metric> = (0..40)
+            .map(|i| Metric::null(format!("S{i}"), DataType::String, T0))
+            .collect();
+        let mut s = EdgeSession::new(
+            EdgeConfig {
+                limits: EdgeLimits {
+                    max_packet_bytes: max,
+                    ..EdgeLimits::default()
+                },
+                ..cfg()
+            },
+            metrics,
+            vec![],
+            None,
+        )
+        .expect("valid");
+        s.begin_connect(T0);
+        s.connected(T0);
+        s
+    }
+
+    fn decoded(p: &Publish) -> crate::sparkplug::pb::Payload {
+        <crate::sparkplug::pb::Payload as prost::Message>::decode(p.payload.as_slice()).expect("pb")
+    }
+
+    // [tck-id-payloads-sequence-num-incrementing]
+    #[test]
+    fn data_larger_than_the_packet_limit_is_split_before_seqs_are_given_and_every_message_fits() {
+        let mut s = strings_node(1024);
+        let long = "x".repeat(100);
+        let changes: Vec<Metric> = (0..40)
+            .map(|i| Metric::new(format!("S{i}"), Value::String(format!("{long}{i}")), T0 + 1))
+            .collect();
+        let out = s.update(T0 + 1, None, changes).expect("declared");
+        let msgs = publishes(&out);
+        assert!(msgs.len() >= 5, "4 KiB of strings in 1 KiB packets: {}", msgs.len());
+        let mut seqs = Vec::new();
+        let mut values = 0;
+        for p in &msgs {
+            assert!(
+                p.topic.len() + p.payload.len() + PUBLISH_OVERHEAD <= 1024,
+                "{} bytes",
+                p.payload.len()
+            );
+            let raw = decoded(p);
+            seqs.push(raw.seq.expect("seq"));
+            values += raw.metrics.len();
+        }
+        assert_eq!(values, 40, "every change sent once");
+        let want: Vec<u64> = (1..=msgs.len() as u64).collect();
+        assert_eq!(seqs, want, "consecutive seqs, none burnt");
+        // The same holds for stored samples replayed after a birth.
+        let mut s = strings_node(1024);
+        let stored: Vec<Metric> = (0..40)
+            .map(|i| Metric::new(format!("S{i}"), Value::String(format!("{long}{i}")), T0 - 5))
+            .collect();
+        let out = s.replay(T0 + 1, None, stored).expect("publishing");
+        let msgs = publishes(&out);
+        assert!(msgs.len() >= 5);
+        assert!(msgs
+            .iter()
+            .all(|p| p.topic.len() + p.payload.len() + PUBLISH_OVERHEAD <= 1024));
+        assert_eq!(msgs.iter().map(|p| decoded(p).metrics.len()).sum::<usize>(), 40);
+    }
+
+    #[test]
+    fn a_single_metric_larger_than_the_packet_limit_is_refused_without_burning_a_seq() {
+        let mut s = strings_node(512);
+        let out = s
+            .update(
+                T0 + 1,
+                None,
+                vec![Metric::new("S0", Value::String("y".repeat(2000)), T0 + 1)],
+            )
+            .expect("declared");
+        assert!(publishes(&out).is_empty());
+        assert!(
+            matches!(&out[..], [EdgeAction::Rejected { reason, .. }] if reason.contains("more than mqtt.max_packet_size allows")),
+            "{out:?}"
+        );
+        let out = s
+            .update(
+                T0 + 2,
+                None,
+                vec![Metric::new("S1", Value::String("ok".into()), T0 + 2)],
+            )
+            .expect("declared");
+        assert_eq!(
+            decoded(publishes(&out)[0]).seq,
+            Some(1),
+            "the next DATA has the next seq"
+        );
     }
 
     // [tck-id-operational-behavior-data-publish-nbirth-change] [tck-id-operational-behavior-data-publish-dbirth-change]
