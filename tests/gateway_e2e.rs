@@ -311,10 +311,20 @@ fn check_config_exits_1_and_names_every_error() {
         err.contains("bad.toml:7:8: mqtt.servers[0].port: expected an integer, found string"),
         "{err}"
     );
+    // The shipped files pass once the certificates they name exist (the
+    // example's are under /etc/spb-gateway: here a PKI of the test's own).
+    let pki = Pki::generate();
     for shipped in ["config/example.toml", "config/demo.toml"] {
+        let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(shipped))
+            .expect("shipped config")
+            .replace("/etc/spb-gateway/ca.pem", &pki.path("ca.pem"))
+            .replace("/etc/spb-gateway/client.pem", &pki.path("client.pem"))
+            .replace("/etc/spb-gateway/client.key", &pki.path("client.key"));
+        let copy = dir.path().join("shipped.toml");
+        std::fs::write(&copy, text).expect("write");
         let ok = std::process::Command::new(env!("CARGO_BIN_EXE_spb-gateway"))
-            .args(["--check-config", "--config", shipped])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["--check-config", "--config"])
+            .arg(&copy)
             .output()
             .expect("run");
         assert!(
@@ -323,6 +333,71 @@ fn check_config_exits_1_and_names_every_error() {
             String::from_utf8_lossy(&ok.stderr)
         );
     }
+}
+
+/// `--check-config` on `text` (written beside the test's files): exit code and stderr.
+fn check_config(dir: &std::path::Path, text: &str) -> (Option<i32>, String) {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spb-gateway"))
+        .args(["--check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn check_config_rejects_what_would_fail_at_the_first_connect_tls_files_a_mismatched_key_an_expired_cert_a_birth_too_large(
+) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = Pki::generate();
+    let node = "[node]\ngroup_id = \"G\"\nnode_id = \"gw\"\n";
+    let server = |ca: &str, cert: &str, key: &str| {
+        format!("[[mqtt.servers]]\nhost = \"127.0.0.1\"\n[mqtt.servers.tls]\nca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n")
+    };
+    let good = server(&pki.path("ca.pem"), &pki.path("client.pem"), &pki.path("client.key"));
+    assert_eq!(check_config(dir.path(), &format!("{node}{good}")).0, Some(0));
+    // A key file that is not there.
+    let missing = server(&pki.path("ca.pem"), &pki.path("client.pem"), "/nonexistent/client.key");
+    let (code, err) = check_config(dir.path(), &format!("{node}{missing}"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("mqtt.servers[0].tls.key: cannot read /nonexistent/client.key"),
+        "{err}"
+    );
+    // The rogue client's key with the good client's certificate.
+    let mismatch = server(
+        &pki.path("ca.pem"),
+        &pki.path("client.pem"),
+        &pki.path("rogue-client.key"),
+    );
+    let (code, err) = check_config(dir.path(), &format!("{node}{mismatch}"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("does not match the client certificate"), "{err}");
+    // A client certificate that expired, and one not valid for 10 years.
+    for (label, from, to, says) in [
+        ("expired", 1_500_000_000i64, 1_600_000_000i64, "expired on 2020-09-13"),
+        ("future", 2_100_000_000, 2_200_000_000, "is not valid yet"),
+    ] {
+        let (cert, key) = pki.client_cert_valid(label, from, to);
+        let (code, err) = check_config(
+            dir.path(),
+            &format!("{node}{}", server(&pki.path("ca.pem"), &cert, &key)),
+        );
+        assert_eq!(code, Some(1), "{label}: {err}");
+        assert!(err.contains(says), "{label}: {err}");
+    }
+    // 2,000 tags born in one DBIRTH of more than the 16 KiB allowed.
+    let big = format!(
+        "{node}[mqtt]\nmax_packet_size = \"16KiB\"\n[[mqtt.servers]]\nhost = \"127.0.0.1\"\n[[devices]]\nname = \"d\"\ndriver = \"sim\"\n[devices.sim]\ngenerate = 2000\n"
+    );
+    let (code, err) = check_config(dir.path(), &big);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("mqtt.max_packet_size: the birth spBv1.0/G/DBIRTH/gw/d is"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -551,4 +626,29 @@ fn decode_refuses_non_hex_input_with_an_error_and_a_closed_pipe_is_a_quiet_exit(
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A box without a real-time clock boots at 1970, where its client
+/// certificate is "not valid yet": the gateway polls and stores from its
+/// first second anyway, says why at each connect, and the broker decides.
+/// (Here the certificate is valid only from 2036, the clock being right.)
+#[test]
+fn a_client_certificate_not_yet_valid_does_not_stop_polling_or_storing() {
+    let pki = Pki::generate();
+    let broker = Broker::start(Some(&pki));
+    let (cert, key) = pki.client_cert_valid("future", 2_100_000_000, 2_200_000_000);
+    let server = format!(
+        "host = \"127.0.0.1\"\nport = {}\n[mqtt.servers.tls]\nca = \"{}\"\ncert = \"{cert}\"\nkey = \"{key}\"\nserver_name = \"localhost\"\n",
+        broker.tls_port.expect("mTLS listener"),
+        pki.path("ca.pem"),
+    );
+    let http = common::free_port();
+    let gw = Gateway::start(&common::with_http(test_config("TC", "gw", &server, ""), http), &[]);
+    gw.wait_log("device reachable", Duration::from_secs(20));
+    gw.wait_log("is not valid yet (valid from 2036", Duration::from_secs(20));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while common::prom_value(http, "spb_stored_samples_total").unwrap_or(0.0) < 5.0 {
+        assert!(std::time::Instant::now() < deadline, "nothing stored:\n{}", gw.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

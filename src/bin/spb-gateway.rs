@@ -223,6 +223,21 @@ fn real_main() -> Result<std::process::ExitCode> {
     }
     release_freed_memory();
     if check {
+        let pre = gateway::preflight(&cfg, spb::plc::poller::now_ms());
+        for w in &pre.warnings {
+            eprintln!("{}: warning: {w}", config_path.display());
+        }
+        if !pre.errors.is_empty() {
+            for e in &pre.errors {
+                eprintln!("{}: {e}", config_path.display());
+            }
+            eprintln!(
+                "{} error{} that would stop or fail the gateway",
+                pre.errors.len(),
+                if pre.errors.len() == 1 { "" } else { "s" }
+            );
+            return Ok(std::process::ExitCode::from(1));
+        }
         let tags: usize = cfg.devices.iter().map(|d| d.tags.len() + d.sim.generate as usize).sum();
         emit(format_args!(
             "{}: valid ({} device{}, {tags} tags, {} MQTT server{})\n",

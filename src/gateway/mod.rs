@@ -54,6 +54,67 @@ const REPLAY_WINDOW: u64 = 100_000;
 /// Samples decoded from the store at a time during a replay.
 const REPLAY_BATCH: u64 = 8_192;
 
+/// What `--check-config` finds beyond the file's syntax and keys: what
+/// would fail at start or at the first connect.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Preflight {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Checks that `cfg` can run: every server's TLS files read, the key
+/// matches its certificate, the client certificate is valid now (with a
+/// clock before 2020 only a warning: a box without a real-time clock) and
+/// not about to expire (a warning within 30 days), and every birth fits
+/// `mqtt.max_packet_size` (a birth cannot be split).
+pub fn preflight(cfg: &Config, now_ms: u64) -> Preflight {
+    let mut out = Preflight::default();
+    let now = rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_millis(now_ms));
+    for (i, s) in cfg.mqtt.servers.iter().enumerate() {
+        let Some(t) = &s.tls else { continue };
+        if let Err(e) = mqtt::tls::client_config(t, now) {
+            out.errors.push(format!("mqtt.servers[{i}].{e}"));
+            continue;
+        }
+        match mqtt::tls::certificate_problem(t, now, 30) {
+            Ok((Some(problem), _)) if mqtt::tls::clock_is_plausible(now.as_secs()) => {
+                out.errors.push(format!("mqtt.servers[{i}].tls.cert: {problem}"))
+            }
+            Ok((Some(problem), _)) => out.warnings.push(format!(
+                "mqtt.servers[{i}].tls.cert: {problem}; the system clock says {} (not set yet?)",
+                mqtt::tls::format_time(now.as_secs())
+            )),
+            Ok((None, Some(soon))) => out.warnings.push(format!("mqtt.servers[{i}].tls.cert: {soon}")),
+            Ok((None, None)) => {}
+            Err(e) => out.errors.push(format!("mqtt.servers[{i}].{e}")),
+        }
+    }
+    // The births, as the session would publish them at a connect.
+    let mut ecfg = edge_config(cfg, true);
+    ecfg.limits.max_packet_bytes = usize::MAX;
+    match EdgeSession::new(ecfg, node_metrics(now_ms), definitions(cfg, now_ms), None) {
+        Ok(mut session) => {
+            let mut actions = Vec::new();
+            for d in cfg.devices.iter().filter(|d| d.enabled) {
+                let _ = session.device_online(now_ms, &d.name);
+            }
+            actions.extend(session.begin_connect(now_ms));
+            actions.extend(session.connected(now_ms));
+            for p in actions.iter().filter_map(EdgeAction::publish) {
+                let bytes = p.topic.len() + p.payload.len() + crate::sparkplug::edge::PUBLISH_OVERHEAD;
+                if bytes as u64 > cfg.mqtt.max_packet_size {
+                    out.errors.push(format!(
+                        "mqtt.max_packet_size: the birth {} is {bytes} bytes, more than {} (a birth holds every metric and cannot be split): raise it, and the broker's limit",
+                        p.topic, cfg.mqtt.max_packet_size
+                    ));
+                }
+            }
+        }
+        Err(e) => out.errors.push(format!("sparkplug session: {e}")),
+    }
+    out
+}
+
 /// What became of a publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sent {
@@ -447,6 +508,9 @@ impl Runtime {
         self.conn_id += 1;
         self.connack = false;
         self.closing = false;
+        if let Some(problem) = srv.certificate_problem(rustls::pki_types::UnixTime::now()) {
+            tracing::warn!(server = %srv.label(), "tls.cert: {problem}: connecting anyway (the broker decides); polling and storing go on");
+        }
         let opts = mqtt::options(&srv, &self.cfg.mqtt, &self.cfg.node.node_id, will.as_ref());
         tracing::info!(server = %srv.label(), bdseq = self.session.bdseq(), attempt = self.attempt, "connecting");
         self.set_status(format!("connecting to {}", srv.label()));

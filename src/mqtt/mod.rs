@@ -78,6 +78,23 @@ impl Server {
             .collect()
     }
 
+    /// What is wrong with the client certificate's validity now (logged at
+    /// each connect; the connect is tried anyway, the broker decides), with
+    /// the clock's reading when it cannot be trusted (a box without an RTC).
+    pub fn certificate_problem(&self, now: rustls::pki_types::UnixTime) -> Option<String> {
+        let tls = self.cfg.tls.as_ref()?;
+        let (problem, _) = tls::certificate_problem(tls, now, 0).ok()?;
+        let problem = problem?;
+        Some(if tls::clock_is_plausible(now.as_secs()) {
+            problem
+        } else {
+            format!(
+                "{problem}; the system clock says {} (not set yet: no real-time clock or NTP?)",
+                tls::format_time(now.as_secs())
+            )
+        })
+    }
+
     /// `host:port` for logs.
     pub fn label(&self) -> String {
         format!("{}:{}", self.cfg.host, self.cfg.port)

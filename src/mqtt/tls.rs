@@ -37,8 +37,6 @@ pub enum TlsError {
     NoCertificate { key: &'static str, path: PathBuf },
     #[error("tls.ca: {path}: certificate rejected as a trust anchor: {reason}")]
     BadCa { path: PathBuf, reason: String },
-    #[error("tls.cert: {path}: the client certificate {problem}")]
-    Validity { path: PathBuf, problem: String },
     #[error("tls.key: {path} does not match the client certificate {cert}: {reason}")]
     KeyMismatch {
         path: PathBuf,
@@ -173,10 +171,10 @@ pub fn client_config(tls: &TlsConfig, now: UnixTime) -> Result<Arc<ClientConfig>
     let config = match (&tls.cert, &tls.key) {
         (Some(cert_path), Some(key_path)) => {
             let chain = read_certs("tls.cert", cert_path)?;
-            check_validity(&chain[0], now).map_err(|problem| TlsError::Validity {
-                path: cert_path.clone(),
-                problem,
-            })?;
+            // Validity is not judged here: a box without a real-time clock
+            // boots at 1970 and must poll and store from its first second.
+            // `certificate_problem` says it, at --check-config and at each connect.
+            let _ = now;
             check_key_mode(key_path)?;
             let key_bytes = std::fs::read(key_path).map_err(|e| TlsError::Read {
                 key: "tls.key",
@@ -199,6 +197,50 @@ pub fn client_config(tls: &TlsConfig, now: UnixTime) -> Result<Arc<ClientConfig>
         _ => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
+}
+
+/// What is wrong with the client certificate's validity at `now`, if
+/// anything ("expired on …", "is not valid yet (valid from …)"); its expiry
+/// when that is less than `warn_days` away (a warning, the second value).
+pub fn certificate_problem(
+    tls: &TlsConfig,
+    now: UnixTime,
+    warn_days: u64,
+) -> Result<(Option<String>, Option<String>), TlsError> {
+    let Some(cert_path) = &tls.cert else {
+        return Ok((None, None));
+    };
+    let chain = read_certs("tls.cert", cert_path)?;
+    if let Err(problem) = check_validity(&chain[0], now) {
+        return Ok((
+            Some(format!(
+                "the client certificate {cert} {problem}",
+                cert = cert_path.display()
+            )),
+            None,
+        ));
+    }
+    let soon = der::validity(chain[0].as_ref()).and_then(|(_, not_after)| {
+        (not_after.saturating_sub(now.as_secs()) < warn_days * 86_400).then(|| {
+            format!(
+                "the client certificate {} expires on {}",
+                cert_path.display(),
+                der::format_time(not_after)
+            )
+        })
+    });
+    Ok((None, soon))
+}
+
+/// `secs` since the epoch as a UTC date and time, for messages.
+pub fn format_time(secs: u64) -> String {
+    der::format_time(secs)
+}
+
+/// Whether a clock reading (seconds since the epoch) can be trusted to judge
+/// a certificate: before 2020 it is a box that booted without a real-time clock.
+pub fn clock_is_plausible(now_secs: u64) -> bool {
+    now_secs >= 1_577_836_800
 }
 
 /// Reads notBefore/notAfter from a certificate's DER and checks `now` is inside.
@@ -436,19 +478,32 @@ mod tests {
     }
 
     #[test]
-    fn expired_client_certificate_is_refused_with_its_date() {
+    fn an_expired_client_certificate_is_reported_with_its_date_but_does_not_stop_the_config() {
         let dir = tempfile::tempdir().expect("tmp");
         let (ca, cert, key) = pki(
             dir.path(),
             time::OffsetDateTime::from_unix_timestamp(1_600_000_000).expect("ts"),
         );
-        let err = client_config(&tls(ca, cert, key), UnixTime::now())
-            .expect_err("expired")
-            .to_string();
-        assert!(
-            err.contains("the client certificate expired on 2020-09-13 UTC"),
-            "{err}"
-        );
+        let t = tls(ca, cert, key);
+        assert!(client_config(&t, UnixTime::now()).is_ok(), "polling and storing go on");
+        let (problem, _) = certificate_problem(&t, UnixTime::now(), 30).expect("readable");
+        let problem = problem.expect("expired");
+        assert!(problem.contains("expired on 2020-09-13 UTC"), "{problem}");
+    }
+
+    #[test]
+    fn a_certificate_not_yet_valid_at_1970_is_reported_and_one_expiring_soon_warned() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (ca, cert, key) = pki(dir.path(), time::OffsetDateTime::now_utc() + time::Duration::days(10));
+        let t = tls(ca, cert, key);
+        let boot = UnixTime::since_unix_epoch(std::time::Duration::from_secs(60));
+        assert!(!clock_is_plausible(60) && clock_is_plausible(1_800_000_000));
+        let (problem, _) = certificate_problem(&t, boot, 30).expect("readable");
+        assert!(problem.expect("not yet valid").contains("is not valid yet (valid from"));
+        let (problem, soon) = certificate_problem(&t, UnixTime::now(), 30).expect("readable");
+        assert_eq!(problem, None);
+        assert!(soon.expect("within 30 days").contains("expires on"));
+        assert_eq!(certificate_problem(&t, UnixTime::now(), 5).expect("readable").1, None);
     }
 
     #[test]

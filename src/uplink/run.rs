@@ -233,6 +233,9 @@ impl Loop {
         self.conn_id += 1;
         self.connack = false;
         let client_id = format!("spb-uplink-{}", self.cfg.host.host_id);
+        if let Some(problem) = srv.certificate_problem(rustls::pki_types::UnixTime::now()) {
+            tracing::warn!(server = %srv.label(), "tls.cert: {problem}: connecting anyway (the broker decides)");
+        }
         let opts = mqtt::options(&srv, &self.cfg.mqtt, &client_id, Some(&will));
         tracing::info!(server = %srv.label(), "connecting");
         self.client = Some(mqtt::connect(

@@ -156,6 +156,8 @@ pub fn wait_for_port(port: u16, within: Duration) {
 /// certificate, and a client certificate from a rogue CA.
 pub struct Pki {
     pub dir: tempfile::TempDir,
+    /// The CA, to sign more certificates in a test.
+    ca: (rcgen::CertificateParams, rcgen::KeyPair),
 }
 
 impl Pki {
@@ -197,7 +199,27 @@ impl Pki {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir.path().join(key), std::fs::Permissions::from_mode(0o600)).expect("chmod");
         }
-        Pki { dir }
+        Pki { dir, ca: (ca_p, ca_k) }
+    }
+
+    /// A client certificate for `gw-test` signed by this CA and valid from
+    /// `from` to `to` (seconds since the epoch): (cert path, key path).
+    pub fn client_cert_valid(&self, label: &str, from: i64, to: i64) -> (String, String) {
+        use std::os::unix::fs::PermissionsExt;
+        let issuer = rcgen::Issuer::from_params(&self.ca.0, &self.ca.1);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(vec!["gw-test".to_string()]).expect("params");
+        p.not_before = time::OffsetDateTime::from_unix_timestamp(from).expect("from");
+        p.not_after = time::OffsetDateTime::from_unix_timestamp(to).expect("to");
+        let cert = p.signed_by(&key, &issuer).expect("cert");
+        let (c, k) = (
+            self.dir.path().join(format!("{label}.pem")),
+            self.dir.path().join(format!("{label}.key")),
+        );
+        std::fs::write(&c, cert.pem()).expect("write");
+        std::fs::write(&k, key.serialize_pem()).expect("write");
+        std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        (c.display().to_string(), k.display().to_string())
     }
 
     pub fn path(&self, name: &str) -> String {
