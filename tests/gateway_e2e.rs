@@ -652,3 +652,47 @@ fn a_client_certificate_not_yet_valid_does_not_stop_polling_or_storing() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// 10,000 devices born at one connect: NBIRTH and 10,000 DBIRTHs leave in one
+/// go. The task that drives the MQTT client and the runtime that feeds it
+/// must not wait on each other (two bounded channels); every birth arrives.
+#[test]
+fn ten_thousand_devices_born_at_once_all_reach_the_broker() {
+    let mut broker = Broker::start(None);
+    let devices: String = (0..10_000)
+        .map(|i| {
+            format!(
+                "[[devices]]\nname = \"d{i}\"\ndriver = \"sim\"\n[devices.scan_classes]\nslow = \"10s\"\n[[devices.tags]]\nname = \"T\"\naddress = \"counter\"\ndatatype = \"UInt32\"\nscan_class = \"slow\"\n"
+            )
+        })
+        .collect();
+    let http = common::free_port();
+    let cfg = format!(
+        "[node]\ngroup_id = \"Storm\"\nnode_id = \"gw\"\n[mqtt]\nbackoff_min = \"200ms\"\nbackoff_max = \"1s\"\n[[mqtt.servers]]\nhost = \"127.0.0.1\"\nport = {}\n[telemetry]\nlisten = \"127.0.0.1:{http}\"\nlog_format = \"human\"\n{devices}",
+        broker.port
+    );
+    let mut gw = Gateway::start(&cfg, &[]);
+    gw.wait_log("health and metrics on", Duration::from_secs(60));
+    let births = || common::prom_value(http, "spb_messages_published_total{type=\"DBIRTH\"}").unwrap_or(0.0);
+    let wait_births = |n: f64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while births() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {n} DBIRTHs published:\n{}",
+                births(),
+                gw.log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // At the first connect the devices come online one by one; after a
+    // reconnect all 10,000 are online and born in one go.
+    wait_births(10_000.0);
+    broker.kill();
+    broker.restart();
+    wait_births(20_000.0);
+    // The loop is alive: it answers and stops cleanly.
+    gw.signal(Signal::SIGTERM);
+    assert!(gw.wait_exit(Duration::from_secs(30)).success());
+}

@@ -14,7 +14,10 @@ pub mod watermark;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, TlsConfiguration,
+    Transport,
+};
 use thiserror::Error;
 use tokio::sync::mpsc;
 
@@ -147,6 +150,18 @@ pub fn connect(opts: MqttOptions, timeout: Duration, id: u64, tx: mpsc::Sender<C
         loop {
             match eventloop.poll().await {
                 Ok(ev) => {
+                    // What nobody waits for is not forwarded: above all the
+                    // trace of every QoS 0 publish (packet id 0). Forwarded,
+                    // a burst of thousands of DATA or births filled this
+                    // channel while the runtime, not reading it, waited for
+                    // room in rumqttc's request channel, which this task
+                    // drains: a cycle of two bounded channels.
+                    if matches!(
+                        ev,
+                        Event::Outgoing(Outgoing::Publish(0) | Outgoing::PingReq) | Event::Incoming(Packet::PingResp)
+                    ) {
+                        continue;
+                    }
                     if tx.send(ConnEvent::Event(id, ev)).await.is_err() {
                         return;
                     }
