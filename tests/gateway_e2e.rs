@@ -696,3 +696,30 @@ fn ten_thousand_devices_born_at_once_all_reach_the_broker() {
     gw.signal(Signal::SIGTERM);
     assert!(gw.wait_exit(Duration::from_secs(30)).success());
 }
+
+/// 100,000 changes in one scan with `max_data_metrics = 10`: 10,000 DDATA
+/// in a burst, and the loop keeps up (no wait cycle with the MQTT task).
+#[test]
+fn a_hundred_thousand_changes_in_one_scan_as_ten_thousand_ddata_all_leave() {
+    let broker = Broker::start(None);
+    let http = common::free_port();
+    let cfg = format!(
+        "[node]\ngroup_id = \"Burst\"\nnode_id = \"gw\"\nmax_data_metrics = 10\n[mqtt]\nmax_packet_size = \"16MiB\"\n[[mqtt.servers]]\nhost = \"127.0.0.1\"\nport = {}\n[telemetry]\nlisten = \"127.0.0.1:{http}\"\nlog_format = \"human\"\n[[devices]]\nname = \"big\"\ndriver = \"sim\"\ntimeout = \"10s\"\n[devices.scan_classes]\nscan = \"5s\"\n[devices.sim]\ngenerate = 100000\ngenerate_signal = \"random_walk(step=0.5)\"\ngenerate_datatype = \"Double\"\ngenerate_scan_class = \"scan\"\n",
+        broker.port
+    );
+    let mut gw = Gateway::start(&cfg, &[]);
+    gw.wait_log("health and metrics on", Duration::from_secs(60));
+    let ddata = || common::prom_value(http, "spb_messages_published_total{type=\"DDATA\"}").unwrap_or(0.0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while ddata() < 10_000.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} DDATA published:\n{}",
+            ddata(),
+            gw.log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    gw.signal(Signal::SIGTERM);
+    assert!(gw.wait_exit(Duration::from_secs(30)).success());
+}
