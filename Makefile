@@ -105,10 +105,12 @@ aarch64: ## Build spb-gateway for the board (aarch64-unknown-linux-gnu) without 
 		cargo build --release --target $(AARCH64) --bin spb-gateway
 	@ls -l target/$(AARCH64)/release/spb-gateway
 
-aarch64-check: aarch64 ## Run the aarch64 binary's --check-config on both shipped configs under qemu
-	for c in config/example.toml config/demo.toml; do \
-		qemu-aarch64-static -L /usr/aarch64-linux-gnu target/$(AARCH64)/release/spb-gateway --check-config --config $$c || exit 1; \
-	done
+aarch64-check: aarch64 ## Run the aarch64 binary's --check-config on both shipped configs under qemu (the example's certificates from certs-example/)
+	@pki=$$(mktemp -d) && certs-example/make-certs.sh $$pki gw-01 >/dev/null && \
+	sed "s|/etc/spb-gateway/|$$pki/|g" config/example.toml > $$pki/example.toml && \
+	for c in $$pki/example.toml config/demo.toml; do \
+		qemu-aarch64-static -L /usr/aarch64-linux-gnu target/$(AARCH64)/release/spb-gateway --check-config --config $$c || { rm -rf $$pki; exit 1; }; \
+	done; rm -rf $$pki
 
 yocto-crates: ## Generate the Yocto crate list (yocto/recipes-core/spb-gateway/spb-gateway-crates.inc) from Cargo.lock
 	python3 tools/yocto-crates.py
