@@ -381,12 +381,22 @@ fn check_config_rejects_what_would_fail_at_the_first_connect_tls_files_a_mismatc
         ("future", 2_100_000_000, 2_200_000_000, "is not valid yet"),
     ] {
         let (cert, key) = pki.client_cert_valid(label, from, to);
-        let (code, err) = check_config(
-            dir.path(),
-            &format!("{node}{}", server(&pki.path("ca.pem"), &cert, &key)),
-        );
+        let text = format!("{node}{}", server(&pki.path("ca.pem"), &cert, &key));
+        let (code, err) = check_config(dir.path(), &text);
         assert_eq!(code, Some(1), "{label}: {err}");
         assert!(err.contains(says), "{label}: {err}");
+        // At boot (the unit's ExecStartPre) only a warning: the gateway
+        // must start, poll and store while the certificate is replaced.
+        let path = dir.path().join("boot.toml");
+        std::fs::write(&path, &text).expect("write");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_spb-gateway"))
+            .args(["--check-config", "--at-boot", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{label} at boot: {err}");
+        assert!(err.contains("warning:") && err.contains(says), "{label} at boot: {err}");
     }
     // 2,000 tags born in one DBIRTH of more than the 16 KiB allowed.
     let big = format!(

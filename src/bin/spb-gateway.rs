@@ -15,8 +15,10 @@ spb-gateway — Sparkplug B edge gateway
 
 usage:
   spb-gateway [OPTIONS]                 run the gateway
-  spb-gateway --check-config [--config PATH]
-                                        validate the configuration and exit (0 = valid)
+  spb-gateway --check-config [--at-boot] [--config PATH]
+                                        validate the configuration and exit (0 = valid); --at-boot
+                                        (the unit's ExecStartPre) only warns about a client
+                                        certificate's dates, so that the gateway still stores
   spb-gateway watch [WATCH OPTIONS]     decoded live view of the Sparkplug traffic on a broker
   spb-gateway decode [--hex] [FILE]     decode one Sparkplug B payload (stdin without FILE)
   spb-gateway discover --driver s7|logix --address HOST[:PORT] [DISCOVER OPTIONS]
@@ -198,6 +200,7 @@ fn real_main() -> Result<std::process::ExitCode> {
             .unwrap_or_else(|| config::DEFAULT_PATH.to_string()),
     );
     let check = args.flag("--check-config");
+    let at_boot = args.flag("--at-boot");
     let overrides = Overrides {
         broker_host: args.value("--broker-host")?,
         broker_port: args.parsed("--broker-port")?,
@@ -223,7 +226,7 @@ fn real_main() -> Result<std::process::ExitCode> {
     }
     release_freed_memory();
     if check {
-        let pre = gateway::preflight(&cfg, spb::plc::poller::now_ms());
+        let pre = gateway::preflight(&cfg, spb::plc::poller::now_ms(), at_boot);
         for w in &pre.warnings {
             eprintln!("{}: warning: {w}", config_path.display());
         }

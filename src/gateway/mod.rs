@@ -66,8 +66,10 @@ pub struct Preflight {
 /// matches its certificate, the client certificate is valid now (with a
 /// clock before 2020 only a warning: a box without a real-time clock) and
 /// not about to expire (a warning within 30 days), and every birth fits
-/// `mqtt.max_packet_size` (a birth cannot be split).
-pub fn preflight(cfg: &Config, now_ms: u64) -> Preflight {
+/// `mqtt.max_packet_size` (a birth cannot be split). `at_boot` (the unit's
+/// `ExecStartPre`) makes a certificate's validity a warning: the gateway
+/// then polls and stores while it cannot connect, instead of not starting.
+pub fn preflight(cfg: &Config, now_ms: u64, at_boot: bool) -> Preflight {
     let mut out = Preflight::default();
     let now = rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_millis(now_ms));
     for (i, s) in cfg.mqtt.servers.iter().enumerate() {
@@ -77,6 +79,9 @@ pub fn preflight(cfg: &Config, now_ms: u64) -> Preflight {
             continue;
         }
         match mqtt::tls::certificate_problem(t, now, 30) {
+            Ok((Some(problem), _)) if at_boot => out.warnings.push(format!(
+                "mqtt.servers[{i}].tls.cert: {problem}: the gateway starts, polls and stores, but cannot connect until it is replaced"
+            )),
             Ok((Some(problem), _)) if mqtt::tls::clock_is_plausible(now.as_secs()) => {
                 out.errors.push(format!("mqtt.servers[{i}].tls.cert: {problem}"))
             }
