@@ -1796,19 +1796,13 @@ mod tests {
         let metrics: Vec<Metric> = (0..25)
             .map(|i| Metric::new(format!("T{i}"), Value::Int32(0), T0))
             .collect();
-        let mut s = EdgeSession::new(
+        let mut s = connected_node(
             EdgeConfig {
                 max_data_metrics: 10,
-                limits: Default::default(),
                 ..cfg()
             },
             metrics,
-            vec![],
-            None,
-        )
-        .expect("valid");
-        s.begin_connect(T0);
-        s.connected(T0);
+        );
         let changes: Vec<Metric> = (0..25)
             .map(|i| Metric::new(format!("T{i}"), Value::Int32(1), T0 + 1))
             .collect();
@@ -1816,11 +1810,19 @@ mod tests {
         let sizes: Vec<(usize, Option<u64>)> = publishes(&out)
             .iter()
             .map(|p| {
-                let raw = <crate::sparkplug::pb::Payload as prost::Message>::decode(p.payload.as_slice()).expect("pb");
+                let raw = decoded(p);
                 (raw.metrics.len(), raw.seq)
             })
             .collect();
         assert_eq!(sizes, vec![(10, Some(1)), (10, Some(2)), (5, Some(3))]);
+    }
+
+    /// A node with `metrics` and no devices, connected (and so born).
+    fn connected_node(cfg: EdgeConfig, metrics: Vec<Metric>) -> EdgeSession {
+        let mut s = EdgeSession::new(cfg, metrics, vec![], None).expect("valid");
+        s.begin_connect(T0);
+        s.connected(T0);
+        s
     }
 
     /// A node with 40 String metrics whose packets may be at most `max` bytes.
@@ -1828,7 +1830,7 @@ mod tests {
         let metrics: Vec<Metric> = (0..40)
             .map(|i| Metric::null(format!("S{i}"), DataType::String, T0))
             .collect();
-        let mut s = EdgeSession::new(
+        connected_node(
             EdgeConfig {
                 limits: EdgeLimits {
                     max_packet_bytes: max,
@@ -1837,13 +1839,7 @@ mod tests {
                 ..cfg()
             },
             metrics,
-            vec![],
-            None,
         )
-        .expect("valid");
-        s.begin_connect(T0);
-        s.connected(T0);
-        s
     }
 
     fn decoded(p: &Publish) -> crate::sparkplug::pb::Payload {
