@@ -45,7 +45,7 @@ proto: ## Regenerate src/sparkplug/generated/ from proto/sparkplug_b.proto (no p
 	cargo run -q --example protogen
 
 fuzz-build: ## Build every fuzz target (compiled and linked against libFuzzer; `make fuzz` runs them)
-	cargo build --manifest-path fuzz/Cargo.toml --bins
+	cargo build --locked --manifest-path fuzz/Cargo.toml --bins
 
 FUZZ_SMOKE_SECONDS ?= 8
 fuzz-smoke: fuzz-build ## Every fuzz target over its seeds (fuzz/seeds/), then FUZZ_SMOKE_SECONDS of mutations each: a smoke run in `make test`

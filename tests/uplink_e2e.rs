@@ -265,6 +265,19 @@ fn past_the_backlog_threshold_state_goes_offline_and_the_gateway_stores_meanwhil
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // What was already on its way (in the broker, in the uplink's queue)
+    // still arrives: sample the backlog once the uplink has received nothing
+    // for half a second. If the edges kept sending, this never settles.
+    let mut last = uplink.metric("spb_uplink_messages_total");
+    let mut quiet_since = Instant::now();
+    uplink.wait_until("the uplink stops receiving", |u| {
+        let now = u.metric("spb_uplink_messages_total");
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+        quiet_since.elapsed() >= Duration::from_millis(500)
+    });
     let backlog = uplink.metric("spb_uplink_backlog_rows");
     std::thread::sleep(Duration::from_secs(1));
     assert!(
