@@ -1,25 +1,24 @@
-//! The gateway runtime: executes what the sans-IO [`EdgeSession`] decides.
+//! The gateway runtime: executes what the sans-IO cores decide.
 //!
-//! One task owns the session and runs a select loop over: the current MQTT
-//! connection's events, the pollers' events, a 100 ms tick (debounced
-//! rebirths, replay of stored data, status), the reconnect timer, and signals
-//! (SIGTERM/SIGINT: NDEATH, DISCONNECT, exit 0; SIGHUP: reload).
+//! One task owns the [`EdgeSession`] (the Sparkplug protocol) and the
+//! [`Forwarder`] (store-and-forward: what to keep, confirm and replay) and
+//! runs a select loop over: the current MQTT connection's events, the
+//! pollers' events, the store thread's reports, a 100 ms tick (debounced
+//! rebirths, replay of stored data, status), the reconnect timer, and
+//! signals (SIGTERM/SIGINT: NDEATH, DISCONNECT, exit 0; SIGHUP: reload).
+//! The durable store runs on its own thread ([`StoreThread`]): no write,
+//! sync or read of the store runs on the async workers.
 //!
 //! Invariants:
 //! - At most one MQTT connection exists; events of a previous one are ignored.
 //! - The Will is rebuilt by the session before every CONNECT; bdSeq is
 //!   persisted (write, fsync, rename) as soon as a CONNECT is known to be sent.
-//! - Samples the session cannot publish go to the store, written as one
-//!   group as soon as no more samples are ready (counted in
-//!   `spb_stored_samples_total` once written) and synced by the store within
-//!   `store.flush_interval`; they are replayed on the tick, at most
-//!   `REPLAY_WINDOW` unconfirmed at a time, only while the session publishes.
-//! - Every DATA message is tracked by the [`Outbox`] until a QoS 1 marker on
-//!   `spb-gateway/watermark/<group>/<node>` published after it is
-//!   acknowledged (docs/ARCHITECTURE.md decision 3); a stored record is deleted
-//!   only then. On a connection loss the unconfirmed live samples are stored;
-//!   when the Primary Host goes offline, so are those confirmed within
-//!   `store.host_window`.
+//! - Every decision about stored data is the forwarder's; this loop only
+//!   hands its operations to the store thread, in order, and its reports
+//!   back (see `queue::forward` for the rules and their tests).
+//! - A group commit happens as soon as no more samples are ready; a sample
+//!   counts as stored once written (`spb_stored_samples_total`), and is
+//!   synced within `store.flush_interval`.
 //! - A reload that fails validation changes nothing and logs every error.
 
 use std::path::{Path, PathBuf};
@@ -39,7 +38,9 @@ use crate::mqtt::{self, ConnEvent, MqttError, Server};
 use crate::plc::poller::{self, now_ms, PollEvent};
 use crate::plc::sim::Rng;
 use crate::queue::disk::{DiskOptions, QueueError};
-use crate::queue::outbox::{Encoded, Outbox, OutboxOptions};
+use crate::queue::forward::{Forwarder, ForwarderOptions, Notice, Replayed, Sent, StoreOp, StoreReport};
+use crate::queue::outbox::{Encoded, OutboxOptions};
+use crate::queue::thread::StoreThread;
 use crate::queue::{LazyStore, Record};
 use crate::sparkplug::edge::{DeviceDef, EdgeAction, EdgeConfig, EdgeError, EdgeSession};
 use crate::sparkplug::topic::{MessageType, Topic};
@@ -48,11 +49,6 @@ use crate::telemetry::metrics::Telemetry;
 use crate::telemetry::{http, systemd};
 
 pub mod watch;
-
-/// Replayed samples the broker may have unconfirmed at a time.
-const REPLAY_WINDOW: u64 = 100_000;
-/// Samples decoded from the store at a time during a replay.
-const REPLAY_BATCH: u64 = 8_192;
 
 /// What `--check-config` finds beyond the file's syntax and keys: what
 /// would fail at start or at the first connect.
@@ -118,17 +114,6 @@ pub fn preflight(cfg: &Config, now_ms: u64, at_boot: bool) -> Preflight {
         Err(e) => out.errors.push(format!("sparkplug session: {e}")),
     }
     out
-}
-
-/// What became of a publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sent {
-    /// Handed to the MQTT client.
-    Yes,
-    /// Larger than `mqtt.max_packet_size`: refused, the connection kept.
-    TooLarge,
-    /// No connection (or it is closing).
-    Closed,
 }
 
 /// The store's options from `[store]`.
@@ -219,19 +204,24 @@ fn edge_config(cfg: &Config, dry_run: bool) -> EdgeConfig {
     }
 }
 
-/// The outbox's bounds. The host window only matters with a Primary Host to
-/// watch; without one nothing is retained.
-fn outbox_options(cfg: &Config) -> OutboxOptions {
+/// The forwarder's options from `[store]`. The host window only matters
+/// with a Primary Host to watch; without one nothing is retained.
+fn forwarder_options(cfg: &Config) -> ForwarderOptions {
     let s = &cfg.store;
     let window = if cfg.node.primary_host_id.is_some() {
         s.host_window
     } else {
         Duration::ZERO
     };
-    OutboxOptions {
-        host_window_ms: window.as_millis() as u64,
-        host_window_bytes: usize::try_from(s.host_window_max_bytes).unwrap_or(usize::MAX),
-        ..OutboxOptions::default()
+    ForwarderOptions {
+        outbox: OutboxOptions {
+            host_window_ms: window.as_millis() as u64,
+            host_window_bytes: usize::try_from(s.host_window_max_bytes).unwrap_or(usize::MAX),
+            ..OutboxOptions::default()
+        },
+        replay_rate: s.replay_rate,
+        flush_records: s.flush_records as usize,
+        ..ForwarderOptions::default()
     }
 }
 
@@ -299,7 +289,9 @@ struct Runtime {
     status: Arc<Mutex<String>>,
     session: EdgeSession,
     servers: Vec<Server>,
-    store: LazyStore,
+    /// The store-and-forward decisions; the store itself runs on `store`.
+    fwd: Forwarder,
+    store: Option<StoreThread>,
     /// Where the queue lives; removed at exit for a dry run.
     queue_dir: PathBuf,
     client: Option<AsyncClient>,
@@ -314,19 +306,9 @@ struct Runtime {
     pollers: Vec<JoinHandle<()>>,
     rng: Rng,
     state_dir: PathBuf,
-    replay_budget: f64,
-    outbox: Outbox,
-    /// Records to store, waiting for the group commit.
-    pending: Vec<Record>,
-    pending_since: Option<Instant>,
-    /// The Primary Host was online since the window was last handed over.
-    host_was_online: bool,
     /// Log lines for store errors and drops, at most one per 10 s each.
     store_errors: Throttle,
     store_full: Throttle,
-    /// Replay rate: samples replayed since `rate_since`.
-    replayed_in_window: u64,
-    rate_since: Instant,
 }
 
 /// Runs the gateway until SIGTERM/SIGINT.
@@ -363,25 +345,36 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
     }
     // The durable store-and-forward queue: samples that could not be
     // published survive a restart. A dry run keeps its queue in a temporary
-    // directory and removes it at exit.
+    // directory and removes it at exit. It is opened, and then runs, on
+    // its own thread.
     let queue_dir = if opts.dry_run {
         std::env::temp_dir().join(format!("spb-gateway-dry-run-{}", std::process::id()))
     } else {
         state_dir.join("queue")
     };
-    let store = LazyStore::open(queue_dir.clone(), disk_options(&cfg))?;
-    if store.stats().records > 0 {
+    let (dir, disk) = (queue_dir.clone(), disk_options(&cfg));
+    let store = tokio::task::spawn_blocking(move || LazyStore::open(dir, disk))
+        .await
+        .map_err(|e| QueueError::Encode(format!("opening the store: {e}")))??;
+    let snapshot = crate::queue::forward::Store::snapshot(&store);
+    if snapshot.stats.records > 0 {
         tracing::info!(
-            samples = store.stats().metrics,
+            samples = snapshot.stats.metrics,
             "stored samples from before the restart will be replayed"
         );
     }
-    let outbox = Outbox::new(outbox_options(&cfg));
+    let fwd = Forwarder::new(forwarder_options(&cfg), snapshot);
+    let (store, mut store_rx) = StoreThread::spawn(store).map_err(|source| GatewayError::Io {
+        what: "starting the store's thread for",
+        path: queue_dir.clone(),
+        source,
+    })?;
     let (conn_tx, mut conn_rx) = mpsc::channel(4096);
     let (poll_tx, mut poll_rx) = mpsc::channel(1024);
     let (stop_pollers, _) = signal_watch::channel(false);
     let mut rt = Runtime {
-        store,
+        fwd,
+        store: Some(store),
         queue_dir,
         cfg,
         opts,
@@ -400,17 +393,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
         stop_pollers,
         pollers: Vec::new(),
         rng: Rng::new(now ^ u64::from(std::process::id())),
-        outbox,
         state_dir,
-        replay_budget: 0.0,
-        pending: Vec::new(),
-        pending_since: None,
-        host_was_online: false,
-        replayed_in_window: 0,
-        rate_since: Instant::now(),
         store_errors: Throttle::default(),
         store_full: Throttle::default(),
     };
+    rt.update_gauges();
     rt.start_pollers();
     tokio::spawn(systemd::watchdog(telemetry.clone()));
     systemd::ready(&format!(
@@ -442,6 +429,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
         tokio::select! {
             Some(ev) = conn_rx.recv() => rt.on_conn_event(ev).await,
             Some(ev) = poll_rx.recv() => rt.on_poll(ev).await,
+            Some(report) = store_rx.recv() => rt.on_store(report).await,
             _ = tick.tick() => rt.on_tick().await,
             _ = reconnect => rt.start_connect(),
             _ = sigterm.recv() => break,
@@ -449,9 +437,10 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
             _ = sighup.recv() => rt.reload().await,
         }
         // Group commit once no more samples are ready (or per the policy).
-        rt.maybe_commit(poll_rx.is_empty());
+        rt.fwd.maybe_commit(poll_rx.is_empty());
+        rt.send_store_ops().await;
     }
-    rt.shutdown(&mut conn_rx).await;
+    rt.shutdown(&mut conn_rx, &mut store_rx).await;
     Ok(())
 }
 
@@ -553,7 +542,7 @@ impl Runtime {
                     .map(Server::label)
                     .unwrap_or_default();
                 tracing::info!(%server, bdseq = self.session.bdseq(), "connected");
-                self.outbox.connected();
+                self.fwd.connected();
                 let actions = self.session.connected(now_ms());
                 self.execute(actions).await;
             }
@@ -584,10 +573,11 @@ impl Runtime {
                 }
                 self.execute(actions).await;
             }
-            ConnEvent::Event(_, Event::Outgoing(Outgoing::Publish(pkid))) => {
-                self.outbox.on_outgoing_publish(pkid);
+            ConnEvent::Event(_, Event::Outgoing(Outgoing::Publish(pkid))) => self.fwd.outgoing_publish(pkid),
+            ConnEvent::Event(_, Event::Incoming(Packet::PubAck(ack))) => {
+                self.fwd.puback(ack.pkid, now_ms());
+                self.update_gauges();
             }
-            ConnEvent::Event(_, Event::Incoming(Packet::PubAck(ack))) => self.on_puback(ack.pkid),
             ConnEvent::Event(..) => {}
             ConnEvent::Closed(_, e) => self.on_closed(e),
         }
@@ -598,37 +588,7 @@ impl Runtime {
             self.telemetry.primary_host_online.store(s.online, Relaxed);
             tracing::info!(online = s.online, timestamp = s.timestamp, "Primary Host STATE");
         }
-        if self.session.host_online() {
-            self.host_was_online = true;
-        } else if self.host_was_online {
-            // The host may not have processed what the broker delivered to it
-            // before it died: replay what was confirmed within the window.
-            self.host_was_online = false;
-            let records = self.outbox.host_offline(now_ms());
-            let n: usize = records.iter().map(|r| r.metrics.len()).sum();
-            if n > 0 {
-                tracing::warn!(
-                    samples = n, window = ?self.cfg.store.host_window,
-                    "Primary Host offline: storing the samples it may have missed, to replay them"
-                );
-            }
-            self.store_first(records);
-            self.commit();
-        }
-    }
-
-    /// A PUBACK: delete what a marker confirmed from the store.
-    fn on_puback(&mut self, pkid: u16) {
-        let c = self.outbox.on_puback(pkid, now_ms());
-        self.telemetry.confirmed_samples.fetch_add(c.samples, Relaxed);
-        if let Some(id) = c.stored_through {
-            match self.store.confirm_through(id) {
-                Ok(_) if !self.store.is_open() => self.outbox.store_drained(),
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "cannot delete confirmed samples from the store"),
-            }
-        }
-        self.update_gauges();
+        self.fwd.host_state(self.session.host_online(), now_ms());
     }
 
     /// Publishes a QoS 1 marker after everything sent so far.
@@ -639,7 +599,7 @@ impl Runtime {
             .publish(topic, rumqttc::QoS::AtLeastOnce, false, Vec::<u8>::new())
             .await
         {
-            Ok(()) => self.outbox.marker_sent(),
+            Ok(()) => self.fwd.marker_sent(),
             Err(e) => tracing::debug!(error = %e, "marker not sent (connection closing)"),
         }
     }
@@ -654,9 +614,7 @@ impl Runtime {
             .map(|s| mqtt::explain(s, &e))
             .unwrap_or_else(|| e.to_string());
         // What the broker has not provably read goes to the store.
-        let unconfirmed = self.outbox.connection_lost();
-        self.store_first(unconfirmed);
-        self.commit();
+        self.fwd.connection_lost();
         if self.closing {
             // We disconnected on purpose (host offline, next server); the
             // session already walked on.
@@ -693,8 +651,6 @@ impl Runtime {
             self.dry_run_actions(actions);
             return;
         }
-        // Everything to store from these actions goes in one group commit.
-        let mut to_store = Vec::new();
         for a in actions {
             match a {
                 EdgeAction::PersistBdSeq(b) => self.persist_bdseq(b),
@@ -711,7 +667,7 @@ impl Runtime {
                 EdgeAction::Publish(p) => {
                     let qos1 = p.qos == crate::sparkplug::QoS::AtLeastOnce;
                     if self.publish(p).await == Sent::Yes && qos1 {
-                        self.outbox.other_qos1_sent();
+                        self.fwd.other_qos1_sent();
                     }
                 }
                 EdgeAction::Data {
@@ -719,27 +675,16 @@ impl Runtime {
                     device,
                     samples,
                     count,
+                    oldest_ms,
                 } => {
                     let data = Encoded {
                         device,
                         samples: count as u64,
                         payload: samples,
+                        oldest_ms,
                     };
-                    match self.publish(publish).await {
-                        Sent::Yes => to_store.extend(self.outbox.sent_live(data)),
-                        Sent::TooLarge => {
-                            // Not a connection loss: the watermark's markers and
-                            // the outbox stay as they are; the samples are counted.
-                            self.telemetry.dropped_samples.fetch_add(data.samples, Relaxed);
-                        }
-                        Sent::Closed => {
-                            // The connection is gone (its Closed event may still be
-                            // queued): what it left unconfirmed is older than this
-                            // record and is stored first, keeping the store in order.
-                            to_store.extend(self.outbox.connection_lost());
-                            to_store.extend(self.outbox.record_of(&data));
-                        }
-                    }
+                    let sent = self.publish(publish).await;
+                    self.fwd.data(data, sent);
                 }
                 EdgeAction::Disconnect => {
                     self.closing = true;
@@ -748,7 +693,7 @@ impl Runtime {
                         let _ = c.disconnect().await;
                     }
                 }
-                EdgeAction::StoreHistorical { device, metrics } => to_store.push(Record { device, metrics }),
+                EdgeAction::StoreHistorical { device, metrics } => self.fwd.historical(&Record { device, metrics }),
                 EdgeAction::Command { device, metrics } => {
                     self.telemetry.commands_received.fetch_add(1, Relaxed);
                     // One line per command, however many metrics: the count and the first three.
@@ -769,14 +714,13 @@ impl Runtime {
                 EdgeAction::SetWill(_) | EdgeAction::Connect { .. } => {}
             }
         }
-        self.store(to_store);
-        if self.outbox.marker_due(false) {
+        if self.fwd.marker_due(false) {
             self.send_marker().await;
         }
         self.update_gauges();
     }
 
-    /// Publishes; true when the client took the message.
+    /// Publishes; what became of it.
     async fn publish(&mut self, p: Publish) -> Sent {
         let kind = Topic::parse(&p.topic).ok().and_then(|t| t.kind());
         let Some(c) = &self.client else { return Sent::Closed };
@@ -808,93 +752,82 @@ impl Runtime {
         }
     }
 
-    /// Queues `records` for the store's next group commit.
-    fn store(&mut self, records: Vec<Record>) {
-        if records.is_empty() {
-            return;
+    /// Hands the forwarder's operations to the store's thread, in order,
+    /// and logs what the forwarder noticed.
+    async fn send_store_ops(&mut self) {
+        for op in self.fwd.take_ops() {
+            self.send_store(op).await;
         }
-        if self.pending.is_empty() {
-            self.pending_since = Some(Instant::now());
-        }
-        self.pending.extend(records);
+        self.log_notices();
     }
 
-    /// Queues `records` ahead of those pending: they are older (samples the
-    /// broker did not confirm, or the Primary Host may have missed).
-    fn store_first(&mut self, mut records: Vec<Record>) {
-        if records.is_empty() {
-            return;
-        }
-        records.append(&mut self.pending);
-        self.pending = records;
-        self.pending_since = Some(Instant::now());
-    }
-
-    /// Writes the pending records when no more samples are ready (or
-    /// `flush_records` wait): written, they survive a crash of the gateway;
-    /// the store syncs them within `flush_interval` (the power-cut window).
-    fn maybe_commit(&mut self, idle: bool) {
-        if self.pending_since.is_none() {
-            return;
-        }
-        if idle || self.pending.len() >= self.cfg.store.flush_records as usize {
-            self.commit();
-        }
-    }
-
-    /// Writes the pending records as one group commit (acknowledged means on disk).
-    fn commit(&mut self) {
-        self.pending_since = None;
-        if self.pending.is_empty() {
-            return;
-        }
-        let records = std::mem::take(&mut self.pending);
-        let n: u64 = records.iter().map(|r| r.metrics.len() as u64).sum();
-        let dropped = match self.store.append_batch(&records) {
-            Ok((_, dropped)) => {
-                // Counted once written: from here a crash of the process loses none.
-                self.telemetry.stored_samples.fetch_add(n, Relaxed);
-                dropped
-            }
-            Err(e) => {
-                self.telemetry.dropped_samples.fetch_add(n, Relaxed);
-                // The first write error that closed the store says what to do.
-                if self.store_errors.last.is_none() && self.store.failure().is_some() {
-                    tracing::error!(
-                        "the store failed a write: a new one is tried in 10 s (what the failed one holds is kept and merged \
-                         back at the next start); live data is still published, samples that cannot be stored are dropped \
-                         and counted; /ready says 503 meanwhile: free disk space under store.path"
-                    );
-                }
-                self.store_errors.note(n, |dropped, times| {
-                    tracing::error!(error = %e, dropped, times, "could not store samples");
-                });
-                return;
-            }
+    async fn send_store(&mut self, op: StoreOp) {
+        let sent = match &self.store {
+            Some(t) => t.send(op).await,
+            None => false,
         };
-        if dropped.metrics > 0 {
-            self.telemetry
-                .dropped_samples
-                .fetch_add(dropped.metrics as u64, Relaxed);
-            let (max_bytes, limit) = (self.cfg.store.max_bytes, self.store.limit());
-            self.store_full.note(dropped.metrics as u64, |dropped, times| {
-                if limit < max_bytes {
-                    tracing::error!(
-                        dropped,
-                        times,
-                        max_bytes,
-                        limit,
-                        "disk nearly full: the store was bounded to what fits and dropped the oldest samples"
-                    );
-                } else {
-                    tracing::error!(dropped, times, max_bytes, "store full: dropped the oldest samples");
-                }
-            });
+        if !sent {
+            // The thread is gone (it panicked): nothing more can be stored.
+            tracing::error!("the store's thread is gone: nothing more can be stored or replayed");
+            self.store = None;
         }
+    }
+
+    fn log_notices(&mut self) {
+        for n in self.fwd.take_notices() {
+            match n {
+                Notice::StoreFailed { samples, error } => {
+                    // The first write error that closed the store says what to do.
+                    if self.store_errors.last.is_none() && self.fwd.store().failure.is_some() {
+                        tracing::error!(
+                            "the store failed a write: a new one is tried in 10 s (what the failed one holds is kept and merged \
+                             back at the next start); live data is still published, samples that cannot be stored are dropped \
+                             and counted; /ready says 503 meanwhile: free disk space under store.path"
+                        );
+                    }
+                    self.store_errors.note(samples, |dropped, times| {
+                        tracing::error!(error = %error, dropped, times, "could not store samples");
+                    });
+                }
+                Notice::StoreFull {
+                    samples,
+                    limit,
+                    max_bytes,
+                } => self.store_full.note(samples, |dropped, times| {
+                    if limit < max_bytes {
+                        tracing::error!(
+                            dropped,
+                            times,
+                            max_bytes,
+                            limit,
+                            "disk nearly full: the store was bounded to what fits and dropped the oldest samples"
+                        );
+                    } else {
+                        tracing::error!(dropped, times, max_bytes, "store full: dropped the oldest samples");
+                    }
+                }),
+                Notice::HostOffline { samples } => tracing::warn!(
+                    samples, window = ?self.cfg.store.host_window,
+                    "Primary Host offline: storing the samples it may have missed, to replay them"
+                ),
+                Notice::Unreplayable { samples, error } => {
+                    tracing::error!(error = %error, dropped = samples, "stored samples cannot be replayed")
+                }
+                // Logged where the publish was refused.
+                Notice::TooLarge { .. } => {}
+                Notice::StoreError { what, error } => tracing::error!(error = %error, "cannot {what} the store"),
+            }
+        }
+    }
+
+    /// A report from the store's thread.
+    async fn on_store(&mut self, report: StoreReport) {
+        self.fwd.on_store(report);
+        self.replay(now_ms()).await;
+        self.update_gauges();
     }
 
     fn dry_run_actions(&mut self, actions: Vec<EdgeAction>) {
-        let mut to_store = Vec::new();
         for a in actions {
             match a {
                 EdgeAction::Publish(p) | EdgeAction::Data { publish: p, .. } => {
@@ -909,11 +842,10 @@ impl Runtime {
                     };
                     tracing::info!(topic = %p.topic, "dry run, would publish: {summary}");
                 }
-                EdgeAction::StoreHistorical { device, metrics } => to_store.push(Record { device, metrics }),
+                EdgeAction::StoreHistorical { device, metrics } => self.fwd.historical(&Record { device, metrics }),
                 other => tracing::debug!(?other, "dry run"),
             }
         }
-        self.store(to_store);
         self.telemetry.born.store(self.session.is_born(), Relaxed);
     }
 
@@ -956,126 +888,87 @@ impl Runtime {
             self.telemetry.poll_progress.fetch_add(1, Relaxed);
         }
         let now = now_ms();
-        self.store.retry_if_due();
-        if let Err(e) = self.store.tick() {
-            tracing::error!(error = %e, "cannot sync the store");
-        }
+        // Sync if due, and try a new store if a failed one has waited.
+        self.send_store(StoreOp::Tick).await;
+        self.fwd.tick(now, self.session.is_publishing());
         self.replay(now).await;
-        if self.outbox.marker_due(true) {
+        if self.fwd.marker_due(true) {
             self.send_marker().await;
-        }
-        self.outbox.expire(now);
-        let elapsed = self.rate_since.elapsed();
-        if elapsed >= Duration::from_secs(1) {
-            let rate = self.replayed_in_window as f64 / elapsed.as_secs_f64();
-            self.telemetry.replay_rate.store(rate.round() as u64, Relaxed);
-            self.replayed_in_window = 0;
-            self.rate_since = Instant::now();
         }
         self.update_gauges();
     }
 
-    /// Replays stored samples as fast as the broker confirms them: at most
-    /// [`REPLAY_WINDOW`] replayed samples unconfirmed at a time (the marker
-    /// sent on every tick confirms them), and at most `replay_rate` per
-    /// second when one is set. It runs on the tick, so live data, handled
-    /// between ticks, never waits behind the backlog.
+    /// Replays the stored records the forwarder has ready, as far as its
+    /// window and rate allow. It runs on the tick and as the store's reads
+    /// arrive, so live data, handled between them, never waits behind the
+    /// backlog.
     async fn replay(&mut self, now: u64) {
-        if !self.session.is_publishing() || self.store.stats().records == 0 {
-            self.replay_budget = 0.0;
+        if !self.session.is_publishing() {
             return;
         }
-        let rate = self.cfg.store.replay_rate;
-        if rate > 0 {
-            self.replay_budget = (self.replay_budget + f64::from(rate) / 10.0).min(f64::from(rate));
-        }
-        loop {
-            let mut room = REPLAY_WINDOW.saturating_sub(self.outbox.stats().replay_unconfirmed);
-            if rate > 0 {
-                room = room.min(self.replay_budget as u64);
-            }
-            if room == 0 {
-                break;
-            }
-            // Records stay stored until a watermark confirms them; a batch
-            // is bounded so that decoding it stays small in memory.
-            let cursor = self.outbox.replay_cursor();
-            let batch = match self.store.read_batch(cursor, 256, room.min(REPLAY_BATCH)) {
-                Ok(v) => v,
+        while let Some((id, r)) = self.fwd.next_replay() {
+            let n = r.metrics.len() as u64;
+            let actions = match self.session.replay(now, r.device.as_deref(), r.metrics) {
+                Ok(actions) => actions,
+                Err(EdgeError::NotPublishing) => {
+                    self.fwd.replayed(id, n, Replayed::Stopped);
+                    return;
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot read the store");
-                    break;
+                    self.fwd.replayed(id, n, Replayed::Unreplayable(e.to_string()));
+                    continue;
                 }
             };
-            if batch.is_empty() {
-                break;
-            }
-            for (id, r) in batch {
-                let n = r.metrics.len();
-                match self.session.replay(now, r.device.as_deref(), r.metrics) {
-                    Ok(actions) => {
-                        self.replay_budget -= n as f64;
-                        self.telemetry.replayed_samples.fetch_add(n as u64, Relaxed);
-                        self.replayed_in_window += n as u64;
-                        for a in actions {
-                            match a {
-                                EdgeAction::Publish(p) => match self.publish(p).await {
-                                    Sent::Yes => {}
-                                    // The session splits DATA to fit: nothing to
-                                    // retry; counted, deleted with the next confirmation.
-                                    Sent::TooLarge => {
-                                        self.telemetry.dropped_samples.fetch_add(n as u64, Relaxed);
-                                    }
-                                    // The connection is going: the record stays
-                                    // stored and is replayed on the next one.
-                                    Sent::Closed => return,
-                                },
-                                other => self.execute(vec![other]).await,
-                            }
+            let mut too_large = 0;
+            for a in actions {
+                match a {
+                    EdgeAction::Publish(p) => match self.publish(p).await {
+                        Sent::Yes => {}
+                        // The session splits DATA to fit: nothing to retry;
+                        // counted, deleted with the next confirmation.
+                        Sent::TooLarge => too_large = n,
+                        // The connection is going: the record stays stored
+                        // and is replayed on the next one.
+                        Sent::Closed => {
+                            self.fwd.replayed(id, n, Replayed::Stopped);
+                            return;
                         }
-                        self.outbox.sent_stored(id, n as u64);
-                    }
-                    Err(EdgeError::NotPublishing) => return,
-                    Err(e) => {
-                        self.telemetry.dropped_samples.fetch_add(n as u64, Relaxed);
-                        tracing::error!(error = %e, dropped = n, "stored samples cannot be replayed");
-                        // Deleted with the next confirmation, like a replayed one.
-                        self.outbox.sent_stored(id, 0);
-                    }
+                    },
+                    other => self.execute(vec![other]).await,
                 }
             }
+            self.fwd.replayed(id, n, Replayed::Sent { too_large });
         }
     }
 
     fn update_gauges(&mut self) {
-        let lost = self.outbox.take_undecodable();
-        if lost > 0 {
-            self.telemetry.dropped_samples.fetch_add(lost, Relaxed);
-            tracing::error!(
-                dropped = lost,
-                "samples whose encoding does not decode were dropped (a bug: please report)"
-            );
-        }
         let t = &self.telemetry;
         t.born.store(self.session.is_born(), Relaxed);
         t.bdseq.store(self.session.bdseq().into(), Relaxed);
         t.seq.store(u64::from(self.session.next_seq().wrapping_sub(1)), Relaxed);
-        let o = self.outbox.stats();
+        let c = self.fwd.counts();
+        t.stored_samples.store(c.stored, Relaxed);
+        t.dropped_samples.store(c.dropped, Relaxed);
+        t.confirmed_samples.store(c.confirmed, Relaxed);
+        t.replayed_samples.store(c.replayed, Relaxed);
+        t.replay_rate.store(self.fwd.replay_rate(), Relaxed);
+        let o = self.fwd.outbox();
         t.unconfirmed_samples.store(o.unconfirmed, Relaxed);
         t.retained_samples.store(o.retained, Relaxed);
-        t.store_failed.store(self.store.failure().is_some(), Relaxed);
-        let q = self.store.stats();
+        let s = self.fwd.store();
+        t.store_failed
+            .store(s.failure.is_some() || self.store.is_none(), Relaxed);
+        let q = s.stats;
         t.queue_depth.store(q.metrics, Relaxed);
         t.queue_records.store(q.records, Relaxed);
         t.queue_bytes.store(q.bytes, Relaxed);
         t.corrupt_records.store(q.corrupt_records, Relaxed);
         t.synced_samples.store(q.synced_metrics, Relaxed);
-        t.unsynced_samples.store(self.store.unsynced_metrics(), Relaxed);
+        t.unsynced_samples.store(s.unsynced_samples, Relaxed);
         t.store_bytes_written.store(q.bytes_written, Relaxed);
         t.store_syncs.store(q.syncs, Relaxed);
-        t.store_file_bytes.store(self.store.file_bytes(), Relaxed);
-        t.queue_oldest_ms
-            .store(self.store.oldest_timestamp().unwrap_or(0), Relaxed);
+        t.store_file_bytes.store(s.file_bytes, Relaxed);
+        t.queue_oldest_ms.store(s.oldest_ms.unwrap_or(0), Relaxed);
         if self.session.is_born() {
             self.set_status(format!(
                 "born, bdSeq {}, queue {} samples",
@@ -1131,10 +1024,13 @@ impl Runtime {
         }
         let node = self.cfg.node.clone();
         let mqtt_cfg = self.cfg.mqtt.clone();
-        self.store.set_options(disk_options(&cfg));
+        // What the forwarder queued goes first, under the options it was queued with.
+        self.send_store_ops().await;
+        self.send_store(StoreOp::SetOptions(disk_options(&cfg))).await;
         self.cfg = cfg;
         self.cfg.node = node;
         self.cfg.mqtt = mqtt_cfg;
+        self.fwd.set_options(forwarder_options(&self.cfg));
         if !same_tags {
             match self.session.redefine(now, node_metrics(now), new) {
                 Ok(actions) => {
@@ -1150,50 +1046,63 @@ impl Runtime {
         self.start_pollers();
     }
 
-    /// NDEATH, DISCONNECT, and wait (briefly) for both to leave.
-    async fn shutdown(&mut self, conn_rx: &mut mpsc::Receiver<ConnEvent>) {
+    /// NDEATH, DISCONNECT, and wait (briefly) for both to leave; then the
+    /// store is flushed and its thread ends.
+    async fn shutdown(
+        &mut self,
+        conn_rx: &mut mpsc::Receiver<ConnEvent>,
+        store_rx: &mut mpsc::UnboundedReceiver<StoreReport>,
+    ) {
         tracing::info!("shutting down");
         systemd::stopping();
         self.stop_all_pollers().await;
         let actions = self.session.shutdown(now_ms());
         if self.opts.dry_run {
             self.dry_run_actions(actions);
-            let _ = std::fs::remove_dir_all(&self.queue_dir);
-            return;
-        }
-        let had_connection = self.client.is_some();
-        if had_connection && self.connack {
-            // Let a last marker confirm what was sent, so that little is
-            // stored to be replayed (as duplicates) after the restart.
-            if self.outbox.marker_due(true) {
-                self.send_marker().await;
-            }
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while self.outbox.stats().markers_pending > 0 && self.client.is_some() {
-                match tokio::time::timeout_at(deadline, conn_rx.recv()).await {
-                    Ok(Some(ev)) => self.on_conn_event(ev).await,
-                    _ => break,
+        } else {
+            let had_connection = self.client.is_some();
+            if had_connection && self.connack {
+                // Let a last marker confirm what was sent, so that little is
+                // stored to be replayed (as duplicates) after the restart.
+                if self.fwd.marker_due(true) {
+                    self.send_marker().await;
                 }
-            }
-        }
-        self.execute(actions).await;
-        if had_connection {
-            let id = self.conn_id;
-            let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                while let Some(ev) = conn_rx.recv().await {
-                    if matches!(ev, ConnEvent::Closed(i, _) if i == id) {
-                        break;
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while self.fwd.markers_pending() > 0 && self.client.is_some() {
+                    match tokio::time::timeout_at(deadline, conn_rx.recv()).await {
+                        Ok(Some(ev)) => self.on_conn_event(ev).await,
+                        _ => break,
                     }
                 }
-            })
-            .await;
+            }
+            self.execute(actions).await;
+            if had_connection {
+                let id = self.conn_id;
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while let Some(ev) = conn_rx.recv().await {
+                        if matches!(ev, ConnEvent::Closed(i, _) if i == id) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+            self.fwd.connection_lost();
         }
-        let unconfirmed = self.outbox.connection_lost();
-        self.store(unconfirmed);
-        self.commit();
-        if let Err(e) = self.store.flush() {
-            tracing::error!(error = %e, "could not flush the store");
+        self.fwd.commit();
+        self.send_store_ops().await;
+        self.send_store(StoreOp::Flush).await;
+        if let Some(t) = self.store.take() {
+            // Joining waits for every operation sent: off the runtime's workers.
+            let _ = tokio::task::spawn_blocking(move || t.close()).await;
         }
-        tracing::info!(stored = self.store.stats().metrics, "stopped");
+        while let Ok(report) = store_rx.try_recv() {
+            self.fwd.on_store(report);
+        }
+        self.log_notices();
+        if self.opts.dry_run {
+            let _ = std::fs::remove_dir_all(&self.queue_dir);
+        }
+        tracing::info!(stored = self.fwd.store().stats.metrics, "stopped");
     }
 }

@@ -48,8 +48,9 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use super::outbox::Encoded;
 use super::{Dropped, Record};
-use crate::sparkplug::codec::{encode_iter, Datatypes, Payload};
+use crate::sparkplug::codec::Payload;
 
 /// Why the queue could not do what was asked.
 #[derive(Debug, Error)]
@@ -156,23 +157,19 @@ pub fn decode_record(v: &[u8]) -> Result<Record, String> {
     decode(v)
 }
 
-fn encode(r: &Record) -> Result<Vec<u8>, QueueError> {
-    let device = r.device.as_deref().unwrap_or("");
+/// A stored value: `crc | version | count | device_len | device | payload`,
+/// the payload kept exactly as the outbox holds it (no decode, no re-encode).
+fn encode(e: &Encoded) -> Result<Vec<u8>, QueueError> {
+    let device = e.device.as_deref().unwrap_or("");
     let device_len = u16::try_from(device.len()).map_err(|_| QueueError::Encode("device name too long".into()))?;
-    let payload = encode_iter(
-        None,
-        None,
-        r.metrics.iter().map(std::borrow::Cow::Borrowed),
-        Datatypes::Include,
-    )
-    .map_err(|e| QueueError::Encode(e.to_string()))?;
-    let mut v = Vec::with_capacity(HEADER + device.len() + payload.len());
+    let count = u32::try_from(e.samples).map_err(|_| QueueError::Encode("too many samples in one record".into()))?;
+    let mut v = Vec::with_capacity(HEADER + device.len() + e.payload.len());
     v.extend_from_slice(&[0; 4]);
     v.push(VERSION);
-    v.extend_from_slice(&(r.metrics.len() as u32).to_le_bytes());
+    v.extend_from_slice(&count.to_le_bytes());
     v.extend_from_slice(&device_len.to_le_bytes());
     v.extend_from_slice(device.as_bytes());
-    v.extend_from_slice(&payload);
+    v.extend_from_slice(&e.payload);
     let crc = crc32fast::hash(&v[4..]);
     v[..4].copy_from_slice(&crc.to_le_bytes());
     Ok(v)
@@ -545,6 +542,13 @@ impl DiskQueue {
     /// consecutive, from the returned first id. The oldest records are
     /// dropped first if the bound would be passed.
     pub fn append_batch(&mut self, records: &[Record]) -> Result<(u64, Dropped), QueueError> {
+        let encoded: Vec<Encoded> = records.iter().map(Encoded::of).collect();
+        self.append_encoded(&encoded)
+    }
+
+    /// [`append_batch`](Self::append_batch) for samples already encoded as
+    /// the outbox keeps them: their bytes are written as they are.
+    pub fn append_encoded(&mut self, records: &[Encoded]) -> Result<(u64, Dropped), QueueError> {
         let first = self.next_id;
         let mut dropped = Dropped::default();
         let mut buf: Vec<u8> = Vec::new();
@@ -574,7 +578,7 @@ impl DiskQueue {
             buf.extend_from_slice(&frame_header(v.len() as u32, id));
             buf.extend_from_slice(&v);
             buf_records += 1;
-            buf_metrics += r.metrics.len() as u64;
+            buf_metrics += r.samples;
         }
         self.write_out(&mut buf, &mut buf_records, &mut buf_metrics)?;
         self.stats.dropped_metrics += dropped.metrics as u64;
@@ -1157,7 +1161,7 @@ mod tests {
     fn a_corrupt_record_is_quarantined_counted_and_the_rest_kept() {
         let dir = tempfile::tempdir().expect("tmp");
         let store = dir.path().join("queue");
-        let one = (FRAME + encode(&rec(0)).expect("encode").len()) as u64;
+        let one = (FRAME + encode(&Encoded::of(&rec(0))).expect("encode").len()) as u64;
         {
             let mut q = DiskQueue::open(&store, opts()).expect("open");
             q.append_batch(&[rec(0), rec(1), rec(2)]).expect("append");
@@ -1246,7 +1250,7 @@ mod tests {
         // Half a frame after the synced ones, as a power cut leaves it; and a
         // header that claims 4 GiB (checked, never allocated).
         for tail in [
-            encode(&rec(2)).expect("encode")[..7].to_vec(),
+            encode(&Encoded::of(&rec(2))).expect("encode")[..7].to_vec(),
             frame_header(u32::MAX, 2).to_vec(),
         ] {
             let mut bytes = whole.clone();
@@ -1352,7 +1356,7 @@ mod tests {
     #[test]
     fn decode_says_why_a_value_is_corrupt() {
         assert!(decode(&[1, 2]).expect_err("short").contains("shorter than a header"));
-        let mut v = encode(&rec(1)).expect("encode");
+        let mut v = encode(&Encoded::of(&rec(1))).expect("encode");
         v[6] ^= 1;
         assert_eq!(decode(&v).expect_err("crc"), "checksum mismatch");
     }

@@ -23,12 +23,15 @@
 //! order, at the next start.
 
 pub mod disk;
+pub mod forward;
 pub mod outbox;
+pub mod thread;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use disk::{DiskOptions, DiskQueue, QueueError, QueueStats};
+use outbox::Encoded;
 
 use crate::sparkplug::Metric;
 
@@ -51,9 +54,9 @@ impl Record {
     }
 }
 
-/// The durable queue, open only while it holds records. Ids restart from 0
-/// after the queue was drained and deleted; no cursor outlives a drain (the
-/// gateway replays from the head).
+/// The durable queue, open only while it holds records. Ids only grow within
+/// a run, across drains and failed stores; a new run continues from what is
+/// on disk (from 0 when nothing is), and its replay starts at the head.
 pub struct LazyStore {
     dir: PathBuf,
     opts: DiskOptions,
@@ -84,6 +87,10 @@ fn oldest_in(records: &[Record]) -> Option<u64> {
         .iter()
         .flat_map(|r| r.metrics.iter().filter_map(|m| m.timestamp))
         .min()
+}
+
+fn oldest_encoded(records: &[Encoded]) -> Option<u64> {
+    records.iter().filter_map(|e| e.oldest_ms).min()
 }
 
 impl LazyStore {
@@ -258,6 +265,11 @@ impl LazyStore {
         self.limit
     }
 
+    /// The configured bound, `store.max_bytes`.
+    pub fn max_bytes(&self) -> u64 {
+        self.opts.max_bytes
+    }
+
     /// Appends `records` as one group commit; returns once they are written
     /// (and synced, if the sync is due).
     ///
@@ -267,6 +279,13 @@ impl LazyStore {
     /// back) and the store answers [`QueueError::Unusable`] until
     /// [`RETRY_AFTER`], when a new store is opened beside it.
     pub fn append_batch(&mut self, records: &[Record]) -> Result<(u64, Dropped), QueueError> {
+        let encoded: Vec<Encoded> = records.iter().map(Encoded::of).collect();
+        self.append_encoded(&encoded)
+    }
+
+    /// [`append_batch`](Self::append_batch) for samples as the outbox keeps
+    /// them: their bytes are written as they are.
+    pub fn append_encoded(&mut self, records: &[Encoded]) -> Result<(u64, Dropped), QueueError> {
         if records.is_empty() {
             // Nothing to keep: do not open (or create) the queue for it.
             return Ok((0, Dropped::default()));
@@ -275,7 +294,7 @@ impl LazyStore {
         let limit = self.limit;
         let q = self.queue()?;
         q.set_max_bytes(limit);
-        let out = match q.append_batch(records) {
+        let out = match q.append_encoded(records) {
             Ok(out) => out,
             Err(e) => return Err(self.fail(e)),
         };
@@ -283,7 +302,7 @@ impl LazyStore {
             // The oldest were dropped: the head tells what is oldest now.
             self.oldest_ms = self.head_timestamp()?;
         } else if self.oldest_ms.is_none() {
-            self.oldest_ms = oldest_in(records);
+            self.oldest_ms = oldest_encoded(records);
         }
         Ok(out)
     }
@@ -340,6 +359,9 @@ impl LazyStore {
         }
         let st = q.stats();
         self.past.add(st);
+        // Ids never go back within a run: a replay cursor taken before the
+        // drain can never skip a record appended after it.
+        self.next_first_id = q.next_id();
         self.queue = None;
         let dir = self.active_dir();
         if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -528,6 +550,12 @@ mod tests {
         s.confirm_through(first + 1).expect("confirm");
         assert!(!s.is_open() && !dir.exists(), "drained: closed and deleted");
         assert_eq!((s.stats().records, s.oldest_timestamp()), (0, None));
+        let (again, _) = s.append_batch(&[rec(3)]).expect("append");
+        assert_eq!(
+            again,
+            first + 2,
+            "ids go on after a drain: a replay cursor taken before it skips nothing"
+        );
     }
 
     #[test]

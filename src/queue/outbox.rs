@@ -69,6 +69,8 @@ pub struct Encoded {
     pub device: Option<String>,
     pub samples: u64,
     pub payload: Vec<u8>,
+    /// The oldest sample's timestamp (ms), if any has one.
+    pub oldest_ms: Option<u64>,
 }
 
 impl Encoded {
@@ -84,11 +86,12 @@ impl Encoded {
                 crate::sparkplug::codec::Datatypes::Include,
             )
             .unwrap_or_default(),
+            oldest_ms: r.metrics.iter().filter_map(|m| m.timestamp).min(),
         }
     }
 
-    /// The record back, for the store (`None` if it does not decode, which a
-    /// payload the session encoded always does).
+    /// The record back (`None` if it does not decode, which a payload the
+    /// session encoded always does); the store keeps the bytes as they are.
     pub fn record(&self) -> Option<Record> {
         let p = crate::sparkplug::Payload::decode(&self.payload).ok()?;
         Some(Record {
@@ -97,7 +100,7 @@ impl Encoded {
         })
     }
 
-    fn bytes(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         self.payload.len() + self.device.as_ref().map_or(0, String::len) + 48
     }
 }
@@ -159,9 +162,6 @@ pub struct Outbox {
     sent_samples: u64,
     /// Replayed samples in `sent`.
     stored_samples: u64,
-    /// Samples whose payload did not decode on their way to the store, not
-    /// yet taken by [`Outbox::take_undecodable`].
-    undecodable: u64,
     /// DATA messages sent since the last marker.
     unmarked: usize,
     retained: VecDeque<Retained>,
@@ -181,7 +181,6 @@ impl Outbox {
             sent_bytes: 0,
             sent_samples: 0,
             stored_samples: 0,
-            undecodable: 0,
             unmarked: 0,
             retained: VecDeque::new(),
             retained_bytes: 0,
@@ -200,7 +199,7 @@ impl Outbox {
     /// A live DATA message carrying `data` was handed to `publish`. Returns
     /// the oldest unconfirmed samples the memory bound pushes out, for the
     /// store.
-    pub fn sent_live(&mut self, data: Encoded) -> Vec<Record> {
+    pub fn sent_live(&mut self, data: Encoded) -> Vec<Encoded> {
         let n = self.take_n();
         self.sent_bytes += data.bytes();
         self.sent_samples += data.samples;
@@ -213,7 +212,7 @@ impl Outbox {
             if let Some(Sent::Live { data, .. }) = self.sent.remove(i) {
                 self.sent_bytes -= data.bytes();
                 self.sent_samples -= data.samples;
-                spill.extend(self.record_of(&data));
+                spill.push(data);
             }
         }
         spill
@@ -231,11 +230,6 @@ impl Outbox {
     /// Where the replay continues in the store (`None`: from its head).
     pub fn replay_cursor(&self) -> Option<u64> {
         self.cursor
-    }
-
-    /// The store was drained and deleted; its ids start again.
-    pub fn store_drained(&mut self) {
-        self.cursor = None;
     }
 
     /// A marker is due: DATA was sent since the last one, and either `tick`
@@ -328,7 +322,7 @@ impl Outbox {
 
     /// The connection is gone: the unconfirmed live records, oldest first,
     /// for the store; the replay starts again at the store's head.
-    pub fn connection_lost(&mut self) -> Vec<Record> {
+    pub fn connection_lost(&mut self) -> Vec<Encoded> {
         self.watermark.on_connack();
         self.cursor = None;
         self.unmarked = 0;
@@ -338,36 +332,20 @@ impl Outbox {
         let sent = std::mem::take(&mut self.sent);
         sent.into_iter()
             .filter_map(|s| match s {
-                Sent::Live { data, .. } => self.record_of(&data),
+                Sent::Live { data, .. } => Some(data),
                 Sent::Stored { .. } => None,
             })
             .collect()
     }
 
-    /// `data` as a record for the store; one that does not decode (which a
-    /// payload the session encoded always does) is counted, never dropped
-    /// silently.
-    pub fn record_of(&mut self, data: &Encoded) -> Option<Record> {
-        let r = data.record();
-        if r.is_none() {
-            self.undecodable += data.samples;
-        }
-        r
-    }
-
-    /// Samples dropped because their payload did not decode, since the last call.
-    pub fn take_undecodable(&mut self) -> u64 {
-        std::mem::take(&mut self.undecodable)
-    }
-
     /// The Primary Host went offline at `now`: the samples confirmed within
     /// the window and every unconfirmed one, oldest first, for the store.
-    pub fn host_offline(&mut self, now: u64) -> Vec<Record> {
+    pub fn host_offline(&mut self, now: u64) -> Vec<Encoded> {
         self.expire(now);
         self.retained_bytes = 0;
         self.retained_samples = 0;
         let retained = std::mem::take(&mut self.retained);
-        let mut out: Vec<Record> = retained.iter().filter_map(|r| self.record_of(&r.data)).collect();
+        let mut out: Vec<Encoded> = retained.into_iter().map(|r| r.data).collect();
         out.extend(self.connection_lost());
         out
     }
@@ -396,8 +374,9 @@ mod tests {
         }
     }
 
-    fn values(rs: &[Record]) -> Vec<i32> {
+    fn values(rs: &[Encoded]) -> Vec<i32> {
         rs.iter()
+            .map(|e| e.record().expect("decodes"))
             .map(|r| match r.metrics[0].value {
                 Some(Value::Int32(v)) => v,
                 _ => unreachable!(),
@@ -458,17 +437,17 @@ mod tests {
     }
 
     #[test]
-    fn samples_whose_payload_does_not_decode_are_counted_not_dropped_silently() {
+    fn what_comes_back_for_the_store_is_the_bytes_that_were_sent_never_re_encoded() {
         let mut o = Outbox::new(OutboxOptions::default());
-        o.sent_live(Encoded {
+        let odd = Encoded {
             device: Some("d".into()),
             samples: 5,
             payload: vec![0xff; 7],
-        });
+            oldest_ms: Some(3),
+        };
+        o.sent_live(odd.clone());
         o.sent_live(Encoded::of(&rec(1)));
-        assert_eq!(values(&o.connection_lost()), vec![1], "the good one is stored");
-        assert_eq!(o.take_undecodable(), 5);
-        assert_eq!(o.take_undecodable(), 0, "taken once");
+        assert_eq!(o.connection_lost(), vec![odd, Encoded::of(&rec(1))]);
     }
 
     #[test]
@@ -643,9 +622,6 @@ mod tests {
                 let c = self.outbox.on_puback(pkid, 0);
                 if let Some(id) = c.stored_through {
                     self.store.confirm_through(id).expect("confirm");
-                    if !self.store.is_open() {
-                        self.outbox.store_drained();
-                    }
                 }
             }
 
@@ -726,7 +702,7 @@ mod tests {
                             w.network.clear();
                             w.acks.clear();
                             let back = w.outbox.connection_lost();
-                            w.store.append_batch(&back).expect("append");
+                            w.store.append_encoded(&back).expect("append");
                             w.connected = false;
                         }
                         Op::Connect if !w.connected => {
@@ -765,7 +741,7 @@ mod tests {
                 // Reconnect and drain: everything reaches the broker.
                 if w.connected {
                     let back = w.outbox.connection_lost();
-                    w.store.append_batch(&back).expect("append");
+                    w.store.append_encoded(&back).expect("append");
                     w.network.clear();
                     w.acks.clear();
                 }

@@ -100,6 +100,8 @@ pub enum EdgeAction {
         samples: Vec<u8>,
         /// How many samples (metrics) `samples` holds.
         count: usize,
+        /// The oldest sample's timestamp (ms), for the store's age gauge.
+        oldest_ms: Option<u64>,
     },
     /// Send DISCONNECT and close the connection.
     Disconnect,
@@ -838,6 +840,7 @@ impl EdgeSession {
                     device: device.clone(),
                     samples,
                     count: part.len(),
+                    oldest_ms: part.iter().filter_map(|m| m.timestamp).min(),
                 }
             });
         }
@@ -2031,6 +2034,7 @@ mod tests {
             device,
             samples,
             count: 1,
+            ..
         }] = &out[..]
         else {
             panic!("expected one DATA, got {out:?}")
