@@ -19,7 +19,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use spb::plc::poller::now_ms;
+use spb::clock::now_ms;
 use spb::sparkplug::edge::{DeviceDef, EdgeAction, EdgeConfig, EdgeSession};
 use spb::sparkplug::{Metric, Value};
 use spb::uplink::postgres::PgSink;

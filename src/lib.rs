@@ -36,6 +36,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
+pub mod clock;
 pub mod config;
 pub mod gateway;
 pub mod mqtt;
@@ -43,5 +45,6 @@ pub mod plc;
 pub mod queue;
 pub mod sparkplug;
 pub mod telemetry;
+pub mod units;
 #[cfg(feature = "uplink")]
 pub mod uplink;

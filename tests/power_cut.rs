@@ -187,13 +187,13 @@ fn the_gateway_replays_every_sample_it_reported_synced_across_four_power_cuts() 
         let state = tempfile::tempdir().expect("tmp");
         std::os::unix::fs::symlink(fs.path(), state.path().join("state")).expect("state on the power-cut fs");
         let http = common::free_port();
-        let start = spb::plc::poller::now_ms();
+        let start = spb::clock::now_ms();
         let gw = Gateway::start_in(state, &with_http(counter_config("PC", dead, "", ""), http), &[]);
         gw.wait_log("device reachable", T);
         std::thread::sleep(Duration::from_millis(1500 + (cut * 7919) % 1500));
         let synced = common::prom_value(http, "spb_store_synced_samples_total").expect("synced samples");
         gw.signal(Signal::SIGKILL);
-        let end = spb::plc::poller::now_ms();
+        let end = spb::clock::now_ms();
         let mut gw = gw;
         let _ = gw.wait_exit(T);
         assert!(synced >= 50.0, "run {cut} synced samples: {synced}\n{}", gw.log());

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{counter_config as config, with_http, Broker, Gateway, Peer};
 use nix::sys::signal::Signal;
 use serde_json::Value as J;
-use spb::plc::poller::now_ms;
+use spb::clock::now_ms;
 
 const T: Duration = Duration::from_secs(20);
 

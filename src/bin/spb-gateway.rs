@@ -226,7 +226,7 @@ fn real_main() -> Result<std::process::ExitCode> {
     }
     release_freed_memory();
     if check {
-        let pre = gateway::preflight(&cfg, spb::plc::poller::now_ms(), at_boot);
+        let pre = gateway::preflight(&cfg, spb::clock::now_ms(), at_boot);
         for w in &pre.warnings {
             eprintln!("{}: warning: {w}", config_path.display());
         }

@@ -17,9 +17,14 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+pub use crate::mqtt::settings::{MqttConfig, ServerConfig, TlsConfig};
+pub use crate::plc::device::{
+    DeviceConfig, DriverKind, LogixDeviceConfig, S7DeviceConfig, SimDeviceConfig, TagConfig, DEFAULT_SCAN_CLASS,
+};
 use crate::plc::sim::Signal;
 use crate::sparkplug::topic::validate_id;
 use crate::sparkplug::DataType;
+pub use crate::telemetry::logging::LogFormat;
 use reader::{Ctx, Table};
 
 /// The default config path.
@@ -101,60 +106,6 @@ pub struct NodeConfig {
     pub state_max_skew: Duration,
 }
 
-/// `[mqtt]`: the brokers, walked in order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MqttConfig {
-    pub servers: Vec<ServerConfig>,
-    pub keepalive: Duration,
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
-    pub max_packet_size: u64,
-    /// How long a connection attempt may take (TCP, TLS, CONNACK).
-    pub connect_timeout: Duration,
-}
-
-/// `[[mqtt.servers]]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServerConfig {
-    pub host: String,
-    pub port: u16,
-    pub client_id: Option<String>,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// Overrides `[mqtt] keepalive` for this server.
-    pub keepalive: Option<Duration>,
-    pub tls: Option<TlsConfig>,
-}
-
-impl ServerConfig {
-    /// A plain-MQTT server with no credentials and the defaults of the file.
-    pub fn plain(host: &str, port: u16) -> ServerConfig {
-        ServerConfig {
-            host: host.to_string(),
-            port,
-            client_id: None,
-            username: None,
-            password: None,
-            keepalive: None,
-            tls: None,
-        }
-    }
-}
-
-/// `[mqtt.servers.tls]`: CA pinning and the client certificate for mTLS.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TlsConfig {
-    /// The only CA trusted for the broker's certificate (PEM).
-    pub ca: Option<PathBuf>,
-    /// Also trust the public web PKI roots (off by default: pin the plant CA).
-    pub system_roots: bool,
-    /// Client certificate chain (PEM) and its key (PKCS#8, RSA or SEC1 EC, PEM).
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    /// Name to check in the broker certificate (default: `host`).
-    pub server_name: Option<String>,
-}
-
 /// `[store]`: where data waits while the broker or the Primary Host is away.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
@@ -174,169 +125,6 @@ pub struct StoreConfig {
     pub host_window: Duration,
     /// Memory bound of those samples.
     pub host_window_max_bytes: u64,
-}
-
-/// The PLC protocol of a device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DriverKind {
-    /// The built-in simulator (demo, load tests).
-    Sim,
-    /// Siemens S7 over classic S7comm (PUT/GET), port 102.
-    S7,
-    /// Allen-Bradley Logix over EtherNet/IP (CIP), port 44818.
-    Logix,
-}
-
-impl DriverKind {
-    /// The TCP port used when `address` names none.
-    pub fn default_port(self) -> u16 {
-        match self {
-            DriverKind::Sim => 0,
-            DriverKind::S7 => 102,
-            DriverKind::Logix => 44818,
-        }
-    }
-}
-
-/// `[devices.s7]`: how to reach an S7 CPU.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct S7DeviceConfig {
-    pub rack: u8,
-    pub slot: u8,
-    /// Local and remote TSAP (derived from rack/slot and the connection type
-    /// unless set, e.g. for LOGO! or an ET200SP CPU).
-    pub local_tsap: u16,
-    pub remote_tsap: u16,
-    /// PDU size asked for; the CPU may grant less.
-    pub pdu_size: u16,
-    /// Items per ReadVar request.
-    pub max_items: usize,
-}
-
-impl Default for S7DeviceConfig {
-    fn default() -> Self {
-        S7DeviceConfig {
-            rack: 0,
-            slot: 1,
-            local_tsap: 0x0100,
-            remote_tsap: 0x0101,
-            pdu_size: 960,
-            max_items: 20,
-        }
-    }
-}
-
-/// `[devices.logix]`: how to reach a Logix controller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogixDeviceConfig {
-    /// ControlLogix: the controller's slot in the chassis (route path
-    /// backplane, slot). None for CompactLogix/Micro800 (no routing).
-    pub slot: Option<u8>,
-    /// Tags per Multiple Service Packet.
-    pub batch_size: usize,
-}
-
-impl Default for LogixDeviceConfig {
-    fn default() -> Self {
-        LogixDeviceConfig {
-            slot: None,
-            batch_size: 20,
-        }
-    }
-}
-
-/// `[[devices]]`: one PLC, one Sparkplug device.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeviceConfig {
-    pub name: String,
-    pub driver: DriverKind,
-    pub address: Option<String>,
-    pub enabled: bool,
-    /// Named scan periods; tags pick one (default class `default` = 1s).
-    pub scan_classes: Vec<(String, Duration)>,
-    /// A read that takes longer counts as failed.
-    pub timeout: Duration,
-    /// Consecutive failed scans before the device is declared dead (DDEATH).
-    pub fail_after: u32,
-    pub tags: Vec<TagConfig>,
-    pub sim: SimDeviceConfig,
-    pub s7: S7DeviceConfig,
-    pub logix: LogixDeviceConfig,
-    /// Reconnect backoff after a failed connection: from `backoff_min`,
-    /// doubling with jitter up to `backoff_max` (the circuit breaker: a dead
-    /// PLC costs one attempt per period, never a busy loop).
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
-}
-
-impl DeviceConfig {
-    /// A device with every default and no tags (for tools such as `discover`).
-    pub fn minimal(name: &str, driver: DriverKind) -> DeviceConfig {
-        DeviceConfig {
-            name: name.to_string(),
-            driver,
-            address: None,
-            enabled: true,
-            scan_classes: vec![(DEFAULT_SCAN_CLASS.to_string(), Duration::from_secs(1))],
-            timeout: Duration::from_secs(2),
-            fail_after: 3,
-            tags: Vec::new(),
-            sim: SimDeviceConfig::default(),
-            s7: S7DeviceConfig::default(),
-            logix: LogixDeviceConfig::default(),
-            backoff_min: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(30),
-        }
-    }
-
-    /// `host:port` of the PLC (the driver's default port when none is given).
-    pub fn socket_address(&self) -> Option<String> {
-        let a = self.address.as_deref()?.trim();
-        if a.is_empty() {
-            return None;
-        }
-        let port = self.driver.default_port();
-        Some(match a.matches(':').count() {
-            // host or IPv4
-            0 => format!("{a}:{port}"),
-            // host:port
-            1 => a.to_string(),
-            // [v6]:port, or a bare IPv6 address
-            _ if a.starts_with('[') && a.contains("]:") => a.to_string(),
-            _ => format!("[{}]:{port}", a.trim_start_matches('[').trim_end_matches(']')),
-        })
-    }
-}
-
-/// `[devices.sim]`: options of the built-in simulator.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct SimDeviceConfig {
-    /// Generate this many extra tags (`Gen/Tag 000001`…) for load tests.
-    pub generate: u32,
-    /// Their signal (default `random_walk(step=0.5)`).
-    pub generate_signal: Option<Signal>,
-    pub generate_datatype: Option<DataType>,
-    pub generate_scan_class: Option<String>,
-    /// Simulated outages: unreachable for `unreachable_for` every `unreachable_every`.
-    pub unreachable_every: Option<Duration>,
-    pub unreachable_for: Duration,
-    pub seed: u64,
-}
-
-/// `[[devices.tags]]`: one PLC value, one Sparkplug metric.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TagConfig {
-    pub name: String,
-    pub address: String,
-    pub datatype: DataType,
-    pub scan_class: String,
-    /// Report only when the value moved at least this much (absolute).
-    pub deadband: f64,
-    /// …or at least this percent of the last reported value.
-    pub deadband_percent: f64,
-    pub writable: bool,
-    /// For the sim driver: the parsed signal (shared by generated tags).
-    pub signal: Option<std::sync::Arc<Signal>>,
 }
 
 /// `[commands]`: write-back, off by default, and what an inbound message
@@ -361,16 +149,6 @@ impl Default for CommandsConfig {
     }
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// journald under systemd, human-readable on a terminal, JSON otherwise.
-    Auto,
-    Human,
-    Json,
-    Journald,
-}
-
 /// `[telemetry]`: logs, health and metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TelemetryConfig {
@@ -379,8 +157,6 @@ pub struct TelemetryConfig {
     pub log_level: String,
     pub log_format: LogFormat,
 }
-
-const DEFAULT_SCAN_CLASS: &str = "default";
 
 impl Config {
     /// Reads and validates a config file.

@@ -33,10 +33,11 @@ use tokio::sync::{mpsc, watch as signal_watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::backoff::Rng;
+use crate::clock::now_ms;
 use crate::config::{Config, Overrides};
 use crate::mqtt::{self, ConnEvent, MqttError, Server};
-use crate::plc::poller::{self, now_ms, PollEvent};
-use crate::plc::sim::Rng;
+use crate::plc::poller::{self, PollEvent};
 use crate::queue::disk::{DiskOptions, QueueError};
 use crate::queue::forward::{Forwarder, ForwarderOptions, Notice, Replayed, Sent, StoreOp, StoreReport};
 use crate::queue::outbox::{Encoded, OutboxOptions};
@@ -517,10 +518,10 @@ impl Runtime {
     }
 
     fn schedule_reconnect(&mut self) {
-        let wait = mqtt::backoff(
-            self.attempt,
+        let wait = crate::backoff::delay(
             self.cfg.mqtt.backoff_min,
             self.cfg.mqtt.backoff_max,
+            self.attempt.saturating_add(1),
             self.rng.next_u64(),
         );
         self.reconnect_at = Some(Instant::now() + wait);
@@ -640,8 +641,19 @@ impl Runtime {
         self.schedule_reconnect();
     }
 
+    /// Persists the bdSeq before going on (it must survive a crash right
+    /// after the CONNECT). Its fsync runs with the worker handed over to
+    /// the runtime's other tasks, so pollers and the HTTP endpoint go on.
     fn persist_bdseq(&self, b: u8) {
-        if let Err(e) = save_bdseq(&self.state_dir, b) {
+        let save = || save_bdseq(&self.state_dir, b);
+        let multi = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let saved = if multi {
+            tokio::task::block_in_place(save)
+        } else {
+            save()
+        };
+        if let Err(e) = saved {
             tracing::error!(error = %e, dir = %self.state_dir.display(), "cannot persist bdSeq");
         }
     }

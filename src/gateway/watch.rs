@@ -12,9 +12,9 @@ use std::time::Duration;
 use rumqttc::{Event, Packet};
 use tokio::sync::mpsc;
 
+use crate::clock::now_ms;
 use crate::config::{MqttConfig, ServerConfig};
 use crate::mqtt::{self, ConnEvent, MqttError, Server};
-use crate::plc::poller::now_ms;
 use crate::sparkplug::host::{HostConfig, HostEvent, HostLimits, HostSession};
 use crate::sparkplug::pretty;
 
@@ -216,11 +216,11 @@ pub async fn run(opts: WatchOptions) -> Result<(), MqttError> {
                 }
             }
         }
-        let wait = mqtt::backoff(
-            attempt,
+        let wait = crate::backoff::delay(
             mqtt_cfg.backoff_min,
             mqtt_cfg.backoff_max,
-            u64::from(attempt) * 7919,
+            attempt.saturating_add(1),
+            crate::backoff::Rng::new(u64::from(attempt)).next_u64(),
         );
         attempt += 1;
         tokio::time::sleep(wait).await;

@@ -8,6 +8,7 @@
 //! ([tck-id-operational-behavior-primary-application-state-with-multiple-servers-single-server]);
 //! events of an old connection are told apart from the current one by its id.
 
+pub mod settings;
 pub mod tls;
 pub mod watermark;
 
@@ -21,8 +22,8 @@ use rumqttc::{
 use thiserror::Error;
 use tokio::sync::mpsc;
 
-use crate::config::{MqttConfig, ServerConfig};
 use crate::sparkplug::{Publish, QoS};
+use settings::{MqttConfig, ServerConfig};
 
 /// Why a server's settings cannot be used.
 #[derive(Debug, Error)]
@@ -214,27 +215,4 @@ pub fn explain(server: &Server, e: &ConnectionError) -> String {
     };
     let scheme = if server.tls.is_some() { "mqtts" } else { "mqtt" };
     format!("{scheme}://{}: {text}{hint}", server.label())
-}
-
-/// Exponential backoff with jitter: attempt 0 waits about `min`, doubling up
-/// to `max`; the wait is uniformly drawn from [50%, 100%] of that.
-pub fn backoff(attempt: u32, min: Duration, max: Duration, random: u64) -> Duration {
-    let base = min.saturating_mul(1u32 << attempt.min(16)).min(max);
-    let frac = 0.5 + (random % 1000) as f64 / 2000.0;
-    base.mul_f64(frac)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_the_cap_with_jitter() {
-        let (min, max) = (Duration::from_millis(500), Duration::from_secs(30));
-        assert!(backoff(0, min, max, 0) >= Duration::from_millis(250));
-        assert!(backoff(0, min, max, 999) <= Duration::from_millis(500));
-        assert!(backoff(3, min, max, 999) <= Duration::from_secs(4));
-        assert!(backoff(30, min, max, 999) <= max);
-        assert!(backoff(30, min, max, 0) >= max / 2);
-    }
 }

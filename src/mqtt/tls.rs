@@ -22,7 +22,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use thiserror::Error;
 
-use crate::config::TlsConfig;
+use super::settings::TlsConfig;
 
 /// Why a TLS configuration cannot be used.
 #[derive(Debug, Error)]

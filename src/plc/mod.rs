@@ -5,18 +5,20 @@
 //! an inner per-tag error means "this tag is bad" and maps to that metric's
 //! BAD quality, never to a dropped connection.
 
+pub mod device;
 pub mod discover;
 pub mod logix;
 pub mod poller;
 pub mod s7;
 pub mod sim;
+pub mod stats;
 
 use std::time::Instant;
 
 use thiserror::Error;
 
-use crate::config::{DeviceConfig, DriverKind};
 use crate::sparkplug::{DataType, Value};
+use device::{DeviceConfig, DriverKind};
 use sim::{Rng, Signal, SimTag};
 
 /// `v` as the integer datatype `dt`, when it fits (None: out of range or not an integer type).

@@ -28,11 +28,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::device::{DeviceConfig, TagConfig};
+use super::stats::DeviceStats;
 use super::{Driver, TagSpec};
-use crate::config::{DeviceConfig, TagConfig};
 use crate::sparkplug::edge::Sample;
 use crate::sparkplug::{DataType, Metric, Quality, Value};
-use crate::telemetry::metrics::DeviceStats;
 
 /// What a device poller tells the session. Samples address tags by their
 /// position in the device's declarations (see [`plan`] and [`declarations`]).
@@ -226,12 +226,7 @@ pub fn declarations(d: &DeviceConfig, now_ms: u64) -> Vec<Metric> {
     out
 }
 
-/// Wall clock in ms since the epoch (the poller's only clock read besides tokio's).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::clock::now_ms;
 
 /// Polls one device until `stop` turns true or the session goes away.
 pub async fn run(
@@ -514,7 +509,7 @@ struct Breaker {
     min: Duration,
     max: Duration,
     /// Seeded by the device name, so a plant of dead PLCs does not retry in step.
-    jitter: super::sim::Rng,
+    jitter: crate::backoff::Rng,
     stats: Arc<DeviceStats>,
 }
 
@@ -528,7 +523,7 @@ impl Breaker {
             retry_at: None,
             min: d.backoff_min,
             max: d.backoff_max,
-            jitter: super::sim::Rng::new(seed),
+            jitter: crate::backoff::Rng::new(seed),
             stats,
         }
     }
@@ -541,7 +536,7 @@ impl Breaker {
     /// Counts a failure, opens the circuit for a backoff; the failures in a row.
     fn failed(&mut self) -> u32 {
         self.failures += 1;
-        let wait = backoff(self.min, self.max, self.failures, self.jitter.unit());
+        let wait = crate::backoff::delay(self.min, self.max, self.failures, self.jitter.next_u64());
         self.retry_at = Some(Instant::now() + wait);
         self.stats
             .circuit_open
@@ -556,13 +551,6 @@ impl Breaker {
             .circuit_open
             .store(false, std::sync::atomic::Ordering::Relaxed);
     }
-}
-
-/// The wait before reconnect attempt `failures + 1`: `min` doubling per
-/// failure up to `max`, scaled by `0.5 + unit / 2` (jitter; `unit` in 0..1).
-pub fn backoff(min: Duration, max: Duration, failures: u32, unit: f64) -> Duration {
-    let exp = min.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
-    exp.min(max).mul_f64(0.5 + unit.clamp(0.0, 1.0) / 2.0)
 }
 
 /// Tags per driver call and per event once a device is online.
@@ -697,11 +685,11 @@ mod tests {
     fn generated_tags_are_named_in_order_with_their_class() {
         let d = DeviceConfig {
             tags: vec![tag(0.0, 0.0)],
-            sim: crate::config::SimDeviceConfig {
+            sim: crate::plc::device::SimDeviceConfig {
                 generate: 3,
                 ..Default::default()
             },
-            ..DeviceConfig::minimal("d", crate::config::DriverKind::Sim)
+            ..DeviceConfig::minimal("d", crate::plc::device::DriverKind::Sim)
         };
         let names: Vec<String> = declarations(&d, 0).into_iter().filter_map(|m| m.name).collect();
         assert_eq!(names, ["t", "Gen/Tag 000001", "Gen/Tag 000002", "Gen/Tag 000003"]);
@@ -755,7 +743,7 @@ mod last_tests {
 
     #[test]
     fn the_breaker_holds_traffic_after_a_failure_and_closes_on_success() {
-        let mut d = crate::config::DeviceConfig::minimal("plc", crate::config::DriverKind::Sim);
+        let mut d = crate::plc::device::DeviceConfig::minimal("plc", crate::plc::device::DriverKind::Sim);
         d.backoff_min = Duration::from_secs(60);
         let stats = Arc::new(DeviceStats::default());
         let mut b = Breaker::new(&d, stats.clone());
@@ -769,25 +757,8 @@ mod last_tests {
     }
 
     #[test]
-    fn reconnect_backoff_doubles_to_its_cap_with_jitter() {
-        let (min, max) = (Duration::from_secs(1), Duration::from_secs(30));
-        let full = |n| backoff(min, max, n, 1.0);
-        assert_eq!(
-            [full(1), full(2), full(3), full(5)],
-            [1, 2, 4, 16].map(Duration::from_secs)
-        );
-        assert_eq!(full(6), max, "capped");
-        assert_eq!(full(1000), max, "no overflow");
-        assert_eq!(
-            backoff(min, max, 1, 0.0),
-            Duration::from_millis(500),
-            "jitter halves at most"
-        );
-    }
-
-    #[test]
     fn a_chunked_scan_connects_first_and_counts_the_connect_like_a_single_read() {
-        let mut d = crate::config::DeviceConfig::minimal("big", crate::config::DriverKind::Sim);
+        let mut d = crate::plc::device::DeviceConfig::minimal("big", crate::plc::device::DriverKind::Sim);
         d.sim.generate = (CHUNK + 500) as u32;
         let stats = Arc::new(DeviceStats::default());
         let (tx, mut rx) = mpsc::channel(16);

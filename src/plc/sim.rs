@@ -49,7 +49,7 @@ pub struct Signal {
 }
 
 fn seconds(v: &str) -> Result<f64, String> {
-    crate::config::reader::parse_duration(v).map(|d| d.as_secs_f64())
+    crate::units::parse_duration(v).map(|d| d.as_secs_f64())
 }
 
 impl Signal {
@@ -182,29 +182,7 @@ impl Signal {
     }
 }
 
-/// Small, fast, seedable PRNG (xorshift64*), so runs are reproducible.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in [-1, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
-}
+pub use crate::backoff::Rng;
 
 /// A simulated tag: its signal, datatype and running state.
 #[derive(Debug, Clone)]

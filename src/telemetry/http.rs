@@ -42,7 +42,7 @@ pub struct GatewayExposition {
 impl Exposition for GatewayExposition {
     fn ready(&self) -> (bool, String) {
         let s = self.status.lock().map(|s| s.clone()).unwrap_or_default();
-        let store = self.telemetry.store_summary(crate::plc::poller::now_ms());
+        let store = self.telemetry.store_summary(crate::clock::now_ms());
         let ready = self.telemetry.ready();
         let word = if ready { "ready" } else { "not ready" };
         (ready, format!("{word}: {s}\n{store}\n"))

@@ -10,7 +10,15 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// journald under systemd, human-readable on a terminal, JSON otherwise.
+    Auto,
+    Human,
+    Json,
+    Journald,
+}
 
 /// Installs the global subscriber. `level` is a filter like `info` or `warn,spb=debug`.
 pub fn init(level: &str, format: LogFormat) {

@@ -8,59 +8,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::sparkplug::topic::MessageType;
 
-/// Upper bounds (seconds) of the PLC read latency histogram.
-pub const LATENCY_BUCKETS: [f64; 11] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
-
-/// Per-device polling statistics.
-#[derive(Debug, Default)]
-pub struct DeviceStats {
-    /// Advanced by the poller loop at least once a second while it is alive.
-    pub heartbeat: AtomicU64,
-    pub reads: AtomicU64,
-    pub read_errors: AtomicU64,
-    pub tag_errors: AtomicU64,
-    pub missed_scans: AtomicU64,
-    pub changes: AtomicU64,
-    pub online: AtomicBool,
-    /// Connection attempts and the ones that failed.
-    pub connects: AtomicU64,
-    pub connect_failures: AtomicU64,
-    /// Answers that broke the protocol's bounds (oversized, endless
-    /// fragments, malformed past what a PLC sends): connection dropped.
-    pub protocol_violations: AtomicU64,
-    /// True while the poller waits out a reconnect backoff (no I/O to the PLC).
-    pub circuit_open: AtomicBool,
-    /// Latency of the last batched read, in microseconds.
-    pub last_read_us: AtomicU64,
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    latency_sum_us: AtomicU64,
-}
-
-impl DeviceStats {
-    /// Records one batched read.
-    pub fn observe_read(&self, took: Duration, ok: bool) {
-        self.reads.fetch_add(1, Relaxed);
-        if !ok {
-            self.read_errors.fetch_add(1, Relaxed);
-        }
-        let s = took.as_secs_f64();
-        for (b, le) in self.buckets.iter().zip(LATENCY_BUCKETS) {
-            if s <= le {
-                b.fetch_add(1, Relaxed);
-            }
-        }
-        self.latency_sum_us.fetch_add(took.as_micros() as u64, Relaxed);
-        self.last_read_us.store(took.as_micros() as u64, Relaxed);
-    }
-
-    pub fn set_online(&self, online: bool) {
-        self.online.store(online, Relaxed);
-    }
-}
+pub use crate::plc::stats::{DeviceStats, LATENCY_BUCKETS};
 
 /// Everything the gateway exposes.
 #[derive(Debug, Default)]
@@ -419,7 +370,7 @@ impl Telemetry {
             "spb_queue_oldest_age_seconds",
             "Age of the oldest stored sample (0 when nothing is stored).",
             "gauge",
-            self.queue_oldest_age_s(crate::plc::poller::now_ms()),
+            self.queue_oldest_age_s(crate::clock::now_ms()),
         );
         g(
             &mut s,
@@ -525,19 +476,15 @@ impl Telemetry {
         );
         for (dev, d) in devices.iter() {
             let dev = escape(dev);
-            for (b, le) in d.buckets.iter().zip(LATENCY_BUCKETS) {
-                let _ = writeln!(
-                    s,
-                    "spb_plc_read_seconds_bucket{{device=\"{dev}\",le=\"{le}\"}} {}",
-                    b.load(Relaxed)
-                );
+            for (b, le) in d.latency_buckets().zip(LATENCY_BUCKETS) {
+                let _ = writeln!(s, "spb_plc_read_seconds_bucket{{device=\"{dev}\",le=\"{le}\"}} {b}");
             }
             let n = d.reads.load(Relaxed);
             let _ = writeln!(s, "spb_plc_read_seconds_bucket{{device=\"{dev}\",le=\"+Inf\"}} {n}");
             let _ = writeln!(
                 s,
                 "spb_plc_read_seconds_sum{{device=\"{dev}\"}} {}",
-                d.latency_sum_us.load(Relaxed) as f64 / 1e6
+                d.latency_sum_us() as f64 / 1e6
             );
             let _ = writeln!(s, "spb_plc_read_seconds_count{{device=\"{dev}\"}} {n}");
         }
@@ -560,8 +507,8 @@ mod tests {
         t.published(MessageType::DData, 40);
         t.published(MessageType::DData, 40);
         let d = t.device("press \"4\"");
-        d.observe_read(Duration::from_millis(3), true);
-        d.observe_read(Duration::from_millis(300), false);
+        d.observe_read(std::time::Duration::from_millis(3), true);
+        d.observe_read(std::time::Duration::from_millis(300), false);
         let text = t.render();
         assert!(
             text.contains("spb_messages_published_total{type=\"DDATA\"} 2"),

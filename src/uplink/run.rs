@@ -36,8 +36,8 @@ use super::postgres::PgSink;
 use super::rows::Batch;
 use super::stats::Stats;
 use super::writer::{self, Pending, Queue, Writers};
+use crate::clock::now_ms;
 use crate::mqtt::{self, ConnEvent, MqttError, Server};
-use crate::plc::poller::now_ms;
 use crate::sparkplug::host::{HostConfig, HostError, HostEvent, HostSession};
 use crate::telemetry::http;
 
@@ -115,7 +115,7 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
         batch: Batch::default(),
         batch_since: None,
         writers,
-        rng: crate::plc::sim::Rng::new(now_ms()),
+        rng: crate::backoff::Rng::new(now_ms()),
         own_commands: std::collections::VecDeque::new(),
         rate_window: (Instant::now(), 0),
         quarantine_log: LogBudget::new(10),
@@ -170,7 +170,7 @@ struct Loop {
     batch: Batch,
     batch_since: Option<Instant>,
     writers: Writers,
-    rng: crate::plc::sim::Rng,
+    rng: crate::backoff::Rng,
     /// Commands this host published lately (ms, topic, payload): audited when
     /// sent, so their echo from the broker is not audited again.
     own_commands: std::collections::VecDeque<(u64, String, Vec<u8>)>,
@@ -300,10 +300,10 @@ impl Loop {
                     tracing::error!(error = %why, "connection failed");
                 }
                 self.server = (self.server + 1) % self.servers.len().max(1);
-                let wait = mqtt::backoff(
-                    self.attempt,
+                let wait = crate::backoff::delay(
                     self.cfg.mqtt.backoff_min,
                     self.cfg.mqtt.backoff_max,
+                    self.attempt.saturating_add(1),
                     self.rng.next_u64(),
                 );
                 self.attempt = self.attempt.saturating_add(1);
