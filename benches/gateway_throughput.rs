@@ -10,6 +10,9 @@
 //! /proc), and peak RSS (VmHWM, so it includes the NBIRTH). Results are
 //! printed and written to `target/bench-gateway.md`. Note: mosquitto and the
 //! counting subscriber share this 2-core machine with the gateway.
+//! `SPB_BENCH_GATEWAY=/path/to/spb-gateway` (labelled
+//! `SPB_BENCH_GATEWAY_LABEL`) runs each case with that build too, right
+//! after this one, for a before/after in one run.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -81,19 +84,31 @@ fn main() {
     }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let tck = common::clk_tck();
+    let mut bins = vec![(
+        "this build".to_string(),
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_spb-gateway")),
+    )];
+    if let Some(other) = std::env::var_os("SPB_BENCH_GATEWAY") {
+        let label = std::env::var("SPB_BENCH_GATEWAY_LABEL").unwrap_or_else(|_| "other build".into());
+        bins.push((label, std::path::PathBuf::from(other)));
+    }
     let mut rows = Vec::new();
-    for (tags, scan, scans_per_s) in [
+    for ((tags, scan, scans_per_s), (label, bin)) in [
         (1_000u32, "10ms", 100.0),
         (10_000, "100ms", 10.0),
         (100_000, "1s", 1.0),
         (100_000, "250ms", 4.0),
-    ] {
+    ]
+    .into_iter()
+    .flat_map(|case| bins.iter().map(move |b| (case, b)))
+    {
         let broker = common::Broker::start(None);
         let counted = Arc::new(AtomicU64::new(0));
         let births = Arc::new(AtomicU64::new(0));
         rt.spawn(count_ddata(broker.port, counted.clone(), births.clone()));
         std::thread::sleep(Duration::from_millis(300));
-        let gw = common::Gateway::start(&config(broker.port, tags, scan), &[]);
+        let dir = tempfile::tempdir().expect("tmp");
+        let gw = common::Gateway::start_bin(bin, dir, &config(broker.port, tags, scan), &[], &[]);
         let pid = gw.child.id();
         let t0 = Instant::now();
         while births.load(Relaxed) == 0 {
@@ -110,12 +125,12 @@ fn main() {
         let cpu = (cpu1 - cpu0) as f64 / tck / secs;
         let offered = f64::from(tags) * scans_per_s;
         println!(
-            "{tags:>7} tags @ {scan:>5}: offered {offered:>9.0}/s delivered {delivered:>9.0}/s, gateway CPU {:.0}% of a core, peak RSS {:.1} MiB",
+            "{label}: {tags:>7} tags @ {scan:>5}: offered {offered:>9.0}/s delivered {delivered:>9.0}/s, gateway CPU {:.0}% of a core, peak RSS {:.1} MiB",
             cpu * 100.0,
             hwm_kib as f64 / 1024.0
         );
         rows.push(format!(
-            "| {tags} | {scan} | {offered:.0} | {delivered:.0} | {:.0}% | {:.0} | {:.1} MiB |",
+            "| {label} | {tags} | {scan} | {offered:.0} | {delivered:.0} | {:.0}% | {:.0} | {:.1} MiB |",
             cpu * 100.0,
             if cpu > 0.0 { delivered / cpu } else { 0.0 },
             hwm_kib as f64 / 1024.0
@@ -125,7 +140,7 @@ fn main() {
         drop(broker);
     }
     let table = format!(
-        "| tags | scan | offered changes/s | delivered changes/s | gateway CPU | changes/s per core | peak RSS |\n|---|---|---|---|---|---|---|\n{}\n",
+        "| gateway | tags | scan | offered changes/s | delivered changes/s | gateway CPU | changes/s per core | peak RSS |\n|---|---|---|---|---|---|---|---|\n{}\n",
         rows.join("\n")
     );
     println!("\n{table}");

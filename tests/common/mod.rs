@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The venv interpreter that has the peers from `tests/interop/requirements.txt`.
@@ -458,11 +458,22 @@ impl Gateway {
 
     /// Starts with extra environment variables.
     pub fn start_with_env(dir: tempfile::TempDir, config: &str, args: &[&str], env: &[(&str, String)]) -> Gateway {
+        Self::start_bin(Path::new(env!("CARGO_BIN_EXE_spb-gateway")), dir, config, args, env)
+    }
+
+    /// Starts the gateway program `bin` (another build, for benchmarks side by side).
+    pub fn start_bin(
+        bin: &Path,
+        dir: tempfile::TempDir,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Gateway {
         let cfg = dir.path().join("config.toml");
         std::fs::write(&cfg, config).expect("write config");
         let stderr_path = dir.path().join(format!("gateway-{}.log", free_port()));
         let err = std::fs::File::create(&stderr_path).expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_spb-gateway"))
+        let child = Command::new(bin)
             .arg("--config")
             .arg(&cfg)
             .arg("--data-dir")
