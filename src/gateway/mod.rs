@@ -900,8 +900,11 @@ impl Runtime {
             self.telemetry.poll_progress.fetch_add(1, Relaxed);
         }
         let now = now_ms();
-        // Sync if due, and try a new store if a failed one has waited.
-        self.send_store(StoreOp::Tick).await;
+        // Sync if due, and try a new store if a failed one has waited; a
+        // closed, healthy store is not woken for nothing.
+        if self.fwd.store().needs_tick() {
+            self.send_store(StoreOp::Tick).await;
+        }
         self.fwd.tick(now, self.session.is_publishing());
         self.replay(now).await;
         if self.fwd.marker_due(true) {
@@ -1106,7 +1109,7 @@ impl Runtime {
         self.send_store(StoreOp::Flush).await;
         if let Some(t) = self.store.take() {
             // Joining waits for every operation sent: off the runtime's workers.
-            let _ = tokio::task::spawn_blocking(move || t.close()).await;
+            let _ = tokio::task::spawn_blocking(move || drop(t)).await;
         }
         while let Ok(report) = store_rx.try_recv() {
             self.fwd.on_store(report);

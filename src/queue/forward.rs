@@ -121,6 +121,14 @@ pub struct StoreSnapshot {
     pub oldest_ms: Option<u64>,
 }
 
+impl StoreSnapshot {
+    /// Whether the store's tick has work: a sync, the manifest of an open
+    /// store, or a failed store to replace. A closed, healthy store has none.
+    pub fn needs_tick(&self) -> bool {
+        self.stats.records > 0 || self.unsynced_samples > 0 || self.failure.is_some()
+    }
+}
+
 /// A reply with the snapshot taken after it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreReport {
@@ -239,8 +247,6 @@ pub struct Forwarder {
     notices: Vec<Notice>,
     counts: Counts,
     store: StoreSnapshot,
-    /// Group commits handed to the store and not yet answered.
-    appends_in_flight: usize,
     host_was_online: bool,
     /// The replay's number: bumped whenever it restarts from the head.
     epoch: u64,
@@ -267,7 +273,6 @@ impl Forwarder {
             notices: Vec::new(),
             counts: Counts::default(),
             store,
-            appends_in_flight: 0,
             host_was_online: false,
             epoch: 0,
             read_in_flight: false,
@@ -420,7 +425,6 @@ impl Forwarder {
         if self.pending.is_empty() {
             return;
         }
-        self.appends_in_flight += 1;
         self.ops.push(StoreOp::Append(std::mem::take(&mut self.pending)));
     }
 
@@ -439,7 +443,6 @@ impl Forwarder {
         self.store = report.snapshot;
         match report.reply {
             StoreReply::Appended { samples, dropped } => {
-                self.appends_in_flight = self.appends_in_flight.saturating_sub(1);
                 self.counts.stored += samples;
                 self.caught_up = false;
                 if dropped.metrics > 0 {
@@ -452,7 +455,6 @@ impl Forwarder {
                 }
             }
             StoreReply::AppendFailed { samples, error } => {
-                self.appends_in_flight = self.appends_in_flight.saturating_sub(1);
                 self.counts.dropped += samples;
                 self.notices.push(Notice::StoreFailed { samples, error });
             }
@@ -572,12 +574,8 @@ impl Forwarder {
                 // Deleted with the next confirmation, like a replayed one.
                 self.outbox.sent_stored(id, 0);
             }
-            Replayed::Stopped => {
-                // Read again from the cursor when the replay resumes.
-                self.ready.clear();
-                self.epoch += 1;
-                self.read_in_flight = false;
-            }
+            // Read again from the cursor when the replay resumes.
+            Replayed::Stopped => self.restart_replay(),
         }
     }
 
@@ -599,11 +597,6 @@ impl Forwarder {
     /// Samples replayed per second over the last full second.
     pub fn replay_rate(&self) -> u64 {
         self.replay_rate
-    }
-
-    /// Nothing waits to be handed to the store.
-    pub fn nothing_pending(&self) -> bool {
-        self.pending.is_empty() && self.ops.is_empty()
     }
 }
 
@@ -745,22 +738,26 @@ mod tests {
             self.run();
         }
 
-        /// Replays what the forwarder offers, as the session would.
+        /// Stores `values` as samples the session could not publish.
+        fn store_values(&mut self, values: std::ops::Range<i32>) {
+            for v in values {
+                self.f.historical(&rec(v));
+            }
+            self.f.commit();
+            self.run();
+        }
+
+        /// Replays what the forwarder offers, as the session would; a read
+        /// it asks for on the way is run before giving up.
         fn replay_all(&mut self) -> Vec<i32> {
             let mut out = Vec::new();
             loop {
                 self.run();
-                let Some((id, r)) = self.f.next_replay() else {
+                let next = self.f.next_replay().or_else(|| {
                     self.run();
-                    match self.f.next_replay() {
-                        Some((id, r)) => {
-                            out.push(value(&r));
-                            self.f.replayed(id, 1, Replayed::Sent { too_large: 0 });
-                            continue;
-                        }
-                        None => return out,
-                    }
-                };
+                    self.f.next_replay()
+                });
+                let Some((id, r)) = next else { return out };
                 out.push(value(&r));
                 self.f.replayed(id, 1, Replayed::Sent { too_large: 0 });
             }
@@ -836,11 +833,7 @@ mod tests {
     #[test]
     fn stored_records_are_replayed_in_order_and_deleted_only_once_a_marker_confirms_them() {
         let mut rig = Rig::new(ForwarderOptions::default());
-        for v in 0..5 {
-            rig.f.historical(&rec(v));
-        }
-        rig.f.commit();
-        rig.run();
+        rig.store_values(0..5);
         rig.f.tick(0, true);
         assert_eq!(rig.replay_all(), vec![0, 1, 2, 3, 4]);
         assert_eq!(rig.stored().len(), 5, "sent but not confirmed: still stored");
@@ -852,11 +845,7 @@ mod tests {
     #[test]
     fn a_lost_connection_replays_again_from_the_head_and_a_stale_read_is_discarded() {
         let mut rig = Rig::new(ForwarderOptions::default());
-        for v in 0..3 {
-            rig.f.historical(&rec(v));
-        }
-        rig.f.commit();
-        rig.run();
+        rig.store_values(0..3);
         rig.f.tick(0, true);
         let read = rig.f.take_ops();
         assert!(matches!(read[..], [StoreOp::Read { cursor: None, .. }]));
@@ -875,11 +864,7 @@ mod tests {
             replay_window: 2,
             ..ForwarderOptions::default()
         });
-        for v in 0..5 {
-            rig.f.historical(&rec(v));
-        }
-        rig.f.commit();
-        rig.run();
+        rig.store_values(0..5);
         rig.f.tick(0, true);
         assert_eq!(rig.replay_all(), vec![0, 1], "two unconfirmed at most");
         rig.ack(1);
@@ -893,11 +878,7 @@ mod tests {
             replay_rate: 20,
             ..ForwarderOptions::default()
         });
-        for v in 0..10 {
-            rig.f.historical(&rec(v));
-        }
-        rig.f.commit();
-        rig.run();
+        rig.store_values(0..10);
         rig.f.tick(0, true);
         assert_eq!(rig.replay_all().len(), 2, "20/s is 2 per 100 ms tick");
         rig.f.tick(100, true);
@@ -934,11 +915,7 @@ mod tests {
     #[test]
     fn ids_appended_after_a_drain_are_not_skipped_by_the_replay_cursor() {
         let mut rig = Rig::new(ForwarderOptions::default());
-        for v in 0..3 {
-            rig.f.historical(&rec(v));
-        }
-        rig.f.commit();
-        rig.run();
+        rig.store_values(0..3);
         rig.f.tick(0, true);
         assert_eq!(rig.replay_all(), vec![0, 1, 2]);
         rig.ack(1); // drained
@@ -982,11 +959,7 @@ mod tests {
     fn a_failed_or_full_store_counts_every_sample_it_drops() {
         let mut rig = Rig::new(ForwarderOptions::default());
         rig.store.max_records = 2;
-        for v in 0..3 {
-            rig.f.historical(&rec(v));
-        }
-        rig.f.commit();
-        rig.run();
+        rig.store_values(0..3);
         assert_eq!(rig.stored(), vec![1, 2], "the oldest dropped");
         assert_eq!(
             rig.f.counts(),

@@ -96,23 +96,17 @@ impl StoreThread {
             None => false,
         }
     }
+}
 
-    /// Closes the channel and waits for the thread to flush and end.
-    pub fn close(mut self) {
+/// Dropping the handle closes the channel and waits for the thread to run
+/// what was sent, flush and end.
+impl Drop for StoreThread {
+    fn drop(&mut self) {
         self.tx = None;
         if let Some(j) = self.join.take() {
             if j.join().is_err() {
                 tracing::error!("the store thread panicked");
             }
-        }
-    }
-}
-
-impl Drop for StoreThread {
-    fn drop(&mut self) {
-        self.tx = None;
-        if let Some(j) = self.join.take() {
-            let _ = j.join();
         }
     }
 }
@@ -158,7 +152,7 @@ mod tests {
         assert_eq!(records.len(), 2, "the read sees the append sent before it");
         let third = reports.recv().await.expect("report");
         assert_eq!(third.snapshot.stats.records, 0, "drained");
-        t.close();
+        drop(t);
         assert!(!dir.path().join("q").exists(), "a drained store is deleted");
     }
 }
