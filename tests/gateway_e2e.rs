@@ -707,6 +707,104 @@ fn ten_thousand_devices_born_at_once_all_reach_the_broker() {
     assert!(gw.wait_exit(Duration::from_secs(30)).success());
 }
 
+/// A flood of commands while 10,000 devices are born in one go: the task
+/// that reads the connection waits for the loop to take its messages, and
+/// the loop, publishing the births, must never wait for that task in turn
+/// (docs/ARCHITECTURE.md, "The MQTT link"). Every birth arrives, the flood
+/// is read and refused, and the loop answers and stops cleanly.
+#[test]
+fn a_flood_of_commands_during_a_birth_storm_stalls_neither_the_births_nor_the_loop() {
+    use std::io::Write;
+    let mut broker = Broker::start(None);
+    let devices: String = (0..10_000)
+        .map(|i| {
+            format!(
+                "[[devices]]\nname = \"d{i}\"\ndriver = \"sim\"\n[devices.scan_classes]\nslow = \"10s\"\n[[devices.tags]]\nname = \"T\"\naddress = \"counter\"\ndatatype = \"UInt32\"\nscan_class = \"slow\"\n"
+            )
+        })
+        .collect();
+    let http = common::free_port();
+    let cfg = format!(
+        "[node]\ngroup_id = \"Flood\"\nnode_id = \"gw\"\n[mqtt]\nbackoff_min = \"1s\"\nbackoff_max = \"1s\"\n[[mqtt.servers]]\nhost = \"127.0.0.1\"\nport = {}\n[telemetry]\nlisten = \"127.0.0.1:{http}\"\nlog_format = \"human\"\n{devices}",
+        broker.port
+    );
+    let mut gw = Gateway::start(&cfg, &[]);
+    gw.wait_log("health and metrics on", Duration::from_secs(60));
+    let value = |name: &str| common::prom_value(http, name).unwrap_or(0.0);
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} never happened; {} DBIRTHs, {} messages rejected:\n{}",
+                value("spb_messages_published_total{type=\"DBIRTH\"}"),
+                value("spb_rejected_messages_total"),
+                gw.log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let births = || value("spb_messages_published_total{type=\"DBIRTH\"}");
+    wait_for("10,000 DBIRTHs", &|| births() >= 10_000.0);
+    // The broker goes away; while the gateway waits to reconnect, a client
+    // starts flooding its command topic, so the flood is running when all
+    // 10,000 devices are born again at the next connect.
+    broker.kill();
+    broker.restart();
+    // Killed however the test ends: a flood left running fills memory.
+    struct Flood(std::process::Child);
+    impl Drop for Flood {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut flood = Flood(
+        std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "0", "-l"])
+            .args(["-t", "spBv1.0/Flood/NCMD/gw"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto_pub"),
+    );
+    let mut stdin = flood.0.stdin.take().expect("stdin");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = stop.clone();
+    let writer = std::thread::spawn(move || {
+        // Not a Sparkplug payload: each one is refused and counted. At most
+        // a million of them.
+        let chunk = "not a command\n".repeat(1000);
+        for _ in 0..1000 {
+            if flooding.load(std::sync::atomic::Ordering::Relaxed) || stdin.write_all(chunk.as_bytes()).is_err() {
+                break;
+            }
+        }
+    });
+    wait_for("20,000 DBIRTHs", &|| births() >= 20_000.0);
+    wait_for("the flood refused", &|| {
+        value("spb_rejected_messages_total") >= 10_000.0
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(flood);
+    writer.join().expect("writer");
+    let log = gw.log();
+    let refused = log.matches("message rejected").count();
+    assert!(
+        refused < 2_000,
+        "a flood costs a few lines a second, not one per message: {refused} lines"
+    );
+    assert!(log.contains("warnings about inbound messages held back in the last second"));
+    let health = common::http_get(http, "/health");
+    assert!(health.starts_with("HTTP/1.1 200"), "the loop is alive: {health}");
+    gw.signal(Signal::SIGTERM);
+    assert!(
+        gw.wait_exit(Duration::from_secs(30)).success(),
+        "{}",
+        gw.log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+}
+
 /// 100,000 changes in one scan with `max_data_metrics = 10`: 10,000 DDATA
 /// in a burst, and the loop keeps up (no wait cycle with the MQTT task).
 #[test]

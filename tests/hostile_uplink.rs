@@ -53,6 +53,7 @@ fn publish(topic: &str, payload: Vec<u8>) -> Publish {
         payload,
         qos: QoS::AtLeastOnce,
         retain: false,
+        kind: None,
     }
 }
 

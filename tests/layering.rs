@@ -13,7 +13,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("units", &[]),
     ("backoff", &[]),
     ("sparkplug", &[]),
-    ("mqtt", &["sparkplug"]),
+    ("mqtt", &["backoff", "sparkplug"]),
     ("plc", &["clock", "units", "backoff", "sparkplug"]),
     ("queue", &["mqtt", "sparkplug"]),
     ("telemetry", &["clock", "plc", "sparkplug"]),

@@ -437,6 +437,7 @@ fn every_command_on_the_broker_is_audited_with_whether_the_birth_allows_it() {
         .expect("encodes"),
         qos: spb::sparkplug::QoS::AtMostOnce,
         retain: false,
+        kind: None,
     };
     use spb::sparkplug::{Metric, Value};
     probe.publish(&cmd(vec![Metric::new("Temp", Value::Double(21.5), now + 5)]));
@@ -449,6 +450,7 @@ fn every_command_on_the_broker_is_audited_with_whether_the_birth_allows_it() {
         payload: b"\xff\x01garbage".to_vec(),
         qos: spb::sparkplug::QoS::AtMostOnce,
         retain: false,
+        kind: None,
     });
     uplink.wait_until("four audited", |u| {
         u.metric("spb_uplink_commands_audited_total") >= 4.0 && u.metric("spb_uplink_backlog_rows") == 0.0
@@ -574,6 +576,7 @@ fn births_and_data_encoded_by_pysparkplug_land_as_facts_named_through_their_alia
             payload: common::unhex(answer["payload"].as_str().expect("hex payload")),
             qos: spb::sparkplug::QoS::AtMostOnce,
             retain: false,
+            kind: None,
         });
     }
     uplink.wait_until("the facts are written", |u| {

@@ -1,6 +1,6 @@
-//! The broker connection: rumqttc over TCP or rustls (mTLS), one connection
-//! task per attempt, the Will rewritten before every CONNECT, exponential
-//! backoff with jitter, and errors explained in plant terms.
+//! The broker connection: the servers' settings and TLS, the options of a
+//! CONNECT (the Will rewritten before each one), errors explained in plant
+//! terms; [`link::Link`] keeps one connection at a time with them.
 //!
 //! Invariants: clean session always ([tck-id-principles-persistence-clean-session-311]);
 //! max packet size from the config, never rumqttc's 10 KiB default (a real NBIRTH
@@ -8,21 +8,17 @@
 //! ([tck-id-operational-behavior-primary-application-state-with-multiple-servers-single-server]);
 //! events of an old connection are told apart from the current one by its id.
 
+pub mod link;
 pub mod settings;
 pub mod tls;
 pub mod watermark;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, TlsConfiguration,
-    Transport,
-};
+use rumqttc::{ConnectionError, Event, LastWill, MqttOptions, TlsConfiguration, Transport};
 use thiserror::Error;
-use tokio::sync::mpsc;
 
-use crate::sparkplug::{Publish, QoS};
+use crate::sparkplug::Publish;
 use settings::{MqttConfig, ServerConfig};
 
 /// Why a server's settings cannot be used.
@@ -37,18 +33,11 @@ pub enum MqttError {
     },
 }
 
-/// What a connection task reports.
+/// What a connection's event-loop task reports.
 #[derive(Debug)]
-pub enum ConnEvent {
+enum ConnEvent {
     Event(u64, Event),
     Closed(u64, ConnectionError),
-}
-
-fn qos(q: QoS) -> rumqttc::QoS {
-    match q {
-        QoS::AtMostOnce => rumqttc::QoS::AtMostOnce,
-        QoS::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
-    }
 }
 
 /// A server with its TLS configuration built once.
@@ -111,7 +100,7 @@ impl Server {
 pub const INBOUND_TRANSPORT_MAX: usize = 16 * 1024 * 1024;
 
 /// Options for one CONNECT with `will` as the Last Will.
-pub fn options(server: &Server, mqtt: &MqttConfig, default_client_id: &str, will: Option<&Publish>) -> MqttOptions {
+fn options(server: &Server, mqtt: &MqttConfig, default_client_id: &str, will: Option<&Publish>) -> MqttOptions {
     let id = server
         .cfg
         .client_id
@@ -132,7 +121,12 @@ pub fn options(server: &Server, mqtt: &MqttConfig, default_client_id: &str, will
         o.set_credentials(u.clone(), p.clone().unwrap_or_default());
     }
     if let Some(w) = will {
-        o.set_last_will(LastWill::new(w.topic.clone(), w.payload.clone(), qos(w.qos), w.retain));
+        o.set_last_will(LastWill::new(
+            w.topic.clone(),
+            w.payload.clone(),
+            link::qos(w.qos),
+            w.retain,
+        ));
     }
     if let Some(tls) = &server.tls {
         o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls.clone())));
@@ -140,51 +134,9 @@ pub fn options(server: &Server, mqtt: &MqttConfig, default_client_id: &str, will
     o
 }
 
-/// Starts a connection: returns the client and spawns the task that drives
-/// its event loop, forwarding events tagged with `id` until the connection ends.
-pub fn connect(opts: MqttOptions, timeout: Duration, id: u64, tx: mpsc::Sender<ConnEvent>) -> AsyncClient {
-    let (client, mut eventloop): (AsyncClient, EventLoop) = AsyncClient::new(opts, 4096);
-    let mut net = eventloop.network_options();
-    net.set_connection_timeout(timeout.as_secs().max(1));
-    eventloop.set_network_options(net);
-    tokio::spawn(async move {
-        loop {
-            match eventloop.poll().await {
-                Ok(ev) => {
-                    // What nobody waits for is not forwarded: above all the
-                    // trace of every QoS 0 publish (packet id 0). Forwarded,
-                    // a burst of thousands of DATA or births filled this
-                    // channel while the runtime, not reading it, waited for
-                    // room in rumqttc's request channel, which this task
-                    // drains: a cycle of two bounded channels.
-                    if matches!(
-                        ev,
-                        Event::Outgoing(Outgoing::Publish(0) | Outgoing::PingReq) | Event::Incoming(Packet::PingResp)
-                    ) {
-                        continue;
-                    }
-                    if tx.send(ConnEvent::Event(id, ev)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(ConnEvent::Closed(id, e)).await;
-                    return;
-                }
-            }
-        }
-    });
-    client
-}
-
-/// Publishes through a client; QoS and retain as the session decided.
-pub async fn publish(client: &AsyncClient, p: Publish) -> Result<(), rumqttc::ClientError> {
-    client.publish(p.topic, qos(p.qos), p.retain, p.payload).await
-}
-
 /// Whether the CONNECT packet had left when the connection failed (so the
 /// Will with this bdSeq was registered and the next CONNECT needs a new one).
-pub fn connect_was_sent(e: &ConnectionError) -> bool {
+fn connect_was_sent(e: &ConnectionError) -> bool {
     matches!(
         e,
         ConnectionError::ConnectionRefused(_) | ConnectionError::NotConnAck(_) | ConnectionError::MqttState(_)
@@ -192,7 +144,7 @@ pub fn connect_was_sent(e: &ConnectionError) -> bool {
 }
 
 /// A one-line explanation of a connection error, with a hint where we have one.
-pub fn explain(server: &Server, e: &ConnectionError) -> String {
+fn explain(server: &Server, e: &ConnectionError) -> String {
     let text = e.to_string();
     let hint = if text.contains("CertificateRequired") || text.contains("certificate required") {
         " (the broker requires a client certificate: set tls.cert and tls.key)"

@@ -32,16 +32,7 @@ use super::disk::{DiskOptions, QueueError, QueueStats};
 use super::outbox::{Encoded, Outbox, OutboxOptions};
 use super::{Dropped, Record};
 
-/// What became of a publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
-    /// Handed to the MQTT client.
-    Yes,
-    /// Larger than `mqtt.max_packet_size`: refused, the connection kept.
-    TooLarge,
-    /// No connection (or it is closing).
-    Closed,
-}
+pub use crate::mqtt::link::Sent;
 
 /// What the forwarder needs from `[store]`.
 #[derive(Debug, Clone, Copy, PartialEq)]

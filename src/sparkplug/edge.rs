@@ -115,6 +115,12 @@ pub enum EdgeAction {
         device: Option<String>,
         metrics: Vec<Metric>,
     },
+    /// The Primary Host's STATE changed (a STATE accepted: not stale, not
+    /// too far ahead); it comes before what the change makes the node do.
+    HostState {
+        online: bool,
+        timestamp: u64,
+    },
     /// An incoming message or replayed sample that could not be used, and why.
     Rejected {
         topic: String,
@@ -547,6 +553,7 @@ impl EdgeSession {
             // [tck-id-payloads-ndeath-will-message-qos] [tck-id-payloads-ndeath-will-message-retain]
             qos: QoS::AtLeastOnce,
             retain: false,
+            kind: Some(MessageType::NDeath),
         }
     }
 
@@ -671,6 +678,7 @@ impl EdgeSession {
             // [tck-id-topics-nbirth-mqtt]
             qos: QoS::AtMostOnce,
             retain: false,
+            kind: Some(MessageType::NBirth),
         })];
         // [tck-id-payloads-dbirth-order]: all DBIRTHs right after NBIRTH, before any DATA.
         for i in 0..self.devices.len() {
@@ -704,6 +712,7 @@ impl EdgeSession {
             // [tck-id-topics-dbirth-mqtt]
             qos: QoS::AtMostOnce,
             retain: false,
+            kind: Some(MessageType::DBirth),
         })
     }
 
@@ -818,6 +827,7 @@ impl EdgeSession {
                     // [tck-id-topics-ndata-mqtt] [tck-id-topics-ddata-mqtt]
                     qos: QoS::AtMostOnce,
                     retain: false,
+                    kind: Some(kind),
                 };
                 if historical {
                     // Replayed from the store, which keeps the samples.
@@ -1182,6 +1192,7 @@ impl EdgeSession {
             // [tck-id-topics-ddeath-mqtt]
             qos: QoS::AtMostOnce,
             retain: false,
+            kind: Some(MessageType::DDeath),
         })])
     }
 
@@ -1262,23 +1273,23 @@ impl EdgeSession {
             return Vec::new();
         }
         self.host_state_ts = Some(s.timestamp);
-        if s.online {
-            self.host_online = true;
-            if self.phase == Phase::AwaitingHost {
-                return self.births(now);
-            }
-            return Vec::new();
-        }
-        self.host_online = false;
-        match self.phase {
+        self.host_online = s.online;
+        let mut out = vec![EdgeAction::HostState {
+            online: s.online,
+            timestamp: s.timestamp,
+        }];
+        out.extend(match (s.online, self.phase) {
+            (true, Phase::AwaitingHost) => self.births(now),
+            (true, _) => Vec::new(),
             // [tck-id-operational-behavior-primary-application-state-with-multiple-servers-walk]
-            Phase::Born => self.leave_server(now),
+            (false, Phase::Born) => self.leave_server(now),
             // Just connected and the retained STATE says offline: walk if there
             // is another server; with one server, stay connected and store
             // (docs/ARCHITECTURE.md decision 4) until the host comes back.
-            Phase::AwaitingHost if self.cfg.server_count > 1 => self.leave_server(now),
-            _ => Vec::new(),
-        }
+            (false, Phase::AwaitingHost) if self.cfg.server_count > 1 => self.leave_server(now),
+            (false, _) => Vec::new(),
+        });
+        out
     }
 
     fn leave_server(&mut self, now: u64) -> Vec<EdgeAction> {
@@ -2466,15 +2477,43 @@ mod tests {
         );
         s.begin_connect(T0);
         s.connected(T0);
-        assert!(s
-            .handle_message(T0, "spBv1.0/STATE/scada", &state(false, T0))
-            .is_empty());
+        assert_eq!(
+            s.handle_message(T0, "spBv1.0/STATE/scada", &state(false, T0)),
+            vec![EdgeAction::HostState {
+                online: false,
+                timestamp: T0
+            }],
+            "the change is reported, and the node stays connected"
+        );
         let out = s
             .update(T0, None, vec![Metric::new("Uptime", Value::UInt64(3), T0)])
             .expect("ok");
         assert!(matches!(&out[..], [EdgeAction::StoreHistorical { .. }]));
         let born = s.handle_message(T0 + 1, "spBv1.0/STATE/scada", &state(true, T0 + 1));
         assert_eq!(publishes(&born)[0].topic, "spBv1.0/Plant1/NBIRTH/gw1");
+    }
+
+    #[test]
+    fn an_accepted_state_is_reported_before_what_it_makes_the_node_do_and_a_stale_one_not_at_all() {
+        // [tck-id-operational-behavior-edge-node-birth-sequence-wait]
+        let mut s = session_with(primary(), None);
+        s.begin_connect(T0);
+        s.connected(T0);
+        let born = s.handle_message(T0, "spBv1.0/STATE/scada", &state(true, T0));
+        assert_eq!(
+            born[0],
+            EdgeAction::HostState {
+                online: true,
+                timestamp: T0
+            }
+        );
+        assert_eq!(publishes(&born)[0].kind, Some(MessageType::NBirth));
+        assert!(
+            s.handle_message(T0, "spBv1.0/STATE/scada", &state(false, T0 - 1))
+                .is_empty(),
+            "older than the newest STATE: ignored, not reported"
+        );
+        assert!(s.host_online());
     }
 
     #[test]

@@ -221,6 +221,13 @@ pub enum HostEvent {
         node: String,
         reason: String,
     },
+    /// A command (NCMD/DCMD) for the audit: one this host sent
+    /// (`by_this_host`), or one another client published. The broker's
+    /// echo of this host's own command is not reported again.
+    Command {
+        seen: CommandSeen,
+        by_this_host: bool,
+    },
     /// A payload that could not be interpreted: kept with the reason, never dropped.
     Quarantine {
         topic: String,
@@ -344,7 +351,16 @@ pub struct HostSession {
     rebirth_budget: (u64, u32),
     /// Rebirth requests not sent because the budget was spent.
     rebirths_suppressed: u64,
+    /// Commands this host sent lately (ms, topic, payload), so that their
+    /// echo from the broker is not audited twice; at most
+    /// [`OWN_COMMANDS_KEPT`], none older than [`OWN_COMMANDS_MS`].
+    own_commands: std::collections::VecDeque<(u64, String, Vec<u8>)>,
 }
+
+/// How many of its own commands a host remembers to recognise their echo.
+pub const OWN_COMMANDS_KEPT: usize = 4096;
+/// How long a host waits for the echo of its own command.
+pub const OWN_COMMANDS_MS: u64 = 60_000;
 
 /// Reads the bdSeq metric; Int64 per the spec, UInt64 from Tahu JS, any integer accepted.
 fn bdseq_in(p: &Payload) -> Option<u64> {
@@ -375,6 +391,7 @@ impl HostSession {
             nodes: HashMap::new(),
             rebirth_budget: (0, 0),
             rebirths_suppressed: 0,
+            own_commands: std::collections::VecDeque::new(),
         })
     }
 
@@ -406,6 +423,7 @@ impl HostSession {
             // [tck-id-host-topic-phid-death-qos] [tck-id-host-topic-phid-death-retain]
             qos: QoS::AtLeastOnce,
             retain: true,
+            kind: None,
         }
     }
 
@@ -531,24 +549,69 @@ impl HostSession {
             ..Payload::default()
         };
         let topic = format!("{NAMESPACE}/{group}/NCMD/{node}");
-        vec![
-            HostEvent::Publish(Publish {
-                topic,
-                // The rebirth metric has no alias; its datatype goes along so that
-                // edges which cannot look it up (no birth on their side) decode it.
-                payload: payload
-                    .encode_with(Datatypes::Include)
-                    .expect("a boolean metric always encodes"),
-                // [tck-id-topics-ncmd-mqtt] [tck-id-payloads-ncmd-qos] [tck-id-payloads-ncmd-retain]
-                qos: QoS::AtMostOnce,
-                retain: false,
+        let publish = Publish {
+            topic,
+            // The rebirth metric has no alias; its datatype goes along so that
+            // edges which cannot look it up (no birth on their side) decode it.
+            payload: payload
+                .encode_with(Datatypes::Include)
+                .expect("a boolean metric always encodes"),
+            // [tck-id-topics-ncmd-mqtt] [tck-id-payloads-ncmd-qos] [tck-id-payloads-ncmd-retain]
+            qos: QoS::AtMostOnce,
+            retain: false,
+            kind: Some(MessageType::NCmd),
+        };
+        let mut out = self.own_command(now, publish);
+        out.push(HostEvent::RebirthRequested {
+            group: group.to_string(),
+            node: node.to_string(),
+            reason: reason.to_string(),
+        });
+        out
+    }
+
+    /// A command this host publishes: audited now, and remembered so that
+    /// the broker's echo of it is not audited again.
+    fn own_command(&mut self, now: u64, p: Publish) -> Vec<HostEvent> {
+        let mut out = Vec::with_capacity(2);
+        if let Some(seen) = self.inspect_command(&p.topic, &p.payload) {
+            out.push(HostEvent::Command {
+                seen,
+                by_this_host: true,
+            });
+            while self
+                .own_commands
+                .front()
+                .is_some_and(|(t, ..)| now.saturating_sub(*t) > OWN_COMMANDS_MS)
+                || self.own_commands.len() >= OWN_COMMANDS_KEPT
+            {
+                self.own_commands.pop_front();
+            }
+            self.own_commands.push_back((now, p.topic.clone(), p.payload.clone()));
+        }
+        out.push(HostEvent::Publish(p));
+        out
+    }
+
+    /// A command seen on the broker: reported for the audit unless it is
+    /// the echo of one this host sent (then forgotten: a second copy is
+    /// another client's).
+    fn command_seen(&mut self, topic: &str, payload: &[u8]) -> Option<HostEvent> {
+        let seen = self.inspect_command(topic, payload)?;
+        let echo = self
+            .own_commands
+            .iter()
+            .position(|(_, t, b)| t == topic && b[..] == payload[..]);
+        match echo {
+            Some(i) => {
+                self.own_commands.remove(i);
+                None
+            }
+            None => Some(HostEvent::Command {
+                seen,
+                by_this_host: false,
             }),
-            HostEvent::RebirthRequested {
-                group: group.to_string(),
-                node: node.to_string(),
-                reason: reason.to_string(),
-            },
-        ]
+        }
     }
 
     /// Builds an NCMD (`device = None`) or DCMD writing `writes` (name, value).
@@ -612,9 +675,14 @@ impl HostSession {
             }
             metrics.push(m);
         }
+        let kind = if device.is_some() {
+            MessageType::DCmd
+        } else {
+            MessageType::NCmd
+        };
         let topic = match device {
-            None => Topic::node(group, MessageType::NCmd, node)?,
-            Some(d) => Topic::device(group, MessageType::DCmd, node, d)?,
+            None => Topic::node(group, kind, node)?,
+            Some(d) => Topic::device(group, kind, node, d)?,
         };
         // [tck-id-topics-ncmd-payload] [tck-id-topics-dcmd-payload] [tck-id-topics-dcmd-timestamp] [tck-id-payloads-dcmd-seq]
         let payload = Payload {
@@ -628,6 +696,7 @@ impl HostSession {
             // [tck-id-topics-dcmd-mqtt] [tck-id-payloads-dcmd-qos] [tck-id-payloads-dcmd-retain]
             qos: QoS::AtMostOnce,
             retain: false,
+            kind: Some(kind),
         })
     }
 
@@ -761,6 +830,12 @@ impl HostSession {
 
     /// Handles one received message.
     pub fn handle_message(&mut self, now: u64, topic: &str, payload: &[u8]) -> Vec<HostEvent> {
+        let mut out: Vec<HostEvent> = self.command_seen(topic, payload).into_iter().collect();
+        out.extend(self.message(now, topic, payload));
+        out
+    }
+
+    fn message(&mut self, now: u64, topic: &str, payload: &[u8]) -> Vec<HostEvent> {
         let lim = self.cfg.limits;
         if payload.len() > lim.max_payload_bytes {
             let reason = format!(
@@ -1576,6 +1651,63 @@ mod tests {
             1,
             "allowed again after the interval"
         );
+    }
+
+    fn commands(events: &[HostEvent]) -> Vec<(&CommandSeen, bool)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                HostEvent::Command { seen, by_this_host } => Some((seen, *by_this_host)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn own_commands_are_audited_once_when_sent_and_their_echo_is_not_audited_again() {
+        // [tck-id-operational-behavior-data-commands-ncmd-rebirth-verb]
+        let mut h = host();
+        let (mut e, _births) = born_edge();
+        let ev = feed(&mut h, T0, &[temp(&mut e, 2.0, T0 + 1)]);
+        let sent = commands(&ev);
+        assert_eq!(sent.len(), 1, "the rebirth request is audited as sent: {ev:?}");
+        assert!(sent[0].1, "by this host");
+        assert_eq!(sent[0].0.writes[0].metric, REBIRTH);
+        let request = ev
+            .iter()
+            .find_map(|e| match e {
+                HostEvent::Publish(p) => Some(p.clone()),
+                _ => None,
+            })
+            .expect("the request");
+        assert!(
+            commands(&h.handle_message(T0 + 2, &request.topic, &request.payload)).is_empty(),
+            "the broker's echo of it is not a second command"
+        );
+        let again = h.handle_message(T0 + 3, &request.topic, &request.payload);
+        assert_eq!(
+            commands(&again).iter().map(|c| c.1).collect::<Vec<_>>(),
+            [false],
+            "a second copy is another client's"
+        );
+    }
+
+    #[test]
+    fn commands_of_other_clients_are_audited_and_own_ones_forgotten_after_a_minute() {
+        let mut h = host();
+        let (mut e, _births) = born_edge();
+        let ev = feed(&mut h, T0, &[temp(&mut e, 2.0, T0 + 1)]);
+        let request = ev
+            .iter()
+            .find_map(|e| match e {
+                HostEvent::Publish(p) => Some(p.clone()),
+                _ => None,
+            })
+            .expect("the request");
+        // Past the wait for an echo, the same bytes are a command of someone else.
+        let late = h.handle_message(T0 + OWN_COMMANDS_MS + 10, "spBv1.0/G/NCMD/other", &request.payload);
+        assert_eq!(commands(&late).iter().map(|c| c.1).collect::<Vec<_>>(), [false]);
+        assert!(commands(&h.handle_message(T0, "spBv1.0/G/NDATA/N", b"")).is_empty());
     }
 
     #[test]

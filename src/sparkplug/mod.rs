@@ -53,4 +53,7 @@ pub struct Publish {
     pub payload: Vec<u8>,
     pub qos: QoS,
     pub retain: bool,
+    /// What the session built (`None` for STATE): the I/O shell counts and
+    /// logs by it without parsing the topic again.
+    pub kind: Option<topic::MessageType>,
 }

@@ -397,6 +397,7 @@ impl Batch {
             }),
             HostEvent::Subscribe(_)
             | HostEvent::Publish(_)
+            | HostEvent::Command { .. }
             | HostEvent::Disconnect
             | HostEvent::DeviceDeath { .. }
             | HostEvent::DeathIgnored { .. }

@@ -24,10 +24,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, Packet};
 use thiserror::Error;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::config::{Backend, UplinkConfig};
@@ -37,9 +35,12 @@ use super::rows::Batch;
 use super::stats::Stats;
 use super::writer::{self, Pending, Queue, Writers};
 use crate::clock::now_ms;
-use crate::mqtt::{self, ConnEvent, MqttError, Server};
+use crate::mqtt::link::{Link, LinkEvent};
+use crate::mqtt::{MqttError, Server};
 use crate::sparkplug::host::{HostConfig, HostError, HostEvent, HostSession};
+use crate::sparkplug::QoS;
 use crate::telemetry::http;
+use crate::telemetry::logging::LogBudget;
 
 /// Why the uplink could not start.
 #[derive(Debug, Error)]
@@ -96,43 +97,28 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
     // keeps them current in each write, so it needs no folder.
     let folder = (!dry_run && cfg.database.backend == Backend::Postgres)
         .then(|| tokio::spawn(writer::folder::<PgSink>(cfg.database.clone(), stats.clone(), fold_rx)));
-    let (conn_tx, mut conn_rx) = mpsc::channel(4096);
     let mut sigterm = signal(SignalKind::terminate()).map_err(UplinkError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(UplinkError::Signal)?;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let client_id = format!("spb-uplink-{}", cfg.host.host_id);
+    let link = Link::new(servers, cfg.mqtt.clone(), client_id, now_ms());
     let mut rt = Loop {
         cfg,
         stats,
-        servers,
-        server: 0,
-        client: None,
-        conn_id: 0,
-        connack: false,
-        attempt: 0,
-        reconnect_at: Some(Instant::now()),
-        conn_tx,
+        link,
         batch: Batch::default(),
         batch_since: None,
         writers,
-        rng: crate::backoff::Rng::new(now_ms()),
-        own_commands: std::collections::VecDeque::new(),
         rate_window: (Instant::now(), 0),
-        quarantine_log: LogBudget::new(10),
+        quarantine_log: LogBudget::new(10, "quarantine warnings", "spb_uplink_quarantined_total"),
     };
     crate::telemetry::systemd::ready("uplink started");
     tracing::info!(host = %rt.cfg.host.host_id, dry_run, "spb-uplink {} started", env!("CARGO_PKG_VERSION"));
     loop {
-        let reconnect = async {
-            match rt.reconnect_at {
-                Some(t) => tokio::time::sleep_until(t).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
-            Some(ev) = conn_rx.recv() => rt.on_conn_event(&mut session, ev).await,
-            _ = tick.tick() => rt.on_tick(&mut session).await,
-            _ = reconnect => rt.start_connect(&mut session),
+            ev = rt.link.next() => rt.on_link(&mut session, ev),
+            _ = tick.tick() => rt.on_tick(&mut session),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -140,7 +126,14 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
     tracing::info!("shutting down");
     rt.flush();
     let events = session.shutdown(now_ms());
-    rt.execute(&mut session, events).await;
+    rt.execute(&mut session, events);
+    // STATE offline and the DISCONNECT leave before the writers are awaited.
+    if rt.link.is_open() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while !matches!(rt.link.next().await, LinkEvent::Closed(_)) {}
+        })
+        .await;
+    }
     // The writers end once every batch handed to them is committed (bounded wait).
     let Loop { writers, .. } = rt;
     if !writers.finish(Duration::from_secs(30)).await {
@@ -159,21 +152,10 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
 struct Loop {
     cfg: UplinkConfig,
     stats: Arc<Stats>,
-    servers: Vec<Server>,
-    server: usize,
-    client: Option<AsyncClient>,
-    conn_id: u64,
-    connack: bool,
-    attempt: u32,
-    reconnect_at: Option<Instant>,
-    conn_tx: mpsc::Sender<ConnEvent>,
+    link: Link,
     batch: Batch,
     batch_since: Option<Instant>,
     writers: Writers,
-    rng: crate::backoff::Rng,
-    /// Commands this host published lately (ms, topic, payload): audited when
-    /// sent, so their echo from the broker is not audited again.
-    own_commands: std::collections::VecDeque<(u64, String, Vec<u8>)>,
     /// Start of the current one-second window of `messages_per_second`, and
     /// the message count then.
     rate_window: (Instant, u64),
@@ -181,171 +163,64 @@ struct Loop {
     quarantine_log: LogBudget,
 }
 
-/// At most `per_second` log lines a second; what is held back is said in one
-/// line when the next second opens.
-struct LogBudget {
-    per_second: u32,
-    second: u64,
-    used: u32,
-    held_back: u64,
-}
-
-impl LogBudget {
-    fn new(per_second: u32) -> LogBudget {
-        LogBudget {
-            per_second,
-            second: 0,
-            used: 0,
-            held_back: 0,
-        }
-    }
-
-    /// Whether a line may be logged at `now_ms`.
-    fn allow(&mut self, now_ms: u64) -> bool {
-        let second = now_ms / 1000;
-        if second != self.second {
-            if self.held_back > 0 {
-                tracing::warn!(
-                    lines = self.held_back,
-                    "quarantine warnings held back in the last second (spb_uplink_quarantined_total counts them all)"
-                );
-            }
-            (self.second, self.used, self.held_back) = (second, 0, 0);
-        }
-        if self.used < self.per_second {
-            self.used += 1;
-            true
-        } else {
-            self.held_back += 1;
-            false
-        }
-    }
-}
-
 impl Loop {
-    fn start_connect(&mut self, session: &mut HostSession) {
-        self.reconnect_at = None;
-        let Some(srv) = self.servers.get(self.server).cloned() else {
-            tracing::error!("no MQTT server configured");
-            return;
-        };
-        let will = session.begin_connect(now_ms());
-        self.conn_id += 1;
-        self.connack = false;
-        let client_id = format!("spb-uplink-{}", self.cfg.host.host_id);
-        if let Some(problem) = srv.certificate_problem(rustls::pki_types::UnixTime::now()) {
-            tracing::warn!(server = %srv.label(), "tls.cert: {problem}: connecting anyway (the broker decides)");
-        }
-        let opts = mqtt::options(&srv, &self.cfg.mqtt, &client_id, Some(&will));
-        tracing::info!(server = %srv.label(), "connecting");
-        self.client = Some(mqtt::connect(
-            opts,
-            self.cfg.mqtt.connect_timeout,
-            self.conn_id,
-            self.conn_tx.clone(),
-        ));
-    }
-
-    async fn on_conn_event(&mut self, session: &mut HostSession, ev: ConnEvent) {
+    fn on_link(&mut self, session: &mut HostSession, ev: LinkEvent) {
         match ev {
-            ConnEvent::Event(id, _) | ConnEvent::Closed(id, _) if id != self.conn_id => {}
-            ConnEvent::Event(_, Event::Incoming(Packet::ConnAck(_))) => {
-                self.connack = true;
-                self.attempt = 0;
+            LinkEvent::Reconnect => {
+                let will = session.begin_connect(now_ms());
+                self.link.connect(None, Some(&will));
+            }
+            LinkEvent::Connected { .. } => {
                 self.stats.connected.store(true, Relaxed);
-                tracing::info!("connected");
+                let server = self.link.server().map(Server::label).unwrap_or_default();
+                tracing::info!(%server, "connected");
                 // Still catching up, the session's STATE birth says offline.
                 let events = session.connected();
-                self.execute(session, events).await;
+                self.execute(session, events);
             }
-            ConnEvent::Event(_, Event::Incoming(Packet::Publish(p))) => {
+            LinkEvent::Message(p) => {
                 let now = now_ms();
                 if p.topic.starts_with("spBv1.0/") {
                     self.stats.messages.fetch_add(1, Relaxed);
                     self.batch_since.get_or_insert_with(Instant::now);
                     self.batch.add_raw(&p.topic, &p.payload, now);
-                    if let Some(cmd) = session.inspect_command(&p.topic, &p.payload) {
-                        let echo = self
-                            .own_commands
-                            .iter()
-                            .position(|(_, t, b)| *t == p.topic && b[..] == p.payload[..]);
-                        match echo {
-                            Some(i) => {
-                                self.own_commands.remove(i);
-                            }
-                            None => self.audit(&cmd, now, "another MQTT client"),
-                        }
-                    }
                 }
                 let events = session.handle_message(now, &p.topic, &p.payload);
-                self.execute(session, events).await;
+                self.execute(session, events);
                 if self.batch.len() >= self.cfg.database.batch_max_rows {
                     self.flush();
                 }
             }
-            ConnEvent::Event(..) => {}
-            ConnEvent::Closed(_, e) => {
-                self.client = None;
+            LinkEvent::Sent(_) | LinkEvent::Acked(_) => {}
+            LinkEvent::Closed(c) => {
                 self.stats.connected.store(false, Relaxed);
-                let why = self
-                    .servers
-                    .get(self.server)
-                    .map(|s| mqtt::explain(s, &e))
-                    .unwrap_or_else(|| e.to_string());
-                if self.connack {
-                    tracing::warn!(error = %why, "connection lost");
+                if c.was_connected {
+                    tracing::warn!(error = %c.why, "connection lost");
                     let events = session.connection_lost(now_ms());
-                    self.execute(session, events).await;
+                    self.execute(session, events);
                 } else {
-                    tracing::error!(error = %why, "connection failed");
+                    tracing::error!(error = %c.why, "connection failed");
                 }
-                self.server = (self.server + 1) % self.servers.len().max(1);
-                let wait = crate::backoff::delay(
-                    self.cfg.mqtt.backoff_min,
-                    self.cfg.mqtt.backoff_max,
-                    self.attempt.saturating_add(1),
-                    self.rng.next_u64(),
-                );
-                self.attempt = self.attempt.saturating_add(1);
-                self.reconnect_at = Some(Instant::now() + wait);
             }
         }
     }
 
-    async fn execute(&mut self, session: &mut HostSession, events: Vec<HostEvent>) {
+    fn execute(&mut self, session: &mut HostSession, events: Vec<HostEvent>) {
         let now = now_ms();
         for ev in events {
             match &ev {
-                HostEvent::Subscribe(topics) => {
-                    if let Some(c) = &self.client {
-                        let filters = topics
-                            .iter()
-                            .map(|t| rumqttc::SubscribeFilter::new(t.clone(), rumqttc::QoS::AtLeastOnce));
-                        if let Err(e) = c.subscribe_many(filters).await {
-                            tracing::error!(error = %e, "subscribe failed");
-                        }
-                    }
-                }
+                HostEvent::Subscribe(topics) => self.link.subscribe(topics.clone(), QoS::AtLeastOnce),
                 HostEvent::Publish(p) => {
-                    if let Some(cmd) = session.inspect_command(&p.topic, &p.payload) {
-                        let me = self.cfg.host.host_id.clone();
-                        self.audit(&cmd, now, &me);
-                        while self
-                            .own_commands
-                            .front()
-                            .is_some_and(|(t, ..)| now.saturating_sub(*t) > 60_000)
-                            || self.own_commands.len() >= 4_096
-                        {
-                            self.own_commands.pop_front();
-                        }
-                        self.own_commands.push_back((now, p.topic.clone(), p.payload.clone()));
-                    }
-                    self.publish(p.clone()).await
+                    self.link.publish(p.clone());
                 }
-                HostEvent::Disconnect => {
-                    if let Some(c) = &self.client {
-                        let _ = c.disconnect().await;
-                    }
+                HostEvent::Disconnect => self.link.disconnect(),
+                HostEvent::Command { seen, by_this_host } => {
+                    let by = if *by_this_host {
+                        self.cfg.host.host_id.clone()
+                    } else {
+                        "another MQTT client".to_string()
+                    };
+                    self.audit(seen, now, &by);
                 }
                 HostEvent::RebirthRequested { group, node, reason } => {
                     self.stats.rebirths.fetch_add(1, Relaxed);
@@ -423,14 +298,6 @@ impl Loop {
         self.batch.add_command(cmd, now, requested_by);
     }
 
-    async fn publish(&self, p: crate::sparkplug::Publish) {
-        if let Some(c) = &self.client {
-            if let Err(e) = mqtt::publish(c, p).await {
-                tracing::warn!(error = %e, "publish failed (connection closing)");
-            }
-        }
-    }
-
     /// Hands the current batch to the writer.
     fn flush(&mut self) {
         let Some(since) = self.batch_since.take() else { return };
@@ -483,7 +350,7 @@ impl Loop {
         }
     }
 
-    async fn on_tick(&mut self, session: &mut HostSession) {
+    fn on_tick(&mut self, session: &mut HostSession) {
         let (since, count) = self.rate_window;
         if since.elapsed() >= Duration::from_secs(1) {
             let now = self.stats.messages.load(Relaxed);
@@ -492,8 +359,9 @@ impl Loop {
             self.rate_window = (Instant::now(), now);
         }
         self.writers.supervise();
+        self.quarantine_log.flush(now_ms());
         let events = session.tick(now_ms());
-        self.execute(session, events).await;
+        self.execute(session, events);
         if self
             .batch_since
             .is_some_and(|t| t.elapsed() >= self.cfg.database.batch_max_latency)
@@ -512,13 +380,11 @@ impl Loop {
                 "the database is behind: STATE offline, the edges store until it catches up"
             );
             self.stats.declared_offline.store(true, Relaxed);
-            let p = session.declare_offline();
-            self.publish(p).await;
+            self.link.publish(session.declare_offline());
         } else if offline && backlog == 0 && self.stats.db_ok.load(Relaxed) {
             tracing::info!("caught up: STATE online");
             self.stats.declared_offline.store(false, Relaxed);
-            let p = session.declare_online();
-            self.publish(p).await;
+            self.link.publish(session.declare_online());
         }
     }
 }

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use spb::config::{self, Config, Overrides, ServerConfig, TlsConfig};
-use spb::gateway::{self, watch::WatchOptions, RunOptions};
+use spb::gateway::{self, RunOptions};
+use watch::WatchOptions;
+
+mod watch;
 use spb::sparkplug::{pretty, Payload};
 
 const USAGE: &str = "\
@@ -310,7 +313,7 @@ fn watch(mut args: Args) -> Result<()> {
         server.port = 8883;
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(gateway::watch::run(WatchOptions {
+    runtime.block_on(watch::run(WatchOptions {
         server,
         filter,
         count,

@@ -9,14 +9,12 @@
 use std::io::Write;
 use std::time::Duration;
 
-use rumqttc::{Event, Packet};
-use tokio::sync::mpsc;
-
-use crate::clock::now_ms;
-use crate::config::{MqttConfig, ServerConfig};
-use crate::mqtt::{self, ConnEvent, MqttError, Server};
-use crate::sparkplug::host::{HostConfig, HostEvent, HostLimits, HostSession};
-use crate::sparkplug::pretty;
+use spb::clock::now_ms;
+use spb::config::{MqttConfig, ServerConfig};
+use spb::mqtt::link::{Link, LinkEvent};
+use spb::mqtt::{MqttError, Server};
+use spb::sparkplug::host::{HostConfig, HostEvent, HostLimits, HostSession};
+use spb::sparkplug::{pretty, QoS};
 
 /// What to watch.
 #[derive(Debug, Clone)]
@@ -137,6 +135,33 @@ fn print_events(
                 writeln!(out, "!! {group}/{node}: expected seq {expected}, got {got}")
             }
             HostEvent::Quarantine { topic, reason, .. } => writeln!(out, "!! {topic}: {reason}"),
+            HostEvent::Command { seen, by_this_host } => {
+                let kind = if seen.device.is_some() { "DCMD" } else { "NCMD" };
+                let path = match &seen.device {
+                    Some(d) => format!("{}/{}/{d}", seen.group, seen.node),
+                    None => format!("{}/{}", seen.group, seen.node),
+                };
+                let by = if by_this_host { " (sent by this watch)" } else { "" };
+                writeln!(out, "{kind} {path}, {} metrics{by}", seen.writes.len()).and_then(|_| {
+                    seen.writes.iter().try_for_each(|w| {
+                        let value = w.value.as_deref().unwrap_or("(no value)");
+                        match &w.verdict {
+                            Ok(()) => writeln!(
+                                out,
+                                "  {} = {}",
+                                pretty::prefix(&w.metric, 200),
+                                pretty::prefix(value, 200)
+                            ),
+                            Err(why) => writeln!(
+                                out,
+                                "  {} = {} (an edge refuses it: {why})",
+                                pretty::prefix(&w.metric, 200),
+                                pretty::prefix(value, 200)
+                            ),
+                        }
+                    })
+                })
+            }
             HostEvent::RebirthRequested { .. }
             | HostEvent::Publish(_)
             | HostEvent::Subscribe(_)
@@ -145,7 +170,8 @@ fn print_events(
     }
 }
 
-/// Connects, subscribes and prints until stopped.
+/// Connects, subscribes and prints until stopped; after a lost or failed
+/// connection it tries again, with the link's backoff.
 pub async fn run(opts: WatchOptions) -> Result<(), MqttError> {
     let mqtt_cfg = MqttConfig {
         servers: vec![opts.server.clone()],
@@ -155,7 +181,8 @@ pub async fn run(opts: WatchOptions) -> Result<(), MqttError> {
         max_packet_size: 16 * 1024 * 1024,
         connect_timeout: Duration::from_secs(10),
     };
-    let server = Server::prepare_all(&mqtt_cfg)?.remove(0);
+    let servers = Server::prepare_all(&mqtt_cfg)?;
+    let label = servers[0].label();
     let client_id = format!("spb-watch-{}", std::process::id());
     // Reorder timeout 0: a watcher shows gaps at once rather than holding messages.
     let mut host = HostSession::new(HostConfig {
@@ -166,63 +193,49 @@ pub async fn run(opts: WatchOptions) -> Result<(), MqttError> {
         limits: HostLimits::default(),
     })
     .expect("the generated watcher id is a valid host id");
+    let mut link = Link::new(servers, mqtt_cfg, client_id, now_ms());
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut seen = 0u64;
     let mut stdout = std::io::stdout();
-    let mut attempt = 0u32;
     let mut waiting = std::collections::HashSet::new();
     loop {
-        let (tx, mut rx) = mpsc::channel(1024);
-        let o = mqtt::options(&server, &mqtt_cfg, &client_id, None);
-        let client = mqtt::connect(o, mqtt_cfg.connect_timeout, 1, tx);
-        loop {
-            let next = async {
-                match deadline {
-                    Some(d) => tokio::time::timeout_at(d, rx.recv()).await.ok().flatten(),
-                    None => rx.recv().await,
-                }
-            };
-            match next.await {
-                None => return Ok(()),
-                Some(ConnEvent::Event(_, Event::Incoming(Packet::ConnAck(_)))) => {
-                    attempt = 0;
-                    eprintln!("watching {} on {}", opts.filter, server.label());
-                    let _ = client.subscribe(opts.filter.clone(), rumqttc::QoS::AtMostOnce).await;
-                }
-                Some(ConnEvent::Event(_, Event::Incoming(Packet::Publish(p)))) => {
-                    if p.topic.starts_with("spBv1.0/STATE/") {
-                        let _ = writeln!(stdout, "STATE {} {}", p.topic, String::from_utf8_lossy(&p.payload));
-                    } else {
-                        let events = host.handle_message(now_ms(), &p.topic, &p.payload);
-                        if opts.rebirth {
-                            for ev in &events {
-                                if let HostEvent::Publish(req) = ev {
-                                    let _ = mqtt::publish(&client, req.clone()).await;
-                                }
+        let next = async {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, link.next()).await.ok(),
+                None => Some(link.next().await),
+            }
+        };
+        let Some(ev) = next.await else { return Ok(()) };
+        match ev {
+            LinkEvent::Reconnect => {
+                link.connect(None, None);
+            }
+            LinkEvent::Connected { .. } => {
+                eprintln!("watching {} on {label}", opts.filter);
+                link.subscribe(vec![opts.filter.clone()], QoS::AtMostOnce);
+            }
+            LinkEvent::Message(p) => {
+                if p.topic.starts_with("spBv1.0/STATE/") {
+                    let _ = writeln!(stdout, "STATE {} {}", p.topic, String::from_utf8_lossy(&p.payload));
+                } else {
+                    let events = host.handle_message(now_ms(), &p.topic, &p.payload);
+                    if opts.rebirth {
+                        for ev in &events {
+                            if let HostEvent::Publish(req) = ev {
+                                link.publish(req.clone());
                             }
                         }
-                        print_events(&mut stdout, events, &mut waiting, opts.rebirth);
                     }
-                    let _ = stdout.flush();
-                    seen += 1;
-                    if opts.count > 0 && seen >= opts.count {
-                        return Ok(());
-                    }
+                    print_events(&mut stdout, events, &mut waiting, opts.rebirth);
                 }
-                Some(ConnEvent::Event(..)) => {}
-                Some(ConnEvent::Closed(_, e)) => {
-                    eprintln!("{}", mqtt::explain(&server, &e));
-                    break;
+                let _ = stdout.flush();
+                seen += 1;
+                if opts.count > 0 && seen >= opts.count {
+                    return Ok(());
                 }
             }
+            LinkEvent::Closed(c) => eprintln!("{}", c.why),
+            LinkEvent::Sent(_) | LinkEvent::Acked(_) => {}
         }
-        let wait = crate::backoff::delay(
-            mqtt_cfg.backoff_min,
-            mqtt_cfg.backoff_max,
-            attempt.saturating_add(1),
-            crate::backoff::Rng::new(u64::from(attempt)).next_u64(),
-        );
-        attempt += 1;
-        tokio::time::sleep(wait).await;
     }
 }
