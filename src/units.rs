@@ -1,6 +1,11 @@
-//! Durations and sizes as people write them in a configuration file
-//! (`"500ms"`, `"30s"`, `"64KiB"`). A leaf: it depends on nothing in the
-//! crate, so the configuration and the drivers can both use it.
+//! Durations, sizes and network addresses as people write them in a
+//! configuration file (`"500ms"`, `"30s"`, `"64KiB"`, `"192.168.10.30:102"`).
+//! A leaf: it depends on nothing in the crate, so the configuration and the
+//! drivers can both use it.
+//!
+//! Invariant: an address is parsed once, into a type that cannot hold a bad
+//! one ([`PlcAddress`]: a valid host, a port in 1..=65535), and a refusal
+//! says what to write instead.
 
 use std::time::Duration;
 
@@ -57,4 +62,120 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         return Err(format!("'{s}' is out of range"));
     }
     Ok(v as u64)
+}
+
+/// Why `host` is not a host name, IPv4 or IPv6 address, with what to write
+/// instead (a scheme or a port written into it, a dotted quad out of range).
+pub fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("is empty: write the host name or IP address".into());
+    }
+    if let Some((scheme, _)) = host.split_once("://") {
+        return Err(format!(
+            "'{host}' has a scheme ('{scheme}://'): write the host alone (TLS is chosen by its own table, the port by `port`)"
+        ));
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok(());
+    }
+    if host.contains(':') {
+        return Err(format!(
+            "'{host}' has a ':' in it: write the host alone and its port as `port`"
+        ));
+    }
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return host
+            .parse::<std::net::Ipv4Addr>()
+            .map(|_| ())
+            .map_err(|_| format!("'{host}' is not an IPv4 address (four numbers 0 to 255)"));
+    }
+    let ok_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if host.len() > 253 || !host.trim_end_matches('.').split('.').all(ok_label) {
+        return Err(format!(
+            "'{host}' is not a host name (letters, digits and '-' between dots) or an IP address"
+        ));
+    }
+    Ok(())
+}
+
+/// A PLC's network address as written (`host`, `host:port`, an IPv6
+/// address, `[IPv6]:port`), parsed: the host is valid, the port, if given,
+/// is in 1..=65535.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlcAddress {
+    /// A host name, IPv4 or IPv6 address (without brackets).
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl PlcAddress {
+    /// Parses `address`; why not, with what to write instead.
+    pub fn parse(address: &str) -> Result<PlcAddress, String> {
+        let a = address.trim();
+        if a.contains("://") {
+            check_host(a)?;
+        }
+        let (host, port) = if let Some(rest) = a.strip_prefix('[') {
+            match rest.split_once("]:") {
+                Some((h, p)) => (h, Some(p)),
+                None => (rest.trim_end_matches(']'), None),
+            }
+        } else if a.matches(':').count() == 1 {
+            let (h, p) = a.split_once(':').expect("one ':'");
+            (h, Some(p))
+        } else {
+            (a, None)
+        };
+        let port = match port {
+            None => None,
+            Some("") => {
+                return Err(format!(
+                    "'{address}' ends in ':' without a port: write host or host:port"
+                ))
+            }
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => return Err(format!("'{address}': port '{p}' is not a number from 1 to 65535")),
+            },
+        };
+        check_host(host).map_err(|e| {
+            if host.is_empty() {
+                format!("'{address}' has no host before the port")
+            } else {
+                e
+            }
+        })?;
+        Ok(PlcAddress {
+            host: host.to_string(),
+            port,
+        })
+    }
+
+    /// `host:port` to connect to (`[v6]:port` for IPv6), `default_port`
+    /// when the address names none.
+    pub fn socket_address(&self, default_port: u16) -> String {
+        let port = self.port.unwrap_or(default_port);
+        if self.host.contains(':') {
+            format!("[{}]:{port}", self.host)
+        } else {
+            format!("{}:{port}", self.host)
+        }
+    }
+}
+
+impl std::fmt::Display for PlcAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.port, self.host.contains(':')) {
+            (Some(p), true) => write!(f, "[{}]:{p}", self.host),
+            (Some(p), false) => write!(f, "{}:{p}", self.host),
+            (None, _) => f.write_str(&self.host),
+        }
+    }
 }

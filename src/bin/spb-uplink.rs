@@ -7,40 +7,63 @@ use std::process::ExitCode;
 
 use spb::uplink::config::UplinkConfig;
 
-const USAGE: &str = "usage: spb-uplink [--config FILE] [--check-config] [--dry-run] [--version]
+const USAGE: &str = "\
+spb-uplink — Sparkplug B Primary Host: persists what the edges publish
+
+usage: spb-uplink [OPTIONS]
+
+options:
   --config FILE    default /etc/spb-uplink/config.toml
   --check-config   validate the file and exit (0 valid, 1 invalid)
-  --dry-run        connect to the broker, decode and log what would be written; no database";
+  --dry-run        connect to the broker, decode and log what would be written; no database
+  --version | --help";
 
-fn main() -> ExitCode {
+/// What the command line asks for.
+enum Command {
+    Run {
+        config: PathBuf,
+        check: bool,
+        dry_run: bool,
+    },
+    Help,
+    Version,
+}
+
+/// Parses the arguments with lexopt (the gateway's parser, docs/CRATES.md).
+fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Command, lexopt::Error> {
+    use lexopt::prelude::*;
     let mut config = PathBuf::from("/etc/spb-uplink/config.toml");
     let (mut check, mut dry_run) = (false, false);
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--version" | "-V" => {
-                println!("spb-uplink {}", env!("CARGO_PKG_VERSION"));
-                return ExitCode::SUCCESS;
-            }
-            "--config" => match args.next() {
-                Some(p) => config = PathBuf::from(p),
-                None => {
-                    eprintln!("spb-uplink: --config needs a file\n{USAGE}");
-                    return ExitCode::from(2);
-                }
-            },
-            "--check-config" => check = true,
-            "--dry-run" => dry_run = true,
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            other => {
-                eprintln!("spb-uplink: unknown argument '{other}'\n{USAGE}");
-                return ExitCode::from(2);
-            }
+    let mut p = lexopt::Parser::from_args(args);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Short('V') | Long("version") => return Ok(Command::Version),
+            Short('h') | Long("help") => return Ok(Command::Help),
+            Long("config") => config = p.value()?.into(),
+            Long("check-config") => check = true,
+            Long("dry-run") => dry_run = true,
+            other => return Err(other.unexpected()),
         }
     }
+    Ok(Command::Run { config, check, dry_run })
+}
+
+fn main() -> ExitCode {
+    let (config, check, dry_run) = match parse(std::env::args_os().skip(1)) {
+        Ok(Command::Run { config, check, dry_run }) => (config, check, dry_run),
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("spb-uplink {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("spb-uplink: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
     let cfg = match UplinkConfig::load(&config) {
         Ok(c) => c,
         Err(e) => {

@@ -19,12 +19,14 @@ use thiserror::Error;
 
 pub use crate::mqtt::settings::{MqttConfig, ServerConfig, TlsConfig};
 pub use crate::plc::device::{
-    DeviceConfig, DriverKind, LogixDeviceConfig, S7DeviceConfig, SimDeviceConfig, TagConfig, DEFAULT_SCAN_CLASS,
+    DeviceConfig, DriverKind, LogixDeviceConfig, S7DeviceConfig, SimDeviceConfig, TagAddress, TagConfig,
+    DEFAULT_SCAN_CLASS,
 };
 use crate::plc::sim::Signal;
 use crate::sparkplug::topic::validate_id;
 use crate::sparkplug::DataType;
 pub use crate::telemetry::logging::LogFormat;
+pub use crate::units::{check_host, PlcAddress};
 use reader::{Ctx, Table};
 
 /// The default config path.
@@ -318,84 +320,6 @@ impl MqttConfig {
     }
 }
 
-/// Why `host` is not a host name, IPv4 or IPv6 address, with what to write
-/// instead (a scheme or a port written into it, a dotted quad out of range).
-pub fn check_host(host: &str) -> Result<(), String> {
-    if host.is_empty() {
-        return Err("is empty: write the host name or IP address".into());
-    }
-    if let Some((scheme, _)) = host.split_once("://") {
-        return Err(format!(
-            "'{host}' has a scheme ('{scheme}://'): write the host alone (TLS is chosen by its own table, the port by `port`)"
-        ));
-    }
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if bare.parse::<std::net::Ipv6Addr>().is_ok() {
-        return Ok(());
-    }
-    if host.contains(':') {
-        return Err(format!(
-            "'{host}' has a ':' in it: write the host alone and its port as `port`"
-        ));
-    }
-    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return host
-            .parse::<std::net::Ipv4Addr>()
-            .map(|_| ())
-            .map_err(|_| format!("'{host}' is not an IPv4 address (four numbers 0 to 255)"));
-    }
-    let ok_label = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    };
-    if host.len() > 253 || !host.trim_end_matches('.').split('.').all(ok_label) {
-        return Err(format!(
-            "'{host}' is not a host name (letters, digits and '-' between dots) or an IP address"
-        ));
-    }
-    Ok(())
-}
-
-/// Why a PLC `address` (host, host:port, IPv6, [IPv6]:port) cannot be used.
-pub fn check_plc_address(address: &str) -> Result<(), String> {
-    let a = address.trim();
-    if a.contains("://") {
-        return check_host(a);
-    }
-    let (host, port) = if let Some(rest) = a.strip_prefix('[') {
-        match rest.split_once("]:") {
-            Some((h, p)) => (h, Some(p)),
-            None => (rest.trim_end_matches(']'), None),
-        }
-    } else if a.matches(':').count() == 1 {
-        let (h, p) = a.split_once(':').expect("one ':'");
-        (h, Some(p))
-    } else {
-        (a, None)
-    };
-    if let Some(p) = port {
-        if p.is_empty() {
-            return Err(format!(
-                "'{address}' ends in ':' without a port: write host or host:port"
-            ));
-        }
-        match p.parse::<u32>() {
-            Ok(n) if (1..=65535).contains(&n) => {}
-            _ => return Err(format!("'{address}': port '{p}' is not a number from 1 to 65535")),
-        }
-    }
-    check_host(host).map_err(|e| {
-        if host.is_empty() {
-            format!("'{address}' has no host before the port")
-        } else {
-            e
-        }
-    })
-}
-
 fn read_server(t: &Table) -> Option<ServerConfig> {
     let host = t.req_str("host", "the broker's host name or IP address");
     if let Some(Err(e)) = host.as_deref().map(check_host) {
@@ -567,12 +491,21 @@ fn read_device(t: &Table) -> Option<DeviceConfig> {
         }
         None => None,
     };
-    let address = t.opt_str("address");
-    if matches!(driver, Some(DriverKind::S7 | DriverKind::Logix)) && address.as_deref().is_none_or(str::is_empty) {
-        t.missing("address", "the PLC's IP address or host name (host or host:port)");
-    } else if let Some(Err(e)) = address.as_deref().filter(|a| !a.is_empty()).map(check_plc_address) {
-        t.invalid("address", e);
-    }
+    let address = match t.opt_str("address").filter(|a| !a.trim().is_empty()) {
+        None => {
+            if matches!(driver, Some(DriverKind::S7 | DriverKind::Logix)) {
+                t.missing("address", "the PLC's IP address or host name (host or host:port)");
+            }
+            None
+        }
+        Some(a) => match PlcAddress::parse(&a) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                t.invalid("address", e);
+                None
+            }
+        },
+    };
     let s7 = match t.opt_table("s7") {
         Some(st) => {
             if driver != Some(DriverKind::S7) {
@@ -613,21 +546,21 @@ fn read_device(t: &Table) -> Option<DeviceConfig> {
         .map(|st| read_sim(&st, &scan_classes))
         .unwrap_or_default();
     let mut tags = Vec::new();
-    for tt in t.tables("tags") {
-        if let Some(tag) = read_tag(&tt, driver, &scan_classes) {
-            tags.push(tag);
-        }
-    }
+    // Names are checked on the tables, so that a tag with another error is
+    // still seen, and the index is the table's.
     let mut seen = std::collections::HashSet::new();
-    for (i, tag) in tags.iter().enumerate() {
-        if !seen.insert(tag.name.as_str()) {
-            let tables = t.tables("tags");
-            let at = tables.get(i).map_or(0, |x| x.offset_of("name"));
-            t.ctx().error(
-                at,
-                &format!("{}[{i}].name", t.key_path("tags")),
-                format!("tag '{}' is defined twice on this device", tag.name),
-            );
+    for (i, tt) in t.tables("tags").iter().enumerate() {
+        if let Some(n) = tt.peek_str("name") {
+            if !seen.insert(n) {
+                t.ctx().error(
+                    tt.offset_of("name"),
+                    &format!("{}[{i}].name", t.key_path("tags")),
+                    format!("tag '{n}' is defined twice on this device"),
+                );
+            }
+        }
+        if let Some(tag) = read_tag(tt, driver, &scan_classes) {
+            tags.push(tag);
         }
     }
     let d = DeviceConfig {
@@ -880,35 +813,34 @@ fn read_tag(t: &Table, driver: Option<DriverKind>, classes: &[(String, Duration)
             t.invalid("deadband", format!("a deadband needs a numeric datatype, not {dt}"));
         }
     }
-    let signal = match (driver, &address) {
-        (Some(DriverKind::Sim), Some(a)) => match Signal::parse(a) {
+    // Parsed once, for the device's driver: what the driver gets cannot fail to parse.
+    let parsed = match (driver, &address, dt) {
+        (Some(DriverKind::Sim), Some(a), _) => match Signal::parse(a) {
             Ok(s) => {
                 if let Some(Err(e)) = dt.map(|dt| s.check_datatype(dt)) {
                     t.invalid("address", e);
                 }
-                Some(std::sync::Arc::new(s))
+                Some(TagAddress::Sim(std::sync::Arc::new(s)))
             }
             Err(e) => {
                 t.invalid("address", e);
                 None
             }
         },
-        (Some(DriverKind::S7), Some(a)) => {
-            if let Some(dt) = dt {
-                if let Err(e) = crate::plc::s7::address::S7Address::parse(a, dt) {
-                    t.invalid("address", e.to_string());
-                }
+        (Some(DriverKind::S7), Some(a), Some(dt)) => match crate::plc::s7::address::S7Address::parse(a, dt) {
+            Ok(a) => Some(TagAddress::S7(a)),
+            Err(e) => {
+                t.invalid("address", e.to_string());
+                None
             }
-            None
-        }
-        (Some(DriverKind::Logix), Some(a)) => {
-            if let Some(dt) = dt {
-                if let Err(e) = crate::plc::logix::LogixTag::parse(a, dt) {
-                    t.invalid("address", e.to_string());
-                }
+        },
+        (Some(DriverKind::Logix), Some(a), Some(dt)) => match crate::plc::logix::LogixTag::parse(a, dt) {
+            Ok(a) => Some(TagAddress::Logix(Box::new(a))),
+            Err(e) => {
+                t.invalid("address", e.to_string());
+                None
             }
-            None
-        }
+        },
         _ => None,
     };
     let writable = t.bool_or("writable", false);
@@ -924,13 +856,12 @@ fn read_tag(t: &Table, driver: Option<DriverKind>, classes: &[(String, Duration)
     ]);
     Some(TagConfig {
         name: name?,
-        address: address?,
+        address: parsed?,
         datatype: dt?,
         scan_class,
         deadband,
         deadband_percent,
         writable,
-        signal,
     })
 }
 
@@ -1112,7 +1043,7 @@ deadbnad = 0.5
             "[fe80::1]:44818",
             "fe80::1",
         ] {
-            assert_eq!(check_plc_address(good), Ok(()), "{good}");
+            assert!(PlcAddress::parse(good).is_ok(), "{good}");
         }
         for (bad, says) in [
             ("192.168.10.30:", "without a port"),
@@ -1122,7 +1053,7 @@ deadbnad = 0.5
             ("http://192.168.10.30", "has a scheme"),
             ("10.0.0.1:0", "not a number from 1 to 65535"),
         ] {
-            let e = check_plc_address(bad).expect_err(bad);
+            let e = PlcAddress::parse(bad).expect_err(bad);
             assert!(e.contains(says), "{bad}: {e}");
         }
         // In a file: the key path and line:column.
@@ -1247,10 +1178,17 @@ deadbnad = 0.5
         let text = format!("{MINIMAL}\n[[devices]]\nname = \"s\"\ndriver = \"s7\"\naddress = \"10.0.0.5\"\n");
         let mut d = Config::parse("c.toml", &text).expect("valid").devices.remove(0);
         assert_eq!(d.socket_address().as_deref(), Some("10.0.0.5:102"));
-        d.address = Some("plc.local:1102".into());
+        d.address = Some(PlcAddress::parse("plc.local:1102").expect("valid"));
         assert_eq!(d.socket_address().as_deref(), Some("plc.local:1102"));
         d.driver = DriverKind::Logix;
-        d.address = Some("fe80::1".into());
+        d.address = Some(PlcAddress::parse("fe80::1").expect("valid"));
+        assert_eq!(d.socket_address().as_deref(), Some("[fe80::1]:44818"));
+        d.address = Some(PlcAddress::parse("[fe80::1]:2222").expect("valid"));
+        assert_eq!(
+            d.address.as_ref().map(ToString::to_string).as_deref(),
+            Some("[fe80::1]:2222")
+        );
+        d.address = Some(PlcAddress::parse("fe80::1").expect("valid"));
         assert_eq!(d.socket_address().as_deref(), Some("[fe80::1]:44818"));
     }
 

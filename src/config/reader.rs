@@ -154,6 +154,12 @@ impl<'c, 's, 't> Table<'c, 's, 't> {
         self.get(key).is_some_and(|v| v.get_ref().as_str().is_some())
     }
 
+    /// The string at `key` if there is one, without reporting anything
+    /// (for a check across tables whose own reading reports the errors).
+    pub fn peek_str(&self, key: &str) -> Option<&'t str> {
+        self.get(key)?.get_ref().as_str()
+    }
+
     pub fn opt_str(&self, key: &str) -> Option<String> {
         let v = self.get(key)?;
         match v.get_ref().as_str() {

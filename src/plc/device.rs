@@ -4,8 +4,11 @@
 
 use std::time::Duration;
 
+use super::logix::LogixTag;
+use super::s7::address::S7Address;
 use super::sim::Signal;
 use crate::sparkplug::DataType;
+use crate::units::PlcAddress;
 
 /// The scan class of a tag that names none.
 pub const DEFAULT_SCAN_CLASS: &str = "default";
@@ -84,7 +87,8 @@ impl Default for LogixDeviceConfig {
 pub struct DeviceConfig {
     pub name: String,
     pub driver: DriverKind,
-    pub address: Option<String>,
+    /// Where the PLC listens (none for the simulator).
+    pub address: Option<PlcAddress>,
     pub enabled: bool,
     /// Named scan periods; tags pick one (default class `default` = 1s).
     pub scan_classes: Vec<(String, Duration)>,
@@ -125,20 +129,8 @@ impl DeviceConfig {
 
     /// `host:port` of the PLC (the driver's default port when none is given).
     pub fn socket_address(&self) -> Option<String> {
-        let a = self.address.as_deref()?.trim();
-        if a.is_empty() {
-            return None;
-        }
-        let port = self.driver.default_port();
-        Some(match a.matches(':').count() {
-            // host or IPv4
-            0 => format!("{a}:{port}"),
-            // host:port
-            1 => a.to_string(),
-            // [v6]:port, or a bare IPv6 address
-            _ if a.starts_with('[') && a.contains("]:") => a.to_string(),
-            _ => format!("[{}]:{port}", a.trim_start_matches('[').trim_end_matches(']')),
-        })
+        let a = self.address.as_ref()?;
+        Some(a.socket_address(self.driver.default_port()))
     }
 }
 
@@ -157,11 +149,25 @@ pub struct SimDeviceConfig {
     pub seed: u64,
 }
 
+/// Where a tag's value lives, parsed for its device's driver when the
+/// configuration is read: a driver never meets an address it cannot use.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TagAddress {
+    /// The simulator's signal (`counter`, `sine(period=10s)`, …), shared by
+    /// the tags generated from one.
+    Sim(std::sync::Arc<Signal>),
+    /// `DB1.DBD0`, `MW10`, `I0.1`, …
+    S7(S7Address),
+    /// `Line1_Temp`, `Program:Main.Speed`, `Counts[3]`, `Status.5`, …
+    /// (boxed: the 100k planned tags of a large device stay 16 bytes each)
+    Logix(Box<LogixTag>),
+}
+
 /// `[[devices.tags]]`: one PLC value, one Sparkplug metric.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TagConfig {
     pub name: String,
-    pub address: String,
+    pub address: TagAddress,
     pub datatype: DataType,
     pub scan_class: String,
     /// Report only when the value moved at least this much (absolute).
@@ -169,6 +175,4 @@ pub struct TagConfig {
     /// …or at least this percent of the last reported value.
     pub deadband_percent: f64,
     pub writable: bool,
-    /// For the sim driver: the parsed signal (shared by generated tags).
-    pub signal: Option<std::sync::Arc<Signal>>,
 }

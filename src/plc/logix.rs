@@ -260,8 +260,18 @@ impl LogixDriver {
     ) -> LogixDriver {
         let tags = tags
             .into_iter()
-            .map(|(a, dt)| (LogixTag::parse(&a, dt).map_err(|e| e.to_string()), dt))
-            .collect();
+            .map(|(a, dt)| (LogixTag::parse(&a, dt).map_err(|e| e.to_string()), dt));
+        LogixDriver::with_parsed(addr, slot, batch_size, tags)
+    }
+
+    /// A driver for tags the configuration already parsed.
+    pub fn with_parsed(
+        addr: String,
+        slot: Option<u8>,
+        batch_size: usize,
+        tags: impl IntoIterator<Item = (Result<LogixTag, String>, DataType)>,
+    ) -> LogixDriver {
+        let tags = tags.into_iter().collect();
         LogixDriver {
             addr,
             slot,

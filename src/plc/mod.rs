@@ -18,7 +18,7 @@ use std::time::Instant;
 use thiserror::Error;
 
 use crate::sparkplug::{DataType, Value};
-use device::{DeviceConfig, DriverKind};
+use device::{DeviceConfig, DriverKind, TagAddress};
 use sim::{Rng, Signal, SimTag};
 
 /// `v` as the integer datatype `dt`, when it fits (None: out of range or not an integer type).
@@ -93,9 +93,8 @@ pub struct TagError(pub String);
 /// A tag as a driver sees it.
 #[derive(Debug, Clone)]
 pub struct TagSpec {
-    pub address: String,
+    pub address: TagAddress,
     pub datatype: DataType,
-    pub signal: Option<std::sync::Arc<Signal>>,
 }
 
 /// A PLC driver. An enum rather than a trait object: the set is closed, calls
@@ -109,11 +108,10 @@ pub enum Driver {
 impl Driver {
     /// The driver for a device's configuration, not yet connected.
     pub fn for_device(d: &DeviceConfig, tags: &[TagSpec]) -> Driver {
-        let addressed = || tags.iter().map(|t| (t.address.clone(), t.datatype));
         let addr = d.socket_address().unwrap_or_default();
         match d.driver {
             DriverKind::Sim => Driver::Sim(SimDriver::new(d, tags)),
-            DriverKind::S7 => Driver::S7(Box::new(s7::S7Driver::new(
+            DriverKind::S7 => Driver::S7(Box::new(s7::S7Driver::with_parsed(
                 s7::S7Options {
                     addr,
                     local_tsap: d.s7.local_tsap,
@@ -121,13 +119,25 @@ impl Driver {
                     pdu_size: d.s7.pdu_size,
                     max_items: d.s7.max_items,
                 },
-                addressed(),
+                tags.iter().map(|t| {
+                    let a = match &t.address {
+                        TagAddress::S7(a) => Ok(*a),
+                        _ => Err("not an S7 address".to_string()),
+                    };
+                    (a, t.datatype)
+                }),
             ))),
-            DriverKind::Logix => Driver::Logix(Box::new(logix::LogixDriver::new(
+            DriverKind::Logix => Driver::Logix(Box::new(logix::LogixDriver::with_parsed(
                 addr,
                 d.logix.slot,
                 d.logix.batch_size,
-                addressed(),
+                tags.iter().map(|t| {
+                    let a = match &t.address {
+                        TagAddress::Logix(a) => Ok((**a).clone()),
+                        _ => Err("not a Logix tag".to_string()),
+                    };
+                    (a, t.datatype)
+                }),
             ))),
         }
     }
@@ -242,16 +252,17 @@ impl SimDriver {
             })
         };
         let configured = d.tags.len().min(specs.len());
+        let signal = |t: &TagSpec| match &t.address {
+            TagAddress::Sim(s) => s.clone(),
+            _ => const_zero(),
+        };
         let tags = specs[..configured]
             .iter()
-            .map(|t| SimTag::new(t.signal.clone().unwrap_or_else(const_zero), t.datatype))
+            .map(|t| SimTag::new(signal(t), t.datatype))
             .collect();
-        let generated = specs[configured..].first().map(|g| {
-            (
-                SimTag::new(g.signal.clone().unwrap_or_else(const_zero), g.datatype),
-                vec![0.0; specs.len() - configured],
-            )
-        });
+        let generated = specs[configured..]
+            .first()
+            .map(|g| (SimTag::new(signal(g), g.datatype), vec![0.0; specs.len() - configured]));
         SimDriver {
             device: d.name.clone(),
             tags,

@@ -28,7 +28,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::device::{DeviceConfig, TagConfig};
+use super::device::{DeviceConfig, TagAddress, TagConfig};
 use super::stats::DeviceStats;
 use super::{Driver, TagSpec};
 use crate::sparkplug::edge::Sample;
@@ -187,7 +187,6 @@ pub fn plan(d: &DeviceConfig) -> Vec<PlannedTag> {
         spec: TagSpec {
             address: t.address.clone(),
             datatype: t.datatype,
-            signal: t.signal.clone(),
         },
         deadband: Deadband::from(t),
         class: class_index(d, &t.scan_class),
@@ -201,9 +200,8 @@ pub fn plan(d: &DeviceConfig) -> Vec<PlannedTag> {
         let class = class_index(d, d.sim.generate_scan_class.as_deref().unwrap_or("default"));
         out.extend((0..n).map(|_| PlannedTag {
             spec: TagSpec {
-                address: String::new(),
+                address: TagAddress::Sim(signal.clone()),
                 datatype,
-                signal: Some(signal.clone()),
             },
             deadband: Deadband {
                 absolute: 0.0,
@@ -611,13 +609,12 @@ mod tests {
     fn tag(deadband: f64, pct: f64) -> TagConfig {
         TagConfig {
             name: "t".into(),
-            address: "counter".into(),
+            address: TagAddress::Sim(Arc::new(super::super::sim::Signal::parse("counter").expect("a signal"))),
             datatype: DataType::Double,
             scan_class: "default".into(),
             deadband,
             deadband_percent: pct,
             writable: false,
-            signal: None,
         }
     }
 

@@ -3,107 +3,16 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use spb::config::{self, Config, Overrides, ServerConfig, TlsConfig};
+use cli::{Command, DecodeArgs, DiscoverArgs, RunArgs, WatchArgs};
+use spb::config::{self, Config, DriverKind, ServerConfig, TlsConfig};
 use spb::gateway::{self, RunOptions};
 use watch::WatchOptions;
 
+mod cli;
 mod watch;
 use spb::sparkplug::{pretty, Payload};
-
-const USAGE: &str = "\
-spb-gateway — Sparkplug B edge gateway
-
-usage:
-  spb-gateway [OPTIONS]                 run the gateway
-  spb-gateway --check-config [--at-boot] [--config PATH]
-                                        validate the configuration and exit (0 = valid); --at-boot
-                                        (the unit's ExecStartPre) only warns about a client
-                                        certificate's dates, so that the gateway still stores
-  spb-gateway watch [WATCH OPTIONS]     decoded live view of the Sparkplug traffic on a broker
-  spb-gateway decode [--hex] [FILE]     decode one Sparkplug B payload (stdin without FILE)
-  spb-gateway discover --driver s7|logix --address HOST[:PORT] [DISCOVER OPTIONS]
-                                        list what a PLC has, as TOML to paste into the config
-  spb-gateway --version | --help
-
-options:
-  --config PATH        configuration file (default /etc/spb-gateway/config.toml)
-  --log-level LEVEL    error, warn, info, debug, trace, or a filter like info,spb=debug
-  --dry-run            poll and log what would be published; connect to no broker
-  --broker-host HOST   use this broker instead of [[mqtt.servers]] (keeps the first server's TLS)
-  --broker-port PORT
-  --group-id ID        override [node] group_id
-  --node-id ID         override [node] node_id
-  --metrics-port PORT  serve /health /ready /metrics on this port
-  --data-dir DIR       state directory (bdSeq, store); overrides [store] path
-  --disable-plc        do not poll PLCs (the node is born without devices)
-
-watch options:
-  --broker-host HOST (default 127.0.0.1)  --broker-port PORT (default 1883)
-  --ca PATH  --cert PATH  --key PATH     mTLS to the broker
-  --config PATH        take broker and TLS from this configuration's first server
-  --filter TOPIC       default spBv1.0/#
-  --count N            stop after N messages
-  --seconds S          stop after S seconds
-  --rebirth            ask nodes whose birth came before we subscribed for a new one (publishes NCMD)
-
-discover options:
-  --timeout S          give up after S seconds (default 30)
-  s7:    --rack N (default 0)  --slot N (default 1)  --max-db N (probe DB1..DBN, default 1000)
-  logix: --slot N      ControlLogix CPU slot (omit for CompactLogix)";
-
-struct Args {
-    rest: Vec<String>,
-}
-
-impl Args {
-    fn flag(&mut self, name: &str) -> bool {
-        match self.rest.iter().position(|a| a == name) {
-            Some(i) => {
-                self.rest.remove(i);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn value(&mut self, name: &str) -> Result<Option<String>> {
-        let Some(i) = self
-            .rest
-            .iter()
-            .position(|a| a == name || a.starts_with(&format!("{name}=")))
-        else {
-            return Ok(None);
-        };
-        let a = self.rest.remove(i);
-        if let Some(v) = a.strip_prefix(&format!("{name}=")) {
-            return Ok(Some(v.to_string()));
-        }
-        if i >= self.rest.len() {
-            bail!("{name} needs a value\n\n{USAGE}");
-        }
-        Ok(Some(self.rest.remove(i)))
-    }
-
-    fn parsed<T: std::str::FromStr>(&mut self, name: &str) -> Result<Option<T>> {
-        match self.value(name)? {
-            None => Ok(None),
-            Some(v) => v
-                .parse()
-                .map(Some)
-                .map_err(|_| anyhow::anyhow!("{name}: '{v}' is not valid")),
-        }
-    }
-
-    fn done(self) -> Result<()> {
-        if let Some(a) = self.rest.first() {
-            bail!("unknown argument '{a}'\n\n{USAGE}");
-        }
-        Ok(())
-    }
-}
 
 /// Gives the heap that parsing the config freed back to the OS: the spanned
 /// TOML document of a large file (1,000 PLCs × 100 tags) is several times the
@@ -172,50 +81,33 @@ fn main() -> std::process::ExitCode {
 }
 
 fn real_main() -> Result<std::process::ExitCode> {
-    let mut args = Args {
-        rest: std::env::args().skip(1).collect(),
+    let run = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(Command::Run(run)) => run,
+        Ok(Command::Help(usage)) => {
+            emit(format_args!("{usage}\n"))?;
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        Ok(Command::Version) => {
+            emit(format_args!("spb-gateway {}\n", env!("CARGO_PKG_VERSION")))?;
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        Ok(Command::Watch(w)) => return watch(w).map(|()| std::process::ExitCode::SUCCESS),
+        Ok(Command::Decode(d)) => return decode(d).map(|()| std::process::ExitCode::SUCCESS),
+        Ok(Command::Discover(d)) => return discover(d).map(|()| std::process::ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("spb-gateway: {e}");
+            return Ok(std::process::ExitCode::from(2));
+        }
     };
-    if args.flag("--version") || args.flag("-V") {
-        emit(format_args!("spb-gateway {}\n", env!("CARGO_PKG_VERSION")))?;
-        return Ok(std::process::ExitCode::SUCCESS);
-    }
-    if args.flag("--help") || args.flag("-h") {
-        emit(format_args!("{USAGE}\n"))?;
-        return Ok(std::process::ExitCode::SUCCESS);
-    }
-    match args.rest.first().map(String::as_str) {
-        Some("decode") => {
-            args.rest.remove(0);
-            return decode(args).map(|()| std::process::ExitCode::SUCCESS);
-        }
-        Some("watch") => {
-            args.rest.remove(0);
-            return watch(args).map(|()| std::process::ExitCode::SUCCESS);
-        }
-        Some("discover") => {
-            args.rest.remove(0);
-            return discover(args).map(|()| std::process::ExitCode::SUCCESS);
-        }
-        _ => {}
-    }
-    let config_path = PathBuf::from(
-        args.value("--config")?
-            .unwrap_or_else(|| config::DEFAULT_PATH.to_string()),
-    );
-    let check = args.flag("--check-config");
-    let at_boot = args.flag("--at-boot");
-    let overrides = Overrides {
-        broker_host: args.value("--broker-host")?,
-        broker_port: args.parsed("--broker-port")?,
-        group_id: args.value("--group-id")?,
-        node_id: args.value("--node-id")?,
-        metrics_port: args.parsed("--metrics-port")?,
-        data_dir: args.value("--data-dir")?.map(PathBuf::from),
-        log_level: args.value("--log-level")?,
-    };
-    let dry_run = args.flag("--dry-run");
-    let disable_plc = args.flag("--disable-plc");
-    args.done()?;
+    let RunArgs {
+        config,
+        check,
+        at_boot,
+        overrides,
+        dry_run,
+        disable_plc,
+    } = run;
+    let config_path = config.unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
     let mut cfg = match Config::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
@@ -273,19 +165,23 @@ fn real_main() -> Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-fn watch(mut args: Args) -> Result<()> {
-    let from_config = args.value("--config")?;
-    let host = args.value("--broker-host")?;
-    let port: Option<u16> = args.parsed("--broker-port")?;
-    let (ca, cert, key) = (args.value("--ca")?, args.value("--cert")?, args.value("--key")?);
-    let filter = args.value("--filter")?.unwrap_or_else(|| "spBv1.0/#".to_string());
-    let count = args.parsed("--count")?.unwrap_or(0);
-    let seconds: Option<f64> = args.parsed("--seconds")?;
-    let rebirth = args.flag("--rebirth");
-    args.done()?;
+fn watch(args: WatchArgs) -> Result<()> {
+    let WatchArgs {
+        config: from_config,
+        host,
+        port,
+        ca,
+        cert,
+        key,
+        filter,
+        count,
+        duration,
+        rebirth,
+    } = args;
+    let filter = filter.unwrap_or_else(|| "spBv1.0/#".to_string());
     let mut server = match from_config {
         Some(p) => {
-            let cfg = Config::load(std::path::Path::new(&p)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let cfg = Config::load(&p).map_err(|e| anyhow::anyhow!("{e}"))?;
             cfg.mqtt
                 .servers
                 .into_iter()
@@ -300,10 +196,10 @@ fn watch(mut args: Args) -> Result<()> {
     }
     if ca.is_some() || cert.is_some() {
         server.tls = Some(TlsConfig {
-            ca: ca.map(PathBuf::from),
+            ca,
             system_roots: false,
-            cert: cert.map(PathBuf::from),
-            key: key.map(PathBuf::from),
+            cert,
+            key,
             server_name: None,
         });
     }
@@ -317,34 +213,24 @@ fn watch(mut args: Args) -> Result<()> {
         server,
         filter,
         count,
-        duration: seconds.map(Duration::from_secs_f64),
+        duration,
         rebirth,
     }))?;
     Ok(())
 }
 
-fn discover(mut args: Args) -> Result<()> {
-    use spb::config::DriverKind;
+fn discover(args: DiscoverArgs) -> Result<()> {
     use spb::plc::{discover, s7::S7Options};
-    let driver = match args.value("--driver")?.as_deref() {
-        Some("s7") => DriverKind::S7,
-        Some("logix") => DriverKind::Logix,
-        Some(other) => bail!("--driver {other}: discover knows s7 and logix"),
-        None => bail!("discover needs --driver s7 or --driver logix"),
-    };
-    let address = args
-        .value("--address")?
-        .context("discover needs --address HOST[:PORT]")?;
-    let timeout = Duration::from_secs_f64(args.parsed("--timeout")?.unwrap_or(30.0));
-    let rack: Option<u8> = args.parsed("--rack")?;
-    let slot: Option<u8> = args.parsed("--slot")?;
-    let max_db: u16 = args.parsed("--max-db")?.unwrap_or(1000);
-    args.done()?;
-    let device = config::DeviceConfig {
-        address: Some(address.clone()),
-        ..config::DeviceConfig::minimal("discover", driver)
-    };
-    let addr = device.socket_address().context("--address is empty")?;
+    let DiscoverArgs {
+        driver,
+        address,
+        timeout,
+        rack,
+        slot,
+        max_db,
+    } = args;
+    let addr = address.socket_address(driver.default_port());
+    let address = address.to_string();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let toml = runtime.block_on(async {
         tokio::time::timeout(timeout, async {
@@ -376,17 +262,11 @@ fn discover(mut args: Args) -> Result<()> {
     emit(format_args!("{toml}"))
 }
 
-fn decode(mut args: Args) -> Result<()> {
-    let hex = args.flag("--hex");
-    let file = if args.rest.is_empty() {
-        None
-    } else {
-        Some(args.rest.remove(0))
-    };
-    args.done()?;
+fn decode(args: DecodeArgs) -> Result<()> {
+    let DecodeArgs { hex, file } = args;
     let mut raw = Vec::new();
     match &file {
-        Some(path) => raw = std::fs::read(path).with_context(|| format!("reading {path}"))?,
+        Some(path) => raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
         None => {
             std::io::stdin().read_to_end(&mut raw).context("reading stdin")?;
         }

@@ -251,11 +251,21 @@ pub struct S7Driver {
 }
 
 impl S7Driver {
+    /// A driver for tags given as text (tools and tests); one that does not
+    /// parse is reported as that tag's error on every read.
     pub fn new(opts: S7Options, tags: impl IntoIterator<Item = (String, DataType)>) -> S7Driver {
-        let tags: Vec<_> = tags
+        let tags = tags
             .into_iter()
-            .map(|(a, dt)| (S7Address::parse(&a, dt).map_err(|e| e.to_string()), dt))
-            .collect();
+            .map(|(a, dt)| (S7Address::parse(&a, dt).map_err(|e| e.to_string()), dt));
+        S7Driver::with_parsed(opts, tags)
+    }
+
+    /// A driver for tags the configuration already parsed.
+    pub fn with_parsed(
+        opts: S7Options,
+        tags: impl IntoIterator<Item = (Result<S7Address, String>, DataType)>,
+    ) -> S7Driver {
+        let tags: Vec<_> = tags.into_iter().collect();
         let isolated = vec![false; tags.len()];
         S7Driver {
             opts,
