@@ -12,6 +12,10 @@
 //! disk bytes per stored sample (the store's files at the end of the outage),
 //! replayed samples/s, live samples/s during the replay, gateway CPU during the
 //! replay and peak RSS. Written to `target/bench-store-forward.md`.
+//!
+//! `SPB_BENCH_GATEWAY=/path/to/spb-gateway` (labelled
+//! `SPB_BENCH_GATEWAY_LABEL`) runs each case with that build too, right
+//! after this one, for a before/after in one run on this noisy machine.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -72,19 +76,32 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let tck = common::clk_tck();
     let mut rows = Vec::new();
-    for (label, store) in [
+    let this = std::path::PathBuf::from(env!("CARGO_BIN_EXE_spb-gateway"));
+    let mut builds = vec![("this build".to_string(), this)];
+    if let Some(other) = std::env::var_os("SPB_BENCH_GATEWAY") {
+        let label = std::env::var("SPB_BENCH_GATEWAY_LABEL").unwrap_or_else(|_| "other build".into());
+        builds.push((label, other.into()));
+    }
+    let cases = [
         (
             "default: written when no more samples are ready, fdatasync every 1 s",
             "",
         ),
         ("fdatasync every write (flush_interval = 0s)", "flush_interval = \"0s\""),
-    ] {
+    ];
+    for ((label, store), (build, bin)) in cases.iter().flat_map(|c| builds.iter().map(move |b| (c, b))) {
         let mut broker = common::Broker::start(None);
         let counts = Arc::new(Counts::default());
         rt.spawn(count(broker.port, "BenchSF", counts.clone()));
         std::thread::sleep(Duration::from_millis(300));
         let http = common::free_port();
-        let gw = common::Gateway::start(&config(broker.port, http, store), &[]);
+        let gw = common::Gateway::start_bin(
+            bin,
+            tempfile::tempdir().expect("tmp"),
+            &config(broker.port, http, store),
+            &[],
+            &[],
+        );
         let pid = gw.child.id();
         let t0 = Instant::now();
         while counts.live.load(Relaxed) == 0 {
@@ -123,7 +140,7 @@ fn main() {
         let live_rate = (live1 - live0) as f64 / t1.elapsed().as_secs_f64();
         let cpu = (cpu1 - cpu0) as f64 / tck / t1.elapsed().as_secs_f64();
         let line = format!(
-            "| {label} | {stored:.0} | {store_rate:.0} | {:.0} B | {:.0} | {live_rate:.0} | {:.0}% | {:.1} MiB |",
+            "| {build} | {label} | {stored:.0} | {store_rate:.0} | {:.0} B | {:.0} | {live_rate:.0} | {:.0}% | {:.1} MiB |",
             disk as f64 / depth.max(1.0),
             replayed / secs,
             cpu * 100.0,
@@ -136,7 +153,7 @@ fn main() {
         drop(broker);
     }
     let table = format!(
-        "| flush policy | samples stored in 10 s | stored samples/s | disk per stored sample | replayed samples/s | live samples/s during replay | gateway CPU during replay | peak RSS |\n|---|---|---|---|---|---|---|---|\n{}\n",
+        "| gateway | flush policy | samples stored in 10 s | stored samples/s | disk per stored sample | replayed samples/s | live samples/s during replay | gateway CPU during replay | peak RSS |\n|---|---|---|---|---|---|---|---|---|\n{}\n",
         rows.join("\n")
     );
     println!("\n{table}");

@@ -1193,6 +1193,28 @@ deadbnad = 0.5
     }
 
     #[test]
+    fn tag_addresses_come_out_parsed_for_their_devices_driver() {
+        let text = format!(
+            "{MINIMAL}\n[[devices]]\nname = \"s\"\ndriver = \"s7\"\naddress = \"10.0.0.5\"\n[[devices.tags]]\nname = \"T\"\naddress = \"DB1.DBD4\"\ndatatype = \"REAL\"\n\
+             [[devices]]\nname = \"l\"\ndriver = \"logix\"\naddress = \"[fe80::1]:44818\"\n[[devices.tags]]\nname = \"B\"\naddress = \"Status.5\"\ndatatype = \"BOOL\"\n\
+             [[devices]]\nname = \"m\"\ndriver = \"sim\"\n[[devices.tags]]\nname = \"C\"\naddress = \"counter\"\ndatatype = \"UInt32\"\n"
+        );
+        let c = Config::parse("c.toml", &text).expect("valid");
+        let s7 = crate::plc::s7::address::S7Address::parse("DB1.DBD4", DataType::Float).expect("valid");
+        assert_eq!(c.devices[0].tags[0].address, TagAddress::S7(s7));
+        assert_eq!(
+            c.devices[1].tags[0].address,
+            TagAddress::Logix(Box::new(crate::plc::logix::LogixTag::Bit {
+                base: "Status".into(),
+                bit: 5
+            }))
+        );
+        assert!(matches!(&c.devices[2].tags[0].address, TagAddress::Sim(_)));
+        let plc = c.devices[1].address.as_ref().expect("an address");
+        assert_eq!((plc.host.as_str(), plc.port), ("fe80::1", Some(44818)));
+    }
+
+    #[test]
     fn overrides_replace_broker_ids_and_ports() {
         let mut c = Config::parse("c.toml", MINIMAL).expect("valid");
         c.apply(&Overrides {
