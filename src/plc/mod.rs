@@ -106,7 +106,9 @@ pub enum Driver {
 }
 
 impl Driver {
-    /// The driver for a device's configuration, not yet connected.
+    /// The driver for a device's configuration, not yet connected. `tags`
+    /// are the configured tags, then (for the simulator's generated tags)
+    /// one spec they share, as [`poller::plan`] makes them.
     pub fn for_device(d: &DeviceConfig, tags: &[TagSpec]) -> Driver {
         let addr = d.socket_address().unwrap_or_default();
         match d.driver {
@@ -251,6 +253,7 @@ impl SimDriver {
                 len: None,
             })
         };
+        // The configured tags' specs, then one shared by every generated tag.
         let configured = d.tags.len().min(specs.len());
         let signal = |t: &TagSpec| match &t.address {
             TagAddress::Sim(s) => s.clone(),
@@ -262,7 +265,7 @@ impl SimDriver {
             .collect();
         let generated = specs[configured..]
             .first()
-            .map(|g| (SimTag::new(signal(g), g.datatype), vec![0.0; specs.len() - configured]));
+            .map(|g| (SimTag::new(signal(g), g.datatype), vec![0.0; d.sim.generate as usize]));
         SimDriver {
             device: d.name.clone(),
             tags,

@@ -160,13 +160,20 @@ pub fn should_report(tag: Deadband, last: &Last, value: &Option<Value>, quality:
     }
 }
 
-/// One tag as the poller plans it: compact and nameless (the session knows
-/// the names; samples address tags by position).
-pub struct PlannedTag {
-    pub spec: TagSpec,
-    pub deadband: Deadband,
-    /// Index into the device's `scan_classes`.
-    pub class: usize,
+/// A device's tags as the poller uses them, by position (the session knows
+/// the names; samples address tags by index): configured tags first, then
+/// the generated ones. Built without a per-tag record for generated tags:
+/// at 100k tags every byte per tag is 100 kB.
+pub struct Plan {
+    /// How many tags (configured and generated).
+    pub count: usize,
+    /// The configured tags' specs, then, if the simulator generates tags,
+    /// the one spec they share (see [`Driver::for_device`]).
+    pub specs: Vec<TagSpec>,
+    /// Per tag, up to the last one that has a deadband (the rest have none).
+    pub deadbands: Vec<Deadband>,
+    /// Each scan period with the tags it reads; classes without tags are left out.
+    pub classes: Vec<(Duration, Vec<u32>)>,
 }
 
 fn class_index(d: &DeviceConfig, name: &str) -> usize {
@@ -178,39 +185,47 @@ fn generated_name(i: usize, n: usize) -> String {
     format!("Gen/Tag {i:0width$}")
 }
 
-/// The device's tags in declaration order (configured, then generated),
-/// without materialising 100k `TagConfig`s for generated ones.
-pub fn plan(d: &DeviceConfig) -> Vec<PlannedTag> {
+/// The device's tags in declaration order (configured, then generated).
+pub fn plan(d: &DeviceConfig) -> Plan {
     let n = d.sim.generate as usize;
-    let mut out = Vec::with_capacity(d.tags.len() + n);
-    out.extend(d.tags.iter().map(|t| PlannedTag {
-        spec: TagSpec {
+    let mut classes: Vec<(Duration, Vec<u32>)> = d.scan_classes.iter().map(|(_, p)| (*p, Vec::new())).collect();
+    let mut specs = Vec::with_capacity(d.tags.len() + usize::from(n > 0));
+    let mut deadbands = Vec::with_capacity(d.tags.len());
+    for (i, t) in d.tags.iter().enumerate() {
+        specs.push(TagSpec {
             address: t.address.clone(),
             datatype: t.datatype,
-        },
-        deadband: Deadband::from(t),
-        class: class_index(d, &t.scan_class),
-    }));
+        });
+        deadbands.push(Deadband::from(t));
+        classes[class_index(d, &t.scan_class)].1.push(i as u32);
+    }
     if n > 0 {
         let signal =
             Arc::new(d.sim.generate_signal.clone().unwrap_or_else(|| {
                 super::sim::Signal::parse("random_walk(step=0.5)").expect("the default signal parses")
             }));
-        let datatype = d.sim.generate_datatype.unwrap_or(DataType::Double);
+        specs.push(TagSpec {
+            address: TagAddress::Sim(signal),
+            datatype: d.sim.generate_datatype.unwrap_or(DataType::Double),
+        });
         let class = class_index(d, d.sim.generate_scan_class.as_deref().unwrap_or("default"));
-        out.extend((0..n).map(|_| PlannedTag {
-            spec: TagSpec {
-                address: TagAddress::Sim(signal.clone()),
-                datatype,
-            },
-            deadband: Deadband {
-                absolute: 0.0,
-                percent: 0.0,
-            },
-            class,
-        }));
+        let first = d.tags.len() as u32;
+        classes[class].1.extend(first..first + n as u32);
     }
-    out
+    while deadbands.last() == Some(&Deadband::NONE) {
+        deadbands.pop();
+    }
+    deadbands.shrink_to_fit();
+    classes.retain(|(_, idx)| !idx.is_empty());
+    for (_, idx) in &mut classes {
+        idx.shrink_to_fit();
+    }
+    Plan {
+        count: d.tags.len() + n,
+        specs,
+        deadbands,
+        classes,
+    }
 }
 
 /// Birth declarations for a device, in the order of [`plan`]: every tag,
@@ -233,28 +248,17 @@ pub async fn run(
     stats: Arc<DeviceStats>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let planned = plan(&d);
-    let count = planned.len();
-    let mut classes: Vec<(Duration, Vec<u32>)> = d.scan_classes.iter().map(|(_, p)| (*p, Vec::new())).collect();
-    let mut deadbands: Vec<Deadband> = Vec::with_capacity(count);
-    let mut specs = Vec::with_capacity(count);
-    for (i, t) in planned.into_iter().enumerate() {
-        classes[t.class].1.push(i as u32);
-        deadbands.push(t.deadband);
-        specs.push(t.spec);
-    }
-    classes.retain(|(_, idx)| !idx.is_empty());
+    let Plan {
+        count,
+        specs,
+        deadbands,
+        classes,
+    } = plan(&d);
     let mut driver = Driver::for_device(&d, &specs);
     drop(specs);
-    let all: Vec<usize> = (0..count).collect();
     let start = Instant::now();
     let mut due: Vec<Instant> = vec![start; classes.len()];
     let mut last: Vec<Last> = vec![Last::Unseen; count];
-    // Sparse: generated tags (last) have none, so trailing zeros are dropped.
-    while deadbands.last() == Some(&Deadband::NONE) {
-        deadbands.pop();
-    }
-    deadbands.shrink_to_fit();
     let mut online = false;
     let mut connected = false;
     let mut breaker = Breaker::new(&d, stats.clone());
@@ -295,7 +299,8 @@ pub async fn run(
             }
         }
         if !online {
-            batch.clone_from(&all);
+            batch.clear();
+            batch.extend(0..count);
         }
         if batch.is_empty() {
             continue;
