@@ -3,8 +3,9 @@
 //! stored records replayed through the session.
 //!
 //! Invariants: operations reach the store in the order the forwarder made
-//! them; replay runs only while the session publishes and the link is not
-//! backlogged, so live data never waits behind the backlog; a record is
+//! them; replay runs only while the session publishes, and keeps at most
+//! 1 MiB of it waiting in the link, so live data never waits long behind
+//! the backlog; a record is
 //! deleted only once the forwarder has seen it confirmed.
 
 use super::Runtime;
@@ -12,6 +13,9 @@ use crate::clock::now_ms;
 use crate::mqtt::link::Sent;
 use crate::queue::forward::{Replayed, StoreOp, StoreReport};
 use crate::sparkplug::edge::{EdgeAction, EdgeError};
+
+/// What replayed DATA may have waiting in the link's queue at once.
+const REPLAY_QUEUE_BYTES: usize = 1024 * 1024;
 
 impl Runtime {
     /// Hands the forwarder's operations to the store's thread, in order,
@@ -49,14 +53,16 @@ impl Runtime {
     }
 
     /// Replays the stored records the forwarder has ready, as far as its
-    /// window and rate allow and the link is not backlogged. It runs on the
+    /// window and rate and the link's queue allow. It runs on the
     /// tick and as the store's reads arrive, so live data, handled between
     /// them, never waits behind the backlog.
     pub(super) fn replay(&mut self, now: u64) {
         if !self.session.is_publishing() {
             return;
         }
-        while !self.link.backlogged() {
+        // Replay tops the link's queue up to REPLAY_QUEUE_BYTES only: live
+        // DATA, queued after it, never waits behind more than that.
+        while self.link.queued() < REPLAY_QUEUE_BYTES {
             let Some((id, r)) = self.fwd.next_replay() else { return };
             let n = r.metrics.len() as u64;
             let actions = match self.session.replay(now, r.device.as_deref(), r.metrics) {

@@ -226,7 +226,12 @@ impl Link {
 
     /// More than [`BACKLOG_BYTES`] wait to be handed to the connection.
     pub fn backlogged(&self) -> bool {
-        self.queued.load(Relaxed) > BACKLOG_BYTES
+        self.queued() > BACKLOG_BYTES
+    }
+
+    /// Payload bytes waiting to be handed to the connection.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Relaxed)
     }
 
     /// A connection exists (it may not be acknowledged yet).
