@@ -242,6 +242,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
             _ = sigint.recv() => break,
             _ = sighup.recv() => rt.reload().await,
         }
+        // Replay tops the link's queue up again as soon as it has drained
+        // (a no-op when nothing is ready or the queue is full).
+        if !rt.opts.dry_run {
+            rt.replay(now_ms());
+        }
         // Group commit once no more samples are ready (or per the policy).
         rt.fwd.maybe_commit(poll_rx.is_empty());
         rt.send_store_ops().await;
