@@ -4,7 +4,7 @@
 //!
 //! Invariants: operations reach the store in the order the forwarder made
 //! them; replay runs only while the session publishes, and keeps at most
-//! 1 MiB of it waiting in the link, so live data never waits long behind
+//! 4 MiB of it waiting in the link, so live data never waits long behind
 //! the backlog; a record is
 //! deleted only once the forwarder has seen it confirmed.
 
@@ -15,7 +15,7 @@ use crate::queue::forward::{Replayed, StoreOp, StoreReport};
 use crate::sparkplug::edge::{EdgeAction, EdgeError};
 
 /// What replayed DATA may have waiting in the link's queue at once.
-const REPLAY_QUEUE_BYTES: usize = 1024 * 1024;
+const REPLAY_QUEUE_BYTES: usize = 4 * 1024 * 1024;
 
 impl Runtime {
     /// Hands the forwarder's operations to the store's thread, in order,
