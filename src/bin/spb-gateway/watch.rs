@@ -29,7 +29,37 @@ pub struct WatchOptions {
     pub rebirth: bool,
 }
 
+/// Text from the broker as a terminal may show it: control characters
+/// (an escape sequence in a forged metric name, a carriage return that
+/// overwrites a line) are written as `\u{..}`; line breaks stay.
+fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\n') {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() && c != '\n' {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
+/// Prints what the host session made of a message, terminal-safe.
 fn print_events(
+    out: &mut impl Write,
+    events: Vec<HostEvent>,
+    waiting: &mut std::collections::HashSet<String>,
+    rebirth: bool,
+) {
+    let mut text = Vec::new();
+    write_events(&mut text, events, waiting, rebirth);
+    let _ = out.write_all(terminal_safe(&String::from_utf8_lossy(&text)).as_bytes());
+}
+
+fn write_events(
     out: &mut impl Write,
     events: Vec<HostEvent>,
     waiting: &mut std::collections::HashSet<String>,
@@ -216,7 +246,8 @@ pub async fn run(opts: WatchOptions) -> Result<(), MqttError> {
             }
             LinkEvent::Message(p) => {
                 if p.topic.starts_with("spBv1.0/STATE/") {
-                    let _ = writeln!(stdout, "STATE {} {}", p.topic, String::from_utf8_lossy(&p.payload));
+                    let line = format!("STATE {} {}\n", p.topic, String::from_utf8_lossy(&p.payload));
+                    let _ = stdout.write_all(terminal_safe(&line).as_bytes());
                 } else {
                     let events = host.handle_message(now_ms(), &p.topic, &p.payload);
                     if opts.rebirth {
@@ -237,5 +268,19 @@ pub async fn run(opts: WatchOptions) -> Result<(), MqttError> {
             LinkEvent::Closed(c) => eprintln!("{}", c.why),
             LinkEvent::Sent(_) | LinkEvent::Acked(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_from_the_broker_cannot_drive_the_terminal() {
+        assert_eq!(terminal_safe("Temp = 21.5\n"), "Temp = 21.5\n");
+        assert_eq!(
+            terminal_safe("\u{1b}[2JTemp\rX\u{9b}31m\n"),
+            "\\u{1b}[2JTemp\\u{d}X\\u{9b}31m\n"
+        );
     }
 }
