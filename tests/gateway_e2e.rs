@@ -663,12 +663,9 @@ fn a_client_certificate_not_yet_valid_does_not_stop_polling_or_storing() {
     }
 }
 
-/// 10,000 devices born at one connect: NBIRTH and 10,000 DBIRTHs leave in one
-/// go. The task that drives the MQTT client and the runtime that feeds it
-/// must not wait on each other (two bounded channels); every birth arrives.
-#[test]
-fn ten_thousand_devices_born_at_once_all_reach_the_broker() {
-    let mut broker = Broker::start(None);
+/// A gateway of group `group` with 10,000 sim devices of one tag each (read
+/// every 10 s), reconnecting after `backoff_min` (at most 1 s).
+fn ten_thousand_devices(group: &str, broker: u16, http: u16, backoff_min: &str) -> String {
     let devices: String = (0..10_000)
         .map(|i| {
             format!(
@@ -676,11 +673,19 @@ fn ten_thousand_devices_born_at_once_all_reach_the_broker() {
             )
         })
         .collect();
+    format!(
+        "[node]\ngroup_id = \"{group}\"\nnode_id = \"gw\"\n[mqtt]\nbackoff_min = \"{backoff_min}\"\nbackoff_max = \"1s\"\n[[mqtt.servers]]\nhost = \"127.0.0.1\"\nport = {broker}\n[telemetry]\nlisten = \"127.0.0.1:{http}\"\nlog_format = \"human\"\n{devices}"
+    )
+}
+
+/// 10,000 devices born at one connect: NBIRTH and 10,000 DBIRTHs leave in one
+/// go. The task that drives the MQTT client and the runtime that feeds it
+/// must not wait on each other (two bounded channels); every birth arrives.
+#[test]
+fn ten_thousand_devices_born_at_once_all_reach_the_broker() {
+    let mut broker = Broker::start(None);
     let http = common::free_port();
-    let cfg = format!(
-        "[node]\ngroup_id = \"Storm\"\nnode_id = \"gw\"\n[mqtt]\nbackoff_min = \"200ms\"\nbackoff_max = \"1s\"\n[[mqtt.servers]]\nhost = \"127.0.0.1\"\nport = {}\n[telemetry]\nlisten = \"127.0.0.1:{http}\"\nlog_format = \"human\"\n{devices}",
-        broker.port
-    );
+    let cfg = ten_thousand_devices("Storm", broker.port, http, "200ms");
     let mut gw = Gateway::start(&cfg, &[]);
     gw.wait_log("health and metrics on", Duration::from_secs(60));
     let births = || common::prom_value(http, "spb_messages_published_total{type=\"DBIRTH\"}").unwrap_or(0.0);
@@ -716,18 +721,8 @@ fn ten_thousand_devices_born_at_once_all_reach_the_broker() {
 fn a_flood_of_commands_during_a_birth_storm_stalls_neither_the_births_nor_the_loop() {
     use std::io::Write;
     let mut broker = Broker::start(None);
-    let devices: String = (0..10_000)
-        .map(|i| {
-            format!(
-                "[[devices]]\nname = \"d{i}\"\ndriver = \"sim\"\n[devices.scan_classes]\nslow = \"10s\"\n[[devices.tags]]\nname = \"T\"\naddress = \"counter\"\ndatatype = \"UInt32\"\nscan_class = \"slow\"\n"
-            )
-        })
-        .collect();
     let http = common::free_port();
-    let cfg = format!(
-        "[node]\ngroup_id = \"Flood\"\nnode_id = \"gw\"\n[mqtt]\nbackoff_min = \"1s\"\nbackoff_max = \"1s\"\n[[mqtt.servers]]\nhost = \"127.0.0.1\"\nport = {}\n[telemetry]\nlisten = \"127.0.0.1:{http}\"\nlog_format = \"human\"\n{devices}",
-        broker.port
-    );
+    let cfg = ten_thousand_devices("Flood", broker.port, http, "1s");
     let mut gw = Gateway::start(&cfg, &[]);
     gw.wait_log("health and metrics on", Duration::from_secs(60));
     let value = |name: &str| common::prom_value(http, name).unwrap_or(0.0);

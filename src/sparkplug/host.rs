@@ -1594,13 +1594,7 @@ mod tests {
         assert!(h.tick(T0 + 2_099).is_empty());
         let ev = h.tick(T0 + 2_100);
         assert_eq!(rebirths(&ev), 1);
-        let ncmd = ev
-            .iter()
-            .find_map(|e| match e {
-                HostEvent::Publish(p) => Some(p.clone()),
-                _ => None,
-            })
-            .expect("NCMD");
+        let ncmd = first_publish(&ev).expect("NCMD");
         assert_eq!(ncmd.topic, "spBv1.0/G/NCMD/N");
         assert_eq!((ncmd.qos, ncmd.retain), (QoS::AtMostOnce, false));
         let p = Payload::decode(&ncmd.payload).expect("decodes");
@@ -1653,6 +1647,13 @@ mod tests {
         );
     }
 
+    fn first_publish(events: &[HostEvent]) -> Option<Publish> {
+        events.iter().find_map(|e| match e {
+            HostEvent::Publish(p) => Some(p.clone()),
+            _ => None,
+        })
+    }
+
     fn commands(events: &[HostEvent]) -> Vec<(&CommandSeen, bool)> {
         events
             .iter()
@@ -1673,13 +1674,7 @@ mod tests {
         assert_eq!(sent.len(), 1, "the rebirth request is audited as sent: {ev:?}");
         assert!(sent[0].1, "by this host");
         assert_eq!(sent[0].0.writes[0].metric, REBIRTH);
-        let request = ev
-            .iter()
-            .find_map(|e| match e {
-                HostEvent::Publish(p) => Some(p.clone()),
-                _ => None,
-            })
-            .expect("the request");
+        let request = first_publish(&ev).expect("the request");
         assert!(
             commands(&h.handle_message(T0 + 2, &request.topic, &request.payload)).is_empty(),
             "the broker's echo of it is not a second command"
@@ -1697,13 +1692,7 @@ mod tests {
         let mut h = host();
         let (mut e, _births) = born_edge();
         let ev = feed(&mut h, T0, &[temp(&mut e, 2.0, T0 + 1)]);
-        let request = ev
-            .iter()
-            .find_map(|e| match e {
-                HostEvent::Publish(p) => Some(p.clone()),
-                _ => None,
-            })
-            .expect("the request");
+        let request = first_publish(&ev).expect("the request");
         // Past the wait for an echo, the same bytes are a command of someone else.
         let late = h.handle_message(T0 + OWN_COMMANDS_MS + 10, "spBv1.0/G/NCMD/other", &request.payload);
         assert_eq!(commands(&late).iter().map(|c| c.1).collect::<Vec<_>>(), [false]);
