@@ -352,12 +352,17 @@ fn gateway_on_small_disk(config: &str, mib: u32, fill_after: Option<u32>, free_a
     std::fs::write(&cfg, config).expect("write config");
     let state = dir.path().join("state");
     std::fs::create_dir_all(&state).expect("state dir");
-    let free = free_after.map_or(String::new(), |f| {
-        format!("; sleep {f}; rm -f {0}/filler*", state.display())
-    });
+    // The filler keeps taking what the store frees (blocks and inodes), so
+    // that the store's own room-making cannot win the race every time: a
+    // write must fail, as on a disk another program is filling.
     let fill = fill_after.map_or(String::new(), |s| {
+        let (seconds, clean) = free_after.map_or((60, String::new()), |f| {
+            (f, format!("; rm -f {0}/filler*", state.display()))
+        });
         format!(
-            "(sleep {s}; dd if=/dev/zero of={0}/filler bs=64k 2>/dev/null; i=0; while touch {0}/filler.$i 2>/dev/null; do i=$((i+1)); done{free}) & ",
+            "(sleep {s}; end=$(( $(date +%s) + {seconds} )); i=0; while [ $(date +%s) -lt $end ]; do \
+             dd if=/dev/zero of={0}/filler.d$i bs=64k 2>/dev/null; while touch {0}/filler.$i 2>/dev/null; do i=$((i+1)); done; \
+             i=$((i+1)); sleep 0.01; done{clean}) & ",
             state.display()
         )
     });
