@@ -20,6 +20,8 @@ have npm || need+=(npm)
 have make || need+=(make)
 # The full-disk tests mount a tmpfs in a user namespace.
 have unshare || need+=(util-linux)
+# systemd-analyze checks the shipped units (tests/systemd_units.rs).
+have systemd-analyze || need+=(systemd)
 # The power-cut tests (tests/power_cut.rs): a FUSE file system written with
 # fusepy, which loads libfuse 2.
 ldconfig -p 2>/dev/null | grep -q 'libfuse\.so\.2 ' || need+=(libfuse2)
