@@ -53,9 +53,10 @@ impl Runtime {
     }
 
     /// Replays the stored records the forwarder has ready, as far as its
-    /// window and rate and the link's queue allow. It runs on the
-    /// tick and as the store's reads arrive, so live data, handled between
-    /// them, never waits behind the backlog.
+    /// window and rate and the link's queue allow. It runs after every turn
+    /// of the loop, on the tick (before the marker that confirms it) and as
+    /// a store read arrives (before the gauges), so live data, handled
+    /// between them, never waits behind the backlog.
     pub(super) fn replay(&mut self, now: u64) {
         if !self.session.is_publishing() {
             return;

@@ -69,7 +69,7 @@ pub fn preflight(cfg: &Config, now_ms: u64, at_boot: bool) -> Preflight {
             actions.extend(session.begin_connect(now_ms));
             actions.extend(session.connected(now_ms));
             for p in actions.iter().filter_map(EdgeAction::publish) {
-                let bytes = p.topic.len() + p.payload.len() + crate::sparkplug::edge::PUBLISH_OVERHEAD;
+                let bytes = p.packet_bytes();
                 if bytes as u64 > cfg.mqtt.max_packet_size {
                     out.errors.push(format!(
                         "mqtt.max_packet_size: the birth {} is {bytes} bytes, more than {} (a birth holds every metric and cannot be split): raise it, and the broker's limit",

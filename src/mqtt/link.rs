@@ -183,7 +183,7 @@ impl Link {
     /// a birth cannot be split, so the limit must be raised).
     pub fn publish(&self, p: Publish) -> Sent {
         let Some(conn) = &self.conn else { return Sent::Closed };
-        let bytes = p.payload.len() + p.topic.len() + crate::sparkplug::edge::PUBLISH_OVERHEAD;
+        let bytes = p.packet_bytes();
         if bytes as u64 > self.cfg.max_packet_size {
             tracing::error!(
                 topic = %p.topic, bytes = p.payload.len(), max_packet_size = self.cfg.max_packet_size,

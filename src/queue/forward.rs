@@ -879,9 +879,7 @@ mod tests {
     #[test]
     fn nothing_is_replayed_while_the_session_does_not_publish() {
         let mut rig = Rig::new(ForwarderOptions::default());
-        rig.f.historical(&rec(1));
-        rig.f.commit();
-        rig.run();
+        rig.store_values(1..2);
         rig.f.tick(0, false);
         assert!(rig.f.take_ops().is_empty(), "no read while not born");
     }
@@ -889,16 +887,12 @@ mod tests {
     #[test]
     fn a_replay_caught_up_reads_again_only_once_something_new_is_stored() {
         let mut rig = Rig::new(ForwarderOptions::default());
-        rig.f.historical(&rec(1));
-        rig.f.commit();
-        rig.run();
+        rig.store_values(1..2);
         rig.f.tick(0, true);
         assert_eq!(rig.replay_all(), vec![1]);
         rig.f.tick(100, true);
         assert!(rig.f.take_ops().is_empty(), "caught up: no read on every tick");
-        rig.f.historical(&rec(2));
-        rig.f.commit();
-        rig.run();
+        rig.store_values(2..3);
         rig.f.tick(200, true);
         assert_eq!(rig.replay_all(), vec![2], "the new record, after the cursor");
     }
@@ -910,9 +904,7 @@ mod tests {
         rig.f.tick(0, true);
         assert_eq!(rig.replay_all(), vec![0, 1, 2]);
         rig.ack(1); // drained
-        rig.f.historical(&rec(7));
-        rig.f.commit();
-        rig.run();
+        rig.store_values(7..8);
         rig.f.tick(100, true);
         assert_eq!(rig.replay_all(), vec![7]);
     }
@@ -961,9 +953,7 @@ mod tests {
             }
         );
         rig.store.fail_appends = true;
-        rig.f.historical(&rec(9));
-        rig.f.commit();
-        rig.run();
+        rig.store_values(9..10);
         assert_eq!(rig.f.counts().dropped, 2);
         let notices = rig.f.take_notices();
         assert!(
@@ -979,10 +969,7 @@ mod tests {
     #[test]
     fn an_unreplayable_record_is_dropped_counted_and_deleted_with_the_next_confirmation() {
         let mut rig = Rig::new(ForwarderOptions::default());
-        rig.f.historical(&rec(1));
-        rig.f.historical(&rec(2));
-        rig.f.commit();
-        rig.run();
+        rig.store_values(1..3);
         rig.f.tick(0, true);
         rig.run();
         let (id, _) = rig.f.next_replay().expect("ready");
@@ -997,10 +984,7 @@ mod tests {
     #[test]
     fn a_replay_stopped_by_the_connection_keeps_the_record_for_the_next() {
         let mut rig = Rig::new(ForwarderOptions::default());
-        rig.f.historical(&rec(1));
-        rig.f.historical(&rec(2));
-        rig.f.commit();
-        rig.run();
+        rig.store_values(1..3);
         rig.f.tick(0, true);
         rig.run();
         let (id, _) = rig.f.next_replay().expect("ready");

@@ -1874,11 +1874,7 @@ mod tests {
         let mut seqs = Vec::new();
         let mut values = 0;
         for p in &msgs {
-            assert!(
-                p.topic.len() + p.payload.len() + PUBLISH_OVERHEAD <= 1024,
-                "{} bytes",
-                p.payload.len()
-            );
+            assert!(p.packet_bytes() <= 1024, "{} bytes", p.payload.len());
             let raw = decoded(p);
             seqs.push(raw.seq.expect("seq"));
             values += raw.metrics.len();
@@ -1894,9 +1890,7 @@ mod tests {
         let out = s.replay(T0 + 1, None, stored).expect("publishing");
         let msgs = publishes(&out);
         assert!(msgs.len() >= 5);
-        assert!(msgs
-            .iter()
-            .all(|p| p.topic.len() + p.payload.len() + PUBLISH_OVERHEAD <= 1024));
+        assert!(msgs.iter().all(|p| p.packet_bytes() <= 1024));
         assert_eq!(msgs.iter().map(|p| decoded(p).metrics.len()).sum::<usize>(), 40);
     }
 

@@ -57,3 +57,12 @@ pub struct Publish {
     /// logs by it without parsing the topic again.
     pub kind: Option<topic::MessageType>,
 }
+
+impl Publish {
+    /// The MQTT PUBLISH packet's size, what `mqtt.max_packet_size` bounds:
+    /// the same sum for the pre-flight check of births and for the refusal
+    /// at publish time, so the two cannot disagree.
+    pub fn packet_bytes(&self) -> usize {
+        self.topic.len() + self.payload.len() + edge::PUBLISH_OVERHEAD
+    }
+}
