@@ -6,7 +6,9 @@
 //! durations accept `500ms`/`30s`/`1m` or a number of seconds, sizes `256MiB`
 //! or a number of bytes. A configuration that loads is fully validated: IDs are
 //! valid Sparkplug IDs, names are unique, tag addresses parse for their driver,
-//! scan classes exist, TLS settings are complete.
+//! scan classes exist, TLS settings are complete. The one exception is
+//! deliberate: a file without `[node]` or without `[[mqtt.servers]]` (the
+//! file as installed) loads, and `Config::setup_needed` says what is missing.
 
 pub mod reader;
 
@@ -31,6 +33,11 @@ use reader::{Ctx, Table};
 
 /// The default config path.
 pub const DEFAULT_PATH: &str = "/etc/spb-gateway/config.toml";
+
+/// The configuration file as installed by the packages
+/// (`spb-gateway --print-default-config`): valid, with no identity, broker
+/// or devices yet, so a first boot waits instead of failing.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,11 +184,10 @@ impl Config {
             return Err(ctx.finish().expect_err("syntax errors were recorded"));
         };
         let root = Table::new(&ctx, "", doc.get_ref(), 0);
-        let node = root.opt_table("node").map(|t| read_node(&t));
-        if node.is_none() {
-            root.missing("node", "a [node] table with group_id and node_id");
-        }
-        let mqtt = read_mqtt(root.opt_table("mqtt"), &root);
+        // A file without [node] (as shipped) is valid: the gateway waits for
+        // the identity to be filled in (`Config::setup_needed`).
+        let node = root.opt_table("node").map_or_else(NodeConfig::unset, |t| read_node(&t));
+        let mqtt = read_mqtt(root.opt_table("mqtt"), &root, false);
         let store = read_store(root.opt_table("store"));
         let devices: Vec<DeviceConfig> = root.tables("devices").iter().filter_map(read_device).collect();
         let commands = root.opt_table("commands").map(|t| {
@@ -215,18 +221,52 @@ impl Config {
         check_unique_names(&root, &devices);
         root.finish(&["node", "mqtt", "store", "devices", "commands", "telemetry"]);
         let errors = ctx.finish();
-        match (errors, node) {
-            (Ok(()), Some(node)) => Ok(Config {
-                node,
-                mqtt,
-                store,
-                devices,
-                commands: commands.unwrap_or_default(),
-                telemetry,
-            }),
-            (Err(e), _) => Err(e),
-            (Ok(()), None) => unreachable!("a missing [node] is recorded as an error"),
+        errors.map(|()| Config {
+            node,
+            mqtt,
+            store,
+            devices,
+            commands: commands.unwrap_or_default(),
+            telemetry,
+        })
+    }
+
+    /// What must still be filled in before the gateway can take part in
+    /// Sparkplug: its identity and a broker. Empty for a complete file. The
+    /// file as shipped (`--print-default-config`) has neither; a gateway
+    /// started with it stays up, says this on `/ready`, in the journal and in
+    /// `systemctl status`, and starts once a reload brings them.
+    pub fn setup_needed(&self) -> Vec<SetupNeeded> {
+        let mut out = Vec::new();
+        if self.node.group_id.is_empty() || self.node.node_id.is_empty() {
+            out.push(SetupNeeded::Identity);
         }
+        if self.mqtt.servers.is_empty() {
+            out.push(SetupNeeded::Broker);
+        }
+        out
+    }
+}
+
+/// One thing a technician must fill in before the gateway can start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetupNeeded {
+    /// `[node]` `group_id` and `node_id`.
+    Identity,
+    /// A `[[mqtt.servers]]` entry.
+    Broker,
+}
+
+impl fmt::Display for SetupNeeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SetupNeeded::Identity => {
+                "[node] group_id and node_id: this edge node's Sparkplug identity (unique on the broker)"
+            }
+            SetupNeeded::Broker => {
+                "[[mqtt.servers]] host (and its [mqtt.servers.tls] ca, cert, key): the broker to publish to"
+            }
+        })
     }
 }
 
@@ -241,15 +281,31 @@ fn id(t: &Table, key: &str, what: &'static str, required: bool) -> Option<String
     }
 }
 
+impl NodeConfig {
+    /// No identity yet (a file without `[node]`); every other key at its default.
+    fn unset() -> NodeConfig {
+        NodeConfig {
+            group_id: String::new(),
+            node_id: String::new(),
+            primary_host_id: None,
+            aliases: true,
+            rebirth_debounce: Duration::from_secs(5),
+            max_data_metrics: 500,
+            state_max_skew: Duration::from_secs(600),
+        }
+    }
+}
+
 fn read_node(t: &Table) -> NodeConfig {
+    let d = NodeConfig::unset();
     let n = NodeConfig {
         group_id: id(t, "group_id", "group id", true).unwrap_or_default(),
         node_id: id(t, "node_id", "edge node id", true).unwrap_or_default(),
         primary_host_id: id(t, "primary_host_id", "host id", false),
-        aliases: t.bool_or("aliases", true),
-        rebirth_debounce: t.duration_or("rebirth_debounce", Duration::from_secs(5)),
-        max_data_metrics: t.int_in("max_data_metrics", 500, 1..=1_000_000) as usize,
-        state_max_skew: t.duration_or("state_max_skew", Duration::from_secs(600)),
+        aliases: t.bool_or("aliases", d.aliases),
+        rebirth_debounce: t.duration_or("rebirth_debounce", d.rebirth_debounce),
+        max_data_metrics: t.int_in("max_data_metrics", d.max_data_metrics as i64, 1..=1_000_000) as usize,
+        state_max_skew: t.duration_or("state_max_skew", d.state_max_skew),
     };
     t.finish(&[
         "group_id",
@@ -263,13 +319,17 @@ fn read_node(t: &Table) -> NodeConfig {
     n
 }
 
-pub(crate) fn read_mqtt(t: Option<Table>, root: &Table) -> MqttConfig {
+/// Reads `[mqtt]`. Without `servers_required`, no broker is valid (the
+/// gateway's file as shipped: it waits for one, `Config::setup_needed`).
+pub(crate) fn read_mqtt(t: Option<Table>, root: &Table, servers_required: bool) -> MqttConfig {
     let Some(t) = t else {
-        root.missing("mqtt", "an [mqtt] table with at least one [[mqtt.servers]]");
+        if servers_required {
+            root.missing("mqtt", "an [mqtt] table with at least one [[mqtt.servers]]");
+        }
         return MqttConfig::defaults(Vec::new());
     };
     let servers: Vec<ServerConfig> = t.tables("servers").iter().filter_map(read_server).collect();
-    if servers.is_empty() && !t.ctx().has_errors() {
+    if servers_required && servers.is_empty() && !t.ctx().has_errors() {
         t.missing("servers", "at least one [[mqtt.servers]] with a host");
     }
     let d = MqttConfig::defaults(Vec::new());
@@ -915,6 +975,9 @@ impl Config {
             if let Some(h) = &o.broker_host {
                 first.host = h.clone();
             }
+            if first.host.is_empty() {
+                return Err("--broker-port: the configuration has no [[mqtt.servers]]: give --broker-host too".into());
+            }
             if let Some(p) = o.broker_port {
                 first.port = p;
             }
@@ -1101,19 +1164,48 @@ deadbnad = 0.5
     }
 
     #[test]
-    fn missing_sections_and_tls_halves_are_named() {
+    fn missing_keys_and_tls_halves_are_named() {
         let errs = Config::parse(
             "c.toml",
-            "[mqtt]\n[[mqtt.servers]]\nhost = \"h\"\n[mqtt.servers.tls]\ncert = \"c.pem\"\n",
+            "[node]\ngroup_id = \"g\"\n[mqtt]\n[[mqtt.servers]]\nhost = \"h\"\n[mqtt.servers.tls]\ncert = \"c.pem\"\n",
         )
         .expect_err("missing");
         let text = errs.to_string();
-        assert!(text.contains("node: is required"), "{text}");
+        assert!(text.contains("c.toml:1:1: node.node_id: is required"), "{text}");
         assert!(text.contains("mqtt.servers[0].tls.ca: is required"), "{text}");
         assert!(
             text.contains("mqtt.servers[0].tls.key: is required (the client key that goes with `cert`)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_file_without_identity_or_broker_is_valid_and_lists_them_as_setup_needed() {
+        let c = Config::parse("c.toml", DEFAULT_CONFIG).expect("the file as installed is valid");
+        assert_eq!(c.setup_needed(), [SetupNeeded::Identity, SetupNeeded::Broker]);
+        assert!(c.devices.is_empty());
+        assert!(c.telemetry.listen.is_some(), "telemetry is on as installed");
+        assert!(!c.commands.enabled);
+        let c = Config::parse("c.toml", MINIMAL).expect("valid");
+        assert!(c.setup_needed().is_empty());
+        // The command line may complete it, as it may override it.
+        let mut c = Config::parse("c.toml", DEFAULT_CONFIG).expect("valid");
+        c.apply(&Overrides {
+            group_id: Some("g".into()),
+            node_id: Some("n".into()),
+            broker_host: Some("127.0.0.1".into()),
+            ..Overrides::default()
+        })
+        .expect("overrides");
+        assert!(c.setup_needed().is_empty());
+        let mut c = Config::parse("c.toml", DEFAULT_CONFIG).expect("valid");
+        let e = c
+            .apply(&Overrides {
+                broker_port: Some(1884),
+                ..Overrides::default()
+            })
+            .expect_err("a port without a host");
+        assert!(e.contains("give --broker-host too"), "{e}");
     }
 
     #[test]

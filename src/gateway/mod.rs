@@ -55,6 +55,7 @@ mod forwarding;
 mod lifecycle;
 mod report;
 mod setup;
+mod waiting;
 
 use setup::{definitions, disk_options, edge_config, forwarder_options, node_metrics};
 pub use setup::{preflight, watermark_topic, Preflight};
@@ -79,6 +80,30 @@ pub enum GatewayError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("a dry run needs {0}")]
+    NotSetUp(crate::config::SetupNeeded),
+}
+
+/// The signals the gateway answers, installed once at start.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, GatewayError> {
+        let io = |e: std::io::Error| GatewayError::Io {
+            what: "installing a handler for",
+            path: "signals".into(),
+            source: e,
+        };
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(io)?,
+            int: signal(SignalKind::interrupt()).map_err(io)?,
+            hup: signal(SignalKind::hangup()).map_err(io)?,
+        })
+    }
 }
 
 /// How to run.
@@ -119,6 +144,41 @@ struct Runtime {
 pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
     let telemetry = Telemetry::new();
     let status = Arc::new(Mutex::new("starting".to_string()));
+    let mut signals = Signals::install()?;
+    if let Some(addr) = cfg.telemetry.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| GatewayError::Bind { addr, source })?;
+        tracing::info!(%addr, "health and metrics on http://{addr}/metrics");
+        let exposition = http::GatewayExposition {
+            telemetry: telemetry.clone(),
+            status: status.clone(),
+        };
+        tokio::spawn(http::serve(listener, Arc::new(exposition)));
+    }
+    // A dry run needs an identity (it names its topics) but no broker; a
+    // service waits for what the file as installed lacks.
+    let cfg = if opts.dry_run {
+        if let Some(&n) = cfg
+            .setup_needed()
+            .iter()
+            .find(|n| **n == crate::config::SetupNeeded::Identity)
+        {
+            return Err(GatewayError::NotSetUp(n));
+        }
+        cfg
+    } else {
+        let listen = cfg.telemetry.listen;
+        match waiting::until_set_up(cfg, &opts, &telemetry, &status, &mut signals).await {
+            Some(c) => {
+                if c.telemetry.listen != listen {
+                    tracing::warn!("[telemetry] listen changed: takes effect after a restart");
+                }
+                c
+            }
+            None => return Ok(()),
+        }
+    };
     let state_dir = cfg.store.path.clone();
     if !opts.dry_run {
         std::fs::create_dir_all(&state_dir).map_err(|source| GatewayError::Io {
@@ -141,17 +201,6 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
         definitions(&cfg, now),
         stored,
     )?;
-    if let Some(addr) = cfg.telemetry.listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| GatewayError::Bind { addr, source })?;
-        tracing::info!(%addr, "health and metrics on http://{addr}/metrics");
-        let exposition = http::GatewayExposition {
-            telemetry: telemetry.clone(),
-            status: status.clone(),
-        };
-        tokio::spawn(http::serve(listener, Arc::new(exposition)));
-    }
     // The durable store-and-forward queue: samples that could not be
     // published survive a restart. A dry run keeps its queue in a temporary
     // directory and removes it at exit. It is opened, and then runs, on
@@ -165,6 +214,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
     let store = tokio::task::spawn_blocking(move || LazyStore::open(dir, disk))
         .await
         .map_err(|e| QueueError::Encode(format!("opening the store: {e}")))??;
+    telemetry.store_open.store(true, Relaxed);
     let snapshot = crate::queue::forward::Store::snapshot(&store);
     if snapshot.stats.records > 0 {
         tracing::info!(
@@ -219,14 +269,6 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
         group = %rt.cfg.node.group_id, node = %rt.cfg.node.node_id, bdseq = rt.session.bdseq(),
         dry_run = rt.opts.dry_run, "spb-gateway {} started", env!("CARGO_PKG_VERSION")
     );
-    let io = |e: std::io::Error| GatewayError::Io {
-        what: "installing a handler for",
-        path: "signals".into(),
-        source: e,
-    };
-    let mut sigterm = signal(SignalKind::terminate()).map_err(io)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(io)?;
-    let mut sighup = signal(SignalKind::hangup()).map_err(io)?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -238,9 +280,9 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
             Some(ev) = poll_rx.recv(), if take_samples => rt.on_poll(ev),
             Some(report) = store_rx.recv() => rt.on_store(report),
             _ = tick.tick() => rt.on_tick().await,
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = sighup.recv() => rt.reload().await,
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = signals.hup.recv() => rt.reload().await,
         }
         // Replay tops the link's queue up again as soon as it has drained
         // (a no-op when nothing is ready or the queue is full).

@@ -60,6 +60,13 @@ pub fn preflight(cfg: &Config, now_ms: u64, at_boot: bool) -> Preflight {
     // The births, as the session would publish them at a connect.
     let mut ecfg = edge_config(cfg, true);
     ecfg.limits.max_packet_bytes = usize::MAX;
+    // Not set up yet (the file as installed): the births' sizes with
+    // stand-in names, so that the devices already listed are checked.
+    for id in [&mut ecfg.group_id, &mut ecfg.node_id] {
+        if id.is_empty() {
+            *id = "not-set-up".to_string();
+        }
+    }
     match EdgeSession::new(ecfg, node_metrics(now_ms), definitions(cfg, now_ms), None) {
         Ok(mut session) => {
             let mut actions = Vec::new();

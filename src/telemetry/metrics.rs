@@ -30,6 +30,10 @@ pub struct Telemetry {
     pub rejected_messages: AtomicU64,
     /// The store failed a write and has not been replaced yet.
     pub store_failed: AtomicBool,
+    /// The store has been opened (not yet while the gateway waits for setup).
+    pub store_open: AtomicBool,
+    /// The configuration lacks an identity or a broker: the gateway waits.
+    pub setup_incomplete: AtomicBool,
     /// Inbound messages over `commands.max_message_size`, dropped unread.
     pub oversized_messages: AtomicU64,
     pub stored_samples: AtomicU64,
@@ -142,6 +146,9 @@ impl Telemetry {
 
     /// The store's line on `/ready`.
     pub fn store_summary(&self, now_ms: u64) -> String {
+        if !self.store_open.load(Relaxed) {
+            return "store: not opened yet".to_string();
+        }
         format!(
             "store{}: {} samples ({} bytes), oldest {} s, stored {}, replayed {} ({}/s), dropped {}, corrupt records {}, unconfirmed {}, kept for the host {}",
             if self.store_failed.load(Relaxed) {
@@ -266,6 +273,13 @@ impl Telemetry {
             "Incoming messages or stored samples that could not be used.",
             "counter",
             self.rejected_messages.load(Relaxed),
+        );
+        g(
+            &mut s,
+            "spb_setup_incomplete",
+            "1 while the configuration lacks [node] identity or a broker: the gateway waits, publishing nothing.",
+            "gauge",
+            self.setup_incomplete.load(Relaxed).into(),
         );
         g(
             &mut s,

@@ -104,7 +104,7 @@ impl UplinkConfig {
                 None
             }
         };
-        let mqtt = read_mqtt(root.opt_table("mqtt"), &root);
+        let mqtt = read_mqtt(root.opt_table("mqtt"), &root, true);
         let database = match root.opt_table("database") {
             Some(t) => read_database(&t),
             None => {

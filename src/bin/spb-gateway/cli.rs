@@ -28,6 +28,8 @@ usage:
   spb-gateway decode [--hex] [FILE]     decode one Sparkplug B payload (stdin without FILE)
   spb-gateway discover --driver s7|logix --address HOST[:PORT] [DISCOVER OPTIONS]
                                         list what a PLC has, as TOML to paste into the config
+  spb-gateway --print-default-config    print the configuration file as installed (valid: the
+                                        gateway waits until [node] and a broker are filled in)
   spb-gateway --version | --help        (each subcommand has its own --help)
 
 options:
@@ -100,6 +102,8 @@ pub enum Command {
     Discover(DiscoverArgs),
     /// Print this usage and exit 0.
     Help(&'static str),
+    /// Print the configuration file as installed.
+    PrintDefaultConfig,
     Version,
 }
 
@@ -162,6 +166,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, CliErr
             Value(v) if at_start && v == "discover" => return discover(&mut p).map_err(fail(DISCOVER_USAGE)),
             Short('h') | Long("help") => return Ok(Command::Help(USAGE)),
             Short('V') | Long("version") => return Ok(Command::Version),
+            Long("print-default-config") => return Ok(Command::PrintDefaultConfig),
             Long("config") => run.config = Some(p.value().map_err(fail(USAGE))?.into()),
             Long("check-config") => run.check = true,
             Long("at-boot") => run.at_boot = true,

@@ -87,6 +87,10 @@ fn real_main() -> Result<std::process::ExitCode> {
             emit(format_args!("{usage}\n"))?;
             return Ok(std::process::ExitCode::SUCCESS);
         }
+        Ok(Command::PrintDefaultConfig) => {
+            emit(format_args!("{}", config::DEFAULT_CONFIG))?;
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
         Ok(Command::Version) => {
             emit(format_args!("spb-gateway {}\n", env!("CARGO_PKG_VERSION")))?;
             return Ok(std::process::ExitCode::SUCCESS);
@@ -135,6 +139,18 @@ fn real_main() -> Result<std::process::ExitCode> {
                 if pre.errors.len() == 1 { "" } else { "s" }
             );
             return Ok(std::process::ExitCode::from(1));
+        }
+        let setup = cfg.setup_needed();
+        if !setup.is_empty() {
+            let mut text = format!(
+                "{}: valid, but not set up: the gateway starts and waits (it publishes nothing) until these are filled in:\n",
+                config_path.display()
+            );
+            for s in &setup {
+                text.push_str(&format!("  - {s}\n"));
+            }
+            emit(format_args!("{text}"))?;
+            return Ok(std::process::ExitCode::SUCCESS);
         }
         let tags: usize = cfg.devices.iter().map(|d| d.tags.len() + d.sim.generate as usize).sum();
         emit(format_args!(
