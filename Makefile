@@ -33,6 +33,7 @@ test: deps venv node-peers ## The full test suite: fmt, clippy -D warnings, carg
 	$(MAKE) deny
 	$(MAKE) fuzz-smoke
 	$(MAKE) aarch64-check
+	$(MAKE) yocto-lint
 	cargo test --all-features
 
 fmt: ## Format the code
@@ -112,8 +113,22 @@ aarch64-check: aarch64 ## Run the aarch64 binary's --check-config on both shippe
 		qemu-aarch64-static -L /usr/aarch64-linux-gnu target/$(AARCH64)/release/spb-gateway --check-config --config $$c || { rm -rf $$pki; exit 1; }; \
 	done; rm -rf $$pki
 
-yocto-crates: ## Generate the Yocto crate list (yocto/recipes-core/spb-gateway/spb-gateway-crates.inc) from Cargo.lock
+LAYER := yocto/meta-spb-gateway
+RECIPE_DIR := $(LAYER)/recipes-core/spb-gateway
+
+yocto-crates: ## Regenerate the Yocto layer's crate list from Cargo.lock (after every dependency change)
 	python3 tools/yocto-crates.py
+
+yocto-lint: venv ## Lint the Yocto layer with oelint-adv (settings and suppressions in $(LAYER)/.oelint.cfg)
+	cd $(LAYER) && ../../$(VENV)/bin/oelint-adv --quiet recipes-core/*/*.bb recipes-core/*/*.inc conf/layer.conf
+
+yocto-pin: ## Pin the recipe to the committed HEAD: SRCREV, and the version from Cargo.toml in its file name
+	@git diff --quiet HEAD || { echo "commit first: the recipe can only pin a committed tree"; exit 1; }
+	@v=$$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1); rev=$$(git rev-parse HEAD); \
+	old=$$(ls $(RECIPE_DIR)/spb-gateway_*.bb); new=$(RECIPE_DIR)/spb-gateway_$$v.bb; \
+	[ "$$old" = "$$new" ] || git mv "$$old" "$$new"; \
+	sed -i "s/^SRCREV = .*/SRCREV = \"$$rev\"/" "$$new"; \
+	echo "$$new: SRCREV $$rev (version $$v); commit it"
 
 demo-core: ## The protocol core alone: edge and host sessions in one process, no network
 	cargo run -q --release --example sparkplug_demo
@@ -127,4 +142,4 @@ clean: ## Remove build output and the venv
 	cargo clean
 	rm -rf fuzz/target
 
-.PHONY: bench-uplink bench-store-forward bench-store-crash bench-plc bench-plc-scale node-peers bench-store-engines bench-queue bench-gateway help deps venv demo-core aarch64 aarch64-check yocto-crates test fmt lint proto fuzz-build fuzz bench-codec bench demo deny clean
+.PHONY: bench-uplink bench-store-forward bench-store-crash bench-plc bench-plc-scale node-peers bench-store-engines bench-queue bench-gateway help deps venv demo-core aarch64 aarch64-check yocto-crates yocto-lint yocto-pin test fmt lint proto fuzz-build fuzz bench-codec bench demo deny clean
