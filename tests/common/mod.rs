@@ -264,6 +264,37 @@ impl Broker {
         b
     }
 
+    /// A broker on the configuration `certs-example/make-certs.sh` writes
+    /// (`conf`, its mTLS listener moved to a free loopback port, which
+    /// becomes `port`; `tls_port` stays `None`).
+    pub fn from_make_certs(conf: &str) -> Broker {
+        let dir = tempfile::tempdir().expect("tmp");
+        let port = free_port();
+        assert!(conf.contains("\nlistener 8883\n"), "{conf}");
+        // Started as root, mosquitto would read the keys as user mosquitto.
+        let user = if unsafe { libc::geteuid() } == 0 {
+            "user root\n"
+        } else {
+            ""
+        };
+        // A log file (flushed per line; stdout is block-buffered into a file).
+        let file = dir.path().join("mosquitto-file.log");
+        let conf = format!(
+            "{user}persistence false\nlog_type all\nlog_dest file {}\n{}",
+            file.display(),
+            conf.replace("\nlistener 8883\n", &format!("\nlistener {port} 127.0.0.1\n"))
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("write conf");
+        let mut b = Broker {
+            port,
+            tls_port: None,
+            dir,
+            child: None,
+        };
+        b.restart();
+        b
+    }
+
     /// Starts (again) on the same ports.
     pub fn restart(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).expect("log");
@@ -297,7 +328,8 @@ impl Broker {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+        let read = |name: &str| std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        read("mosquitto.log") + &read("mosquitto-file.log")
     }
 }
 

@@ -66,7 +66,7 @@ fn query_one<T: for<'a> tokio_postgres::types::FromSql<'a>>(rt: &tokio::runtime:
         tokio::spawn(conn);
         c.query_one(sql, &[])
             .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
             .get(0)
     })
 }

@@ -7,6 +7,8 @@ Reads JSON commands on stdin to publish, encoded by pysparkplug:
   {"op": "state", "host": H, "online": bool, "timestamp": ms}
   {"op": "clear_state", "host": H}
 Usage: sparkplug_peer_mqtt.py PORT [HOST_ID]
+With SPB_PEER_TLS_DIR=DIR it connects with mTLS: DIR/ca.pem, DIR/client.pem,
+DIR/client.key (a directory certs-example/make-certs.sh writes).
 
 With HOST_ID the peer is that Sparkplug Primary Host: its Will is
 STATE offline, and on every (re)connect it subscribes first and then publishes
@@ -15,6 +17,7 @@ it listens. It reconnects within a second after a broker restart.
 """
 
 import json
+import os
 import sys
 import threading
 import time
@@ -123,6 +126,9 @@ def main():
     client.on_connect = lambda c, u, f, rc: (c.subscribe("spBv1.0/#", qos=1), ready.set())
     client.on_subscribe = on_subscribe
     client.on_disconnect = lambda c, u, rc: arm_will()
+    tls = os.environ.get("SPB_PEER_TLS_DIR")
+    if tls:
+        client.tls_set(ca_certs=f"{tls}/ca.pem", certfile=f"{tls}/client.pem", keyfile=f"{tls}/client.key")
     arm_will()
     client.connect("127.0.0.1", port)
     client.loop_start()
