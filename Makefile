@@ -35,6 +35,7 @@ test: deps venv node-peers ## The full test suite: fmt, clippy -D warnings, carg
 	$(MAKE) aarch64-check
 	$(MAKE) yocto-lint
 	cargo test --all-features
+	$(MAKE) deb-check
 
 fmt: ## Format the code
 	cargo fmt
@@ -106,12 +107,13 @@ aarch64: ## Build spb-gateway for the board (aarch64-unknown-linux-gnu) without 
 		cargo build --release --target $(AARCH64) --bin spb-gateway
 	@ls -l target/$(AARCH64)/release/spb-gateway
 
-aarch64-check: aarch64 ## Run the aarch64 binary's --check-config on both shipped configs under qemu (the example's certificates from certs-example/)
+aarch64-check: aarch64 venv ## The aarch64 binary under qemu: --check-config on the shipped configs, then a real mTLS session (tools/aarch64_session.py)
 	@pki=$$(mktemp -d) && certs-example/make-certs.sh $$pki gw-01 >/dev/null && \
 	sed "s|/etc/spb-gateway/|$$pki/|g" config/example.toml > $$pki/example.toml && \
-	for c in $$pki/example.toml config/demo.toml; do \
+	for c in $$pki/example.toml config/demo.toml config/default.toml; do \
 		qemu-aarch64-static -L /usr/aarch64-linux-gnu target/$(AARCH64)/release/spb-gateway --check-config --config $$c || { rm -rf $$pki; exit 1; }; \
 	done; rm -rf $$pki
+	$(PY) tools/aarch64_session.py target/$(AARCH64)/release/spb-gateway
 
 LAYER := yocto/meta-spb-gateway
 RECIPE_DIR := $(LAYER)/recipes-core/spb-gateway
@@ -130,6 +132,20 @@ yocto-pin: ## Pin the recipe to the committed HEAD: SRCREV, and the version from
 	sed -i "s/^SRCREV = .*/SRCREV = \"$$rev\"/" "$$new"; \
 	echo "$$new: SRCREV $$rev (version $$v); commit it"
 
+deb: aarch64 ## Debian packages: spb-gateway for arm64 and amd64, spb-uplink for amd64 (target/deb/)
+	cargo build --release --bin spb-gateway
+	cargo build --release --features uplink --bin spb-uplink
+	tools/make-deb.sh spb-gateway arm64 target/$(AARCH64)/release/spb-gateway target/deb
+	tools/make-deb.sh spb-gateway amd64 target/release/spb-gateway target/deb
+	tools/make-deb.sh spb-uplink amd64 target/release/spb-uplink target/deb
+
+deb-check: ## Install, upgrade, remove and purge the gateway's .deb on a minimal Debian root (root, debootstrap; in make test)
+	cargo test --all-features --test packaging -- --ignored
+
+cross: ## The customer's command: cross build for the board in Docker (installs cross if missing; reads Cross.toml)
+	@command -v cross >/dev/null || cargo install cross --locked
+	cross build --release --target $(AARCH64) --bin spb-gateway
+
 demo-core: ## The protocol core alone: edge and host sessions in one process, no network
 	cargo run -q --release --example sparkplug_demo
 
@@ -142,4 +158,4 @@ clean: ## Remove build output and the venv
 	cargo clean
 	rm -rf fuzz/target
 
-.PHONY: bench-uplink bench-store-forward bench-store-crash bench-plc bench-plc-scale node-peers bench-store-engines bench-queue bench-gateway help deps venv demo-core aarch64 aarch64-check yocto-crates yocto-lint yocto-pin test fmt lint proto fuzz-build fuzz bench-codec bench demo deny clean
+.PHONY: bench-uplink bench-store-forward bench-store-crash bench-plc bench-plc-scale node-peers bench-store-engines bench-queue bench-gateway help deps venv demo-core aarch64 aarch64-check yocto-crates yocto-lint yocto-pin deb deb-check cross test fmt lint proto fuzz-build fuzz bench-codec bench demo deny clean

@@ -175,3 +175,242 @@ fn the_yocto_recipe_pins_a_commit_of_this_repository_that_matches_it() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `tools/make-deb.sh PACKAGE ARCH BINARY OUTDIR`, returning the .deb.
+fn make_deb(package: &str, arch: &str, binary: &Path, out: &Path) -> std::path::PathBuf {
+    let o = std::process::Command::new(root().join("tools/make-deb.sh"))
+        .args([package, arch])
+        .arg(binary)
+        .arg(out)
+        .output()
+        .expect("tools/make-deb.sh");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+}
+
+fn run(cmd: &str, args: &[&std::ffi::OsStr]) -> String {
+    let o = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e} (make deps installs it)"));
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A file of the package, extracted.
+fn deb_file(deb: &Path, path: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("tmp");
+    run("dpkg-deb", &["-x".as_ref(), deb.as_os_str(), dir.path().as_os_str()]);
+    std::fs::read(dir.path().join(path)).unwrap_or_else(|e| panic!("{path} in {}: {e}", deb.display()))
+}
+
+fn check_deb(deb: &Path, package: &str, arch: &str, config: &str) {
+    let field = |f: &str| {
+        run("dpkg-deb", &["-f".as_ref(), deb.as_os_str(), f.as_ref()])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(field("Package"), package);
+    assert_eq!(field("Architecture"), arch);
+    let version = cargo_version(&std::fs::read_to_string(root().join("Cargo.toml")).expect("Cargo.toml"));
+    assert_eq!(field("Version"), format!("{version}-1"));
+    let depends = field("Depends");
+    assert!(
+        depends.starts_with("libc6 (>= 2.") && depends.contains("adduser"),
+        "{depends}"
+    );
+    // Contents and modes: the program, the unit, the configuration
+    // (a conffile, not world-readable: it holds credentials), the docs.
+    let list = run("dpkg-deb", &["-c".as_ref(), deb.as_os_str()]);
+    let mode = |path: &str| {
+        list.lines()
+            .find(|l| l.ends_with(&format!(" ./{path}")))
+            .unwrap_or_else(|| panic!("{path} not in {}:\n{list}", deb.display()))
+            .split_whitespace()
+            .next()
+            .expect("mode")
+            .to_string()
+    };
+    assert_eq!(mode(&format!("usr/bin/{package}")), "-rwxr-xr-x");
+    assert_eq!(mode(&format!("lib/systemd/system/{package}.service")), "-rw-r--r--");
+    assert_eq!(mode(&format!("etc/{package}/config.toml")), "-rw-r-----");
+    mode(&format!("usr/share/doc/{package}/copyright"));
+    let unit = deb_file(deb, &format!("lib/systemd/system/{package}.service"));
+    assert_eq!(
+        unit,
+        std::fs::read(root().join(format!("systemd/{package}.service"))).expect("unit")
+    );
+    let conf = deb_file(deb, &format!("etc/{package}/config.toml"));
+    assert_eq!(conf, std::fs::read(root().join(config)).expect("config"));
+    // The maintainer scripts: valid sh; the user, the group on the
+    // configuration, the unit enabled.
+    let ctl = tempfile::tempdir().expect("tmp");
+    run("dpkg-deb", &["-e".as_ref(), deb.as_os_str(), ctl.path().as_os_str()]);
+    assert_eq!(
+        std::fs::read_to_string(ctl.path().join("conffiles")).expect("conffiles"),
+        format!("/etc/{package}/config.toml\n")
+    );
+    for script in ["postinst", "prerm", "postrm"] {
+        run("sh", &["-n".as_ref(), ctl.path().join(script).as_os_str()]);
+    }
+    let postinst = std::fs::read_to_string(ctl.path().join("postinst")).expect("postinst");
+    for needle in [
+        "adduser --system",
+        &format!("chown root:{package} /etc/{package} /etc/{package}/config.toml"),
+        &format!("deb-systemd-helper enable {package}.service"),
+    ] {
+        assert!(postinst.contains(needle), "postinst lacks {needle:?}:\n{postinst}");
+    }
+    // An independent check of the whole package: Debian's lintian, with
+    // only the overrides the package ships (each explained there).
+    let o = std::process::Command::new("lintian")
+        .arg(deb)
+        .output()
+        .expect("lintian (make deps installs it)");
+    let said: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&o.stderr).lines())
+        .filter(|l| !l.contains("running with root privileges"))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        o.status.success() && said.is_empty(),
+        "lintian {}:\n{}",
+        deb.display(),
+        said.join("\n")
+    );
+}
+
+/// The board's binary (`make aarch64`, run by `make test` before the tests).
+fn aarch64_binary() -> std::path::PathBuf {
+    let p = root().join("target/aarch64-unknown-linux-gnu/release/spb-gateway");
+    assert!(p.exists(), "{} is missing: `make aarch64` builds it", p.display());
+    p
+}
+
+#[test]
+fn debian_packages_of_the_gateway_for_arm64_and_amd64_hold_what_a_box_needs() {
+    let out = tempfile::tempdir().expect("tmp");
+    let amd64 = make_deb(
+        "spb-gateway",
+        "amd64",
+        Path::new(env!("CARGO_BIN_EXE_spb-gateway")),
+        out.path(),
+    );
+    check_deb(&amd64, "spb-gateway", "amd64", "config/default.toml");
+    let arm64 = make_deb("spb-gateway", "arm64", &aarch64_binary(), out.path());
+    check_deb(&arm64, "spb-gateway", "arm64", "config/default.toml");
+    // A binary of the other architecture is refused, not packaged.
+    let o = std::process::Command::new(root().join("tools/make-deb.sh"))
+        .args(["spb-gateway", "arm64", env!("CARGO_BIN_EXE_spb-gateway")])
+        .arg(out.path())
+        .output()
+        .expect("make-deb.sh");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not an arm64 program"));
+}
+
+#[cfg(feature = "uplink")]
+#[test]
+fn a_debian_package_of_the_uplink_holds_its_unit_and_configuration() {
+    let out = tempfile::tempdir().expect("tmp");
+    let deb = make_deb(
+        "spb-uplink",
+        "amd64",
+        Path::new(env!("CARGO_BIN_EXE_spb-uplink")),
+        out.path(),
+    );
+    check_deb(&deb, "spb-uplink", "amd64", "config/uplink.example.toml");
+}
+
+/// A minimal Debian (debootstrap, bookworm) under target/, made once.
+fn debian_root() -> std::path::PathBuf {
+    let dir = root().join("target/debian-root");
+    if !dir.join("usr/bin/deb-systemd-helper").exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        run(
+            "debootstrap",
+            &[
+                "--variant=minbase".as_ref(),
+                "--include=adduser".as_ref(),
+                "bookworm".as_ref(),
+                dir.as_os_str(),
+                "http://deb.debian.org/debian".as_ref(),
+            ],
+        );
+    }
+    dir
+}
+
+fn in_root(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("chroot")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("chroot")
+}
+
+#[test]
+#[ignore = "needs root (chroot) and debootstrap: `make test` runs it (make deb-check)"]
+fn the_gateway_package_installs_upgrades_removes_and_purges_on_a_debian_root() {
+    let dir = debian_root();
+    let out = tempfile::tempdir().expect("tmp");
+    let deb = make_deb(
+        "spb-gateway",
+        "amd64",
+        Path::new(env!("CARGO_BIN_EXE_spb-gateway")),
+        out.path(),
+    );
+    std::fs::copy(&deb, dir.join("tmp/spb-gateway.deb")).expect("copy");
+    let ok = |args: &[&str]| {
+        let o = in_root(&dir, args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // A root left by an earlier run starts clean.
+    let _ = in_root(&dir, &["dpkg", "--purge", "spb-gateway"]);
+    ok(&["dpkg", "-i", "/tmp/spb-gateway.deb"]);
+    assert!(ok(&["getent", "passwd", "spb-gateway"]).contains(":/var/lib/spb-gateway:/usr/sbin/nologin"));
+    assert_eq!(
+        ok(&["stat", "-c", "%a %U %G", "/etc/spb-gateway"]).trim(),
+        "750 root spb-gateway"
+    );
+    assert_eq!(
+        ok(&["stat", "-c", "%a %U %G", "/etc/spb-gateway/config.toml"]).trim(),
+        "640 root spb-gateway"
+    );
+    // (An absolute link into the root: read it, do not follow it.)
+    let wants = dir.join("etc/systemd/system/multi-user.target.wants/spb-gateway.service");
+    assert_eq!(
+        std::fs::read_link(&wants).expect("enabled"),
+        Path::new("/lib/systemd/system/spb-gateway.service")
+    );
+    // As installed, the file is valid and the program says what to fill in.
+    let check = ok(&["spb-gateway", "--check-config"]);
+    assert!(check.contains("valid, but not set up"), "{check}");
+    // The technician's edit survives an upgrade (a conffile).
+    let conf = dir.join("etc/spb-gateway/config.toml");
+    let edited = std::fs::read_to_string(&conf).expect("conf") + "\n[node]\ngroup_id = \"P\"\nnode_id = \"box\"\n";
+    std::fs::write(&conf, &edited).expect("edit");
+    ok(&["dpkg", "-i", "/tmp/spb-gateway.deb"]);
+    assert_eq!(std::fs::read_to_string(&conf).expect("conf"), edited);
+    // Remove keeps the configuration; purge takes it and the state, not the user.
+    std::fs::create_dir_all(dir.join("var/lib/spb-gateway/queue")).expect("state");
+    ok(&["dpkg", "--remove", "spb-gateway"]);
+    assert!(!dir.join("usr/bin/spb-gateway").exists());
+    assert!(conf.exists(), "remove keeps the conffile");
+    ok(&["dpkg", "--purge", "spb-gateway"]);
+    assert!(!conf.exists() && !dir.join("var/lib/spb-gateway").exists());
+    assert!(std::fs::symlink_metadata(&wants).is_err(), "purge disables the unit");
+    ok(&["getent", "passwd", "spb-gateway"]);
+}

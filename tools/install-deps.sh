@@ -31,6 +31,12 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 have aarch64-linux-gnu-gcc || need+=(gcc-aarch64-linux-gnu)
 [ -d /usr/aarch64-linux-gnu/include ] || need+=(libc6-dev-arm64-cross)
 have qemu-aarch64-static || need+=(qemu-user-static)
+# The Debian packages (tools/make-deb.sh, tests/packaging.rs): lintian checks
+# them, debootstrap makes the root they are installed on.
+have dpkg-deb || need+=(dpkg)
+have file || need+=(file)
+have lintian || need+=(lintian)
+have debootstrap || need+=(debootstrap)
 
 if ((${#need[@]})); then
     echo "install-deps: installing ${need[*]}"
