@@ -398,10 +398,56 @@ fn the_gateway_package_installs_upgrades_removes_and_purges_on_a_debian_root() {
     // As installed, the file is valid and the program says what to fill in.
     let check = ok(&["spb-gateway", "--check-config"]);
     assert!(check.contains("valid, but not set up"), "{check}");
-    // The technician's edit survives an upgrade (a conffile).
+    // README's "Deploy to a gateway": the node's certificate from
+    // make-certs.sh installed with README's commands, the two sections
+    // uncommented and filled in, and --check-config is content (it reads
+    // the files: the key matches, the certificate is valid).
+    let pki = tempfile::tempdir().expect("tmp");
+    let o = std::process::Command::new(root().join("certs-example/make-certs.sh"))
+        .arg(pki.path())
+        .args(["--group", "Plant1", "--host", "scada", "gw-line4"])
+        .output()
+        .expect("make-certs.sh");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _ = std::fs::remove_dir_all(dir.join("tmp/gw-line4"));
+    std::fs::create_dir_all(dir.join("tmp/gw-line4")).expect("dir");
+    for f in ["ca.pem", "client.pem", "client.key"] {
+        std::fs::copy(pki.path().join("gw-line4").join(f), dir.join("tmp/gw-line4").join(f)).expect("copy");
+    }
+    ok(&[
+        "sh",
+        "-c",
+        "cd /tmp/gw-line4 && install -m 0644 ca.pem client.pem /etc/spb-gateway/ && \
+         install -m 0600 -o spb-gateway -g spb-gateway client.key /etc/spb-gateway/",
+    ]);
     let conf = dir.join("etc/spb-gateway/config.toml");
-    let edited = std::fs::read_to_string(&conf).expect("conf") + "\n[node]\ngroup_id = \"P\"\nnode_id = \"box\"\n";
+    let text = std::fs::read_to_string(&conf).expect("conf");
+    let mut edited = String::new();
+    let mut uncomment = false;
+    for line in text.lines() {
+        // The technician removes the '# ' of the two FILL IN sections.
+        if line.starts_with("# FILL IN") {
+            uncomment = true;
+        } else if line.is_empty() {
+            uncomment = false;
+        } else if uncomment && line.starts_with("# [") || uncomment && line.starts_with("# ") && line.contains(" = ") {
+            let l = &line[2..];
+            if !l.starts_with("primary_host_id") {
+                edited.push_str(&l.replace("broker1.plant.local", "127.0.0.1"));
+                edited.push('\n');
+                continue;
+            }
+        }
+        edited.push_str(line);
+        edited.push('\n');
+    }
     std::fs::write(&conf, &edited).expect("edit");
+    let check = ok(&["spb-gateway", "--check-config"]);
+    assert!(
+        check.contains("valid (0 devices, 0 tags, 1 MQTT server)"),
+        "{check}\n{edited}"
+    );
+    // The technician's edit survives an upgrade (a conffile).
     ok(&["dpkg", "-i", "/tmp/spb-gateway.deb"]);
     assert_eq!(std::fs::read_to_string(&conf).expect("conf"), edited);
     // Remove keeps the configuration; purge takes it and the state, not the user.
