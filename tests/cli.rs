@@ -70,3 +70,76 @@ fn the_uplink_answers_help_and_names_a_bad_argument() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--dry-rn"));
 }
+
+/// `spb-uplink --check-config` (the unit's ExecStartPre): the shipped
+/// example is valid; a mistyped key and a bad connection string are named
+/// with their place; TLS files that would fail the first connect are found
+/// before the start, and certificates from make-certs.sh pass.
+#[cfg(feature = "uplink")]
+#[test]
+fn uplink_check_config_finds_what_would_fail_at_start() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let check = |path: &std::path::Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_spb-uplink"))
+            .arg("--check-config")
+            .arg("--config")
+            .arg(path)
+            .output()
+            .expect("run spb-uplink");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.code(), text)
+    };
+    let example = root.join("config/uplink.example.toml");
+    let (code, text) = check(&example);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("valid (1 MQTT server, PostgreSQL database)"), "{text}");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("uplink.toml");
+    let shipped = std::fs::read_to_string(&example).expect("example");
+    std::fs::write(&file, shipped.replace("host_id = ", "hostid = ")).expect("write");
+    let (code, text) = check(&file);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("uplink.toml:6:1: host.hostid: unknown key"), "{text}");
+    std::fs::write(
+        &file,
+        shipped.replace(
+            "url = \"host=127.0.0.1 user=spb dbname=plant\"",
+            "url = \"host=127.0.0.1 usr=spb\"",
+        ),
+    )
+    .expect("write");
+    let (code, text) = check(&file);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("database.url: not a PostgreSQL connection string"),
+        "{text}"
+    );
+
+    // The uplink's certificate from make-certs.sh, then one missing file.
+    let pki = dir.path().join("pki");
+    let o = Command::new(root.join("certs-example/make-certs.sh"))
+        .arg(&pki)
+        .output()
+        .expect("make-certs.sh");
+    assert!(o.status.success());
+    let u = pki.join("uplink");
+    let tls = format!(
+        "# [mqtt.servers.tls]\n[mqtt.servers.tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/client.pem\"\nkey = \"{0}/client.key\"\n",
+        u.display()
+    );
+    let with_tls = shipped.replacen("# [mqtt.servers.tls]", &tls, 1);
+    assert_ne!(with_tls, shipped, "the example has a [mqtt.servers.tls] comment");
+    std::fs::write(&file, &with_tls).expect("write");
+    let (code, text) = check(&file);
+    assert_eq!(code, Some(0), "{text}");
+    std::fs::remove_file(u.join("client.key")).expect("rm");
+    let (code, text) = check(&file);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("mqtt.servers[0].tls.key: cannot read"), "{text}");
+    assert!(text.contains("1 error that would stop or fail the uplink"), "{text}");
+}

@@ -72,7 +72,32 @@ fn main() -> ExitCode {
         }
     };
     if check {
-        println!("{}: valid", config.display());
+        // What would fail at start or at the first connect: the TLS files.
+        let (errors, warnings) = spb::mqtt::tls::check_servers(&cfg.mqtt.servers, spb::clock::now_ms(), false);
+        for w in &warnings {
+            eprintln!("{}: warning: {w}", config.display());
+        }
+        if !errors.is_empty() {
+            for e in &errors {
+                eprintln!("{}: {e}", config.display());
+            }
+            eprintln!(
+                "{} error{} that would stop or fail the uplink",
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" }
+            );
+            return ExitCode::from(1);
+        }
+        println!(
+            "{}: valid ({} MQTT server{}, {} database)",
+            config.display(),
+            cfg.mqtt.servers.len(),
+            if cfg.mqtt.servers.len() == 1 { "" } else { "s" },
+            match cfg.database.backend {
+                spb::uplink::config::Backend::Postgres => "PostgreSQL",
+                spb::uplink::config::Backend::Mssql => "SQL Server",
+            }
+        );
         return ExitCode::SUCCESS;
     }
     spb::telemetry::logging::init(&cfg.telemetry.log_level, cfg.telemetry.log_format);

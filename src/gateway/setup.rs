@@ -34,29 +34,9 @@ pub struct Preflight {
 /// then polls and stores while it cannot connect, instead of not starting.
 pub fn preflight(cfg: &Config, now_ms: u64, at_boot: bool) -> Preflight {
     let mut out = Preflight::default();
-    let now = rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_millis(now_ms));
-    for (i, s) in cfg.mqtt.servers.iter().enumerate() {
-        let Some(t) = &s.tls else { continue };
-        if let Err(e) = mqtt::tls::client_config(t, now) {
-            out.errors.push(format!("mqtt.servers[{i}].{e}"));
-            continue;
-        }
-        match mqtt::tls::certificate_problem(t, now, 30) {
-            Ok((Some(problem), _)) if at_boot => out.warnings.push(format!(
-                "mqtt.servers[{i}].tls.cert: {problem}: the gateway starts, polls and stores, but cannot connect until it is replaced"
-            )),
-            Ok((Some(problem), _)) if mqtt::tls::clock_is_plausible(now.as_secs()) => {
-                out.errors.push(format!("mqtt.servers[{i}].tls.cert: {problem}"))
-            }
-            Ok((Some(problem), _)) => out.warnings.push(format!(
-                "mqtt.servers[{i}].tls.cert: {problem}; the system clock says {} (not set yet?)",
-                mqtt::tls::format_time(now.as_secs())
-            )),
-            Ok((None, Some(soon))) => out.warnings.push(format!("mqtt.servers[{i}].tls.cert: {soon}")),
-            Ok((None, None)) => {}
-            Err(e) => out.errors.push(format!("mqtt.servers[{i}].{e}")),
-        }
-    }
+    let (errors, warnings) = mqtt::tls::check_servers(&cfg.mqtt.servers, now_ms, at_boot);
+    out.errors.extend(errors);
+    out.warnings.extend(warnings);
     // The births, as the session would publish them at a connect.
     let mut ecfg = edge_config(cfg, true);
     ecfg.limits.max_packet_bytes = usize::MAX;

@@ -232,6 +232,44 @@ pub fn certificate_problem(
     Ok((None, soon))
 }
 
+/// What `--check-config` finds in the servers' TLS settings, as (errors,
+/// warnings) naming each `mqtt.servers[i]` key: files that cannot be read,
+/// a key that does not match its certificate, a client certificate that is
+/// not valid at `now_ms` (a warning with a clock before 2020, a box without
+/// a real-time clock, and with `at_boot`, where the program should start
+/// anyway), one that expires within 30 days (a warning).
+pub fn check_servers(
+    servers: &[super::settings::ServerConfig],
+    now_ms: u64,
+    at_boot: bool,
+) -> (Vec<String>, Vec<String>) {
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    let now = UnixTime::since_unix_epoch(std::time::Duration::from_millis(now_ms));
+    for (i, s) in servers.iter().enumerate() {
+        let Some(t) = &s.tls else { continue };
+        if let Err(e) = client_config(t, now) {
+            errors.push(format!("mqtt.servers[{i}].{e}"));
+            continue;
+        }
+        match certificate_problem(t, now, 30) {
+            Ok((Some(problem), _)) if at_boot => warnings.push(format!(
+                "mqtt.servers[{i}].tls.cert: {problem}: the program starts (the gateway polls and stores), but cannot connect until it is replaced"
+            )),
+            Ok((Some(problem), _)) if clock_is_plausible(now.as_secs()) => {
+                errors.push(format!("mqtt.servers[{i}].tls.cert: {problem}"))
+            }
+            Ok((Some(problem), _)) => warnings.push(format!(
+                "mqtt.servers[{i}].tls.cert: {problem}; the system clock says {} (not set yet?)",
+                format_time(now.as_secs())
+            )),
+            Ok((None, Some(soon))) => warnings.push(format!("mqtt.servers[{i}].tls.cert: {soon}")),
+            Ok((None, None)) => {}
+            Err(e) => errors.push(format!("mqtt.servers[{i}].{e}")),
+        }
+    }
+    (errors, warnings)
+}
+
 /// `secs` since the epoch as a UTC date and time, for messages.
 pub fn format_time(secs: u64) -> String {
     der::format_time(secs)

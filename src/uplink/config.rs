@@ -169,6 +169,14 @@ fn read_database(t: &Table) -> Option<DatabaseConfig> {
         None => Backend::Postgres,
     };
     let url = t.req_str("url", "the connection string").unwrap_or_default();
+    if backend == Backend::Postgres && !url.is_empty() {
+        if let Err(e) = url.parse::<tokio_postgres::Config>() {
+            t.invalid(
+                "url",
+                format!("not a PostgreSQL connection string ({e}); e.g. \"host=db.plant user=spb dbname=plant\" or \"postgres://spb@db.plant/plant\""),
+            );
+        }
+    }
     if backend == Backend::Mssql && !url.is_empty() {
         if let Err(e) = super::mssql::parse_url(&url) {
             t.invalid("url", format!("not an ADO.NET connection string ({e}); e.g. \"server=tcp:db.plant,1433;database=spb;user id=spb;password=…;encrypt=true\""));
