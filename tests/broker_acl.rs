@@ -36,18 +36,25 @@ fn tls_server(port: u16, dir: &Path) -> String {
     )
 }
 
-/// mosquitto_pub as the identity in `dir`, MQTT 5 so that the broker's
-/// refusal comes back in the PUBACK; returns what the tool printed.
-fn publish_as(dir: &Path, port: u16, topic: &str) -> String {
-    let o = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv5", "-q", "1"])
+/// A mosquitto client tool connecting as the identity in `dir` (a
+/// directory make-certs.sh writes).
+fn mosquitto_client(tool: &str, dir: &Path, port: u16) -> Command {
+    let mut c = Command::new(tool);
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .arg("--cafile")
         .arg(dir.join("ca.pem"))
         .arg("--cert")
         .arg(dir.join("client.pem"))
         .arg("--key")
-        .arg(dir.join("client.key"))
-        .args(["-t", topic, "-m", "forged"])
+        .arg(dir.join("client.key"));
+    c
+}
+
+/// mosquitto_pub as the identity in `dir`, MQTT 5 so that the broker's
+/// refusal comes back in the PUBACK; returns what the tool printed.
+fn publish_as(dir: &Path, port: u16, topic: &str) -> String {
+    let o = mosquitto_client("mosquitto_pub", dir, port)
+        .args(["-V", "mqttv5", "-q", "1", "-t", topic, "-m", "forged"])
         .output()
         .expect("mosquitto_pub (make deps)");
     format!(
@@ -66,31 +73,13 @@ fn gateway_and_uplink_work_through_the_acl_and_a_node_cannot_use_another_nodes_t
     let broker = Broker::from_make_certs(&conf);
     let db = TestDb::new("acl");
     let uplink = Uplink::start_on(&tls_server(broker.port, &p.join("uplink")), &db.url(), "");
-    let config = format!(
-        r#"[node]
-group_id = "ACL"
-node_id = "gw-01"
-primary_host_id = "scada"
-[mqtt]
-backoff_min = "100ms"
-backoff_max = "500ms"
-{}
-[telemetry]
-listen = ""
-log_format = "human"
-[[devices]]
-name = "line"
-driver = "sim"
-[devices.scan_classes]
-fast = "50ms"
-[[devices.tags]]
-name = "Count"
-address = "counter"
-datatype = "UInt64"
-scan_class = "fast"
-"#,
-        tls_server(broker.port, &p.join("gw-01"))
-    );
+    // The counter gateway of the other end-to-end tests, as node gw-01 on
+    // this broker with gw-01's certificate.
+    let plain = format!("[[mqtt.servers]]\nhost = \"127.0.0.1\"\nport = {}\n", broker.port);
+    let config = common::counter_config("ACL", broker.port, "primary_host_id = \"scada\"", "")
+        .replace("node_id = \"gw\"", "node_id = \"gw-01\"")
+        .replace(&plain, &tls_server(broker.port, &p.join("gw-01")));
+    assert!(config.contains("client.key"), "{config}");
     let mut gw = Gateway::start(&config, &[]);
     // The uplink's STATE reached the node (it births only after it), its
     // births and data reached the uplink, and the uplink wrote them.
@@ -120,15 +109,16 @@ scan_class = "fast"
     assert!(!said.contains("Not authorized"), "{said}");
     // Nor may it read another node's commands: the uplink sends one and
     // only gw-02's own subscription could receive it.
-    let sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-v", "-W", "3"])
-        .arg("--cafile")
-        .arg(node.join("ca.pem"))
-        .arg("--cert")
-        .arg(node.join("client.pem"))
-        .arg("--key")
-        .arg(node.join("client.key"))
-        .args(["-t", "spBv1.0/ACL/NCMD/gw-02", "-t", "spBv1.0/ACL/NCMD/gw-01"])
+    let sub = mosquitto_client("mosquitto_sub", &node, broker.port)
+        .args([
+            "-v",
+            "-W",
+            "3",
+            "-t",
+            "spBv1.0/ACL/NCMD/gw-02",
+            "-t",
+            "spBv1.0/ACL/NCMD/gw-01",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("mosquitto_sub");

@@ -30,6 +30,14 @@ fn shipped_on(http: u16) -> String {
     text.replace("127.0.0.1:9102", &format!("127.0.0.1:{http}"))
 }
 
+fn check_config(path: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["--check-config", "--config"])
+        .arg(path)
+        .output()
+        .expect("run spb-gateway --check-config")
+}
+
 #[test]
 fn print_default_config_prints_the_file_the_packages_install() {
     let out = Command::new(BIN).arg("--print-default-config").output().expect("run");
@@ -74,11 +82,7 @@ fn a_file_with_identity_but_no_broker_still_names_the_broker() {
         ),
     )
     .expect("write");
-    let out = Command::new(BIN)
-        .args(["--check-config", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run");
+    let out = check_config(&path);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("[[mqtt.servers]] host") && !text.contains("[node] group_id"),
@@ -90,11 +94,7 @@ fn a_file_with_identity_but_no_broker_still_names_the_broker() {
         shipped().replace("# [node]\n# group_id = \"Plant1\"", "[node]\ngroup_id = \"P\""),
     )
     .expect("write");
-    let out = Command::new(BIN)
-        .args(["--check-config", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run");
+    let out = check_config(&path);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("node.node_id: is required"), "{err}");
@@ -175,11 +175,7 @@ fn a_first_boot_waits_says_what_is_missing_and_starts_when_a_reload_completes_it
             &format!("[[mqtt.servers]]\nhost = \"127.0.0.1\"\nport = {}", broker.port),
         );
     std::fs::write(&cfg_path, &filled).expect("write");
-    let check = Command::new(BIN)
-        .args(["--check-config", "--config"])
-        .arg(&cfg_path)
-        .output()
-        .expect("run");
+    let check = check_config(&cfg_path);
     assert!(
         String::from_utf8_lossy(&check.stdout).contains("valid (0 devices"),
         "{}",
