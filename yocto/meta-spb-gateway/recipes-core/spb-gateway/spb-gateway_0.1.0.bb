@@ -17,7 +17,7 @@ SRC_URI = "${SPB_GATEWAY_GIT};branch=main"
 # The released commit: set by `make yocto-pin` with the version in the file
 # name (tests/packaging.rs checks that both agree with Cargo.toml and that the
 # crate list below is that commit's Cargo.lock).
-SRCREV = "222d452a554fbc7fb981489486fd075a5c6f3992"
+SRCREV = "dadb6ffd33391556d5e1830d217a3e824c588e4e"
 
 # scarthgap unpacks into WORKDIR; later releases into UNPACKDIR.
 S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}/git"
