@@ -38,6 +38,7 @@
 
 pub mod backoff;
 pub mod clock;
+pub mod commands;
 pub mod config;
 pub mod gateway;
 pub mod mqtt;

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::commands::{Allowed, TagGuard};
 pub use crate::mqtt::settings::{MqttConfig, ServerConfig, TlsConfig};
 pub use crate::plc::device::{
     DeviceConfig, DriverKind, LogixDeviceConfig, S7DeviceConfig, SimDeviceConfig, TagAddress, TagConfig,
@@ -29,7 +30,7 @@ use crate::sparkplug::topic::validate_id;
 use crate::sparkplug::DataType;
 pub use crate::telemetry::logging::LogFormat;
 pub use crate::units::{check_host, PlcAddress};
-use reader::{Ctx, Table};
+use reader::{Ctx, Scalar, Table};
 
 /// The default config path.
 pub const DEFAULT_PATH: &str = "/etc/spb-gateway/config.toml";
@@ -146,6 +147,13 @@ pub struct CommandsConfig {
     pub max_message_size: u64,
     /// An NCMD/DCMD of more metrics is refused whole (default 1000).
     pub max_metrics: usize,
+    /// The emergency stop: every write refused while set (default false).
+    pub write_lock: bool,
+    /// Whether NCMD `Node Control/Write Lock = false` may clear a lock set
+    /// by NCMD (default true); the file's lock is cleared only in the file.
+    pub unlock_by_command: bool,
+    /// A write is confirmed by reading the tag back within this (default 2s).
+    pub confirm_timeout: Duration,
 }
 
 impl Default for CommandsConfig {
@@ -154,6 +162,20 @@ impl Default for CommandsConfig {
             enabled: false,
             max_message_size: 64 * 1024,
             max_metrics: 1_000,
+            write_lock: false,
+            unlock_by_command: true,
+            confirm_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl CommandsConfig {
+    /// The command guard's settings.
+    pub fn guard(&self) -> crate::commands::GuardConfig {
+        crate::commands::GuardConfig {
+            enabled: self.enabled,
+            write_lock: self.write_lock,
+            unlock_by_command: self.unlock_by_command,
         }
     }
 }
@@ -196,7 +218,13 @@ impl Config {
                 enabled: t.bool_or("enabled", false),
                 max_message_size: t.bytes_or("max_message_size", d.max_message_size),
                 max_metrics: t.int_in("max_metrics", d.max_metrics as i64, 1..=100_000) as usize,
+                write_lock: t.bool_or("write_lock", d.write_lock),
+                unlock_by_command: t.bool_or("unlock_by_command", d.unlock_by_command),
+                confirm_timeout: t.duration_or("confirm_timeout", d.confirm_timeout),
             };
+            if c.confirm_timeout < Duration::from_millis(100) || c.confirm_timeout > Duration::from_secs(60) {
+                t.invalid("confirm_timeout", "must be between 100ms and 60s");
+            }
             if c.max_message_size < 1024 || c.max_message_size > crate::mqtt::INBOUND_TRANSPORT_MAX as u64 {
                 t.invalid(
                     "max_message_size",
@@ -214,7 +242,14 @@ impl Config {
                     "command write-back is not available in this version: set `enabled = false` (every NCMD/DCMD is refused and logged)",
                 );
             }
-            t.finish(&["enabled", "max_message_size", "max_metrics"]);
+            t.finish(&[
+                "enabled",
+                "max_message_size",
+                "max_metrics",
+                "write_lock",
+                "unlock_by_command",
+                "confirm_timeout",
+            ]);
             c
         });
         let telemetry = read_telemetry(root.opt_table("telemetry"));
@@ -903,7 +938,7 @@ fn read_tag(t: &Table, driver: Option<DriverKind>, classes: &[(String, Duration)
         },
         _ => None,
     };
-    let writable = t.bool_or("writable", false);
+    let write = read_write_guard(t, dt);
     // Unknown keys are reported even when a required key was bad.
     t.finish(&[
         "name",
@@ -913,6 +948,11 @@ fn read_tag(t: &Table, driver: Option<DriverKind>, classes: &[(String, Duration)
         "deadband",
         "deadband_percent",
         "writable",
+        "min",
+        "max",
+        "allowed",
+        "max_rate",
+        "cooldown",
     ]);
     Some(TagConfig {
         name: name?,
@@ -921,8 +961,87 @@ fn read_tag(t: &Table, driver: Option<DriverKind>, classes: &[(String, Duration)
         scan_class,
         deadband,
         deadband_percent,
-        writable,
+        write,
     })
+}
+
+/// `writable` and the keys that bound what a write may do. They apply only
+/// to a writable tag, and each to the datatypes it can judge: an error
+/// otherwise, so that a guard the technician wrote is never silently ignored.
+fn read_write_guard(t: &Table, dt: Option<DataType>) -> Option<TagGuard> {
+    let writable = t.bool_or("writable", false);
+    let guard = TagGuard {
+        min: t.opt_f64("min"),
+        max: t.opt_f64("max"),
+        allowed: t
+            .opt_scalar_list("allowed")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| match s {
+                Scalar::Bool(b) => Allowed::Bool(b),
+                Scalar::Int(i) => Allowed::Int(i),
+                Scalar::Float(x) => Allowed::Float(x),
+                Scalar::Str(s) => Allowed::Text(s),
+            })
+            .collect(),
+        max_rate: t.opt_i64("max_rate").and_then(|n| match u32::try_from(n) {
+            Ok(n) if (1..=6000).contains(&n) => Some(n),
+            _ => {
+                t.invalid("max_rate", format!("{n} is outside 1..=6000 (writes a minute)"));
+                None
+            }
+        }),
+        cooldown: t.opt_duration("cooldown").unwrap_or_default(),
+    };
+    let keys = ["min", "max", "allowed", "max_rate", "cooldown"];
+    if !writable {
+        for k in keys.iter().filter(|k| t.is_present(k)) {
+            t.invalid(k, "applies to a writable tag only: set `writable = true`, or remove it");
+        }
+        return None;
+    }
+    if let Some(dt) = dt {
+        let numeric = matches!(
+            dt,
+            DataType::Int8
+                | DataType::Int16
+                | DataType::Int32
+                | DataType::Int64
+                | DataType::UInt8
+                | DataType::UInt16
+                | DataType::UInt32
+                | DataType::UInt64
+                | DataType::Float
+                | DataType::Double
+        );
+        for k in ["min", "max"] {
+            if !numeric && t.is_present(k) {
+                t.invalid(k, format!("a {k} needs a numeric datatype, not {dt}"));
+            }
+        }
+        if let (Some(lo), Some(hi)) = (guard.min, guard.max) {
+            if lo > hi {
+                t.invalid("min", format!("{lo} is above max ({hi})"));
+            }
+        }
+        let kind_ok = |a: &Allowed| match a {
+            Allowed::Bool(_) => dt == DataType::Boolean,
+            Allowed::Int(_) => numeric,
+            Allowed::Float(_) => matches!(dt, DataType::Float | DataType::Double),
+            Allowed::Text(_) => matches!(dt, DataType::String | DataType::Text),
+        };
+        if let Some(a) = guard.allowed.iter().find(|a| !kind_ok(a)) {
+            t.invalid("allowed", format!("{a} cannot be a value of a {dt} tag"));
+        }
+        let writable_type = numeric || matches!(dt, DataType::Boolean | DataType::String | DataType::Text);
+        if !writable_type {
+            t.invalid(
+                "writable",
+                format!("{dt} tags cannot be written by this version (numbers, Boolean and String can)"),
+            );
+        }
+    }
+    Some(guard)
 }
 
 fn check_unique_names(root: &Table, devices: &[DeviceConfig]) {
@@ -1058,7 +1177,7 @@ deadbnad = 0.5
                 // Written under [[mqtt.servers]], so it is that server's keepalive.
                 "config.toml:9:13: mqtt.servers[0].keepalive: 'fast' is not a duration: use e.g. \"500ms\", \"30s\", \"5m\", \"1h\"",
                 "config.toml:18:12: devices[0].tags[0].datatype: unknown datatype 'Flaot' (did you mean Float?); valid: Int8, Int16, Int32, Int64, UInt8, UInt16, UInt32, UInt64, Float, Double, Boolean, String, DateTime, Text, UUID, Bytes, Int8Array, Int16Array, Int32Array, Int64Array, UInt8Array, UInt16Array, UInt32Array, UInt64Array, FloatArray, DoubleArray, BooleanArray, StringArray, DateTimeArray; or IEC 61131-3: BOOL, SINT, INT, DINT, LINT, USINT, BYTE, UINT, WORD, UDINT, DWORD, ULINT, LWORD, REAL, LREAL, STRING, DT, DATE_AND_TIME",
-                "config.toml:19:1: devices[0].tags[0].deadbnad: unknown key (did you mean `deadband`?); allowed here: name, address, datatype, scan_class, deadband, deadband_percent, writable",
+                "config.toml:19:1: devices[0].tags[0].deadbnad: unknown key (did you mean `deadband`?); allowed here: name, address, datatype, scan_class, deadband, deadband_percent, writable, min, max, allowed, max_rate, cooldown",
                 "6 errors in the configuration",
             ]
         );
@@ -1216,6 +1335,102 @@ deadbnad = 0.5
         )
         .expect("valid");
         assert_eq!(c.mqtt.servers[0].port, 8883);
+    }
+
+    #[test]
+    fn write_guards_are_read_for_writable_tags_and_a_misplaced_one_is_an_error() {
+        let tags = r#"
+[commands]
+write_lock = true
+unlock_by_command = false
+confirm_timeout = "500ms"
+[[devices]]
+name = "press"
+driver = "sim"
+[[devices.tags]]
+name = "Setpoint"
+address = "counter"
+datatype = "Float"
+writable = true
+min = 0
+max = 250.5
+max_rate = 6
+cooldown = "2s"
+[[devices.tags]]
+name = "Mode"
+address = "counter"
+datatype = "Int16"
+writable = true
+allowed = [1, 2, 5]
+[[devices.tags]]
+name = "Count"
+address = "counter"
+datatype = "Int32"
+"#;
+        let c = Config::parse("c.toml", &format!("{MINIMAL}{tags}")).expect("valid");
+        let t = &c.devices[0].tags;
+        assert_eq!(
+            t[0].write,
+            Some(TagGuard {
+                min: Some(0.0),
+                max: Some(250.5),
+                allowed: vec![],
+                max_rate: Some(6),
+                cooldown: Duration::from_secs(2),
+            })
+        );
+        assert_eq!(
+            t[1].write.as_ref().map(|g| g.allowed.clone()),
+            Some(vec![Allowed::Int(1), Allowed::Int(2), Allowed::Int(5)])
+        );
+        assert_eq!(t[2].write, None, "not writable by default");
+        let g = c.commands.guard();
+        assert!(g.write_lock && !g.unlock_by_command);
+        assert_eq!(c.commands.confirm_timeout, Duration::from_millis(500));
+
+        let bad = r#"
+[[devices]]
+name = "press"
+driver = "sim"
+[[devices.tags]]
+name = "A"
+address = "counter"
+datatype = "Int32"
+max = 10
+[[devices.tags]]
+name = "B"
+address = "counter"
+datatype = "Boolean"
+writable = true
+min = 0
+allowed = ["on"]
+[[devices.tags]]
+name = "C"
+address = "counter"
+datatype = "Int32"
+writable = true
+min = 10
+max = 1
+max_rate = 0
+[[devices.tags]]
+name = "D"
+address = "sine(amplitude=1, offset=0, period=10s)"
+datatype = "FloatArray"
+writable = true
+"#;
+        let errs = Config::parse("c.toml", &format!("{MINIMAL}{bad}"))
+            .expect_err("invalid")
+            .to_string();
+        for e in [
+            "devices[0].tags[0].max: applies to a writable tag only: set `writable = true`, or remove it",
+            "devices[0].tags[1].min: a min needs a numeric datatype, not Boolean",
+            "devices[0].tags[1].allowed: \"on\" cannot be a value of a Boolean tag",
+            "devices[0].tags[2].min: 10 is above max (1)",
+            "devices[0].tags[2].max_rate: 0 is outside 1..=6000 (writes a minute)",
+            "devices[0].tags[3].writable: FloatArray tags cannot be written by this version",
+        ] {
+            assert!(errs.contains(e), "missing {e:?} in:\n{errs}");
+        }
     }
 
     #[test]

@@ -88,6 +88,15 @@ pub struct Table<'c, 's, 't> {
     used: RefCell<HashSet<String>>,
 }
 
+/// One item of a list of values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
 fn type_name(v: &DeValue<'_>) -> &'static str {
     v.type_str()
 }
@@ -149,6 +158,11 @@ impl<'c, 's, 't> Table<'c, 's, 't> {
         self.get(key).map_or(self.at, |v| v.span().start)
     }
 
+    /// Whether `key` is present (without marking it used).
+    pub fn is_present(&self, key: &str) -> bool {
+        self.table.iter().any(|(k, _)| k.get_ref().as_ref() == key)
+    }
+
     /// Whether `key` is present and holds a string.
     pub fn is_str(&self, key: &str) -> bool {
         self.get(key).is_some_and(|v| v.get_ref().as_str().is_some())
@@ -184,6 +198,43 @@ impl<'c, 's, 't> Table<'c, 's, 't> {
                 Some(s) => out.push(s.to_string()),
                 None => {
                     self.wrong_type(key, item, "a list of strings");
+                    return None;
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// A list of scalars (`[1, 2]`, `["A", "B"]`, `[false]`); an item of
+    /// another kind (a table, a date, a nested list) is an error at that item.
+    pub fn opt_scalar_list(&self, key: &str) -> Option<Vec<Scalar>> {
+        let v = self.get(key)?;
+        let Some(items) = v.get_ref().as_array() else {
+            self.wrong_type(key, v, "a list of values");
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for item in items.iter() {
+            let d = item.get_ref();
+            let scalar = if let Some(b) = d.as_bool() {
+                Some(Scalar::Bool(b))
+            } else if let Some(s) = d.as_str() {
+                Some(Scalar::Str(s.to_string()))
+            } else if let Some(i) = d.as_integer() {
+                i64::from_str_radix(i.as_str(), i.radix()).ok().map(Scalar::Int)
+            } else if let Some(f) = d.as_float() {
+                f.as_str()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite())
+                    .map(Scalar::Float)
+            } else {
+                None
+            };
+            match scalar {
+                Some(x) => out.push(x),
+                None => {
+                    self.wrong_type(key, item, "a list of numbers, strings or booleans");
                     return None;
                 }
             }

@@ -174,5 +174,7 @@ pub struct TagConfig {
     pub deadband: f64,
     /// …or at least this percent of the last reported value.
     pub deadband_percent: f64,
-    pub writable: bool,
+    /// `writable = true` and what it accepts (`min`, `max`, `allowed`,
+    /// `max_rate`, `cooldown`); None: NCMD/DCMD cannot write it.
+    pub write: Option<crate::commands::TagGuard>,
 }

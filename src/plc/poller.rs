@@ -619,7 +619,7 @@ mod tests {
             scan_class: "default".into(),
             deadband,
             deadband_percent: pct,
-            writable: false,
+            write: None,
         }
     }
 
