@@ -86,8 +86,18 @@ impl Runtime {
         self.cfg.node = node;
         self.cfg.mqtt = mqtt_cfg;
         self.fwd.set_options(forwarder_options(&self.cfg));
+        // The file's write lock takes effect at once, set or cleared.
+        let was_locked = self.guard.locked().is_some();
+        self.guard.reconfigure(self.cfg.commands.guard());
+        let locked = self.guard.locked().is_some();
+        if locked != was_locked && same_tags {
+            self.publish_write_lock(now, locked);
+        }
         if !same_tags {
-            match self.session.redefine(now, node_metrics(now), new) {
+            match self
+                .session
+                .redefine(now, node_metrics(now, self.guard.locked().is_some()), new)
+            {
                 Ok(actions) => {
                     tracing::info!("configuration reloaded: tag set changed, rebirth");
                     self.telemetry.rebirths.fetch_add(1, Relaxed);

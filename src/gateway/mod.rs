@@ -50,6 +50,7 @@ use crate::telemetry::metrics::Telemetry;
 use crate::telemetry::{http, systemd};
 
 mod bdseq;
+mod commands;
 mod connection;
 mod forwarding;
 mod lifecycle;
@@ -138,6 +139,8 @@ struct Runtime {
     store_log: report::StoreLog,
     /// Warnings about inbound messages: a flood costs 10 lines a second.
     inbound_log: LogBudget,
+    /// Whether a write a host asks for may reach a PLC, and the write lock.
+    guard: crate::commands::Guard,
 }
 
 /// Runs the gateway until SIGTERM/SIGINT.
@@ -197,10 +200,12 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
     let stored = if opts.dry_run { None } else { bdseq::load(&state_dir) };
     let session = EdgeSession::new(
         edge_config(&cfg, opts.dry_run),
-        node_metrics(now),
+        node_metrics(now, cfg.commands.write_lock),
         definitions(&cfg, now),
         stored,
     )?;
+    let guard = crate::commands::Guard::new(cfg.commands.guard());
+    telemetry.write_locked.store(guard.locked().is_some(), Relaxed);
     // The durable store-and-forward queue: samples that could not be
     // published survive a restart. A dry run keeps its queue in a temporary
     // directory and removes it at exit. It is opened, and then runs, on
@@ -256,6 +261,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
             "warnings about inbound messages",
             "spb_rejected_messages_total and spb_commands_received_total",
         ),
+        guard,
     };
     rt.update_gauges();
     rt.start_pollers();
@@ -334,22 +340,7 @@ impl Runtime {
                     self.link.disconnect();
                 }
                 EdgeAction::StoreHistorical { device, metrics } => self.fwd.historical(&Record { device, metrics }),
-                EdgeAction::Command { device, metrics } => {
-                    self.telemetry.commands_received.fetch_add(1, Relaxed);
-                    if !self.inbound_log.allow(now_ms()) {
-                        continue;
-                    }
-                    // One line per command, however many metrics: the count and the first three.
-                    let first: Vec<String> = metrics
-                        .iter()
-                        .take(3)
-                        .map(|m| pretty::prefix(&pretty::metric_line(m), 200).to_string())
-                        .collect();
-                    tracing::warn!(
-                        device = device.as_deref().unwrap_or("(node)"), metrics = metrics.len(), first = ?first,
-                        "write request refused: command write-back is disabled ([commands] enabled = false)"
-                    );
-                }
+                EdgeAction::Command { device, metrics } => self.on_command(device, metrics),
                 EdgeAction::HostState { online, timestamp } => {
                     self.telemetry.primary_host_online.store(online, Relaxed);
                     tracing::info!(online, timestamp, "Primary Host STATE");

@@ -47,7 +47,12 @@ pub fn preflight(cfg: &Config, now_ms: u64, at_boot: bool) -> Preflight {
             *id = "not-set-up".to_string();
         }
     }
-    match EdgeSession::new(ecfg, node_metrics(now_ms), definitions(cfg, now_ms), None) {
+    match EdgeSession::new(
+        ecfg,
+        node_metrics(now_ms, cfg.commands.write_lock),
+        definitions(cfg, now_ms),
+        None,
+    ) {
         Ok(mut session) => {
             let mut actions = Vec::new();
             for d in cfg.devices.iter().filter(|d| d.enabled) {
@@ -82,12 +87,18 @@ pub fn disk_options(cfg: &Config) -> DiskOptions {
 /// The gateway's software version, published in NBIRTH.
 const VERSION_METRIC: &str = "Properties/Software Version";
 
-pub fn node_metrics(now: u64) -> Vec<Metric> {
-    vec![Metric::new(
-        VERSION_METRIC,
-        Value::String(format!("spb-gateway {}", env!("CARGO_PKG_VERSION"))),
-        now,
-    )]
+/// The node's own metrics in NBIRTH: the software version, and the write
+/// lock (`Node Control/Write Lock`, Boolean: its state now; an NCMD sets or
+/// clears it, see `crate::commands`).
+pub fn node_metrics(now: u64, write_locked: bool) -> Vec<Metric> {
+    vec![
+        Metric::new(
+            VERSION_METRIC,
+            Value::String(format!("spb-gateway {}", env!("CARGO_PKG_VERSION"))),
+            now,
+        ),
+        Metric::new(crate::commands::WRITE_LOCK_METRIC, Value::Boolean(write_locked), now),
+    ]
 }
 
 pub fn definitions(cfg: &Config, now: u64) -> Vec<DeviceDef> {

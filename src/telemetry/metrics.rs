@@ -27,6 +27,11 @@ pub struct Telemetry {
     pub connects: AtomicU64,
     pub connection_failures: AtomicU64,
     pub commands_received: AtomicU64,
+    /// Metrics of NCMD/DCMD the command guard applied (the write lock) or refused.
+    pub commands_applied: AtomicU64,
+    pub commands_refused: AtomicU64,
+    /// Writes are locked (`Node Control/Write Lock` or `commands.write_lock`).
+    pub write_locked: AtomicBool,
     pub rejected_messages: AtomicU64,
     /// The store failed a write and has not been replaced yet.
     pub store_failed: AtomicBool,
@@ -266,6 +271,22 @@ impl Telemetry {
             "NCMD/DCMD write requests received.",
             "counter",
             self.commands_received.load(Relaxed),
+        );
+        let _ = writeln!(
+            s,
+            "# HELP spb_commands_total Metrics of NCMD/DCMD write requests, by the command guard's outcome.\n\
+             # TYPE spb_commands_total counter\n\
+             spb_commands_total{{outcome=\"applied\"}} {}\n\
+             spb_commands_total{{outcome=\"refused\"}} {}",
+            self.commands_applied.load(Relaxed),
+            self.commands_refused.load(Relaxed)
+        );
+        g(
+            &mut s,
+            "spb_write_locked",
+            "1 while every write is refused (commands.write_lock or NCMD Node Control/Write Lock).",
+            "gauge",
+            self.write_locked.load(Relaxed).into(),
         );
         g(
             &mut s,

@@ -6,6 +6,8 @@ Reads JSON commands on stdin to publish, encoded by pysparkplug:
   {"op": "rebirth", "group": G, "node": N}
   {"op": "state", "host": H, "online": bool, "timestamp": ms}
   {"op": "clear_state", "host": H}
+  {"op": "command", "group": G, "node": N, ["device": D,] "metrics": [{"name": M, "type": "Boolean", "value": V}, ...]}
+      (an NCMD, or a DCMD with "device"; "type" is a pysparkplug DataType name)
 Usage: sparkplug_peer_mqtt.py PORT [HOST_ID]
 With SPB_PEER_TLS_DIR=DIR it connects with mTLS: DIR/ca.pem, DIR/client.pem,
 DIR/client.key (a directory certs-example/make-certs.sh writes).
@@ -96,6 +98,16 @@ def commands(client):
         elif op == "state":
             body = json.dumps({"online": cmd["online"], "timestamp": cmd["timestamp"]})
             client.publish(f"spBv1.0/STATE/{cmd['host']}", body, qos=1, retain=True).wait_for_publish()
+        elif op == "command":
+            ts = sp.get_current_timestamp()
+            metrics = tuple(sp.Metric(timestamp=ts, name=m["name"], datatype=DT[m["type"].upper()], value=m["value"])
+                            for m in cmd["metrics"])
+            device = cmd.get("device")
+            cls = sp.DCmd if device else sp.NCmd
+            payload = cls(timestamp=ts, metrics=metrics).encode(include_dtypes=True)
+            topic = (f"spBv1.0/{cmd['group']}/DCMD/{cmd['node']}/{device}" if device
+                     else f"spBv1.0/{cmd['group']}/NCMD/{cmd['node']}")
+            client.publish(topic, payload, qos=0).wait_for_publish()
         elif op == "clear_state":
             client.publish(f"spBv1.0/STATE/{cmd['host']}", b"", qos=1, retain=True).wait_for_publish()
         emit({"ack": op})
