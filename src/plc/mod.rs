@@ -180,7 +180,7 @@ impl Driver {
         value: &Value,
     ) -> Result<Result<(), TagError>, DriverError> {
         let r = match self {
-            Driver::Sim(_) => Ok(Err("the simulator's tags are read-only".to_string())),
+            Driver::Sim(s) => s.write(index, value),
             Driver::S7(s) => s.write(index, value).await.map_err(|e| s7_error(device, e, Op::Write)),
             Driver::Logix(l) => l.write(index, value).await.map_err(|e| write_error(device, e)),
         };
@@ -239,6 +239,9 @@ pub struct SimDriver {
     /// Generated tags (after the configured ones) share one signal: a
     /// template plus one f64 of state each, 8 bytes a tag at 100k tags.
     generated: Option<(SimTag, Vec<f64>)>,
+    /// A value written to a configured tag, which it then holds (as a PLC
+    /// holds a setpoint) instead of following its signal.
+    held: Vec<Option<Value>>,
     rng: Rng,
     started: Instant,
     outage_every: Option<f64>,
@@ -268,6 +271,7 @@ impl SimDriver {
             .map(|g| (SimTag::new(signal(g), g.datatype), vec![0.0; d.sim.generate as usize]));
         SimDriver {
             device: d.name.clone(),
+            held: vec![None; configured],
             tags,
             generated,
             rng: Rng::new(d.sim.seed),
@@ -300,6 +304,9 @@ impl SimDriver {
             .iter()
             .map(|&i| {
                 if i < n {
+                    if let Some(v) = &self.held[i] {
+                        return Ok(v.clone());
+                    }
                     return Ok(self.tags[i].read(t, now_ms, &mut self.rng));
                 }
                 let (template, states) = self.generated.as_mut().ok_or_else(|| TagError(format!("no tag {i}")))?;
@@ -311,11 +318,80 @@ impl SimDriver {
             })
             .collect())
     }
+
+    /// Writes a configured tag: it holds `value`, stored in the tag's own
+    /// datatype, from then on. Fails as a PLC would: while unreachable (the
+    /// connection), or for a value the tag's type cannot hold (the tag).
+    fn write(&mut self, index: usize, value: &Value) -> Result<Result<(), String>, DriverError> {
+        self.check_reachable().map_err(|e| write_error(&self.device, e))?;
+        let Some(tag) = self.tags.get(index) else {
+            return Ok(Err(format!(
+                "tag {index} is generated: only configured tags are writable"
+            )));
+        };
+        Ok(match sim::in_datatype(tag.datatype, value) {
+            Some(v) => {
+                self.held[index] = Some(v);
+                Ok(())
+            }
+            None => Err(format!(
+                "a {} value cannot be held by a {} tag",
+                value.datatype(),
+                tag.datatype
+            )),
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sim_device(extra: &str) -> DeviceConfig {
+        let text = format!(
+            "[node]\ngroup_id = \"g\"\nnode_id = \"n\"\n[[devices]]\nname = \"press\"\ndriver = \"sim\"\n{extra}\n\
+             [[devices.tags]]\nname = \"Count\"\naddress = \"counter\"\ndatatype = \"UInt32\"\n\
+             [[devices.tags]]\nname = \"Setpoint\"\naddress = \"sine(amplitude=1, offset=0, period=10s)\"\ndatatype = \"Float\"\n"
+        );
+        crate::config::Config::parse("t.toml", &text)
+            .expect("valid")
+            .devices
+            .remove(0)
+    }
+
+    #[tokio::test]
+    async fn the_simulator_holds_what_is_written_in_the_tags_own_datatype() {
+        let d = sim_device("[devices.sim]\ngenerate = 2");
+        let mut drv = Driver::for_device(&d, &poller::plan(&d).specs);
+        assert_eq!(
+            drv.write("press", 0, &Value::Int64(7)).await.expect("reachable"),
+            Ok(())
+        );
+        assert_eq!(
+            drv.write("press", 1, &Value::Double(2.5)).await.expect("reachable"),
+            Ok(())
+        );
+        for _ in 0..3 {
+            let got = drv.read("press", &[0, 1], 0).await.expect("read");
+            assert_eq!(
+                got,
+                vec![Ok(Value::UInt32(7)), Ok(Value::Float(2.5))],
+                "held, not the signal"
+            );
+        }
+        let refused = |r: Result<Result<(), TagError>, DriverError>| r.expect("reachable").expect_err("refused").0;
+        assert!(refused(drv.write("press", 0, &Value::Int64(-1)).await).contains("cannot be held by a UInt32 tag"));
+        assert!(refused(drv.write("press", 0, &Value::String("7".into())).await).contains("a String value"));
+        assert!(refused(drv.write("press", 2, &Value::Double(1.0)).await).contains("only configured tags"));
+    }
+
+    #[tokio::test]
+    async fn a_write_to_an_unreachable_simulator_fails_as_a_connection_would() {
+        let d = sim_device("[devices.sim]\nunreachable_every = \"1s\"\nunreachable_for = \"1s\"");
+        let mut drv = Driver::for_device(&d, &poller::plan(&d).specs);
+        let e = drv.write("press", 0, &Value::UInt32(1)).await.expect_err("unreachable");
+        assert!(e.to_string().contains("write failed"), "{e}");
+    }
 
     #[test]
     fn a_connection_that_fails_during_a_write_says_write_failed_not_read_failed() {
