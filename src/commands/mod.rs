@@ -233,21 +233,11 @@ impl Guard {
     }
 }
 
-/// The value's kind and range against the declared datatype, then the
-/// tag's `min`, `max` and `allowed`.
+/// The value's kind against the declared datatype, then whether it fits
+/// the type ([`Value::in_datatype`]), then the tag's `min`, `max` and
+/// `allowed`.
 pub fn check_value(declared: DataType, value: &Value, tag: &TagGuard) -> Result<(), Refusal> {
-    let wrong = || Refusal::WrongType {
-        declared,
-        got: value.datatype(),
-    };
-    let fits = |ok: bool, shown: String| {
-        if ok {
-            Ok(())
-        } else {
-            Err(Refusal::DoesNotFit { declared, value: shown })
-        }
-    };
-    let (number, allowed_as) = match declared {
+    let same_kind = match declared {
         DataType::Int8
         | DataType::Int16
         | DataType::Int32
@@ -255,49 +245,27 @@ pub fn check_value(declared: DataType, value: &Value, tag: &TagGuard) -> Result<
         | DataType::UInt8
         | DataType::UInt16
         | DataType::UInt32
-        | DataType::UInt64 => {
-            let i = integer(value).ok_or_else(wrong)?;
-            let (lo, hi): (i128, i128) = match declared {
-                DataType::Int8 => (i8::MIN.into(), i8::MAX.into()),
-                DataType::Int16 => (i16::MIN.into(), i16::MAX.into()),
-                DataType::Int32 => (i32::MIN.into(), i32::MAX.into()),
-                DataType::Int64 => (i64::MIN.into(), i64::MAX.into()),
-                DataType::UInt8 => (0, u8::MAX.into()),
-                DataType::UInt16 => (0, u16::MAX.into()),
-                DataType::UInt32 => (0, u32::MAX.into()),
-                _ => (0, u64::MAX.into()),
-            };
-            fits((lo..=hi).contains(&i), i.to_string())?;
-            (Some(i as f64), Some(AllowedAs::Int(i)))
-        }
-        DataType::Float | DataType::Double => {
-            let x = match value {
-                Value::Float(f) => f64::from(*f),
-                Value::Double(d) => *d,
-                _ => return Err(wrong()),
-            };
-            let finite = x.is_finite() && (declared == DataType::Double || x.abs() <= f64::from(f32::MAX));
-            fits(finite, x.to_string())?;
-            (Some(x), Some(AllowedAs::Float(x)))
-        }
-        DataType::Boolean => match value {
-            Value::Boolean(b) => (None, Some(AllowedAs::Bool(*b))),
-            _ => return Err(wrong()),
-        },
-        DataType::String | DataType::Text => match value {
-            Value::String(s) | Value::Text(s) => (None, Some(AllowedAs::Text(s.clone()))),
-            _ => return Err(wrong()),
-        },
-        _ => {
-            // Other datatypes (arrays, DateTime, DataSet, …) are not written
-            // by this version: only the same datatype could be meant.
-            if value.datatype() != declared {
-                return Err(wrong());
-            }
-            (None, None)
-        }
+        | DataType::UInt64 => value.as_i128().is_some(),
+        DataType::Float | DataType::Double => matches!(value, Value::Float(_) | Value::Double(_)),
+        DataType::Boolean => matches!(value, Value::Boolean(_)),
+        DataType::String | DataType::Text => matches!(value, Value::String(_) | Value::Text(_)),
+        // Other datatypes (arrays, DateTime, DataSet, …) are not written by
+        // this version: only the same datatype could be meant.
+        _ => value.datatype() == declared,
     };
-    if let Some(x) = number {
+    if !same_kind {
+        return Err(Refusal::WrongType {
+            declared,
+            got: value.datatype(),
+        });
+    }
+    if value.in_datatype(declared).is_none() {
+        return Err(Refusal::DoesNotFit {
+            declared,
+            value: shown(value),
+        });
+    }
+    if let Some(x) = value.as_f64() {
         if let Some(min) = tag.min.filter(|&m| x < m) {
             return Err(Refusal::BelowMin { value: x, min });
         }
@@ -305,56 +273,31 @@ pub fn check_value(declared: DataType, value: &Value, tag: &TagGuard) -> Result<
             return Err(Refusal::AboveMax { value: x, max });
         }
     }
-    if !tag.allowed.is_empty() {
-        let listed = allowed_as.is_some_and(|v| tag.allowed.iter().any(|a| v.matches(a)));
-        if !listed {
-            return Err(Refusal::NotAllowed {
-                value: shown(value),
-                allowed: tag
-                    .allowed
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        }
+    if !tag.allowed.is_empty() && !tag.allowed.iter().any(|a| listed(value, a)) {
+        return Err(Refusal::NotAllowed {
+            value: shown(value),
+            allowed: tag
+                .allowed
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
     }
     Ok(())
 }
 
-/// A command's value as the kind `allowed` lists.
-enum AllowedAs {
-    Bool(bool),
-    Int(i128),
-    Float(f64),
-    Text(String),
-}
-
-impl AllowedAs {
-    fn matches(&self, a: &Allowed) -> bool {
-        match (self, a) {
-            (AllowedAs::Bool(x), Allowed::Bool(y)) => x == y,
-            (AllowedAs::Int(x), Allowed::Int(y)) => *x == i128::from(*y),
-            (AllowedAs::Float(x), Allowed::Float(y)) => x == y,
-            (AllowedAs::Float(x), Allowed::Int(y)) => *x == *y as f64,
-            (AllowedAs::Text(x), Allowed::Text(y)) => x == y,
-            _ => false,
-        }
+/// Whether `allowed` lists `value` (an integer listed matches a float of
+/// that value, as `allowed = [1, 2]` on a Float tag means).
+fn listed(value: &Value, allowed: &Allowed) -> bool {
+    match (value, allowed) {
+        (Value::Boolean(x), Allowed::Bool(y)) => x == y,
+        (Value::String(x) | Value::Text(x), Allowed::Text(y)) => x == y,
+        (Value::Float(_) | Value::Double(_), Allowed::Float(y)) => value.as_f64() == Some(*y),
+        (Value::Float(_) | Value::Double(_), Allowed::Int(y)) => value.as_f64() == Some(*y as f64),
+        (_, Allowed::Int(y)) => value.as_i128() == Some(i128::from(*y)),
+        _ => false,
     }
-}
-
-fn integer(v: &Value) -> Option<i128> {
-    Some(match v {
-        Value::Int8(x) => (*x).into(),
-        Value::Int16(x) => (*x).into(),
-        Value::Int32(x) => (*x).into(),
-        Value::Int64(x) => (*x).into(),
-        Value::UInt8(x) => (*x).into(),
-        Value::UInt16(x) => (*x).into(),
-        Value::UInt32(x) => (*x).into(),
-        Value::UInt64(x) => (*x).into(),
-        _ => return None,
-    })
 }
 
 /// A value for an audit line (long strings cut).
@@ -364,7 +307,9 @@ pub fn shown(v: &Value) -> String {
         Value::Boolean(b) => b.to_string(),
         Value::Float(x) => x.to_string(),
         Value::Double(x) => x.to_string(),
-        other => integer(other).map_or_else(|| format!("a {} value", other.datatype()), |i| i.to_string()),
+        other => other
+            .as_i128()
+            .map_or_else(|| format!("a {} value", other.datatype()), |i| i.to_string()),
     };
     if s.len() > 80 {
         let cut = (0..=77).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);

@@ -1001,19 +1001,7 @@ fn read_write_guard(t: &Table, dt: Option<DataType>) -> Option<TagGuard> {
         return None;
     }
     if let Some(dt) = dt {
-        let numeric = matches!(
-            dt,
-            DataType::Int8
-                | DataType::Int16
-                | DataType::Int32
-                | DataType::Int64
-                | DataType::UInt8
-                | DataType::UInt16
-                | DataType::UInt32
-                | DataType::UInt64
-                | DataType::Float
-                | DataType::Double
-        );
+        let numeric = dt.is_numeric();
         for k in ["min", "max"] {
             if !numeric && t.is_present(k) {
                 t.invalid(k, format!("a {k} needs a numeric datatype, not {dt}"));

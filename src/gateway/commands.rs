@@ -94,7 +94,7 @@ impl Runtime {
 
     /// The write lock's state as NDATA (when born; a birth carries it anyway).
     pub(super) fn publish_write_lock(&mut self, now: u64, locked: bool) {
-        telemetry_lock(&self.telemetry, locked);
+        self.telemetry.write_locked.store(locked, Relaxed);
         match self.session.update(
             now,
             None,
@@ -131,8 +131,4 @@ impl Runtime {
         // The configuration cannot enable write-back in this version.
         Err(Refusal::Disabled)
     }
-}
-
-fn telemetry_lock(t: &crate::telemetry::metrics::Telemetry, locked: bool) {
-    t.write_locked.store(locked, Relaxed);
 }

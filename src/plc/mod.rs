@@ -329,7 +329,7 @@ impl SimDriver {
                 "tag {index} is generated: only configured tags are writable"
             )));
         };
-        Ok(match sim::in_datatype(tag.datatype, value) {
+        Ok(match value.in_datatype(tag.datatype) {
             Some(v) => {
                 self.held[index] = Some(v);
                 Ok(())

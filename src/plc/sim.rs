@@ -184,47 +184,6 @@ impl Signal {
 
 pub use crate::backoff::Rng;
 
-/// `value` in datatype `dt`, when it holds there without loss: an integer
-/// of any width that fits, a float for Float/Double (finite, in range), a
-/// Boolean or a string for its own type, any other value of exactly `dt`.
-pub fn in_datatype(dt: DataType, value: &Value) -> Option<Value> {
-    let int: Option<i128> = match value {
-        Value::Int8(x) => Some((*x).into()),
-        Value::Int16(x) => Some((*x).into()),
-        Value::Int32(x) => Some((*x).into()),
-        Value::Int64(x) => Some((*x).into()),
-        Value::UInt8(x) => Some((*x).into()),
-        Value::UInt16(x) => Some((*x).into()),
-        Value::UInt32(x) => Some((*x).into()),
-        Value::UInt64(x) => Some((*x).into()),
-        _ => None,
-    };
-    let float = match value {
-        Value::Float(x) => Some(f64::from(*x)),
-        Value::Double(x) => Some(*x),
-        _ => None,
-    };
-    Some(match (dt, int, float) {
-        (DataType::Int8, Some(i), _) => Value::Int8(i.try_into().ok()?),
-        (DataType::Int16, Some(i), _) => Value::Int16(i.try_into().ok()?),
-        (DataType::Int32, Some(i), _) => Value::Int32(i.try_into().ok()?),
-        (DataType::Int64, Some(i), _) => Value::Int64(i.try_into().ok()?),
-        (DataType::UInt8, Some(i), _) => Value::UInt8(i.try_into().ok()?),
-        (DataType::UInt16, Some(i), _) => Value::UInt16(i.try_into().ok()?),
-        (DataType::UInt32, Some(i), _) => Value::UInt32(i.try_into().ok()?),
-        (DataType::UInt64, Some(i), _) => Value::UInt64(i.try_into().ok()?),
-        (DataType::Float, _, Some(x)) if x.is_finite() && x.abs() <= f64::from(f32::MAX) => Value::Float(x as f32),
-        (DataType::Double, _, Some(x)) if x.is_finite() => Value::Double(x),
-        (DataType::String, _, _) | (DataType::Text, _, _) => match value {
-            Value::String(s) | Value::Text(s) if dt == DataType::String => Value::String(s.clone()),
-            Value::String(s) | Value::Text(s) => Value::Text(s.clone()),
-            _ => return None,
-        },
-        _ if value.datatype() == dt => value.clone(),
-        _ => return None,
-    })
-}
-
 /// A simulated tag: its signal, datatype and running state.
 #[derive(Debug, Clone)]
 pub struct SimTag {

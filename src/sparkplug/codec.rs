@@ -169,6 +169,55 @@ impl Value {
             _ => return None,
         })
     }
+
+    /// An integer value of any width, exactly.
+    pub fn as_i128(&self) -> Option<i128> {
+        Some(match *self {
+            Value::Int8(v) => v.into(),
+            Value::Int16(v) => v.into(),
+            Value::Int32(v) => v.into(),
+            Value::Int64(v) => v.into(),
+            Value::UInt8(v) => v.into(),
+            Value::UInt16(v) => v.into(),
+            Value::UInt32(v) => v.into(),
+            Value::UInt64(v) => v.into(),
+            _ => return None,
+        })
+    }
+
+    /// This value in datatype `dt`, when it holds there without loss: an
+    /// integer of any width that fits, a Float or Double for Float/Double
+    /// (finite, and in range for Float), a string for String/Text, any
+    /// other value of exactly `dt`.
+    pub fn in_datatype(&self, dt: DataType) -> Option<Value> {
+        let float = match self {
+            Value::Float(x) => Some(f64::from(*x)),
+            Value::Double(x) => Some(*x),
+            _ => None,
+        };
+        Some(match (dt, self.as_i128(), float) {
+            (DataType::Int8, Some(i), _) => Value::Int8(i.try_into().ok()?),
+            (DataType::Int16, Some(i), _) => Value::Int16(i.try_into().ok()?),
+            (DataType::Int32, Some(i), _) => Value::Int32(i.try_into().ok()?),
+            (DataType::Int64, Some(i), _) => Value::Int64(i.try_into().ok()?),
+            (DataType::UInt8, Some(i), _) => Value::UInt8(i.try_into().ok()?),
+            (DataType::UInt16, Some(i), _) => Value::UInt16(i.try_into().ok()?),
+            (DataType::UInt32, Some(i), _) => Value::UInt32(i.try_into().ok()?),
+            (DataType::UInt64, Some(i), _) => Value::UInt64(i.try_into().ok()?),
+            // Not finite (or beyond f32) is not a value the type holds.
+            (DataType::Float, _, Some(x)) => {
+                Value::Float((x.is_finite() && x.abs() <= f64::from(f32::MAX)).then_some(x as f32)?)
+            }
+            (DataType::Double, _, Some(x)) => Value::Double(x.is_finite().then_some(x)?),
+            (DataType::String, _, _) | (DataType::Text, _, _) => match self {
+                Value::String(s) | Value::Text(s) if dt == DataType::String => Value::String(s.clone()),
+                Value::String(s) | Value::Text(s) => Value::Text(s.clone()),
+                _ => return None,
+            },
+            _ if self.datatype() == dt => self.clone(),
+            _ => return None,
+        })
+    }
 }
 
 /// Sparkplug quality codes, carried in the `Quality` property (Int32).
@@ -1282,6 +1331,29 @@ fn template_from_pb(raw: pbp::Template, known: &dyn DatatypeSource) -> Result<Te
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_converts_to_another_datatype_only_without_loss() {
+        assert_eq!(Value::Int64(-128).in_datatype(DataType::Int8), Some(Value::Int8(-128)));
+        assert_eq!(Value::Int32(40_000).in_datatype(DataType::Int16), None);
+        assert_eq!(Value::Int8(-1).in_datatype(DataType::UInt8), None);
+        assert_eq!(Value::UInt64(u64::MAX).in_datatype(DataType::Int64), None);
+        assert_eq!(Value::Double(2.5).in_datatype(DataType::Float), Some(Value::Float(2.5)));
+        assert_eq!(Value::Double(1e300).in_datatype(DataType::Float), None);
+        assert_eq!(Value::Double(f64::NAN).in_datatype(DataType::Double), None);
+        assert_eq!(Value::Float(f32::INFINITY).in_datatype(DataType::Float), None);
+        assert_eq!(Value::Int32(3).in_datatype(DataType::Float), None, "no int to float");
+        assert_eq!(Value::Double(3.0).in_datatype(DataType::Int16), None, "no float to int");
+        assert_eq!(
+            Value::Text("a".into()).in_datatype(DataType::String),
+            Some(Value::String("a".into()))
+        );
+        assert_eq!(
+            Value::Boolean(true).in_datatype(DataType::Boolean),
+            Some(Value::Boolean(true))
+        );
+        assert_eq!(Value::Int32(1).in_datatype(DataType::Boolean), None);
+    }
     use proptest::prelude::*;
 
     fn round_trip(value: Value) -> Value {
