@@ -199,6 +199,15 @@ impl Config {
         Ok(Config::parse(&path.display().to_string(), &text)?)
     }
 
+    /// Reads and validates a config file, then applies the command line's
+    /// overrides: what a start and every reload begin with. The error is
+    /// the text to show (every problem of the file, or the bad override).
+    pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Config, String> {
+        let mut cfg = Config::load(path).map_err(|e| e.to_string())?;
+        cfg.apply(overrides)?;
+        Ok(cfg)
+    }
+
     /// Parses and validates config text; `file` is used in error messages.
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         let ctx = Ctx::new(file, text);

@@ -56,17 +56,13 @@ impl Runtime {
             tracing::warn!("SIGHUP ignored: no configuration file to reload");
             return;
         };
-        let mut cfg = match Config::load(&path) {
+        let cfg = match Config::load_with(&path, &self.opts.overrides) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!("reload refused, keeping the running configuration:\n{e}");
                 return;
             }
         };
-        if let Err(e) = cfg.apply(&self.opts.overrides) {
-            tracing::error!("reload refused: {e}");
-            return;
-        }
         let now = now_ms();
         let old = definitions(&self.cfg, now);
         let new = definitions(&cfg, now);

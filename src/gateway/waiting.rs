@@ -65,17 +65,13 @@ pub(super) async fn until_set_up(
             _ = signals.int.recv() => break None,
             _ = signals.hup.recv() => {
                 let Some(p) = &opts.config_path else { continue };
-                let mut next = match Config::load(p) {
+                let next = match Config::load_with(p, &opts.overrides) {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::error!("reload refused, still waiting for setup:\n{e}");
                         continue;
                     }
                 };
-                if let Err(e) = next.apply(&opts.overrides) {
-                    tracing::error!("reload refused, still waiting for setup: {e}");
-                    continue;
-                }
                 needed = next.setup_needed();
                 cfg = next;
                 if needed.is_empty() {

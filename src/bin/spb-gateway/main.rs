@@ -112,17 +112,13 @@ fn real_main() -> Result<std::process::ExitCode> {
         disable_plc,
     } = run;
     let config_path = config.unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
-    let mut cfg = match Config::load(&config_path) {
+    let cfg = match Config::load_with(&config_path, &overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
             return Ok(std::process::ExitCode::from(1));
         }
     };
-    if let Err(e) = cfg.apply(&overrides) {
-        eprintln!("{e}");
-        return Ok(std::process::ExitCode::from(1));
-    }
     release_freed_memory();
     if check {
         let pre = gateway::preflight(&cfg, spb::clock::now_ms(), at_boot);
