@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::rogue::EndlessS7;
-use common::Gateway;
+use common::{mosquitto_pub, Gateway};
 use spb::plc::s7::{S7Driver, S7Error, S7Options};
 use spb::sparkplug::DataType;
 
@@ -126,25 +126,6 @@ datatype = "Float""#,
     );
     assert!(peak < 40.0, "peak RSS {peak:.1} MiB:\n{}", gw.log());
     assert!(gw.log().contains("the PLC broke the protocol: connection dropped"));
-}
-
-/// Publishes `payload` with mosquitto_pub (QoS 1; `retain` as asked).
-fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], retain: bool) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let file = dir.path().join("payload");
-    std::fs::write(&file, payload).expect("payload");
-    let port = port.to_string();
-    let mut args = vec!["-h", "127.0.0.1", "-p", &port, "-q", "1", "-t", topic, "-f"];
-    let f = file.to_string_lossy().to_string();
-    args.push(&f);
-    if retain {
-        args.push("-r");
-    }
-    let st = std::process::Command::new("mosquitto_pub")
-        .args(&args)
-        .status()
-        .expect("mosquitto_pub");
-    assert!(st.success());
 }
 
 fn ncmd(metrics: Vec<spb::sparkplug::Metric>) -> Vec<u8> {

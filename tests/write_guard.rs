@@ -140,20 +140,7 @@ fn every_write_is_refused_with_its_reason_and_malformed_commands_stop_nothing() 
     assert_eq!(prom_value(http, "spb_write_locked"), Some(0.0));
     // Garbage on the command topics: rejected, counted; the node keeps publishing.
     for topic in ["spBv1.0/WG4/NCMD/gw", "spBv1.0/WG4/DCMD/gw/press"] {
-        let out = std::process::Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &broker.port.to_string(),
-                "-t",
-                topic,
-                "-m",
-                "\u{8}\u{1}garbage",
-            ])
-            .output()
-            .expect("mosquitto_pub");
-        assert!(out.status.success());
+        common::mosquitto_pub(broker.port, topic, "\u{8}\u{1}garbage".as_bytes(), false);
     }
     let sent = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

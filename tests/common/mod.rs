@@ -666,3 +666,22 @@ pub mod powercut;
 pub mod rogue;
 pub mod sink_rows;
 pub mod uplink;
+
+/// Publishes `payload` with mosquitto_pub (QoS 1; `retain` as asked).
+pub fn mosquitto_pub(port: u16, topic: &str, payload: &[u8], retain: bool) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("payload");
+    std::fs::write(&file, payload).expect("payload");
+    let port = port.to_string();
+    let mut args = vec!["-h", "127.0.0.1", "-p", &port, "-q", "1", "-t", topic, "-f"];
+    let f = file.to_string_lossy().to_string();
+    args.push(&f);
+    if retain {
+        args.push("-r");
+    }
+    let st = std::process::Command::new("mosquitto_pub")
+        .args(&args)
+        .status()
+        .expect("mosquitto_pub");
+    assert!(st.success());
+}
