@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::sparkplug::{DataType, Value};
+use crate::sparkplug::{DataType, Metric, PropertySet, PropertyValue, Value};
 
 /// The NCMD metric that sets and clears the write lock (Boolean).
 pub const WRITE_LOCK_METRIC: &str = "Node Control/Write Lock";
@@ -96,6 +96,15 @@ pub enum Refusal {
     UnlockForbidden,
     #[error("the write lock set in the configuration file is cleared only there")]
     FileLock,
+    #[error("the device is offline")]
+    DeviceOffline,
+    #[error("a write to this device is already waiting ({0} queued): try again")]
+    Busy(usize),
+    #[error("Node Control/Reboot is not enabled (commands.reboot = false)")]
+    RebootDisabled,
+    /// A node-control command the session refused (e.g. too soon after a birth).
+    #[error("{0}")]
+    Session(String),
 }
 
 /// Who set the write lock.
@@ -316,6 +325,179 @@ pub fn shown(v: &Value) -> String {
         format!("{}...", &s[..cut])
     } else {
         s
+    }
+}
+
+/// The NCMD metric that asks for a restart of the service (Boolean true),
+/// honoured only with `[commands] reboot = true`; never a reboot of the box.
+pub const REBOOT_METRIC: &str = "Node Control/Reboot";
+
+/// The DDATA metric property that says how a write ended: `confirmed`,
+/// `failed` or `refused` (String).
+pub const OUTCOME_PROPERTY: &str = "writeOutcome";
+/// The host's id for the write, echoed (String): the command metric's own
+/// `writeRequest` property, or else its timestamp in ms.
+pub const REQUEST_PROPERTY: &str = "writeRequest";
+/// Why a write failed or was refused (String; absent when confirmed).
+pub const REASON_PROPERTY: &str = "writeReason";
+
+/// The host's id for one metric of a command (see [`REQUEST_PROPERTY`]),
+/// bounded to 128 bytes.
+pub fn request_id(m: &Metric) -> String {
+    let given = m
+        .properties
+        .as_ref()
+        .and_then(|p| match &p.get(REQUEST_PROPERTY)?.value {
+            Some(Value::String(s)) | Some(Value::Text(s)) => Some(s.clone()),
+            _ => None,
+        });
+    let mut id = given.unwrap_or_else(|| m.timestamp.map_or_else(String::new, |t| t.to_string()));
+    if id.len() > 128 {
+        let cut = (0..=128).rev().find(|&i| id.is_char_boundary(i)).unwrap_or(0);
+        id.truncate(cut);
+    }
+    id
+}
+
+/// A write the guard accepted, on its way to the PLC and back: what the
+/// audit and the outcome's DDATA say of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ticket {
+    pub device: String,
+    pub metric: String,
+    /// The tag's position in the device's declarations.
+    pub index: usize,
+    /// The value the node last reported (None: null or never read).
+    pub old: Option<Value>,
+    /// The value to write, in the tag's declared datatype.
+    pub new: Value,
+    pub request: String,
+    pub requested_at: u64,
+}
+
+/// How one metric of a command ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A node-control command was carried out (the words say what).
+    Applied(String),
+    /// Written, and read back equal within `confirm_timeout`.
+    Confirmed,
+    /// Written (or tried) but not read back equal in time: the reason.
+    Failed(String),
+    Refused(Refusal),
+}
+
+impl Outcome {
+    /// The word for the audit, the DDATA property and `/metrics`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Applied(_) => "applied",
+            Outcome::Confirmed => "confirmed",
+            Outcome::Failed(_) => "failed",
+            Outcome::Refused(_) => "refused",
+        }
+    }
+
+    /// The reason (failed, refused) or what was done (applied).
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            Outcome::Applied(what) | Outcome::Failed(what) => Some(what.clone()),
+            Outcome::Confirmed => None,
+            Outcome::Refused(r) => Some(r.to_string()),
+        }
+    }
+
+    /// The properties of the DDATA metric that reports it.
+    pub fn properties(&self, request: &str) -> PropertySet {
+        let mut p = PropertySet::default();
+        let text = |s: &str| PropertyValue::new(Value::String(s.to_string()));
+        p.set(OUTCOME_PROPERTY, text(self.label()));
+        p.set(REQUEST_PROPERTY, text(request));
+        if let Some(reason) = self.reason() {
+            p.set(REASON_PROPERTY, text(&reason));
+        }
+        p
+    }
+}
+
+/// One line of the audit file (JSON): every command metric, accepted or
+/// refused, with the values as the audit shows them ([`shown`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AuditEntry {
+    /// When it was decided or ended, RFC 3339 UTC.
+    pub at: String,
+    /// `NCMD` or `DCMD`.
+    pub command: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    pub metric: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new: Option<String>,
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub request: String,
+}
+
+impl AuditEntry {
+    /// The entry as one line, newline included.
+    pub fn line(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_else(|e| format!("{{\"unencodable\":\"{e}\"}}"));
+        s.push('\n');
+        s
+    }
+}
+
+/// How many refusals a minute the audit itemises; a flood beyond that is
+/// summed up in one line, so refused commands cannot rotate the record of
+/// accepted writes away. Accepted writes and node control are always
+/// itemised. Sans-IO: the caller passes `now`.
+#[derive(Debug)]
+pub struct AuditBudget {
+    per_minute: u32,
+    minute: u64,
+    used: u32,
+    held: u64,
+}
+
+impl AuditBudget {
+    pub fn new(per_minute: u32) -> AuditBudget {
+        AuditBudget {
+            per_minute,
+            minute: 0,
+            used: 0,
+            held: 0,
+        }
+    }
+
+    /// Once the minute of held-back refusals is over: how many there were
+    /// (for one summary line), and the budget starts again.
+    pub fn roll(&mut self, now_ms: u64) -> Option<u64> {
+        let minute = now_ms / 60_000;
+        if minute == self.minute {
+            return None;
+        }
+        let held = std::mem::take(&mut self.held);
+        (self.minute, self.used) = (minute, 0);
+        (held > 0).then_some(held)
+    }
+
+    /// Whether an entry with `outcome` is itemised at `now_ms` (refusals
+    /// within the budget, everything else always). Call [`roll`](Self::roll) first.
+    pub fn itemise(&mut self, outcome: &Outcome) -> bool {
+        if !matches!(outcome, Outcome::Refused(_)) {
+            return true;
+        }
+        if self.used < self.per_minute {
+            self.used += 1;
+            true
+        } else {
+            self.held += 1;
+            false
+        }
     }
 }
 
@@ -579,5 +761,69 @@ mod tests {
         assert_eq!(shown(&Value::String("a\"b".into())), "\"a\\\"b\"");
         assert_eq!(shown(&Value::UInt16(7)), "7");
         assert_eq!(shown(&Value::Int32Array(vec![1])), "a Int32Array value");
+    }
+    #[test]
+    fn the_outcome_travels_as_string_properties_with_the_hosts_request_id() {
+        let mut m = Metric::new("Setpoint", Value::Int32(5), 1_700_000_000_000);
+        assert_eq!(request_id(&m), "1700000000000", "the timestamp without a property");
+        let mut p = PropertySet::default();
+        p.set(REQUEST_PROPERTY, PropertyValue::new(Value::String("audit-42".into())));
+        m.properties = Some(p);
+        assert_eq!(request_id(&m), "audit-42");
+        let failed = Outcome::Failed("read back 3, not 5".into()).properties("audit-42");
+        let get = |p: &PropertySet, k: &str| p.get(k).and_then(|v| v.value.clone());
+        assert_eq!(get(&failed, OUTCOME_PROPERTY), Some(Value::String("failed".into())));
+        assert_eq!(get(&failed, REQUEST_PROPERTY), Some(Value::String("audit-42".into())));
+        assert_eq!(
+            get(&failed, REASON_PROPERTY),
+            Some(Value::String("read back 3, not 5".into()))
+        );
+        let ok = Outcome::Confirmed.properties("x");
+        assert_eq!(get(&ok, OUTCOME_PROPERTY), Some(Value::String("confirmed".into())));
+        assert_eq!(ok.get(REASON_PROPERTY), None);
+        let long = "é".repeat(100);
+        let mut p = PropertySet::default();
+        p.set(REQUEST_PROPERTY, PropertyValue::new(Value::String(long)));
+        m.properties = Some(p);
+        assert!(request_id(&m).len() <= 128, "bounded, on a char boundary");
+    }
+
+    #[test]
+    fn a_flood_of_refusals_is_summed_up_but_accepted_writes_are_always_itemised() {
+        let mut b = AuditBudget::new(3);
+        let refused = Outcome::Refused(Refusal::Disabled);
+        let t0 = 60_000 * 1000;
+        assert_eq!(b.roll(t0), None);
+        let itemised = (0..10).filter(|_| b.itemise(&refused)).count();
+        assert_eq!(itemised, 3);
+        assert!(b.itemise(&Outcome::Confirmed));
+        assert!(b.itemise(&Outcome::Failed("x".into())));
+        assert_eq!(b.roll(t0 + 59_999), None, "the same minute");
+        assert_eq!(b.roll(t0 + 60_000), Some(7), "the next minute sums the last one up");
+        assert!(b.itemise(&refused), "and itemises again");
+        assert_eq!(b.roll(t0 + 120_000), None);
+    }
+
+    #[test]
+    fn an_audit_line_is_one_json_object_with_the_old_and_new_values() {
+        let e = AuditEntry {
+            at: "2026-11-30T00:00:00.000Z".into(),
+            command: "DCMD",
+            device: Some("press".into()),
+            metric: "Setpoint".into(),
+            old: Some("3".into()),
+            new: Some("5".into()),
+            outcome: "confirmed",
+            reason: None,
+            request: "audit-1".into(),
+        };
+        let line = e.line();
+        assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(v["device"], "press");
+        assert_eq!(v["old"], "3");
+        assert_eq!(v["new"], "5");
+        assert_eq!(v["outcome"], "confirmed");
+        assert!(v.get("reason").is_none());
     }
 }

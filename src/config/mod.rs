@@ -154,6 +154,13 @@ pub struct CommandsConfig {
     pub unlock_by_command: bool,
     /// A write is confirmed by reading the tag back within this (default 2s).
     pub confirm_timeout: Duration,
+    /// Whether NCMD `Node Control/Reboot` restarts the service (default
+    /// false; it is then declared in NBIRTH). Never a reboot of the box.
+    pub reboot: bool,
+    /// The audit file rotates at this size (default 10MiB).
+    pub audit_max_size: u64,
+    /// Rotated audit files kept (default 5).
+    pub audit_keep: u32,
 }
 
 impl Default for CommandsConfig {
@@ -165,6 +172,9 @@ impl Default for CommandsConfig {
             write_lock: false,
             unlock_by_command: true,
             confirm_timeout: Duration::from_secs(2),
+            reboot: false,
+            audit_max_size: 10 << 20,
+            audit_keep: 5,
         }
     }
 }
@@ -230,7 +240,13 @@ impl Config {
                 write_lock: t.bool_or("write_lock", d.write_lock),
                 unlock_by_command: t.bool_or("unlock_by_command", d.unlock_by_command),
                 confirm_timeout: t.duration_or("confirm_timeout", d.confirm_timeout),
+                reboot: t.bool_or("reboot", d.reboot),
+                audit_max_size: t.bytes_or("audit_max_size", d.audit_max_size),
+                audit_keep: t.int_in("audit_keep", i64::from(d.audit_keep), 0..=100) as u32,
             };
+            if c.audit_max_size < 4096 || c.audit_max_size > 1 << 30 {
+                t.invalid("audit_max_size", "must be between 4KiB and 1GiB");
+            }
             if c.confirm_timeout < Duration::from_millis(100) || c.confirm_timeout > Duration::from_secs(60) {
                 t.invalid("confirm_timeout", "must be between 100ms and 60s");
             }
@@ -243,14 +259,6 @@ impl Config {
                     ),
                 );
             }
-            if c.enabled {
-                // Until write-back exists a command would be refused anyway:
-                // say so at --check-config instead of silently refusing.
-                t.invalid(
-                    "enabled",
-                    "command write-back is not available in this version: set `enabled = false` (every NCMD/DCMD is refused and logged)",
-                );
-            }
             t.finish(&[
                 "enabled",
                 "max_message_size",
@@ -258,6 +266,9 @@ impl Config {
                 "write_lock",
                 "unlock_by_command",
                 "confirm_timeout",
+                "reboot",
+                "audit_max_size",
+                "audit_keep",
             ]);
             c
         });
@@ -1181,15 +1192,53 @@ deadbnad = 0.5
     }
 
     #[test]
-    fn commands_enabled_is_refused_with_its_line_until_write_back_exists() {
-        let text = format!("{MINIMAL}\n[commands]\nenabled = true\n");
-        let errs = Config::parse("c.toml", &text).expect_err("refused").to_string();
+    fn the_readmes_writing_to_plcs_example_is_a_valid_guard_and_its_audit_line_parses() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("## Writing to PLCs").expect("the section")..];
+        let block = |fence: &str| {
+            let start = section.find(fence).expect("a block") + fence.len();
+            let end = start + section[start..].find("```").expect("closed");
+            section[start..end]
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let text = format!(
+            "{MINIMAL}\n[commands]\nenabled = true\n[[devices]]\nname = \"oven\"\ndriver = \"sim\"\n\
+             [[devices.tags]]\nname = \"Setpoint\"\naddress = \"const(1)\"\ndatatype = \"Int16\"\n{}",
+            block("```toml")
+        );
+        let c = Config::parse("c.toml", &text).expect("the README's keys are valid");
+        let g = c.devices[0].tags[0].write.clone().expect("writable");
+        assert_eq!((g.min, g.max, g.max_rate), (Some(0.0), Some(250.0), Some(6)));
+        assert_eq!(g.cooldown, Duration::from_secs(2));
+        assert_eq!(g.allowed.len(), 3);
+        let line: serde_json::Value = serde_json::from_str(&block("```json")).expect("the audit line is JSON");
+        for key in ["at", "command", "device", "metric", "old", "new", "outcome", "request"] {
+            assert!(line.get(key).is_some(), "{key}");
+        }
+    }
+
+    #[test]
+    fn commands_keys_are_read_with_safe_defaults_and_bounds_name_their_line() {
+        let c = Config::parse("c.toml", MINIMAL).expect("valid");
+        assert!(!c.commands.enabled && !c.commands.reboot && !c.commands.write_lock);
+        assert_eq!((c.commands.audit_max_size, c.commands.audit_keep), (10 << 20, 5));
+        let on = format!(
+            "{MINIMAL}\n[commands]\nenabled = true\nreboot = true\naudit_max_size = \"1MiB\"\naudit_keep = 2\n"
+        );
+        let c = Config::parse("c.toml", &on).expect("valid");
+        assert!(c.commands.enabled && c.commands.reboot);
+        assert_eq!((c.commands.audit_max_size, c.commands.audit_keep), (1 << 20, 2));
+        let bad = format!("{MINIMAL}\n[commands]\naudit_max_size = \"1KiB\"\naudit_keep = 1000\nreboot = \"yes\"\n");
+        let errs = Config::parse("c.toml", &bad).expect_err("refused").to_string();
         assert!(
-            errs.starts_with("c.toml:10:11: commands.enabled: command write-back is not available in this version"),
+            errs.contains("c.toml:10:18: commands.audit_max_size: must be between 4KiB and 1GiB"),
             "{errs}"
         );
-        let off = format!("{MINIMAL}\n[commands]\nenabled = false\n");
-        assert!(Config::parse("c.toml", &off).is_ok());
+        assert!(errs.contains("c.toml:11:14: commands.audit_keep"), "{errs}");
+        assert!(errs.contains("c.toml:12:10: commands.reboot"), "{errs}");
     }
 
     #[test]

@@ -31,12 +31,16 @@ impl Runtime {
         let enabled: Vec<_> = self.cfg.devices.iter().filter(|d| d.enabled).cloned().collect();
         self.telemetry
             .retain_devices(&enabled.iter().map(|d| d.name.as_str()).collect::<Vec<_>>());
+        self.writers.clear();
         for d in enabled {
             let stats = self.telemetry.device(&d.name);
+            let (writes_tx, writes) = mpsc::channel(super::commands::WRITES_QUEUED);
+            self.writers.insert(d.name.clone(), writes_tx);
             let handle = tokio::spawn(poller::run(
                 d,
                 self.poll_tx.clone(),
                 stats,
+                writes,
                 self.stop_pollers.subscribe(),
             ));
             self.pollers.push(handle);
@@ -44,6 +48,8 @@ impl Runtime {
     }
 
     pub(super) async fn stop_all_pollers(&mut self) {
+        // Writes not yet taken fail at once (the poller says so).
+        self.writers.clear();
         let _ = self.stop_pollers.send(true);
         for h in self.pollers.drain(..) {
             let _ = h.await;
@@ -66,7 +72,8 @@ impl Runtime {
         let now = now_ms();
         let old = definitions(&self.cfg, now);
         let new = definitions(&cfg, now);
-        let same_tags = same_tags(&old, &new);
+        // Node Control/Reboot is declared in NBIRTH only when enabled.
+        let same_tags = same_tags(&old, &new) && cfg.commands.reboot == self.cfg.commands.reboot;
         // Stop the pollers first and deliver what they already read: no sample is lost.
         self.stop_all_pollers().await;
         let identity_changed = cfg.node != self.cfg.node;
@@ -90,10 +97,11 @@ impl Runtime {
             self.publish_write_lock(now, locked);
         }
         if !same_tags {
-            match self
-                .session
-                .redefine(now, node_metrics(now, self.guard.locked().is_some()), new)
-            {
+            match self.session.redefine(
+                now,
+                node_metrics(now, self.guard.locked().is_some(), self.cfg.commands.reboot),
+                new,
+            ) {
                 Ok(actions) => {
                     tracing::info!("configuration reloaded: tag set changed, rebirth");
                     self.telemetry.rebirths.fetch_add(1, Relaxed);
@@ -147,6 +155,10 @@ impl Runtime {
         if let Some(t) = self.store.take() {
             // Joining waits for every operation sent: off the runtime's workers.
             let _ = tokio::task::spawn_blocking(move || drop(t)).await;
+        }
+        if let Some(a) = self.audit_file.take() {
+            // Its last lines are written and synced: off the runtime's workers.
+            let _ = tokio::task::spawn_blocking(move || drop(a)).await;
         }
         while let Ok(report) = store_rx.try_recv() {
             self.fwd.on_store(report);

@@ -49,6 +49,7 @@ use crate::telemetry::logging::LogBudget;
 use crate::telemetry::metrics::Telemetry;
 use crate::telemetry::{http, systemd};
 
+mod audit;
 mod bdseq;
 mod commands;
 mod connection;
@@ -58,6 +59,7 @@ mod report;
 mod setup;
 mod waiting;
 
+pub use commands::RESTART_EXIT_STATUS;
 use setup::{definitions, disk_options, edge_config, forwarder_options, node_metrics};
 pub use setup::{preflight, watermark_topic, Preflight};
 
@@ -141,10 +143,26 @@ struct Runtime {
     inbound_log: LogBudget,
     /// Whether a write a host asks for may reach a PLC, and the write lock.
     guard: crate::commands::Guard,
+    /// Each polled device's queue of accepted writes.
+    writers: std::collections::HashMap<String, mpsc::Sender<crate::plc::poller::WriteRequest>>,
+    /// The audit file's thread (none in a dry run).
+    audit_file: Option<audit::AuditThread>,
+    audit_budget: crate::commands::AuditBudget,
+    /// `Node Control/Reboot` asked for a restart of the service.
+    restart_requested: bool,
 }
 
-/// Runs the gateway until SIGTERM/SIGINT.
-pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
+/// How the gateway ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// SIGTERM or SIGINT.
+    Stopped,
+    /// `Node Control/Reboot`: exit with [`RESTART_EXIT_STATUS`].
+    RestartRequested,
+}
+
+/// Runs the gateway until SIGTERM/SIGINT (or a restart by command).
+pub async fn run(cfg: Config, opts: RunOptions) -> Result<Exit, GatewayError> {
     let telemetry = Telemetry::new();
     let status = Arc::new(Mutex::new("starting".to_string()));
     let mut signals = Signals::install()?;
@@ -179,7 +197,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
                 }
                 c
             }
-            None => return Ok(()),
+            None => return Ok(Exit::Stopped),
         }
     };
     let state_dir = cfg.store.path.clone();
@@ -200,7 +218,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
     let stored = if opts.dry_run { None } else { bdseq::load(&state_dir) };
     let session = EdgeSession::new(
         edge_config(&cfg, opts.dry_run),
-        node_metrics(now, cfg.commands.write_lock),
+        node_metrics(now, cfg.commands.write_lock, cfg.commands.reboot),
         definitions(&cfg, now),
         stored,
     )?;
@@ -233,6 +251,22 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
         path: queue_dir.clone(),
         source,
     })?;
+    let audit_file = if opts.dry_run {
+        None
+    } else {
+        let o = audit::AuditOptions {
+            path: state_dir.join(audit::AUDIT_FILE),
+            max_size: cfg.commands.audit_max_size,
+            keep: cfg.commands.audit_keep,
+        };
+        Some(
+            audit::AuditThread::spawn(o, telemetry.audit_errors.clone()).map_err(|source| GatewayError::Io {
+                what: "starting the audit file's thread for",
+                path: state_dir.join(audit::AUDIT_FILE),
+                source,
+            })?,
+        )
+    };
     let (poll_tx, mut poll_rx) = mpsc::channel(1024);
     let (stop_pollers, _) = signal_watch::channel(false);
     let link = Link::new(
@@ -262,6 +296,10 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
             "spb_rejected_messages_total and spb_commands_received_total",
         ),
         guard,
+        writers: std::collections::HashMap::new(),
+        audit_file,
+        audit_budget: crate::commands::AuditBudget::new(commands::AUDIT_REFUSALS_PER_MINUTE),
+        restart_requested: false,
     };
     rt.update_gauges();
     rt.start_pollers();
@@ -290,6 +328,10 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
             _ = signals.int.recv() => break,
             _ = signals.hup.recv() => rt.reload().await,
         }
+        if rt.restart_requested {
+            tracing::warn!("restarting the service, as Node Control/Reboot asked");
+            break;
+        }
         // Replay tops the link's queue up again as soon as it has drained
         // (a no-op when nothing is ready or the queue is full).
         if !rt.opts.dry_run {
@@ -300,7 +342,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), GatewayError> {
         rt.send_store_ops().await;
     }
     rt.shutdown(&mut store_rx).await;
-    Ok(())
+    Ok(if rt.restart_requested {
+        Exit::RestartRequested
+    } else {
+        Exit::Stopped
+    })
 }
 
 impl Runtime {
@@ -341,6 +387,7 @@ impl Runtime {
                 }
                 EdgeAction::StoreHistorical { device, metrics } => self.fwd.historical(&Record { device, metrics }),
                 EdgeAction::Command { device, metrics } => self.on_command(device, metrics),
+                EdgeAction::NodeControl { metric, refused } => self.audit_node_control(metric, refused),
                 EdgeAction::HostState { online, timestamp } => {
                     self.telemetry.primary_host_online.store(online, Relaxed);
                     tracing::info!(online, timestamp, "Primary Host STATE");
@@ -400,6 +447,15 @@ impl Runtime {
             PollEvent::Offline { device, reason } => {
                 tracing::warn!(%device, %reason, "device offline");
                 self.session.device_offline(now, &device)
+            }
+            PollEvent::Written {
+                ticket,
+                outcome,
+                read_back,
+                at,
+            } => {
+                self.on_written(ticket, outcome, read_back, at);
+                return;
             }
             PollEvent::Samples { device, samples } => {
                 let n = samples.len() as u64;

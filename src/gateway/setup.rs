@@ -49,7 +49,7 @@ pub fn preflight(cfg: &Config, now_ms: u64, at_boot: bool) -> Preflight {
     }
     match EdgeSession::new(
         ecfg,
-        node_metrics(now_ms, cfg.commands.write_lock),
+        node_metrics(now_ms, cfg.commands.write_lock, cfg.commands.reboot),
         definitions(cfg, now_ms),
         None,
     ) {
@@ -90,15 +90,19 @@ const VERSION_METRIC: &str = "Properties/Software Version";
 /// The node's own metrics in NBIRTH: the software version, and the write
 /// lock (`Node Control/Write Lock`, Boolean: its state now; an NCMD sets or
 /// clears it, see `crate::commands`).
-pub fn node_metrics(now: u64, write_locked: bool) -> Vec<Metric> {
-    vec![
+pub fn node_metrics(now: u64, write_locked: bool, reboot: bool) -> Vec<Metric> {
+    let mut metrics = vec![
         Metric::new(
             VERSION_METRIC,
             Value::String(format!("spb-gateway {}", env!("CARGO_PKG_VERSION"))),
             now,
         ),
         Metric::new(crate::commands::WRITE_LOCK_METRIC, Value::Boolean(write_locked), now),
-    ]
+    ];
+    if reboot {
+        metrics.push(Metric::new(crate::commands::REBOOT_METRIC, Value::Boolean(false), now));
+    }
+    metrics
 }
 
 pub fn definitions(cfg: &Config, now: u64) -> Vec<DeviceDef> {

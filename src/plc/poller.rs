@@ -21,6 +21,12 @@
 //!   PLCs does not retry in step); scans keep their schedule meanwhile and do
 //!   not count as missed. A dead PLC costs one attempt per backoff, and no
 //!   other device waits for it (each device has its own task).
+//! - A write (already accepted by the command guard) runs between scans:
+//!   written, then read back until it equals the value written, within
+//!   `confirm_timeout` in all; only then `confirmed`, else `failed` with
+//!   the reason and the value last read. A device that is offline fails a
+//!   write at once and is not connected for it. A broken connection during
+//!   a write is dropped, like one during a read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +37,7 @@ use tokio::time::Instant;
 use super::device::{DeviceConfig, TagAddress, TagConfig};
 use super::stats::DeviceStats;
 use super::{Driver, TagSpec};
+use crate::commands::{shown, Outcome, Ticket};
 use crate::sparkplug::edge::Sample;
 use crate::sparkplug::{DataType, Metric, Quality, Value};
 
@@ -49,7 +56,26 @@ pub enum PollEvent {
     Offline { device: String, reason: String },
     /// Changed values.
     Samples { device: String, samples: Vec<Sample> },
+    /// A write ended: `read_back` is the tag's value as read after it (None
+    /// when it could not be read), taken at `at` (ms).
+    Written {
+        ticket: Ticket,
+        outcome: Outcome,
+        read_back: Option<Value>,
+        at: u64,
+    },
 }
+
+/// A write the command guard accepted, for the device's poller: written,
+/// then read back until it equals the value or `confirm_timeout` is over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteRequest {
+    pub ticket: Ticket,
+    pub confirm_timeout: Duration,
+}
+
+/// How often a write is read back while it does not equal the value yet.
+const READ_BACK_EVERY: Duration = Duration::from_millis(50);
 
 /// What the poller keeps per tag: just what report-by-exception needs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -246,6 +272,7 @@ pub async fn run(
     d: DeviceConfig,
     tx: mpsc::Sender<PollEvent>,
     stats: Arc<DeviceStats>,
+    mut writes: mpsc::Receiver<WriteRequest>,
     mut stop: watch::Receiver<bool>,
 ) {
     let Plan {
@@ -255,6 +282,8 @@ pub async fn run(
         classes,
     } = plan(&d);
     let mut driver = Driver::for_device(&d, &specs);
+    // Only the configured tags can be written: their datatypes are kept.
+    let specs_types: Vec<DataType> = specs.iter().take(d.tags.len()).map(|t| t.datatype).collect();
     drop(specs);
     let start = Instant::now();
     let mut due: Vec<Instant> = vec![start; classes.len()];
@@ -270,9 +299,37 @@ pub async fn run(
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         // Wake at least once a second: the heartbeat tells the watchdog this loop is alive.
         let wake = next.min(Instant::now() + Duration::from_secs(1));
+        // Stopping comes first, then a write the host waits for, then the scan.
         tokio::select! {
+            biased;
+            _ = stop.changed() => {
+                // Writes not taken yet fail, and say so (never silently lost).
+                writes.close();
+                while let Ok(req) = writes.try_recv() {
+                    let event = PollEvent::Written {
+                        ticket: req.ticket,
+                        outcome: Outcome::Failed("not written: the device's poller stopped (reload or shutdown)".into()),
+                        read_back: None,
+                        at: now_ms(),
+                    };
+                    if let Err(e) = tx.try_send(event) {
+                        tracing::warn!(target: "spb::audit", device = %d.name, error = %e, "a write not taken before the poller stopped could not be reported");
+                    }
+                }
+                return;
+            }
+            Some(req) = writes.recv() => {
+                let event = write_and_confirm(&mut driver, &d, &specs_types, online, &mut connected, req).await;
+                // What the write's DDATA reports is the last reported value.
+                if let PollEvent::Written { ticket, read_back: Some(v), .. } = &event {
+                    last[ticket.index] = Last::of(&Some(v.clone()), Quality::Good);
+                }
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             _ = tokio::time::sleep_until(wake) => {}
-            _ = stop.changed() => return,
         }
         stats.heartbeat.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = Instant::now();
@@ -504,6 +561,96 @@ pub async fn run(
     }
 }
 
+/// Writes `req` and reads it back (module invariants); the event to send.
+async fn write_and_confirm(
+    driver: &mut Driver,
+    d: &DeviceConfig,
+    types: &[DataType],
+    online: bool,
+    connected: &mut bool,
+    req: WriteRequest,
+) -> PollEvent {
+    let WriteRequest {
+        ticket,
+        confirm_timeout,
+    } = req;
+    let deadline = Instant::now() + confirm_timeout;
+    let timeout_ms = confirm_timeout.as_millis();
+    let mut read_back = None;
+    let outcome = 'outcome: {
+        if !online {
+            break 'outcome Outcome::Failed("the device is offline".into());
+        }
+        let Some(&dt) = types.get(ticket.index) else {
+            break 'outcome Outcome::Failed("not a configured tag".into());
+        };
+        let Some(expected) = ticket.new.in_datatype(dt) else {
+            break 'outcome Outcome::Failed(format!("{} does not fit a {dt} tag", shown(&ticket.new)));
+        };
+        if !*connected {
+            match tokio::time::timeout_at(deadline, driver.connect(&d.name)).await {
+                Ok(Ok(())) => *connected = true,
+                Ok(Err(e)) => break 'outcome Outcome::Failed(e.to_string()),
+                Err(_) => {
+                    break 'outcome Outcome::Failed(format!("no connection within confirm_timeout ({timeout_ms} ms)"))
+                }
+            }
+        }
+        match tokio::time::timeout_at(deadline, driver.write(&d.name, ticket.index, &expected)).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(tag))) => break 'outcome Outcome::Failed(format!("the PLC refused the write: {tag}")),
+            Ok(Err(e)) => {
+                *connected = false;
+                break 'outcome Outcome::Failed(e.to_string());
+            }
+            Err(_) => {
+                *connected = false;
+                break 'outcome Outcome::Failed(format!(
+                    "the write was not answered within confirm_timeout ({timeout_ms} ms)"
+                ));
+            }
+        }
+        loop {
+            match tokio::time::timeout_at(deadline, driver.read(&d.name, &[ticket.index], now_ms())).await {
+                Ok(Ok(mut values)) => match values.pop() {
+                    Some(Ok(v)) if v == expected => {
+                        read_back = Some(v);
+                        break 'outcome Outcome::Confirmed;
+                    }
+                    Some(Ok(v)) => read_back = Some(v),
+                    Some(Err(tag)) => {
+                        break 'outcome Outcome::Failed(format!("written, but the read-back failed: {tag}"))
+                    }
+                    None => break 'outcome Outcome::Failed("written, but the read-back returned nothing".into()),
+                },
+                Ok(Err(e)) => {
+                    *connected = false;
+                    break 'outcome Outcome::Failed(format!("written, but the read-back failed: {e}"));
+                }
+                Err(_) => {
+                    break 'outcome Outcome::Failed(format!(
+                        "written, but not read back within confirm_timeout ({timeout_ms} ms)"
+                    ))
+                }
+            }
+            if Instant::now() + READ_BACK_EVERY >= deadline {
+                let got = read_back.as_ref().map_or_else(|| "nothing".to_string(), shown);
+                break 'outcome Outcome::Failed(format!(
+                    "written, but read back {got} instead of {} until confirm_timeout ({timeout_ms} ms)",
+                    shown(&expected)
+                ));
+            }
+            tokio::time::sleep(READ_BACK_EVERY).await;
+        }
+    };
+    PollEvent::Written {
+        ticket,
+        outcome,
+        read_back,
+        at: now_ms(),
+    }
+}
+
 /// The circuit breaker: consecutive failures, and the moment until which
 /// the PLC gets no traffic (`stats.circuit_open` mirrors it).
 struct Breaker {
@@ -603,7 +750,7 @@ fn changed(
 fn event_len(e: &PollEvent) -> u64 {
     match e {
         PollEvent::Online { samples, .. } | PollEvent::Samples { samples, .. } => samples.len() as u64,
-        PollEvent::Offline { .. } => 0,
+        PollEvent::Offline { .. } | PollEvent::Written { .. } => 0,
     }
 }
 
@@ -770,7 +917,8 @@ mod last_tests {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let poller = tokio::spawn(run(d, tx, stats.clone(), stop));
+            let (_writes_tx, writes) = mpsc::channel(1);
+            let poller = tokio::spawn(run(d, tx, stats.clone(), writes, stop));
             loop {
                 match rx.recv().await.expect("an event") {
                     PollEvent::Online { complete: true, .. } => break,
@@ -805,5 +953,117 @@ mod last_tests {
             &Some(Value::String("b".into())),
             Quality::Good
         ));
+    }
+    fn sim_press(extra: &str) -> DeviceConfig {
+        let text = format!(
+            "[node]\ngroup_id = \"g\"\nnode_id = \"n\"\n[[devices]]\nname = \"press\"\ndriver = \"sim\"\n{extra}\n\
+             [[devices.tags]]\nname = \"Setpoint\"\naddress = \"sine(amplitude=1, offset=0, period=10s)\"\ndatatype = \"Int16\"\nwritable = true\n"
+        );
+        crate::config::Config::parse("t.toml", &text)
+            .expect("valid")
+            .devices
+            .remove(0)
+    }
+
+    fn ticket(value: Value) -> WriteRequest {
+        WriteRequest {
+            ticket: Ticket {
+                device: "press".into(),
+                metric: "Setpoint".into(),
+                index: 0,
+                old: None,
+                new: value,
+                request: "r1".into(),
+                requested_at: 0,
+            },
+            confirm_timeout: Duration::from_millis(500),
+        }
+    }
+
+    /// Runs a poller of `d`, sends `writes` once it is online (or at once
+    /// when `wait_online` is false), and returns the write outcomes.
+    fn run_writes(d: DeviceConfig, wait_online: bool, writes: Vec<WriteRequest>) -> Vec<(Outcome, Option<Value>)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (tx, mut rx) = mpsc::channel(64);
+            let (wtx, wrx) = mpsc::channel(8);
+            let (stop_tx, stop) = watch::channel(false);
+            let poller = tokio::spawn(run(d, tx, Arc::new(DeviceStats::default()), wrx, stop));
+            if wait_online {
+                while !matches!(rx.recv().await, Some(PollEvent::Online { complete: true, .. })) {}
+            }
+            let n = writes.len();
+            for w in writes {
+                wtx.send(w).await.expect("poller alive");
+            }
+            let mut got = Vec::new();
+            while got.len() < n {
+                if let Some(PollEvent::Written {
+                    outcome,
+                    read_back,
+                    ticket,
+                    ..
+                }) = rx.recv().await
+                {
+                    assert_eq!(ticket.request, "r1", "the ticket comes back");
+                    got.push((outcome, read_back));
+                }
+            }
+            stop_tx.send(true).expect("stop");
+            poller.await.expect("poller");
+            got
+        })
+    }
+
+    #[test]
+    fn a_write_is_confirmed_by_reading_the_value_back_in_the_tags_datatype() {
+        let got = run_writes(sim_press(""), true, vec![ticket(Value::Int64(42))]);
+        assert_eq!(got, vec![(Outcome::Confirmed, Some(Value::Int16(42)))]);
+    }
+
+    #[test]
+    fn a_write_to_an_offline_device_fails_at_once_without_connecting() {
+        let d = sim_press("[devices.sim]\nunreachable_every = \"1s\"\nunreachable_for = \"1s\"");
+        let got = run_writes(d, false, vec![ticket(Value::Int16(1))]);
+        assert_eq!(got, vec![(Outcome::Failed("the device is offline".into()), None)]);
+    }
+
+    #[test]
+    fn a_value_the_plc_refuses_fails_with_the_plcs_reason() {
+        // Past the guard only by a bug: the driver still refuses it.
+        let got = run_writes(sim_press(""), true, vec![ticket(Value::Int64(100_000))]);
+        assert!(
+            matches!(&got[..], [(Outcome::Failed(r), None)] if r.contains("does not fit a Int16 tag")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn writes_still_queued_when_the_poller_stops_fail_and_say_why() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (tx, mut rx) = mpsc::channel(64);
+            let (wtx, wrx) = mpsc::channel(8);
+            let (stop_tx, stop) = watch::channel(false);
+            // Stopped before it runs: the queued write is never taken.
+            wtx.send(ticket(Value::Int16(1))).await.expect("queued");
+            stop_tx.send(true).expect("stop");
+            run(sim_press(""), tx, Arc::new(DeviceStats::default()), wrx, stop).await;
+            match rx.recv().await {
+                Some(PollEvent::Written {
+                    outcome: Outcome::Failed(r),
+                    ..
+                }) => {
+                    assert!(r.contains("poller stopped"), "{r}")
+                }
+                other => panic!("{other:?}"),
+            }
+        });
     }
 }

@@ -121,6 +121,12 @@ pub enum EdgeAction {
         online: bool,
         timestamp: u64,
     },
+    /// A node-control command the session acted on (`refused` None) or
+    /// refused, for the audit: `Node Control/Next Server`.
+    NodeControl {
+        metric: &'static str,
+        refused: Option<String>,
+    },
     /// An incoming message or replayed sample that could not be used, and why.
     Rejected {
         topic: String,
@@ -1008,6 +1014,70 @@ impl EdgeSession {
         Ok(out)
     }
 
+    /// The outcome of a write to a device's tag, published at once rather
+    /// than when the value next changes: the value read back (or, with no
+    /// value and a bad quality, the last one), with `properties` saying what
+    /// happened. Stored like any sample while DATA cannot be published.
+    pub fn write_outcome(
+        &mut self,
+        now: u64,
+        device: &str,
+        sample: Sample,
+        properties: PropertySet,
+    ) -> Result<Vec<EdgeAction>, EdgeError> {
+        let i = self.scope_index(Some(device))?;
+        let d = i.expect("a device name gives a device index");
+        if !self.devices[d].online {
+            return Err(EdgeError::DeviceOffline(device.to_string()));
+        }
+        self.check_samples(i, std::slice::from_ref(&sample))?;
+        let publishing = self.scope_publishing(i);
+        let aliases = self.cfg.aliases;
+        let scope = self.scope_mut(i);
+        let alias = scope.alias_of(sample.index as usize);
+        let name = (!(aliases && publishing)).then(|| scope.name_at(sample.index).to_string());
+        let cur = &mut scope.metrics[sample.index as usize];
+        let value = if sample.value.is_none() && sample.quality != Quality::Good {
+            cur.value.clone()
+        } else {
+            sample.value
+        };
+        let mut properties = properties;
+        if sample.quality != Quality::Good {
+            properties.set_quality(sample.quality);
+        }
+        cur.value.clone_from(&value);
+        cur.timestamp = Some(sample.timestamp);
+        cur.quality = sample.quality;
+        let metric = Metric {
+            name,
+            alias: Some(alias),
+            timestamp: Some(sample.timestamp),
+            datatype: cur.datatype,
+            value,
+            is_historical: false,
+            is_transient: false,
+            metadata: None,
+            properties: Some(properties),
+        };
+        Ok(self.emit(i, Some(device), vec![metric], now, publishing))
+    }
+
+    /// The last value the session holds for a declared metric (what the
+    /// births and DATA said), by declaration index.
+    pub fn current(&self, device: Option<&str>, index: usize) -> Option<&Value> {
+        let scope = match device {
+            None => &self.node,
+            Some(d) => &self.devices[*self.device_index.get(d)?],
+        };
+        scope.metrics.get(index)?.value.as_ref()
+    }
+
+    /// Whether a device is online (born or to be born) in this session.
+    pub fn is_device_online(&self, device: &str) -> bool {
+        self.device_index.get(device).is_some_and(|&i| self.devices[i].online)
+    }
+
     /// Publishes a chunk of changes, or hands it back for storage.
     fn emit(
         &mut self,
@@ -1349,14 +1419,23 @@ impl EdgeSession {
             .last_birth_at
             .is_some_and(|t| now < t.saturating_add(self.cfg.rebirth_debounce_ms));
         if next_server && recent_birth {
+            let reason = format!(
+                "Next Server within {} ms of this session's birth refused (rebirth_debounce)",
+                self.cfg.rebirth_debounce_ms
+            );
+            out.push(EdgeAction::NodeControl {
+                metric: NEXT_SERVER,
+                refused: Some(reason.clone()),
+            });
             out.push(EdgeAction::Rejected {
                 topic: topic.to_string(),
-                reason: format!(
-                    "Next Server within {} ms of this session's birth refused (rebirth_debounce)",
-                    self.cfg.rebirth_debounce_ms
-                ),
+                reason,
             });
         } else if next_server {
+            out.push(EdgeAction::NodeControl {
+                metric: NEXT_SERVER,
+                refused: None,
+            });
             out.extend(self.leave_server(now));
         } else if rebirth {
             out.extend(self.rebirth_requested(now, topic));
@@ -2536,9 +2615,26 @@ mod tests {
         // Within rebirth_debounce of the birth it is refused: a storm of them
         // cannot walk the servers in a loop.
         let out = s.handle_message(T0 + 1_000, "spBv1.0/Plant1/NCMD/gw1", &next);
-        assert!(matches!(&out[..], [EdgeAction::Rejected { .. }]), "{out:?}");
+        assert!(
+            matches!(
+                &out[..],
+                [
+                    EdgeAction::NodeControl { refused: Some(_), .. },
+                    EdgeAction::Rejected { .. }
+                ]
+            ),
+            "{out:?}"
+        );
         assert_eq!(s.server(), 0);
         let out = s.handle_message(T0 + 5_000, "spBv1.0/Plant1/NCMD/gw1", &next);
+        assert_eq!(
+            out[0],
+            EdgeAction::NodeControl {
+                metric: NEXT_SERVER,
+                refused: None
+            },
+            "honoured, for the audit"
+        );
         assert_eq!(out.last(), Some(&EdgeAction::Disconnect));
         assert_eq!(s.server(), 1);
     }

@@ -27,9 +27,14 @@ pub struct Telemetry {
     pub connects: AtomicU64,
     pub connection_failures: AtomicU64,
     pub commands_received: AtomicU64,
-    /// Metrics of NCMD/DCMD the command guard applied (the write lock) or refused.
+    /// Metrics of NCMD/DCMD by outcome: node control carried out (write
+    /// lock, Next Server, Reboot), writes confirmed or failed, refused.
     pub commands_applied: AtomicU64,
+    pub commands_confirmed: AtomicU64,
+    pub commands_failed: AtomicU64,
     pub commands_refused: AtomicU64,
+    /// Lines the command audit file could not take (the journal has them).
+    pub audit_errors: Arc<AtomicU64>,
     /// Writes are locked (`Node Control/Write Lock` or `commands.write_lock`).
     pub write_locked: AtomicBool,
     pub rejected_messages: AtomicU64,
@@ -274,12 +279,23 @@ impl Telemetry {
         );
         let _ = writeln!(
             s,
-            "# HELP spb_commands_total Metrics of NCMD/DCMD write requests, by the command guard's outcome.\n\
+            "# HELP spb_commands_total Metrics of NCMD/DCMD, by outcome: applied (node control), confirmed or failed (writes), refused.\n\
              # TYPE spb_commands_total counter\n\
              spb_commands_total{{outcome=\"applied\"}} {}\n\
+             spb_commands_total{{outcome=\"confirmed\"}} {}\n\
+             spb_commands_total{{outcome=\"failed\"}} {}\n\
              spb_commands_total{{outcome=\"refused\"}} {}",
             self.commands_applied.load(Relaxed),
+            self.commands_confirmed.load(Relaxed),
+            self.commands_failed.load(Relaxed),
             self.commands_refused.load(Relaxed)
+        );
+        g(
+            &mut s,
+            "spb_audit_errors_total",
+            "Command audit lines the audit file could not take (the journal has every line).",
+            "counter",
+            self.audit_errors.load(Relaxed),
         );
         g(
             &mut s,

@@ -121,6 +121,17 @@ pub struct S7Server;
 
 impl S7Server {
     pub fn start(kind: S7Impl) -> ServerPeer {
+        Self::start_holding(kind, &[])
+    }
+
+    /// python-snap7 whose data blocks `hold` take a write and put their old
+    /// bytes back before answering, as a PLC program holding its own value.
+    pub fn start_holding(kind: S7Impl, hold: &[u16]) -> ServerPeer {
+        let hold: Vec<String> = hold.iter().map(u16::to_string).collect();
+        assert!(
+            hold.is_empty() || kind == S7Impl::Python,
+            "only the python-snap7 peer holds blocks"
+        );
         ServerPeer::start(move |port| {
             let mut cmd = match kind {
                 S7Impl::Python => {
@@ -135,6 +146,7 @@ impl S7Server {
                 }
             };
             cmd.arg(port.to_string())
+                .args(&hold)
                 .stdout(Stdio::null())
                 .spawn()
                 .expect("start the S7 server peer")

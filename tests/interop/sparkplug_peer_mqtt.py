@@ -6,8 +6,12 @@ Reads JSON commands on stdin to publish, encoded by pysparkplug:
   {"op": "rebirth", "group": G, "node": N}
   {"op": "state", "host": H, "online": bool, "timestamp": ms}
   {"op": "clear_state", "host": H}
-  {"op": "command", "group": G, "node": N, ["device": D,] "metrics": [{"name": M, "type": "Boolean", "value": V}, ...]}
-      (an NCMD, or a DCMD with "device"; "type" is a pysparkplug DataType name)
+  {"op": "command", "group": G, "node": N, ["device": D,] "metrics": [{"name": M, "type": "Boolean", "value": V,
+      ["properties": {"key": "text"}]}, ...]}
+      (an NCMD, or a DCMD with "device"; "type" is a pysparkplug DataType name; string
+      properties, e.g. writeRequest, are added with the Sparkplug protobuf schema)
+DATA metrics with a PropertySet get "properties": {key: value} (pysparkplug does not
+decode properties; they are read with the Sparkplug schema's protobuf classes it ships).
 Usage: sparkplug_peer_mqtt.py PORT [HOST_ID]
 With SPB_PEER_TLS_DIR=DIR it connects with mTLS: DIR/ca.pem, DIR/client.pem,
 DIR/client.key (a directory certs-example/make-certs.sh writes).
@@ -27,6 +31,7 @@ import time
 import paho.mqtt.client as mqtt
 import pysparkplug as sp
 from pysparkplug import DataType as DT
+from pysparkplug import _protobuf as pb
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from pysparkplug_peer import metric_json  # noqa: E402  (same canonical form)
@@ -73,15 +78,51 @@ def on_message(_client, _userdata, msg):
         else:
             emit(rec)
             return
+        if kind in ("NDATA", "DDATA"):
+            props = properties_of(msg.payload)
+        else:
+            props = {}
         rec["timestamp"] = p.timestamp
         rec["seq"] = getattr(p, "seq", None)
         if kind == "NDEATH":
             rec["metrics"] = [metric_json(p.bd_seq_metric)]
         else:
             rec["metrics"] = [metric_json(m) for m in getattr(p, "metrics", ())]
+            for i, m in enumerate(rec["metrics"]):
+                if i in props:
+                    m["properties"] = props[i]
     except Exception as exc:  # a decode failure is a finding, report it
         rec["error"] = f"{type(exc).__name__}: {exc}"
     emit(rec)
+
+
+def property_value(v):
+    which = v.WhichOneof("value")
+    return None if which is None else getattr(v, which)
+
+
+def properties_of(raw):
+    """{metric index: {key: value}} for the metrics that carry a PropertySet."""
+    out = {}
+    for i, m in enumerate(pb.Payload.FromString(raw).metrics):
+        if m.HasField("properties"):
+            ps = m.properties
+            out[i] = {k: property_value(v) for k, v in zip(ps.keys, ps.values)}
+    return out
+
+
+def with_properties(payload, metrics):
+    """`payload` (encoded) with each metric's string "properties" added."""
+    if not any(m.get("properties") for m in metrics):
+        return payload
+    p = pb.Payload.FromString(payload)
+    for pm, m in zip(p.metrics, metrics):
+        for k, v in (m.get("properties") or {}).items():
+            pm.properties.keys.append(k)
+            pv = pm.properties.values.add()
+            pv.type = int(DT.STRING)
+            pv.string_value = v
+    return p.SerializeToString()
 
 
 def commands(client):
@@ -105,6 +146,7 @@ def commands(client):
             device = cmd.get("device")
             cls = sp.DCmd if device else sp.NCmd
             payload = cls(timestamp=ts, metrics=metrics).encode(include_dtypes=True)
+            payload = with_properties(payload, cmd["metrics"])
             topic = (f"spBv1.0/{cmd['group']}/DCMD/{cmd['node']}/{device}" if device
                      else f"spBv1.0/{cmd['group']}/NCMD/{cmd['node']}")
             client.publish(topic, payload, qos=0).wait_for_publish()

@@ -2,7 +2,11 @@
 client doing typed reads and writes with python-snap7's own snap7.util codecs
 (so nothing on this side shares code with our S7 driver).
 
-  s7_peer.py server PORT     python-snap7 server on 127.0.0.1:PORT (PDU 480)
+  s7_peer.py server PORT [HOLD_DB...]
+                             python-snap7 server on 127.0.0.1:PORT (PDU 480); a write
+                             to a HOLD_DB is acknowledged, then its old bytes are put
+                             back before the answer leaves, as a PLC program that
+                             holds its own value would (read-back differs)
   s7_peer.py client PORT     JSON lines on stdin, one JSON answer per line
 
 Server areas: DB1 (512 B), DB2 (2048 B), DB3 (64 B), M (256 B), I (64 B),
@@ -29,7 +33,7 @@ SIZES = {
 }
 
 
-def server(port):
+def server(port, hold=()):
     # Its warnings ("area not registered") are expected in error tests.
     logging.getLogger("snap7").setLevel(logging.CRITICAL)
     srv = snap7.Server(log=False)
@@ -48,6 +52,19 @@ def server(port):
     reg(SrvArea.PA, 0, 64)
     reg(SrvArea.TM, 0, 64)
     reg(SrvArea.CT, 0, 64)
+    if hold:
+        write = srv._write_to_memory_area
+
+        def held(area, db_number, start, data):
+            key = (area, db_number)
+            if db_number not in hold or key not in srv.memory_areas:
+                return write(area, db_number, start, data)
+            before = bytes(srv.memory_areas[key])
+            ok = write(area, db_number, start, data)
+            srv.memory_areas[key][:] = before  # the PLC program writes its value back
+            return ok
+
+        srv._write_to_memory_area = held
     srv.start_to("127.0.0.1", port)
     print(json.dumps({"ready": True}), flush=True)
     while True:
@@ -151,4 +168,7 @@ def client(port):
 
 
 if __name__ == "__main__":
-    {"server": server, "client": client}[sys.argv[1]](int(sys.argv[2]))
+    if sys.argv[1] == "server":
+        server(int(sys.argv[2]), {int(db) for db in sys.argv[3:]})
+    else:
+        client(int(sys.argv[2]))

@@ -165,7 +165,7 @@ fn real_main() -> Result<std::process::ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(gateway::run(
+    let exit = runtime.block_on(gateway::run(
         cfg,
         RunOptions {
             config_path: Some(config_path),
@@ -174,7 +174,11 @@ fn real_main() -> Result<std::process::ExitCode> {
             disable_plc,
         },
     ))?;
-    Ok(std::process::ExitCode::SUCCESS)
+    Ok(match exit {
+        gateway::Exit::Stopped => std::process::ExitCode::SUCCESS,
+        // Node Control/Reboot: systemd starts the service again.
+        gateway::Exit::RestartRequested => std::process::ExitCode::from(gateway::RESTART_EXIT_STATUS as u8),
+    })
 }
 
 fn watch(args: WatchArgs) -> Result<()> {
