@@ -38,7 +38,16 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     (
         "uplink",
-        &["clock", "backoff", "sparkplug", "mqtt", "plc", "telemetry", "config"],
+        &[
+            "clock",
+            "backoff",
+            "sparkplug",
+            "commands",
+            "mqtt",
+            "plc",
+            "telemetry",
+            "config",
+        ],
     ),
 ];
 

@@ -131,11 +131,11 @@ fn mssql_migrations_apply_once_and_a_second_start_changes_nothing() {
     let Some(db) = TestDb::new("migr") else { return };
     db.rt.block_on(async {
         let mut s = MssqlSink::connect(&db.url()).await.expect("connect");
-        assert_eq!(s.migrate().await.expect("migrate"), 1);
+        assert_eq!(s.migrate().await.expect("migrate"), 2);
         let mut again = MssqlSink::connect(&db.url()).await.expect("connect");
-        assert_eq!(again.migrate().await.expect("migrate again"), 1);
+        assert_eq!(again.migrate().await.expect("migrate again"), 2);
     });
-    assert_eq!(db.query_i64("SELECT COUNT_BIG(*) FROM sp_schema_migrations"), 1);
+    assert_eq!(db.query_i64("SELECT COUNT_BIG(*) FROM sp_schema_migrations"), 2);
 }
 
 #[test]
@@ -197,6 +197,11 @@ fn mssql_node_state_follows_births_and_deaths_and_garbage_is_quarantined() {
             accepted: true,
             reason: "matches the birth".into(),
             requested_by: "scada".into(),
+            request_id: None,
+            outcome: "sent",
+            sent_ms: None,
+            confirmed_value: None,
+            confirmed_ms: None,
         });
         s.write(&d).await.expect("write");
     });

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use prost::Message;
 use thiserror::Error;
 
-use super::codec::{DatatypeSource, Datatypes, Metric, Payload, Value};
+use super::codec::{DatatypeSource, Datatypes, Metric, Payload, PropertySet, Value};
 use super::datatype::DataType;
 use super::pb;
 use super::state::HostState;
@@ -579,18 +579,23 @@ impl HostSession {
                 seen,
                 by_this_host: true,
             });
-            while self
-                .own_commands
-                .front()
-                .is_some_and(|(t, ..)| now.saturating_sub(*t) > OWN_COMMANDS_MS)
-                || self.own_commands.len() >= OWN_COMMANDS_KEPT
-            {
-                self.own_commands.pop_front();
-            }
-            self.own_commands.push_back((now, p.topic.clone(), p.payload.clone()));
+            self.remember_own(now, &p);
         }
         out.push(HostEvent::Publish(p));
         out
+    }
+
+    /// Keeps a command this host sends, to know its echo.
+    fn remember_own(&mut self, now: u64, p: &Publish) {
+        while self
+            .own_commands
+            .front()
+            .is_some_and(|(t, ..)| now.saturating_sub(*t) > OWN_COMMANDS_MS)
+            || self.own_commands.len() >= OWN_COMMANDS_KEPT
+        {
+            self.own_commands.pop_front();
+        }
+        self.own_commands.push_back((now, p.topic.clone(), p.payload.clone()));
     }
 
     /// A command seen on the broker: reported for the audit unless it is
@@ -627,6 +632,51 @@ impl HostSession {
         device: Option<&str>,
         writes: Vec<(String, Value)>,
     ) -> Result<Publish, HostError> {
+        let writes = writes.into_iter().map(|(n, v)| (n, v, None)).collect();
+        self.build_command(now, group, node, device, writes)
+    }
+
+    /// The datatype the last birth of an online node (and device) declared
+    /// for `metric`, or why there is none.
+    pub fn declared(&self, group: &str, node: &str, device: Option<&str>, metric: &str) -> Result<DataType, HostError> {
+        let scope = self.online_scope(group, node, device)?;
+        scope
+            .by_name
+            .get(metric)
+            .copied()
+            .ok_or_else(|| HostError::UnknownMetric {
+                scope: scope.label.clone(),
+                metric: metric.to_string(),
+            })
+    }
+
+    /// A write of one metric that carries `properties` (the request id the
+    /// edge echoes), checked like [`command`](Self::command). It is
+    /// remembered, so that the broker's echo is not reported as another
+    /// client's command: the caller audits it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_command(
+        &mut self,
+        now: u64,
+        group: &str,
+        node: &str,
+        device: Option<&str>,
+        metric: &str,
+        value: Value,
+        properties: PropertySet,
+    ) -> Result<Publish, HostError> {
+        let p = self.build_command(
+            now,
+            group,
+            node,
+            device,
+            vec![(metric.to_string(), value, Some(properties))],
+        )?;
+        self.remember_own(now, &p);
+        Ok(p)
+    }
+
+    fn online_scope(&self, group: &str, node: &str, device: Option<&str>) -> Result<&ScopeMap, HostError> {
         let offline = || HostError::NodeOffline {
             group: group.to_string(),
             node: node.to_string(),
@@ -648,8 +698,20 @@ impl HostSession {
                     device: d.to_string(),
                 })?,
         };
+        Ok(scope)
+    }
+
+    fn build_command(
+        &self,
+        now: u64,
+        group: &str,
+        node: &str,
+        device: Option<&str>,
+        writes: Vec<(String, Value, Option<PropertySet>)>,
+    ) -> Result<Publish, HostError> {
+        let scope = self.online_scope(group, node, device)?;
         let mut metrics = Vec::with_capacity(writes.len());
-        for (name, value) in writes {
+        for (name, value, properties) in writes {
             let declared = *scope
                 .by_name
                 .get(name.as_str())
@@ -667,6 +729,7 @@ impl HostSession {
             }
             let alias = scope.by_alias.iter().find(|(_, (n, _))| **n == *name).map(|(a, _)| *a);
             let mut m = Metric::new(name, value, now);
+            m.properties = properties;
             // [tck-id-payloads-alias-data-cmd-requirement]: alias alone when the birth gave one.
             // [tck-id-payloads-name-cmd-requirement]: a timestamp MAY be included.
             if alias.is_some() {

@@ -1,10 +1,14 @@
-//! A minimal HTTP/1.1 endpoint for `/health`, `/ready` and `/metrics`.
+//! A minimal HTTP/1.1 endpoint for `/health`, `/ready` and `/metrics`, and
+//! the POST routes a program adds (the uplink's `/commands`).
 //!
-//! Why not hyper: three GET routes do not justify its weight on the board
-//! binary. Invariants: one request per connection (`Connection: close`),
-//! requests larger than 8 KiB are dropped, a request head must arrive within
-//! [`HEADER_TIMEOUT`] and the whole exchange end within 5 s, any other path
-//! is 404, any other method 405. It only reads the shared telemetry.
+//! Why not hyper: three GET routes and one POST do not justify its weight
+//! on the board binary. Invariants: one request per connection
+//! (`Connection: close`), request heads larger than 8 KiB are dropped, a
+//! request head must arrive within [`HEADER_TIMEOUT`] and the whole
+//! exchange end within the program's exchange timeout (5 s by default); a
+//! POST needs a `Content-Length` of at most [`MAX_POST_BODY`] (else 411 or
+//! 413, before the body is read); any other path is 404, any other method
+//! 405. The GET routes only read the shared telemetry.
 //!
 //! It cannot take the process down with it: at most [`MAX_CONNECTIONS`]
 //! are served at once (one more is told `503` and closed at once, so a
@@ -22,6 +26,11 @@ use tokio::sync::Semaphore;
 pub const MAX_CONNECTIONS: usize = 32;
 /// How long a client may take to send its request head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest POST body taken.
+pub const MAX_POST_BODY: usize = 16 * 1024;
+
+/// A POST route's answer, when it is ready: status and JSON body.
+pub type Answer = std::pin::Pin<Box<dyn std::future::Future<Output = (u16, String)> + Send>>;
 
 use super::metrics::Telemetry;
 
@@ -31,6 +40,15 @@ pub trait Exposition: Send + Sync + 'static {
     fn ready(&self) -> (bool, String);
     /// `/metrics`: the Prometheus text exposition.
     fn metrics(&self) -> String;
+    /// `POST path` with the `Authorization: Bearer` token and the body;
+    /// `None`: no such route (404).
+    fn post(&self, _path: &str, _bearer: Option<String>, _body: Vec<u8>) -> Option<Answer> {
+        None
+    }
+    /// How long one exchange may take in all (POST routes may wait).
+    fn exchange_timeout(&self) -> Duration {
+        Duration::from_secs(5)
+    }
 }
 
 /// The gateway's telemetry and its one-line status.
@@ -84,7 +102,7 @@ pub async fn serve<E: Exposition>(listener: TcpListener, exposition: Arc<E>) {
         };
         let e = exposition.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), handle(stream, &*e)).await;
+            let _ = tokio::time::timeout(e.exchange_timeout(), handle(stream, &*e)).await;
             drop(permit);
         });
     }
@@ -109,9 +127,89 @@ async fn handle<E: Exposition>(mut stream: TcpStream, e: &E) -> std::io::Result<
     if !matches!(tokio::time::timeout(HEADER_TIMEOUT, head).await, Ok(Ok(true))) {
         return Ok(());
     }
+    if buf.starts_with(b"POST ") {
+        let resp = post(&mut stream, &buf[..n], e).await?;
+        stream.write_all(&resp).await?;
+        return stream.shutdown().await;
+    }
     let resp = respond(&buf[..n], e);
     stream.write_all(&resp).await?;
     stream.shutdown().await
+}
+
+/// A POST: the body (bounded by its declared length), then the route.
+async fn post<E: Exposition>(stream: &mut TcpStream, got: &[u8], e: &E) -> std::io::Result<Vec<u8>> {
+    let end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(got.len(), |i| i + 4);
+    let head = String::from_utf8_lossy(&got[..end]);
+    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let json = |code: u16, msg: &str| response(code, "application/json", &format!("{{\"error\":{msg:?}}}\n"));
+    let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) else {
+        return Ok(json(411, "a Content-Length is required"));
+    };
+    if len > MAX_POST_BODY {
+        return Ok(json(413, &format!("the body is over {MAX_POST_BODY} bytes")));
+    }
+    let mut body = got[end..].to_vec();
+    body.truncate(len);
+    // The body, like the head, must come at once: a slow sender holds no slot.
+    let read_body = async {
+        while body.len() < len {
+            let mut chunk = vec![0u8; len - body.len()];
+            let read = stream.read(&mut chunk).await?;
+            if read == 0 {
+                return Ok(false);
+            }
+            body.extend_from_slice(&chunk[..read]);
+        }
+        Ok::<bool, std::io::Error>(true)
+    };
+    if !matches!(tokio::time::timeout(HEADER_TIMEOUT, read_body).await, Ok(Ok(true))) {
+        return Ok(json(400, "the body did not arrive whole within 2 s"));
+    }
+    let bearer = header("authorization").and_then(|v| {
+        let (scheme, token) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+    });
+    Ok(match e.post(&path, bearer, body) {
+        Some(answer) => {
+            let (code, body) = answer.await;
+            response(code, "application/json", &body)
+        }
+        None => json(404, "not found: POST /commands"),
+    })
+}
+
+/// A whole response.
+fn response(code: u16, ctype: &str, body: &str) -> Vec<u8> {
+    let reason = match code {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        422 => "Unprocessable Entity",
+        502 => "Bad Gateway",
+        504 => "Gateway Timeout",
+        _ => "Service Unavailable",
+    };
+    format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// The whole response to a request head (sans-IO: any bytes in, a
@@ -134,15 +232,5 @@ pub fn respond<E: Exposition>(head: &[u8], e: &E) -> Vec<u8> {
         ),
         _ => (405, "text/plain", "method not allowed\n".to_string()),
     };
-    let reason = match code {
-        200 => "OK",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        _ => "Service Unavailable",
-    };
-    format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    response(code, ctype, &body)
 }

@@ -28,6 +28,15 @@
 //! max_nodes = 10000                 # edge nodes tracked (offline ones evicted first)
 //! max_devices_per_node = 10000
 //! max_rebirths_per_second = 20      # rebirth requests over all nodes
+//! [commands]                        # POST /commands and `spb-uplink command`
+//! enabled = false
+//! timeout = "5s"                    # wait this long for the confirming DDATA
+//! [[commands.identities]]
+//! name = "mes"
+//! token_sha256 = "…64 hex digits…"  # `spb-uplink hash-token` makes a token and this
+//! certificate = "mes-01"            # or: a client certificate's CN (HTTPS listener)
+//! roles = ["sparkplug_command"]
+//! allow = ["Plant1/+/oven/#"]       # group/node/device/metric, MQTT wildcards
 //! ```
 
 use std::path::Path;
@@ -36,6 +45,8 @@ use std::time::Duration;
 use crate::config::reader::{Ctx, Table};
 use crate::config::{read_mqtt, read_telemetry, ConfigErrors, LoadError, MqttConfig, TelemetryConfig};
 use crate::sparkplug::host::HostLimits;
+
+use super::commands::{check_pattern, parse_hash, ApiConfig, Identity, COMMAND_ROLE};
 
 /// Which database the uplink writes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +91,7 @@ pub struct UplinkConfig {
     pub database: DatabaseConfig,
     pub limits: HostLimits,
     pub telemetry: TelemetryConfig,
+    pub commands: ApiConfig,
 }
 
 impl UplinkConfig {
@@ -116,7 +128,16 @@ impl UplinkConfig {
             .opt_table("limits")
             .map_or_else(HostLimits::default, |t| read_limits(&t));
         let telemetry = read_telemetry(root.opt_table("telemetry"));
-        root.finish(&["host", "mqtt", "database", "limits", "telemetry"]);
+        let commands = root
+            .opt_table("commands")
+            .map_or_else(ApiConfig::default, |t| read_commands(&t));
+        if commands.enabled && telemetry.listen.is_none() {
+            root.invalid(
+                "commands",
+                "commands are served on [telemetry] listen, which is disabled: set listen = \"127.0.0.1:9103\" (or another address)",
+            );
+        }
+        root.finish(&["host", "mqtt", "database", "limits", "telemetry", "commands"]);
         ctx.finish()?;
         Ok(UplinkConfig {
             host: host.expect("no errors, so [host] was read"),
@@ -124,8 +145,68 @@ impl UplinkConfig {
             database: database.expect("no errors, so [database] was read"),
             limits,
             telemetry,
+            commands,
         })
     }
+}
+
+fn read_commands(t: &Table) -> ApiConfig {
+    let d = ApiConfig::default();
+    let mut cfg = ApiConfig {
+        enabled: t.bool_or("enabled", false),
+        timeout: t.duration_or("timeout", d.timeout),
+        identities: Vec::new(),
+    };
+    if cfg.timeout < Duration::from_millis(100) || cfg.timeout > Duration::from_secs(60) {
+        t.invalid("timeout", "must be between 100ms and 60s");
+    }
+    for it in t.tables("identities") {
+        let name = it
+            .req_str("name", "a name for the audit (requested_by)")
+            .unwrap_or_default();
+        let token_sha256 = it.opt_str("token_sha256").and_then(|h| {
+            let parsed = parse_hash(&h.to_ascii_lowercase());
+            if parsed.is_none() {
+                it.invalid(
+                    "token_sha256",
+                    "64 hex digits: the SHA-256 of the token (`spb-uplink hash-token` prints a new token and its hash)",
+                );
+            }
+            parsed
+        });
+        let certificate = it.opt_str("certificate");
+        if !it.is_present("token_sha256") && certificate.is_none() {
+            it.missing(
+                "token_sha256",
+                "token_sha256 or certificate: how this identity is recognised",
+            );
+        }
+        let roles = it.opt_str_list("roles").unwrap_or_default();
+        for r in &roles {
+            if r != COMMAND_ROLE {
+                it.invalid("roles", format!("unknown role '{r}': the one role is {COMMAND_ROLE}"));
+            }
+        }
+        let allow = it.opt_str_list("allow").unwrap_or_default();
+        for p in &allow {
+            if let Err(e) = check_pattern(p) {
+                it.invalid("allow", e);
+            }
+        }
+        it.finish(&["name", "token_sha256", "certificate", "roles", "allow"]);
+        if cfg.identities.iter().any(|i| i.name == name) {
+            it.invalid("name", format!("identity '{name}' is defined twice"));
+        }
+        cfg.identities.push(Identity {
+            name,
+            token_sha256,
+            certificate,
+            roles,
+            allow,
+        });
+    }
+    t.finish(&["enabled", "timeout", "identities"]);
+    cfg
 }
 
 fn read_host(t: &Table) -> Option<HostSection> {
@@ -290,6 +371,39 @@ url = "host=127.0.0.1 user=postgres dbname=plant"
         assert!(e.contains("u.toml:3:11: host.host_id"), "{e}");
         assert!(e.contains("database.backend: 'oracle': use postgres or mssql"), "{e}");
         assert!(e.contains("database.batch_max_rowz: unknown key"), "{e}");
+    }
+
+    #[test]
+    fn command_identities_are_read_and_mistakes_named_with_their_line() {
+        let hash = crate::uplink::commands::hex(&crate::uplink::commands::token_hash("t0k3n"));
+        let text = format!(
+            "{GOOD}[telemetry]\nlisten = \"127.0.0.1:9103\"\n[commands]\nenabled = true\ntimeout = \"3s\"\n\
+             [[commands.identities]]\nname = \"mes\"\ntoken_sha256 = \"{hash}\"\nroles = [\"sparkplug_command\"]\nallow = [\"Plant1/#\"]\n\
+             [[commands.identities]]\nname = \"hmi\"\ncertificate = \"hmi-01\"\nroles = []\n"
+        );
+        let c = UplinkConfig::parse("u.toml", &text).expect("valid");
+        assert!(c.commands.enabled);
+        assert_eq!(c.commands.timeout, Duration::from_secs(3));
+        assert_eq!(c.commands.identities.len(), 2);
+        assert!(crate::uplink::commands::authenticate(&c.commands, Some("t0k3n"), None).is_ok());
+        let bad = text
+            .replace(&hash, "abc")
+            .replace("roles = []", "roles = [\"admin\"]\nallow = [\"Plant1/gw\"]");
+        let e = UplinkConfig::parse("u.toml", &bad).expect_err("invalid").to_string();
+        assert!(
+            e.contains("u.toml:17:16: commands.identities[0].token_sha256: 64 hex digits"),
+            "{e}"
+        );
+        assert!(e.contains("commands.identities[1].roles: unknown role 'admin'"), "{e}");
+        assert!(
+            e.contains("commands.identities[1].allow: 'Plant1/gw': a target is group/node/device/metric"),
+            "{e}"
+        );
+        let no_listener = text.replace("listen = \"127.0.0.1:9103\"", "listen = \"\"");
+        let e = UplinkConfig::parse("u.toml", &no_listener)
+            .expect_err("invalid")
+            .to_string();
+        assert!(e.contains("commands are served on [telemetry] listen"), "{e}");
     }
 
     #[test]

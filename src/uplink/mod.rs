@@ -11,6 +11,9 @@
 //! rows the database refuses are isolated and quarantined
 //! ([`writer`]), never retried forever.
 
+pub mod api;
+pub mod client;
+pub mod commands;
 pub mod config;
 pub mod mssql;
 pub mod postgres;

@@ -63,10 +63,11 @@ fn fact_key() -> String {
 pub fn migrations() -> Vec<(i32, String)> {
     let series = fact_key();
     let node = series_key(&["group_id", "node_id"]);
-    vec![(
-        1,
-        format!(
-            r#"
+    vec![
+        (
+            1,
+            format!(
+                r#"
 CREATE TABLE sp_event_raw (
     id bigint IDENTITY PRIMARY KEY,
     topic nvarchar(max) NOT NULL,
@@ -156,8 +157,26 @@ CREATE TABLE sp_metric_rollup (
     CONSTRAINT sp_metric_rollup_pk PRIMARY KEY (bucket_size, bucket, series_key)
 );
 "#
+            ),
         ),
-    )]
+        (
+            // The command audit follows a command of the API from request to
+            // outcome (as PostgreSQL's v4): `at` is when it was requested.
+            2,
+            r#"
+ALTER TABLE sp_command_audit ADD
+    request_id nvarchar(450) NULL,
+    outcome varchar(9) NOT NULL CONSTRAINT sp_command_audit_outcome_df DEFAULT 'sent',
+    sent_at datetime2(3) NULL,
+    confirmed_value nvarchar(max) NULL,
+    confirmed_at datetime2(3) NULL;
+ALTER TABLE sp_command_audit ADD CONSTRAINT sp_command_audit_outcome_ck
+    CHECK (outcome IN ('refused', 'sent', 'confirmed', 'failed', 'timeout'));
+CREATE UNIQUE INDEX sp_command_audit_request ON sp_command_audit (request_id) WHERE request_id IS NOT NULL;
+"#
+            .to_string(),
+        ),
+    ]
 }
 
 /// Staging tables, one set per connection (temp tables live as long as it).
@@ -288,9 +307,20 @@ WHEN NOT MATCHED THEN INSERT (group_id, node_id, device_id, metric, datatype, pr
     VALUES (s.group_id, s.node_id, s.device_id, s.metric, s.datatype, s.properties, s.seen, s.seen);
 "#;
 
-const INSERT_COMMAND: &str = "INSERT INTO sp_command_audit \
-    (at, group_id, node_id, device_id, metric, value, accepted, reason, requested_by) \
-    VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9)";
+/// A command audit row; one with a request_id replaces the earlier row of
+/// that id (sent, then its outcome).
+const INSERT_COMMAND: &str = "MERGE sp_command_audit WITH (HOLDLOCK) AS t \
+    USING (SELECT @P1 AS at, @P2 AS group_id, @P3 AS node_id, @P4 AS device_id, @P5 AS metric, \
+        @P6 AS value, @P7 AS accepted, @P8 AS reason, @P9 AS requested_by, @P10 AS request_id, \
+        @P11 AS outcome, @P12 AS sent_at, @P13 AS confirmed_value, @P14 AS confirmed_at) AS s \
+    ON s.request_id IS NOT NULL AND t.request_id = s.request_id \
+    WHEN MATCHED THEN UPDATE SET accepted = s.accepted, reason = s.reason, outcome = s.outcome, \
+        sent_at = COALESCE(s.sent_at, t.sent_at), confirmed_value = s.confirmed_value, \
+        confirmed_at = s.confirmed_at \
+    WHEN NOT MATCHED THEN INSERT (at, group_id, node_id, device_id, metric, value, accepted, reason, \
+        requested_by, request_id, outcome, sent_at, confirmed_value, confirmed_at) \
+    VALUES (s.at, s.group_id, s.node_id, s.device_id, s.metric, s.value, s.accepted, s.reason, \
+        s.requested_by, s.request_id, s.outcome, s.sent_at, s.confirmed_value, s.confirmed_at);";
 
 const INSERT_QUARANTINE: &str =
     "INSERT INTO sp_quarantine (topic, received_at, payload, reason) VALUES (@P1, @P2, @P3, @P4)";
@@ -331,7 +361,7 @@ pub fn statements() -> Vec<(String, String)> {
     v.push(("catalog merge".into(), MERGE_CATALOG.to_string()));
     v.push(("node state merge".into(), merge_state_sql()));
     v.push(("quarantine insert".into(), INSERT_QUARANTINE.to_string()));
-    v.push(("command audit insert".into(), INSERT_COMMAND.to_string()));
+    v.push(("command audit upsert".into(), INSERT_COMMAND.to_string()));
     v
 }
 
@@ -572,6 +602,8 @@ impl Sink for MssqlSink {
         }
         for c in &b.commands {
             let at = ColumnData::DateTime2(Some(datetime2(c.at_ms)));
+            let sent = ColumnData::DateTime2(c.sent_ms.map(datetime2));
+            let confirmed = ColumnData::DateTime2(c.confirmed_ms.map(datetime2));
             self.client
                 .execute(
                     INSERT_COMMAND,
@@ -585,6 +617,11 @@ impl Sink for MssqlSink {
                         &c.accepted,
                         &c.reason.as_str(),
                         &c.requested_by.as_str(),
+                        &c.request_id.as_deref(),
+                        &c.outcome,
+                        &sent,
+                        &c.confirmed_value.as_deref(),
+                        &confirmed,
                     ],
                 )
                 .await?;

@@ -207,7 +207,34 @@ CREATE TABLE sp_rollup_pending (
 );
 "#,
     ),
+    (
+        // v4: the command audit follows a command of the API from request
+        // to outcome: `at` is when it was requested; a row with a
+        // request_id is replaced by the next row of that id.
+        4,
+        r#"
+ALTER TABLE sp_command_audit
+    ADD COLUMN request_id text,
+    ADD COLUMN outcome text NOT NULL DEFAULT 'sent'
+        CHECK (outcome IN ('refused', 'sent', 'confirmed', 'failed', 'timeout')),
+    ADD COLUMN sent_at timestamptz,
+    ADD COLUMN confirmed_value text,
+    ADD COLUMN confirmed_at timestamptz;
+CREATE UNIQUE INDEX sp_command_audit_request ON sp_command_audit (request_id) WHERE request_id IS NOT NULL;
+"#,
+    ),
 ];
+
+/// A command audit row; one with a request_id replaces the earlier row of
+/// that id (sent, then its outcome).
+const UPSERT_COMMAND: &str = "INSERT INTO sp_command_audit
+    (at, group_id, node_id, device_id, metric, value, accepted, reason, requested_by,
+     request_id, outcome, sent_at, confirmed_value, confirmed_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+    ON CONFLICT (request_id) WHERE request_id IS NOT NULL DO UPDATE SET
+        accepted = EXCLUDED.accepted, reason = EXCLUDED.reason, outcome = EXCLUDED.outcome,
+        sent_at = coalesce(EXCLUDED.sent_at, sp_command_audit.sent_at),
+        confirmed_value = EXCLUDED.confirmed_value, confirmed_at = EXCLUDED.confirmed_at";
 
 /// Staged facts → `sp_series_fact` (new keys only), and the numeric ones
 /// among those inserted to `sp_rollup_pending`; returns how many were new.
@@ -596,9 +623,9 @@ impl Sink for PgSink {
         }
         for c in &b.commands {
             let when = at(c.at_ms);
+            let outcome = c.outcome.to_string();
             tx.execute(
-                "INSERT INTO sp_command_audit (at, group_id, node_id, device_id, metric, value, accepted, reason, requested_by)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                UPSERT_COMMAND,
                 &[
                     &when,
                     &c.group,
@@ -609,6 +636,11 @@ impl Sink for PgSink {
                     &c.accepted,
                     &c.reason,
                     &c.requested_by,
+                    &c.request_id,
+                    &outcome,
+                    &c.sent_ms.map(at),
+                    &c.confirmed_value,
+                    &c.confirmed_ms.map(at),
                 ],
             )
             .await?;

@@ -157,6 +157,7 @@ pub struct QuarantineRow {
 /// One metric of a command seen on the broker (`sp_command_audit`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommandRow {
+    /// When it was requested (the command's timestamp for one seen on the broker).
     pub at_ms: i64,
     pub group: String,
     pub node: String,
@@ -167,9 +168,20 @@ pub struct CommandRow {
     /// Whether the target's birth allows it (online, declared, right type).
     pub accepted: bool,
     pub reason: String,
-    /// This host's id for its own commands (rebirth requests); other
-    /// publishers are not identified by MQTT.
+    /// This host's id for its own commands (rebirth requests), the API
+    /// identity for a command sent through it; other publishers are not
+    /// identified by MQTT.
     pub requested_by: String,
+    /// A command of the API: its id (the `writeRequest` the edge echoes).
+    /// A row with an id replaces the earlier row of the same id (the one
+    /// written when it was sent).
+    pub request_id: Option<String>,
+    /// `refused`, `sent`, `confirmed`, `failed` or `timeout`.
+    pub outcome: &'static str,
+    pub sent_ms: Option<i64>,
+    /// The value the edge read back, and when.
+    pub confirmed_value: Option<String>,
+    pub confirmed_ms: Option<i64>,
 }
 
 /// Rows to write together.
@@ -318,6 +330,11 @@ impl Batch {
                     Err(why) => storable(why).into_owned(),
                 },
                 requested_by: storable(requested_by).into_owned(),
+                request_id: None,
+                outcome: "sent",
+                sent_ms: None,
+                confirmed_value: None,
+                confirmed_ms: None,
             });
         }
     }

@@ -19,6 +19,13 @@
 //!   `backlog_max_bytes` new rows are dropped, counted and logged at ERROR,
 //!   never silently; half of `backlog_max_bytes` declares STATE offline
 //!   like `offline_after_rows` does.
+//! - A command of the API (`POST /commands`, allowed by [`super::api`]) is
+//!   checked against the target's last birth (online, declared, a value of
+//!   its datatype) before anything is sent, sent with a request id the edge
+//!   echoes on the DDATA that reports its outcome, and answered when that
+//!   DDATA arrives or its timeout passes. `sp_command_audit` gets a row when
+//!   it is refused or sent, replaced by its outcome (confirmed, failed,
+//!   refused by the edge, timeout).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -28,17 +35,19 @@ use thiserror::Error;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 
+use super::api::{answer, ApiRequest, UplinkExposition};
+use super::commands::{to_value, Outcome, Request};
 use super::config::{Backend, UplinkConfig};
 use super::mssql::MssqlSink;
 use super::postgres::PgSink;
-use super::rows::Batch;
+use super::rows::{storable, Batch, CommandRow};
 use super::stats::Stats;
 use super::writer::{self, Pending, Queue, Writers};
 use crate::clock::now_ms;
 use crate::mqtt::link::{Link, LinkEvent};
 use crate::mqtt::{MqttError, Server};
 use crate::sparkplug::host::{HostConfig, HostError, HostEvent, HostSession};
-use crate::sparkplug::QoS;
+use crate::sparkplug::{PropertySet, PropertyValue, QoS, Value};
 use crate::telemetry::http;
 use crate::telemetry::logging::LogBudget;
 
@@ -61,12 +70,21 @@ pub enum UplinkError {
 /// Runs the uplink until SIGTERM/SIGINT.
 pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
     let stats = Arc::new(Stats::default());
+    let (api_tx, mut api_rx) = tokio::sync::mpsc::channel(64);
     if let Some(addr) = cfg.telemetry.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| UplinkError::Bind { addr, source })?;
-        tracing::info!(%addr, "health and metrics on http://{addr}/metrics");
-        tokio::spawn(http::serve(listener, stats.clone()));
+        tracing::info!(%addr, commands = cfg.commands.enabled, "health and metrics on http://{addr}/metrics");
+        let exposition = UplinkExposition {
+            stats: stats.clone(),
+            api: cfg.commands.clone(),
+            tx: api_tx,
+            max_name: cfg.limits.max_name_bytes,
+        };
+        tokio::spawn(http::serve(listener, Arc::new(exposition)));
+    } else {
+        drop(api_tx);
     }
     let servers = Server::prepare_all(&cfg.mqtt)?;
     let mut session = HostSession::new(HostConfig {
@@ -112,6 +130,13 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
         writers,
         rate_window: (Instant::now(), 0),
         quarantine_log: LogBudget::new(10, "quarantine warnings", "spb_uplink_quarantined_total"),
+        waiting: std::collections::HashMap::new(),
+        next_request: 0,
+        denials: LogBudget::new(
+            10,
+            "refused API requests",
+            "spb_uplink_commands_total{outcome=\"refused\"}",
+        ),
     };
     crate::telemetry::systemd::ready("uplink started");
     tracing::info!(host = %rt.cfg.host.host_id, dry_run, "spb-uplink {} started", env!("CARGO_PKG_VERSION"));
@@ -119,11 +144,13 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
         tokio::select! {
             ev = rt.link.next() => rt.on_link(&mut session, ev),
             _ = tick.tick() => rt.on_tick(&mut session),
+            Some(req) = api_rx.recv() => rt.on_api(&mut session, req),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
     tracing::info!("shutting down");
+    rt.expire_commands(u64::MAX, "the uplink stopped before the edge reported the outcome");
     rt.flush();
     let events = session.shutdown(now_ms());
     rt.execute(&mut session, events);
@@ -161,6 +188,19 @@ struct Loop {
     rate_window: (Instant, u64),
     /// Quarantine warnings: a flood of bad messages is not a flood of lines.
     quarantine_log: LogBudget,
+    /// Commands of the API sent and waiting for their outcome, by request id.
+    waiting: std::collections::HashMap<String, Waiting>,
+    next_request: u64,
+    /// Refused API requests audited at most 10 a second (all counted).
+    denials: LogBudget,
+}
+
+/// A command of the API on its way: its audit row (as sent) and who waits.
+struct Waiting {
+    row: CommandRow,
+    reply: tokio::sync::oneshot::Sender<(u16, String)>,
+    deadline_ms: u64,
+    sent: Instant,
 }
 
 impl Loop {
@@ -243,6 +283,7 @@ impl Loop {
                 HostEvent::DeathIgnored { group, node, bdseq } => {
                     tracing::info!(%group, %node, ?bdseq, "NDEATH of an older session ignored");
                 }
+                HostEvent::Data { metrics, .. } if !self.waiting.is_empty() => self.outcomes(metrics, now),
                 _ => {}
             }
             let before = self.batch.quarantine.len();
@@ -296,6 +337,189 @@ impl Loop {
         self.stats.commands_audited.fetch_add(cmd.writes.len() as u64, Relaxed);
         self.batch_since.get_or_insert_with(Instant::now);
         self.batch.add_command(cmd, now, requested_by);
+    }
+
+    /// A request of the API: audit a denial, or check, send and wait.
+    fn on_api(&mut self, session: &mut HostSession, req: ApiRequest) {
+        let now = now_ms();
+        match req {
+            ApiRequest::Denied {
+                requested_by,
+                target,
+                value,
+                reason,
+            } => {
+                self.stats.api_commands[0].fetch_add(1, Relaxed);
+                if !self.denials.allow(now) {
+                    return;
+                }
+                tracing::warn!(target: "spb::audit", %requested_by, target = ?target.as_ref().map(ToString::to_string), %reason, "command refused");
+                let t = target.unwrap_or(super::commands::Target {
+                    group: String::new(),
+                    node: String::new(),
+                    device: None,
+                    metric: String::new(),
+                });
+                let mut row = command_row(now, &requested_by, &t, value);
+                (row.outcome, row.accepted, row.reason) = ("refused", false, storable(&reason).into_owned());
+                self.add_command_row(row);
+            }
+            ApiRequest::Write {
+                identity,
+                request,
+                reply,
+            } => self.send_write(session, now, identity, request, reply),
+        }
+    }
+
+    fn send_write(
+        &mut self,
+        session: &mut HostSession,
+        now: u64,
+        identity: String,
+        request: Request,
+        reply: tokio::sync::oneshot::Sender<(u16, String)>,
+    ) {
+        let Request { target, value, timeout } = request;
+        let mut row = command_row(now, &identity, &target, Some(value.to_string()));
+        let sent = self.check_and_send(session, now, &target, &value);
+        let id = match sent {
+            Ok(id) => id,
+            Err((status, reason)) => {
+                self.stats.api_commands[0].fetch_add(1, Relaxed);
+                tracing::warn!(target: "spb::audit", requested_by = %identity, target = %target, %reason, "command refused");
+                (row.outcome, row.accepted, row.reason) = ("refused", false, storable(&reason).into_owned());
+                let _ = reply.send((status, answer("refused", &reason)));
+                self.add_command_row(row);
+                return;
+            }
+        };
+        self.stats.api_commands[1].fetch_add(1, Relaxed);
+        tracing::info!(target: "spb::audit", requested_by = %identity, target = %target, request = %id, "command sent");
+        row.request_id = Some(id.clone());
+        row.sent_ms = Some(now as i64);
+        row.reason = "sent; waiting for the edge's outcome".into();
+        self.add_command_row(row.clone());
+        let wait = timeout.unwrap_or(self.cfg.commands.timeout);
+        self.waiting.insert(
+            id,
+            Waiting {
+                row,
+                reply,
+                deadline_ms: now + wait.as_millis() as u64,
+                sent: Instant::now(),
+            },
+        );
+    }
+
+    /// Checks a write against the target's last birth and publishes it;
+    /// its request id, or the HTTP status and reason of the refusal.
+    fn check_and_send(
+        &mut self,
+        session: &mut HostSession,
+        now: u64,
+        target: &super::commands::Target,
+        value: &serde_json::Value,
+    ) -> Result<String, (u16, String)> {
+        if !self.link.is_connected() {
+            return Err((503, "the uplink is not connected to the broker".into()));
+        }
+        let (g, n, d, m) = (&target.group, &target.node, target.device.as_deref(), &target.metric);
+        let declared = session.declared(g, n, d, m).map_err(|e| match e {
+            HostError::NodeOffline { .. } | HostError::DeviceOffline { .. } => (409, e.to_string()),
+            e => (422, e.to_string()),
+        })?;
+        let value = to_value(value, declared).map_err(|e| (422, e))?;
+        self.next_request += 1;
+        let id = format!("{}-{now}-{}", self.cfg.host.host_id, self.next_request);
+        let mut props = PropertySet::default();
+        props.set(
+            crate::commands::REQUEST_PROPERTY,
+            PropertyValue::new(Value::String(id.clone())),
+        );
+        let publish = session
+            .write_command(now, g, n, d, m, value, props)
+            .map_err(|e| (422, e.to_string()))?;
+        self.link.publish(publish);
+        Ok(id)
+    }
+
+    /// DATA metrics that report the outcome of a command this host sent.
+    fn outcomes(&mut self, metrics: &[crate::sparkplug::Metric], now: u64) {
+        use crate::commands::{OUTCOME_PROPERTY, REASON_PROPERTY, REQUEST_PROPERTY};
+        for m in metrics {
+            let Some(p) = &m.properties else { continue };
+            let text = |k: &str| match p.get(k).and_then(|v| v.value.as_ref()) {
+                Some(Value::String(s)) | Some(Value::Text(s)) => Some(s.clone()),
+                _ => None,
+            };
+            let Some(w) = text(REQUEST_PROPERTY).and_then(|id| self.waiting.remove(&id)) else {
+                continue;
+            };
+            let outcome = Outcome::from_edge(&text(OUTCOME_PROPERTY).unwrap_or_default());
+            let reason = text(REASON_PROPERTY).unwrap_or_else(|| "read back equal".into());
+            let value = m.value.as_ref().map(crate::commands::shown);
+            self.finish(w, outcome, &reason, value, m.timestamp.unwrap_or(now));
+        }
+    }
+
+    /// Ends a waiting command: its audit row replaced, its caller answered.
+    fn finish(&mut self, w: Waiting, outcome: Outcome, reason: &str, value: Option<String>, at: u64) {
+        let Waiting {
+            mut row, reply, sent, ..
+        } = w;
+        let i = match outcome {
+            Outcome::Refused => 0,
+            Outcome::Sent => 1,
+            Outcome::Confirmed => 2,
+            Outcome::Failed => 3,
+            Outcome::Timeout => 4,
+        };
+        self.stats.api_commands[i].fetch_add(1, Relaxed);
+        if outcome != Outcome::Timeout {
+            self.stats.command_round_trip.observe(sent.elapsed());
+        }
+        row.outcome = outcome.as_str();
+        row.accepted = outcome == Outcome::Confirmed;
+        row.reason = storable(reason).into_owned();
+        if outcome != Outcome::Timeout {
+            row.confirmed_value = value.as_deref().map(|v| storable(v).into_owned());
+            row.confirmed_ms = Some(at as i64);
+        }
+        tracing::info!(target: "spb::audit", requested_by = %row.requested_by, request = ?row.request_id,
+            outcome = outcome.as_str(), %reason, value = ?row.confirmed_value, "command ended");
+        let body = serde_json::json!({
+            "outcome": outcome.as_str(),
+            "request": row.request_id,
+            "reason": reason,
+            "value": row.confirmed_value,
+            "round_trip_ms": sent.elapsed().as_secs_f64() * 1000.0,
+        })
+        .to_string()
+            + "\n";
+        let _ = reply.send((outcome.status(), body));
+        self.add_command_row(row);
+    }
+
+    /// Commands past their deadline (all, at shutdown) end as timeouts.
+    fn expire_commands(&mut self, now: u64, reason: &str) {
+        let due: Vec<String> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.deadline_ms <= now || now == u64::MAX)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            if let Some(w) = self.waiting.remove(&id) {
+                self.finish(w, Outcome::Timeout, reason, None, now_ms());
+            }
+        }
+    }
+
+    fn add_command_row(&mut self, row: CommandRow) {
+        self.stats.commands_audited.fetch_add(1, Relaxed);
+        self.batch_since.get_or_insert_with(Instant::now);
+        self.batch.commands.push(row);
     }
 
     /// Hands the current batch to the writer.
@@ -360,6 +584,10 @@ impl Loop {
         }
         self.writers.supervise();
         self.quarantine_log.flush(now_ms());
+        self.denials.flush(now_ms());
+        if !self.waiting.is_empty() {
+            self.expire_commands(now_ms(), "no outcome from the edge within the timeout");
+        }
         let events = session.tick(now_ms());
         self.execute(session, events);
         if self
@@ -410,5 +638,25 @@ async fn dry_writer(queue: Queue, stats: Arc<Stats>) {
         }
         stats.backlog_rows.fetch_sub(b.len() as u64, Relaxed);
         stats.backlog_bytes.fetch_sub(p.bytes, Relaxed);
+    }
+}
+
+/// An audit row of a command of the API, before its outcome.
+fn command_row(now: u64, requested_by: &str, t: &super::commands::Target, value: Option<String>) -> CommandRow {
+    CommandRow {
+        at_ms: now as i64,
+        group: storable(&t.group).into_owned(),
+        node: storable(&t.node).into_owned(),
+        device: storable(t.device.as_deref().unwrap_or_default()).into_owned(),
+        metric: storable(&t.metric).into_owned(),
+        value: value.map(|v| storable(crate::sparkplug::pretty::prefix(&v, 4096)).into_owned()),
+        accepted: true,
+        reason: String::new(),
+        requested_by: storable(requested_by).into_owned(),
+        request_id: None,
+        outcome: "sent",
+        sent_ms: None,
+        confirmed_value: None,
+        confirmed_ms: None,
     }
 }

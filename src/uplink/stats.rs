@@ -79,7 +79,15 @@ pub struct Stats {
     pub writer_restarts: AtomicU64,
     pub lag: Histogram,
     pub batch_time: Histogram,
+    /// Commands of the API by outcome: refused, sent (still waiting is not
+    /// counted), confirmed, failed, timeout.
+    pub api_commands: [AtomicU64; 5],
+    /// From sending a command of the API to its outcome on the edge's DDATA.
+    pub command_round_trip: Histogram,
 }
+
+/// The order of [`Stats::api_commands`].
+pub const API_OUTCOMES: [&str; 5] = ["refused", "sent", "confirmed", "failed", "timeout"];
 
 impl Exposition for Stats {
     fn ready(&self) -> (bool, String) {
@@ -277,6 +285,22 @@ impl Exposition for Stats {
             &mut s,
             "spb_uplink_batch_seconds",
             "Duration of each committed database transaction.",
+        );
+        let _ = writeln!(
+            s,
+            "# HELP spb_uplink_commands_total Commands of the API (POST /commands) by outcome.\n# TYPE spb_uplink_commands_total counter"
+        );
+        for (i, o) in API_OUTCOMES.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "spb_uplink_commands_total{{outcome=\"{o}\"}} {}",
+                self.api_commands[i].load(Relaxed)
+            );
+        }
+        self.command_round_trip.write(
+            &mut s,
+            "spb_uplink_command_round_trip_seconds",
+            "From a command of the API sent to its confirming (or failing) DDATA.",
         );
         s
     }

@@ -1,0 +1,348 @@
+//! Commands from the central host to the PLC, end to end: `spb-uplink
+//! command` (and `POST /commands`) → the uplink, which checks who asks and
+//! what against the last birth → mosquitto → the gateway's guard → the
+//! python-snap7 and cpppo peers, read back by their own clients → the
+//! confirming DDATA → the answer and `sp_command_audit` in PostgreSQL.
+//! Every refusal (identity, role, ACL, offline node, unknown metric, wrong
+//! type, the edge's own guard) and a timeout are answered and audited.
+#![cfg(feature = "uplink")]
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::pg::TestDb;
+use common::plc::{Cpppo, PeerClient, S7Impl, S7Server};
+use common::uplink::Uplink;
+use common::{test_config, Broker, Gateway};
+use serde_json::{json, Value as J};
+
+const T: Duration = Duration::from_secs(30);
+const TOKEN: &str = "mes-token-0123456789abcdef";
+const VIEWER: &str = "viewer-token-0123456789abcdef";
+const NARROW: &str = "narrow-token-0123456789abcdef";
+
+fn hash(t: &str) -> String {
+    spb::uplink::commands::hex(&spb::uplink::commands::token_hash(t))
+}
+
+/// `[commands]` of the uplink: three identities.
+fn commands(group: &str) -> String {
+    format!(
+        r#"
+[commands]
+enabled = true
+timeout = "3s"
+[[commands.identities]]
+name = "mes"
+token_sha256 = "{mes}"
+roles = ["sparkplug_command"]
+allow = ["{group}/#"]
+[[commands.identities]]
+name = "viewer"
+token_sha256 = "{viewer}"
+roles = []
+allow = ["{group}/#"]
+[[commands.identities]]
+name = "narrow"
+token_sha256 = "{narrow}"
+roles = ["sparkplug_command"]
+allow = ["{group}/gw/line/#"]
+"#,
+        mes = hash(TOKEN),
+        viewer = hash(VIEWER),
+        narrow = hash(NARROW),
+    )
+}
+
+/// `spb-uplink command …` with the API token in the environment: exit code and answer.
+fn cli(http: u16, token: &str, args: &[&str]) -> (i32, J) {
+    let out = Command::new(env!("CARGO_BIN_EXE_spb-uplink"))
+        .arg("command")
+        .args(["--url", &format!("http://127.0.0.1:{http}")])
+        .args(args)
+        .env("SPB_UPLINK_TOKEN", token)
+        .output()
+        .expect("run spb-uplink command");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let answer = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{e}: {text:?}\nstderr: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), answer)
+}
+
+/// `POST /commands` as any client would: status and answer.
+fn post(http: u16, token: &str, body: &J) -> (u16, J) {
+    let (status, text) = spb::uplink::client::post(
+        &format!("http://127.0.0.1:{http}"),
+        "/commands",
+        token,
+        &body.to_string(),
+        Duration::from_secs(20),
+    )
+    .expect("an answer");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+    )
+}
+
+fn wait_for(db: &TestDb, what: &str, sql: &str, want: i64, uplink: &Uplink) {
+    // The schema exists once the uplink says its database is up.
+    uplink.wait_until("the database is up", |u| u.metric("spb_uplink_database_ok") == 1.0);
+    let deadline = Instant::now() + T;
+    while db.query_i64(sql) != want {
+        assert!(Instant::now() < deadline, "{what}: {sql}\n{}", uplink.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_command_from_the_cli_reaches_the_s7_and_logix_peers_is_confirmed_and_audited() {
+    let db = TestDb::new("cmd_ok");
+    let broker = Broker::start(None);
+    let s7 = S7Server::start_holding(S7Impl::Python, &[3]);
+    let mut s7c = PeerClient::snap7(s7.port);
+    let logix = Cpppo::start(&["Batch=DINT", "Speed=REAL"]);
+    let mut lc = PeerClient::pylogix(logix.port);
+    let uplink = Uplink::start(broker.port, &db.url(), &commands("WC1"));
+    let devices = format!(
+        r#"
+[[devices]]
+name = "oven"
+driver = "s7"
+address = "127.0.0.1:{s7}"
+[devices.scan_classes]
+default = "5s"
+[[devices.tags]]
+name = "Setpoint"
+address = "DB1.DBD0"
+datatype = "Float"
+writable = true
+max = 250
+[[devices.tags]]
+name = "Held"
+address = "DB3.DBW0"
+datatype = "Int16"
+writable = true
+
+[[devices]]
+name = "line"
+driver = "logix"
+address = "127.0.0.1:{logix}"
+[devices.scan_classes]
+default = "5s"
+[[devices.tags]]
+name = "Batch"
+address = "Batch"
+datatype = "Int32"
+writable = true
+"#,
+        s7 = s7.port,
+        logix = logix.port
+    );
+    let cfg = test_config(
+        "WC1",
+        "gw",
+        &format!("host = \"127.0.0.1\"\nport = {}", broker.port),
+        "",
+    )
+    .replace("[telemetry]", "[commands]\nenabled = true\n\n[telemetry]")
+        + &devices;
+    let _gw = Gateway::start(&cfg, &[]);
+    // Both PLC devices born, as the uplink's facts show.
+    wait_for(
+        &db,
+        "both devices born",
+        "SELECT count(DISTINCT device_id) FROM sp_metric_fact WHERE group_id = 'WC1' AND device_id IN ('oven', 'line')",
+        2,
+        &uplink,
+    );
+    let (code, a) = cli(
+        uplink.http,
+        TOKEN,
+        &[
+            "--group", "WC1", "--node", "gw", "--device", "oven", "--metric", "Setpoint", "--value", "182.5",
+        ],
+    );
+    assert_eq!((code, &a["outcome"]), (0, &json!("confirmed")), "{a}\n{}", uplink.log());
+    assert_eq!(a["value"], "182.5");
+    assert_eq!(
+        s7c.call(json!({"op":"get","db":1,"offset":0,"type":"REAL"}))["value"],
+        json!(182.5),
+        "the S7 peer's own client reads it"
+    );
+    let (code, a) = cli(
+        uplink.http,
+        TOKEN,
+        &[
+            "--group", "WC1", "--node", "gw", "--device", "line", "--metric", "Batch", "--value", "-42",
+        ],
+    );
+    assert_eq!((code, &a["outcome"]), (0, &json!("confirmed")), "{a}");
+    assert_eq!(
+        lc.call(json!({"op":"read","tag":"Batch"}))["value"],
+        json!(-42),
+        "pylogix reads it"
+    );
+    // The PLC puts its own value back: failed, with the value it holds.
+    let (code, a) = cli(
+        uplink.http,
+        TOKEN,
+        &[
+            "--group", "WC1", "--node", "gw", "--device", "oven", "--metric", "Held", "--value", "7",
+        ],
+    );
+    assert_eq!(
+        (code, &a["outcome"], &a["value"]),
+        (1, &json!("failed"), &json!("0")),
+        "{a}"
+    );
+    assert!(a["reason"].as_str().is_some_and(|r| r.contains("instead of 7")), "{a}");
+
+    wait_for(
+        &db,
+        "three outcomes audited",
+        "SELECT count(*) FROM sp_command_audit WHERE request_id IS NOT NULL AND outcome <> 'sent'",
+        3,
+        &uplink,
+    );
+    let rows = db.query_text(
+        "SELECT string_agg(concat_ws('|', device_id, metric, value, outcome, requested_by, confirmed_value,
+                (sent_at IS NOT NULL AND confirmed_at IS NOT NULL AND sent_at >= at)::text), ';' ORDER BY id)
+         FROM sp_command_audit WHERE request_id IS NOT NULL",
+    );
+    assert_eq!(
+        rows,
+        "oven|Setpoint|182.5|confirmed|mes|182.5|true;line|Batch|-42|confirmed|mes|-42|true;oven|Held|7|failed|mes|0|true"
+    );
+    assert_eq!(uplink.metric("spb_uplink_commands_total{outcome=\"confirmed\"}"), 2.0);
+    assert_eq!(uplink.metric("spb_uplink_commands_total{outcome=\"failed\"}"), 1.0);
+}
+
+#[test]
+fn every_refusal_and_a_timeout_is_answered_and_audited_and_nothing_refused_is_sent() {
+    let db = TestDb::new("cmd_refused");
+    let broker = Broker::start(None);
+    let uplink = Uplink::start(broker.port, &db.url(), &commands("WC2"));
+    let cfg = test_config(
+        "WC2",
+        "gw",
+        &format!("host = \"127.0.0.1\"\nport = {}", broker.port),
+        "",
+    )
+    .replace("[telemetry]", "[commands]\nenabled = true\n\n[telemetry]")
+    .replace(
+        "address = \"counter\"\ndatatype = \"UInt32\"",
+        "address = \"counter\"\ndatatype = \"UInt32\"\nwritable = true\nmax = 1000000",
+    );
+    let gw = Gateway::start(&cfg, &[]);
+    wait_for(
+        &db,
+        "the press born",
+        "SELECT least(count(*), 1) FROM sp_metric_fact WHERE group_id = 'WC2' AND device_id = 'press'",
+        1,
+        &uplink,
+    );
+    let body = |device: &str, metric: &str, value: J| json!({"group": "WC2", "node": "gw", "device": device, "metric": metric, "value": value});
+    let ok = body("press", "Strokes", json!(5));
+    let cases: Vec<(&str, J, u16, &str)> = vec![
+        ("wrong-token", ok.clone(), 401, "unknown identity"),
+        ("", ok.clone(), 401, "unknown identity"),
+        (VIEWER, ok.clone(), 403, "lacks the role sparkplug_command"),
+        (NARROW, ok.clone(), 403, "may not write WC2/gw/press/Strokes"),
+        (TOKEN, json!({"group": "WC2"}), 400, "'node' is required"),
+        (
+            TOKEN,
+            json!({"group": "WC2", "node": "ghost", "metric": "x", "value": 1}),
+            409,
+            "edge node WC2/ghost is not online",
+        ),
+        (TOKEN, body("press", "Nope", json!(1)), 422, "was not declared"),
+        (
+            TOKEN,
+            body("press", "Strokes", json!("12")),
+            422,
+            "a string cannot be written to a UInt32 metric",
+        ),
+        (
+            TOKEN,
+            body("press", "Strokes", json!(3.7)),
+            422,
+            "a number with a fraction cannot be written",
+        ),
+        (
+            TOKEN,
+            body("press", "Strokes", json!(-1)),
+            422,
+            "-1 does not fit a UInt32 metric",
+        ),
+        // Allowed by the uplink, refused by the edge's guard (not writable).
+        (
+            TOKEN,
+            body("press", "Pressure", json!(1.5)),
+            422,
+            "the tag is not writable",
+        ),
+    ];
+    for (token, b, status, says) in &cases {
+        let (got, a) = post(uplink.http, token, b);
+        assert_eq!(got, *status, "{b}: {a}");
+        assert_eq!(a["outcome"], "refused", "{b}: {a}");
+        assert!(
+            a["reason"].as_str().is_some_and(|r| r.contains(says)),
+            "{b}: {a} should say {says:?}"
+        );
+    }
+    // The CLI says the same, and its exit status is 1.
+    let (code, a) = cli(
+        uplink.http,
+        VIEWER,
+        &[
+            "--group", "WC2", "--node", "gw", "--device", "press", "--metric", "Strokes", "--value", "5",
+        ],
+    );
+    assert_eq!((code, &a["outcome"]), (1, &json!("refused")));
+    // A gateway that does not answer: the uplink times out.
+    gw.signal(nix::sys::signal::Signal::SIGSTOP);
+    let mut late = ok.clone();
+    late["timeout_ms"] = json!(500);
+    let (got, a) = post(uplink.http, TOKEN, &late);
+    gw.signal(nix::sys::signal::Signal::SIGCONT);
+    assert_eq!((got, &a["outcome"]), (504, &json!("timeout")), "{a}");
+    // And one that goes through, for contrast.
+    let (got, a) = post(uplink.http, TOKEN, &ok);
+    assert_eq!((got, &a["outcome"]), (200, &json!("confirmed")), "{a}");
+
+    let n = cases.len() as i64 + 1 + 2;
+    wait_for(
+        &db,
+        "every request audited",
+        "SELECT count(*) FROM sp_command_audit WHERE outcome <> 'sent'",
+        n,
+        &uplink,
+    );
+    let q = |w: &str| db.query_i64(&format!("SELECT count(*) FROM sp_command_audit WHERE {w}"));
+    assert_eq!(q("outcome = 'refused' AND requested_by = 'unauthenticated'"), 2);
+    assert_eq!(q("outcome = 'refused' AND requested_by = 'viewer'"), 2);
+    assert_eq!(
+        q("outcome = 'refused' AND requested_by = 'narrow' AND metric = 'Strokes'"),
+        1
+    );
+    assert_eq!(q("outcome = 'refused' AND requested_by = 'mes'"), 7);
+    // Refused by the uplink: never sent. Refused by the edge: sent, then refused.
+    assert_eq!(q("outcome = 'refused' AND sent_at IS NOT NULL"), 1);
+    assert_eq!(
+        q("outcome = 'refused' AND sent_at IS NOT NULL AND metric = 'Pressure'"),
+        1
+    );
+    assert_eq!(
+        q("outcome = 'timeout' AND sent_at IS NOT NULL AND confirmed_at IS NULL"),
+        1
+    );
+    assert_eq!(q("outcome = 'confirmed' AND confirmed_value = '5'"), 1);
+    assert_eq!(
+        uplink.metric("spb_uplink_commands_total{outcome=\"refused\"}"),
+        (cases.len() + 1) as f64
+    );
+}
