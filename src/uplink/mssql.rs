@@ -162,19 +162,24 @@ CREATE TABLE sp_metric_rollup (
         (
             // The command audit follows a command of the API from request to
             // outcome (as PostgreSQL's v4): `at` is when it was requested.
+            // Two migrations, so that the index is compiled once the column
+            // exists (each migration is one batch).
             2,
             r#"
 ALTER TABLE sp_command_audit ADD
     request_id nvarchar(450) NULL,
-    outcome varchar(9) NOT NULL CONSTRAINT sp_command_audit_outcome_df DEFAULT 'sent',
+    outcome varchar(9) NOT NULL CONSTRAINT sp_command_audit_outcome_df DEFAULT 'sent'
+        CONSTRAINT sp_command_audit_outcome_ck CHECK (outcome IN ('refused', 'sent', 'confirmed', 'failed', 'timeout')),
     sent_at datetime2(3) NULL,
     confirmed_value nvarchar(max) NULL,
     confirmed_at datetime2(3) NULL;
-ALTER TABLE sp_command_audit ADD CONSTRAINT sp_command_audit_outcome_ck
-    CHECK (outcome IN ('refused', 'sent', 'confirmed', 'failed', 'timeout'));
-CREATE UNIQUE INDEX sp_command_audit_request ON sp_command_audit (request_id) WHERE request_id IS NOT NULL;
 "#
             .to_string(),
+        ),
+        (
+            3,
+            "CREATE UNIQUE INDEX sp_command_audit_request ON sp_command_audit (request_id) WHERE request_id IS NOT NULL;"
+                .to_string(),
         ),
     ]
 }
