@@ -142,4 +142,18 @@ fn uplink_check_config_finds_what_would_fail_at_start() {
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("mqtt.servers[0].tls.key: cannot read"), "{text}");
     assert!(text.contains("1 error that would stop or fail the uplink"), "{text}");
+
+    // The command API's HTTPS files are read as at start.
+    let https = format!(
+        "https_listen = \"127.0.0.1:9443\"\nhttps_cert = \"{0}/client.pem\"\nhttps_key = \"{0}/gone.key\"\nhttps_client_ca = \"{0}/ca.pem\"\n",
+        u.display()
+    );
+    std::fs::write(
+        &file,
+        shipped.replacen("timeout = \"5s\"", &format!("timeout = \"5s\"\n{https}"), 1),
+    )
+    .expect("write");
+    let (code, text) = check(&file);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("commands: commands.https_key: cannot read"), "{text}");
 }

@@ -29,11 +29,17 @@ fn hash(t: &str) -> String {
 
 /// `[commands]` of the uplink: three identities.
 fn commands(group: &str) -> String {
+    commands_with(group, "")
+}
+
+/// … with more `[commands]` keys.
+fn commands_with(group: &str, keys: &str) -> String {
     format!(
         r#"
 [commands]
 enabled = true
 timeout = "3s"
+{keys}
 [[commands.identities]]
 name = "mes"
 token_sha256 = "{mes}"
@@ -344,5 +350,122 @@ fn every_refusal_and_a_timeout_is_answered_and_audited_and_nothing_refused_is_se
     assert_eq!(
         uplink.metric("spb_uplink_commands_total{outcome=\"refused\"}"),
         (cases.len() + 1) as f64
+    );
+}
+
+/// `POST /commands` over HTTPS with `client` (cert, key) or none; the
+/// status and answer, or the handshake's error.
+fn https_post(port: u16, ca: &str, client: Option<(&str, &str)>, token: &str, body: &J) -> Result<(u16, J), String> {
+    use std::io::{Read, Write};
+    let tls = spb::mqtt::settings::TlsConfig {
+        ca: Some(ca.into()),
+        system_roots: false,
+        cert: client.map(|c| c.0.into()),
+        key: client.map(|c| c.1.into()),
+        server_name: None,
+    };
+    let cfg = spb::mqtt::tls::client_config(&tls, rustls::pki_types::UnixTime::now()).map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(cfg, name).map_err(|e| e.to_string())?;
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    let body = body.to_string();
+    let auth = if token.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {token}\r\n")
+    };
+    write!(
+        s,
+        "POST /commands HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    // A refused handshake shows here (TLS 1.3 alerts come with the first read).
+    match s.read_to_string(&mut out) {
+        Ok(_) => {}
+        Err(e) if out.is_empty() => return Err(e.to_string()),
+        Err(_) => {}
+    }
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no answer: {out:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("status")?;
+    Ok((status, serde_json::from_str(body).map_err(|e| format!("{e}: {body}"))?))
+}
+
+#[test]
+fn over_https_a_client_certificate_names_the_identity_and_another_cas_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::new("cmd_https");
+    let broker = Broker::start(None);
+    let pki = common::Pki::generate();
+    // The uplink refuses a key every user can read.
+    std::fs::set_permissions(pki.path("server.key"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let https = common::free_port();
+    let keys = format!(
+        "https_listen = \"127.0.0.1:{https}\"\nhttps_cert = \"{}\"\nhttps_key = \"{}\"\nhttps_client_ca = \"{}\"",
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem"),
+    );
+    let hmi = "[[commands.identities]]\nname = \"hmi\"\ncertificate = \"gw-test\"\nroles = [\"sparkplug_command\"]\nallow = [\"WC3/gw/press/#\"]\n";
+    let uplink = Uplink::start(broker.port, &db.url(), &format!("{}{hmi}", commands_with("WC3", &keys)));
+    let cfg = test_config(
+        "WC3",
+        "gw",
+        &format!("host = \"127.0.0.1\"\nport = {}", broker.port),
+        "",
+    )
+    .replace("[telemetry]", "[commands]\nenabled = true\n\n[telemetry]")
+    .replace(
+        "address = \"counter\"\ndatatype = \"UInt32\"",
+        "address = \"counter\"\ndatatype = \"UInt32\"\nwritable = true",
+    );
+    let _gw = Gateway::start(&cfg, &[]);
+    wait_for(
+        &db,
+        "the press born",
+        "SELECT least(count(*), 1) FROM sp_metric_fact WHERE group_id = 'WC3' AND device_id = 'press'",
+        1,
+        &uplink,
+    );
+    let write = json!({"group": "WC3", "node": "gw", "device": "press", "metric": "Strokes", "value": 77});
+    let ca = pki.path("ca.pem");
+    let mine = (pki.path("client.pem"), pki.path("client.key"));
+    // The certificate alone names "hmi".
+    let (status, a) = https_post(https, &ca, Some((&mine.0, &mine.1)), "", &write).expect("https");
+    assert_eq!(
+        (status, &a["outcome"]),
+        (200, &json!("confirmed")),
+        "{a}\n{}",
+        uplink.log()
+    );
+    // No certificate: a token still works over HTTPS; nothing at all is 401.
+    let (status, a) = https_post(https, &ca, None, TOKEN, &write).expect("https");
+    assert_eq!((status, &a["outcome"]), (200, &json!("confirmed")), "{a}");
+    let (status, _) = https_post(https, &ca, None, "", &write).expect("https");
+    assert_eq!(status, 401);
+    // A certificate of another CA does not get through the handshake.
+    let rogue = (pki.path("rogue-client.pem"), pki.path("rogue-client.key"));
+    let e = https_post(https, &ca, Some((&rogue.0, &rogue.1)), "", &write).expect_err("refused");
+    assert!(e.to_lowercase().contains("certificate") || e.contains("alert"), "{e}");
+    // hmi's ACL is its own press only.
+    let mut other = write.clone();
+    other["device"] = json!("oven");
+    let (status, a) = https_post(https, &ca, Some((&mine.0, &mine.1)), "", &other).expect("https");
+    assert_eq!(status, 403, "{a}");
+    wait_for(
+        &db,
+        "audited with the identity",
+        "SELECT count(*) FROM sp_command_audit WHERE requested_by = 'hmi' AND outcome IN ('confirmed', 'refused')",
+        2,
+        &uplink,
     );
 }

@@ -216,7 +216,12 @@ fn main() -> ExitCode {
     };
     if check {
         // What would fail at start or at the first connect: the TLS files.
-        let (errors, warnings) = spb::mqtt::tls::check_servers(&cfg.mqtt.servers, spb::clock::now_ms(), false);
+        let (mut errors, warnings) = spb::mqtt::tls::check_servers(&cfg.mqtt.servers, spb::clock::now_ms(), false);
+        if let Some(h) = &cfg.commands.https {
+            if let Err(e) = spb::mqtt::tls::server_config(&h.cert, &h.key, &h.client_ca) {
+                errors.push(format!("commands: {e}"));
+            }
+        }
         for w in &warnings {
             eprintln!("{}: warning: {w}", config.display());
         }

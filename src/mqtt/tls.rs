@@ -199,6 +199,61 @@ pub fn client_config(tls: &TlsConfig, now: UnixTime) -> Result<Arc<ClientConfig>
     Ok(Arc::new(config))
 }
 
+/// A rustls server configuration for an HTTPS listener (the uplink's
+/// command API): its certificate and key, and the CA whose client
+/// certificates it verifies. A client without a certificate is let through
+/// the handshake (it may still hold an API token); one with a certificate
+/// that `client_ca` did not sign is refused by the handshake.
+pub fn server_config(
+    cert_path: &Path,
+    key_path: &Path,
+    client_ca: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs("commands.https_client_ca", client_ca)? {
+        roots.add(cert).map_err(|e| TlsError::BadCa {
+            path: client_ca.into(),
+            reason: e.to_string(),
+        })?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::BadCa {
+            path: client_ca.into(),
+            reason: e.to_string(),
+        })?;
+    let chain = read_certs("commands.https_cert", cert_path)?;
+    check_key_mode(key_path)?;
+    let key_bytes = std::fs::read(key_path).map_err(|e| TlsError::Read {
+        key: "commands.https_key",
+        path: key_path.into(),
+        reason: e.to_string(),
+    })?;
+    let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| TlsError::Read {
+        key: "commands.https_key",
+        path: key_path.into(),
+        reason: format!("no PKCS#8, RSA or EC private key in PEM: {e}"),
+    })?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|_| TlsError::NoRoots)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::KeyMismatch {
+            path: key_path.into(),
+            cert: cert_path.into(),
+            reason: e.to_string(),
+        })?;
+    Ok(Arc::new(config))
+}
+
+/// The subject's common name (CN) of a DER certificate.
+pub fn subject_cn(cert: &[u8]) -> Option<String> {
+    der::subject_cn(cert)
+}
+
 /// What is wrong with the client certificate's validity at `now`, if
 /// anything ("expired on …", "is not valid yet (valid from …)"); its expiry
 /// when that is less than `warn_days` away (a warning, the second value).
@@ -334,6 +389,33 @@ mod der {
         let (t1, nb, r) = tlv(validity)?;
         let (t2, na, _) = tlv(r)?;
         Some((time(t1, nb)?, time(t2, na)?))
+    }
+
+    /// The subject's CN: the Name after the validity, a SEQUENCE of SETs
+    /// of (OID, value); CN is OID 2.5.4.3.
+    pub fn subject_cn(cert: &[u8]) -> Option<String> {
+        let (_, certificate, _) = tlv(cert)?;
+        let (_, tbs, _) = tlv(certificate)?;
+        let mut rest = tbs;
+        let (tag, _, r) = tlv(rest)?;
+        if tag == 0xa0 {
+            rest = r;
+        }
+        for _ in 0..4 {
+            rest = tlv(rest)?.2; // serial, signature algorithm, issuer, validity
+        }
+        let (_, mut rdns, _) = tlv(rest)?;
+        while !rdns.is_empty() {
+            let (_, set, next) = tlv(rdns)?;
+            rdns = next;
+            let (_, atv, _) = tlv(set)?;
+            let (_, oid, value) = tlv(atv)?;
+            if oid == [0x55, 0x04, 0x03] {
+                let (_, v, _) = tlv(value)?;
+                return std::str::from_utf8(v).ok().map(str::to_string);
+            }
+        }
+        None
     }
 
     fn time(tag: u8, s: &[u8]) -> Option<u64> {
@@ -643,5 +725,21 @@ mod tests {
     fn der_dates_parse_utctime_and_generalizedtime() {
         assert_eq!(der::format_time(0), "1970-01-01 UTC");
         assert_eq!(der::format_time(1_700_000_000), "2023-11-14 UTC");
+    }
+
+    #[test]
+    fn the_subject_cn_is_read_from_a_certificate() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["hmi.plant".to_string()]).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, "Plant");
+        params.distinguished_name.push(rcgen::DnType::CommonName, "hmi-01");
+        let cert = params.self_signed(&key).expect("cert");
+        assert_eq!(subject_cn(cert.der()), Some("hmi-01".to_string()));
+        let mut none = rcgen::CertificateParams::new(vec!["x".to_string()]).expect("params");
+        none.distinguished_name = rcgen::DistinguishedName::new();
+        let cert = none.self_signed(&key).expect("cert");
+        assert_eq!(subject_cn(cert.der()), None);
+        assert_eq!(subject_cn(b"garbage"), None);
     }
 }

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -40,9 +40,16 @@ pub trait Exposition: Send + Sync + 'static {
     fn ready(&self) -> (bool, String);
     /// `/metrics`: the Prometheus text exposition.
     fn metrics(&self) -> String;
-    /// `POST path` with the `Authorization: Bearer` token and the body;
-    /// `None`: no such route (404).
-    fn post(&self, _path: &str, _bearer: Option<String>, _body: Vec<u8>) -> Option<Answer> {
+    /// `POST path` with the `Authorization: Bearer` token, the name of the
+    /// client certificate a TLS listener verified, and the body; `None`: no
+    /// such route (404).
+    fn post(
+        &self,
+        _path: &str,
+        _bearer: Option<String>,
+        _certificate: Option<String>,
+        _body: Vec<u8>,
+    ) -> Option<Answer> {
         None
     }
     /// How long one exchange may take in all (POST routes may wait).
@@ -71,8 +78,21 @@ impl Exposition for GatewayExposition {
     }
 }
 
-/// Serves for ever (module invariants).
+/// Serves plain HTTP for ever (module invariants).
 pub async fn serve<E: Exposition>(listener: TcpListener, exposition: Arc<E>) {
+    serve_with(listener, exposition, |s| async move { Ok((s, None)) }).await
+}
+
+/// Serves for ever, each connection first through `handshake` (e.g.
+/// TLS), which gives the stream to speak HTTP on and the verified client
+/// certificate's name; the handshake counts toward the exchange's time.
+pub async fn serve_with<E, S, F, Fut>(listener: TcpListener, exposition: Arc<E>, handshake: F)
+where
+    E: Exposition,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = std::io::Result<(S, Option<String>)>> + Send + 'static,
+{
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0u64;
@@ -101,14 +121,26 @@ pub async fn serve<E: Exposition>(listener: TcpListener, exposition: Arc<E>) {
             continue;
         };
         let e = exposition.clone();
+        let shake = handshake(stream);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(e.exchange_timeout(), handle(stream, &*e)).await;
+            let exchange = async {
+                // The handshake, like the request head, must come at once.
+                let (stream, certificate) = tokio::time::timeout(HEADER_TIMEOUT, shake)
+                    .await
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+                handle(stream, certificate, &*e).await
+            };
+            let _ = tokio::time::timeout(e.exchange_timeout(), exchange).await;
             drop(permit);
         });
     }
 }
 
-async fn handle<E: Exposition>(mut stream: TcpStream, e: &E) -> std::io::Result<()> {
+async fn handle<E: Exposition, S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    certificate: Option<String>,
+    e: &E,
+) -> std::io::Result<()> {
     let mut buf = vec![0u8; 8192];
     let mut n = 0;
     let head = async {
@@ -128,7 +160,7 @@ async fn handle<E: Exposition>(mut stream: TcpStream, e: &E) -> std::io::Result<
         return Ok(());
     }
     if buf.starts_with(b"POST ") {
-        let resp = post(&mut stream, &buf[..n], e).await?;
+        let resp = post(&mut stream, &buf[..n], certificate, e).await?;
         stream.write_all(&resp).await?;
         return stream.shutdown().await;
     }
@@ -138,7 +170,12 @@ async fn handle<E: Exposition>(mut stream: TcpStream, e: &E) -> std::io::Result<
 }
 
 /// A POST: the body (bounded by its declared length), then the route.
-async fn post<E: Exposition>(stream: &mut TcpStream, got: &[u8], e: &E) -> std::io::Result<Vec<u8>> {
+async fn post<E: Exposition, S: AsyncRead + Unpin>(
+    stream: &mut S,
+    got: &[u8],
+    certificate: Option<String>,
+    e: &E,
+) -> std::io::Result<Vec<u8>> {
     let end = got
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -179,7 +216,7 @@ async fn post<E: Exposition>(stream: &mut TcpStream, got: &[u8], e: &E) -> std::
         let (scheme, token) = v.split_once(' ')?;
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
     });
-    Ok(match e.post(&path, bearer, body) {
+    Ok(match e.post(&path, bearer, certificate, body) {
         Some(answer) => {
             let (code, body) = answer.await;
             response(code, "application/json", &body)

@@ -68,7 +68,7 @@ impl Exposition for UplinkExposition {
         Duration::from_secs(65)
     }
 
-    fn post(&self, path: &str, bearer: Option<String>, body: Vec<u8>) -> Option<Answer> {
+    fn post(&self, path: &str, bearer: Option<String>, certificate: Option<String>, body: Vec<u8>) -> Option<Answer> {
         if path != "/commands" {
             return None;
         }
@@ -89,7 +89,7 @@ impl Exposition for UplinkExposition {
                 });
                 (d.status(), answer("refused", &d.to_string()))
             };
-            let identity = match authenticate(&cfg, bearer.as_deref(), None) {
+            let identity = match authenticate(&cfg, bearer.as_deref(), certificate.as_deref()) {
                 Ok(i) => i.clone(),
                 Err(d) => return denied("unauthenticated".into(), d),
             };

@@ -45,6 +45,16 @@ pub struct Identity {
     pub allow: Vec<String>,
 }
 
+/// The HTTPS listener of the command API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsConfig {
+    pub listen: std::net::SocketAddr,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// The CA whose client certificates name identities (`certificate`).
+    pub client_ca: std::path::PathBuf,
+}
+
 /// `[commands]` of the uplink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiConfig {
@@ -52,6 +62,8 @@ pub struct ApiConfig {
     /// How long a command waits for the confirming DDATA (default 5s).
     pub timeout: Duration,
     pub identities: Vec<Identity>,
+    /// `POST /commands` over HTTPS too, where client certificates count.
+    pub https: Option<HttpsConfig>,
 }
 
 impl Default for ApiConfig {
@@ -60,6 +72,7 @@ impl Default for ApiConfig {
             enabled: false,
             timeout: Duration::from_secs(5),
             identities: Vec::new(),
+            https: None,
         }
     }
 }

@@ -34,9 +34,14 @@
 //! [[commands.identities]]
 //! name = "mes"
 //! token_sha256 = "…64 hex digits…"  # `spb-uplink hash-token` makes a token and this
-//! certificate = "mes-01"            # or: a client certificate's CN (HTTPS listener)
+//! certificate = "mes-01"            # or: a client certificate's CN (HTTPS listener below)
 //! roles = ["sparkplug_command"]
 //! allow = ["Plant1/+/oven/#"]       # group/node/device/metric, MQTT wildcards
+//! # POST /commands over HTTPS as well (tokens, and client certificates):
+//! https_listen = "0.0.0.0:9443"
+//! https_cert = "/etc/spb-uplink/api.pem"
+//! https_key = "/etc/spb-uplink/api.key"
+//! https_client_ca = "/etc/spb-uplink/clients-ca.pem"
 //! ```
 
 use std::path::Path;
@@ -152,10 +157,44 @@ impl UplinkConfig {
 
 fn read_commands(t: &Table) -> ApiConfig {
     let d = ApiConfig::default();
+    let https = match t.opt_str("https_listen") {
+        None => {
+            for k in ["https_cert", "https_key", "https_client_ca"] {
+                if t.is_present(k) {
+                    t.invalid(k, "applies with https_listen only");
+                }
+            }
+            None
+        }
+        Some(addr) => {
+            let listen = addr
+                .parse()
+                .map_err(|e| t.invalid("https_listen", format!("'{addr}': {e} (e.g. \"0.0.0.0:9443\")")))
+                .ok();
+            let path = |k: &str| {
+                let p = t.opt_path(k);
+                if p.is_none() {
+                    t.missing(k, "a PEM file, with https_listen");
+                }
+                p
+            };
+            let (cert, key, client_ca) = (path("https_cert"), path("https_key"), path("https_client_ca"));
+            match (listen, cert, key, client_ca) {
+                (Some(listen), Some(cert), Some(key), Some(client_ca)) => Some(super::commands::HttpsConfig {
+                    listen,
+                    cert,
+                    key,
+                    client_ca,
+                }),
+                _ => None,
+            }
+        }
+    };
     let mut cfg = ApiConfig {
         enabled: t.bool_or("enabled", false),
         timeout: t.duration_or("timeout", d.timeout),
         identities: Vec::new(),
+        https,
     };
     if cfg.timeout < Duration::from_millis(100) || cfg.timeout > Duration::from_secs(60) {
         t.invalid("timeout", "must be between 100ms and 60s");
@@ -205,7 +244,15 @@ fn read_commands(t: &Table) -> ApiConfig {
             allow,
         });
     }
-    t.finish(&["enabled", "timeout", "identities"]);
+    t.finish(&[
+        "enabled",
+        "timeout",
+        "identities",
+        "https_listen",
+        "https_cert",
+        "https_key",
+        "https_client_ca",
+    ]);
     cfg
 }
 

@@ -65,6 +65,8 @@ pub enum UplinkError {
     },
     #[error("installing a signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("commands.https: {0}")]
+    Https(String),
 }
 
 /// Runs the uplink until SIGTERM/SIGINT.
@@ -82,7 +84,11 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
             tx: api_tx,
             max_name: cfg.limits.max_name_bytes,
         };
-        tokio::spawn(http::serve(listener, Arc::new(exposition)));
+        let exposition = Arc::new(exposition);
+        if let Some(https) = &cfg.commands.https {
+            serve_https(https, exposition.clone()).await?;
+        }
+        tokio::spawn(http::serve(listener, exposition));
     } else {
         drop(api_tx);
     }
@@ -615,6 +621,38 @@ impl Loop {
             self.link.publish(session.declare_online());
         }
     }
+}
+
+/// The command API over HTTPS: the client certificate's CN (verified
+/// against `https_client_ca`) names the identity; a token works as well.
+async fn serve_https(
+    https: &super::commands::HttpsConfig,
+    exposition: Arc<UplinkExposition>,
+) -> Result<(), UplinkError> {
+    let tls = crate::mqtt::tls::server_config(&https.cert, &https.key, &https.client_ca)
+        .map_err(|e| UplinkError::Https(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(https.listen)
+        .await
+        .map_err(|source| UplinkError::Bind {
+            addr: https.listen,
+            source,
+        })?;
+    tracing::info!(addr = %https.listen, "command API on https://{}/commands", https.listen);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(http::serve_with(listener, exposition, move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            let stream = acceptor.accept(tcp).await?;
+            let cn = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| crate::mqtt::tls::subject_cn(c.as_ref()));
+            Ok((stream, cn))
+        }
+    }));
+    Ok(())
 }
 
 /// `--dry-run`: decode and log, write nothing.
