@@ -17,7 +17,7 @@ SRC_URI = "${SPB_GATEWAY_GIT};branch=main"
 # The released commit: set by `make yocto-pin` with the version in the file
 # name (tests/packaging.rs checks that both agree with Cargo.toml and that the
 # crate list below is that commit's Cargo.lock).
-SRCREV = "dadb6ffd33391556d5e1830d217a3e824c588e4e"
+SRCREV = "b3bf26bd53a92f724b12fe3cc6fa1a5317b08b43"
 
 # scarthgap unpacks into WORKDIR; later releases into UNPACKDIR.
 S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}/git"
