@@ -328,6 +328,11 @@ pub(super) fn qos(q: QoS) -> rumqttc::QoS {
 async fn drive(mut eventloop: rumqttc::EventLoop, timeout: Duration, id: u64, tx: mpsc::Sender<ConnEvent>) {
     let mut net = eventloop.network_options();
     net.set_connection_timeout(timeout.as_secs().max(1));
+    // Without it a small publish after another waits for the broker's
+    // delayed ACK (40 ms on Linux): a command's confirmation took 44 ms
+    // instead of a few (BENCHMARKS.md, "Command write-back"). rumqttc
+    // still writes what is queued together.
+    net.set_tcp_nodelay(true);
     eventloop.set_network_options(net);
     loop {
         match eventloop.poll().await {

@@ -237,11 +237,16 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(pki: Option<&Pki>) -> Broker {
+        Self::start_with(pki, "")
+    }
+
+    /// With more global options (e.g. `set_tcp_nodelay true`).
+    pub fn start_with(pki: Option<&Pki>, options: &str) -> Broker {
         let dir = tempfile::tempdir().expect("tmp");
         let port = free_port();
         let tls_port = pki.map(|_| free_port());
         let mut conf = format!(
-            "per_listener_settings true\npersistence false\nlog_type error\nlog_type warning\nlog_type notice\n\
+            "per_listener_settings true\npersistence false\nlog_type error\nlog_type warning\nlog_type notice\n{options}\n\
              listener {port} 127.0.0.1\nallow_anonymous true\n"
         );
         if let (Some(pki), Some(tp)) = (pki, tls_port) {

@@ -2,7 +2,8 @@
 cpppo's simulator, docs/PEERS.md).
 
   logix_peer.py client PORT    JSON lines on stdin, one JSON answer per line
-Ops: {"op":"read","tag":"Temp[2]","count":1}, {"op":"write","tag":"Counter","value":5}
+Ops: {"op":"read","tag":"Temp[2]","count":1}, {"op":"write","tag":"Counter","value":5},
+{"op":"bench_rw","tag":"Speed","n":N} (write a REAL and read it back, N times: seconds each)
 """
 import json
 import sys
@@ -27,6 +28,18 @@ def client(port):
                     plc.Read(req["tags"])
                     secs.append(time.perf_counter() - t0)
                 out = {"seconds": secs, "first": first}
+            elif req["op"] == "bench_rw":
+                # pylogix's own client: write the tag, read it back, n times.
+                import time
+
+                secs = []
+                for i in range(req["n"]):
+                    t0 = time.perf_counter()
+                    w = plc.Write(req["tag"], float(i))
+                    r = plc.Read(req["tag"])
+                    secs.append(time.perf_counter() - t0)
+                    assert w.Status == "Success" and r.Value == float(i), (w.Status, r.Value)
+                out = {"seconds": secs}
             elif req["op"] == "read":
                 r = plc.Read(req["tag"], req.get("count", 1))
                 out = {"value": r.Value, "status": r.Status} if r.Status == "Success" else {"error": r.Status}

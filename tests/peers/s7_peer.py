@@ -12,7 +12,8 @@ client doing typed reads and writes with python-snap7's own snap7.util codecs
 Server areas: DB1 (512 B), DB2 (2048 B), DB3 (64 B), M (256 B), I (64 B),
 Q (64 B), 32 timers, 32 counters. DB9 does not exist (for error tests).
 Client ops: {"op":"set"|"get","area":"DB","db":1,"offset":0,"type":"REAL",
-"value":..., "bit":0, "max":20}, {"op":"pdu"}, {"op":"raw","area":..,"size":N}.
+"value":..., "bit":0, "max":20}, {"op":"pdu"}, {"op":"raw","area":..,"size":N},
+{"op":"bench_rw","db":1,"offset":0,"n":N} (write a REAL and read it back, N times: seconds each).
 """
 import datetime
 import json
@@ -126,6 +127,19 @@ def client(port):
             op = req["op"]
             if op == "pdu":
                 out = {"pdu": c.get_pdu_length()}
+            elif op == "bench_rw":
+                # python-snap7's own client: write a REAL, read it back, n times.
+                db, off = req.get("db", 1), req.get("offset", 0)
+                secs = []
+                for i in range(req["n"]):
+                    buf = bytearray(4)
+                    u.set_real(buf, 0, float(i))
+                    t0 = time.perf_counter()
+                    c.write_area(Area.DB, db, off, buf)
+                    back = c.read_area(Area.DB, db, off, 4)
+                    secs.append(time.perf_counter() - t0)
+                    assert u.get_real(back, 0) == float(i)
+                out = {"seconds": secs}
             elif op == "bench":
                 # python-snap7's own optimizing multi-tag read, scan after scan;
                 # it takes at most 20 tags a call (MAX_VARS), so a scan is chunks of 20.
