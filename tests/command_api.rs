@@ -469,3 +469,57 @@ fn over_https_a_client_certificate_names_the_identity_and_another_cas_is_refused
         &uplink,
     );
 }
+
+/// The README's two examples of the command API, run as shown (the token,
+/// address and target replaced by this test's).
+#[test]
+fn the_readmes_command_examples_run_as_shown() {
+    let readme = include_str!("../README.md");
+    let section = &readme[readme.find("### The uplink's command API").expect("the section")..];
+    let blocks: Vec<String> = section
+        .split("```sh")
+        .skip(1)
+        .take(2)
+        .map(|b| b[..b.find("```").expect("closed")].replace("\\\n", " "))
+        .collect();
+    assert_eq!(blocks.len(), 2, "a CLI and a curl example");
+    let db = TestDb::new("cmd_readme");
+    let broker = Broker::start(None);
+    let uplink = Uplink::start(broker.port, &db.url(), &commands("Plant1"));
+    let cfg = test_config("Plant1", "gw-01", &format!("host = \"127.0.0.1\"\nport = {}", broker.port), "")
+        .replace("[telemetry]", "[commands]\nenabled = true\n\n[telemetry]")
+        .replace("name = \"press\"", "name = \"oven\"")
+        .replace(
+            "name = \"Pressure\"\naddress = \"sine(amplitude=20, offset=180, period=5s)\"\ndatatype = \"Float\"",
+            "name = \"Setpoint\"\naddress = \"const(20)\"\ndatatype = \"Float\"\nwritable = true",
+        );
+    assert!(cfg.contains("name = \"Setpoint\""), "{cfg}");
+    let _gw = Gateway::start(&cfg, &[]);
+    wait_for(
+        &db,
+        "the oven born",
+        "SELECT least(count(*), 1) FROM sp_metric_fact WHERE group_id = 'Plant1' AND device_id = 'oven'",
+        1,
+        &uplink,
+    );
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_spb-uplink"));
+    let run = |script: &str| {
+        let script = script
+            .replace("SPB_UPLINK_TOKEN=…", &format!("SPB_UPLINK_TOKEN={TOKEN}"))
+            .replace("spb-uplink command", &format!("{} command --url http://127.0.0.1:{}", bin.display(), uplink.http))
+            .replace("http://127.0.0.1:9103", &format!("http://127.0.0.1:{}", uplink.http));
+        let out = Command::new("sh")
+            .args(["-c", &script])
+            .env("TOKEN", TOKEN)
+            .output()
+            .expect("sh (and curl: make deps installs it)");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{script}\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str::<J>(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    for b in &blocks {
+        let a = run(b);
+        assert_eq!(a["outcome"], "confirmed", "{b}: {a}");
+        assert_eq!(a["value"], "182.5");
+    }
+}

@@ -37,6 +37,8 @@ have dpkg-deb || need+=(dpkg)
 have file || need+=(file)
 have lintian || need+=(lintian)
 have debootstrap || need+=(debootstrap)
+# README's command API example is run as shown (tests/command_api.rs).
+have curl || need+=(curl)
 
 if ((${#need[@]})); then
     echo "install-deps: installing ${need[*]}"
