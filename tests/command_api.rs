@@ -486,13 +486,18 @@ fn the_readmes_command_examples_run_as_shown() {
     let db = TestDb::new("cmd_readme");
     let broker = Broker::start(None);
     let uplink = Uplink::start(broker.port, &db.url(), &commands("Plant1"));
-    let cfg = test_config("Plant1", "gw-01", &format!("host = \"127.0.0.1\"\nport = {}", broker.port), "")
-        .replace("[telemetry]", "[commands]\nenabled = true\n\n[telemetry]")
-        .replace("name = \"press\"", "name = \"oven\"")
-        .replace(
-            "name = \"Pressure\"\naddress = \"sine(amplitude=20, offset=180, period=5s)\"\ndatatype = \"Float\"",
-            "name = \"Setpoint\"\naddress = \"const(20)\"\ndatatype = \"Float\"\nwritable = true",
-        );
+    let cfg = test_config(
+        "Plant1",
+        "gw-01",
+        &format!("host = \"127.0.0.1\"\nport = {}", broker.port),
+        "",
+    )
+    .replace("[telemetry]", "[commands]\nenabled = true\n\n[telemetry]")
+    .replace("name = \"press\"", "name = \"oven\"")
+    .replace(
+        "name = \"Pressure\"\naddress = \"sine(amplitude=20, offset=180, period=5s)\"\ndatatype = \"Float\"",
+        "name = \"Setpoint\"\naddress = \"const(20)\"\ndatatype = \"Float\"\nwritable = true",
+    );
     assert!(cfg.contains("name = \"Setpoint\""), "{cfg}");
     let _gw = Gateway::start(&cfg, &[]);
     wait_for(
@@ -506,7 +511,10 @@ fn the_readmes_command_examples_run_as_shown() {
     let run = |script: &str| {
         let script = script
             .replace("SPB_UPLINK_TOKEN=…", &format!("SPB_UPLINK_TOKEN={TOKEN}"))
-            .replace("spb-uplink command", &format!("{} command --url http://127.0.0.1:{}", bin.display(), uplink.http))
+            .replace(
+                "spb-uplink command",
+                &format!("{} command --url http://127.0.0.1:{}", bin.display(), uplink.http),
+            )
             .replace("http://127.0.0.1:9103", &format!("http://127.0.0.1:{}", uplink.http));
         let out = Command::new("sh")
             .args(["-c", &script])
@@ -514,7 +522,11 @@ fn the_readmes_command_examples_run_as_shown() {
             .output()
             .expect("sh (and curl: make deps installs it)");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(out.status.success(), "{script}\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{script}\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_str::<J>(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
     };
     for b in &blocks {

@@ -254,3 +254,59 @@ fn the_gateway_replays_every_sample_it_reported_synced_across_four_power_cuts() 
     }
     drop(fs);
 }
+
+/// A write reaches the PLC only once its audit line is on the flash: the
+/// gateway writes a tag on a host's DCMD, its confirming DDATA arrives, the
+/// power is cut at once (the gateway killed, the file system keeping only
+/// what was synced); the audit file still has the write, ten times over
+/// (without the sync a line survives a cut about half the time).
+#[test]
+fn a_confirmed_writes_audit_line_survives_a_power_cut_right_after_it() {
+    let mut fs = PowerCutFs::new();
+    let broker = Broker::start(None);
+    let mut peer = Peer::start(broker.port);
+    let cfg = common::test_config("PW", "gw", &format!("host = \"127.0.0.1\"\nport = {}", broker.port), "")
+        .replace("[telemetry]", "[commands]\nenabled = true\n\n[telemetry]")
+        .replace(
+            "address = \"counter\"\ndatatype = \"UInt32\"",
+            "address = \"counter\"\ndatatype = \"UInt32\"\nwritable = true",
+        );
+    for cut in 0..10u64 {
+        fs.mount(cut * 7919 + 3);
+        let state = tempfile::tempdir().expect("tmp");
+        std::os::unix::fs::symlink(fs.path(), state.path().join("state")).expect("state on the power-cut fs");
+        let mut gw = Gateway::start_in(state, &cfg, &[]);
+        peer.wait_for("DBIRTH", T, |m| m["topic"] == "spBv1.0/PW/DBIRTH/gw/press");
+        let request = format!("cut-{cut}");
+        peer.send(
+            serde_json::json!({"op": "command", "group": "PW", "node": "gw", "device": "press",
+            "metrics": [{"name": "Strokes", "type": "UInt32", "value": 1000 + cut,
+                         "properties": {"writeRequest": request}}]}),
+        );
+        let ddata = peer.wait_for("the confirming DDATA", T, |m| {
+            m["topic"] == "spBv1.0/PW/DDATA/gw/press"
+                && m["metrics"]
+                    .as_array()
+                    .is_some_and(|ms| ms.iter().any(|x| x["properties"]["writeRequest"] == request.as_str()))
+        });
+        // The power goes the moment the host hears of it.
+        gw.signal(Signal::SIGKILL);
+        let _ = gw.wait_exit(T);
+        fs.cut();
+        assert!(ddata.to_string().contains("confirmed"), "{ddata}");
+        fs.mount(cut + 100);
+        let text = std::fs::read_to_string(fs.path().join("audit.log")).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        for earlier in 0..=cut {
+            let r = format!("cut-{earlier}");
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l["request"] == r.as_str() && l["outcome"] == "accepted" && l["metric"] == "Strokes"),
+                "cut {cut}: the line of {r} is gone:\n{text}\n{}",
+                fs.log()
+            );
+        }
+        fs.cut();
+    }
+}

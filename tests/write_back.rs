@@ -78,9 +78,12 @@ fn audit(gw: &Gateway, n: usize) -> Vec<J> {
     }
 }
 
+/// The last line for `metric` and `request` (an accepted write has two:
+/// `accepted`, synced before the PLC is written, then its outcome).
 fn audited<'a>(lines: &'a [J], metric: &str, request: &str) -> &'a J {
     lines
         .iter()
+        .rev()
         .find(|l| l["metric"] == metric && (request.is_empty() || l["request"] == request))
         .unwrap_or_else(|| panic!("no audit line for {metric} {request}: {lines:#?}"))
 }
@@ -234,8 +237,14 @@ datatype = "Boolean"
     let r = client.call(json!({"op":"get","db":3,"offset":0,"type":"INT"}));
     assert_eq!(r["value"], 0);
 
-    // Audited on the box: old and new values, outcome, the host's id.
-    let lines = audit(&gw, 4);
+    // Audited on the box: old and new values, outcome, the host's id; each
+    // write's `accepted` line came first.
+    let lines = audit(&gw, 8);
+    for r in ["req-1", "req-2", "req-3", "req-4"] {
+        let mine: Vec<&J> = lines.iter().filter(|l| l["request"] == r).collect();
+        assert_eq!(mine.len(), 2, "{r}: {mine:?}");
+        assert_eq!(mine[0]["outcome"], "accepted", "{r}: {mine:?}");
+    }
     let l = audited(&lines, "Setpoint", "req-1");
     assert_eq!(
         (&l["command"], &l["device"], &l["old"], &l["new"], &l["outcome"]),
@@ -320,7 +329,7 @@ writable = true
     assert_eq!(client.call(json!({"op":"read","tag":"Speed"}))["value"], json!(1250.5));
     assert_eq!(client.call(json!({"op":"read","tag":"Batch"}))["value"], json!(-40000));
     assert_eq!(client.call(json!({"op":"read","tag":"Enable"}))["value"], json!(true));
-    let lines = audit(&gw, 3);
+    let lines = audit(&gw, 6);
     assert_eq!(audited(&lines, "Batch", "l-2")["new"], "-40000");
     counted(http, "confirmed", 3);
 }
@@ -487,8 +496,8 @@ fn every_refusal_is_audited_with_its_reason_and_reported_to_the_host_on_the_tags
         "{o}"
     );
 
-    // 12 refused, 3 confirmed, the lock applied.
-    let lines = audit(&gw, cases.len() + 9);
+    // 12 refused, 3 accepted and confirmed, the lock applied.
+    let lines = audit(&gw, cases.len() + 12);
     for (i, (_, _, why)) in cases.iter().enumerate() {
         let l = audited(&lines, cases[i].0, &format!("bad-{i}"));
         assert_eq!(l["outcome"], "refused");

@@ -105,6 +105,8 @@ pub enum Refusal {
     /// A node-control command the session refused (e.g. too soon after a birth).
     #[error("{0}")]
     Session(String),
+    #[error("the audit file could not record the write ({0}): nothing is written without its audit line")]
+    AuditUnavailable(String),
 }
 
 /// Who set the write lock.

@@ -7,8 +7,10 @@
 //!   `write` of the line, the file opened for append).
 //! - A line sent with `sync` (an accepted write, a node-control command)
 //!   is fdatasync'ed before the next line is taken: what the audit says
-//!   was done survives a power cut. Refusals are synced with the next
-//!   synced line, or within a second.
+//!   was done survives a power cut. [`AuditThread::send_synced`] says when
+//!   that happened, so a write reaches the PLC only once its line is on
+//!   the flash. Refusals are synced with the next synced line, or within a
+//!   second. A new file's directory entry is synced when it is created.
 //! - Size-based rotation: a line that would take the file past `max_size`
 //!   first renames `audit.log` to `audit.log.1` (`.1` to `.2`, …, the
 //!   oldest of `keep` dropped) and syncs the directory; the disk used is
@@ -59,7 +61,11 @@ impl AuditFile {
 
     fn open(&mut self) -> std::io::Result<&mut File> {
         if self.file.is_none() {
+            let existed = self.opts.path.exists();
             let f = OpenOptions::new().create(true).append(true).open(&self.opts.path)?;
+            if !existed {
+                sync_dir(&self.opts.path)?;
+            }
             self.size = f.metadata()?.len();
             self.file = Some(f);
         }
@@ -124,38 +130,56 @@ fn sync_dir(file: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// A line for the thread, and who waits for it to be synced.
+struct Line {
+    text: String,
+    sync: bool,
+    done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+}
+
 /// The thread that owns the file.
 pub struct AuditThread {
-    tx: Option<mpsc::Sender<(String, bool)>>,
+    tx: Option<mpsc::Sender<Line>>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl AuditThread {
     /// Starts the thread; `errors` counts failed writes.
     pub fn spawn(opts: AuditOptions, errors: Arc<AtomicU64>) -> std::io::Result<AuditThread> {
-        let (tx, rx) = mpsc::channel::<(String, bool)>();
+        let (tx, rx) = mpsc::channel::<Line>();
         let handle = std::thread::Builder::new().name("spb-audit".into()).spawn(move || {
             let path = opts.path.clone();
             let mut file = AuditFile::new(opts);
             let mut failing = false;
             let mut report = |r: std::io::Result<()>| match r {
-                Ok(()) => failing = false,
+                Ok(()) => {
+                    failing = false;
+                    Ok(())
+                }
                 Err(e) => {
                     errors.fetch_add(1, Relaxed);
                     if !failing {
                         tracing::error!(path = %path.display(), error = %e, "cannot write the command audit file (the journal keeps every line)");
                     }
                     failing = true;
+                    Err(e.to_string())
                 }
             };
             loop {
                 match rx.recv_timeout(Duration::from_secs(1)) {
-                    Ok((line, sync)) => report(file.append(&line, sync)),
-                    Err(mpsc::RecvTimeoutError::Timeout) => report(file.sync()),
+                    Ok(line) => {
+                        let r = report(file.append(&line.text, line.sync || line.done.is_some()));
+                        if let Some(done) = line.done {
+                            let _ = done.send(r);
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        let _ = report(file.sync());
+                    }
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
             }
-            report(file.sync());
+            let _ = report(file.sync());
         })?;
         Ok(AuditThread {
             tx: Some(tx),
@@ -166,8 +190,26 @@ impl AuditThread {
     /// Queues a line (newline included).
     pub fn send(&self, line: String, sync: bool) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send((line, sync));
+            let _ = tx.send(Line {
+                text: line,
+                sync,
+                done: None,
+            });
         }
+    }
+
+    /// Queues a line to be synced; the answer says when it is on the
+    /// flash (or why it is not).
+    pub fn send_synced(&self, line: String) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Line {
+                text: line,
+                sync: true,
+                done: Some(done),
+            });
+        }
+        rx
     }
 }
 
@@ -234,6 +276,24 @@ mod tests {
         assert_eq!(text, want);
         assert_eq!(errors.load(Relaxed), 0);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_synced_line_is_answered_once_on_the_flash_and_a_failure_says_why() {
+        let dir = tmp("synced");
+        let errors = Arc::new(AtomicU64::new(0));
+        let t = AuditThread::spawn(opts(&dir, 1 << 20, 3), errors.clone()).expect("spawn");
+        let rx = t.send_synced("a\n".into());
+        assert_eq!(rx.blocking_recv(), Ok(Ok(())));
+        assert_eq!(std::fs::read_to_string(dir.join(AUDIT_FILE)).expect("read"), "a\n");
+        drop(t);
+        let bad = tmp("synced-bad");
+        std::fs::create_dir_all(bad.join(AUDIT_FILE)).expect("mkdir");
+        let t = AuditThread::spawn(opts(&bad, 1 << 20, 3), errors).expect("spawn");
+        assert!(matches!(t.send_synced("b\n".into()).blocking_recv(), Ok(Err(_))));
+        drop(t);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&bad);
     }
 
     #[test]

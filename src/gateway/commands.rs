@@ -7,6 +7,10 @@
 //! - Nothing reaches a PLC that the guard refused: the guard decides first,
 //!   and the poller then writes exactly the value the guard checked,
 //!   in the tag's declared datatype.
+//! - Nothing reaches a PLC before the audit file holds it: an accepted
+//!   write's line (`accepted`) is fdatasync'ed first, and only then is the
+//!   write handed to its poller, in the order accepted. A write whose line
+//!   cannot be synced is refused, not written.
 //! - Every metric of a command is audited: one journal line (target
 //!   `spb::audit`; refusals go through the inbound log budget, so a flood
 //!   costs a few lines a second, and a command's refusals are its first
@@ -28,10 +32,11 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::commands::{request_id, shown, AuditEntry, Outcome, Refusal, Ticket, REBOOT_METRIC, WRITE_LOCK_METRIC};
-use crate::plc::poller::WriteRequest;
+use crate::plc::poller::{PollEvent, WriteRequest};
 use crate::sparkplug::edge::Sample;
 use crate::sparkplug::{DataType, Metric, Quality, Value};
 
@@ -340,9 +345,12 @@ impl Runtime {
                 old,
             );
         };
-        let Some(tx) = self.writers.get(d) else {
+        let Some(tx) = self.writers.get(d).cloned() else {
             return refuse(self, Refusal::DeviceOffline, old);
         };
+        if tx.capacity() == 0 {
+            return refuse(self, Refusal::Busy(WRITES_QUEUED), old);
+        }
         let req = WriteRequest {
             ticket: Ticket {
                 device: d.to_string(),
@@ -355,10 +363,64 @@ impl Runtime {
             },
             confirm_timeout: self.cfg.commands.confirm_timeout,
         };
-        match tx.try_send(req) {
+        // The audit line first, synced; the write follows (a dry run has no file).
+        let (Some(file), Some(ahead)) = (&self.audit_file, &self.write_ahead) else {
+            return match tx.try_send(req) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(_)) => refuse(self, Refusal::Busy(WRITES_QUEUED), old),
+                Err(TrySendError::Closed(_)) => refuse(self, Refusal::DeviceOffline, old),
+            };
+        };
+        let intent = AuditEntry {
+            at: rfc3339_ms(now),
+            command: "DCMD",
+            device: Some(d.to_string()),
+            metric: metric.to_string(),
+            old: old.as_ref().map(shown),
+            new: Some(shown(&req.ticket.new)),
+            outcome: "accepted",
+            reason: Some("the guard accepted it; written to the PLC next, its outcome follows".into()),
+            request: request.to_string(),
+        };
+        let synced = file.send_synced(intent.line());
+        match ahead.try_send((synced, tx, req)) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => refuse(self, Refusal::Busy(WRITES_QUEUED), old),
-            Err(TrySendError::Closed(_)) => refuse(self, Refusal::DeviceOffline, old),
+            Err(_) => refuse(self, Refusal::Busy(WRITES_QUEUED), old),
+        }
+    }
+}
+
+/// An accepted write waiting for its audit line to be synced.
+pub(super) type WriteAhead = (
+    oneshot::Receiver<Result<(), String>>,
+    mpsc::Sender<WriteRequest>,
+    WriteRequest,
+);
+
+/// Hands each accepted write to its poller once its audit line is on the
+/// flash, one after the other (so two writes to a tag keep their order);
+/// one whose line cannot be synced, or whose poller has no room, comes
+/// back to the runtime as refused.
+pub(super) async fn write_ahead(mut rx: mpsc::Receiver<WriteAhead>, poll_tx: mpsc::Sender<PollEvent>) {
+    while let Some((synced, tx, req)) = rx.recv().await {
+        let why = match tokio::time::timeout(std::time::Duration::from_secs(5), synced).await {
+            Ok(Ok(Ok(()))) => match tx.try_send(req) {
+                Ok(()) => continue,
+                Err(TrySendError::Full(r)) => (r, Refusal::Busy(WRITES_QUEUED)),
+                Err(TrySendError::Closed(r)) => (r, Refusal::DeviceOffline),
+            },
+            Ok(Ok(Err(e))) => (req, Refusal::AuditUnavailable(e)),
+            _ => (req, Refusal::AuditUnavailable("not synced within 5 s".into())),
+        };
+        let (req, refusal) = why;
+        let event = PollEvent::Written {
+            ticket: req.ticket,
+            outcome: Outcome::Refused(refusal),
+            read_back: None,
+            at: now_ms(),
+        };
+        if poll_tx.send(event).await.is_err() {
+            return;
         }
     }
 }

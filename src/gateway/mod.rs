@@ -147,6 +147,8 @@ struct Runtime {
     writers: std::collections::HashMap<String, mpsc::Sender<crate::plc::poller::WriteRequest>>,
     /// The audit file's thread (none in a dry run).
     audit_file: Option<audit::AuditThread>,
+    /// Accepted writes waiting for their audit line ([`commands::write_ahead`]).
+    write_ahead: Option<mpsc::Sender<commands::WriteAhead>>,
     audit_budget: crate::commands::AuditBudget,
     /// `Node Control/Reboot` asked for a restart of the service.
     restart_requested: bool,
@@ -268,6 +270,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<Exit, GatewayError> {
         )
     };
     let (poll_tx, mut poll_rx) = mpsc::channel(1024);
+    let write_ahead = audit_file.as_ref().map(|_| {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(commands::write_ahead(rx, poll_tx.clone()));
+        tx
+    });
     let (stop_pollers, _) = signal_watch::channel(false);
     let link = Link::new(
         servers,
@@ -297,6 +304,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<Exit, GatewayError> {
         ),
         guard,
         writers: std::collections::HashMap::new(),
+        write_ahead,
         audit_file,
         audit_budget: crate::commands::AuditBudget::new(commands::AUDIT_REFUSALS_PER_MINUTE),
         restart_requested: false,
