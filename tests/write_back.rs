@@ -14,7 +14,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::plc::{Cpppo, PeerClient, S7Impl, S7Server};
-use common::{http_get, metric, test_config, Broker, Gateway, Peer};
+use common::{http_get, metric, prom_value, test_config, Broker, Gateway, Peer};
 use serde_json::{json, Value as J};
 
 const T: Duration = Duration::from_secs(20);
@@ -396,7 +396,7 @@ fn every_refusal_is_audited_with_its_reason_and_reported_to_the_host_on_the_tags
     let mut peer = Peer::start(broker.port);
     let http = common::free_port();
     let dead = common::free_port();
-    let gw = gateway("WB3", broker.port, http, "enabled = true", &guarded_devices(dead));
+    let mut gw = gateway("WB3", broker.port, http, "enabled = true", &guarded_devices(dead));
     peer.wait_for("DBIRTH mixer", T, |m| m["topic"] == "spBv1.0/WB3/DBIRTH/gw/mixer");
     let cases: &[(&str, J, &str)] = &[
         ("Level", json!({"type": "Float", "value": 1.0}), "not writable"),
@@ -519,6 +519,26 @@ fn every_refusal_is_audited_with_its_reason_and_reported_to_the_host_on_the_tags
     assert_eq!(audited(&lines, "Node Control/Write Lock", "")["outcome"], "applied");
     counted(http, "confirmed", 3);
     counted(http, "refused", (cases.len() + 5) as u64);
+
+    // Malformed DCMDs with write-back on: rejected and counted, nothing
+    // accepted or written, the gateway still running.
+    let before = prom_value(http, "spb_rejected_messages_total").unwrap_or(0.0);
+    for garbage in [&b"\x08\x01garbage"[..], &[0x12, 0xff, 0xff, 0xff, 0x0f], &[]] {
+        common::mosquitto_pub(broker.port, "spBv1.0/WB3/DCMD/gw/mixer", garbage, false);
+    }
+    let deadline = Instant::now() + T;
+    while prom_value(http, "spb_rejected_messages_total").unwrap_or(0.0) < before + 2.0 {
+        assert!(Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    counted(http, "confirmed", 3);
+    let after = audit(&gw, cases.len() + 12);
+    assert_eq!(
+        after.iter().filter(|l| l["outcome"] == "accepted").count(),
+        3,
+        "nothing more accepted"
+    );
+    assert!(gw.child.try_wait().expect("wait").is_none(), "still running");
 }
 
 #[test]
