@@ -14,7 +14,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("backoff", &[]),
     ("sparkplug", &[]),
     ("commands", &["sparkplug"]),
-    ("mqtt", &["backoff", "sparkplug"]),
+    ("mqtt", &["clock", "backoff", "sparkplug"]),
     ("plc", &["clock", "units", "backoff", "sparkplug", "commands"]),
     ("queue", &["mqtt", "sparkplug"]),
     ("telemetry", &["clock", "plc", "sparkplug"]),

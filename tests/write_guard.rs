@@ -104,13 +104,13 @@ fn the_files_lock_and_a_forbidden_unlock_hold_against_an_ncmd() {
     let log = gw.wait_log("cannot be cleared by command", T);
     assert!(log.contains("unlock_by_command = false"), "{log}");
     assert_eq!(prom_value(http, "spb_write_locked"), Some(1.0));
-    // No NDATA clearing it was published.
+    // No NDATA cleared it: the refusal's NDATA says it is still set.
     let later = peer.collect(Duration::from_millis(700));
     assert!(
         !later.iter().any(|m| m["topic"] == "spBv1.0/WG3/NDATA/gw"
             && m["metrics"]
                 .as_array()
-                .is_some_and(|ms| ms.iter().any(|x| x["name"] == LOCK))),
+                .is_some_and(|ms| ms.iter().any(|x| x["name"] == LOCK && x["value"] == false))),
         "{later:#?}"
     );
 }

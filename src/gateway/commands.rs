@@ -23,8 +23,8 @@
 //!   of an online device are published at once as DDATA of the tag's value
 //!   with the outcome properties, so the host can correlate its request.
 //! - `Node Control/Write Lock` is handled here: setting it always works,
-//!   clearing it only where the file allows; a change is published at once
-//!   as NDATA (and every NBIRTH carries the current state).
+//!   clearing it only where the file allows; its state is published at once
+//!   as NDATA with the command's outcome (and every NBIRTH carries it).
 //! - `Node Control/Reboot` restarts the service (never the box), only with
 //!   `[commands] reboot = true`: the gateway stops as on SIGTERM and exits
 //!   with status 75, which systemd restarts.
@@ -75,8 +75,17 @@ impl Runtime {
             let request = request_id(&m);
             let new = m.value.as_ref().map(shown);
             let (outcome, old) = match (device.as_deref(), name.as_str()) {
-                (None, WRITE_LOCK_METRIC) => (self.write_lock_command(now, m.value.as_ref()), None),
-                (None, REBOOT_METRIC) => (self.reboot_command(m.value.as_ref()), None),
+                (None, WRITE_LOCK_METRIC) => {
+                    let o = self.write_lock_command(m.value.as_ref());
+                    let locked = Value::Boolean(self.guard.locked().is_some());
+                    self.publish_node_outcome(now, WRITE_LOCK_METRIC, locked, &o, &request);
+                    (o, None)
+                }
+                (None, REBOOT_METRIC) => {
+                    let o = self.reboot_command(m.value.as_ref());
+                    self.publish_node_outcome(now, REBOOT_METRIC, Value::Boolean(false), &o, &request);
+                    (o, None)
+                }
                 (d, _) => match self.write_request(now, d, &name, m.value, &request) {
                     // On its way to the PLC: audited when it ends.
                     Ok(()) => continue,
@@ -141,10 +150,36 @@ impl Runtime {
         }
         match self
             .session
-            .write_outcome(now, device, sample, outcome.properties(request))
+            .write_outcome(now, Some(device), sample, outcome.properties(request))
         {
             Ok(actions) => self.execute(actions),
             Err(e) => tracing::error!(device, error = %e, "cannot publish a write's outcome"),
+        }
+    }
+
+    /// The NDATA that tells the host how its node-control command ended:
+    /// the metric's `value` now (the write lock's state), with the outcome
+    /// (`confirmed` when carried out). Nothing for an undeclared metric.
+    fn publish_node_outcome(&mut self, now: u64, metric: &str, value: Value, outcome: &Outcome, request: &str) {
+        let Some((index, _)) = self.session.declared(None, metric) else {
+            return;
+        };
+        let sample = Sample {
+            index: index as u32,
+            value: Some(value),
+            quality: Quality::Good,
+            timestamp: now,
+        };
+        let reported = match outcome {
+            Outcome::Applied(_) => Outcome::Confirmed,
+            other => other.clone(),
+        };
+        match self
+            .session
+            .write_outcome(now, None, sample, reported.properties(request))
+        {
+            Ok(actions) => self.execute(actions),
+            Err(e) => tracing::error!(metric, error = %e, "cannot publish a command's outcome"),
         }
     }
 
@@ -229,21 +264,20 @@ impl Runtime {
     }
 
     /// `Node Control/Write Lock = true|false` by NCMD.
-    fn write_lock_command(&mut self, now: u64, value: Option<&Value>) -> Outcome {
+    fn write_lock_command(&mut self, value: Option<&Value>) -> Outcome {
         let Some(Value::Boolean(lock)) = value else {
             return Outcome::Refused(Refusal::WrongType {
                 declared: DataType::Boolean,
                 got: value.map_or(DataType::Unknown, Value::datatype),
             });
         };
-        let before = self.guard.locked().is_some();
         if let Err(r) = self.guard.set_lock_by_command(*lock) {
             return Outcome::Refused(r);
         }
-        let after = self.guard.locked().is_some();
-        if before != after {
-            self.publish_write_lock(now, after);
-        }
+        // The new state goes out as the outcome's NDATA (publish_node_outcome).
+        self.telemetry
+            .write_locked
+            .store(self.guard.locked().is_some(), Relaxed);
         Outcome::Applied(if *lock {
             "write lock set: every write is refused until it is cleared".to_string()
         } else {

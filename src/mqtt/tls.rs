@@ -444,16 +444,7 @@ mod der {
     }
 
     pub fn format_time(secs: u64) -> String {
-        let days = (secs / 86400) as i64;
-        let z = days + 719468;
-        let era = z.div_euclid(146097);
-        let doe = z - era * 146097;
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        let y = yoe + era * 400 + i64::from(m <= 2);
+        let (y, m, d) = crate::clock::civil_from_days((secs / 86400) as i64);
         format!("{y:04}-{m:02}-{d:02} UTC")
     }
 }

@@ -25,7 +25,8 @@
 //!   written, then read back until it equals the value written, within
 //!   `confirm_timeout` in all; only then `confirmed`, else `failed` with
 //!   the reason and the value last read. A device that is offline fails a
-//!   write at once and is not connected for it. A broken connection during
+//!   write at once and is not connected for it; a write that comes before
+//!   the poller's first scan waits for that scan to say which it is. A broken connection during
 //!   a write is dropped, like one during a read.
 
 use std::sync::Arc;
@@ -289,6 +290,9 @@ pub async fn run(
     let mut due: Vec<Instant> = vec![start; classes.len()];
     let mut last: Vec<Last> = vec![Last::Unseen; count];
     let mut online = false;
+    // Whether a scan was tried yet: until then a write waits (a poller
+    // started by a reload does not know yet that its PLC answers).
+    let mut tried = false;
     let mut connected = false;
     let mut breaker = Breaker::new(&d, stats.clone());
     loop {
@@ -318,7 +322,7 @@ pub async fn run(
                 }
                 return;
             }
-            Some(req) = writes.recv() => {
+            Some(req) = writes.recv(), if tried => {
                 let event = write_and_confirm(&mut driver, &d, &specs_types, online, &mut connected, req).await;
                 // What the write's DDATA reports is the last reported value.
                 if let PollEvent::Written { ticket, read_back: Some(v), .. } = &event {
@@ -367,6 +371,7 @@ pub async fn run(
         if breaker.waiting(now) {
             continue;
         }
+        tried = true;
         if batch.len() > CHUNK {
             // Large scans go out in chunks, so neither the read results nor
             // the samples of 100k tags are held at once.
@@ -980,14 +985,17 @@ mod last_tests {
         }
     }
 
+    fn current_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
     /// Runs a poller of `d`, sends `writes` once it is online (or at once
     /// when `wait_online` is false), and returns the write outcomes.
     fn run_writes(d: DeviceConfig, wait_online: bool, writes: Vec<WriteRequest>) -> Vec<(Outcome, Option<Value>)> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
+        current_thread().block_on(async {
             let (tx, mut rx) = mpsc::channel(64);
             let (wtx, wrx) = mpsc::channel(8);
             let (stop_tx, stop) = watch::channel(false);
@@ -1025,6 +1033,12 @@ mod last_tests {
     }
 
     #[test]
+    fn a_write_sent_before_the_first_scan_waits_for_it_and_is_confirmed() {
+        let got = run_writes(sim_press(""), false, vec![ticket(Value::Int64(7))]);
+        assert_eq!(got, vec![(Outcome::Confirmed, Some(Value::Int16(7)))]);
+    }
+
+    #[test]
     fn a_write_to_an_offline_device_fails_at_once_without_connecting() {
         let d = sim_press("[devices.sim]\nunreachable_every = \"1s\"\nunreachable_for = \"1s\"");
         let got = run_writes(d, false, vec![ticket(Value::Int16(1))]);
@@ -1043,11 +1057,7 @@ mod last_tests {
 
     #[test]
     fn writes_still_queued_when_the_poller_stops_fail_and_say_why() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
+        current_thread().block_on(async {
             let (tx, mut rx) = mpsc::channel(64);
             let (wtx, wrx) = mpsc::channel(8);
             let (stop_tx, stop) = watch::channel(false);

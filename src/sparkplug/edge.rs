@@ -1014,21 +1014,23 @@ impl EdgeSession {
         Ok(out)
     }
 
-    /// The outcome of a write to a device's tag, published at once rather
-    /// than when the value next changes: the value read back (or, with no
-    /// value and a bad quality, the last one), with `properties` saying what
-    /// happened. Stored like any sample while DATA cannot be published.
+    /// The outcome of a write to a device's tag (or a node metric, with
+    /// `device` None), published at once rather than when the value next
+    /// changes: the value read back (or, with no value and a bad quality,
+    /// the last one), with `properties` saying what happened. Stored like
+    /// any sample while DATA cannot be published.
     pub fn write_outcome(
         &mut self,
         now: u64,
-        device: &str,
+        device: Option<&str>,
         sample: Sample,
         properties: PropertySet,
     ) -> Result<Vec<EdgeAction>, EdgeError> {
-        let i = self.scope_index(Some(device))?;
-        let d = i.expect("a device name gives a device index");
-        if !self.devices[d].online {
-            return Err(EdgeError::DeviceOffline(device.to_string()));
+        let i = self.scope_index(device)?;
+        if let (Some(d), Some(name)) = (i, device) {
+            if !self.devices[d].online {
+                return Err(EdgeError::DeviceOffline(name.to_string()));
+            }
         }
         self.check_samples(i, std::slice::from_ref(&sample))?;
         let publishing = self.scope_publishing(i);
@@ -1060,7 +1062,7 @@ impl EdgeSession {
             metadata: None,
             properties: Some(properties),
         };
-        Ok(self.emit(i, Some(device), vec![metric], now, publishing))
+        Ok(self.emit(i, device, vec![metric], now, publishing))
     }
 
     /// The last value the session holds for a declared metric (what the

@@ -184,6 +184,31 @@ pub struct CommandRow {
     pub confirmed_ms: Option<i64>,
 }
 
+impl CommandRow {
+    /// A row for a command of `requested_by` to (group, node, device,
+    /// metric) of `value`, requested at `at_ms`: `sent` and accepted until
+    /// the caller says otherwise; every text made storable.
+    pub fn new(at_ms: i64, target: [&str; 4], value: Option<&str>, requested_by: &str) -> CommandRow {
+        let [group, node, device, metric] = target.map(|t| storable(t).into_owned());
+        CommandRow {
+            at_ms,
+            group,
+            node,
+            device,
+            metric,
+            value: value.map(|v| storable(v).into_owned()),
+            accepted: true,
+            reason: String::new(),
+            requested_by: storable(requested_by).into_owned(),
+            request_id: None,
+            outcome: "sent",
+            sent_ms: None,
+            confirmed_value: None,
+            confirmed_ms: None,
+        }
+    }
+}
+
 /// Rows to write together.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Batch {
@@ -317,25 +342,20 @@ impl Batch {
     /// The audit rows of a command seen on the broker or sent by this host.
     pub fn add_command(&mut self, c: &CommandSeen, received_ms: u64, requested_by: &str) {
         for w in &c.writes {
-            self.commands.push(CommandRow {
-                at_ms: storable_ts(c.timestamp.unwrap_or(received_ms), received_ms),
-                group: storable(&c.group).into_owned(),
-                node: storable(&c.node).into_owned(),
-                device: storable(c.device.as_deref().unwrap_or_default()).into_owned(),
-                metric: storable(&w.metric).into_owned(),
-                value: w.value.as_deref().map(|v| storable(v).into_owned()),
-                accepted: w.verdict.is_ok(),
-                reason: match &w.verdict {
-                    Ok(()) => "matches the birth".to_string(),
-                    Err(why) => storable(why).into_owned(),
-                },
-                requested_by: storable(requested_by).into_owned(),
-                request_id: None,
-                outcome: "sent",
-                sent_ms: None,
-                confirmed_value: None,
-                confirmed_ms: None,
-            });
+            let target = [
+                c.group.as_str(),
+                c.node.as_str(),
+                c.device.as_deref().unwrap_or_default(),
+                w.metric.as_str(),
+            ];
+            let at = storable_ts(c.timestamp.unwrap_or(received_ms), received_ms);
+            let mut row = CommandRow::new(at, target, w.value.as_deref(), requested_by);
+            row.accepted = w.verdict.is_ok();
+            row.reason = match &w.verdict {
+                Ok(()) => "matches the birth".to_string(),
+                Err(why) => storable(why).into_owned(),
+            };
+            self.commands.push(row);
         }
     }
 

@@ -681,20 +681,12 @@ async fn dry_writer(queue: Queue, stats: Arc<Stats>) {
 
 /// An audit row of a command of the API, before its outcome.
 fn command_row(now: u64, requested_by: &str, t: &super::commands::Target, value: Option<String>) -> CommandRow {
-    CommandRow {
-        at_ms: now as i64,
-        group: storable(&t.group).into_owned(),
-        node: storable(&t.node).into_owned(),
-        device: storable(t.device.as_deref().unwrap_or_default()).into_owned(),
-        metric: storable(&t.metric).into_owned(),
-        value: value.map(|v| storable(crate::sparkplug::pretty::prefix(&v, 4096)).into_owned()),
-        accepted: true,
-        reason: String::new(),
-        requested_by: storable(requested_by).into_owned(),
-        request_id: None,
-        outcome: "sent",
-        sent_ms: None,
-        confirmed_value: None,
-        confirmed_ms: None,
-    }
+    let target = [
+        t.group.as_str(),
+        t.node.as_str(),
+        t.device.as_deref().unwrap_or_default(),
+        t.metric.as_str(),
+    ];
+    let value = value.map(|v| crate::sparkplug::pretty::prefix(&v, 4096).to_string());
+    CommandRow::new(now as i64, target, value.as_deref(), requested_by)
 }
