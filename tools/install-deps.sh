@@ -37,6 +37,8 @@ have dpkg-deb || need+=(dpkg)
 have file || need+=(file)
 have lintian || need+=(lintian)
 have debootstrap || need+=(debootstrap)
+# Shift calendars follow the plant's time zone (the IANA database).
+[ -f /usr/share/zoneinfo/Europe/Berlin ] || need+=(tzdata)
 # README's command API example is run as shown (tests/command_api.rs).
 have curl || need+=(curl)
 

@@ -429,18 +429,8 @@ mod der {
             _ => return None,
         };
         let n = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
-        let days = days_from_civil(year, n(0)?, n(2)?);
+        let days = crate::clock::days_from_civil(year, n(0)?, n(2)?);
         u64::try_from(days * 86400 + n(4)? * 3600 + n(6)? * 60 + n(8)?).ok()
-    }
-
-    /// Days since 1970-01-01 (Howard Hinnant's algorithm).
-    fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        era * 146097 + doe - 719468
     }
 
     pub fn format_time(secs: u64) -> String {

@@ -16,6 +16,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod mssql;
+pub mod oee;
 pub mod postgres;
 pub mod rows;
 pub mod run;
