@@ -97,6 +97,8 @@ pub struct UplinkConfig {
     pub limits: HostLimits,
     pub telemetry: TelemetryConfig,
     pub commands: ApiConfig,
+    /// `[oee]`: machines, shifts and the plant's time zone.
+    pub oee: Option<super::oee::config::OeeConfig>,
 }
 
 impl UplinkConfig {
@@ -142,7 +144,8 @@ impl UplinkConfig {
                 "commands are served on [telemetry] listen, which is disabled: set listen = \"127.0.0.1:9103\" (or another address)",
             );
         }
-        root.finish(&["host", "mqtt", "database", "limits", "telemetry", "commands"]);
+        let oee = root.opt_table("oee").map(|t| super::oee::config::read(&t));
+        root.finish(&["host", "mqtt", "database", "limits", "telemetry", "commands", "oee"]);
         ctx.finish()?;
         Ok(UplinkConfig {
             host: host.expect("no errors, so [host] was read"),
@@ -151,6 +154,7 @@ impl UplinkConfig {
             limits,
             telemetry,
             commands,
+            oee,
         })
     }
 }
