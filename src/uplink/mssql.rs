@@ -181,6 +181,70 @@ ALTER TABLE sp_command_audit ADD
             "CREATE UNIQUE INDEX sp_command_audit_request ON sp_command_audit (request_id) WHERE request_id IS NOT NULL;"
                 .to_string(),
         ),
+        (
+            // OEE, as PostgreSQL's v5.
+            4,
+            r#"
+CREATE TABLE oee_pending (
+    machine nvarchar(450) NOT NULL,
+    ts datetime2(3) NOT NULL
+);
+CREATE TABLE oee_interval (
+    machine nvarchar(450) NOT NULL,
+    kind varchar(5) NOT NULL CHECK (kind IN ('hour', 'shift')),
+    start_at datetime2(3) NOT NULL,
+    end_at datetime2(3) NOT NULL,
+    shift nvarchar(max) NOT NULL,
+    planned_ms bigint NOT NULL,
+    planned_downtime_ms bigint NOT NULL,
+    run_ms bigint NOT NULL,
+    breakdown_ms bigint NOT NULL,
+    setup_ms bigint NOT NULL,
+    minor_stop_ms bigint NOT NULL,
+    starved_ms bigint NOT NULL,
+    blocked_ms bigint NOT NULL,
+    unassigned_ms bigint NOT NULL,
+    produced bigint NOT NULL,
+    good bigint NOT NULL,
+    rejected bigint NOT NULL,
+    ideal_ms float NOT NULL,
+    availability float NULL,
+    performance float NULL,
+    quality float NULL,
+    oee float NULL,
+    completeness float NOT NULL,
+    computed_at datetime2(3) NOT NULL DEFAULT SYSUTCDATETIME(),
+    CONSTRAINT oee_interval_pk PRIMARY KEY (machine, kind, start_at)
+);
+CREATE TABLE oee_cycle (
+    machine nvarchar(450) NOT NULL,
+    start_at datetime2(3) NOT NULL,
+    end_at datetime2(3) NOT NULL,
+    duration_ms float NOT NULL,
+    count bigint NOT NULL,
+    product nvarchar(max) NULL,
+    CONSTRAINT oee_cycle_pk PRIMARY KEY (machine, end_at)
+);
+CREATE TABLE oee_downtime (
+    machine nvarchar(450) NOT NULL,
+    start_at datetime2(3) NOT NULL,
+    end_at datetime2(3) NOT NULL,
+    reason_code nvarchar(max) NULL,
+    reason nvarchar(max) NULL,
+    category varchar(12) NOT NULL,
+    planned bit NOT NULL,
+    CONSTRAINT oee_downtime_pk PRIMARY KEY (machine, start_at)
+);
+CREATE TABLE oee_quality (
+    machine nvarchar(450) NOT NULL,
+    at datetime2(3) NOT NULL,
+    good bigint NOT NULL,
+    rejected bigint NOT NULL,
+    CONSTRAINT oee_quality_pk PRIMARY KEY (machine, at)
+);
+"#
+            .to_string(),
+        ),
     ]
 }
 
@@ -327,6 +391,8 @@ const INSERT_COMMAND: &str = "MERGE sp_command_audit WITH (HOLDLOCK) AS t \
     VALUES (s.at, s.group_id, s.node_id, s.device_id, s.metric, s.value, s.accepted, s.reason, \
         s.requested_by, s.request_id, s.outcome, s.sent_at, s.confirmed_value, s.confirmed_at);";
 
+const INSERT_OEE_MARK: &str = "INSERT INTO oee_pending (machine, ts) VALUES (@P1, @P2)";
+
 const INSERT_QUARANTINE: &str =
     "INSERT INTO sp_quarantine (topic, received_at, payload, reason) VALUES (@P1, @P2, @P3, @P4)";
 
@@ -367,6 +433,7 @@ pub fn statements() -> Vec<(String, String)> {
     v.push(("node state merge".into(), merge_state_sql()));
     v.push(("quarantine insert".into(), INSERT_QUARANTINE.to_string()));
     v.push(("command audit upsert".into(), INSERT_COMMAND.to_string()));
+    v.push(("OEE mark insert".into(), INSERT_OEE_MARK.to_string()));
     v
 }
 
@@ -604,6 +671,10 @@ impl Sink for MssqlSink {
                     &[&q.topic.as_str(), &at, &payload, &q.reason.as_str()],
                 )
                 .await?;
+        }
+        for m in &b.oee {
+            let ts = ColumnData::DateTime2(Some(datetime2(m.ts_ms)));
+            self.client.execute(INSERT_OEE_MARK, &[&&*m.machine, &ts]).await?;
         }
         for c in &b.commands {
             let at = ColumnData::DateTime2(Some(datetime2(c.at_ms)));

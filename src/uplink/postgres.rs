@@ -223,6 +223,72 @@ ALTER TABLE sp_command_audit
 CREATE UNIQUE INDEX sp_command_audit_request ON sp_command_audit (request_id) WHERE request_id IS NOT NULL;
 "#,
     ),
+    (
+        // v5: OEE (ISO 22400-2). A fact of a metric an OEE machine maps
+        // marks its time in oee_pending, in the fact's transaction; the OEE
+        // folder computes the intervals it touches from the facts, writes
+        // them and their events, and empties the log, in one transaction.
+        5,
+        r#"
+CREATE TABLE oee_pending (
+    machine text NOT NULL,
+    ts timestamptz NOT NULL
+);
+CREATE TABLE oee_interval (
+    machine text NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('hour', 'shift')),
+    start_at timestamptz NOT NULL,
+    end_at timestamptz NOT NULL,
+    shift text NOT NULL,
+    planned_ms bigint NOT NULL,
+    planned_downtime_ms bigint NOT NULL,
+    run_ms bigint NOT NULL,
+    breakdown_ms bigint NOT NULL,
+    setup_ms bigint NOT NULL,
+    minor_stop_ms bigint NOT NULL,
+    starved_ms bigint NOT NULL,
+    blocked_ms bigint NOT NULL,
+    unassigned_ms bigint NOT NULL,
+    produced bigint NOT NULL,
+    good bigint NOT NULL,
+    rejected bigint NOT NULL,
+    ideal_ms double precision NOT NULL,
+    availability double precision,
+    performance double precision,
+    quality double precision,
+    oee double precision,
+    completeness double precision NOT NULL,
+    computed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (machine, kind, start_at)
+);
+CREATE TABLE oee_cycle (
+    machine text NOT NULL,
+    start_at timestamptz NOT NULL,
+    end_at timestamptz NOT NULL,
+    duration_ms double precision NOT NULL,
+    count bigint NOT NULL,
+    product text,
+    PRIMARY KEY (machine, end_at)
+);
+CREATE TABLE oee_downtime (
+    machine text NOT NULL,
+    start_at timestamptz NOT NULL,
+    end_at timestamptz NOT NULL,
+    reason_code text,
+    reason text,
+    category text NOT NULL,
+    planned boolean NOT NULL,
+    PRIMARY KEY (machine, start_at)
+);
+CREATE TABLE oee_quality (
+    machine text NOT NULL,
+    at timestamptz NOT NULL,
+    good bigint NOT NULL,
+    rejected bigint NOT NULL,
+    PRIMARY KEY (machine, at)
+);
+"#,
+    ),
 ];
 
 /// A command audit row; one with a request_id replaces the earlier row of
@@ -570,6 +636,17 @@ impl Sink for PgSink {
                 let inserted: i64 = tx.query_one(INSERT_FACTS, &[]).await?.get(0);
                 out.facts = inserted as u64;
             }
+        }
+        if !b.oee.is_empty() {
+            let sink = tx.copy_in("COPY oee_pending (machine, ts) FROM STDIN BINARY").await?;
+            let w = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TIMESTAMPTZ]);
+            futures_util::pin_mut!(w);
+            for m in &b.oee {
+                let (machine, ts) = (&*m.machine, at(m.ts_ms));
+                let row: [&(dyn ToSql + Sync); 2] = [&machine, &ts];
+                w.as_mut().write(&row).await?;
+            }
+            w.finish().await?;
         }
         if !b.catalog.is_empty() {
             let stmt = tx

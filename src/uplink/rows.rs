@@ -209,6 +209,16 @@ impl CommandRow {
     }
 }
 
+/// A sample of a metric an OEE machine maps: the figures around `ts_ms`
+/// are to be computed again (`oee_pending`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OeeMark {
+    pub group: Arc<str>,
+    pub node: Arc<str>,
+    pub machine: Arc<str>,
+    pub ts_ms: i64,
+}
+
 /// Rows to write together.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Batch {
@@ -218,6 +228,7 @@ pub struct Batch {
     pub catalog: Vec<CatalogRow>,
     pub quarantine: Vec<QuarantineRow>,
     pub commands: Vec<CommandRow>,
+    pub oee: Vec<OeeMark>,
 }
 
 impl Batch {
@@ -229,6 +240,7 @@ impl Batch {
             + self.catalog.len()
             + self.quarantine.len()
             + self.commands.len()
+            + self.oee.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -264,7 +276,8 @@ impl Batch {
                 160 + c.group.len() + c.node.len() + c.device.len() + c.metric.len() + opt(&c.value) + c.reason.len()
             })
             .sum();
-        (raw + facts + states + catalog + quarantine + commands) as u64
+        let oee = self.oee.len() * 48;
+        (raw + facts + states + catalog + quarantine + commands + oee) as u64
     }
 
     pub fn append(&mut self, other: &mut Batch) {
@@ -274,6 +287,7 @@ impl Batch {
         self.catalog.append(&mut other.catalog);
         self.quarantine.append(&mut other.quarantine);
         self.commands.append(&mut other.commands);
+        self.oee.append(&mut other.oee);
     }
 
     /// Splits the rows among `n` writers by (group, node), so that one node's
@@ -316,6 +330,9 @@ impl Batch {
         }
         for c in self.commands {
             out[slot(&c.group, &c.node)].commands.push(c);
+        }
+        for m in self.oee {
+            out[slot(&m.group, &m.node)].oee.push(m);
         }
         out
     }

@@ -143,7 +143,9 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
             "refused API requests",
             "spb_uplink_commands_total{outcome=\"refused\"}",
         ),
+        oee_index: OeeIndex::new(),
     };
+    rt.oee_index = oee_index(&rt.cfg);
     crate::telemetry::systemd::ready("uplink started");
     tracing::info!(host = %rt.cfg.host.host_id, dry_run, "spb-uplink {} started", env!("CARGO_PKG_VERSION"));
     loop {
@@ -199,6 +201,27 @@ struct Loop {
     next_request: u64,
     /// Refused API requests audited at most 10 a second (all counted).
     denials: LogBudget,
+    /// Metric name → (group, node, device, machine) of each OEE mapping.
+    oee_index: OeeIndex,
+}
+
+type OeeIndex = std::collections::HashMap<String, Vec<(String, String, String, Arc<str>)>>;
+
+/// The OEE machines' metrics, by metric name.
+fn oee_index(cfg: &UplinkConfig) -> OeeIndex {
+    let mut index = OeeIndex::new();
+    for m in cfg.oee.iter().flat_map(|o| &o.machines) {
+        let machine: Arc<str> = Arc::from(m.name.as_str());
+        for metric in m.metrics.values() {
+            index.entry(metric.clone()).or_default().push((
+                m.group.clone(),
+                m.node.clone(),
+                m.device.clone(),
+                machine.clone(),
+            ));
+        }
+    }
+    index
 }
 
 /// A command of the API on its way: its audit row (as sent) and who waits.
@@ -293,7 +316,9 @@ impl Loop {
                 _ => {}
             }
             let before = self.batch.quarantine.len();
+            let facts_before = self.batch.facts.len();
             self.batch.add_event(&ev, now);
+            self.mark_oee(facts_before);
             // Rows no database could hold are quarantined as they are made.
             let added = &self.batch.quarantine[before..];
             self.stats.quarantined.fetch_add(added.len() as u64, Relaxed);
@@ -343,6 +368,29 @@ impl Loop {
         self.stats.commands_audited.fetch_add(cmd.writes.len() as u64, Relaxed);
         self.batch_since.get_or_insert_with(Instant::now);
         self.batch.add_command(cmd, now, requested_by);
+    }
+
+    /// A new fact of a metric an OEE machine maps marks its time for the
+    /// OEE folder (written with the fact, in the same transaction).
+    fn mark_oee(&mut self, facts_before: usize) {
+        if self.oee_index.is_empty() {
+            return;
+        }
+        for f in &self.batch.facts[facts_before..] {
+            let Some(machines) = self.oee_index.get(&*f.metric) else {
+                continue;
+            };
+            for (g, n, d, machine) in machines {
+                if **g == *f.group && **n == *f.node && **d == *f.device {
+                    self.batch.oee.push(super::rows::OeeMark {
+                        group: f.group.clone(),
+                        node: f.node.clone(),
+                        machine: machine.clone(),
+                        ts_ms: f.ts_ms,
+                    });
+                }
+            }
+        }
     }
 
     /// A request of the API: audit a denial, or check, send and wait.

@@ -294,6 +294,7 @@ impl Batch {
         take(&mut self.catalog, &mut a.catalog, &mut left);
         take(&mut self.quarantine, &mut a.quarantine, &mut left);
         take(&mut self.commands, &mut a.commands, &mut left);
+        take(&mut self.oee, &mut a.oee, &mut left);
         (a, self)
     }
 
@@ -332,6 +333,13 @@ impl Batch {
                 0,
                 c.value.unwrap_or_default().into_bytes(),
                 "command audit row".into(),
+            )
+        } else if let Some(m) = self.oee.into_iter().next() {
+            (
+                key(&[&m.group, &m.node, &m.machine]),
+                m.ts_ms.clamp(0, super::rows::MAX_TS_MS),
+                Vec::new(),
+                "OEE mark".into(),
             )
         } else if let Some(q) = self.quarantine.into_iter().next() {
             (
