@@ -797,6 +797,14 @@ async fn copy_pending(
     Ok(())
 }
 
+impl PgSink {
+    /// Computes the OEE intervals the pending marks touch
+    /// ([`super::oee::pg::fold`]); returns how many were written.
+    pub async fn fold_oee(&mut self, cfg: &super::oee::config::OeeConfig, now_ms: i64) -> Result<u64, PgError> {
+        Ok(super::oee::pg::fold(&mut self.client, cfg, now_ms).await?)
+    }
+}
+
 impl Drop for PgSink {
     fn drop(&mut self) {
         self.conn.abort();

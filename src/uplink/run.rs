@@ -143,9 +143,9 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
             "refused API requests",
             "spb_uplink_commands_total{outcome=\"refused\"}",
         ),
-        oee_index: OeeIndex::new(),
+        oee_index: super::oee::OeeIndex::default(),
     };
-    rt.oee_index = oee_index(&rt.cfg);
+    rt.oee_index = super::oee::OeeIndex::new(rt.cfg.oee.as_ref());
     crate::telemetry::systemd::ready("uplink started");
     tracing::info!(host = %rt.cfg.host.host_id, dry_run, "spb-uplink {} started", env!("CARGO_PKG_VERSION"));
     loop {
@@ -201,27 +201,8 @@ struct Loop {
     next_request: u64,
     /// Refused API requests audited at most 10 a second (all counted).
     denials: LogBudget,
-    /// Metric name → (group, node, device, machine) of each OEE mapping.
-    oee_index: OeeIndex,
-}
-
-type OeeIndex = std::collections::HashMap<String, Vec<(String, String, String, Arc<str>)>>;
-
-/// The OEE machines' metrics, by metric name.
-fn oee_index(cfg: &UplinkConfig) -> OeeIndex {
-    let mut index = OeeIndex::new();
-    for m in cfg.oee.iter().flat_map(|o| &o.machines) {
-        let machine: Arc<str> = Arc::from(m.name.as_str());
-        for metric in m.metrics.values() {
-            index.entry(metric.clone()).or_default().push((
-                m.group.clone(),
-                m.node.clone(),
-                m.device.clone(),
-                machine.clone(),
-            ));
-        }
-    }
-    index
+    /// Which facts an OEE machine maps.
+    oee_index: super::oee::OeeIndex,
 }
 
 /// A command of the API on its way: its audit row (as sent) and who waits.
@@ -376,21 +357,8 @@ impl Loop {
         if self.oee_index.is_empty() {
             return;
         }
-        for f in &self.batch.facts[facts_before..] {
-            let Some(machines) = self.oee_index.get(&*f.metric) else {
-                continue;
-            };
-            for (g, n, d, machine) in machines {
-                if **g == *f.group && **n == *f.node && **d == *f.device {
-                    self.batch.oee.push(super::rows::OeeMark {
-                        group: f.group.clone(),
-                        node: f.node.clone(),
-                        machine: machine.clone(),
-                        ts_ms: f.ts_ms,
-                    });
-                }
-            }
-        }
+        let marks: Vec<_> = self.oee_index.marks(&self.batch.facts[facts_before..]).collect();
+        self.batch.oee.extend(marks);
     }
 
     /// A request of the API: audit a denial, or check, send and wait.

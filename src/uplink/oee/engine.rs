@@ -174,6 +174,8 @@ pub struct Figures {
     pub completeness: f64,
     pub cycles: Vec<Cycle>,
     pub downtimes: Vec<Downtime>,
+    /// (instant, good, rejected) of each counter increment in the interval.
+    pub quality_events: Vec<(i64, u64, u64)>,
 }
 
 /// The samples of each role, by time: the value in force at an instant
@@ -371,8 +373,18 @@ pub fn compute(model: &Model, samples: &[Sample], from: i64, to: i64, planned: &
             .sum()
     };
     let has = |role: Role| !series.of(role).is_empty();
-    let good = has(Role::GoodCount).then(|| in_window(&increments(model, series.of(Role::GoodCount))));
-    let rejected = has(Role::RejectCount).then(|| in_window(&increments(model, series.of(Role::RejectCount))));
+    let good_inc = increments(model, series.of(Role::GoodCount));
+    let reject_inc = increments(model, series.of(Role::RejectCount));
+    let mut events: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
+    for &(_, end, n) in good_inc.iter().filter(|&&(_, end, _)| end >= from && end < to) {
+        events.entry(end).or_default().0 += n;
+    }
+    for &(_, end, n) in reject_inc.iter().filter(|&&(_, end, _)| end >= from && end < to) {
+        events.entry(end).or_default().1 += n;
+    }
+    f.quality_events = events.into_iter().map(|(t, (g, r))| (t, g, r)).collect();
+    let good = has(Role::GoodCount).then(|| in_window(&good_inc));
+    let rejected = has(Role::RejectCount).then(|| in_window(&reject_inc));
     (f.good, f.rejected) = match (good, rejected) {
         (Some(g), Some(r)) => {
             f.produced = f.produced.max(g + r);

@@ -1,0 +1,326 @@
+//! The OEE folder on PostgreSQL: takes the marks of `oee_pending`, works
+//! out which hours and shifts they touch, computes those intervals again
+//! from the facts ([`super::engine`]) and replaces their rows and events,
+//! all in one transaction.
+//!
+//! Invariants:
+//! - Everything is computed from the facts, which hold each sample once:
+//!   a replayed or duplicated sample changes nothing, a late one changes
+//!   exactly the intervals it touches, and a crash before the commit
+//!   leaves the marks for the next fold.
+//! - A mark at `t` touches the hours from `t - minor_stop` (a stop it ends
+//!   may become a minor one) to the next change of the running state or
+//!   reason after the newest mark (the state it sets lasts until then),
+//!   and every shift that overlaps them.
+//! - One folder at a time (an advisory lock); another one skips its turn.
+//! - Samples below the quality threshold are not used.
+
+use std::collections::BTreeMap;
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
+
+use super::config::{Machine, OeeConfig};
+use super::engine::{compute, Category, Figures, Role, Sample, V};
+use super::shifts::instances;
+
+const HOUR: i64 = 3_600_000;
+/// Cycles of a start signal may begin up to this long before an interval.
+const EDGE_LOOKBACK: i64 = HOUR;
+/// A fold computes at most this much of one machine's history.
+const MAX_HOURS: i64 = 24 * 62;
+
+fn ts(ms: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)
+}
+
+fn ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Folds what is pending; returns how many intervals were written.
+pub async fn fold(client: &mut Client, cfg: &OeeConfig, now_ms: i64) -> Result<u64, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    // Key: "spboee" in ASCII.
+    let mine: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock(126970426484069)", &[])
+        .await?
+        .get(0);
+    if !mine {
+        return Ok(0);
+    }
+    let rows = tx.query("DELETE FROM oee_pending RETURNING machine, ts", &[]).await?;
+    let mut marks: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for r in rows {
+        let t = ms(r.get(1));
+        let e = marks.entry(r.get(0)).or_insert((t, t));
+        e.0 = e.0.min(t);
+        e.1 = e.1.max(t);
+    }
+    let mut written = 0;
+    for (name, (first, last)) in marks {
+        // A machine no longer in the file: its marks are dropped.
+        let Some(m) = cfg.machines.iter().find(|m| m.name == name) else {
+            continue;
+        };
+        written += fold_machine(&tx, cfg, m, first, last, now_ms).await?;
+    }
+    tx.commit().await?;
+    Ok(written)
+}
+
+/// The series id of each role the machine maps (those seen so far).
+async fn series(
+    tx: &tokio_postgres::Transaction<'_>,
+    m: &Machine,
+) -> Result<BTreeMap<Role, i64>, tokio_postgres::Error> {
+    let names: Vec<&str> = m.metrics.values().map(String::as_str).collect();
+    let rows = tx
+        .query(
+            "SELECT metric, series_id FROM sp_series WHERE group_id = $1 AND node_id = $2 AND device_id = $3 AND metric = ANY($4)",
+            &[&m.group, &m.node, &m.device, &names],
+        )
+        .await?;
+    let by_name: BTreeMap<String, i64> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    Ok(m.metrics
+        .iter()
+        .filter_map(|(role, metric)| by_name.get(metric).map(|id| (*role, *id)))
+        .collect())
+}
+
+/// The samples of `ids` in `[from, to)` and, for each, the last one before.
+async fn samples(
+    tx: &tokio_postgres::Transaction<'_>,
+    ids: &BTreeMap<Role, i64>,
+    from: i64,
+    to: i64,
+    quality: i32,
+) -> Result<Vec<Sample>, tokio_postgres::Error> {
+    let mut out = Vec::new();
+    for (&role, &id) in ids {
+        let lookback = if role == Role::CycleStart { EDGE_LOOKBACK } else { 0 };
+        let (a, b) = (ts(from - lookback), ts(to));
+        let params: [&(dyn ToSql + Sync); 4] = [&id, &a, &b, &quality];
+        let rows = tx
+            .query(
+                "(SELECT ts, v_int, v_float, v_bool, v_text FROM sp_series_fact
+                   WHERE series_id = $1 AND ts < $2 AND quality >= $4 ORDER BY ts DESC LIMIT 1)
+                 UNION ALL
+                 (SELECT ts, v_int, v_float, v_bool, v_text FROM sp_series_fact
+                   WHERE series_id = $1 AND ts >= $2 AND ts < $3 AND quality >= $4)",
+                &params,
+            )
+            .await?;
+        for r in rows {
+            let (i, f, bo, t): (Option<i64>, Option<f64>, Option<bool>, Option<String>) =
+                (r.get(1), r.get(2), r.get(3), r.get(4));
+            let value = match (i, f, bo, t) {
+                (_, _, Some(b), _) => V::Bool(b),
+                (_, Some(x), _, _) => V::Num(x),
+                (Some(x), _, _, _) => V::Num(x as f64),
+                (_, _, _, Some(s)) => V::Text(s),
+                _ => continue,
+            };
+            out.push(Sample {
+                role,
+                ts: ms(r.get(0)),
+                value,
+            });
+        }
+    }
+    Ok(out)
+}
+
+async fn fold_machine(
+    tx: &tokio_postgres::Transaction<'_>,
+    cfg: &OeeConfig,
+    m: &Machine,
+    first: i64,
+    last: i64,
+    now_ms: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    let ids = series(tx, m).await?;
+    let minor = m.model.minor_stop_ms;
+    // Up to the next change of state after the newest mark (or now).
+    let mut until = last;
+    let state_ids: Vec<i64> = [Role::Running, Role::Reason]
+        .iter()
+        .filter_map(|r| ids.get(r).copied())
+        .collect();
+    if !state_ids.is_empty() {
+        let next: Option<std::time::SystemTime> = tx
+            .query_one(
+                "SELECT min(ts) FROM sp_series_fact WHERE series_id = ANY($1) AND ts > $2",
+                &[&state_ids, &ts(last)],
+            )
+            .await?
+            .get(0);
+        until = next.map_or(now_ms.max(last), ms);
+    }
+    let start_hour = (first - minor).div_euclid(HOUR) * HOUR;
+    let end_hour = (until.div_euclid(HOUR) * HOUR).min(start_hour + MAX_HOURS * HOUR);
+    let shifts = instances(&cfg.shifts, &cfg.tz, start_hour / 1000, (end_hour + HOUR) / 1000);
+    let span_from = shifts
+        .iter()
+        .map(|s| s.start * 1000)
+        .min()
+        .unwrap_or(start_hour)
+        .min(start_hour);
+    let span_to = shifts
+        .iter()
+        .map(|s| s.end * 1000)
+        .max()
+        .unwrap_or(end_hour + HOUR)
+        .max(end_hour + HOUR);
+    let all = samples(tx, &ids, span_from, span_to + minor, cfg.quality_threshold).await?;
+    let planned = |from: i64, to: i64| -> Vec<(i64, i64)> {
+        if cfg.shifts.is_empty() {
+            return vec![(from, to)];
+        }
+        let mut p = Vec::new();
+        for s in instances(&cfg.shifts, &cfg.tz, from / 1000, to / 1000) {
+            let mut at = s.start * 1000;
+            for &(a, b) in &s.breaks {
+                p.push((at, a * 1000));
+                at = b * 1000;
+            }
+            p.push((at, s.end * 1000));
+        }
+        p.retain(|(a, b)| a < b);
+        p.sort_unstable();
+        p
+    };
+    let mut written = 0;
+    let mut hour = start_hour;
+    while hour <= end_hour {
+        let f = compute(&m.model, &all, hour, hour + HOUR, &planned(hour, hour + HOUR));
+        write_interval(tx, &m.name, "hour", "", hour, hour + HOUR, &f).await?;
+        replace_events(tx, &m.name, hour, hour + HOUR, &f).await?;
+        written += 1;
+        hour += HOUR;
+    }
+    for s in &shifts {
+        let (from, to) = (s.start * 1000, s.end * 1000);
+        let f = compute(&m.model, &all, from, to, &planned(from, to));
+        write_interval(tx, &m.name, "shift", &s.name, from, to, &f).await?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_interval(
+    tx: &tokio_postgres::Transaction<'_>,
+    machine: &str,
+    kind: &str,
+    shift: &str,
+    from: i64,
+    to: i64,
+    f: &Figures,
+) -> Result<(), tokio_postgres::Error> {
+    let down = |c: Category| f.downtime_ms.get(&c).copied().unwrap_or(0);
+    let (produced, good, rejected) = (f.produced as i64, f.good as i64, f.rejected as i64);
+    let params: [&(dyn ToSql + Sync); 23] = [
+        &machine,
+        &kind,
+        &ts(from),
+        &ts(to),
+        &shift,
+        &f.planned_ms,
+        &f.planned_downtime_ms,
+        &f.run_ms,
+        &down(Category::Breakdown),
+        &down(Category::Setup),
+        &down(Category::MinorStop),
+        &down(Category::Starved),
+        &down(Category::Blocked),
+        &down(Category::Unassigned),
+        &produced,
+        &good,
+        &rejected,
+        &f.ideal_ms,
+        &f.availability,
+        &f.performance,
+        &f.quality,
+        &f.oee,
+        &f.completeness,
+    ];
+    tx.execute(
+        "INSERT INTO oee_interval (machine, kind, start_at, end_at, shift, planned_ms, planned_downtime_ms, run_ms,
+             breakdown_ms, setup_ms, minor_stop_ms, starved_ms, blocked_ms, unassigned_ms, produced, good, rejected,
+             ideal_ms, availability, performance, quality, oee, completeness)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)
+         ON CONFLICT (machine, kind, start_at) DO UPDATE SET end_at = EXCLUDED.end_at, shift = EXCLUDED.shift,
+             planned_ms = EXCLUDED.planned_ms, planned_downtime_ms = EXCLUDED.planned_downtime_ms, run_ms = EXCLUDED.run_ms,
+             breakdown_ms = EXCLUDED.breakdown_ms, setup_ms = EXCLUDED.setup_ms, minor_stop_ms = EXCLUDED.minor_stop_ms,
+             starved_ms = EXCLUDED.starved_ms, blocked_ms = EXCLUDED.blocked_ms, unassigned_ms = EXCLUDED.unassigned_ms,
+             produced = EXCLUDED.produced, good = EXCLUDED.good, rejected = EXCLUDED.rejected, ideal_ms = EXCLUDED.ideal_ms,
+             availability = EXCLUDED.availability, performance = EXCLUDED.performance, quality = EXCLUDED.quality,
+             oee = EXCLUDED.oee, completeness = EXCLUDED.completeness, computed_at = now()",
+        &params,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The hour's cycles, downtimes and quality events, replaced.
+async fn replace_events(
+    tx: &tokio_postgres::Transaction<'_>,
+    machine: &str,
+    from: i64,
+    to: i64,
+    f: &Figures,
+) -> Result<(), tokio_postgres::Error> {
+    let (a, b) = (ts(from), ts(to));
+    tx.execute(
+        "DELETE FROM oee_cycle WHERE machine = $1 AND end_at >= $2 AND end_at < $3",
+        &[&machine, &a, &b],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM oee_downtime WHERE machine = $1 AND start_at >= $2 AND start_at < $3",
+        &[&machine, &a, &b],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM oee_quality WHERE machine = $1 AND at >= $2 AND at < $3",
+        &[&machine, &a, &b],
+    )
+    .await?;
+    for c in &f.cycles {
+        let duration = (c.end - c.start) as f64 / c.count.max(1) as f64;
+        let count = c.count as i64;
+        tx.execute(
+            "INSERT INTO oee_cycle (machine, start_at, end_at, duration_ms, count, product) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&machine, &ts(c.start), &ts(c.end), &duration, &count, &c.product],
+        )
+        .await?;
+    }
+    for d in &f.downtimes {
+        let planned = d.category == Category::Planned;
+        tx.execute(
+            "INSERT INTO oee_downtime (machine, start_at, end_at, reason_code, reason, category, planned)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &machine,
+                &ts(d.start),
+                &ts(d.end),
+                &d.code,
+                &d.reason,
+                &d.category.as_str(),
+                &planned,
+            ],
+        )
+        .await?;
+    }
+    for &(at, good, rejected) in &f.quality_events {
+        let (g, r) = (good as i64, rejected as i64);
+        tx.execute(
+            "INSERT INTO oee_quality (machine, at, good, rejected) VALUES ($1, $2, $3, $4)",
+            &[&machine, &ts(at), &g, &r],
+        )
+        .await?;
+    }
+    Ok(())
+}

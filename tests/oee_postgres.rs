@@ -1,0 +1,217 @@
+//! OEE on PostgreSQL, from facts to intervals: a scripted hour of a press
+//! (a break, a breakdown, a minor stop, cycles every 3 s, rejects) written
+//! through the sink with its OEE marks, folded, and read back: A, P, Q and
+//! OEE equal the analytic values; the same samples again change nothing;
+//! a late sample changes exactly its interval.
+#![cfg(feature = "uplink")]
+
+mod common;
+
+use common::pg::TestDb;
+use spb::sparkplug::host::HostEvent;
+use spb::sparkplug::{Metric, Value};
+use spb::uplink::config::UplinkConfig;
+use spb::uplink::oee::config::OeeConfig;
+use spb::uplink::oee::OeeIndex;
+use spb::uplink::postgres::PgSink;
+use spb::uplink::rows::Batch;
+use spb::uplink::sink::Sink;
+
+/// 2026-11-30 01:00 UTC.
+const T0: u64 = 1_796_000_400_000;
+const S: u64 = 1000;
+const MIN: u64 = 60 * S;
+
+fn cfg() -> OeeConfig {
+    let text = r#"
+[host]
+host_id = "scada"
+[mqtt]
+[[mqtt.servers]]
+host = "127.0.0.1"
+[database]
+backend = "postgres"
+url = "host=127.0.0.1 user=postgres dbname=plant"
+[oee]
+time_zone = "UTC"
+minor_stop = "2m"
+[[oee.shifts]]
+name = "day"
+start = "00:00"
+end = "24:00"
+breaks = ["01:20-01:30"]
+[[oee.machines]]
+name = "press"
+node = "G/N"
+device = "press"
+cycle_count = "Count"
+running = "Running"
+fault_code = "Fault"
+reject_count = "Rejects"
+ideal_cycle_time = "2s"
+[oee.machines.reasons]
+12 = { reason = "Hydraulic pressure low", category = "breakdown" }
+"#;
+    UplinkConfig::parse("u.toml", text).expect("valid").oee.expect("[oee]")
+}
+
+/// The scripted hour as (metric, timestamp, value).
+fn script() -> Vec<(&'static str, u64, Value)> {
+    let mut v = vec![
+        ("Running", T0 - 5 * MIN, Value::Boolean(true)),
+        ("Fault", T0 - 5 * MIN, Value::Int32(0)),
+        ("Running", T0 + 40 * MIN, Value::Boolean(false)),
+        ("Fault", T0 + 40 * MIN, Value::Int32(12)),
+        ("Running", T0 + 50 * MIN, Value::Boolean(true)),
+        ("Fault", T0 + 50 * MIN, Value::Int32(0)),
+        ("Running", T0 + 55 * MIN, Value::Boolean(false)),
+        ("Running", T0 + 56 * MIN, Value::Boolean(true)),
+        ("Count", T0 - 1, Value::UInt32(100)),
+        ("Rejects", T0 - 1, Value::UInt32(0)),
+        ("Rejects", T0 + 59 * MIN, Value::UInt32(10)),
+    ];
+    let stopped = |t: u64| {
+        (T0 + 20 * MIN..T0 + 30 * MIN).contains(&t)
+            || (T0 + 40 * MIN..T0 + 50 * MIN).contains(&t)
+            || (T0 + 55 * MIN..T0 + 56 * MIN).contains(&t)
+    };
+    let mut count = 100;
+    let mut t = T0;
+    while t < T0 + 60 * MIN {
+        if !stopped(t) {
+            count += 1;
+            v.push(("Count", t + 3 * S - 1, Value::UInt32(count)));
+        }
+        t += 3 * S;
+    }
+    v
+}
+
+/// The samples as batches of DDATA, each with its OEE marks.
+fn batches(samples: &[(&'static str, u64, Value)], historical: bool) -> Vec<Batch> {
+    let index = OeeIndex::new(Some(&cfg()));
+    samples
+        .chunks(200)
+        .map(|chunk| {
+            let metrics = chunk
+                .iter()
+                .map(|(name, ts, v)| {
+                    let mut m = Metric::new(*name, v.clone(), *ts);
+                    m.is_historical = historical;
+                    m
+                })
+                .collect();
+            let mut b = Batch::default();
+            b.add_event(
+                &HostEvent::data("G", "N", Some("press"), 0, None, metrics),
+                T0 + 2 * 60 * MIN,
+            );
+            let marks: Vec<_> = index.marks(&b.facts).collect();
+            b.oee.extend(marks);
+            b
+        })
+        .collect()
+}
+
+fn write_and_fold(db: &TestDb, batches: &[Batch]) -> u64 {
+    db.rt.block_on(async {
+        let mut s = PgSink::connect(&db.url()).await.expect("connect");
+        s.migrate().await.expect("migrate");
+        for b in batches {
+            s.write(b).await.expect("write");
+        }
+        s.fold_oee(&cfg(), (T0 + 2 * 60 * MIN) as i64).await.expect("fold")
+    })
+}
+
+/// The hour's figures, as text to compare whole.
+fn hour(db: &TestDb) -> String {
+    db.query_text(&format!(
+        "SELECT concat_ws('|', planned_ms, planned_downtime_ms, run_ms, breakdown_ms, unassigned_ms, produced, good, rejected,
+                ideal_ms, round(availability::numeric, 9), round(performance::numeric, 9), round(quality::numeric, 9),
+                round(oee::numeric, 9), completeness)
+         FROM oee_interval WHERE machine = 'press' AND kind = 'hour' AND start_at = to_timestamp({})",
+        T0 / 1000
+    ))
+}
+
+#[test]
+fn a_scripted_hour_folds_to_the_analytic_figures_and_a_replay_changes_nothing() {
+    let db = TestDb::new("oee_hour");
+    let samples = script();
+    assert!(
+        write_and_fold(&db, &batches(&samples, false)) >= 2,
+        "an hour and a shift at least"
+    );
+    // Planned 50 min (a 10-minute break); down 40:00-50:00 (breakdown);
+    // 55:00-56:00 a minor stop, so run time 40 min; 780 cycles, 10 rejects.
+    let a = 40.0 / 50.0;
+    let p = 780.0 * 2.0 / (40.0 * 60.0);
+    let q = 770.0 / 780.0;
+    let want = format!(
+        "{}|0|{}|{}|0|780|770|10|1560000|{:.9}|{:.9}|{:.9}|{:.9}|1",
+        50 * MIN,
+        40 * MIN,
+        10 * MIN,
+        a,
+        p,
+        q,
+        a * p * q
+    );
+    assert_eq!(hour(&db), want);
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM oee_downtime WHERE machine = 'press' AND category = 'breakdown' AND reason_code = '12'"),
+        1
+    );
+    assert_eq!(
+        db.query_i64("SELECT sum(count)::bigint FROM oee_cycle WHERE machine = 'press'"),
+        780
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM oee_pending"),
+        0,
+        "the log is emptied"
+    );
+    let shift =
+        db.query_text("SELECT concat_ws('|', shift, produced, rejected) FROM oee_interval WHERE kind = 'shift'");
+    assert_eq!(shift, "day|780|10");
+
+    // The gateway replays it all (historical), in another order: nothing changes.
+    let mut again = samples.clone();
+    again.reverse();
+    write_and_fold(&db, &batches(&again, true));
+    assert_eq!(hour(&db), want);
+    assert_eq!(
+        db.query_i64("SELECT sum(count)::bigint FROM oee_cycle WHERE machine = 'press'"),
+        780
+    );
+
+    // A stop 10:00-15:00 reported two hours late changes that hour's run
+    // and downtime, and no other interval.
+    let before = db.query_text(
+        "SELECT string_agg(concat_ws('|', kind, start_at, run_ms, produced), ';' ORDER BY kind, start_at)
+         FROM oee_interval WHERE NOT (kind = 'hour' AND start_at = to_timestamp(1796000400))",
+    );
+    let late = vec![
+        ("Running", T0 + 10 * MIN, Value::Boolean(false)),
+        ("Running", T0 + 15 * MIN, Value::Boolean(true)),
+    ];
+    write_and_fold(&db, &batches(&late, true));
+    let got = hour(&db);
+    assert!(
+        got.starts_with(&format!("{}|0|{}|{}|{}|780|", 50 * MIN, 35 * MIN, 10 * MIN, 5 * MIN)),
+        "{got}"
+    );
+    let after = db.query_text(
+        "SELECT string_agg(concat_ws('|', kind, start_at, run_ms, produced), ';' ORDER BY kind, start_at)
+         FROM oee_interval WHERE NOT (kind = 'hour' AND start_at = to_timestamp(1796000400))",
+    );
+    // The day's shift holds the hour: it changes with it; the hour before does not.
+    let other_hours = |t: &str| {
+        t.split(';')
+            .filter(|r| r.starts_with("hour"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(other_hours(&after), other_hours(&before));
+}
