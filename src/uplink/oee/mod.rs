@@ -18,11 +18,14 @@ use std::sync::Arc;
 
 use super::rows::{FactRow, OeeMark};
 
-/// Which facts belong to which machine: metric name → (group, node,
-/// device, machine), so a fact costs one hash lookup.
+/// Where a mapped metric lives (group, node, device) and whose it is.
+type Owner = (String, String, String, Arc<str>);
+
+/// Which facts belong to which machine: metric name → its owners, so a
+/// fact costs one hash lookup.
 #[derive(Debug, Default, Clone)]
 pub struct OeeIndex {
-    by_metric: HashMap<String, Vec<(String, String, String, Arc<str>)>>,
+    by_metric: HashMap<String, Vec<Owner>>,
 }
 
 impl OeeIndex {
