@@ -215,3 +215,55 @@ fn a_scripted_hour_folds_to_the_analytic_figures_and_a_replay_changes_nothing() 
     };
     assert_eq!(other_hours(&after), other_hours(&before));
 }
+
+/// Through the real gateway (a simulated press), mosquitto and the uplink:
+/// the OEE folder writes the current hour and shift, and `/metrics` shows
+/// the machine's figures and cycles.
+#[test]
+fn the_uplink_computes_oee_from_a_running_gateway_and_shows_it_on_metrics() {
+    use common::uplink::Uplink;
+    use common::{Broker, Gateway};
+    let db = TestDb::new("oee_live");
+    let broker = Broker::start(None);
+    let oee = r#"
+[oee]
+time_zone = "Europe/Berlin"
+[[oee.shifts]]
+name = "all day"
+start = "00:00"
+end = "24:00"
+[[oee.machines]]
+name = "press"
+node = "OE1/gw"
+device = "press"
+cycle_count = "Strokes"
+running = "Running"
+ideal_cycle_time = "100ms"
+"#;
+    let uplink = Uplink::start(broker.port, &db.url(), oee);
+    let cfg = common::test_config("OE1", "gw", &format!("host = \"127.0.0.1\"\nport = {}", broker.port), "")
+        + "[[devices.tags]]\nname = \"Running\"\naddress = \"const(true)\"\ndatatype = \"Boolean\"\nscan_class = \"fast\"\n";
+    let _gw = Gateway::start(&cfg, &[]);
+    uplink.wait_until("OEE intervals computed", |u| {
+        u.metric("spb_uplink_oee_intervals_total") >= 2.0
+    });
+    uplink.wait_until("cycles counted", |u| {
+        common::http_get(u.http, "/metrics")
+            .lines()
+            .find_map(|l| l.strip_prefix("spb_uplink_oee_cycles_total{machine=\"press\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .is_some_and(|v| v > 5.0)
+    });
+    let metrics = common::http_get(uplink.http, "/metrics");
+    assert!(
+        metrics.contains("spb_uplink_oee{machine=\"press\",shift=\"all day\",figure=\"availability\"} 1"),
+        "always running: {metrics}"
+    );
+    assert!(metrics.contains("figure=\"performance\"}"), "{metrics}");
+    assert_eq!(
+        db.query_i64(
+            "SELECT count(*) FROM oee_interval WHERE machine = 'press' AND kind = 'shift' AND shift = 'all day'"
+        ),
+        1
+    );
+}

@@ -803,6 +803,12 @@ impl PgSink {
     pub async fn fold_oee(&mut self, cfg: &super::oee::config::OeeConfig, now_ms: i64) -> Result<u64, PgError> {
         Ok(super::oee::pg::fold(&mut self.client, cfg, now_ms).await?)
     }
+
+    /// Each machine's figures for the shift running at `now_ms`, and the
+    /// cycles counted in all its hours, for `/metrics`.
+    pub async fn oee_live(&mut self, now_ms: i64) -> Result<Vec<super::stats::OeeLive>, PgError> {
+        Ok(super::oee::pg::live(&self.client, now_ms).await?)
+    }
 }
 
 impl Drop for PgSink {

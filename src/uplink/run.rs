@@ -121,6 +121,22 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
     // keeps them current in each write, so it needs no folder.
     let folder = (!dry_run && cfg.database.backend == Backend::Postgres)
         .then(|| tokio::spawn(writer::folder::<PgSink>(cfg.database.clone(), stats.clone(), fold_rx)));
+    // OEE is computed on PostgreSQL (the SQL Server folder is to come: its
+    // marks wait in oee_pending).
+    let (oee_stop, oee_rx) = tokio::sync::oneshot::channel();
+    let oee_folder = match (&cfg.oee, dry_run, cfg.database.backend) {
+        (Some(o), false, Backend::Postgres) if !o.machines.is_empty() => Some(tokio::spawn(writer::oee_folder(
+            cfg.database.clone(),
+            Arc::new(o.clone()),
+            stats.clone(),
+            oee_rx,
+        ))),
+        (Some(o), false, Backend::Mssql) if !o.machines.is_empty() => {
+            tracing::warn!("[oee] is computed on PostgreSQL only in this version: the marks are kept in oee_pending");
+            None
+        }
+        _ => None,
+    };
     let mut sigterm = signal(SignalKind::terminate()).map_err(UplinkError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(UplinkError::Signal)?;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -178,6 +194,10 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
     // not folded stays pending for the next start).
     let _ = fold_stop.send(());
     if let Some(f) = folder {
+        let _ = tokio::time::timeout(Duration::from_secs(10), f).await;
+    }
+    let _ = oee_stop.send(());
+    if let Some(f) = oee_folder {
         let _ = tokio::time::timeout(Duration::from_secs(10), f).await;
     }
     tracing::info!("stopped");

@@ -84,6 +84,22 @@ pub struct Stats {
     pub api_commands: [AtomicU64; 5],
     /// From sending a command of the API to its outcome on the edge's DDATA.
     pub command_round_trip: Histogram,
+    /// Intervals the OEE folder wrote.
+    pub oee_intervals: AtomicU64,
+    /// Each OEE machine's current shift, as of the last fold.
+    pub oee_live: std::sync::Mutex<Vec<OeeLive>>,
+}
+
+/// One machine's OEE now: its current shift's figures and its cycles.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OeeLive {
+    pub machine: String,
+    pub shift: Option<String>,
+    pub availability: Option<f64>,
+    pub performance: Option<f64>,
+    pub quality: Option<f64>,
+    pub oee: Option<f64>,
+    pub cycles: u64,
 }
 
 /// The order of [`Stats::api_commands`].
@@ -302,6 +318,43 @@ impl Exposition for Stats {
             "spb_uplink_command_round_trip_seconds",
             "From a command of the API sent to its confirming (or failing) DDATA.",
         );
+        let _ = writeln!(
+            s,
+            "# HELP spb_uplink_oee_intervals_total OEE intervals (hours and shifts) computed.\n# TYPE spb_uplink_oee_intervals_total counter\nspb_uplink_oee_intervals_total {}",
+            self.oee_intervals.load(Relaxed)
+        );
+        if let Ok(live) = self.oee_live.lock() {
+            if !live.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "# HELP spb_uplink_oee Each machine's current shift: availability, performance, quality and oee (ISO 22400-2).\n# TYPE spb_uplink_oee gauge"
+                );
+                for l in live.iter() {
+                    let shift = l.shift.as_deref().unwrap_or("");
+                    for (figure, v) in [
+                        ("availability", l.availability),
+                        ("performance", l.performance),
+                        ("quality", l.quality),
+                        ("oee", l.oee),
+                    ] {
+                        if let Some(v) = v {
+                            let _ = writeln!(
+                                s,
+                                "spb_uplink_oee{{machine={:?},shift={shift:?},figure=\"{figure}\"}} {v}",
+                                l.machine
+                            );
+                        }
+                    }
+                }
+                let _ = writeln!(
+                    s,
+                    "# HELP spb_uplink_oee_cycles_total Cycles each machine produced, over every computed hour.\n# TYPE spb_uplink_oee_cycles_total counter"
+                );
+                for l in live.iter() {
+                    let _ = writeln!(s, "spb_uplink_oee_cycles_total{{machine={:?}}} {}", l.machine, l.cycles);
+                }
+            }
+        }
         s
     }
 }

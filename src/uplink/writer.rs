@@ -394,6 +394,60 @@ async fn fold<S: Sink>(db: &DatabaseConfig, sink: &mut Option<S>, stats: &Stats)
     }
 }
 
+/// The OEE folder (PostgreSQL): every `rollup_interval`, computes what
+/// the pending marks touch and refreshes the live figures on `/metrics`;
+/// a failure is logged and counted, the marks stay for the next fold.
+pub async fn oee_folder(
+    db: DatabaseConfig,
+    cfg: Arc<super::oee::config::OeeConfig>,
+    stats: Arc<Stats>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut sink: Option<super::postgres::PgSink> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(db.rollup_interval) => oee_fold(&db, &cfg, &mut sink, &stats).await,
+            _ = &mut stop => break,
+        }
+    }
+    oee_fold(&db, &cfg, &mut sink, &stats).await;
+}
+
+async fn oee_fold(
+    db: &DatabaseConfig,
+    cfg: &super::oee::config::OeeConfig,
+    sink: &mut Option<super::postgres::PgSink>,
+    stats: &Stats,
+) {
+    if sink.as_ref().is_none_or(Sink::is_closed) {
+        match connect::<super::postgres::PgSink>(&db.url).await {
+            Ok(s) => *sink = Some(s),
+            Err(_) => return,
+        }
+    }
+    let Some(s) = sink.as_mut() else { return };
+    let now = crate::clock::now_ms() as i64;
+    let r = async {
+        let n = s.fold_oee(cfg, now).await?;
+        let live = s.oee_live(now).await?;
+        Ok::<_, super::postgres::PgError>((n, live))
+    }
+    .await;
+    match r {
+        Ok((n, live)) => {
+            stats.oee_intervals.fetch_add(n, Relaxed);
+            if let Ok(mut l) = stats.oee_live.lock() {
+                *l = live;
+            }
+        }
+        Err(e) => {
+            *sink = None;
+            stats.db_errors.fetch_add(1, Relaxed);
+            tracing::warn!(error = %e, "OEE fold failed; its marks stay for the next one");
+        }
+    }
+}
+
 async fn connect<S: Sink>(url: &str) -> Result<S, S::Error> {
     let mut s = S::connect(url).await?;
     s.migrate().await?;

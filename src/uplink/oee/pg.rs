@@ -324,3 +324,32 @@ async fn replace_events(
     }
     Ok(())
 }
+
+/// Each machine's figures for the shift running at `now_ms` (none outside
+/// shifts), and its cycles over all hours.
+pub async fn live(client: &Client, now_ms: i64) -> Result<Vec<crate::uplink::stats::OeeLive>, tokio_postgres::Error> {
+    let now = ts(now_ms);
+    let rows = client
+        .query(
+            "SELECT m.machine, s.shift, s.availability, s.performance, s.quality, s.oee, m.cycles
+             FROM (SELECT machine, sum(produced)::bigint AS cycles FROM oee_interval WHERE kind = 'hour' GROUP BY machine) m
+             LEFT JOIN LATERAL (SELECT shift, availability, performance, quality, oee FROM oee_interval
+                 WHERE machine = m.machine AND kind = 'shift' AND start_at <= $1 AND end_at > $1
+                 ORDER BY start_at DESC LIMIT 1) s ON true
+             ORDER BY m.machine",
+            &[&now],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| crate::uplink::stats::OeeLive {
+            machine: r.get(0),
+            shift: r.get(1),
+            availability: r.get(2),
+            performance: r.get(3),
+            quality: r.get(4),
+            oee: r.get(5),
+            cycles: r.get::<_, i64>(6).max(0) as u64,
+        })
+        .collect())
+}
