@@ -23,7 +23,13 @@ const S: u64 = 1000;
 const MIN: u64 = 60 * S;
 
 fn cfg() -> OeeConfig {
-    let text = r#"
+    UplinkConfig::parse("u.toml", CONFIG)
+        .expect("valid")
+        .oee
+        .expect("[oee]")
+}
+
+const CONFIG: &str = r#"
 [host]
 host_id = "scada"
 [mqtt]
@@ -52,8 +58,6 @@ ideal_cycle_time = "2s"
 [oee.machines.reasons]
 12 = { reason = "Hydraulic pressure low", category = "breakdown" }
 "#;
-    UplinkConfig::parse("u.toml", text).expect("valid").oee.expect("[oee]")
-}
 
 /// The scripted hour as (metric, timestamp, value).
 fn script() -> Vec<(&'static str, u64, Value)> {
@@ -175,6 +179,40 @@ fn a_scripted_hour_folds_to_the_analytic_figures_and_a_replay_changes_nothing() 
     let shift =
         db.query_text("SELECT concat_ws('|', shift, produced, rejected) FROM oee_interval WHERE kind = 'shift'");
     assert_eq!(shift, "day|780|10");
+
+    // `spb-uplink oee` says the same to the process engineer.
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("uplink.toml");
+    std::fs::write(
+        &file,
+        CONFIG.replace("host=127.0.0.1 user=postgres dbname=plant", &db.url()),
+    )
+    .expect("config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spb-uplink"))
+        .args([
+            "oee",
+            "--machine",
+            "press",
+            "--from",
+            "2026-11-30 01:00",
+            "--to",
+            "2026-11-30 02:00",
+            "--config",
+        ])
+        .arg(&file)
+        .output()
+        .expect("spb-uplink oee");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for want in [
+        "press: period, 2026-11-30 01:00 to 2026-11-30 02:00 (UTC)",
+        "OEE 51.3%  =  availability 80.0%  x  performance 65.0%  x  quality 98.7%",
+        "planned 0h50m, planned downtime 0h00m, run 0h40m; produced 780, good 770, rejected 10",
+        "downtime: breakdown 0h10m",
+        "0h10m      12  Hydraulic pressure low (breakdown, 1 piece(s))",
+    ] {
+        assert!(text.contains(want), "{want:?} in:\n{text}");
+    }
 
     // The gateway replays it all (historical), in another order: nothing changes.
     let mut again = samples.clone();

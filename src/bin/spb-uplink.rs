@@ -13,6 +13,7 @@ spb-uplink — Sparkplug B Primary Host: persists what the edges publish
 usage: spb-uplink [OPTIONS]
        spb-uplink command --group G --node N [--device D] --metric M --value V [OPTIONS]
        spb-uplink hash-token
+       spb-uplink oee --machine M [--shift | --from T --to T] [--config FILE]
 
 options:
   --config FILE    default /etc/spb-uplink/config.toml
@@ -29,7 +30,11 @@ from --token-file FILE or the SPB_UPLINK_TOKEN environment variable.
 Exit status: 0 confirmed; 1 refused, failed or timed out; 2 usage or no answer.
 
 hash-token: prints a new random API token and the token_sha256 line for the
-uplink's [[commands.identities]].";
+uplink's [[commands.identities]].
+
+oee: a machine's OEE (availability x performance x quality) for its current
+shift (the default) or from T to T (\"2026-11-30 06:00\", in [oee] time_zone),
+with the top downtime reasons, from the uplink's PostgreSQL database.";
 
 /// What the command line asks for.
 enum Command {
@@ -40,6 +45,11 @@ enum Command {
     },
     Write(WriteArgs),
     HashToken,
+    Oee {
+        config: PathBuf,
+        machine: String,
+        range: Option<(String, String)>,
+    },
     Help,
     Version,
 }
@@ -68,6 +78,7 @@ fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Command, 
         match arg {
             Value(v) if v == "hash-token" => return Ok(Command::HashToken),
             Value(v) if v == "command" => return parse_write(p).map(Command::Write),
+            Value(v) if v == "oee" => return parse_oee(p),
             Short('V') | Long("version") => return Ok(Command::Version),
             Short('h') | Long("help") => return Ok(Command::Help),
             Long("config") => config = p.value()?.into(),
@@ -111,6 +122,82 @@ fn parse_write(mut p: lexopt::Parser) -> Result<WriteArgs, lexopt::Error> {
         option: Some("--value".into()),
     })?;
     Ok(a)
+}
+
+fn parse_oee(mut p: lexopt::Parser) -> Result<Command, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut config = PathBuf::from("/etc/spb-uplink/config.toml");
+    let (mut machine, mut from, mut to) = (None, None, None);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("config") => config = p.value()?.into(),
+            Long("machine") => machine = Some(p.value()?.string()?),
+            Long("shift") => {}
+            Long("from") => from = Some(p.value()?.string()?),
+            Long("to") => to = Some(p.value()?.string()?),
+            other => return Err(other.unexpected()),
+        }
+    }
+    let machine = machine.ok_or(lexopt::Error::MissingValue {
+        option: Some("--machine".into()),
+    })?;
+    let range = match (from, to) {
+        (Some(a), Some(b)) => Some((a, b)),
+        (None, None) => None,
+        _ => {
+            return Err(lexopt::Error::MissingValue {
+                option: Some("--from and --to".into()),
+            })
+        }
+    };
+    Ok(Command::Oee { config, machine, range })
+}
+
+/// `spb-uplink oee`: the report from the database.
+fn oee(config: PathBuf, machine: String, range: Option<(String, String)>) -> ExitCode {
+    let cfg = match UplinkConfig::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(oee) = &cfg.oee else {
+        eprintln!("spb-uplink: {} has no [oee]", config.display());
+        return ExitCode::from(2);
+    };
+    if cfg.database.backend != spb::uplink::config::Backend::Postgres {
+        eprintln!("spb-uplink: the OEE report reads PostgreSQL in this version");
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("spb-uplink: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let period = match range {
+        Some((a, b)) => spb::uplink::oee::report::Period::Range(a, b),
+        None => spb::uplink::oee::report::Period::Shift,
+    };
+    let r = rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&cfg.database.url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("postgres: {e}"))?;
+        tokio::spawn(conn);
+        spb::uplink::oee::report::report(&client, &oee.time_zone, &machine, &period).await
+    });
+    match r {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("spb-uplink: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// `spb-uplink command`: POST /commands to the running uplink.
@@ -185,6 +272,7 @@ fn main() -> ExitCode {
     let (config, check, dry_run) = match parse(std::env::args_os().skip(1)) {
         Ok(Command::Run { config, check, dry_run }) => (config, check, dry_run),
         Ok(Command::Write(a)) => return write(a),
+        Ok(Command::Oee { config, machine, range }) => return oee(config, machine, range),
         Ok(Command::HashToken) => {
             let token = spb::uplink::commands::new_token();
             println!("token (give it to the client, keep it secret): {token}");

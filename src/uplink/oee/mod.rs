@@ -10,6 +10,7 @@
 pub mod config;
 pub mod engine;
 pub mod pg;
+pub mod report;
 pub mod shifts;
 pub mod tz;
 

@@ -1,0 +1,150 @@
+//! `spb-uplink oee`: a machine's figures for its current shift or any
+//! period, and its top downtime reasons, from PostgreSQL, as text for a
+//! process engineer.
+//!
+//! Invariants: a period's figures are recomputed from the sums of its
+//! hours (run time, planned busy time, ideal time, counts), never averaged
+//! from the hours' ratios; times given without a zone are the plant's
+//! (`[oee] time_zone`).
+
+use std::fmt::Write as _;
+
+use tokio_postgres::Client;
+
+/// Which interval to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Period {
+    /// The shift running now, or else the last one computed.
+    Shift,
+    /// From and to, as the engineer typed them (`2026-11-30 06:00`).
+    Range(String, String),
+}
+
+/// The report, as text.
+pub async fn report(client: &Client, time_zone: &str, machine: &str, period: &Period) -> Result<String, String> {
+    let db = |e: tokio_postgres::Error| format!("postgres: {e}");
+    client
+        .batch_execute(&format!("SET TIME ZONE '{}'", time_zone.replace('\'', "")))
+        .await
+        .map_err(db)?;
+    let (from, to, label): (std::time::SystemTime, std::time::SystemTime, String) = match period {
+        Period::Shift => {
+            let row = client
+                .query_opt(
+                    "SELECT start_at, end_at, shift FROM oee_interval WHERE machine = $1 AND kind = 'shift'
+                     ORDER BY (start_at <= now() AND end_at > now()) DESC, start_at DESC LIMIT 1",
+                    &[&machine],
+                )
+                .await
+                .map_err(db)?
+                .ok_or_else(|| format!("no shift computed for machine '{machine}' yet"))?;
+            let name: String = row.get(2);
+            (row.get(0), row.get(1), format!("shift \"{name}\""))
+        }
+        Period::Range(a, b) => {
+            let row = client
+                .query_one("SELECT $1::text::timestamptz, $2::text::timestamptz", &[a, b])
+                .await
+                .map_err(|e| format!("--from/--to: {e} (e.g. \"2026-11-30 06:00\", in {time_zone})"))?;
+            (row.get(0), row.get(1), "period".to_string())
+        }
+    };
+    let sums = client
+        .query_one(
+            "SELECT coalesce(sum(planned_ms), 0)::bigint, coalesce(sum(planned_downtime_ms), 0)::bigint,
+                    coalesce(sum(run_ms), 0)::bigint, coalesce(sum(breakdown_ms), 0)::bigint,
+                    coalesce(sum(setup_ms), 0)::bigint, coalesce(sum(minor_stop_ms), 0)::bigint,
+                    coalesce(sum(starved_ms), 0)::bigint, coalesce(sum(blocked_ms), 0)::bigint,
+                    coalesce(sum(unassigned_ms), 0)::bigint, coalesce(sum(produced), 0)::bigint,
+                    coalesce(sum(good), 0)::bigint, coalesce(sum(rejected), 0)::bigint,
+                    coalesce(sum(ideal_ms), 0)::float8,
+                    coalesce(sum(completeness * planned_ms), 0)::float8, count(*),
+                    to_char($2::timestamptz, 'YYYY-MM-DD HH24:MI'), to_char($3::timestamptz, 'YYYY-MM-DD HH24:MI')
+             FROM oee_interval WHERE machine = $1 AND kind = 'hour' AND start_at >= $2 AND start_at < $3",
+            &[&machine, &from, &to],
+        )
+        .await
+        .map_err(db)?;
+    let n = |i: usize| sums.get::<_, i64>(i);
+    let (planned, planned_down, run) = (n(0), n(1), n(2));
+    let (produced, good, rejected) = (n(9), n(10), n(11));
+    let ideal: f64 = sums.get(12);
+    let known: f64 = sums.get(13);
+    let hours: i64 = sums.get(14);
+    if hours == 0 {
+        return Err(format!("no hour computed for machine '{machine}' in that {label}"));
+    }
+    let (from_s, to_s): (String, String) = (sums.get(15), sums.get(16));
+    let busy = known - planned_down as f64;
+    let ratio = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+    let (a, p, q) = (
+        ratio(run as f64, busy),
+        ratio(ideal, run as f64),
+        ratio(good as f64, produced as f64),
+    );
+    let pct = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| format!("{:.1}%", v * 100.0));
+    let hm = |ms: i64| format!("{}h{:02}m", ms / 3_600_000, ms % 3_600_000 / 60_000);
+    let mut out = String::new();
+    let _ = writeln!(out, "{machine}: {label}, {from_s} to {to_s} ({time_zone})");
+    let _ = writeln!(
+        out,
+        "OEE {}  =  availability {}  x  performance {}  x  quality {}",
+        pct(a.zip(p).zip(q).map(|((a, p), q)| a * p * q)),
+        pct(a),
+        pct(p),
+        pct(q)
+    );
+    let _ = writeln!(
+        out,
+        "planned {}, planned downtime {}, run {}; produced {produced}, good {good}, rejected {rejected}",
+        hm(planned),
+        hm(planned_down),
+        hm(run)
+    );
+    let categories = ["breakdown", "setup", "minor_stop", "starved", "blocked", "unassigned"];
+    let losses: Vec<String> = categories
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| n(3 + i) > 0)
+        .map(|(i, c)| format!("{c} {}", hm(n(3 + i))))
+        .collect();
+    let _ = writeln!(
+        out,
+        "downtime: {}",
+        if losses.is_empty() {
+            "none".to_string()
+        } else {
+            losses.join(", ")
+        }
+    );
+    if planned > 0 && known < planned as f64 {
+        let _ = writeln!(
+            out,
+            "data: {:.0}% of the planned time known",
+            known / planned as f64 * 100.0
+        );
+    }
+    let top = client
+        .query(
+            "SELECT coalesce(reason_code, '-'), coalesce(reason, '(no reason)'), category,
+                    (sum(extract(epoch FROM least(end_at, $3) - greatest(start_at, $2))) * 1000)::bigint AS ms, count(*)
+             FROM oee_downtime WHERE machine = $1 AND end_at > $2 AND start_at < $3
+             GROUP BY 1, 2, 3 ORDER BY ms DESC LIMIT 5",
+            &[&machine, &from, &to],
+        )
+        .await
+        .map_err(db)?;
+    if !top.is_empty() {
+        let _ = writeln!(out, "top downtime reasons:");
+        for r in &top {
+            let (code, reason, category, ms, pieces): (String, String, String, i64, i64) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            let _ = writeln!(
+                out,
+                "  {:>8}  {code:>6}  {reason} ({category}, {pieces} piece(s))",
+                hm(ms)
+            );
+        }
+    }
+    Ok(out)
+}
