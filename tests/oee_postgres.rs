@@ -277,6 +277,20 @@ device = "press"
 cycle_count = "Strokes"
 running = "Running"
 ideal_cycle_time = "100ms"
+[[oee.machines]]
+name = "ghost"
+node = "OE1/gw"
+device = "press"
+cycle_count = "Nope"
+running = "Running"
+ideal_cycle_time = "1s"
+[[oee.machines]]
+name = "wrong"
+node = "OE1/gw"
+device = "press"
+cycle_count = "Strokes"
+running = "Pressure"
+ideal_cycle_time = "1s"
 "#;
     let uplink = Uplink::start(broker.port, &db.url(), oee);
     let cfg = common::test_config("OE1", "gw", &format!("host = \"127.0.0.1\"\nport = {}", broker.port), "")
@@ -303,5 +317,27 @@ ideal_cycle_time = "100ms"
             "SELECT count(*) FROM oee_interval WHERE machine = 'press' AND kind = 'shift' AND shift = 'all day'"
         ),
         1
+    );
+    // A mapping the birth refutes is said, counted and not computed.
+    assert!(
+        metrics.contains("spb_uplink_oee_mapping_errors{machine=\"ghost\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("spb_uplink_oee_mapping_errors{machine=\"wrong\"} 1"),
+        "{metrics}"
+    );
+    let log = uplink.log();
+    assert!(
+        log.contains("cycle_count metric 'Nope' is not in the birth of OE1/gw/press"),
+        "{log}"
+    );
+    assert!(
+        log.contains("running metric 'Pressure' is Float, but the role needs a Boolean"),
+        "{log}"
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM oee_interval WHERE machine IN ('ghost', 'wrong')"),
+        0
     );
 }

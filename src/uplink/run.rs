@@ -314,6 +314,16 @@ impl Loop {
                     tracing::info!(%group, %node, ?bdseq, "NDEATH of an older session ignored");
                 }
                 HostEvent::Data { metrics, .. } if !self.waiting.is_empty() => self.outcomes(metrics, now),
+                HostEvent::NodeBirth {
+                    group, node, metrics, ..
+                } => self.check_oee_mapping(group, node, "", metrics),
+                HostEvent::DeviceBirth {
+                    group,
+                    node,
+                    device,
+                    metrics,
+                    ..
+                } => self.check_oee_mapping(group, node, device, metrics),
                 _ => {}
             }
             let before = self.batch.quarantine.len();
@@ -369,6 +379,40 @@ impl Loop {
         self.stats.commands_audited.fetch_add(cmd.writes.len() as u64, Relaxed);
         self.batch_since.get_or_insert_with(Instant::now);
         self.batch.add_command(cmd, now, requested_by);
+    }
+
+    /// A birth against the OEE machines mapped to its node or device: a
+    /// mapping it refutes is said (ERROR, once per change) and the machine
+    /// is not computed until a birth fits.
+    fn check_oee_mapping(&mut self, group: &str, node: &str, device: &str, metrics: &[crate::sparkplug::Metric]) {
+        let Some(oee) = &self.cfg.oee else { return };
+        let declared: Vec<(&str, crate::sparkplug::DataType)> = metrics
+            .iter()
+            .filter_map(|m| Some((m.name.as_deref()?, m.datatype)))
+            .collect();
+        for m in oee
+            .machines
+            .iter()
+            .filter(|m| m.group == group && m.node == node && m.device == device)
+        {
+            let problems = m.check_birth(&declared);
+            let Ok(mut map) = self.stats.oee_mapping.lock() else {
+                return;
+            };
+            let before = map.get(&m.name).cloned().unwrap_or_default();
+            if problems == before {
+                continue;
+            }
+            if problems.is_empty() {
+                tracing::info!(machine = %m.name, "OEE mapping fits the birth again: computed");
+                map.remove(&m.name);
+            } else {
+                for p in &problems {
+                    tracing::error!(machine = %m.name, "OEE mapping refused: {p}; not computed until fixed");
+                }
+                map.insert(m.name.clone(), problems);
+            }
+        }
     }
 
     /// A new fact of a metric an OEE machine maps marks its time for the

@@ -88,6 +88,9 @@ pub struct Stats {
     pub oee_intervals: AtomicU64,
     /// Each OEE machine's current shift, as of the last fold.
     pub oee_live: std::sync::Mutex<Vec<OeeLive>>,
+    /// OEE machines whose mapping the last birth refutes, with why: they
+    /// are not computed until a birth fits.
+    pub oee_mapping: std::sync::Mutex<std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 /// One machine's OEE now: its current shift's figures and its cycles.
@@ -323,6 +326,17 @@ impl Exposition for Stats {
             "# HELP spb_uplink_oee_intervals_total OEE intervals (hours and shifts) computed.\n# TYPE spb_uplink_oee_intervals_total counter\nspb_uplink_oee_intervals_total {}",
             self.oee_intervals.load(Relaxed)
         );
+        if let Ok(errors) = self.oee_mapping.lock() {
+            if !errors.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "# HELP spb_uplink_oee_mapping_errors Problems of a machine's [oee] mapping against its birth (not computed while > 0).\n# TYPE spb_uplink_oee_mapping_errors gauge"
+                );
+                for (m, e) in errors.iter() {
+                    let _ = writeln!(s, "spb_uplink_oee_mapping_errors{{machine={m:?}}} {}", e.len());
+                }
+            }
+        }
         if let Ok(live) = self.oee_live.lock() {
             if !live.is_empty() {
                 let _ = writeln!(

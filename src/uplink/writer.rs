@@ -427,6 +427,21 @@ async fn oee_fold(
     }
     let Some(s) = sink.as_mut() else { return };
     let now = crate::clock::now_ms() as i64;
+    // Machines whose mapping the last birth refutes are left out (their
+    // marks are dropped: a fitting birth brings new facts and marks).
+    let refuted: Vec<String> = stats
+        .oee_mapping
+        .lock()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut fitting;
+    let cfg = if refuted.is_empty() {
+        cfg
+    } else {
+        fitting = cfg.clone();
+        fitting.machines.retain(|m| !refuted.contains(&m.name));
+        &fitting
+    };
     let r = async {
         let n = s.fold_oee(cfg, now).await?;
         let live = s.oee_live(now).await?;

@@ -74,6 +74,66 @@ const ROLE_KEYS: [(&str, Role); 9] = [
     ("product", Role::Product),
 ];
 
+impl Machine {
+    /// What is wrong with this machine's mapping against a birth of its
+    /// node or device (`declared`: each metric's name and datatype): a
+    /// mapped metric the birth does not declare, or one whose datatype
+    /// cannot play its role. Empty: the mapping holds.
+    pub fn check_birth(&self, declared: &[(&str, crate::sparkplug::DataType)]) -> Vec<String> {
+        use crate::sparkplug::DataType as D;
+        let mut problems = Vec::new();
+        for (role, metric) in &self.metrics {
+            let Some(&(_, dt)) = declared.iter().find(|(n, _)| n == metric) else {
+                problems.push(format!(
+                    "machine '{}': {} metric '{metric}' is not in the birth of {}/{}{}",
+                    self.name,
+                    role_key(*role),
+                    self.group,
+                    self.node,
+                    if self.device.is_empty() {
+                        String::new()
+                    } else {
+                        format!("/{}", self.device)
+                    }
+                ));
+                continue;
+            };
+            let integer = dt.is_numeric() && !matches!(dt, D::Float | D::Double);
+            let fits = match role {
+                Role::CycleCount | Role::GoodCount | Role::RejectCount => integer,
+                Role::CycleStart => dt == D::Boolean || integer,
+                Role::Running if self.model.running_values.is_empty() => dt == D::Boolean || integer,
+                Role::Running => matches!(dt, D::String | D::Text) || integer,
+                Role::Reason | Role::Product => integer || matches!(dt, D::String | D::Text),
+                Role::IdealCycleTime => dt.is_numeric(),
+            };
+            if !fits {
+                let wants = match role {
+                    Role::CycleCount | Role::GoodCount | Role::RejectCount => "an integer counter",
+                    Role::CycleStart => "a Boolean (or an integer)",
+                    Role::Running if self.model.running_values.is_empty() => {
+                        "a Boolean (or give running_values for a state)"
+                    }
+                    Role::Running => "a state string or integer",
+                    Role::Reason | Role::Product => "an integer or string code",
+                    Role::IdealCycleTime => "a number of seconds",
+                };
+                problems.push(format!(
+                    "machine '{}': {} metric '{metric}' is {dt}, but the role needs {wants}",
+                    self.name,
+                    role_key(*role)
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// The key that maps `role` (for messages).
+fn role_key(role: Role) -> &'static str {
+    ROLE_KEYS.iter().find(|(_, r)| *r == role).map_or("a", |(k, _)| k)
+}
+
 /// Reads `[oee]` (errors go to the table's context).
 pub fn read(t: &Table) -> OeeConfig {
     let time_zone = t.opt_str("time_zone").unwrap_or_else(|| "UTC".into());
@@ -324,6 +384,32 @@ counter_wrap = 65535
             ("Hydraulic pressure low".to_string(), Category::Breakdown)
         );
         assert_eq!(m.model.reasons["JAM"].1, Category::MinorStop);
+    }
+
+    #[test]
+    fn a_birth_without_a_mapped_metric_or_of_the_wrong_type_is_named() {
+        use crate::sparkplug::DataType as D;
+        let c = UplinkConfig::parse("u.toml", &format!("{BASE}{OEE}")).expect("valid");
+        let m = &c.oee.expect("[oee]").machines[0];
+        let good = [
+            ("Counters/Strokes", D::UInt32),
+            ("State", D::String),
+            ("Fault/Code", D::Int16),
+            ("Counters/Reject", D::UInt64),
+        ];
+        assert_eq!(m.check_birth(&good), Vec::<String>::new());
+        let bad = [
+            ("Counters/Strokes", D::Float),
+            ("State", D::String),
+            ("Fault/Code", D::Int16),
+        ];
+        assert_eq!(
+            m.check_birth(&bad),
+            vec![
+                "machine 'press4': cycle_count metric 'Counters/Strokes' is Float, but the role needs an integer counter",
+                "machine 'press4': reject_count metric 'Counters/Reject' is not in the birth of Plant1/gw-01/press4",
+            ]
+        );
     }
 
     #[test]
