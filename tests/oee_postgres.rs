@@ -204,6 +204,22 @@ fn a_scripted_hour_folds_to_the_analytic_figures_and_a_replay_changes_nothing() 
         .expect("spb-uplink oee");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    // Without a period: the current (here: the only) shift.
+    let shift = std::process::Command::new(env!("CARGO_BIN_EXE_spb-uplink"))
+        .args(["oee", "--machine", "press", "--config"])
+        .arg(&file)
+        .output()
+        .expect("spb-uplink oee");
+    let shift_text = String::from_utf8_lossy(&shift.stdout);
+    assert!(
+        shift_text.starts_with("press: shift \"day\", 2026-11-30 00:00 to 2026-12-01 00:00 (UTC)"),
+        "{shift_text}{}",
+        String::from_utf8_lossy(&shift.stderr)
+    );
+    assert!(
+        shift_text.contains("produced 780, good 770, rejected 10"),
+        "{shift_text}"
+    );
     for want in [
         "press: period, 2026-11-30 01:00 to 2026-11-30 02:00 (UTC)",
         "OEE 51.3%  =  availability 80.0%  x  performance 65.0%  x  quality 98.7%",

@@ -387,6 +387,18 @@ counter_wrap = 65535
     }
 
     #[test]
+    fn the_readmes_oee_example_is_valid() {
+        let readme = include_str!("../../../README.md");
+        let section = &readme[readme.find("## OEE").expect("the section")..];
+        let start = section.find("```toml").expect("a block") + "```toml".len();
+        let end = start + section[start..].find("```").expect("closed");
+        let c = UplinkConfig::parse("README.md", &format!("{BASE}{}", &section[start..end])).expect("valid");
+        let o = c.oee.expect("[oee]");
+        assert_eq!((o.shifts.len(), o.machines.len()), (2, 1));
+        assert_eq!(o.machines[0].model.reasons.len(), 3);
+    }
+
+    #[test]
     fn a_birth_without_a_mapped_metric_or_of_the_wrong_type_is_named() {
         use crate::sparkplug::DataType as D;
         let c = UplinkConfig::parse("u.toml", &format!("{BASE}{OEE}")).expect("valid");
