@@ -230,6 +230,9 @@ fn a_scripted_hour_folds_to_the_analytic_figures_and_a_replay_changes_nothing() 
         assert!(text.contains(want), "{want:?} in:\n{text}");
     }
 
+    // Every query of the Grafana dashboard runs on these tables and finds them.
+    dashboard_queries_answer(&db);
+
     // The gateway replays it all (historical), in another order: nothing changes.
     let mut again = samples.clone();
     again.reverse();
@@ -356,4 +359,72 @@ ideal_cycle_time = "1s"
         db.query_i64("SELECT count(*) FROM oee_interval WHERE machine IN ('ghost', 'wrong')"),
         0
     );
+}
+
+/// Each query of `grafana/oee.json`, with Grafana's macros as Grafana
+/// expands them for PostgreSQL, run against the folded scripted hour.
+fn dashboard_queries_answer(db: &TestDb) {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/grafana/oee.json")).expect("dashboard");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let mut queries: Vec<(String, String)> = dash["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| {
+            p["targets"].as_array().into_iter().flatten().map(move |t| {
+                (
+                    p["title"].as_str().unwrap_or("").to_string(),
+                    t["rawSql"].as_str().expect("rawSql").to_string(),
+                )
+            })
+        })
+        .collect();
+    for v in dash["templating"]["list"].as_array().expect("variables") {
+        if v["type"] == "query" {
+            queries.push((
+                format!("variable {}", v["name"]),
+                v["query"].as_str().expect("query").to_string(),
+            ));
+        }
+    }
+    assert_eq!(queries.len(), 6);
+    let (from, to) = (T0 / 1000 - 3600, T0 / 1000 + 7200);
+    let expand = |sql: &str| {
+        let mut out = sql.replace("'$machine'", "'press'");
+        while let Some(i) = out.find("$__timeFilter(") {
+            let end = i + out[i..].find(')').expect("closed");
+            let column = out[i + "$__timeFilter(".len()..end].to_string();
+            out.replace_range(
+                i..=end,
+                &format!("{column} BETWEEN to_timestamp({from}) AND to_timestamp({to})"),
+            );
+        }
+        out
+    };
+    db.rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        for (title, sql) in &queries {
+            let sql = expand(sql);
+            assert!(!sql.contains('$'), "{title}: a macro left: {sql}");
+            let rows = client
+                .query(sql.as_str(), &[])
+                .await
+                .unwrap_or_else(|e| panic!("{title}: {e}\n{sql}"));
+            assert!(!rows.is_empty(), "{title}: no rows\n{sql}");
+            if title.starts_with("Downtime Pareto") {
+                let top = client
+                    .query_one(
+                        format!("SELECT reason, minutes::text FROM ({sql}) q LIMIT 1").as_str(),
+                        &[],
+                    )
+                    .await
+                    .expect("pareto");
+                let (reason, minutes): (String, String) = (top.get(0), top.get(1));
+                assert_eq!((reason.as_str(), minutes.as_str()), ("Hydraulic pressure low", "10.0"));
+            }
+        }
+    });
 }
