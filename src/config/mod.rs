@@ -675,6 +675,14 @@ fn read_device(t: &Table) -> Option<DeviceConfig> {
             }
         }
         if let Some(tag) = read_tag(tt, driver, &scan_classes) {
+            let machine_tag =
+                matches!(&tag.address, TagAddress::Sim(s) if matches!(s.shape, crate::plc::sim::Shape::Machine(_)));
+            if machine_tag && sim.machine.is_none() {
+                tt.invalid(
+                    "address",
+                    "a machine output needs a [devices.sim.machine] table on its device",
+                );
+            }
             tags.push(tag);
         }
     }
@@ -804,7 +812,9 @@ fn read_sim(t: &Table, classes: &[(String, Duration)]) -> SimDeviceConfig {
             .map(|_| t.duration_or("unreachable_every", Duration::ZERO)),
         unreachable_for: t.duration_or("unreachable_for", Duration::from_secs(3)),
         seed: t.int_in("seed", 1, 0..=i64::MAX) as u64,
+        machine: None,
     };
+    let machine = t.opt_table("machine").map(|m| read_sim_machine(&m, s.seed));
     t.finish(&[
         "generate",
         "generate_signal",
@@ -813,8 +823,56 @@ fn read_sim(t: &Table, classes: &[(String, Duration)]) -> SimDeviceConfig {
         "unreachable_every",
         "unreachable_for",
         "seed",
+        "machine",
     ]);
-    s
+    SimDeviceConfig { machine, ..s }
+}
+
+/// `[devices.sim.machine]`.
+fn read_sim_machine(t: &Table, seed: u64) -> crate::plc::machine::MachineParams {
+    let secs = |key: &str, default: f64| t.duration_or(key, Duration::from_secs_f64(default)).as_secs_f64();
+    let p = crate::plc::machine::MachineParams {
+        cycle: secs("cycle", 2.0),
+        jitter: t.opt_f64("jitter").unwrap_or(0.1),
+        fault_every: secs("fault_every", 600.0),
+        fault_for: secs("fault_for", 60.0),
+        fault_codes: match t.opt_scalar_list("fault_codes") {
+            None => vec![12],
+            Some(v) => v
+                .iter()
+                .filter_map(|s| match s {
+                    Scalar::Int(i) => Some(*i),
+                    _ => {
+                        t.invalid("fault_codes", "integers, e.g. [12, 40]");
+                        None
+                    }
+                })
+                .collect(),
+        },
+        reject_rate: t.opt_f64("reject_rate").unwrap_or(0.02),
+        seed,
+    };
+    if p.cycle <= 0.0 {
+        t.invalid("cycle", "must be more than 0");
+    }
+    if !(0.0..0.5).contains(&p.jitter) {
+        t.invalid("jitter", "a fraction from 0 to 0.5");
+    }
+    if p.fault_every > 0.0 && p.fault_for * 6.0 > p.fault_every {
+        t.invalid("fault_for", "at most a sixth of fault_every (faults must not overlap)");
+    }
+    if !(0.0..=1.0).contains(&p.reject_rate) {
+        t.invalid("reject_rate", "a share from 0 to 1");
+    }
+    t.finish(&[
+        "cycle",
+        "jitter",
+        "fault_every",
+        "fault_for",
+        "fault_codes",
+        "reject_rate",
+    ]);
+    p
 }
 
 /// IEC 61131-3 elementary type names (as a controls engineer types them,
@@ -1217,6 +1275,45 @@ deadbnad = 0.5
         let line: serde_json::Value = serde_json::from_str(&block("```json")).expect("the audit line is JSON");
         for key in ["at", "command", "device", "metric", "old", "new", "outcome", "request"] {
             assert!(line.get(key).is_some(), "{key}");
+        }
+    }
+
+    #[test]
+    fn a_simulated_machine_is_configured_and_its_mistakes_named() {
+        let dev = "[[devices]]\nname = \"press\"\ndriver = \"sim\"\n";
+        let tag = |a: &str, dt: &str| {
+            format!("[[devices.tags]]\nname = \"T{a}{dt}\"\naddress = \"{a}\"\ndatatype = \"{dt}\"\n")
+        };
+        let ok = format!(
+            "{MINIMAL}{dev}[devices.sim.machine]\ncycle = \"2.5s\"\nfault_codes = [12, 40]\n{}",
+            tag("machine(count)", "UInt32")
+        );
+        let c = Config::parse("c.toml", &ok).expect("valid");
+        let m = c.devices[0].sim.machine.clone().expect("machine");
+        assert_eq!(
+            (m.cycle, m.fault_codes.clone(), m.fault_every),
+            (2.5, vec![12, 40], 600.0)
+        );
+        let no_table = format!("{MINIMAL}{dev}{}", tag("machine(count)", "UInt32"));
+        let e = Config::parse("c.toml", &no_table).expect_err("refused").to_string();
+        assert!(
+            e.contains("address: a machine output needs a [devices.sim.machine] table"),
+            "{e}"
+        );
+        let bad = format!(
+            "{MINIMAL}{dev}[devices.sim.machine]\nfault_every = \"60s\"\nfault_for = \"30s\"\njitter = 2\n{}{}{}",
+            tag("machine(state)", "Int32"),
+            tag("machine(speed)", "Float"),
+            tag("machine(running)", "Boolean")
+        );
+        let e = Config::parse("c.toml", &bad).expect_err("refused").to_string();
+        for want in [
+            "devices[0].sim.machine.fault_for: at most a sixth of fault_every",
+            "devices[0].sim.machine.jitter: a fraction from 0 to 0.5",
+            "machine(state) is a String, not Int32",
+            "'machine(speed)': machine(count), (good), (rejects), (running), (state) or (fault)",
+        ] {
+            assert!(e.contains(want), "{want:?} in {e}");
         }
     }
 

@@ -147,6 +147,8 @@ pub struct SimDeviceConfig {
     pub unreachable_every: Option<Duration>,
     pub unreachable_for: Duration,
     pub seed: u64,
+    /// `[devices.sim.machine]`: a production machine the tags read with `machine(…)`.
+    pub machine: Option<super::machine::MachineParams>,
 }
 
 /// Where a tag's value lives, parsed for its device's driver when the

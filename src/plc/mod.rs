@@ -8,6 +8,7 @@
 pub mod device;
 pub mod discover;
 pub mod logix;
+pub mod machine;
 pub mod poller;
 pub mod s7;
 pub mod sim;
@@ -231,6 +232,25 @@ fn read_error(device: &str, e: impl std::fmt::Display) -> DriverError {
     }
 }
 
+/// A machine's reading in a tag's datatype.
+fn machine_value(r: machine::Reading, dt: DataType) -> Result<Value, String> {
+    let v = match r {
+        machine::Reading::Num(x) if dt == DataType::Boolean => Value::Boolean(x != 0.0),
+        machine::Reading::Num(x) => Value::Double(x),
+        machine::Reading::Bool(b) if dt == DataType::Boolean => Value::Boolean(b),
+        machine::Reading::Bool(b) => Value::Double(f64::from(u8::from(b))),
+        machine::Reading::Text(s) => Value::String(s.to_string()),
+    };
+    match (&v, dt) {
+        (Value::Double(x), dt) if dt.is_numeric() && !matches!(dt, DataType::Float | DataType::Double) => {
+            int_value(*x as i128, dt).ok_or_else(|| format!("{x} does not fit a {dt} tag"))
+        }
+        _ => v
+            .in_datatype(dt)
+            .ok_or_else(|| format!("a machine output cannot be held by a {dt} tag")),
+    }
+}
+
 /// The simulator as a driver: values from signals, optional periodic outages.
 pub struct SimDriver {
     device: String,
@@ -242,6 +262,8 @@ pub struct SimDriver {
     /// A value written to a configured tag, which it then holds (as a PLC
     /// holds a setpoint) instead of following its signal.
     held: Vec<Option<Value>>,
+    /// The device's simulated machine, read by `machine(…)` tags.
+    machine: Option<machine::MachineSim>,
     rng: Rng,
     started: Instant,
     outage_every: Option<f64>,
@@ -272,6 +294,7 @@ impl SimDriver {
         SimDriver {
             device: d.name.clone(),
             held: vec![None; configured],
+            machine: d.sim.machine.clone().map(machine::MachineSim::new),
             tags,
             generated,
             rng: Rng::new(d.sim.seed),
@@ -306,6 +329,10 @@ impl SimDriver {
                 if i < n {
                     if let Some(v) = &self.held[i] {
                         return Ok(v.clone());
+                    }
+                    if let (sim::Shape::Machine(o), Some(m)) = (&self.tags[i].signal.shape, self.machine.as_mut()) {
+                        m.advance(t);
+                        return machine_value(m.read(*o), self.tags[i].datatype).map_err(TagError);
                     }
                     return Ok(self.tags[i].read(t, now_ms, &mut self.rng));
                 }
@@ -383,6 +410,39 @@ mod tests {
         assert!(refused(drv.write("press", 0, &Value::Int64(-1)).await).contains("cannot be held by a UInt32 tag"));
         assert!(refused(drv.write("press", 0, &Value::String("7".into())).await).contains("a String value"));
         assert!(refused(drv.write("press", 2, &Value::Double(1.0)).await).contains("only configured tags"));
+    }
+
+    #[tokio::test]
+    async fn a_simulated_machine_is_read_through_its_tags_consistently() {
+        let text = "[node]\ngroup_id = \"g\"\nnode_id = \"n\"\n[[devices]]\nname = \"press\"\ndriver = \"sim\"\n\
+             [devices.sim.machine]\ncycle = \"10ms\"\njitter = 0.1\nfault_every = \"0s\"\nreject_rate = 0.5\n\
+             [[devices.tags]]\nname = \"Count\"\naddress = \"machine(count)\"\ndatatype = \"UInt32\"\n\
+             [[devices.tags]]\nname = \"Good\"\naddress = \"machine(good)\"\ndatatype = \"UInt32\"\n\
+             [[devices.tags]]\nname = \"Rejects\"\naddress = \"machine(rejects)\"\ndatatype = \"UInt32\"\n\
+             [[devices.tags]]\nname = \"Running\"\naddress = \"machine(running)\"\ndatatype = \"Boolean\"\n\
+             [[devices.tags]]\nname = \"State\"\naddress = \"machine(state)\"\ndatatype = \"String\"\n\
+             [[devices.tags]]\nname = \"Fault\"\naddress = \"machine(fault)\"\ndatatype = \"Int16\"\n";
+        let d = crate::config::Config::parse("t.toml", text)
+            .expect("valid")
+            .devices
+            .remove(0);
+        let mut drv = Driver::for_device(&d, &poller::plan(&d).specs);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let got = drv.read("press", &[0, 1, 2, 3, 4, 5], 0).await.expect("read");
+        let n = |i: usize| match &got[i] {
+            Ok(Value::UInt32(x)) => *x,
+            other => panic!("{other:?}"),
+        };
+        assert!(n(0) >= 20, "about 30 cycles of 10 ms in 300 ms: {}", n(0));
+        assert_eq!(n(1) + n(2), n(0), "good + rejects = count");
+        assert_eq!(got[3], Ok(Value::Boolean(true)), "no faults");
+        assert_eq!(got[4], Ok(Value::String("running".into())));
+        assert_eq!(got[5], Ok(Value::Int16(0)));
+        let again = drv.read("press", &[0], 0).await.expect("read");
+        assert!(
+            matches!(again[0], Ok(Value::UInt32(x)) if x >= n(0)),
+            "a counter only grows"
+        );
     }
 
     #[tokio::test]

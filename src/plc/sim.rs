@@ -11,6 +11,7 @@
 //! | `cycle(idle|run|fault, period=6s)` | strings in turn |
 //! | `const(42)` / `const(hello)` | a fixed value |
 //! | `clock` | DateTime: now |
+//! | `machine(count)` | the device's simulated machine (`[devices.sim.machine]`): `count`, `good`, `rejects`, `running`, `state`, `fault` |
 //!
 //! Any numeric signal takes `len=N` to fill an array datatype (element i is
 //! phase-shifted by i). Invariant: values always fit their datatype (integers
@@ -30,14 +31,35 @@ pub enum SimError {
 /// A signal shape and its parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Shape {
-    Counter { step: f64 },
-    Ramp { min: f64, max: f64, period: f64 },
-    Sine { amplitude: f64, offset: f64, period: f64 },
-    RandomWalk { step: f64, min: f64, max: f64 },
-    Toggle { period: f64 },
-    Cycle { items: Vec<String>, period: f64 },
+    Counter {
+        step: f64,
+    },
+    Ramp {
+        min: f64,
+        max: f64,
+        period: f64,
+    },
+    Sine {
+        amplitude: f64,
+        offset: f64,
+        period: f64,
+    },
+    RandomWalk {
+        step: f64,
+        min: f64,
+        max: f64,
+    },
+    Toggle {
+        period: f64,
+    },
+    Cycle {
+        items: Vec<String>,
+        period: f64,
+    },
     Const(String),
     Clock,
+    /// An output of the device's simulated machine ([`super::machine`]).
+    Machine(super::machine::Output),
 }
 
 /// A parsed simulator address.
@@ -130,6 +152,14 @@ impl Signal {
                 Shape::Const(positional.remove(0))
             }
             "clock" => Shape::Clock,
+            "machine" => {
+                let out = positional.first().map(String::as_str).unwrap_or("");
+                let o = super::machine::Output::parse(out).ok_or_else(|| {
+                    format!("'{address}': machine(count), (good), (rejects), (running), (state) or (fault)")
+                })?;
+                positional.clear();
+                Shape::Machine(o)
+            }
             other => {
                 return Err(format!(
                     "unknown signal '{other}'; use counter, ramp, sine, random_walk, toggle, cycle, const or clock"
@@ -171,6 +201,12 @@ impl Signal {
             (Shape::Cycle { .. }, _) => Err(format!("cycle produces strings, not {dt}")),
             (Shape::Clock, DataType::DateTime | DataType::DateTimeArray | DataType::Int64 | DataType::UInt64) => Ok(()),
             (Shape::Clock, _) => Err(format!("clock produces DateTime, not {dt}")),
+            (Shape::Machine(_), _) if is_array => Err(format!("a machine output is not an array ({dt})")),
+            (Shape::Machine(super::machine::Output::State), DataType::String | DataType::Text) => Ok(()),
+            (Shape::Machine(super::machine::Output::State), _) => Err(format!("machine(state) is a String, not {dt}")),
+            (Shape::Machine(_), dt) if !dt.is_numeric() && dt != DataType::Boolean => {
+                Err(format!("a machine output is a number or a Boolean, not {dt}"))
+            }
             (Shape::Const(v), DataType::Boolean) if v != "true" && v != "false" => {
                 Err(format!("const({v}) is not a Boolean"))
             }
@@ -232,7 +268,7 @@ impl SimTag {
                 }
             }
             Shape::Const(v) => v.parse().unwrap_or(if v == "true" { 1.0 } else { 0.0 }),
-            Shape::Cycle { .. } | Shape::Clock => 0.0,
+            Shape::Cycle { .. } | Shape::Clock | Shape::Machine(_) => 0.0,
         }
     }
 
