@@ -263,7 +263,7 @@ pub struct SimDriver {
     /// holds a setpoint) instead of following its signal.
     held: Vec<Option<Value>>,
     /// The device's simulated machine, read by `machine(…)` tags.
-    machine: Option<machine::MachineSim>,
+    machine: Option<Box<machine::MachineSim>>,
     rng: Rng,
     started: Instant,
     outage_every: Option<f64>,
@@ -294,7 +294,7 @@ impl SimDriver {
         SimDriver {
             device: d.name.clone(),
             held: vec![None; configured],
-            machine: d.sim.machine.clone().map(machine::MachineSim::new),
+            machine: d.sim.machine.clone().map(|p| Box::new(machine::MachineSim::new(p))),
             tags,
             generated,
             rng: Rng::new(d.sim.seed),
