@@ -367,7 +367,7 @@ counter_wrap = 65535
         assert_eq!(o.time_zone, "Europe/Berlin");
         assert_eq!(o.quality_threshold, 192);
         assert_eq!(o.shifts.len(), 2);
-        assert_eq!(o.shifts[0].breaks, vec![(540, 555)]);
+        assert_eq!(o.shifts[0].breaks, vec![(9 * 3600, 9 * 3600 + 15 * 60)]);
         assert_eq!(o.shifts[0].days, [true, true, true, true, true, false, false]);
         let m = &o.machines[0];
         assert_eq!(

@@ -20,12 +20,12 @@ use crate::clock::{civil_from_days, days_from_civil};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shift {
     pub name: String,
-    /// Local minutes after midnight.
+    /// Local seconds after midnight.
     pub start: u32,
     pub end: u32,
     /// Weekdays it starts on, Monday first.
     pub days: [bool; 7],
-    /// Planned breaks, local minutes after midnight.
+    /// Planned breaks, local seconds after midnight.
     pub breaks: Vec<(u32, u32)>,
 }
 
@@ -47,17 +47,28 @@ impl ShiftInstance {
     }
 }
 
-/// `"06:00"` as minutes after midnight (`"24:00"` is midnight at the end).
+/// `"06:00"` (or `"06:00:30"`) as seconds after midnight (`"24:00"` is
+/// midnight at the end).
 pub fn parse_clock(s: &str) -> Result<u32, String> {
-    let (h, m) = s
-        .split_once(':')
-        .ok_or_else(|| format!("'{s}' is not a time of day: use \"HH:MM\", e.g. \"06:00\""))?;
-    let digits = h.len() <= 2 && m.len() == 2;
-    let (h, m): (u32, u32) = match (h.parse::<u32>(), m.parse::<u32>()) {
-        (Ok(h), Ok(m)) if digits && m < 60 && (h < 24 || (h == 24 && m == 0)) => (h, m),
-        _ => return Err(format!("'{s}' is not a time of day: use \"HH:MM\" from 00:00 to 24:00")),
-    };
-    Ok(h * 60 + m)
+    let bad = || format!("'{s}' is not a time of day: use \"HH:MM\" (or \"HH:MM:SS\") from 00:00 to 24:00");
+    let parts: Vec<&str> = s.split(':').collect();
+    if !(2..=3).contains(&parts.len())
+        || parts[0].is_empty()
+        || parts[0].len() > 2
+        || parts[1..].iter().any(|p| p.len() != 2)
+    {
+        return Err(bad());
+    }
+    let n: Vec<u32> = parts
+        .iter()
+        .map(|p| p.parse::<u32>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    let (h, m, sec) = (n[0], n[1], n.get(2).copied().unwrap_or(0));
+    if m >= 60 || sec >= 60 || h > 24 || (h == 24 && (m, sec) != (0, 0)) {
+        return Err(bad());
+    }
+    Ok(h * 3600 + m * 60 + sec)
 }
 
 /// `"mon"` … `"sun"` as 0 … 6.
@@ -86,8 +97,8 @@ pub fn instances(shifts: &[Shift], tz: &TimeZone, from: i64, to: i64) -> Vec<Shi
         // 1970-01-01 was a Thursday: Monday = 0.
         let weekday = (day + 3).rem_euclid(7) as usize;
         for s in shifts.iter().filter(|s| s.days[weekday]) {
-            let at = |minutes: u32, next_day: bool| {
-                let local = (day + i64::from(next_day)) * 86_400 + i64::from(minutes) * 60;
+            let at = |secs: u32, next_day: bool| {
+                let local = (day + i64::from(next_day)) * 86_400 + i64::from(secs);
                 tz.to_utc(local).earliest()
             };
             let crosses = s.end <= s.start;
@@ -134,25 +145,25 @@ mod tests {
         vec![
             Shift {
                 name: "early".into(),
-                start: 6 * 60,
-                end: 14 * 60,
+                start: 6 * 3600,
+                end: 14 * 3600,
                 days: all,
-                breaks: vec![(9 * 60, 9 * 60 + 15)],
+                breaks: vec![(9 * 3600, 9 * 3600 + 15 * 60)],
             },
             Shift {
                 name: "late".into(),
-                start: 14 * 60,
-                end: 22 * 60,
+                start: 14 * 3600,
+                end: 22 * 3600,
                 days: all,
                 breaks: vec![],
             },
             Shift {
                 name: "night".into(),
-                start: 22 * 60,
-                end: 6 * 60,
+                start: 22 * 3600,
+                end: 6 * 3600,
                 days: all,
                 // 02:00-02:30: after midnight, before the start time.
-                breaks: vec![(2 * 60, 2 * 60 + 30)],
+                breaks: vec![(2 * 3600, 2 * 3600 + 30 * 60)],
             },
         ]
     }
@@ -163,8 +174,10 @@ mod tests {
 
     #[test]
     fn clock_times_and_weekdays_are_read_and_mistakes_said() {
-        assert_eq!(parse_clock("06:00"), Ok(360));
-        assert_eq!(parse_clock("24:00"), Ok(1440));
+        assert_eq!(parse_clock("06:00"), Ok(6 * 3600));
+        assert_eq!(parse_clock("06:00:30"), Ok(6 * 3600 + 30));
+        assert_eq!(parse_clock("24:00"), Ok(86_400));
+        assert!(parse_clock("24:00:01").is_err());
         assert!(parse_clock("6").is_err());
         assert!(parse_clock("25:00").is_err());
         assert!(parse_clock("06:60").is_err());
