@@ -32,8 +32,21 @@ fn hms(t: u64) -> String {
 
 #[test]
 fn a_scripted_shift_through_the_gateway_gives_the_analytic_oee() {
-    let db = TestDb::new("oee_truth");
-    let broker = Broker::start(None);
+    line(false);
+}
+
+/// The same shift with the broker down from 8 s to 22 s (the gateway
+/// stores and replays what it polled meanwhile), the piece counter reset
+/// to 0 at 18 s, and the uplink killed and started again at 28 s: the
+/// same figures.
+#[test]
+fn an_outage_a_counter_reset_and_an_uplink_restart_change_nothing() {
+    line(true);
+}
+
+fn line(disturbed: bool) {
+    let db = TestDb::new(if disturbed { "oee_truth_dist" } else { "oee_truth" });
+    let mut broker = Broker::start(None);
     let s7 = S7Server::start(S7Impl::Python);
     let mut plc = PeerClient::snap7(s7.port);
     let set = |plc: &mut PeerClient, offset: u32, ty: &str, value: serde_json::Value| {
@@ -81,11 +94,15 @@ ideal_cycle_time = "500ms"
         hms(t0 + BREAK.0 as u64),
         hms(t0 + BREAK.1 as u64),
     );
-    let uplink = Uplink::start(broker.port, &db.url(), &oee);
+    let mut uplink = Uplink::start(broker.port, &db.url(), &oee);
     let cfg = format!(
         r#"[node]
 group_id = "GT"
 node_id = "gw"
+primary_host_id = "scada"
+[mqtt]
+backoff_min = "200ms"
+backoff_max = "1s"
 [[mqtt.servers]]
 host = "127.0.0.1"
 port = {broker}
@@ -136,11 +153,7 @@ datatype = "UInt32"
             std::thread::sleep(d);
         }
     };
-    let stopped = |s: f64| {
-        [BREAK, FAULT, MINOR]
-            .iter()
-            .any(|&(a, b)| s >= a - 0.3 && s < b + 0.3)
-    };
+    let stopped = |s: f64| [BREAK, FAULT, MINOR].iter().any(|&(a, b)| s >= a - 0.3 && s < b + 0.3);
     let mut events: Vec<(f64, &str)> = vec![
         (BREAK.0, "stop"),
         (BREAK.1, "run"),
@@ -159,6 +172,14 @@ datatype = "UInt32"
     }
     for r in REJECT_AT {
         events.push((r + 0.1, "reject"));
+    }
+    if disturbed {
+        events.extend([
+            (8.1, "broker down"),
+            (18.1, "reset"),
+            (22.1, "broker up"),
+            (28.1, "uplink restart"),
+        ]);
     }
     events.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (mut count, mut rejects, mut produced) = (1000u64, 0u64, 0u64);
@@ -185,6 +206,17 @@ datatype = "UInt32"
                 set(&mut plc, 4, "BOOL", json!(true));
                 set(&mut plc, 6, "INT", json!(0));
             }
+            "broker down" => broker.kill(),
+            "broker up" => broker.restart(),
+            "reset" => {
+                // Not a piece: the counter starts again from 0.
+                count = 0;
+                set(&mut plc, 0, "UDINT", json!(0));
+            }
+            "uplink restart" => {
+                drop(uplink);
+                uplink = Uplink::start(broker.port, &db.url(), &oee);
+            }
             _ => unreachable!(),
         }
     }
@@ -195,14 +227,18 @@ datatype = "UInt32"
              FROM oee_interval WHERE machine = 'line' AND kind = 'shift' AND start_at = to_timestamp({t0})"
         ))
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let fields = loop {
         let r = row(&db);
         let f: Vec<f64> = r.split('|').filter_map(|x| x.parse().ok()).collect();
         if f.len() == 9 && f[5] as u64 == produced {
             break f;
         }
-        assert!(Instant::now() < deadline, "shift row {r:?}, want {produced} pieces:\n{}", uplink.log());
+        assert!(
+            Instant::now() < deadline,
+            "shift row {r:?}, want {produced} pieces:\n{}",
+            uplink.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     let ms = |s: f64| (s * 1000.0) as i64;
@@ -215,7 +251,11 @@ datatype = "UInt32"
     let planned = ms(SHIFT - (BREAK.1 - BREAK.0));
     assert_eq!(fields[0] as i64, planned, "planned: the shift less its break");
     assert_eq!(fields[1], 0.0, "no planned downtime");
-    near(fields[2], planned - ms(FAULT.1 - FAULT.0), "run (the minor stop counts as run)");
+    near(
+        fields[2],
+        planned - ms(FAULT.1 - FAULT.0),
+        "run (the minor stop counts as run)",
+    );
     near(fields[3], ms(FAULT.1 - FAULT.0), "breakdown");
     near(fields[4], 0, "unassigned");
     assert_eq!(
@@ -231,7 +271,11 @@ datatype = "UInt32"
     ));
     let r: Vec<f64> = ratios.split('|').map(|x| x.parse().expect("ratio")).collect();
     let run = (planned - ms(FAULT.1 - FAULT.0)) as f64;
-    let (a, p, q) = (run / planned as f64, 500.0 * produced as f64 / run, (produced - 3) as f64 / produced as f64);
+    let (a, p, q) = (
+        run / planned as f64,
+        500.0 * produced as f64 / run,
+        (produced - 3) as f64 / produced as f64,
+    );
     let tol = TOLERANCE_MS as f64 / planned as f64 * 2.0;
     assert!((r[0] - a).abs() < tol, "A {} vs {a}", r[0]);
     assert!((r[1] - p).abs() < tol, "P {} vs {p}", r[1]);
