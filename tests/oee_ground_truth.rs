@@ -241,6 +241,12 @@ datatype = "UInt32"
         );
         std::thread::sleep(Duration::from_millis(200));
     };
+    if disturbed {
+        assert!(
+            db.query_i64("SELECT count(*) FROM sp_metric_fact WHERE group_id = 'GT' AND is_historical") > 10,
+            "the outage's samples came late, replayed by the gateway"
+        );
+    }
     let ms = |s: f64| (s * 1000.0) as i64;
     let near = |got: f64, want: i64, what: &str| {
         assert!(
