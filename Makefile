@@ -93,13 +93,16 @@ bench-uplink: ## spb-uplink into PostgreSQL: sink rows/s, end-to-end facts/s, la
 bench-command: venv ## Command write-back round trip, S7 and Logix, beside the peers' own clients (target/bench-command.md)
 	cargo bench --features uplink --bench command_round_trip
 
+bench-oee: ## The OEE engine's cost per sample, one machine's hour at three cycle rates (target/bench-oee.md)
+	cargo bench --features uplink --bench oee
+
 bench-plc: venv node-peers ## 100-tag scans: our S7/Logix drivers vs python-snap7, s7-client, pylogix (target/bench-plc-clients.md)
 	cargo bench --bench plc_clients
 
 bench-plc-scale: node-peers ## 100..1000 S7 PLC connections at 1 s scans: missed scans, CPU, RSS (target/bench-plc-scale.md)
 	cargo bench --bench plc_scale
 
-bench: bench-codec bench-gateway bench-queue bench-store-engines bench-store-crash bench-store-forward bench-outage bench-uplink bench-command bench-plc bench-plc-scale ## All benchmarks (see BENCHMARKS.md)
+bench: bench-codec bench-gateway bench-queue bench-store-engines bench-store-crash bench-store-forward bench-outage bench-uplink bench-command bench-oee bench-plc bench-plc-scale ## All benchmarks (see BENCHMARKS.md)
 
 demo: ## Private broker + gateway (config/demo.toml) + decoded live view; Ctrl-C stops (DEMO_SECONDS=N)
 	tools/demo.sh
@@ -161,4 +164,4 @@ clean: ## Remove build output and the venv
 	cargo clean
 	rm -rf fuzz/target
 
-.PHONY: bench-uplink bench-command bench-store-forward bench-store-crash bench-plc bench-plc-scale node-peers bench-store-engines bench-queue bench-gateway help deps venv demo-core aarch64 aarch64-check yocto-crates yocto-lint yocto-pin deb deb-check cross test fmt lint proto fuzz-build fuzz bench-codec bench demo deny clean
+.PHONY: bench-uplink bench-command bench-oee bench-store-forward bench-store-crash bench-plc bench-plc-scale node-peers bench-store-engines bench-queue bench-gateway help deps venv demo-core aarch64 aarch64-check yocto-crates yocto-lint yocto-pin deb deb-check cross test fmt lint proto fuzz-build fuzz bench-codec bench demo deny clean
