@@ -381,10 +381,11 @@ fn read_limits(t: &Table) -> HostLimits {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    /// The smallest valid uplink file (other modules' tests add to it).
+    pub(crate) const GOOD: &str = r#"
 [host]
 host_id = "scada"
 [mqtt]

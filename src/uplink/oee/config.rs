@@ -319,16 +319,7 @@ mod tests {
 
     use super::*;
 
-    const BASE: &str = r#"
-[host]
-host_id = "scada"
-[mqtt]
-[[mqtt.servers]]
-host = "127.0.0.1"
-[database]
-backend = "postgres"
-url = "host=127.0.0.1 user=postgres dbname=plant"
-"#;
+    use crate::uplink::config::tests::GOOD as BASE;
 
     const OEE: &str = r#"
 [oee]
