@@ -118,14 +118,60 @@ fn batches(samples: &[(&'static str, u64, Value)], historical: bool) -> Vec<Batc
 }
 
 fn write_and_fold(db: &TestDb, batches: &[Batch]) -> u64 {
+    write_and_fold_at(db, batches, T0 + 2 * 60 * MIN)
+}
+
+/// Writes the batches, then folds as if the clock said `now`.
+fn write_and_fold_at(db: &TestDb, batches: &[Batch], now: u64) -> u64 {
     db.rt.block_on(async {
         let mut s = PgSink::connect(&db.url()).await.expect("connect");
         s.migrate().await.expect("migrate");
         for b in batches {
             s.write(b).await.expect("write");
         }
-        s.fold_oee(&cfg(), (T0 + 2 * 60 * MIN) as i64).await.expect("fold")
+        s.fold_oee(&cfg(), now as i64).await.expect("fold")
     })
+}
+
+/// Half-way through the hour, its figures are those so far: the state the
+/// last sample set is not carried into the future. Later folds compute the
+/// hour again although no sample arrives, and close it with the figures of
+/// the whole hour.
+#[test]
+fn a_running_hour_is_computed_up_to_now_and_again_until_it_has_ended() {
+    let db = TestDb::new("oee_open");
+    let samples = script();
+    write_and_fold_at(&db, &batches(&samples, false), T0 + 30 * MIN);
+    // 00:00-20:00 planned and running (the break 20:00-30:00 is not
+    // planned), 400 cycles of 3 s done by 30:00; nothing after now.
+    let p = 400.0 * 2.0 / (20.0 * 60.0);
+    assert_eq!(
+        hour(&db),
+        format!(
+            "{}|0|{}|0|0|400|400|0|800000|1.000000000|{p:.9}|1.000000000|{p:.9}|1",
+            20 * MIN,
+            20 * MIN
+        )
+    );
+    let open = format!(
+        "SELECT count(*) FROM oee_interval WHERE kind = 'hour' AND computed_to < end_at AND start_at = to_timestamp({})",
+        T0 / 1000
+    );
+    assert_eq!(db.query_i64(&open), 1, "the hour is open");
+    // 45:00: in the breakdown that began at 40:00; no new sample.
+    write_and_fold_at(&db, &[], T0 + 45 * MIN);
+    let got = hour(&db);
+    assert!(
+        got.starts_with(&format!("{}|0|{}|{}|0|600|", 35 * MIN, 30 * MIN, 5 * MIN)),
+        "{got}"
+    );
+    // After the hour: closed, and equal to the hour computed at once.
+    write_and_fold_at(&db, &[], T0 + 2 * 60 * MIN);
+    assert_eq!(db.query_i64(&open), 0, "the hour is closed");
+    let closed = hour(&db);
+    let whole = TestDb::new("oee_open_whole");
+    write_and_fold(&whole, &batches(&samples, false));
+    assert_eq!(closed, hour(&whole));
 }
 
 /// The hour's figures, as text to compare whole.
@@ -223,9 +269,9 @@ fn a_scripted_hour_folds_to_the_analytic_figures_and_a_replay_changes_nothing() 
     for want in [
         "press: period, 2026-11-30 01:00 to 2026-11-30 02:00 (UTC)",
         "OEE 51.3%  =  availability 80.0%  x  performance 65.0%  x  quality 98.7%",
-        "planned 0h50m, planned downtime 0h00m, run 0h40m; produced 780, good 770, rejected 10",
-        "downtime: breakdown 0h10m",
-        "0h10m      12  Hydraulic pressure low (breakdown, 1 piece(s))",
+        "planned 50m00s, planned downtime 0s, run 40m00s; produced 780, good 770, rejected 10",
+        "downtime: breakdown 10m00s",
+        "10m00s      12  Hydraulic pressure low (breakdown, 1 stop)",
     ] {
         assert!(text.contains(want), "{want:?} in:\n{text}");
     }

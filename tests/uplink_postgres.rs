@@ -24,11 +24,11 @@ fn migrations_apply_once_and_a_second_start_changes_nothing() {
     let db = TestDb::new("migr");
     db.rt.block_on(async {
         let mut s = PgSink::connect(&db.url()).await.expect("connect");
-        assert_eq!(s.migrate().await.expect("migrate"), 5);
+        assert_eq!(s.migrate().await.expect("migrate"), 6);
         let mut again = PgSink::connect(&db.url()).await.expect("connect");
-        assert_eq!(again.migrate().await.expect("migrate again"), 5);
+        assert_eq!(again.migrate().await.expect("migrate again"), 6);
     });
-    assert_eq!(db.query_i64("SELECT count(*) FROM sp_schema_migrations"), 5);
+    assert_eq!(db.query_i64("SELECT count(*) FROM sp_schema_migrations"), 6);
 }
 
 #[test]
@@ -59,7 +59,7 @@ fn a_version_1_database_keeps_its_facts_and_rollups_through_the_series_id_migrat
         .await
         .expect("v1 schema and rows");
         let mut s = PgSink::connect(&db.url()).await.expect("connect");
-        assert_eq!(s.migrate().await.expect("migrate"), 5);
+        assert_eq!(s.migrate().await.expect("migrate"), 6);
         // The gateway replays the old sample and sends one more.
         let mut b = Batch::default();
         b.add_event(&data(&[(T0, 1.0), (T0 + 1000, 3.0)], true), T0 + 5000);

@@ -245,6 +245,16 @@ CREATE TABLE oee_quality (
 "#
             .to_string(),
         ),
+        (
+            // As PostgreSQL's v6: intervals computed while running, and the
+            // reason code of a quality event's rejects.
+            5,
+            r#"
+ALTER TABLE oee_interval ADD computed_to datetime2(3) NULL;
+ALTER TABLE oee_quality ADD reason_code nvarchar(max) NULL, reason nvarchar(max) NULL;
+"#
+            .to_string(),
+        ),
     ]
 }
 

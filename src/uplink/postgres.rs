@@ -289,6 +289,18 @@ CREATE TABLE oee_quality (
 );
 "#,
     ),
+    (
+        // v6: an interval computed while it was still running (its end in
+        // the future) holds its figures up to computed_to; the folder
+        // computes it again until computed_to reaches end_at. A quality
+        // event carries the reason code of its rejects.
+        6,
+        r#"
+ALTER TABLE oee_interval ADD COLUMN computed_to timestamptz;
+ALTER TABLE oee_quality ADD COLUMN reason_code text, ADD COLUMN reason text;
+CREATE INDEX oee_interval_open ON oee_interval (machine) WHERE computed_to < end_at;
+"#,
+    ),
 ];
 
 /// A command audit row; one with a request_id replaces the earlier row of

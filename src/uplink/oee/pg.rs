@@ -12,6 +12,11 @@
 //!   may become a minor one) to the next change of the running state or
 //!   reason after the newest mark (the state it sets lasts until then),
 //!   and every shift that overlaps them.
+//! - An interval that has not ended is computed up to now (`computed_to`)
+//!   and computed again by every fold until it has: a state is known from
+//!   its sample to the next one, never into the future, so the live
+//!   figures are those of the shift so far, and a machine that sends
+//!   nothing (stopped, reporting by exception) still moves on.
 //! - One folder at a time (an advisory lock); another one skips its turn.
 //! - Samples below the quality threshold are not used.
 
@@ -51,20 +56,41 @@ pub async fn fold(client: &mut Client, cfg: &OeeConfig, now_ms: i64) -> Result<u
         return Ok(0);
     }
     let rows = tx.query("DELETE FROM oee_pending RETURNING machine, ts", &[]).await?;
-    let mut marks: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    // Per machine: the first hour to compute and the newest mark.
+    let mut work: BTreeMap<String, (i64, i64)> = BTreeMap::new();
     for r in rows {
+        let name: String = r.get(0);
         let t = ms(r.get(1));
-        let e = marks.entry(r.get(0)).or_insert((t, t));
-        e.0 = e.0.min(t);
+        let minor = cfg
+            .machines
+            .iter()
+            .find(|m| m.name == name)
+            .map_or(0, |m| m.model.minor_stop_ms);
+        let hour = (t - minor).div_euclid(HOUR) * HOUR;
+        let e = work.entry(name).or_insert((hour, t));
+        e.0 = e.0.min(hour);
         e.1 = e.1.max(t);
     }
+    // Hours computed while they ran are computed again, up to now.
+    let open = tx
+        .query(
+            "SELECT machine, min(start_at) FROM oee_interval WHERE kind = 'hour' AND computed_to < end_at GROUP BY machine",
+            &[],
+        )
+        .await?;
+    for r in open {
+        let hour = ms(r.get(1));
+        let e = work.entry(r.get(0)).or_insert((hour, now_ms));
+        e.0 = e.0.min(hour);
+        e.1 = e.1.max(now_ms);
+    }
     let mut written = 0;
-    for (name, (first, last)) in marks {
+    for (name, (first_hour, last)) in work {
         // A machine no longer in the file: its marks are dropped.
         let Some(m) = cfg.machines.iter().find(|m| m.name == name) else {
             continue;
         };
-        written += fold_machine(&tx, cfg, m, first, last, now_ms).await?;
+        written += fold_machine(&tx, cfg, m, first_hour, last, now_ms).await?;
     }
     tx.commit().await?;
     Ok(written)
@@ -136,7 +162,7 @@ async fn fold_machine(
     tx: &tokio_postgres::Transaction<'_>,
     cfg: &OeeConfig,
     m: &Machine,
-    first: i64,
+    start_hour: i64,
     last: i64,
     now_ms: i64,
 ) -> Result<u64, tokio_postgres::Error> {
@@ -158,7 +184,6 @@ async fn fold_machine(
             .get(0);
         until = next.map_or(now_ms.max(last), ms);
     }
-    let start_hour = (first - minor).div_euclid(HOUR) * HOUR;
     let end_hour = (until.div_euclid(HOUR) * HOUR).min(start_hour + MAX_HOURS * HOUR);
     let shifts = instances(&cfg.shifts, &cfg.tz, start_hour / 1000, (end_hour + HOUR) / 1000);
     let span_from = shifts
@@ -193,17 +218,22 @@ async fn fold_machine(
     };
     let mut written = 0;
     let mut hour = start_hour;
+    // An interval still running is computed up to now: the state a
+    // sample sets is known until the next sample, never into the future.
+    let upto = |from: i64, to: i64| to.min(now_ms).max(from);
     while hour <= end_hour {
-        let f = compute(&m.model, &all, hour, hour + HOUR, &planned(hour, hour + HOUR));
-        write_interval(tx, &m.name, "hour", "", hour, hour + HOUR, &f).await?;
+        let to = upto(hour, hour + HOUR);
+        let f = compute(&m.model, &all, hour, to, &planned(hour, to));
+        write_interval(tx, &m.name, "hour", "", (hour, hour + HOUR), to, &f).await?;
         replace_events(tx, &m.name, hour, hour + HOUR, &f).await?;
         written += 1;
         hour += HOUR;
     }
     for s in &shifts {
-        let (from, to) = (s.start * 1000, s.end * 1000);
+        let (from, end) = (s.start * 1000, s.end * 1000);
+        let to = upto(from, end);
         let f = compute(&m.model, &all, from, to, &planned(from, to));
-        write_interval(tx, &m.name, "shift", &s.name, from, to, &f).await?;
+        write_interval(tx, &m.name, "shift", &s.name, (from, end), to, &f).await?;
         written += 1;
     }
     Ok(written)
@@ -215,13 +245,13 @@ async fn write_interval(
     machine: &str,
     kind: &str,
     shift: &str,
-    from: i64,
-    to: i64,
+    (from, to): (i64, i64),
+    computed_to: i64,
     f: &Figures,
 ) -> Result<(), tokio_postgres::Error> {
     let down = |c: Category| f.downtime_ms.get(&c).copied().unwrap_or(0);
     let (produced, good, rejected) = (f.produced as i64, f.good as i64, f.rejected as i64);
-    let params: [&(dyn ToSql + Sync); 23] = [
+    let params: [&(dyn ToSql + Sync); 24] = [
         &machine,
         &kind,
         &ts(from),
@@ -245,19 +275,21 @@ async fn write_interval(
         &f.quality,
         &f.oee,
         &f.completeness,
+        &ts(computed_to),
     ];
     tx.execute(
         "INSERT INTO oee_interval (machine, kind, start_at, end_at, shift, planned_ms, planned_downtime_ms, run_ms,
              breakdown_ms, setup_ms, minor_stop_ms, starved_ms, blocked_ms, unassigned_ms, produced, good, rejected,
-             ideal_ms, availability, performance, quality, oee, completeness)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)
+             ideal_ms, availability, performance, quality, oee, completeness, computed_to)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
          ON CONFLICT (machine, kind, start_at) DO UPDATE SET end_at = EXCLUDED.end_at, shift = EXCLUDED.shift,
              planned_ms = EXCLUDED.planned_ms, planned_downtime_ms = EXCLUDED.planned_downtime_ms, run_ms = EXCLUDED.run_ms,
              breakdown_ms = EXCLUDED.breakdown_ms, setup_ms = EXCLUDED.setup_ms, minor_stop_ms = EXCLUDED.minor_stop_ms,
              starved_ms = EXCLUDED.starved_ms, blocked_ms = EXCLUDED.blocked_ms, unassigned_ms = EXCLUDED.unassigned_ms,
              produced = EXCLUDED.produced, good = EXCLUDED.good, rejected = EXCLUDED.rejected, ideal_ms = EXCLUDED.ideal_ms,
              availability = EXCLUDED.availability, performance = EXCLUDED.performance, quality = EXCLUDED.quality,
-             oee = EXCLUDED.oee, completeness = EXCLUDED.completeness, computed_at = now()",
+             oee = EXCLUDED.oee, completeness = EXCLUDED.completeness, computed_to = EXCLUDED.computed_to,
+             computed_at = now()",
         &params,
     )
     .await?;

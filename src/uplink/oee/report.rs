@@ -83,7 +83,7 @@ pub async fn report(client: &Client, time_zone: &str, machine: &str, period: &Pe
         ratio(good as f64, produced as f64),
     );
     let pct = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| format!("{:.1}%", v * 100.0));
-    let hm = |ms: i64| format!("{}h{:02}m", ms / 3_600_000, ms % 3_600_000 / 60_000);
+    let hm = duration;
     let mut out = String::new();
     let _ = writeln!(out, "{machine}: {label}, {from_s} to {to_s} ({time_zone})");
     let _ = writeln!(
@@ -137,14 +137,39 @@ pub async fn report(client: &Client, time_zone: &str, machine: &str, period: &Pe
     if !top.is_empty() {
         let _ = writeln!(out, "top downtime reasons:");
         for r in &top {
-            let (code, reason, category, ms, pieces): (String, String, String, i64, i64) =
+            let (code, reason, category, ms, stops): (String, String, String, i64, i64) =
                 (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
             let _ = writeln!(
                 out,
-                "  {:>8}  {code:>6}  {reason} ({category}, {pieces} piece(s))",
-                hm(ms)
+                "  {:>8}  {code:>6}  {reason} ({category}, {stops} stop{})",
+                hm(ms),
+                if stops == 1 { "" } else { "s" }
             );
         }
     }
     Ok(out)
+}
+
+/// A duration as an engineer reads it: `2h05m`, `5m12s`, `42s`.
+fn duration(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration;
+
+    #[test]
+    fn durations_read_in_the_largest_sensible_units() {
+        assert_eq!(duration(0), "0s");
+        assert_eq!(duration(42_900), "42s");
+        assert_eq!(duration(312_000), "5m12s");
+        assert_eq!(duration(3_000_000), "50m00s");
+        assert_eq!(duration(7_500_000), "2h05m");
+    }
 }
