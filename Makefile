@@ -104,7 +104,7 @@ bench-plc-scale: node-peers ## 100..1000 S7 PLC connections at 1 s scans: missed
 
 bench: bench-codec bench-gateway bench-queue bench-store-engines bench-store-crash bench-store-forward bench-outage bench-uplink bench-command bench-oee bench-plc bench-plc-scale ## All benchmarks (see BENCHMARKS.md)
 
-demo: ## Private broker + gateway (config/demo.toml) + decoded live view; Ctrl-C stops (DEMO_SECONDS=N)
+demo: ## Private broker, gateway (config/demo.toml), decoded live view, uplink with live OEE on a private PostgreSQL; Ctrl-C stops (DEMO_SECONDS=N)
 	tools/demo.sh
 
 aarch64: ## Build spb-gateway for the board (aarch64-unknown-linux-gnu) without Docker

@@ -71,6 +71,7 @@ fn main() {
     let model = Model {
         running_values: vec![],
         reasons,
+        reject_reasons: BTreeMap::new(),
         ideal_cycle_ms: Some(1000.0),
         minor_stop_ms: 120_000,
         wrap: None,

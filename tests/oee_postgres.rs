@@ -54,9 +54,12 @@ cycle_count = "Count"
 running = "Running"
 fault_code = "Fault"
 reject_count = "Rejects"
+reject_code = "RejectCode"
 ideal_cycle_time = "2s"
 [oee.machines.reasons]
 12 = { reason = "Hydraulic pressure low", category = "breakdown" }
+[oee.machines.reject_reasons]
+3 = "Underfilled"
 "#;
 
 /// The scripted hour as (metric, timestamp, value).
@@ -72,6 +75,8 @@ fn script() -> Vec<(&'static str, u64, Value)> {
         ("Running", T0 + 56 * MIN, Value::Boolean(true)),
         ("Count", T0 - 1, Value::UInt32(100)),
         ("Rejects", T0 - 1, Value::UInt32(0)),
+        ("RejectCode", T0 - 1, Value::Int32(0)),
+        ("RejectCode", T0 + 58 * MIN, Value::Int32(3)),
         ("Rejects", T0 + 59 * MIN, Value::UInt32(10)),
     ];
     let stopped = |t: u64| {
@@ -222,6 +227,11 @@ fn a_scripted_hour_folds_to_the_analytic_figures_and_a_replay_changes_nothing() 
         0,
         "the log is emptied"
     );
+    // The rejects carry the code in force when the counter counted them.
+    assert_eq!(
+        db.query_text("SELECT concat_ws('|', rejected, reason_code, reason) FROM oee_quality WHERE rejected > 0"),
+        "10|3|Underfilled"
+    );
     let shift =
         db.query_text("SELECT concat_ws('|', shift, produced, rejected) FROM oee_interval WHERE kind = 'shift'");
     assert_eq!(shift, "day|780|10");
@@ -272,6 +282,7 @@ fn a_scripted_hour_folds_to_the_analytic_figures_and_a_replay_changes_nothing() 
         "planned 50m00s, planned downtime 0s, run 40m00s; produced 780, good 770, rejected 10",
         "downtime: breakdown 10m00s",
         "10m00s      12  Hydraulic pressure low (breakdown, 1 stop)",
+        "top reject reasons:\n        10       3  Underfilled",
     ] {
         assert!(text.contains(want), "{want:?} in:\n{text}");
     }

@@ -23,11 +23,14 @@
 //! fault_code = "Fault/Code"         # or downtime_reason
 //! good_count = "Counters/Good"
 //! reject_count = "Counters/Reject"
+//! reject_code = "Quality/RejectCode" # each reject's reason (see README)
 //! ideal_cycle_time = "2.5s"         # or ideal_cycle_time_metric = "Recipe/IdealCycle" (seconds)
 //! product = "Recipe/Name"
 //! counter_wrap = 65535              # the counters' top, if they wrap
 //! [oee.machines.reasons]
 //! 12 = { reason = "Hydraulic pressure low", category = "breakdown" }
+//! [oee.machines.reject_reasons]
+//! 3 = "Underfilled"
 //! ```
 
 use std::collections::BTreeMap;
@@ -62,7 +65,7 @@ pub struct OeeConfig {
 }
 
 /// The keys that map a metric to a role, and the role.
-const ROLE_KEYS: [(&str, Role); 9] = [
+const ROLE_KEYS: [(&str, Role); 10] = [
     ("cycle_count", Role::CycleCount),
     ("cycle_start", Role::CycleStart),
     ("running", Role::Running),
@@ -70,6 +73,7 @@ const ROLE_KEYS: [(&str, Role); 9] = [
     ("downtime_reason", Role::Reason),
     ("good_count", Role::GoodCount),
     ("reject_count", Role::RejectCount),
+    ("reject_code", Role::RejectCode),
     ("ideal_cycle_time_metric", Role::IdealCycleTime),
     ("product", Role::Product),
 ];
@@ -104,7 +108,7 @@ impl Machine {
                 Role::CycleStart => dt == D::Boolean || integer,
                 Role::Running if self.model.running_values.is_empty() => dt == D::Boolean || integer,
                 Role::Running => matches!(dt, D::String | D::Text) || integer,
-                Role::Reason | Role::Product => integer || matches!(dt, D::String | D::Text),
+                Role::Reason | Role::RejectCode | Role::Product => integer || matches!(dt, D::String | D::Text),
                 Role::IdealCycleTime => dt.is_numeric(),
             };
             if !fits {
@@ -115,7 +119,7 @@ impl Machine {
                         "a Boolean (or give running_values for a state)"
                     }
                     Role::Running => "a state string or integer",
-                    Role::Reason | Role::Product => "an integer or string code",
+                    Role::Reason | Role::RejectCode | Role::Product => "an integer or string code",
                     Role::IdealCycleTime => "a number of seconds",
                 };
                 problems.push(format!(
@@ -285,6 +289,19 @@ fn read_machine(t: &Table, minor_stop: Duration) -> Option<Machine> {
             }
         }
     }
+    let mut reject_reasons = BTreeMap::new();
+    let reject_table = t.opt_table("reject_reasons");
+    if let Some(rt) = &reject_table {
+        for (code, _, _) in rt.entries() {
+            // Not a string: named by the reader, with its line:column.
+            if let Some(reason) = rt.opt_str(&code) {
+                reject_reasons.insert(code, reason);
+            }
+        }
+    }
+    if reject_table.is_some() && !metrics.contains_key(&Role::RejectCode) {
+        t.invalid("reject_reasons", "name the metric that carries them: reject_code");
+    }
     let mut allowed: Vec<&str> = ROLE_KEYS.iter().map(|(k, _)| *k).collect();
     allowed.extend([
         "name",
@@ -295,6 +312,7 @@ fn read_machine(t: &Table, minor_stop: Duration) -> Option<Machine> {
         "counter_wrap",
         "minor_stop",
         "reasons",
+        "reject_reasons",
     ]);
     t.finish(&allowed);
     Some(Machine {
@@ -306,6 +324,7 @@ fn read_machine(t: &Table, minor_stop: Duration) -> Option<Machine> {
         model: Model {
             running_values,
             reasons,
+            reject_reasons,
             ideal_cycle_ms,
             minor_stop_ms: minor.as_millis() as i64,
             wrap,
@@ -442,5 +461,37 @@ counter_wrap = 65535
             assert!(e.contains(want), "{want:?} missing in:\n{e}");
         }
         assert!(e.contains("u.toml:12:13: oee.time_zone"), "line:column: {e}");
+    }
+
+    #[test]
+    fn reject_codes_map_to_reasons_and_need_their_metric() {
+        let with_codes = OEE.replace(
+            "reject_count = \"Counters/Reject\"\n",
+            "reject_code = \"Quality/Code\"\n",
+        ) + "[oee.machines.reject_reasons]\n3 = \"Underfilled\"\n\"CAP\" = \"Cap missing\"\n";
+        let c = UplinkConfig::parse("u.toml", &format!("{BASE}{with_codes}")).expect("valid");
+        let m = &c.oee.expect("[oee]").machines[0];
+        assert_eq!(m.metrics[&Role::RejectCode], "Quality/Code");
+        assert_eq!(m.model.reject_reasons["3"], "Underfilled");
+        assert_eq!(m.model.reject_reasons["CAP"], "Cap missing");
+        let problems = m.check_birth(&[
+            ("Counters/Strokes", crate::sparkplug::DataType::UInt32),
+            ("State", crate::sparkplug::DataType::String),
+            ("Fault/Code", crate::sparkplug::DataType::Int16),
+            ("Quality/Code", crate::sparkplug::DataType::Boolean),
+        ]);
+        assert_eq!(
+            problems,
+            ["machine 'press4': reject_code metric 'Quality/Code' is Boolean, but the role needs an integer or string code"]
+        );
+        let orphan = OEE.to_string() + "[oee.machines.reject_reasons]\n3 = 4\n";
+        let e = UplinkConfig::parse("u.toml", &format!("{BASE}{orphan}"))
+            .expect_err("invalid")
+            .to_string();
+        assert!(e.contains("oee.machines[0].reject_reasons.3:"), "{e}");
+        assert!(
+            e.contains("oee.machines[0].reject_reasons: name the metric that carries them: reject_code"),
+            "{e}"
+        );
     }
 }

@@ -108,6 +108,9 @@ pub enum Role {
     Reason,
     GoodCount,
     RejectCount,
+    /// The reason code of rejects: each sample of a code is one reject,
+    /// or, beside a reject counter, the reason of its increments.
+    RejectCode,
     IdealCycleTime,
     Product,
 }
@@ -128,6 +131,8 @@ pub struct Model {
     pub running_values: Vec<String>,
     /// Reason code → (reason, category).
     pub reasons: BTreeMap<String, (String, Category)>,
+    /// Reject code → reason.
+    pub reject_reasons: BTreeMap<String, String>,
     /// A fixed ideal cycle time (ms), when no metric gives it.
     pub ideal_cycle_ms: Option<f64>,
     /// Stops shorter than this are performance loss (ms).
@@ -155,6 +160,17 @@ pub struct Downtime {
     pub category: Category,
 }
 
+/// Pieces counted good or rejected at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QualityEvent {
+    pub at: i64,
+    pub good: u64,
+    pub rejected: u64,
+    /// The rejects' reason code, and its meaning when the mapping has one.
+    pub code: Option<String>,
+    pub reason: Option<String>,
+}
+
 /// The figures of one interval.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Figures {
@@ -174,8 +190,8 @@ pub struct Figures {
     pub completeness: f64,
     pub cycles: Vec<Cycle>,
     pub downtimes: Vec<Downtime>,
-    /// (instant, good, rejected) of each counter increment in the interval.
-    pub quality_events: Vec<(i64, u64, u64)>,
+    /// Each quality event in the interval: counter increments and reject codes.
+    pub quality_events: Vec<QualityEvent>,
 }
 
 /// The samples of each role, by time: the value in force at an instant
@@ -366,25 +382,56 @@ pub fn compute(model: &Model, samples: &[Sample], from: i64, to: i64, planned: &
             product,
         });
     }
-    let in_window = |v: &Vec<(i64, i64, u64)>| -> u64 {
-        v.iter()
-            .filter(|&&(_, end, _)| end >= from && end < to)
-            .map(|x| x.2)
-            .sum()
-    };
     let has = |role: Role| !series.of(role).is_empty();
     let good_inc = increments(model, series.of(Role::GoodCount));
     let reject_inc = increments(model, series.of(Role::RejectCount));
+    let in_window = |end: i64| end >= from && end < to;
+    // Beside a reject counter, a code names its increments' reason; alone,
+    // each sample of a code (not 0, not empty) is one reject.
+    let reject_codes: Vec<(i64, i64, u64)> = if has(Role::RejectCount) {
+        Vec::new()
+    } else {
+        series
+            .of(Role::RejectCode)
+            .iter()
+            .filter(|s| s.value.code().is_some())
+            .map(|s| (s.ts, s.ts, 1))
+            .collect()
+    };
     let mut events: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
-    for &(_, end, n) in good_inc.iter().filter(|&&(_, end, _)| end >= from && end < to) {
+    for &(_, end, n) in good_inc.iter().filter(|&&(_, end, _)| in_window(end)) {
         events.entry(end).or_default().0 += n;
     }
-    for &(_, end, n) in reject_inc.iter().filter(|&&(_, end, _)| end >= from && end < to) {
+    for &(_, end, n) in reject_inc
+        .iter()
+        .chain(&reject_codes)
+        .filter(|&&(_, end, _)| in_window(end))
+    {
         events.entry(end).or_default().1 += n;
     }
-    f.quality_events = events.into_iter().map(|(t, (g, r))| (t, g, r)).collect();
-    let good = has(Role::GoodCount).then(|| in_window(&good_inc));
-    let rejected = has(Role::RejectCount).then(|| in_window(&reject_inc));
+    f.quality_events = events
+        .into_iter()
+        .map(|(at, (good, rejected))| {
+            let code = (rejected > 0)
+                .then(|| series.at(Role::RejectCode, at).and_then(V::code))
+                .flatten();
+            let reason = code.as_ref().and_then(|c| model.reject_reasons.get(c)).cloned();
+            QualityEvent {
+                at,
+                good,
+                rejected,
+                code,
+                reason,
+            }
+        })
+        .collect();
+    let sum = |v: &[(i64, i64, u64)]| -> u64 { v.iter().filter(|&&(_, end, _)| in_window(end)).map(|x| x.2).sum() };
+    let good = has(Role::GoodCount).then(|| sum(&good_inc));
+    let rejected = if has(Role::RejectCount) {
+        Some(sum(&reject_inc))
+    } else {
+        has(Role::RejectCode).then(|| sum(&reject_codes))
+    };
     (f.good, f.rejected) = match (good, rejected) {
         (Some(g), Some(r)) => {
             f.produced = f.produced.max(g + r);
@@ -422,9 +469,12 @@ mod tests {
         reasons.insert("12".into(), ("Hydraulic pressure low".into(), Category::Breakdown));
         reasons.insert("40".into(), ("Die change".into(), Category::Setup));
         reasons.insert("90".into(), ("Planned maintenance".into(), Category::Planned));
+        let mut reject_reasons = BTreeMap::new();
+        reject_reasons.insert("3".into(), "Underfilled".into());
         Model {
             running_values: vec![],
             reasons,
+            reject_reasons,
             ideal_cycle_ms: Some(2.0 * 1000.0),
             minor_stop_ms: 2 * MIN,
             wrap: Some(65535.0),
@@ -594,5 +644,60 @@ mod tests {
         assert_eq!(f.run_ms, 30 * MIN);
         assert_eq!(f.produced, 2, "three rising edges: two whole cycles");
         assert_eq!(f.cycles[0].end - f.cycles[0].start, 2 * S);
+    }
+
+    /// Each sample of a reject code is one reject with its reason; a 0
+    /// between rejects is no reject (the PLC clears the code).
+    #[test]
+    fn reject_codes_alone_count_one_reject_each_with_its_reason() {
+        let m = model();
+        let mut samples = vec![s(Role::Running, T0, V::Bool(true))];
+        for i in 0..10 {
+            samples.push(s(Role::CycleCount, T0 + i * S, V::Num(i as f64)));
+        }
+        for (t, code) in [(2, 3.0), (3, 0.0), (5, 7.0), (6, 0.0), (8, 3.0)] {
+            samples.push(s(Role::RejectCode, T0 + t * S, V::Num(code)));
+        }
+        let f = compute(&m, &samples, T0, T0 + MIN, &[(T0, T0 + MIN)]);
+        assert_eq!((f.produced, f.good, f.rejected), (9, 6, 3));
+        let events: Vec<(i64, u64, Option<&str>, Option<&str>)> = f
+            .quality_events
+            .iter()
+            .map(|q| (q.at - T0, q.rejected, q.code.as_deref(), q.reason.as_deref()))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                (2 * S, 1, Some("3"), Some("Underfilled")),
+                (5 * S, 1, Some("7"), None),
+                (8 * S, 1, Some("3"), Some("Underfilled")),
+            ]
+        );
+    }
+
+    /// Beside a reject counter, the code in force when it counts names the
+    /// reason, and the counter alone says how many.
+    #[test]
+    fn a_reject_code_beside_a_counter_names_the_reason_of_its_increments() {
+        let m = model();
+        let samples = vec![
+            s(Role::Running, T0, V::Bool(true)),
+            s(Role::CycleCount, T0, V::Num(0.0)),
+            s(Role::CycleCount, T0 + 50 * S, V::Num(20.0)),
+            s(Role::RejectCount, T0, V::Num(0.0)),
+            s(Role::RejectCode, T0 + 9 * S, V::Text("JAM".into())),
+            s(Role::RejectCount, T0 + 10 * S, V::Num(2.0)),
+            s(Role::RejectCode, T0 + 19 * S, V::Num(3.0)),
+            s(Role::RejectCount, T0 + 20 * S, V::Num(3.0)),
+            s(Role::RejectCode, T0 + 25 * S, V::Num(3.0)),
+        ];
+        let f = compute(&m, &samples, T0, T0 + MIN, &[(T0, T0 + MIN)]);
+        assert_eq!((f.produced, f.good, f.rejected), (20, 17, 3));
+        let events: Vec<(u64, Option<&str>, Option<&str>)> = f
+            .quality_events
+            .iter()
+            .map(|q| (q.rejected, q.code.as_deref(), q.reason.as_deref()))
+            .collect();
+        assert_eq!(events, [(2, Some("JAM"), None), (1, Some("3"), Some("Underfilled"))]);
     }
 }

@@ -346,11 +346,11 @@ async fn replace_events(
         )
         .await?;
     }
-    for &(at, good, rejected) in &f.quality_events {
-        let (g, r) = (good as i64, rejected as i64);
+    for q in &f.quality_events {
+        let (g, r) = (q.good as i64, q.rejected as i64);
         tx.execute(
-            "INSERT INTO oee_quality (machine, at, good, rejected) VALUES ($1, $2, $3, $4)",
-            &[&machine, &ts(at), &g, &r],
+            "INSERT INTO oee_quality (machine, at, good, rejected, reason_code, reason) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&machine, &ts(q.at), &g, &r, &q.code, &q.reason],
         )
         .await?;
     }

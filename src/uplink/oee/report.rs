@@ -147,6 +147,22 @@ pub async fn report(client: &Client, time_zone: &str, machine: &str, period: &Pe
             );
         }
     }
+    let rejects = client
+        .query(
+            "SELECT coalesce(reason_code, '-'), coalesce(max(reason), '(no reason)'), sum(rejected)::bigint AS n
+             FROM oee_quality WHERE machine = $1 AND at >= $2 AND at < $3 AND rejected > 0
+             GROUP BY 1 ORDER BY n DESC, 1 LIMIT 5",
+            &[&machine, &from, &to],
+        )
+        .await
+        .map_err(db)?;
+    if !rejects.is_empty() {
+        let _ = writeln!(out, "top reject reasons:");
+        for r in &rejects {
+            let (code, reason, n): (String, String, i64) = (r.get(0), r.get(1), r.get(2));
+            let _ = writeln!(out, "  {n:>8}  {code:>6}  {reason}");
+        }
+    }
     Ok(out)
 }
 
