@@ -98,7 +98,11 @@ fn script() -> Vec<(&'static str, u64, Value)> {
 
 /// The samples as batches of DDATA, each with its OEE marks.
 fn batches(samples: &[(&'static str, u64, Value)], historical: bool) -> Vec<Batch> {
-    let index = OeeIndex::new(Some(&cfg()));
+    batches_of(&cfg(), samples, historical)
+}
+
+fn batches_of(cfg: &OeeConfig, samples: &[(&'static str, u64, Value)], historical: bool) -> Vec<Batch> {
+    let index = OeeIndex::new(Some(cfg));
     samples
         .chunks(200)
         .map(|chunk| {
@@ -136,6 +140,112 @@ fn write_and_fold_at(db: &TestDb, batches: &[Batch], now: u64) -> u64 {
         }
         s.fold_oee(&cfg(), now as i64).await.expect("fold")
     })
+}
+
+/// The night shift 22:00-06:00 in Europe/Berlin crosses midnight and, on
+/// the two nights of 2026 when the clocks change, lasts 7 h (spring: the
+/// break at 02:30 does not exist that night) and 9 h (autumn: 02:30 comes
+/// twice; the break is the first one). A machine that ran all night, a
+/// cycle a minute, fills exactly those hours.
+#[test]
+fn a_night_shift_across_midnight_follows_the_plant_clock_through_both_dst_changes() {
+    let db = TestDb::new("oee_dst");
+    let config = CONFIG
+        .replace("time_zone = \"UTC\"", "time_zone = \"Europe/Berlin\"")
+        .replace(
+            "name = \"day\"\nstart = \"00:00\"\nend = \"24:00\"\nbreaks = [\"01:20-01:30\"]",
+            "name = \"night\"\nstart = \"22:00\"\nend = \"06:00\"\nbreaks = [\"02:30-02:45\"]",
+        );
+    let cfg = UplinkConfig::parse("u.toml", &config)
+        .expect("valid")
+        .oee
+        .expect("[oee]");
+    // (shift start, end) in UTC ms: 2026-03-28 22:00 CET to 03-29 06:00
+    // CEST, and 2026-10-24 22:00 CEST to 10-25 06:00 CET.
+    let nights = [
+        (1_774_731_600_000_u64, 1_774_756_800_000_u64, 7 * 60 * MIN, 420),
+        (1_792_872_000_000, 1_792_904_400_000, 9 * 60 * MIN - 15 * MIN, 540),
+    ];
+    for &(start, end, planned, cycles) in &nights {
+        let mut samples = vec![("Running", start - MIN, Value::Boolean(true))];
+        let mut t = start - MIN;
+        let mut n = 0;
+        while t <= end + MIN {
+            samples.push(("Count", t, Value::UInt32(n)));
+            n += 1;
+            t += MIN;
+        }
+        write_and_fold_at(&db, &[], 0);
+        db.rt.block_on(async {
+            let mut s = PgSink::connect(&db.url()).await.expect("connect");
+            for b in batches_of(&cfg, &samples, false) {
+                s.write(&b).await.expect("write");
+            }
+            s.fold_oee(&cfg, (end + 3 * 60 * MIN) as i64).await.expect("fold");
+        });
+        let row = db.query_text(&format!(
+            "SELECT coalesce(string_agg(concat_ws('|', shift, extract(epoch FROM start_at)::bigint,
+                    extract(epoch FROM end_at)::bigint, planned_ms, produced, completeness), ';'), 'none')
+             FROM oee_interval WHERE kind = 'shift' AND start_at = to_timestamp({})",
+            start / 1000
+        ));
+        assert_eq!(
+            row,
+            format!("night|{}|{}|{planned}|{cycles}|1", start / 1000, end / 1000)
+        );
+        assert_eq!(
+            db.query_i64(&format!(
+                "SELECT sum(planned_ms)::bigint FROM oee_interval WHERE kind = 'hour'
+                 AND start_at >= to_timestamp({}) AND start_at < to_timestamp({})",
+                start / 1000,
+                end / 1000
+            )),
+            planned as i64,
+            "the hours add up to the shift"
+        );
+    }
+}
+
+/// An edge that died (NDEATH, not back) stops the running state at its
+/// death: the hour it died in is closed with the time after it unknown, and
+/// no later hour is made up from its last state.
+#[test]
+fn after_the_edge_died_its_last_state_is_not_carried_on() {
+    let db = TestDb::new("oee_dead");
+    write_and_fold_at(&db, &batches(&script(), false), T0 + 30 * MIN);
+    db.rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        c.execute(
+            "INSERT INTO sp_node_state (group_id, node_id, online, stale, last_death, updated_at)
+             VALUES ('G', 'N', false, true, to_timestamp($1::float8 / 1000), now())",
+            &[&((T0 + 35 * MIN) as f64)],
+        )
+        .await
+        .expect("node state");
+    });
+    write_and_fold_at(&db, &[], T0 + 3 * 60 * MIN);
+    // Known 00:00-20:00 and 30:00-35:00 of 50 planned minutes, all running.
+    let got = hour(&db);
+    assert!(
+        got.starts_with(&format!("{}|0|{}|0|0|", 50 * MIN, 25 * MIN)) && got.ends_with("|0.5"),
+        "{got}"
+    );
+    assert_eq!(
+        db.query_i64(&format!(
+            "SELECT count(*) FROM oee_interval WHERE kind = 'hour' AND start_at > to_timestamp({})",
+            T0 / 1000
+        )),
+        0,
+        "no hour after the death"
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM oee_interval WHERE computed_to < end_at AND kind = 'hour'"),
+        0,
+        "nothing left open"
+    );
 }
 
 /// Half-way through the hour, its figures are those so far: the state the

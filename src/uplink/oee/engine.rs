@@ -258,6 +258,20 @@ fn increments(model: &Model, samples: &[&Sample]) -> Vec<(i64, i64, u64)> {
 /// before `from` give the state at `from`); `planned` is when production
 /// is planned (shifts less breaks), sorted.
 pub fn compute(model: &Model, samples: &[Sample], from: i64, to: i64, planned: &[(i64, i64)]) -> Figures {
+    compute_known(model, samples, from, to, planned, i64::MAX)
+}
+
+/// [`compute`], with the running state unknown from `known_to` on (the
+/// edge died then and has not come back): planned time after it is
+/// neither run nor downtime, and lowers `completeness`.
+pub fn compute_known(
+    model: &Model,
+    samples: &[Sample],
+    from: i64,
+    to: i64,
+    planned: &[(i64, i64)],
+    known_to: i64,
+) -> Figures {
     let mut samples: Vec<Sample> = samples.to_vec();
     // One metric per role, and a fact per (metric, ts): equal keys are the same sample.
     samples.sort_by_key(|s| (s.ts, s.role));
@@ -278,7 +292,7 @@ pub fn compute(model: &Model, samples: &[Sample], from: i64, to: i64, planned: &
         .iter()
         .filter(|s| matches!(s.role, Role::Running | Role::Reason))
         .map(|s| s.ts)
-        .chain([from, to])
+        .chain([from, to, known_to.clamp(from, to)])
         .chain(planned.iter().flat_map(|&(a, b)| [a, b]))
         .collect();
     edges.sort_unstable();
@@ -308,6 +322,9 @@ pub fn compute(model: &Model, samples: &[Sample], from: i64, to: i64, planned: &
         }
         let in_plan: i64 = planned.iter().map(|&(p, q)| (b.min(q) - a.max(p)).max(0)).sum();
         if in_plan == 0 {
+            continue;
+        }
+        if a >= known_to {
             continue;
         }
         let Some(state) = at(Role::Running, a) else { continue };
@@ -699,5 +716,20 @@ mod tests {
             .map(|q| (q.rejected, q.code.as_deref(), q.reason.as_deref()))
             .collect();
         assert_eq!(events, [(2, Some("JAM"), None), (1, Some("3"), Some("Underfilled"))]);
+    }
+
+    #[test]
+    fn after_the_edge_died_the_state_is_unknown_not_carried_on() {
+        let m = model();
+        let samples = vec![
+            s(Role::Running, T0 - MIN, V::Bool(false)),
+            s(Role::Reason, T0 - MIN, V::Num(12.0)),
+        ];
+        let all = [(T0, T0 + 60 * MIN)];
+        let f = compute_known(&m, &samples, T0, T0 + 60 * MIN, &all, T0 + 15 * MIN);
+        assert_eq!(f.downtime_ms[&Category::Breakdown], 15 * MIN);
+        assert_eq!(f.planned_ms, 60 * MIN);
+        assert!((f.completeness - 0.25).abs() < 1e-12, "{}", f.completeness);
+        assert_eq!(f.availability, Some(0.0));
     }
 }

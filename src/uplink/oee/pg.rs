@@ -16,7 +16,11 @@
 //!   and computed again by every fold until it has: a state is known from
 //!   its sample to the next one, never into the future, so the live
 //!   figures are those of the shift so far, and a machine that sends
-//!   nothing (stopped, reporting by exception) still moves on.
+//!   nothing (stopped, reporting by exception) still moves on. The hours
+//!   still open and the hours the marks touch are separate ranges.
+//! - A machine whose edge node is dead (NDEATH, no birth since) has an
+//!   unknown state from its death on: its open hour is closed without
+//!   carrying the last state further, and no later hour is made up.
 //! - One folder at a time (an advisory lock); another one skips its turn.
 //! - Samples below the quality threshold are not used.
 
@@ -26,7 +30,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use super::config::{Machine, OeeConfig};
-use super::engine::{compute, Category, Figures, Role, Sample, V};
+use super::engine::{compute_known, Category, Figures, Role, Sample, V};
 use super::shifts::instances;
 
 const HOUR: i64 = 3_600_000;
@@ -56,7 +60,8 @@ pub async fn fold(client: &mut Client, cfg: &OeeConfig, now_ms: i64) -> Result<u
         return Ok(0);
     }
     let rows = tx.query("DELETE FROM oee_pending RETURNING machine, ts", &[]).await?;
-    // Per machine: the first hour to compute and the newest mark.
+    // Per machine: the first hour to compute and the newest mark; the
+    // hours still open are another range (they may lie far apart).
     let mut work: BTreeMap<String, (i64, i64)> = BTreeMap::new();
     for r in rows {
         let name: String = r.get(0);
@@ -78,22 +83,51 @@ pub async fn fold(client: &mut Client, cfg: &OeeConfig, now_ms: i64) -> Result<u
             &[],
         )
         .await?;
+    let mut open_from: BTreeMap<String, i64> = BTreeMap::new();
     for r in open {
+        let name: String = r.get(0);
         let hour = ms(r.get(1));
-        let e = work.entry(r.get(0)).or_insert((hour, now_ms));
-        e.0 = e.0.min(hour);
-        e.1 = e.1.max(now_ms);
+        match work.get(&name) {
+            // Within the marks' range, which runs on to now anyway.
+            Some(&(first, _)) if first <= hour => {}
+            _ => {
+                open_from.insert(name, hour);
+            }
+        }
     }
     let mut written = 0;
-    for (name, (first_hour, last)) in work {
+    for m in &cfg.machines {
         // A machine no longer in the file: its marks are dropped.
-        let Some(m) = cfg.machines.iter().find(|m| m.name == name) else {
+        let (mark, open) = (work.get(&m.name), open_from.get(&m.name));
+        if mark.is_none() && open.is_none() {
             continue;
-        };
-        written += fold_machine(&tx, cfg, m, first_hour, last, now_ms).await?;
+        }
+        let known_to = death(&tx, m).await?;
+        if let Some(&(first_hour, last)) = mark {
+            written += fold_machine(&tx, cfg, m, first_hour, last, now_ms, known_to).await?;
+        }
+        if let Some(&hour) = open {
+            // Carried on to now, unless the edge is dead: then only its hour.
+            let last = if known_to == i64::MAX { now_ms } else { hour };
+            written += fold_machine(&tx, cfg, m, hour, last, now_ms, known_to).await?;
+        }
     }
     tx.commit().await?;
     Ok(written)
+}
+
+/// When the machine's edge node died, if it is dead now (its state is
+/// unknown from then on); `i64::MAX` while it lives.
+async fn death(tx: &tokio_postgres::Transaction<'_>, m: &Machine) -> Result<i64, tokio_postgres::Error> {
+    let row = tx
+        .query_opt(
+            "SELECT last_death FROM sp_node_state WHERE group_id = $1 AND node_id = $2 AND NOT online",
+            &[&m.group, &m.node],
+        )
+        .await?;
+    Ok(row
+        .and_then(|r| r.get::<_, Option<std::time::SystemTime>>(0))
+        .map_or(i64::MAX, ms))
 }
 
 /// The series id of each role the machine maps (those seen so far).
@@ -165,6 +199,7 @@ async fn fold_machine(
     start_hour: i64,
     last: i64,
     now_ms: i64,
+    known_to: i64,
 ) -> Result<u64, tokio_postgres::Error> {
     let ids = series(tx, m).await?;
     let minor = m.model.minor_stop_ms;
@@ -182,7 +217,7 @@ async fn fold_machine(
             )
             .await?
             .get(0);
-        until = next.map_or(now_ms.max(last), ms);
+        until = next.map_or(now_ms.min(known_to).max(last), ms);
     }
     let end_hour = (until.div_euclid(HOUR) * HOUR).min(start_hour + MAX_HOURS * HOUR);
     let shifts = instances(&cfg.shifts, &cfg.tz, start_hour / 1000, (end_hour + HOUR) / 1000);
@@ -223,7 +258,7 @@ async fn fold_machine(
     let upto = |from: i64, to: i64| to.min(now_ms).max(from);
     while hour <= end_hour {
         let to = upto(hour, hour + HOUR);
-        let f = compute(&m.model, &all, hour, to, &planned(hour, to));
+        let f = compute_known(&m.model, &all, hour, to, &planned(hour, to), known_to);
         write_interval(tx, &m.name, "hour", "", (hour, hour + HOUR), to, &f).await?;
         replace_events(tx, &m.name, hour, hour + HOUR, &f).await?;
         written += 1;
@@ -232,7 +267,7 @@ async fn fold_machine(
     for s in &shifts {
         let (from, end) = (s.start * 1000, s.end * 1000);
         let to = upto(from, end);
-        let f = compute(&m.model, &all, from, to, &planned(from, to));
+        let f = compute_known(&m.model, &all, from, to, &planned(from, to), known_to);
         write_interval(tx, &m.name, "shift", &s.name, (from, end), to, &f).await?;
         written += 1;
     }
