@@ -13,6 +13,14 @@
 //!    database), p50/p99 of `written_at − sample timestamp` (the sample's
 //!    trip from the edge to a committed row), and the uplink's peak RSS.
 //!    Results in `target/bench-uplink.md`.
+//! 3. OEE at that load (`-- oee` runs only this): 50 nodes as in 2, and
+//!    every device is a machine as well: a piece counter (UInt32) that
+//!    counts every second and a Running Boolean that stops for 3 s in every
+//!    30. Three runs without `[oee]` and three with 500 machines mapped
+//!    (shift all day, rollup_interval 5 s), alternating: the fact rate and
+//!    the uplink's CPU of each, and the lag from a cycle's sample timestamp
+//!    (the PLC read) to its `oee_cycle` row, polled every 100 ms for five
+//!    machines. Results in `target/bench-uplink-oee.md`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -36,6 +44,10 @@ fn edge(node: usize) -> EdgeSession {
             name: format!("d{d}"),
             metrics: (0..METRICS)
                 .map(|m| Metric::new(format!("m{m}"), Value::Double(0.0), now))
+                .chain([
+                    Metric::new("Count", Value::UInt32(0), now),
+                    Metric::new("Running", Value::Boolean(true), now),
+                ])
                 .collect(),
         })
         .collect();
@@ -87,14 +99,27 @@ async fn node(port: u16, n: usize, stop: std::sync::Arc<std::sync::atomic::Atomi
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut k = 0.0;
+    let mut count = 0u32;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         tick.tick().await;
         k += 1.0;
         let now = now_ms();
+        // A machine: a piece a second, except a 3 s stop in every 30 s.
+        let phase = k as u64 % 30;
+        let running = phase >= 3;
+        if running {
+            count += 1;
+        }
         for d in 0..DEVICES {
-            let metrics = (0..METRICS)
+            let mut metrics: Vec<Metric> = (0..METRICS)
                 .map(|m| Metric::new(format!("m{m}"), Value::Double(k + m as f64), now))
                 .collect();
+            if running {
+                metrics.push(Metric::new("Count", Value::UInt32(count), now));
+            }
+            if phase == 0 || phase == 3 {
+                metrics.push(Metric::new("Running", Value::Boolean(running), now));
+            }
             let a = s.update(now, Some(&format!("d{d}")), metrics).expect("declared");
             publish_all(&client, a).await;
         }
@@ -182,17 +207,45 @@ fn sink_alone(writers: usize, rows: &mut Vec<String>) {
     rows.push(line);
 }
 
+/// `[oee]` with every device of `nodes` nodes a machine.
+fn oee_mapping(nodes: usize) -> String {
+    let mut s = String::from(
+        "[oee]\nminor_stop = \"1s\"\n[[oee.shifts]]\nname = \"all day\"\nstart = \"00:00\"\nend = \"24:00\"\n",
+    );
+    for n in 0..nodes {
+        for d in 0..DEVICES {
+            s += &format!(
+                "[[oee.machines]]\nname = \"n{n}d{d}\"\nnode = \"Bench/n{n}\"\ndevice = \"d{d}\"\ncycle_count = \"Count\"\nrunning = \"Running\"\nideal_cycle_time = \"900ms\"\n"
+            );
+        }
+    }
+    s
+}
+
+/// What one end-to-end run measured.
+struct Run {
+    written: f64,
+    cpu: f64,
+    /// ms from a cycle's sample timestamp to its row, five machines (OEE only).
+    cycle_lag: Vec<i64>,
+}
+
 fn end_to_end(nodes: usize, rows: &mut Vec<String>) {
-    let db = common::pg::TestDb::new(&format!("bench_e2e{nodes}"));
+    end_to_end_run(nodes, false, rows);
+}
+
+fn end_to_end_run(nodes: usize, oee: bool, rows: &mut Vec<String>) -> Run {
+    let db = common::pg::TestDb::new(&format!("bench_e2e{nodes}{}", if oee { "_oee" } else { "" }));
     let broker = common::Broker::start(None);
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = dir.path().join("uplink.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[host]\nhost_id = \"bench\"\n[mqtt]\nmax_packet_size = \"16MiB\"\n[[mqtt.servers]]\nhost = \"127.0.0.1\"\nport = {}\n[database]\nbackend = \"postgres\"\nurl = \"{}\"\n[telemetry]\nlisten = \"\"\nlog_level = \"warn\"\nlog_format = \"human\"\n",
+            "[host]\nhost_id = \"bench\"\n[mqtt]\nmax_packet_size = \"16MiB\"\n[[mqtt.servers]]\nhost = \"127.0.0.1\"\nport = {}\n[database]\nbackend = \"postgres\"\nurl = \"{}\"\n[telemetry]\nlisten = \"\"\nlog_level = \"warn\"\nlog_format = \"human\"\n{}",
             broker.port,
-            db.url()
+            db.url(),
+            if oee { oee_mapping(nodes) } else { String::new() }
         ),
     )
     .expect("config");
@@ -215,7 +268,35 @@ fn end_to_end(nodes: usize, rows: &mut Vec<String>) {
     let start_ms = now_ms();
     let q0 = db.query_i64("SELECT count(*) FROM sp_metric_fact");
     let (cpu0, _) = common::proc_stat(uplink.0.id());
-    std::thread::sleep(Duration::from_secs(20));
+    // Each cycle row of five machines, when it first appears.
+    let mut cycle_lag = Vec::new();
+    let mut seen: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    while now_ms() < start_ms + 20_000 {
+        std::thread::sleep(Duration::from_millis(100));
+        if !oee {
+            continue;
+        }
+        let at = now_ms() as i64;
+        let got = db.query_text(
+            "SELECT coalesce(string_agg(machine || ' ' || (extract(epoch FROM end_at) * 1000)::bigint, ','), '')
+             FROM oee_cycle WHERE machine IN ('n0d0', 'n10d1', 'n20d2', 'n30d3', 'n40d4') AND end_at > now() - interval '30 seconds'",
+        );
+        for item in got.split(',').filter(|i| !i.is_empty()) {
+            let (m, t) = item.split_once(' ').expect("machine end");
+            let t: i64 = t.parse().expect("ms");
+            let last = seen.entry(m.to_string()).or_insert(start_ms as i64);
+            if t > *last {
+                // Every cycle after the newest seen is new (one a second).
+                cycle_lag.push(at - t);
+            }
+        }
+        for item in got.split(',').filter(|i| !i.is_empty()) {
+            let (m, t) = item.split_once(' ').expect("machine end");
+            let t: i64 = t.parse().expect("ms");
+            let last = seen.entry(m.to_string()).or_insert(start_ms as i64);
+            *last = (*last).max(t);
+        }
+    }
     let q1 = db.query_i64("SELECT count(*) FROM sp_metric_fact");
     let (cpu1, _) = common::proc_stat(uplink.0.id());
     let end_ms = now_ms();
@@ -236,7 +317,8 @@ fn end_to_end(nodes: usize, rows: &mut Vec<String>) {
     let written = (q1 - q0) as f64 / 20.0;
     let cpu = (cpu1 - cpu0) as f64 / common::clk_tck() / 20.0;
     let line = format!(
-        "| end to end: {nodes} nodes × {DEVICES} devices × {METRICS} metrics/s | {offered} facts/s offered | {written:.0} facts/s written | p50 {p50} ms | p99 {p99} ms | {:.1} MiB | {:.0}% ({:.1} µs/fact) |",
+        "| end to end{}: {nodes} nodes × {DEVICES} devices × {METRICS} metrics/s | {offered} facts/s offered | {written:.0} facts/s written | p50 {p50} ms | p99 {p99} ms | {:.1} MiB | {:.0}% ({:.1} µs/fact) |",
+        if oee { " with OEE" } else { "" },
         hwm as f64 / 1024.0,
         cpu * 100.0,
         if written > 0.0 { cpu * 1e6 / written } else { 0.0 }
@@ -249,11 +331,60 @@ fn end_to_end(nodes: usize, rows: &mut Vec<String>) {
     );
     let _ = uplink.0.wait();
     drop(rt);
+    Run {
+        written,
+        cpu,
+        cycle_lag,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Without and with OEE at 50k facts/s, alternating, three of each.
+fn oee_at_load() {
+    let mut rows = Vec::new();
+    let (mut plain, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        plain.push(end_to_end_run(50, false, &mut rows));
+        with.push(end_to_end_run(50, true, &mut rows));
+    }
+    let rate = |r: &[Run]| median(r.iter().map(|x| x.written).collect());
+    let cpu = |r: &[Run]| median(r.iter().map(|x| x.cpu).collect());
+    let mut lag: Vec<i64> = with.iter().flat_map(|r| r.cycle_lag.iter().copied()).collect();
+    lag.sort_unstable();
+    let pct = |p: f64| lag.get(((lag.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(-1);
+    let table = format!(
+        "| run | load | rate | lag p50 | lag p99 | uplink peak RSS | uplink CPU |\n|---|---|---|---|---|---|---|\n{}\n\n\
+         | median of 3 | facts/s written | uplink CPU |\n|---|---|---|\n\
+         | without [oee] | {:.0} | {:.0}% |\n| with 500 machines | {:.0} | {:.0}% |\n| ratio | {:.3} | {:.2} |\n\n\
+         cycle → oee_cycle row, {} cycles of 5 machines over the 3 runs: p50 {} ms, p90 {} ms, p99 {} ms, max {} ms\n",
+        rows.join("\n"),
+        rate(&plain),
+        cpu(&plain) * 100.0,
+        rate(&with),
+        cpu(&with) * 100.0,
+        rate(&with) / rate(&plain),
+        cpu(&with) / cpu(&plain).max(1e-9),
+        lag.len(),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        lag.last().copied().unwrap_or(-1),
+    );
+    println!("\n{table}");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-uplink-oee.md");
+    std::fs::write(&out, table).expect("write the table");
 }
 
 fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
+    }
+    if std::env::args().any(|a| a == "oee") {
+        return oee_at_load();
     }
     let mut rows = Vec::new();
     for writers in [1, 4] {
@@ -272,4 +403,7 @@ fn main() {
     println!("\n{table}");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-uplink.md");
     std::fs::write(&out, table).expect("write the table");
+    if std::env::var_os("SPB_BENCH_SINK_ONLY").is_none() {
+        oee_at_load();
+    }
 }
