@@ -250,7 +250,7 @@ CREATE TABLE oee_quality (
             // reason code of a quality event's rejects.
             5,
             r#"
-ALTER TABLE oee_interval ADD computed_to datetime2(3) NULL;
+ALTER TABLE oee_interval ADD computed_to datetime2(3) NULL, known_ms bigint NULL;
 ALTER TABLE oee_quality ADD reason_code nvarchar(max) NULL, reason nvarchar(max) NULL;
 "#
             .to_string(),

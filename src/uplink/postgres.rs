@@ -296,7 +296,7 @@ CREATE TABLE oee_quality (
         // event carries the reason code of its rejects.
         6,
         r#"
-ALTER TABLE oee_interval ADD COLUMN computed_to timestamptz;
+ALTER TABLE oee_interval ADD COLUMN computed_to timestamptz, ADD COLUMN known_ms bigint;
 ALTER TABLE oee_quality ADD COLUMN reason_code text, ADD COLUMN reason text;
 CREATE INDEX oee_interval_open ON oee_interval (machine) WHERE computed_to < end_at;
 "#,

@@ -186,7 +186,9 @@ pub struct Figures {
     pub performance: Option<f64>,
     pub quality: Option<f64>,
     pub oee: Option<f64>,
-    /// Planned time whose running state was known, over planned time.
+    /// Planned time whose running state was known.
+    pub known_ms: i64,
+    /// `known_ms` over planned time.
     pub completeness: f64,
     pub cycles: Vec<Cycle>,
     pub downtimes: Vec<Downtime>,
@@ -360,11 +362,7 @@ pub fn compute_known(
             }),
         }
     }
-    f.completeness = if f.planned_ms > 0 {
-        known_ms as f64 / f.planned_ms as f64
-    } else {
-        1.0
-    };
+    f.known_ms = known_ms;
 
     // Cycles: counter increments, or rising edges of a start signal.
     let mut cycles: Vec<(i64, i64, u64)> = increments(model, series.of(Role::CycleCount));
@@ -459,18 +457,46 @@ pub fn compute_known(
         (None, None) => (f.produced, 0),
     };
 
-    // Planned busy time: planned time whose state is known, less planned
-    // downtime (unknown time is no loss; `completeness` shows it).
-    let busy = known_ms - f.planned_downtime_ms;
-    let ratio = |n: f64, d: f64| (d > 0.0).then(|| n / d);
-    f.availability = ratio(f.run_ms as f64, busy as f64);
-    f.performance = ratio(f.ideal_ms, f.run_ms as f64);
-    f.quality = ratio(f.good as f64, f.produced as f64);
-    f.oee = match (f.availability, f.performance, f.quality) {
-        (Some(a), Some(p), Some(q)) => Some(a * p * q),
-        _ => None,
-    };
+    f.finish();
     f
+}
+
+impl Figures {
+    /// Adds the times and counts of an adjacent interval (every figure but
+    /// the ratios is a sum over time; call [`Figures::finish`] after).
+    pub fn add(&mut self, o: &Figures) {
+        self.planned_ms += o.planned_ms;
+        self.planned_downtime_ms += o.planned_downtime_ms;
+        self.run_ms += o.run_ms;
+        for (c, ms) in &o.downtime_ms {
+            *self.downtime_ms.entry(*c).or_default() += ms;
+        }
+        self.produced += o.produced;
+        self.good += o.good;
+        self.rejected += o.rejected;
+        self.ideal_ms += o.ideal_ms;
+        self.known_ms += o.known_ms;
+    }
+
+    /// The ratios from the sums.
+    pub fn finish(&mut self) {
+        self.completeness = if self.planned_ms > 0 {
+            self.known_ms as f64 / self.planned_ms as f64
+        } else {
+            1.0
+        };
+        // Planned busy time: planned time whose state is known, less planned
+        // downtime (unknown time is no loss; `completeness` shows it).
+        let busy = self.known_ms - self.planned_downtime_ms;
+        let ratio = |n: f64, d: f64| (d > 0.0).then(|| n / d);
+        self.availability = ratio(self.run_ms as f64, busy as f64);
+        self.performance = ratio(self.ideal_ms, self.run_ms as f64);
+        self.quality = ratio(self.good as f64, self.produced as f64);
+        self.oee = match (self.availability, self.performance, self.quality) {
+            (Some(a), Some(p), Some(q)) => Some(a * p * q),
+            _ => None,
+        };
+    }
 }
 
 #[cfg(test)]
@@ -731,5 +757,47 @@ mod tests {
         assert_eq!(f.planned_ms, 60 * MIN);
         assert!((f.completeness - 0.25).abs() < 1e-12, "{}", f.completeness);
         assert_eq!(f.availability, Some(0.0));
+    }
+
+    /// What makes shifts cheap to compute: the figures of an interval are
+    /// the sums of those of its parts, cut anywhere.
+    #[test]
+    fn the_figures_of_an_interval_are_the_sums_of_its_parts() {
+        let m = model();
+        let (samples, planned) = scripted_hour();
+        let whole = compute(&m, &samples, T0, T0 + 60 * MIN, &planned);
+        for cuts in [
+            vec![T0 + 30 * MIN],
+            vec![T0 + 7 * MIN + 1, T0 + 40 * MIN + 30 * S, T0 + 55 * MIN + 10 * S],
+        ] {
+            let mut bounds = vec![T0];
+            bounds.extend(cuts);
+            bounds.push(T0 + 60 * MIN);
+            let mut sum = Figures::default();
+            for w in bounds.windows(2) {
+                sum.add(&compute(&m, &samples, w[0], w[1], &planned));
+            }
+            sum.finish();
+            assert_eq!(
+                (
+                    sum.planned_ms,
+                    sum.run_ms,
+                    &sum.downtime_ms,
+                    sum.produced,
+                    sum.good,
+                    sum.known_ms
+                ),
+                (
+                    whole.planned_ms,
+                    whole.run_ms,
+                    &whole.downtime_ms,
+                    whole.produced,
+                    whole.good,
+                    whole.known_ms
+                )
+            );
+            assert!((sum.ideal_ms - whole.ideal_ms).abs() < 1e-6);
+            assert_eq!(sum.availability, whole.availability);
+        }
     }
 }

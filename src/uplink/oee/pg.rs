@@ -60,8 +60,9 @@ pub async fn fold(client: &mut Client, cfg: &OeeConfig, now_ms: i64) -> Result<u
         return Ok(0);
     }
     let rows = tx.query("DELETE FROM oee_pending RETURNING machine, ts", &[]).await?;
-    // Per machine: the first hour to compute and the newest mark; the
-    // hours still open are another range (they may lie far apart).
+    // Per machine: the first instant a mark may change (the mark less a
+    // minor stop) and the newest mark; the hours still open are another
+    // range (they may lie far apart).
     let mut work: BTreeMap<String, (i64, i64)> = BTreeMap::new();
     for r in rows {
         let name: String = r.get(0);
@@ -71,27 +72,27 @@ pub async fn fold(client: &mut Client, cfg: &OeeConfig, now_ms: i64) -> Result<u
             .iter()
             .find(|m| m.name == name)
             .map_or(0, |m| m.model.minor_stop_ms);
-        let hour = (t - minor).div_euclid(HOUR) * HOUR;
-        let e = work.entry(name).or_insert((hour, t));
-        e.0 = e.0.min(hour);
+        let e = work.entry(name).or_insert((t - minor, t));
+        e.0 = e.0.min(t - minor);
         e.1 = e.1.max(t);
     }
     // Hours computed while they ran are computed again, up to now.
     let open = tx
         .query(
-            "SELECT machine, min(start_at) FROM oee_interval WHERE kind = 'hour' AND computed_to < end_at GROUP BY machine",
+            "SELECT machine, min(computed_to) FROM oee_interval WHERE kind = 'hour' AND computed_to < end_at GROUP BY machine",
             &[],
         )
         .await?;
     let mut open_from: BTreeMap<String, i64> = BTreeMap::new();
     for r in open {
         let name: String = r.get(0);
-        let hour = ms(r.get(1));
+        // Computed up to there: what comes after is new.
+        let since = ms(r.get(1));
         match work.get(&name) {
             // Within the marks' range, which runs on to now anyway.
-            Some(&(first, _)) if first <= hour => {}
+            Some(&(first, _)) if first <= since => {}
             _ => {
-                open_from.insert(name, hour);
+                open_from.insert(name, since);
             }
         }
     }
@@ -103,13 +104,13 @@ pub async fn fold(client: &mut Client, cfg: &OeeConfig, now_ms: i64) -> Result<u
             continue;
         }
         let known_to = death(&tx, m).await?;
-        if let Some(&(first_hour, last)) = mark {
-            written += fold_machine(&tx, cfg, m, first_hour, last, now_ms, known_to).await?;
+        if let Some(&(since, last)) = mark {
+            written += fold_machine(&tx, cfg, m, since, last, now_ms, known_to).await?;
         }
-        if let Some(&hour) = open {
+        if let Some(&since) = open {
             // Carried on to now, unless the edge is dead: then only its hour.
-            let last = if known_to == i64::MAX { now_ms } else { hour };
-            written += fold_machine(&tx, cfg, m, hour, last, now_ms, known_to).await?;
+            let last = if known_to == i64::MAX { now_ms } else { since };
+            written += fold_machine(&tx, cfg, m, since, last, now_ms, known_to).await?;
         }
     }
     tx.commit().await?;
@@ -196,12 +197,13 @@ async fn fold_machine(
     tx: &tokio_postgres::Transaction<'_>,
     cfg: &OeeConfig,
     m: &Machine,
-    start_hour: i64,
+    since: i64,
     last: i64,
     now_ms: i64,
     known_to: i64,
 ) -> Result<u64, tokio_postgres::Error> {
     let ids = series(tx, m).await?;
+    let start_hour = since.div_euclid(HOUR) * HOUR;
     let minor = m.model.minor_stop_ms;
     // Up to the next change of state after the newest mark (or now).
     let mut until = last;
@@ -220,20 +222,8 @@ async fn fold_machine(
         until = next.map_or(now_ms.min(known_to).max(last), ms);
     }
     let end_hour = (until.div_euclid(HOUR) * HOUR).min(start_hour + MAX_HOURS * HOUR);
-    let shifts = instances(&cfg.shifts, &cfg.tz, start_hour / 1000, (end_hour + HOUR) / 1000);
-    let span_from = shifts
-        .iter()
-        .map(|s| s.start * 1000)
-        .min()
-        .unwrap_or(start_hour)
-        .min(start_hour);
-    let span_to = shifts
-        .iter()
-        .map(|s| s.end * 1000)
-        .max()
-        .unwrap_or(end_hour + HOUR)
-        .max(end_hour + HOUR);
-    let all = samples(tx, &ids, span_from, span_to + minor, cfg.quality_threshold).await?;
+    // Only the hours touched are computed from the samples.
+    let all = samples(tx, &ids, start_hour, end_hour + HOUR + minor, cfg.quality_threshold).await?;
     let planned = |from: i64, to: i64| -> Vec<(i64, i64)> {
         if cfg.shifts.is_empty() {
             return vec![(from, to)];
@@ -260,18 +250,99 @@ async fn fold_machine(
         let to = upto(hour, hour + HOUR);
         let f = compute_known(&m.model, &all, hour, to, &planned(hour, to), known_to);
         write_interval(tx, &m.name, "hour", "", (hour, hour + HOUR), to, &f).await?;
-        replace_events(tx, &m.name, hour, hour + HOUR, &f).await?;
+        // Events ending before `since` cannot have changed.
+        replace_events(tx, &m.name, (hour, hour + HOUR), since, &f).await?;
         written += 1;
         hour += HOUR;
     }
-    for s in &shifts {
+    // A shift is the sum of its whole hours (their rows, just written or
+    // older) and of the pieces of hours it starts or ends in, computed
+    // from the samples: its cost does not grow with its length.
+    for s in instances(&cfg.shifts, &cfg.tz, start_hour / 1000, (end_hour + HOUR) / 1000) {
         let (from, end) = (s.start * 1000, s.end * 1000);
         let to = upto(from, end);
-        let f = compute_known(&m.model, &all, from, to, &planned(from, to), known_to);
+        let (h0, h1) = ((from + HOUR - 1).div_euclid(HOUR) * HOUR, to.div_euclid(HOUR) * HOUR);
+        let mut f = Figures::default();
+        let pieces = if h0 < h1 {
+            f.add(&hour_sums(tx, &m.name, h0, h1).await?);
+            vec![(from, h0), (h1, to)]
+        } else {
+            vec![(from, to)]
+        };
+        for (a, b) in pieces.into_iter().filter(|(a, b)| a < b) {
+            let near = if a >= start_hour && b <= end_hour + HOUR {
+                None
+            } else {
+                Some(samples(tx, &ids, a, b + minor, cfg.quality_threshold).await?)
+            };
+            f.add(&compute_known(
+                &m.model,
+                near.as_deref().unwrap_or(&all),
+                a,
+                b,
+                &planned(a, b),
+                known_to,
+            ));
+        }
+        // Planned time from the calendar: hours never computed (no data
+        // yet) are planned and unknown.
+        f.planned_ms = planned(from, to).iter().map(|(a, b)| b - a).sum();
+        f.finish();
         write_interval(tx, &m.name, "shift", &s.name, (from, end), to, &f).await?;
         written += 1;
     }
     Ok(written)
+}
+
+/// The sums of a machine's hour rows in `[from, to)`.
+async fn hour_sums(
+    tx: &tokio_postgres::Transaction<'_>,
+    machine: &str,
+    from: i64,
+    to: i64,
+) -> Result<Figures, tokio_postgres::Error> {
+    let r = tx
+        .query_one(
+            "SELECT coalesce(sum(planned_ms), 0)::int8, coalesce(sum(planned_downtime_ms), 0)::int8,
+                    coalesce(sum(run_ms), 0)::int8, coalesce(sum(breakdown_ms), 0)::int8,
+                    coalesce(sum(setup_ms), 0)::int8, coalesce(sum(minor_stop_ms), 0)::int8,
+                    coalesce(sum(starved_ms), 0)::int8, coalesce(sum(blocked_ms), 0)::int8,
+                    coalesce(sum(unassigned_ms), 0)::int8, coalesce(sum(produced), 0)::int8,
+                    coalesce(sum(good), 0)::int8, coalesce(sum(rejected), 0)::int8,
+                    coalesce(sum(ideal_ms), 0)::float8,
+                    coalesce(sum(coalesce(known_ms, round(completeness * planned_ms)::int8)), 0)::int8
+             FROM oee_interval WHERE machine = $1 AND kind = 'hour' AND start_at >= $2 AND start_at < $3",
+            &[&machine, &ts(from), &ts(to)],
+        )
+        .await?;
+    let n = |i: usize| r.get::<_, i64>(i);
+    let mut f = Figures {
+        planned_ms: n(0),
+        planned_downtime_ms: n(1),
+        run_ms: n(2),
+        produced: n(9) as u64,
+        good: n(10) as u64,
+        rejected: n(11) as u64,
+        ideal_ms: r.get(12),
+        known_ms: n(13),
+        ..Figures::default()
+    };
+    for (i, c) in [
+        Category::Breakdown,
+        Category::Setup,
+        Category::MinorStop,
+        Category::Starved,
+        Category::Blocked,
+        Category::Unassigned,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if n(3 + i) > 0 {
+            f.downtime_ms.insert(c, n(3 + i));
+        }
+    }
+    Ok(f)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -286,7 +357,7 @@ async fn write_interval(
 ) -> Result<(), tokio_postgres::Error> {
     let down = |c: Category| f.downtime_ms.get(&c).copied().unwrap_or(0);
     let (produced, good, rejected) = (f.produced as i64, f.good as i64, f.rejected as i64);
-    let params: [&(dyn ToSql + Sync); 24] = [
+    let params: [&(dyn ToSql + Sync); 25] = [
         &machine,
         &kind,
         &ts(from),
@@ -311,19 +382,20 @@ async fn write_interval(
         &f.oee,
         &f.completeness,
         &ts(computed_to),
+        &f.known_ms,
     ];
     tx.execute(
         "INSERT INTO oee_interval (machine, kind, start_at, end_at, shift, planned_ms, planned_downtime_ms, run_ms,
              breakdown_ms, setup_ms, minor_stop_ms, starved_ms, blocked_ms, unassigned_ms, produced, good, rejected,
-             ideal_ms, availability, performance, quality, oee, completeness, computed_to)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
+             ideal_ms, availability, performance, quality, oee, completeness, computed_to, known_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)
          ON CONFLICT (machine, kind, start_at) DO UPDATE SET end_at = EXCLUDED.end_at, shift = EXCLUDED.shift,
              planned_ms = EXCLUDED.planned_ms, planned_downtime_ms = EXCLUDED.planned_downtime_ms, run_ms = EXCLUDED.run_ms,
              breakdown_ms = EXCLUDED.breakdown_ms, setup_ms = EXCLUDED.setup_ms, minor_stop_ms = EXCLUDED.minor_stop_ms,
              starved_ms = EXCLUDED.starved_ms, blocked_ms = EXCLUDED.blocked_ms, unassigned_ms = EXCLUDED.unassigned_ms,
              produced = EXCLUDED.produced, good = EXCLUDED.good, rejected = EXCLUDED.rejected, ideal_ms = EXCLUDED.ideal_ms,
              availability = EXCLUDED.availability, performance = EXCLUDED.performance, quality = EXCLUDED.quality,
-             oee = EXCLUDED.oee, completeness = EXCLUDED.completeness, computed_to = EXCLUDED.computed_to,
+             oee = EXCLUDED.oee, completeness = EXCLUDED.completeness, computed_to = EXCLUDED.computed_to, known_ms = EXCLUDED.known_ms,
              computed_at = now()",
         &params,
     )
@@ -335,57 +407,75 @@ async fn write_interval(
 async fn replace_events(
     tx: &tokio_postgres::Transaction<'_>,
     machine: &str,
-    from: i64,
-    to: i64,
+    (from, to): (i64, i64),
+    since: i64,
     f: &Figures,
 ) -> Result<(), tokio_postgres::Error> {
-    let (a, b) = (ts(from), ts(to));
+    let (a, b, c) = (ts(from), ts(to), ts(since.max(from)));
     tx.execute(
         "DELETE FROM oee_cycle WHERE machine = $1 AND end_at >= $2 AND end_at < $3",
-        &[&machine, &a, &b],
+        &[&machine, &c, &b],
     )
     .await?;
     tx.execute(
-        "DELETE FROM oee_downtime WHERE machine = $1 AND start_at >= $2 AND start_at < $3",
-        &[&machine, &a, &b],
+        "DELETE FROM oee_downtime WHERE machine = $1 AND start_at >= $2 AND start_at < $3 AND end_at >= $4",
+        &[&machine, &a, &b, &c],
     )
     .await?;
     tx.execute(
         "DELETE FROM oee_quality WHERE machine = $1 AND at >= $2 AND at < $3",
-        &[&machine, &a, &b],
+        &[&machine, &c, &b],
     )
     .await?;
-    for c in &f.cycles {
-        let duration = (c.end - c.start) as f64 / c.count.max(1) as f64;
-        let count = c.count as i64;
+    let since = since.max(from);
+    let cycles: Vec<_> = f.cycles.iter().filter(|x| x.end >= since).collect();
+    let downtimes: Vec<_> = f.downtimes.iter().filter(|x| x.end >= since).collect();
+    let quality: Vec<_> = f.quality_events.iter().filter(|x| x.at >= since).collect();
+    // One statement per table, whatever the number of events: an hour of
+    // a fast machine has thousands of cycles.
+    let times = |v: &mut dyn Iterator<Item = i64>| v.map(ts).collect::<Vec<_>>();
+    if !cycles.is_empty() {
+        let starts = times(&mut cycles.iter().map(|c| c.start));
+        let ends = times(&mut cycles.iter().map(|c| c.end));
+        let durations: Vec<f64> = cycles
+            .iter()
+            .map(|c| (c.end - c.start) as f64 / c.count.max(1) as f64)
+            .collect();
+        let counts: Vec<i64> = cycles.iter().map(|c| c.count as i64).collect();
+        let products: Vec<Option<&str>> = cycles.iter().map(|c| c.product.as_deref()).collect();
         tx.execute(
-            "INSERT INTO oee_cycle (machine, start_at, end_at, duration_ms, count, product) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&machine, &ts(c.start), &ts(c.end), &duration, &count, &c.product],
+            "INSERT INTO oee_cycle (machine, start_at, end_at, duration_ms, count, product)
+             SELECT $1, * FROM unnest($2::timestamptz[], $3::timestamptz[], $4::float8[], $5::int8[], $6::text[])",
+            &[&machine, &starts, &ends, &durations, &counts, &products],
         )
         .await?;
     }
-    for d in &f.downtimes {
-        let planned = d.category == Category::Planned;
+    if !downtimes.is_empty() {
+        let d = &downtimes;
+        let starts = times(&mut d.iter().map(|x| x.start));
+        let ends = times(&mut d.iter().map(|x| x.end));
+        let codes: Vec<Option<&str>> = d.iter().map(|x| x.code.as_deref()).collect();
+        let reasons: Vec<Option<&str>> = d.iter().map(|x| x.reason.as_deref()).collect();
+        let categories: Vec<&str> = d.iter().map(|x| x.category.as_str()).collect();
+        let planned: Vec<bool> = d.iter().map(|x| x.category == Category::Planned).collect();
         tx.execute(
             "INSERT INTO oee_downtime (machine, start_at, end_at, reason_code, reason, category, planned)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[
-                &machine,
-                &ts(d.start),
-                &ts(d.end),
-                &d.code,
-                &d.reason,
-                &d.category.as_str(),
-                &planned,
-            ],
+             SELECT $1, * FROM unnest($2::timestamptz[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::bool[])",
+            &[&machine, &starts, &ends, &codes, &reasons, &categories, &planned],
         )
         .await?;
     }
-    for q in &f.quality_events {
-        let (g, r) = (q.good as i64, q.rejected as i64);
+    if !quality.is_empty() {
+        let q = &quality;
+        let at = times(&mut q.iter().map(|x| x.at));
+        let good: Vec<i64> = q.iter().map(|x| x.good as i64).collect();
+        let rejected: Vec<i64> = q.iter().map(|x| x.rejected as i64).collect();
+        let codes: Vec<Option<&str>> = q.iter().map(|x| x.code.as_deref()).collect();
+        let reasons: Vec<Option<&str>> = q.iter().map(|x| x.reason.as_deref()).collect();
         tx.execute(
-            "INSERT INTO oee_quality (machine, at, good, rejected, reason_code, reason) VALUES ($1, $2, $3, $4, $5, $6)",
-            &[&machine, &ts(q.at), &g, &r, &q.code, &q.reason],
+            "INSERT INTO oee_quality (machine, at, good, rejected, reason_code, reason)
+             SELECT $1, * FROM unnest($2::timestamptz[], $3::int8[], $4::int8[], $5::text[], $6::text[])",
+            &[&machine, &at, &good, &rejected, &codes, &reasons],
         )
         .await?;
     }
