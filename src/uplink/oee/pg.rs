@@ -264,7 +264,7 @@ async fn fold_machine(
         let (h0, h1) = ((from + HOUR - 1).div_euclid(HOUR) * HOUR, to.div_euclid(HOUR) * HOUR);
         let mut f = Figures::default();
         let pieces = if h0 < h1 {
-            f.add(&hour_sums(tx, &m.name, h0, h1).await?);
+            f.add(&hour_sums(tx, &m.name, h0, h1).await?.0);
             vec![(from, h0), (h1, to)]
         } else {
             vec![(from, to)]
@@ -294,13 +294,14 @@ async fn fold_machine(
     Ok(written)
 }
 
-/// The sums of a machine's hour rows in `[from, to)`.
-async fn hour_sums(
-    tx: &tokio_postgres::Transaction<'_>,
+/// The sums of a machine's hour rows in `[from, to)` (ratios not set),
+/// and how many hours there are.
+pub(super) async fn hour_sums(
+    tx: &impl tokio_postgres::GenericClient,
     machine: &str,
     from: i64,
     to: i64,
-) -> Result<Figures, tokio_postgres::Error> {
+) -> Result<(Figures, i64), tokio_postgres::Error> {
     let r = tx
         .query_one(
             "SELECT coalesce(sum(planned_ms), 0)::int8, coalesce(sum(planned_downtime_ms), 0)::int8,
@@ -310,7 +311,7 @@ async fn hour_sums(
                     coalesce(sum(unassigned_ms), 0)::int8, coalesce(sum(produced), 0)::int8,
                     coalesce(sum(good), 0)::int8, coalesce(sum(rejected), 0)::int8,
                     coalesce(sum(ideal_ms), 0)::float8,
-                    coalesce(sum(coalesce(known_ms, round(completeness * planned_ms)::int8)), 0)::int8
+                    coalesce(sum(coalesce(known_ms, round(completeness * planned_ms)::int8)), 0)::int8, count(*)
              FROM oee_interval WHERE machine = $1 AND kind = 'hour' AND start_at >= $2 AND start_at < $3",
             &[&machine, &ts(from), &ts(to)],
         )
@@ -342,7 +343,7 @@ async fn hour_sums(
             f.downtime_ms.insert(c, n(3 + i));
         }
     }
-    Ok(f)
+    Ok((f, n(14)))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -49,39 +49,27 @@ pub async fn report(client: &Client, time_zone: &str, machine: &str, period: &Pe
             (row.get(0), row.get(1), "period".to_string())
         }
     };
-    let sums = client
-        .query_one(
-            "SELECT coalesce(sum(planned_ms), 0)::bigint, coalesce(sum(planned_downtime_ms), 0)::bigint,
-                    coalesce(sum(run_ms), 0)::bigint, coalesce(sum(breakdown_ms), 0)::bigint,
-                    coalesce(sum(setup_ms), 0)::bigint, coalesce(sum(minor_stop_ms), 0)::bigint,
-                    coalesce(sum(starved_ms), 0)::bigint, coalesce(sum(blocked_ms), 0)::bigint,
-                    coalesce(sum(unassigned_ms), 0)::bigint, coalesce(sum(produced), 0)::bigint,
-                    coalesce(sum(good), 0)::bigint, coalesce(sum(rejected), 0)::bigint,
-                    coalesce(sum(ideal_ms), 0)::float8,
-                    coalesce(sum(completeness * planned_ms), 0)::float8, count(*),
-                    to_char($2::timestamptz, 'YYYY-MM-DD HH24:MI'), to_char($3::timestamptz, 'YYYY-MM-DD HH24:MI')
-             FROM oee_interval WHERE machine = $1 AND kind = 'hour' AND start_at >= $2 AND start_at < $3",
-            &[&machine, &from, &to],
-        )
+    let ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    };
+    let (mut f, hours) = super::pg::hour_sums(client, machine, ms(from), ms(to))
         .await
         .map_err(db)?;
-    let n = |i: usize| sums.get::<_, i64>(i);
-    let (planned, planned_down, run) = (n(0), n(1), n(2));
-    let (produced, good, rejected) = (n(9), n(10), n(11));
-    let ideal: f64 = sums.get(12);
-    let known: f64 = sums.get(13);
-    let hours: i64 = sums.get(14);
     if hours == 0 {
         return Err(format!("no hour computed for machine '{machine}' in that {label}"));
     }
-    let (from_s, to_s): (String, String) = (sums.get(15), sums.get(16));
-    let busy = known - planned_down as f64;
-    let ratio = |a: f64, b: f64| (b > 0.0).then(|| a / b);
-    let (a, p, q) = (
-        ratio(run as f64, busy),
-        ratio(ideal, run as f64),
-        ratio(good as f64, produced as f64),
-    );
+    f.finish();
+    let bounds = client
+        .query_one(
+            "SELECT to_char($1::timestamptz, 'YYYY-MM-DD HH24:MI'), to_char($2::timestamptz, 'YYYY-MM-DD HH24:MI')",
+            &[&from, &to],
+        )
+        .await
+        .map_err(db)?;
+    let (from_s, to_s): (String, String) = (bounds.get(0), bounds.get(1));
+    let (planned, planned_down, run, known) = (f.planned_ms, f.planned_downtime_ms, f.run_ms, f.known_ms);
+    let (produced, good, rejected) = (f.produced, f.good, f.rejected);
     let pct = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| format!("{:.1}%", v * 100.0));
     let hm = duration;
     let mut out = String::new();
@@ -89,10 +77,10 @@ pub async fn report(client: &Client, time_zone: &str, machine: &str, period: &Pe
     let _ = writeln!(
         out,
         "OEE {}  =  availability {}  x  performance {}  x  quality {}",
-        pct(a.zip(p).zip(q).map(|((a, p), q)| a * p * q)),
-        pct(a),
-        pct(p),
-        pct(q)
+        pct(f.oee),
+        pct(f.availability),
+        pct(f.performance),
+        pct(f.quality)
     );
     let _ = writeln!(
         out,
@@ -101,12 +89,11 @@ pub async fn report(client: &Client, time_zone: &str, machine: &str, period: &Pe
         hm(planned_down),
         hm(run)
     );
-    let categories = ["breakdown", "setup", "minor_stop", "starved", "blocked", "unassigned"];
-    let losses: Vec<String> = categories
+    let losses: Vec<String> = f
+        .downtime_ms
         .iter()
-        .enumerate()
-        .filter(|(i, _)| n(3 + i) > 0)
-        .map(|(i, c)| format!("{c} {}", hm(n(3 + i))))
+        .filter(|(_, ms)| **ms > 0)
+        .map(|(c, ms)| format!("{} {}", c.as_str(), hm(*ms)))
         .collect();
     let _ = writeln!(
         out,
@@ -117,11 +104,11 @@ pub async fn report(client: &Client, time_zone: &str, machine: &str, period: &Pe
             losses.join(", ")
         }
     );
-    if planned > 0 && known < planned as f64 {
+    if planned > 0 && known < planned {
         let _ = writeln!(
             out,
             "data: {:.0}% of the planned time known",
-            known / planned as f64 * 100.0
+            known as f64 / planned as f64 * 100.0
         );
     }
     let top = client
