@@ -83,6 +83,7 @@ fn main() {
         reasons,
         reject_reasons: BTreeMap::new(),
         ideal_cycle_ms: Some(1000.0),
+        ideal_by_product: BTreeMap::new(),
         minor_stop_ms: 120_000,
         wrap: None,
     };

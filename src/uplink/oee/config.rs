@@ -25,12 +25,14 @@
 //! reject_count = "Counters/Reject"
 //! reject_code = "Quality/RejectCode" # each reject's reason (see README)
 //! ideal_cycle_time = "2.5s"         # or ideal_cycle_time_metric = "Recipe/IdealCycle" (seconds)
-//! product = "Recipe/Name"
+//! product = "Recipe/Name"           # a change during a stop without a reason: changeover
 //! counter_wrap = 65535              # the counters' top, if they wrap
 //! [oee.machines.reasons]
 //! 12 = { reason = "Hydraulic pressure low", category = "breakdown" }
 //! [oee.machines.reject_reasons]
 //! 3 = "Underfilled"
+//! [oee.machines.ideal_cycle_times]  # per product, before ideal_cycle_time
+//! "PN-4711" = "2.1s"
 //! ```
 
 use std::collections::BTreeMap;
@@ -254,10 +256,31 @@ fn read_machine(t: &Table, minor_stop: Duration) -> Option<Machine> {
     }
     let running_values = t.opt_str_list("running_values").unwrap_or_default();
     let ideal_cycle_ms = t.opt_duration("ideal_cycle_time").map(|d| d.as_secs_f64() * 1000.0);
-    match (ideal_cycle_ms, metrics.contains_key(&Role::IdealCycleTime)) {
+    let mut ideal_by_product = BTreeMap::new();
+    let product_table = t.opt_table("ideal_cycle_times");
+    if let Some(pt) = &product_table {
+        for (product, _, _) in pt.entries() {
+            if let Some(d) = pt.opt_duration(&product) {
+                if d.is_zero() {
+                    pt.invalid(&product, "must be more than 0");
+                }
+                ideal_by_product.insert(product, d.as_secs_f64() * 1000.0);
+            }
+        }
+        if !metrics.contains_key(&Role::Product) {
+            t.invalid(
+                "ideal_cycle_times",
+                "per product: map the product metric too (product = \"…\")",
+            );
+        }
+    }
+    match (
+        ideal_cycle_ms,
+        metrics.contains_key(&Role::IdealCycleTime) || product_table.is_some(),
+    ) {
         (None, false) => t.missing(
             "ideal_cycle_time",
-            "the ideal cycle time, e.g. \"2.5s\", or ideal_cycle_time_metric",
+            "the ideal cycle time, e.g. \"2.5s\", or ideal_cycle_time_metric, or ideal_cycle_times per product",
         ),
         (Some(ms), _) if ms <= 0.0 => t.invalid("ideal_cycle_time", "must be more than 0"),
         _ => {}
@@ -313,6 +336,7 @@ fn read_machine(t: &Table, minor_stop: Duration) -> Option<Machine> {
         "minor_stop",
         "reasons",
         "reject_reasons",
+        "ideal_cycle_times",
     ]);
     t.finish(&allowed);
     Some(Machine {
@@ -326,6 +350,7 @@ fn read_machine(t: &Table, minor_stop: Duration) -> Option<Machine> {
             reasons,
             reject_reasons,
             ideal_cycle_ms,
+            ideal_by_product,
             minor_stop_ms: minor.as_millis() as i64,
             wrap,
         },
@@ -493,5 +518,27 @@ counter_wrap = 65535
             e.contains("oee.machines[0].reject_reasons: name the metric that carries them: reject_code"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn ideal_cycle_times_per_product_need_the_product_metric() {
+        let per_product = OEE.replace("ideal_cycle_time = \"2.5s\"\n", "product = \"Recipe\"\n")
+            + "[oee.machines.ideal_cycle_times]\n\"PN-4711\" = \"2.1s\"\n\"PN-9\" = \"900ms\"\n";
+        let c = UplinkConfig::parse("u.toml", &format!("{BASE}{per_product}")).expect("valid");
+        let m = &c.oee.expect("[oee]").machines[0];
+        assert_eq!(m.model.ideal_cycle_ms, None);
+        assert_eq!(m.model.ideal_by_product["PN-4711"], 2100.0);
+        assert_eq!(m.model.ideal_by_product["PN-9"], 900.0);
+        let orphan = OEE.to_string() + "[oee.machines.ideal_cycle_times]\nX = \"0s\"\nY = \"fast\"\n";
+        let e = UplinkConfig::parse("u.toml", &format!("{BASE}{orphan}"))
+            .expect_err("invalid")
+            .to_string();
+        for want in [
+            "oee.machines[0].ideal_cycle_times.X: must be more than 0",
+            "oee.machines[0].ideal_cycle_times.Y:",
+            "oee.machines[0].ideal_cycle_times: per product: map the product metric too",
+        ] {
+            assert!(e.contains(want), "{want:?} in:\n{e}");
+        }
     }
 }

@@ -135,6 +135,8 @@ pub struct Model {
     pub reject_reasons: BTreeMap<String, String>,
     /// A fixed ideal cycle time (ms), when no metric gives it.
     pub ideal_cycle_ms: Option<f64>,
+    /// The ideal cycle time (ms) of each product, before the fixed one.
+    pub ideal_by_product: BTreeMap<String, f64>,
     /// Stops shorter than this are performance loss (ms).
     pub minor_stop_ms: i64,
     /// The counters' wrap (e.g. 65535 for a UInt16), if they wrap.
@@ -292,7 +294,7 @@ pub fn compute_known(
     // The instants where the running state or the reason may change.
     let mut edges: Vec<i64> = samples
         .iter()
-        .filter(|s| matches!(s.role, Role::Running | Role::Reason))
+        .filter(|s| matches!(s.role, Role::Running | Role::Reason | Role::Product))
         .map(|s| s.ts)
         .chain([from, to, known_to.clamp(from, to)])
         .chain(planned.iter().flat_map(|&(a, b)| [a, b]))
@@ -315,6 +317,12 @@ pub fn compute_known(
             .find(|s| running(model, &s.value))
             .map_or(i64::MAX, |s| s.ts);
         (begin, end)
+    };
+    let product_at = |t: i64| -> Option<String> {
+        at(Role::Product, t).and_then(|v| match v {
+            V::Text(t) => Some(t.trim().to_string()),
+            other => other.code(),
+        })
     };
     let mut known_ms = 0;
     for w in edges.windows(2) {
@@ -344,6 +352,12 @@ pub fn compute_known(
         let code = at(Role::Reason, a).and_then(V::code);
         let (reason, category) = match code.as_ref().and_then(|c| model.reasons.get(c)) {
             Some((r, c)) => (Some(r.clone()), *c),
+            // No reason given, and the product changed since the stop
+            // began: from the change on, a changeover.
+            None if product_at(begin) != product_at(a) => (
+                Some(format!("Changeover to {}", product_at(a).unwrap_or_default())),
+                Category::Setup,
+            ),
             None => (None, Category::Unassigned),
         };
         if category == Category::Planned {
@@ -352,7 +366,7 @@ pub fn compute_known(
             *f.downtime_ms.entry(category).or_default() += in_plan;
         }
         match f.downtimes.last_mut() {
-            Some(d) if d.end == a && d.code == code => d.end = b,
+            Some(d) if d.end == a && d.code == code && d.category == category => d.end = b,
             _ => f.downtimes.push(Downtime {
                 start: a,
                 end: b,
@@ -380,16 +394,15 @@ pub fn compute_known(
     }
     for (start, end, count) in cycles.into_iter().filter(|&(_, end, _)| end >= from && end < to) {
         f.produced += count;
+        let product = product_at(end);
+        // The ideal time: the metric's, else the product's, else the fixed one.
         let ideal = at(Role::IdealCycleTime, end)
             .and_then(V::num)
             .map(|s| s * 1000.0)
+            .or_else(|| product.as_ref().and_then(|p| model.ideal_by_product.get(p).copied()))
             .or(model.ideal_cycle_ms)
             .unwrap_or(0.0);
         f.ideal_ms += ideal * count as f64;
-        let product = at(Role::Product, end).and_then(|v| match v {
-            V::Text(t) => Some(t.clone()),
-            other => other.code(),
-        });
         f.cycles.push(Cycle {
             start,
             end,
@@ -519,6 +532,7 @@ mod tests {
             reasons,
             reject_reasons,
             ideal_cycle_ms: Some(2.0 * 1000.0),
+            ideal_by_product: BTreeMap::new(),
             minor_stop_ms: 2 * MIN,
             wrap: Some(65535.0),
         }
@@ -799,5 +813,34 @@ mod tests {
             assert!((sum.ideal_ms - whole.ideal_ms).abs() < 1e-6);
             assert_eq!(sum.availability, whole.availability);
         }
+    }
+
+    /// Each product has its ideal time; a stop without a reason in which
+    /// the product changes is a changeover from the change on.
+    #[test]
+    fn products_have_their_ideal_times_and_a_product_change_in_a_stop_is_a_changeover() {
+        let mut m = model();
+        m.ideal_by_product.insert("A".into(), 1000.0);
+        m.ideal_by_product.insert("B".into(), 4000.0);
+        let samples = vec![
+            s(Role::Running, T0, V::Bool(true)),
+            s(Role::Product, T0, V::Text("A".into())),
+            s(Role::CycleCount, T0, V::Num(0.0)),
+            s(Role::CycleCount, T0 + 10 * MIN, V::Num(10.0)),
+            s(Role::Running, T0 + 10 * MIN, V::Bool(false)),
+            s(Role::Product, T0 + 14 * MIN, V::Text("B".into())),
+            s(Role::Running, T0 + 20 * MIN, V::Bool(true)),
+            s(Role::CycleCount, T0 + 30 * MIN, V::Num(15.0)),
+            s(Role::Product, T0 + 40 * MIN, V::Text("C".into())),
+            s(Role::CycleCount, T0 + 50 * MIN, V::Num(16.0)),
+        ];
+        let f = compute(&m, &samples, T0, T0 + 60 * MIN, &[(T0, T0 + 60 * MIN)]);
+        // 10 pieces of A (1 s), 5 of B (4 s), 1 of C (not listed: the fixed 2 s).
+        assert_eq!(f.ideal_ms, 10.0 * 1000.0 + 5.0 * 4000.0 + 2000.0);
+        assert_eq!(f.downtime_ms[&Category::Unassigned], 4 * MIN);
+        assert_eq!(f.downtime_ms[&Category::Setup], 6 * MIN);
+        assert_eq!(f.downtimes.len(), 2);
+        assert_eq!(f.downtimes[1].reason.as_deref(), Some("Changeover to B"));
+        assert_eq!(f.cycles.last().and_then(|c| c.product.as_deref()), Some("C"));
     }
 }
