@@ -400,6 +400,17 @@ fn a_scripted_hour_folds_to_the_analytic_figures_and_a_replay_changes_nothing() 
     // Every query of the Grafana dashboard runs on these tables and finds them.
     dashboard_queries_answer(&db);
 
+    // The live view's cycle count: the same whether the hours are recent or
+    // summed once into the base of older days.
+    db.rt.block_on(async {
+        let mut s = PgSink::connect(&db.url()).await.expect("connect");
+        for now in [T0 + 2 * 60 * MIN, T0 + 3 * 24 * 60 * MIN, T0 + 2 * 60 * MIN] {
+            let live = s.oee_live(now as i64).await.expect("live");
+            assert_eq!(live.len(), 1, "{live:?}");
+            assert_eq!((live[0].machine.as_str(), live[0].cycles), ("press", 780), "at {now}");
+        }
+    });
+
     // The gateway replays it all (historical), in another order: nothing changes.
     let mut again = samples.clone();
     again.reverse();

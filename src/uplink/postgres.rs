@@ -423,6 +423,7 @@ pub struct PgSink {
     client: Client,
     conn: tokio::task::JoinHandle<()>,
     series: SeriesCache,
+    oee_cycles: super::oee::pg::CycleBase,
 }
 
 /// The server's own words for an error (severity, SQLSTATE, message,
@@ -515,6 +516,7 @@ impl Sink for PgSink {
             client,
             conn,
             series: SeriesCache::default(),
+            oee_cycles: Default::default(),
         })
     }
 
@@ -819,7 +821,7 @@ impl PgSink {
     /// Each machine's figures for the shift running at `now_ms`, and the
     /// cycles counted in all its hours, for `/metrics`.
     pub async fn oee_live(&mut self, now_ms: i64) -> Result<Vec<super::stats::OeeLive>, PgError> {
-        Ok(super::oee::pg::live(&self.client, now_ms).await?)
+        Ok(super::oee::pg::live(&self.client, &mut self.oee_cycles, now_ms).await?)
     }
 }
 

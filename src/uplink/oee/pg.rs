@@ -483,31 +483,79 @@ async fn replace_events(
     Ok(())
 }
 
+/// The cycles of each machine's hours before a day boundary: summed once
+/// a day, so the live view reads only the recent hours each time.
+#[derive(Debug, Default)]
+pub struct CycleBase {
+    before: i64,
+    cycles: BTreeMap<String, i64>,
+}
+
 /// Each machine's figures for the shift running at `now_ms` (none outside
-/// shifts), and its cycles over all hours.
-pub async fn live(client: &Client, now_ms: i64) -> Result<Vec<crate::uplink::stats::OeeLive>, tokio_postgres::Error> {
+/// shifts), and its cycles over all hours (hours before yesterday as of
+/// the last day boundary, from `base`).
+pub async fn live(
+    client: &Client,
+    base: &mut CycleBase,
+    now_ms: i64,
+) -> Result<Vec<crate::uplink::stats::OeeLive>, tokio_postgres::Error> {
+    const DAY: i64 = 24 * HOUR;
+    let before = (now_ms.div_euclid(DAY) - 1) * DAY;
+    if base.before != before {
+        let rows = client
+            .query(
+                "SELECT machine, sum(produced)::bigint FROM oee_interval WHERE kind = 'hour' AND start_at < $1 GROUP BY machine",
+                &[&ts(before)],
+            )
+            .await?;
+        base.cycles = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        base.before = before;
+    }
     let now = ts(now_ms);
     let rows = client
         .query(
             "SELECT m.machine, s.shift, s.availability, s.performance, s.quality, s.oee, m.cycles
-             FROM (SELECT machine, sum(produced)::bigint AS cycles FROM oee_interval WHERE kind = 'hour' GROUP BY machine) m
+             FROM (SELECT machine, sum(produced)::bigint AS cycles FROM oee_interval
+                   WHERE kind = 'hour' AND start_at >= $2 GROUP BY machine) m
              LEFT JOIN LATERAL (SELECT shift, availability, performance, quality, oee FROM oee_interval
                  WHERE machine = m.machine AND kind = 'shift' AND start_at <= $1 AND end_at > $1
                  ORDER BY start_at DESC LIMIT 1) s ON true
              ORDER BY m.machine",
-            &[&now],
+            &[&now, &ts(before)],
         )
         .await?;
-    Ok(rows
+    let mut live: BTreeMap<String, crate::uplink::stats::OeeLive> = base
+        .cycles
         .iter()
-        .map(|r| crate::uplink::stats::OeeLive {
-            machine: r.get(0),
-            shift: r.get(1),
-            availability: r.get(2),
-            performance: r.get(3),
-            quality: r.get(4),
-            oee: r.get(5),
-            cycles: r.get::<_, i64>(6).max(0) as u64,
+        .map(|(m, &n)| {
+            let l = crate::uplink::stats::OeeLive {
+                machine: m.clone(),
+                shift: None,
+                availability: None,
+                performance: None,
+                quality: None,
+                oee: None,
+                cycles: n.max(0) as u64,
+            };
+            (m.clone(), l)
         })
-        .collect())
+        .collect();
+    for r in &rows {
+        let machine: String = r.get(0);
+        let old = live.get(&machine).map_or(0, |l| l.cycles);
+        let recent = r.get::<_, i64>(6).max(0) as u64;
+        live.insert(
+            machine.clone(),
+            crate::uplink::stats::OeeLive {
+                machine,
+                shift: r.get(1),
+                availability: r.get(2),
+                performance: r.get(3),
+                quality: r.get(4),
+                oee: r.get(5),
+                cycles: old + recent,
+            },
+        );
+    }
+    Ok(live.into_values().collect())
 }
