@@ -96,6 +96,16 @@ pub async fn fold(client: &mut Client, cfg: &OeeConfig, now_ms: i64) -> Result<u
             }
         }
     }
+    // Dead edge nodes, once for all machines.
+    let dead: BTreeMap<(String, String), i64> = tx
+        .query(
+            "SELECT group_id, node_id, last_death FROM sp_node_state WHERE NOT online AND last_death IS NOT NULL",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), ms(r.get(2))))
+        .collect();
     let mut written = 0;
     for m in &cfg.machines {
         // A machine no longer in the file: its marks are dropped.
@@ -103,7 +113,11 @@ pub async fn fold(client: &mut Client, cfg: &OeeConfig, now_ms: i64) -> Result<u
         if mark.is_none() && open.is_none() {
             continue;
         }
-        let known_to = death(&tx, m).await?;
+        // The state is unknown from the death of a node that is dead now.
+        let known_to = dead
+            .get(&(m.group.clone(), m.node.clone()))
+            .copied()
+            .unwrap_or(i64::MAX);
         if let Some(&(since, last)) = mark {
             written += fold_machine(&tx, cfg, m, since, last, now_ms, known_to).await?;
         }
@@ -115,20 +129,6 @@ pub async fn fold(client: &mut Client, cfg: &OeeConfig, now_ms: i64) -> Result<u
     }
     tx.commit().await?;
     Ok(written)
-}
-
-/// When the machine's edge node died, if it is dead now (its state is
-/// unknown from then on); `i64::MAX` while it lives.
-async fn death(tx: &tokio_postgres::Transaction<'_>, m: &Machine) -> Result<i64, tokio_postgres::Error> {
-    let row = tx
-        .query_opt(
-            "SELECT last_death FROM sp_node_state WHERE group_id = $1 AND node_id = $2 AND NOT online",
-            &[&m.group, &m.node],
-        )
-        .await?;
-    Ok(row
-        .and_then(|r| r.get::<_, Option<std::time::SystemTime>>(0))
-        .map_or(i64::MAX, ms))
 }
 
 /// The series id of each role the machine maps (those seen so far).
@@ -150,7 +150,8 @@ async fn series(
         .collect())
 }
 
-/// The samples of `ids` in `[from, to)` and, for each, the last one before.
+/// The samples of `ids` in `[from, to)` and, for each, the last one
+/// before: one statement for all roles.
 async fn samples(
     tx: &tokio_postgres::Transaction<'_>,
     ids: &BTreeMap<Role, i64>,
@@ -158,37 +159,44 @@ async fn samples(
     to: i64,
     quality: i32,
 ) -> Result<Vec<Sample>, tokio_postgres::Error> {
-    let mut out = Vec::new();
-    for (&role, &id) in ids {
-        let lookback = if role == Role::CycleStart { EDGE_LOOKBACK } else { 0 };
-        let (a, b) = (ts(from - lookback), ts(to));
-        let params: [&(dyn ToSql + Sync); 4] = [&id, &a, &b, &quality];
-        let rows = tx
-            .query(
-                "(SELECT ts, v_int, v_float, v_bool, v_text FROM sp_series_fact
-                   WHERE series_id = $1 AND ts < $2 AND quality >= $4 ORDER BY ts DESC LIMIT 1)
+    let roles: Vec<Role> = ids.keys().copied().collect();
+    let series: Vec<i64> = ids.values().copied().collect();
+    let starts: Vec<std::time::SystemTime> = roles
+        .iter()
+        .map(|r| ts(from - if *r == Role::CycleStart { EDGE_LOOKBACK } else { 0 }))
+        .collect();
+    let index: Vec<i32> = (0..roles.len() as i32).collect();
+    let rows = tx
+        .query(
+            "SELECT s.k, f.ts, f.v_int, f.v_float, f.v_bool, f.v_text
+             FROM unnest($1::int8[], $2::timestamptz[], $3::int4[]) AS s(id, a, k)
+             CROSS JOIN LATERAL (
+                 (SELECT ts, v_int, v_float, v_bool, v_text FROM sp_series_fact
+                   WHERE series_id = s.id AND ts < s.a AND quality >= $5 ORDER BY ts DESC LIMIT 1)
                  UNION ALL
                  (SELECT ts, v_int, v_float, v_bool, v_text FROM sp_series_fact
-                   WHERE series_id = $1 AND ts >= $2 AND ts < $3 AND quality >= $4)",
-                &params,
-            )
-            .await?;
-        for r in rows {
-            let (i, f, bo, t): (Option<i64>, Option<f64>, Option<bool>, Option<String>) =
-                (r.get(1), r.get(2), r.get(3), r.get(4));
-            let value = match (i, f, bo, t) {
-                (_, _, Some(b), _) => V::Bool(b),
-                (_, Some(x), _, _) => V::Num(x),
-                (Some(x), _, _, _) => V::Num(x as f64),
-                (_, _, _, Some(s)) => V::Text(s),
-                _ => continue,
-            };
-            out.push(Sample {
-                role,
-                ts: ms(r.get(0)),
-                value,
-            });
-        }
+                   WHERE series_id = s.id AND ts >= s.a AND ts < $4 AND quality >= $5)
+             ) AS f",
+            &[&series, &starts, &index, &ts(to), &quality],
+        )
+        .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let k: i32 = r.get(0);
+        let (i, f, bo, t): (Option<i64>, Option<f64>, Option<bool>, Option<String>) =
+            (r.get(2), r.get(3), r.get(4), r.get(5));
+        let value = match (i, f, bo, t) {
+            (_, _, Some(b), _) => V::Bool(b),
+            (_, Some(x), _, _) => V::Num(x),
+            (Some(x), _, _, _) => V::Num(x as f64),
+            (_, _, _, Some(s)) => V::Text(s),
+            _ => continue,
+        };
+        out.push(Sample {
+            role: roles[k as usize],
+            ts: ms(r.get(1)),
+            value,
+        });
     }
     Ok(out)
 }
@@ -414,72 +422,70 @@ async fn replace_events(
 ) -> Result<(), tokio_postgres::Error> {
     let (a, b, c) = (ts(from), ts(to), ts(since.max(from)));
     tx.execute(
-        "DELETE FROM oee_cycle WHERE machine = $1 AND end_at >= $2 AND end_at < $3",
-        &[&machine, &c, &b],
-    )
-    .await?;
-    tx.execute(
-        "DELETE FROM oee_downtime WHERE machine = $1 AND start_at >= $2 AND start_at < $3 AND end_at >= $4",
+        "WITH c AS (DELETE FROM oee_cycle WHERE machine = $1 AND end_at >= $4 AND end_at < $3),
+              q AS (DELETE FROM oee_quality WHERE machine = $1 AND at >= $4 AND at < $3)
+         DELETE FROM oee_downtime WHERE machine = $1 AND start_at >= $2 AND start_at < $3 AND end_at >= $4",
         &[&machine, &a, &b, &c],
-    )
-    .await?;
-    tx.execute(
-        "DELETE FROM oee_quality WHERE machine = $1 AND at >= $2 AND at < $3",
-        &[&machine, &c, &b],
     )
     .await?;
     let since = since.max(from);
     let cycles: Vec<_> = f.cycles.iter().filter(|x| x.end >= since).collect();
     let downtimes: Vec<_> = f.downtimes.iter().filter(|x| x.end >= since).collect();
     let quality: Vec<_> = f.quality_events.iter().filter(|x| x.at >= since).collect();
-    // One statement per table, whatever the number of events: an hour of
-    // a fast machine has thousands of cycles.
+    if cycles.is_empty() && downtimes.is_empty() && quality.is_empty() {
+        return Ok(());
+    }
+    // One statement for the three tables, whatever the number of events:
+    // an hour of a fast machine has thousands of cycles.
     let times = |v: &mut dyn Iterator<Item = i64>| v.map(ts).collect::<Vec<_>>();
-    if !cycles.is_empty() {
-        let starts = times(&mut cycles.iter().map(|c| c.start));
-        let ends = times(&mut cycles.iter().map(|c| c.end));
-        let durations: Vec<f64> = cycles
-            .iter()
-            .map(|c| (c.end - c.start) as f64 / c.count.max(1) as f64)
-            .collect();
-        let counts: Vec<i64> = cycles.iter().map(|c| c.count as i64).collect();
-        let products: Vec<Option<&str>> = cycles.iter().map(|c| c.product.as_deref()).collect();
-        tx.execute(
-            "INSERT INTO oee_cycle (machine, start_at, end_at, duration_ms, count, product)
-             SELECT $1, * FROM unnest($2::timestamptz[], $3::timestamptz[], $4::float8[], $5::int8[], $6::text[])",
-            &[&machine, &starts, &ends, &durations, &counts, &products],
-        )
-        .await?;
-    }
-    if !downtimes.is_empty() {
-        let d = &downtimes;
-        let starts = times(&mut d.iter().map(|x| x.start));
-        let ends = times(&mut d.iter().map(|x| x.end));
-        let codes: Vec<Option<&str>> = d.iter().map(|x| x.code.as_deref()).collect();
-        let reasons: Vec<Option<&str>> = d.iter().map(|x| x.reason.as_deref()).collect();
-        let categories: Vec<&str> = d.iter().map(|x| x.category.as_str()).collect();
-        let planned: Vec<bool> = d.iter().map(|x| x.category == Category::Planned).collect();
-        tx.execute(
-            "INSERT INTO oee_downtime (machine, start_at, end_at, reason_code, reason, category, planned)
-             SELECT $1, * FROM unnest($2::timestamptz[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::bool[])",
-            &[&machine, &starts, &ends, &codes, &reasons, &categories, &planned],
-        )
-        .await?;
-    }
-    if !quality.is_empty() {
-        let q = &quality;
-        let at = times(&mut q.iter().map(|x| x.at));
-        let good: Vec<i64> = q.iter().map(|x| x.good as i64).collect();
-        let rejected: Vec<i64> = q.iter().map(|x| x.rejected as i64).collect();
-        let codes: Vec<Option<&str>> = q.iter().map(|x| x.code.as_deref()).collect();
-        let reasons: Vec<Option<&str>> = q.iter().map(|x| x.reason.as_deref()).collect();
-        tx.execute(
-            "INSERT INTO oee_quality (machine, at, good, rejected, reason_code, reason)
-             SELECT $1, * FROM unnest($2::timestamptz[], $3::int8[], $4::int8[], $5::text[], $6::text[])",
-            &[&machine, &at, &good, &rejected, &codes, &reasons],
-        )
-        .await?;
-    }
+    let c_start = times(&mut cycles.iter().map(|c| c.start));
+    let c_end = times(&mut cycles.iter().map(|c| c.end));
+    let c_duration: Vec<f64> = cycles
+        .iter()
+        .map(|c| (c.end - c.start) as f64 / c.count.max(1) as f64)
+        .collect();
+    let c_count: Vec<i64> = cycles.iter().map(|c| c.count as i64).collect();
+    let c_product: Vec<Option<&str>> = cycles.iter().map(|c| c.product.as_deref()).collect();
+    let d_start = times(&mut downtimes.iter().map(|x| x.start));
+    let d_end = times(&mut downtimes.iter().map(|x| x.end));
+    let d_code: Vec<Option<&str>> = downtimes.iter().map(|x| x.code.as_deref()).collect();
+    let d_reason: Vec<Option<&str>> = downtimes.iter().map(|x| x.reason.as_deref()).collect();
+    let d_category: Vec<&str> = downtimes.iter().map(|x| x.category.as_str()).collect();
+    let d_planned: Vec<bool> = downtimes.iter().map(|x| x.category == Category::Planned).collect();
+    let q_at = times(&mut quality.iter().map(|x| x.at));
+    let q_good: Vec<i64> = quality.iter().map(|x| x.good as i64).collect();
+    let q_rejected: Vec<i64> = quality.iter().map(|x| x.rejected as i64).collect();
+    let q_code: Vec<Option<&str>> = quality.iter().map(|x| x.code.as_deref()).collect();
+    let q_reason: Vec<Option<&str>> = quality.iter().map(|x| x.reason.as_deref()).collect();
+    let params: [&(dyn ToSql + Sync); 17] = [
+        &machine,
+        &c_start,
+        &c_end,
+        &c_duration,
+        &c_count,
+        &c_product,
+        &d_start,
+        &d_end,
+        &d_code,
+        &d_reason,
+        &d_category,
+        &d_planned,
+        &q_at,
+        &q_good,
+        &q_rejected,
+        &q_code,
+        &q_reason,
+    ];
+    tx.execute(
+        "WITH c AS (INSERT INTO oee_cycle (machine, start_at, end_at, duration_ms, count, product)
+                    SELECT $1, * FROM unnest($2::timestamptz[], $3::timestamptz[], $4::float8[], $5::int8[], $6::text[])),
+              d AS (INSERT INTO oee_downtime (machine, start_at, end_at, reason_code, reason, category, planned)
+                    SELECT $1, * FROM unnest($7::timestamptz[], $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::bool[]))
+         INSERT INTO oee_quality (machine, at, good, rejected, reason_code, reason)
+         SELECT $1, * FROM unnest($13::timestamptz[], $14::int8[], $15::int8[], $16::text[], $17::text[])",
+        &params,
+    )
+    .await?;
     Ok(())
 }
 
