@@ -449,6 +449,30 @@ fn a_scripted_hour_folds_to_the_analytic_figures_and_a_replay_changes_nothing() 
             .collect::<Vec<_>>()
     };
     assert_eq!(other_hours(&after), other_hours(&before));
+
+    // Samples that are not good (BAD, 0; STALE, 500: above the threshold
+    // as a number) are not used: a stop 30:00-35:00 of either changes nothing.
+    let before = hour(&db);
+    for quality in [spb::sparkplug::Quality::Stale, spb::sparkplug::Quality::Bad] {
+        let mut b = Batch::default();
+        let metrics = [(T0 + 30 * MIN, false), (T0 + 35 * MIN, true)]
+            .into_iter()
+            .map(|(ts, v)| {
+                let mut m = Metric::new("Running", Value::Boolean(v), ts);
+                m.properties.get_or_insert_with(Default::default).set_quality(quality);
+                m
+            })
+            .collect();
+        b.add_event(
+            &HostEvent::data("G", "N", Some("press"), 0, None, metrics),
+            T0 + 2 * 60 * MIN,
+        );
+        let marks: Vec<_> = OeeIndex::new(Some(&cfg())).marks(&b.facts).collect();
+        assert_eq!(marks.len(), 2);
+        b.oee.extend(marks);
+        write_and_fold(&db, &[b]);
+        assert_eq!(hour(&db), before, "{quality:?}");
+    }
 }
 
 /// Through the real gateway (a simulated press), mosquitto and the uplink:

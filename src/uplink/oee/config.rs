@@ -5,7 +5,7 @@
 //! ```toml
 //! [oee]
 //! time_zone = "Europe/Berlin"       # IANA name (default UTC)
-//! quality_threshold = 192           # samples of a lower quality are not used
+//! quality_threshold = 192           # samples of a lower quality (or STALE, 500) are not used
 //! minor_stop = "2m"                 # shorter stops are performance loss
 //! [[oee.shifts]]
 //! name = "early"
@@ -150,7 +150,7 @@ pub fn read(t: &Table) -> OeeConfig {
             TimeZone::utc()
         }
     };
-    let quality_threshold = t.int_in("quality_threshold", 192, 0..=500) as i32;
+    let quality_threshold = t.int_in("quality_threshold", 192, 0..=255) as i32;
     let minor_stop = t.duration_or("minor_stop", Duration::from_secs(120));
     let shifts: Vec<Shift> = t.tables("shifts").iter().filter_map(read_shift).collect();
     for (i, s) in shifts.iter().enumerate() {

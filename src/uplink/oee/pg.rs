@@ -22,7 +22,8 @@
 //!   unknown state from its death on: its open hour is closed without
 //!   carrying the last state further, and no later hour is made up.
 //! - One folder at a time (an advisory lock); another one skips its turn.
-//! - Samples below the quality threshold are not used.
+//! - Samples below the quality threshold are not used, nor STALE ones
+//!   (Sparkplug's quality 500: above every good code, but not good).
 
 use std::collections::BTreeMap;
 
@@ -172,10 +173,10 @@ async fn samples(
              FROM unnest($1::int8[], $2::timestamptz[], $3::int4[]) AS s(id, a, k)
              CROSS JOIN LATERAL (
                  (SELECT ts, v_int, v_float, v_bool, v_text FROM sp_series_fact
-                   WHERE series_id = s.id AND ts < s.a AND quality >= $5 ORDER BY ts DESC LIMIT 1)
+                   WHERE series_id = s.id AND ts < s.a AND quality BETWEEN $5 AND 255 ORDER BY ts DESC LIMIT 1)
                  UNION ALL
                  (SELECT ts, v_int, v_float, v_bool, v_text FROM sp_series_fact
-                   WHERE series_id = s.id AND ts >= s.a AND ts < $4 AND quality >= $5)
+                   WHERE series_id = s.id AND ts >= s.a AND ts < $4 AND quality BETWEEN $5 AND 255)
              ) AS f",
             &[&series, &starts, &index, &ts(to), &quality],
         )
