@@ -111,8 +111,31 @@ fn the_uplink_fails_over_to_its_second_server_and_ingests_over_mutual_tls() {
         uplink.log()
     );
     uplink.wait_until("a message rate", |u| u.metric("spb_uplink_messages_per_second") > 0.0);
+    // README's alert rules name only metrics the uplink exposes, each with
+    // the service levels' bounds as buckets.
+    let metrics = common::http_get(uplink.http, "/metrics");
+    let readme = include_str!("../README.md");
+    let rules = &readme[readme.find("### Alerts on the service levels").expect("the section")..];
+    let rules = &rules[rules.find("```yaml").expect("the rules")..];
+    let rules = &rules[..rules[3..].find("```").expect("closed") + 3];
+    let mut named = 0;
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("spb_uplink_") {
+            assert!(
+                metrics.contains(&format!("{word}{{le=\"3\"}}")),
+                "{word}: a bucket at 3 s"
+            );
+            assert!(
+                metrics.contains(&format!("{word}{{le=\"60\"}}")),
+                "{word}: a bucket at 60 s"
+            );
+            named += 1;
+        }
+    }
+    assert_eq!(named, 3, "{rules}");
     for name in [
         "spb_uplink_ingest_lag_seconds_count",
+        "spb_uplink_commit_lag_seconds_count",
         "spb_uplink_batch_seconds_count",
         "spb_uplink_batches_total",
         "spb_uplink_online_nodes",

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use crate::telemetry::http::Exposition;
 
-/// Upper bounds (seconds) of the ingest-lag and batch-duration histograms.
-const LAG_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0, 60.0];
+/// Upper bounds (seconds) of the lag and batch-duration histograms; 3 and
+/// 60 are the service levels' own bounds (README, "Alerts").
+const LAG_BUCKETS: [f64; 11] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 3.0, 5.0, 30.0, 60.0];
 
 /// A Prometheus histogram over [`LAG_BUCKETS`].
 #[derive(Debug, Default)]
@@ -25,6 +26,25 @@ impl Histogram {
         let i = LAG_BUCKETS.iter().position(|b| s <= *b).unwrap_or(LAG_BUCKETS.len());
         self.counts[i].fetch_add(1, Relaxed);
         self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    /// Many observations in milliseconds (negative ones count as 0), added
+    /// with one atomic operation per bucket.
+    pub fn observe_ms(&self, lags: impl Iterator<Item = i64>) {
+        let mut counts = [0u64; LAG_BUCKETS.len() + 1];
+        let mut sum_us = 0u64;
+        for ms in lags {
+            let ms = ms.max(0);
+            let s = ms as f64 / 1000.0;
+            counts[LAG_BUCKETS.iter().position(|b| s <= *b).unwrap_or(LAG_BUCKETS.len())] += 1;
+            sum_us = sum_us.saturating_add(ms as u64 * 1000);
+        }
+        for (c, n) in self.counts.iter().zip(counts) {
+            if n > 0 {
+                c.fetch_add(n, Relaxed);
+            }
+        }
+        self.sum_us.fetch_add(sum_us, Relaxed);
     }
 
     fn write(&self, s: &mut String, name: &str, help: &str) {
@@ -77,7 +97,13 @@ pub struct Stats {
     pub writer_panics: AtomicU64,
     /// Writer tasks started again after they ended unexpectedly.
     pub writer_restarts: AtomicU64,
+    /// From a message's arrival to the commit of its rows (per batch: its
+    /// oldest message).
     pub lag: Histogram,
+    /// From each live fact's own sample timestamp to its commit: the
+    /// service level's lag (historical facts, replayed late on purpose,
+    /// are not counted).
+    pub sample_lag: Histogram,
     pub batch_time: Histogram,
     /// Commands of the API by outcome: refused, sent (still waiting is not
     /// counted), confirmed, failed, timeout.
@@ -295,10 +321,15 @@ impl Exposition for Stats {
             "gauge",
             self.messages_per_second.load(Relaxed),
         );
-        self.lag.write(
+        self.sample_lag.write(
             &mut s,
             "spb_uplink_ingest_lag_seconds",
-            "From a message's arrival to the commit of its rows.",
+            "From each live sample's own timestamp (the edge's) to the commit of its fact: the service level's lag.",
+        );
+        self.lag.write(
+            &mut s,
+            "spb_uplink_commit_lag_seconds",
+            "From a message's arrival at the uplink to the commit of its rows (per batch, its oldest message).",
         );
         self.batch_time.write(
             &mut s,
@@ -370,5 +401,30 @@ impl Exposition for Stats {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn many_lags_land_in_their_buckets_and_the_slo_bounds_are_buckets() {
+        let h = Histogram::default();
+        h.observe_ms([5, 2_900, 3_000, 3_001, 61_000, -7].into_iter());
+        let mut s = String::new();
+        h.write(&mut s, "x", "help");
+        for want in [
+            "x_bucket{le=\"0.01\"} 2",
+            "x_bucket{le=\"2.5\"} 2",
+            "x_bucket{le=\"3\"} 4",
+            "x_bucket{le=\"5\"} 5",
+            "x_bucket{le=\"60\"} 5",
+            "x_bucket{le=\"+Inf\"} 6",
+            "x_sum 69.906",
+            "x_count 6",
+        ] {
+            assert!(s.contains(want), "{want} in\n{s}");
+        }
     }
 }

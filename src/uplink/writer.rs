@@ -136,8 +136,16 @@ pub async fn writer<S: Sink>(db: DatabaseConfig, queue: Queue, stats: Arc<Stats>
             }
         }
         let rows = batch.len() as u64;
+        let live: Vec<i64> = batch
+            .facts
+            .iter()
+            .filter(|f| !f.is_historical)
+            .map(|f| f.ts_ms)
+            .collect();
         commit(&mut conn, batch, &stats).await;
         stats.lag.observe(oldest.elapsed());
+        let now = crate::clock::now_ms() as i64;
+        stats.sample_lag.observe_ms(live.iter().map(|ts| now - ts));
         stats.backlog_rows.fetch_sub(rows, Relaxed);
         stats.backlog_bytes.fetch_sub(bytes, Relaxed);
     }
