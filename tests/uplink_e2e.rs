@@ -133,6 +133,32 @@ fn the_uplink_fails_over_to_its_second_server_and_ingests_over_mutual_tls() {
         }
     }
     assert_eq!(named, 3, "{rules}");
+    // So does every query of the uplink's Grafana dashboard.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../grafana/uplink.json")).expect("grafana/uplink.json is JSON");
+    let mut exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("a PromQL expr").to_string())
+        .collect();
+    exprs.push(
+        dashboard["templating"]["list"][1]["query"]
+            .as_str()
+            .expect("instance query")
+            .into(),
+    );
+    for e in &exprs {
+        for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("spb_uplink_") {
+                assert!(
+                    metrics.lines().any(|l| l.starts_with(word)),
+                    "{word} (in {e}) is not on /metrics"
+                );
+            }
+        }
+    }
     for name in [
         "spb_uplink_ingest_lag_seconds_count",
         "spb_uplink_commit_lag_seconds_count",
