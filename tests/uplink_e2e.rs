@@ -259,18 +259,52 @@ fn wait_gateway_drained(ghttp: u16, gw: &Gateway, replayed: bool) {
     }
 }
 
+/// Under systemd (a notify socket and a 400 ms watchdog), the uplink says
+/// READY and keeps petting the watchdog through the database outage: a
+/// restart would only lose the backlog held in memory.
 #[test]
 fn stopping_postgresql_mid_stream_loses_nothing_once_it_is_back() {
+    use std::os::unix::net::UnixDatagram;
     let pg = common::pg::PrivatePg::start();
     let broker = Broker::start(None);
-    let uplink = Uplink::start(broker.port, &pg.url(), "");
+    let sock_dir = tempfile::tempdir().expect("tmp");
+    let sock_path = sock_dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let uplink = Uplink::start_env(
+        &format!("[[mqtt.servers]]\nhost = \"127.0.0.1\"\nport = {}\n", broker.port),
+        &pg.url(),
+        "",
+        &[
+            ("NOTIFY_SOCKET", sock_path.display().to_string()),
+            ("WATCHDOG_USEC", "400000".to_string()),
+        ],
+    );
+    let notes = |n: usize| -> Vec<String> {
+        let mut buf = [0u8; 4096];
+        (0..n)
+            .map(|_| {
+                let k = sock.recv(&mut buf).expect("a notification in time");
+                String::from_utf8_lossy(&buf[..k]).into_owned()
+            })
+            .collect()
+    };
+    let first = notes(3);
+    assert!(first[0].contains("READY=1"), "READY first: {first:?}");
     let ghttp = common::free_port();
     let mut gw = Gateway::start(&gateway_config("U3", broker.port, ghttp), &[]);
     uplink.wait_until("the node is online", |u| u.metric("spb_uplink_online_nodes") >= 1.0);
     std::thread::sleep(Duration::from_secs(1));
     pg.stop_hard();
     uplink.wait_until("a write fails", |u| u.metric("spb_uplink_database_errors_total") >= 1.0);
-    std::thread::sleep(Duration::from_secs(2));
+    // Drain what came before, then: the watchdog, every 200 ms, database down.
+    sock.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 4096];
+    while sock.recv(&mut buf).is_ok() {}
+    sock.set_nonblocking(false).expect("blocking");
+    let during = notes(5);
+    assert!(during.iter().all(|m| m.contains("WATCHDOG=1")), "{during:?}");
+    assert_eq!(uplink.metric("spb_uplink_database_ok"), 0.0, "still down");
     pg.start_again();
     uplink.wait_until("writes succeed again", |u| u.metric("spb_uplink_database_ok") == 1.0);
     std::thread::sleep(Duration::from_secs(1));

@@ -1,5 +1,6 @@
-//! systemd integration: READY=1, STATUS=, and a watchdog that pets systemd
-//! only while both the poll loop and the MQTT loop make progress.
+//! systemd integration: READY=1, STATUS=, and watchdogs that pet systemd
+//! only while the loops they watch make progress: the gateway's poll and
+//! MQTT loops, or any counter a loop advances (the uplink's).
 //!
 //! Invariant: outside systemd (no `NOTIFY_SOCKET`) every call is a no-op.
 
@@ -59,5 +60,26 @@ pub async fn watchdog(t: Arc<Telemetry>) {
         }
         last_main = main;
         last_pollers = pollers;
+    }
+}
+
+/// Pets the watchdog at half its interval while `progress` moves (a loop
+/// that ticks on its own advances it); stays silent when it stops, so that
+/// systemd restarts the process.
+pub async fn watchdog_while(progress: impl Fn() -> u64, what: &'static str) {
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let period = (interval / 2).max(Duration::from_millis(100));
+    let mut last = u64::MAX;
+    loop {
+        tokio::time::sleep(period).await;
+        let now = progress();
+        if now != last {
+            let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+        } else {
+            tracing::error!(loop_stuck = what, "not petting the systemd watchdog");
+        }
+        last = now;
     }
 }

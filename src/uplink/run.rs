@@ -163,6 +163,11 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
     };
     rt.oee_index = super::oee::OeeIndex::new(rt.cfg.oee.as_ref());
     crate::telemetry::systemd::ready("uplink started");
+    let ticks = rt.stats.clone();
+    tokio::spawn(crate::telemetry::systemd::watchdog_while(
+        move || ticks.loop_ticks.load(Relaxed),
+        "the MQTT loop",
+    ));
     tracing::info!(host = %rt.cfg.host.host_id, dry_run, "spb-uplink {} started", env!("CARGO_PKG_VERSION"));
     loop {
         tokio::select! {
@@ -661,6 +666,7 @@ impl Loop {
     }
 
     fn on_tick(&mut self, session: &mut HostSession) {
+        self.stats.loop_ticks.fetch_add(1, Relaxed);
         let (since, count) = self.rate_window;
         if since.elapsed() >= Duration::from_secs(1) {
             let now = self.stats.messages.load(Relaxed);

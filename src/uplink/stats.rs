@@ -100,6 +100,9 @@ pub struct Stats {
     /// From a message's arrival to the commit of its rows (per batch: its
     /// oldest message).
     pub lag: Histogram,
+    /// Ticks of the MQTT loop (every 50 ms): the systemd watchdog is
+    /// petted while it moves.
+    pub loop_ticks: AtomicU64,
     /// From each live fact's own sample timestamp to its commit: the
     /// service level's lag (historical facts, replayed late on purpose,
     /// are not counted).
