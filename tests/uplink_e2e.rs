@@ -275,6 +275,7 @@ fn stopping_postgresql_mid_stream_loses_nothing_once_it_is_back() {
         &format!("[[mqtt.servers]]\nhost = \"127.0.0.1\"\nport = {}\n", broker.port),
         &pg.url(),
         "",
+        &[],
         &[
             ("NOTIFY_SOCKET", sock_path.display().to_string()),
             ("WATCHDOG_USEC", "400000".to_string()),
@@ -693,4 +694,28 @@ fn births_and_data_encoded_by_pysparkplug_land_as_facts_named_through_their_alia
     );
     assert_eq!(uplink.metric("spb_uplink_quarantined_total"), 0.0);
     assert_eq!(uplink.metric("spb_uplink_rebirths_requested_total"), 0.0);
+}
+
+/// `--dry-run` needs no database: it connects to the broker, decodes the
+/// gateway's traffic and logs what it would write.
+#[test]
+fn a_dry_run_decodes_and_logs_what_it_would_write_without_a_database() {
+    let broker = Broker::start(None);
+    let dead = common::free_port(); // no database listens here
+    let uplink = Uplink::start_env(
+        &format!("[[mqtt.servers]]\nhost = \"127.0.0.1\"\nport = {}\n", broker.port),
+        &format!("host=127.0.0.1 port={dead} user=postgres dbname=postgres"),
+        "",
+        &["--dry-run"],
+        &[],
+    );
+    let ghttp = common::free_port();
+    let _gw = Gateway::start(&gateway_config("U9", broker.port, ghttp), &[]);
+    uplink.wait_until("a would-write line with the gateway's facts", |u| {
+        let log = u.log();
+        log.contains("dry run, would write") && log.contains("U9")
+    });
+    assert_eq!(uplink.metric("spb_uplink_database_errors_total"), 0.0);
+    assert_eq!(uplink.metric("spb_uplink_facts_written_total"), 0.0);
+    assert!(uplink.metric("spb_uplink_online_nodes") >= 1.0);
 }

@@ -26,11 +26,11 @@ impl Uplink {
 
     /// With its own `[[mqtt.servers]]` tables.
     pub fn start_on(servers: &str, db_url: &str, extra_db: &str) -> Uplink {
-        Uplink::start_env(servers, db_url, extra_db, &[])
+        Uplink::start_env(servers, db_url, extra_db, &[], &[])
     }
 
-    /// With environment variables of its own (e.g. systemd's).
-    pub fn start_env(servers: &str, db_url: &str, extra_db: &str, env: &[(&str, String)]) -> Uplink {
+    /// With arguments and environment variables of its own (e.g. systemd's).
+    pub fn start_env(servers: &str, db_url: &str, extra_db: &str, args: &[&str], env: &[(&str, String)]) -> Uplink {
         let dir = tempfile::tempdir().expect("tmp");
         let http = super::free_port();
         let cfg = dir.path().join("uplink.toml");
@@ -62,6 +62,7 @@ log_format = "human"
         let child = Command::new(env!("CARGO_BIN_EXE_spb-uplink"))
             .arg("--config")
             .arg(&cfg)
+            .args(args)
             .env("RUST_LOG", "info")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
