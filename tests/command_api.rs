@@ -560,3 +560,51 @@ fn the_readmes_command_examples_run_as_shown() {
         assert_eq!(a["value"], "182.5");
     }
 }
+
+/// SIGHUP reads the file again: `[commands]` applies at once (here: the API
+/// goes from disabled to an identity that may write), a change that takes
+/// a restart is named, and an invalid file changes nothing.
+#[test]
+fn sighup_applies_commands_at_once_and_names_what_needs_a_restart() {
+    let db = TestDb::new("cmd_reload");
+    let broker = Broker::start(None);
+    let uplink = Uplink::start(broker.port, &db.url(), "");
+    let body = json!({"group": "R1", "node": "gw", "device": "d", "metric": "m", "value": 1});
+    let (status, answer) = post(uplink.http, TOKEN, &body);
+    assert_eq!((status, answer["outcome"].as_str()), (403, Some("refused")), "{answer}");
+    let signal = |u: &Uplink| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(u.child.id() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("SIGHUP");
+    };
+    let path = uplink.config_path();
+    let before = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(
+        &path,
+        before.replace("reorder_timeout = \"1s\"", "reorder_timeout = \"2s\"") + &commands("R1"),
+    )
+    .expect("edit");
+    signal(&uplink);
+    uplink.wait_until("the reload", |u| u.metric("spb_uplink_reloads_total") == 1.0);
+    // Authorised now: the target is checked, and its node is unknown.
+    let (status, answer) = post(uplink.http, TOKEN, &body);
+    assert_eq!(status, 409, "{answer}");
+    let log = uplink.log();
+    assert!(log.contains("[commands]") && log.contains("read again"), "{log}");
+    assert!(
+        log.contains("[host] changed in the file but take effect only after a restart"),
+        "{log}"
+    );
+    // A broken file: said, and nothing changes.
+    std::fs::write(&path, before.replace("host_id = ", "hostid = ") + &commands("R1")).expect("edit");
+    signal(&uplink);
+    uplink.wait_until("the refusal logged", |u| {
+        u.log().contains("is not valid; nothing changed")
+    });
+    assert!(uplink.log().contains("host.hostid: unknown key"), "{}", uplink.log());
+    assert_eq!(uplink.metric("spb_uplink_reloads_total"), 1.0);
+    let (status, _) = post(uplink.http, TOKEN, &body);
+    assert_eq!(status, 409, "still the reloaded [commands]");
+}

@@ -344,7 +344,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match rt.block_on(spb::uplink::run::run(cfg, dry_run)) {
+    match rt.block_on(spb::uplink::run::run(cfg, dry_run, Some(config))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("spb-uplink: {e}");

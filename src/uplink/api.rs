@@ -43,7 +43,8 @@ pub enum ApiRequest {
 /// The uplink's routes.
 pub struct UplinkExposition {
     pub stats: Arc<Stats>,
-    pub api: ApiConfig,
+    /// `[commands]`, replaced by a reload (SIGHUP).
+    pub api: std::sync::RwLock<ApiConfig>,
     pub tx: mpsc::Sender<ApiRequest>,
     /// The longest id or name taken (`[limits] max_name_bytes`).
     pub max_name: usize,
@@ -72,7 +73,8 @@ impl Exposition for UplinkExposition {
         if path != "/commands" {
             return None;
         }
-        let (cfg, tx, max_name) = (self.api.clone(), self.tx.clone(), self.max_name);
+        let cfg = self.api.read().map_or_else(|e| e.into_inner().clone(), |a| a.clone());
+        let (tx, max_name) = (self.tx.clone(), self.max_name);
         Some(Box::pin(async move {
             let parsed = parse_request(&body, max_name);
             let (target, value) = match &parsed {

@@ -69,10 +69,12 @@ pub enum UplinkError {
     Https(String),
 }
 
-/// Runs the uplink until SIGTERM/SIGINT.
-pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
+/// Runs the uplink until SIGTERM/SIGINT; SIGHUP reads `path` again and
+/// applies what can change while running ([`Loop::reload`]).
+pub async fn run(cfg: UplinkConfig, dry_run: bool, path: Option<std::path::PathBuf>) -> Result<(), UplinkError> {
     let stats = Arc::new(Stats::default());
     let (api_tx, mut api_rx) = tokio::sync::mpsc::channel(64);
+    let mut api: Option<Arc<UplinkExposition>> = None;
     if let Some(addr) = cfg.telemetry.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -80,7 +82,7 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
         tracing::info!(%addr, commands = cfg.commands.enabled, "health and metrics on http://{addr}/metrics");
         let exposition = UplinkExposition {
             stats: stats.clone(),
-            api: cfg.commands.clone(),
+            api: std::sync::RwLock::new(cfg.commands.clone()),
             tx: api_tx,
             max_name: cfg.limits.max_name_bytes,
         };
@@ -88,6 +90,7 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
         if let Some(https) = &cfg.commands.https {
             serve_https(https, exposition.clone()).await?;
         }
+        api = Some(exposition.clone());
         tokio::spawn(http::serve(listener, exposition));
     } else {
         drop(api_tx);
@@ -123,20 +126,8 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
         .then(|| tokio::spawn(writer::folder::<PgSink>(cfg.database.clone(), stats.clone(), fold_rx)));
     // OEE is computed on PostgreSQL (the SQL Server folder is to come: its
     // marks wait in oee_pending).
-    let (oee_stop, oee_rx) = tokio::sync::oneshot::channel();
-    let oee_folder = match (&cfg.oee, dry_run, cfg.database.backend) {
-        (Some(o), false, Backend::Postgres) if !o.machines.is_empty() => Some(tokio::spawn(writer::oee_folder(
-            cfg.database.clone(),
-            Arc::new(o.clone()),
-            stats.clone(),
-            oee_rx,
-        ))),
-        (Some(o), false, Backend::Mssql) if !o.machines.is_empty() => {
-            tracing::warn!("[oee] is computed on PostgreSQL only in this version: the marks are kept in oee_pending");
-            None
-        }
-        _ => None,
-    };
+    let mut oee = start_oee_folder(&cfg, dry_run, &stats);
+    let mut sighup = signal(SignalKind::hangup()).map_err(UplinkError::Signal)?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(UplinkError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(UplinkError::Signal)?;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -174,6 +165,10 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
             ev = rt.link.next() => rt.on_link(&mut session, ev),
             _ = tick.tick() => rt.on_tick(&mut session),
             Some(req) = api_rx.recv() => rt.on_api(&mut session, req),
+            _ = sighup.recv() => match &path {
+                Some(p) => rt.reload(p, api.as_deref(), &mut oee, dry_run).await,
+                None => tracing::warn!("SIGHUP: no configuration file to read again"),
+            },
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
@@ -201,12 +196,48 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool) -> Result<(), UplinkError> {
     if let Some(f) = folder {
         let _ = tokio::time::timeout(Duration::from_secs(10), f).await;
     }
-    let _ = oee_stop.send(());
-    if let Some(f) = oee_folder {
-        let _ = tokio::time::timeout(Duration::from_secs(10), f).await;
-    }
+    oee.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The OEE folder task and the sender that stops it.
+struct OeeFolder {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl OeeFolder {
+    /// Stops it after its current fold (bounded wait).
+    async fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(f) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), f).await;
+        }
+    }
+}
+
+/// The OEE folder of `cfg`, if it has machines (PostgreSQL only).
+fn start_oee_folder(cfg: &UplinkConfig, dry_run: bool, stats: &Arc<Stats>) -> OeeFolder {
+    let (stop, rx) = tokio::sync::oneshot::channel();
+    let task = match (&cfg.oee, dry_run, cfg.database.backend) {
+        (Some(o), false, Backend::Postgres) if !o.machines.is_empty() => Some(tokio::spawn(writer::oee_folder(
+            cfg.database.clone(),
+            Arc::new(o.clone()),
+            stats.clone(),
+            rx,
+        ))),
+        // OEE is computed on PostgreSQL (the SQL Server folder is to come:
+        // its marks wait in oee_pending).
+        (Some(o), false, Backend::Mssql) if !o.machines.is_empty() => {
+            tracing::warn!("[oee] is computed on PostgreSQL only in this version: the marks are kept in oee_pending");
+            None
+        }
+        _ => None,
+    };
+    OeeFolder { stop: Some(stop), task }
 }
 
 struct Loop {
@@ -239,6 +270,84 @@ struct Waiting {
 }
 
 impl Loop {
+    /// SIGHUP: reads the file again. An invalid file changes nothing (its
+    /// errors are logged); a valid one applies `[commands]` (but its HTTPS
+    /// listener) and `[oee]` at once, and names every other section that
+    /// changed: those take a restart.
+    async fn reload(
+        &mut self,
+        path: &std::path::Path,
+        api: Option<&UplinkExposition>,
+        oee: &mut OeeFolder,
+        dry_run: bool,
+    ) {
+        let new = match UplinkConfig::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("SIGHUP: {} is not valid; nothing changed:\n{e}", path.display());
+                return;
+            }
+        };
+        let mut applied = Vec::new();
+        let mut restart = Vec::new();
+        if new.commands != self.cfg.commands {
+            if new.commands.https != self.cfg.commands.https {
+                restart.push("commands.https_*");
+            }
+            let commands = super::commands::ApiConfig {
+                https: self.cfg.commands.https.clone(),
+                ..new.commands.clone()
+            };
+            if let Some(api) = api {
+                match api.api.write() {
+                    Ok(mut a) => *a = commands.clone(),
+                    Err(e) => *e.into_inner() = commands.clone(),
+                }
+            }
+            self.cfg.commands = commands;
+            applied.push("[commands]");
+        }
+        if new.oee != self.cfg.oee {
+            oee.stop().await;
+            self.cfg.oee = new.oee.clone();
+            self.oee_index = super::oee::OeeIndex::new(self.cfg.oee.as_ref());
+            if let Ok(mut m) = self.stats.oee_mapping.lock() {
+                let names: Vec<&str> = self
+                    .cfg
+                    .oee
+                    .iter()
+                    .flat_map(|o| o.machines.iter().map(|m| m.name.as_str()))
+                    .collect();
+                m.retain(|machine, _| names.contains(&machine.as_str()));
+            }
+            *oee = start_oee_folder(&self.cfg, dry_run, &self.stats);
+            applied.push("[oee]");
+        }
+        for (name, changed) in [
+            ("[host]", new.host != self.cfg.host),
+            ("[mqtt]", new.mqtt != self.cfg.mqtt),
+            ("[database]", new.database != self.cfg.database),
+            ("[limits]", new.limits != self.cfg.limits),
+            ("[telemetry]", new.telemetry != self.cfg.telemetry),
+        ] {
+            if changed {
+                restart.push(name);
+            }
+        }
+        self.stats.reloads.fetch_add(1, Relaxed);
+        tracing::info!(
+            applied = %if applied.is_empty() { "nothing".to_string() } else { applied.join(", ") },
+            "SIGHUP: {} read again",
+            path.display()
+        );
+        if !restart.is_empty() {
+            tracing::warn!(
+                "SIGHUP: {} changed in the file but take effect only after a restart",
+                restart.join(", ")
+            );
+        }
+    }
+
     fn on_link(&mut self, session: &mut HostSession, ev: LinkEvent) {
         match ev {
             LinkEvent::Reconnect => {

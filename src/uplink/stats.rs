@@ -103,6 +103,8 @@ pub struct Stats {
     /// Ticks of the MQTT loop (every 50 ms): the systemd watchdog is
     /// petted while it moves.
     pub loop_ticks: AtomicU64,
+    /// Valid configuration files read again (SIGHUP).
+    pub reloads: AtomicU64,
     /// From each live fact's own sample timestamp to its commit: the
     /// service level's lag (historical facts, replayed late on purpose,
     /// are not counted).
@@ -263,6 +265,12 @@ impl Exposition for Stats {
             "Writer tasks started again after they ended.",
             "counter",
             self.writer_restarts.load(Relaxed),
+        );
+        g(
+            "spb_uplink_reloads_total",
+            "Valid configuration files read again on SIGHUP.",
+            "counter",
+            self.reloads.load(Relaxed),
         );
         g(
             "spb_uplink_online_nodes",

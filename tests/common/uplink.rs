@@ -86,6 +86,12 @@ log_format = "human"
         u
     }
 
+    /// The configuration file it was started with (a test may edit it and
+    /// send SIGHUP).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("uplink.toml")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
