@@ -568,7 +568,7 @@ fn the_readmes_command_examples_run_as_shown() {
 fn sighup_applies_commands_at_once_and_names_what_needs_a_restart() {
     let db = TestDb::new("cmd_reload");
     let broker = Broker::start(None);
-    let uplink = Uplink::start(broker.port, &db.url(), "");
+    let mut uplink = Uplink::start(broker.port, &db.url(), "");
     let body = json!({"group": "R1", "node": "gw", "device": "d", "metric": "m", "value": 1});
     let (status, answer) = post(uplink.http, TOKEN, &body);
     assert_eq!((status, answer["outcome"].as_str()), (403, Some("refused")), "{answer}");
@@ -607,4 +607,15 @@ fn sighup_applies_commands_at_once_and_names_what_needs_a_restart() {
     assert_eq!(uplink.metric("spb_uplink_reloads_total"), 1.0);
     let (status, _) = post(uplink.http, TOKEN, &body);
     assert_eq!(status, 409, "still the reloaded [commands]");
+    // [oee] applies at once too: its folder starts with the new machines.
+    let oee = "[oee]\n[[oee.machines]]\nname = \"m\"\nnode = \"R1/gw\"\ncycle_count = \"C\"\nrunning = \"R\"\nideal_cycle_time = \"1s\"\n";
+    std::fs::write(
+        &path,
+        before.replace("[telemetry]", &format!("{oee}[telemetry]")) + &commands("R1"),
+    )
+    .expect("edit");
+    signal(&uplink);
+    uplink.wait_until("the second reload", |u| u.metric("spb_uplink_reloads_total") == 2.0);
+    uplink.wait_until("[oee] applied", |u| u.log().matches("[oee]").count() >= 1);
+    assert!(uplink.child.try_wait().expect("status").is_none(), "still running");
 }
