@@ -37,6 +37,16 @@ use super::shifts::instances;
 const HOUR: i64 = 3_600_000;
 /// Cycles of a start signal may begin up to this long before an interval.
 const EDGE_LOOKBACK: i64 = HOUR;
+/// The downtime categories that are losses, in the order of their columns
+/// (`breakdown_ms` … `unassigned_ms`) in `oee_interval`.
+const LOSSES: [Category; 6] = [
+    Category::Breakdown,
+    Category::Setup,
+    Category::MinorStop,
+    Category::Starved,
+    Category::Blocked,
+    Category::Unassigned,
+];
 /// A fold computes at most this much of one machine's history.
 const MAX_HOURS: i64 = 24 * 62;
 
@@ -44,7 +54,7 @@ fn ts(ms: i64) -> std::time::SystemTime {
     std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64)
 }
 
-fn ms(t: std::time::SystemTime) -> i64 {
+pub(super) fn ms(t: std::time::SystemTime) -> i64 {
     t.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
@@ -61,42 +71,25 @@ pub async fn fold(client: &mut Client, cfg: &OeeConfig, now_ms: i64) -> Result<u
         return Ok(0);
     }
     let rows = tx.query("DELETE FROM oee_pending RETURNING machine, ts", &[]).await?;
-    // Per machine: the first instant a mark may change (the mark less a
-    // minor stop) and the newest mark; the hours still open are another
-    // range (they may lie far apart).
-    let mut work: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    // Per machine: the oldest and the newest mark.
+    let mut marks: BTreeMap<String, (i64, i64)> = BTreeMap::new();
     for r in rows {
-        let name: String = r.get(0);
         let t = ms(r.get(1));
-        let minor = cfg
-            .machines
-            .iter()
-            .find(|m| m.name == name)
-            .map_or(0, |m| m.model.minor_stop_ms);
-        let e = work.entry(name).or_insert((t - minor, t));
-        e.0 = e.0.min(t - minor);
+        let e = marks.entry(r.get(0)).or_insert((t, t));
+        e.0 = e.0.min(t);
         e.1 = e.1.max(t);
     }
-    // Hours computed while they ran are computed again, up to now.
-    let open = tx
+    // Hours computed while they ran are computed again, up to now: from
+    // where each machine's open hours were computed to.
+    let open: BTreeMap<String, i64> = tx
         .query(
             "SELECT machine, min(computed_to) FROM oee_interval WHERE kind = 'hour' AND computed_to < end_at GROUP BY machine",
             &[],
         )
-        .await?;
-    let mut open_from: BTreeMap<String, i64> = BTreeMap::new();
-    for r in open {
-        let name: String = r.get(0);
-        // Computed up to there: what comes after is new.
-        let since = ms(r.get(1));
-        match work.get(&name) {
-            // Within the marks' range, which runs on to now anyway.
-            Some(&(first, _)) if first <= since => {}
-            _ => {
-                open_from.insert(name, since);
-            }
-        }
-    }
+        .await?
+        .iter()
+        .map(|r| (r.get(0), ms(r.get(1))))
+        .collect();
     // Dead edge nodes, once for all machines.
     let dead: BTreeMap<(String, String), i64> = tx
         .query(
@@ -109,8 +102,17 @@ pub async fn fold(client: &mut Client, cfg: &OeeConfig, now_ms: i64) -> Result<u
         .collect();
     let mut written = 0;
     for m in &cfg.machines {
-        // A machine no longer in the file: its marks are dropped.
-        let (mark, open) = (work.get(&m.name), open_from.get(&m.name));
+        // A machine no longer in the file: its marks are dropped. A mark
+        // may change things from a minor stop before it on.
+        let mark = marks
+            .get(&m.name)
+            .map(|&(first, last)| (first - m.model.minor_stop_ms, last));
+        // The open hours are a range of their own (they may lie far from
+        // the marks), unless the marks' range, which runs on to now,
+        // already starts before them.
+        let open = open
+            .get(&m.name)
+            .filter(|&&since| !matches!(mark, Some((first, _)) if first <= since));
         if mark.is_none() && open.is_none() {
             continue;
         }
@@ -119,7 +121,7 @@ pub async fn fold(client: &mut Client, cfg: &OeeConfig, now_ms: i64) -> Result<u
             .get(&(m.group.clone(), m.node.clone()))
             .copied()
             .unwrap_or(i64::MAX);
-        if let Some(&(since, last)) = mark {
+        if let Some((since, last)) = mark {
             written += fold_machine(&tx, cfg, m, since, last, now_ms, known_to).await?;
         }
         if let Some(&since) = open {
@@ -337,17 +339,7 @@ pub(super) async fn hour_sums(
         known_ms: n(13),
         ..Figures::default()
     };
-    for (i, c) in [
-        Category::Breakdown,
-        Category::Setup,
-        Category::MinorStop,
-        Category::Starved,
-        Category::Blocked,
-        Category::Unassigned,
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (i, c) in LOSSES.into_iter().enumerate() {
         if n(3 + i) > 0 {
             f.downtime_ms.insert(c, n(3 + i));
         }
@@ -365,7 +357,8 @@ async fn write_interval(
     computed_to: i64,
     f: &Figures,
 ) -> Result<(), tokio_postgres::Error> {
-    let down = |c: Category| f.downtime_ms.get(&c).copied().unwrap_or(0);
+    let [breakdown, setup, minor_stop, starved, blocked, unassigned] =
+        LOSSES.map(|c| f.downtime_ms.get(&c).copied().unwrap_or(0));
     let (produced, good, rejected) = (f.produced as i64, f.good as i64, f.rejected as i64);
     let params: [&(dyn ToSql + Sync); 25] = [
         &machine,
@@ -376,12 +369,12 @@ async fn write_interval(
         &f.planned_ms,
         &f.planned_downtime_ms,
         &f.run_ms,
-        &down(Category::Breakdown),
-        &down(Category::Setup),
-        &down(Category::MinorStop),
-        &down(Category::Starved),
-        &down(Category::Blocked),
-        &down(Category::Unassigned),
+        &breakdown,
+        &setup,
+        &minor_stop,
+        &starved,
+        &blocked,
+        &unassigned,
         &produced,
         &good,
         &rejected,
@@ -537,12 +530,8 @@ pub async fn live(
         .map(|(m, &n)| {
             let l = crate::uplink::stats::OeeLive {
                 machine: m.clone(),
-                shift: None,
-                availability: None,
-                performance: None,
-                quality: None,
-                oee: None,
                 cycles: n.max(0) as u64,
+                ..Default::default()
             };
             (m.clone(), l)
         })

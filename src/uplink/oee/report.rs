@@ -49,11 +49,7 @@ pub async fn report(client: &Client, time_zone: &str, machine: &str, period: &Pe
             (row.get(0), row.get(1), "period".to_string())
         }
     };
-    let ms = |t: std::time::SystemTime| {
-        t.duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64)
-    };
-    let (mut f, hours) = super::pg::hour_sums(client, machine, ms(from), ms(to))
+    let (mut f, hours) = super::pg::hour_sums(client, machine, super::pg::ms(from), super::pg::ms(to))
         .await
         .map_err(db)?;
     if hours == 0 {
