@@ -37,14 +37,9 @@ pub fn stopping() {
 /// so it does not make systemd restart the gateway); stays silent, so that
 /// systemd restarts us, when either is stuck.
 pub async fn watchdog(t: Arc<Telemetry>) {
-    let Some(interval) = sd_notify::watchdog_enabled() else {
-        return;
-    };
-    let period = (interval / 2).max(Duration::from_millis(100));
     let mut last_main = u64::MAX;
     let mut last_pollers: Vec<(String, u64)> = Vec::new();
-    loop {
-        tokio::time::sleep(period).await;
+    pet_while(move || {
         let main = t.mqtt_progress.load(Relaxed);
         let pollers = t.heartbeats();
         let main_ok = main != last_main;
@@ -53,33 +48,45 @@ pub async fn watchdog(t: Arc<Telemetry>) {
             .filter(|(name, beat)| last_pollers.iter().any(|(n, b)| n == name && b == beat))
             .map(|(n, _)| n.as_str())
             .collect();
-        if main_ok && stuck.is_empty() {
-            let _ = sd_notify::notify(&[NotifyState::Watchdog]);
-        } else {
+        let ok = main_ok && stuck.is_empty();
+        if !ok {
             tracing::error!(main_loop_stuck = !main_ok, stuck_pollers = ?stuck, "not petting the systemd watchdog");
         }
         last_main = main;
         last_pollers = pollers;
-    }
+        ok
+    })
+    .await
 }
 
 /// Pets the watchdog at half its interval while `progress` moves (a loop
 /// that ticks on its own advances it); stays silent when it stops, so that
 /// systemd restarts the process.
 pub async fn watchdog_while(progress: impl Fn() -> u64, what: &'static str) {
+    let mut last = u64::MAX;
+    pet_while(move || {
+        let now = progress();
+        let ok = now != last;
+        if !ok {
+            tracing::error!(loop_stuck = what, "not petting the systemd watchdog");
+        }
+        last = now;
+        ok
+    })
+    .await
+}
+
+/// Every half watchdog interval, asks `healthy` (which says why not) and
+/// pets systemd only when it is; returns at once outside a watchdog.
+async fn pet_while(mut healthy: impl FnMut() -> bool) {
     let Some(interval) = sd_notify::watchdog_enabled() else {
         return;
     };
     let period = (interval / 2).max(Duration::from_millis(100));
-    let mut last = u64::MAX;
     loop {
         tokio::time::sleep(period).await;
-        let now = progress();
-        if now != last {
+        if healthy() {
             let _ = sd_notify::notify(&[NotifyState::Watchdog]);
-        } else {
-            tracing::error!(loop_stuck = what, "not petting the systemd watchdog");
         }
-        last = now;
     }
 }

@@ -20,11 +20,14 @@ pub struct Histogram {
     sum_us: AtomicU64,
 }
 
+/// The index of the bucket of `s` seconds (the last one: +Inf).
+fn bucket(s: f64) -> usize {
+    LAG_BUCKETS.iter().position(|b| s <= *b).unwrap_or(LAG_BUCKETS.len())
+}
+
 impl Histogram {
     pub fn observe(&self, d: Duration) {
-        let s = d.as_secs_f64();
-        let i = LAG_BUCKETS.iter().position(|b| s <= *b).unwrap_or(LAG_BUCKETS.len());
-        self.counts[i].fetch_add(1, Relaxed);
+        self.counts[bucket(d.as_secs_f64())].fetch_add(1, Relaxed);
         self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
     }
 
@@ -35,8 +38,7 @@ impl Histogram {
         let mut sum_us = 0u64;
         for ms in lags {
             let ms = ms.max(0);
-            let s = ms as f64 / 1000.0;
-            counts[LAG_BUCKETS.iter().position(|b| s <= *b).unwrap_or(LAG_BUCKETS.len())] += 1;
+            counts[bucket(ms as f64 / 1000.0)] += 1;
             sum_us = sum_us.saturating_add(ms as u64 * 1000);
         }
         for (c, n) in self.counts.iter().zip(counts) {
