@@ -281,18 +281,22 @@ fn end_to_end_run(nodes: usize, oee: bool, rows: &mut Vec<String>) -> Run {
             "SELECT coalesce(string_agg(machine || ' ' || (extract(epoch FROM end_at) * 1000)::bigint, ','), '')
              FROM oee_cycle WHERE machine IN ('n0d0', 'n10d1', 'n20d2', 'n30d3', 'n40d4') AND end_at > now() - interval '30 seconds'",
         );
-        for item in got.split(',').filter(|i| !i.is_empty()) {
-            let (m, t) = item.split_once(' ').expect("machine end");
-            let t: i64 = t.parse().expect("ms");
-            let last = seen.entry(m.to_string()).or_insert(start_ms as i64);
-            if t > *last {
-                // Every cycle after the newest seen is new (one a second).
+        let rows: Vec<(&str, i64)> = got
+            .split(',')
+            .filter(|i| !i.is_empty())
+            .map(|item| {
+                let (m, t) = item.split_once(' ').expect("machine end");
+                (m, t.parse().expect("ms"))
+            })
+            .collect();
+        // Every cycle after the newest seen before this poll is new (rows
+        // come in any order, so the newest moves only after all are seen).
+        for &(m, t) in &rows {
+            if t > *seen.get(m).unwrap_or(&(start_ms as i64)) {
                 cycle_lag.push(at - t);
             }
         }
-        for item in got.split(',').filter(|i| !i.is_empty()) {
-            let (m, t) = item.split_once(' ').expect("machine end");
-            let t: i64 = t.parse().expect("ms");
+        for &(m, t) in &rows {
             let last = seen.entry(m.to_string()).or_insert(start_ms as i64);
             *last = (*last).max(t);
         }
