@@ -52,7 +52,8 @@ fn every_sample_lands_exactly_once_as_a_fact_even_when_the_gateway_replays_histo
     });
     std::thread::sleep(Duration::from_millis(300));
     let q = |sql: &str| db.query_i64(sql);
-    let count = "FROM sp_metric_fact WHERE group_id = 'U1' AND metric = 'Count'";
+    // Samples only: the STALE fact the node's death wrote has no value.
+    let count = "FROM sp_metric_fact WHERE group_id = 'U1' AND metric = 'Count' AND quality <> 500";
     let n = q(&format!("SELECT count(*) {count}"));
     let (lo, hi) = (
         q(&format!("SELECT min(v_int) {count}")),
@@ -76,6 +77,24 @@ fn every_sample_lands_exactly_once_as_a_fact_even_when_the_gateway_replays_histo
     assert_eq!(
         q("SELECT count(*) FROM sp_node_state WHERE group_id = 'U1' AND NOT online AND stale"),
         1
+    );
+    // Each death of the node (the host's own loss of the broker, then the
+    // NDEATH) made its metrics STALE in the tables too: one STALE fact per
+    // metric and death, and the last value says so.
+    let deaths = q("SELECT count(*) FROM sp_state_history WHERE group_id = 'U1' AND device_id = '' AND NOT online");
+    assert!(deaths >= 1);
+    assert_eq!(
+        q("SELECT count(*) FROM sp_metric_fact WHERE group_id = 'U1' AND metric = 'Count' AND quality = 500 AND v_int IS NULL"),
+        deaths
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM sp_metric_last WHERE group_id = 'U1' AND metric = 'Count' AND is_stale"),
+        1
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM sp_metric_last WHERE group_id = 'U1' AND NOT is_stale"),
+        0,
+        "every metric of the dead node is STALE"
     );
     assert_eq!(
         q("SELECT sum(count)::bigint FROM sp_metric_rollup WHERE bucket_size = 'day' AND group_id = 'U1' AND metric = 'Count'"),
@@ -218,7 +237,7 @@ fn garbage_on_a_sparkplug_topic_is_quarantined_and_the_pipeline_goes_on() {
 
 /// Counter facts of `group`: (rows, distinct values, min, max, historical).
 fn counter_facts(q: impl Fn(&str) -> i64, group: &str) -> (i64, i64, i64, i64, i64) {
-    let from = format!("FROM sp_metric_fact WHERE group_id = '{group}' AND metric = 'Count'");
+    let from = format!("FROM sp_metric_fact WHERE group_id = '{group}' AND metric = 'Count' AND quality <> 500");
     (
         q(&format!("SELECT count(*) {from}")),
         q(&format!("SELECT count(DISTINCT v_int) {from}")),
@@ -718,4 +737,113 @@ fn a_dry_run_decodes_and_logs_what_it_would_write_without_a_database() {
     assert_eq!(uplink.metric("spb_uplink_database_errors_total"), 0.0);
     assert_eq!(uplink.metric("spb_uplink_facts_written_total"), 0.0);
     assert!(uplink.metric("spb_uplink_online_nodes") >= 1.0);
+}
+
+/// The demo's own configuration (`config/demo.toml`) with the oven's
+/// outages made short: every 5 s it is unreachable for 2 s.
+fn demo_with_short_oven_outages() -> String {
+    let demo = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml")).expect("demo config");
+    let cfg = demo
+        .replace("unreachable_every = \"25s\"", "unreachable_every = \"5s\"")
+        .replace("unreachable_for = \"6s\"", "unreachable_for = \"2s\"");
+    assert_ne!(cfg, demo, "the demo's oven outage settings moved");
+    cfg
+}
+
+// [tck-id-topics-ddeath-seq-number] [tck-id-operational-behavior-host-application-metric-stale]
+#[test]
+fn the_demo_ovens_dropout_is_a_device_death_in_the_tables_and_its_metrics_read_stale_until_it_is_back() {
+    let db = TestDb::new("e2e_oven");
+    let broker = Broker::start(None);
+    let uplink = Uplink::start(broker.port, &db.url(), "");
+    let port = broker.port.to_string();
+    let mut gw = Gateway::start(&demo_with_short_oven_outages(), &["--broker-port", &port]);
+    uplink.wait_until("facts are written", |u| {
+        u.metric("spb_uplink_facts_written_total") > 0.0
+    });
+    let q = |sql: &str| db.query_i64(sql);
+    let ms = |ts: &str| format!("(extract(epoch FROM {ts}) * 1000)::bigint");
+    // The oven died and was born again after.
+    let first_death =
+        "(SELECT min(at) FROM sp_state_history WHERE device_id = 'oven' AND NOT online AND cause = 'DDEATH')";
+    uplink.wait_until("the oven died and came back", |_| {
+        q(&format!(
+            "SELECT count(*) FROM sp_state_history WHERE device_id = 'oven' AND online AND at > {first_death}"
+        )) >= 1
+    });
+    let death = q(&format!("SELECT {}", ms(first_death)));
+    let back = q(&format!(
+        "SELECT {} FROM sp_state_history WHERE device_id = 'oven' AND online AND at > {first_death}",
+        ms("min(at)")
+    ));
+    // Each metric its birth declared went STALE at the death's own timestamp.
+    let declared = q("SELECT count(*) FROM sp_metric_catalog WHERE device_id = 'oven'");
+    assert!(declared >= 2, "{declared} oven metrics");
+    assert_eq!(
+        q(&format!(
+            "SELECT count(*) FROM sp_metric_fact WHERE device_id = 'oven' AND quality = 500
+             AND v_int IS NULL AND v_float IS NULL AND v_bool IS NULL AND {} = {death}",
+            ms("ts")
+        )),
+        declared
+    );
+    // Between the death and the rebirth, every oven metric's last value is STALE...
+    let last_before = |t: i64| {
+        format!(
+            "SELECT count(*) FROM sp_metric_catalog c CROSS JOIN LATERAL (
+                 SELECT quality FROM sp_metric_fact f
+                 WHERE (f.group_id, f.node_id, f.device_id, f.metric) = (c.group_id, c.node_id, c.device_id, c.metric)
+                   AND {} < {t} ORDER BY ts DESC LIMIT 1) f
+             WHERE c.device_id = 'oven' AND f.quality = 500",
+            ms("f.ts")
+        )
+    };
+    let next_sample = q(&format!(
+        "SELECT {} FROM sp_metric_fact WHERE device_id = 'oven' AND quality <> 500 AND {} > {death}",
+        ms("min(ts)"),
+        ms("ts")
+    ));
+    assert!(
+        next_sample <= back,
+        "the rebirth carries the first values after the outage"
+    );
+    assert_eq!(
+        q(&last_before(next_sample)),
+        declared,
+        "STALE while the oven was away (death {death}, back {back}): {}",
+        db.query_text(&format!(
+            "SELECT string_agg(metric || ' ' || quality || ' ' || {} || ' ' || coalesce(v_text, v_float::text, v_bool::text, '-'), E'\n' ORDER BY ts)
+             FROM sp_metric_fact WHERE device_id = 'oven'",
+            ms("ts")
+        ))
+    );
+    // ...and once it is back, none is.
+    uplink.wait_until("the reborn oven's values are the last ones", |_| {
+        q("SELECT count(*) FROM sp_metric_last WHERE device_id = 'oven' AND NOT is_stale") == declared
+            && q("SELECT count(*) FROM sp_device_state WHERE device_id = 'oven' AND online") == 1
+    });
+    // The press never went away: no STALE fact of it.
+    assert_eq!(
+        q("SELECT count(*) FROM sp_metric_fact WHERE device_id = 'press' AND quality = 500"),
+        0
+    );
+    assert!(q("SELECT count(*) FROM sp_metric_fact WHERE device_id = 'press'") > 0);
+    // The gateway stops: its NDEATH takes every device offline with it and
+    // every metric of the node reads STALE.
+    gw.signal(Signal::SIGTERM);
+    assert!(gw.wait_exit(T).success(), "{}", gw.log());
+    uplink.wait_until("the node is offline", |_| {
+        q("SELECT count(*) FROM sp_node_state WHERE node_id = 'gw-demo' AND NOT online") == 1
+            && q("SELECT count(*) FROM sp_device_state WHERE online") == 0
+    });
+    assert_eq!(
+        q("SELECT count(*) FROM sp_metric_last WHERE node_id = 'gw-demo' AND NOT is_stale"),
+        0
+    );
+    assert!(q("SELECT count(*) FROM sp_metric_last WHERE node_id = 'gw-demo'") > declared);
+    assert_eq!(
+        q("SELECT count(DISTINCT device_id) FROM sp_state_history WHERE NOT online AND cause IN ('node NDEATH', 'DDEATH')"),
+        3,
+        "press, oven and filler each have a death in the history"
+    );
 }

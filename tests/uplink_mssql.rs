@@ -131,11 +131,11 @@ fn mssql_migrations_apply_once_and_a_second_start_changes_nothing() {
     let Some(db) = TestDb::new("migr") else { return };
     db.rt.block_on(async {
         let mut s = MssqlSink::connect(&db.url()).await.expect("connect");
-        assert_eq!(s.migrate().await.expect("migrate"), 5);
+        assert_eq!(s.migrate().await.expect("migrate"), 6);
         let mut again = MssqlSink::connect(&db.url()).await.expect("connect");
-        assert_eq!(again.migrate().await.expect("migrate again"), 5);
+        assert_eq!(again.migrate().await.expect("migrate again"), 6);
     });
-    assert_eq!(db.query_i64("SELECT COUNT_BIG(*) FROM sp_schema_migrations"), 5);
+    assert_eq!(db.query_i64("SELECT COUNT_BIG(*) FROM sp_schema_migrations"), 6);
 }
 
 #[test]
@@ -176,6 +176,43 @@ fn mssql_a_replayed_sample_is_written_once_and_counted_once_in_the_rollups() {
         T0 as i64,
         "timestamps to the millisecond"
     );
+}
+
+#[test]
+#[cfg_attr(not(spb_mssql), ignore = "needs SPB_TEST_MSSQL_URL: SQL Server cannot run here")]
+fn mssql_device_state_and_its_history_follow_births_and_deaths_and_a_death_makes_the_last_values_stale() {
+    let Some(db) = TestDb::new("devstate") else { return };
+    db.rt.block_on(async {
+        let mut s = MssqlSink::connect(&db.url()).await.expect("connect");
+        s.migrate().await.expect("migrate");
+        for b in common::sink_rows::device_lifecycle() {
+            s.write(&b).await.expect("write");
+        }
+    });
+    let q = |sql: &str| db.query_i64(sql);
+    assert_eq!(
+        q(
+            "SELECT COUNT_BIG(*) FROM sp_device_state WHERE device_id = N'D' AND online = 0 AND bdseq = 3
+           AND last_cause = N'node NDEATH' AND DATEDIFF_BIG(millisecond, '19700101', last_death) = 1795000009000"
+        ),
+        1
+    );
+    assert_eq!(q("SELECT COUNT_BIG(*) FROM sp_state_history WHERE device_id = N'D'"), 4);
+    assert_eq!(
+        q("SELECT COUNT_BIG(*) FROM sp_state_history WHERE device_id = N'' AND bdseq = 3"),
+        2
+    );
+    // The replayed sample took the DDEATH marker's place; the NDEATH's
+    // markers are the last values.
+    assert_eq!(
+        q("SELECT COUNT_BIG(*) FROM sp_metric_fact WHERE device_id = N'D' AND quality = 192"),
+        3
+    );
+    assert_eq!(
+        q("SELECT COUNT_BIG(*) FROM sp_metric_last WHERE is_stale = 1 AND quality = 500 AND v_float IS NULL"),
+        2
+    );
+    assert_eq!(q("SELECT COUNT_BIG(*) FROM sp_metric_last WHERE is_stale = 0"), 0);
 }
 
 #[test]

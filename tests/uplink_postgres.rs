@@ -15,6 +15,9 @@ mod common;
 use common::pg::TestDb;
 use common::sink_rows::T0;
 
+/// The newest schema version this uplink knows.
+const LATEST: i32 = spb::uplink::postgres::MIGRATIONS[spb::uplink::postgres::MIGRATIONS.len() - 1].0;
+
 fn data(values: &[(u64, f64)], historical: bool) -> HostEvent {
     common::sink_rows::data("N", "Temp", values, historical)
 }
@@ -24,11 +27,11 @@ fn migrations_apply_once_and_a_second_start_changes_nothing() {
     let db = TestDb::new("migr");
     db.rt.block_on(async {
         let mut s = PgSink::connect(&db.url()).await.expect("connect");
-        assert_eq!(s.migrate().await.expect("migrate"), 6);
+        assert_eq!(s.migrate().await.expect("migrate"), LATEST);
         let mut again = PgSink::connect(&db.url()).await.expect("connect");
-        assert_eq!(again.migrate().await.expect("migrate again"), 6);
+        assert_eq!(again.migrate().await.expect("migrate again"), LATEST);
     });
-    assert_eq!(db.query_i64("SELECT count(*) FROM sp_schema_migrations"), 6);
+    assert_eq!(db.query_i64("SELECT count(*) FROM sp_schema_migrations"), LATEST as i64);
 }
 
 #[test]
@@ -59,7 +62,7 @@ fn a_version_1_database_keeps_its_facts_and_rollups_through_the_series_id_migrat
         .await
         .expect("v1 schema and rows");
         let mut s = PgSink::connect(&db.url()).await.expect("connect");
-        assert_eq!(s.migrate().await.expect("migrate"), 6);
+        assert_eq!(s.migrate().await.expect("migrate"), LATEST);
         // The gateway replays the old sample and sends one more.
         let mut b = Batch::default();
         b.add_event(&data(&[(T0, 1.0), (T0 + 1000, 3.0)], true), T0 + 5000);
@@ -121,6 +124,76 @@ fn a_replayed_sample_is_written_once_and_counted_once_in_the_rollups() {
         db.query_i64("SELECT (extract(epoch FROM ts) * 1000)::bigint FROM sp_metric_fact ORDER BY ts LIMIT 1"),
         T0 as i64,
         "timestamps to the millisecond"
+    );
+}
+
+// [tck-id-operational-behavior-edge-node-birth-sequence] [tck-id-topics-ddeath-seq-number]
+#[test]
+fn device_state_and_its_history_follow_births_and_deaths_and_a_death_makes_the_last_values_stale() {
+    let db = TestDb::new("devstate");
+    db.rt.block_on(async {
+        let mut s = PgSink::connect(&db.url()).await.expect("connect");
+        s.migrate().await.expect("migrate");
+        for b in common::sink_rows::device_lifecycle() {
+            s.write(&b).await.expect("write");
+        }
+    });
+    let q = |sql: &str| db.query_i64(sql);
+    // Now: the node died (NDEATH) and took its device with it.
+    assert_eq!(
+        q(
+            "SELECT count(*) FROM sp_device_state WHERE group_id = 'G' AND node_id = 'N' AND device_id = 'D'
+           AND NOT online AND bdseq = 3 AND last_cause = 'node NDEATH'
+           AND last_birth = to_timestamp(1795000004) AND last_death = to_timestamp(1795000009)"
+        ),
+        1
+    );
+    // Every birth and death, in order, with the node's bdSeq.
+    let history = db.query_text(
+        "SELECT string_agg(device_id || ':' || online || ':' || cause || ':' || coalesce(bdseq::text, '-') || ':' ||
+                (extract(epoch FROM at) - 1795000000)::int, ' ' ORDER BY at, device_id)
+         FROM sp_state_history",
+    );
+    assert_eq!(
+        history,
+        ":true::3:0 D:true::3:0 D:false:DDEATH:3:3 D:true::3:4 :false:NDEATH:3:9 D:false:node NDEATH:3:9"
+    );
+    // The DDEATH's STALE marker at T0 + 3 s gave way to the sample of that
+    // same millisecond the edge replayed later; the NDEATH's markers are
+    // the last values now.
+    assert_eq!(
+        db.query_text(
+            "SELECT string_agg(metric || ':' || quality || ':' || coalesce(v_float::text, '-') || ':' ||
+                    (extract(epoch FROM ts) - 1795000000)::int, ' ' ORDER BY ts)
+             FROM sp_metric_fact WHERE device_id = 'D'"
+        ),
+        "Temp:192:1:0 Temp:192:2:3 Temp:192:5:4 Temp:500:-:9"
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM sp_metric_last WHERE is_stale AND quality = 500 AND v_float IS NULL"),
+        2,
+        "Uptime of the node and Temp of the device"
+    );
+    assert_eq!(q("SELECT count(*) FROM sp_metric_last WHERE NOT is_stale"), 0);
+    assert_eq!(
+        q("SELECT count(*) FROM sp_metric_fact WHERE node_id = 'N' AND device_id = '' AND quality = 500"),
+        1
+    );
+    // A STALE marker that finds a sample at its millisecond leaves it alone.
+    db.rt.block_on(async {
+        let mut s = PgSink::connect(&db.url()).await.expect("connect");
+        let mut late = Batch::default();
+        late.add_event(&common::sink_rows::device_death(T0 + 4000), T0 + 20_000);
+        s.write(&late).await.expect("write");
+    });
+    assert_eq!(
+        q("SELECT count(*) FROM sp_metric_fact WHERE device_id = 'D' AND ts = to_timestamp(1795000004) AND quality = 192 AND v_float = 5"),
+        1
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM sp_rollup_pending"),
+        4,
+        "Uptime and the three Temp samples, no marker"
     );
 }
 

@@ -154,6 +154,15 @@ pub enum DeathCause {
     HostDisconnected,
 }
 
+/// A metric a death made STALE: its device (`None` for the node's own), its
+/// name and the datatype its birth declared.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Stale {
+    pub device: Option<String>,
+    pub metric: String,
+    pub datatype: DataType,
+}
+
 /// What the host session wants done or reports.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HostEvent {
@@ -186,13 +195,14 @@ pub enum HostEvent {
         metrics: Vec<Metric>,
         names: Vec<Arc<str>>,
     },
-    /// The node and all its devices are offline; `stale` lists (device, metric) now STALE as of `at`.
+    /// The node and all its devices are offline; `stale` lists the node's
+    /// metrics and those of its devices that were online, now STALE as of `at`.
     NodeDeath {
         group: String,
         node: String,
         cause: DeathCause,
         at: u64,
-        stale: Vec<(Option<String>, String)>,
+        stale: Vec<Stale>,
     },
     /// A device is offline; its metrics are STALE as of `at` (the DDEATH timestamp).
     DeviceDeath {
@@ -200,7 +210,7 @@ pub enum HostEvent {
         node: String,
         device: String,
         at: u64,
-        stale: Vec<String>,
+        stale: Vec<Stale>,
     },
     /// An NDEATH whose bdSeq does not match the current birth (late Will of an older session).
     DeathIgnored {
@@ -289,8 +299,13 @@ impl ScopeMap {
         s
     }
 
-    fn names(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.by_name.keys()
+    /// The scope's metrics as STALE entries of `device`.
+    fn stale<'a>(&'a self, device: Option<&'a str>) -> impl Iterator<Item = Stale> + 'a {
+        self.by_name.iter().map(move |(m, d)| Stale {
+            device: device.map(str::to_string),
+            metric: m.to_string(),
+            datatype: *d,
+        })
     }
 
     /// The shared name of a metric sent by name or alias, if declared.
@@ -495,10 +510,12 @@ impl HostSession {
         n.online = false;
         n.held.clear();
         n.reorder_deadline = None;
-        let mut stale: Vec<(Option<String>, String)> = n.metrics.names().map(|m| (None, m.to_string())).collect();
+        let mut stale: Vec<Stale> = n.metrics.stale(None).collect();
         for (d, scope) in &mut n.devices {
-            scope.online = false;
-            stale.extend(scope.names().map(|m| (Some(d.clone()), m.to_string())));
+            // A device already dead went STALE with its own death.
+            if std::mem::replace(&mut scope.online, false) {
+                stale.extend(scope.stale(Some(d)));
+            }
         }
         stale.sort();
         HostEvent::NodeDeath {
@@ -1265,15 +1282,14 @@ impl HostSession {
                     .nodes
                     .get_mut(&key)
                     .expect("sequenced messages belong to known nodes");
-                let stale = match n.devices.get_mut(&device) {
-                    Some(d) => {
-                        d.online = false;
-                        let mut names: Vec<String> = d.names().map(|n| n.to_string()).collect();
-                        names.sort();
-                        names
-                    }
+                let mut stale: Vec<Stale> = match n.devices.get_mut(&device) {
+                    Some(d) => match std::mem::replace(&mut d.online, false) {
+                        true => d.stale(Some(&device)).collect(),
+                        false => Vec::new(),
+                    },
                     None => Vec::new(),
                 };
+                stale.sort();
                 vec![HostEvent::DeviceDeath {
                     group: group.to_string(),
                     node: node.to_string(),
@@ -1595,16 +1611,20 @@ mod tests {
                 ..
             }] => {
                 assert_eq!(*at, T0 + 2);
+                let got: Vec<(Option<&str>, &str)> =
+                    stale.iter().map(|s| (s.device.as_deref(), s.metric.as_str())).collect();
                 assert_eq!(
-                    stale,
-                    &vec![
-                        (None, "Load".to_string()),
-                        (None, "Node Control/Next Server".to_string()),
-                        (None, "Node Control/Rebirth".to_string()),
-                        (None, "bdSeq".to_string()),
-                        (Some("D".to_string()), "Temp".to_string())
+                    got,
+                    vec![
+                        (None, "Load"),
+                        (None, "Node Control/Next Server"),
+                        (None, "Node Control/Rebirth"),
+                        (None, "bdSeq"),
+                        (Some("D"), "Temp")
                     ]
                 );
+                let temp = stale.last().expect("listed");
+                assert_eq!(temp.datatype, DataType::Float, "the datatype its birth declared");
             }
             other => panic!("expected node death, got {other:?}"),
         }
@@ -1619,8 +1639,15 @@ mod tests {
         let dd = published(e.device_offline(T0 + 7, "D").expect("known"));
         let ev = feed(&mut h, T0 + 50, &dd);
         assert!(
-            matches!(&ev[..], [HostEvent::DeviceDeath { device, at, stale, .. }] if device == "D" && *at == T0 + 7 && stale == &vec!["Temp".to_string()])
+            matches!(&ev[..], [HostEvent::DeviceDeath { device, at, stale, .. }] if device == "D" && *at == T0 + 7 && stale.len() == 1 && stale[0].metric == "Temp" && stale[0].device.as_deref() == Some("D"))
         );
+        // A second DDEATH of the dead device is still an event, with nothing left to make STALE.
+        let again = published(e.device_offline(T0 + 8, "D").unwrap_or_default());
+        for ev in feed(&mut h, T0 + 60, &again) {
+            if let HostEvent::DeviceDeath { stale, .. } = ev {
+                assert!(stale.is_empty());
+            }
+        }
     }
 
     // [tck-id-operational-behavior-host-reordering-start] [tck-id-operational-behavior-host-reordering-success]

@@ -255,6 +255,53 @@ ALTER TABLE oee_quality ADD reason_code nvarchar(max) NULL, reason nvarchar(max)
 "#
             .to_string(),
         ),
+        (
+            // As PostgreSQL's v7: device state, the state history, and each
+            // metric's last value with whether it is STALE. (`GO` ends a
+            // batch: CREATE VIEW must open one.)
+            6,
+            format!(
+                r#"
+CREATE TABLE sp_device_state (
+    group_id nvarchar(max) NOT NULL,
+    node_id nvarchar(max) NOT NULL,
+    device_id nvarchar(max) NOT NULL,
+    online bit NOT NULL,
+    bdseq bigint NULL,
+    last_birth datetime2(3) NULL,
+    last_death datetime2(3) NULL,
+    last_cause nvarchar(200) NULL,
+    updated_at datetime2(3) NOT NULL,
+    node_key AS {node} PERSISTED NOT NULL,
+    device_key AS {device} PERSISTED NOT NULL,
+    CONSTRAINT sp_device_state_pk PRIMARY KEY (device_key)
+);
+CREATE INDEX sp_device_state_node ON sp_device_state (node_key) INCLUDE (online);
+CREATE TABLE sp_state_history (
+    id bigint IDENTITY PRIMARY KEY,
+    group_id nvarchar(max) NOT NULL,
+    node_id nvarchar(max) NOT NULL,
+    device_id nvarchar(max) NOT NULL,
+    online bit NOT NULL,
+    bdseq bigint NULL,
+    at datetime2(3) NOT NULL,
+    cause nvarchar(200) NOT NULL,
+    written_at datetime2(3) NOT NULL DEFAULT SYSUTCDATETIME(),
+    device_key AS {device} PERSISTED NOT NULL
+);
+CREATE INDEX sp_state_history_at ON sp_state_history (device_key, at);
+GO
+CREATE VIEW sp_metric_last AS
+    SELECT f.group_id, f.node_id, f.device_id, f.metric, f.ts, f.datatype, f.v_int, f.v_float,
+           f.v_bool, f.v_text, f.v_bytes, f.quality, CAST(IIF(f.quality = 500, 1, 0) AS bit) AS is_stale
+    FROM sp_metric_catalog c
+    CROSS APPLY (
+        SELECT TOP (1) * FROM sp_metric_fact f WHERE f.series_key = c.series_key ORDER BY f.ts DESC
+    ) f;
+"#,
+                device = series_key(&["group_id", "node_id", "device_id"])
+            ),
+        ),
     ]
 }
 
@@ -329,11 +376,14 @@ DECLARE @ins TABLE (series_key binary(32), group_id nvarchar(max), node_id nvarc
 MERGE sp_metric_fact WITH (HOLDLOCK) AS t
 USING (
     SELECT * FROM (
-        SELECT *, ROW_NUMBER() OVER (PARTITION BY series_key, ts ORDER BY (SELECT NULL)) AS rn
+        SELECT *, ROW_NUMBER() OVER (PARTITION BY series_key, ts ORDER BY IIF(quality = 500, 1, 0)) AS rn
         FROM #sp_fact_stage
     ) AS x WHERE rn = 1
 ) AS s
 ON t.series_key = s.series_key AND t.ts = s.ts
+WHEN MATCHED AND t.quality = 500 AND s.quality <> 500 THEN UPDATE SET
+    datatype = s.datatype, v_int = s.v_int, v_float = s.v_float, v_bool = s.v_bool, v_text = s.v_text,
+    v_bytes = s.v_bytes, quality = s.quality, is_historical = s.is_historical, written_at = SYSUTCDATETIME()
 WHEN NOT MATCHED BY TARGET THEN INSERT ({cols}) VALUES ({vals})
 OUTPUT inserted.series_key, inserted.group_id, inserted.node_id, inserted.device_id, inserted.metric,
        inserted.ts, COALESCE(inserted.v_float, CAST(inserted.v_int AS float)) INTO @ins;
@@ -409,6 +459,7 @@ const INSERT_QUARANTINE: &str =
 /// The per-batch statements, built once.
 static MERGE_FACTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(merge_facts_sql);
 static MERGE_STATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(merge_state_sql);
+static MERGE_DEVICE_STATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(merge_device_state_sql);
 
 fn merge_state_sql() -> String {
     format!(
@@ -425,9 +476,60 @@ WHEN MATCHED THEN UPDATE SET
 WHEN NOT MATCHED THEN INSERT (group_id, node_id, online, stale, bdseq, last_birth, last_death, last_cause, updated_at)
     VALUES (s.group_id, s.node_id, s.online, IIF(s.online = 1, 0, 1), s.bdseq,
             IIF(s.online = 1, s.at, NULL), IIF(s.online = 1, NULL, s.at), s.cause, SYSUTCDATETIME());
+IF @P3 = 0
+    UPDATE sp_device_state
+    SET online = 0, last_death = @P5, last_cause = CONCAT(N'node ', @P6), updated_at = SYSUTCDATETIME()
+    OUTPUT inserted.group_id, inserted.node_id, inserted.device_id, 0, inserted.bdseq, @P5, CONCAT(N'node ', @P6)
+        INTO sp_state_history (group_id, node_id, device_id, online, bdseq, at, cause)
+    WHERE node_key = {param_key} AND online = 1;
+INSERT INTO sp_state_history (group_id, node_id, device_id, online, bdseq, at, cause)
+    SELECT @P1, @P2, N'', @P3, bdseq, @P5, @P6 FROM sp_node_state WHERE node_key = {param_key};
 "#,
-        key = series_key(&["s.group_id", "s.node_id"])
+        key = series_key(&["s.group_id", "s.node_id"]),
+        param_key = series_key(&["@P1", "@P2"]),
     )
+}
+
+/// A device's birth or death under its node's current bdSeq, and its
+/// history row. @P1 group, @P2 node, @P3 device, @P4 online, @P5 at, @P6 cause.
+fn merge_device_state_sql() -> String {
+    format!(
+        r#"
+MERGE sp_device_state WITH (HOLDLOCK) AS d
+USING (SELECT @P1 AS group_id, @P2 AS node_id, @P3 AS device_id, @P4 AS online, @P5 AS at, @P6 AS cause,
+              (SELECT bdseq FROM sp_node_state WHERE node_key = {node}) AS bdseq) AS s
+ON d.device_key = {key}
+WHEN MATCHED THEN UPDATE SET
+    online = s.online, bdseq = s.bdseq,
+    last_birth = IIF(s.online = 1, s.at, d.last_birth),
+    last_death = IIF(s.online = 1, d.last_death, s.at),
+    last_cause = s.cause, updated_at = SYSUTCDATETIME()
+WHEN NOT MATCHED THEN INSERT (group_id, node_id, device_id, online, bdseq, last_birth, last_death, last_cause, updated_at)
+    VALUES (s.group_id, s.node_id, s.device_id, s.online, s.bdseq,
+            IIF(s.online = 1, s.at, NULL), IIF(s.online = 1, NULL, s.at), s.cause, SYSUTCDATETIME())
+OUTPUT inserted.group_id, inserted.node_id, inserted.device_id, inserted.online, inserted.bdseq, s.at, s.cause
+    INTO sp_state_history (group_id, node_id, device_id, online, bdseq, at, cause);
+"#,
+        node = series_key(&["@P1", "@P2"]),
+        key = series_key(&["s.group_id", "s.node_id", "s.device_id"]),
+    )
+}
+
+/// A script's batches: the text between lines that read `GO` (the batch
+/// separator of SQL Server's own tools, which the server does not know).
+pub fn batches(script: &str) -> impl Iterator<Item = &str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut at = 0;
+    for line in script.split_inclusive('\n') {
+        if line.trim().eq_ignore_ascii_case("GO") {
+            parts.push(&script[start..at]);
+            start = at + line.len();
+        }
+        at += line.len();
+    }
+    parts.push(&script[start..]);
+    parts.into_iter().filter(|p| !p.trim().is_empty())
 }
 
 /// Every T-SQL text this sink sends, named, for checks by an independent
@@ -435,12 +537,24 @@ WHEN NOT MATCHED THEN INSERT (group_id, node_id, online, stale, bdseq, last_birt
 pub fn statements() -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = migrations()
         .into_iter()
-        .map(|(n, sql)| (format!("migration {n}"), sql))
+        .flat_map(|(n, sql)| {
+            let parts: Vec<String> = batches(&sql).map(str::to_string).collect();
+            let many = parts.len() > 1;
+            parts.into_iter().enumerate().map(move |(i, part)| {
+                let name = if many {
+                    format!("migration {n}, batch {}", i + 1)
+                } else {
+                    format!("migration {n}")
+                };
+                (name, part)
+            })
+        })
         .collect();
     v.push(("staging tables".into(), staging_ddl()));
     v.push(("fact merge and rollups".into(), merge_facts_sql()));
     v.push(("catalog merge".into(), MERGE_CATALOG.to_string()));
     v.push(("node state merge".into(), merge_state_sql()));
+    v.push(("device state merge".into(), merge_device_state_sql()));
     v.push(("quarantine insert".into(), INSERT_QUARANTINE.to_string()));
     v.push(("command audit upsert".into(), INSERT_COMMAND.to_string()));
     v.push(("OEE mark insert".into(), INSERT_OEE_MARK.to_string()));
@@ -599,7 +713,9 @@ impl Sink for MssqlSink {
             return Err(MssqlError::SchemaTooNew { found, known });
         }
         for (v, sql) in all.iter().filter(|(v, _)| *v > found) {
-            self.batch(sql).await?;
+            for part in batches(sql) {
+                self.batch(part).await?;
+            }
             self.client
                 .execute("INSERT INTO sp_schema_migrations (version) VALUES (@P1)", &[v])
                 .await?;
@@ -653,21 +769,19 @@ impl Sink for MssqlSink {
             req.finalize().await?;
             self.batch(MERGE_CATALOG).await?;
         }
-        if !b.states.is_empty() {
-            let sql = &*MERGE_STATE;
-            for s in &b.states {
-                let at = ColumnData::DateTime2(Some(datetime2(s.at_ms)));
+        for s in &b.states {
+            let at = ColumnData::DateTime2(Some(datetime2(s.at_ms)));
+            let (group, node, cause) = (s.group.as_str(), s.node.as_str(), s.cause.as_str());
+            if s.device.is_empty() {
+                self.client
+                    .execute(MERGE_STATE.as_str(), &[&group, &node, &s.online, &s.bdseq, &at, &cause])
+                    .await?;
+            } else {
+                let device = s.device.as_str();
                 self.client
                     .execute(
-                        sql.as_str(),
-                        &[
-                            &s.group.as_str(),
-                            &s.node.as_str(),
-                            &s.online,
-                            &s.bdseq,
-                            &at,
-                            &s.cause.as_str(),
-                        ],
+                        MERGE_DEVICE_STATE.as_str(),
+                        &[&group, &node, &device, &s.online, &at, &cause],
                     )
                     .await?;
             }

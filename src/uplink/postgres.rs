@@ -301,7 +301,87 @@ ALTER TABLE oee_quality ADD COLUMN reason_code text, ADD COLUMN reason text;
 CREATE INDEX oee_interval_open ON oee_interval (machine) WHERE computed_to < end_at;
 "#,
     ),
+    (
+        // v7: device state beside the node's, every birth and death in a
+        // history, and each metric's last value with whether it is STALE
+        // (a death writes a quality-500 fact without a value for every
+        // metric it makes STALE).
+        7,
+        r#"
+CREATE TABLE sp_device_state (
+    group_id text NOT NULL,
+    node_id text NOT NULL,
+    device_id text NOT NULL,
+    online boolean NOT NULL,
+    bdseq bigint,
+    last_birth timestamptz,
+    last_death timestamptz,
+    last_cause text,
+    updated_at timestamptz NOT NULL,
+    PRIMARY KEY (group_id, node_id, device_id)
+);
+CREATE TABLE sp_state_history (
+    id bigserial PRIMARY KEY,
+    group_id text NOT NULL,
+    node_id text NOT NULL,
+    device_id text NOT NULL,
+    online boolean NOT NULL,
+    bdseq bigint,
+    at timestamptz NOT NULL,
+    cause text NOT NULL,
+    written_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX sp_state_history_at ON sp_state_history (group_id, node_id, device_id, at);
+CREATE VIEW sp_metric_last AS
+    SELECT s.group_id, s.node_id, s.device_id, s.metric, f.ts, f.datatype, f.v_int, f.v_float,
+           f.v_bool, f.v_text, f.v_bytes, f.quality, f.quality = 500 AS is_stale, s.series_id
+    FROM sp_series s
+    CROSS JOIN LATERAL (
+        SELECT * FROM sp_series_fact f WHERE f.series_id = s.series_id ORDER BY f.ts DESC LIMIT 1
+    ) f;
+"#,
+    ),
 ];
+
+/// A node's birth or death: its state, the history row, and on a death the
+/// devices still online go offline with it (each with a history row).
+/// $1 group, $2 node, $3 online, $4 bdseq, $5 at, $6 cause.
+const NODE_STATE: &str = "WITH n AS (
+    INSERT INTO sp_node_state AS n (group_id, node_id, online, stale, bdseq, last_birth, last_death, last_cause, updated_at)
+    VALUES ($1, $2, $3, NOT $3, $4, CASE WHEN $3 THEN $5::timestamptz END, CASE WHEN NOT $3 THEN $5::timestamptz END, $6, now())
+    ON CONFLICT (group_id, node_id) DO UPDATE SET
+        online = $3, stale = NOT $3,
+        bdseq = coalesce($4, n.bdseq),
+        last_birth = CASE WHEN $3 THEN $5::timestamptz ELSE n.last_birth END,
+        last_death = CASE WHEN NOT $3 THEN $5::timestamptz ELSE n.last_death END,
+        last_cause = $6, updated_at = now()
+    RETURNING bdseq
+), d AS (
+    UPDATE sp_device_state SET online = false, last_death = $5, last_cause = 'node ' || $6, updated_at = now()
+    WHERE NOT $3 AND group_id = $1 AND node_id = $2 AND online
+    RETURNING device_id, bdseq
+), h AS (
+    INSERT INTO sp_state_history (group_id, node_id, device_id, online, bdseq, at, cause)
+    SELECT $1, $2, device_id, false, bdseq, $5, 'node ' || $6 FROM d
+)
+INSERT INTO sp_state_history (group_id, node_id, device_id, online, bdseq, at, cause)
+SELECT $1, $2, '', $3, bdseq, $5, $6 FROM n";
+
+/// A device's birth or death, under its node's current bdSeq, and the
+/// history row. $1 group, $2 node, $3 device, $4 online, $5 at, $6 cause.
+const DEVICE_STATE: &str = "WITH s AS (
+    INSERT INTO sp_device_state AS d (group_id, node_id, device_id, online, bdseq, last_birth, last_death, last_cause, updated_at)
+    SELECT $1, $2, $3, $4, (SELECT bdseq FROM sp_node_state WHERE group_id = $1 AND node_id = $2),
+           CASE WHEN $4 THEN $5::timestamptz END, CASE WHEN NOT $4 THEN $5::timestamptz END, $6, now()
+    ON CONFLICT (group_id, node_id, device_id) DO UPDATE SET
+        online = $4, bdseq = EXCLUDED.bdseq,
+        last_birth = CASE WHEN $4 THEN $5::timestamptz ELSE d.last_birth END,
+        last_death = CASE WHEN NOT $4 THEN $5::timestamptz ELSE d.last_death END,
+        last_cause = $6, updated_at = now()
+    RETURNING bdseq
+)
+INSERT INTO sp_state_history (group_id, node_id, device_id, online, bdseq, at, cause)
+SELECT $1, $2, $3, $4, bdseq, $5, $6 FROM s";
 
 /// A command audit row; one with a request_id replaces the earlier row of
 /// that id (sent, then its outcome).
@@ -316,11 +396,19 @@ const UPSERT_COMMAND: &str = "INSERT INTO sp_command_audit
 
 /// Staged facts → `sp_series_fact` (new keys only), and the numeric ones
 /// among those inserted to `sp_rollup_pending`; returns how many were new.
+/// A death's STALE marker never displaces a sample of the same key: a
+/// sample takes the marker's place (and counts as new), a marker finds the
+/// sample's place taken.
 const INSERT_FACTS: &str = "WITH ins AS (
-    INSERT INTO sp_series_fact (series_id, ts, datatype, v_int, v_float, v_bool, v_text, v_bytes, quality, is_historical)
-    SELECT series_id, ts, datatype, v_int, v_float, v_bool, v_text, v_bytes, quality, is_historical
+    INSERT INTO sp_series_fact AS t (series_id, ts, datatype, v_int, v_float, v_bool, v_text, v_bytes, quality, is_historical)
+    SELECT DISTINCT ON (series_id, ts) series_id, ts, datatype, v_int, v_float, v_bool, v_text, v_bytes, quality, is_historical
     FROM sp_fact_stage
-    ON CONFLICT DO NOTHING
+    ORDER BY series_id, ts, quality = 500
+    ON CONFLICT (series_id, ts) DO UPDATE SET
+        datatype = EXCLUDED.datatype, v_int = EXCLUDED.v_int, v_float = EXCLUDED.v_float,
+        v_bool = EXCLUDED.v_bool, v_text = EXCLUDED.v_text, v_bytes = EXCLUDED.v_bytes,
+        quality = EXCLUDED.quality, is_historical = EXCLUDED.is_historical, written_at = now()
+        WHERE t.quality = 500 AND EXCLUDED.quality <> 500
     RETURNING series_id, ts, coalesce(v_float, v_int::double precision) AS v
 ), pending AS (
     INSERT INTO sp_rollup_pending (series_id, ts, v) SELECT series_id, ts, v FROM ins WHERE v IS NOT NULL
@@ -691,18 +779,16 @@ impl Sink for PgSink {
         }
         for s in &b.states {
             let when = at(s.at_ms);
-            tx.execute(
-                "INSERT INTO sp_node_state AS n (group_id, node_id, online, stale, bdseq, last_birth, last_death, last_cause, updated_at)
-                 VALUES ($1, $2, $3, NOT $3, $4, CASE WHEN $3 THEN $5::timestamptz END, CASE WHEN NOT $3 THEN $5::timestamptz END, $6, now())
-                 ON CONFLICT (group_id, node_id) DO UPDATE SET
-                    online = $3, stale = NOT $3,
-                    bdseq = coalesce($4, n.bdseq),
-                    last_birth = CASE WHEN $3 THEN $5::timestamptz ELSE n.last_birth END,
-                    last_death = CASE WHEN NOT $3 THEN $5::timestamptz ELSE n.last_death END,
-                    last_cause = $6, updated_at = now()",
-                &[&s.group, &s.node, &s.online, &s.bdseq, &when, &s.cause],
-            )
-            .await?;
+            if s.device.is_empty() {
+                tx.execute(NODE_STATE, &[&s.group, &s.node, &s.online, &s.bdseq, &when, &s.cause])
+                    .await?;
+            } else {
+                tx.execute(
+                    DEVICE_STATE,
+                    &[&s.group, &s.node, &s.device, &s.online, &when, &s.cause],
+                )
+                .await?;
+            }
         }
         for q in &b.quarantine {
             let when = at(q.received_ms);

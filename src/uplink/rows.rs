@@ -24,8 +24,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::sparkplug::codec::{encode_iter, Datatypes, Metric, Value};
-use crate::sparkplug::host::{CommandSeen, DeathCause, HostEvent};
+use crate::sparkplug::codec::{encode_iter, Datatypes, Metric, Quality, Value};
+use crate::sparkplug::host::{CommandSeen, DeathCause, HostEvent, Stale};
 
 /// The last millisecond every backend's timestamp column holds
 /// (9999-12-31T23:59:59.999Z; SQL Server's `datetime2` ends there).
@@ -121,15 +121,21 @@ impl FactRow {
     }
 }
 
-/// A node's lifecycle (`sp_node_state`).
+/// A birth or death of a node (`sp_node_state`) or of a device
+/// (`sp_device_state`), each also a row of `sp_state_history`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateRow {
     pub group: String,
     pub node: String,
+    /// Empty for the node itself.
+    pub device: String,
     pub online: bool,
+    /// The node's bdSeq (a device's birth or death carries none: the sinks
+    /// take the node's current one).
     pub bdseq: Option<i64>,
     pub at_ms: i64,
-    /// Why it went offline (`NDEATH` or `host disconnected`), empty on a birth.
+    /// Why it went offline (`NDEATH`, `DDEATH` or `host disconnected`),
+    /// empty on a birth.
     pub cause: String,
 }
 
@@ -258,7 +264,11 @@ impl Batch {
             .iter()
             .map(|f| 128 + opt(&f.v_text) + f.v_bytes.as_ref().map_or(0, Vec::len))
             .sum();
-        let states: usize = self.states.iter().map(|s| 96 + s.group.len() + s.node.len()).sum();
+        let states: usize = self
+            .states
+            .iter()
+            .map(|s| 96 + s.group.len() + s.node.len() + s.device.len())
+            .sum();
         let catalog: usize = self
             .catalog
             .iter()
@@ -387,14 +397,15 @@ impl Batch {
                 metrics,
             } => {
                 let at = timestamp.unwrap_or(received_ms);
-                self.states.push(StateRow {
-                    group: storable(group).into_owned(),
-                    node: storable(node).into_owned(),
-                    online: true,
-                    bdseq: Some(*bdseq as i64),
-                    at_ms: storable_ts(at, received_ms),
-                    cause: String::new(),
-                });
+                self.state(
+                    group,
+                    node,
+                    "",
+                    true,
+                    Some(*bdseq as i64),
+                    storable_ts(at, received_ms),
+                    "",
+                );
                 self.birth(group, node, "", metrics, at, received_ms);
             }
             HostEvent::DeviceBirth {
@@ -403,14 +414,11 @@ impl Batch {
                 device,
                 timestamp,
                 metrics,
-            } => self.birth(
-                group,
-                node,
-                device,
-                metrics,
-                timestamp.unwrap_or(received_ms),
-                received_ms,
-            ),
+            } => {
+                let at = timestamp.unwrap_or(received_ms);
+                self.state(group, node, device, true, None, storable_ts(at, received_ms), "");
+                self.birth(group, node, device, metrics, at, received_ms);
+            }
             HostEvent::Data {
                 group,
                 node,
@@ -428,20 +436,31 @@ impl Batch {
                 }
             }
             HostEvent::NodeDeath {
-                group, node, cause, at, ..
+                group,
+                node,
+                cause,
+                at,
+                stale,
             } => {
                 let (bdseq, cause) = match cause {
                     DeathCause::NDeath { bdseq } => (Some(*bdseq as i64), "NDEATH"),
                     DeathCause::HostDisconnected => (None, "host disconnected"),
                 };
-                self.states.push(StateRow {
-                    group: storable(group).into_owned(),
-                    node: storable(node).into_owned(),
-                    online: false,
-                    bdseq,
-                    at_ms: storable_ts(*at, received_ms),
-                    cause: cause.to_string(),
-                });
+                let at_ms = storable_ts(*at, received_ms);
+                // The sinks take the node's devices offline with it.
+                self.state(group, node, "", false, bdseq, at_ms, cause);
+                self.stale(group, node, stale, at_ms);
+            }
+            HostEvent::DeviceDeath {
+                group,
+                node,
+                device,
+                at,
+                stale,
+            } => {
+                let at_ms = storable_ts(*at, received_ms);
+                self.state(group, node, device, false, None, at_ms, "DDEATH");
+                self.stale(group, node, stale, at_ms);
             }
             HostEvent::Quarantine { topic, payload, reason } => self.quarantine.push(QuarantineRow {
                 topic: storable(topic).into_owned(),
@@ -453,10 +472,63 @@ impl Batch {
             | HostEvent::Publish(_)
             | HostEvent::Command { .. }
             | HostEvent::Disconnect
-            | HostEvent::DeviceDeath { .. }
             | HostEvent::DeathIgnored { .. }
             | HostEvent::SequenceError { .. }
             | HostEvent::RebirthRequested { .. } => {}
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn state(
+        &mut self,
+        group: &str,
+        node: &str,
+        device: &str,
+        online: bool,
+        bdseq: Option<i64>,
+        at_ms: i64,
+        cause: &str,
+    ) {
+        self.states.push(StateRow {
+            group: storable(group).into_owned(),
+            node: storable(node).into_owned(),
+            device: storable(device).into_owned(),
+            online,
+            bdseq,
+            at_ms,
+            cause: cause.to_string(),
+        });
+    }
+
+    /// A STALE fact (quality 500, no value) at the death's time for every
+    /// metric the death made STALE: "last value" queries then see STALE.
+    fn stale(&mut self, group: &str, node: &str, stale: &[Stale], at_ms: i64) {
+        let (group, node): (Arc<str>, Arc<str>) = (Arc::from(group), Arc::from(node));
+        let mut device: Arc<str> = Arc::from("");
+        for s in stale {
+            let d = s.device.as_deref().unwrap_or("");
+            if *device != *d {
+                device = Arc::from(d);
+            }
+            let f = FactRow {
+                group: group.clone(),
+                node: node.clone(),
+                device: device.clone(),
+                metric: Arc::from(s.metric.as_str()),
+                ts_ms: at_ms,
+                datatype: s.datatype as i16,
+                v_int: None,
+                v_float: None,
+                v_bool: None,
+                v_text: None,
+                v_bytes: None,
+                quality: Quality::Stale.code(),
+                is_historical: false,
+            };
+            // Names were checked when the birth declared them.
+            if fact_defect(&f).is_none() {
+                self.facts.push(f);
+            }
         }
     }
 
@@ -620,6 +692,42 @@ mod tests {
             "beyond i64 kept exactly"
         );
         assert_eq!((&*t.device, t.quality), ("D", 192));
+    }
+
+    #[test]
+    fn a_device_death_is_a_state_row_and_a_stale_fact_without_value_per_metric_it_made_stale() {
+        let mut b = Batch::default();
+        let stale = |metric: &str, datatype| Stale {
+            device: Some("D".into()),
+            metric: metric.into(),
+            datatype,
+        };
+        b.add_event(
+            &HostEvent::DeviceDeath {
+                group: "G".into(),
+                node: "N".into(),
+                device: "D".into(),
+                at: 77,
+                stale: vec![
+                    stale("Temp", crate::sparkplug::DataType::Double),
+                    stale("Run", crate::sparkplug::DataType::Boolean),
+                ],
+            },
+            99,
+        );
+        assert_eq!(b.states.len(), 1);
+        let s = &b.states[0];
+        assert_eq!(
+            (&*s.device, s.online, s.at_ms, &*s.cause, s.bdseq),
+            ("D", false, 77, "DDEATH", None)
+        );
+        assert_eq!(b.facts.len(), 2);
+        for f in &b.facts {
+            assert_eq!((&*f.device, f.ts_ms, f.quality, f.is_historical), ("D", 77, 500, false));
+            assert!(f.v_int.is_none() && f.v_float.is_none() && f.v_bool.is_none() && f.v_text.is_none());
+            assert!(f.numeric().is_none(), "no rollup for a marker");
+        }
+        assert_eq!(b.facts[1].datatype, crate::sparkplug::DataType::Boolean as i16);
     }
 
     #[test]
