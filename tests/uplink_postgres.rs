@@ -431,6 +431,12 @@ impl Sink for PanickingSink {
     async fn fold(&mut self) -> Result<u64, Self::Error> {
         self.0.fold().await
     }
+    fn set_retention(&mut self, r: &spb::uplink::retention::Retention, clock: Option<i64>) {
+        self.0.set_retention(r, clock)
+    }
+    async fn retain(&mut self, now_ms: i64) -> Result<spb::uplink::sink::Retained, Self::Error> {
+        self.0.retain(now_ms).await
+    }
     fn is_closed(&self) -> bool {
         self.0.is_closed()
     }

@@ -86,6 +86,8 @@ pub struct DatabaseConfig {
     /// How often the rollups are brought up to date (PostgreSQL folds its
     /// pending log; SQL Server keeps them current in every write).
     pub rollup_interval: Duration,
+    /// `[retention]`: how long each class of rows is kept.
+    pub retention: super::retention::Retention,
 }
 
 /// The whole uplink configuration.
@@ -145,18 +147,90 @@ impl UplinkConfig {
             );
         }
         let oee = root.opt_table("oee").map(|t| super::oee::config::read(&t));
-        root.finish(&["host", "mqtt", "database", "limits", "telemetry", "commands", "oee"]);
+        let retention = root
+            .opt_table("retention")
+            .map_or_else(Default::default, |t| read_retention(&t));
+        root.finish(&[
+            "host",
+            "mqtt",
+            "database",
+            "limits",
+            "telemetry",
+            "commands",
+            "oee",
+            "retention",
+        ]);
         ctx.finish()?;
+        let mut database = database.expect("no errors, so [database] was read");
+        database.retention = retention;
         Ok(UplinkConfig {
             host: host.expect("no errors, so [host] was read"),
             mqtt,
-            database: database.expect("no errors, so [database] was read"),
+            database,
             limits,
             telemetry,
             commands,
             oee,
         })
     }
+}
+
+/// `[retention]`: per class a duration (`"90d"`) or `"forever"`; the
+/// partition span; the horizon; how often it runs.
+fn read_retention(t: &Table) -> super::retention::Retention {
+    use super::retention::{Retention, Span};
+    let d = Retention::default();
+    let keep = |key: &str, default: Option<Duration>| -> Option<Duration> {
+        match t.opt_str(key).as_deref() {
+            Some("forever") => None,
+            Some(_) => {
+                let v = t.duration_or(key, default.unwrap_or_default());
+                if v < Duration::from_secs(86_400) {
+                    t.invalid(key, "at least 1d (or \"forever\")");
+                }
+                Some(v)
+            }
+            // Absent, or not a string (reported by opt_str).
+            None => default,
+        }
+    };
+    let span = match t.opt_str("partition").as_deref() {
+        None | Some("day") => Span::Day,
+        Some("week") => Span::Week,
+        Some(other) => {
+            t.invalid("partition", format!("'{other}': use day or week"));
+            Span::Day
+        }
+    };
+    let r = Retention {
+        raw: keep("raw", d.raw),
+        facts: keep("facts", d.facts),
+        rollups: [
+            keep("rollup_minute", d.rollups[0]),
+            keep("rollup_hour", d.rollups[1]),
+            keep("rollup_day", d.rollups[2]),
+        ],
+        span,
+        horizon: t.duration_or("horizon", d.horizon),
+        interval: t.duration_or("interval", d.interval),
+    };
+    if r.horizon < Duration::from_secs(3600) {
+        t.invalid("horizon", "at least 1h: samples stamped up to this far ahead are kept");
+    }
+    if r.interval < Duration::from_secs(60) {
+        t.invalid("interval", "at least 1m");
+    }
+    t.finish(&[
+        "raw",
+        "facts",
+        "rollup_minute",
+        "rollup_hour",
+        "rollup_day",
+        "partition",
+        "horizon",
+        "interval",
+    ]);
+    r
 }
 
 fn read_commands(t: &Table) -> ApiConfig {
@@ -324,6 +398,7 @@ fn read_database(t: &Table) -> Option<DatabaseConfig> {
         offline_after_rows: t.int_in("offline_after_rows", 100_000, 1..=100_000_000) as usize,
         writers: t.int_in("writers", 4, 1..=64) as usize,
         rollup_interval: t.duration_or("rollup_interval", Duration::from_secs(5)),
+        retention: Default::default(),
     };
     if d.offline_after_rows > d.backlog_max_rows {
         t.invalid(

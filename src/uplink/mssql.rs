@@ -28,8 +28,9 @@ use tiberius::{Client, ColumnData, Config, TokenRow};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
+use super::retention::{Class, Retention, RESOLUTIONS};
 use super::rows::{Batch, CatalogRow, FactRow, RawRow};
-use super::sink::{Sink, Written};
+use super::sink::{Retained, Sink, Written};
 
 /// Why the SQL Server sink failed.
 #[derive(Debug, Error)]
@@ -290,6 +291,8 @@ CREATE TABLE sp_state_history (
     device_key AS {device} PERSISTED NOT NULL
 );
 CREATE INDEX sp_state_history_at ON sp_state_history (device_key, at);
+CREATE INDEX sp_metric_fact_age ON sp_metric_fact (ts);
+CREATE INDEX sp_metric_rollup_age ON sp_metric_rollup (bucket_size, bucket);
 GO
 CREATE VIEW sp_metric_last AS
     SELECT f.group_id, f.node_id, f.device_id, f.metric, f.ts, f.datatype, f.v_int, f.v_float,
@@ -532,6 +535,17 @@ pub fn batches(script: &str) -> impl Iterator<Item = &str> {
     parts.into_iter().filter(|p| !p.trim().is_empty())
 }
 
+/// Rows a retention delete removes per statement (each its own
+/// transaction: the log holds at most this many rows' deletes).
+pub const DELETE_BATCH: i64 = 5_000;
+
+/// One bounded retention delete of `table`'s rows older than @P1 (of one
+/// rollup resolution); returns how many went.
+fn retention_delete(table: &str, column: &str, resolution: Option<&str>) -> String {
+    let only = resolution.map_or(String::new(), |r| format!(" AND bucket_size = '{r}'"));
+    format!("SET NOCOUNT ON; DELETE TOP ({DELETE_BATCH}) FROM {table} WHERE {column} < @P1{only}; SELECT @@ROWCOUNT;")
+}
+
 /// Every T-SQL text this sink sends, named, for checks by an independent
 /// T-SQL parser (`tests/uplink_mssql.rs`).
 pub fn statements() -> Vec<(String, String)> {
@@ -558,6 +572,10 @@ pub fn statements() -> Vec<(String, String)> {
     v.push(("quarantine insert".into(), INSERT_QUARANTINE.to_string()));
     v.push(("command audit upsert".into(), INSERT_COMMAND.to_string()));
     v.push(("OEE mark insert".into(), INSERT_OEE_MARK.to_string()));
+    v.push((
+        "retention delete".into(),
+        retention_delete("sp_metric_rollup", "bucket", Some("minute")),
+    ));
     v
 }
 
@@ -644,6 +662,9 @@ pub struct MssqlSink {
     client: Conn,
     /// Whether this connection's temp tables exist.
     staged: bool,
+    retention: Retention,
+    /// A clock the tests set; `None`: the wall clock.
+    clock: Option<i64>,
 }
 
 impl MssqlSink {
@@ -678,7 +699,12 @@ impl Sink for MssqlSink {
             }
             other => other?,
         };
-        let mut s = MssqlSink { client, staged: false };
+        let mut s = MssqlSink {
+            client,
+            staged: false,
+            retention: Retention::forever(),
+            clock: None,
+        };
         s.client
             .simple_query("SET XACT_ABORT ON; SET NOCOUNT ON;")
             .await?
@@ -725,8 +751,79 @@ impl Sink for MssqlSink {
         Ok(known)
     }
 
-    /// Writes a batch in one transaction.
+    /// Writes a batch in one transaction, without the rows the retention
+    /// keeps out.
     async fn write(&mut self, b: &Batch) -> Result<Written, MssqlError> {
+        let now = self.clock.unwrap_or_else(|| crate::clock::now_ms() as i64);
+        match self.retention.trim(b, now) {
+            None => self.write_rows(b).await,
+            Some((b, expired, ahead)) => Ok(Written {
+                expired,
+                ahead,
+                ..self.write_rows(&b).await?
+            }),
+        }
+    }
+
+    fn set_retention(&mut self, r: &Retention, clock: Option<i64>) {
+        self.retention = r.clone();
+        self.clock = clock;
+    }
+
+    /// Deletes what the retention expired in batches of [`DELETE_BATCH`]
+    /// rows, each its own transaction, so the log never holds more than one
+    /// batch's deletes and a writer waits at most for one batch; one uplink
+    /// runs it at a time (an application lock).
+    async fn retain(&mut self, now_ms: i64) -> Result<Retained, MssqlError> {
+        let got = self
+            .client
+            .simple_query(
+                "DECLARE @r int; EXEC @r = sp_getapplock @Resource = 'spb-uplink-retain', \
+                 @LockMode = 'Exclusive', @LockOwner = 'Session', @LockTimeout = 0; SELECT @r;",
+            )
+            .await?
+            .into_row()
+            .await?
+            .and_then(|r| r.get::<i32, _>(0))
+            .unwrap_or(-1);
+        if got < 0 {
+            return Ok(Retained {
+                skipped: true,
+                ..Retained::default()
+            });
+        }
+        let done = self.retain_locked(now_ms).await;
+        self.batch("EXEC sp_releaseapplock @Resource = 'spb-uplink-retain', @LockOwner = 'Session';")
+            .await?;
+        done
+    }
+
+    async fn fold(&mut self) -> Result<u64, MssqlError> {
+        // This backend's MERGE maintains the rollups in the write itself.
+        Ok(0)
+    }
+
+    fn is_closed(&self) -> bool {
+        // tiberius notices a dead socket on the next request; the writer
+        // drops the sink after any error, so a failed one is never reused.
+        false
+    }
+
+    /// Server errors about values (conversion, overflow, truncation, bulk
+    /// load column data, NULL, keys and constraints), and values tiberius
+    /// could not encode.
+    fn is_data_error(e: &MssqlError) -> bool {
+        match e {
+            MssqlError::Db(tiberius::error::Error::Server(t)) => DATA_ERRORS.contains(&t.code()),
+            MssqlError::Db(tiberius::error::Error::Conversion(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+impl MssqlSink {
+    /// Writes a batch in one transaction.
+    async fn write_rows(&mut self, b: &Batch) -> Result<Written, MssqlError> {
         let mut out = Written::default();
         if !self.staged {
             self.batch(&staging_ddl()).await?;
@@ -830,26 +927,45 @@ impl Sink for MssqlSink {
         Ok(out)
     }
 
-    async fn fold(&mut self) -> Result<u64, MssqlError> {
-        // This backend's MERGE maintains the rollups in the write itself.
-        Ok(0)
-    }
-
-    fn is_closed(&self) -> bool {
-        // tiberius notices a dead socket on the next request; the writer
-        // drops the sink after any error, so a failed one is never reused.
-        false
-    }
-
-    /// Server errors about values (conversion, overflow, truncation, bulk
-    /// load column data, NULL, keys and constraints), and values tiberius
-    /// could not encode.
-    fn is_data_error(e: &MssqlError) -> bool {
-        match e {
-            MssqlError::Db(tiberius::error::Error::Server(t)) => DATA_ERRORS.contains(&t.code()),
-            MssqlError::Db(tiberius::error::Error::Conversion(_)) => true,
-            _ => false,
+    /// The retention's deletes, table by table, oldest first.
+    async fn retain_locked(&mut self, now_ms: i64) -> Result<Retained, MssqlError> {
+        let mut out = Retained::default();
+        let r = self.retention.clone();
+        let mut work: Vec<(String, Option<i64>)> = vec![
+            (
+                retention_delete("sp_event_raw", "received_at", None),
+                r.cutoff(Class::Raw, now_ms),
+            ),
+            (
+                retention_delete("sp_metric_fact", "ts", None),
+                r.cutoff(Class::Facts, now_ms),
+            ),
+        ];
+        for res in RESOLUTIONS {
+            work.push((
+                retention_delete("sp_metric_rollup", "bucket", Some(res)),
+                r.cutoff(Class::Rollup(res), now_ms),
+            ));
         }
+        for (sql, cutoff) in work {
+            let Some(cutoff) = cutoff else { continue };
+            let before = ColumnData::DateTime2(Some(datetime2(cutoff)));
+            loop {
+                let n = self
+                    .client
+                    .query(sql.as_str(), &[&before])
+                    .await?
+                    .into_row()
+                    .await?
+                    .and_then(|row| row.get::<i32, _>(0))
+                    .unwrap_or(0);
+                out.deleted_rows += n.max(0) as u64;
+                if (n as i64) < DELETE_BATCH {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -24,8 +24,10 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
+use super::pg_partitions as parts;
+use super::retention::{Class, Partition, Retention, RESOLUTIONS};
 use super::rows::{Batch, FactRow};
-use super::sink::{Sink, Written};
+use super::sink::{Retained, Sink, Written};
 
 /// Why the PostgreSQL sink failed.
 #[derive(Debug, Error)]
@@ -341,6 +343,112 @@ CREATE VIEW sp_metric_last AS
     ) f;
 "#,
     ),
+    (
+        // v8: time partitions, so retention drops whole partitions instead
+        // of deleting rows. Raw messages by arrival and facts by timestamp
+        // (a partition per day or week, created ahead by the uplink), the
+        // rollups by resolution and then by month. What is already stored
+        // moves into day and month partitions made for it here.
+        8,
+        r#"
+DROP VIEW sp_metric_last;
+DROP VIEW sp_metric_fact;
+DROP VIEW sp_metric_rollup;
+
+ALTER TABLE sp_series_fact RENAME TO sp_series_fact_v7;
+ALTER INDEX sp_series_fact_pkey RENAME TO sp_series_fact_v7_pkey;
+CREATE TABLE sp_series_fact (
+    series_id bigint NOT NULL,
+    ts timestamptz NOT NULL,
+    datatype smallint NOT NULL,
+    v_int bigint,
+    v_float double precision,
+    v_bool boolean,
+    v_text text,
+    v_bytes bytea,
+    quality integer NOT NULL,
+    is_historical boolean NOT NULL,
+    written_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (series_id, ts)
+) PARTITION BY RANGE (ts);
+
+ALTER TABLE sp_event_raw RENAME TO sp_event_raw_v7;
+ALTER INDEX sp_event_raw_pkey RENAME TO sp_event_raw_v7_pkey;
+ALTER INDEX sp_event_raw_received RENAME TO sp_event_raw_v7_received;
+ALTER SEQUENCE sp_event_raw_id_seq OWNED BY NONE;
+CREATE TABLE sp_event_raw (
+    id bigint NOT NULL DEFAULT nextval('sp_event_raw_id_seq'),
+    topic text NOT NULL,
+    kind text NOT NULL,
+    seq smallint,
+    bdseq bigint,
+    received_at timestamptz NOT NULL,
+    payload bytea NOT NULL,
+    PRIMARY KEY (id, received_at)
+) PARTITION BY RANGE (received_at);
+ALTER SEQUENCE sp_event_raw_id_seq OWNED BY sp_event_raw.id;
+CREATE INDEX sp_event_raw_received ON sp_event_raw (received_at);
+
+ALTER TABLE sp_series_rollup RENAME TO sp_series_rollup_v7;
+ALTER INDEX sp_series_rollup_pkey RENAME TO sp_series_rollup_v7_pkey;
+CREATE TABLE sp_series_rollup (
+    bucket_size text NOT NULL CHECK (bucket_size IN ('minute', 'hour', 'day')),
+    series_id bigint NOT NULL,
+    bucket timestamptz NOT NULL,
+    count bigint NOT NULL,
+    min double precision NOT NULL,
+    max double precision NOT NULL,
+    sum double precision NOT NULL,
+    last double precision NOT NULL,
+    last_ts timestamptz NOT NULL,
+    PRIMARY KEY (bucket_size, series_id, bucket)
+) PARTITION BY LIST (bucket_size);
+CREATE TABLE sp_series_rollup_minute PARTITION OF sp_series_rollup FOR VALUES IN ('minute') PARTITION BY RANGE (bucket);
+CREATE TABLE sp_series_rollup_hour PARTITION OF sp_series_rollup FOR VALUES IN ('hour') PARTITION BY RANGE (bucket);
+CREATE TABLE sp_series_rollup_day PARTITION OF sp_series_rollup FOR VALUES IN ('day') PARTITION BY RANGE (bucket);
+
+DO $$
+DECLARE p record;
+BEGIN
+    FOR p IN SELECT DISTINCT date_trunc('day', ts) AS lo FROM sp_series_fact_v7 LOOP
+        EXECUTE format('CREATE TABLE %I PARTITION OF sp_series_fact FOR VALUES FROM (%L) TO (%L)',
+            'sp_series_fact_' || to_char(p.lo, 'YYYYMMDD'), p.lo, p.lo + interval '1 day');
+    END LOOP;
+    FOR p IN SELECT DISTINCT date_trunc('day', received_at) AS lo FROM sp_event_raw_v7 LOOP
+        EXECUTE format('CREATE TABLE %I PARTITION OF sp_event_raw FOR VALUES FROM (%L) TO (%L)',
+            'sp_event_raw_' || to_char(p.lo, 'YYYYMMDD'), p.lo, p.lo + interval '1 day');
+    END LOOP;
+    FOR p IN SELECT DISTINCT bucket_size AS size, date_trunc('month', bucket) AS lo FROM sp_series_rollup_v7 LOOP
+        EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+            'sp_series_rollup_' || p.size || '_' || to_char(p.lo, 'YYYYMM'), 'sp_series_rollup_' || p.size,
+            p.lo, p.lo + interval '1 month');
+    END LOOP;
+END $$;
+
+INSERT INTO sp_series_fact SELECT * FROM sp_series_fact_v7;
+INSERT INTO sp_event_raw SELECT * FROM sp_event_raw_v7;
+INSERT INTO sp_series_rollup SELECT * FROM sp_series_rollup_v7;
+DROP TABLE sp_series_fact_v7;
+DROP TABLE sp_event_raw_v7;
+DROP TABLE sp_series_rollup_v7;
+
+CREATE VIEW sp_metric_fact AS
+    SELECT s.group_id, s.node_id, s.device_id, s.metric, f.ts, f.datatype, f.v_int, f.v_float,
+           f.v_bool, f.v_text, f.v_bytes, f.quality, f.is_historical, f.written_at, f.series_id
+    FROM sp_series_fact f JOIN sp_series s USING (series_id);
+CREATE VIEW sp_metric_rollup AS
+    SELECT r.bucket_size, r.bucket, s.group_id, s.node_id, s.device_id, s.metric, r.count, r.min,
+           r.max, r.sum, r.last, r.last_ts, r.series_id
+    FROM sp_series_rollup r JOIN sp_series s USING (series_id);
+CREATE VIEW sp_metric_last AS
+    SELECT s.group_id, s.node_id, s.device_id, s.metric, f.ts, f.datatype, f.v_int, f.v_float,
+           f.v_bool, f.v_text, f.v_bytes, f.quality, f.quality = 500 AS is_stale, s.series_id
+    FROM sp_series s
+    CROSS JOIN LATERAL (
+        SELECT * FROM sp_series_fact f WHERE f.series_id = s.series_id ORDER BY f.ts DESC LIMIT 1
+    ) f;
+"#,
+    ),
 ];
 
 /// A node's birth or death: its state, the history row, and on a death the
@@ -417,8 +525,12 @@ SELECT count(*) FROM ins";
 
 /// `sp_rollup_pending` → minute/hour/day rows of `sp_series_rollup`, and
 /// empty; returns how many facts were folded in.
+/// $1: the months whose rollup partitions exist (pending facts of other
+/// months wait for the next fold); $2, $3, $4: the minute, hour and day
+/// cutoffs of the retention (NULL: forever), older buckets not written.
 const FOLD_ROLLUPS: &str = "WITH p AS (
-    DELETE FROM sp_rollup_pending RETURNING series_id, ts, v
+    DELETE FROM sp_rollup_pending WHERE date_trunc('month', ts) = ANY($1::timestamptz[])
+    RETURNING series_id, ts, v
 ), m AS (
     -- Minute buckets first; hours and days are built from these rows.
     SELECT series_id, date_trunc('minute', ts) AS bucket, count(*) AS count, min(v) AS min,
@@ -433,7 +545,10 @@ const FOLD_ROLLUPS: &str = "WITH p AS (
     GROUP BY 1, 2, 3
 ), roll AS (
     INSERT INTO sp_series_rollup AS r (bucket_size, series_id, bucket, count, min, max, sum, last, last_ts)
-    SELECT * FROM d ORDER BY 1, 2, 3
+    SELECT * FROM d
+    WHERE bucket >= coalesce(CASE size WHEN 'minute' THEN $2::timestamptz WHEN 'hour' THEN $3::timestamptz
+                                       ELSE $4::timestamptz END, '-infinity')
+    ORDER BY 1, 2, 3
     ON CONFLICT (bucket_size, series_id, bucket) DO UPDATE SET
         count = r.count + EXCLUDED.count,
         min = least(r.min, EXCLUDED.min),
@@ -512,6 +627,11 @@ pub struct PgSink {
     conn: tokio::task::JoinHandle<()>,
     series: SeriesCache,
     oee_cycles: super::oee::pg::CycleBase,
+    retention: Retention,
+    /// A clock the tests set; `None`: the wall clock.
+    clock: Option<i64>,
+    /// The partitions of each class as last read (a miss reads again).
+    parts: std::collections::HashMap<Class, Vec<Partition>>,
 }
 
 /// The server's own words for an error (severity, SQLSTATE, message,
@@ -605,6 +725,9 @@ impl Sink for PgSink {
             conn,
             series: SeriesCache::default(),
             oee_cycles: Default::default(),
+            retention: Retention::forever(),
+            clock: None,
+            parts: Default::default(),
         })
     }
 
@@ -620,6 +743,9 @@ impl Sink for PgSink {
         let PgError::Db(e) = e else { return false };
         if e.is_closed() {
             return false;
+        }
+        if parts::is_no_partition(e) {
+            return false; // the partitions changed: ensure them and retry
         }
         match e.code() {
             Some(c) => ["22", "23", "54"].iter().any(|class| c.code().starts_with(class)),
@@ -659,6 +785,7 @@ impl Sink for PgSink {
     /// Folds `sp_rollup_pending` into the rollups (one transaction; skipped
     /// while another connection folds); returns the facts folded in.
     async fn fold(&mut self) -> Result<u64, PgError> {
+        let now = self.now();
         let tx = self.client.transaction().await?;
         // Key: "spbfold" in ASCII.
         let mine: bool = tx
@@ -668,13 +795,173 @@ impl Sink for PgSink {
         if !mine {
             return Ok(0);
         }
-        let n: i64 = tx.query_one(FOLD_ROLLUPS, &[]).await?.get(0);
+        let months: Vec<i64> = tx
+            .query(
+                "SELECT DISTINCT (extract(epoch FROM date_trunc('month', ts)) * 1000)::bigint FROM sp_rollup_pending",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if months.is_empty() {
+            return Ok(0);
+        }
+        tx.commit().await?;
+        for r in RESOLUTIONS {
+            let class = Class::Rollup(r);
+            let live: Vec<i64> = months
+                .iter()
+                .copied()
+                .filter(|m| {
+                    let end = self.retention.span(class).period(*m).1;
+                    self.retention.cutoff(class, now).is_none_or(|c| end > c)
+                })
+                .collect();
+            self.cover(class, live.into_iter()).await?;
+        }
+        let tx = self.client.transaction().await?;
+        let mine: bool = tx
+            .query_one("SELECT pg_try_advisory_xact_lock(32483054420946020)", &[])
+            .await?
+            .get(0);
+        if !mine {
+            return Ok(0);
+        }
+        let month_ts: Vec<SystemTime> = months.iter().map(|m| at(*m)).collect();
+        let cut = |r: &'static str| self.retention.cutoff(Class::Rollup(r), now).map(at);
+        let n: i64 = tx
+            .query_one(FOLD_ROLLUPS, &[&month_ts, &cut("minute"), &cut("hour"), &cut("day")])
+            .await?
+            .get(0);
         tx.commit().await?;
         Ok(n as u64)
     }
 
-    /// Writes a batch in one transaction.
+    fn set_retention(&mut self, r: &Retention, clock: Option<i64>) {
+        self.retention = r.clone();
+        self.clock = clock;
+    }
+
+    /// Creates the partitions from now to the horizon and drops the
+    /// expired ones, each class in turn, under a session lock one uplink
+    /// holds at a time.
+    async fn retain(&mut self, now_ms: i64) -> Result<Retained, PgError> {
+        // Key: "spbretn" in ASCII.
+        let mine: bool = self
+            .client
+            .query_one("SELECT pg_try_advisory_lock(32483058475054446)", &[])
+            .await?
+            .get(0);
+        if !mine {
+            return Ok(Retained {
+                skipped: true,
+                ..Retained::default()
+            });
+        }
+        let done = self.retain_locked(now_ms).await;
+        self.client
+            .execute("SELECT pg_advisory_unlock(32483058475054446)", &[])
+            .await?;
+        done
+    }
+
+    /// Writes a batch in one transaction, after keeping out what the
+    /// retention does not keep and making sure its periods have partitions.
     async fn write(&mut self, b: &Batch) -> Result<Written, PgError> {
+        let now = self.now();
+        let trimmed = self.retention.trim(b, now);
+        let (b, expired, ahead) = match &trimmed {
+            Some((t, expired, ahead)) => (t, *expired, *ahead),
+            None => (b, 0, 0),
+        };
+        let cover = async {
+            self.cover(Class::Raw, b.raw.iter().map(|r| r.received_ms)).await?;
+            self.cover(Class::Facts, b.facts.iter().map(|f| f.ts_ms)).await
+        };
+        let written = match cover.await {
+            Ok(()) => self.write_rows(b).await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(w) => Ok(Written { expired, ahead, ..w }),
+            Err(PgError::Db(e)) if parts::is_no_partition(&e) => {
+                self.parts.clear();
+                Err(PgError::Db(e))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl PgSink {
+    fn now(&self) -> i64 {
+        self.clock.unwrap_or_else(|| crate::clock::now_ms() as i64)
+    }
+
+    /// Makes sure partitions of `class` cover every stamp (consecutive
+    /// stamps of one period cost a comparison each).
+    async fn cover(&mut self, class: Class, stamps: impl Iterator<Item = i64>) -> Result<(), PgError> {
+        if !self.parts.contains_key(&class) {
+            let have = parts::list(&self.client, class).await?;
+            self.parts.insert(class, have);
+        }
+        let span = self.retention.span(class);
+        let have = &self.parts[&class];
+        let (mut lo, mut hi) = (1, 0);
+        let mut missing: Vec<(i64, i64)> = Vec::new();
+        for t in stamps {
+            if lo <= t && t < hi {
+                continue;
+            }
+            if let Some(p) = have.iter().find(|p| !p.detach_pending && p.lo <= t && t < p.hi) {
+                (lo, hi) = (p.lo, p.hi);
+                continue;
+            }
+            (lo, hi) = span.period(t);
+            if !missing.contains(&(lo, hi)) {
+                missing.push((lo, hi));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        for (lo, hi) in missing {
+            let made = parts::ensure(&mut self.client, class, span, lo, hi).await?;
+            if !made.is_empty() {
+                tracing::info!(partitions = ?made, "partitions created for arriving rows");
+            }
+        }
+        let have = parts::list(&self.client, class).await?;
+        self.parts.insert(class, have);
+        Ok(())
+    }
+
+    async fn retain_locked(&mut self, now: i64) -> Result<Retained, PgError> {
+        let mut out = Retained::default();
+        for class in parts::classes() {
+            let have = parts::list(&self.client, class).await?;
+            let span = self.retention.span(class);
+            for a in self.retention.plan(class, &have, now) {
+                match a {
+                    super::retention::Action::Create { lo, hi } => {
+                        out.created
+                            .extend(parts::ensure(&mut self.client, class, span, lo, hi).await?);
+                    }
+                    super::retention::Action::Drop { name, detach_pending } => {
+                        parts::drop(&self.client, class, &name, detach_pending).await?;
+                        tracing::info!(partition = %name, "expired partition dropped");
+                        out.dropped.push(name);
+                    }
+                }
+            }
+            self.parts.remove(&class);
+        }
+        Ok(out)
+    }
+
+    /// Writes a batch whose rows all have partitions, in one transaction.
+    async fn write_rows(&mut self, b: &Batch) -> Result<Written, PgError> {
         let mut out = Written::default();
         // Series ids first, committed on their own: an id in the cache
         // always exists, whatever becomes of the batch's transaction.

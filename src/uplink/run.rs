@@ -124,6 +124,21 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool, path: Option<std::path::PathB
     // keeps them current in each write, so it needs no folder.
     let folder = (!dry_run && cfg.database.backend == Backend::Postgres)
         .then(|| tokio::spawn(writer::folder::<PgSink>(cfg.database.clone(), stats.clone(), fold_rx)));
+    // Partitions ahead and the retention, on a connection of its own.
+    let (retain_stop, retain_rx) = tokio::sync::oneshot::channel();
+    let retainer = match (dry_run, cfg.database.backend) {
+        (true, _) => None,
+        (false, Backend::Postgres) => Some(tokio::spawn(writer::retainer::<PgSink>(
+            cfg.database.clone(),
+            stats.clone(),
+            retain_rx,
+        ))),
+        (false, Backend::Mssql) => Some(tokio::spawn(writer::retainer::<MssqlSink>(
+            cfg.database.clone(),
+            stats.clone(),
+            retain_rx,
+        ))),
+    };
     // OEE is computed on PostgreSQL (the SQL Server folder is to come: its
     // marks wait in oee_pending).
     let mut oee = start_oee_folder(&cfg, dry_run, &stats);
@@ -197,6 +212,10 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool, path: Option<std::path::PathB
         let _ = tokio::time::timeout(Duration::from_secs(10), f).await;
     }
     oee.stop().await;
+    let _ = retain_stop.send(());
+    if let Some(r) = retainer {
+        let _ = tokio::time::timeout(Duration::from_secs(10), r).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -16,6 +16,7 @@
 
 use std::future::Future;
 
+use super::retention::Retention;
 use super::rows::Batch;
 
 /// What a write did.
@@ -24,6 +25,23 @@ pub struct Written {
     /// Facts inserted (duplicates of stored facts are not counted).
     pub facts: u64,
     pub raw: u64,
+    /// Rows not written because they were older than their retention.
+    pub expired: u64,
+    /// Facts quarantined for a timestamp beyond the retention's horizon.
+    pub ahead: u64,
+}
+
+/// What one retention run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Retained {
+    /// Partitions created ahead (PostgreSQL).
+    pub created: Vec<String>,
+    /// Partitions dropped (PostgreSQL).
+    pub dropped: Vec<String>,
+    /// Rows deleted in bounded batches (SQL Server).
+    pub deleted_rows: u64,
+    /// Another uplink held the run: nothing was done here.
+    pub skipped: bool,
 }
 
 /// A connected database the uplink writes batches to.
@@ -43,6 +61,16 @@ pub trait Sink: Sized + Send {
     /// backends that maintain them apart from the write path; returns how
     /// many facts were folded in (0 when there was nothing to do).
     fn fold(&mut self) -> impl Future<Output = Result<u64, Self::Error>> + Send;
+
+    /// The retention to keep, and a clock to read instead of the wall
+    /// clock (`None`: the wall clock). A sink nobody configured keeps
+    /// everything.
+    fn set_retention(&mut self, r: &Retention, clock: Option<i64>);
+
+    /// Creates what the retention needs ahead and removes what it expired
+    /// at `now_ms`, without making writers wait; safe to run from several
+    /// uplinks (one does the work).
+    fn retain(&mut self, now_ms: i64) -> impl Future<Output = Result<Retained, Self::Error>> + Send;
 
     /// Whether the connection is known to be gone (a reconnect is due).
     fn is_closed(&self) -> bool;

@@ -78,6 +78,16 @@ pub struct Stats {
     pub quarantined: AtomicU64,
     pub commands_audited: AtomicU64,
     pub rollup_folded: AtomicU64,
+    /// Rows not written: older than their retention on arrival.
+    pub rows_expired: AtomicU64,
+    /// Facts quarantined: stamped beyond the retention's horizon.
+    pub facts_ahead: AtomicU64,
+    pub partitions_created: AtomicU64,
+    pub partitions_dropped: AtomicU64,
+    /// Rows deleted by retention (SQL Server's batched deletes).
+    pub retention_deleted_rows: AtomicU64,
+    pub retention_runs: AtomicU64,
+    pub retention_errors: AtomicU64,
     pub dropped_rows: AtomicU64,
     pub online_nodes: AtomicU64,
     pub tracked_nodes: AtomicU64,
@@ -237,6 +247,48 @@ impl Exposition for Stats {
             "Facts folded into the minute/hour/day rollups.",
             "counter",
             self.rollup_folded.load(Relaxed),
+        );
+        g(
+            "spb_uplink_rows_expired_total",
+            "Rows not written because they were older than their retention on arrival.",
+            "counter",
+            self.rows_expired.load(Relaxed),
+        );
+        g(
+            "spb_uplink_facts_ahead_total",
+            "Facts quarantined for a timestamp beyond the retention's horizon.",
+            "counter",
+            self.facts_ahead.load(Relaxed),
+        );
+        g(
+            "spb_uplink_partitions_created_total",
+            "Time partitions created (ahead, or for arriving rows).",
+            "counter",
+            self.partitions_created.load(Relaxed),
+        );
+        g(
+            "spb_uplink_partitions_dropped_total",
+            "Expired time partitions dropped.",
+            "counter",
+            self.partitions_dropped.load(Relaxed),
+        );
+        g(
+            "spb_uplink_retention_deleted_rows_total",
+            "Expired rows deleted in bounded batches (SQL Server).",
+            "counter",
+            self.retention_deleted_rows.load(Relaxed),
+        );
+        g(
+            "spb_uplink_retention_runs_total",
+            "Retention runs completed.",
+            "counter",
+            self.retention_runs.load(Relaxed),
+        );
+        g(
+            "spb_uplink_retention_errors_total",
+            "Retention runs that failed (tried again at the next interval).",
+            "counter",
+            self.retention_errors.load(Relaxed),
         );
         g(
             "spb_uplink_dropped_rows_total",

@@ -120,7 +120,7 @@ impl Writers {
 /// `batch_max_rows` (see the module invariants).
 pub async fn writer<S: Sink>(db: DatabaseConfig, queue: Queue, stats: Arc<Stats>) {
     let mut rx = queue.lock().await;
-    let mut conn = Conn::<S>::new(db.url.clone());
+    let mut conn = Conn::<S>::new(db.url.clone()).keeping(db.retention.clone());
     while let Some(first) = rx.recv().await {
         let mut batch = first.batch;
         let mut oldest = first.since;
@@ -157,15 +157,24 @@ pub struct Conn<S> {
     url: String,
     sink: Option<S>,
     attempt: u32,
+    retention: super::retention::Retention,
 }
 
 impl<S: Sink> Conn<S> {
+    /// A connection keeping everything (see [`Conn::keeping`]).
     pub fn new(url: String) -> Conn<S> {
         Conn {
             url,
             sink: None,
             attempt: 0,
+            retention: super::retention::Retention::forever(),
         }
+    }
+
+    /// The same, keeping rows as long as `r` says.
+    pub fn keeping(mut self, r: super::retention::Retention) -> Conn<S> {
+        self.retention = r;
+        self
     }
 
     /// The open sink, connecting (and migrating) first when needed;
@@ -176,7 +185,10 @@ impl<S: Sink> Conn<S> {
                 break;
             }
             match connect::<S>(&self.url).await {
-                Ok(s) => self.sink = Some(s),
+                Ok(mut s) => {
+                    s.set_retention(&self.retention, None);
+                    self.sink = Some(s)
+                }
                 Err(e) => self.fail(stats, &e.to_string()).await,
             }
         }
@@ -243,9 +255,12 @@ pub async fn commit<S: Sink>(conn: &mut Conn<S>, batch: Batch, stats: &Stats) {
                 stats.db_ok.store(true, Relaxed);
                 stats.batches.fetch_add(1, Relaxed);
                 stats.facts_written.fetch_add(w.facts, Relaxed);
-                stats
-                    .facts_duplicate
-                    .fetch_add((piece.facts.len() as u64).saturating_sub(w.facts), Relaxed);
+                stats.rows_expired.fetch_add(w.expired, Relaxed);
+                stats.facts_ahead.fetch_add(w.ahead, Relaxed);
+                stats.facts_duplicate.fetch_add(
+                    (piece.facts.len() as u64).saturating_sub(w.facts + w.expired + w.ahead),
+                    Relaxed,
+                );
                 stats.raw_written.fetch_add(w.raw, Relaxed);
                 let took = t.elapsed();
                 stats.last_batch_us.store(took.as_micros() as u64, Relaxed);
@@ -384,7 +399,7 @@ pub async fn folder<S: Sink>(db: DatabaseConfig, stats: Arc<Stats>, mut stop: to
 /// One rollup fold; a failure is logged and counted, and the next interval tries again.
 async fn fold<S: Sink>(db: &DatabaseConfig, sink: &mut Option<S>, stats: &Stats) {
     if sink.as_ref().is_none_or(S::is_closed) {
-        match connect::<S>(&db.url).await {
+        match open::<S>(db).await {
             Ok(s) => *sink = Some(s),
             Err(_) => return, // the write path reports the outage
         }
@@ -475,6 +490,62 @@ async fn connect<S: Sink>(url: &str) -> Result<S, S::Error> {
     let mut s = S::connect(url).await?;
     s.migrate().await?;
     Ok(s)
+}
+
+/// A sink of `db`, migrated and keeping `db.retention`.
+async fn open<S: Sink>(db: &DatabaseConfig) -> Result<S, S::Error> {
+    let mut s = connect::<S>(&db.url).await?;
+    s.set_retention(&db.retention, None);
+    Ok(s)
+}
+
+/// Keeps the partitions ahead and the retention applied, on a connection
+/// of its own: at start (so today's and the horizon's partitions exist
+/// before the writers need them), then every `retention.interval`.
+pub async fn retainer<S: Sink>(db: DatabaseConfig, stats: Arc<Stats>, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    let mut sink: Option<S> = None;
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = &mut stop => return,
+        }
+        wait = if retain(&db, &mut sink, &stats).await {
+            db.retention.interval
+        } else {
+            // Not done (no database yet, or it failed): again soon.
+            db.retention.interval.min(Duration::from_secs(30))
+        };
+    }
+}
+
+/// One retention run; true when it ran to the end.
+async fn retain<S: Sink>(db: &DatabaseConfig, sink: &mut Option<S>, stats: &Stats) -> bool {
+    if sink.as_ref().is_none_or(S::is_closed) {
+        match open::<S>(db).await {
+            Ok(s) => *sink = Some(s),
+            Err(_) => return false, // the write path reports the outage
+        }
+    }
+    let Some(s) = sink.as_mut() else { return false };
+    match s.retain(crate::clock::now_ms() as i64).await {
+        Ok(r) => {
+            stats.retention_runs.fetch_add(1, Relaxed);
+            stats.partitions_created.fetch_add(r.created.len() as u64, Relaxed);
+            stats.partitions_dropped.fetch_add(r.dropped.len() as u64, Relaxed);
+            stats.retention_deleted_rows.fetch_add(r.deleted_rows, Relaxed);
+            if !r.dropped.is_empty() || r.deleted_rows > 0 {
+                tracing::info!(dropped = ?r.dropped, deleted_rows = r.deleted_rows, "retention applied");
+            }
+            true
+        }
+        Err(e) => {
+            *sink = None;
+            stats.retention_errors.fetch_add(1, Relaxed);
+            tracing::warn!(error = %e, "retention run failed; the next one tries again");
+            false
+        }
+    }
 }
 
 #[cfg(test)]
