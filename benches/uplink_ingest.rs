@@ -21,6 +21,11 @@
 //!    the uplink's CPU of each, and the lag from a cycle's sample timestamp
 //!    (the PLC read) to its `oee_cycle` row, polled every 100 ms for five
 //!    machines. Results in `target/bench-uplink-oee.md`.
+//! 4. Retention at load (`-- retention` runs only this): the sink-alone
+//!    writers (4 connections) commit for 3 s, then a retention run drops
+//!    10 expired days (100,000 facts and their raw messages each) while
+//!    they go on, then 3 s more: the rate before, during and after, three
+//!    runs. Results in `target/bench-uplink-retention.md`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -383,12 +388,115 @@ fn oee_at_load() {
     std::fs::write(&out, table).expect("write the table");
 }
 
+/// The sink's rate while a retention run drops expired partitions: a
+/// fresh database holds `days` expired days of `per_day` facts (written as
+/// they were, on those days' clock); 4 writers commit live batches (as in
+/// the sink-alone case) for 3 s, then a retention run on a fifth connection
+/// drops the expired days while they go on, then 3 s more. Returns (rate
+/// before, rate while dropping, rate after, seconds the run took).
+fn ingest_while_dropping(days: u64, per_day: u64) -> (f64, f64, f64, f64) {
+    use spb::uplink::retention::Retention;
+    const DAY: u64 = 86_400_000;
+    let db = common::pg::TestDb::new("bench_retain");
+    let url = db.url();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut s = PgSink::connect(&url).await.expect("connect");
+        s.migrate().await.expect("migrate");
+        let first = now_ms() - 60 * DAY;
+        for d in 0..days {
+            let day = first + d * DAY;
+            s.set_retention(&Retention::forever(), Some(day as i64));
+            let mut left = per_day;
+            let mut b = 0;
+            while left > 0 {
+                let batch = bench_batch(9, b, day + b * 200_000);
+                left = left.saturating_sub(batch.facts.len() as u64);
+                s.write(&batch).await.expect("seed");
+                b += 1;
+            }
+        }
+    });
+    let keep = Retention {
+        facts: Some(Duration::from_secs(30 * 86_400)),
+        raw: Some(Duration::from_secs(30 * 86_400)),
+        ..Retention::default()
+    };
+    let base = now_ms();
+    let t0 = Instant::now();
+    let (marks, drop_from, drop_to) = rt.block_on(async {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for w in 0..4usize {
+            let mut s = PgSink::connect(&url).await.expect("connect");
+            s.set_retention(&keep, None);
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut marks = Vec::new();
+                let mut b = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let batch = bench_batch(w, b, base);
+                    let n = s.write(&batch).await.expect("write").facts;
+                    marks.push((t0.elapsed().as_secs_f64(), n));
+                    b += 1;
+                }
+                marks
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut r = PgSink::connect(&url).await.expect("connect");
+        r.set_retention(&keep, None);
+        let from = t0.elapsed().as_secs_f64();
+        let done = r.retain(now_ms() as i64).await.expect("retain");
+        let to = t0.elapsed().as_secs_f64();
+        assert_eq!(done.dropped.len() as u64, 2 * days, "{done:?}");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut marks = Vec::new();
+        for t in tasks {
+            marks.extend(t.await.expect("writer"));
+        }
+        (marks, from, to)
+    });
+    let rate = |a: f64, b: f64| {
+        let n: u64 = marks.iter().filter(|(t, _)| *t > a && *t <= b).map(|(_, n)| n).sum();
+        n as f64 / (b - a)
+    };
+    let end = marks.iter().map(|m| m.0).fold(0.0, f64::max);
+    (
+        rate(0.5, drop_from),
+        rate(drop_from, drop_to.max(drop_from + 0.25)),
+        rate(drop_to, end),
+        drop_to - drop_from,
+    )
+}
+
+fn retention_at_load() {
+    let mut lines = Vec::new();
+    for run in 1..=3 {
+        let (before, during, after, secs) = ingest_while_dropping(10, 100_000);
+        let line = format!("| {run} | {before:.0} | {during:.0} | {after:.0} | {:.2} s |", secs);
+        println!("{line}");
+        lines.push(line);
+    }
+    let table = format!(
+        "| run | facts/s before | facts/s while 20 partitions (10 days × 100,000 facts, and their raw) are dropped | facts/s after | the drop took |\n|---|---|---|---|---|\n{}\n",
+        lines.join("\n")
+    );
+    println!("\n{table}");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-uplink-retention.md");
+    std::fs::write(&out, table).expect("write the table");
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
     if std::env::args().any(|a| a == "oee") {
         return oee_at_load();
+    }
+    if std::env::args().any(|a| a == "retention") {
+        return retention_at_load();
     }
     let mut rows = Vec::new();
     for writers in [1, 4] {

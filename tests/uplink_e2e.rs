@@ -847,3 +847,99 @@ fn the_demo_ovens_dropout_is_a_device_death_in_the_tables_and_its_metrics_read_s
         "press, oven and filler each have a death in the history"
     );
 }
+
+/// Writes `days` days of old data (`per_day` facts and one raw message a
+/// day) as they were written then, `ago` days before now; returns the
+/// first day's start (ms).
+fn seed_old_days(db: &TestDb, group: &str, ago: u64, days: u64, per_day: u64) -> u64 {
+    use spb::uplink::sink::Sink;
+    const DAY: u64 = 86_400_000;
+    let now = spb::clock::now_ms();
+    let first = (now - ago * DAY) - (now - ago * DAY) % DAY;
+    db.rt.block_on(async {
+        let mut s = spb::uplink::postgres::PgSink::connect(&db.url())
+            .await
+            .expect("connect");
+        s.migrate().await.expect("migrate");
+        for d in 0..days {
+            let day = first + d * DAY;
+            s.set_retention(&spb::uplink::retention::Retention::forever(), Some(day as i64));
+            let mut b = spb::uplink::rows::Batch::default();
+            let metrics = (0..per_day)
+                .map(|i| spb::sparkplug::Metric::new("Old", spb::sparkplug::Value::Double(i as f64), day + i * 1000))
+                .collect();
+            b.add_event(
+                &spb::sparkplug::host::HostEvent::data(group, "old", Some("D"), 1, Some(day), metrics),
+                day,
+            );
+            b.add_raw(&format!("spBv1.0/{group}/DDATA/old/D"), b"\x08\x01", day);
+            assert_eq!(s.write(&b).await.expect("seed").facts, per_day);
+        }
+    });
+    first
+}
+
+#[test]
+fn expired_partitions_are_dropped_while_the_uplink_ingests_and_no_sample_is_lost_or_delayed_into_an_error() {
+    let db = TestDb::new("e2e_retain");
+    // 40 days ago, 3 days of data: expired under a 30-day retention.
+    seed_old_days(&db, "R0", 40, 3, 20_000);
+    let broker = Broker::start(None);
+    let retention = "[retention]\nraw = \"30d\"\nfacts = \"30d\"\n";
+    let uplink = Uplink::start(broker.port, &db.url(), retention);
+    // Its own run at start drops them and creates today's and the horizon's.
+    uplink.wait_until("the uplink's first retention run", |u| {
+        u.metric("spb_uplink_retention_runs_total") >= 1.0
+    });
+    assert_eq!(uplink.metric("spb_uplink_partitions_dropped_total"), 6.0);
+    assert!(uplink.metric("spb_uplink_partitions_created_total") >= 3.0);
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sp_metric_fact WHERE group_id = 'R0'"),
+        0
+    );
+    // Live data flows; meanwhile more expired days appear (as after a
+    // restore) and a retention run drops them under the running writers.
+    let ghttp = common::free_port();
+    let mut gw = Gateway::start(&gateway_config("R1", broker.port, ghttp), &[]);
+    uplink.wait_until("facts flow", |u| u.metric("spb_uplink_facts_written_total") > 100.0);
+    seed_old_days(&db, "R2", 45, 5, 40_000);
+    let written_before = uplink.metric("spb_uplink_facts_written_total");
+    let dropped = db.rt.block_on(async {
+        use spb::uplink::sink::Sink;
+        let mut s = spb::uplink::postgres::PgSink::connect(&db.url())
+            .await
+            .expect("connect");
+        let keep = spb::uplink::retention::Retention {
+            raw: Some(Duration::from_secs(30 * 86_400)),
+            facts: Some(Duration::from_secs(30 * 86_400)),
+            ..Default::default()
+        };
+        s.set_retention(&keep, None);
+        s.retain(spb::clock::now_ms() as i64).await.expect("retain").dropped
+    });
+    assert_eq!(dropped.len(), 10, "{dropped:?}");
+    uplink.wait_until("ingestion went on", |u| {
+        u.metric("spb_uplink_facts_written_total") > written_before + 50.0
+    });
+    gw.signal(Signal::SIGTERM);
+    assert!(gw.wait_exit(T).success(), "{}", gw.log());
+    uplink.wait_until("the backlog is written", |u| u.metric("spb_uplink_backlog_rows") == 0.0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sp_metric_fact WHERE group_id = 'R2'"),
+        0
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sp_event_raw WHERE topic LIKE 'spBv1.0/R%/DDATA/old/D'"),
+        0
+    );
+    let (n, distinct, lo, hi, _) = counter_facts(|s| db.query_i64(s), "R1");
+    assert!(n > 50, "{n} facts");
+    assert_eq!((distinct, hi - lo + 1), (n, n), "every live sample exactly once");
+    assert_eq!(
+        uplink.metric("spb_uplink_database_errors_total"),
+        0.0,
+        "no write failed"
+    );
+    assert_eq!(uplink.metric("spb_uplink_rows_refused_total"), 0.0);
+}

@@ -521,3 +521,116 @@ fn a_writer_task_that_dies_is_started_again_and_the_batches_queued_for_it_are_wr
     assert_eq!(stats.writer_restarts.load(Relaxed), 1);
     assert_eq!(starts.load(Relaxed), 2);
 }
+
+/// Days in milliseconds.
+const DAY: u64 = 86_400_000;
+
+/// Partitions of `parent`, by name.
+fn partitions(db: &TestDb, parent: &str) -> String {
+    db.query_text(&format!(
+        "SELECT string_agg(c.relname, ' ' ORDER BY c.relname) FROM pg_inherits i
+         JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = '{parent}'::regclass"
+    ))
+}
+
+#[test]
+fn retention_on_a_clock_we_control_drops_whole_expired_partitions_and_nothing_newer() {
+    use spb::uplink::retention::{Retention, Span};
+    use std::time::Duration;
+    let db = TestDb::new("retain");
+    // 2026-11-18 00:00 UTC; a sample every 6 hours for 40 days.
+    let start = T0 - T0 % DAY;
+    let now = start + 40 * DAY;
+    let keep = Retention {
+        raw: Some(Duration::from_secs(30 * 86_400)),
+        facts: Some(Duration::from_secs(30 * 86_400)),
+        rollups: [Some(Duration::from_secs(20 * 86_400)), None, None],
+        span: Span::Day,
+        ..Retention::default()
+    };
+    let stamps: Vec<u64> = (0..160).map(|i| start + i * 6 * 3_600_000).collect();
+    db.rt.block_on(async {
+        let mut s = PgSink::connect(&db.url()).await.expect("connect");
+        s.migrate().await.expect("migrate");
+        // Written as it happened: each day on that day's clock.
+        for day in stamps.chunks(4) {
+            s.set_retention(&keep, Some(day[0] as i64));
+            let mut b = Batch::default();
+            let values: Vec<(u64, f64)> = day.iter().map(|t| (*t, 1.0)).collect();
+            b.add_event(&data(&values, false), day[0]);
+            b.add_raw("spBv1.0/G/DDATA/N/D", b"\x08\x01", day[0]);
+            let w = s.write(&b).await.expect("write");
+            assert_eq!((w.facts, w.raw, w.expired), (4, 1, 0));
+            assert_eq!(s.fold().await.expect("fold"), 4);
+        }
+        // Now 40 days on: a run drops what is wholly older than 30 days.
+        s.set_retention(&keep, Some(now as i64));
+        let r = s.retain(now as i64).await.expect("retain");
+        // The cutoff is 2026-11-28 00:00: the facts and raw of the 18th to
+        // the 26th go, the 27th is within the grace hour of the cutoff and
+        // goes at the next run; the minute rollups of November go whole.
+        assert_eq!(r.dropped.len(), 2 * 9 + 1, "{r:?}");
+        assert!(r.created.iter().any(|p| p.starts_with("sp_series_fact_")), "{r:?}");
+        // Again: nothing left to do.
+        let again = s.retain(now as i64).await.expect("retain");
+        assert!(again.dropped.is_empty() && again.created.is_empty(), "{again:?}");
+        // A sample of an expired day arriving late is not written; one
+        // stamped 3 days ahead is quarantined; one of today is a fact.
+        let mut late = Batch::default();
+        late.add_event(
+            &data(&[(start + 5 * DAY, 9.0), (now + 3 * DAY, 9.0), (now, 9.0)], true),
+            now,
+        );
+        let w = s.write(&late).await.expect("write");
+        assert_eq!((w.facts, w.expired, w.ahead), (1, 1, 1));
+    });
+    let q = |sql: &str| db.query_i64(sql);
+    let cutoff_s = (now - 30 * DAY) / 1000;
+    // Every fact from the cutoff on is still there, and none more than a
+    // partition and the grace older than it.
+    assert_eq!(
+        q(&format!(
+            "SELECT count(*) FROM sp_metric_fact WHERE v_float = 1 AND ts >= to_timestamp({cutoff_s})"
+        )),
+        120
+    );
+    assert_eq!(q("SELECT count(*) FROM sp_metric_fact WHERE v_float = 1"), 124);
+    assert_eq!(
+        q(&format!(
+            "SELECT count(*) FROM sp_metric_fact WHERE ts < to_timestamp({cutoff_s}) - interval '1 day 1 hour'"
+        )),
+        0
+    );
+    assert_eq!(q("SELECT count(*) FROM sp_event_raw"), 31);
+    // Minute rollups: only the last 20 days' (November from the 19th holds
+    // some older than that: a month partition goes only when all of it has
+    // expired); hour and day rollups are kept forever.
+    assert_eq!(
+        q("SELECT count(*) FROM sp_metric_rollup WHERE bucket_size = 'hour'"),
+        160
+    );
+    assert_eq!(q("SELECT count(*) FROM sp_metric_rollup WHERE bucket_size = 'day'"), 40);
+    assert_eq!(
+        q("SELECT count(*) FROM sp_metric_rollup WHERE bucket_size = 'minute' AND bucket < '2026-12-01'"),
+        0
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM sp_metric_rollup WHERE bucket_size = 'minute'"),
+        q("SELECT count(*) FROM sp_metric_fact WHERE v_float = 1 AND ts >= '2026-12-01'")
+    );
+    // The quarantined sample keeps its value and says why.
+    assert_eq!(
+        q("SELECT count(*) FROM sp_quarantine WHERE reason LIKE 'metric ''Temp'' = 9 stamped %more than 48 h ahead%'"),
+        1
+    );
+    // Partitions: none older than the cutoff's day, and the horizon's exist.
+    let facts = partitions(&db, "sp_series_fact");
+    assert!(!facts.contains("sp_series_fact_20261126"), "{facts}");
+    assert!(facts.contains("sp_series_fact_20261127"), "{facts}");
+    let tomorrow = spb::uplink::retention::Span::Day.suffix((now + 2 * DAY) as i64);
+    assert!(facts.contains(&format!("sp_series_fact_{tomorrow}")), "{facts}");
+    assert_eq!(
+        partitions(&db, "sp_series_rollup_minute"),
+        "sp_series_rollup_minute_202612"
+    );
+}

@@ -490,6 +490,37 @@ url = "host=127.0.0.1 user=postgres dbname=plant"
     }
 
     #[test]
+    fn retention_defaults_to_90_and_400_days_and_rollups_forever_and_reads_each_class() {
+        use crate::uplink::retention::{Class, Span};
+        let d = UplinkConfig::parse("u.toml", GOOD).expect("valid").database.retention;
+        assert_eq!(d.keep(Class::Raw), Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(d.keep(Class::Facts), Some(Duration::from_secs(400 * 86_400)));
+        assert_eq!(d.keep(Class::Rollup("minute")), None);
+        let text = format!(
+            "{GOOD}[retention]\nraw = \"7d\"\nfacts = \"forever\"\nrollup_minute = \"30d\"\npartition = \"week\"\nhorizon = \"6h\"\n"
+        );
+        let r = UplinkConfig::parse("u.toml", &text).expect("valid").database.retention;
+        assert_eq!(r.keep(Class::Raw), Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(r.keep(Class::Facts), None);
+        assert_eq!(r.keep(Class::Rollup("minute")), Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(r.keep(Class::Rollup("day")), None);
+        assert_eq!((r.span, r.horizon), (Span::Week, Duration::from_secs(6 * 3600)));
+    }
+
+    #[test]
+    fn a_retention_mistake_names_its_key_and_line_column() {
+        let text = format!(
+            "{GOOD}[retention]\nraw = \"12h\"\nfacts = 400\npartition = \"month\"\nhorizon = \"10m\"\nrollup_hour = \"never\"\n"
+        );
+        let e = UplinkConfig::parse("u.toml", &text).expect_err("invalid").to_string();
+        assert!(e.contains("u.toml:11:7: retention.raw: at least 1d"), "{e}");
+        assert!(e.contains("u.toml:12:9: retention.facts"), "{e}");
+        assert!(e.contains("retention.partition: 'month': use day or week"), "{e}");
+        assert!(e.contains("retention.horizon: at least 1h"), "{e}");
+        assert!(e.contains("retention.rollup_hour"), "{e}");
+    }
+
+    #[test]
     fn every_error_names_its_key_and_line_column() {
         let bad = GOOD
             .replace("backend = \"postgres\"", "backend = \"oracle\"\nbatch_max_rowz = 5")
