@@ -289,6 +289,7 @@ pub async fn run(
     let start = Instant::now();
     let mut due: Vec<Instant> = vec![start; classes.len()];
     let mut last: Vec<Last> = vec![Last::Unseen; count];
+    let mut stamps = Stamps::default();
     let mut online = false;
     // Whether a scan was tried yet: until then a write waits (a poller
     // started by a reload does not know yet that its PLC answers).
@@ -410,7 +411,8 @@ pub async fn run(
                 stats.observe_read(t0.elapsed(), r.is_ok());
                 match r {
                     Ok(values) => {
-                        let samples = changed(part, values, &deadbands, &mut last, &stats, &d.name, online);
+                        let ts = stamps.next(now_ms());
+                        let samples = changed(part, values, &deadbands, &mut last, &stats, &d.name, online, ts);
                         stats
                             .changes
                             .fetch_add(samples.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -536,7 +538,8 @@ pub async fn run(
             }
             Ok(values) => {
                 breaker.succeeded();
-                let samples = changed(&batch, values, &deadbands, &mut last, &stats, &d.name, online);
+                let ts = stamps.next(now_ms());
+                let samples = changed(&batch, values, &deadbands, &mut last, &stats, &d.name, online, ts);
                 let event = if online {
                     if samples.is_empty() {
                         continue;
@@ -713,6 +716,29 @@ const CHUNK: usize = 2000;
 
 /// Turns read results into the samples to report (all of them when `online`
 /// is false: the DBIRTH needs every value), updating the last-reported table.
+/// A device's sample timestamps, strictly increasing within a second: two
+/// scans in one millisecond (a scan catching up on its schedule) get
+/// different ones, so (metric, timestamp), a sample's identity downstream
+/// (the uplink writes each once), never names two values. A clock stepped
+/// back by more than a second is followed as it is.
+#[derive(Debug, Default)]
+struct Stamps {
+    last: u64,
+}
+
+impl Stamps {
+    fn next(&mut self, now: u64) -> u64 {
+        self.last = if now <= self.last && self.last - now < 1000 {
+            self.last + 1
+        } else {
+            now
+        };
+        self.last
+    }
+}
+
+/// The samples of a scan read at `ts` that are to be reported.
+#[allow(clippy::too_many_arguments)]
 fn changed(
     batch: &[usize],
     values: Vec<Result<crate::sparkplug::Value, super::TagError>>,
@@ -721,8 +747,8 @@ fn changed(
     stats: &DeviceStats,
     device: &str,
     online: bool,
+    ts: u64,
 ) -> Vec<Sample> {
-    let ts = now_ms();
     let mut samples = Vec::new();
     for (&i, r) in batch.iter().zip(values) {
         let (value, quality) = match r {
@@ -782,6 +808,20 @@ mod tests {
 
     fn last(v: f64) -> Last {
         Last::of(&Some(Value::Double(v)), Quality::Good)
+    }
+
+    #[test]
+    fn two_scans_in_one_millisecond_get_different_timestamps_and_a_clock_stepped_back_is_followed() {
+        let mut s = Stamps::default();
+        assert_eq!(s.next(1_000_000), 1_000_000);
+        assert_eq!(s.next(1_000_000), 1_000_001, "a catch-up scan in the same millisecond");
+        assert_eq!(s.next(1_000_000), 1_000_002);
+        assert_eq!(s.next(1_000_010), 1_000_010, "the clock again once it is ahead");
+        assert_eq!(
+            s.next(996_000),
+            996_000,
+            "a step back of 4 s: the clock, not a run of +1"
+        );
     }
 
     #[test]
@@ -879,18 +919,18 @@ mod last_tests {
         let db: Vec<Deadband> = Vec::new();
         let ok = |v: f64| vec![Ok(Value::Double(v))];
         let failed = || vec![Err(crate::plc::TagError("address out of range".into()))];
-        let first = changed(&[0], ok(1.0), &db, &mut last, &stats, "d", true);
+        let first = changed(&[0], ok(1.0), &db, &mut last, &stats, "d", true, 7);
         assert_eq!(
             (first[0].value.clone(), first[0].quality),
             (Some(Value::Double(1.0)), Quality::Good)
         );
-        let bad = changed(&[0], failed(), &db, &mut last, &stats, "d", true);
+        let bad = changed(&[0], failed(), &db, &mut last, &stats, "d", true, 7);
         assert_eq!((bad[0].value.clone(), bad[0].quality), (None, Quality::Bad));
         assert!(
-            changed(&[0], failed(), &db, &mut last, &stats, "d", true).is_empty(),
+            changed(&[0], failed(), &db, &mut last, &stats, "d", true, 7).is_empty(),
             "reported once"
         );
-        let back = changed(&[0], ok(1.0), &db, &mut last, &stats, "d", true);
+        let back = changed(&[0], ok(1.0), &db, &mut last, &stats, "d", true, 7);
         assert_eq!(back[0].quality, Quality::Good, "the same value comes back as GOOD");
         assert_eq!(stats.tag_errors.load(std::sync::atomic::Ordering::Relaxed), 2);
     }

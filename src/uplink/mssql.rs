@@ -293,14 +293,41 @@ CREATE TABLE sp_state_history (
 CREATE INDEX sp_state_history_at ON sp_state_history (device_key, at);
 CREATE INDEX sp_metric_fact_age ON sp_metric_fact (ts);
 CREATE INDEX sp_metric_rollup_age ON sp_metric_rollup (bucket_size, bucket);
+CREATE TABLE sp_stale (
+    group_id nvarchar(max) NOT NULL,
+    node_id nvarchar(max) NOT NULL,
+    device_id nvarchar(max) NOT NULL,
+    metric nvarchar(max) NOT NULL,
+    ts datetime2(3) NOT NULL,
+    datatype smallint NOT NULL,
+    series_key AS {series} PERSISTED NOT NULL,
+    CONSTRAINT sp_stale_pk PRIMARY KEY (series_key, ts)
+);
+CREATE INDEX sp_stale_ts ON sp_stale (ts);
 GO
 CREATE VIEW sp_metric_last AS
-    SELECT f.group_id, f.node_id, f.device_id, f.metric, f.ts, f.datatype, f.v_int, f.v_float,
-           f.v_bool, f.v_text, f.v_bytes, f.quality, CAST(IIF(f.quality = 500, 1, 0) AS bit) AS is_stale
+    SELECT c.group_id, c.node_id, c.device_id, c.metric,
+           CASE WHEN k.mark = 1 THEN m.ts ELSE f.ts END AS ts,
+           CASE WHEN k.mark = 1 THEN m.datatype ELSE f.datatype END AS datatype,
+           CASE WHEN k.mark = 1 THEN NULL ELSE f.v_int END AS v_int,
+           CASE WHEN k.mark = 1 THEN NULL ELSE f.v_float END AS v_float,
+           CASE WHEN k.mark = 1 THEN NULL ELSE f.v_bool END AS v_bool,
+           CASE WHEN k.mark = 1 THEN NULL ELSE f.v_text END AS v_text,
+           CASE WHEN k.mark = 1 THEN NULL ELSE f.v_bytes END AS v_bytes,
+           CASE WHEN k.mark = 1 THEN 500 ELSE f.quality END AS quality,
+           CAST(CASE WHEN k.mark = 1 OR f.quality = 500 THEN 1 ELSE 0 END AS bit) AS is_stale
     FROM sp_metric_catalog c
+    OUTER APPLY (
+        SELECT TOP (1) f.ts, f.datatype, f.v_int, f.v_float, f.v_bool, f.v_text, f.v_bytes, f.quality
+        FROM sp_metric_fact f WHERE f.series_key = c.series_key ORDER BY f.ts DESC
+    ) f
+    OUTER APPLY (
+        SELECT TOP (1) m.ts, m.datatype FROM sp_stale m WHERE m.series_key = c.series_key ORDER BY m.ts DESC
+    ) m
     CROSS APPLY (
-        SELECT TOP (1) * FROM sp_metric_fact f WHERE f.series_key = c.series_key ORDER BY f.ts DESC
-    ) f;
+        SELECT CASE WHEN m.ts IS NOT NULL AND (f.ts IS NULL OR m.ts > f.ts) THEN 1 ELSE 0 END AS mark
+    ) k
+    WHERE f.ts IS NOT NULL OR m.ts IS NOT NULL;
 "#,
                 device = series_key(&["group_id", "node_id", "device_id"])
             ),
@@ -379,14 +406,11 @@ DECLARE @ins TABLE (series_key binary(32), group_id nvarchar(max), node_id nvarc
 MERGE sp_metric_fact WITH (HOLDLOCK) AS t
 USING (
     SELECT * FROM (
-        SELECT *, ROW_NUMBER() OVER (PARTITION BY series_key, ts ORDER BY IIF(quality = 500, 1, 0)) AS rn
+        SELECT *, ROW_NUMBER() OVER (PARTITION BY series_key, ts ORDER BY (SELECT NULL)) AS rn
         FROM #sp_fact_stage
     ) AS x WHERE rn = 1
 ) AS s
 ON t.series_key = s.series_key AND t.ts = s.ts
-WHEN MATCHED AND t.quality = 500 AND s.quality <> 500 THEN UPDATE SET
-    datatype = s.datatype, v_int = s.v_int, v_float = s.v_float, v_bool = s.v_bool, v_text = s.v_text,
-    v_bytes = s.v_bytes, quality = s.quality, is_historical = s.is_historical, written_at = SYSUTCDATETIME()
 WHEN NOT MATCHED BY TARGET THEN INSERT ({cols}) VALUES ({vals})
 OUTPUT inserted.series_key, inserted.group_id, inserted.node_id, inserted.device_id, inserted.metric,
        inserted.ts, COALESCE(inserted.v_float, CAST(inserted.v_int AS float)) INTO @ins;
@@ -455,6 +479,16 @@ const INSERT_COMMAND: &str = "MERGE sp_command_audit WITH (HOLDLOCK) AS t \
         s.requested_by, s.request_id, s.outcome, s.sent_at, s.confirmed_value, s.confirmed_at);";
 
 const INSERT_OEE_MARK: &str = "INSERT INTO oee_pending (machine, ts) VALUES (@P1, @P2)";
+
+/// A STALE mark, once (a second of the same key is a replay of the death).
+static INSERT_STALE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "INSERT INTO sp_stale (group_id, node_id, device_id, metric, ts, datatype)
+         SELECT @P1, @P2, @P3, @P4, @P5, @P6
+         WHERE NOT EXISTS (SELECT 1 FROM sp_stale WITH (UPDLOCK, HOLDLOCK) WHERE series_key = {} AND ts = @P5)",
+        series_key(&["@P1", "@P2", "@P3", "@P4"])
+    )
+});
 
 const INSERT_QUARANTINE: &str =
     "INSERT INTO sp_quarantine (topic, received_at, payload, reason) VALUES (@P1, @P2, @P3, @P4)";
@@ -572,6 +606,7 @@ pub fn statements() -> Vec<(String, String)> {
     v.push(("quarantine insert".into(), INSERT_QUARANTINE.to_string()));
     v.push(("command audit upsert".into(), INSERT_COMMAND.to_string()));
     v.push(("OEE mark insert".into(), INSERT_OEE_MARK.to_string()));
+    v.push(("STALE mark insert".into(), INSERT_STALE.to_string()));
     v.push((
         "retention delete".into(),
         retention_delete("sp_metric_rollup", "bucket", Some("minute")),
@@ -896,6 +931,15 @@ impl MssqlSink {
         for m in &b.oee {
             let ts = ColumnData::DateTime2(Some(datetime2(m.ts_ms)));
             self.client.execute(INSERT_OEE_MARK, &[&&*m.machine, &ts]).await?;
+        }
+        for m in &b.stale {
+            let ts = ColumnData::DateTime2(Some(datetime2(m.ts_ms)));
+            self.client
+                .execute(
+                    INSERT_STALE.as_str(),
+                    &[&&*m.group, &&*m.node, &&*m.device, &&*m.metric, &ts, &m.datatype],
+                )
+                .await?;
         }
         for c in &b.commands {
             let at = ColumnData::DateTime2(Some(datetime2(c.at_ms)));

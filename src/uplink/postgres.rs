@@ -334,13 +334,16 @@ CREATE TABLE sp_state_history (
     written_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX sp_state_history_at ON sp_state_history (group_id, node_id, device_id, at);
-CREATE VIEW sp_metric_last AS
-    SELECT s.group_id, s.node_id, s.device_id, s.metric, f.ts, f.datatype, f.v_int, f.v_float,
-           f.v_bool, f.v_text, f.v_bytes, f.quality, f.quality = 500 AS is_stale, s.series_id
-    FROM sp_series s
-    CROSS JOIN LATERAL (
-        SELECT * FROM sp_series_fact f WHERE f.series_id = s.series_id ORDER BY f.ts DESC LIMIT 1
-    ) f;
+CREATE TABLE sp_stale (
+    group_id text NOT NULL,
+    node_id text NOT NULL,
+    device_id text NOT NULL,
+    metric text NOT NULL,
+    ts timestamptz NOT NULL,
+    datatype smallint NOT NULL,
+    PRIMARY KEY (group_id, node_id, device_id, metric, ts)
+);
+CREATE INDEX sp_stale_ts ON sp_stale (ts);
 "#,
     ),
     (
@@ -351,7 +354,6 @@ CREATE VIEW sp_metric_last AS
         // moves into day and month partitions made for it here.
         8,
         r#"
-DROP VIEW sp_metric_last;
 DROP VIEW sp_metric_fact;
 DROP VIEW sp_metric_rollup;
 
@@ -432,21 +434,39 @@ DROP TABLE sp_series_fact_v7;
 DROP TABLE sp_event_raw_v7;
 DROP TABLE sp_series_rollup_v7;
 
+-- The facts, and each STALE mark as a row of quality 500 without a value
+-- (a sample of the same millisecond hides the mark).
 CREATE VIEW sp_metric_fact AS
     SELECT s.group_id, s.node_id, s.device_id, s.metric, f.ts, f.datatype, f.v_int, f.v_float,
            f.v_bool, f.v_text, f.v_bytes, f.quality, f.is_historical, f.written_at, f.series_id
-    FROM sp_series_fact f JOIN sp_series s USING (series_id);
+    FROM sp_series_fact f JOIN sp_series s USING (series_id)
+    UNION ALL
+    SELECT m.group_id, m.node_id, m.device_id, m.metric, m.ts, m.datatype, NULL, NULL, NULL, NULL,
+           NULL, 500, false, m.ts, s.series_id
+    FROM sp_stale m JOIN sp_series s USING (group_id, node_id, device_id, metric)
+    WHERE NOT EXISTS (SELECT 1 FROM sp_series_fact f WHERE f.series_id = s.series_id AND f.ts = m.ts);
 CREATE VIEW sp_metric_rollup AS
     SELECT r.bucket_size, r.bucket, s.group_id, s.node_id, s.device_id, s.metric, r.count, r.min,
            r.max, r.sum, r.last, r.last_ts, r.series_id
     FROM sp_series_rollup r JOIN sp_series s USING (series_id);
+-- Each metric's last value, or its STALE mark when that is newer (a
+-- sample of the same millisecond wins).
 CREATE VIEW sp_metric_last AS
-    SELECT s.group_id, s.node_id, s.device_id, s.metric, f.ts, f.datatype, f.v_int, f.v_float,
-           f.v_bool, f.v_text, f.v_bytes, f.quality, f.quality = 500 AS is_stale, s.series_id
+    SELECT s.group_id, s.node_id, s.device_id, s.metric, l.ts, l.datatype, l.v_int, l.v_float,
+           l.v_bool, l.v_text, l.v_bytes, l.quality, l.stale AS is_stale, s.series_id
     FROM sp_series s
     CROSS JOIN LATERAL (
-        SELECT * FROM sp_series_fact f WHERE f.series_id = s.series_id ORDER BY f.ts DESC LIMIT 1
-    ) f;
+        SELECT * FROM (
+            (SELECT f.ts, f.datatype, f.v_int, f.v_float, f.v_bool, f.v_text, f.v_bytes, f.quality,
+                    f.quality = 500 AS stale, 0 AS rank
+             FROM sp_series_fact f WHERE f.series_id = s.series_id ORDER BY f.ts DESC LIMIT 1)
+            UNION ALL
+            (SELECT m.ts, m.datatype, NULL, NULL, NULL, NULL, NULL, 500, true, 1
+             FROM sp_stale m
+             WHERE (m.group_id, m.node_id, m.device_id, m.metric) = (s.group_id, s.node_id, s.device_id, s.metric)
+             ORDER BY m.ts DESC LIMIT 1)
+        ) x ORDER BY ts DESC, rank LIMIT 1
+    ) l;
 "#,
     ),
 ];
@@ -504,19 +524,11 @@ const UPSERT_COMMAND: &str = "INSERT INTO sp_command_audit
 
 /// Staged facts → `sp_series_fact` (new keys only), and the numeric ones
 /// among those inserted to `sp_rollup_pending`; returns how many were new.
-/// A death's STALE marker never displaces a sample of the same key: a
-/// sample takes the marker's place (and counts as new), a marker finds the
-/// sample's place taken.
 const INSERT_FACTS: &str = "WITH ins AS (
-    INSERT INTO sp_series_fact AS t (series_id, ts, datatype, v_int, v_float, v_bool, v_text, v_bytes, quality, is_historical)
-    SELECT DISTINCT ON (series_id, ts) series_id, ts, datatype, v_int, v_float, v_bool, v_text, v_bytes, quality, is_historical
+    INSERT INTO sp_series_fact (series_id, ts, datatype, v_int, v_float, v_bool, v_text, v_bytes, quality, is_historical)
+    SELECT series_id, ts, datatype, v_int, v_float, v_bool, v_text, v_bytes, quality, is_historical
     FROM sp_fact_stage
-    ORDER BY series_id, ts, quality = 500
-    ON CONFLICT (series_id, ts) DO UPDATE SET
-        datatype = EXCLUDED.datatype, v_int = EXCLUDED.v_int, v_float = EXCLUDED.v_float,
-        v_bool = EXCLUDED.v_bool, v_text = EXCLUDED.v_text, v_bytes = EXCLUDED.v_bytes,
-        quality = EXCLUDED.quality, is_historical = EXCLUDED.is_historical, written_at = now()
-        WHERE t.quality = 500 AND EXCLUDED.quality <> 500
+    ON CONFLICT DO NOTHING
     RETURNING series_id, ts, coalesce(v_float, v_int::double precision) AS v
 ), pending AS (
     INSERT INTO sp_rollup_pending (series_id, ts, v) SELECT series_id, ts, v FROM ins WHERE v IS NOT NULL
@@ -957,6 +969,23 @@ impl PgSink {
             }
             self.parts.remove(&class);
         }
+        // STALE marks go with the facts they stand among: few rows (one per
+        // metric and death), deleted in bounded batches.
+        if let Some(cutoff) = self.retention.cutoff(Class::Facts, now) {
+            loop {
+                let n = self
+                    .client
+                    .execute(
+                        "DELETE FROM sp_stale WHERE ctid = ANY(ARRAY(SELECT ctid FROM sp_stale WHERE ts < $1 LIMIT 5000))",
+                        &[&at(cutoff)],
+                    )
+                    .await?;
+                out.deleted_rows += n;
+                if n < 5000 {
+                    break;
+                }
+            }
+        }
         Ok(out)
     }
 
@@ -1025,6 +1054,25 @@ impl PgSink {
                 let inserted: i64 = tx.query_one(INSERT_FACTS, &[]).await?.get(0);
                 out.facts = inserted as u64;
             }
+        }
+        if !b.stale.is_empty() {
+            let col = |f: fn(&super::rows::StaleRow) -> &str| b.stale.iter().map(f).collect::<Vec<&str>>();
+            let ts: Vec<SystemTime> = b.stale.iter().map(|m| at(m.ts_ms)).collect();
+            let datatype: Vec<i16> = b.stale.iter().map(|m| m.datatype).collect();
+            tx.execute(
+                "INSERT INTO sp_stale (group_id, node_id, device_id, metric, ts, datatype)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::smallint[])
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &col(|m| &m.group),
+                    &col(|m| &m.node),
+                    &col(|m| &m.device),
+                    &col(|m| &m.metric),
+                    &ts,
+                    &datatype,
+                ],
+            )
+            .await?;
         }
         if !b.oee.is_empty() {
             let sink = tx.copy_in("COPY oee_pending (machine, ts) FROM STDIN BINARY").await?;

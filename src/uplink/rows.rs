@@ -24,7 +24,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::sparkplug::codec::{encode_iter, Datatypes, Metric, Quality, Value};
+use crate::sparkplug::codec::{encode_iter, Datatypes, Metric, Value};
 use crate::sparkplug::host::{CommandSeen, DeathCause, HostEvent, Stale};
 
 /// The last millisecond every backend's timestamp column holds
@@ -119,6 +119,21 @@ impl FactRow {
     pub fn numeric(&self) -> Option<f64> {
         self.v_float.or(self.v_int.map(|i| i as f64))
     }
+}
+
+/// A metric a death made STALE, at the death's timestamp (`sp_stale`): a
+/// row of its own, so facts stay insert-only and a sample of the same
+/// millisecond never competes with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaleRow {
+    pub group: Arc<str>,
+    pub node: Arc<str>,
+    /// Empty for node metrics.
+    pub device: Arc<str>,
+    pub metric: Arc<str>,
+    pub ts_ms: i64,
+    /// The datatype its birth declared.
+    pub datatype: i16,
 }
 
 /// A birth or death of a node (`sp_node_state`) or of a device
@@ -230,6 +245,7 @@ pub struct OeeMark {
 pub struct Batch {
     pub raw: Vec<RawRow>,
     pub facts: Vec<FactRow>,
+    pub stale: Vec<StaleRow>,
     pub states: Vec<StateRow>,
     pub catalog: Vec<CatalogRow>,
     pub quarantine: Vec<QuarantineRow>,
@@ -242,6 +258,7 @@ impl Batch {
     pub fn len(&self) -> usize {
         self.raw.len()
             + self.facts.len()
+            + self.stale.len()
             + self.states.len()
             + self.catalog.len()
             + self.quarantine.len()
@@ -287,12 +304,14 @@ impl Batch {
             })
             .sum();
         let oee = self.oee.len() * 48;
-        (raw + facts + states + catalog + quarantine + commands + oee) as u64
+        let stale = self.stale.len() * 64;
+        (raw + facts + stale + states + catalog + quarantine + commands + oee) as u64
     }
 
     pub fn append(&mut self, other: &mut Batch) {
         self.raw.append(&mut other.raw);
         self.facts.append(&mut other.facts);
+        self.stale.append(&mut other.stale);
         self.states.append(&mut other.states);
         self.catalog.append(&mut other.catalog);
         self.quarantine.append(&mut other.quarantine);
@@ -328,6 +347,9 @@ impl Batch {
         }
         for f in self.facts {
             out[slot(&f.group, &f.node)].facts.push(f);
+        }
+        for m in self.stale {
+            out[slot(&m.group, &m.node)].stale.push(m);
         }
         for st in self.states {
             out[slot(&st.group, &st.node)].states.push(st);
@@ -500,8 +522,8 @@ impl Batch {
         });
     }
 
-    /// A STALE fact (quality 500, no value) at the death's time for every
-    /// metric the death made STALE: "last value" queries then see STALE.
+    /// A STALE row at the death's time for every metric the death made
+    /// STALE: "last value" queries then see STALE.
     fn stale(&mut self, group: &str, node: &str, stale: &[Stale], at_ms: i64) {
         let (group, node): (Arc<str>, Arc<str>) = (Arc::from(group), Arc::from(node));
         let mut device: Arc<str> = Arc::from("");
@@ -510,25 +532,19 @@ impl Batch {
             if *device != *d {
                 device = Arc::from(d);
             }
-            let f = FactRow {
+            // Names were checked when the birth declared them; NULs are not
+            // storable as keys all the same.
+            if s.metric.contains('\0') || d.contains('\0') {
+                continue;
+            }
+            self.stale.push(StaleRow {
                 group: group.clone(),
                 node: node.clone(),
                 device: device.clone(),
                 metric: Arc::from(s.metric.as_str()),
                 ts_ms: at_ms,
                 datatype: s.datatype as i16,
-                v_int: None,
-                v_float: None,
-                v_bool: None,
-                v_text: None,
-                v_bytes: None,
-                quality: Quality::Stale.code(),
-                is_historical: false,
-            };
-            // Names were checked when the birth declared them.
-            if fact_defect(&f).is_none() {
-                self.facts.push(f);
-            }
+            });
         }
     }
 
@@ -695,7 +711,7 @@ mod tests {
     }
 
     #[test]
-    fn a_device_death_is_a_state_row_and_a_stale_fact_without_value_per_metric_it_made_stale() {
+    fn a_device_death_is_a_state_row_and_a_stale_row_per_metric_it_made_stale() {
         let mut b = Batch::default();
         let stale = |metric: &str, datatype| Stale {
             device: Some("D".into()),
@@ -721,13 +737,13 @@ mod tests {
             (&*s.device, s.online, s.at_ms, &*s.cause, s.bdseq),
             ("D", false, 77, "DDEATH", None)
         );
-        assert_eq!(b.facts.len(), 2);
-        for f in &b.facts {
-            assert_eq!((&*f.device, f.ts_ms, f.quality, f.is_historical), ("D", 77, 500, false));
-            assert!(f.v_int.is_none() && f.v_float.is_none() && f.v_bool.is_none() && f.v_text.is_none());
-            assert!(f.numeric().is_none(), "no rollup for a marker");
+        assert!(b.facts.is_empty(), "facts are samples only");
+        assert_eq!(b.stale.len(), 2);
+        for m in &b.stale {
+            assert_eq!((&*m.group, &*m.device, m.ts_ms), ("G", "D", 77));
         }
-        assert_eq!(b.facts[1].datatype, crate::sparkplug::DataType::Boolean as i16);
+        assert_eq!(b.stale[1].datatype, crate::sparkplug::DataType::Boolean as i16);
+        assert_eq!(b.clone().split(3).iter().map(|p| p.stale.len()).sum::<usize>(), 2);
     }
 
     #[test]

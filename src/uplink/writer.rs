@@ -313,6 +313,7 @@ impl Batch {
         }
         take(&mut self.raw, &mut a.raw, &mut left);
         take(&mut self.facts, &mut a.facts, &mut left);
+        take(&mut self.stale, &mut a.stale, &mut left);
         take(&mut self.states, &mut a.states, &mut left);
         take(&mut self.catalog, &mut a.catalog, &mut left);
         take(&mut self.quarantine, &mut a.quarantine, &mut left);
@@ -341,8 +342,16 @@ impl Batch {
                 value,
                 format!("fact at {ts} ms"),
             )
+        } else if let Some(m) = self.stale.into_iter().next() {
+            let ts = m.ts_ms;
+            (
+                key(&[&m.group, &m.node, &m.device, &m.metric]),
+                ts.clamp(0, super::rows::MAX_TS_MS),
+                Vec::new(),
+                format!("STALE mark at {ts} ms"),
+            )
         } else if let Some(s) = self.states.into_iter().next() {
-            (key(&[&s.group, &s.node]), 0, Vec::new(), "node state".into())
+            (key(&[&s.group, &s.node, &s.device]), 0, Vec::new(), "state".into())
         } else if let Some(c) = self.catalog.into_iter().next() {
             (
                 key(&[&c.group, &c.node, &c.device, &c.metric]),
