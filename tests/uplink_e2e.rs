@@ -889,13 +889,17 @@ fn seed_old_days(db: &TestDb, group: &str, ago: u64, days: u64, per_day: u64) ->
 }
 
 #[test]
-fn expired_partitions_are_dropped_while_the_uplink_ingests_and_no_sample_is_lost_or_delayed_into_an_error() {
+fn expired_partitions_are_dropped_while_the_uplink_ingests_as_the_ingest_role_and_no_sample_is_lost() {
     let db = TestDb::new("e2e_retain");
     // 40 days ago, 3 days of data: expired under a 30-day retention.
     seed_old_days(&db, "R0", 40, 3, 20_000);
     let broker = Broker::start(None);
-    let retention = "[retention]\nraw = \"30d\"\nfacts = \"30d\"\n";
-    let uplink = Uplink::start(broker.port, &db.url(), retention);
+    // Least privilege: the uplink ingests as a login in sparkplug_ingest;
+    // the schema's owner migrates and drops what expired.
+    let login = common::pg::Login::new(&db, "sparkplug_ingest");
+    let db_url = db.url();
+    let extra = format!("owner_url = \"{db_url}\"\n[retention]\nraw = \"30d\"\nfacts = \"30d\"\n");
+    let uplink = Uplink::start(broker.port, &login.url(), &extra);
     // Its own run at start drops them and creates today's and the horizon's.
     uplink.wait_until("the uplink's first retention run", |u| {
         u.metric("spb_uplink_retention_runs_total") >= 1.0

@@ -131,11 +131,11 @@ fn mssql_migrations_apply_once_and_a_second_start_changes_nothing() {
     let Some(db) = TestDb::new("migr") else { return };
     db.rt.block_on(async {
         let mut s = MssqlSink::connect(&db.url()).await.expect("connect");
-        assert_eq!(s.migrate().await.expect("migrate"), 6);
+        assert_eq!(s.migrate().await.expect("migrate"), 7);
         let mut again = MssqlSink::connect(&db.url()).await.expect("connect");
-        assert_eq!(again.migrate().await.expect("migrate again"), 6);
+        assert_eq!(again.migrate().await.expect("migrate again"), 7);
     });
-    assert_eq!(db.query_i64("SELECT COUNT_BIG(*) FROM sp_schema_migrations"), 6);
+    assert_eq!(db.query_i64("SELECT COUNT_BIG(*) FROM sp_schema_migrations"), 7);
 }
 
 #[test]
@@ -259,4 +259,42 @@ fn mssql_node_state_follows_births_and_deaths_and_garbage_is_quarantined() {
         db.query_i64("SELECT COUNT_BIG(*) FROM sp_metric_catalog WHERE metric = N'Uptime'"),
         1
     );
+}
+
+#[test]
+#[cfg_attr(not(spb_mssql), ignore = "needs SPB_TEST_MSSQL_URL: SQL Server cannot run here")]
+fn mssql_the_ingest_role_cannot_delete_or_update_a_fact() {
+    let Some(db) = TestDb::new("roles") else { return };
+    db.rt.block_on(async {
+        let mut s = MssqlSink::connect(&db.url()).await.expect("connect");
+        s.migrate().await.expect("migrate");
+        let mut b = Batch::default();
+        b.add_event(&data("N", "Temp", &[(T0, 1.0)], false), T0);
+        s.write(&b).await.expect("write");
+        let mut c = open(&db.url()).await;
+        exec(&mut c, "CREATE USER spb_ingest WITHOUT LOGIN; ALTER ROLE sparkplug_ingest ADD MEMBER spb_ingest;").await;
+        for sql in [
+            "DELETE FROM sp_metric_fact",
+            "UPDATE sp_metric_fact SET v_float = 0",
+            "DELETE FROM sp_event_raw",
+            "DROP TABLE sp_metric_fact",
+            "CREATE TABLE sp_mine (a int)",
+        ] {
+            let refused = match c
+                .simple_query(format!("EXECUTE AS USER = 'spb_ingest'; {sql}; REVERT;"))
+                .await
+            {
+                Ok(stream) => stream.into_results().await.is_err(),
+                Err(_) => true,
+            };
+            assert!(refused, "{sql} was allowed to the ingest role");
+            exec(&mut c, "IF USER_NAME() <> 'dbo' REVERT;").await;
+        }
+        exec(
+            &mut c,
+            "EXECUTE AS USER = 'spb_ingest'; INSERT INTO sp_quarantine (topic, received_at, payload, reason) VALUES (N't', SYSUTCDATETIME(), 0x00, N'r'); REVERT;",
+        )
+        .await;
+    });
+    assert_eq!(db.query_i64("SELECT COUNT_BIG(*) FROM sp_metric_fact"), 1);
 }

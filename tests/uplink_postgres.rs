@@ -12,7 +12,7 @@ use spb::uplink::writer::{commit, Conn};
 use std::sync::atomic::Ordering::Relaxed;
 
 mod common;
-use common::pg::TestDb;
+use common::pg::{Login, TestDb};
 use common::sink_rows::T0;
 
 /// The newest schema version this uplink knows.
@@ -422,6 +422,9 @@ impl Sink for PanickingSink {
     async fn migrate(&mut self) -> Result<i32, Self::Error> {
         self.0.migrate().await
     }
+    async fn check_schema(&mut self) -> Result<i32, Self::Error> {
+        self.0.check_schema().await
+    }
     async fn write(&mut self, b: &Batch) -> Result<spb::uplink::sink::Written, Self::Error> {
         if b.facts.iter().any(|f| &*f.metric == "panic") {
             panic!("a bug met metric 'panic'");
@@ -633,4 +636,79 @@ fn retention_on_a_clock_we_control_drops_whole_expired_partitions_and_nothing_ne
         partitions(&db, "sp_series_rollup_minute"),
         "sp_series_rollup_minute_202612"
     );
+}
+
+#[test]
+fn the_ingest_role_writes_what_the_uplink_writes_and_cannot_delete_update_or_alter_a_fact() {
+    let db = TestDb::new("roles");
+    db.rt.block_on(async {
+        let mut owner = PgSink::connect(&db.url()).await.expect("connect");
+        owner.migrate().await.expect("the owner migrates");
+    });
+    let login = Login::new(&db, "sparkplug_ingest");
+    db.rt.block_on(async {
+        let mut s = PgSink::connect(&login.url()).await.expect("connect as the ingest login");
+        assert_eq!(s.check_schema().await.expect("current"), LATEST);
+        for b in common::sink_rows::device_lifecycle() {
+            s.write(&b).await.expect("births, data, deaths and STALE marks as the ingest role");
+        }
+        // A day no partition holds yet (through the owner's function), a
+        // command seen on the broker, and the rollups folded.
+        let later_day = T0 + 100 * 86_400_000;
+        s.set_retention(&spb::uplink::retention::Retention::forever(), Some(later_day as i64));
+        let mut later = Batch::default();
+        later.add_event(&data(&[(later_day, 7.0)], true), later_day);
+        later.add_command(
+            &spb::sparkplug::host::CommandSeen {
+                group: "G".into(),
+                node: "N".into(),
+                device: None,
+                timestamp: Some(T0),
+                writes: vec![spb::sparkplug::host::CommandWrite {
+                    metric: "Node Control/Rebirth".into(),
+                    value: Some("true".into()),
+                    verdict: Ok(()),
+                }],
+            },
+            T0,
+            "another MQTT client",
+        );
+        assert_eq!(s.write(&later).await.expect("a new partition as the ingest role").facts, 1);
+        assert!(s.fold().await.expect("fold as the ingest role") > 0);
+        // What the role must not do.
+        let (c, conn) = tokio_postgres::connect(&login.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        for sql in [
+            "DELETE FROM sp_series_fact",
+            "UPDATE sp_series_fact SET v_float = 0",
+            "TRUNCATE sp_series_fact",
+            "DELETE FROM sp_event_raw",
+            "UPDATE sp_event_raw SET kind = ''",
+            "DELETE FROM sp_stale",
+            "DELETE FROM sp_command_audit",
+            "DROP TABLE sp_series_fact",
+            "ALTER TABLE sp_series_fact ADD COLUMN x int",
+            "CREATE TABLE sp_mine (a int)",
+            "DELETE FROM sp_series",
+        ] {
+            let e = c.batch_execute(sql).await.expect_err(sql);
+            let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+            assert_eq!(code, "42501", "{sql}: permission denied, not {e:?}");
+        }
+        // The partition function adds partitions to the uplink's tables only.
+        let e = c
+            .batch_execute("SELECT sp_ensure_partition('sp_command_audit', 'sp_command_audit_20260101', now(), now() + interval '1 day')")
+            .await
+            .expect_err("not a partitioned table of the uplink");
+        assert!(e.to_string().contains("not a partitioned table of the uplink") || format!("{e:?}").contains("not a partitioned table"), "{e:?}");
+    });
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sp_metric_fact WHERE quality = 192"),
+        5,
+        "nothing was deleted"
+    );
+    assert_eq!(db.query_i64("SELECT count(*) FROM sp_command_audit"), 1);
+    assert_eq!(db.query_i64("SELECT count(*) FROM sp_state_history"), 6);
 }

@@ -73,7 +73,11 @@ pub struct HostSection {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DatabaseConfig {
     pub backend: Backend,
+    /// The login the uplink ingests with.
     pub url: String,
+    /// The schema owner's login, for migrations and retention (partitions
+    /// dropped, rows deleted); `None`: `url` does both.
+    pub owner_url: Option<String>,
     pub batch_max_rows: usize,
     pub batch_max_latency: Duration,
     pub backlog_max_rows: usize,
@@ -388,9 +392,20 @@ fn read_database(t: &Table) -> Option<DatabaseConfig> {
             t.invalid("url", format!("not an ADO.NET connection string ({e}); e.g. \"server=tcp:db.plant,1433;database=spb;user id=spb;password=…;encrypt=true\""));
         }
     }
+    let owner_url = t.opt_str("owner_url");
+    if let Some(o) = &owner_url {
+        let bad = match backend {
+            Backend::Postgres => o.parse::<tokio_postgres::Config>().err().map(|e| e.to_string()),
+            Backend::Mssql => super::mssql::parse_url(o).err().map(|e| e.to_string()),
+        };
+        if let Some(e) = bad {
+            t.invalid("owner_url", format!("not a connection string of the backend ({e})"));
+        }
+    }
     let d = DatabaseConfig {
         backend,
         url,
+        owner_url,
         batch_max_rows: t.int_in("batch_max_rows", 20_000, 1..=1_000_000) as usize,
         batch_max_latency: t.duration_or("batch_max_latency", Duration::from_millis(200)),
         backlog_max_rows: t.int_in("backlog_max_rows", 500_000, 1_000..=100_000_000) as usize,
@@ -409,6 +424,7 @@ fn read_database(t: &Table) -> Option<DatabaseConfig> {
     t.finish(&[
         "backend",
         "url",
+        "owner_url",
         "batch_max_rows",
         "batch_max_latency",
         "backlog_max_rows",

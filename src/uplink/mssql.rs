@@ -41,6 +41,8 @@ pub enum MssqlError {
     Connect { addr: String, source: std::io::Error },
     #[error("mssql: the schema is at version {found}, newer than this uplink knows ({known}); upgrade the uplink")]
     SchemaTooNew { found: i32, known: i32 },
+    #[error("mssql: the schema is at version {found}, older than this uplink needs ({known}); it is migrated at start through database.owner_url")]
+    SchemaBehind { found: i32, known: i32 },
 }
 
 /// The T-SQL expression of a row's key: SHA-256 over the length-prefixed
@@ -332,6 +334,42 @@ CREATE VIEW sp_metric_last AS
                 device = series_key(&["group_id", "node_id", "device_id"])
             ),
         ),
+        (
+            // As PostgreSQL's v9: least privilege. The uplink migrates and
+            // deletes what expired as the owner (database.owner_url) and
+            // ingests as a user in sparkplug_ingest: inserts facts and raw
+            // messages (no UPDATE or DELETE on them is granted), upserts
+            // state, catalog and rollups, no DDL. sparkplug_command reads
+            // and writes the command audit.
+            7,
+            r#"
+IF DATABASE_PRINCIPAL_ID('sparkplug_ingest') IS NULL CREATE ROLE sparkplug_ingest;
+IF DATABASE_PRINCIPAL_ID('sparkplug_command') IS NULL CREATE ROLE sparkplug_command;
+GRANT SELECT ON sp_schema_migrations TO sparkplug_ingest;
+GRANT SELECT ON sp_schema_migrations TO sparkplug_command;
+GRANT SELECT, INSERT ON sp_event_raw TO sparkplug_ingest;
+GRANT SELECT, INSERT ON sp_metric_fact TO sparkplug_ingest;
+GRANT SELECT, INSERT ON sp_stale TO sparkplug_ingest;
+GRANT SELECT, INSERT ON sp_state_history TO sparkplug_ingest;
+GRANT SELECT, INSERT ON sp_quarantine TO sparkplug_ingest;
+GRANT SELECT, INSERT ON sp_command_audit TO sparkplug_ingest;
+GRANT SELECT, INSERT, UPDATE ON sp_node_state TO sparkplug_ingest;
+GRANT SELECT, INSERT, UPDATE ON sp_device_state TO sparkplug_ingest;
+GRANT SELECT, INSERT, UPDATE ON sp_metric_catalog TO sparkplug_ingest;
+GRANT SELECT, INSERT, UPDATE ON sp_metric_rollup TO sparkplug_ingest;
+GRANT SELECT, INSERT, DELETE ON oee_pending TO sparkplug_ingest;
+GRANT SELECT, INSERT, UPDATE, DELETE ON oee_interval TO sparkplug_ingest;
+GRANT SELECT, INSERT, UPDATE, DELETE ON oee_cycle TO sparkplug_ingest;
+GRANT SELECT, INSERT, UPDATE, DELETE ON oee_downtime TO sparkplug_ingest;
+GRANT SELECT, INSERT, UPDATE, DELETE ON oee_quality TO sparkplug_ingest;
+GRANT SELECT ON sp_metric_last TO sparkplug_ingest;
+GRANT SELECT, INSERT, UPDATE ON sp_command_audit TO sparkplug_command;
+GRANT SELECT ON sp_node_state TO sparkplug_command;
+GRANT SELECT ON sp_device_state TO sparkplug_command;
+GRANT SELECT ON sp_metric_catalog TO sparkplug_command;
+"#
+            .to_string(),
+        ),
     ]
 }
 
@@ -478,6 +516,11 @@ const INSERT_COMMAND: &str = "MERGE sp_command_audit WITH (HOLDLOCK) AS t \
     VALUES (s.at, s.group_id, s.node_id, s.device_id, s.metric, s.value, s.accepted, s.reason, \
         s.requested_by, s.request_id, s.outcome, s.sent_at, s.confirmed_value, s.confirmed_at);";
 
+/// A command audit row seen on the broker (no request id).
+const INSERT_COMMAND_SEEN: &str = "INSERT INTO sp_command_audit (at, group_id, node_id, device_id, metric, \
+    value, accepted, reason, requested_by, request_id, outcome, sent_at, confirmed_value, confirmed_at) \
+    VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13, @P14);";
+
 const INSERT_OEE_MARK: &str = "INSERT INTO oee_pending (machine, ts) VALUES (@P1, @P2)";
 
 /// A STALE mark, once (a second of the same key is a replay of the death).
@@ -605,6 +648,7 @@ pub fn statements() -> Vec<(String, String)> {
     v.push(("device state merge".into(), merge_device_state_sql()));
     v.push(("quarantine insert".into(), INSERT_QUARANTINE.to_string()));
     v.push(("command audit upsert".into(), INSERT_COMMAND.to_string()));
+    v.push(("command audit insert".into(), INSERT_COMMAND_SEEN.to_string()));
     v.push(("OEE mark insert".into(), INSERT_OEE_MARK.to_string()));
     v.push(("STALE mark insert".into(), INSERT_STALE.to_string()));
     v.push((
@@ -749,6 +793,26 @@ impl Sink for MssqlSink {
     }
 
     /// Applies the missing migrations; returns the schema version.
+    async fn check_schema(&mut self) -> Result<i32, MssqlError> {
+        let known = migrations().last().map_or(0, |m| m.0);
+        let found: i32 = self
+            .client
+            .simple_query(
+                "IF OBJECT_ID('sp_schema_migrations') IS NULL SELECT 0 \
+                 ELSE SELECT COALESCE(MAX(version), 0) FROM sp_schema_migrations",
+            )
+            .await?
+            .into_row()
+            .await?
+            .and_then(|r| r.get::<i32, _>(0))
+            .unwrap_or(0);
+        match found.cmp(&known) {
+            std::cmp::Ordering::Equal => Ok(found),
+            std::cmp::Ordering::Greater => Err(MssqlError::SchemaTooNew { found, known }),
+            std::cmp::Ordering::Less => Err(MssqlError::SchemaBehind { found, known }),
+        }
+    }
+
     async fn migrate(&mut self) -> Result<i32, MssqlError> {
         self.client.begin_transaction().await?;
         self.batch(
@@ -945,9 +1009,16 @@ impl MssqlSink {
             let at = ColumnData::DateTime2(Some(datetime2(c.at_ms)));
             let sent = ColumnData::DateTime2(c.sent_ms.map(datetime2));
             let confirmed = ColumnData::DateTime2(c.confirmed_ms.map(datetime2));
+            // A row without a request id (seen on the broker) is never
+            // replaced: a plain insert, which the ingest role may do.
+            let sql = if c.request_id.is_some() {
+                INSERT_COMMAND
+            } else {
+                INSERT_COMMAND_SEEN
+            };
             self.client
                 .execute(
-                    INSERT_COMMAND,
+                    sql,
                     &[
                         &at,
                         &c.group.as_str(),

@@ -2,8 +2,9 @@
 //! partition and drops an expired one, as [`super::retention`] decides.
 //!
 //! Invariants:
-//! - Writers never wait for this: a partition is created as a plain table
-//!   with a CHECK of its bounds and then attached (`ATTACH PARTITION` takes
+//! - Writers never wait for this: a partition is created (by the owner's
+//!   `sp_ensure_partition`, which the ingest role may call) as a plain
+//!   table with a CHECK of its bounds and then attached (`ATTACH PARTITION` takes
 //!   a lock that does not conflict with inserts, and the CHECK spares it a
 //!   scan), and one is dropped only after `DETACH PARTITION … CONCURRENTLY`
 //!   (no default partitions, which would forbid it). Neither
@@ -33,12 +34,12 @@ pub fn classes() -> Vec<Class> {
     v
 }
 
-fn literal(ms: i64) -> String {
+fn at(ms: i64) -> std::time::SystemTime {
     if ms < 0 {
-        // Before 1970 (only a migrated database could have such rows).
-        return format!("'epoch'::timestamptz + interval '{ms} milliseconds'");
+        std::time::UNIX_EPOCH - std::time::Duration::from_millis(ms.unsigned_abs())
+    } else {
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64)
     }
-    format!("'{}'", crate::clock::rfc3339_ms(ms as u64))
 }
 
 /// The partitions of `class` as the catalog has them.
@@ -84,7 +85,7 @@ pub async fn ensure(
     lo: i64,
     hi: i64,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
-    let (table, column) = parent(class);
+    let (table, _) = parent(class);
     let tx = c.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&table])
         .await?;
@@ -92,15 +93,17 @@ pub async fn ensure(
     let mut made = Vec::new();
     for (a, b) in gaps(lo, hi, &have) {
         let name = format!("{table}_{}", span.suffix(a));
-        let (from, to) = (literal(a), literal(b));
-        tx.batch_execute(&format!(
-            "CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
-             ALTER TABLE {name} ADD CONSTRAINT {name}_bounds CHECK ({column} >= {from} AND {column} < {to});
-             ALTER TABLE {table} ATTACH PARTITION {name} FOR VALUES FROM ({from}) TO ({to});
-             ALTER TABLE {name} DROP CONSTRAINT {name}_bounds;"
-        ))
-        .await?;
-        made.push(name);
+        // The owner's function (the ingest role has no DDL of its own).
+        let created: bool = tx
+            .query_one(
+                "SELECT sp_ensure_partition($1, $2, $3, $4)",
+                &[&table, &name, &at(a), &at(b)],
+            )
+            .await?
+            .get(0);
+        if created {
+            made.push(name);
+        }
     }
     tx.commit().await?;
     Ok(made)

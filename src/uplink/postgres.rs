@@ -36,6 +36,8 @@ pub enum PgError {
     Db(#[from] tokio_postgres::Error),
     #[error("postgres: the schema is at version {found}, newer than this uplink knows ({known}); upgrade the uplink")]
     SchemaTooNew { found: i32, known: i32 },
+    #[error("postgres: the schema is at version {found}, older than this uplink needs ({known}); it is migrated at start through database.owner_url")]
+    SchemaBehind { found: i32, known: i32 },
     #[error("postgres: series {0} was neither inserted nor found in sp_series")]
     SeriesUnresolved(String),
 }
@@ -469,6 +471,91 @@ CREATE VIEW sp_metric_last AS
     ) l;
 "#,
     ),
+    (
+        // v9: least privilege. The uplink migrates (and drops expired
+        // partitions) as the owner, and ingests as a login the DBA makes a
+        // member of sparkplug_ingest: insert into raw, facts, STALE marks
+        // and state, upsert the derived tables (state, catalog, rollups,
+        // OEE), never UPDATE or DELETE a fact or a raw message, no DDL; the
+        // partitions arriving rows need come from a SECURITY DEFINER
+        // function that can only add a partition to the uplink's tables.
+        // sparkplug_command may read and write the command audit. Every
+        // later migration grants on the tables it adds.
+        9,
+        r#"
+-- Roles belong to the cluster: another database's uplink may be creating
+-- them at this moment, so "already there" is not an error.
+DO $$
+DECLARE r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['sparkplug_ingest', 'sparkplug_command'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r) THEN
+            BEGIN
+                EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;
+            END;
+        END IF;
+    END LOOP;
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO sparkplug_ingest, sparkplug_command', current_schema());
+END $$;
+
+GRANT SELECT ON sp_schema_migrations TO sparkplug_ingest, sparkplug_command;
+GRANT SELECT, INSERT ON sp_event_raw, sp_series_fact, sp_series, sp_stale, sp_state_history, sp_quarantine
+    TO sparkplug_ingest;
+GRANT USAGE ON SEQUENCE sp_event_raw_id_seq, sp_state_history_id_seq, sp_quarantine_id_seq,
+    sp_command_audit_id_seq TO sparkplug_ingest;
+GRANT SELECT, INSERT, UPDATE ON sp_node_state, sp_device_state, sp_metric_catalog, sp_series_rollup
+    TO sparkplug_ingest;
+GRANT SELECT, INSERT, DELETE ON sp_rollup_pending, oee_pending TO sparkplug_ingest;
+GRANT SELECT, INSERT, UPDATE, DELETE ON oee_interval, oee_cycle, oee_downtime, oee_quality TO sparkplug_ingest;
+GRANT SELECT, INSERT ON sp_command_audit TO sparkplug_ingest;
+GRANT SELECT ON sp_metric_fact, sp_metric_rollup, sp_metric_last TO sparkplug_ingest, sparkplug_command;
+
+GRANT SELECT, INSERT, UPDATE ON sp_command_audit TO sparkplug_command;
+GRANT USAGE ON SEQUENCE sp_command_audit_id_seq TO sparkplug_command;
+GRANT SELECT ON sp_node_state, sp_device_state, sp_metric_catalog TO sparkplug_command;
+
+CREATE FUNCTION sp_ensure_partition(parent text, name text, lo timestamptz, hi timestamptz) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER AS $f$
+DECLARE col text;
+BEGIN
+    col := CASE parent
+        WHEN 'sp_event_raw' THEN 'received_at'
+        WHEN 'sp_series_fact' THEN 'ts'
+        WHEN 'sp_series_rollup_minute' THEN 'bucket'
+        WHEN 'sp_series_rollup_hour' THEN 'bucket'
+        WHEN 'sp_series_rollup_day' THEN 'bucket'
+    END;
+    IF col IS NULL THEN
+        RAISE EXCEPTION 'sp_ensure_partition: % is not a partitioned table of the uplink', parent;
+    END IF;
+    IF name !~ ('^' || parent || '_[0-9]{6,8}$') THEN
+        RAISE EXCEPTION 'sp_ensure_partition: % is not a partition name of %', name, parent;
+    END IF;
+    IF NOT (lo < hi AND hi - lo <= interval '31 days') THEN
+        RAISE EXCEPTION 'sp_ensure_partition: [%, %) is not a period', lo, hi;
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtext(parent));
+    IF EXISTS (SELECT 1 FROM pg_class WHERE relname = name AND relnamespace = current_schema()::regnamespace) THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS INCLUDING CONSTRAINTS)', name, parent);
+    EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK (%I >= %L AND %I < %L)',
+        name, name || '_bounds', col, lo, col, hi);
+    EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)', parent, name, lo, hi);
+    EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', name, name || '_bounds');
+    RETURN true;
+END $f$;
+DO $$
+BEGIN
+    EXECUTE format('ALTER FUNCTION sp_ensure_partition(text, text, timestamptz, timestamptz) SET search_path = %I, pg_temp',
+        current_schema());
+END $$;
+REVOKE ALL ON FUNCTION sp_ensure_partition(text, text, timestamptz, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION sp_ensure_partition(text, text, timestamptz, timestamptz) TO sparkplug_ingest;
+"#,
+    ),
 ];
 
 /// A node's birth or death: its state, the history row, and on a death the
@@ -521,6 +608,12 @@ const UPSERT_COMMAND: &str = "INSERT INTO sp_command_audit
         accepted = EXCLUDED.accepted, reason = EXCLUDED.reason, outcome = EXCLUDED.outcome,
         sent_at = coalesce(EXCLUDED.sent_at, sp_command_audit.sent_at),
         confirmed_value = EXCLUDED.confirmed_value, confirmed_at = EXCLUDED.confirmed_at";
+
+/// A command audit row seen on the broker (no request id: never replaced).
+const INSERT_COMMAND: &str = "INSERT INTO sp_command_audit
+    (at, group_id, node_id, device_id, metric, value, accepted, reason, requested_by,
+     request_id, outcome, sent_at, confirmed_value, confirmed_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 
 /// Staged facts → `sp_series_fact` (new keys only), and the numeric ones
 /// among those inserted to `sp_rollup_pending`; returns how many were new.
@@ -763,6 +856,24 @@ impl Sink for PgSink {
             Some(c) => ["22", "23", "54"].iter().any(|class| c.code().starts_with(class)),
             // Client side: a parameter that would not serialize.
             None => e.to_string().starts_with("error serializing"),
+        }
+    }
+
+    async fn check_schema(&mut self) -> Result<i32, PgError> {
+        let known = MIGRATIONS.last().map_or(0, |m| m.0);
+        let found: i32 = self
+            .client
+            .query_one(
+                "SELECT CASE WHEN to_regclass('sp_schema_migrations') IS NULL THEN 0
+                        ELSE (SELECT coalesce(max(version), 0) FROM sp_schema_migrations) END",
+                &[],
+            )
+            .await?
+            .get(0);
+        match found.cmp(&known) {
+            std::cmp::Ordering::Equal => Ok(found),
+            std::cmp::Ordering::Greater => Err(PgError::SchemaTooNew { found, known }),
+            std::cmp::Ordering::Less => Err(PgError::SchemaBehind { found, known }),
         }
     }
 
@@ -1136,8 +1247,15 @@ impl PgSink {
         for c in &b.commands {
             let when = at(c.at_ms);
             let outcome = c.outcome.to_string();
+            // A row without a request id (a command seen on the broker) is
+            // never replaced: a plain insert, which the ingest role may do.
+            let sql = if c.request_id.is_some() {
+                UPSERT_COMMAND
+            } else {
+                INSERT_COMMAND
+            };
             tx.execute(
-                UPSERT_COMMAND,
+                sql,
                 &[
                     &when,
                     &c.group,

@@ -51,6 +51,11 @@ pub trait Sink: Sized + Send {
     /// Connects with the configured `database.url`.
     fn connect(url: &str) -> impl Future<Output = Result<Self, Self::Error>> + Send;
 
+    /// The schema version found, when it is the newest this uplink knows;
+    /// an error naming both otherwise. No DDL: for a login that may not
+    /// migrate (the owner's connection does).
+    fn check_schema(&mut self) -> impl Future<Output = Result<i32, Self::Error>> + Send;
+
     /// Applies the missing migrations; returns the schema version.
     fn migrate(&mut self) -> impl Future<Output = Result<i32, Self::Error>> + Send;
 

@@ -120,7 +120,9 @@ impl Writers {
 /// `batch_max_rows` (see the module invariants).
 pub async fn writer<S: Sink>(db: DatabaseConfig, queue: Queue, stats: Arc<Stats>) {
     let mut rx = queue.lock().await;
-    let mut conn = Conn::<S>::new(db.url.clone()).keeping(db.retention.clone());
+    let mut conn = Conn::<S>::new(db.url.clone())
+        .keeping(db.retention.clone())
+        .owner_migrates(db.owner_url.is_some());
     while let Some(first) = rx.recv().await {
         let mut batch = first.batch;
         let mut oldest = first.since;
@@ -158,6 +160,8 @@ pub struct Conn<S> {
     sink: Option<S>,
     attempt: u32,
     retention: super::retention::Retention,
+    /// Another login migrates: this one only checks the schema.
+    owner_migrates: bool,
 }
 
 impl<S: Sink> Conn<S> {
@@ -168,7 +172,14 @@ impl<S: Sink> Conn<S> {
             sink: None,
             attempt: 0,
             retention: super::retention::Retention::forever(),
+            owner_migrates: false,
         }
+    }
+
+    /// Whether another login (the owner) migrates the schema.
+    pub fn owner_migrates(mut self, yes: bool) -> Conn<S> {
+        self.owner_migrates = yes;
+        self
     }
 
     /// The same, keeping rows as long as `r` says.
@@ -184,11 +195,17 @@ impl<S: Sink> Conn<S> {
             if self.sink.as_ref().is_some_and(|s| !s.is_closed()) {
                 break;
             }
-            match connect::<S>(&self.url).await {
-                Ok(mut s) => {
-                    s.set_retention(&self.retention, None);
-                    self.sink = Some(s)
-                }
+            let opened = async {
+                let mut s = S::connect(&self.url).await?;
+                match self.owner_migrates {
+                    false => s.migrate().await?,
+                    true => s.check_schema().await?,
+                };
+                s.set_retention(&self.retention, None);
+                Ok::<S, S::Error>(s)
+            };
+            match opened.await {
+                Ok(s) => self.sink = Some(s),
                 Err(e) => self.fail(stats, &e.to_string()).await,
             }
         }
@@ -452,7 +469,7 @@ async fn oee_fold(
     stats: &Stats,
 ) {
     if sink.as_ref().is_none_or(Sink::is_closed) {
-        match connect::<super::postgres::PgSink>(&db.url).await {
+        match open::<super::postgres::PgSink>(db).await {
             Ok(s) => *sink = Some(s),
             Err(_) => return,
         }
@@ -501,9 +518,22 @@ async fn connect<S: Sink>(url: &str) -> Result<S, S::Error> {
     Ok(s)
 }
 
-/// A sink of `db`, migrated and keeping `db.retention`.
+/// An ingesting connection of `db`, keeping `db.retention`: it migrates
+/// the schema itself unless an owner login does (`owner_url`), then it
+/// only checks that the schema is current.
 async fn open<S: Sink>(db: &DatabaseConfig) -> Result<S, S::Error> {
-    let mut s = connect::<S>(&db.url).await?;
+    let mut s = S::connect(&db.url).await?;
+    match db.owner_url {
+        None => s.migrate().await?,
+        Some(_) => s.check_schema().await?,
+    };
+    s.set_retention(&db.retention, None);
+    Ok(s)
+}
+
+/// The owner's connection (migrations, retention).
+async fn open_owner<S: Sink>(db: &DatabaseConfig) -> Result<S, S::Error> {
+    let mut s = connect::<S>(db.owner_url.as_deref().unwrap_or(&db.url)).await?;
     s.set_retention(&db.retention, None);
     Ok(s)
 }
@@ -531,9 +561,13 @@ pub async fn retainer<S: Sink>(db: DatabaseConfig, stats: Arc<Stats>, mut stop: 
 /// One retention run; true when it ran to the end.
 async fn retain<S: Sink>(db: &DatabaseConfig, sink: &mut Option<S>, stats: &Stats) -> bool {
     if sink.as_ref().is_none_or(S::is_closed) {
-        match open::<S>(db).await {
+        match open_owner::<S>(db).await {
             Ok(s) => *sink = Some(s),
-            Err(_) => return false, // the write path reports the outage
+            Err(e) => {
+                stats.retention_errors.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "the schema owner's connection failed; migrations and retention wait");
+                return false;
+            }
         }
     }
     let Some(s) = sink.as_mut() else { return false };

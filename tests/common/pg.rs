@@ -242,3 +242,45 @@ impl Drop for PrivatePg {
         self.stop_hard();
     }
 }
+
+/// A login of the test's own in `role`, dropped when the test ends.
+pub struct Login<'a> {
+    db: &'a TestDb,
+    name: String,
+}
+
+impl<'a> Login<'a> {
+    pub fn new(db: &'a TestDb, role: &str) -> Login<'a> {
+        let name = format!("spb_test_{role}_{}", std::process::id());
+        db.rt.block_on(async {
+            let (c, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(conn);
+            c.batch_execute(&format!(
+                "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN IN ROLE {role}"
+            ))
+            .await
+            .expect("a login in the role");
+        });
+        Login { db, name }
+    }
+
+    /// The test database's URL as this login (a later key wins).
+    pub fn url(&self) -> String {
+        format!("{} user={}", self.db.url(), self.name)
+    }
+}
+
+impl Drop for Login<'_> {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let url = self.db.url();
+        self.db.rt.block_on(async move {
+            if let Ok((c, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                tokio::spawn(conn);
+                let _ = c.batch_execute(&format!("DROP ROLE IF EXISTS {name}")).await;
+            }
+        });
+    }
+}
