@@ -712,3 +712,87 @@ fn the_ingest_role_writes_what_the_uplink_writes_and_cannot_delete_update_or_alt
     assert_eq!(db.query_i64("SELECT count(*) FROM sp_command_audit"), 1);
     assert_eq!(db.query_i64("SELECT count(*) FROM sp_state_history"), 6);
 }
+
+// TLS to the database: libpq's modes, a pinned CA and a client certificate,
+// against a server of the test's own whose certificates the test made.
+#[test]
+fn postgres_over_tls_verifies_what_each_sslmode_promises_and_presents_the_client_certificate() {
+    let pki = common::Pki::generate();
+    let pg = common::pg::PrivatePg::start_tls(&pki);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let at = |host: &str, tls: &str| format!("host={host} port={} user=postgres dbname=postgres {tls}", pg.port);
+    let (ca, rogue_ca) = (pki.path("ca.pem"), pki.path("rogue-ca.pem"));
+    let client = format!("sslcert={} sslkey={}", pki.path("client.pem"), pki.path("client.key"));
+    let rogue_client = format!(
+        "sslcert={} sslkey={}",
+        pki.path("rogue-client.pem"),
+        pki.path("rogue-client.key")
+    );
+    let connect =
+        |url: String| rt.block_on(async move { PgSink::connect(&url).await.map(|_| ()).map_err(|e| e.to_string()) });
+    // verify-full with the pinned CA and the client certificate: written over TLS.
+    let full = at("127.0.0.1", &format!("sslmode=verify-full sslrootcert={ca} {client}"));
+    rt.block_on(async {
+        let mut s = PgSink::connect(&full)
+            .await
+            .expect("verify-full with a client certificate");
+        s.migrate().await.expect("migrate over TLS");
+        let mut b = Batch::default();
+        b.add_event(&data(&[(T0, 1.0)], false), T0);
+        assert_eq!(s.write(&b).await.expect("write over TLS").facts, 1);
+    });
+    // What the server saw: TLS, and the client certificate's subject.
+    let (tls_on, dn): (bool, String) = rt.block_on(async {
+        let (rest, tls) = spb::uplink::pg_tls::split(&full).expect("valid");
+        let rustls = spb::uplink::pg_tls::client_config(&tls).expect("files").expect("tls");
+        let (c, conn) = rest
+            .parse::<tokio_postgres::Config>()
+            .expect("config")
+            .connect(spb::uplink::pg_tls::MakeRustls(rustls))
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        let r = c
+            .query_one(
+                "SELECT ssl, coalesce(client_dn, '') FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .expect("pg_stat_ssl");
+        (r.get(0), r.get(1))
+    });
+    assert!(tls_on);
+    assert_eq!(dn, "/CN=gw-test");
+    // The other modes, each with what it must refuse.
+    let refused = |url: String, why: &str| {
+        let e = connect(url.clone()).expect_err(&url);
+        assert!(e.to_lowercase().contains(why), "{url}: {e}");
+    };
+    refused(at("127.0.0.1", "sslmode=disable"), "no encryption");
+    refused(at("127.0.0.1", "sslmode=require"), "certificate");
+    refused(
+        at(
+            "127.0.0.1",
+            &format!("sslmode=verify-full sslrootcert={rogue_ca} {client}"),
+        ),
+        "unknownissuer",
+    );
+    refused(
+        at(
+            "127.0.0.1",
+            &format!("sslmode=verify-full sslrootcert={ca} {rogue_client}"),
+        ),
+        "unknownca",
+    );
+    // 127.0.0.2 is not a name the server's certificate holds: verify-full
+    // refuses it, verify-ca (the chain only) accepts it.
+    refused(
+        at("127.0.0.2", &format!("sslmode=verify-full sslrootcert={ca} {client}")),
+        "not valid for name",
+    );
+    connect(at("127.0.0.2", &format!("sslmode=verify-ca sslrootcert={ca} {client}")))
+        .expect("verify-ca checks the chain only");
+    // prefer and require encrypt without checking the server.
+    connect(at("127.0.0.1", &format!("sslmode=require {client}"))).expect("require");
+    connect(at("127.0.0.1", &client)).expect("prefer, libpq's default");
+}

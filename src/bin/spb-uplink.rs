@@ -304,7 +304,8 @@ fn main() -> ExitCode {
     };
     if check {
         // What would fail at start or at the first connect: the TLS files.
-        let (mut errors, warnings) = spb::mqtt::tls::check_servers(&cfg.mqtt.servers, spb::clock::now_ms(), false);
+        let (mut errors, mut warnings) = spb::mqtt::tls::check_servers(&cfg.mqtt.servers, spb::clock::now_ms(), false);
+        warnings.extend(spb::uplink::run::database_transport_warnings(&cfg.database));
         if let Some(h) = &cfg.commands.https {
             if let Err(e) = spb::mqtt::tls::server_config(&h.cert, &h.key, &h.client_ca) {
                 errors.push(format!("commands: {e}"));

@@ -134,8 +134,8 @@ fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'stat
     Ok(certs)
 }
 
-/// Builds the rustls client configuration; `now` checks the client certificate's validity.
-pub fn client_config(tls: &TlsConfig, now: UnixTime) -> Result<Arc<ClientConfig>, TlsError> {
+/// The trust anchors of `tls`: the pinned CA, and the web roots if asked.
+pub fn root_store(tls: &TlsConfig) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     if let Some(ca) = &tls.ca {
         for cert in read_certs("tls.ca", ca)? {
@@ -151,6 +151,32 @@ pub fn client_config(tls: &TlsConfig, now: UnixTime) -> Result<Arc<ClientConfig>
     if roots.is_empty() {
         return Err(TlsError::NoRoots);
     }
+    Ok(roots)
+}
+
+/// A client configuration whose server certificates `verifier` judges
+/// (its CA file, if any, is still read and checked), with the client
+/// certificate of `tls`.
+pub fn client_config_verified_by(
+    tls: &TlsConfig,
+    verifier: Arc<dyn ServerCertVerifier>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    if tls.ca.is_some() {
+        root_store(tls)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    with_client_auth(tls, builder)
+}
+
+/// Builds the rustls client configuration; `now` checks the client certificate's validity.
+pub fn client_config(tls: &TlsConfig, now: UnixTime) -> Result<Arc<ClientConfig>, TlsError> {
+    let roots = root_store(tls)?;
+    let _ = now;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let versions = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -168,13 +194,20 @@ pub fn client_config(tls: &TlsConfig, now: UnixTime) -> Result<Arc<ClientConfig>
                 .with_custom_certificate_verifier(Arc::new(NamedVerifier { inner, name }))
         }
     };
+    with_client_auth(tls, builder)
+}
+
+/// The client certificate and key of `tls`, or none.
+fn with_client_auth(
+    tls: &TlsConfig,
+    builder: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let config = match (&tls.cert, &tls.key) {
         (Some(cert_path), Some(key_path)) => {
             let chain = read_certs("tls.cert", cert_path)?;
             // Validity is not judged here: a box without a real-time clock
             // boots at 1970 and must poll and store from its first second.
             // `certificate_problem` says it, at --check-config and at each connect.
-            let _ = now;
             check_key_mode(key_path)?;
             let key_bytes = std::fs::read(key_path).map_err(|e| TlsError::Read {
                 key: "tls.key",

@@ -368,6 +368,22 @@ fn read_host(t: &Table) -> Option<HostSection> {
     Some(s)
 }
 
+/// A PostgreSQL connection string, its TLS part included (the files it
+/// names are read now: what would fail at start fails the check).
+fn check_pg_url(t: &Table, key: &str, url: &str) {
+    let example = "e.g. \"host=db.plant user=spb dbname=plant sslmode=verify-full sslrootcert=/etc/spb-uplink/db-ca.pem\" or \"postgres://spb@db.plant/plant\"";
+    match super::pg_tls::split(url) {
+        Err(e) => t.invalid(key, format!("{e}; {example}")),
+        Ok((rest, tls)) => {
+            if let Err(e) = rest.parse::<tokio_postgres::Config>() {
+                t.invalid(key, format!("not a PostgreSQL connection string ({e}); {example}"));
+            } else if let Err(e) = super::pg_tls::client_config(&tls) {
+                t.invalid(key, e.to_string());
+            }
+        }
+    }
+}
+
 fn read_database(t: &Table) -> Option<DatabaseConfig> {
     let backend = match t.req_str("backend", "postgres or mssql").as_deref() {
         Some("postgres") => Backend::Postgres,
@@ -380,12 +396,7 @@ fn read_database(t: &Table) -> Option<DatabaseConfig> {
     };
     let url = t.req_str("url", "the connection string").unwrap_or_default();
     if backend == Backend::Postgres && !url.is_empty() {
-        if let Err(e) = url.parse::<tokio_postgres::Config>() {
-            t.invalid(
-                "url",
-                format!("not a PostgreSQL connection string ({e}); e.g. \"host=db.plant user=spb dbname=plant\" or \"postgres://spb@db.plant/plant\""),
-            );
-        }
+        check_pg_url(t, "url", &url);
     }
     if backend == Backend::Mssql && !url.is_empty() {
         if let Err(e) = super::mssql::parse_url(&url) {
@@ -394,12 +405,13 @@ fn read_database(t: &Table) -> Option<DatabaseConfig> {
     }
     let owner_url = t.opt_str("owner_url");
     if let Some(o) = &owner_url {
-        let bad = match backend {
-            Backend::Postgres => o.parse::<tokio_postgres::Config>().err().map(|e| e.to_string()),
-            Backend::Mssql => super::mssql::parse_url(o).err().map(|e| e.to_string()),
-        };
-        if let Some(e) = bad {
-            t.invalid("owner_url", format!("not a connection string of the backend ({e})"));
+        match backend {
+            Backend::Postgres => check_pg_url(t, "owner_url", o),
+            Backend::Mssql => {
+                if let Err(e) = super::mssql::parse_url(o) {
+                    t.invalid("owner_url", format!("not an ADO.NET connection string ({e})"));
+                }
+            }
         }
     }
     let d = DatabaseConfig {

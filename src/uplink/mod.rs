@@ -18,6 +18,7 @@ pub mod config;
 pub mod mssql;
 pub mod oee;
 pub mod pg_partitions;
+pub mod pg_tls;
 pub mod postgres;
 pub mod retention;
 pub mod rows;

@@ -728,6 +728,36 @@ pub fn catalog_row(c: &CatalogRow) -> TokenRow<'_> {
 
 /// Checks a `database.url` for the mssql backend (an ADO.NET connection
 /// string, e.g. `server=tcp:db.plant,1433;database=spb;user id=spb;password=…;encrypt=true`).
+/// What the connection string gives up of the safe default (encrypted
+/// with TLS, the server's certificate verified): one sentence per
+/// weakening, for a WARN at start and in `--check-config`. Keys are
+/// case-blind, as in ADO.NET.
+pub fn transport_warnings(url: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for part in url.split(';') {
+        let Some((k, v)) = part.split_once('=') else { continue };
+        let (k, v) = (
+            k.trim().to_ascii_lowercase(),
+            v.trim().trim_matches(|c| c == '\'' || c == '"'),
+        );
+        match (k.as_str(), v.to_ascii_lowercase().as_str()) {
+            ("encrypt", "false" | "no") => out.push(
+                "encrypt=false: only the login is encrypted, the data travels in clear; leave encrypt out (TLS, the default)"
+                    .to_string(),
+            ),
+            ("encrypt", "danger_plaintext") => {
+                out.push("encrypt=DANGER_PLAINTEXT: nothing is encrypted, not even the password".to_string())
+            }
+            ("trustservercertificate", "true" | "yes") => out.push(
+                "TrustServerCertificate=true: any server certificate is accepted; pin the server's CA with TrustServerCertificateCA=/path/ca.pem instead"
+                    .to_string(),
+            ),
+            _ => {}
+        }
+    }
+    out
+}
+
 pub fn parse_url(url: &str) -> Result<Config, MssqlError> {
     let mut c = Config::from_ado_string(url)?;
     c.application_name("spb-uplink");
@@ -1095,6 +1125,21 @@ const DATA_ERRORS: [u32; 16] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_transport_is_tls_with_the_server_certificate_verified_and_weakening_it_is_said() {
+        assert!(transport_warnings("server=tcp:db.plant,1433;database=plant;user id=spb;password=x").is_empty());
+        assert!(transport_warnings("server=tcp:db,1433;TrustServerCertificateCA=/etc/spb/db-ca.pem").is_empty());
+        let w = transport_warnings("server=tcp:db,1433;Encrypt=False;TrustServerCertificate=true");
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("encrypt=false") && w[1].starts_with("TrustServerCertificate=true"),
+            "{w:?}"
+        );
+        // tiberius' own defaults agree: encrypted when encrypt is left out.
+        let c = parse_url("server=tcp:db.plant,1433;user id=spb;password=x").expect("valid");
+        assert!(format!("{c:?}").contains("Required"), "{c:?}");
+    }
 
     fn ms(y: i32, mo: u8, d: u8, h: u8, mi: u8, s: u8, milli: u16) -> i64 {
         let dt = time::Date::from_calendar_date(y, time::Month::try_from(mo).expect("month"), d)

@@ -38,6 +38,8 @@ pub enum PgError {
     SchemaTooNew { found: i32, known: i32 },
     #[error("postgres: the schema is at version {found}, older than this uplink needs ({known}); it is migrated at start through database.owner_url")]
     SchemaBehind { found: i32, known: i32 },
+    #[error("postgres: {0}")]
+    Tls(#[from] super::pg_tls::PgTlsError),
     #[error("postgres: series {0} was neither inserted nor found in sp_series")]
     SeriesUnresolved(String),
 }
@@ -816,14 +818,34 @@ impl PgSink {
 impl Sink for PgSink {
     type Error = PgError;
 
-    /// Connects (`url`: `host=… user=… dbname=…` or `postgres://…`).
+    /// Connects (`url`: `host=… user=… dbname=…` or `postgres://…`, with
+    /// libpq's `sslmode`, `sslrootcert`, `sslcert`, `sslkey`: see
+    /// [`super::pg_tls`]).
     async fn connect(url: &str) -> Result<Self, PgError> {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-        let conn = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "postgres connection ended");
+        let (rest, tls) = super::pg_tls::split(url)?;
+        let mut config: tokio_postgres::Config = rest.parse()?;
+        let ended = |e: tokio_postgres::Error| tracing::warn!(error = %e, "postgres connection ended");
+        let (client, conn) = match super::pg_tls::client_config(&tls)? {
+            None => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                let (client, connection) = config.connect(NoTls).await?;
+                (
+                    client,
+                    tokio::spawn(async move { connection.await.unwrap_or_else(ended) }),
+                )
             }
-        });
+            Some(rustls) => {
+                config.ssl_mode(match tls.mode {
+                    super::pg_tls::SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+                    _ => tokio_postgres::config::SslMode::Require,
+                });
+                let (client, connection) = config.connect(super::pg_tls::MakeRustls(rustls)).await?;
+                (
+                    client,
+                    tokio::spawn(async move { connection.await.unwrap_or_else(ended) }),
+                )
+            }
+        };
         client.batch_execute("SET TIME ZONE 'UTC'").await?;
         Ok(PgSink {
             client,

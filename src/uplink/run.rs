@@ -73,6 +73,9 @@ pub enum UplinkError {
 /// applies what can change while running ([`Loop::reload`]).
 pub async fn run(cfg: UplinkConfig, dry_run: bool, path: Option<std::path::PathBuf>) -> Result<(), UplinkError> {
     let stats = Arc::new(Stats::default());
+    for w in database_transport_warnings(&cfg.database) {
+        tracing::warn!("{w}");
+    }
     let (api_tx, mut api_rx) = tokio::sync::mpsc::channel(64);
     let mut api: Option<Arc<UplinkExposition>> = None;
     if let Some(addr) = cfg.telemetry.listen {
@@ -218,6 +221,43 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool, path: Option<std::path::PathB
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What the database connection strings give up of a verified, encrypted
+/// transport, one sentence each (WARN at start, and `--check-config`).
+pub fn database_transport_warnings(db: &super::config::DatabaseConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, url) in [
+        ("database.url", Some(&db.url)),
+        ("database.owner_url", db.owner_url.as_ref()),
+    ] {
+        let Some(url) = url else { continue };
+        match db.backend {
+            Backend::Mssql => out.extend(
+                super::mssql::transport_warnings(url)
+                    .into_iter()
+                    .map(|w| format!("{key}: {w}")),
+            ),
+            Backend::Postgres => {
+                if let Ok((_, tls)) = super::pg_tls::split(url) {
+                    use super::pg_tls::SslMode;
+                    let w = match tls.mode {
+                        SslMode::Disable => Some("sslmode=disable: the data travels in clear"),
+                        SslMode::Prefer | SslMode::Require => Some(
+                            "the server's certificate is not verified (sslmode prefer or require): set sslmode=verify-full and sslrootcert",
+                        ),
+                        SslMode::VerifyCa | SslMode::VerifyFull => None,
+                    };
+                    // A server on this machine is reached over loopback only.
+                    let local = url.contains("127.0.0.1") || url.contains("localhost") || url.contains("host=/");
+                    if let Some(w) = w.filter(|_| !local) {
+                        out.push(format!("{key}: {w}"));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The OEE folder task and the sender that stops it.

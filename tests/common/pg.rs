@@ -138,6 +138,8 @@ pub struct PrivatePg {
     dir: tempfile::TempDir,
     pub port: u16,
     bin: std::path::PathBuf,
+    /// More server options (`-c …`), for every start.
+    extra: String,
 }
 
 fn pg_bin() -> std::path::PathBuf {
@@ -161,11 +163,55 @@ fn is_root() -> bool {
 
 impl PrivatePg {
     pub fn start() -> PrivatePg {
+        let pg = Self::init();
+        pg.start_again();
+        pg
+    }
+
+    /// A server that speaks TLS only, with the test PKI's server
+    /// certificate (localhost, 127.0.0.1), on 127.0.0.1 and 127.0.0.2, and
+    /// asks every client for a certificate the PKI's CA signed
+    /// (`clientcert=verify-ca`); a connection without TLS is refused.
+    pub fn start_tls(pki: &super::Pki) -> PrivatePg {
+        use std::os::unix::fs::PermissionsExt;
+        let mut pg = Self::init();
+        let data = pg.dir.path().join("data");
+        for (from, to) in [
+            ("server.pem", "server.crt"),
+            ("server.key", "server.key"),
+            ("ca.pem", "root.crt"),
+        ] {
+            std::fs::copy(pki.path(from), data.join(to)).expect("copy a certificate");
+            std::fs::set_permissions(data.join(to), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 trust clientcert=verify-ca\n\
+             hostssl all all 127.0.0.2/32 trust clientcert=verify-ca\n\
+             hostnossl all all 0.0.0.0/0 reject\n",
+        )
+        .expect("pg_hba.conf");
+        if is_root() {
+            let _ = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data)
+                .status();
+        }
+        pg.extra = "-c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key -c ssl_ca_file=root.crt \
+                    -c listen_addresses=127.0.0.1,127.0.0.2"
+            .into();
+        pg.start_again();
+        pg
+    }
+
+    fn init() -> PrivatePg {
         let dir = tempfile::tempdir().expect("tmp");
         let pg = PrivatePg {
             port: super::free_port(),
             bin: pg_bin(),
             dir,
+            extra: String::new(),
         };
         if is_root() {
             let _ = std::process::Command::new("chown")
@@ -182,7 +228,6 @@ impl PrivatePg {
             .status()
             .expect("initdb");
         assert!(ok.success(), "initdb failed");
-        pg.start_again();
         pg
     }
 
@@ -200,9 +245,10 @@ impl PrivatePg {
     /// Starts (again) on the same port and data.
     pub fn start_again(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.extra
         );
         let ok = self
             .command("pg_ctl")
