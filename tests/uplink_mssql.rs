@@ -131,11 +131,11 @@ fn mssql_migrations_apply_once_and_a_second_start_changes_nothing() {
     let Some(db) = TestDb::new("migr") else { return };
     db.rt.block_on(async {
         let mut s = MssqlSink::connect(&db.url()).await.expect("connect");
-        assert_eq!(s.migrate().await.expect("migrate"), 7);
+        assert_eq!(s.migrate().await.expect("migrate"), 8);
         let mut again = MssqlSink::connect(&db.url()).await.expect("connect");
-        assert_eq!(again.migrate().await.expect("migrate again"), 7);
+        assert_eq!(again.migrate().await.expect("migrate again"), 8);
     });
-    assert_eq!(db.query_i64("SELECT COUNT_BIG(*) FROM sp_schema_migrations"), 7);
+    assert_eq!(db.query_i64("SELECT COUNT_BIG(*) FROM sp_schema_migrations"), 8);
 }
 
 #[test]
@@ -148,6 +148,11 @@ fn mssql_a_replayed_sample_is_written_once_and_counted_once_in_the_rollups() {
         let mut live = Batch::default();
         live.add_event(&data("N", "Temp", &[(T0, 1.0), (T0 + 1000, 3.0)], false), T0 + 1000);
         assert_eq!(s.write(&live).await.expect("write").facts, 2);
+        assert_eq!(
+            s.fold().await.expect("fold"),
+            2,
+            "the rollups are folded from the pending log"
+        );
         let mut replay = Batch::default();
         replay.add_event(
             &data("N", "Temp", &[(T0, 1.0), (T0 + 1000, 3.0), (T0 + 2000, 5.0)], true),
@@ -157,6 +162,8 @@ fn mssql_a_replayed_sample_is_written_once_and_counted_once_in_the_rollups() {
         // Names differing only in case are different metrics (Sparkplug is case-sensitive).
         replay.add_event(&data("N", "TEMP", &[(T0, 7.0)], false), T0 + 5000);
         assert_eq!(s.write(&replay).await.expect("write").facts, 2, "only the new samples");
+        assert_eq!(s.fold().await.expect("fold"), 2, "only the new samples are folded");
+        assert_eq!(s.fold().await.expect("fold"), 0, "a second fold finds nothing");
     });
     assert_eq!(db.query_i64("SELECT COUNT_BIG(*) FROM sp_metric_fact"), 4);
     assert_eq!(

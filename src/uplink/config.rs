@@ -87,8 +87,7 @@ pub struct DatabaseConfig {
     pub offline_after_rows: usize,
     /// Database connections writing in parallel (each edge node on one).
     pub writers: usize,
-    /// How often the rollups are brought up to date (PostgreSQL folds its
-    /// pending log; SQL Server keeps them current in every write).
+    /// How often the rollups are folded from the pending log.
     pub rollup_interval: Duration,
     /// `[retention]`: how long each class of rows is kept.
     pub retention: super::retention::Retention,

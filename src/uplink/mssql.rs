@@ -12,7 +12,9 @@
 //!   the default collation and caps index keys at 900 bytes, while Sparkplug
 //!   names are case-sensitive and unbounded, so every table keys its rows on
 //!   a persisted SHA-256 of the length-prefixed names ([`series_key`]), not on
-//!   the names themselves. Only facts the `MERGE` inserted feed the rollups.
+//!   the names themselves. Only facts the `MERGE` inserted reach
+//!   `sp_rollup_pending` (same transaction), which the folder moves into
+//!   the rollups and empties in one transaction, as on PostgreSQL.
 //! - Timestamps are `datetime2(3)` in UTC, milliseconds exact, like the
 //!   Sparkplug timestamps they come from.
 //!
@@ -370,6 +372,26 @@ GRANT SELECT ON sp_metric_catalog TO sparkplug_command;
 "#
             .to_string(),
         ),
+        (
+            // As PostgreSQL's v3: the rollups leave the write path. Each new
+            // numeric fact also goes to this heap, in its write's
+            // transaction; the folder moves it into sp_metric_rollup and
+            // empties it, in one transaction.
+            8,
+            r#"
+CREATE TABLE sp_rollup_pending (
+    series_key binary(32) NOT NULL,
+    group_id nvarchar(max) NOT NULL,
+    node_id nvarchar(max) NOT NULL,
+    device_id nvarchar(max) NOT NULL,
+    metric nvarchar(max) NOT NULL,
+    ts datetime2(3) NOT NULL,
+    v float NOT NULL
+);
+GRANT SELECT, INSERT, DELETE ON sp_rollup_pending TO sparkplug_ingest;
+"#
+            .to_string(),
+        ),
     ]
 }
 
@@ -428,14 +450,13 @@ pub const CATALOG_COLUMNS: [&str; 7] = [
     "seen",
 ];
 
-/// Staged facts → `sp_metric_fact` (each key once, new keys only) → the
-/// rollups of what was inserted; returns how many facts were new.
+/// Staged facts → `sp_metric_fact` (each key once, new keys only), and the
+/// numeric ones among those inserted to `sp_rollup_pending` (the rollups
+/// are folded from there by [`fold_rollups_sql`], off the write path);
+/// returns how many facts were new.
 fn merge_facts_sql() -> String {
     let cols = FACT_COLUMNS.join(", ");
     let vals = FACT_COLUMNS.map(|c| format!("s.{c}")).join(", ");
-    let bucket = |unit: &str| {
-        format!("DATEADD({unit}, DATEDIFF({unit}, CAST('19000101' AS datetime2(3)), i.ts), CAST('19000101' AS datetime2(3)))")
-    };
     format!(
         r#"
 SET NOCOUNT ON;
@@ -452,14 +473,45 @@ ON t.series_key = s.series_key AND t.ts = s.ts
 WHEN NOT MATCHED BY TARGET THEN INSERT ({cols}) VALUES ({vals})
 OUTPUT inserted.series_key, inserted.group_id, inserted.node_id, inserted.device_id, inserted.metric,
        inserted.ts, COALESCE(inserted.v_float, CAST(inserted.v_int AS float)) INTO @ins;
+INSERT INTO sp_rollup_pending (series_key, group_id, node_id, device_id, metric, ts, v)
+SELECT series_key, group_id, node_id, device_id, metric, ts, v FROM @ins WHERE v IS NOT NULL;
+SELECT COUNT_BIG(*) FROM @ins;
+"#
+    )
+}
+
+/// `sp_rollup_pending` → the minute/hour/day rows of `sp_metric_rollup`,
+/// and empty, in one transaction under an application lock (one folder at
+/// a time; another finds the lock taken and folds nothing). @P1, @P2, @P3:
+/// the minute, hour and day cutoffs of the retention (NULL: forever);
+/// older buckets are not written. Returns how many facts were folded.
+pub fn fold_rollups_sql() -> String {
+    let bucket = |unit: &str| {
+        format!("DATEADD({unit}, DATEDIFF({unit}, CAST('19000101' AS datetime2(3)), i.ts), CAST('19000101' AS datetime2(3)))")
+    };
+    format!(
+        r#"
+SET NOCOUNT ON;
+SET XACT_ABORT ON;
+BEGIN TRANSACTION;
+DECLARE @lock int;
+EXEC @lock = sp_getapplock @Resource = 'spb-uplink-fold', @LockMode = 'Exclusive',
+    @LockOwner = 'Transaction', @LockTimeout = 0;
+DECLARE @p TABLE (series_key binary(32), group_id nvarchar(max), node_id nvarchar(max),
+    device_id nvarchar(max), metric nvarchar(max), ts datetime2(3), v float);
+IF @lock >= 0
+    DELETE FROM sp_rollup_pending
+    OUTPUT deleted.series_key, deleted.group_id, deleted.node_id, deleted.device_id, deleted.metric,
+           deleted.ts, deleted.v INTO @p;
 WITH b AS (
     SELECT z.size, z.bucket, i.series_key, i.group_id, i.node_id, i.device_id, i.metric, i.ts, i.v
-    FROM @ins AS i
+    FROM @p AS i
     CROSS APPLY (VALUES ('minute', {m}), ('hour', {h}), ('day', {d})) AS z(size, bucket)
-    WHERE i.v IS NOT NULL
 ), l AS (
     SELECT *, FIRST_VALUE(v) OVER (PARTITION BY size, bucket, series_key ORDER BY ts DESC) AS last_v
     FROM b
+    WHERE bucket >= COALESCE(CASE size WHEN 'minute' THEN @P1 WHEN 'hour' THEN @P2 ELSE @P3 END,
+                             CAST('00010101' AS datetime2(3)))
 ), g AS (
     SELECT size, bucket, series_key, MIN(group_id) AS group_id, MIN(node_id) AS node_id,
            MIN(device_id) AS device_id, MIN(metric) AS metric, COUNT_BIG(*) AS count,
@@ -477,7 +529,8 @@ WHEN MATCHED THEN UPDATE SET
     last_ts = IIF(g.last_ts > r.last_ts, g.last_ts, r.last_ts)
 WHEN NOT MATCHED THEN INSERT (bucket_size, bucket, group_id, node_id, device_id, metric, count, min, max, sum, last, last_ts)
     VALUES (g.size, g.bucket, g.group_id, g.node_id, g.device_id, g.metric, g.count, g.min, g.max, g.sum, g.last, g.last_ts);
-SELECT COUNT_BIG(*) FROM @ins;
+COMMIT TRANSACTION;
+SELECT COUNT_BIG(*) FROM @p;
 "#,
         m = bucket("minute"),
         h = bucket("hour"),
@@ -538,6 +591,7 @@ const INSERT_QUARANTINE: &str =
 
 /// The per-batch statements, built once.
 static MERGE_FACTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(merge_facts_sql);
+static FOLD_ROLLUPS: std::sync::LazyLock<String> = std::sync::LazyLock::new(fold_rollups_sql);
 static MERGE_STATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(merge_state_sql);
 static MERGE_DEVICE_STATE: std::sync::LazyLock<String> = std::sync::LazyLock::new(merge_device_state_sql);
 
@@ -642,7 +696,8 @@ pub fn statements() -> Vec<(String, String)> {
         })
         .collect();
     v.push(("staging tables".into(), staging_ddl()));
-    v.push(("fact merge and rollups".into(), merge_facts_sql()));
+    v.push(("fact merge".into(), merge_facts_sql()));
+    v.push(("rollup fold".into(), fold_rollups_sql()));
     v.push(("catalog merge".into(), MERGE_CATALOG.to_string()));
     v.push(("node state merge".into(), merge_state_sql()));
     v.push(("device state merge".into(), merge_device_state_sql()));
@@ -927,9 +982,24 @@ impl Sink for MssqlSink {
         done
     }
 
+    /// Folds `sp_rollup_pending` into the rollups (one transaction; folds
+    /// nothing while another connection folds); returns the facts folded.
     async fn fold(&mut self) -> Result<u64, MssqlError> {
-        // This backend's MERGE maintains the rollups in the write itself.
-        Ok(0)
+        let now = self.clock.unwrap_or_else(|| crate::clock::now_ms() as i64);
+        let cut = |r: &'static str| ColumnData::DateTime2(self.retention.cutoff(Class::Rollup(r), now).map(datetime2));
+        let (m, h, d) = (cut("minute"), cut("hour"), cut("day"));
+        let n = self
+            .client
+            .query(FOLD_ROLLUPS.as_str(), &[&m, &h, &d])
+            .await?
+            .into_results()
+            .await?
+            .into_iter()
+            .flatten()
+            .last()
+            .and_then(|r| r.get::<i64, _>(0))
+            .unwrap_or(0);
+        Ok(n as u64)
     }
 
     fn is_closed(&self) -> bool {

@@ -123,10 +123,20 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool, path: Option<std::path::PathB
     });
     let writers = Writers::start(count, stats.clone(), start);
     let (fold_stop, fold_rx) = tokio::sync::oneshot::channel();
-    // PostgreSQL folds its rollups apart from the writes; SQL Server's MERGE
-    // keeps them current in each write, so it needs no folder.
-    let folder = (!dry_run && cfg.database.backend == Backend::Postgres)
-        .then(|| tokio::spawn(writer::folder::<PgSink>(cfg.database.clone(), stats.clone(), fold_rx)));
+    // Both databases fold their rollups from a pending log, apart from the writes.
+    let folder = match (dry_run, cfg.database.backend) {
+        (true, _) => None,
+        (false, Backend::Postgres) => Some(tokio::spawn(writer::folder::<PgSink>(
+            cfg.database.clone(),
+            stats.clone(),
+            fold_rx,
+        ))),
+        (false, Backend::Mssql) => Some(tokio::spawn(writer::folder::<MssqlSink>(
+            cfg.database.clone(),
+            stats.clone(),
+            fold_rx,
+        ))),
+    };
     // Partitions ahead and the retention, on a connection of its own.
     let (retain_stop, retain_rx) = tokio::sync::oneshot::channel();
     let retainer = match (dry_run, cfg.database.backend) {
