@@ -795,4 +795,28 @@ fn postgres_over_tls_verifies_what_each_sslmode_promises_and_presents_the_client
     // prefer and require encrypt without checking the server.
     connect(at("127.0.0.1", &format!("sslmode=require {client}"))).expect("require");
     connect(at("127.0.0.1", &client)).expect("prefer, libpq's default");
+    // And prefer really encrypts: the server's own view of a sink's session.
+    rt.block_on(async {
+        let _sink = PgSink::connect(&at("127.0.0.1", &format!("application_name=spb-prefer {client}")))
+            .await
+            .expect("prefer");
+        let (rest, tls) = spb::uplink::pg_tls::split(&full).expect("valid");
+        let rustls = spb::uplink::pg_tls::client_config(&tls).expect("files").expect("tls");
+        let (c, conn) = rest
+            .parse::<tokio_postgres::Config>()
+            .expect("config")
+            .connect(spb::uplink::pg_tls::MakeRustls(rustls))
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        let ssl: bool = c
+            .query_one(
+                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'spb-prefer'",
+                &[],
+            )
+            .await
+            .expect("the sink's session")
+            .get(0);
+        assert!(ssl, "sslmode=prefer encrypts when the server offers TLS");
+    });
 }
