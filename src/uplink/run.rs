@@ -122,36 +122,10 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool, path: Option<std::path::PathB
         }
     });
     let writers = Writers::start(count, stats.clone(), start);
-    let (fold_stop, fold_rx) = tokio::sync::oneshot::channel();
-    // Both databases fold their rollups from a pending log, apart from the writes.
-    let folder = match (dry_run, cfg.database.backend) {
-        (true, _) => None,
-        (false, Backend::Postgres) => Some(tokio::spawn(writer::folder::<PgSink>(
-            cfg.database.clone(),
-            stats.clone(),
-            fold_rx,
-        ))),
-        (false, Backend::Mssql) => Some(tokio::spawn(writer::folder::<MssqlSink>(
-            cfg.database.clone(),
-            stats.clone(),
-            fold_rx,
-        ))),
-    };
-    // Partitions ahead and the retention, on a connection of its own.
-    let (retain_stop, retain_rx) = tokio::sync::oneshot::channel();
-    let retainer = match (dry_run, cfg.database.backend) {
-        (true, _) => None,
-        (false, Backend::Postgres) => Some(tokio::spawn(writer::retainer::<PgSink>(
-            cfg.database.clone(),
-            stats.clone(),
-            retain_rx,
-        ))),
-        (false, Backend::Mssql) => Some(tokio::spawn(writer::retainer::<MssqlSink>(
-            cfg.database.clone(),
-            stats.clone(),
-            retain_rx,
-        ))),
-    };
+    // Both databases fold their rollups from a pending log, apart from the
+    // writes; partitions ahead and the retention run on a connection of their own.
+    let (fold_stop, folder) = background(&cfg, dry_run, &stats, Task::Fold);
+    let (retain_stop, retainer) = background(&cfg, dry_run, &stats, Task::Retain);
     // OEE is computed on PostgreSQL (the SQL Server folder is to come: its
     // marks wait in oee_pending).
     let mut oee = start_oee_folder(&cfg, dry_run, &stats);
@@ -231,6 +205,33 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool, path: Option<std::path::PathB
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A database task beside the writers, each on a connection of its own.
+#[derive(Clone, Copy)]
+enum Task {
+    Fold,
+    Retain,
+}
+
+/// Starts `task` for the configured backend (nothing in a dry run), and
+/// the sender that stops it.
+fn background(
+    cfg: &UplinkConfig,
+    dry_run: bool,
+    stats: &Arc<Stats>,
+    task: Task,
+) -> (tokio::sync::oneshot::Sender<()>, Option<tokio::task::JoinHandle<()>>) {
+    let (stop, rx) = tokio::sync::oneshot::channel();
+    let (db, st) = (cfg.database.clone(), stats.clone());
+    let handle = match (dry_run, db.backend, task) {
+        (true, ..) => None,
+        (false, Backend::Postgres, Task::Fold) => Some(tokio::spawn(writer::folder::<PgSink>(db, st, rx))),
+        (false, Backend::Mssql, Task::Fold) => Some(tokio::spawn(writer::folder::<MssqlSink>(db, st, rx))),
+        (false, Backend::Postgres, Task::Retain) => Some(tokio::spawn(writer::retainer::<PgSink>(db, st, rx))),
+        (false, Backend::Mssql, Task::Retain) => Some(tokio::spawn(writer::retainer::<MssqlSink>(db, st, rx))),
+    };
+    (stop, handle)
 }
 
 /// What the database connection strings give up of a verified, encrypted
