@@ -156,4 +156,52 @@ fn uplink_check_config_finds_what_would_fail_at_start() {
     let (code, text) = check(&file);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("commands: commands.https_key: cannot read"), "{text}");
+
+    // TLS to the database: a verifying sslmode without its CA, and a CA
+    // file that is not there, fail the check with the key that says so; a
+    // remote server reached without verification is a warning.
+    let db_url = |url: &str| {
+        shipped.replace(
+            "url = \"host=127.0.0.1 user=spb dbname=plant\"",
+            &format!("url = \"{url}\""),
+        )
+    };
+    std::fs::write(&file, db_url("host=db.plant user=spb sslmode=verify-full")).expect("write");
+    let (code, text) = check(&file);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("database.url: sslmode=verify-full checks the server's certificate: set sslrootcert"),
+        "{text}"
+    );
+    std::fs::write(
+        &file,
+        db_url("host=db.plant user=spb sslmode=verify-full sslrootcert=/nonexistent/db-ca.pem"),
+    )
+    .expect("write");
+    let (code, text) = check(&file);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("/nonexistent/db-ca.pem"), "{text}");
+    std::fs::write(
+        &file,
+        db_url(&format!(
+            "host=db.plant user=spb sslmode=verify-full sslrootcert={}/ca.pem",
+            u.display()
+        )),
+    )
+    .expect("write");
+    let (code, text) = check(&file);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains("warning: database.url"), "{text}");
+    std::fs::write(&file, db_url("host=db.plant user=spb sslmode=require")).expect("write");
+    let (code, text) = check(&file);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("warning: database.url: the server's certificate is not verified"),
+        "{text}"
+    );
+    // [retention] as the technician may mistype it.
+    std::fs::write(&file, shipped.replace("raw = \"90d\"", "raw = \"12h\"")).expect("write");
+    let (code, text) = check(&file);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("retention.raw: at least 1d"), "{text}");
 }

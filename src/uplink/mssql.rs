@@ -1361,7 +1361,7 @@ mod tests {
     }
 
     #[test]
-    fn the_merge_keeps_each_sample_once_and_rolls_up_only_what_it_inserted() {
+    fn the_merge_keeps_each_sample_once_and_logs_for_the_rollups_only_what_it_inserted() {
         let sql = merge_facts_sql();
         assert!(
             sql.contains("PARTITION BY series_key, ts"),
@@ -1375,8 +1375,15 @@ mod tests {
             !sql.contains("WHEN MATCHED THEN UPDATE SET\n    datatype"),
             "facts are immutable"
         );
-        // The rollup reads @ins (the OUTPUT of the insert), never the staging table.
-        let rollup = &sql[sql.find("WITH b AS").expect("rollup")..];
-        assert!(rollup.contains("FROM @ins") && !rollup.contains("#sp_fact_stage"));
+        // The pending log takes @ins (the OUTPUT of the insert), never the
+        // staging table; the rollups are not touched by the write.
+        let pending = &sql[sql.find("INSERT INTO sp_rollup_pending").expect("the pending log")..];
+        assert!(pending.contains("FROM @ins") && !pending.contains("#sp_fact_stage"));
+        assert!(!sql.contains("sp_metric_rollup"), "no rollup in the write");
+        // The fold empties the log into the rollups, in one transaction,
+        // one folder at a time.
+        let fold = fold_rollups_sql();
+        assert!(fold.contains("DELETE FROM sp_rollup_pending") && fold.contains("MERGE sp_metric_rollup"));
+        assert!(fold.contains("BEGIN TRANSACTION") && fold.contains("sp_getapplock"));
     }
 }
