@@ -1,7 +1,8 @@
 //! `make demo` shows what README says it shows: the script itself
 //! (tools/demo.sh) runs for 40 s with the binaries this test suite built,
 //! and its output has the births, a device's death and rebirth, the
-//! filler's live OEE beside the traffic, the shift report and the node's
+//! filler's live OEE beside the traffic, what the uplink's tables say of the
+//! devices (the oven offline, its metrics STALE), the shift report and the node's
 //! death at the end.
 #![cfg(feature = "uplink")]
 
@@ -28,6 +29,9 @@ fn make_demo_shows_the_traffic_the_live_oee_and_the_shift_report() {
         "DBIRTH Demo Plant/gw-demo/press",
         "DBIRTH Demo Plant/gw-demo/filler, 4 metrics",
         "DDEATH Demo Plant/gw-demo/oven",
+        // The uplink's tables say the same: device state, and STALE last values.
+        "== sp_device_state: filler online; oven online; press online",
+        "(DDEATH), 2 metrics STALE",
         "Count (alias",
         "NDEATH Demo Plant/gw-demo",
         "== the filler's shift so far (spb-uplink oee --machine filler --shift):",

@@ -58,6 +58,7 @@ gw=""
 watcher=""
 up=""
 view=""
+state=""
 cleanup() {
     trap - EXIT INT TERM
     if [ -n "$gw" ] && kill -0 "$gw" 2>/dev/null; then
@@ -66,6 +67,7 @@ cleanup() {
     fi
     [ -n "$watcher" ] && kill "$watcher" 2>/dev/null && wait "$watcher" 2>/dev/null || true
     [ -n "$view" ] && kill "$view" 2>/dev/null && wait "$view" 2>/dev/null || true
+    [ -n "$state" ] && kill "$state" 2>/dev/null && wait "$state" 2>/dev/null || true
     if [ -n "$up" ] && kill -0 "$up" 2>/dev/null; then
         echo
         echo "== the filler's shift so far (spb-uplink oee --machine filler --shift):"
@@ -96,7 +98,8 @@ cat <<TXT
    oven:   temperature (1% deadband), door; unreachable 6 s every 25 s (DDEATH, then DBIRTH)
    filler: a machine cycling every second, a fault every 30 s, 5 % rejects
    spb-uplink (Primary Host "demo-host") stores it all in PostgreSQL on port $pgport
-   and prints the filler's OEE for the current shift every 5 s (http://127.0.0.1:$http/metrics).
+   and prints the filler's OEE for the current shift every 5 s (http://127.0.0.1:$http/metrics),
+   and what its tables say of the devices whenever that changes (sp_device_state, sp_metric_last).
    Ctrl-C to stop${DEMO_SECONDS:+ (or wait ${DEMO_SECONDS}s)}.
 TXT
 "$bin" --config config/demo.toml --broker-port "$port" --data-dir "$dir/state" --log-level warn \
@@ -121,6 +124,25 @@ gw=$!
     done
 ) &
 view=$!
+# What the tables say of the devices: a line each time sp_device_state
+# changes (the oven's outages: DDEATH, its metrics STALE in sp_metric_last).
+(
+    last=""
+    while sleep 1; do
+        now=$("$pgbin/psql" -h 127.0.0.1 -p "$pgport" -U postgres -d postgres -Atq -c "
+            SELECT string_agg(CASE WHEN d.online THEN d.device_id || ' online'
+                   ELSE d.device_id || ' offline since ' || to_char(d.last_death, 'HH24:MI:SS') || ' UTC ('
+                        || d.last_cause || '), ' || (SELECT count(*) FROM sp_metric_last l
+                        WHERE l.node_id = d.node_id AND l.device_id = d.device_id AND l.is_stale)
+                        || ' metrics STALE' END, '; ' ORDER BY d.device_id)
+            FROM sp_device_state d" 2>/dev/null) || continue
+        if [ -n "$now" ] && [ "$now" != "$last" ]; then
+            echo "== sp_device_state: $now"
+            last=$now
+        fi
+    done
+) &
+state=$!
 if [ -n "${DEMO_SECONDS:-}" ]; then
     sleep "$DEMO_SECONDS"   # then the trap stops it all, NDEATH first
 else

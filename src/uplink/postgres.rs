@@ -15,6 +15,12 @@
 //!   transaction), and [`PgSink::fold`] moves that log into the rollups and
 //!   empties it in one transaction, so a replayed sample changes neither the
 //!   facts nor the rollups, and folded rollups count every fact once.
+//! - Facts are insert-only: a death's STALE marks are rows of `sp_stale`,
+//!   which the views merge in; the ingest role may not change a fact.
+//! - Raw messages and facts live in time partitions ([`super::pg_partitions`]);
+//!   a batch's periods have theirs before its transaction, and what the
+//!   retention keeps out never reaches one ([`super::retention`]).
+//! - The connection speaks TLS as libpq's `sslmode` says ([`super::pg_tls`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
