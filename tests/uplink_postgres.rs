@@ -820,3 +820,43 @@ fn postgres_over_tls_verifies_what_each_sslmode_promises_and_presents_the_client
         assert!(ssl, "sslmode=prefer encrypts when the server offers TLS");
     });
 }
+
+// A sender that spreads its timestamps over years cannot add a table per
+// day it names: past the minute's budget of new partitions its facts are
+// quarantined (with their values), and the budget comes back a minute on.
+#[test]
+fn a_sender_naming_a_hundred_days_gets_partitions_for_the_minutes_budget_and_the_rest_quarantined() {
+    use spb::uplink::postgres::PARTITIONS_PER_MINUTE;
+    let db = TestDb::new("budget");
+    let day = 86_400_000u64;
+    let now = T0 + 200 * day;
+    db.rt.block_on(async {
+        let mut s = PgSink::connect(&db.url()).await.expect("connect");
+        s.migrate().await.expect("migrate");
+        s.set_retention(&spb::uplink::retention::Retention::forever(), Some(now as i64));
+        let spread: Vec<(u64, f64)> = (0..100).map(|d| (T0 + d * day, d as f64)).collect();
+        let mut b = Batch::default();
+        b.add_event(&data(&spread, true), now);
+        let w = s.write(&b).await.expect("write");
+        assert_eq!(w.facts, PARTITIONS_PER_MINUTE as u64);
+        assert_eq!(w.over_budget, 100 - PARTITIONS_PER_MINUTE as u64);
+        // The same a minute later: the rest find partitions now.
+        s.set_retention(
+            &spb::uplink::retention::Retention::forever(),
+            Some((now + 61_000) as i64),
+        );
+        let mut again = Batch::default();
+        again.add_event(&data(&spread, true), now + 61_000);
+        let w = s.write(&again).await.expect("write");
+        assert_eq!((w.facts, w.over_budget), (100 - PARTITIONS_PER_MINUTE as u64, 0));
+    });
+    assert_eq!(db.query_i64("SELECT count(*) FROM sp_metric_fact"), 100);
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM pg_inherits WHERE inhparent = 'sp_series_fact'::regclass"),
+        100
+    );
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sp_quarantine WHERE reason LIKE 'metric ''Temp'' = % stamped %no partition holds that day%'"),
+        100 - PARTITIONS_PER_MINUTE as i64
+    );
+}

@@ -745,7 +745,15 @@ pub struct PgSink {
     clock: Option<i64>,
     /// The partitions of each class as last read (a miss reads again).
     parts: std::collections::HashMap<Class, Vec<Partition>>,
+    /// When this connection created partitions for arriving rows (ms), the
+    /// last minute's: at most [`PARTITIONS_PER_MINUTE`].
+    made: std::collections::VecDeque<i64>,
 }
+
+/// New partitions a connection may create for arriving rows in a minute:
+/// a replay after a month's outage needs about 30; a sender spreading its
+/// timestamps over years would otherwise add a table per day it names.
+pub const PARTITIONS_PER_MINUTE: usize = 64;
 
 /// The server's own words for an error (severity, SQLSTATE, message,
 /// detail, where), or the driver's with its causes.
@@ -861,6 +869,7 @@ impl Sink for PgSink {
             retention: Retention::forever(),
             clock: None,
             parts: Default::default(),
+            made: Default::default(),
         })
     }
 
@@ -969,7 +978,7 @@ impl Sink for PgSink {
                     self.retention.cutoff(class, now).is_none_or(|c| end > c)
                 })
                 .collect();
-            self.cover(class, live.into_iter()).await?;
+            self.cover(class, live.into_iter(), None).await?;
         }
         let tx = self.client.transaction().await?;
         let mine: bool = tx
@@ -1027,20 +1036,54 @@ impl Sink for PgSink {
             None => (b, 0, 0),
         };
         let cover = async {
-            self.cover(Class::Raw, b.raw.iter().map(|r| r.received_ms)).await?;
-            self.cover(Class::Facts, b.facts.iter().map(|f| f.ts_ms)).await
+            self.cover(Class::Raw, b.raw.iter().map(|r| r.received_ms), None)
+                .await?;
+            self.cover(Class::Facts, b.facts.iter().map(|f| f.ts_ms), Some(now))
+                .await
         };
-        let written = match cover.await {
-            Ok(()) => self.write_rows(b).await,
+        let refused = match cover.await {
+            Ok(refused) => refused,
+            Err(e) => return self.no_partition(Err(e)),
+        };
+        // Facts of periods over the budget are quarantined, not waited for.
+        let over: Option<Batch> = (!refused.is_empty()).then(|| {
+            let mut kept = b.clone();
+            let why = format!(
+                "no partition holds that day and this connection created its {PARTITIONS_PER_MINUTE} partitions of the last minute: a sender spreads its timestamps over too many days"
+            );
+            for f in std::mem::take(&mut kept.facts) {
+                if refused.iter().any(|(lo, hi)| (*lo..*hi).contains(&f.ts_ms)) {
+                    kept.quarantine.push(super::retention::quarantined_fact(&f, now, &why));
+                } else {
+                    kept.facts.push(f);
+                }
+            }
+            kept
+        });
+        let over_budget = over.as_ref().map_or(0, |k| (b.facts.len() - k.facts.len()) as u64);
+        let written = self.write_rows(over.as_ref().unwrap_or(b)).await;
+        match self.no_partition(written) {
+            Ok(w) => Ok(Written {
+                expired,
+                ahead,
+                over_budget,
+                ..w
+            }),
             Err(e) => Err(e),
-        };
-        match written {
-            Ok(w) => Ok(Written { expired, ahead, ..w }),
+        }
+    }
+}
+
+impl PgSink {
+    /// A write that found no partition clears what this connection knows of
+    /// them (the next attempt reads them again); the error stands.
+    fn no_partition(&mut self, r: Result<Written, PgError>) -> Result<Written, PgError> {
+        match r {
             Err(PgError::Db(e)) if parts::is_no_partition(&e) => {
                 self.parts.clear();
                 Err(PgError::Db(e))
             }
-            Err(e) => Err(e),
+            other => other,
         }
     }
 }
@@ -1051,8 +1094,15 @@ impl PgSink {
     }
 
     /// Makes sure partitions of `class` cover every stamp (consecutive
-    /// stamps of one period cost a comparison each).
-    async fn cover(&mut self, class: Class, stamps: impl Iterator<Item = i64>) -> Result<(), PgError> {
+    /// stamps of one period cost a comparison each). With `budget` (now,
+    /// ms), at most [`PARTITIONS_PER_MINUTE`] are created in a minute;
+    /// returns the periods left without one.
+    async fn cover(
+        &mut self,
+        class: Class,
+        stamps: impl Iterator<Item = i64>,
+        budget: Option<i64>,
+    ) -> Result<Vec<(i64, i64)>, PgError> {
         if !self.parts.contains_key(&class) {
             let have = parts::list(&self.client, class).await?;
             self.parts.insert(class, have);
@@ -1074,18 +1124,37 @@ impl PgSink {
                 missing.push((lo, hi));
             }
         }
+        let mut refused = Vec::new();
         if missing.is_empty() {
-            return Ok(());
+            return Ok(refused);
         }
         for (lo, hi) in missing {
+            if let Some(now) = budget {
+                while self.made.front().is_some_and(|t| *t <= now - 60_000) {
+                    self.made.pop_front();
+                }
+                if self.made.len() >= PARTITIONS_PER_MINUTE {
+                    refused.push((lo, hi));
+                    continue;
+                }
+            }
             let made = parts::ensure(&mut self.client, class, span, lo, hi).await?;
             if !made.is_empty() {
                 tracing::info!(partitions = ?made, "partitions created for arriving rows");
+                if let Some(now) = budget {
+                    self.made.extend(std::iter::repeat_n(now, made.len()));
+                }
             }
+        }
+        if !refused.is_empty() {
+            tracing::warn!(
+                periods = refused.len(),
+                "facts of days without a partition quarantined: {PARTITIONS_PER_MINUTE} partitions a minute at most"
+            );
         }
         let have = parts::list(&self.client, class).await?;
         self.parts.insert(class, have);
-        Ok(())
+        Ok(refused)
     }
 
     async fn retain_locked(&mut self, now: i64) -> Result<Retained, PgError> {

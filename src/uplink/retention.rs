@@ -241,7 +241,12 @@ impl Retention {
                 Fate::Expired => expired += 1,
                 Fate::Ahead => {
                     ahead += 1;
-                    out.quarantine.push(ahead_of_horizon(&f, now_ms, self.horizon));
+                    let why = format!(
+                        "more than {} h ahead of the uplink's clock ({}): only samples within the retention's horizon are stored as facts",
+                        self.horizon.as_secs() / 3600,
+                        crate::clock::rfc3339_ms(now_ms.max(0) as u64)
+                    );
+                    out.quarantine.push(quarantined_fact(&f, now_ms, &why));
                 }
             }
         }
@@ -249,9 +254,9 @@ impl Retention {
     }
 }
 
-/// A fact stamped further ahead than the horizon, as a quarantine row that
-/// keeps its value.
-fn ahead_of_horizon(f: &FactRow, now: i64, horizon: Duration) -> QuarantineRow {
+/// A fact that is not stored as one, as a quarantine row that keeps its
+/// value and says `why` (after "stamped …").
+pub fn quarantined_fact(f: &FactRow, now: i64, why: &str) -> QuarantineRow {
     let kind = if f.device.is_empty() { "NDATA" } else { "DDATA" };
     let mut topic = format!("spBv1.0/{}/{kind}/{}", f.group, f.node);
     if !f.device.is_empty() {
@@ -265,18 +270,15 @@ fn ahead_of_horizon(f: &FactRow, now: i64, horizon: Duration) -> QuarantineRow {
         .or(f.v_bool.map(|v| v.to_string()))
         .or(f.v_text.clone())
         .unwrap_or_else(|| "null".into());
-    let stamp = |ms: i64| crate::clock::rfc3339_ms(ms.max(0) as u64);
     QuarantineRow {
         topic: storable(prefix(&topic, 2048)).into_owned(),
         received_ms: now,
         payload: f.v_bytes.clone().unwrap_or_else(|| value.clone().into_bytes()),
         reason: storable(&format!(
-            "metric '{}' = {} stamped {}, more than {} h ahead of the uplink's clock ({}): only samples within the retention's horizon are stored as facts",
+            "metric '{}' = {} stamped {}, {why}",
             prefix(&f.metric, 120),
             prefix(&value, 120),
-            stamp(f.ts_ms),
-            horizon.as_secs() / 3600,
-            stamp(now)
+            crate::clock::rfc3339_ms(f.ts_ms.max(0) as u64),
         ))
         .into_owned(),
     }

@@ -29,6 +29,9 @@ pub struct Written {
     pub expired: u64,
     /// Facts quarantined for a timestamp beyond the retention's horizon.
     pub ahead: u64,
+    /// Facts quarantined because their period had no partition and the
+    /// connection had used its budget of new partitions (PostgreSQL).
+    pub over_budget: u64,
 }
 
 /// What one retention run did.

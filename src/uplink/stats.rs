@@ -82,6 +82,9 @@ pub struct Stats {
     pub rows_expired: AtomicU64,
     /// Facts quarantined: stamped beyond the retention's horizon.
     pub facts_ahead: AtomicU64,
+    /// Facts quarantined: their day had no partition and the connection's
+    /// budget of new partitions was spent.
+    pub facts_over_budget: AtomicU64,
     pub partitions_created: AtomicU64,
     pub partitions_dropped: AtomicU64,
     /// Rows deleted by retention (SQL Server's batched deletes).
@@ -259,6 +262,12 @@ impl Exposition for Stats {
             "Facts quarantined for a timestamp beyond the retention's horizon.",
             "counter",
             self.facts_ahead.load(Relaxed),
+        );
+        g(
+            "spb_uplink_facts_partition_budget_total",
+            "Facts quarantined because their day had no partition and the minute's budget of new partitions was spent.",
+            "counter",
+            self.facts_over_budget.load(Relaxed),
         );
         g(
             "spb_uplink_partitions_created_total",

@@ -274,8 +274,10 @@ pub async fn commit<S: Sink>(conn: &mut Conn<S>, batch: Batch, stats: &Stats) {
                 stats.facts_written.fetch_add(w.facts, Relaxed);
                 stats.rows_expired.fetch_add(w.expired, Relaxed);
                 stats.facts_ahead.fetch_add(w.ahead, Relaxed);
+                stats.facts_over_budget.fetch_add(w.over_budget, Relaxed);
+                stats.quarantined.fetch_add(w.ahead + w.over_budget, Relaxed);
                 stats.facts_duplicate.fetch_add(
-                    (piece.facts.len() as u64).saturating_sub(w.facts + w.expired + w.ahead),
+                    (piece.facts.len() as u64).saturating_sub(w.facts + w.expired + w.ahead + w.over_budget),
                     Relaxed,
                 );
                 stats.raw_written.fetch_add(w.raw, Relaxed);
