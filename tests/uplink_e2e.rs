@@ -69,11 +69,7 @@ fn every_sample_lands_exactly_once_as_a_fact_even_when_the_gateway_replays_histo
         hi - lo + 1,
         n,
         "no value missing between {lo} and {hi}: {}",
-        db.query_text(&format!(
-            "SELECT string_agg(g::text || ' near ' || coalesce((SELECT string_agg(v_int::text || '@' || (extract(epoch FROM ts) * 1000)::bigint || ':' || quality || ':' || is_historical, ' ') FROM sp_metric_fact WHERE group_id = 'U1' AND metric = 'Count' AND v_int BETWEEN g - 1 AND g + 1), '') || ' stale: ' || (SELECT string_agg((extract(epoch FROM ts) * 1000)::bigint::text, ' ') FROM sp_stale WHERE group_id = 'U1' AND metric = 'Count'), '; ')
-             FROM generate_series({lo}, {hi}) g WHERE NOT EXISTS (SELECT 1 {count} AND v_int = g)"
-        )) + &db.query_text("SELECT string_agg(topic || ': ' || reason, '; ') FROM sp_quarantine")
-            + &uplink.log().lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect::<Vec<_>>().join("\n")
+        counter_diagnosis(&db, &uplink, "U1", lo, hi, "")
     );
     assert!(
         q(&format!("SELECT count(*) {count} AND is_historical")) > 50,
@@ -242,6 +238,40 @@ fn garbage_on_a_sparkplug_topic_is_quarantined_and_the_pipeline_goes_on() {
     uplink.wait_until("the backlog is written", |u| u.metric("spb_uplink_backlog_rows") == 0.0);
     std::thread::sleep(Duration::from_millis(300));
     assert!(db.query_i64("SELECT count(*) FROM sp_quarantine WHERE topic = 'spBv1.0/U2/DDATA/gw/line'") >= 1);
+}
+
+/// What a failed counter check needs to be read: each value missing from
+/// `lo..=hi` with its neighbours (timestamp, quality, historical), the STALE
+/// marks, duplicates, raw DDATA against facts, seq gaps in the raw log,
+/// quarantine reasons, and the WARN/ERROR lines of the uplink and `other_log`.
+fn counter_diagnosis(db: &TestDb, uplink: &Uplink, group: &str, lo: i64, hi: i64, other_log: &str) -> String {
+    let facts = format!("FROM sp_metric_fact WHERE group_id = '{group}' AND metric = 'Count'");
+    let warnings = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    format!(
+        "missing: {}; STALE marks at: {}; duplicates {}; raw DDATA {}, Count facts {}; seq gaps: {}; quarantine: {}\n{}\n{}",
+        db.query_text(&format!(
+            "SELECT string_agg(g::text || ' near ' || coalesce((SELECT string_agg(v_int::text || '@' || (extract(epoch FROM ts) * 1000)::bigint || ':' || quality || ':' || is_historical, ' ') {facts} AND v_int BETWEEN g - 1 AND g + 1), ''), '; ')
+             FROM generate_series({lo}, {hi}) g WHERE NOT EXISTS (SELECT 1 {facts} AND quality <> 500 AND v_int = g)"
+        )),
+        db.query_text(&format!(
+            "SELECT string_agg((extract(epoch FROM ts) * 1000)::bigint::text, ' ') FROM sp_stale WHERE group_id = '{group}' AND metric = 'Count'"
+        )),
+        uplink.metric("spb_uplink_facts_duplicate_total"),
+        db.query_i64(&format!("SELECT count(*) FROM sp_event_raw WHERE topic LIKE 'spBv1.0/{group}/DDATA/%'")),
+        db.query_i64(&format!("SELECT count(*) {facts} AND quality <> 500")),
+        db.query_text(&format!(
+            "SELECT string_agg(a::text || '->' || b::text, ' ') FROM (SELECT seq AS a, lead(seq) OVER (ORDER BY id) AS b
+             FROM sp_event_raw WHERE topic LIKE 'spBv1.0/{group}/%' AND seq IS NOT NULL) x WHERE b <> (a + 1) % 256"
+        )),
+        db.query_text("SELECT string_agg(topic || ': ' || reason, '; ') FROM sp_quarantine"),
+        warnings(&uplink.log()),
+        warnings(other_log),
+    )
 }
 
 /// Counter facts of `group`: (rows, distinct values, min, max, historical).
@@ -952,15 +982,7 @@ fn expired_partitions_are_dropped_while_the_uplink_ingests_as_the_ingest_role_an
         (distinct, hi - lo + 1),
         (n, n),
         "every live sample exactly once: {}",
-        db.query_text(&format!(
-            "SELECT string_agg(g::text || ' near ' || coalesce((SELECT string_agg(v_int::text || '@' || (extract(epoch FROM ts) * 1000)::bigint || ':' || is_historical, ' ') FROM sp_metric_fact WHERE group_id = 'R1' AND metric = 'Count' AND v_int BETWEEN g - 1 AND g + 1), ''), '; ')
-             FROM generate_series({lo}, {hi}) g WHERE NOT EXISTS (SELECT 1 FROM sp_metric_fact WHERE group_id = 'R1' AND metric = 'Count' AND v_int = g)"
-        )) + &format!(" duplicates {} raw DDATA {} raw total {} facts {} seq gaps {} ", uplink.metric("spb_uplink_facts_duplicate_total"), db.query_i64("SELECT count(*) FROM sp_event_raw WHERE topic LIKE 'spBv1.0/R1/DDATA/%'"),
-            db.query_i64("SELECT count(*) FROM sp_event_raw WHERE topic LIKE 'spBv1.0/R1/%'"),
-            db.query_i64("SELECT count(*) FROM sp_metric_fact WHERE group_id = 'R1' AND metric = 'Count'"),
-            db.query_text("SELECT string_agg(a::text || '->' || b::text, ' ') FROM (SELECT seq AS a, lead(seq) OVER (ORDER BY id) AS b FROM sp_event_raw WHERE topic LIKE 'spBv1.0/R1/%' AND seq IS NOT NULL) x WHERE b <> (a + 1) % 256"))
-            + &uplink.log().lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect::<Vec<_>>().join("\n")
-            + &gw.log().lines().filter(|l| l.contains("WARN") || l.contains("ERROR")).collect::<Vec<_>>().join("\n")
+        counter_diagnosis(&db, &uplink, "R1", lo, hi, &gw.log())
     );
     assert_eq!(
         uplink.metric("spb_uplink_database_errors_total"),

@@ -71,25 +71,46 @@ fn check_key_mode(path: &Path) -> Result<(), TlsError> {
     Ok(())
 }
 
-/// Verifies the broker's certificate against the configured
-/// `tls.server_name` instead of the name the connection was opened with.
+/// The pinned CA's chain check (webpki) with a different rule for the name:
+/// the configured `tls.server_name` instead of the name the connection was
+/// opened with (the broker), or no name at all (PostgreSQL's `verify-ca`).
 #[derive(Debug)]
-struct NamedVerifier {
+pub struct PinnedVerifier {
     inner: Arc<WebPkiServerVerifier>,
-    name: ServerName<'static>,
+    /// `Some`: check this name; `None`: the chain only.
+    name: Option<ServerName<'static>>,
 }
 
-impl ServerCertVerifier for NamedVerifier {
+impl PinnedVerifier {
+    /// The chain against `roots`, whatever name the certificate holds.
+    pub fn chain_only(roots: RootCertStore) -> Result<PinnedVerifier, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|_| TlsError::NoRoots)?;
+        Ok(PinnedVerifier { inner, name: None })
+    }
+}
+
+impl ServerCertVerifier for PinnedVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        _connected_to: &ServerName<'_>,
+        connected_to: &ServerName<'_>,
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+        let name = self.name.as_ref().unwrap_or(connected_to);
+        match self
+            .inner
+            .verify_server_cert(end_entity, intermediates, name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName | rustls::CertificateError::NotValidForNameContext { .. },
+            )) if self.name.is_none() => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
     }
 
     fn verify_tls12_signature(
@@ -155,15 +176,12 @@ pub fn root_store(tls: &TlsConfig) -> Result<RootCertStore, TlsError> {
 }
 
 /// A client configuration whose server certificates `verifier` judges
-/// (its CA file, if any, is still read and checked), with the client
-/// certificate of `tls`.
+/// (`tls.ca` is the caller's to read), with the client certificate of
+/// `tls`.
 pub fn client_config_verified_by(
     tls: &TlsConfig,
     verifier: Arc<dyn ServerCertVerifier>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    if tls.ca.is_some() {
-        root_store(tls)?;
-    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -191,7 +209,10 @@ pub fn client_config(tls: &TlsConfig, now: UnixTime) -> Result<Arc<ClientConfig>
                 .map_err(|_| TlsError::NoRoots)?;
             versions
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NamedVerifier { inner, name }))
+                .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                    inner,
+                    name: Some(name),
+                }))
         }
     };
     with_client_auth(tls, builder)

@@ -30,7 +30,7 @@ use tiberius::{Client, ColumnData, Config, TokenRow};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
-use super::retention::{Class, Retention, RESOLUTIONS};
+use super::retention::{Class, Retention, DELETE_BATCH, RESOLUTIONS};
 use super::rows::{Batch, CatalogRow, FactRow, RawRow};
 use super::sink::{Retained, Sink, Written};
 
@@ -665,10 +665,6 @@ pub fn batches(script: &str) -> impl Iterator<Item = &str> {
     parts.push(&script[start..]);
     parts.into_iter().filter(|p| !p.trim().is_empty())
 }
-
-/// Rows a retention delete removes per statement (each its own
-/// transaction: the log holds at most this many rows' deletes).
-pub const DELETE_BATCH: i64 = 5_000;
 
 /// One bounded retention delete of `table`'s rows older than @P1 (of one
 /// rollup resolution); returns how many went.

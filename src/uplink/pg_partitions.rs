@@ -34,7 +34,8 @@ pub fn classes() -> Vec<Class> {
     v
 }
 
-fn at(ms: i64) -> std::time::SystemTime {
+/// A time in ms since the Unix epoch, for a `timestamptz` parameter.
+pub fn at(ms: i64) -> std::time::SystemTime {
     if ms < 0 {
         std::time::UNIX_EPOCH - std::time::Duration::from_millis(ms.unsigned_abs())
     } else {

@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use thiserror::Error;
@@ -235,51 +234,6 @@ impl ServerCertVerifier for AnyServer {
     }
 }
 
-/// Checks the chain against the pinned CA but not the name (`verify-ca`).
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, name, ocsp, now) {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
-            | Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext { .. })) => {
-                Ok(ServerCertVerified::assertion())
-            }
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
 /// The rustls client configuration of `tls` (its files read and checked
 /// now), or `None` for `disable`.
 pub fn client_config(tls: &PgTls) -> Result<Option<Arc<ClientConfig>>, PgTlsError> {
@@ -295,22 +249,22 @@ pub fn client_config(tls: &PgTls) -> Result<Option<Arc<ClientConfig>>, PgTlsErro
         key: tls.key.clone(),
         server_name: None,
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier: Option<Arc<dyn ServerCertVerifier>> = match tls.mode {
-        SslMode::VerifyFull => None,
-        SslMode::VerifyCa => {
-            let roots = crate::mqtt::tls::root_store(&files)?;
-            let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|_| PgTlsError::NoRoot("verify-ca"))?;
-            Some(Arc::new(ChainOnly(inner)))
-        }
-        _ => Some(Arc::new(AnyServer(provider.clone()))),
+    if tls.mode == SslMode::VerifyFull {
+        return Ok(Some(crate::mqtt::tls::client_config(&files, UnixTime::now())?));
+    }
+    // The CA is read once: the chain's anchors for verify-ca, a check of
+    // the file for the modes that do not verify (libpq reads it too).
+    let roots = tls
+        .root
+        .is_some()
+        .then(|| crate::mqtt::tls::root_store(&files))
+        .transpose()?;
+    let verifier: Arc<dyn ServerCertVerifier> = match (tls.mode, roots) {
+        (SslMode::VerifyCa, Some(roots)) => Arc::new(crate::mqtt::tls::PinnedVerifier::chain_only(roots)?),
+        (SslMode::VerifyCa, None) => return Err(PgTlsError::NoRoot("verify-ca")),
+        _ => Arc::new(AnyServer(Arc::new(rustls::crypto::ring::default_provider()))),
     };
-    let config = match verifier {
-        None => crate::mqtt::tls::client_config(&files, UnixTime::now())?,
-        Some(v) => crate::mqtt::tls::client_config_verified_by(&files, v)?,
-    };
+    let config = crate::mqtt::tls::client_config_verified_by(&files, verifier)?;
     Ok(Some(config))
 }
 

@@ -23,15 +23,15 @@
 //! - The connection speaks TLS as libpq's `sslmode` says ([`super::pg_tls`]).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use thiserror::Error;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
 
-use super::pg_partitions as parts;
-use super::retention::{Class, Partition, Retention, RESOLUTIONS};
+use super::pg_partitions::{self as parts, at};
+use super::retention::{Class, Partition, Retention, DELETE_BATCH, RESOLUTIONS};
 use super::rows::{Batch, FactRow};
 use super::sink::{Retained, Sink, Written};
 
@@ -315,9 +315,9 @@ CREATE INDEX oee_interval_open ON oee_interval (machine) WHERE computed_to < end
     ),
     (
         // v7: device state beside the node's, every birth and death in a
-        // history, and each metric's last value with whether it is STALE
-        // (a death writes a quality-500 fact without a value for every
-        // metric it makes STALE).
+        // history, and a STALE mark per metric a death makes STALE (a row
+        // of sp_stale, so facts stay insert-only; the views of v8 merge the
+        // marks in).
         7,
         r#"
 CREATE TABLE sp_device_state (
@@ -777,8 +777,20 @@ fn db_message(e: &tokio_postgres::Error) -> String {
     s
 }
 
-fn at(ms: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+/// The client, and the task that drives its connection until it ends.
+fn drive<S, T>(
+    (client, connection): (Client, tokio_postgres::Connection<S, T>),
+) -> (Client, tokio::task::JoinHandle<()>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let task = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "postgres connection ended");
+        }
+    });
+    (client, task)
 }
 
 impl PgSink {
@@ -838,26 +850,17 @@ impl Sink for PgSink {
     async fn connect(url: &str) -> Result<Self, PgError> {
         let (rest, tls) = super::pg_tls::split(url)?;
         let mut config: tokio_postgres::Config = rest.parse()?;
-        let ended = |e: tokio_postgres::Error| tracing::warn!(error = %e, "postgres connection ended");
         let (client, conn) = match super::pg_tls::client_config(&tls)? {
             None => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                let (client, connection) = config.connect(NoTls).await?;
-                (
-                    client,
-                    tokio::spawn(async move { connection.await.unwrap_or_else(ended) }),
-                )
+                drive(config.connect(NoTls).await?)
             }
             Some(rustls) => {
                 config.ssl_mode(match tls.mode {
                     super::pg_tls::SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
                     _ => tokio_postgres::config::SslMode::Require,
                 });
-                let (client, connection) = config.connect(super::pg_tls::MakeRustls(rustls)).await?;
-                (
-                    client,
-                    tokio::spawn(async move { connection.await.unwrap_or_else(ended) }),
-                )
+                drive(config.connect(super::pg_tls::MakeRustls(rustls)).await?)
             }
         };
         client.batch_execute("SET TIME ZONE 'UTC'").await?;
@@ -946,16 +949,10 @@ impl Sink for PgSink {
     /// while another connection folds); returns the facts folded in.
     async fn fold(&mut self) -> Result<u64, PgError> {
         let now = self.now();
-        let tx = self.client.transaction().await?;
-        // Key: "spbfold" in ASCII.
-        let mine: bool = tx
-            .query_one("SELECT pg_try_advisory_xact_lock(32483054420946020)", &[])
-            .await?
-            .get(0);
-        if !mine {
-            return Ok(0);
-        }
-        let months: Vec<i64> = tx
+        // The months pending facts fall in, and their rollup partitions, first
+        // (outside the fold's lock: what arrives meanwhile waits its turn).
+        let months: Vec<i64> = self
+            .client
             .query(
                 "SELECT DISTINCT (extract(epoch FROM date_trunc('month', ts)) * 1000)::bigint FROM sp_rollup_pending",
                 &[],
@@ -967,7 +964,6 @@ impl Sink for PgSink {
         if months.is_empty() {
             return Ok(0);
         }
-        tx.commit().await?;
         for r in RESOLUTIONS {
             let class = Class::Rollup(r);
             let live: Vec<i64> = months
@@ -981,6 +977,7 @@ impl Sink for PgSink {
             self.cover(class, live.into_iter(), None).await?;
         }
         let tx = self.client.transaction().await?;
+        // Key: "spbfold" in ASCII.
         let mine: bool = tx
             .query_one("SELECT pg_try_advisory_xact_lock(32483054420946020)", &[])
             .await?
@@ -1086,9 +1083,7 @@ impl PgSink {
             other => other,
         }
     }
-}
 
-impl PgSink {
     fn now(&self) -> i64 {
         self.clock.unwrap_or_else(|| crate::clock::now_ms() as i64)
     }
@@ -1184,12 +1179,12 @@ impl PgSink {
                 let n = self
                     .client
                     .execute(
-                        "DELETE FROM sp_stale WHERE ctid = ANY(ARRAY(SELECT ctid FROM sp_stale WHERE ts < $1 LIMIT 5000))",
-                        &[&at(cutoff)],
+                        "DELETE FROM sp_stale WHERE ctid = ANY(ARRAY(SELECT ctid FROM sp_stale WHERE ts < $1 LIMIT $2))",
+                        &[&at(cutoff), &DELETE_BATCH],
                     )
                     .await?;
                 out.deleted_rows += n;
-                if n < 5000 {
+                if n < DELETE_BATCH as u64 {
                     break;
                 }
             }

@@ -77,6 +77,10 @@ pub enum Class {
     Rollup(&'static str),
 }
 
+/// Rows a retention delete removes per statement, each statement its own
+/// transaction (SQL Server's retention; PostgreSQL's STALE marks).
+pub const DELETE_BATCH: i64 = 5_000;
+
 /// The rollup resolutions, as the rollup tables name them.
 pub const RESOLUTIONS: [&str; 3] = ["minute", "hour", "day"];
 

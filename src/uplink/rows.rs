@@ -55,13 +55,13 @@ fn storable_ts(ms: u64, fallback: u64) -> i64 {
         .unwrap_or_else(|| fallback.min(MAX_TS_MS as u64) as i64)
 }
 
-/// Why a fact cannot be stored exactly, or `None` when it can.
-pub fn fact_defect(f: &FactRow) -> Option<String> {
+/// Why (group, node, device, metric) cannot be a key, or `None` when it can.
+fn key_defect(group: &str, node: &str, device: &str, metric: &str) -> Option<String> {
     for (what, name) in [
-        ("group", &f.group),
-        ("node", &f.node),
-        ("device", &f.device),
-        ("metric name", &f.metric),
+        ("group", group),
+        ("node", node),
+        ("device", device),
+        ("metric name", metric),
     ] {
         if name.len() > MAX_NAME_BYTES {
             return Some(format!(
@@ -72,6 +72,14 @@ pub fn fact_defect(f: &FactRow) -> Option<String> {
         if name.contains('\0') {
             return Some(format!("{what} contains a NUL character (U+0000)"));
         }
+    }
+    None
+}
+
+/// Why a fact cannot be stored exactly, or `None` when it can.
+pub fn fact_defect(f: &FactRow) -> Option<String> {
+    if let Some(defect) = key_defect(&f.group, &f.node, &f.device, &f.metric) {
+        return Some(defect);
     }
     if !(0..=MAX_TS_MS).contains(&f.ts_ms) {
         return Some(format!("timestamp {} ms is outside 1970-01-01..9999-12-31", f.ts_ms));
@@ -532,9 +540,9 @@ impl Batch {
             if *device != *d {
                 device = Arc::from(d);
             }
-            // Names were checked when the birth declared them; NULs are not
-            // storable as keys all the same.
-            if s.metric.contains('\0') || d.contains('\0') {
+            // A name no key can hold had its birth's fact quarantined; its
+            // STALE mark goes with it.
+            if key_defect(&group, &node, d, &s.metric).is_some() {
                 continue;
             }
             self.stale.push(StaleRow {

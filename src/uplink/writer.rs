@@ -195,16 +195,7 @@ impl<S: Sink> Conn<S> {
             if self.sink.as_ref().is_some_and(|s| !s.is_closed()) {
                 break;
             }
-            let opened = async {
-                let mut s = S::connect(&self.url).await?;
-                match self.owner_migrates {
-                    false => s.migrate().await?,
-                    true => s.check_schema().await?,
-                };
-                s.set_retention(&self.retention, None);
-                Ok::<S, S::Error>(s)
-            };
-            match opened.await {
+            match open_as::<S>(&self.url, !self.owner_migrates, &self.retention).await {
                 Ok(s) => self.sink = Some(s),
                 Err(e) => self.fail(stats, &e.to_string()).await,
             }
@@ -514,30 +505,26 @@ async fn oee_fold(
     }
 }
 
-async fn connect<S: Sink>(url: &str) -> Result<S, S::Error> {
+/// A connection to `url` keeping `retention`: it migrates the schema, or,
+/// when another login (the owner) does, only checks that it is current.
+async fn open_as<S: Sink>(url: &str, migrates: bool, retention: &super::retention::Retention) -> Result<S, S::Error> {
     let mut s = S::connect(url).await?;
-    s.migrate().await?;
+    match migrates {
+        true => s.migrate().await?,
+        false => s.check_schema().await?,
+    };
+    s.set_retention(retention, None);
     Ok(s)
 }
 
-/// An ingesting connection of `db`, keeping `db.retention`: it migrates
-/// the schema itself unless an owner login does (`owner_url`), then it
-/// only checks that the schema is current.
+/// An ingesting connection of `db` (`url`).
 async fn open<S: Sink>(db: &DatabaseConfig) -> Result<S, S::Error> {
-    let mut s = S::connect(&db.url).await?;
-    match db.owner_url {
-        None => s.migrate().await?,
-        Some(_) => s.check_schema().await?,
-    };
-    s.set_retention(&db.retention, None);
-    Ok(s)
+    open_as(&db.url, db.owner_url.is_none(), &db.retention).await
 }
 
 /// The owner's connection (migrations, retention).
 async fn open_owner<S: Sink>(db: &DatabaseConfig) -> Result<S, S::Error> {
-    let mut s = connect::<S>(db.owner_url.as_deref().unwrap_or(&db.url)).await?;
-    s.set_retention(&db.retention, None);
-    Ok(s)
+    open_as(db.owner_url.as_deref().unwrap_or(&db.url), true, &db.retention).await
 }
 
 /// Keeps the partitions ahead and the retention applied, on a connection
