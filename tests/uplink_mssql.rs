@@ -246,6 +246,7 @@ fn mssql_node_state_follows_births_and_deaths_and_garbage_is_quarantined() {
             sent_ms: None,
             confirmed_value: None,
             confirmed_ms: None,
+            from_api: false,
         });
         s.write(&d).await.expect("write");
     });

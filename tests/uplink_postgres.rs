@@ -498,7 +498,7 @@ fn a_writer_task_that_dies_is_started_again_and_the_batches_queued_for_it_are_wr
                     panic!("writer task dies");
                 })
             } else {
-                tokio::spawn(spb::uplink::writer::writer::<PgSink>(db_cfg.clone(), q, st.clone()))
+                tokio::spawn(spb::uplink::writer::writer::<PgSink>(db_cfg.clone(), q, st.clone(), None))
             }
         });
         let mut w = Writers::start(1, stats.clone(), start);
@@ -514,6 +514,7 @@ fn a_writer_task_that_dies_is_started_again_and_the_batches_queued_for_it_are_wr
                 Pending {
                     batch: b,
                     since: tokio::time::Instant::now(),
+                    since_ms: T0,
                     bytes,
                 },
             );

@@ -465,6 +465,12 @@ impl HostSession {
         ]
     }
 
+    /// The STATE birth of the current connection (online unless declared
+    /// offline), for a host whose STATE travels on a connection of its own.
+    pub fn state_birth(&self) -> Publish {
+        self.state(!self.declared_offline, self.will_ts)
+    }
+
     /// While connected, declare this host offline (its sink is behind,
     /// docs/ARCHITECTURE.md decision 4): STATE offline with this connection's
     /// timestamp, so edges store on their own flash.

@@ -104,6 +104,8 @@ pub struct UplinkConfig {
     pub commands: ApiConfig,
     /// `[oee]`: machines, shifts and the plant's time zone.
     pub oee: Option<super::oee::config::OeeConfig>,
+    /// `[scale]`: the groups this instance shares with other instances.
+    pub scale: Option<super::scale::ScaleConfig>,
 }
 
 impl UplinkConfig {
@@ -153,6 +155,10 @@ impl UplinkConfig {
         let retention = root
             .opt_table("retention")
             .map_or_else(Default::default, |t| read_retention(&t));
+        let subscribes = root.opt_table("host").is_some_and(|h| h.is_present("subscriptions"));
+        let scale = root
+            .opt_table("scale")
+            .map(|t| read_scale(&t, database.as_ref(), subscribes));
         root.finish(&[
             "host",
             "mqtt",
@@ -162,6 +168,7 @@ impl UplinkConfig {
             "commands",
             "oee",
             "retention",
+            "scale",
         ]);
         ctx.finish()?;
         let mut database = database.expect("no errors, so [database] was read");
@@ -174,8 +181,72 @@ impl UplinkConfig {
             telemetry,
             commands,
             oee,
+            scale,
         })
     }
+}
+
+/// `[scale]`: several instances share `groups`, one lease each, on the
+/// PostgreSQL the rows go to.
+fn read_scale(t: &Table, db: Option<&DatabaseConfig>, subscribes: bool) -> super::scale::ScaleConfig {
+    use super::scale::{ScaleConfig, STATE_LEASE};
+    if db.is_some_and(|d| d.backend != Backend::Postgres) {
+        t.invalid(
+            "groups",
+            "scale-out keeps its leases on PostgreSQL in this version; with SQL Server run one instance",
+        );
+    }
+    if subscribes {
+        t.invalid(
+            "groups",
+            "with [scale] each instance subscribes to spBv1.0/<group>/# of every group: remove host.subscriptions",
+        );
+    }
+    let groups = t.opt_str_list("groups").unwrap_or_default();
+    if !t.is_present("groups") {
+        t.missing(
+            "groups",
+            "the edge-node groups the instances share, e.g. [\"Plant1\", \"Plant2\"]",
+        );
+    } else if groups.is_empty() {
+        t.invalid("groups", "at least one group");
+    }
+    for (i, g) in groups.iter().enumerate() {
+        if let Err(e) = crate::sparkplug::topic::validate_id("group id", g) {
+            t.invalid("groups", e.to_string());
+        } else if g == STATE_LEASE {
+            t.invalid("groups", "STATE is the host's topic, not a group");
+        } else if groups[..i].contains(g) {
+            t.invalid("groups", format!("'{g}' is listed twice"));
+        }
+    }
+    let instance = t.opt_str("instance").unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "uplink".into());
+        format!("{host}-{}", std::process::id())
+    });
+    if instance.is_empty() || instance.len() > 128 {
+        t.invalid("instance", "1 to 128 characters, unique among the instances");
+    }
+    let c = ScaleConfig {
+        instance,
+        groups,
+        lease_ttl: t.duration_or("lease_ttl", Duration::from_secs(10)),
+        clock_margin: t.duration_or("clock_margin", Duration::from_secs(2)),
+        standby_max_bytes: t.bytes_or("standby_max_bytes", 256 * 1024 * 1024),
+    };
+    if c.lease_ttl < Duration::from_secs(1) || c.lease_ttl > Duration::from_secs(300) {
+        t.invalid(
+            "lease_ttl",
+            "between 1s and 5m: how long a dead instance's groups wait for another",
+        );
+    }
+    if c.clock_margin > Duration::from_secs(60) {
+        t.invalid("clock_margin", "at most 1m: keep the instances' clocks in sync (NTP)");
+    }
+    t.finish(&["instance", "groups", "lease_ttl", "clock_margin", "standby_max_bytes"]);
+    c
 }
 
 /// `[retention]`: per class a duration (`"90d"`) or `"forever"`; the

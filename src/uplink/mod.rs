@@ -23,6 +23,8 @@ pub mod postgres;
 pub mod retention;
 pub mod rows;
 pub mod run;
+pub mod scale;
+pub mod scale_pg;
 pub mod sink;
 pub mod stats;
 pub mod writer;

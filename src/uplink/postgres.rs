@@ -48,6 +48,8 @@ pub enum PgError {
     Tls(#[from] super::pg_tls::PgTlsError),
     #[error("postgres: series {0} was neither inserted nor found in sp_series")]
     SeriesUnresolved(String),
+    #[error("postgres: this instance no longer holds the lease of {}", .0.join(", "))]
+    Fenced(Vec<String>),
 }
 
 /// The migrations, in order; never edit a released one, add the next.
@@ -564,6 +566,28 @@ REVOKE ALL ON FUNCTION sp_ensure_partition(text, text, timestamptz, timestamptz)
 GRANT EXECUTE ON FUNCTION sp_ensure_partition(text, text, timestamptz, timestamptz) TO sparkplug_ingest;
 "#,
     ),
+    (
+        // Scale-out: one lease per group and one for the STATE identity,
+        // on the database's clock; the instances alive (decision 16).
+        10,
+        r#"
+CREATE TABLE sp_uplink_lease (
+    name text PRIMARY KEY,
+    holder text,
+    expires_at timestamptz NOT NULL DEFAULT '-infinity',
+    safe_through_ms bigint NOT NULL DEFAULT 0,
+    epoch bigint NOT NULL DEFAULT 0,
+    taken_at timestamptz
+);
+CREATE TABLE sp_uplink_member (
+    instance text PRIMARY KEY,
+    expires_at timestamptz NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now()
+);
+GRANT SELECT, INSERT, UPDATE ON sp_uplink_lease TO sparkplug_ingest;
+GRANT SELECT, INSERT, UPDATE, DELETE ON sp_uplink_member TO sparkplug_ingest;
+"#,
+    ),
 ];
 
 /// A node's birth or death: its state, the history row, and on a death the
@@ -748,6 +772,8 @@ pub struct PgSink {
     /// When this connection created partitions for arriving rows (ms), the
     /// last minute's: at most [`PARTITIONS_PER_MINUTE`].
     made: std::collections::VecDeque<i64>,
+    /// This instance's name when rows are written under leases.
+    fence: Option<String>,
 }
 
 /// New partitions a connection may create for arriving rows in a minute:
@@ -775,6 +801,28 @@ fn db_message(e: &tokio_postgres::Error) -> String {
         cause = c.source();
     }
     s
+}
+
+/// A connection to `url` (its TLS settings applied), driven by a task of
+/// its own, its session in UTC.
+pub async fn connect(url: &str) -> Result<(Client, tokio::task::JoinHandle<()>), PgError> {
+    let (rest, tls) = super::pg_tls::split(url)?;
+    let mut config: tokio_postgres::Config = rest.parse()?;
+    let (client, conn) = match super::pg_tls::client_config(&tls)? {
+        None => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            drive(config.connect(NoTls).await?)
+        }
+        Some(rustls) => {
+            config.ssl_mode(match tls.mode {
+                super::pg_tls::SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+                _ => tokio_postgres::config::SslMode::Require,
+            });
+            drive(config.connect(super::pg_tls::MakeRustls(rustls)).await?)
+        }
+    };
+    client.batch_execute("SET TIME ZONE 'UTC'").await?;
+    Ok((client, conn))
 }
 
 /// The client, and the task that drives its connection until it ends.
@@ -848,22 +896,7 @@ impl Sink for PgSink {
     /// libpq's `sslmode`, `sslrootcert`, `sslcert`, `sslkey`: see
     /// [`super::pg_tls`]).
     async fn connect(url: &str) -> Result<Self, PgError> {
-        let (rest, tls) = super::pg_tls::split(url)?;
-        let mut config: tokio_postgres::Config = rest.parse()?;
-        let (client, conn) = match super::pg_tls::client_config(&tls)? {
-            None => {
-                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                drive(config.connect(NoTls).await?)
-            }
-            Some(rustls) => {
-                config.ssl_mode(match tls.mode {
-                    super::pg_tls::SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-                    _ => tokio_postgres::config::SslMode::Require,
-                });
-                drive(config.connect(super::pg_tls::MakeRustls(rustls)).await?)
-            }
-        };
-        client.batch_execute("SET TIME ZONE 'UTC'").await?;
+        let (client, conn) = connect(url).await?;
         Ok(PgSink {
             client,
             conn,
@@ -873,6 +906,7 @@ impl Sink for PgSink {
             clock: None,
             parts: Default::default(),
             made: Default::default(),
+            fence: None,
         })
     }
 
@@ -993,6 +1027,17 @@ impl Sink for PgSink {
             .get(0);
         tx.commit().await?;
         Ok(n as u64)
+    }
+
+    fn set_fence(&mut self, instance: Option<String>) {
+        self.fence = instance;
+    }
+
+    fn fenced(e: &PgError) -> Option<&[String]> {
+        match e {
+            PgError::Fenced(lost) => Some(lost),
+            _ => None,
+        }
     }
 
     fn set_retention(&mut self, r: &Retention, clock: Option<i64>) {
@@ -1199,6 +1244,25 @@ impl PgSink {
         // always exists, whatever becomes of the batch's transaction.
         let ids = self.series_ids(&b.facts).await?;
         let tx = self.client.transaction().await?;
+        if let Some(me) = &self.fence {
+            // Held, live, and kept so until this commits: a taker waits.
+            let leases: Vec<String> = b.leases().into_iter().collect();
+            if !leases.is_empty() {
+                let held: Vec<String> = tx
+                    .query(
+                        "SELECT name FROM sp_uplink_lease WHERE name = ANY($1) AND holder = $2 AND expires_at > now() FOR SHARE",
+                        &[&leases, me],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let lost: Vec<String> = leases.into_iter().filter(|l| !held.contains(l)).collect();
+                if !lost.is_empty() {
+                    return Err(PgError::Fenced(lost));
+                }
+            }
+        }
         if !b.raw.is_empty() {
             let sink = tx
                 .copy_in("COPY sp_event_raw (topic, kind, seq, bdseq, received_at, payload) FROM STDIN BINARY")

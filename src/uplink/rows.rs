@@ -211,6 +211,10 @@ pub struct CommandRow {
     /// The value the edge read back, and when.
     pub confirmed_value: Option<String>,
     pub confirmed_ms: Option<i64>,
+    /// Made by this instance's command API (not seen on the broker): with
+    /// several instances ([`super::scale`]) it is this instance's to write,
+    /// whichever holds its group.
+    pub from_api: bool,
 }
 
 impl CommandRow {
@@ -234,6 +238,34 @@ impl CommandRow {
             sent_ms: None,
             confirmed_value: None,
             confirmed_ms: None,
+            from_api: false,
+        }
+    }
+}
+
+/// What decides where a row of a batch goes.
+#[derive(Debug, Clone, Copy)]
+pub enum RowKey<'a> {
+    /// A row of an edge node.
+    Node(&'a str, &'a str),
+    /// A row known by its topic only (raw, quarantine).
+    Topic(&'a str),
+    /// An audit row of this instance's command API.
+    Api(&'a str, &'a str),
+}
+
+impl<'a> RowKey<'a> {
+    /// Its group and node; `None` for a topic of no edge node (STATE, garbage).
+    pub fn node(self) -> Option<(&'a str, &'a str)> {
+        match self {
+            RowKey::Node(g, n) | RowKey::Api(g, n) => Some((g, n)),
+            RowKey::Topic(t) => {
+                let mut parts = t.split('/');
+                match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                    (Some("spBv1.0"), Some(g), Some(_), Some(n)) if g != "STATE" => Some((g, n)),
+                    _ => None,
+                }
+            }
         }
     }
 }
@@ -332,49 +364,99 @@ impl Batch {
     /// STATE messages, go to the first).
     pub fn split(self, n: usize) -> Vec<Batch> {
         let n = n.max(1);
-        let mut out: Vec<Batch> = (0..n).map(|_| Batch::default()).collect();
         if n == 1 {
-            out[0] = self;
-            return out;
+            return vec![self];
         }
-        let slot = |group: &str, node: &str| -> usize {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (group, node).hash(&mut h);
-            (h.finish() % n as u64) as usize
-        };
-        let of_topic = |topic: &str| -> usize {
-            let parts: Vec<&str> = topic.split('/').collect();
-            match (parts.first(), parts.get(1), parts.get(3)) {
-                (Some(&"spBv1.0"), Some(g), Some(node)) if *g != "STATE" => slot(g, node),
-                _ => 0,
+        self.split_by(n, |k| match k.node() {
+            Some((group, node)) => {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (group, node).hash(&mut h);
+                (h.finish() % n as u64) as usize
             }
-        };
+            None => 0,
+        })
+    }
+
+    /// Splits the rows into `n` batches, each row to the one `slot` names
+    /// (each kind in order).
+    pub fn split_by(self, n: usize, mut slot: impl FnMut(RowKey<'_>) -> usize) -> Vec<Batch> {
+        let mut out: Vec<Batch> = (0..n.max(1)).map(|_| Batch::default()).collect();
+        let last = out.len() - 1;
+        let mut to = |k: RowKey<'_>| slot(k).min(last);
         for r in self.raw {
-            out[of_topic(&r.topic)].raw.push(r);
+            let i = to(RowKey::Topic(&r.topic));
+            out[i].raw.push(r);
         }
         for f in self.facts {
-            out[slot(&f.group, &f.node)].facts.push(f);
+            let i = to(RowKey::Node(&f.group, &f.node));
+            out[i].facts.push(f);
         }
         for m in self.stale {
-            out[slot(&m.group, &m.node)].stale.push(m);
+            let i = to(RowKey::Node(&m.group, &m.node));
+            out[i].stale.push(m);
         }
         for st in self.states {
-            out[slot(&st.group, &st.node)].states.push(st);
+            let i = to(RowKey::Node(&st.group, &st.node));
+            out[i].states.push(st);
         }
         for c in self.catalog {
-            out[slot(&c.group, &c.node)].catalog.push(c);
+            let i = to(RowKey::Node(&c.group, &c.node));
+            out[i].catalog.push(c);
         }
         for q in self.quarantine {
-            out[of_topic(&q.topic)].quarantine.push(q);
+            let i = to(RowKey::Topic(&q.topic));
+            out[i].quarantine.push(q);
         }
         for c in self.commands {
-            out[slot(&c.group, &c.node)].commands.push(c);
+            let i = to(if c.from_api {
+                RowKey::Api(&c.group, &c.node)
+            } else {
+                RowKey::Node(&c.group, &c.node)
+            });
+            out[i].commands.push(c);
         }
         for m in self.oee {
-            out[slot(&m.group, &m.node)].oee.push(m);
+            let i = to(RowKey::Node(&m.group, &m.node));
+            out[i].oee.push(m);
         }
         out
+    }
+
+    /// The leases of [`super::scale`] its rows belong to (a command of this
+    /// instance's API belongs to none: it is always this instance's).
+    pub fn leases(&self) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        let mut add = |k: RowKey<'_>| {
+            if !matches!(k, RowKey::Api(..)) {
+                let lease = super::scale::lease_of(k.node().map(|(g, _)| g));
+                if !out.contains(lease) {
+                    out.insert(lease.to_string());
+                }
+            }
+        };
+        self.raw.iter().for_each(|r| add(RowKey::Topic(&r.topic)));
+        self.facts.iter().for_each(|f| add(RowKey::Node(&f.group, &f.node)));
+        self.stale.iter().for_each(|m| add(RowKey::Node(&m.group, &m.node)));
+        self.states.iter().for_each(|s| add(RowKey::Node(&s.group, &s.node)));
+        self.catalog.iter().for_each(|c| add(RowKey::Node(&c.group, &c.node)));
+        self.quarantine.iter().for_each(|q| add(RowKey::Topic(&q.topic)));
+        self.commands
+            .iter()
+            .filter(|c| !c.from_api)
+            .for_each(|c| add(RowKey::Node(&c.group, &c.node)));
+        self.oee.iter().for_each(|m| add(RowKey::Node(&m.group, &m.node)));
+        out
+    }
+
+    /// Splits off the rows of `lease` (this instance's API commands stay).
+    pub fn take_lease(self, lease: &str) -> (Batch, Batch) {
+        let mut parts = self.split_by(2, |k| match k {
+            RowKey::Api(..) => 0,
+            k => usize::from(super::scale::lease_of(k.node().map(|(g, _)| g)) == lease),
+        });
+        let taken = parts.pop().unwrap_or_default();
+        (parts.pop().unwrap_or_default(), taken)
     }
 
     /// A received message, before the host session looks at it.

@@ -41,6 +41,7 @@ use super::config::{Backend, UplinkConfig};
 use super::mssql::MssqlSink;
 use super::postgres::PgSink;
 use super::rows::{storable, Batch, CommandRow};
+use super::scale::{ScaleConfig, Shared};
 use super::stats::Stats;
 use super::writer::{self, Pending, Queue, Writers};
 use crate::clock::now_ms;
@@ -99,9 +100,20 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool, path: Option<std::path::PathB
         drop(api_tx);
     }
     let servers = Server::prepare_all(&cfg.mqtt)?;
+    // Scale-out shares the groups with other instances; a dry run writes
+    // nothing and takes no lease.
+    let scale = cfg.scale.clone().filter(|_| !dry_run);
+    let shared = scale.as_ref().map(|s| Arc::new(Shared::new(s)));
+    let fence = scale.as_ref().zip(shared.as_ref()).map(|(s, sh)| writer::Fence {
+        instance: s.instance.clone(),
+        shared: sh.clone(),
+    });
     let mut session = HostSession::new(HostConfig {
         host_id: cfg.host.host_id.clone(),
-        subscriptions: cfg.host.subscriptions.clone(),
+        subscriptions: match &scale {
+            Some(s) => s.subscriptions(),
+            None => cfg.host.subscriptions.clone(),
+        },
         reorder_timeout_ms: cfg.host.reorder_timeout.as_millis() as u64,
         rebirth_min_interval_ms: cfg.host.rebirth_min_interval.as_millis() as u64,
         limits: cfg.limits,
@@ -114,11 +126,11 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool, path: Option<std::path::PathB
         stats.db_ok.store(true, Relaxed);
     }
     let start: Box<dyn Fn(Queue) -> tokio::task::JoinHandle<()> + Send> = Box::new(move |q| {
-        let (db, st) = (db.clone(), st.clone());
+        let (db, st, f) = (db.clone(), st.clone(), fence.clone());
         match (dry_run, db.backend) {
             (true, _) => tokio::spawn(dry_writer(q, st)),
-            (false, Backend::Postgres) => tokio::spawn(writer::writer::<PgSink>(db, q, st)),
-            (false, Backend::Mssql) => tokio::spawn(writer::writer::<MssqlSink>(db, q, st)),
+            (false, Backend::Postgres) => tokio::spawn(writer::writer::<PgSink>(db, q, st, f)),
+            (false, Backend::Mssql) => tokio::spawn(writer::writer::<MssqlSink>(db, q, st, f)),
         }
     });
     let writers = Writers::start(count, stats.clone(), start);
@@ -134,8 +146,31 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool, path: Option<std::path::PathB
     let mut sigint = signal(SignalKind::interrupt()).map_err(UplinkError::Signal)?;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let client_id = format!("spb-uplink-{}", cfg.host.host_id);
-    let link = Link::new(servers, cfg.mqtt.clone(), client_id, now_ms());
+    let client_id = match &scale {
+        Some(s) => format!("spb-uplink-{}-{}", cfg.host.host_id, s.instance),
+        None => format!("spb-uplink-{}", cfg.host.host_id),
+    };
+    let link = Link::new(servers.clone(), cfg.mqtt.clone(), client_id, now_ms());
+    let (news_tx, news_rx) = tokio::sync::mpsc::channel(16);
+    let scale_rt = match (scale, shared) {
+        (Some(c), Some(shared)) => {
+            let safe_through = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let (stop, rx) = tokio::sync::oneshot::channel();
+            let task = super::scale_pg::LeaseTask::new(cfg.database.url.clone(), c.clone());
+            tracing::info!(instance = %c.instance, groups = ?c.groups, "scale-out: sharing the groups under leases");
+            let handle = tokio::spawn(super::scale_pg::run(task, safe_through.clone(), news_tx, rx));
+            Some(ScaleRt {
+                cfg: c,
+                shared,
+                held: std::collections::BTreeSet::new(),
+                safe_through,
+                servers,
+                stop: Some(stop),
+                task: Some(handle),
+            })
+        }
+        _ => None,
+    };
     let mut rt = Loop {
         cfg,
         stats,
@@ -153,6 +188,10 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool, path: Option<std::path::PathB
             "spb_uplink_commands_total{outcome=\"refused\"}",
         ),
         oee_index: super::oee::OeeIndex::default(),
+        batch_since_ms: 0,
+        scale: scale_rt,
+        state_link: None,
+        news: news_rx,
     };
     rt.oee_index = super::oee::OeeIndex::new(rt.cfg.oee.as_ref());
     crate::telemetry::systemd::ready("uplink started");
@@ -165,6 +204,8 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool, path: Option<std::path::PathB
     loop {
         tokio::select! {
             ev = rt.link.next() => rt.on_link(&mut session, ev),
+            ev = next_event(&mut rt.state_link) => rt.on_state_link(&mut session, ev),
+            Some(news) = rt.news.recv() => rt.on_news(&mut session, news),
             _ = tick.tick() => rt.on_tick(&mut session),
             Some(req) = api_rx.recv() => rt.on_api(&mut session, req),
             _ = sighup.recv() => match &path {
@@ -181,16 +222,28 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool, path: Option<std::path::PathB
     let events = session.shutdown(now_ms());
     rt.execute(&mut session, events);
     // STATE offline and the DISCONNECT leave before the writers are awaited.
-    if rt.link.is_open() {
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            while !matches!(rt.link.next().await, LinkEvent::Closed(_)) {}
-        })
-        .await;
+    for link in [Some(&mut rt.link), rt.state_link.as_mut()].into_iter().flatten() {
+        if link.is_open() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while !matches!(link.next().await, LinkEvent::Closed(_)) {}
+            })
+            .await;
+        }
     }
     // The writers end once every batch handed to them is committed (bounded wait).
-    let Loop { writers, .. } = rt;
+    let Loop { writers, scale, .. } = rt;
     if !writers.finish(Duration::from_secs(30)).await {
         tracing::error!("the database did not take the last batches within 30 s; they are lost");
+    }
+    // Everything received is committed: the leases go to the others now.
+    if let Some(mut s) = scale {
+        s.safe_through.store(now_ms(), Relaxed);
+        if let Some(stop) = s.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = s.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
     }
     // The rollups, current with everything written (bounded wait; what is
     // not folded stays pending for the next start).
@@ -310,6 +363,28 @@ fn start_oee_folder(cfg: &UplinkConfig, dry_run: bool, stats: &Arc<Stats>) -> Oe
     OeeFolder { stop: Some(stop), task }
 }
 
+/// Scale-out's part of the loop: the leases held and the standby.
+struct ScaleRt {
+    cfg: ScaleConfig,
+    shared: Arc<Shared>,
+    /// The leases held, as the lease task last said.
+    held: std::collections::BTreeSet<String>,
+    /// Everything received before this instant (ms) is committed.
+    safe_through: Arc<std::sync::atomic::AtomicU64>,
+    /// For the STATE connection, opened when the identity is taken.
+    servers: Vec<Server>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The next event of a connection that may not be open (never, then).
+async fn next_event(link: &mut Option<Link>) -> LinkEvent {
+    match link {
+        Some(l) => l.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 struct Loop {
     cfg: UplinkConfig,
     stats: Arc<Stats>,
@@ -329,6 +404,13 @@ struct Loop {
     denials: LogBudget,
     /// Which facts an OEE machine maps.
     oee_index: super::oee::OeeIndex,
+    /// When the first message of `batch` arrived (ms), for `safe_through`.
+    batch_since_ms: u64,
+    /// Scale-out, when `[scale]` is configured.
+    scale: Option<ScaleRt>,
+    /// Scale-out: the STATE connection, while this instance holds the identity.
+    state_link: Option<Link>,
+    news: tokio::sync::mpsc::Receiver<super::scale_pg::LeaseNews>,
 }
 
 /// A command of the API on its way: its audit row (as sent) and who waits.
@@ -420,6 +502,10 @@ impl Loop {
 
     fn on_link(&mut self, session: &mut HostSession, ev: LinkEvent) {
         match ev {
+            LinkEvent::Reconnect if self.scale.is_some() => {
+                // STATE and its Will travel on the STATE connection.
+                self.link.connect(None, None);
+            }
             LinkEvent::Reconnect => {
                 let will = session.begin_connect(now_ms());
                 self.link.connect(None, Some(&will));
@@ -436,7 +522,10 @@ impl Loop {
                 let now = now_ms();
                 if p.topic.starts_with("spBv1.0/") {
                     self.stats.messages.fetch_add(1, Relaxed);
-                    self.batch_since.get_or_insert_with(Instant::now);
+                    if self.batch_since.is_none() {
+                        self.batch_since = Some(Instant::now());
+                        self.batch_since_ms = now;
+                    }
                     self.batch.add_raw(&p.topic, &p.payload, now);
                 }
                 let events = session.handle_message(now, &p.topic, &p.payload);
@@ -464,10 +553,13 @@ impl Loop {
         for ev in events {
             match &ev {
                 HostEvent::Subscribe(topics) => self.link.subscribe(topics.clone(), QoS::AtLeastOnce),
-                HostEvent::Publish(p) => {
-                    self.link.publish(p.clone());
+                HostEvent::Publish(p) => self.publish(session, p.clone()),
+                HostEvent::Disconnect => {
+                    self.link.disconnect();
+                    if let Some(l) = &mut self.state_link {
+                        l.disconnect();
+                    }
                 }
-                HostEvent::Disconnect => self.link.disconnect(),
                 HostEvent::Command { seen, by_this_host } => {
                     let by = if *by_this_host {
                         self.cfg.host.host_id.clone()
@@ -788,14 +880,161 @@ impl Loop {
 
     fn add_command_row(&mut self, row: CommandRow) {
         self.stats.commands_audited.fetch_add(1, Relaxed);
-        self.batch_since.get_or_insert_with(Instant::now);
+        if self.batch_since.is_none() {
+            self.batch_since = Some(Instant::now());
+            self.batch_since_ms = now_ms();
+        }
         self.batch.commands.push(row);
     }
 
-    /// Hands the current batch to the writer.
+    /// Publishes what the session decided. With scale-out, STATE goes on
+    /// the STATE connection (nowhere without the identity) and a command
+    /// to a group only from the instance that holds it.
+    fn publish(&mut self, session: &HostSession, p: crate::sparkplug::Publish) {
+        let Some(s) = &self.scale else {
+            self.link.publish(p);
+            return;
+        };
+        if p.topic == session.state_topic() {
+            if let Some(l) = self.state_link.as_ref().filter(|l| l.is_connected()) {
+                l.publish(p);
+            }
+            return;
+        }
+        let group = p.topic.split('/').nth(1).unwrap_or_default();
+        if s.held.contains(group) {
+            self.link.publish(p);
+        }
+    }
+
+    /// The STATE connection's events (scale-out, while the identity is held).
+    fn on_state_link(&mut self, session: &mut HostSession, ev: LinkEvent) {
+        let Some(l) = &mut self.state_link else { return };
+        match ev {
+            LinkEvent::Reconnect => {
+                let will = session.begin_connect(now_ms());
+                l.connect(None, Some(&will));
+            }
+            LinkEvent::Connected { .. } => {
+                tracing::info!("STATE connection up: this instance speaks for the host");
+                l.publish(session.state_birth());
+            }
+            LinkEvent::Closed(c) => {
+                let held = self
+                    .scale
+                    .as_ref()
+                    .is_some_and(|s| s.held.contains(super::scale::STATE_LEASE));
+                if !held {
+                    // Given up cleanly: no Will, the new holder speaks now.
+                    self.state_link = None;
+                } else if c.was_connected {
+                    tracing::warn!(error = %c.why, "STATE connection lost");
+                }
+            }
+            LinkEvent::Message(_) | LinkEvent::Sent(_) | LinkEvent::Acked(_) => {}
+        }
+    }
+
+    /// A round of the lease task: rows of newly taken groups written from
+    /// the standby first, the STATE connection opened or closed, the
+    /// standby pruned by each holder's progress.
+    fn on_news(&mut self, _session: &mut HostSession, news: super::scale_pg::LeaseNews) {
+        use super::scale::STATE_LEASE;
+        let Some(s) = &self.scale else { return };
+        let before = s.held.clone();
+        if !news.taken.is_empty() {
+            // Rows of the group that arrived so far go to the standby,
+            // behind the kept ones: the replay keeps each node's order.
+            self.flush();
+        }
+        let Some(s) = &mut self.scale else { return };
+        s.held = news.held.clone();
+        let (shared, mqtt, host) = (s.shared.clone(), self.cfg.mqtt.clone(), self.cfg.host.host_id.clone());
+        let (instance, servers) = (s.cfg.instance.clone(), s.servers.clone());
+        for (lease, safe) in &news.taken {
+            self.stats.leases_taken.fetch_add(1, Relaxed);
+            tracing::info!(%lease, previous_safe_through_ms = safe, "lease taken");
+            if lease == STATE_LEASE {
+                let id = format!("spb-uplink-{host}-{instance}-state");
+                self.state_link = Some(Link::new(servers.clone(), mqtt.clone(), id, now_ms()));
+                continue;
+            }
+            let kept = shared.standby().take(lease);
+            let rows: usize = kept.iter().map(|(_, b)| b.len()).sum();
+            if rows > 0 {
+                tracing::info!(%lease, rows, "writing the rows kept while another instance held the group");
+            }
+            for (from_ms, b) in kept {
+                self.hand(b, Instant::now(), from_ms);
+            }
+        }
+        for lost in before.difference(&news.held) {
+            tracing::warn!(lease = %lost, "lease no longer held");
+            if lost == STATE_LEASE {
+                if let Some(l) = &mut self.state_link {
+                    l.disconnect();
+                }
+            }
+        }
+        {
+            let mut standby = shared.standby();
+            for (lease, safe) in &news.safe_through {
+                if !news.held.contains(lease) {
+                    standby.prune(lease, *safe);
+                }
+            }
+            self.stats.standby_rows.store(standby.rows(), Relaxed);
+            self.stats.standby_bytes.store(standby.bytes(), Relaxed);
+        }
+        let groups = news.held.iter().filter(|l| *l != STATE_LEASE).count();
+        self.stats.leases_held.store(groups as u64, Relaxed);
+        self.stats.state_owner.store(news.held.contains(STATE_LEASE), Relaxed);
+        self.stats.scale_members.store(news.members as u64, Relaxed);
+        if before != news.held {
+            tracing::info!(held = ?news.held, instances = news.members, "leases");
+        }
+    }
+
+    /// Hands the current batch to the writer (with scale-out, the rows of
+    /// groups held elsewhere to the standby).
     fn flush(&mut self) {
         let Some(since) = self.batch_since.take() else { return };
-        let batch = std::mem::take(&mut self.batch);
+        let mut batch = std::mem::take(&mut self.batch);
+        if let Some(s) = &self.scale {
+            let now = now_ms();
+            let others: Vec<String> = batch.leases().into_iter().filter(|l| !s.held.contains(l)).collect();
+            if !others.is_empty() {
+                let mut parts = batch.split_by(others.len() + 1, |k| {
+                    if matches!(k, super::rows::RowKey::Api(..)) {
+                        return 0;
+                    }
+                    let lease = super::scale::lease_of(k.node().map(|(g, _)| g));
+                    others.iter().position(|o| o == lease).map_or(0, |i| i + 1)
+                });
+                let mut standby = s.shared.standby();
+                let mut dropped = 0;
+                for (lease, part) in others.iter().zip(parts.drain(1..)) {
+                    dropped += standby.keep(lease, self.batch_since_ms, now, part);
+                }
+                if dropped > 0 {
+                    self.stats.standby_dropped.fetch_add(dropped, Relaxed);
+                    tracing::error!(
+                        rows = dropped,
+                        standby_max_bytes = s.cfg.standby_max_bytes,
+                        "standby full: the oldest rows of groups held elsewhere dropped"
+                    );
+                }
+                self.stats.standby_rows.store(standby.rows(), Relaxed);
+                self.stats.standby_bytes.store(standby.bytes(), Relaxed);
+                batch = parts.pop().unwrap_or_default();
+            }
+        }
+        self.hand(batch, since, self.batch_since_ms);
+    }
+
+    /// Hands `batch` (its first row arrived at `since`, `since_ms`) to the
+    /// writers, each node to its own, within the backlog's bounds.
+    fn hand(&mut self, batch: Batch, since: Instant, since_ms: u64) {
         let n = batch.len() as u64;
         if n == 0 {
             return;
@@ -832,11 +1071,15 @@ impl Loop {
         self.stats.backlog_bytes.fetch_add(bytes, Relaxed);
         for (i, (part, bytes)) in parts.into_iter().enumerate() {
             if !part.is_empty() {
+                if let Some(s) = &self.scale {
+                    s.shared.inflight().add(since_ms);
+                }
                 self.writers.send(
                     i,
                     Pending {
                         batch: part,
                         since,
+                        since_ms,
                         bytes,
                     },
                 );
@@ -861,6 +1104,11 @@ impl Loop {
         }
         let events = session.tick(now_ms());
         self.execute(session, events);
+        if let Some(s) = &self.scale {
+            let open = self.batch_since.map(|_| self.batch_since_ms);
+            let safe = s.shared.inflight().safe_through(open, now_ms());
+            s.safe_through.store(safe, Relaxed);
+        }
         if self
             .batch_since
             .is_some_and(|t| t.elapsed() >= self.cfg.database.batch_max_latency)
@@ -879,11 +1127,13 @@ impl Loop {
                 "the database is behind: STATE offline, the edges store until it catches up"
             );
             self.stats.declared_offline.store(true, Relaxed);
-            self.link.publish(session.declare_offline());
+            let p = session.declare_offline();
+            self.publish(session, p);
         } else if offline && backlog == 0 && self.stats.db_ok.load(Relaxed) {
             tracing::info!("caught up: STATE online");
             self.stats.declared_offline.store(false, Relaxed);
-            self.link.publish(session.declare_online());
+            let p = session.declare_online();
+            self.publish(session, p);
         }
     }
 }
@@ -953,5 +1203,8 @@ fn command_row(now: u64, requested_by: &str, t: &super::commands::Target, value:
         t.metric.as_str(),
     ];
     let value = value.map(|v| crate::sparkplug::pretty::prefix(&v, 4096).to_string());
-    CommandRow::new(now as i64, target, value.as_deref(), requested_by)
+    CommandRow {
+        from_api: true,
+        ..CommandRow::new(now as i64, target, value.as_deref(), requested_by)
+    }
 }

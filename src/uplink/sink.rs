@@ -88,4 +88,19 @@ pub trait Sink: Sized + Send {
     /// range, a NUL in text, a constraint), so the writer isolates the rows
     /// at fault instead of retrying them.
     fn is_data_error(e: &Self::Error) -> bool;
+
+    /// Writes from now on only rows whose lease `instance` holds
+    /// (docs/ARCHITECTURE.md, decision 16); `None`: every row. A backend
+    /// without leases refuses to be fenced (the configuration keeps
+    /// scale-out to the backends that have them).
+    fn set_fence(&mut self, instance: Option<String>) {
+        assert!(instance.is_none(), "this backend keeps no leases");
+    }
+
+    /// The leases a write found held by another instance (or expired):
+    /// their rows are not this instance's to write.
+    fn fenced(e: &Self::Error) -> Option<&[String]> {
+        let _ = e;
+        None
+    }
 }

@@ -120,6 +120,18 @@ pub struct Stats {
     pub loop_ticks: AtomicU64,
     /// Valid configuration files read again (SIGHUP).
     pub reloads: AtomicU64,
+    /// Scale-out: leases held (groups, and STATE), live instances, rows of
+    /// groups held elsewhere kept in the standby, rows given back because
+    /// their lease was found lost while writing, rows the standby's bound
+    /// dropped, leases taken from another instance or a free one.
+    pub leases_held: AtomicU64,
+    pub state_owner: AtomicBool,
+    pub scale_members: AtomicU64,
+    pub standby_rows: AtomicU64,
+    pub standby_bytes: AtomicU64,
+    pub rows_handed_over: AtomicU64,
+    pub standby_dropped: AtomicU64,
+    pub leases_taken: AtomicU64,
     /// From each live fact's own sample timestamp to its commit: the
     /// service level's lag (historical facts, replayed late on purpose,
     /// are not counted).
@@ -334,6 +346,54 @@ impl Exposition for Stats {
             "Valid configuration files read again on SIGHUP.",
             "counter",
             self.reloads.load(Relaxed),
+        );
+        g(
+            "spb_uplink_scale_leases_held",
+            "Scale-out: group leases this instance holds (STATE not counted).",
+            "gauge",
+            self.leases_held.load(Relaxed),
+        );
+        g(
+            "spb_uplink_scale_state_owner",
+            "Scale-out: 1 while this instance holds the STATE identity.",
+            "gauge",
+            u64::from(self.state_owner.load(Relaxed)),
+        );
+        g(
+            "spb_uplink_scale_instances",
+            "Scale-out: live instances sharing the groups.",
+            "gauge",
+            self.scale_members.load(Relaxed),
+        );
+        g(
+            "spb_uplink_scale_standby_rows",
+            "Scale-out: rows of groups held elsewhere, kept until their holder commits them.",
+            "gauge",
+            self.standby_rows.load(Relaxed),
+        );
+        g(
+            "spb_uplink_scale_standby_bytes",
+            "Scale-out: the standby's estimated size.",
+            "gauge",
+            self.standby_bytes.load(Relaxed),
+        );
+        g(
+            "spb_uplink_scale_rows_handed_over_total",
+            "Scale-out: rows not written because their lease was found lost (kept in the standby).",
+            "counter",
+            self.rows_handed_over.load(Relaxed),
+        );
+        g(
+            "spb_uplink_scale_standby_dropped_total",
+            "Scale-out: standby rows dropped at its bound (a takeover may miss them).",
+            "counter",
+            self.standby_dropped.load(Relaxed),
+        );
+        g(
+            "spb_uplink_scale_leases_taken_total",
+            "Scale-out: leases this instance took (groups and STATE).",
+            "counter",
+            self.leases_taken.load(Relaxed),
         );
         g(
             "spb_uplink_online_nodes",

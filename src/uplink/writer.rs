@@ -36,6 +36,8 @@ use super::stats::Stats;
 pub struct Pending {
     pub batch: Batch,
     pub since: Instant,
+    /// The same instant on the wall clock (ms): scale-out's `safe_through`.
+    pub since_ms: u64,
     /// `batch.approx_bytes()`, added to the backlog when it was handed over.
     pub bytes: u64,
 }
@@ -118,21 +120,28 @@ impl Writers {
 
 /// Takes batches as they come and commits them, merged up to
 /// `batch_max_rows` (see the module invariants).
-pub async fn writer<S: Sink>(db: DatabaseConfig, queue: Queue, stats: Arc<Stats>) {
+///
+/// With scale-out (`fence`: this instance and what it shares with the
+/// loop) rows are written only under their lease; rows of a lease found
+/// lost go back to the standby ([`super::scale`]).
+pub async fn writer<S: Sink>(db: DatabaseConfig, queue: Queue, stats: Arc<Stats>, fence: Option<Fence>) {
     let mut rx = queue.lock().await;
     let mut conn = Conn::<S>::new(db.url.clone())
         .keeping(db.retention.clone())
         .owner_migrates(db.owner_url.is_some());
+    conn.fence = fence.clone();
     while let Some(first) = rx.recv().await {
         let mut batch = first.batch;
         let mut oldest = first.since;
         let mut bytes = first.bytes;
+        let mut arrivals = vec![first.since_ms];
         while batch.len() < db.batch_max_rows {
             match rx.try_recv() {
                 Ok(mut more) => {
                     batch.append(&mut more.batch);
                     oldest = oldest.min(more.since);
                     bytes += more.bytes;
+                    arrivals.push(more.since_ms);
                 }
                 Err(_) => break,
             }
@@ -144,7 +153,12 @@ pub async fn writer<S: Sink>(db: DatabaseConfig, queue: Queue, stats: Arc<Stats>
             .filter(|f| !f.is_historical)
             .map(|f| f.ts_ms)
             .collect();
-        commit(&mut conn, batch, &stats).await;
+        let since_ms = arrivals.iter().copied().min().unwrap_or(0);
+        commit_since(&mut conn, batch, since_ms, &stats).await;
+        if let Some(f) = &fence {
+            let mut inflight = f.shared.inflight();
+            arrivals.iter().for_each(|ms| inflight.done(*ms));
+        }
         stats.lag.observe(oldest.elapsed());
         let now = crate::clock::now_ms() as i64;
         stats.sample_lag.observe_ms(live.iter().map(|ts| now - ts));
@@ -153,11 +167,20 @@ pub async fn writer<S: Sink>(db: DatabaseConfig, queue: Queue, stats: Arc<Stats>
     }
 }
 
+/// Scale-out's part of a writer: this instance's name (the fence) and the
+/// standby that takes back rows of a lease found lost.
+#[derive(Clone)]
+pub struct Fence {
+    pub instance: String,
+    pub shared: Arc<super::scale::Shared>,
+}
+
 /// A sink connection that is (re)opened on demand, with the backoff of
 /// consecutive failures.
 pub struct Conn<S> {
     url: String,
     sink: Option<S>,
+    fence: Option<Fence>,
     attempt: u32,
     retention: super::retention::Retention,
     /// Another login migrates: this one only checks the schema.
@@ -170,6 +193,7 @@ impl<S: Sink> Conn<S> {
         Conn {
             url,
             sink: None,
+            fence: None,
             attempt: 0,
             retention: super::retention::Retention::forever(),
             owner_migrates: false,
@@ -196,7 +220,10 @@ impl<S: Sink> Conn<S> {
                 break;
             }
             match open_as::<S>(&self.url, !self.owner_migrates, &self.retention).await {
-                Ok(s) => self.sink = Some(s),
+                Ok(mut s) => {
+                    s.set_fence(self.fence.as_ref().map(|f| f.instance.clone()));
+                    self.sink = Some(s);
+                }
                 Err(e) => self.fail(stats, &e.to_string()).await,
             }
         }
@@ -247,6 +274,12 @@ async fn attempt<S: Sink>(sink: &mut S, b: &Batch, stats: &Stats) -> Attempt<S::
 /// isolated and quarantined (module invariants). Returns when every row is
 /// committed, quarantined or counted unstorable.
 pub async fn commit<S: Sink>(conn: &mut Conn<S>, batch: Batch, stats: &Stats) {
+    commit_since(conn, batch, 0, stats).await
+}
+
+/// [`commit`] of rows none of which arrived before `since_ms` (what a row
+/// handed back to the standby is kept with).
+pub async fn commit_since<S: Sink>(conn: &mut Conn<S>, batch: Batch, since_ms: u64, stats: &Stats) {
     // Pieces still to write, the next on top; a quarantine piece holds the
     // rows that replace refused ones and is never quarantined again.
     let mut todo: Vec<(Batch, bool)> = vec![(batch, false)];
@@ -276,10 +309,30 @@ pub async fn commit<S: Sink>(conn: &mut Conn<S>, batch: Batch, stats: &Stats) {
                 stats.last_batch_us.store(took.as_micros() as u64, Relaxed);
                 stats.batch_time.observe(took);
             }
-            Attempt::Failed(e) => {
-                todo.push((piece, is_quarantine));
-                conn.fail(stats, &e.to_string()).await;
-            }
+            Attempt::Failed(e) => match (S::fenced(&e), &conn.fence) {
+                (Some(lost), Some(fence)) => {
+                    // Another instance holds these now: its rows are its to
+                    // write; they wait in the standby in case it dies too.
+                    let mut rest = piece;
+                    for lease in lost {
+                        let (keep, theirs) = rest.take_lease(lease);
+                        rest = keep;
+                        let n = theirs.len() as u64;
+                        stats.rows_handed_over.fetch_add(n, Relaxed);
+                        let now = crate::clock::now_ms();
+                        let dropped = fence.shared.standby().keep(lease, since_ms, now, theirs);
+                        stats.standby_dropped.fetch_add(dropped, Relaxed);
+                        tracing::warn!(%lease, rows = n, "lease lost while writing: rows kept for its holder");
+                    }
+                    if !rest.is_empty() {
+                        todo.push((rest, is_quarantine));
+                    }
+                }
+                _ => {
+                    todo.push((piece, is_quarantine));
+                    conn.fail(stats, &e.to_string()).await;
+                }
+            },
             Attempt::Refused(why) => {
                 // The connection may be in any state after a refusal or a panic.
                 conn.sink = None;

@@ -1,0 +1,245 @@
+//! Scale-out: two uplink processes share four groups of one Primary Host
+//! identity on a real mosquitto and a fresh PostgreSQL database; one is
+//! killed mid-stream (docs/ARCHITECTURE.md, decision 16).
+#![cfg(feature = "uplink")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::pg::TestDb;
+use common::uplink::Uplink;
+use common::Broker;
+use spb::clock::now_ms;
+use spb::sparkplug::edge::{EdgeAction, EdgeConfig, EdgeSession};
+use spb::sparkplug::{Metric, Value};
+
+const GROUPS: [&str; 4] = ["g1", "g2", "g3", "g4"];
+const NODES_PER_GROUP: usize = 2;
+
+fn scale_section(instance: &str) -> String {
+    format!(
+        "\n[scale]\ninstance = \"{instance}\"\ngroups = [\"g1\", \"g2\", \"g3\", \"g4\"]\nlease_ttl = \"2s\"\nclock_margin = \"500ms\"\n"
+    )
+}
+
+async fn publish_all(client: &rumqttc::AsyncClient, actions: Vec<EdgeAction>) {
+    for a in actions {
+        if let Some(p) = a.publish() {
+            client
+                .publish(p.topic.clone(), rumqttc::QoS::AtLeastOnce, p.retain, p.payload.clone())
+                .await
+                .expect("publish");
+        }
+    }
+}
+
+/// An edge node of `group` publishing `n` = 1, 2, 3… every 20 ms (aliases
+/// on, so only a host that saw the birth can name it) until `stop`; the
+/// last `n` published is left in `last`.
+async fn counter_node(port: u16, group: &'static str, node: String, stop: Arc<AtomicBool>, last: Arc<AtomicI64>) {
+    let mut o = rumqttc::MqttOptions::new(format!("edge-{group}-{node}-{port}"), "127.0.0.1", port);
+    o.set_request_channel_capacity(1000);
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 1000);
+    tokio::spawn(async move { while el.poll().await.is_ok() {} });
+    let now = now_ms();
+    let mut s = EdgeSession::new(
+        EdgeConfig {
+            group_id: group.into(),
+            node_id: node,
+            primary_host_id: None,
+            server_count: 1,
+            rebirth_debounce_ms: 0,
+            aliases: true,
+            max_data_metrics: 100,
+            limits: Default::default(),
+        },
+        vec![Metric::new("n", Value::Int64(0), now)],
+        vec![],
+        None,
+    )
+    .expect("valid edge");
+    s.begin_connect(now);
+    publish_all(&client, s.connected(now)).await;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    // The first tick is at once: a sample in the birth's millisecond would
+    // be the birth's sample (a fact is keyed by its timestamp).
+    tick.tick().await;
+    let mut n = 0i64;
+    while !stop.load(Relaxed) {
+        tick.tick().await;
+        n += 1;
+        let now = now_ms();
+        let a = s
+            .update(now, None, vec![Metric::new("n", Value::Int64(n), now)])
+            .expect("declared");
+        publish_all(&client, a).await;
+        last.store(n, Relaxed);
+    }
+    // Every publish handed over leaves before the connection goes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// The retained STATE of the host on the broker: (online, timestamp).
+fn retained_state(port: u16) -> (bool, u64) {
+    let out = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "spBv1.0/STATE/scada",
+            "-C",
+            "1",
+            "-W",
+            "5",
+        ])
+        .output()
+        .expect("mosquitto_sub");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("STATE is JSON");
+    (
+        v["online"].as_bool().expect("online"),
+        v["timestamp"].as_u64().expect("timestamp"),
+    )
+}
+
+/// Per node: the samples published, and the first values missing.
+fn gaps(db: &TestDb, last: &BTreeMap<String, Arc<AtomicI64>>) -> String {
+    let mut out = String::new();
+    for (key, l) in last {
+        let (g, n) = key.split_once('/').expect("group/node");
+        let missing = db.query_text(&format!(
+            "SELECT coalesce(string_agg(i::text, ',' ORDER BY i), '') FROM (SELECT i FROM generate_series(1, {}) i
+             WHERE NOT EXISTS (SELECT 1 FROM sp_metric_fact WHERE metric = 'n' AND group_id = '{g}' AND node_id = '{n}' AND v_int = i)
+             ORDER BY i LIMIT 20) m",
+            l.load(Relaxed)
+        ));
+        out += &format!("\n{key}: {} published, missing [{missing}]", l.load(Relaxed));
+    }
+    out
+}
+
+fn leases(db: &TestDb) -> String {
+    db.query_text(
+        "SELECT string_agg(name || '=' || coalesce(holder, '-') || CASE WHEN expires_at > now() THEN '' ELSE '(expired)' END, ' ' ORDER BY name) FROM sp_uplink_lease",
+    )
+}
+
+#[test]
+fn two_instances_share_four_groups_and_the_survivor_of_a_kill_writes_every_sample_once_in_order() {
+    let db = TestDb::new("scale_two");
+    let broker = Broker::start(None);
+    let mut a = Uplink::start(broker.port, &db.url(), &scale_section("a"));
+    a.wait_until("a holds every group", |u| {
+        u.metric("spb_uplink_scale_leases_held") == 4.0
+    });
+    let b = Uplink::start(broker.port, &db.url(), &scale_section("b"));
+    for u in [&a, &b] {
+        u.wait_until("the groups are shared two and two", |u| {
+            u.metric("spb_uplink_scale_leases_held") == 2.0 && u.metric("spb_uplink_scale_instances") == 2.0
+        });
+    }
+    // One STATE identity: a took it first and keeps it.
+    assert_eq!(a.metric("spb_uplink_scale_state_owner"), 1.0, "{}", leases(&db));
+    assert_eq!(b.metric("spb_uplink_scale_state_owner"), 0.0, "{}", leases(&db));
+    let (online, born) = retained_state(broker.port);
+    assert!(online, "the host's STATE is online");
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut last: BTreeMap<String, Arc<AtomicI64>> = BTreeMap::new();
+    let mut nodes = Vec::new();
+    for g in GROUPS {
+        for i in 0..NODES_PER_GROUP {
+            let node = format!("n{i}");
+            let l = Arc::new(AtomicI64::new(0));
+            last.insert(format!("{g}/{node}"), l.clone());
+            nodes.push(rt.spawn(counter_node(broker.port, g, node, stop.clone(), l)));
+        }
+    }
+    // Mid-stream: every group has committed facts, then the STATE owner dies.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while db.query_i64("SELECT count(DISTINCT group_id) FROM sp_metric_fact WHERE metric = 'n'") < 4 {
+        assert!(Instant::now() < deadline, "not every group was written:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    a.child.kill().expect("SIGKILL");
+    a.child.wait().expect("reaped");
+    b.wait_until("the survivor holds every group and the STATE identity", |u| {
+        u.metric("spb_uplink_scale_leases_held") == 4.0 && u.metric("spb_uplink_scale_state_owner") == 1.0
+    });
+    let (online, ts) = retained_state(broker.port);
+    assert!(
+        online && ts > born,
+        "the survivor's STATE birth is online and newer: {online} {ts} > {born}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Relaxed);
+    rt.block_on(async {
+        for n in nodes {
+            n.await.expect("edge node");
+        }
+    });
+
+    // Every sample exactly once, in each node's order.
+    let expected: i64 = last.values().map(|l| l.load(Relaxed)).sum();
+    let facts = "FROM sp_metric_fact WHERE metric = 'n' AND quality = 192";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while db.query_i64(&format!(
+        "SELECT count(DISTINCT (group_id, node_id, v_int)) {facts} AND v_int > 0"
+    )) < expected
+    {
+        assert!(
+            Instant::now() < deadline,
+            "samples missing {}; leases {}:\n{}",
+            gaps(&db, &last),
+            leases(&db),
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (key, l) in &last {
+        let (g, n) = key.split_once('/').expect("group/node");
+        let n_last = l.load(Relaxed);
+        let of = format!("{facts} AND group_id = '{g}' AND node_id = '{n}' AND v_int > 0");
+        assert_eq!(
+            db.query_i64(&format!("SELECT count(*) {of}")),
+            n_last,
+            "{key}: one fact per sample"
+        );
+        assert_eq!(db.query_i64(&format!("SELECT min(v_int) {of}")), 1, "{key}");
+        assert_eq!(db.query_i64(&format!("SELECT max(v_int) {of}")), n_last, "{key}");
+        // In timestamp order the values count up: no sample is out of its place.
+        let disorder = db.query_i64(&format!(
+            "SELECT count(*) FROM (SELECT v_int - lag(v_int) OVER (ORDER BY ts) AS step {of}) s WHERE step <> 1"
+        ));
+        assert_eq!(disorder, 0, "{key}: facts in the node's order");
+        // The raw log: each message's first arrival in the node's order
+        // (a takeover may log a message twice, never out of order).
+        let seqs = db.query_text(&format!(
+            "SELECT string_agg(seq::text, ',' ORDER BY id) FROM (SELECT DISTINCT ON (payload) id, seq FROM sp_event_raw
+             WHERE topic = 'spBv1.0/{g}/NDATA/{n}' ORDER BY payload, id) first"
+        ));
+        let seqs: Vec<i64> = seqs.split(',').map(|s| s.parse().expect("seq")).collect();
+        assert_eq!(seqs.len() as i64, n_last, "{key}: every NDATA logged raw");
+        for w in seqs.windows(2) {
+            assert_eq!((w[0] + 1) % 256, w[1], "{key}: raw messages in order");
+        }
+    }
+    // The survivor holds every lease; the dead one's wrote through the standby.
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sp_uplink_lease WHERE holder = 'b' AND expires_at > now()"),
+        5,
+        "{}",
+        leases(&db)
+    );
+    assert!(b
+        .log()
+        .contains("writing the rows kept while another instance held the group"));
+    assert_eq!(b.metric("spb_uplink_scale_standby_dropped_total"), 0.0);
+}
