@@ -204,4 +204,34 @@ fn uplink_check_config_finds_what_would_fail_at_start() {
     let (code, text) = check(&file);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("retention.raw: at least 1d"), "{text}");
+    // [scale] as the technician may mistype it.
+    let no_subscriptions = shipped.replace("subscriptions = [\"spBv1.0/#\"]", "");
+    let scale = "\n[scale]\ninstance = \"a\"\ngroups = [\"P1\", \"P1\", \"STATE\", \"a/b\"]\nlease_ttl = \"500ms\"\n";
+    std::fs::write(&file, format!("{no_subscriptions}{scale}")).expect("write");
+    let (code, text) = check(&file);
+    assert_eq!(code, Some(1), "{text}");
+    for e in [
+        "scale.groups: 'P1' is listed twice",
+        "scale.groups: STATE is the host's topic",
+        "scale.groups: group id",
+        "scale.lease_ttl: between 1s and 5m",
+    ] {
+        assert!(text.contains(e), "{e}: {text}");
+    }
+    std::fs::write(&file, format!("{shipped}\n[scale]\ngroups = [\"P1\"]\n")).expect("write");
+    let (code, text) = check(&file);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("remove host.subscriptions"), "{text}");
+    let mssql = no_subscriptions.replace("backend = \"postgres\"", "backend = \"mssql\"");
+    std::fs::write(&file, format!("{mssql}\n[scale]\ngroups = [\"P1\"]\n")).expect("write");
+    let (code, text) = check(&file);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("scale-out keeps its leases on PostgreSQL"), "{text}");
+    std::fs::write(
+        &file,
+        format!("{no_subscriptions}\n[scale]\ngroups = [\"P1\", \"P2\"]\n"),
+    )
+    .expect("write");
+    let (code, text) = check(&file);
+    assert_eq!(code, Some(0), "{text}");
 }

@@ -861,3 +861,70 @@ fn a_sender_naming_a_hundred_days_gets_partitions_for_the_minutes_budget_and_the
         100 - PARTITIONS_PER_MINUTE as i64
     );
 }
+
+#[test]
+fn a_write_under_a_lease_held_elsewhere_commits_none_of_its_rows_and_keeps_them_for_the_holder() {
+    use spb::uplink::scale::{ScaleConfig, Shared};
+    let db = TestDb::new("fence");
+    let mut b = Batch::default();
+    b.add_event(&data(&[(T0, 1.0), (T0 + 1, 2.0)], false), T0);
+    let mut h = Batch::default();
+    h.add_event(&data(&[(T0, 3.0)], false), T0);
+    for f in &mut h.facts {
+        f.group = "H".into();
+    }
+    b.append(&mut h);
+    db.rt.block_on(async {
+        let mut s = PgSink::connect(&db.url()).await.expect("connect");
+        s.migrate().await.expect("migrate");
+        // G is this instance's; H was taken by another.
+        s.set_fence(Some("me".into()));
+        let c = {
+            let (c, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(conn);
+            c
+        };
+        c.batch_execute(
+            "INSERT INTO sp_uplink_lease (name, holder, expires_at) VALUES
+                 ('G', 'me', now() + interval '1 minute'), ('H', 'other', now() + interval '1 minute')",
+        )
+        .await
+        .expect("leases");
+        let e = s.write(&b).await.expect_err("H is not this instance's");
+        assert_eq!(PgSink::fenced(&e), Some(&["H".to_string()][..]), "{e}");
+        // Through the writer: G's rows commit, H's wait in the standby.
+        let cfg = ScaleConfig {
+            instance: "me".into(),
+            groups: vec!["G".into(), "H".into()],
+            lease_ttl: std::time::Duration::from_secs(10),
+            clock_margin: std::time::Duration::from_secs(1),
+            standby_max_bytes: 1 << 20,
+        };
+        let shared = std::sync::Arc::new(Shared::new(&cfg));
+        let stats = spb::uplink::stats::Stats::default();
+        let mut conn = Conn::<PgSink>::new(db.url()).fenced(Some(spb::uplink::writer::Fence {
+            instance: "me".into(),
+            shared: shared.clone(),
+        }));
+        commit(&mut conn, b, &stats).await;
+        assert_eq!(stats.rows_handed_over.load(Relaxed), 1);
+        let kept = shared.standby().take("H");
+        assert_eq!(kept.iter().map(|(_, b)| b.facts.len()).sum::<usize>(), 1);
+        // An expired lease of this instance fences as well.
+        c.batch_execute("UPDATE sp_uplink_lease SET expires_at = now() - interval '1 second' WHERE name = 'G'")
+            .await
+            .expect("expire");
+        let mut again = Batch::default();
+        again.add_event(&data(&[(T0 + 2, 4.0)], false), T0);
+        let e = s.write(&again).await.expect_err("G expired");
+        assert_eq!(PgSink::fenced(&e), Some(&["G".to_string()][..]), "{e}");
+    });
+    assert_eq!(
+        db.query_text(
+            "SELECT string_agg(group_id || ':' || v_float, ',' ORDER BY ts) FROM sp_metric_fact WHERE quality = 192"
+        ),
+        "G:1,G:2"
+    );
+}

@@ -20,9 +20,9 @@ use spb::sparkplug::{Metric, Value};
 const GROUPS: [&str; 4] = ["g1", "g2", "g3", "g4"];
 const NODES_PER_GROUP: usize = 2;
 
-fn scale_section(instance: &str) -> String {
+fn scale_section(instance: &str, ttl: &str) -> String {
     format!(
-        "\n[scale]\ninstance = \"{instance}\"\ngroups = [\"g1\", \"g2\", \"g3\", \"g4\"]\nlease_ttl = \"2s\"\nclock_margin = \"500ms\"\n"
+        "\n[scale]\ninstance = \"{instance}\"\ngroups = [\"g1\", \"g2\", \"g3\", \"g4\"]\nlease_ttl = \"{ttl}\"\nclock_margin = \"500ms\"\n"
     )
 }
 
@@ -129,44 +129,126 @@ fn leases(db: &TestDb) -> String {
     )
 }
 
-#[test]
-fn two_instances_share_four_groups_and_the_survivor_of_a_kill_writes_every_sample_once_in_order() {
-    let db = TestDb::new("scale_two");
-    let broker = Broker::start(None);
-    let mut a = Uplink::start(broker.port, &db.url(), &scale_section("a"));
+/// Eight edge nodes, two per group, counting on their own runtime.
+struct Stream {
+    rt: tokio::runtime::Runtime,
+    stop: Arc<AtomicBool>,
+    last: BTreeMap<String, Arc<AtomicI64>>,
+    nodes: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Stream {
+    fn start(port: u16) -> Stream {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut last = BTreeMap::new();
+        let mut nodes = Vec::new();
+        for g in GROUPS {
+            for i in 0..NODES_PER_GROUP {
+                let node = format!("n{i}");
+                let l = Arc::new(AtomicI64::new(0));
+                last.insert(format!("{g}/{node}"), l.clone());
+                nodes.push(rt.spawn(counter_node(port, g, node, stop.clone(), l)));
+            }
+        }
+        Stream { rt, stop, last, nodes }
+    }
+
+    /// Waits until every group has committed facts.
+    fn wait_written(&self, db: &TestDb, log: impl Fn() -> String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while db.query_i64("SELECT count(DISTINCT group_id) FROM sp_metric_fact WHERE metric = 'n'") < 4 {
+            assert!(Instant::now() < deadline, "not every group was written:\n{}", log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the nodes, then checks that every sample landed exactly once,
+    /// in each node's order, facts and raw log alike.
+    fn finish_and_check(self, db: &TestDb, survivor: &Uplink) {
+        self.stop.store(true, Relaxed);
+        let Stream { rt, last, nodes, .. } = self;
+        rt.block_on(async {
+            for n in nodes {
+                n.await.expect("edge node");
+            }
+        });
+        let expected: i64 = last.values().map(|l| l.load(Relaxed)).sum();
+        let facts = "FROM sp_metric_fact WHERE metric = 'n' AND quality = 192";
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while db.query_i64(&format!(
+            "SELECT count(DISTINCT (group_id, node_id, v_int)) {facts} AND v_int > 0"
+        )) < expected
+        {
+            assert!(
+                Instant::now() < deadline,
+                "samples missing {}; leases {}:\n{}",
+                gaps(db, &last),
+                leases(db),
+                survivor.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for (key, l) in &last {
+            let (g, n) = key.split_once('/').expect("group/node");
+            let n_last = l.load(Relaxed);
+            let of = format!("{facts} AND group_id = '{g}' AND node_id = '{n}' AND v_int > 0");
+            assert_eq!(
+                db.query_i64(&format!("SELECT count(*) {of}")),
+                n_last,
+                "{key}: one fact per sample"
+            );
+            assert_eq!(db.query_i64(&format!("SELECT min(v_int) {of}")), 1, "{key}");
+            assert_eq!(db.query_i64(&format!("SELECT max(v_int) {of}")), n_last, "{key}");
+            // In timestamp order the values count up: no sample is out of its place.
+            let disorder = db.query_i64(&format!(
+                "SELECT count(*) FROM (SELECT v_int - lag(v_int) OVER (ORDER BY ts) AS step {of}) s WHERE step <> 1"
+            ));
+            assert_eq!(disorder, 0, "{key}: facts in the node's order");
+            // The raw log: each message's first arrival in the node's order
+            // (a takeover may log a message twice, never out of order).
+            let seqs = db.query_text(&format!(
+                "SELECT string_agg(seq::text, ',' ORDER BY id) FROM (SELECT DISTINCT ON (payload) id, seq FROM sp_event_raw
+                 WHERE topic = 'spBv1.0/{g}/NDATA/{n}' ORDER BY payload, id) first"
+            ));
+            let seqs: Vec<i64> = seqs.split(',').map(|s| s.parse().expect("seq")).collect();
+            assert_eq!(seqs.len() as i64, n_last, "{key}: every NDATA logged raw");
+            for w in seqs.windows(2) {
+                assert_eq!((w[0] + 1) % 256, w[1], "{key}: raw messages in order");
+            }
+        }
+    }
+}
+
+/// Starts `a`, then `b`, and waits until they hold two groups each.
+fn pair(port: u16, db: &TestDb, ttl: &str) -> (Uplink, Uplink) {
+    let a = Uplink::start(port, &db.url(), &scale_section("a", ttl));
     a.wait_until("a holds every group", |u| {
         u.metric("spb_uplink_scale_leases_held") == 4.0
     });
-    let b = Uplink::start(broker.port, &db.url(), &scale_section("b"));
+    let b = Uplink::start(port, &db.url(), &scale_section("b", ttl));
     for u in [&a, &b] {
         u.wait_until("the groups are shared two and two", |u| {
             u.metric("spb_uplink_scale_leases_held") == 2.0 && u.metric("spb_uplink_scale_instances") == 2.0
         });
     }
+    (a, b)
+}
+
+#[test]
+fn two_instances_share_four_groups_and_the_survivor_of_a_kill_writes_every_sample_once_in_order() {
+    let db = TestDb::new("scale_two");
+    let broker = Broker::start(None);
+    let (mut a, b) = pair(broker.port, &db, "2s");
     // One STATE identity: a took it first and keeps it.
     assert_eq!(a.metric("spb_uplink_scale_state_owner"), 1.0, "{}", leases(&db));
     assert_eq!(b.metric("spb_uplink_scale_state_owner"), 0.0, "{}", leases(&db));
     let (online, born) = retained_state(broker.port);
     assert!(online, "the host's STATE is online");
 
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut last: BTreeMap<String, Arc<AtomicI64>> = BTreeMap::new();
-    let mut nodes = Vec::new();
-    for g in GROUPS {
-        for i in 0..NODES_PER_GROUP {
-            let node = format!("n{i}");
-            let l = Arc::new(AtomicI64::new(0));
-            last.insert(format!("{g}/{node}"), l.clone());
-            nodes.push(rt.spawn(counter_node(broker.port, g, node, stop.clone(), l)));
-        }
-    }
+    let stream = Stream::start(broker.port);
     // Mid-stream: every group has committed facts, then the STATE owner dies.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while db.query_i64("SELECT count(DISTINCT group_id) FROM sp_metric_fact WHERE metric = 'n'") < 4 {
-        assert!(Instant::now() < deadline, "not every group was written:\n{}", a.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    stream.wait_written(&db, || a.log());
     std::thread::sleep(Duration::from_secs(1));
     a.child.kill().expect("SIGKILL");
     a.child.wait().expect("reaped");
@@ -179,58 +261,7 @@ fn two_instances_share_four_groups_and_the_survivor_of_a_kill_writes_every_sampl
         "the survivor's STATE birth is online and newer: {online} {ts} > {born}"
     );
     std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, Relaxed);
-    rt.block_on(async {
-        for n in nodes {
-            n.await.expect("edge node");
-        }
-    });
-
-    // Every sample exactly once, in each node's order.
-    let expected: i64 = last.values().map(|l| l.load(Relaxed)).sum();
-    let facts = "FROM sp_metric_fact WHERE metric = 'n' AND quality = 192";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while db.query_i64(&format!(
-        "SELECT count(DISTINCT (group_id, node_id, v_int)) {facts} AND v_int > 0"
-    )) < expected
-    {
-        assert!(
-            Instant::now() < deadline,
-            "samples missing {}; leases {}:\n{}",
-            gaps(&db, &last),
-            leases(&db),
-            b.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    for (key, l) in &last {
-        let (g, n) = key.split_once('/').expect("group/node");
-        let n_last = l.load(Relaxed);
-        let of = format!("{facts} AND group_id = '{g}' AND node_id = '{n}' AND v_int > 0");
-        assert_eq!(
-            db.query_i64(&format!("SELECT count(*) {of}")),
-            n_last,
-            "{key}: one fact per sample"
-        );
-        assert_eq!(db.query_i64(&format!("SELECT min(v_int) {of}")), 1, "{key}");
-        assert_eq!(db.query_i64(&format!("SELECT max(v_int) {of}")), n_last, "{key}");
-        // In timestamp order the values count up: no sample is out of its place.
-        let disorder = db.query_i64(&format!(
-            "SELECT count(*) FROM (SELECT v_int - lag(v_int) OVER (ORDER BY ts) AS step {of}) s WHERE step <> 1"
-        ));
-        assert_eq!(disorder, 0, "{key}: facts in the node's order");
-        // The raw log: each message's first arrival in the node's order
-        // (a takeover may log a message twice, never out of order).
-        let seqs = db.query_text(&format!(
-            "SELECT string_agg(seq::text, ',' ORDER BY id) FROM (SELECT DISTINCT ON (payload) id, seq FROM sp_event_raw
-             WHERE topic = 'spBv1.0/{g}/NDATA/{n}' ORDER BY payload, id) first"
-        ));
-        let seqs: Vec<i64> = seqs.split(',').map(|s| s.parse().expect("seq")).collect();
-        assert_eq!(seqs.len() as i64, n_last, "{key}: every NDATA logged raw");
-        for w in seqs.windows(2) {
-            assert_eq!((w[0] + 1) % 256, w[1], "{key}: raw messages in order");
-        }
-    }
+    stream.finish_and_check(&db, &b);
     // The survivor holds every lease; the dead one's wrote through the standby.
     assert_eq!(
         db.query_i64("SELECT count(*) FROM sp_uplink_lease WHERE holder = 'b' AND expires_at > now()"),
@@ -242,4 +273,34 @@ fn two_instances_share_four_groups_and_the_survivor_of_a_kill_writes_every_sampl
         .log()
         .contains("writing the rows kept while another instance held the group"));
     assert_eq!(b.metric("spb_uplink_scale_standby_dropped_total"), 0.0);
+}
+
+#[test]
+fn an_instance_stopped_on_purpose_hands_its_groups_over_at_once() {
+    let db = TestDb::new("scale_stop");
+    let broker = Broker::start(None);
+    // Leases of 30 s: a takeover within seconds is the handover, not an expiry.
+    let (a, mut b) = pair(broker.port, &db, "30s");
+    let stream = Stream::start(broker.port);
+    stream.wait_written(&db, || b.log());
+    std::thread::sleep(Duration::from_secs(1));
+    let stopped = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(b.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    assert!(b.child.wait().expect("exit").success(), "{}", b.log());
+    assert!(b.log().contains("leases given up"), "{}", b.log());
+    a.wait_until("a holds every group again", |u| {
+        u.metric("spb_uplink_scale_leases_held") == 4.0
+    });
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "handed over in {:?}, not at the 30 s expiry",
+        stopped.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    stream.finish_and_check(&db, &a);
+    assert_eq!(a.metric("spb_uplink_scale_state_owner"), 1.0);
 }

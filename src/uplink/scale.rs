@@ -68,9 +68,11 @@ pub struct ScaleConfig {
 }
 
 impl ScaleConfig {
-    /// How often the leases are renewed: a third of their lifetime.
+    /// How often the leases are renewed and free ones looked for: a third
+    /// of their lifetime, at least every second (a lease given up is taken
+    /// within a second).
     pub fn renew_every(&self) -> Duration {
-        self.lease_ttl / 3
+        (self.lease_ttl / 3).min(Duration::from_secs(1))
     }
 
     /// The subscriptions of an instance: each group, and the host's own STATE topic

@@ -128,8 +128,8 @@ pub async fn writer<S: Sink>(db: DatabaseConfig, queue: Queue, stats: Arc<Stats>
     let mut rx = queue.lock().await;
     let mut conn = Conn::<S>::new(db.url.clone())
         .keeping(db.retention.clone())
-        .owner_migrates(db.owner_url.is_some());
-    conn.fence = fence.clone();
+        .owner_migrates(db.owner_url.is_some())
+        .fenced(fence.clone());
     while let Some(first) = rx.recv().await {
         let mut batch = first.batch;
         let mut oldest = first.since;
@@ -198,6 +198,12 @@ impl<S: Sink> Conn<S> {
             retention: super::retention::Retention::forever(),
             owner_migrates: false,
         }
+    }
+
+    /// Writes only under this instance's leases (scale-out).
+    pub fn fenced(mut self, fence: Option<Fence>) -> Conn<S> {
+        self.fence = fence;
+        self
     }
 
     /// Whether another login (the owner) migrates the schema.
