@@ -42,7 +42,7 @@ use spb::uplink::sink::Sink;
 const DEVICES: usize = 10;
 const METRICS: usize = 100;
 
-fn edge(node: usize) -> EdgeSession {
+fn edge(node: usize, group: &str) -> EdgeSession {
     let now = now_ms();
     let devices = (0..DEVICES)
         .map(|d| DeviceDef {
@@ -58,7 +58,7 @@ fn edge(node: usize) -> EdgeSession {
         .collect();
     EdgeSession::new(
         EdgeConfig {
-            group_id: "Bench".into(),
+            group_id: group.into(),
             node_id: format!("n{node}"),
             primary_host_id: None,
             server_count: 1,
@@ -87,13 +87,13 @@ async fn publish_all(client: &rumqttc::AsyncClient, actions: Vec<EdgeAction>) {
 }
 
 /// One simulated edge node: births, then every device's 100 metrics each second.
-async fn node(port: u16, n: usize, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+async fn node(port: u16, n: usize, group: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
     let mut o = rumqttc::MqttOptions::new(format!("bench-edge-{n}-{port}"), "127.0.0.1", port);
     o.set_max_packet_size(1 << 24, 1 << 24);
     o.set_request_channel_capacity(10_000);
     let (client, mut el) = rumqttc::AsyncClient::new(o, 10_000);
     tokio::spawn(async move { while el.poll().await.is_ok() {} });
-    let mut s = edge(n);
+    let mut s = edge(n, &group);
     let now = now_ms();
     s.begin_connect(now);
     let births = s.connected(now);
@@ -230,6 +230,8 @@ fn oee_mapping(nodes: usize) -> String {
 /// What one end-to-end run measured.
 struct Run {
     written: f64,
+    /// ms from sample timestamp to commit, 99th percentile.
+    p99: i64,
     cpu: f64,
     /// ms from a cycle's sample timestamp to its row, five machines (OEE only).
     cycle_lag: Vec<i64>,
@@ -240,39 +242,76 @@ fn end_to_end(nodes: usize, rows: &mut Vec<String>) {
 }
 
 fn end_to_end_run(nodes: usize, oee: bool, rows: &mut Vec<String>) -> Run {
-    let db = common::pg::TestDb::new(&format!("bench_e2e{nodes}{}", if oee { "_oee" } else { "" }));
+    end_to_end_on(nodes, oee, None, 4, rows)
+}
+
+/// The uplinks of a run: one without `[scale]` (`scale` None), or
+/// `Some(k)` instances sharing the four groups g0..g3 under leases; the
+/// edge nodes are in group "Bench", or spread over g0..g3 round-robin
+/// with `scale`.
+fn end_to_end_on(nodes: usize, oee: bool, scale: Option<usize>, writers: usize, rows: &mut Vec<String>) -> Run {
+    let db = common::pg::TestDb::new(&format!(
+        "bench_e2e{nodes}{}{}_w{writers}",
+        if oee { "_oee" } else { "" },
+        scale.map(|k| format!("_x{k}")).unwrap_or_default()
+    ));
     let broker = common::Broker::start(None);
     let dir = tempfile::tempdir().expect("tmp");
-    let cfg = dir.path().join("uplink.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[host]\nhost_id = \"bench\"\n[mqtt]\nmax_packet_size = \"16MiB\"\n[[mqtt.servers]]\nhost = \"127.0.0.1\"\nport = {}\n[database]\nbackend = \"postgres\"\nurl = \"{}\"\n[telemetry]\nlisten = \"\"\nlog_level = \"warn\"\nlog_format = \"human\"\n{}",
-            broker.port,
-            db.url(),
-            if oee { oee_mapping(nodes) } else { String::new() }
-        ),
-    )
-    .expect("config");
-    let mut uplink = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_spb-uplink"))
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spb-uplink"),
-    );
+    let groups = |n: usize| match scale {
+        Some(_) => format!("g{}", n % 4),
+        None if writers != 4 => format!("g{}", n % 4),
+        None => "Bench".to_string(),
+    };
+    let mut uplinks = Vec::new();
+    for i in 0..scale.unwrap_or(1) {
+        let cfg = dir.path().join(format!("uplink{i}.toml"));
+        let section = match scale {
+            Some(k) if k > 1 => format!("[scale]\ninstance = \"u{i}\"\ngroups = [\"g0\", \"g1\", \"g2\", \"g3\"]\n"),
+            Some(_) => "[scale]\ngroups = [\"g0\", \"g1\", \"g2\", \"g3\"]\n".to_string(),
+            None => String::new(),
+        };
+        std::fs::write(
+            &cfg,
+            format!(
+                "[host]\nhost_id = \"bench\"\n[mqtt]\nmax_packet_size = \"16MiB\"\n[[mqtt.servers]]\nhost = \"127.0.0.1\"\nport = {}\n[database]\nbackend = \"postgres\"\nurl = \"{}\"\nwriters = {writers}\n[telemetry]\nlisten = \"\"\nlog_level = \"warn\"\nlog_format = \"human\"\n{}{section}",
+                broker.port,
+                db.url(),
+                if oee { oee_mapping(nodes) } else { String::new() }
+            ),
+        )
+        .expect("config");
+        uplinks.push(KillOnDrop(
+            std::process::Command::new(env!("CARGO_BIN_EXE_spb-uplink"))
+                .arg("--config")
+                .arg(&cfg)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("spb-uplink"),
+        ));
+    }
+    // With several instances, wait until the groups are shared.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    std::thread::sleep(Duration::from_secs(if scale.is_some_and(|k| k > 1) { 5 } else { 0 }));
+    while scale.is_some_and(|k| k > 1)
+        && db.query_i64(
+            "SELECT count(DISTINCT holder) FROM sp_uplink_lease WHERE name <> 'STATE' AND expires_at > now()",
+        ) < scale.unwrap_or(1) as i64
+    {
+        assert!(Instant::now() < deadline, "the instances never shared the groups");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     std::thread::sleep(Duration::from_millis(500));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for n in 0..nodes {
-        rt.spawn(node(broker.port, n, stop.clone()));
+        rt.spawn(node(broker.port, n, groups(n), stop.clone()));
     }
     std::thread::sleep(Duration::from_secs(5));
     let start_ms = now_ms();
     let q0 = db.query_i64("SELECT count(*) FROM sp_metric_fact");
-    let (cpu0, _) = common::proc_stat(uplink.0.id());
+    let cpu_of = |u: &[KillOnDrop]| u.iter().map(|u| common::proc_stat(u.0.id()).0).sum::<u64>();
+    let cpu0 = cpu_of(&uplinks);
     // Each cycle row of five machines, when it first appears.
     let mut cycle_lag = Vec::new();
     let mut seen: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
@@ -307,7 +346,7 @@ fn end_to_end_run(nodes: usize, oee: bool, rows: &mut Vec<String>) -> Run {
         }
     }
     let q1 = db.query_i64("SELECT count(*) FROM sp_metric_fact");
-    let (cpu1, _) = common::proc_stat(uplink.0.id());
+    let cpu1 = cpu_of(&uplinks);
     let end_ms = now_ms();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let window = format!(
@@ -321,30 +360,87 @@ fn end_to_end_run(nodes: usize, oee: bool, rows: &mut Vec<String>) -> Run {
         ))
     };
     let (p50, p99) = (p(0.5), p(0.99));
-    let (_, hwm) = common::proc_stat(uplink.0.id());
+    let hwm = uplinks.iter().map(|u| common::proc_stat(u.0.id()).1).sum::<u64>();
     let offered = nodes * DEVICES * METRICS;
     let written = (q1 - q0) as f64 / 20.0;
     let cpu = (cpu1 - cpu0) as f64 / common::clk_tck() / 20.0;
     let line = format!(
-        "| end to end{}: {nodes} nodes × {DEVICES} devices × {METRICS} metrics/s | {offered} facts/s offered | {written:.0} facts/s written | p50 {p50} ms | p99 {p99} ms | {:.1} MiB | {:.0}% ({:.1} µs/fact) |",
+        "| end to end{}{}: {nodes} nodes × {DEVICES} devices × {METRICS} metrics/s | {offered} facts/s offered | {written:.0} facts/s written | p50 {p50} ms | p99 {p99} ms | {:.1} MiB | {:.0}% ({:.1} µs/fact) |",
         if oee { " with OEE" } else { "" },
+        match scale {
+            Some(k) => format!(", {k} instance{} [scale]", if k > 1 { "s" } else { "" }),
+            None if writers != 4 => format!(", 1 instance, {writers} writers"),
+            None => String::new(),
+        },
         hwm as f64 / 1024.0,
         cpu * 100.0,
         if written > 0.0 { cpu * 1e6 / written } else { 0.0 }
     );
     println!("{line}");
     rows.push(line);
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(uplink.0.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = uplink.0.wait();
+    for u in &mut uplinks {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(u.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = u.0.wait();
+    }
     drop(rt);
     Run {
         written,
+        p99,
         cpu,
         cycle_lag,
     }
+}
+
+/// One instance against two sharing the groups, at the same offered load,
+/// alternating, two runs of each (`SPB_BENCH_SCALE_NODES`, default 200).
+fn scale_out() {
+    let nodes: usize = std::env::var("SPB_BENCH_SCALE_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let mut rows = Vec::new();
+    // One instance without [scale] (4 and 8 writers: two instances have 8
+    // connections), one with it, two sharing the groups.
+    let cases: [(&str, Option<usize>, usize); 4] = [
+        ("one instance", None, 4),
+        ("one instance, 8 writers", None, 8),
+        ("one instance, [scale]", Some(1), 4),
+        ("two instances, [scale]", Some(2), 4),
+    ];
+    let mut runs: Vec<Vec<Run>> = cases.iter().map(|_| Vec::new()).collect();
+    for _ in 0..2 {
+        for (i, (_, scale, writers)) in cases.iter().enumerate() {
+            runs[i].push(end_to_end_on(nodes, false, *scale, *writers, &mut rows));
+        }
+    }
+    let rate = |r: &[Run]| median(r.iter().map(|x| x.written).collect());
+    let cpu = |r: &[Run]| median(r.iter().map(|x| x.cpu).collect());
+    let p99 = |r: &[Run]| median(r.iter().map(|x| x.p99 as f64).collect());
+    let summary: Vec<String> = cases
+        .iter()
+        .zip(&runs)
+        .map(|((name, ..), r)| {
+            format!(
+                "| {name} | {:.0} | {:.0} ms | {:.0}% | {:.2} |",
+                rate(r),
+                p99(r),
+                cpu(r) * 100.0,
+                rate(r) / rate(&runs[0]).max(1e-9)
+            )
+        })
+        .collect();
+    let table = format!(
+        "| run | load | rate | lag p50 | lag p99 | uplinks' RSS (sum) | uplinks' CPU (sum) |\n|---|---|---|---|---|---|---|\n{}\n\n\
+         | median of 2 | facts/s written | lag p99 | uplinks' CPU | rate ÷ one instance |\n|---|---|---|---|---|\n{}\n",
+        rows.join("\n"),
+        summary.join("\n"),
+    );
+    println!("\n{table}");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-uplink-scale.md");
+    std::fs::write(&out, table).expect("write the table");
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -497,6 +593,9 @@ fn main() {
     }
     if std::env::args().any(|a| a == "retention") {
         return retention_at_load();
+    }
+    if std::env::args().any(|a| a == "scale") {
+        return scale_out();
     }
     let mut rows = Vec::new();
     for writers in [1, 4] {

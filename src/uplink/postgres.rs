@@ -582,7 +582,8 @@ CREATE TABLE sp_uplink_lease (
 CREATE TABLE sp_uplink_member (
     instance text PRIMARY KEY,
     expires_at timestamptz NOT NULL,
-    started_at timestamptz NOT NULL DEFAULT now()
+    started_at timestamptz NOT NULL DEFAULT now(),
+    behind boolean NOT NULL DEFAULT false
 );
 GRANT SELECT, INSERT, UPDATE ON sp_uplink_lease TO sparkplug_ingest;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sp_uplink_member TO sparkplug_ingest;

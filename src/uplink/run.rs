@@ -158,11 +158,18 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool, path: Option<std::path::PathB
             let (stop, rx) = tokio::sync::oneshot::channel();
             let task = super::scale_pg::LeaseTask::new(cfg.database.url.clone(), c.clone());
             tracing::info!(instance = %c.instance, groups = ?c.groups, "scale-out: sharing the groups under leases");
-            let handle = tokio::spawn(super::scale_pg::run(task, safe_through.clone(), news_tx, rx));
+            let handle = tokio::spawn(super::scale_pg::run(
+                task,
+                safe_through.clone(),
+                stats.clone(),
+                news_tx,
+                rx,
+            ));
             Some(ScaleRt {
                 cfg: c,
                 shared,
                 held: std::collections::BTreeSet::new(),
+                others_behind: false,
                 safe_through,
                 servers,
                 stop: Some(stop),
@@ -369,6 +376,8 @@ struct ScaleRt {
     shared: Arc<Shared>,
     /// The leases held, as the lease task last said.
     held: std::collections::BTreeSet<String>,
+    /// Another instance's database is behind (the STATE owner acts on it).
+    others_behind: bool,
     /// Everything received before this instant (ms) is committed.
     safe_through: Arc<std::sync::atomic::AtomicU64>,
     /// For the STATE connection, opened when the identity is taken.
@@ -949,6 +958,7 @@ impl Loop {
         }
         let Some(s) = &mut self.scale else { return };
         s.held = news.held.clone();
+        s.others_behind = news.others_behind;
         let (shared, mqtt, host) = (s.shared.clone(), self.cfg.mqtt.clone(), self.cfg.host.host_id.clone());
         let (instance, servers) = (s.cfg.instance.clone(), s.servers.clone());
         for (lease, safe) in &news.taken {
@@ -1120,7 +1130,12 @@ impl Loop {
         let offline = self.stats.declared_offline.load(Relaxed);
         // Half the byte bound counts like offline_after_rows.
         let heavy = self.stats.backlog_bytes.load(Relaxed) >= self.cfg.database.backlog_max_bytes / 2;
-        if !offline && (backlog >= self.cfg.database.offline_after_rows || heavy) {
+        // With scale-out the STATE owner speaks for every instance.
+        let others = self.scale.as_ref().is_some_and(|s| s.others_behind);
+        self.stats
+            .behind
+            .store(backlog >= self.cfg.database.offline_after_rows || heavy, Relaxed);
+        if !offline && (backlog >= self.cfg.database.offline_after_rows || heavy || others) {
             tracing::error!(
                 backlog,
                 offline_after_rows = self.cfg.database.offline_after_rows,
@@ -1129,7 +1144,7 @@ impl Loop {
             self.stats.declared_offline.store(true, Relaxed);
             let p = session.declare_offline();
             self.publish(session, p);
-        } else if offline && backlog == 0 && self.stats.db_ok.load(Relaxed) {
+        } else if offline && backlog == 0 && !heavy && !others && self.stats.db_ok.load(Relaxed) {
             tracing::info!("caught up: STATE online");
             self.stats.declared_offline.store(false, Relaxed);
             let p = session.declare_online();

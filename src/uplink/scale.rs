@@ -46,9 +46,16 @@ pub const STATE_LEASE: &str = "STATE";
 #[derive(Debug, Error)]
 pub enum ScaleError {
     #[error("lease database: {0}")]
-    Db(#[from] tokio_postgres::Error),
+    Db(String),
     #[error("lease database: {0}")]
     Connect(String),
+}
+
+impl From<tokio_postgres::Error> for ScaleError {
+    fn from(e: tokio_postgres::Error) -> ScaleError {
+        // The server's own words (SQLSTATE and message), as the writers log them.
+        ScaleError::Db(super::postgres::PgError::from(e).to_string())
+    }
 }
 
 /// `[scale]`: this instance's name and the groups the instances share.
@@ -101,14 +108,23 @@ pub struct Round {
 }
 
 /// The leases `me` takes and gives up this round, given every lease row and
-/// the number of live instances (see the module invariants).
-pub fn decide(me: &str, groups: &[String], rows: &[LeaseRow], members: usize) -> Round {
+/// the number of live instances (see the module invariants). An instance
+/// not `connected` to the broker misses what its groups publish: it gives
+/// them all up at once and takes none (the STATE identity it keeps: its
+/// Will speaks on a connection of its own).
+pub fn decide(me: &str, groups: &[String], rows: &[LeaseRow], members: usize, connected: bool) -> Round {
     let row = |name: &str| rows.iter().find(|r| r.name == name);
     let held = |name: &str| row(name).is_some_and(|r| r.live && r.holder.as_deref() == Some(me));
     let free = |name: &str| row(name).is_none_or(|r| !r.live || r.holder.is_none());
     let mut sorted: Vec<&String> = groups.iter().collect();
     sorted.sort();
     sorted.dedup();
+    if !connected {
+        return Round {
+            take: Vec::new(),
+            release: sorted.into_iter().filter(|g| held(g)).cloned().collect(),
+        };
+    }
     let target = sorted.len().div_ceil(members.max(1));
     let mine: Vec<&String> = sorted.iter().copied().filter(|g| held(g)).collect();
     let mut round = Round::default();
@@ -315,7 +331,7 @@ mod tests {
 
     #[test]
     fn an_instance_alone_takes_every_group_and_the_state_identity() {
-        let r = decide("x", &groups(), &[], 1);
+        let r = decide("x", &groups(), &[], 1, true);
         assert_eq!(r.take, ["a", "b", "c", "d", STATE_LEASE]);
         assert!(r.release.is_empty());
     }
@@ -327,12 +343,12 @@ mod tests {
             .map(|g| row(g, Some("x"), true))
             .collect();
         // x holds four of a target of two: it gives up the last one.
-        assert_eq!(decide("x", &groups(), &rows, 2).release, ["d"]);
+        assert_eq!(decide("x", &groups(), &rows, 2, true).release, ["d"]);
         // y finds nothing free yet.
-        assert_eq!(decide("y", &groups(), &rows, 2), Round::default());
+        assert_eq!(decide("y", &groups(), &rows, 2, true), Round::default());
         let mut rows = rows;
         rows[3] = row("d", Some("x"), false);
-        assert_eq!(decide("y", &groups(), &rows, 2).take, ["d"]);
+        assert_eq!(decide("y", &groups(), &rows, 2, true).take, ["d"]);
     }
 
     #[test]
@@ -345,7 +361,20 @@ mod tests {
             row(STATE_LEASE, Some("y"), false),
         ];
         // y's member row expired too: x is alone.
-        assert_eq!(decide("x", &groups(), &rows, 1).take, ["c", "d", STATE_LEASE]);
+        assert_eq!(decide("x", &groups(), &rows, 1, true).take, ["c", "d", STATE_LEASE]);
+    }
+
+    #[test]
+    fn an_instance_cut_off_the_broker_gives_its_groups_up_and_takes_none() {
+        let rows = vec![
+            row("a", Some("x"), true),
+            row("b", Some("x"), true),
+            row("c", None, false),
+            row(STATE_LEASE, Some("x"), true),
+        ];
+        let r = decide("x", &groups(), &rows, 2, false);
+        assert_eq!(r.release, ["a", "b"]);
+        assert!(r.take.is_empty());
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //!   `lease_ttl` after their last renewal, then reported lost: another
 //!   instance may have them by then, and this one must stop publishing
 //!   STATE (its rows are fenced in any case).
+//! - An instance is a member, and holds groups, only while connected to the
+//!   broker: cut off, it gives its groups up at once to one that receives
+//!   them (and has kept their rows).
 //! - On [`LeaseTask::release_all`] (a clean stop) every lease is given up
 //!   at once with the final `safe_through`, so the others need not wait
 //!   for the expiry.
@@ -34,6 +37,9 @@ pub struct LeaseNews {
     pub safe_through: BTreeMap<String, i64>,
     /// Live instances, this one included.
     pub members: usize,
+    /// Another live instance's database is behind (its backlog past
+    /// `offline_after_rows`): the STATE owner declares the host offline.
+    pub others_behind: bool,
 }
 
 /// The lease connection and what it last held.
@@ -77,16 +83,28 @@ impl LeaseTask {
     }
 
     /// One round: renew, read, take and give up; what is held after it.
-    pub async fn round(&mut self, safe_through_ms: i64) -> Result<LeaseNews, ScaleError> {
+    /// An instance counts as a member only while `connected` to the broker;
+    /// `behind` is its own backlog's verdict.
+    pub async fn round(
+        &mut self,
+        safe_through_ms: i64,
+        connected: bool,
+        behind: bool,
+    ) -> Result<LeaseNews, ScaleError> {
         let (me, names, ttl) = (self.cfg.instance.clone(), self.names(), self.ttl_ms());
         let groups = self.cfg.groups.clone();
         let c = self.client().await?;
-        c.execute(
-            "INSERT INTO sp_uplink_member (instance, expires_at) VALUES ($1, now() + $2 * interval '1 millisecond')
-             ON CONFLICT (instance) DO UPDATE SET expires_at = EXCLUDED.expires_at",
-            &[&me, &ttl],
-        )
-        .await?;
+        if connected {
+            c.execute(
+                "INSERT INTO sp_uplink_member (instance, expires_at, behind) VALUES ($1, now() + $2 * interval '1 millisecond', $3)
+                 ON CONFLICT (instance) DO UPDATE SET expires_at = EXCLUDED.expires_at, behind = EXCLUDED.behind",
+                &[&me, &ttl, &behind],
+            )
+            .await?;
+        } else {
+            c.execute("DELETE FROM sp_uplink_member WHERE instance = $1", &[&me])
+                .await?;
+        }
         c.execute(
             "INSERT INTO sp_uplink_lease (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
             &[&names],
@@ -102,10 +120,13 @@ impl LeaseTask {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let members: i64 = c
-            .query_one("SELECT count(*) FROM sp_uplink_member WHERE expires_at > now()", &[])
-            .await?
-            .get(0);
+        let row = c
+            .query_one(
+                "SELECT count(*), coalesce(bool_or(behind AND instance <> $1), false) FROM sp_uplink_member WHERE expires_at > now()",
+                &[&me],
+            )
+            .await?;
+        let (members, others_behind): (i64, bool) = (row.get(0), row.get(1));
         let rows: Vec<LeaseRow> = c
             .query(
                 "SELECT name, holder, expires_at > now(), safe_through_ms FROM sp_uplink_lease WHERE name = ANY($1)",
@@ -120,10 +141,11 @@ impl LeaseTask {
                 safe_through_ms: r.get(3),
             })
             .collect();
-        let round = decide(&me, &groups, &rows, members.max(1) as usize);
+        let round = decide(&me, &groups, &rows, members.max(1) as usize, connected);
         let mut news = LeaseNews {
             held: renewed,
             members: members.max(1) as usize,
+            others_behind,
             ..LeaseNews::default()
         };
         for name in &round.release {
@@ -133,7 +155,11 @@ impl LeaseTask {
             )
             .await?;
             news.held.remove(name);
-            tracing::info!(lease = %name, "lease given up for another instance");
+            if connected {
+                tracing::info!(lease = %name, "lease given up for another instance");
+            } else {
+                tracing::warn!(lease = %name, "lease given up: not connected to the broker, another instance writes the group");
+            }
         }
         for name in &round.take {
             let got = c
@@ -194,6 +220,7 @@ impl LeaseTask {
 pub async fn run(
     mut task: LeaseTask,
     safe_through: Arc<AtomicU64>,
+    stats: Arc<super::stats::Stats>,
     tx: tokio::sync::mpsc::Sender<LeaseNews>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -204,7 +231,8 @@ pub async fn run(
         tokio::select! {
             _ = tick.tick() => {
                 let safe = safe_through.load(Relaxed) as i64;
-                let news = match task.round(safe).await {
+                let (connected, behind) = (stats.connected.load(Relaxed), stats.behind.load(Relaxed));
+                let news = match task.round(safe, connected, behind).await {
                     Ok(n) => Some(n),
                     Err(e) => task.failed(&e),
                 };

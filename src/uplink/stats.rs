@@ -102,6 +102,9 @@ pub struct Stats {
     pub connected: AtomicBool,
     pub db_ok: AtomicBool,
     pub declared_offline: AtomicBool,
+    /// This instance's own backlog is past `offline_after_rows` (or half
+    /// the byte bound), whoever publishes STATE.
+    pub behind: AtomicBool,
     /// Messages received in the last whole second.
     pub messages_per_second: AtomicU64,
     /// Rows the database refused, isolated from their batch and quarantined.
