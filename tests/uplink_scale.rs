@@ -271,7 +271,7 @@ fn two_instances_share_four_groups_and_the_survivor_of_a_kill_writes_every_sampl
     );
     assert!(b
         .log()
-        .contains("writing the rows kept while another instance held the group"));
+        .contains("writing the rows and messages kept while another instance held the group"));
     assert_eq!(b.metric("spb_uplink_scale_standby_dropped_total"), 0.0);
 }
 

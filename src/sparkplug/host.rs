@@ -465,6 +465,18 @@ impl HostSession {
         ]
     }
 
+    /// Takes the messages of `group`/`node` up to `seq` as seen without
+    /// processing them (another host instance wrote them): the next
+    /// message in sequence is `seq + 1`, not a gap. Nothing changes for a
+    /// node not online, holding messages, or already past `seq`.
+    pub fn skip_to(&mut self, group: &str, node: &str, seq: u8) {
+        if let Some(n) = self.nodes.get_mut(&(group.to_string(), node.to_string())) {
+            if n.online && n.held.is_empty() && seq.wrapping_sub(n.expected_seq) < 128 {
+                n.expected_seq = seq.wrapping_add(1);
+            }
+        }
+    }
+
     /// The STATE birth of the current connection (online unless declared
     /// offline), for a host whose STATE travels on a connection of its own.
     pub fn state_birth(&self) -> Publish {
@@ -1721,6 +1733,24 @@ mod tests {
         let rebirth = published(e.handle_message(T0 + 3_000, &ncmd.topic, &ncmd.payload));
         let ev = feed(&mut h, T0 + 3_000, &rebirth);
         assert!(matches!(&ev[0], HostEvent::NodeBirth { .. }));
+    }
+
+    // Another instance of this host wrote seq 2 and 3: taking them as seen
+    // leaves no gap. [tck-id-operational-behavior-host-reordering-start]
+    #[test]
+    fn messages_skipped_as_seen_elsewhere_leave_no_gap_and_no_rebirth() {
+        let mut h = host();
+        let (mut e, births) = born_edge();
+        feed(&mut h, T0, &births);
+        let _elsewhere = [temp(&mut e, 2.0, T0 + 1), temp(&mut e, 3.0, T0 + 2)];
+        h.skip_to("G", "N", 3);
+        let ev = feed(&mut h, T0 + 3, &[temp(&mut e, 4.0, T0 + 3)]);
+        assert!(matches!(&ev[..], [HostEvent::Data { seq: 4, .. }]), "{ev:?}");
+        assert_eq!(rebirths(&h.tick(T0 + 60_000)), 0);
+        // A skip behind the expected seq changes nothing.
+        h.skip_to("G", "N", 2);
+        let ev = feed(&mut h, T0 + 4, &[temp(&mut e, 5.0, T0 + 4)]);
+        assert!(matches!(&ev[..], [HostEvent::Data { seq: 5, .. }]), "{ev:?}");
     }
 
     // DATA before BIRTH, unknown alias, undecodable payload: quarantine + rate-limited rebirth.

@@ -166,14 +166,15 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool, path: Option<std::path::PathB
                 rx,
             ));
             Some(ScaleRt {
-                cfg: c,
                 shared,
                 held: std::collections::BTreeSet::new(),
                 others_behind: false,
+                deferred: super::scale::DeferredLog::new(c.standby_max_bytes, c.clock_margin),
                 safe_through,
                 servers,
                 stop: Some(stop),
                 task: Some(handle),
+                cfg: c,
             })
         }
         _ => None,
@@ -378,6 +379,9 @@ struct ScaleRt {
     held: std::collections::BTreeSet<String>,
     /// Another instance's database is behind (the STATE owner acts on it).
     others_behind: bool,
+    /// DATA of groups held elsewhere, not decoded unless this instance
+    /// takes the group.
+    deferred: super::scale::DeferredLog,
     /// Everything received before this instant (ms) is committed.
     safe_through: Arc<std::sync::atomic::AtomicU64>,
     /// For the STATE connection, opened when the identity is taken.
@@ -531,6 +535,9 @@ impl Loop {
                 let now = now_ms();
                 if p.topic.starts_with("spBv1.0/") {
                     self.stats.messages.fetch_add(1, Relaxed);
+                    if self.defer(session, &p.topic, &p.payload, now) {
+                        return;
+                    }
                     if self.batch_since.is_none() {
                         self.batch_since = Some(Instant::now());
                         self.batch_since_ms = now;
@@ -548,6 +555,11 @@ impl Loop {
                 self.stats.connected.store(false, Relaxed);
                 if c.was_connected {
                     tracing::warn!(error = %c.why, "connection lost");
+                    // What was deferred precedes the deaths the loss makes.
+                    let groups = self.scale.as_ref().map(|s| s.cfg.groups.clone()).unwrap_or_default();
+                    for g in groups {
+                        self.undefer(session, &g, None);
+                    }
                     let events = session.connection_lost(now_ms());
                     self.execute(session, events);
                 } else {
@@ -896,6 +908,71 @@ impl Loop {
         self.batch.commands.push(row);
     }
 
+    /// Scale-out: a DATA message of a group held elsewhere is kept as it
+    /// came, undecoded (true); before a birth or death of such a node what
+    /// was kept of it is decoded, so the session's view stays in order.
+    fn defer(&mut self, session: &mut HostSession, topic: &str, payload: &[u8], now: u64) -> bool {
+        let Some(s) = &mut self.scale else { return false };
+        let mut parts = topic.splitn(5, '/');
+        let (Some(_), Some(group), Some(kind), Some(node)) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        if group == super::scale::STATE_LEASE || s.held.contains(group) {
+            return false;
+        }
+        match kind {
+            "NDATA" | "DDATA" => {
+                let seq = crate::sparkplug::wire::Envelope::read(payload)
+                    .and_then(|e| e.seq)
+                    .and_then(|q| u8::try_from(q).ok());
+                let dropped = s.deferred.keep(super::scale::Deferred {
+                    group: group.to_string(),
+                    node: node.to_string(),
+                    topic: topic.to_string(),
+                    payload: payload.to_vec(),
+                    received_ms: now,
+                    seq,
+                });
+                if dropped > 0 {
+                    self.stats.standby_dropped.fetch_add(dropped, Relaxed);
+                    if self.quarantine_log.allow(now) {
+                        tracing::error!(
+                            messages = dropped,
+                            standby_max_bytes = s.cfg.standby_max_bytes,
+                            "standby full: the oldest messages of groups held elsewhere dropped"
+                        );
+                    }
+                }
+                true
+            }
+            "NBIRTH" | "DBIRTH" | "NDEATH" | "DDEATH" => {
+                let (group, node) = (group.to_string(), node.to_string());
+                self.undefer(session, &group, Some(&node));
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Decodes what was deferred of `group` (one node, or all), in arrival order.
+    fn undefer(&mut self, session: &mut HostSession, group: &str, node: Option<&str>) -> usize {
+        let Some(s) = &mut self.scale else { return 0 };
+        let kept = s.deferred.take(group, node);
+        let n = kept.len();
+        for d in kept {
+            if self.batch_since.is_none() {
+                self.batch_since = Some(Instant::now());
+                self.batch_since_ms = d.received_ms;
+            }
+            self.batch_since_ms = self.batch_since_ms.min(d.received_ms);
+            self.batch.add_raw(&d.topic, &d.payload, d.received_ms);
+            let events = session.handle_message(now_ms(), &d.topic, &d.payload);
+            self.execute(session, events);
+        }
+        n
+    }
+
     /// Publishes what the session decided. With scale-out, STATE goes on
     /// the STATE connection (nowhere without the identity) and a command
     /// to a group only from the instance that holds it.
@@ -947,7 +1024,7 @@ impl Loop {
     /// A round of the lease task: rows of newly taken groups written from
     /// the standby first, the STATE connection opened or closed, the
     /// standby pruned by each holder's progress.
-    fn on_news(&mut self, _session: &mut HostSession, news: super::scale_pg::LeaseNews) {
+    fn on_news(&mut self, session: &mut HostSession, news: super::scale_pg::LeaseNews) {
         use super::scale::STATE_LEASE;
         let Some(s) = &self.scale else { return };
         let before = s.held.clone();
@@ -971,11 +1048,14 @@ impl Loop {
             }
             let kept = shared.standby().take(lease);
             let rows: usize = kept.iter().map(|(_, b)| b.len()).sum();
-            if rows > 0 {
-                tracing::info!(%lease, rows, "writing the rows kept while another instance held the group");
-            }
             for (from_ms, b) in kept {
                 self.hand(b, Instant::now(), from_ms);
+            }
+            // Then what arrived undecoded, in order, before anything newer.
+            let messages = self.undefer(session, lease, None);
+            self.flush();
+            if rows + messages > 0 {
+                tracing::info!(%lease, rows, messages, "writing the rows and messages kept while another instance held the group");
             }
         }
         for lost in before.difference(&news.held) {
@@ -991,10 +1071,20 @@ impl Loop {
             for (lease, safe) in &news.safe_through {
                 if !news.held.contains(lease) {
                     standby.prune(lease, *safe);
+                    if let Some(s) = &mut self.scale {
+                        for (node, seq) in s.deferred.prune(lease, *safe) {
+                            session.skip_to(lease, &node, seq);
+                        }
+                    }
                 }
             }
+            let deferred = self
+                .scale
+                .as_ref()
+                .map_or((0, 0), |s| (s.deferred.len(), s.deferred.bytes()));
             self.stats.standby_rows.store(standby.rows(), Relaxed);
-            self.stats.standby_bytes.store(standby.bytes(), Relaxed);
+            self.stats.deferred_messages.store(deferred.0 as u64, Relaxed);
+            self.stats.standby_bytes.store(standby.bytes() + deferred.1, Relaxed);
         }
         let groups = news.held.iter().filter(|l| *l != STATE_LEASE).count();
         self.stats.leases_held.store(groups as u64, Relaxed);

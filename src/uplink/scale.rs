@@ -244,6 +244,115 @@ impl Standby {
     }
 }
 
+/// A DATA message of a group held elsewhere, kept as it arrived: it is
+/// decoded only if this instance takes the group (or before the node's
+/// next birth or death), so an instance pays little for the groups it
+/// does not write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deferred {
+    pub group: String,
+    pub node: String,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub received_ms: u64,
+    /// The Sparkplug seq read from the wire, if any.
+    pub seq: Option<u8>,
+}
+
+impl Deferred {
+    fn bytes(&self) -> u64 {
+        (96 + self.group.len() + self.node.len() + self.topic.len() + self.payload.len()) as u64
+    }
+}
+
+/// The deferred messages, oldest first, bounded in bytes.
+pub struct DeferredLog {
+    items: VecDeque<Deferred>,
+    bytes: u64,
+    max_bytes: u64,
+    margin_ms: u64,
+}
+
+impl DeferredLog {
+    pub fn new(max_bytes: u64, margin: Duration) -> DeferredLog {
+        DeferredLog {
+            items: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+            margin_ms: margin.as_millis() as u64,
+        }
+    }
+
+    /// Keeps `d`; returns how many messages, the oldest, went to stay
+    /// under the byte bound.
+    pub fn keep(&mut self, d: Deferred) -> u64 {
+        self.bytes += d.bytes();
+        self.items.push_back(d);
+        let mut dropped = 0;
+        while self.bytes > self.max_bytes {
+            let Some(old) = self.items.pop_front() else { break };
+            self.bytes -= old.bytes();
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// Takes the messages of one node (`Some`) or of every node of
+    /// `group`, in arrival order: they are to be decoded now.
+    pub fn take(&mut self, group: &str, node: Option<&str>) -> Vec<Deferred> {
+        let (out, keep): (VecDeque<Deferred>, VecDeque<Deferred>) = std::mem::take(&mut self.items)
+            .into_iter()
+            .partition(|d| d.group == group && node.is_none_or(|n| d.node == n));
+        self.items = keep;
+        self.bytes -= out.iter().map(Deferred::bytes).sum::<u64>();
+        out.into()
+    }
+
+    /// Forgets the messages of `group` its holder has committed (arrived
+    /// more than the clock margin before `safe_through_ms`); returns per
+    /// node the seq of the last one forgotten, which the host session is
+    /// to take as seen.
+    pub fn prune(&mut self, group: &str, safe_through_ms: i64) -> BTreeMap<String, u8> {
+        let mut skipped = BTreeMap::new();
+        let Ok(safe) = u64::try_from(safe_through_ms) else {
+            return skipped;
+        };
+        let margin = self.margin_ms;
+        let mut freed = 0;
+        // Per node the forgotten ones are a prefix: stop at a node's first kept one.
+        let mut kept_nodes: std::collections::HashSet<String> = std::collections::HashSet::new();
+        self.items.retain(|d| {
+            if d.group != group || kept_nodes.contains(&d.node) {
+                return true;
+            }
+            if d.received_ms.saturating_add(margin) < safe {
+                freed += d.bytes();
+                if let Some(seq) = d.seq {
+                    skipped.insert(d.node.clone(), seq);
+                }
+                false
+            } else {
+                kept_nodes.insert(d.node.clone());
+                true
+            }
+        });
+        self.bytes -= freed;
+        skipped
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
 /// The arrival times (ms) of the batches handed to the writers and not yet
 /// committed: the oldest bounds `safe_through`.
 #[derive(Default)]
@@ -405,6 +514,46 @@ mod tests {
         assert_eq!(s.keep("a", 2, 2, raw(1)), 0);
         assert_eq!(s.keep("a", 3, 3, raw(1)), 1);
         assert_eq!(s.rows(), 2);
+    }
+
+    fn deferred(node: &str, ms: u64, seq: u8) -> Deferred {
+        Deferred {
+            group: "a".into(),
+            node: node.into(),
+            topic: format!("spBv1.0/a/NDATA/{node}"),
+            payload: vec![0; 10],
+            received_ms: ms,
+            seq: Some(seq),
+        }
+    }
+
+    #[test]
+    fn deferred_messages_are_forgotten_per_node_in_order_and_their_last_seq_reported() {
+        let mut d = DeferredLog::new(1 << 20, Duration::from_millis(100));
+        d.keep(deferred("n1", 1_000, 1));
+        d.keep(deferred("n2", 1_000, 7));
+        d.keep(deferred("n1", 1_500, 2));
+        d.keep(deferred("n1", 1_100, 3)); // arrived late: kept behind seq 2
+        let skipped = d.prune("a", 1_200);
+        assert_eq!(skipped, BTreeMap::from([("n1".to_string(), 1), ("n2".to_string(), 7)]));
+        assert_eq!(d.len(), 2);
+        let rest = d.take("a", Some("n1"));
+        assert_eq!(rest.iter().filter_map(|m| m.seq).collect::<Vec<_>>(), [2, 3]);
+        assert!(d.is_empty());
+        assert_eq!(d.bytes(), 0);
+    }
+
+    #[test]
+    fn the_deferred_log_drops_its_oldest_messages_past_its_bound() {
+        let one = deferred("n1", 1, 1).bytes();
+        let mut d = DeferredLog::new(one * 2, Duration::ZERO);
+        assert_eq!(d.keep(deferred("n1", 1, 1)), 0);
+        assert_eq!(d.keep(deferred("n1", 2, 2)), 0);
+        assert_eq!(d.keep(deferred("n1", 3, 3)), 1);
+        assert_eq!(
+            d.take("a", None).iter().filter_map(|m| m.seq).collect::<Vec<_>>(),
+            [2, 3]
+        );
     }
 
     #[test]

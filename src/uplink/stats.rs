@@ -131,6 +131,7 @@ pub struct Stats {
     pub state_owner: AtomicBool,
     pub scale_members: AtomicU64,
     pub standby_rows: AtomicU64,
+    pub deferred_messages: AtomicU64,
     pub standby_bytes: AtomicU64,
     pub rows_handed_over: AtomicU64,
     pub standby_dropped: AtomicU64,
@@ -373,6 +374,12 @@ impl Exposition for Stats {
             "Scale-out: rows of groups held elsewhere, kept until their holder commits them.",
             "gauge",
             self.standby_rows.load(Relaxed),
+        );
+        g(
+            "spb_uplink_scale_deferred_messages",
+            "Scale-out: DATA messages of groups held elsewhere, kept undecoded until their holder commits them.",
+            "gauge",
+            self.deferred_messages.load(Relaxed),
         );
         g(
             "spb_uplink_scale_standby_bytes",
