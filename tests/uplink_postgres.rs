@@ -920,6 +920,22 @@ fn a_write_under_a_lease_held_elsewhere_commits_none_of_its_rows_and_keeps_them_
         again.add_event(&data(&[(T0 + 2, 4.0)], false), T0);
         let e = s.write(&again).await.expect_err("G expired");
         assert_eq!(PgSink::fenced(&e), Some(&["G".to_string()][..]), "{e}");
+        // A taker's lock waits for a writer's share of the same lease.
+        let (mut w, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        let writing = w.transaction().await.expect("begin");
+        writing
+            .execute(spb::uplink::postgres::LEASE_LOCK_SHARED, &[&vec!["G".to_string()]])
+            .await
+            .expect("share");
+        let try_take = "SELECT pg_try_advisory_lock(1936744813, hashtext('G'))";
+        let taken: bool = c.query_one(try_take, &[]).await.expect("try").get(0);
+        assert!(!taken, "the lease's lock is shared by a write in flight");
+        writing.commit().await.expect("commit");
+        let taken: bool = c.query_one(try_take, &[]).await.expect("try").get(0);
+        assert!(taken, "free once the write committed");
     });
     assert_eq!(
         db.query_text(

@@ -281,6 +281,19 @@ fn an_instance_stopped_on_purpose_hands_its_groups_over_at_once() {
     let broker = Broker::start(None);
     // Leases of 30 s: a takeover within seconds is the handover, not an expiry.
     let (a, mut b) = pair(broker.port, &db, "30s");
+    // A forged STATE offline for the host: its owner (a) answers, on its
+    // STATE connection, and b (which sees it too) publishes no STATE.
+    let forged = format!("{{\"online\":false,\"timestamp\":{}}}", now_ms());
+    common::mosquitto_pub(broker.port, "spBv1.0/STATE/scada", forged.as_bytes(), true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !retained_state(broker.port).0 {
+        assert!(
+            Instant::now() < deadline,
+            "the STATE owner never answered:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let stream = Stream::start(broker.port);
     stream.wait_written(&db, || b.log());
     std::thread::sleep(Duration::from_secs(1));

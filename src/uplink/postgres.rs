@@ -591,6 +591,14 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON sp_uplink_member TO sparkplug_ingest;
     ),
 ];
 
+/// A writer's share of the leases of its batch ($1 names), until commit;
+/// a taker holds the same keys exclusively (scale-out). Two int4 keys: a
+/// space apart from the uplink's other advisory locks.
+pub const LEASE_LOCK_SHARED: &str =
+    "SELECT pg_advisory_xact_lock_shared(1936744813, hashtext(l)) FROM unnest($1::text[]) l";
+/// The taker's lock of one lease ($1), until its transaction commits.
+pub const LEASE_LOCK: &str = "SELECT pg_advisory_xact_lock(1936744813, hashtext($1))";
+
 /// A node's birth or death: its state, the history row, and on a death the
 /// devices still online go offline with it (each with a history row).
 /// $1 group, $2 node, $3 online, $4 bdseq, $5 at, $6 cause.
@@ -1246,12 +1254,17 @@ impl PgSink {
         let ids = self.series_ids(&b.facts).await?;
         let tx = self.client.transaction().await?;
         if let Some(me) = &self.fence {
-            // Held, live, and kept so until this commits: a taker waits.
+            // Held and live, and kept so until this commits: a taker takes
+            // the same lock exclusively, so it waits for this transaction,
+            // and this one, once the lock is granted, reads the lease as
+            // taken (a new statement, a new snapshot). Renewals take no
+            // lock: writers never queue behind them.
             let leases: Vec<String> = b.leases().into_iter().collect();
             if !leases.is_empty() {
+                tx.execute(LEASE_LOCK_SHARED, &[&leases]).await?;
                 let held: Vec<String> = tx
                     .query(
-                        "SELECT name FROM sp_uplink_lease WHERE name = ANY($1) AND holder = $2 AND expires_at > now() FOR SHARE",
+                        "SELECT name FROM sp_uplink_lease WHERE name = ANY($1) AND holder = $2 AND expires_at > now()",
                         &[&leases, me],
                     )
                     .await?

@@ -14,9 +14,10 @@
 //! everything this instance received is committed ([`Inflight`]).
 //!
 //! Invariants:
-//! - A row is written only inside a transaction that holds its group's
-//!   lease row (`FOR SHARE`, checked live): a writer whose lease was taken
-//!   cannot commit it, and the row comes back to the [`Standby`].
+//! - A row is written only inside a transaction that finds its group's
+//!   lease held by this instance and live, under a shared advisory lock a
+//!   taker holds exclusively: a writer whose lease was taken cannot commit
+//!   it, and the row comes back to the [`Standby`].
 //! - A holder publishes `safe_through`: every message it received before
 //!   that instant is committed. Another instance keeps each row of that
 //!   group until the holder's `safe_through` passes the row's arrival (plus

@@ -72,14 +72,14 @@ impl LeaseTask {
         self.cfg.lease_ttl.as_secs_f64() * 1000.0
     }
 
-    async fn client(&mut self) -> Result<&Client, ScaleError> {
+    async fn client(&mut self) -> Result<&mut Client, ScaleError> {
         if self.client.as_ref().is_none_or(|(c, _)| c.is_closed()) {
             let c = super::postgres::connect(&self.url)
                 .await
                 .map_err(|e| ScaleError::Connect(e.to_string()))?;
             self.client = Some(c);
         }
-        Ok(&self.client.as_ref().expect("connected above").0)
+        Ok(&mut self.client.as_mut().expect("connected above").0)
     }
 
     /// One round: renew, read, take and give up; what is held after it.
@@ -162,7 +162,11 @@ impl LeaseTask {
             }
         }
         for name in &round.take {
-            let got = c
+            // The previous holder's writes in flight end first (they hold
+            // the lock shared); any later one reads the lease as taken.
+            let tx = c.transaction().await?;
+            tx.execute(super::postgres::LEASE_LOCK, &[name]).await?;
+            let got = tx
                 .query_opt(
                     "UPDATE sp_uplink_lease SET holder = $1, expires_at = now() + $3 * interval '1 millisecond',
                          epoch = epoch + 1, taken_at = now()
@@ -170,6 +174,7 @@ impl LeaseTask {
                     &[&me, name, &ttl],
                 )
                 .await?;
+            tx.commit().await?;
             if let Some(r) = got {
                 let safe: i64 = r.get(0);
                 news.held.insert(name.clone());
