@@ -26,6 +26,11 @@
 //!    10 expired days (100,000 facts and their raw messages each) while
 //!    they go on, then 3 s more: the rate before, during and after, three
 //!    runs. Results in `target/bench-uplink-retention.md`.
+//! 5. Scale-out (`-- scale` runs only this): the end-to-end load of 2 with
+//!    the nodes spread over four groups, against one uplink without
+//!    `[scale]` (4 and 8 writers), one with it, and two sharing the groups;
+//!    alternating, three rounds. Rate, lag p99, and the uplinks' CPU and
+//!    RSS summed. Results in `target/bench-uplink-scale.md`.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -395,7 +400,8 @@ fn end_to_end_on(nodes: usize, oee: bool, scale: Option<usize>, writers: usize, 
 }
 
 /// One instance against two sharing the groups, at the same offered load,
-/// alternating, two runs of each (`SPB_BENCH_SCALE_NODES`, default 200).
+/// alternating, three runs of each (`SPB_BENCH_SCALE_NODES`, default 200;
+/// `SPB_BENCH_SCALE_ROUNDS`, default 3).
 fn scale_out() {
     let nodes: usize = std::env::var("SPB_BENCH_SCALE_NODES")
         .ok()
@@ -410,8 +416,12 @@ fn scale_out() {
         ("one instance, [scale]", Some(1), 4),
         ("two instances, [scale]", Some(2), 4),
     ];
+    let rounds: usize = std::env::var("SPB_BENCH_SCALE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let mut runs: Vec<Vec<Run>> = cases.iter().map(|_| Vec::new()).collect();
-    for _ in 0..2 {
+    for _ in 0..rounds {
         for (i, (_, scale, writers)) in cases.iter().enumerate() {
             runs[i].push(end_to_end_on(nodes, false, *scale, *writers, &mut rows));
         }
@@ -434,7 +444,7 @@ fn scale_out() {
         .collect();
     let table = format!(
         "| run | load | rate | lag p50 | lag p99 | uplinks' RSS (sum) | uplinks' CPU (sum) |\n|---|---|---|---|---|---|---|\n{}\n\n\
-         | median of 2 | facts/s written | lag p99 | uplinks' CPU | rate ÷ one instance |\n|---|---|---|---|---|\n{}\n",
+         | median of {rounds} | facts/s written | lag p99 | uplinks' CPU | rate ÷ one instance |\n|---|---|---|---|---|\n{}\n",
         rows.join("\n"),
         summary.join("\n"),
     );

@@ -234,4 +234,16 @@ fn uplink_check_config_finds_what_would_fail_at_start() {
     .expect("write");
     let (code, text) = check(&file);
     assert_eq!(code, Some(0), "{text}");
+    // README's [scale] example, as shown.
+    let readme = include_str!("../README.md");
+    let section = &readme[readme.find("### Several uplinks").expect("README section")..];
+    let block = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("README's [scale] example");
+    assert!(block.starts_with("[scale]"), "{block}");
+    std::fs::write(&file, format!("{no_subscriptions}\n{block}")).expect("write");
+    let (code, text) = check(&file);
+    assert_eq!(code, Some(0), "{text}");
 }
