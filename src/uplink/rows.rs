@@ -254,7 +254,17 @@ pub enum RowKey<'a> {
     Api(&'a str, &'a str),
 }
 
+/// The lease of the rows of no group (STATE messages, unparsable topics)
+/// under scale-out: the Primary Host identity's. "STATE" cannot be a group
+/// id: `spBv1.0/STATE/…` is the host topic.
+pub const STATE_LEASE: &str = "STATE";
+
 impl<'a> RowKey<'a> {
+    /// The scale-out lease this row belongs to: its group, or [`STATE_LEASE`].
+    pub fn lease(self) -> &'a str {
+        self.node().map_or(STATE_LEASE, |(g, _)| g)
+    }
+
     /// Its group and node; `None` for a topic of no edge node (STATE, garbage).
     pub fn node(self) -> Option<(&'a str, &'a str)> {
         match self {
@@ -429,7 +439,7 @@ impl Batch {
         let mut out = std::collections::BTreeSet::new();
         let mut add = |k: RowKey<'_>| {
             if !matches!(k, RowKey::Api(..)) {
-                let lease = super::scale::lease_of(k.node().map(|(g, _)| g));
+                let lease = k.lease();
                 if !out.contains(lease) {
                     out.insert(lease.to_string());
                 }
@@ -453,7 +463,7 @@ impl Batch {
     pub fn take_lease(self, lease: &str) -> (Batch, Batch) {
         let mut parts = self.split_by(2, |k| match k {
             RowKey::Api(..) => 0,
-            k => usize::from(super::scale::lease_of(k.node().map(|(g, _)| g)) == lease),
+            k => usize::from(k.lease() == lease),
         });
         let taken = parts.pop().unwrap_or_default();
         (parts.pop().unwrap_or_default(), taken)

@@ -169,7 +169,7 @@ pub async fn run(cfg: UplinkConfig, dry_run: bool, path: Option<std::path::PathB
                 shared,
                 held: std::collections::BTreeSet::new(),
                 others_behind: false,
-                deferred: super::scale::DeferredLog::new(c.standby_max_bytes, c.clock_margin),
+                deferred: super::scale::DeferredLog::new(c.standby_max_bytes / 2, c.clock_margin),
                 safe_through,
                 servers,
                 stop: Some(stop),
@@ -1108,8 +1108,7 @@ impl Loop {
                     if matches!(k, super::rows::RowKey::Api(..)) {
                         return 0;
                     }
-                    let lease = super::scale::lease_of(k.node().map(|(g, _)| g));
-                    others.iter().position(|o| o == lease).map_or(0, |i| i + 1)
+                    others.iter().position(|o| o == k.lease()).map_or(0, |i| i + 1)
                 });
                 let mut standby = s.shared.standby();
                 let mut dropped = 0;

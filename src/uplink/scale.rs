@@ -40,8 +40,8 @@ use super::rows::Batch;
 
 /// The lease of the Primary Host identity: its holder publishes STATE and
 /// writes the rows that belong to no group (STATE messages, unparsable
-/// topics). "STATE" cannot be a group id: `spBv1.0/STATE/…` is the host topic.
-pub const STATE_LEASE: &str = "STATE";
+/// topics).
+pub use super::rows::STATE_LEASE;
 
 /// Why scale-out could not go on.
 #[derive(Debug, Error)]
@@ -71,7 +71,8 @@ pub struct ScaleConfig {
     /// The largest difference between two instances' clocks (and delivery
     /// times) that `safe_through` must cover.
     pub clock_margin: Duration,
-    /// The bound of the rows kept for groups held elsewhere.
+    /// The bound of what is kept of groups held elsewhere: half for the
+    /// undecoded DATA ([`DeferredLog`]), half for rows ([`Standby`]).
     pub standby_max_bytes: u64,
 }
 
@@ -144,12 +145,6 @@ pub fn decide(me: &str, groups: &[String], rows: &[LeaseRow], members: usize, co
         round.take.push(STATE_LEASE.to_string());
     }
     round
-}
-
-/// The lease a row of a batch belongs to: its group, or [`STATE_LEASE`]
-/// for a row of no group.
-pub fn lease_of(group: Option<&str>) -> &str {
-    group.unwrap_or(STATE_LEASE)
 }
 
 /// The rows of a group kept while another instance holds it.
@@ -392,7 +387,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(cfg: &ScaleConfig) -> Shared {
         Shared {
-            standby: std::sync::Mutex::new(Standby::new(cfg.standby_max_bytes, cfg.clock_margin)),
+            standby: std::sync::Mutex::new(Standby::new(cfg.standby_max_bytes / 2, cfg.clock_margin)),
             inflight: std::sync::Mutex::new(Inflight::default()),
         }
     }
