@@ -317,3 +317,103 @@ fn an_instance_stopped_on_purpose_hands_its_groups_over_at_once() {
     stream.finish_and_check(&db, &a);
     assert_eq!(a.metric("spb_uplink_scale_state_owner"), 1.0);
 }
+
+/// A TCP relay to the broker that the test can cut (every connection
+/// closed, new ones refused) and restore.
+struct Relay {
+    port: u16,
+    cut: Arc<AtomicBool>,
+}
+
+impl Relay {
+    fn start(broker: u16) -> Relay {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let c = cut.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if c.load(Relaxed) {
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", broker)) else {
+                    continue;
+                };
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (from, to) = (from.try_clone().expect("clone"), to.try_clone().expect("clone"));
+                    let c = c.clone();
+                    std::thread::spawn(move || pump(from, to, c));
+                }
+            }
+        });
+        Relay { port, cut }
+    }
+}
+
+fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, cut: Arc<AtomicBool>) {
+    use std::io::{Read, Write};
+    from.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+    let mut buf = [0u8; 16384];
+    loop {
+        if cut.load(Relaxed) {
+            break;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+#[test]
+fn an_instance_cut_off_the_broker_gives_its_groups_to_one_that_still_receives_them() {
+    let db = TestDb::new("scale_cut");
+    let broker = Broker::start(None);
+    let relay = Relay::start(broker.port);
+    // Leases of 30 s: what moves within seconds moves because of the cut.
+    let a = Uplink::start(broker.port, &db.url(), &scale_section("a", "30s"));
+    a.wait_until("a holds every group", |u| {
+        u.metric("spb_uplink_scale_leases_held") == 4.0
+    });
+    let b = Uplink::start(relay.port, &db.url(), &scale_section("b", "30s"));
+    for u in [&a, &b] {
+        u.wait_until("the groups are shared two and two", |u| {
+            u.metric("spb_uplink_scale_leases_held") == 2.0 && u.metric("spb_uplink_scale_instances") == 2.0
+        });
+    }
+    let stream = Stream::start(broker.port);
+    stream.wait_written(&db, || b.log());
+    std::thread::sleep(Duration::from_secs(1));
+    relay.cut.store(true, Relaxed);
+    a.wait_until("a, still receiving, holds every group", |u| {
+        u.metric("spb_uplink_scale_leases_held") == 4.0
+    });
+    assert!(
+        b.log().contains("lease given up: not connected to the broker"),
+        "{}",
+        b.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // Back on the broker, b gets its share again.
+    relay.cut.store(false, Relaxed);
+    b.wait_until("b holds two groups again", |u| {
+        u.metric("spb_uplink_scale_leases_held") == 2.0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    stream.finish_and_check(&db, &a);
+    // b's own loss of the broker is not the nodes' death: none is offline.
+    assert_eq!(
+        db.query_i64("SELECT count(*) FROM sp_node_state WHERE NOT online"),
+        0,
+        "{}",
+        db.query_text("SELECT string_agg(group_id || '/' || node_id || ' ' || last_cause, ', ') FROM sp_node_state")
+    );
+}

@@ -557,11 +557,24 @@ impl Loop {
                     tracing::warn!(error = %c.why, "connection lost");
                     // What was deferred precedes the deaths the loss makes.
                     let groups = self.scale.as_ref().map(|s| s.cfg.groups.clone()).unwrap_or_default();
-                    for g in groups {
-                        self.undefer(session, &g, None);
+                    for g in &groups {
+                        self.undefer(session, g, None);
                     }
-                    let events = session.connection_lost(now_ms());
-                    self.execute(session, events);
+                    if self.scale.is_some() {
+                        // With scale-out the other instances still receive:
+                        // this one's loss is not the nodes' death. What it
+                        // received is written as its leases say; its groups
+                        // go to the others (the lease round gives them up),
+                        // and the session keeps its births, so the groups
+                        // can come back to it without a rebirth.
+                        self.flush();
+                        if let Some(s) = &mut self.scale {
+                            s.held.retain(|l| l == super::scale::STATE_LEASE);
+                        }
+                    } else {
+                        let events = session.connection_lost(now_ms());
+                        self.execute(session, events);
+                    }
                 } else {
                     tracing::error!(error = %c.why, "connection failed");
                 }
