@@ -417,3 +417,39 @@ fn an_instance_cut_off_the_broker_gives_its_groups_to_one_that_still_receives_th
         db.query_text("SELECT string_agg(group_id || '/' || node_id || ' ' || last_cause, ', ') FROM sp_node_state")
     );
 }
+
+#[test]
+fn the_state_owner_declares_the_host_offline_while_another_instances_database_is_behind() {
+    let db = TestDb::new("scale_behind");
+    let broker = Broker::start(None);
+    let a = Uplink::start(broker.port, &db.url(), &scale_section("a", "30s"));
+    a.wait_until("a holds every group", |u| {
+        u.metric("spb_uplink_scale_leases_held") == 4.0
+    });
+    // b counts itself behind whenever a row of its waits for the database.
+    let b_db = format!("offline_after_rows = 1{}", scale_section("b", "30s"));
+    let b = Uplink::start(broker.port, &db.url(), &b_db);
+    for u in [&a, &b] {
+        u.wait_until("the groups are shared two and two", |u| {
+            u.metric("spb_uplink_scale_leases_held") == 2.0 && u.metric("spb_uplink_scale_instances") == 2.0
+        });
+    }
+    assert!(retained_state(broker.port).0, "online before any load");
+    let stream = Stream::start(broker.port);
+    // a owns STATE and its own backlog is far below its bound: the
+    // offline STATE it publishes is b's.
+    a.wait_until("a declares the host offline for b", |u| {
+        u.metric("spb_uplink_state_offline") == 1.0
+    });
+    assert_eq!(b.metric("spb_uplink_scale_state_owner"), 0.0);
+    stream.finish_and_check(&db, &a);
+    a.wait_until("online again once b caught up", |u| {
+        u.metric("spb_uplink_state_offline") == 0.0
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !retained_state(broker.port).0 {
+        assert!(Instant::now() < deadline, "STATE never online again:\n{}", a.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(a.log().contains("the database is behind: STATE offline"), "{}", a.log());
+}
