@@ -26,6 +26,12 @@
 //!   DDATA arrives or its timeout passes. `sp_command_audit` gets a row when
 //!   it is refused or sent, replaced by its outcome (confirmed, failed,
 //!   refused by the edge, timeout).
+//! - With `[scale]` ([`super::scale`]): rows of the groups this instance
+//!   holds go to the writers, the rest to the standby, and the DATA of
+//!   groups held elsewhere waits undecoded; a group taken is written from
+//!   what was kept before anything newer of it. STATE and its Will go on a
+//!   connection of its own, opened only while the STATE lease is held; a
+//!   command (a rebirth request) goes to a group only from its holder.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;

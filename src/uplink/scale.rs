@@ -1,17 +1,19 @@
 //! Scale-out: several uplink instances share the edge-node groups of one
 //! Primary Host identity (docs/ARCHITECTURE.md, decision 16).
 //!
-//! Every instance subscribes to every configured group and runs the host
-//! session over all of them (births, aliases and sequence numbers are known
-//! everywhere), but writes only the groups it holds a lease on. A lease is
+//! Every instance subscribes to every configured group and gives the host
+//! session every birth and death (births and aliases are known
+//! everywhere), but decodes and writes only the DATA of the groups it
+//! holds a lease on; the others' DATA waits undecoded ([`DeferredLog`]). A lease is
 //! a row of `sp_uplink_lease` with a holder and an expiry on the database's
 //! clock; the STATE identity is one more lease, [`STATE_LEASE`], and only
 //! its holder publishes STATE (with its Will on a connection of its own).
 //!
 //! This module is the sans-IO part: which leases to take and give up
-//! ([`decide`]), the rows of groups held elsewhere kept until their holder
-//! has committed them ([`Standby`]), and the instant before which
-//! everything this instance received is committed ([`Inflight`]).
+//! ([`decide`]), what is kept of groups held elsewhere until their holder
+//! has committed it (undecoded DATA in [`DeferredLog`], rows already made
+//! in [`Standby`]), and the instant before which everything this instance
+//! received is committed ([`Inflight`]).
 //!
 //! Invariants:
 //! - A row is written only inside a transaction that finds its group's
@@ -24,8 +26,12 @@
 //!   `clock_margin`); on taking the lease it writes what it kept, before any
 //!   newer row of the group. Facts are idempotent, so the overlap writes no
 //!   fact twice.
-//! - The standby is bounded by bytes; past the bound the oldest rows go,
-//!   counted and logged at ERROR (a takeover then may miss them).
+//! - What is kept is bounded by bytes (`standby_max_bytes`, half each);
+//!   past the bound the oldest goes, counted and logged at ERROR (a
+//!   takeover then may miss it). What a holder committed is forgotten,
+//!   and the host session takes its seq as seen
+//!   ([`crate::sparkplug::host::HostSession::skip_to`]).
+//! - An instance not connected to the broker holds no group.
 //! - Leases are balanced: with `n` live instances each aims at
 //!   `ceil(groups / n)`; one holding more gives one up per round, one
 //!   holding fewer takes free ones. The STATE lease goes to whoever finds it
