@@ -1240,9 +1240,10 @@ impl Loop {
         let heavy = self.stats.backlog_bytes.load(Relaxed) >= self.cfg.database.backlog_max_bytes / 2;
         // With scale-out the STATE owner speaks for every instance.
         let others = self.scale.as_ref().is_some_and(|s| s.others_behind);
-        self.stats
-            .behind
-            .store(backlog >= self.cfg.database.offline_after_rows || heavy, Relaxed);
+        // Latched until the lease round reads it: behind at any tick since.
+        if backlog >= self.cfg.database.offline_after_rows || heavy {
+            self.stats.behind.store(true, Relaxed);
+        }
         if !offline && (backlog >= self.cfg.database.offline_after_rows || heavy || others) {
             tracing::error!(
                 backlog,

@@ -236,7 +236,7 @@ pub async fn run(
         tokio::select! {
             _ = tick.tick() => {
                 let safe = safe_through.load(Relaxed) as i64;
-                let (connected, behind) = (stats.connected.load(Relaxed), stats.behind.load(Relaxed));
+                let (connected, behind) = (stats.connected.load(Relaxed), stats.behind.swap(false, Relaxed));
                 let news = match task.round(safe, connected, behind).await {
                     Ok(n) => Some(n),
                     Err(e) => task.failed(&e),

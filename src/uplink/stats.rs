@@ -102,8 +102,9 @@ pub struct Stats {
     pub connected: AtomicBool,
     pub db_ok: AtomicBool,
     pub declared_offline: AtomicBool,
-    /// This instance's own backlog is past `offline_after_rows` (or half
-    /// the byte bound), whoever publishes STATE.
+    /// This instance's own backlog was past `offline_after_rows` (or half
+    /// the byte bound) at a tick since the lease round last read (and
+    /// cleared) it, whoever publishes STATE.
     pub behind: AtomicBool,
     /// Messages received in the last whole second.
     pub messages_per_second: AtomicU64,
