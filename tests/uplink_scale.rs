@@ -222,11 +222,16 @@ impl Stream {
 
 /// Starts `a`, then `b`, and waits until they hold two groups each.
 fn pair(port: u16, db: &TestDb, ttl: &str) -> (Uplink, Uplink) {
-    let a = Uplink::start(port, &db.url(), &scale_section("a", ttl));
+    pair_with(port, port, db, ttl, "")
+}
+
+/// [`pair`] with b on a broker port and `[database]` lines of its own.
+fn pair_with(a_port: u16, b_port: u16, db: &TestDb, ttl: &str, b_db: &str) -> (Uplink, Uplink) {
+    let a = Uplink::start(a_port, &db.url(), &scale_section("a", ttl));
     a.wait_until("a holds every group", |u| {
         u.metric("spb_uplink_scale_leases_held") == 4.0
     });
-    let b = Uplink::start(port, &db.url(), &scale_section("b", ttl));
+    let b = Uplink::start(b_port, &db.url(), &format!("{b_db}{}", scale_section("b", ttl)));
     for u in [&a, &b] {
         u.wait_until("the groups are shared two and two", |u| {
             u.metric("spb_uplink_scale_leases_held") == 2.0 && u.metric("spb_uplink_scale_instances") == 2.0
@@ -379,16 +384,7 @@ fn an_instance_cut_off_the_broker_gives_its_groups_to_one_that_still_receives_th
     let broker = Broker::start(None);
     let relay = Relay::start(broker.port);
     // Leases of 30 s: what moves within seconds moves because of the cut.
-    let a = Uplink::start(broker.port, &db.url(), &scale_section("a", "30s"));
-    a.wait_until("a holds every group", |u| {
-        u.metric("spb_uplink_scale_leases_held") == 4.0
-    });
-    let b = Uplink::start(relay.port, &db.url(), &scale_section("b", "30s"));
-    for u in [&a, &b] {
-        u.wait_until("the groups are shared two and two", |u| {
-            u.metric("spb_uplink_scale_leases_held") == 2.0 && u.metric("spb_uplink_scale_instances") == 2.0
-        });
-    }
+    let (a, b) = pair_with(broker.port, relay.port, &db, "30s", "");
     let stream = Stream::start(broker.port);
     stream.wait_written(&db, || b.log());
     std::thread::sleep(Duration::from_secs(1));
@@ -422,18 +418,8 @@ fn an_instance_cut_off_the_broker_gives_its_groups_to_one_that_still_receives_th
 fn the_state_owner_declares_the_host_offline_while_another_instances_database_is_behind() {
     let db = TestDb::new("scale_behind");
     let broker = Broker::start(None);
-    let a = Uplink::start(broker.port, &db.url(), &scale_section("a", "30s"));
-    a.wait_until("a holds every group", |u| {
-        u.metric("spb_uplink_scale_leases_held") == 4.0
-    });
     // b counts itself behind whenever a row of its waits for the database.
-    let b_db = format!("offline_after_rows = 1{}", scale_section("b", "30s"));
-    let b = Uplink::start(broker.port, &db.url(), &b_db);
-    for u in [&a, &b] {
-        u.wait_until("the groups are shared two and two", |u| {
-            u.metric("spb_uplink_scale_leases_held") == 2.0 && u.metric("spb_uplink_scale_instances") == 2.0
-        });
-    }
+    let (a, b) = pair_with(broker.port, broker.port, &db, "30s", "offline_after_rows = 1");
     assert!(retained_state(broker.port).0, "online before any load");
     let stream = Stream::start(broker.port);
     // a owns STATE and its own backlog is far below its bound: the
